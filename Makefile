@@ -1,0 +1,28 @@
+# The two commands of the README: `make reproduce` (the main job) and `make test`.
+# Each builds .venv on first use: PyTorch 2.13.0 (the CPU build this machine ships), then kadam.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OUT ?= kadam-report
+PROFILE ?= quick
+
+.PHONY: reproduce demo test clean
+
+$(BIN)/kadam: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+reproduce: $(BIN)/kadam
+	$(BIN)/kadam reproduce --profile $(PROFILE) --out $(OUT)
+
+demo: $(BIN)/kadam
+	$(BIN)/kadam demo
+
+test: $(BIN)/kadam
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+
+clean:
+	rm -rf $(VENV) $(OUT)

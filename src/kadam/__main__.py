@@ -1,0 +1,5 @@
+import sys
+
+from kadam.cli import main
+
+sys.exit(main())
