@@ -82,12 +82,8 @@ def _is_sequence(value: Any) -> bool:
 
 
 def _growth_rate(beta: float, gamma: float) -> float:
-    """Per-step growth exponent of the update bound, ln β − ½ ln γ (THEORY §2)."""
-    if beta == 0.0:
-        return -math.inf
-    if gamma == 0.0:
-        return math.inf
-    return math.log(beta) - 0.5 * math.log(gamma)
+    """Per-step growth exponent of the update bound outside the region, ln β − ½ ln γ (THEORY §2)."""
+    return math.inf if gamma == 0.0 else math.log(beta) - 0.5 * math.log(gamma)
 
 
 def _check_unit_interval(name: str, level: int, value: Any) -> float:
@@ -136,18 +132,20 @@ def _resolve_levels(group: dict[str, Any]) -> list[Level]:
 def _warn_if_unstable(levels: list[Level]) -> None:
     """UserWarning for each level outside the stable region γ > β² (THEORY §2)."""
     for i, level in enumerate(levels, start=1):
-        rate = _growth_rate(level.beta, level.gamma)
-        if rate >= 0.0:
-            efold = "never (on the boundary: the bound grows like sqrt(n))" if rate == 0.0 else (
-                f"every {1.0 / rate:.3g} steps"
-            )
-            warnings.warn(
-                f"KAdam level {i}: (beta, gamma) = ({level.beta}, {level.gamma}) lies outside the "
-                f"stable region gamma > beta**2 (THEORY §2); the bound on the update grows at "
-                f"ln(beta) - ln(gamma)/2 = {rate:.4g} per step, one e-fold {efold}.",
-                UserWarning,
-                stacklevel=4,
-            )
+        if level.beta == 0.0 or level.gamma > level.beta**2:
+            continue
+        rate = max(_growth_rate(level.beta, level.gamma), 0.0)  # γ = β² up to rounding: the boundary
+        if rate < 1e-12:
+            efold = "never (on the boundary: the bound grows like sqrt(n))"
+        else:
+            efold = f"every {1.0 / rate:.3g} steps"
+        warnings.warn(
+            f"KAdam level {i}: (beta, gamma) = ({level.beta}, {level.gamma}) lies outside the "
+            f"stable region gamma > beta**2 (THEORY §2); the bound on the update grows at "
+            f"ln(beta) - ln(gamma)/2 = {rate:.4g} per step, one e-fold {efold}.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 class KAdam(Optimizer):

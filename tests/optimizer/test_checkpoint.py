@@ -1,0 +1,131 @@
+"""Checkpoints: exact resume, AdamW → k-Adam resume with fresh levels, and refused loads (issue 2)."""
+
+import copy
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from kadam import KAdam
+from tests.optimizer.helpers import flat, make_mlp, train
+from tests.optimizer.reference import reference_kadam
+
+
+def _roundtrip(state_dict):
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("meta_norm", ["tensor", "elementwise"])
+def test_resume_is_bitwise(foreach, meta_norm):
+    kwargs = dict(lr=1e-2, k=3, meta_norm=meta_norm, meta_betas=(0.5, 0.99), foreach=foreach)
+    straight_model = make_mlp()
+    straight = KAdam(straight_model.parameters(), **kwargs)
+    train(straight_model, straight, 50)
+    expected = train(straight_model, straight, 50, seed=2)
+
+    first_model = make_mlp()
+    first = KAdam(first_model.parameters(), **kwargs)
+    train(first_model, first, 50)
+    model_state, optimizer_state = _roundtrip(first_model.state_dict()), _roundtrip(first.state_dict())
+
+    resumed_model = make_mlp(seed=123)
+    resumed_model.load_state_dict(model_state)
+    resumed = KAdam(resumed_model.parameters(), **kwargs)
+    resumed.load_state_dict(optimizer_state)
+    assert torch.equal(train(resumed_model, resumed, 50, seed=2), expected)
+
+
+def test_adamw_checkpoint_resumes_as_two_adam_with_fresh_levels():
+    """The new level starts from zero and its bias correction counts from the resume (step 30 → 1)."""
+    rng = np.random.default_rng(0)
+    theta0 = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
+    gradients = [[rng.standard_normal(t.shape) for t in theta0] for _ in range(60)]
+    params = [torch.nn.Parameter(torch.tensor(t)) for t in theta0]
+    adamw = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    for n in range(30):
+        for p, g in zip(params, gradients[n]):
+            p.grad = torch.tensor(g)
+        adamw.step()
+    checkpoint = _roundtrip(adamw.state_dict())
+    level1_state = [
+        [(checkpoint["state"][i]["exp_avg"].numpy().copy(), checkpoint["state"][i]["exp_avg_sq"].numpy().copy()), (np.zeros_like(t), np.zeros(()))]
+        for i, t in enumerate(theta0)
+    ]
+    theta30 = [p.detach().numpy().copy() for p in params]
+
+    two_adam = KAdam(params, lr=1e-2, weight_decay=0.1, k=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        two_adam.load_state_dict(checkpoint)
+    assert len([w for w in caught if "fewer levels" in str(w.message)]) == 1
+    for n in range(30, 60):
+        for p, g in zip(params, gradients[n]):
+            p.grad = torch.tensor(g)
+        two_adam.step()
+
+    # Reference: level 1 continues from step 30; level 2 counts its own steps from the resume.
+    expected = reference_kadam(
+        theta30, lambda n, _: gradients[29 + n], 30, lr=1e-2, weight_decay=0.1,
+        levels=[(0.9, 0.999, 1e-8, "elementwise"), (0.0, 0.999, 1e-8, "tensor")],
+        start_steps=[-30, 0], initial_state=level1_state,
+    )
+    for p, e in zip(params, expected):
+        np.testing.assert_allclose(p.detach().numpy(), e, rtol=1e-10, atol=1e-12)
+    # and the offset survives a save/load of the resumed optimizer
+    again = KAdam(params, lr=1e-2, weight_decay=0.1, k=2)
+    again.load_state_dict(_roundtrip(two_adam.state_dict()))
+    assert again.state[params[0]]["step_offset_2"] == 30.0
+
+
+def _state_snapshot(optimizer):
+    return copy.deepcopy(optimizer.state_dict())
+
+
+@pytest.mark.parametrize(
+    "saved_kwargs,loading_kwargs,message",
+    [
+        (dict(k=3), dict(k=2), "3 levels"),
+        (dict(k=2, meta_norm="elementwise"), dict(k=2, meta_norm="tensor"), "elementwise mode"),
+        (dict(k=1, norm="tensor"), dict(k=2), "tensor mode"),
+    ],
+)
+def test_incompatible_checkpoint_is_refused_and_changes_nothing(saved_kwargs, loading_kwargs, message):
+    saved_model = make_mlp()
+    saved = KAdam(saved_model.parameters(), lr=1e-2, **saved_kwargs)
+    train(saved_model, saved, 5)
+    model = make_mlp()
+    optimizer = KAdam(model.parameters(), lr=3e-3, **loading_kwargs)
+    train(model, optimizer, 3)
+    before = _state_snapshot(optimizer)
+    with pytest.raises(ValueError, match=message):
+        optimizer.load_state_dict(_roundtrip(saved.state_dict()))
+    after = optimizer.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    for key, state in before["state"].items():
+        for name, value in state.items():
+            assert torch.equal(after["state"][key][name], value)
+
+
+def test_amsgrad_checkpoint_is_refused():
+    model = make_mlp()
+    adam = torch.optim.Adam(model.parameters(), amsgrad=True)
+    train(model, adam, 2)
+    with pytest.raises(ValueError, match="AMSGrad"):
+        KAdam(model.parameters()).load_state_dict(adam.state_dict())
+
+
+def test_state_dict_is_deterministic_and_loads_weights_only():
+    model = make_mlp()
+    optimizer = KAdam(model.parameters(), lr=1e-2, k=2)
+    train(model, optimizer, 4)
+    first, second = _roundtrip(optimizer.state_dict()), _roundtrip(optimizer.state_dict())
+    assert first["param_groups"] == second["param_groups"]
+    assert first["state"].keys() == second["state"].keys()
+    assert all(torch.equal(first["state"][i][n], second["state"][i][n]) for i in first["state"] for n in first["state"][i])
+    assert flat(model).isfinite().all()

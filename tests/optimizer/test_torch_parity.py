@@ -1,0 +1,76 @@
+"""KAdam(k=1) against torch's own Adam / AdamW: same trajectories, bit for bit (THEORY §1).
+
+Each of our implementations (loop, foreach) runs against torch's matching one, whose operation order
+the level-1 code reproduces, so equality is exact (``torch.equal``), over 200 steps of an MLP with two
+parameter groups.
+"""
+
+import copy
+import itertools
+
+import pytest
+import torch
+
+from kadam import KAdam
+from tests.optimizer.helpers import make_mlp, train, two_groups
+
+CASES = list(
+    itertools.product(
+        [False, True],  # foreach
+        [torch.float32, torch.float64],
+        [0.0, 0.1],  # weight decay
+        [False, True],  # maximize
+        [True, False],  # decoupled (AdamW) or coupled (Adam)
+    )
+)
+
+
+def _scheduler(optimizer):
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=40, gamma=0.5)
+
+
+@pytest.mark.parametrize("foreach,dtype,weight_decay,maximize,decoupled", CASES)
+def test_k1_equals_torch_bitwise(foreach, dtype, weight_decay, maximize, decoupled):
+    torch_class = torch.optim.AdamW if decoupled else torch.optim.Adam
+    kwargs = dict(betas=(0.8, 0.99), eps=1e-6, maximize=maximize, foreach=foreach)
+
+    reference_model = make_mlp(dtype)
+    reference = torch_class(two_groups(reference_model, weight_decay), lr=1e-3, weight_decay=weight_decay, **kwargs)
+    expected = train(reference_model, reference, 200, _scheduler)
+
+    model = make_mlp(dtype)
+    optimizer = KAdam(
+        two_groups(model, weight_decay), lr=1e-3, k=1, weight_decay=weight_decay, decoupled_weight_decay=decoupled, **kwargs
+    )
+    actual = train(model, optimizer, 200, _scheduler)
+
+    assert torch.equal(actual, expected)
+    for p_ref, p in zip(reference_model.parameters(), model.parameters()):
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(optimizer.state[p][key], reference.state[p_ref][key]), key
+
+
+def test_default_is_adamw_defaults_with_two_levels():
+    optimizer = KAdam([torch.nn.Parameter(torch.zeros(3))])
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (1e-3, (0.9, 0.999), 1e-8, 1e-2)
+    assert group["k"] == 2 and group["decoupled_weight_decay"]
+
+
+def test_k1_checkpoint_loads_into_torch_adamw_and_back():
+    model = make_mlp()
+    optimizer = KAdam(model.parameters(), lr=1e-2, k=1)
+    train(model, optimizer, 10)
+
+    torch_model = make_mlp()
+    torch_model.load_state_dict(model.state_dict())
+    torch_optimizer = torch.optim.AdamW(torch_model.parameters(), lr=1e-2)
+    torch_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # state_dict() shares tensors
+    kadam_model = make_mlp()
+    kadam_model.load_state_dict(model.state_dict())
+    kadam_optimizer = KAdam(kadam_model.parameters(), lr=1e-2, k=1)
+    kadam_optimizer.load_state_dict(copy.deepcopy(torch_optimizer.state_dict()))
+
+    expected = train(model, optimizer, 10, seed=2)
+    assert torch.equal(train(torch_model, torch_optimizer, 10, seed=2), expected)
+    assert torch.equal(train(kadam_model, kadam_optimizer, 10, seed=2), expected)
