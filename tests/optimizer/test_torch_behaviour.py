@@ -209,3 +209,13 @@ def test_complex_parameters_follow_torch_adamw_and_their_real_view(foreach):
         complex_run = run(lambda p: KAdam(p, lr=1e-2, k=2, meta_norm=meta_norm, foreach=foreach), False)
         real_run = run(lambda p: KAdam(p, lr=1e-2, k=2, meta_norm=meta_norm, foreach=foreach), True)
         torch.testing.assert_close(complex_run, real_run, rtol=1e-12, atol=1e-12)
+
+
+def test_per_level_hyperparameters_inside_a_param_group():
+    """A group may carry per-level sequences, as ZeroRedundancyOptimizer copies constructor args into groups."""
+    per_level = dict(betas=[(0.9, 0.999), (0.5, 0.99)], norm=["elementwise", "elementwise"], eps=[1e-8, 1e-6])
+    model, reference_model = make_mlp(), make_mlp()
+    optimizer = KAdam([{"params": model.parameters(), **per_level}], lr=1e-2, k=2)
+    reference = KAdam(reference_model.parameters(), lr=1e-2, k=2, **per_level)
+    assert torch.equal(train(model, optimizer, 5), train(reference_model, reference, 5))
+    assert optimizer.state[model[0].weight]["exp_avg_sq_2"].shape == model[0].weight.shape

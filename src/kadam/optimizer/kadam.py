@@ -268,6 +268,19 @@ class KAdam(Optimizer):
             value = param_group.get(name, 0.0)
             if isinstance(value, Tensor) or isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0.0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        k = param_group.get("k", self.defaults["k"])
+        for name, meta_name, single in (
+            ("betas", "meta_betas", _is_pair),
+            ("norm", "meta_norm", lambda v: isinstance(v, str)),
+        ):
+            if name in param_group:
+                param_group[name], meta_value = self._split_per_level(
+                    name, param_group[name], meta_name, param_group.get(meta_name), k, single
+                )
+                if meta_value is not None:
+                    param_group[meta_name] = meta_value
+        if _is_sequence(param_group.get("eps")):
+            param_group["eps"], param_group["meta_eps"] = param_group["eps"][0], tuple(param_group["eps"][1:])
         candidate = {**self.defaults, **{key: v for key, v in param_group.items() if key != "params"}}
         levels = _resolve_levels(candidate)
         super().add_param_group(param_group)
@@ -358,7 +371,7 @@ class KAdam(Optimizer):
         state[exp_avg] = torch.zeros_like(param, memory_format=torch.preserve_format)
         if hparams.tensor_mode:
             real_dtype = param.real.dtype if param.is_complex() else param.dtype
-            state[exp_avg_sq] = torch.zeros((), dtype=real_dtype, device=param.device)
+            state[exp_avg_sq] = param.new_zeros((), dtype=real_dtype)
         else:
             state[exp_avg_sq] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
@@ -500,7 +513,7 @@ def _single_tensor_kadam(
                     exp_avg_sq = torch.view_as_real(exp_avg_sq)
             exp_avg.lerp_(x, 1 - level.beta)
             if level.tensor_mode:
-                mean_square = torch.linalg.vector_norm(x).square_().div_(x.numel())
+                mean_square = torch.linalg.vector_norm(x).square().div_(x.numel())
                 exp_avg_sq.mul_(level.gamma).add_(mean_square, alpha=1 - level.gamma)
             else:
                 exp_avg_sq.mul_(level.gamma).addcmul_(x, x, value=1 - level.gamma)
@@ -561,8 +574,8 @@ def _multi_tensor_kadam(
             torch._foreach_lerp_(exp_avgs, x, 1 - level.beta)
             torch._foreach_mul_(exp_avg_sqs, level.gamma)
             if level.tensor_mode:
-                mean_squares = torch._foreach_norm(x)
-                torch._foreach_mul_(mean_squares, mean_squares)
+                norms = torch._foreach_norm(x)
+                mean_squares = torch._foreach_mul(norms, norms)
                 torch._foreach_mul_(mean_squares, [(1 - level.gamma) / t.numel() for t in x])
                 torch._foreach_add_(exp_avg_sqs, mean_squares)
             else:
