@@ -3,7 +3,7 @@
 The math lives in THEORY.md; docstrings cite it as ``THEORY §N``.
 """
 
-from kadam.optimizer import KAdam
+from kadam.optimizer import KAdam, param_groups_for
 
-__all__ = ["KAdam"]
+__all__ = ["KAdam", "param_groups_for"]
 __version__ = "0.1.0"

@@ -221,7 +221,10 @@ SCENARIOS = {"ddp": ddp_scenario, "zero": zero_scenario, "fsdp2": fsdp2_scenario
 
 def scenario_names() -> list[str]:
     return [
-        f"{kind}-{config}-{implementation}" for kind in SCENARIOS for config in CONFIGS for implementation in IMPLEMENTATIONS
+        f"{kind}-{config}-{implementation}"
+        for kind in SCENARIOS
+        for config in CONFIGS
+        for implementation in IMPLEMENTATIONS
     ]
 
 

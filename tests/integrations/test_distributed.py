@@ -26,7 +26,8 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def record(records: dict[str, Any], name: str) -> dict[str, Any]:
     result = records[name]
-    assert "error" not in result, result.get("error")
+    if "error" in result:
+        pytest.fail(f"{name} raised in the worker:\n{result['error']}", pytrace=False)
     return result
 
 
