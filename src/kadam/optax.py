@@ -28,16 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kadam.optimizer.kadam import (
-    _DEFAULT_META_BETAS,
-    _DEFAULT_META_NORM,
-    KAdam,
-    Level,
-    _is_pair,
-    _is_sequence,
-    _resolve_levels,
-    _warn_if_unstable,
-)
+from kadam.optimizer.kadam import Level, _resolve_levels, _warn_if_unstable, level_arguments
 
 __all__ = ["ScaleByTensorAdamState", "kadam", "scale_by_kadam", "scale_by_tensor_adam"]
 
@@ -97,26 +88,7 @@ def _levels_from_arguments(
     Raises ``ValueError`` naming the argument and its accepted range; warns (``UserWarning``) about a
     level outside the stable region γ > β² (THEORY §2), as ``KAdam`` does.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    level1_betas, meta_betas = KAdam._split_per_level("betas", betas, "meta_betas", meta_betas, k, _is_pair)
-    level1_norm, meta_norm = KAdam._split_per_level(
-        "norm", norm, "meta_norm", meta_norm, k, lambda v: isinstance(v, str)
-    )
-    if _is_sequence(eps) and len(eps) != k:
-        raise ValueError(f"eps must be one number or a sequence of k = {k} numbers, got {eps!r}")
-    level1_eps, meta_eps = (eps[0], tuple(eps[1:])) if _is_sequence(eps) else (eps, eps)
-    levels = _resolve_levels(
-        {
-            "k": k,
-            "betas": level1_betas,
-            "eps": level1_eps,
-            "norm": level1_norm,
-            "meta_betas": _DEFAULT_META_BETAS if meta_betas is None else meta_betas,
-            "meta_eps": meta_eps,
-            "meta_norm": _DEFAULT_META_NORM if meta_norm is None else meta_norm,
-        }
-    )
+    levels = _resolve_levels(level_arguments(k, betas, eps, norm, meta_betas, meta_norm))
     _warn_if_unstable(levels)
     return levels
 

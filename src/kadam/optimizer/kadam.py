@@ -148,6 +148,56 @@ def _warn_if_unstable(levels: list[Level]) -> None:
         )
 
 
+def _split_per_level(
+    name: str, value: Any, meta_name: str, meta_value: Any, k: int, single: Callable[[Any], bool]
+) -> tuple[Any, Any]:
+    """Level 1's value and the meta levels' from ``name`` given once or per level."""
+    if single(value):
+        return (tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else value), meta_value
+    if not _is_sequence(value) or len(value) != k:
+        raise ValueError(f"{name} must be one value or a sequence of k = {k} per-level values, got {value!r}")
+    if meta_value is not None:
+        raise ValueError(f"{meta_name} cannot be given when {name} is a per-level sequence; put level 2..k in {name}")
+    return (tuple(value[0]) if _is_sequence(value[0]) else value[0]), tuple(
+        tuple(v) if _is_sequence(v) else v for v in value[1:]
+    )
+
+
+def level_arguments(
+    k: int,
+    betas: Any,
+    eps: Any,
+    norm: Any,
+    meta_betas: Any = None,
+    meta_norm: Any = None,
+) -> dict[str, Any]:
+    """KAdam's level arguments as parameter-group entries, defaults filled in (THEORY §1).
+
+    Returns ``k``, level 1's ``betas``/``eps``/``norm`` and the meta levels' ``meta_betas``/``meta_eps``/
+    ``meta_norm``; per-level sequences in ``betas``/``norm``/``eps`` are split between the two. Raises
+    ``ValueError`` for a malformed argument; the values themselves are checked by :func:`_resolve_levels`.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    level1_betas, meta_betas = _split_per_level("betas", betas, "meta_betas", meta_betas, k, _is_pair)
+    level1_norm, meta_norm = _split_per_level("norm", norm, "meta_norm", meta_norm, k, lambda v: isinstance(v, str))
+    if _is_sequence(eps):
+        if len(eps) != k:
+            raise ValueError(f"eps must be one number or a sequence of k = {k} numbers, got {eps!r}")
+        level1_eps, meta_eps = eps[0], tuple(eps[1:])
+    else:
+        level1_eps, meta_eps = eps, eps
+    return {
+        "k": k,
+        "betas": level1_betas,
+        "eps": level1_eps,
+        "norm": level1_norm,
+        "meta_betas": _DEFAULT_META_BETAS if meta_betas is None else meta_betas,
+        "meta_eps": meta_eps,
+        "meta_norm": _DEFAULT_META_NORM if meta_norm is None else meta_norm,
+    }
+
+
 class KAdam(Optimizer):
     r"""k-Adam (THEORY §1): Adam's adaptive normalization applied ``k`` times.
 
@@ -214,31 +264,9 @@ class KAdam(Optimizer):
         maximize: bool = False,
         foreach: bool | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) or isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0.0:
-            raise ValueError(f"lr must be a number >= 0, got {lr!r}")
-        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0.0:
-            raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
-        level1_betas, meta_betas = self._split_per_level("betas", betas, "meta_betas", meta_betas, k, _is_pair)
-        level1_norm, meta_norm = self._split_per_level(
-            "norm", norm, "meta_norm", meta_norm, k, lambda v: isinstance(v, str)
-        )
-        if _is_sequence(eps):
-            if len(eps) != k:
-                raise ValueError(f"eps must be one number or a sequence of k = {k} numbers, got {eps!r}")
-            level1_eps, meta_eps = eps[0], tuple(eps[1:])
-        else:
-            level1_eps, meta_eps = eps, eps
         defaults = {
             "lr": lr,
-            "k": k,
-            "betas": level1_betas,
-            "eps": level1_eps,
-            "norm": level1_norm,
-            "meta_betas": _DEFAULT_META_BETAS if meta_betas is None else meta_betas,
-            "meta_eps": meta_eps,
-            "meta_norm": _DEFAULT_META_NORM if meta_norm is None else meta_norm,
+            **level_arguments(k, betas, eps, norm, meta_betas, meta_norm),
             "weight_decay": weight_decay,
             "decoupled_weight_decay": decoupled_weight_decay,
             "maximize": maximize,
@@ -247,26 +275,11 @@ class KAdam(Optimizer):
         }
         super().__init__(params, defaults)
 
-    @staticmethod
-    def _split_per_level(
-        name: str, value: Any, meta_name: str, meta_value: Any, k: int, single: Callable[[Any], bool]
-    ) -> tuple[Any, Any]:
-        """Level 1's value and the meta levels' from ``name`` given once or per level."""
-        if single(value):
-            return (tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else value), meta_value
-        if not _is_sequence(value) or len(value) != k:
-            raise ValueError(f"{name} must be one value or a sequence of k = {k} per-level values, got {value!r}")
-        if meta_value is not None:
-            raise ValueError(f"{meta_name} cannot be given when {name} is a per-level sequence; put level 2..k in {name}")
-        return (tuple(value[0]) if _is_sequence(value[0]) else value[0]), tuple(
-            tuple(v) if _is_sequence(v) else v for v in value[1:]
-        )
-
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group as torch does; validate its levels and warn about unstable ones (THEORY §2)."""
         for name in ("lr", "weight_decay"):
-            value = param_group.get(name, 0.0)
-            if isinstance(value, Tensor) or isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0.0:
+            value = param_group.get(name, self.defaults[name])
+            if isinstance(value, (Tensor, bool)) or not isinstance(value, (int, float)) or not value >= 0.0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         k = param_group.get("k", self.defaults["k"])
         for name, meta_name, single in (
@@ -274,7 +287,7 @@ class KAdam(Optimizer):
             ("norm", "meta_norm", lambda v: isinstance(v, str)),
         ):
             if name in param_group:
-                param_group[name], meta_value = self._split_per_level(
+                param_group[name], meta_value = _split_per_level(
                     name, param_group[name], meta_name, param_group.get(meta_name), k, single
                 )
                 if meta_value is not None:
