@@ -1,0 +1,119 @@
+"""``kadam norms``: find a network's scale-invariant tensors, train it, and compare their norms with THEORY §4.
+
+Lists the tensors that :func:`kadam.normalization.find_scale_invariant` measures scale-invariant, trains
+the MLP of the task on digits with mini-batches while a :class:`kadam.normalization.NormTracker` follows
+the invariant hidden weights, and prints per layer the measured norm and angular update after the
+transient against the corrected (momentum-correlation) and orthogonal (the paper's) predictions.
+``--plot`` draws both over training; ``--json`` prints everything as JSON instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+from kadam.experiments.normalization import digits_norms, plot_digits_norms
+
+TASKS = {"digits-bn": "batch", "digits-ln": "layer"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "norms",
+        help="scale-invariant tensors: measured norms and angular updates against THEORY §4's predictions",
+        description=(
+            "Find the scale-invariant tensors of an MLP with BatchNorm (digits-bn) or LayerNorm (digits-ln), "
+            "train it on scikit-learn's digits, and compare per-layer norms and angular updates with the "
+            "corrected and the orthogonal predictions (THEORY §4)."
+        ),
+    )
+    parser.add_argument("--task", choices=sorted(TASKS), default="digits-bn", help="model and data (default digits-bn)")
+    parser.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw",
+                        help="torch AdamW or Adam (Adam: no weight decay; default adamw)")
+    parser.add_argument("--lr", type=float, default=1e-2, help="learning rate eta > 0 (default 1e-2)")
+    parser.add_argument("--weight-decay", type=float, default=0.1,
+                        help="AdamW's lambda >= 0 with lr * weight_decay < 1 (default 0.1; ignored by adam)")
+    parser.add_argument("--beta", type=float, default=0.9, help="first-moment decay in [0, 1) (default 0.9)")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps >= 10 (default 3000)")
+    parser.add_argument("--batch-size", type=int, default=32, help="mini-batch size >= 2 (default 32)")
+    parser.add_argument("--hidden", type=int, default=64, help="hidden width >= 1 (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and batch order (default 0)")
+    parser.add_argument("--plot", metavar="PNG", help="draw per-layer norms and angular updates to this PNG file")
+    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    parser.set_defaults(func=run)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0 and args.lr * args.weight_decay < 1):
+        raise ValueError(f"--weight-decay must be >= 0 with lr * weight_decay < 1, got {args.weight_decay}")
+    if args.optimizer == "adamw" and args.weight_decay == 0:
+        raise ValueError("--weight-decay must be > 0 for adamw (use --optimizer adam for no decay)")
+    if not 0 <= args.beta < 1:
+        raise ValueError(f"--beta must be in [0, 1), got {args.beta}")
+    for option, value, least in (("--steps", args.steps, 10), ("--batch-size", args.batch_size, 2), ("--hidden", args.hidden, 1)):
+        if value < least:
+            raise ValueError(f"{option} must be an integer >= {least}, got {value}")
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:+.1f}%"
+
+
+def _print_tables(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from kadam.normalization.detection import ScaleInvarianceReport, ScaleInvarianceRow
+
+    console = Console()
+    detection = result["detection"]
+    report = ScaleInvarianceReport(
+        tuple(ScaleInvarianceRow(**{**row, "shape": tuple(row["shape"])}) for row in detection["rows"]),
+        tuple(detection["scales"]), detection["loss_rtol"], detection["cosine_tol"], detection["mode"],
+    )
+    console.print(report)
+    console.print(f"tracked (invariant, explained by structure): {', '.join(result['tracked']) or 'none'}")
+    tau = result["relaxation_steps"]
+    console.print(
+        f"{result['task']}, {result['optimizer']}, lr {result['lr']}, weight decay {result['weight_decay']}, "
+        f"{result['steps']} steps; relaxation time {'none (no decay)' if tau is None else f'{tau:.0f} steps'}; "
+        f"compared after step {result['window_start']:.0f}; test accuracy {result['test_accuracy']:.3f}"
+    )
+    table = Table(title="RMS after the transient: measured vs predicted (relative error)")
+    for column in ("layer", "quantity", "measured", "corrected", "orthogonal", "equilibrium corr. / orth."):
+        table.add_column(column)
+    for layer in result["layers"]:
+        for quantity, label, error in (("norm", "|W|", "norm_error"), ("angular_update", "angle/step", "angular_error")):
+            equilibrium = [layer.get(f"{assumption}_equilibrium_{quantity}") for assumption in ("corrected", "orthogonal")]
+            table.add_row(
+                f"{layer['name']} (d={layer['d']})", label, f"{layer[f'measured_{quantity}']:.4g}",
+                *(f"{layer[f'{a}_{quantity}']:.4g} ({_percent(layer[f'{a}_{error}'])})" for a in ("corrected", "orthogonal")),
+                "—" if equilibrium[0] is None else f"{equilibrium[0]:.4g} / {equilibrium[1]:.4g}",
+            )
+    console.print(table)
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    from rich.progress import Progress
+
+    with Progress(transient=True, disable=args.json) as progress:
+        task = progress.add_task(f"training {args.task}", total=args.steps)
+        result = digits_norms(
+            norm=TASKS[args.task], optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+            steps=args.steps, batch_size=args.batch_size, hidden=args.hidden, betas=(args.beta, 0.999),
+            seed=args.seed, progress=lambda done, total: progress.update(task, completed=done),
+        )
+    if args.plot:
+        plot_digits_norms(result, args.plot)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_tables(result)
+        if args.plot:
+            print(f"figure: {args.plot}")
+    return 0

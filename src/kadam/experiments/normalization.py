@@ -1,0 +1,612 @@
+r"""Experiments of THEORY §4: norms of scale-invariant tensors, and the meta-adaptive link to 2-Adam.
+
+Each function takes explicit sizes and returns a JSON-serialisable dict; ``plot_*`` draw PNGs from them.
+
+- :func:`random_walk`: a scale-invariant tensor driven by noise gradients orthogonal to it, AdamW at
+  several β; measured equilibrium norm and angular update against the corrected and the orthogonal
+  predictions of :mod:`kadam.normalization.predictions`.
+- :func:`meta_adaptive_exact`: AdamW (level 1 a normalized gradient) against explicit 2-Adam on the unit
+  sphere (:class:`~kadam.normalization.SphericalTwoAdam`); equal up to rounding.
+- :func:`meta_adaptive_drift`: the same pair with memory in level 1; how far the directions drift apart,
+  against THEORY §4's correlation factor.
+- :func:`meta_adaptive_network`: the same comparison on a LayerNorm MLP trained on digits.
+- :func:`digits_norms`: an MLP with BatchNorm or LayerNorm trained on digits with mini-batches (AdamW or
+  Adam); per-layer norms and angular updates against both predictions.
+
+Sizes, with the seconds measured on a 2-core CPU shared with other jobs (load ≈ 10, one torch thread;
+expect less on an idle machine):
+
+- smoke (≈ 10 s): ``random_walk(lr=1e-2, weight_decay=0.5, gamma=0.99)`` (0.1 s; β = 0.99 then has a
+  momentum memory as long as the relaxation time, and the corrected prediction is 8% / 25% off),
+  ``meta_adaptive_exact()`` (3 s), ``meta_adaptive_drift(steps=2000, lr=1e-2, weight_decay=0.2,
+  configs=((0, 0.99, "elementwise"), (0.9, 0.99, "elementwise")))`` (2 s),
+  ``meta_adaptive_network(steps=300, hidden=32)`` (3 s), ``digits_norms(steps=400, hidden=32)`` (1 s).
+- quick (≈ 6 min): ``random_walk()`` (the issue's η = 1e-3, λ = 0.1, d = 256, 6 relaxation times = 30k
+  steps; 8 s), ``meta_adaptive_exact()`` (7 s), ``meta_adaptive_drift(steps=20000)`` (93 s),
+  ``meta_adaptive_network(steps=3000)`` (72 s), ``digits_norms(steps=4000)`` for BN and LN × AdamW
+  λ ∈ {0.01, 0.1} and Adam (six runs, 18–30 s each).
+- full: ``random_walk(relaxation_times=10)``, ``meta_adaptive_drift(steps=50000)``,
+  ``meta_adaptive_network(steps=10000)``, ``digits_norms(steps=20000)`` (λ = 0.01 then passes 4 relaxation
+  times at η = 1e-2); not timed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kadam.experiments.tasks import digits_splits
+from kadam.normalization.detection import find_scale_invariant
+from kadam.normalization.predictions import (
+    correlation_factor,
+    equilibrium_angular_update,
+    equilibrium_norm,
+    noise_update_sq_norm,
+    norm_trajectory,
+    relaxation_steps,
+)
+from kadam.normalization.sphere import SphericalTwoAdam
+from kadam.normalization.level import adaptive_level
+from kadam.normalization.tracker import STATISTICS, NormTracker, step_statistics
+from kadam.optimizer import KAdam
+
+__all__ = [
+    "NormalizedMLP",
+    "batched_adamw",
+    "digits_norms",
+    "meta_adaptive_drift",
+    "meta_adaptive_exact",
+    "meta_adaptive_network",
+    "plot_digits_norms",
+    "plot_meta_adaptive",
+    "plot_random_walk",
+    "random_walk",
+    "spherical_noise_gradient",
+]
+
+Progress = Callable[[int, int], None] | None
+
+
+def spherical_noise_gradient(weight: Tensor, noise: Tensor, curvature: Tensor | None = None) -> Tensor:
+    r"""Gradient of the scale-invariant ``L(W) = ½ Ŵᵀ diag(curvature) Ŵ + ⟨ξ, Ŵ⟩`` at W, ``Ŵ = W/|W|``.
+
+    ``∇L(W) = (I − ŴŴᵀ)(diag(curvature) Ŵ + ξ) / |W|``: orthogonal to W and scaling as ``1/|W|``, as for
+    any scale-invariant loss (THEORY §4). ``curvature=None`` is pure noise (a random walk). Vectors lie
+    along the last axis (leading axes: independent tensors).
+    """
+    norm = torch.linalg.vector_norm(weight, dim=-1, keepdim=True)
+    direction = weight / norm
+    field = noise if curvature is None else curvature * direction + noise
+    return (field - direction * torch.linalg.vecdot(direction, field).unsqueeze(-1)) / norm
+
+
+def batched_adamw(
+    weights: Tensor, gradient: Callable[[Tensor, int], Tensor], steps: int, lr: float, weight_decay: float,
+    betas: Sequence[float], gamma: float, eps: float = 1e-8, record_every: int = 1, progress: Progress = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""AdamW (THEORY §1, k = 1, elementwise) on the rows of ``weights`` at once, row i with ``β = betas[i]``.
+
+    ``gradient(W, n)`` returns the gradients of all rows at step n. Each step is
+    ``W ← (1 − ηλ)W − η·level(g)`` with :func:`~kadam.normalization.level.adaptive_level`, as
+    ``torch.optim.AdamW`` does per tensor (the tests compare the two). ``weights`` is updated in place.
+    Returns the recorded steps and :func:`~kadam.normalization.tracker.step_statistics` of each row at them,
+    shape (recorded, rows, 5).
+    """
+    exp_avg, exp_avg_sq = torch.zeros_like(weights), torch.zeros_like(weights)
+    beta_column = torch.tensor(list(betas), dtype=weights.dtype, device=weights.device).reshape(-1, 1)
+    recorded, statistics = [], []
+    for step in range(1, steps + 1):
+        update = adaptive_level(exp_avg, exp_avg_sq, gradient(weights, step), beta_column, gamma, eps, step)
+        before = weights.clone() if step % record_every == 0 else None
+        weights.mul_(1 - lr * weight_decay).sub_(lr * update)
+        if before is not None:
+            recorded.append(step)
+            statistics.append(step_statistics(before, weights, lr, weight_decay))
+        if progress is not None and step % 1000 == 0:
+            progress(step, steps)
+    return np.asarray(recorded), torch.stack(statistics).numpy()
+
+
+def _window_rms(values: np.ndarray, steps: np.ndarray, start: float) -> float:
+    selected = values[steps > start]
+    return float(np.sqrt(np.mean(selected**2)))
+
+
+def _downsample(steps: np.ndarray, values: np.ndarray, points: int) -> dict[str, list[float]]:
+    index = np.unique(np.linspace(0, len(steps) - 1, min(points, len(steps))).astype(int))
+    return {"steps": steps[index].tolist(), "values": values[index].tolist()}
+
+
+def random_walk(
+    d: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    betas: Sequence[float] = (0.0, 0.5, 0.9, 0.99),
+    gamma: float = 0.999,
+    relaxation_times: float = 6.0,
+    transient_times: float = 3.0,
+    record_every: int = 5,
+    seed: int = 0,
+    curve_points: int = 300,
+    progress: Progress = None,
+) -> dict[str, Any]:
+    r"""A scale-invariant d-element tensor under AdamW with noise gradients orthogonal to it (THEORY §4).
+
+    One float64 tensor per β, all updated at once by :func:`batched_adamw` (AdamW with second-moment
+    decay ``gamma``, ε = 1e-8), started at ``|W_0| = 1`` and driven by independent standard normal ξ
+    through :func:`spherical_noise_gradient`, for ``relaxation_times`` × :func:`relaxation_steps` steps. The
+    equilibrium norm is ``√mean |W|²`` and the angular update ``√mean θ²`` over the steps after
+    ``transient_times`` relaxation times (recorded every ``record_every`` steps), compared with
+    :func:`equilibrium_norm` and :func:`equilibrium_angular_update` under both assumptions. Also reports
+    the mean cross term ``⟨W_{n−1}, u_n⟩`` against ``−η E|u|² β/(1 − qβ)``.
+    """
+    if not 0 <= transient_times < relaxation_times:
+        raise ValueError(
+            f"transient_times must be in [0, relaxation_times), got {transient_times} and {relaxation_times}"
+        )
+    tau = relaxation_steps(lr, weight_decay)
+    steps = int(math.ceil(relaxation_times * tau))
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.randn(len(betas), d, generator=generator, dtype=torch.float64)
+    weights = start / torch.linalg.vector_norm(start, dim=-1, keepdim=True)
+
+    def noise_gradient(w: Tensor, step: int) -> Tensor:
+        return spherical_noise_gradient(w, torch.randn(w.shape, generator=generator, dtype=torch.float64))
+
+    recorded, statistics = batched_adamw(
+        weights, noise_gradient, steps, lr, weight_decay, betas, gamma,
+        record_every=record_every, progress=progress,
+    )
+    names = [f"beta={beta}" for beta in betas]
+    history = {key: {name: statistics[:, i, j] for i, name in enumerate(names)} for j, key in enumerate(STATISTICS)}
+    shrink = 1 - lr * weight_decay
+    rows = []
+    curves = {}
+    for name, beta in zip(names, betas):
+        norm = _window_rms(history["norm"][name], recorded, transient_times * tau)
+        angle = _window_rms(history["angular_update"][name], recorded, transient_times * tau)
+        inner = float(np.mean(history["inner"][name][recorded > transient_times * tau]))
+        row: dict[str, Any] = {"beta": beta, "measured_norm": norm, "measured_angular_update": angle,
+                               "measured_inner": inner,
+                               "predicted_inner": -lr * noise_update_sq_norm(d, beta) * beta / (1 - shrink * beta)}
+        for assumption in ("corrected", "orthogonal"):
+            predicted_norm = equilibrium_norm(lr, weight_decay, d, beta, assumption=assumption)
+            predicted_angle = equilibrium_angular_update(lr, weight_decay, beta, assumption=assumption)
+            row[f"{assumption}_norm"] = predicted_norm
+            row[f"{assumption}_angular_update"] = predicted_angle
+            row[f"{assumption}_norm_error"] = predicted_norm / norm - 1
+            row[f"{assumption}_angular_error"] = predicted_angle / angle - 1
+        rows.append(row)
+        curves[name] = {"norm": _downsample(recorded, history["norm"][name], curve_points),
+                        "angular_update": _downsample(recorded, history["angular_update"][name], curve_points)}
+    return {"d": d, "lr": lr, "weight_decay": weight_decay, "gamma": gamma, "relaxation_steps": tau,
+            "steps": steps, "window_start": transient_times * tau, "seed": seed, "by_beta": rows, "curves": curves}
+
+
+def _direction(tensor: Tensor) -> Tensor:
+    return tensor.detach() / torch.linalg.vector_norm(tensor.detach())
+
+
+def _direction_comparison(
+    adamw: NormTracker, sphere: NormTracker, name: str, cosine_steps: Sequence[int], cosines: Sequence[float],
+    steps: int, curve_points: int,
+) -> dict[str, Any]:
+    """Cosine between the two directions over time, and the AdamW / 2-Adam ratio of RMS angular updates
+    over the last third of the run."""
+    adamw_history, sphere_history = adamw.history(), sphere.history()
+    recorded = adamw_history["steps"]
+    late = 2 * steps / 3
+    cosine_array = np.asarray(cosines)
+    return {
+        "final_cosine": float(cosine_array[-1]), "min_cosine": float(cosine_array.min()),
+        "angular_update_ratio": _window_rms(adamw_history["angular_update"][name], recorded, late)
+        / _window_rms(sphere_history["angular_update"][name], recorded, late),
+        "cosine_curve": _downsample(np.asarray(cosine_steps), cosine_array, curve_points),
+    }
+
+
+def _adamw_sphere_pair(
+    d: int, lr: float, weight_decay: float, betas: tuple[float, float], eps: float, norm: str, initial_norm: float,
+    seed: int,
+) -> tuple[nn.Parameter, KAdam, nn.Parameter, SphericalTwoAdam]:
+    start = torch.randn(d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    adamw_weight = nn.Parameter(start * (initial_norm / torch.linalg.vector_norm(start)))
+    sphere_weight = nn.Parameter(adamw_weight.detach().clone())
+    adamw = KAdam([adamw_weight], lr=lr, k=1, betas=betas, eps=eps, weight_decay=weight_decay, norm=norm)
+    sphere = SphericalTwoAdam([sphere_weight], lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, norm=norm)
+    return adamw_weight, adamw, sphere_weight, sphere
+
+
+def _curvature(d: int, scale: float) -> Tensor:
+    return torch.linspace(0.0, scale, d, dtype=torch.float64)
+
+
+def meta_adaptive_exact(
+    d: int = 256, steps: int = 2000, lr: float = 1e-3, weight_decay: float = 0.1, curvature: float = 1.0,
+    noise: float = 1.0, initial_norm: float = 0.5, seed: int = 0,
+) -> dict[str, Any]:
+    r"""AdamW with level 1 a normalized gradient vs explicit 2-Adam on the sphere: equal directions (THEORY §4).
+
+    Level 1 is ``(β, γ) = (0, 0)``, tensor mode, ε = 0 (``KAdam(k=1, norm="tensor")`` = AdamW with that
+    level) on the noisy quadratic of :func:`spherical_noise_gradient` (curvatures evenly spread on
+    ``[0, curvature]``, noise of standard deviation ``noise``); :class:`SphericalTwoAdam` with the same
+    level, from the same start. Returns ``max_n |Ŵ^AdamW_n − Ŵ^2-Adam_n|`` and, as a check that the
+    problem moved, the angle between the first and last directions.
+    """
+    adamw_weight, adamw, sphere_weight, sphere = _adamw_sphere_pair(
+        d, lr, weight_decay, (0.0, 0.0), 0.0, "tensor", initial_norm, seed
+    )
+    start = _direction(adamw_weight)
+    diagonal = _curvature(d, curvature)
+    generator = torch.Generator().manual_seed(seed + 1)
+    worst = 0.0
+    for _ in range(steps):
+        xi = noise * torch.randn(d, generator=generator, dtype=torch.float64)
+        with torch.no_grad():
+            adamw_weight.grad = spherical_noise_gradient(adamw_weight, xi, diagonal)
+            sphere_weight.grad = spherical_noise_gradient(sphere_weight, xi, diagonal)
+        adamw.step()
+        sphere.step()
+        worst = max(worst, float(torch.linalg.vector_norm(_direction(adamw_weight) - sphere_weight.detach())))
+    travelled = float(torch.arccos(torch.clamp(torch.dot(start, _direction(adamw_weight)), -1.0, 1.0)))
+    return {"d": d, "steps": steps, "lr": lr, "weight_decay": weight_decay, "max_direction_error": worst,
+            "angle_travelled": travelled}
+
+
+def meta_adaptive_drift(
+    d: int = 256,
+    steps: int = 20000,
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    configs: Sequence[tuple[float, float, str]] = (
+        (0.0, 0.999, "elementwise"), (0.9, 0.999, "elementwise"), (0.0, 0.999, "tensor"), (0.9, 0.999, "tensor"),
+    ),
+    curvature: float = 1.0,
+    noise: float = 1.0,
+    record_every: int = 10,
+    seed: int = 0,
+    curve_points: int = 200,
+    progress: Progress = None,
+) -> dict[str, Any]:
+    r"""AdamW vs explicit 2-Adam on the sphere with memory in level 1: how far the directions drift apart.
+
+    For each level-1 ``(β, γ, mode)`` (ε = 1e-8) both run on the noisy quadratic of
+    :func:`meta_adaptive_exact` from the same start, ``|W_0|`` at the orthogonal equilibrium
+    (:func:`equilibrium_norm` with ``assumption="orthogonal"``, where 2-Adam's level 2 is stationary).
+    Reported: the cosine between the two directions over time, and the ratio AdamW / 2-Adam of the RMS
+    angular update over the last third of the run, against THEORY §4's prediction
+    ``1/√F = √((1 − qβ)/(1 + qβ))`` (the correlation term enlarges AdamW's norm by ``√F``), and the memory
+    ratios ``2ηλ/(1 − β)`` and ``2ηλ/(1 − γ)`` (level 1's memory over the relaxation time 1/(2ηλ)).
+    """
+    diagonal = _curvature(d, curvature)
+    shrink = 1 - lr * weight_decay
+    results = []
+    total = steps * len(configs)
+    for index, (beta, gamma, norm) in enumerate(configs):
+        initial = equilibrium_norm(lr, weight_decay, d, beta, assumption="orthogonal")
+        adamw_weight, adamw, sphere_weight, sphere = _adamw_sphere_pair(
+            d, lr, weight_decay, (beta, gamma), 1e-8, norm, initial, seed
+        )
+        generator = torch.Generator().manual_seed(seed + 1)
+        cosines, cosine_steps = [], []
+        with NormTracker(adamw, [("w", adamw_weight)], every=record_every) as adamw_tracker, \
+                NormTracker(sphere, [("w", sphere_weight)], every=record_every) as sphere_tracker:
+            for step in range(1, steps + 1):
+                xi = noise * torch.randn(d, generator=generator, dtype=torch.float64)
+                with torch.no_grad():
+                    adamw_weight.grad = spherical_noise_gradient(adamw_weight, xi, diagonal)
+                    sphere_weight.grad = spherical_noise_gradient(sphere_weight, xi, diagonal)
+                adamw.step()
+                sphere.step()
+                if step % record_every == 0:
+                    cosines.append(float(torch.dot(_direction(adamw_weight), _direction(sphere_weight))))
+                    cosine_steps.append(step)
+                if progress is not None and step % 1000 == 0:
+                    progress(index * steps + step, total)
+        results.append({
+            "beta": beta, "gamma": gamma, "norm": norm, "initial_norm": initial,
+            **_direction_comparison(adamw_tracker, sphere_tracker, "w", cosine_steps, cosines, steps, curve_points),
+            "predicted_ratio": 1 / math.sqrt(correlation_factor(beta, shrink)),
+            "momentum_memory_ratio": 2 * lr * weight_decay / (1 - beta),
+            "second_moment_memory_ratio": 2 * lr * weight_decay / (1 - gamma),
+            "final_norm": float(torch.linalg.vector_norm(adamw_weight.detach())),
+            "corrected_equilibrium_norm": equilibrium_norm(lr, weight_decay, d, beta),
+        })
+    return {"d": d, "steps": steps, "lr": lr, "weight_decay": weight_decay,
+            "relaxation_steps": relaxation_steps(lr, weight_decay), "configs": results}
+
+
+class NormalizedMLP(nn.Sequential):
+    """``inputs → [Linear(no bias) → BatchNorm1d or LayerNorm → ReLU] × depth → Linear → outputs``.
+
+    Every hidden Linear weight is scale-invariant in train mode (THEORY §4); the classifier is not.
+    """
+
+    def __init__(self, inputs: int, hidden: int, depth: int, outputs: int, norm: Literal["batch", "layer"]) -> None:
+        if norm not in ("batch", "layer"):
+            raise ValueError(f"norm must be 'batch' or 'layer', got {norm!r}")
+        widths = [inputs] + [hidden] * depth
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+            normalization = nn.BatchNorm1d(fan_out) if norm == "batch" else nn.LayerNorm(fan_out)
+            layers += [nn.Linear(fan_in, fan_out, bias=False), normalization, nn.ReLU()]
+        super().__init__(*layers, nn.Linear(widths[-1], outputs))
+
+
+def _digits_model_and_data(norm: str, hidden: int, depth: int, seed: int) -> tuple[nn.Module, dict[str, Any]]:
+    splits = digits_splits()
+    data = {name: (split.inputs.flatten(1), split.targets) for name, split in splits.items()}
+    torch.manual_seed(seed)
+    return NormalizedMLP(64, hidden, depth, 10, norm), data
+
+
+def _cross_entropy(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    return F.cross_entropy(model(batch[0]), batch[1])
+
+
+def _explained_invariant(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[list[str], dict[str, Any]]:
+    """Tensors measured invariant *and* explained by structure (a weight feeding a normalization layer).
+
+    Normalization gains can measure invariant at initialisation only because the biases after them start
+    at zero; they are listed in the report but not tracked.
+    """
+    report = find_scale_invariant(model, _cross_entropy, batch)
+    chosen = [row.name for row in report.rows if row.invariant and row.explanation]
+    return chosen, report.to_dict()
+
+
+def _accuracy(model: nn.Module, split: tuple[Tensor, Tensor]) -> float:
+    model.eval()
+    with torch.no_grad():
+        accuracy = float((model(split[0]).argmax(1) == split[1]).float().mean())
+    model.train()
+    return accuracy
+
+
+def digits_norms(
+    norm: Literal["batch", "layer"] = "batch",
+    optimizer: Literal["adamw", "adam"] = "adamw",
+    lr: float = 1e-2,
+    weight_decay: float = 0.1,
+    steps: int = 4000,
+    batch_size: int = 32,
+    hidden: int = 64,
+    depth: int = 2,
+    betas: tuple[float, float] = (0.9, 0.999),
+    seed: int = 0,
+    curve_points: int = 200,
+    progress: Progress = None,
+) -> dict[str, Any]:
+    r"""Train a :class:`NormalizedMLP` on digits and compare per-layer norms with THEORY §4's predictions.
+
+    ``optimizer`` is ``torch.optim.AdamW`` (λ = ``weight_decay``) or ``torch.optim.Adam`` (no decay; the
+    ``weight_decay`` argument is then ignored). The scale-invariant hidden weights (found by
+    :func:`~kadam.normalization.find_scale_invariant`) are tracked every step. Per layer:
+
+    - norm trajectories predicted from the measured ``|u_n|²`` under both assumptions
+      (:func:`norm_trajectory`), and the noise-dominated equilibrium from hyperparameters alone;
+    - angular updates predicted as ``η|u_n| / (q|W_{n−1}|_pred)`` under both assumptions, and the
+      noise-dominated :func:`equilibrium_angular_update`;
+    - relative errors ``predicted/measured − 1`` of the RMS over the steps after the transient
+      (3 relaxation times, or the second half of the run if that is sooner; the second half for Adam).
+    """
+    if optimizer not in ("adamw", "adam"):
+        raise ValueError(f"optimizer must be 'adamw' or 'adam', got {optimizer!r}")
+    decay = weight_decay if optimizer == "adamw" else 0.0
+    model, data = _digits_model_and_data(norm, hidden, depth, seed)
+    inputs, targets = data["train"]
+    generator = torch.Generator().manual_seed(seed)
+    probe = torch.randperm(len(targets), generator=generator)[:256]
+    tracked, detection = _explained_invariant(model, (inputs[probe], targets[probe]))
+    parameters = dict(model.named_parameters())
+    optimizer_instance = (torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=decay)
+                          if optimizer == "adamw" else torch.optim.Adam(model.parameters(), lr=lr, betas=betas))
+    model.train()
+    with NormTracker(optimizer_instance, [(name, parameters[name]) for name in tracked]) as tracker:
+        initial = tracker.initial_norms()
+        for step in range(1, steps + 1):
+            index = torch.randint(len(targets), (batch_size,), generator=generator)
+            loss = _cross_entropy(model, (inputs[index], targets[index]))
+            optimizer_instance.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer_instance.step()
+            if progress is not None and step % 100 == 0:
+                progress(step, steps)
+    history = tracker.history()
+    recorded = history["steps"]
+    shrink = 1 - lr * decay
+    window_start = steps / 2 if decay == 0 else min(3 * relaxation_steps(lr, decay), steps / 2)
+    layers = []
+    for name in tracked:
+        measured_norm = history["norm"][name]
+        update_norm = history["update_norm"][name]
+        d = parameters[name].numel()
+        layer: dict[str, Any] = {
+            "name": name, "d": d, "initial_norm": initial[name],
+            "measured_norm": _window_rms(measured_norm, recorded, window_start),
+            "measured_angular_update": _window_rms(history["angular_update"][name], recorded, window_start),
+            "measured_update_sq_over_d": float(np.mean(update_norm[recorded > window_start] ** 2) / d),
+            "noise_update_sq_over_d": noise_update_sq_norm(d, betas[0]) / d,
+            "curves": {"measured_norm": _downsample(recorded, measured_norm, curve_points),
+                       "measured_angular_update": _downsample(recorded, history["angular_update"][name], curve_points)},
+        }
+        for assumption in ("corrected", "orthogonal"):
+            trajectory = norm_trajectory(initial[name], lr, decay, betas[0], update_sq_norms=update_norm**2,
+                                         assumption=assumption)
+            angular = np.arctan(lr * update_norm / (shrink * trajectory[:-1]))
+            layer[f"{assumption}_norm"] = _window_rms(trajectory[1:], recorded, window_start)
+            layer[f"{assumption}_norm_error"] = layer[f"{assumption}_norm"] / layer["measured_norm"] - 1
+            layer[f"{assumption}_angular_update"] = _window_rms(angular, recorded, window_start)
+            layer[f"{assumption}_angular_error"] = (
+                layer[f"{assumption}_angular_update"] / layer["measured_angular_update"] - 1
+            )
+            layer["curves"][f"{assumption}_norm"] = _downsample(recorded, trajectory[1:], curve_points)
+            layer["curves"][f"{assumption}_angular_update"] = _downsample(recorded, angular, curve_points)
+            if decay > 0:
+                layer[f"{assumption}_equilibrium_norm"] = equilibrium_norm(lr, decay, d, betas[0], assumption=assumption)
+                layer[f"{assumption}_equilibrium_angular_update"] = equilibrium_angular_update(
+                    lr, decay, betas[0], assumption=assumption
+                )
+        layers.append(layer)
+    return {
+        "task": f"digits-{'bn' if norm == 'batch' else 'ln'}", "optimizer": optimizer, "lr": lr,
+        "weight_decay": decay, "betas": list(betas), "steps": steps, "batch_size": batch_size, "seed": seed,
+        "relaxation_steps": relaxation_steps(lr, decay) if decay > 0 else None, "window_start": window_start,
+        "detection": detection, "tracked": tracked, "layers": layers,
+        "test_accuracy": _accuracy(model, data["test"]),
+    }
+
+
+def meta_adaptive_network(
+    steps: int = 3000,
+    lr: float = 1e-2,
+    weight_decay: float = 0.1,
+    configs: Sequence[tuple[float, float, str]] = ((0.0, 0.999, "elementwise"), (0.9, 0.999, "elementwise")),
+    batch_size: int = 32,
+    hidden: int = 64,
+    depth: int = 2,
+    record_every: int = 10,
+    seed: int = 0,
+    curve_points: int = 200,
+    progress: Progress = None,
+) -> dict[str, Any]:
+    r"""AdamW vs explicit 2-Adam on the sphere for the invariant weights of a LayerNorm MLP on digits.
+
+    Both copies start from the same initialisation and see the same mini-batches. AdamW's side is
+    ``KAdam(k=1)`` on every parameter; 2-Adam's side is :class:`SphericalTwoAdam` (same η, λ, level 1) on
+    the scale-invariant hidden weights and the same ``KAdam(k=1)`` on the rest. Per invariant weight:
+    cosine between the two directions over time, and the ratio AdamW / 2-Adam of the RMS angular update
+    over the last third, with THEORY §4's noise-dominated prediction ``√((1 − qβ)/(1 + qβ))``.
+    """
+    shrink = 1 - lr * weight_decay
+    results = []
+    total = steps * len(configs)
+    for config_index, (beta, gamma, mode) in enumerate(configs):
+        adamw_model, data = _digits_model_and_data("layer", hidden, depth, seed)
+        sphere_model = copy.deepcopy(adamw_model)
+        inputs, targets = data["train"]
+        generator = torch.Generator().manual_seed(seed)
+        probe = torch.randperm(len(targets), generator=generator)[:256]
+        tracked, _ = _explained_invariant(adamw_model, (inputs[probe], targets[probe]))
+        level = {"lr": lr, "betas": (beta, gamma), "eps": 1e-8, "weight_decay": weight_decay, "norm": mode}
+        adamw = KAdam(adamw_model.parameters(), k=1, **level)
+        sphere_parameters = dict(sphere_model.named_parameters())
+        invariant = [sphere_parameters[name] for name in tracked]
+        rest = [p for name, p in sphere_parameters.items() if name not in tracked]
+        sphere = SphericalTwoAdam(invariant, **level)
+        sphere_rest = KAdam(rest, k=1, **level)
+        adamw_parameters = dict(adamw_model.named_parameters())
+        cosines: dict[str, list[float]] = {name: [] for name in tracked}
+        cosine_steps = []
+        with NormTracker(adamw, [(n, adamw_parameters[n]) for n in tracked], every=record_every) as adamw_tracker, \
+                NormTracker(sphere, [(n, sphere_parameters[n]) for n in tracked], every=record_every) as sphere_tracker:
+            for step in range(1, steps + 1):
+                index = torch.randint(len(targets), (batch_size,), generator=generator)
+                for model, optimizers in ((adamw_model, (adamw,)), (sphere_model, (sphere, sphere_rest))):
+                    loss = _cross_entropy(model, (inputs[index], targets[index]))
+                    model.zero_grad(set_to_none=True)
+                    loss.backward()
+                    for optimizer in optimizers:
+                        optimizer.step()
+                if step % record_every == 0:
+                    cosine_steps.append(step)
+                    for name in tracked:
+                        cosines[name].append(float(torch.sum(
+                            _direction(adamw_parameters[name]) * _direction(sphere_parameters[name]))))
+                if progress is not None and step % 100 == 0:
+                    progress(config_index * steps + step, total)
+        per_layer = [
+            {"name": name, **_direction_comparison(adamw_tracker, sphere_tracker, name, cosine_steps, cosines[name],
+                                                   steps, curve_points)}
+            for name in tracked
+        ]
+        results.append({
+            "beta": beta, "gamma": gamma, "norm": mode, "layers": per_layer,
+            "predicted_ratio": 1 / math.sqrt(correlation_factor(beta, shrink)),
+            "momentum_memory_ratio": 2 * lr * weight_decay / (1 - beta),
+            "adamw_test_accuracy": _accuracy(adamw_model, data["test"]),
+            "sphere_test_accuracy": _accuracy(sphere_model, data["test"]),
+        })
+    return {"task": "digits-ln", "steps": steps, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
+            "relaxation_steps": relaxation_steps(lr, weight_decay), "configs": results}
+
+
+def _figure(rows: int, columns: int, size: tuple[float, float]) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False)
+
+
+def _save(figure: Any, path: str) -> str:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_random_walk(result: dict[str, Any], path: str) -> str:
+    """Norm and angular update against step per β, with both equilibrium predictions as lines."""
+    figure, axes = _figure(1, 2, (5.0, 3.6))
+    for color, row in zip(("C0", "C1", "C2", "C3", "C4", "C5"), result["by_beta"]):
+        curves = result["curves"][f"beta={row['beta']}"]
+        for axis, key, label in ((axes[0][0], "norm", "norm"), (axes[0][1], "angular_update", "angular_update")):
+            axis.plot(curves[key]["steps"], curves[key]["values"], color=color, lw=0.8, label=f"β = {row['beta']}")
+            axis.axhline(row[f"corrected_{label}"], color=color, ls="--", lw=1)
+            axis.axhline(row[f"orthogonal_{label}"], color=color, ls=":", lw=1)
+    axes[0][0].set(xlabel="step", ylabel="|W|", yscale="log",
+                   title="norm (dashed: corrected, dotted: orthogonal)")
+    axes[0][1].set(xlabel="step", ylabel="angle per step (rad)", yscale="log", title="angular update")
+    axes[0][0].legend(fontsize=7)
+    return _save(figure, path)
+
+
+def plot_meta_adaptive(drift: dict[str, Any], network: dict[str, Any] | None, path: str) -> str:
+    """Cosine between AdamW's and 2-Adam's directions against step (noisy quadratic; LayerNorm MLP)."""
+    figure, axes = _figure(1, 2 if network else 1, (5.0, 3.6))
+    for config in drift["configs"]:
+        curve = config["cosine_curve"]
+        axes[0][0].plot(curve["steps"], curve["values"], lw=1,
+                        label=f"β={config['beta']}, γ={config['gamma']}, {config['norm']}")
+    axes[0][0].set(xlabel="step", ylabel="cos(Ŵ_AdamW, Ŵ_2-Adam)", title=f"noisy quadratic, d = {drift['d']}")
+    axes[0][0].legend(fontsize=7)
+    if network:
+        for config in network["configs"]:
+            for layer in config["layers"]:
+                curve = layer["cosine_curve"]
+                axes[0][1].plot(curve["steps"], curve["values"], lw=1, label=f"β={config['beta']} {layer['name']}")
+        axes[0][1].set(xlabel="step", ylabel="cos(Ŵ_AdamW, Ŵ_2-Adam)", title="LayerNorm MLP on digits")
+        axes[0][1].legend(fontsize=7)
+    return _save(figure, path)
+
+
+def plot_digits_norms(result: dict[str, Any], path: str) -> str:
+    """Per tracked layer: measured norm and angular update against both predicted trajectories."""
+    layers = result["layers"]
+    figure, axes = _figure(2, max(1, len(layers)), (4.2, 3.2))
+    for column, layer in enumerate(layers):
+        for row, quantity in enumerate(("norm", "angular_update")):
+            axis = axes[row][column]
+            curves = layer["curves"]
+            axis.plot(curves[f"measured_{quantity}"]["steps"], curves[f"measured_{quantity}"]["values"],
+                      color="black", lw=0.6, alpha=0.7, label="measured")
+            for assumption, style in (("corrected", "--"), ("orthogonal", ":")):
+                curve = curves[f"{assumption}_{quantity}"]
+                axis.plot(curve["steps"], curve["values"], ls=style, lw=1.2, label=assumption)
+                if f"{assumption}_equilibrium_{quantity}" in layer:
+                    axis.axhline(layer[f"{assumption}_equilibrium_{quantity}"], ls=style, color="gray", lw=0.8)
+            axis.set(xlabel="step", ylabel="|W|" if quantity == "norm" else "angle per step (rad)",
+                     title=f"{layer['name']} ({result['task']}, {result['optimizer']})", yscale="log")
+    axes[0][0].legend(fontsize=7)
+    return _save(figure, path)
