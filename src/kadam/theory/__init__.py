@@ -1,0 +1,5 @@
+"""Closed forms of the theory (THEORY.md): stability of (β, γ) (THEORY §2–§3)."""
+
+from kadam.theory import stability
+
+__all__ = ["stability"]
