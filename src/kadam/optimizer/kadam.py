@@ -28,7 +28,6 @@ Two implementations sit side by side, as in ``torch/optim/adam.py``: a single-te
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, cast
@@ -44,6 +43,8 @@ from torch.optim.optimizer import (
     _use_grad_for_differentiable,
     _view_as_real,
 )
+
+from kadam.theory import stability
 
 __all__ = ["KAdam"]
 
@@ -79,11 +80,6 @@ def _is_pair(value: Any) -> bool:
 
 def _is_sequence(value: Any) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, str)
-
-
-def _growth_rate(beta: float, gamma: float) -> float:
-    """Per-step growth exponent of the update bound outside the region, ln β − ½ ln γ (THEORY §2)."""
-    return math.inf if gamma == 0.0 else math.log(beta) - 0.5 * math.log(gamma)
 
 
 def _check_unit_interval(name: str, level: int, value: Any) -> float:
@@ -132,9 +128,9 @@ def _resolve_levels(group: dict[str, Any]) -> list[Level]:
 def _warn_if_unstable(levels: list[Level]) -> None:
     """UserWarning for each level outside the stable region γ > β² (THEORY §2)."""
     for i, level in enumerate(levels, start=1):
-        if level.beta == 0.0 or level.gamma > level.beta**2:
+        if stability.is_stable(level.beta, level.gamma):
             continue
-        rate = max(_growth_rate(level.beta, level.gamma), 0.0)  # γ = β² up to rounding: the boundary
+        rate = max(float(stability.growth_rate(level.beta, level.gamma)), 0.0)  # γ = β² up to rounding
         if rate < 1e-12:
             efold = "never (on the boundary: the bound grows like sqrt(n))"
         else:
