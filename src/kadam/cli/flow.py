@@ -1,0 +1,120 @@
+"""``kadam flow``: the continuous model (THEORY §3) against the discrete optimizer on one problem."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from kadam.experiments.flow import PROBLEMS, make_problem
+from kadam.flow import FlowSolveError, Trajectory, compare, discrete, simulate
+from kadam.flow.ode import ORDERS, RATES
+
+COORDINATES_SHOWN = 3
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "flow",
+        help="simulate the continuous-time model and compare it with discrete Adam/AdamW/k-Adam",
+        description="Integrate the ODE of THEORY §3 for KAdam's hyperparameters and compare it, step by "
+        "step, with the real optimizer run from the same start on a full-batch problem.",
+    )
+    parser.add_argument("--problem", choices=PROBLEMS, default="quadratic")
+    parser.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate η (default 1e-3)")
+    parser.add_argument("--steps", type=_positive_int, default=2000, help="optimizer steps (default 2000)")
+    parser.add_argument("--k", type=_positive_int, default=1, help="levels of k-Adam (default 1: AdamW)")
+    parser.add_argument("--rates", choices=RATES, default="exact", help="moment rates (default exact)")
+    parser.add_argument("--order", type=int, choices=ORDERS, default=1, help="parameter equation order (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="problem seed (default 0)")
+    parser.add_argument("--plot", type=Path, help="write loss curves, coordinates and the error to this PNG")
+    parser.add_argument("--json", action="store_true", help="print the error table as JSON on stdout")
+    parser.set_defaults(func=run)
+
+
+def _plot(path: Path, continuous: Trajectory, discrete_run: Trajectory, errors: Any, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, coordinate_axis, error_axis) = plt.subplots(1, 3, figsize=(15, 4))
+    steps = discrete_run.steps.numpy()
+    loss_axis.semilogy(steps, discrete_run.loss.numpy(), label="discrete")
+    loss_axis.semilogy(steps, continuous.loss.numpy(), "--", label="continuous")
+    loss_axis.set(xlabel="step n", ylabel="loss", title="loss")
+    loss_axis.legend()
+    moved = (discrete_run.theta[-1] - discrete_run.theta[0]).abs().argsort(descending=True)[:COORDINATES_SHOWN]
+    for index in moved.tolist():
+        line, = coordinate_axis.plot(steps, discrete_run.theta[:, index].numpy(), label=f"θ[{index}] discrete")
+        coordinate_axis.plot(steps, continuous.theta[:, index].numpy(), "--", color=line.get_color(), label="continuous")
+    coordinate_axis.set(xlabel="step n", title="the coordinates that moved most")
+    coordinate_axis.legend(fontsize=7)
+    error_axis.semilogy(errors.steps.numpy(), errors.relative_error.numpy())
+    error_axis.set(xlabel="step n", title="‖θ_cont − θ_disc‖ / ‖θ_disc − θ₀‖")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def run(args: argparse.Namespace) -> int:
+    loss = make_problem(args.problem, args.seed)
+    hyperparameters = {"lr": args.lr, "k": args.k}
+    progress = not args.json and sys.stderr.isatty()
+    reference = discrete(loss, args.steps, progress=progress, **hyperparameters)
+    try:
+        continuous = simulate(loss, args.steps, rates=args.rates, order=args.order, progress=progress, **hyperparameters)
+    except FlowSolveError as failure:
+        print(f"kadam flow: {failure}", file=sys.stderr)
+        return 1
+    errors = compare(continuous, reference)
+    table = {
+        "problem": args.problem,
+        "lr": args.lr,
+        "steps": args.steps,
+        "k": args.k,
+        "rates": args.rates,
+        "order": args.order,
+        **errors.summary(),
+        "final_loss_discrete": float(reference.loss[-1]),
+        "final_loss_continuous": float(continuous.loss[-1]),
+        "gradient_evaluations": continuous.gradient_evaluations,
+        "seconds_discrete": reference.seconds,
+        "seconds_continuous": continuous.seconds,
+    }
+    title = f"{args.problem}: lr {args.lr}, k = {args.k}, {args.rates} rates, order {args.order}"
+    if args.plot is not None:
+        _plot(args.plot, continuous, reference, errors, title)
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    print(title)
+    for step in sorted({max(1, args.steps // 10 * i) for i in range(1, 11)} | {args.steps}):
+        index = int((reference.steps == step).nonzero()[0, 0])
+        print(
+            f"  step {step:>7}: loss discrete {float(reference.loss[index]):.6g}  continuous "
+            f"{float(continuous.loss[index]):.6g}  rel. error {float(errors.relative_error[index - 1]):.3e}"
+        )
+    width = max(len(key) for key in table)
+    for key, value in table.items():
+        print(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    if args.plot is not None:
+        print(f"figure: {args.plot}")
+    return 0

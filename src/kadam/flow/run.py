@@ -1,0 +1,253 @@
+"""Simulate the continuous model, run the discrete optimizer from the same start, compare (THEORY §3).
+
+:func:`simulate` integrates :class:`~kadam.flow.ode.AdamFlow` with ``torchdiffeq.odeint`` and reads the
+solution at integer steps; :func:`discrete` runs the real :class:`~kadam.KAdam` on the same full-batch
+loss; :func:`compare` gives the per-step relative error ``‖θ_cont(n) − θ_disc(n)‖ / ‖θ_disc(n) − θ₀‖``
+and the cosine between the two update directions.
+
+Hyperparameters are :class:`~kadam.KAdam`'s keyword arguments (``lr``, ``k``, ``betas``, ``eps``,
+``weight_decay``, ``decoupled_weight_decay``, ``norm``, ``meta_betas``, ``meta_norm``, ``maximize``),
+validated by ``KAdam`` itself and with its defaults: ``k=1`` is AdamW
+(``decoupled_weight_decay=True``) or Adam (``False``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import Tensor
+from torchdiffeq import odeint
+
+from kadam.flow.loss import FlatLoss
+from kadam.flow.ode import AdamFlow, FlowSolveError
+from kadam.optimizer.kadam import KAdam, state_keys
+
+
+@dataclass
+class Trajectory:
+    """A run read at integer steps.
+
+    Attributes:
+        steps: the recorded step numbers (``0, every, 2·every, …, steps``).
+        theta: ``θ`` at those steps, one row each.
+        loss: ``L(θ)`` at those steps.
+        moments: optional per-level read-outs, keys ``m{i}``, ``v{i}`` (uncorrected, as ``KAdam`` stores
+            them; one column per tensor in tensor mode) and, for the model, ``u{i}``.
+        gradient_evaluations: gradients computed to produce the run (ODE right-hand sides, or steps).
+        seconds: wall time of the run.
+    """
+
+    steps: Tensor
+    theta: Tensor
+    loss: Tensor
+    moments: dict[str, Tensor] = field(default_factory=dict)
+    gradient_evaluations: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Comparison:
+    """Continuous against discrete at the recorded steps ``n > 0`` (THEORY §3).
+
+    ``relative_error[n] = ‖θ_cont(n) − θ_disc(n)‖ / ‖θ_disc(n) − θ₀‖``; ``cosine[n]`` is the cosine
+    between ``θ(n) − θ(n')`` of the two runs, ``n'`` the previous recorded step.
+    """
+
+    steps: Tensor
+    relative_error: Tensor
+    cosine: Tensor
+
+    @property
+    def final_rel_error(self) -> float:
+        return float(self.relative_error[-1])
+
+    @property
+    def max_rel_error(self) -> float:
+        return float(self.relative_error.max())
+
+    @property
+    def min_cosine(self) -> float:
+        return float(self.cosine.min())
+
+    def summary(self) -> dict[str, float]:
+        """The error table: final and maximum relative error, smallest cosine."""
+        return {
+            "final_rel_error": self.final_rel_error,
+            "max_rel_error": self.max_rel_error,
+            "min_cosine": self.min_cosine,
+        }
+
+
+def _recorded_steps(steps: int, record_every: int) -> Tensor:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(record_every, bool) or not isinstance(record_every, int) or not 1 <= record_every <= steps:
+        raise ValueError(f"record_every must be an integer in [1, steps = {steps}], got {record_every!r}")
+    recorded = torch.arange(0, steps + 1, record_every)
+    return recorded if recorded[-1] == steps else torch.cat([recorded, torch.tensor([steps])])
+
+
+@contextmanager
+def _progress(enabled: bool, description: str, total: float) -> Iterator[Callable[[float], None]]:
+    """A rich progress bar over ``[0, total]``; yields ``advance_to(position)``."""
+    if not enabled:
+        yield lambda position: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+                  TimeElapsedColumn(), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        reached = [0.0]
+
+        def advance_to(position: float) -> None:
+            if position > reached[0] + total / 200 or position >= total:
+                reached[0] = position
+                bar.update(task, completed=min(position, total))
+
+        yield advance_to
+
+
+def simulate(
+    loss: FlatLoss,
+    steps: int,
+    *,
+    rates: str = "exact",
+    order: int = 1,
+    method: str = "dopri5",
+    rtol: float = 1e-8,
+    atol: float = 1e-10,
+    options: dict[str, Any] | None = None,
+    record_every: int = 1,
+    return_moments: bool = False,
+    progress: bool = False,
+    **hyperparameters: Any,
+) -> Trajectory:
+    """Integrate the continuous model of ``KAdam(**hyperparameters)`` on ``loss`` for ``steps`` steps.
+
+    The ODE (THEORY §3, :mod:`kadam.flow.ode`) starts from ``θ₀`` with every moment at its τ = 0 limit
+    and is solved by ``torchdiffeq.odeint(method=method, rtol=rtol, atol=atol, options=options)``
+    (adaptive Dormand–Prince by default), read at ``τ = 0, record_every, …, steps``.
+
+    Args:
+        loss: the full-batch loss, from a function of a flat vector or a module plus data.
+        steps: the horizon in optimizer steps.
+        rates: ``"exact"`` (``a = −ln β``) or ``"paper"`` (``a = (1−β)/β``).
+        order: 1 (``θ̇ = F``) or 2 (``½θ̈ + θ̇ = F``).
+        method, rtol, atol, options: passed to ``torchdiffeq.odeint``.
+        record_every: read the solution every this many steps (and at ``steps``).
+        return_moments: also return every level's ``m``, ``v`` (uncorrected) and ``u``.
+        progress: show a progress bar over τ.
+        **hyperparameters: ``KAdam``'s arguments (``lr``, ``k``, ``betas``, …), with its defaults.
+
+    Raises:
+        FlowSolveError: the solve failed (non-finite loss or field, step size underflow, too many
+            steps); the message gives τ and the reason.
+    """
+    recorded = _recorded_steps(steps, record_every)
+    start = time.perf_counter()
+    with _progress(progress, f"continuous ({rates}, order {order})", steps) as advance_to:
+        field_ = AdamFlow.for_optimizer(loss, rates=rates, order=order, on_evaluation=advance_to, **hyperparameters)
+        times = recorded.to(dtype=loss.theta0.dtype, device=loss.theta0.device)
+        try:
+            solution = odeint(field_, field_.initial_state(), times, rtol=rtol, atol=atol, method=method, options=options)
+        except AssertionError as failure:  # torchdiffeq reports step-size underflow and step limits this way
+            raise FlowSolveError(field_.last_tau, f"{failure} (stiff or blowing up: try a smaller lr, "
+                                 f"looser tolerances or method='dopri8')", field_.last_good_tau) from failure
+    theta = solution[0]
+    losses = torch.stack([loss.fn(row).detach() for row in theta])
+    seconds = time.perf_counter() - start
+    moments: dict[str, Tensor] = {}
+    if return_moments:
+        per_step = []
+        for index, tau in enumerate(recorded.tolist()):
+            values = field_.read_out(float(tau), [part[index] for part in solution])
+            per_step.append((values, field_.raw_moments(float(tau), values)))
+        for i in range(len(field_.levels)):
+            moments[f"m{i + 1}"] = torch.stack([raw[i][0] for _, raw in per_step])
+            moments[f"v{i + 1}"] = torch.stack([raw[i][1] for _, raw in per_step])
+            moments[f"u{i + 1}"] = torch.stack([values[i].u for values, _ in per_step])
+    return Trajectory(recorded, theta, losses, moments, field_.evaluations, seconds)
+
+
+def discrete(
+    loss: FlatLoss,
+    steps: int,
+    *,
+    record_every: int = 1,
+    return_moments: bool = False,
+    progress: bool = False,
+    **hyperparameters: Any,
+) -> Trajectory:
+    """Run the real ``KAdam(**hyperparameters)`` full-batch on ``loss`` from ``θ₀`` for ``steps`` steps.
+
+    Each step evaluates ``L`` at the current parameters (one tensor per entry of
+    ``loss.tensor_shapes``), back-propagates and calls ``KAdam.step``. Arguments are those of
+    :func:`simulate`; the moments returned are ``KAdam``'s state (``m{i}``, ``v{i}``).
+
+    Raises:
+        FlowSolveError: the loss became non-finite (``tau`` is then the step).
+    """
+    recorded = _recorded_steps(steps, record_every)
+    params = [piece.detach().clone().requires_grad_(True) for piece in loss.split(loss.theta0)]
+    optimizer = KAdam(params, **hyperparameters)
+    wanted = set(recorded.tolist())
+    levels = optimizer.param_groups[0]["k"]
+    thetas, losses = [], torch.empty(steps + 1, dtype=loss.theta0.dtype, device=loss.theta0.device)
+    moments: dict[str, list[Tensor]] = {}
+
+    def flat() -> Tensor:
+        return torch.cat([p.reshape(-1) for p in params])
+
+    def record() -> None:
+        thetas.append(flat().detach().clone())
+        if return_moments and len(thetas) > 1:
+            for i in range(1, levels + 1):
+                for name, key in zip(("m", "v"), state_keys(i), strict=True):
+                    column = torch.cat([optimizer.state[p][key].reshape(-1) for p in params])
+                    moments.setdefault(f"{name}{i}", []).append(column)
+
+    start = time.perf_counter()
+    record()
+    with _progress(progress, "discrete", steps) as advance_to:
+        for n in range(1, steps + 2):
+            optimizer.zero_grad(set_to_none=True)
+            value = loss.fn(flat())
+            losses[n - 1] = value.detach()
+            if not torch.isfinite(value):
+                raise FlowSolveError(float(n - 1), f"the discrete run's loss is {value.item()}")
+            if n == steps + 1:
+                break
+            value.backward()
+            optimizer.step()
+            if n in wanted:
+                record()
+            advance_to(n)
+    seconds = time.perf_counter() - start
+    stacked = {name: torch.stack([torch.zeros_like(rows[0]), *rows]) for name, rows in moments.items()}
+    return Trajectory(recorded, torch.stack(thetas), losses[recorded], stacked, steps, seconds)
+
+
+def compare(continuous: Trajectory, discrete_run: Trajectory) -> Comparison:
+    """Per-step relative error and update-direction cosine of ``continuous`` against ``discrete_run``.
+
+    Both must be recorded at the same steps from the same ``θ₀``. Step 0 (where both errors are 0/0)
+    is left out.
+    """
+    if not torch.equal(continuous.steps, discrete_run.steps):
+        raise ValueError("continuous and discrete_run must be recorded at the same steps")
+    theta0 = discrete_run.theta[0]
+    if not torch.equal(continuous.theta[0], theta0):
+        raise ValueError("continuous and discrete_run must start from the same theta0")
+    travelled = torch.linalg.vector_norm(discrete_run.theta[1:] - theta0, dim=1)
+    gap = torch.linalg.vector_norm(continuous.theta[1:] - discrete_run.theta[1:], dim=1)
+    updates_c = continuous.theta.diff(dim=0)
+    updates_d = discrete_run.theta.diff(dim=0)
+    cosine = torch.nn.functional.cosine_similarity(updates_c, updates_d, dim=1, eps=1e-300)
+    relative = torch.where(travelled > 0, gap / travelled, torch.where(gap > 0, math.inf, 0.0))
+    return Comparison(continuous.steps[1:], relative, cosine)
