@@ -30,7 +30,6 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.signal import lfilter
 
 __all__ = [
     "ASSUMPTIONS",
@@ -185,6 +184,8 @@ def norm_trajectory(
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0 when d is given, got {steps!r}")
         squares = np.full(steps, noise_update_sq_norm(d, beta))
+    from scipy.signal import lfilter  # imported here: scipy.signal costs ~1 s, and `import kadam` stays light
+
     increments = np.concatenate([[initial_norm**2], lr**2 * factor * squares])
     return np.sqrt(lfilter([1.0], [1.0, -(shrink**2)], increments))
 
