@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-_SUBCOMMANDS = ("demo",)
+_SUBCOMMANDS = ("demo", "region", "reproduce", "flow", "norms")
 
 
 def build_parser() -> argparse.ArgumentParser:

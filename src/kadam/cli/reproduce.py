@@ -1,0 +1,43 @@
+"""``kadam reproduce``: re-measure the paper's claims offline and write one report (see
+:mod:`kadam.experiments.reproduce`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from kadam.experiments.reproduce import DEVICES, PROFILES, reproduce
+
+
+def default_jobs() -> int:
+    """The CPU cores this process may use (every cell runs single-threaded, so one job per core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "reproduce", help="run every experiment (cached) and write report.html, report.md, results.json",
+        description="Run the stability, continuous-time, normalization and training experiments, each cell cached "
+                    "under --out (an interrupted run resumes), and write report.html, report.md, results.json and "
+                    "figures/*.png there.",
+    )
+    parser.add_argument("--profile", choices=PROFILES, default="quick",
+                        help="smoke (≤ 60 s), quick (≤ 10 min on 2 cores; default) or full (the real protocol, for a GPU)")
+    parser.add_argument("--out", default="kadam-report", help="output and cache folder (default kadam-report)")
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="torch device for the training cells (section 4 and the stability-margin runs; sections 1–3 "
+                             "run on the CPU)")
+    parser.add_argument("--seeds", type=int, default=None, help="fresh evaluation seeds (≥ 2; default: the profile's)")
+    parser.add_argument("--jobs", type=int, default=default_jobs(),
+                        help=f"cells computed in parallel processes, one torch thread each (default: the {default_jobs()} "
+                             "CPU cores available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary table still prints)")
+    parser.set_defaults(func=run_reproduce)
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    try:
+        reproduce(args.profile, args.out, args.device, args.seeds, args.jobs, show_progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"kadam reproduce: interrupted; finished cells are cached in {args.out}/cache, rerun the same command to resume")
+        return 130
+    return 0

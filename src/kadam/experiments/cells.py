@@ -1,0 +1,327 @@
+"""Cached experiment cells and the runner that computes them (the machinery of ``kadam reproduce``).
+
+A **cell** is one call ``function(**kwargs)`` of an experiment function (``"module:name"``) whose result is
+a JSON-serialisable dict. Its cache key is the SHA-256 of the canonical JSON of (function, kwargs, library
+version, :func:`code_fingerprint`, cache format): changing a setting recomputes exactly the cells whose
+kwargs it changes, and changing the library's code recomputes everything (a stale number is worse than a
+slow rerun).
+
+**Cache** (``OUT/cache/<key>.json``): each file holds the key, the call, the wall time, the result and a
+SHA-256 digest of the result's canonical JSON. Files are written to a temporary name in the same folder,
+flushed, fsynced and renamed (``os.replace``, atomic on POSIX and Windows), so an interrupted run leaves
+either the old state or the new one; resuming loses at most the cells in flight (one per worker). A file
+that does not parse, names another key or fails its digest is reported and recomputed.
+
+**Runner**: ``jobs = N > 1`` runs cells in N spawned processes, ``jobs = 1`` in this process; every cell
+runs with one torch thread either way (so its numbers do not depend on ``jobs``). A rich progress
+bar covers the whole run (its total is the estimated seconds of the cells still to compute, so the ETA
+is in real time from the start) and, for long cells whose function accepts ``progress(done, total)``, a
+bar within the cell.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import hashlib
+import importlib
+import inspect
+import json
+import multiprocessing
+import os
+import queue
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+import kadam
+from kadam.experiments.report import atomic_write
+
+__all__ = ["Cell", "CellCache", "CellRunner", "canonical_json", "code_fingerprint"]
+
+CACHE_FORMAT = 1
+_CELL_BAR_MIN_COST = 3.0  # cells estimated to take at least this many seconds get a bar of their own
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """SHA-256 of the library's computing code: every ``.py`` file of the ``kadam`` package except the command
+    line and the report writer (presentation only). Any change to code that can change a number, including an
+    experiment a cell calls indirectly, gives every cell a new key; a change of setting changes only the cells
+    whose kwargs it changes."""
+    root = Path(kadam.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root).as_posix()
+        if relative.startswith("cli/") or relative == "experiments/report.py":
+            continue
+        digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: the text that cache keys and digests hash."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One experiment call: ``function`` ("package.module:name") applied to ``kwargs``.
+
+    ``section`` and ``label`` name it in the progress display; ``cost`` is its estimated wall time in
+    seconds on one CPU core (used for the ETA only, never for the key).
+    """
+
+    section: str
+    label: str
+    function: str
+    kwargs: Mapping[str, Any]
+    cost: float = 1.0
+
+    @property
+    def key(self) -> str:
+        identity = {"function": self.function, "kwargs": self.kwargs, "version": kadam.__version__,
+                    "code": code_fingerprint(), "format": CACHE_FORMAT}
+        return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:24]
+
+
+def _digest(result: Any) -> str:
+    return hashlib.sha256(canonical_json(result).encode()).hexdigest()
+
+
+@dataclass
+class CellCache:
+    """Results of cells on disk under ``directory`` (see the module docstring for the format)."""
+
+    directory: Path
+    corrupt: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, cell: Cell) -> Path:
+        return self.directory / f"{cell.key}.json"
+
+    def load(self, cell: Cell) -> dict[str, Any] | None:
+        """The cached entry of ``cell`` (with ``result`` and ``seconds``), or None if absent or corrupt."""
+        path = self.path(cell)
+        if not path.exists():
+            return None
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            valid = entry["key"] == cell.key and entry["digest"] == _digest(entry["result"])
+        except (OSError, ValueError, KeyError, TypeError):
+            valid = False
+        if not valid:
+            self.corrupt.append(path.name)
+            return None
+        return entry
+
+    def store(self, cell: Cell, result: Mapping[str, Any], seconds: float) -> None:
+        """Write ``result`` atomically (temporary file, fsync, rename)."""
+        entry = {
+            "key": cell.key, "function": cell.function, "kwargs": cell.kwargs, "version": kadam.__version__,
+            "seconds": seconds, "result": result, "digest": _digest(result),
+        }
+        atomic_write(self.path(cell), json.dumps(entry, sort_keys=True))
+
+
+def _resolve(function: str) -> Callable[..., dict[str, Any]]:
+    module, _, name = function.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _call(function: str, kwargs: Mapping[str, Any], progress: Callable[[int, int], None] | None) -> tuple[Any, float]:
+    """Run one cell's function, passing ``progress`` if the function accepts it; returns (result, seconds)."""
+    target = _resolve(function)
+    arguments = dict(kwargs)
+    if progress is not None and "progress" in inspect.signature(target).parameters:
+        arguments["progress"] = progress
+    started = time.perf_counter()
+    result = target(**arguments)
+    return result, time.perf_counter() - started
+
+
+def _single_threaded() -> None:
+    """Worker initialiser: one intra-op thread per cell (see :class:`CellRunner`), and stdout to the null
+    device, so that progress bars an experiment draws itself do not garble the parent's display (results and
+    exceptions come back through the pool; warnings still reach stderr)."""
+    import torch
+
+    torch.set_num_threads(1)
+    sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the worker
+
+
+def _worker_call(function: str, kwargs: Mapping[str, Any], key: str, messages: Any) -> tuple[Any, float]:
+    """Entry point of a worker process: announces the start, forwards progress through ``messages``."""
+    messages.put((key, 0, 0))
+    return _call(function, kwargs, lambda done, total: messages.put((key, done, total)))
+
+
+class _RunProgress:
+    """One bar over the whole run (in estimated seconds) and a transient bar per long cell in flight."""
+
+    def __init__(self, console: Console, total_cost: float, enabled: bool) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not enabled,
+            transient=False,
+        )
+        self.overall = self.progress.add_task("kadam reproduce", total=max(total_cost, 1e-9))
+        self.cells: dict[str, tuple[TaskID | None, float, float]] = {}  # key -> (bar, cost, fraction done)
+
+    def __enter__(self) -> _RunProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def add_total(self, cost: float) -> None:
+        """Grow (or, for a negative ``cost``, shrink) the overall total by ``cost`` estimated seconds."""
+        task = self.progress.tasks[self.overall]
+        self.progress.update(self.overall, total=(task.total or 0) + cost)
+
+    def start(self, cell: Cell) -> None:
+        if cell.key in self.cells:
+            return
+        bar = self.progress.add_task(f"  {cell.section}: {cell.label}", total=1.0) if cell.cost >= _CELL_BAR_MIN_COST else None
+        self.cells[cell.key] = (bar, cell.cost, 0.0)
+
+    def advance(self, cell: Cell, done: int, total: int) -> None:
+        self.start(cell)
+        bar, cost, fraction = self.cells[cell.key]
+        new_fraction = min(1.0, done / total) if total > 0 else fraction
+        if bar is not None:
+            self.progress.update(bar, completed=new_fraction)
+        self.progress.advance(self.overall, cost * (new_fraction - fraction))
+        self.cells[cell.key] = (bar, cost, new_fraction)
+
+    def finish(self, cell: Cell) -> None:
+        self.start(cell)
+        bar, cost, fraction = self.cells.pop(cell.key)
+        if bar is not None:
+            self.progress.remove_task(bar)
+        self.progress.advance(self.overall, cost * (1.0 - fraction))
+
+
+@dataclass
+class CellRunner:
+    """Runs cells through a :class:`CellCache`, in this process (``jobs == 1``) or in ``jobs`` processes.
+
+    Every cell runs with one torch intra-op thread, in this process as in the workers: tiny models gain
+    nothing from more (on a busy machine they lose up to 10× to thread contention), and a cell's numbers
+    then do not depend on ``jobs``. Parallelism comes from running cells side by side. Use inside
+    ``with runner.session(estimated_seconds):``, which owns the progress display and the worker pool.
+    """
+
+    cache: CellCache
+    jobs: int = 1
+    console: Console = field(default_factory=Console)
+    show_progress: bool = True
+    computed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be ≥ 1, got {self.jobs}")
+        self._progress: _RunProgress | None = None
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._messages: Any = None
+
+    @contextlib.contextmanager
+    def session(self, estimated_cost: float) -> Iterator[None]:
+        """Progress display (total: ``estimated_cost`` seconds of cells to compute) and, if ``jobs`` > 1, the pool."""
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        self._progress = _RunProgress(self.console, estimated_cost, self.show_progress)
+        with contextlib.ExitStack() as stack:
+            stack.callback(torch.set_num_threads, threads)
+            stack.enter_context(self._progress)
+            if self.jobs > 1:
+                context = multiprocessing.get_context("spawn")
+                self._messages = stack.enter_context(context.Manager()).Queue()
+                self._pool = stack.enter_context(
+                    concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_single_threaded)
+                )
+                stack.callback(self._pool.shutdown, wait=True, cancel_futures=True)
+            try:
+                yield
+            finally:
+                self._progress = self._pool = self._messages = None
+
+    def adjust_total(self, cost: float) -> None:
+        """Correct the run's estimated total by ``cost`` seconds (e.g. once phase-2 cells are known)."""
+        self._active_progress().add_total(cost)
+
+    def pending_cost(self, cells: Iterable[Cell]) -> float:
+        """Estimated seconds of the cells among ``cells`` that the cache cannot serve."""
+        return sum(cell.cost for cell in cells if not self.cache.path(cell).exists())
+
+    def _active_progress(self) -> _RunProgress:
+        if self._progress is None:
+            raise RuntimeError("CellRunner methods must be called inside `with runner.session(...)`")
+        return self._progress
+
+    def run(self, cells: Sequence[Cell]) -> dict[str, Any]:
+        """Results of ``cells`` by key: from the cache where valid, computed (and cached) otherwise."""
+        progress = self._active_progress()
+        results: dict[str, Any] = {}
+        to_compute: list[Cell] = []
+        for cell in {cell.key: cell for cell in cells}.values():
+            entry = self.cache.load(cell)
+            if entry is None:
+                to_compute.append(cell)
+            else:
+                results[cell.key] = entry["result"]
+                self.seconds[cell.key] = entry["seconds"]
+                self.cached.append(cell.key)
+        progress.add_total(sum(c.cost for c in to_compute if self.cache.path(c).exists()))  # corrupt files
+        if self._pool is None:
+            for cell in to_compute:
+                progress.start(cell)
+                result, seconds = _call(cell.function, cell.kwargs, lambda d, t, c=cell: progress.advance(c, d, t))
+                self._finish(cell, result, seconds, results)
+        else:
+            self._run_parallel(to_compute, results)
+        return results
+
+    def _finish(self, cell: Cell, result: Any, seconds: float, results: dict[str, Any]) -> None:
+        self.cache.store(cell, result, seconds)
+        results[cell.key] = json.loads(json.dumps(result))  # exactly what a cached run would return
+        self.seconds[cell.key] = seconds
+        self.computed.append(cell.key)
+        self._active_progress().finish(cell)
+
+    def _run_parallel(self, cells: Sequence[Cell], results: dict[str, Any]) -> None:
+        assert self._pool is not None
+        by_key = {cell.key: cell for cell in cells}
+        longest_first = sorted(cells, key=lambda cell: -cell.cost)  # shortens the makespan (LPT scheduling)
+        futures = {self._pool.submit(_worker_call, c.function, c.kwargs, c.key, self._messages): c for c in longest_first}
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(pending, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED)
+            self._drain(by_key)
+            for future in done:
+                result, seconds = future.result()
+                self._finish(futures[future], result, seconds, results)
+
+    def _drain(self, by_key: Mapping[str, Cell]) -> None:
+        while True:
+            try:
+                key, done, total = self._messages.get_nowait()
+            except queue.Empty:
+                return
+            if key in by_key and key not in self.seconds:
+                self._active_progress().advance(by_key[key], done, total)

@@ -1,0 +1,50 @@
+"""`kadam reproduce` on the command line: flags reach the library; bad input is one line and exit 2."""
+
+import pytest
+import torch
+
+import kadam.cli.reproduce as cli_reproduce
+from kadam.cli import main
+
+
+def test_flags_reach_the_library(monkeypatch, tmp_path):
+    received = {}
+
+    def fake_reproduce(profile, out, device, seeds, jobs, show_progress):
+        received.update(profile=profile, out=out, device=device, seeds=seeds, jobs=jobs, show_progress=show_progress)
+
+    monkeypatch.setattr(cli_reproduce, "reproduce", fake_reproduce)
+    assert main(["reproduce", "--profile", "smoke", "--out", str(tmp_path), "--seeds", "4", "--jobs", "3",
+                 "--no-progress"]) == 0
+    assert received == {"profile": "smoke", "out": str(tmp_path), "device": "cpu", "seeds": 4, "jobs": 3,
+                        "show_progress": False}
+    assert main(["reproduce"]) == 0
+    assert received["profile"] == "quick" and received["out"] == "kadam-report" and received["seeds"] is None
+    assert received["jobs"] == cli_reproduce.default_jobs() >= 1
+
+
+def test_interrupt_says_how_to_resume(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_reproduce, "reproduce", interrupted)
+    assert main(["reproduce", "--out", "somewhere"]) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [(["--seeds", "1"], "seeds must be ≥ 2"), (["--jobs", "0"], "jobs must be ≥ 1")]
+    + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "torch.cuda.is_available() is False")]),
+)
+def test_bad_settings_are_one_line_and_exit_2(capsys, tmp_path, arguments, message):
+    assert main(["reproduce", "--profile", "smoke", "--out", str(tmp_path), *arguments]) == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("arguments", [["--profile", "medium"], ["--device", "tpu"], ["--seeds", "two"]])
+def test_argparse_rejects_unknown_choices(arguments):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", *arguments])
+    assert exit_info.value.code == 2
