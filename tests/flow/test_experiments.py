@@ -10,11 +10,15 @@ import torch
 from kadam.experiments.flow import (
     accuracy_experiment,
     convergence_experiment,
+    first_step_experiment,
     log_log_slope,
     make_problem,
     plot_accuracy,
     plot_convergence,
+    restart_experiment,
+    restart_from_discrete,
 )
+from kadam.flow import FlatLoss, discrete
 
 
 def test_quadratic_is_100_dimensional_with_condition_number_1e3():
@@ -54,3 +58,41 @@ def test_experiments_return_json_and_draw(tmp_path):
         assert path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="lrs must hold at least two"):
         convergence_experiment("quadratic", lrs=(1e-3,))
+
+
+def test_first_step_error_is_first_order_on_the_quadratic_and_carried_by_fast_coordinates_on_the_mlp():
+    quadratic = first_step_experiment("quadratic", lrs=(1e-3, 2.5e-4))
+    assert [row["fast_coordinates"] for row in quadratic["rows"]] == [0, 0]
+    assert quadratic["slope"] == pytest.approx(1.0, abs=0.1)
+    mlp = first_step_experiment("mlp", lrs=(1e-3, 2.5e-4))
+    assert all(row["fast_coordinates"] > 0 and row["fast_share"] > 0.9 for row in mlp["rows"])
+    assert mlp["slope"] < 0.8  # sub-linear while fast coordinates exist
+    assert mlp["local_slopes"] == [pytest.approx(mlp["slope"], rel=1e-12)]
+    json.dumps([quadratic, mlp])
+    with pytest.raises(ValueError, match="lrs must hold at least two"):
+        first_step_experiment("quadratic", lrs=(1e-3,))
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_restart_from_discrete_is_exact_for_a_constant_gradient(k):
+    direction = torch.linspace(-2.0, 3.0, 17, dtype=torch.float64) + 0.05
+    loss = FlatLoss(lambda theta: direction @ theta, torch.zeros(17, dtype=torch.float64), [(3, 4), (5,)])
+    hyperparameters = {"lr": 1e-2, "k": k, "weight_decay": 0.0}
+    reference = discrete(loss, 12, return_moments=True, **hyperparameters)
+    restarted = restart_from_discrete(loss, reference, 5, **hyperparameters)
+    assert torch.equal(restarted.theta[:6], reference.theta[:6])
+    torch.testing.assert_close(restarted.theta, reference.theta, rtol=0, atol=1e-11)
+    with pytest.raises(ValueError, match="restart_step must be an integer in"):
+        restart_from_discrete(loss, reference, 12, **hyperparameters)
+    with pytest.raises(ValueError, match="recorded every step with return_moments"):
+        restart_from_discrete(loss, discrete(loss, 12, **hyperparameters), 5, **hyperparameters)
+
+
+def test_restarts_on_the_mlp_remove_the_error_of_the_first_steps():
+    result = restart_experiment("mlp", lr=1e-3, steps=40, restart_steps=(1, 10))
+    finals = [row["final_rel_error"] for row in result["rows"]]
+    assert [row["restart_step"] for row in result["rows"]] == [0, 1, 10]
+    assert finals[0] > finals[1] > finals[2]
+    reference_max = result["rows"][0]["max_rel_error"]
+    assert reference_max == pytest.approx(first_step_experiment("mlp", lrs=(1e-3, 5e-4))["rows"][0]["rel_error_step1"], rel=1e-9)
+    json.dumps(result)

@@ -177,3 +177,18 @@ def test_bad_loss_arguments():
         FlatLoss(lambda t: t.sum(), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="tensor_shapes must be non-empty shapes"):
         FlatLoss(lambda t: t.sum(), torch.zeros(5), [(2,), (2,)])
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_join_state_inverts_split_state(order):
+    # k = 2 with meta_betas (0, 0.999): level 2 carries no m̂ (infinite rate) and one v̂ per tensor.
+    field_ = AdamFlow.for_optimizer(rosenbrock_like(), lr=1e-2, k=2, order=order)
+    state = field_.initial_state()
+    theta, velocity, moments = field_.split_state(state)
+    filled = [(m if m is not None else torch.full_like(theta, math.nan), v) for m, v in moments]
+    rebuilt = field_.join_state(theta, velocity, filled)
+    assert len(rebuilt) == len(state) and all(a is b for a, b in zip(rebuilt, state, strict=True))
+    with pytest.raises(ValueError, match="velocity must be given exactly when order == 2"):
+        field_.join_state(theta, None if order == 2 else theta, filled)
+    with pytest.raises(ValueError, match="one \\(m_hat, v_hat\\) pair per level"):
+        field_.join_state(theta, velocity, filled[:1])

@@ -7,7 +7,17 @@ Problems (fixed seeds, float64):
 - ``logistic``: multinomial logistic regression (650 parameters) on scikit-learn's digits (1,797
   images, each pixel standardized by ``StandardScaler``), mean cross-entropy, PyTorch's default
   initialisation.
-- ``mlp``: ``64 → 128 tanh → 10`` (9,610 parameters) on the same data and loss.
+- ``mlp``: ``64 → 128 tanh → 10`` (9,610 parameters) on the same data and loss. At ``lr = 1e-3`` the
+  model misses the 1% bar here (measured, not a defect): the network's gradient changes by 3.5% of its
+  norm per step at the start (0.8% for ``logistic``, 0.2% for ``quadratic``), and 135 of its 9,610
+  gradient entries change by more than their own size during the first step. Adam's first steps are
+  sign-like, so those entries carry 99.9% of the squared step-1 gap (6.0% relative error: the run's maximum);
+  the model restarted from the discrete state at step 1 / 5 / 200 ends 2,000 steps at 1.7% / 0.95% /
+  0.01% instead of 4.9% (:func:`restart_experiment`). The step-1 error falls like ``lr^0.6`` down to
+  ``lr = 2.5e-4`` and turns first order only once no entry is fast (:func:`first_step_experiment`).
+  At smaller ``lr`` the model converges at first order: ``convergence_experiment("mlp", lrs=(1.6e-4,
+  8e-5, 4e-5, 1.6e-5), horizon=0.05, variants=(("exact", 1),))`` gives slopes 0.90 (final error) and
+  1.04 (maximum error), against 0.69 / 0.60 over ``lr = 2e-3 … 1.25e-4`` at horizon 0.5.
 
 Experiments (each returns a JSON-serialisable dict; :func:`plot_accuracy` and :func:`plot_convergence`
 draw them):
@@ -16,18 +26,27 @@ draw them):
   and one (rates, order) variant.
 - :func:`convergence_experiment`: the four variants (rates × order) at several learning rates with
   ``lr · steps`` fixed; the log–log slope of the final error against ``lr`` per variant.
+- :func:`first_step_experiment` and :func:`restart_experiment`: where the model's error comes from.
+  Adam's first steps are sign-like (``v̂ ≈ x²``, so ``u ≈ sign(x)``); a coordinate whose gradient
+  changes by more than its own size within one step is updated by ``±η`` in the discrete run but
+  follows the sign change inside the step in the model, an ``O(η)`` rather than ``O(η²)`` local error.
+  The first function counts those coordinates and measures the error at step 1 against ``lr``; the
+  second restarts the model from the discrete run's state at step ``s`` (same ``θ``, ``m̂``, ``v̂``) to
+  show how much of the final error the steps before ``s`` inject.
 
 Sizes. Wall times were measured on a shared 2-core CPU at a load average near 10 (other jobs), so
 they are pessimistic; the CPU time actually used is about a fifth of them.
 
 - smoke (≤ 60 s): ``accuracy_experiment(("quadratic", "logistic"), ks=(1,), steps=300)`` (18 s) and
   ``convergence_experiment("quadratic", horizon=0.4, variants=(("exact", 1), ("paper", 1)))`` (about
-  15 s; 54 s with all four variants).
+  15 s; 54 s with all four variants); ``first_step_experiment("mlp")`` (4 s, load 4).
 - quick (≤ 10 min): ``accuracy_experiment(PROBLEMS, ks=(1, 2, 3), steps=2000)`` (about 6 min: 3 × 30 s
   logistic, 3 × 40–120 s mlp, seconds for the quadratic) and
-  ``convergence_experiment("quadratic", horizon=2.0)`` (155 s).
+  ``convergence_experiment("quadratic", horizon=2.0)`` (155 s);
+  ``restart_experiment("mlp", restart_steps=(1, 2, 5, 10, 50, 200))`` (87 s, load 4).
 - full: quick plus ``convergence_experiment("logistic", horizon=2.0)`` (725 s) and
-  ``convergence_experiment("mlp", horizon=0.5)`` (951 s); the second-order variants take 2–6× the
+  ``convergence_experiment("mlp", horizon=0.5)`` (951 s), and the small-``lr`` MLP sweep above (about
+  100 s at load 3, first order only); the second-order variants take 2–6× the
   gradient evaluations of the first-order ones (the ``½θ̈`` mode relaxes in two steps, which bounds an
   explicit solver's step).
 """
@@ -43,9 +62,11 @@ import numpy as np
 import torch
 from rich.progress import track
 from torch import Tensor, nn
+from torchdiffeq import odeint
 
 from kadam.flow import FlatLoss, Trajectory, compare, discrete, simulate
-from kadam.flow.ode import ORDERS, RATES
+from kadam.flow.ode import ORDERS, RATES, AdamFlow
+from kadam.optimizer.kadam import KAdam, _resolve_levels
 
 PROBLEMS = ("quadratic", "logistic", "mlp")
 VARIANTS = tuple(itertools.product(RATES, ORDERS))
@@ -173,6 +194,112 @@ def convergence_experiment(
         maxima = [entry["variants"][name]["max_rel_error"] for entry in per_lr]
         slopes[name] = {"final": log_log_slope(lrs, finals), "max": log_log_slope(lrs, maxima)}
     return {"problem": problem, "horizon": horizon, "k": k, "seed": seed, "lrs": list(lrs), "per_lr": per_lr, "slopes": slopes}
+
+
+def first_step_experiment(
+    problem: str = "mlp",
+    lrs: Sequence[float] = (4e-3, 1e-3, 2.5e-4, 6.25e-5, 1.5625e-5),
+    k: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The model's relative error after one step against ``lr``, and the coordinates that cause it.
+
+    A coordinate is *fast* when its gradient changes by more than its own magnitude during the
+    discrete first step, ``|x_i(θ₁) − x_i(θ₀)| > |x_i(θ₀)|`` (``x = ∇L``): the discrete step moves it by
+    ``−η x_i/(|x_i| + ε) ≈ ∓η`` while the model's ``u_i = m̂_i/√v̂_i`` (running means over ``[0, τ]``)
+    follows the change within the step, an ``O(η)`` discrepancy (THEORY §3's first-order error is
+    ``O(η²)`` per step only where ``x`` changes little in one step). With a density of gradient
+    entries near zero the fast count grows like ``lr``, so the relative error at step 1 falls like
+    ``lr^{1/2}`` until no coordinate is fast. Each row: ``rel_error_step1``, ``fast_coordinates``,
+    ``fast_share`` (the fraction of ``‖θ_cont(1) − θ_disc(1)‖²`` carried by the fast coordinates);
+    ``slope`` is the log–log slope over all ``lrs``, ``local_slopes`` the slope between neighbours.
+    """
+    if len(lrs) < 2:
+        raise ValueError(f"lrs must hold at least two learning rates, got {list(lrs)}")
+    loss = make_problem(problem, seed)
+    _, grad0 = loss.value_and_grad(loss.theta0)
+    rows = []
+    for lr in track(list(lrs), description=f"flow first step ({problem})", transient=True):
+        reference = discrete(loss, 1, lr=lr, k=k)
+        gap = simulate(loss, 1, lr=lr, k=k).theta[1] - reference.theta[1]
+        _, grad1 = loss.value_and_grad(reference.theta[1])
+        fast = (grad1 - grad0).abs() > grad0.abs()
+        gap_squared = float((gap**2).sum())
+        rows.append({
+            "lr": lr,
+            "rel_error_step1": float(gap.norm() / (reference.theta[1] - reference.theta[0]).norm()),
+            "fast_coordinates": int(fast.sum()),
+            "fast_share": float((gap[fast] ** 2).sum()) / gap_squared if gap_squared > 0 else 0.0,
+        })
+    errors = [row["rel_error_step1"] for row in rows]
+    local_slopes = [log_log_slope(lrs[i : i + 2], errors[i : i + 2]) for i in range(len(rows) - 1)]
+    return {"problem": problem, "k": k, "seed": seed, "parameters": loss.theta0.numel(), "rows": rows,
+            "slope": log_log_slope(lrs, errors), "local_slopes": local_slopes}
+
+
+def restart_from_discrete(
+    loss: FlatLoss,
+    reference: Trajectory,
+    restart_step: int,
+    *,
+    rtol: float = 1e-8,
+    atol: float = 1e-10,
+    **hyperparameters: Any,
+) -> Trajectory:
+    """The first-order, exact-rate model run from the discrete run's state at step ``s = restart_step``.
+
+    ``reference`` is ``discrete(loss, steps, record_every=1, return_moments=True, **hyperparameters)``.
+    The model starts at ``τ = s`` from ``θ_s`` and every level's bias-corrected moments
+    ``m̂ = m_s/(1 − β^s)``, ``v̂ = v_s/(1 − γ^s)`` (THEORY §1, §3: the state ``KAdam`` holds) and is read
+    at ``s, s + 1, …``; the returned trajectory is the discrete one up to step ``s − 1``, the model's
+    from step ``s`` on (so :func:`~kadam.flow.compare` gives error 0 up to ``s``).
+    """
+    steps = int(reference.steps[-1])
+    if not torch.equal(reference.steps, torch.arange(steps + 1)) or not reference.moments:
+        raise ValueError("reference must be a discrete run recorded every step with return_moments=True")
+    if isinstance(restart_step, bool) or not isinstance(restart_step, int) or not 1 <= restart_step < steps:
+        raise ValueError(f"restart_step must be an integer in [1, steps - 1 = {steps - 1}], got {restart_step!r}")
+    field_ = AdamFlow.for_optimizer(loss, **hyperparameters)
+    levels = _resolve_levels(KAdam([torch.zeros(1, dtype=loss.theta0.dtype)], **hyperparameters).param_groups[0])
+    s = restart_step
+    moments = [
+        (reference.moments[f"m{i}"][s] / (1.0 - level.beta**s), reference.moments[f"v{i}"][s] / (1.0 - level.gamma**s))
+        for i, level in enumerate(levels, start=1)
+    ]
+    times = reference.steps[s:].to(dtype=loss.theta0.dtype, device=loss.theta0.device)
+    solution = odeint(field_, field_.join_state(reference.theta[s], None, moments), times, rtol=rtol, atol=atol)
+    with torch.no_grad():
+        losses = torch.stack([loss.fn(row) for row in solution[0]])
+    return Trajectory(
+        reference.steps,
+        torch.cat([reference.theta[:s], solution[0]]),
+        torch.cat([reference.loss[:s], losses]),
+        gradient_evaluations=field_.evaluations,
+    )
+
+
+def restart_experiment(
+    problem: str = "mlp",
+    lr: float = 1e-3,
+    steps: int = 2000,
+    restart_steps: Sequence[int] = (1, 5, 50, 200),
+    k: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Error of the first-order, exact-rate model restarted from the discrete run's state at step ``s``.
+
+    Row ``restart_step = 0`` is the model from the τ = 0 limits; row ``s`` is
+    :func:`restart_from_discrete` at ``s``. The drop from row 0 to row ``s`` is the part of the error
+    that the first ``s`` steps inject.
+    """
+    loss = make_problem(problem, seed)
+    reference = discrete(loss, steps, lr=lr, k=k, return_moments=True)
+    from_start = compare(simulate(loss, steps, lr=lr, k=k), reference)
+    rows = [{"restart_step": 0, **from_start.summary(), "error_curve": _curve(from_start.relative_error, from_start.steps)}]
+    for s in track(list(restart_steps), description=f"flow restarts ({problem})", transient=True):
+        comparison = compare(restart_from_discrete(loss, reference, s, lr=lr, k=k), reference)
+        rows.append({"restart_step": s, **comparison.summary(), "error_curve": _curve(comparison.relative_error, comparison.steps)})
+    return {"problem": problem, "lr": lr, "steps": steps, "k": k, "seed": seed, "rows": rows}
 
 
 def _figure(columns: int) -> tuple[Any, Any]:

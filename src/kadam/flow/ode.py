@@ -228,13 +228,24 @@ class AdamFlow(nn.Module):
             moments.append((pair[0], pair[1]))
         return state[0], (state[1] if self.order == 2 else None), moments
 
-    def _stored(self, values: Sequence[LevelValues]) -> list[Tensor]:
-        """The moments of ``values`` that the state carries, in state order."""
+    def join_state(
+        self, theta: Tensor, velocity: Tensor | None, moments: Sequence[tuple[Tensor, Tensor]]
+    ) -> tuple[Tensor, ...]:
+        """The flat state tuple from ``θ``, ``w`` (order 2, else ``None``) and every level's ``(m̂, v̂)``.
+
+        The inverse of :meth:`split_state`: moments of an infinite rate are left out (the state does not
+        carry them). With the discrete run's bias-corrected moments at step ``s`` this restarts the model
+        from that run's state.
+        """
+        if (velocity is None) != (self.order == 1):
+            raise ValueError(f"velocity must be given exactly when order == 2, got order {self.order}")
+        if len(moments) != len(self.levels):
+            raise ValueError(f"moments must hold one (m_hat, v_hat) pair per level ({len(self.levels)}), got {len(moments)}")
         stored = []
-        for level, value in zip(self.levels, values, strict=True):
-            stored += [] if math.isinf(level.a) else [value.m_hat]
-            stored += [] if math.isinf(level.b) else [value.v_hat]
-        return stored
+        for level, (m_hat, v_hat) in zip(self.levels, moments, strict=True):
+            stored += [] if math.isinf(level.a) else [m_hat]
+            stored += [] if math.isinf(level.b) else [v_hat]
+        return (theta, *([] if velocity is None else [velocity]), *stored)
 
     def _gradient(self, tau: float, theta: Tensor) -> Tensor:
         value, grad = self.loss.value_and_grad(theta)
@@ -250,8 +261,8 @@ class AdamFlow(nn.Module):
         """The state at τ = 0: ``θ₀``, ``w = F(0)`` (second order), and the moments' limits ``m̂ = x, v̂ = s(x)``."""
         theta = self.loss.theta0
         values = self.cascade(self.level_input(theta, self._gradient(0.0, theta)), None)
-        velocity = [self.drift(theta, values[-1].u)] if self.order == 2 else []
-        return (theta, *velocity, *self._stored(values))
+        velocity = self.drift(theta, values[-1].u) if self.order == 2 else None
+        return self.join_state(theta, velocity, [(value.m_hat, value.v_hat) for value in values])
 
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         tau = float(t)
