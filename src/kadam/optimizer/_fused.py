@@ -1,9 +1,9 @@
-r"""Fused k-Adam step (THEORY §1): every level of a tensor in as few passes over memory as possible.
+r"""Fused k-Adam step (THEORY §1): every level of every tensor in as few passes over memory as possible.
 
 An optimizer step is bound by memory bandwidth: with all levels elementwise it must read θ, g and the
 2k moments and write θ and the 2k moments, 4·(3 + 4k) bytes per float32 parameter. A *tensor-mode*
 level i needs :math:`\mathrm{mean}((x^{(i-1)})^2)` over the whole tensor before it can normalize, so
-the CPU kernel (``csrc/fused_kadam_cpu.cpp``) splits a tensor's step into passes:
+the CPU kernel (``csrc/fused_kadam_cpu.cpp``) splits the step into passes over all tensors:
 
 * pass 1 reads g (and θ for coupled decay), runs the elementwise levels in registers up to the first
   tensor-mode level i, updates that level's :math:`m_i` (which needs only its input) and accumulates
@@ -11,12 +11,14 @@ the CPU kernel (``csrc/fused_kadam_cpu.cpp``) splits a tensor's step into passes
 * the next pass re-reads :math:`m_i`, forms :math:`x^{(i)} = m_i/(\sqrt{v_i/(1-\gamma_i^n)}+\epsilon_i)
   /(1-\beta_i^n)` and carries on to the next tensor-mode level or to θ.
 
-So the default 2-Adam (level 2 in tensor mode) streams 10 floats per parameter against AdamW's 7, and
-an elementwise chain streams exactly the floor. The arithmetic follows the loop implementation's
-operation order (float32 agrees with it to rounding); float16 and bfloat16 parameters run float32
-math, float64 runs double. Large tensors are split across ``torch.get_num_threads()`` OpenMP threads
-(the same libgomp torch loads); small tensors are handed out whole. The kernel allocates nothing
-proportional to the parameters: a few scalars per tensor and two 1024-element buffers per thread.
+So the default 2-Adam (level 2 in tensor mode) streams 10 floats per parameter against AdamW's 7 (its
+floor is 9), and an elementwise chain streams exactly the floor. The arithmetic follows the loop
+implementation's operation order (float32 agrees with it to rounding); float16 and bfloat16 parameters
+run float32 math and store each state once, rounded (a level after a tensor-mode level reads back that
+rounded m), float64 runs double. Each pass splits the blocks of all tensors statically over
+``torch.get_num_threads()`` OpenMP threads (the same libgomp torch loads), with one barrier per
+tensor-mode level and none otherwise. The kernel allocates nothing proportional to the parameters: a few
+scalars per tensor and one 1024-element buffer per thread.
 
 The kernel is plain C++ built with the system compiler (``$CXX``, default ``c++``, with OpenMP) on the
 first fused CPU step and cached under ``$KADAM_CACHE_DIR`` (default ``~/.cache/kadam``), keyed by a
@@ -42,6 +44,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -52,7 +55,7 @@ from torch.optim.optimizer import Optimizer, _view_as_real
 if TYPE_CHECKING:
     from kadam.optimizer.kadam import Level
 
-__all__ = ["FUSED_DTYPES", "fused_kernel_library"]
+__all__ = ["FUSED_DTYPES", "check_fused_support", "fused_kernel_library"]
 
 FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
@@ -133,22 +136,53 @@ def fused_kernel_library() -> ctypes.CDLL:
         ).hexdigest()[:16]
         path = _cache_dir() / f"fused_kadam_cpu-{key}.so"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError:  # read-only home: build per user in the temporary directory
+                path = Path(tempfile.gettempdir()) / f"kadam-{os.getuid()}" / path.name
+                path.parent.mkdir(parents=True, exist_ok=True)
             # Build beside the target and rename, so concurrent processes never load a partial file.
             handle, partial = tempfile.mkstemp(dir=path.parent, suffix=".so.partial")
             os.close(handle)
             result = subprocess.run(
                 [compiler, *flags, str(_SOURCE), "-o", partial], capture_output=True, text=True, check=False
             )
-            if result.returncode != 0:
-                os.unlink(partial)
-                raise RuntimeError(f"building the fused KAdam CPU kernel failed:\n{result.stderr}")
+            if result.returncode != 0:  # e.g. a compiler without OpenMP: build the one-thread kernel
+                serial = [flag for flag in flags if flag != "-fopenmp"]
+                retry = subprocess.run(
+                    [compiler, *serial, str(_SOURCE), "-o", partial], capture_output=True, text=True, check=False
+                )
+                if retry.returncode != 0:
+                    os.unlink(partial)
+                    raise RuntimeError(f"building the fused KAdam CPU kernel failed:\n{result.stderr}")
+                warnings.warn(
+                    f"the fused KAdam CPU kernel was built without OpenMP and runs on one thread:\n{result.stderr}",
+                    UserWarning,
+                    stacklevel=2,
+                )
             os.replace(partial, path)
         library = ctypes.CDLL(str(path))
         library.kadam_fused_step.argtypes = [ctypes.POINTER(_KernelArgs)]
         library.kadam_fused_step.restype = ctypes.c_int
         _library = library
         return library
+
+
+def check_fused_support(param_groups: list[dict]) -> None:
+    """RuntimeError, as torch's ``fused=True`` raises, for parameters the fused step cannot take."""
+    for group in param_groups:
+        for param in group["params"]:
+            if type(param.data) is not Tensor:  # a tensor subclass under the Parameter
+                raise RuntimeError(
+                    f"KAdam(fused=True) steps plain tensors; got a {type(param.data).__name__} parameter "
+                    "(e.g. FSDP2's DTensor, whose tensor-mode levels need a global mean): use foreach=True"
+                )
+            dtype = param.real.dtype if param.is_complex() else param.dtype
+            if dtype not in FUSED_DTYPES:
+                raise RuntimeError(
+                    f"KAdam(fused=True) supports parameters of dtype {', '.join(map(str, FUSED_DTYPES))} "
+                    f"(and their complex types), got {param.dtype}"
+                )
 
 
 def _array(ctype: type, values: list) -> ctypes.Array:
@@ -313,7 +347,9 @@ def _torch_kernels_kadam(
     """Off the CPU: torch's fused Adam kernel for k = 1 elementwise, else foreach after unscaling."""
     if len(levels) == 1 and not levels[0].tensor_mode:
         level = levels[0]
-        torch._foreach_add_(steps, 1)
+        # torch's kernel wants the step counts on the parameters' device; KAdam keeps them on the CPU.
+        device_steps = [step.to(params[0].device) for step in steps]
+        torch._foreach_add_(device_steps, 1)
         kernel = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
         kernel(
             params,
@@ -321,7 +357,7 @@ def _torch_kernels_kadam(
             moments[0],
             moments[1],
             [],
-            steps,
+            device_steps,
             amsgrad=False,
             lr=lr,
             beta1=level.beta,
@@ -333,7 +369,10 @@ def _torch_kernels_kadam(
             found_inf=found_inf,
         )
         if found_inf is not None:
-            torch._foreach_sub_(steps, [found_inf] * len(steps))
+            torch._foreach_sub_(device_steps, [found_inf] * len(device_steps))
+        for step, device_step in zip(steps, device_steps):
+            if device_step is not step:
+                step.copy_(device_step)
         return
     from kadam.optimizer.kadam import _multi_tensor_kadam  # noqa: PLC0415 (kadam.py imports this module)
 

@@ -44,6 +44,7 @@ from torch.optim.optimizer import (
     _view_as_real,
 )
 
+from kadam.optimizer._fused import _fused_kadam, check_fused_support
 from kadam.theory import stability
 
 __all__ = ["KAdam"]
@@ -227,6 +228,9 @@ class KAdam(Optimizer):
         meta_norm: mode of levels 2..k, one mode for all or a sequence of k − 1 (default "tensor").
         maximize: maximize the objective instead of minimizing it.
         foreach: use the multi-tensor implementation; None chooses as torch does.
+        fused: use the fused implementation (one kernel streams all levels; float32/64/16 and bfloat16
+            parameters, float32 math for the 16-bit ones; honours GradScaler's ``grad_scale`` and
+            ``found_inf``); not together with ``foreach=True``. See :mod:`kadam.optimizer._fused`.
 
     The meta defaults, no momentum and one second moment per tensor, are the level that a
     normalization layer applies implicitly (THEORY §4): with them, k = 2 makes explicit what Adam on a
@@ -259,6 +263,7 @@ class KAdam(Optimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -267,9 +272,15 @@ class KAdam(Optimizer):
             "decoupled_weight_decay": decoupled_weight_decay,
             "maximize": maximize,
             "foreach": foreach,
+            "fused": fused,
             "differentiable": False,
         }
+        if fused and foreach:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         super().__init__(params, defaults)
+        if fused:
+            check_fused_support(self.param_groups)
+            self._step_supports_amp_scaling = True
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group as torch does; validate its levels and warn about unstable ones (THEORY §2)."""
@@ -300,13 +311,15 @@ class KAdam(Optimizer):
         for group in self.param_groups:
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
+            group.setdefault("fused", None)
             group.setdefault("differentiable", False)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a KAdam, ``Adam`` or ``AdamW`` state dict.
 
         The level structure (``k``, modes, meta hyperparameters) stays this optimizer's; everything else
-        (lr, betas, steps, moments) comes from the checkpoint. A checkpoint with fewer levels starts the
+        (lr, betas, steps, moments) comes from the checkpoint, except the implementation (``foreach``,
+        ``fused``), which stays this optimizer's. A checkpoint with fewer levels starts the
         missing ones fresh, their bias correction counting from the resume, and warns once. One with
         more levels, or with a level stored in the other mode, raises ``ValueError`` and leaves this
         optimizer unchanged.
@@ -324,7 +337,9 @@ class KAdam(Optimizer):
                 raise ValueError(f"group {index} of the checkpoint uses AMSGrad, which KAdam does not implement")
             merged = {**saved, **{key: group[key] for key in structure}, "differentiable": False}
             merged.setdefault("maximize", False)
-            merged.setdefault("foreach", None)
+            # The implementation is this optimizer's choice, not the checkpoint's (a plain checkpoint must
+            # not turn off fused=True, which GradScaler relies on once _step_supports_amp_scaling is set).
+            merged["foreach"], merged["fused"] = group["foreach"], group["fused"]
             levels = _resolve_levels(merged)
             for param_id, param in zip(saved["params"], group["params"], strict=False):
                 saved_state = state_dict["state"].get(param_id)
@@ -446,7 +461,10 @@ class KAdam(Optimizer):
                 decoupled_weight_decay=group["decoupled_weight_decay"],
                 maximize=group["maximize"],
                 foreach=group["foreach"],
+                fused=group["fused"],
                 has_complex=has_complex,
+                grad_scale=getattr(self, "grad_scale", None),
+                found_inf=getattr(self, "found_inf", None),
             )
         return loss
 
@@ -464,11 +482,35 @@ def kadam(
     decoupled_weight_decay: bool,
     maximize: bool,
     foreach: bool | None = None,
+    fused: bool | None = None,
     has_complex: bool = False,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
 ) -> None:
     """Functional k-Adam (see :class:`KAdam`); ``moments[i]`` holds level i+1's (exp_avgs, exp_avg_sqs)."""
     if not params:
         return
+    if fused and foreach:
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+    if fused:
+        _fused_kadam(
+            params,
+            grads,
+            moments,
+            steps,
+            level_steps,
+            levels=levels,
+            lr=lr,
+            weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize,
+            has_complex=has_complex,
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+        )
+        return
+    if grad_scale is not None or found_inf is not None:
+        raise RuntimeError("grad_scale and found_inf are only supported with fused=True")
     if foreach is None:
         _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
     implementation = _multi_tensor_kadam if foreach else _single_tensor_kadam

@@ -2,27 +2,34 @@
 // the tensor-mode reductions allow. Built by kadam/optimizer/_fused.py and called through ctypes; no
 // torch headers, so the one-time build takes about a second.
 //
-// One pass streams a tensor once. The first pass reads g (and theta for coupled decay) and runs
-// elementwise levels in registers until it reaches a tensor-mode level i: that level's m_i is updated
-// (it needs only its input) and sum(x^2) is accumulated for its scalar v_i. Once v_i is known, the next
-// pass starts from the stored m_i, forms x^(i) = m_i / denom_i / bc1_i and carries on. The final level
-// writes theta. Passes = 1 + number of tensor-mode levels; memory traffic is the floor for elementwise
-// chains and m_i is re-read once per tensor-mode level.
+// A pass sweeps the blocks of all tensors once. The first reads g (and theta for coupled decay) and
+// runs elementwise levels in registers until it reaches a tensor-mode level i: that level's m_i is
+// updated (it needs only its input) and sum(x^2) is accumulated for its scalar v_i. Once v_i is known,
+// the next pass starts from the stored m_i, forms x^(i) = m_i / denom_i / bc1_i and carries on. The
+// final level writes theta. Passes = 1 + number of tensor-mode levels; an elementwise chain moves
+// exactly the floor's bytes, and each tensor-mode level re-reads its m once.
 //
 // Arithmetic mirrors torch's CPU kernels for _single_tensor_kadam (lerp as fmadd with torch's weight
-// split, addcmul and addcdiv unfused, divisions where torch divides), compiled with -ffp-contract=off
+// split, addcmul's fused multiply-add, divisions where torch divides), compiled with -ffp-contract=off
 // so float32 results track the loop implementation to rounding. Half and bfloat16 storage runs float
 // math; float64 runs double math.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <omp.h>
 #include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#else  // built without OpenMP (a compiler without it): one thread
+inline int omp_get_thread_num() { return 0; }
+inline int omp_get_num_threads() { return 1; }
+#endif
 
 namespace {
 
-constexpr int64_t kBlock = 1024;  // elements per block: x stays in L1 between levels
+constexpr int64_t kBlock = 1024;       // elements per block: the level-to-level buffer x stays in L1
+constexpr int64_t kChunkBlocks = 32;  // blocks per unit of work handed to a thread (128 KiB of float32)
 
 struct alignas(2) BFloat16 {
   uint16_t bits;
@@ -86,53 +93,61 @@ namespace {
 template <typename S, typename T>
 class Stepper {
  public:
-  explicit Stepper(const KAdamArgs& a) : a_(a), denoms_(size_t(a.n_tensors) * a.n_levels) {}
-
-  void run() {
-    std::vector<int64_t> small_tensors, large_tensors;
-    for (int64_t t = 0; t < a_.n_tensors; ++t) {
-      (a_.numels[t] >= kParallelNumel ? large_tensors : small_tensors).push_back(t);
+  explicit Stepper(const KAdamArgs& a) : a_(a), old_v_(size_t(a.n_tensors) * a.n_levels) {
+    // Tensor-mode v before this step, read once so that every thread can finish a reduction alone.
+    for (int i = 0; i < a_.n_levels; ++i) {
+      if (!a_.tensor_modes[i]) continue;
+      for (int64_t t = 0; t < a_.n_tensors; ++t) old_v_[level_index(i, t)] = load(tensor<S>(a_.exp_avg_sqs, i, t), 0);
     }
-    std::vector<double> partials(a_.n_threads);
-    const int64_t n_small = int64_t(small_tensors.size());
+  }
+
+  // Each pass is one sweep over all tensors in chunks of up to kChunkBlocks blocks, handed to threads
+  // as they come free (a thread that starts late on a busy machine takes fewer). A pass that writes
+  // theta ends without a barrier; a pass ending at a tensor-mode level joins once, after which every
+  // thread adds the per-chunk sums of each tensor in chunk order: the same v and denominators in every
+  // thread, whatever the thread count or the order chunks ran in (thread 0 stores v).
+  void run() {
+    struct Chunk {
+      int64_t tensor, first_block, end_block;
+    };
+    std::vector<Chunk> chunks;
+    std::vector<int64_t> first_chunk(a_.n_tensors + 1, 0);
+    for (int64_t t = 0; t < a_.n_tensors; ++t) {
+      const int64_t n_blocks = (a_.numels[t] + kBlock - 1) / kBlock;
+      for (int64_t b = 0; b < n_blocks; b += kChunkBlocks) chunks.push_back({t, b, std::min(b + kChunkBlocks, n_blocks)});
+      first_chunk[t + 1] = int64_t(chunks.size());
+    }
+    const int64_t n_chunks = int64_t(chunks.size());
+    std::vector<double> chunk_sums(size_t(n_chunks) * a_.n_levels);
 #pragma omp parallel num_threads(a_.n_threads)
     {
       T x[kBlock];
-      T denom[kBlock];
-      // Small tensors: one thread runs every pass of a tensor, no barriers.
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t s = 0; s < n_small; ++s) {
-        const int64_t t = small_tensors[s];
-        for (int first = 0; first <= a_.n_levels; first = pass_end(first) + 1) {
+      std::vector<T> carried(a_.n_tensors);
+      for (int first = 0; first <= a_.n_levels; first = pass_end(first) + 1) {
+        const int end = pass_end(first);
+        const bool reduces = end < a_.n_levels;  // each tensor-mode level has its own slots
+        double* sums = chunk_sums.data() + size_t(reduces ? end : 0) * n_chunks;
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int64_t c = 0; c < n_chunks; ++c) {
+          const Chunk& chunk = chunks[c];
           double sum = 0.0;
-          for (int64_t b = 0; b < a_.numels[t]; b += kBlock) sum += pass(t, first, b, b + kBlock, x, denom);
-          finish_pass(t, first, sum);
-        }
-      }
-      // Large tensors: all threads share the blocks of each pass and join for the reduction.
-      const int tid = omp_get_thread_num();
-      for (int64_t t : large_tensors) {
-        const int64_t n_blocks = (a_.numels[t] + kBlock - 1) / kBlock;
-        for (int first = 0; first <= a_.n_levels; first = pass_end(first) + 1) {
-          double sum = 0.0;
-#pragma omp for schedule(static)
-          for (int64_t b = 0; b < n_blocks; ++b) sum += pass(t, first, b * kBlock, (b + 1) * kBlock, x, denom);
-          partials[tid] = sum;
-#pragma omp barrier
-#pragma omp single
-          {
-            double total = 0.0;
-            for (int i = 0; i < omp_get_num_threads(); ++i) total += partials[i];
-            finish_pass(t, first, total);
+          for (int64_t b = chunk.first_block; b < chunk.end_block; ++b) {
+            sum += pass(chunk.tensor, first, b * kBlock, (b + 1) * kBlock, carried[chunk.tensor], x);
           }
+          if (reduces) sums[c] = sum;
+        }
+        if (!reduces) break;
+#pragma omp barrier
+        for (int64_t t = 0; t < a_.n_tensors; ++t) {
+          double total = 0.0;
+          for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) total += sums[c];
+          carried[t] = finish_reduction(t, end, total, omp_get_thread_num() == 0);
         }
       }
     }
   }
 
  private:
-  static constexpr int64_t kParallelNumel = 4 * kBlock;
-
   size_t level_index(int level, int64_t t) const { return size_t(level) * a_.n_tensors + t; }
 
   template <typename P>
@@ -148,113 +163,144 @@ class Stepper {
     return i;
   }
 
-  // After a pass ending at a tensor-mode level: v <- gamma v + (1 - gamma) mean(x^2), as the loop's
-  // mul_ then add_, and that level's denominator sqrt(v) / sqrt(1 - gamma^n) + eps for the next pass.
-  void finish_pass(int64_t t, int first, double sum) {
-    const int end = pass_end(first);
-    if (end == a_.n_levels) return;
-    const size_t index = level_index(end, t);
-    S* v_ptr = tensor<S>(a_.exp_avg_sqs, end, t);
+  // Tensor-mode level `level` after its pass: v <- gamma v + (1 - gamma) mean(x^2), as the loop's mul_
+  // then add_; returns the denominator sqrt(v) / sqrt(1 - gamma^n) + eps that the next pass uses.
+  T finish_reduction(int64_t t, int level, double sum, bool store_v) const {
+    const size_t index = level_index(level, t);
     const T mean_square = T(sum / double(a_.numels[t]));
-    const T v = T(load(v_ptr, 0) * T(a_.gammas[end])) + T(T(1.0 - a_.gammas[end]) * mean_square);
-    store(v_ptr, 0, v);
-    denoms_[index] = T(std::sqrt(v) / T(a_.bias_correction2_sqrt[index])) + T(a_.eps[end]);
+    const T v = T(old_v_[index] * T(a_.gammas[level])) + T(T(1.0 - a_.gammas[level]) * mean_square);
+    if (store_v) store(tensor<S>(a_.exp_avg_sqs, level, t), 0, v);
+    return T(std::sqrt(v) / T(a_.bias_correction2_sqrt[index])) + T(a_.eps[level]);
   }
 
   // One pass over elements [begin, min(end, numel)) of tensor t, from level `first` on; returns the
   // sum of squares of the input of the tensor-mode level that ends the pass (0 if theta ends it).
-  double pass(int64_t t, int first, int64_t begin, int64_t end, T* x, T* denom) const {
+  // `carried` is the denominator of the tensor-mode level that ended the previous pass.
+  double pass(int64_t t, int first, int64_t begin, int64_t end, T carried, T* x) const {
     end = end < a_.numels[t] ? end : a_.numels[t];
     const int64_t n = end - begin;
     const int last = a_.n_levels - 1;
-    S* param = static_cast<S*>(a_.params[t]) + begin;
-    if (first == 0) {
-      load_input(t, begin, n, param, x);
-    } else {
+    // A plain gradient (no unscaling, no L2 term) feeds an elementwise level 1 straight from memory.
+    const bool from_grad = first == 0 && !a_.tensor_modes[0] && !a_.grad_scale && !coupled_decay();
+    if (first == 0 && !from_grad) {
+      load_input(t, begin, n, x);
+    } else if (first > 0) {
       // Resume from the stored m of the tensor-mode level that ended the previous pass.
       const int source = first - 1;
       const size_t index = level_index(source, t);
       const S* m = tensor<S>(a_.exp_avgs, source, t) + begin;
-      const T scalar_denom = denoms_[index];
       if (source == last) {
-        for (int64_t j = 0; j < n; ++j) {
-          x[j] = load(m, j);
-          denom[j] = scalar_denom;
-        }
-        update_param(param, x, denom, index, n);
+        S* param = static_cast<S*>(a_.params[t]) + begin;
+        const T step = step_size(index), keep = shrink();
+        for (int64_t j = 0; j < n; ++j) store(param, j, T(load(param, j) * keep) + T(T(step * load(m, j)) / carried));
         return 0.0;
       }
       const T bc1 = T(a_.bias_correction1[index]);
-      for (int64_t j = 0; j < n; ++j) x[j] = (load(m, j) / scalar_denom) / bc1;
+      for (int64_t j = 0; j < n; ++j) x[j] = (load(m, j) / carried) / bc1;
     }
     for (int i = first; i <= last; ++i) {
-      const size_t index = level_index(i, t);
-      S* m = tensor<S>(a_.exp_avgs, i, t) + begin;
       // torch's lerp: fmadd(w, end - start, start) for |w| < 0.5, else fmadd(w - 1, end - start, end).
-      const T weight = T(1.0 - a_.betas[i]);
-      const bool small = std::fabs(weight) < T(0.5);
-      const T coeff = small ? weight : T(weight - T(1));
-      if (a_.tensor_modes[i]) {
-        double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < n; ++j) {
-          const T old = load(m, j);
-          store(m, j, std::fma(coeff, T(x[j] - old), small ? old : x[j]));
-          sum += double(x[j]) * double(x[j]);
-        }
-        return sum;
-      }
-      S* v = tensor<S>(a_.exp_avg_sqs, i, t) + begin;
-      const T gamma = T(a_.gammas[i]);
-      const T one_minus_gamma = T(1.0 - a_.gammas[i]);
-      const T bc2_sqrt = T(a_.bias_correction2_sqrt[index]);
-      const T eps = T(a_.eps[i]);
-      const T bc1 = T(a_.bias_correction1[index]);
-      for (int64_t j = 0; j < n; ++j) {
-        const T old = load(m, j);
-        const T m_new = std::fma(coeff, T(x[j] - old), small ? old : x[j]);
-        const T v_new = T(load(v, j) * gamma) + T(T(one_minus_gamma * x[j]) * x[j]);
-        store(m, j, m_new);
-        store(v, j, v_new);
-        denom[j] = T(std::sqrt(v_new) / bc2_sqrt) + eps;
-        x[j] = i == last ? m_new : T((m_new / denom[j]) / bc1);
-      }
-      if (i == last) update_param(param, x, denom, index, n);
+      const bool small = std::fabs(T(1.0 - a_.betas[i])) < T(0.5);
+      if (a_.tensor_modes[i]) return small ? tensor_level<true>(i, t, begin, n, x) : tensor_level<false>(i, t, begin, n, x);
+      kElementwise[small][i == last][from_grad && i == 0](*this, i, t, begin, n, x);
     }
     return 0.0;
   }
 
-  // x^(0) = g / grad_scale, negated to maximize, plus wd * theta for coupled (L2) decay.
-  void load_input(int64_t t, int64_t begin, int64_t n, const S* param, T* x) const {
-    S* grad = static_cast<S*>(a_.grads[t]) + begin;
-    const T decay = T(a_.weight_decay);
-    const bool coupled = a_.weight_decay != 0.0 && !a_.decoupled_weight_decay;
-    const T scale = a_.grad_scale ? T(*a_.grad_scale) : T(1);
+  // m <- lerp(m, x, 1 - beta) for a tensor-mode level; returns sum(x^2) for its scalar v.
+  template <bool Small>
+  double tensor_level(int i, int64_t t, int64_t begin, int64_t n, const T* x) const {
+    S* m = tensor<S>(a_.exp_avgs, i, t) + begin;
+    const T coeff = lerp_coefficient(i);
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < n; ++j) {
-      T g = load(grad, j);
-      if (a_.grad_scale) {
-        g = g / scale;
-        if (a_.store_unscaled_grad) store(grad, j, g);
+      const T old = load(m, j);
+      store(m, j, std::fma(coeff, T(x[j] - old), Small ? old : x[j]));
+      sum += double(x[j]) * double(x[j]);
+    }
+    return sum;
+  }
+
+  // An elementwise level, m and v updated in place. Its input is x, or (FromGrad) the gradient read
+  // straight from memory; its output goes to x, or (ToParam) into theta as the loop's mul_ + addcdiv_.
+  template <bool Small, bool ToParam, bool FromGrad>
+  void elementwise_level(int i, int64_t t, int64_t begin, int64_t n, T* x) const {
+    const size_t index = level_index(i, t);
+    S* m = tensor<S>(a_.exp_avgs, i, t) + begin;
+    S* v = tensor<S>(a_.exp_avg_sqs, i, t) + begin;
+    const S* grad = static_cast<const S*>(a_.grads[t]) + begin;
+    S* param = static_cast<S*>(a_.params[t]) + begin;
+    const T coeff = lerp_coefficient(i);
+    const T sign = a_.maximize ? T(-1) : T(1);  // exact: g * 1 == g, g * -1 == -g
+    const T gamma = T(a_.gammas[i]);
+    const T one_minus_gamma = T(1.0 - a_.gammas[i]);
+    const T bc2_sqrt = T(a_.bias_correction2_sqrt[index]);
+    const T eps = T(a_.eps[i]);
+    const T bc1 = T(a_.bias_correction1[index]);
+    const T step = step_size(index), keep = shrink();
+    for (int64_t j = 0; j < n; ++j) {
+      const T input = FromGrad ? T(load(grad, j) * sign) : x[j];
+      const T old = load(m, j);
+      const T m_new = std::fma(coeff, T(input - old), Small ? old : input);
+      const T v_new = std::fma(T(one_minus_gamma * input), input, T(load(v, j) * gamma));
+      store(m, j, m_new);
+      store(v, j, v_new);
+      const T denom = T(std::sqrt(v_new) / bc2_sqrt) + eps;
+      if (ToParam) {
+        store(param, j, T(load(param, j) * keep) + T(T(step * m_new) / denom));
+      } else {
+        x[j] = T((m_new / denom) / bc1);
       }
-      if (a_.maximize) g = -g;
-      x[j] = coupled ? std::fma(load(param, j), decay, g) : g;
     }
   }
 
-  // theta <- theta (1 - lr wd) + (-lr / bc1_k) m_k / denom_k: the loop's mul_ then addcdiv_.
-  void update_param(S* param, const T* m, const T* denom, size_t index, int64_t n) const {
-    const T step_size = T(-(a_.lr / a_.bias_correction1[index]));
-    const bool decay = a_.weight_decay != 0.0 && a_.decoupled_weight_decay;
-    const T shrink = T(1.0 - a_.lr * a_.weight_decay);
-    for (int64_t j = 0; j < n; ++j) {
-      T theta = load(param, j);
-      if (decay) theta = T(theta * shrink);
-      store(param, j, theta + T(T(step_size * m[j]) / denom[j]));
+  using LevelKernel = void (*)(const Stepper&, int, int64_t, int64_t, int64_t, T*);
+  template <bool Small, bool ToParam, bool FromGrad>
+  static void level_kernel(const Stepper& self, int i, int64_t t, int64_t begin, int64_t n, T* x) {
+    self.elementwise_level<Small, ToParam, FromGrad>(i, t, begin, n, x);
+  }
+  // Indexed [small][to_param][from_grad].
+  static constexpr LevelKernel kElementwise[2][2][2] = {
+      {{level_kernel<false, false, false>, level_kernel<false, false, true>},
+       {level_kernel<false, true, false>, level_kernel<false, true, true>}},
+      {{level_kernel<true, false, false>, level_kernel<true, false, true>},
+       {level_kernel<true, true, false>, level_kernel<true, true, true>}},
+  };
+
+  T lerp_coefficient(int i) const {
+    const T weight = T(1.0 - a_.betas[i]);
+    return std::fabs(weight) < T(0.5) ? weight : T(weight - T(1));
+  }
+  T step_size(size_t index) const { return T(-(a_.lr / a_.bias_correction1[index])); }
+  // Decoupled decay's factor; 1 without it (theta * 1 is exact, so the loops stay branch-free).
+  T shrink() const { return a_.decoupled_weight_decay ? T(1.0 - a_.lr * a_.weight_decay) : T(1); }
+  bool coupled_decay() const { return a_.weight_decay != 0.0 && !a_.decoupled_weight_decay; }
+
+  // x^(0) = g / grad_scale, negated to maximize, plus wd * theta for coupled (L2) decay.
+  void load_input(int64_t t, int64_t begin, int64_t n, T* x) const {
+    S* grad = static_cast<S*>(a_.grads[t]) + begin;
+    const S* param = static_cast<const S*>(a_.params[t]) + begin;
+    if (a_.grad_scale) {
+      const T scale = T(*a_.grad_scale);
+      for (int64_t j = 0; j < n; ++j) x[j] = load(grad, j) / scale;
+      if (a_.store_unscaled_grad) {
+        for (int64_t j = 0; j < n; ++j) store(grad, j, x[j]);
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j) x[j] = load(grad, j);
+    }
+    if (a_.maximize) {
+      for (int64_t j = 0; j < n; ++j) x[j] = -x[j];
+    }
+    if (coupled_decay()) {
+      const T decay = T(a_.weight_decay);
+      for (int64_t j = 0; j < n; ++j) x[j] = std::fma(load(param, j), decay, x[j]);
     }
   }
 
   const KAdamArgs& a_;
-  std::vector<T> denoms_;
+  std::vector<T> old_v_;
 };
 
 template <typename S, typename T>

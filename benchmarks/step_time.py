@@ -1,0 +1,289 @@
+r"""Time per optimizer step: KAdam (loop, foreach, fused; k = 1, 2, 3) against torch's AdamW.
+
+An optimizer step streams its tensors through memory, so its floor is set by bandwidth. Per float32
+parameter a step must read θ, g and every moment and write θ and every moment: 4·(3 + 2k + 2e) bytes
+for k levels of which e are elementwise (a tensor-mode level's v is one scalar per tensor), so
+4·(3 + 4k) with every level elementwise and 28 for AdamW. The bandwidth is measured in the same run by
+an in-place triad a += s·b over arrays as large as the parameters (12 bytes per element, updated in
+place as an optimizer updates its state, so no write-allocate traffic is hidden), timed interleaved
+with the optimizers so that all rows see the same machine. Before every timing a read of twice the
+last-level cache evicts it, so each step starts cold, as it does in training after a forward and
+backward pass (``--warm-cache`` skips that; a large L3 then holds part of a 16M-parameter step).
+Each table row reports:
+
+* median ms and best ms per step over the repeats (rows are timed round-robin, so contention spreads
+  evenly; on a shared machine the best is the closer estimate of the uncontended time);
+* GB/s: the floor's bytes divided by the best time (what the step achieves against its minimal traffic);
+* × fused AdamW: the ratio to ``torch.optim.AdamW(fused=True)`` in the same run: the median over
+  rounds of the ratio within a round (the issue's targets; pairing cancels slow drifts in load), and
+  the ratio of bests;
+* × floor: the best time over the floor's bytes at the triad's best bandwidth;
+* peak extra MB: the highest net allocation through torch's allocator during one step, beyond the
+  parameters, gradients and state that exist before it (the fused kernel's own buffers are a few
+  scalars per tensor and a 4 KiB (8 KiB in float64) buffer per thread, outside torch's allocator).
+
+A second table sweeps the parameter count (fused rows only) to show scaling.
+
+OpenMP's wait policy matters on a shared machine: torch's fused and foreach kernels fork and join
+threads once per tensor, and with libgomp's default (spin, then sleep) a contended machine can add a
+scheduler delay to every join (measured here under load: fused AdamW on 1M parameters took ~950 ms a
+step instead of 1-5 ms), while the KAdam kernel joins at most once per tensor-mode level. So that the
+comparison is of kernels, not of join latency, the script restarts itself with
+``OMP_WAIT_POLICY=PASSIVE`` unless a policy is set or ``--omp-default`` is given; the title shows the
+policy in force.
+
+Usage: ``python benchmarks/step_time.py`` (about 16.8M parameters in 64 tensors, 2 threads); ``--quick``
+for a smaller, shorter run; ``--json PATH`` to keep the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from kadam import KAdam
+
+MIB = 2**20
+TRIAD_BYTES_PER_ELEMENT = 12  # a += s·b in place: read a and b, write a (no write-allocate of a third array)
+
+
+@dataclass
+class Row:
+    """One implementation: how to build its optimizer and the floor of its traffic."""
+
+    name: str
+    build: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+    floor_bytes_per_param: int
+    target: float | None = None  # issue 7's bound on the ratio to the reference row
+    reference: str = "torch AdamW fused"
+
+
+def _floor_bytes(k: int, elementwise_levels: int) -> int:
+    """4·(3 + 2k + 2e): θ read and written, g read, each m read and written, each elementwise v too."""
+    return 4 * (3 + 2 * k + 2 * elementwise_levels)
+
+
+def _rows(implementations: list[str], ks: list[int]) -> list[Row]:
+    rows = []
+    torch_kinds = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    for kind in implementations:
+        rows.append(Row(f"torch AdamW {kind}", lambda p, o=torch_kinds[kind]: torch.optim.AdamW(p, lr=1e-3, **o), 28))
+    targets = {1: 1.10, 2: 2.0, 3: 2.8}
+    for k in ks:
+        for kind in implementations:
+            # Issue 7: fused k = 1, 2, 3 against fused AdamW; foreach k = 1 against foreach AdamW.
+            target, reference = {"fused": (targets[k], "torch AdamW fused")}.get(kind, (None, "torch AdamW fused"))
+            if (k, kind) == (1, "foreach"):
+                target, reference = 1.10, "torch AdamW foreach"
+            rows.append(
+                Row(
+                    f"KAdam k={k} {kind}",
+                    lambda p, k=k, o=torch_kinds[kind]: KAdam(p, lr=1e-3, k=k, **o),
+                    _floor_bytes(k, 1),
+                    target,
+                    reference,
+                )
+            )
+    for k in ks:
+        if k > 1 and "fused" in implementations:
+            rows.append(
+                Row(
+                    f"KAdam k={k} fused, all elementwise",
+                    lambda p, k=k: KAdam(p, lr=1e-3, k=k, meta_betas=(0.9, 0.999), meta_norm="elementwise", fused=True),
+                    _floor_bytes(k, k),
+                )
+            )
+    return rows
+
+
+def _parameters(total: int, tensors: int) -> list[torch.nn.Parameter]:
+    generator = torch.Generator().manual_seed(0)
+    params = []
+    for _ in range(tensors):
+        param = torch.nn.Parameter(torch.randn(total // tensors, generator=generator))
+        param.grad = torch.randn(total // tensors, generator=generator)
+        params.append(param)
+    return params
+
+
+def _last_level_cache_bytes() -> int:
+    """Size of the CPU's last-level cache from sysfs (64 MiB where it cannot be read)."""
+    for index in (3, 2):
+        try:
+            with open(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size", encoding="utf-8") as handle:
+                text = handle.read().strip()
+        except OSError:
+            continue
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+    return 64 * MIB
+
+
+def _peak_extra_bytes(step: Callable[[], object]) -> int:
+    """Highest running sum of torch allocations minus frees during ``step`` (profiler memory events)."""
+    # The profiler's native side logs start/stop lines on stderr; keep them out of the table.
+    saved_stderr = os.dup(2)
+    with open(os.devnull, "w", encoding="utf-8") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+                step()
+        finally:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+    events = sorted(
+        (event.start_ns(), event.nbytes())
+        for event in profiler.profiler.kineto_results.events()
+        if event.name() == "[memory]"
+    )
+    running = peak = 0
+    for _, nbytes in events:
+        running += nbytes
+        peak = max(peak, running)
+    return peak
+
+
+def measure(
+    rows: list[Row], total: int, tensors: int, repeats: int, progress: Progress, memory: bool, flush: bool
+) -> dict:
+    """Median and best ms/step of every row and of the triad, timed round-robin, each from a cold cache
+    when ``flush`` (a read of twice the last-level cache before every timing); ratios from the same run."""
+    params = _parameters(total, tensors)  # shared: every optimizer steps the same tensors
+    optimizers = [row.build(params) for row in rows]
+    a, b = torch.randn(total), torch.randn(total)
+    steps: dict[str, Callable[[], object]] = {row.name: opt.step for row, opt in zip(rows, optimizers)}
+    steps["triad"] = lambda: a.add_(b, alpha=1e-6)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    evict = torch.ones(2 * _last_level_cache_bytes() // 4 if flush else 1)
+    task = progress.add_task(f"{total / MIB:.0f}M params", total=repeats + 1)
+    for step in steps.values():  # warm-up: state allocation, kernel build/load, first touch
+        step()
+    progress.advance(task)
+    for _ in range(repeats):
+        for name, step in steps.items():
+            evict.sum()
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+        progress.advance(task)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    bests = {name: min(values) for name, values in times.items()}
+    bandwidth = TRIAD_BYTES_PER_ELEMENT * total / bests["triad"]
+    results = {"params": total, "tensors": tensors, "threads": torch.get_num_threads(), "repeats": repeats,
+               "triad_GBps_best": bandwidth / 1e9,
+               "triad_GBps_median": TRIAD_BYTES_PER_ELEMENT * total / medians["triad"] / 1e9, "rows": []}
+    for row in rows:
+        floor_bytes = row.floor_bytes_per_param * total
+        entry = {
+            "name": row.name,
+            "ms_median": 1e3 * medians[row.name],
+            "ms_best": 1e3 * bests[row.name],
+            "GBps_best": floor_bytes / bests[row.name] / 1e9,
+            "vs_fused_adamw_median": statistics.median(
+                mine / theirs for mine, theirs in zip(times[row.name], times["torch AdamW fused"])
+            ),
+            "vs_fused_adamw_best": bests[row.name] / bests["torch AdamW fused"],
+            "vs_floor_best": bests[row.name] / (floor_bytes / bandwidth),
+            "target": row.target,
+            "target_reference": row.reference,
+            "vs_target_reference_median": statistics.median(
+                mine / theirs for mine, theirs in zip(times[row.name], times.get(row.reference, times[row.name]))
+            ),
+        }
+        if memory:
+            entry["peak_extra_MB"] = _peak_extra_bytes(steps[row.name]) / 1e6
+        results["rows"].append(entry)
+    progress.remove_task(task)
+    del optimizers, params
+    return results
+
+
+def _table(results: dict, title: str) -> Table:
+    table = Table(title=title)
+    columns = ["implementation", "median ms", "best ms", "GB/s (best)", "× fused AdamW (median)",
+               "× fused AdamW (best)", "× floor (best)", "issue 7 target (median ratio)"]
+    if "peak_extra_MB" in results["rows"][0]:
+        columns.append("peak extra MB")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "implementation" else "right")
+    for row in results["rows"]:
+        ratio, target = row["vs_fused_adamw_median"], row["target"]
+        reached = row["vs_target_reference_median"]
+        verdict = "" if target is None else (
+            f"{reached:.2f} ≤ {target:.2f} × {row['target_reference'].removeprefix('torch ')}: "
+            f"{'met' if reached <= target else 'MISSED'}"
+        )
+        cells = [row["name"], f"{row['ms_median']:.1f}", f"{row['ms_best']:.1f}", f"{row['GBps_best']:.2f}",
+                 f"{ratio:.2f}", f"{row['vs_fused_adamw_best']:.2f}", f"{row['vs_floor_best']:.2f}", verdict]
+        if "peak_extra_MB" in row:
+            cells.append(f"{row['peak_extra_MB']:.1f}")
+        table.add_row(*cells)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", type=int, default=16 * MIB, help="parameters in the main table (default 16M)")
+    parser.add_argument("--tensors", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--sweep", type=str, default="1,4,16,64", help="parameter counts in M for the sweep ('' to skip)")
+    parser.add_argument("--quick", action="store_true", help="4M parameters, 5 repeats, sweep 1M and 4M")
+    parser.add_argument("--json", type=str, default=None, help="write all numbers to this file")
+    parser.add_argument("--omp-default", action="store_true", help="keep libgomp's default wait policy")
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="do not evict the last-level cache before each timing (steps may then run from cache)")
+    args = parser.parse_args()
+    if "OMP_WAIT_POLICY" not in os.environ and not args.omp_default:
+        # libgomp reads the policy when torch loads it, so it takes a fresh process.
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    if args.quick:
+        args.params, args.repeats, args.sweep = 4 * MIB, 5, "1,4"
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    console = Console(width=max(Console().width, 150))
+    report = {}
+    with Progress(console=console, transient=True) as progress:
+        main_rows = _rows(["loop", "foreach", "fused"], [1, 2, 3])
+        report["main"] = measure(main_rows, args.params, args.tensors, args.repeats, progress, True, not args.warm_cache)
+        sweep_rows = [row for row in _rows(["fused"], [1, 2, 3]) if "elementwise" not in row.name]
+        sizes = [int(float(size) * MIB) for size in args.sweep.split(",") if size]
+        report["sweep"] = [
+            measure(sweep_rows, size, args.tensors, args.repeats, progress, False, not args.warm_cache) for size in sizes
+        ]
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2)
+    main = report["main"]
+    console.print(_table(main, f"{main['params'] / MIB:.0f}M float32 params in {main['tensors']} tensors, "
+                               f"{main['threads']} threads, triad {main['triad_GBps_best']:.2f} GB/s best "
+                               f"({main['triad_GBps_median']:.2f} median), {main['repeats']} repeats, "
+                               f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+                               f"{'warm' if args.warm_cache else 'cold'} cache"))
+    if not report["sweep"]:
+        return
+    sweep = Table(title="Scaling (fused): median ms/step (median × fused AdamW)")
+    sweep.add_column("params")
+    sweep.add_column("triad GB/s (best)", justify="right")
+    for row in sweep_rows:
+        sweep.add_column(row.name, justify="right")
+    for result in report["sweep"]:
+        sweep.add_row(f"{result['params'] / MIB:g}M", f"{result['triad_GBps_best']:.2f}",
+                      *[f"{r['ms_median']:.1f} ({r['vs_fused_adamw_median']:.2f}×)" for r in result["rows"]])
+    console.print(sweep)
+
+
+if __name__ == "__main__":
+    main()

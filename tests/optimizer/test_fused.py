@@ -1,0 +1,328 @@
+"""The fused KAdam step (``fused=True``) against the loop implementation (THEORY §1).
+
+Tolerances: float32 and float64 trajectories agree with the loop to 1e-6 and 1e-12 relative to the
+largest magnitude; the kernel follows the loop's operation order, so what is left is the tensor-mode
+sum (double in the kernel, float in the loop) and one rounding of a scalar division. Float16 and
+bfloat16 parameters run float32 math: from the same state, one fused step equals the float32 loop's
+step rounded once to the storage type (to one unit in the last place; for theta, plus one rounding of
+the update where a level after a tensor-mode level reads back its stored m).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import kadam.optimizer._fused as fused_module
+from kadam import KAdam
+
+SHAPES = [(37, 211), (5,), (3, 1024), (1,), (300, 250)]  # multi-block, tiny, block-aligned, scalar, multi-chunk
+
+CONFIGS = {
+    "default": {},
+    "all-elementwise": {"meta_betas": (0.9, 0.99), "meta_norm": "elementwise"},
+    "tensor-level-1": {"norm": "tensor", "meta_betas": (0.5, 0.99)},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The loop reference runs on one thread (on a loaded machine libgomp's fork/join per op can cost
+    milliseconds); tests of the kernel's threading set their own count inside."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _params(dtype: torch.dtype = torch.float32, seed: int = 0) -> list[torch.nn.Parameter]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)) for shape in SHAPES]
+
+
+def _run(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, steps: int, seed: int = 1) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for param in params:
+            param.grad = torch.randn(param.shape, generator=generator, dtype=torch.float64).to(param.dtype)
+        optimizer.step()
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    scale = expected.abs().max().clamp_min(torch.finfo(expected.dtype).tiny)
+    return ((actual - expected).abs().max() / scale).item()
+
+
+def _assert_same_trajectory(
+    kwargs: dict, dtype: torch.dtype, tolerance: float, steps: int = 12, fused_threads: int = 1
+) -> None:
+    loop_params, fused_params = _params(dtype), _params(dtype)
+    loop = KAdam(loop_params, foreach=False, **kwargs)
+    fused = KAdam(fused_params, fused=True, **kwargs)
+    _run(loop_params, loop, steps)
+    torch.set_num_threads(fused_threads)
+    try:
+        _run(fused_params, fused, steps)
+    finally:
+        torch.set_num_threads(1)
+    for expected, actual in zip(loop_params, fused_params):
+        assert _relative_error(actual, expected) <= tolerance
+        assert loop.state[expected].keys() == fused.state[actual].keys()
+        for key, value in loop.state[expected].items():
+            assert _relative_error(fused.state[actual][key], value) <= tolerance, key
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize(
+    "decay",
+    [
+        {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "decoupled_weight_decay": False, "maximize": True},
+        {"weight_decay": 0.0, "maximize": True},
+    ],
+    ids=["adamw", "adam-l2-maximize", "no-decay-maximize"],
+)
+def test_fused_matches_loop_float32(config, k, decay):
+    _assert_same_trajectory({"lr": 1e-2, "k": k, **CONFIGS[config], **decay}, torch.float32, 1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_fused_matches_loop_float64(k):
+    _assert_same_trajectory({"lr": 1e-2, "k": k, "norm": ["elementwise", "tensor", "elementwise"][:k]}, torch.float64, 1e-12)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_fused_matches_loop_with_several_threads(threads):
+    """Blocks split across threads and the tensor-mode sums joined between passes."""
+    config = {"lr": 1e-2, "k": 3, "norm": ["elementwise", "tensor", "tensor"]}
+    _assert_same_trajectory(config, torch.float32, 1e-6, fused_threads=threads)
+
+
+def test_fused_result_does_not_depend_on_thread_count():
+    """Tensor-mode sums are added per chunk in a fixed order, so any thread count gives the same bits."""
+    results = []
+    for threads in (1, 3):
+        torch.set_num_threads(threads)
+        params = _params()
+        _run(params, KAdam(params, lr=1e-2, k=3, norm=["elementwise", "tensor", "tensor"], fused=True), 5)
+        results.append(params)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def _states_from_float32_run(kwargs: dict, dtype: torch.dtype) -> tuple[list, KAdam, list, KAdam]:
+    """A float32 loop optimizer and a fused ``dtype`` one holding the same (``dtype``-exact) state."""
+    warm_params = _params(torch.float32)
+    warm = KAdam(warm_params, foreach=False, **kwargs)
+    _run(warm_params, warm, 3)
+    state = copy.deepcopy(warm.state_dict())
+    for param_state in state["state"].values():
+        for key, value in param_state.items():
+            if key != "step" and torch.is_tensor(value):
+                param_state[key] = value.to(dtype).to(torch.float32)
+    reference_params = [torch.nn.Parameter(p.detach().to(dtype).to(torch.float32)) for p in warm_params]
+    fused_params = [torch.nn.Parameter(p.detach().to(dtype)) for p in reference_params]
+    reference = KAdam(reference_params, foreach=False, **kwargs)
+    reference.load_state_dict(copy.deepcopy(state))
+    fused = KAdam(fused_params, fused=True, **kwargs)
+    fused.load_state_dict(copy.deepcopy(state))
+    return reference_params, reference, fused_params, fused
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k", [1, 2])
+def test_low_precision_parameters_run_float32_math(dtype, k):
+    kwargs = {"lr": 1e-2, "k": k, "weight_decay": 0.1, "meta_betas": (0.5, 0.99)}
+    reference_params, reference, fused_params, fused = _states_from_float32_run(kwargs, dtype)
+    generator = torch.Generator().manual_seed(7)
+    for ref, low in zip(reference_params, fused_params):
+        ref.grad = torch.randn(ref.shape, generator=generator).to(dtype).to(torch.float32)
+        low.grad = ref.grad.to(dtype)
+    before = [p.detach().clone() for p in reference_params]
+    reference.step()
+    fused.step()
+    ulp = torch.finfo(dtype).eps  # one unit in the last place, relative
+    for ref, low, start in zip(reference_params, fused_params, before):
+        assert low.dtype == dtype
+        # One rounding of theta, plus (after a tensor-mode level) one of the stored m that the next
+        # pass reads back: relative to the update, which cancels against theta near zero.
+        bound = ulp * (ref.detach().abs() + (ref.detach() - start).abs()) + torch.finfo(dtype).tiny
+        assert ((low.float() - ref.detach()).abs() <= bound).all()
+        for key, value in reference.state[ref].items():
+            actual = fused.state[low][key]
+            assert actual.dtype == (torch.float32 if key == "step" else dtype), key
+            torch.testing.assert_close(actual.float(), value, rtol=ulp, atol=2 * torch.finfo(dtype).smallest_normal)
+
+
+def test_low_precision_differs_from_storage_precision_math():
+    """Guard for the test above: a bfloat16 loop step (bfloat16 math) is measurably further off."""
+    kwargs = {"lr": 1e-2, "k": 2}
+    reference_params, reference, fused_params, fused = _states_from_float32_run(kwargs, torch.bfloat16)
+    loop_params = [torch.nn.Parameter(p.detach().clone()) for p in fused_params]
+    loop = KAdam(loop_params, foreach=False, **kwargs)
+    loop.load_state_dict(copy.deepcopy(fused.state_dict()))
+    for ref, low, plain in zip(reference_params, fused_params, loop_params):
+        ref.grad = torch.full_like(ref, 0.3)
+        low.grad = ref.grad.bfloat16()
+        plain.grad = ref.grad.bfloat16()
+    for optimizer in (reference, fused, loop):
+        optimizer.step()
+    fused_error = max(_relative_error(low.float(), ref.detach()) for ref, low in zip(reference_params, fused_params))
+    loop_error = max(_relative_error(p.float(), ref.detach()) for ref, p in zip(reference_params, loop_params))
+    assert fused_error <= torch.finfo(torch.bfloat16).eps
+    assert fused_error <= loop_error
+
+
+def test_complex_and_non_contiguous_parameters():
+    def make() -> list[torch.nn.Parameter]:
+        generator = torch.Generator().manual_seed(3)
+        return [
+            torch.nn.Parameter(torch.randn(40, 50, dtype=torch.complex64, generator=generator)),
+            torch.nn.Parameter(torch.randn(60, 70, generator=generator).t()),  # non-contiguous, state too
+        ]
+
+    loop_params, fused_params = make(), make()
+    assert not fused_params[1].is_contiguous()
+    loop = KAdam(loop_params, lr=1e-2, k=2, foreach=False)
+    fused = KAdam(fused_params, lr=1e-2, k=2, fused=True)
+    for step in range(5):
+        for a, b in zip(loop_params, fused_params):
+            a.grad = torch.full_like(a, 0.1 * (step + 1)) + a.detach()
+            b.grad = a.grad.clone()
+        loop.step()
+        fused.step()
+    for expected, actual in zip(loop_params, fused_params):
+        assert _relative_error(torch.view_as_real(actual.detach()) if actual.is_complex() else actual,
+                               torch.view_as_real(expected.detach()) if expected.is_complex() else expected) <= 1e-6
+
+
+def test_resumed_levels_count_their_own_steps():
+    """An AdamW checkpoint resumed as 2-Adam: level 2's bias correction counts from the resume."""
+    base = _params()
+    adamw = torch.optim.AdamW(base, lr=1e-2)
+    _run(base, adamw, 4)
+    loop_params = [torch.nn.Parameter(p.detach().clone()) for p in base]
+    fused_params = [torch.nn.Parameter(p.detach().clone()) for p in base]
+    for params, options in ((loop_params, {"foreach": False}), (fused_params, {"fused": True})):
+        optimizer = KAdam(params, lr=1e-2, k=2, **options)
+        with pytest.warns(UserWarning, match="fewer levels"):
+            optimizer.load_state_dict(copy.deepcopy(adamw.state_dict()))
+        assert optimizer.param_groups[0]["fused"] == options.get("fused")  # the checkpoint's None does not win
+        _run(params, optimizer, 6, seed=5)
+    for expected, actual in zip(loop_params, fused_params):
+        assert _relative_error(actual, expected) <= 1e-6
+
+
+def _snapshot(params: list[torch.nn.Parameter], optimizer: KAdam) -> list[torch.Tensor]:
+    tensors = [p.detach().clone() for p in params]
+    for param in params:
+        tensors += [v.clone() for v in optimizer.state[param].values() if torch.is_tensor(v)]
+    return tensors
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_grad_scaler_unscales_and_skips_inf_steps_without_touching_state(k):
+    params, reference_params = _params(), _params()
+    optimizer = KAdam(params, lr=1e-2, k=k, fused=True)
+    reference = KAdam(reference_params, lr=1e-2, k=k, foreach=False)
+    assert optimizer._step_supports_amp_scaling
+    scaler = torch.amp.GradScaler("cpu", init_scale=3.0, growth_interval=1000)  # 3: unscaling rounds
+    generator = torch.Generator().manual_seed(2)
+    for step in range(4):
+        coefficients = [torch.randn(p.shape, generator=generator) for p in params]
+        optimizer.zero_grad()
+        scaler.scale(sum((p * c).sum() for p, c in zip(params, coefficients))).backward()  # grad = scale * c
+        for reference_param, coefficient in zip(reference_params, coefficients):
+            reference_param.grad = coefficient
+        if step == 2:
+            params[1].grad[0] = float("inf")
+            before = _snapshot(params, optimizer)
+            scale = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            assert all(torch.equal(a, b) for a, b in zip(before, _snapshot(params, optimizer)))
+            assert scaler.get_scale() < scale  # the scaler saw the inf and backed off
+            continue
+        scaler.step(optimizer)
+        scaler.update()
+        reference.step()
+        for param, reference_param in zip(params, reference_params):
+            torch.testing.assert_close(param.grad, reference_param.grad, rtol=1e-6, atol=0)  # unscaled in place
+    for expected, actual in zip(reference_params, params):
+        assert _relative_error(actual, expected) <= 1e-6
+        assert optimizer.state[actual]["step"].item() == 3
+
+
+@pytest.mark.parametrize("k,norm", [(1, "elementwise"), (2, "elementwise"), (1, "tensor")])
+def test_off_cpu_path_on_cpu_tensors(monkeypatch, k, norm):
+    """The path other devices take (torch's fused Adam for k = 1 elementwise, else foreach after
+    unscaling), exercised on CPU tensors; on a GPU only the device differs."""
+    monkeypatch.setattr(fused_module, "_cpu_fused_kadam", fused_module._torch_kernels_kadam)
+    params, reference_params = _params(), _params()
+    optimizer = KAdam(params, lr=1e-2, k=k, norm=norm, fused=True)
+    reference = KAdam(reference_params, lr=1e-2, k=k, norm=norm, foreach=False)
+    generator = torch.Generator().manual_seed(4)
+    for step in range(4):
+        for param, reference_param in zip(params, reference_params):
+            reference_param.grad = torch.randn(param.shape, generator=generator)
+            param.grad = reference_param.grad * 4.0
+        optimizer.grad_scale = torch.tensor(4.0)
+        optimizer.found_inf = torch.tensor(1.0 if step == 1 else 0.0)
+        before = _snapshot(params, optimizer) if step == 1 else None
+        optimizer.step()
+        if before is not None:
+            assert all(torch.equal(a, b) for a, b in zip(before, _snapshot(params, optimizer)))
+        else:
+            reference.step()
+    for expected, actual in zip(reference_params, params):
+        assert _relative_error(actual, expected) <= 1e-6
+
+
+def test_bad_combinations_raise():
+    param = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(RuntimeError, match="cannot be `True` together"):
+        KAdam([param], fused=True, foreach=True)
+    with pytest.raises(RuntimeError, match="supports parameters of dtype"):
+        KAdam([torch.zeros(3, dtype=torch.float8_e4m3fn)], fused=True)
+    class Subclass(torch.Tensor):  # stands in for FSDP2's DTensor
+        pass
+
+    with pytest.raises(RuntimeError, match="steps plain tensors"):
+        KAdam([torch.nn.Parameter(torch.zeros(3).as_subclass(Subclass))], fused=True)
+    optimizer = KAdam([param], fused=False)
+    param.grad = torch.ones(3)
+    optimizer.grad_scale = torch.tensor(2.0)
+    with pytest.raises(RuntimeError, match="only supported with fused=True"):
+        optimizer.step()
+
+
+def test_new_process_first_step_is_fast_and_import_builds_nothing(tmp_path):
+    """A cached kernel: a fresh process's first fused step (load + step) is well under 2 s."""
+    fused_module.fused_kernel_library()  # make sure this test's cache holds the build
+    script = (
+        "import time, torch\n"
+        "import kadam, kadam.optimizer._fused as f\n"
+        "assert f._library is None, 'import compiled something'\n"
+        "p = torch.nn.Parameter(torch.zeros(1000)); p.grad = torch.ones(1000)\n"
+        "o = kadam.KAdam([p], fused=True)\n"
+        "t = time.perf_counter(); o.step(); print(time.perf_counter() - t)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ), check=True)
+    assert float(result.stdout.strip().splitlines()[-1]) < 2.0
+
+
+def test_compiler_without_openmp_builds_the_one_thread_kernel(tmp_path, monkeypatch):
+    wrapper = tmp_path / "cxx-without-openmp"
+    wrapper.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec c++ "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CXX", str(wrapper))
+    monkeypatch.setenv("KADAM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(fused_module, "_library", None)
+    with pytest.warns(UserWarning, match="without OpenMP"):
+        fused_module.fused_kernel_library()
+    _assert_same_trajectory({"lr": 1e-2, "k": 2}, torch.float32, 1e-6, steps=3, fused_threads=2)
