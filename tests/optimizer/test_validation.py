@@ -64,7 +64,7 @@ def test_unstable_level_warns_with_rate_and_efold_time():
     assert f"{rate:.4g} per step" in str(record[0].message)
     assert f"every {1 / rate:.3g} steps" in str(record[0].message)
     with pytest.warns(UserWarning, match="level 2"):
-        optimizer.add_param_group({"params": _params(), "k": 2, "meta_betas": (0.99, 0.9)})
+        optimizer.add_param_group({"params": _params(), "k": 2, "betas": (0.9, 0.999), "meta_betas": (0.99, 0.9)})
 
 
 def test_boundary_warns_and_stable_levels_do_not():
