@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kadam.optimizer.kadam import Level, _resolve_levels, _warn_if_unstable, level_arguments
+from kadam.optimizer.kadam import Level, level_arguments, resolve_levels, warn_if_unstable
 
 __all__ = ["ScaleByTensorAdamState", "kadam", "scale_by_kadam", "scale_by_tensor_adam"]
 
@@ -88,8 +88,8 @@ def _levels_from_arguments(
     Raises ``ValueError`` naming the argument and its accepted range; warns (``UserWarning``) about a
     level outside the stable region γ > β² (THEORY §2), as ``KAdam`` does.
     """
-    levels = _resolve_levels(level_arguments(k, betas, eps, norm, meta_betas, meta_norm))
-    _warn_if_unstable(levels)
+    levels = resolve_levels(level_arguments(k, betas, eps, norm, meta_betas, meta_norm))
+    warn_if_unstable(levels)
     return levels
 
 

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from kadam.flow.loss import FlatLoss
-from kadam.optimizer.kadam import KAdam, Level, _resolve_levels
+from kadam.optimizer.kadam import KAdam, Level, resolve_levels
 
 RATES = ("exact", "paper")
 ORDERS = (1, 2)
@@ -167,7 +167,7 @@ class AdamFlow(nn.Module):
         group = KAdam([torch.zeros(1, dtype=loss.theta0.dtype)], **hyperparameters).param_groups[0]
         return cls(
             loss,
-            _resolve_levels(group),
+            resolve_levels(group),
             lr=group["lr"],
             weight_decay=group["weight_decay"],
             decoupled_weight_decay=group["decoupled_weight_decay"],

@@ -89,7 +89,7 @@ def _check_unit_interval(name: str, level: int, value: Any) -> float:
     return float(value)
 
 
-def _resolve_levels(group: dict[str, Any]) -> list[Level]:
+def resolve_levels(group: dict[str, Any]) -> list[Level]:
     """Expand a parameter group's level hyperparameters into k validated :class:`Level` s.
 
     Level 1 is ``betas``/``eps``/``norm``; levels 2..k are ``meta_betas``/``meta_eps``/``meta_norm``,
@@ -126,7 +126,7 @@ def _resolve_levels(group: dict[str, Any]) -> list[Level]:
     return levels
 
 
-def _warn_if_unstable(levels: list[Level]) -> None:
+def warn_if_unstable(levels: list[Level]) -> None:
     """UserWarning for each level outside the stable region γ > β² (THEORY §2)."""
     for i, level in enumerate(levels, start=1):
         if stability.is_stable(level.beta, level.gamma):
@@ -172,7 +172,7 @@ def level_arguments(
 
     Returns ``k``, level 1's ``betas``/``eps``/``norm`` and the meta levels' ``meta_betas``/``meta_eps``/
     ``meta_norm``; per-level sequences in ``betas``/``norm``/``eps`` are split between the two. Raises
-    ``ValueError`` for a malformed argument; the values themselves are checked by :func:`_resolve_levels`.
+    ``ValueError`` for a malformed argument; the values themselves are checked by :func:`resolve_levels`.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
@@ -302,9 +302,9 @@ class KAdam(Optimizer):
         if _is_sequence(param_group.get("eps")):
             param_group["eps"], param_group["meta_eps"] = param_group["eps"][0], tuple(param_group["eps"][1:])
         candidate = {**self.defaults, **{key: v for key, v in param_group.items() if key != "params"}}
-        levels = _resolve_levels(candidate)
+        levels = resolve_levels(candidate)
         super().add_param_group(param_group)
-        _warn_if_unstable(levels)
+        warn_if_unstable(levels)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -340,7 +340,7 @@ class KAdam(Optimizer):
             # The implementation is this optimizer's choice, not the checkpoint's (a plain checkpoint must
             # not turn off fused=True, which GradScaler relies on once _step_supports_amp_scaling is set).
             merged["foreach"], merged["fused"] = group["foreach"], group["fused"]
-            levels = _resolve_levels(merged)
+            levels = resolve_levels(merged)
             for param_id, param in zip(saved["params"], group["params"], strict=False):
                 saved_state = state_dict["state"].get(param_id)
                 if not saved_state:
@@ -380,7 +380,7 @@ class KAdam(Optimizer):
 
     def _start_missing_levels(self) -> None:
         for group in self.param_groups:
-            levels = _resolve_levels(group)
+            levels = resolve_levels(group)
             for param in group["params"]:
                 state = self.state.get(param)
                 if not state:
@@ -442,7 +442,7 @@ class KAdam(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            levels = _resolve_levels(group)
+            levels = resolve_levels(group)
             params: list[Tensor] = []
             grads: list[Tensor] = []
             moments: list[tuple[list[Tensor], list[Tensor]]] = [([], []) for _ in levels]
