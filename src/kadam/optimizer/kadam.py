@@ -28,6 +28,7 @@ Two implementations sit side by side, as in ``torch/optim/adam.py``: a single-te
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, cast
@@ -493,27 +494,13 @@ def kadam(
     if fused and foreach:
         raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
     if fused:
-        _fused_kadam(
-            params,
-            grads,
-            moments,
-            steps,
-            level_steps,
-            levels=levels,
-            lr=lr,
-            weight_decay=weight_decay,
-            decoupled_weight_decay=decoupled_weight_decay,
-            maximize=maximize,
-            has_complex=has_complex,
-            grad_scale=grad_scale,
-            found_inf=found_inf,
-        )
-        return
-    if grad_scale is not None or found_inf is not None:
+        implementation = functools.partial(_fused_kadam, grad_scale=grad_scale, found_inf=found_inf)
+    elif grad_scale is not None or found_inf is not None:
         raise RuntimeError("grad_scale and found_inf are only supported with fused=True")
-    if foreach is None:
-        _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
-    implementation = _multi_tensor_kadam if foreach else _single_tensor_kadam
+    else:
+        if foreach is None:
+            _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+        implementation = _multi_tensor_kadam if foreach else _single_tensor_kadam
     implementation(
         params,
         grads,
