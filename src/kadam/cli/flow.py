@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kadam.experiments.figures import panels, save_figure
 from kadam.experiments.flow import PROBLEMS, make_problem
 from kadam.flow import FlowSolveError, Trajectory, compare, discrete, simulate
 from kadam.flow.ode import ORDERS, RATES
@@ -49,12 +50,7 @@ def register(subparsers: Any) -> None:
 
 
 def _plot(path: Path, continuous: Trajectory, discrete_run: Trajectory, errors: Any, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (loss_axis, coordinate_axis, error_axis) = plt.subplots(1, 3, figsize=(15, 4))
+    figure, [[loss_axis, coordinate_axis, error_axis]] = panels(1, 3, (5, 4))
     steps = discrete_run.steps.numpy()
     loss_axis.semilogy(steps, discrete_run.loss.numpy(), label="discrete")
     loss_axis.semilogy(steps, continuous.loss.numpy(), "--", label="continuous")
@@ -69,9 +65,7 @@ def _plot(path: Path, continuous: Trajectory, discrete_run: Trajectory, errors: 
     error_axis.semilogy(errors.steps.numpy(), errors.relative_error.numpy())
     error_axis.set(xlabel="step n", title="‖θ_cont − θ_disc‖ / ‖θ_disc − θ₀‖")
     figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def run(args: argparse.Namespace) -> int:

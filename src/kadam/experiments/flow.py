@@ -64,6 +64,7 @@ from rich.progress import track
 from torch import Tensor, nn
 from torchdiffeq import odeint
 
+from kadam.experiments.figures import panels, save_figure
 from kadam.flow import FlatLoss, Trajectory, compare, discrete, simulate
 from kadam.flow.ode import ORDERS, RATES, AdamFlow
 from kadam.optimizer.kadam import KAdam, resolve_levels
@@ -302,19 +303,10 @@ def restart_experiment(
     return {"problem": problem, "lr": lr, "steps": steps, "k": k, "seed": seed, "rows": rows}
 
 
-def _figure(columns: int) -> tuple[Any, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(1, columns, figsize=(5 * columns, 4), squeeze=False)
-
-
 def plot_accuracy(result: dict[str, Any], path: str | Path) -> Path:
     """Relative error against step, one panel per problem, one line per k; the 1% bar dashed."""
     problems = list(dict.fromkeys(row["problem"] for row in result["rows"]))
-    figure, axes = _figure(len(problems))
+    figure, axes = panels(1, len(problems), (5, 4))
     for axis, problem in zip(axes[0], problems, strict=True):
         for row in (r for r in result["rows"] if r["problem"] == problem):
             axis.semilogy(row["error_curve"]["steps"], row["error_curve"]["values"], label=f"k = {row['k']}")
@@ -322,21 +314,17 @@ def plot_accuracy(result: dict[str, Any], path: str | Path) -> Path:
         axis.set(title=problem, xlabel="step n", ylabel="‖θ_cont − θ_disc‖ / ‖θ_disc − θ₀‖")
         axis.legend()
     figure.suptitle(f"continuous vs discrete, lr = {result['lr']}, {result['rates']} rates, order {result['order']}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    return Path(path)
+    return Path(save_figure(figure, path))
 
 
 def plot_convergence(result: dict[str, Any], path: str | Path) -> Path:
     """Final relative error against lr (log–log) per variant, slopes in the legend."""
-    figure, axes = _figure(1)
+    figure, axes = panels(1, 1, (5, 4))
     axis = axes[0][0]
     for name, slope in result["slopes"].items():
         finals = [entry["variants"][name]["final_rel_error"] for entry in result["per_lr"]]
         axis.loglog(result["lrs"], finals, marker="o", label=f"{name}: slope {slope['final']:.2f}")
     axis.set(title=f"{result['problem']}, lr · steps = {result['horizon']}", xlabel="lr η", ylabel="final relative error")
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    return Path(path)
+    return Path(save_figure(figure, path))
 

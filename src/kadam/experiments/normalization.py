@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kadam.experiments.figures import panels, save_figure
 from kadam.experiments.tasks import digits_splits
 from kadam.normalization.detection import find_scale_invariant
 from kadam.normalization.predictions import (
@@ -538,27 +539,9 @@ def meta_adaptive_network(
             "relaxation_steps": relaxation_steps(lr, weight_decay), "configs": results}
 
 
-def _figure(rows: int, columns: int, size: tuple[float, float]) -> tuple[Any, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows), squeeze=False)
-
-
-def _save(figure: Any, path: str) -> str:
-    import matplotlib.pyplot as plt
-
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
-
-
 def plot_random_walk(result: dict[str, Any], path: str) -> str:
     """Norm and angular update against step per β, with both equilibrium predictions as lines."""
-    figure, axes = _figure(1, 2, (5.0, 3.6))
+    figure, axes = panels(1, 2, (5.0, 3.6))
     for color, row in zip(("C0", "C1", "C2", "C3", "C4", "C5"), result["by_beta"]):
         curves = result["curves"][f"beta={row['beta']}"]
         for axis, key, label in ((axes[0][0], "norm", "norm"), (axes[0][1], "angular_update", "angular_update")):
@@ -569,12 +552,12 @@ def plot_random_walk(result: dict[str, Any], path: str) -> str:
                    title="norm (dashed: corrected, dotted: orthogonal)")
     axes[0][1].set(xlabel="step", ylabel="angle per step (rad)", yscale="log", title="angular update")
     axes[0][0].legend(fontsize=7)
-    return _save(figure, path)
+    return save_figure(figure, path, dpi=110)
 
 
 def plot_meta_adaptive(drift: dict[str, Any], network: dict[str, Any] | None, path: str) -> str:
     """Cosine between AdamW's and 2-Adam's directions against step (noisy quadratic; LayerNorm MLP)."""
-    figure, axes = _figure(1, 2 if network else 1, (5.0, 3.6))
+    figure, axes = panels(1, 2 if network else 1, (5.0, 3.6))
     for config in drift["configs"]:
         curve = config["cosine_curve"]
         axes[0][0].plot(curve["steps"], curve["values"], lw=1,
@@ -588,13 +571,13 @@ def plot_meta_adaptive(drift: dict[str, Any], network: dict[str, Any] | None, pa
                 axes[0][1].plot(curve["steps"], curve["values"], lw=1, label=f"β={config['beta']} {layer['name']}")
         axes[0][1].set(xlabel="step", ylabel="cos(Ŵ_AdamW, Ŵ_2-Adam)", title="LayerNorm MLP on digits")
         axes[0][1].legend(fontsize=7)
-    return _save(figure, path)
+    return save_figure(figure, path, dpi=110)
 
 
 def plot_digits_norms(result: dict[str, Any], path: str) -> str:
     """Per tracked layer: measured norm and angular update against both predicted trajectories."""
     layers = result["layers"]
-    figure, axes = _figure(2, max(1, len(layers)), (4.2, 3.2))
+    figure, axes = panels(2, max(1, len(layers)), (4.2, 3.2))
     for column, layer in enumerate(layers):
         for row, quantity in enumerate(("norm", "angular_update")):
             axis = axes[row][column]
@@ -609,4 +592,4 @@ def plot_digits_norms(result: dict[str, Any], path: str) -> str:
             axis.set(xlabel="step", ylabel="|W|" if quantity == "norm" else "angle per step (rad)",
                      title=f"{layer['name']} ({result['task']}, {result['optimizer']})", yscale="log")
     axes[0][0].legend(fontsize=7)
-    return _save(figure, path)
+    return save_figure(figure, path, dpi=110)

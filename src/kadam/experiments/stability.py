@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kadam.experiments.figures import pyplot, save_figure
 from kadam.optimizer import KAdam
 from kadam.optimizer.kadam import state_keys
 from kadam.theory import stability
@@ -332,16 +333,14 @@ def full_batch_characters(corpus_chars: int, context: int) -> tuple[torch.Tensor
     Returns (inputs, targets, vocabulary size): ``corpus_chars // context`` non-overlapping windows of
     ``context`` characters, targets shifted by one; the vocabulary is the characters that occur.
     """
-    from kadam.experiments.tasks import char_corpus
+    from kadam.experiments.tasks import encode_characters
 
     if context < 1 or corpus_chars < context:
         raise ValueError(f"need 1 <= context <= corpus_chars, got context={context}, corpus_chars={corpus_chars}")
-    text = char_corpus()[: corpus_chars + 1]
-    vocabulary = {character: index for index, character in enumerate(sorted(set(text)))}
-    tokens = torch.tensor([vocabulary[character] for character in text], dtype=torch.long)
+    tokens, vocabulary_size = encode_characters(corpus_chars + 1)
     windows = corpus_chars // context
     span = windows * context
-    return tokens[:span].view(windows, context), tokens[1 : span + 1].view(windows, context), len(vocabulary)
+    return tokens[:span].view(windows, context), tokens[1 : span + 1].view(windows, context), vocabulary_size
 
 
 def train_recording_updates(
@@ -575,15 +574,6 @@ def _progress_map(results: Iterator[Any], total: int, enabled: bool) -> Iterator
 # figures (PNG, matplotlib's Agg backend)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _draw_boundaries(axes: Any, betas: np.ndarray, *, log_one_minus: bool = False) -> None:
     """γ = β² and γ = β/(2−β) on (β, γ) axes, or on (1−β, 1−γ) axes when ``log_one_minus``."""
     curves = (("discrete", "r-", "gamma = beta^2 (exact)"), ("paper", "m--", "gamma = beta/(2-beta) (paper)"))
@@ -597,7 +587,7 @@ def _draw_boundaries(axes: Any, betas: np.ndarray, *, log_one_minus: bool = Fals
 
 def plot_region_map(path: str, presets: Sequence[tuple[float, float]] = stability.PRESETS) -> None:
     """The (β, γ) map on log axes of 1 − β and 1 − γ: log10 B_∞ contours, both boundaries, ``presets`` marked."""
-    plt = _pyplot()
+    plt = pyplot()
     one_minus_beta = np.logspace(-3, 0, 400)[:-1]
     one_minus_gamma = np.logspace(-5, 0, 400)[:-1]
     beta_grid, gamma_grid = np.meshgrid(1.0 - one_minus_beta, 1.0 - one_minus_gamma)
@@ -618,9 +608,7 @@ def plot_region_map(path: str, presets: Sequence[tuple[float, float]] = stabilit
     axes.set(xscale="log", yscale="log", xlabel="1 - beta", ylabel="1 - gamma", ylim=(one_minus_gamma[0], 1.0))
     axes.set_title("Stable region of Adam's (beta, gamma); grey: unstable", fontsize=10)
     axes.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=130)
-    plt.close(figure)
+    save_figure(figure, path, dpi=130)
 
 
 def _cell_edges(values: Sequence[float]) -> np.ndarray:
@@ -634,7 +622,7 @@ def _cell_edges(values: Sequence[float]) -> np.ndarray:
 
 def plot_training_heatmaps(result: dict[str, Any], path: str) -> None:
     """One heatmap per learning rate: log10 of max_n ‖u_n‖_∞ / C_n(β) per (β, γ), measured class, both boundaries."""
-    plt = _pyplot()
+    plt = pyplot()
     betas, gammas, learning_rates = sorted(result["betas"]), sorted(result["gammas"]), result["learning_rates"]
     figure, axes_row = plt.subplots(1, len(learning_rates), figsize=(4.6 * len(learning_rates), 4.4), squeeze=False)
     image = None
@@ -653,13 +641,12 @@ def plot_training_heatmaps(result: dict[str, Any], path: str) -> None:
     axes_row[0][0].legend(loc="lower right", fontsize=7)
     figure.colorbar(image, ax=axes_row[0].tolist(), label="log10 max_n ||u_n||_inf / C_n(beta)  (> 0: unstable)")
     figure.suptitle("Training protocol: U = measured unstable (update above every stable gamma's bound), s = not")
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
+    save_figure(figure, path, dpi=120, bbox_tight=True)
 
 
 def plot_excess_by_learning_rate(result: dict[str, Any], path: str) -> None:
     """max_n ‖u_n‖_∞ / C_n(β) against η, one line per (β, γ): does measured instability fade as η shrinks?"""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6.4, 5.0))
     points = sorted({(row["beta"], row["gamma"]) for row in result["rows"]})
     colours = plt.cm.plasma(np.linspace(0.0, 0.85, len(points)))
@@ -674,14 +661,12 @@ def plot_excess_by_learning_rate(result: dict[str, Any], path: str) -> None:
     axes.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="max_n ||u_n||_inf / C_n(beta)",
              title="Above 1: an update no stable gamma allows")
     axes.legend(fontsize=6, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=130)
-    plt.close(figure)
+    save_figure(figure, path, dpi=130)
 
 
 def plot_slope_scatter(switch_off: dict[str, Any] | None, training: dict[str, Any] | None, path: str) -> None:
     """Measured against predicted slope of ln|u|: switch-off points (k = 1, k = 2) and training late-phase slopes."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6.4, 5.6))
     predicted_all: list[float] = []
     if switch_off is not None:
@@ -708,9 +693,7 @@ def plot_slope_scatter(switch_off: dict[str, Any] | None, training: dict[str, An
     axes.set(xlabel="predicted rate ln(beta) - ln(gamma)/2 (per step)", ylabel="measured slope of ln ||u_n||_inf (per step)",
              title="Growth rate of the update: measured vs predicted")
     axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=130)
-    plt.close(figure)
+    save_figure(figure, path, dpi=130)
 
 
 # ----------------------------------------------------------------------------------------------------

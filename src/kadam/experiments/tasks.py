@@ -55,6 +55,16 @@ def char_corpus() -> str:
     return "\n\n".join(topics[name] for name in sorted(topics))
 
 
+def encode_characters(count: int) -> tuple[torch.Tensor, int]:
+    """The first ``count`` characters of :func:`char_corpus` as token ids, and the vocabulary size.
+
+    The vocabulary is the sorted set of characters that occur in those ``count`` characters.
+    """
+    text = char_corpus()[:count]
+    lookup = {character: index for index, character in enumerate(sorted(set(text)))}
+    return torch.tensor([lookup[character] for character in text], dtype=torch.long), len(lookup)
+
+
 class _PreLayerNormBlock(nn.Module):
     """``x + Attention(LN(x))`` then ``x + MLP(LN(x))``: the pre-LN transformer block (causal)."""
 
@@ -200,10 +210,7 @@ def _char_splits(corpus_chars: int, context: int, evaluation_windows: int) -> tu
     The training split is one long token stream (``inputs``; ``targets`` unused); validation and test are
     up to ``evaluation_windows`` non-overlapping windows of ``context + 1`` characters.
     """
-    text = char_corpus()[:corpus_chars]
-    vocabulary = sorted(set(text))
-    lookup = {character: index for index, character in enumerate(vocabulary)}
-    tokens = torch.tensor([lookup[character] for character in text], dtype=torch.long)
+    tokens, vocabulary_size = encode_characters(corpus_chars)
     train_end, validation_end = int(0.9 * len(tokens)), int(0.95 * len(tokens))
 
     def windows(stream: torch.Tensor) -> Split:
@@ -219,7 +226,7 @@ def _char_splits(corpus_chars: int, context: int, evaluation_windows: int) -> tu
         "validation": windows(tokens[train_end:validation_end]),
         "test": windows(tokens[validation_end:]),
     }
-    return splits, len(vocabulary)
+    return splits, vocabulary_size
 
 
 @dataclass

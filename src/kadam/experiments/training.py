@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from kadam.experiments.figures import pyplot, save_figure
 from kadam.experiments.tasks import build_task, parameter_count
 from kadam.optimizer import KAdam
 
@@ -356,7 +357,7 @@ def stability_margin_correlation(runs: Sequence[Mapping[str, Any]]) -> dict[str,
 
 def plot_stability_margin(correlation: Mapping[str, Any], path: str) -> str:
     """Final validation loss against the margin ½ ln γ − ln β, one panel per learning rate (the boundary at 0)."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = correlation["per_learning_rate"]
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.3), squeeze=False)
     for axis, panel in zip(axes[0], panels):
@@ -369,32 +370,19 @@ def plot_stability_margin(correlation: Mapping[str, Any], path: str) -> str:
                  ylabel="final validation loss")
         figure.colorbar(scatter, ax=axis, label="β")
     axes[0][0].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)
     return path
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _task_panels(tasks: Sequence[str], draw: Callable[[Any, str], None], path: str, legend: bool = True) -> str:
     """One panel per task, side by side, each drawn by ``draw(axis, task)``; saved to ``path``."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for axis, task in zip(axes[0], tasks):
         draw(axis, task)
     if legend:
         axes[0][0].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)
     return path
 
 
