@@ -155,7 +155,8 @@ def test_dropout_masks_agree_between_probes():
 @pytest.mark.parametrize(
     "kwargs, argument",
     [({"scales": (1.0,)}, "scales"), ({"scales": ()}, "scales"), ({"loss_rtol": -1.0}, "loss_rtol"),
-     ({"cosine_tol": 2.0}, "cosine_tol"), ({"mode": "inference"}, "mode")],
+     ({"cosine_tol": 2.0}, "cosine_tol"), ({"vanishing_gradient": -1e-6}, "vanishing_gradient"),
+     ({"mode": "inference"}, "mode")],
 )
 def test_bad_input_names_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
@@ -165,3 +166,55 @@ def test_bad_input_names_the_argument(kwargs, argument):
 def test_loss_fn_must_return_a_scalar():
     with pytest.raises(ValueError, match="loss_fn"):
         find_scale_invariant(linear_layernorm(), lambda model, b: model(b[0]), batch())
+
+
+def test_a_plain_linear_with_a_small_bias_is_not_invariant():
+    """Both tests must hold: a tiny |W|·|∇L| does not excuse a large cosine (the bias is not invariant)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 5))
+    with torch.no_grad():
+        model[0].bias.copy_(1e-3 * torch.randn(5, generator=torch.Generator().manual_seed(1)))
+    rows = {row.name: row for row in find_scale_invariant(model, cross_entropy, batch()).rows}
+    bias = rows["0.bias"]
+    assert bias.invariance_error <= 1e-3  # the loss test alone would pass: the bias is tiny
+    assert abs(bias.cosine) > 3e-3  # ... but the gradient is far from orthogonal to it
+    assert bias.status == "not invariant" and not bias.invariant
+    assert rows["0.weight"].status == "not invariant"
+
+
+def test_a_tensor_without_gradient_is_unmeasurable_not_invariant():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 5))
+    model.unused = nn.Parameter(torch.ones(3))  # L does not depend on it: zero gradient, undefined cosine
+    report = find_scale_invariant(model, cross_entropy, batch())
+    row = next(row for row in report.rows if row.name == "unused")
+    assert row.status == "unmeasurable" and not row.invariant and "does not depend" in row.reason
+    assert report.unmeasurable == ["unused"] and "unused" not in report.invariant
+    zero = {r.name: r for r in find_scale_invariant(linear_layernorm(), cross_entropy, batch()).rows}["1.bias"]
+    assert zero.status == "unmeasurable"
+
+
+def test_statuses_partition_the_rows_and_survive_json():
+    import json
+    import math
+
+    from kadam.normalization.detection import STATUSES, ScaleInvarianceReport
+
+    torch.manual_seed(0)
+    model = linear_layernorm()
+    report = find_scale_invariant(model, cross_entropy, batch())
+    assert {row.status for row in report.rows} <= set(STATUSES)
+    assert all(row.invariant == (row.status == "invariant") for row in report.rows)
+    data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    again = ScaleInvarianceReport.from_dict(data)
+    assert [r.status for r in again.rows] == [r.status for r in report.rows]
+    assert all(math.isnan(a.cosine) == math.isnan(b.cosine) for a, b in zip(again.rows, report.rows))
+
+
+def test_a_bias_cancelled_by_batchnorm_passes_by_its_vanishing_gradient_only():
+    torch.manual_seed(0)
+    model = randomize_affine(linear_batchnorm())
+    bias = {r.name: r for r in find_scale_invariant(model, cross_entropy, batch()).rows}["0.bias"]
+    assert bias.invariant and "rounding level" in bias.reason
+    strict = {r.name: r for r in find_scale_invariant(model, cross_entropy, batch(), vanishing_gradient=0.0).rows}
+    assert strict["0.bias"].status == "not invariant"  # its cosine alone is rounding noise, far from 0

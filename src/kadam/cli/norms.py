@@ -67,15 +67,10 @@ def _print_tables(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from kadam.normalization.detection import ScaleInvarianceReport, ScaleInvarianceRow
+    from kadam.normalization.detection import ScaleInvarianceReport
 
     console = Console()
-    detection = result["detection"]
-    report = ScaleInvarianceReport(
-        tuple(ScaleInvarianceRow(**{**row, "shape": tuple(row["shape"])}) for row in detection["rows"]),
-        tuple(detection["scales"]), detection["loss_rtol"], detection["cosine_tol"], detection["mode"],
-    )
-    console.print(report)
+    console.print(ScaleInvarianceReport.from_dict(result["detection"]))
     console.print(f"tracked (invariant, explained by structure): {', '.join(result['tracked']) or 'none'}")
     tau = result["relaxation_steps"]
     console.print(

@@ -4,9 +4,20 @@ A tensor W is *scale-invariant* when ``L(cW) = L(W)`` for all c > 0; then ``⟨W
 :func:`find_scale_invariant` measures both facts on one batch for every trainable parameter tensor:
 
 - ``invariance_error = max_c |L(cW) − L(W)| / |L(W)|`` over the probe scales (0.5 and 2 by default);
-- ``cosine = ⟨W, ∇L⟩ / (|W| |∇L|)`` (0 when the gradient is exactly zero).
+- ``cosine = ⟨W, ∇L⟩ / (|W| |∇L|)``.
 
-A tensor is reported invariant when both are within their tolerances (:func:`find_scale_invariant`). Independently, the order in which
+Each tensor gets one of three statuses (:data:`STATUSES`): ``"invariant"`` when *both* tests hold,
+``"not invariant"`` when either fails, and ``"unmeasurable"`` when a test cannot be made on this batch:
+W is all zeros (scaling leaves it unchanged), ∇L is exactly zero or does not reach W (unused, or dead
+units on this batch: the cosine is undefined), or the loss is zero or not finite (the relative change
+is undefined). An unmeasurable tensor is never reported invariant.
+
+The loss test is ``invariance_error ≤ loss_rtol``. The gradient test is ``⟨W, ∇L⟩ = 0``, measured as
+``|cosine| ≤ cosine_tol``; when ∇L is at rounding level (``|∇_W L| ≤ vanishing_gradient · |∇_θ L|``,
+θ all probed tensors; e.g. a bias that BatchNorm's centering cancels) the cosine is rounding noise and
+``⟨W, ∇L⟩ = 0`` holds to rounding, so the test holds; the row's ``reason`` says so. No other rule
+excuses a cosine: a small ``|W|`` with a large cosine (a plain layer's small bias) is not invariant,
+however small the loss change it causes. Independently, the order in which
 modules run in that forward pass gives a structural explanation where one exists: the normalization layer
 (BatchNorm, InstanceNorm, GroupNorm, LayerNorm, RMSNorm) that a Linear/Conv/Embedding weight feeds, through
 positively homogeneous modules only (ReLU, pooling, dropout, reshapes); or weight normalization (the
@@ -23,14 +34,17 @@ generators (each loss evaluation reuses one seed, so dropout masks agree between
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ScaleInvarianceReport", "ScaleInvarianceRow", "find_scale_invariant"]
+__all__ = ["STATUSES", "ScaleInvarianceReport", "ScaleInvarianceRow", "find_scale_invariant"]
+
+STATUSES = ("invariant", "not invariant", "unmeasurable")
+"""The verdicts a :class:`ScaleInvarianceRow` can carry (see the module docstring)."""
 
 _CENTERING_PER_CHANNEL = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 _NORMALIZATIONS = (*_CENTERING_PER_CHANNEL, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
@@ -45,7 +59,13 @@ _TINY = torch.finfo(torch.float64).tiny
 
 @dataclass(frozen=True)
 class ScaleInvarianceRow:
-    """The evidence for one parameter tensor (see the module docstring for the definitions)."""
+    """The evidence for one parameter tensor (see the module docstring for the definitions).
+
+    ``status`` is one of :data:`STATUSES`; ``invariant`` is ``status == "invariant"``. ``cosine`` is NaN
+    when it is undefined (zero W or zero gradient). ``reason`` says why a tensor is unmeasurable, or that
+    its gradient vanishes (module docstring), and is None otherwise; ``explanation`` is the structural
+    reason for invariance, where there is one.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -54,6 +74,8 @@ class ScaleInvarianceRow:
     cosine: float
     grad_norm: float
     explanation: str | None
+    status: str
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,23 +93,43 @@ class ScaleInvarianceReport:
         """Names of the tensors measured scale-invariant."""
         return [row.name for row in self.rows if row.invariant]
 
+    @property
+    def unmeasurable(self) -> list[str]:
+        """Names of the tensors neither test could be made on (zero tensor, zero gradient, zero loss)."""
+        return [row.name for row in self.rows if row.status == "unmeasurable"]
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
+        """JSON-serialisable form (an undefined cosine is None); :meth:`from_dict` inverts it."""
         return {
             "scales": list(self.scales), "loss_rtol": self.loss_rtol, "cosine_tol": self.cosine_tol,
-            "mode": self.mode, "rows": [{**asdict(row), "shape": list(row.shape)} for row in self.rows],
+            "mode": self.mode,
+            "rows": [
+                {**asdict(row), "shape": list(row.shape), "cosine": None if math.isnan(row.cosine) else row.cosine}
+                for row in self.rows
+            ],
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScaleInvarianceReport:
+        """The report that :meth:`to_dict` wrote."""
+        rows = tuple(
+            ScaleInvarianceRow(**{**row, "shape": tuple(row["shape"]),
+                                  "cosine": math.nan if row["cosine"] is None else row["cosine"]})
+            for row in data["rows"]
+        )
+        return cls(rows, tuple(data["scales"]), data["loss_rtol"], data["cosine_tol"], data["mode"])
 
     def __rich__(self) -> Any:
         from rich.table import Table
 
         table = Table(title=f"scale invariance (probe in {self.mode} mode, scales {list(self.scales)})")
-        for column in ("tensor", "shape", "invariant", "|ΔL|/|L|", "cos(W, ∇L)", "explanation"):
+        for column in ("tensor", "shape", "status", "|ΔL|/|L|", "cos(W, ∇L)", "explanation"):
             table.add_column(column)
         for row in self.rows:
             table.add_row(
-                row.name, "×".join(map(str, row.shape)) or "scalar", "yes" if row.invariant else "no",
-                f"{row.invariance_error:.1e}", f"{row.cosine:+.1e}", row.explanation or "",
+                row.name, "×".join(map(str, row.shape)) or "scalar", row.status,
+                f"{row.invariance_error:.1e}", "—" if math.isnan(row.cosine) else f"{row.cosine:+.1e}",
+                row.reason or row.explanation or "",
             )
         return table
 
@@ -183,6 +225,27 @@ def _normalization_explanation(model: nn.Module, name: str, order: Sequence[str]
     return None
 
 
+def _unmeasurable_reason(
+    loss: float, weight_norm: float, gradient_norm: float, radial: float, error: float, reaches: bool
+) -> str | None:
+    """Why a tensor's two tests cannot be made on this batch, or None when both can."""
+    if not math.isfinite(loss):
+        return "the loss is not finite"
+    if loss == 0:
+        return "the loss is zero: its relative change is undefined"
+    if weight_norm == 0:
+        return "all zeros: scaling leaves it unchanged"
+    if not (math.isfinite(weight_norm) and math.isfinite(gradient_norm) and math.isfinite(radial)):
+        return "the tensor or its gradient is not finite"
+    if not reaches:
+        return "the loss does not depend on it (no gradient reaches it): the gradient test is undefined"
+    if gradient_norm == 0:
+        return "the gradient is exactly zero on this batch: the gradient test is undefined"
+    if math.isnan(error):
+        return "the loss at a probe scale is NaN"
+    return None
+
+
 def find_scale_invariant(
     model: nn.Module,
     loss_fn: Callable[[nn.Module, Any], Tensor],
@@ -191,15 +254,19 @@ def find_scale_invariant(
     scales: Sequence[float] = (0.5, 2.0),
     loss_rtol: float = 1e-3,
     cosine_tol: float = 1e-3,
+    vanishing_gradient: float = 1e-6,
     mode: Literal["train", "eval", "current"] = "train",
     seed: int = 0,
 ) -> ScaleInvarianceReport:
     r"""Which of ``model``'s trainable tensors are scale-invariant, measured on ``batch`` (THEORY §4).
 
-    ``loss_fn(model, batch)`` returns the scalar loss. For each tensor W, the relative loss change
-    ``max_c |L(cW) − L(W)|/|L(W)|`` over ``scales`` must be ≤ ``loss_rtol`` and ``|cos(W, ∇L)|`` ≤
-    ``cosine_tol`` (the defaults suit float32 with normalization ε ≈ 1e-5; loosen them for lower
-    precision). ``mode`` is the mode the probe runs in: ``"train"`` (default; where optimization happens),
+    ``loss_fn(model, batch)`` returns the scalar loss. A tensor W is reported invariant when both tests
+    hold: the relative loss change ``max_c |L(cW) − L(W)|/|L(W)|`` over ``scales`` is ≤ ``loss_rtol``
+    and ``|cos(W, ∇L)|`` ≤ ``cosine_tol`` (the defaults suit float32 with normalization ε ≈ 1e-5; loosen
+    them for lower precision). A gradient with ``|∇_W L| ≤ vanishing_gradient · |∇_θ L|`` is rounding
+    noise and passes the gradient test (the default sits about ten times above float32's ε ≈ 1.2e-7;
+    use a smaller one for float64). A tensor on which a test cannot be made (zero W, zero gradient, zero
+    or non-finite loss) is reported ``"unmeasurable"``, not invariant (module docstring). ``mode`` is the mode the probe runs in: ``"train"`` (default; where optimization happens),
     ``"eval"`` or ``"current"`` (the model's own). The model's state is restored exactly afterwards (module
     docstring). Returns a :class:`ScaleInvarianceReport` with the evidence per tensor.
     """
@@ -208,7 +275,8 @@ def find_scale_invariant(
     scales = tuple(float(c) for c in scales)
     if not scales or any(not (c > 0 and math.isfinite(c)) or c == 1.0 for c in scales):
         raise ValueError(f"scales must be finite numbers > 0 other than 1, got {scales!r}")
-    for label, tolerance in (("loss_rtol", loss_rtol), ("cosine_tol", cosine_tol)):
+    for label, tolerance in (("loss_rtol", loss_rtol), ("cosine_tol", cosine_tol),
+                             ("vanishing_gradient", vanishing_gradient)):
         if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < 1):
             raise ValueError(f"{label} must be a number in [0, 1), got {tolerance!r}")
     if mode not in ("train", "eval", "current"):
@@ -238,6 +306,7 @@ def find_scale_invariant(
             gradients = torch.autograd.grad(reference, [p for _, p in named], allow_unused=True)
             snapshot.restore_buffers()
             reference_value = float(reference.detach().double())
+            total_gradient_norm = math.sqrt(sum(float(torch.sum(g.double() ** 2)) for g in gradients if g is not None))
             rows = []
             for (name, tensor), gradient in zip(named, gradients):
                 errors = []
@@ -251,18 +320,30 @@ def find_scale_invariant(
                 error = max(errors)
                 weight = tensor.detach().double()
                 weight_norm = float(torch.linalg.vector_norm(weight))
+                reaches = gradient is not None
                 gradient = torch.zeros_like(weight) if gradient is None else gradient.double()
                 gradient_norm = float(torch.linalg.vector_norm(gradient))
                 radial = float(torch.sum(gradient * weight))
-                cosine = radial / (gradient_norm * weight_norm) if gradient_norm * weight_norm > 0 else 0.0
-                negligible = weight_norm * gradient_norm <= loss_rtol * abs(reference_value)
+                measurable = weight_norm > 0 and gradient_norm > 0 and math.isfinite(radial)
+                cosine = radial / (gradient_norm * weight_norm) if measurable else math.nan
                 explanation = _weight_norm_explanation(model, name) or _normalization_explanation(model, name, order)
+                reason = _unmeasurable_reason(reference_value, weight_norm, gradient_norm, radial, error, reaches)
+                vanishes = reason is None and gradient_norm <= vanishing_gradient * total_gradient_norm
+                if vanishes:
+                    reason = (f"gradient at rounding level ({gradient_norm / total_gradient_norm:.1e} of the model's): "
+                              "the cosine is noise, ⟨W, ∇L⟩ = 0 holds")
+                if reason is not None and not vanishes:
+                    status = "unmeasurable"
+                elif error <= loss_rtol and (vanishes or abs(cosine) <= cosine_tol):
+                    status = "invariant"
+                else:
+                    status = "not invariant"
                 if weight_norm == 0:
                     explanation = "all zeros: scaling leaves it unchanged, invariance cannot be measured"
                 rows.append(ScaleInvarianceRow(
-                    name=name, shape=tuple(tensor.shape),
-                    invariant=bool(weight_norm > 0 and error <= loss_rtol and (abs(cosine) <= cosine_tol or negligible)),
+                    name=name, shape=tuple(tensor.shape), invariant=status == "invariant",
                     invariance_error=error, cosine=cosine, grad_norm=gradient_norm, explanation=explanation,
+                    status=status, reason=reason,
                 ))
     finally:
         for handle in handles:
