@@ -1,6 +1,7 @@
 """kadam: k-Adam and a continuous-time theory of Adam (Gould & Tanaka, arXiv 2411.05746).
 
-The math lives in THEORY.md; docstrings cite it as ``THEORY §N``.
+The theory is ``docs/theory.md`` (also shipped with the package: ``kadam theory`` prints it); docstrings
+cite its sections as ``THEORY §N``.
 
 - :class:`KAdam`, the optimizer (THEORY §1), and :func:`param_groups_for`;
 - :mod:`kadam.stability`, closed forms for the stability of (β, γ) (THEORY §2–§3);
@@ -8,11 +9,40 @@ The math lives in THEORY.md; docstrings cite it as ``THEORY §N``.
 - :mod:`kadam.normalization`, scale-invariant parameters and their norms (THEORY §4), with
   :func:`find_scale_invariant` and :class:`NormTracker` here;
 - :mod:`kadam.optax`, k-Adam for JAX (needs the ``kadam[jax]`` extra; not imported here).
+
+The names above are imported on first use (PEP 562), so that ``import kadam`` and the command line's
+torch-free commands (``kadam --help``, ``kadam region``) do not pay for importing torch.
 """
 
-from kadam.normalization import NormTracker, find_scale_invariant
-from kadam.optimizer import KAdam, param_groups_for
-from kadam.theory import stability
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["KAdam", "NormTracker", "find_scale_invariant", "param_groups_for", "stability"]
 __version__ = "0.1.0"
+
+_LAZY = {
+    "KAdam": "kadam.optimizer",
+    "param_groups_for": "kadam.optimizer",
+    "NormTracker": "kadam.normalization",
+    "find_scale_invariant": "kadam.normalization",
+    "stability": "kadam.theory",
+}
+
+if TYPE_CHECKING:
+    from kadam.normalization import NormTracker, find_scale_invariant
+    from kadam.optimizer import KAdam, param_groups_for
+    from kadam.theory import stability
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kadam' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

@@ -5,6 +5,7 @@ import re
 import pytest
 
 from kadam.cli import main
+from tests.cli.helpers import exit_status
 
 
 def test_demo_prints_one_row_per_optimizer_with_finite_losses(capsys):
@@ -18,9 +19,16 @@ def test_demo_prints_one_row_per_optimizer_with_finite_losses(capsys):
     assert "digits-cnn, 30 steps" in output
 
 
-@pytest.mark.parametrize("arguments, message", [(["--steps", "0"], "--steps must be"), (["--lr", "-1"], "--lr must be")])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [(["--steps", "0"], "argument --steps: must be an integer >= 1, got '0'"),
+     (["--lr", "-1"], "argument --lr: must be a positive finite number, got '-1'"),
+     (["--lr", "inf"], "argument --lr: must be a positive finite number, got 'inf'"),
+     (["--lr", "nan"], "argument --lr: must be a positive finite number, got 'nan'"),
+     (["--threads", "0"], "argument --threads: must be an integer >= 1")],
+)
 def test_demo_bad_input_is_one_line_and_exit_2(capsys, arguments, message):
-    assert main(["demo", *arguments]) == 2
+    assert exit_status(["demo", *arguments]) == 2
     error = capsys.readouterr().err
     assert message in error and len(error.strip().splitlines()) == 1
 

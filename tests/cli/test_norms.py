@@ -7,6 +7,7 @@ import json
 import pytest
 
 from kadam.cli import main
+from tests.cli.helpers import exit_status
 from kadam.experiments.normalization import digits_norms
 
 SMALL = ["--steps", "60", "--hidden", "16", "--lr", "0.01", "--weight-decay", "0.5"]
@@ -34,15 +35,19 @@ def test_table_lists_invariant_tensors_and_writes_the_plot(capsys: pytest.Captur
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--lr", "0"], "--lr"),
-        (["--weight-decay", "-1"], "--weight-decay"),
+        (["--lr", "0"], "argument --lr: must be a positive finite number, got '0'"),
+        (["--lr", "inf"], "argument --lr: must be a positive finite number, got 'inf'"),
+        (["--weight-decay", "-1"], "argument --weight-decay: must be a finite number >= 0"),
+        (["--weight-decay", "nan"], "argument --weight-decay: must be a finite number >= 0, got 'nan'"),
         (["--weight-decay", "0"], "--weight-decay must be > 0 for adamw"),
-        (["--steps", "3"], "--steps"),
-        (["--beta", "1.5"], "--beta"),
+        (["--lr", "1", "--weight-decay", "2"], "lr * weight_decay < 1"),
+        (["--steps", "3"], "argument --steps: must be an integer >= 10"),
+        (["--beta", "1.5"], "argument --beta: must be a number in [0, 1)"),
+        (["--beta=-inf"], "argument --beta: must be a number in [0, 1), got '-inf'"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(capsys: pytest.CaptureFixture[str], arguments, message) -> None:
-    assert main(["norms", *arguments]) == 2
+    assert exit_status(["norms", *arguments]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
 

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import kadam.cli.reproduce as cli_reproduce
+import kadam.experiments.reproduce as library_reproduce
 from kadam.cli import main
+from tests.cli.helpers import exit_status
 
 
 def test_flags_reach_the_library(monkeypatch, tmp_path):
@@ -13,7 +15,7 @@ def test_flags_reach_the_library(monkeypatch, tmp_path):
     def fake_reproduce(profile, out, device, seeds, jobs, show_progress):
         received.update(profile=profile, out=out, device=device, seeds=seeds, jobs=jobs, show_progress=show_progress)
 
-    monkeypatch.setattr(cli_reproduce, "reproduce", fake_reproduce)
+    monkeypatch.setattr(library_reproduce, "reproduce", fake_reproduce)
     assert main(["reproduce", "--profile", "smoke", "--out", str(tmp_path), "--seeds", "4", "--jobs", "3",
                  "--no-progress"]) == 0
     assert received == {"profile": "smoke", "out": str(tmp_path), "device": "cpu", "seeds": 4, "jobs": 3,
@@ -27,18 +29,21 @@ def test_interrupt_says_how_to_resume(monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_reproduce, "reproduce", interrupted)
+    monkeypatch.setattr(library_reproduce, "reproduce", interrupted)
     assert main(["reproduce", "--out", "somewhere"]) == 130
-    assert "rerun the same command to resume" in capsys.readouterr().out
+    error = capsys.readouterr().err
+    assert "rerun the same command to resume" in error and len(error.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
     "arguments, message",
-    [(["--seeds", "1"], "seeds must be ≥ 2"), (["--jobs", "0"], "jobs must be ≥ 1")]
+    [(["--seeds", "1"], "argument --seeds: must be an integer >= 2, got '1'"),
+     (["--jobs", "0"], "argument --jobs: must be an integer >= 1, got '0'"),
+     (["--jobs", "inf"], "argument --jobs: must be an integer >= 1, got 'inf'")]
     + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "torch.cuda.is_available() is False")]),
 )
 def test_bad_settings_are_one_line_and_exit_2(capsys, tmp_path, arguments, message):
-    assert main(["reproduce", "--profile", "smoke", "--out", str(tmp_path), *arguments]) == 2
+    assert exit_status(["reproduce", "--profile", "smoke", "--out", str(tmp_path), *arguments]) == 2
     error = capsys.readouterr().err
     assert message in error and len(error.strip().splitlines()) == 1
 

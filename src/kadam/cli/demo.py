@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-from rich.console import Console
-from rich.table import Table
-
-from kadam.experiments.training import OPTIMIZERS, train_run
+from kadam.cli.options import Stages, add_threads_option, int_at_least, positive_float, torch_threads
 
 DEMO_OPTIMIZERS = ("adam", "adamw", "kadam2")
 DEMO_TASKS = {
@@ -31,24 +27,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "rate) and print the losses. A demo, not evidence: `kadam reproduce` runs the tuned comparison.",
     )
     parser.add_argument("--task", choices=sorted(DEMO_TASKS), default="mnist1d-mlp", help="model and data (offline)")
-    parser.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate shared by all three (default 1e-3)")
+    parser.add_argument("--steps", type=int_at_least(1), default=500, help="training steps >= 1 (default 500)")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate > 0 shared by all three (default 1e-3)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and batch-order seed")
+    add_threads_option(parser)
     parser.set_defaults(func=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    if args.steps < 1:
-        raise ValueError(f"--steps must be ≥ 1, got {args.steps}")
-    if not args.lr > 0:
-        raise ValueError(f"--lr must be > 0, got {args.lr}")
-    torch.set_num_threads(1)  # tiny model: more threads only add contention (see kadam.experiments.cells)
+    with torch_threads(args.threads):
+        return _run_demo(args)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from kadam.experiments.training import OPTIMIZERS, train_run
+
+    stages = Stages("demo", len(DEMO_OPTIMIZERS))
     console = Console()
     table = Table(title=f"kadam demo: {args.task}, {args.steps} steps, lr {args.lr:g}, seed {args.seed}")
     for column in ("optimizer", "first train loss", "last train loss", "validation loss", "validation accuracy", "seconds"):
         table.add_column(column, justify="left" if column == "optimizer" else "right")
     with console.status("training…"):
         for name in DEMO_OPTIMIZERS:
+            stages.start(f"training {args.task} with {name}, {args.steps} steps")
             run = train_run(args.task, name, args.lr, args.steps, 32, args.seed, DEMO_TASKS[args.task], curve_points=10)
             cells = [run["train_loss_curve"][0], run["train_loss_curve"][-1], run["validation_loss"], run["validation_accuracy"]]
             table.add_row(
@@ -56,6 +60,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 *("diverged" if value is None else f"{value:.4f}" for value in cells),
                 f"{run['seconds']:.1f}",
             )
+    stages.done()
     console.print(table)
     for name in DEMO_OPTIMIZERS:
         console.print(f"  {name}: {OPTIMIZERS[name].description}")

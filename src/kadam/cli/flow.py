@@ -8,48 +8,41 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kadam.experiments.figures import panels, save_figure
-from kadam.experiments.flow import PROBLEMS, make_problem
-from kadam.flow import FlowSolveError, Trajectory, compare, discrete, simulate
-from kadam.flow.ode import ORDERS, RATES
+from kadam.cli.options import Stages, add_threads_option, int_at_least, output_file, positive_float, torch_threads
 
 COORDINATES_SHOWN = 3
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
+PROBLEMS = ("quadratic", "logistic", "mlp")
+"""``kadam.experiments.flow.PROBLEMS`` (kept here so that ``--help`` imports no torch; a test checks they agree)."""
+RATES = ("exact", "paper")
+"""``kadam.flow.ode.RATES`` (same reason)."""
+ORDERS = (1, 2)
+"""``kadam.flow.ode.ORDERS`` (same reason)."""
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "flow",
         help="simulate the continuous-time model and compare it with discrete Adam/AdamW/k-Adam",
-        description="Integrate the ODE of THEORY §3 for KAdam's hyperparameters and compare it, step by "
-        "step, with the real optimizer run from the same start on a full-batch problem.",
+        description="Integrate the ODE of THEORY §3 (docs/theory.md) for KAdam's hyperparameters and compare it, "
+        "step by step, with the real optimizer run from the same start on a full-batch problem.",
     )
     parser.add_argument("--problem", choices=PROBLEMS, default="quadratic")
-    parser.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate η (default 1e-3)")
-    parser.add_argument("--steps", type=_positive_int, default=2000, help="optimizer steps (default 2000)")
-    parser.add_argument("--k", type=_positive_int, default=1, help="levels of k-Adam (default 1: AdamW)")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate η > 0 (default 1e-3)")
+    parser.add_argument("--steps", type=int_at_least(1), default=2000, help="optimizer steps >= 1 (default 2000)")
+    parser.add_argument("--k", type=int_at_least(1), default=1, help="levels of k-Adam >= 1 (default 1: AdamW)")
     parser.add_argument("--rates", choices=RATES, default="exact", help="moment rates (default exact)")
     parser.add_argument("--order", type=int, choices=ORDERS, default=1, help="parameter equation order (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="problem seed (default 0)")
-    parser.add_argument("--plot", type=Path, help="write loss curves, coordinates and the error to this PNG")
+    parser.add_argument("--plot", type=output_file, metavar="PNG",
+                        help="write loss curves, coordinates and the error to this PNG")
     parser.add_argument("--json", action="store_true", help="print the error table as JSON on stdout")
+    add_threads_option(parser)
     parser.set_defaults(func=run)
 
 
-def _plot(path: Path, continuous: Trajectory, discrete_run: Trajectory, errors: Any, title: str) -> None:
+def _plot(path: Path, continuous: Any, discrete_run: Any, errors: Any, title: str) -> None:
+    from kadam.experiments.figures import panels, save_figure
+
     figure, [[loss_axis, coordinate_axis, error_axis]] = panels(1, 3, (5, 4))
     steps = discrete_run.steps.numpy()
     loss_axis.semilogy(steps, discrete_run.loss.numpy(), label="discrete")
@@ -69,14 +62,31 @@ def _plot(path: Path, continuous: Trajectory, discrete_run: Trajectory, errors: 
 
 
 def run(args: argparse.Namespace) -> int:
+    with torch_threads(args.threads):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    stages = Stages("flow", 3 if args.plot is None else 4)
+    stages.start("importing torch and building the problem")
+    from kadam.experiments.flow import make_problem
+    from kadam.flow import FlowSolveError, compare, discrete, simulate
+
     loss = make_problem(args.problem, args.seed)
     hyperparameters = {"lr": args.lr, "k": args.k}
     progress = not args.json and sys.stderr.isatty()
-    reference = discrete(loss, args.steps, progress=progress, **hyperparameters)
+    stages.start(f"discrete KAdam, {args.steps} steps")
+    try:
+        reference = discrete(loss, args.steps, progress=progress, **hyperparameters)
+    except FlowSolveError as failure:
+        print(f"kadam flow: the discrete optimizer diverged (nothing to compare the model with): {failure}",
+              file=sys.stderr)
+        return 1
+    stages.start(f"continuous model ({args.rates} rates, order {args.order}), {args.steps} steps")
     try:
         continuous = simulate(loss, args.steps, rates=args.rates, order=args.order, progress=progress, **hyperparameters)
     except FlowSolveError as failure:
-        print(f"kadam flow: {failure}", file=sys.stderr)
+        print(f"kadam flow: the continuous model failed (the discrete run finished): {failure}", file=sys.stderr)
         return 1
     errors = compare(continuous, reference)
     table = {
@@ -95,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
     }
     title = f"{args.problem}: lr {args.lr}, k = {args.k}, {args.rates} rates, order {args.order}"
     if args.plot is not None:
+        stages.start(f"drawing {args.plot}")
         _plot(args.plot, continuous, reference, errors, title)
+    stages.done()
     if args.json:
         print(json.dumps(table, indent=2))
         return 0

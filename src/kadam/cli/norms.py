@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from typing import Any
 
-from kadam.experiments.normalization import digits_norms, plot_digits_norms
+from kadam.cli.options import (
+    Stages, add_threads_option, decay, int_at_least, nonnegative_float, output_file, positive_float, torch_threads,
+)
 
 TASKS = {"digits-bn": "batch", "digits-ln": "layer"}
 
@@ -26,37 +27,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Find the scale-invariant tensors of an MLP with BatchNorm (digits-bn) or LayerNorm (digits-ln), "
             "train it on scikit-learn's digits, and compare per-layer norms and angular updates with the "
-            "corrected and the orthogonal predictions (THEORY §4)."
+            "corrected and the orthogonal predictions (THEORY §4 in docs/theory.md)."
         ),
     )
     parser.add_argument("--task", choices=sorted(TASKS), default="digits-bn", help="model and data (default digits-bn)")
     parser.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw",
                         help="torch AdamW or Adam (Adam: no weight decay; default adamw)")
-    parser.add_argument("--lr", type=float, default=1e-2, help="learning rate eta > 0 (default 1e-2)")
-    parser.add_argument("--weight-decay", type=float, default=0.1,
+    parser.add_argument("--lr", type=positive_float, default=1e-2, help="learning rate eta > 0 (default 1e-2)")
+    parser.add_argument("--weight-decay", type=nonnegative_float, default=0.1,
                         help="AdamW's lambda >= 0 with lr * weight_decay < 1 (default 0.1; ignored by adam)")
-    parser.add_argument("--beta", type=float, default=0.9, help="first-moment decay in [0, 1) (default 0.9)")
-    parser.add_argument("--steps", type=int, default=3000, help="training steps >= 10 (default 3000)")
-    parser.add_argument("--batch-size", type=int, default=32, help="mini-batch size >= 2 (default 32)")
-    parser.add_argument("--hidden", type=int, default=64, help="hidden width >= 1 (default 64)")
+    parser.add_argument("--beta", type=decay, default=0.9, help="first-moment decay in [0, 1) (default 0.9)")
+    parser.add_argument("--steps", type=int_at_least(10), default=3000, help="training steps >= 10 (default 3000)")
+    parser.add_argument("--batch-size", type=int_at_least(2), default=32, help="mini-batch size >= 2 (default 32)")
+    parser.add_argument("--hidden", type=int_at_least(1), default=64, help="hidden width >= 1 (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and batch order (default 0)")
-    parser.add_argument("--plot", metavar="PNG", help="draw per-layer norms and angular updates to this PNG file")
+    parser.add_argument("--plot", type=output_file, metavar="PNG", help="draw per-layer norms and angular updates to this PNG file")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    add_threads_option(parser)
     parser.set_defaults(func=run)
 
 
 def _check(args: argparse.Namespace) -> None:
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
-    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0 and args.lr * args.weight_decay < 1):
-        raise ValueError(f"--weight-decay must be >= 0 with lr * weight_decay < 1, got {args.weight_decay}")
+    """What argparse's per-option types cannot see: conditions on two options together."""
+    if not args.lr * args.weight_decay < 1:
+        raise ValueError(f"--weight-decay must satisfy lr * weight_decay < 1, got {args.lr} * {args.weight_decay}")
     if args.optimizer == "adamw" and args.weight_decay == 0:
         raise ValueError("--weight-decay must be > 0 for adamw (use --optimizer adam for no decay)")
-    if not 0 <= args.beta < 1:
-        raise ValueError(f"--beta must be in [0, 1), got {args.beta}")
-    for option, value, least in (("--steps", args.steps, 10), ("--batch-size", args.batch_size, 2), ("--hidden", args.hidden, 1)):
-        if value < least:
-            raise ValueError(f"{option} must be an integer >= {least}, got {value}")
 
 
 def _percent(value: float) -> str:
@@ -94,7 +90,16 @@ def _print_tables(result: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check(args)
+    with torch_threads(args.threads):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
+
+    stages = Stages("norms", 2 if args.plot is None else 3)
+    stages.start(f"finding the scale-invariant tensors and training {args.task}, {args.steps} steps")
+    from kadam.experiments.normalization import digits_norms, plot_digits_norms
 
     with Progress(transient=True, disable=args.json) as progress:
         task = progress.add_task(f"training {args.task}", total=args.steps)
@@ -104,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed, progress=lambda done, total: progress.update(task, completed=done),
         )
     if args.plot:
-        plot_digits_norms(result, args.plot)
+        stages.start(f"drawing {args.plot}")
+        plot_digits_norms(result, str(args.plot))
+    stages.done()
     if args.json:
         print(json.dumps(result))
     else:

@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from kadam.theory import stability
+from kadam.cli.options import output_file
 
 DEFAULT_STEPS = (10, 100, 1000)
 ON_BOUNDARY = 1e-12
@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "region",
         help="stability of (beta, gamma): update bounds, growth rate, the stable-region map",
         description=(
-            "Stability of Adam's (beta, gamma) (THEORY §2-§3). Lists pair up element by element; a single "
+            "Stability of Adam's (beta, gamma) (THEORY §2-§3 in docs/theory.md). Lists pair up element by element; a single "
             "value pairs with every value of the other list. Without --beta/--gamma: the common presets."
         ),
     )
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print a JSON list, one object per (beta, gamma); infinite values are null"
     )
-    parser.add_argument("--plot", metavar="PNG", help="draw the (beta, gamma) map to this PNG file instead of the table")
+    parser.add_argument("--plot", type=output_file, metavar="PNG", help="draw the (beta, gamma) map to this PNG file instead of the table")
     parser.set_defaults(func=run)
 
 
@@ -60,6 +60,8 @@ def _numbers(option: str, values: Sequence[str] | None) -> list[float] | None:
 
 
 def _pairs(betas: list[float] | None, gammas: list[float] | None) -> list[tuple[float, float]]:
+    from kadam.theory import stability  # NumPy only (no torch); imported here so that `kadam --help` skips it
+
     if betas is None and gammas is None:
         return list(stability.PRESETS)
     if betas is None or gammas is None:
@@ -75,6 +77,8 @@ def _pairs(betas: list[float] | None, gammas: list[float] | None) -> list[tuple[
 
 def describe(beta: float, gamma: float, steps: Sequence[int] = DEFAULT_STEPS) -> dict[str, Any]:
     """Every quantity the table shows for one (β, γ), as a JSON-ready dict (inf stays a float)."""
+    from kadam.theory import stability
+
     rate = float(stability.growth_rate(beta, gamma))
     return {
         "beta": beta,
@@ -140,6 +144,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kadam.theory import stability
+
     if args.plot is not None:
         if args.beta is not None or args.gamma is not None:
             presets = _pairs(_numbers("--beta", args.beta), _numbers("--gamma", args.gamma))

@@ -1,43 +1,105 @@
 """``kadam reproduce``: re-measure the paper's claims offline and write one report (see
-:mod:`kadam.experiments.reproduce`)."""
+:mod:`kadam.experiments.reproduce`).
+
+**Interrupts.** SIGINT, whether from a terminal's Ctrl-C (sent to the whole process group) or from a
+scheduler (sent to this process only), ends the run the same way: one line, exit status 130, the cells
+already finished kept in ``--out/cache``. While the run lasts, this process blocks SIGINT in its main
+thread, so the worker processes it starts inherit a mask that blocks it (they never see it and print
+nothing); a helper thread of this process leaves it unblocked, so this process still receives it, and
+its handler terminates the workers (cells in flight are lost, as the cache format allows) before raising
+``KeyboardInterrupt`` in the main thread. The handler and the mask are put back afterwards.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
+import multiprocessing
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
 
-from kadam.experiments.reproduce import DEVICES, PROFILES, reproduce
+from kadam.cli.options import available_cores, int_at_least, output_directory
+
+PROFILES = ("smoke", "quick", "full")
+"""``kadam.experiments.reproduce.PROFILES`` (kept here so that ``--help`` imports no torch; a test checks they agree)."""
+DEVICES = ("cpu", "cuda")
+"""``kadam.experiments.reproduce.DEVICES`` (same reason)."""
 
 
 def default_jobs() -> int:
     """The CPU cores this process may use (every cell runs single-threaded, so one job per core)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return available_cores()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "reproduce", help="run every experiment (cached) and write report.html, report.md, results.json",
-        description="Run the stability, continuous-time, normalization and training experiments, each cell cached "
-                    "under --out (an interrupted run resumes), and write report.html, report.md, results.json and "
-                    "figures/*.png there.",
+        description="Run the stability, continuous-time, normalization and training experiments (the theory is "
+                    "docs/theory.md), each cell cached under --out (an interrupted run resumes), and write "
+                    "report.html, report.md, results.json and figures/*.png there.",
     )
     parser.add_argument("--profile", choices=PROFILES, default="quick",
                         help="smoke (≤ 60 s), quick (≤ 10 min on 2 cores; default) or full (the real protocol, for a GPU)")
-    parser.add_argument("--out", default="kadam-report", help="output and cache folder (default kadam-report)")
+    parser.add_argument("--out", type=output_directory, default="kadam-report",
+                        help="output and cache folder, created if missing (default kadam-report)")
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="torch device for the training cells (section 4 and the stability-margin runs; sections 1–3 "
                              "run on the CPU)")
-    parser.add_argument("--seeds", type=int, default=None, help="fresh evaluation seeds (≥ 2; default: the profile's)")
-    parser.add_argument("--jobs", type=int, default=default_jobs(),
+    parser.add_argument("--seeds", type=int_at_least(2), default=None,
+                        help="fresh evaluation seeds (≥ 2: a paired interval needs two pairs; default: the profile's)")
+    parser.add_argument("--jobs", type=int_at_least(1), default=default_jobs(),
                         help=f"cells computed in parallel processes, one torch thread each (default: the {default_jobs()} "
                              "CPU cores available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary table still prints)")
     parser.set_defaults(func=run_reproduce)
 
 
-def run_reproduce(args: argparse.Namespace) -> int:
+def _terminate_workers() -> None:
+    """End this process's multiprocessing children (the cell workers and their message manager)."""
+    children = multiprocessing.active_children()
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(timeout=5)
+
+
+@contextlib.contextmanager
+def _interrupts_stop_workers() -> Iterator[None]:
+    """SIGINT reaches this process only, terminates the workers and raises ``KeyboardInterrupt`` (module
+    docstring). Outside the main thread, or without ``pthread_sigmask`` (Windows), it changes nothing."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while cleaning up changes nothing
+        _terminate_workers()
+        raise KeyboardInterrupt
+
+    release = threading.Event()
+    listener = threading.Thread(target=release.wait, name="kadam-sigint-listener", daemon=True)
+    listener.start()  # started before the mask changes: SIGINT stays deliverable to this thread
+    previous_handler = signal.signal(signal.SIGINT, interrupted)
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        reproduce(args.profile, args.out, args.device, args.seeds, args.jobs, show_progress=not args.no_progress)
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        signal.signal(signal.SIGINT, previous_handler)
+        release.set()
+        listener.join()
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from kadam.experiments.reproduce import reproduce
+
+    try:
+        with _interrupts_stop_workers():
+            reproduce(args.profile, str(args.out), args.device, args.seeds, args.jobs, show_progress=not args.no_progress)
     except KeyboardInterrupt:
-        print(f"kadam reproduce: interrupted; finished cells are cached in {args.out}/cache, rerun the same command to resume")
+        print(f"kadam reproduce: interrupted; finished cells are cached in {args.out}/cache, rerun the same command to resume",
+              file=sys.stderr)
         return 130
     return 0
