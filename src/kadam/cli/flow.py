@@ -71,6 +71,7 @@ def _run(args: argparse.Namespace) -> int:
     stages.start("importing torch and building the problem")
     from kadam.experiments.flow import make_problem
     from kadam.flow import FlowSolveError, compare, discrete, simulate
+    from kadam.flow.run import DiscreteRunError
 
     loss = make_problem(args.problem, args.seed)
     hyperparameters = {"lr": args.lr, "k": args.k}
@@ -78,8 +79,8 @@ def _run(args: argparse.Namespace) -> int:
     stages.start(f"discrete KAdam, {args.steps} steps")
     try:
         reference = discrete(loss, args.steps, progress=progress, **hyperparameters)
-    except FlowSolveError as failure:
-        print(f"kadam flow: the discrete optimizer diverged (nothing to compare the model with): {failure}",
+    except DiscreteRunError as failure:
+        print(f"kadam flow: {failure} (nothing to compare the continuous model with; try a smaller --lr)",
               file=sys.stderr)
         return 1
     stages.start(f"continuous model ({args.rates} rates, order {args.order}), {args.steps} steps")

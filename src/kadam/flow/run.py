@@ -175,6 +175,20 @@ def simulate(
     return Trajectory(recorded, theta, losses, moments, field_.evaluations, seconds)
 
 
+class DiscreteRunError(FlowSolveError):
+    """The discrete optimizer's loss became non-finite at step ``tau`` (not a failure of the model).
+
+    A subclass of :class:`FlowSolveError`, so that code catching any failed run keeps working; its message
+    names the discrete run.
+    """
+
+    def __init__(self, step: int, reason: str) -> None:
+        RuntimeError.__init__(self, f"the discrete optimizer diverged at step {step}: {reason}")
+        self.tau = float(step)
+        self.reason = reason
+        self.last_good_tau = None
+
+
 def discrete(
     loss: FlatLoss,
     steps: int,
@@ -191,7 +205,7 @@ def discrete(
     :func:`simulate`; the moments returned are ``KAdam``'s state (``m{i}``, ``v{i}``).
 
     Raises:
-        FlowSolveError: the loss became non-finite (``tau`` is then the step).
+        DiscreteRunError: the loss became non-finite (``tau`` is then the step).
     """
     recorded = _recorded_steps(steps, record_every)
     params = [piece.detach().clone().requires_grad_(True) for piece in loss.split(loss.theta0)]
@@ -220,7 +234,7 @@ def discrete(
             value = loss.fn(flat())
             losses[n - 1] = value.detach()
             if not torch.isfinite(value):
-                raise FlowSolveError(float(n - 1), f"the discrete run's loss is {value.item()}")
+                raise DiscreteRunError(n - 1, f"the loss is {value.item()}")
             if n == steps + 1:
                 break
             value.backward()
