@@ -10,13 +10,17 @@ from tests.cli.helpers import exit_status
 
 def test_demo_prints_one_row_per_optimizer_with_finite_losses(capsys):
     assert main(["demo", "--task", "digits-cnn", "--steps", "30", "--lr", "3e-3"]) == 0
-    output = capsys.readouterr().out
+    captured = capsys.readouterr()
+    output = captured.out
     rows = {name: re.search(rf"│ {name}\s+│([^\n]*)", output) for name in ("adam", "adamw", "kadam2")}
     for name, row in rows.items():
         assert row is not None, name
         first, last, validation, accuracy, _seconds = (float(v) for v in re.findall(r"\d+\.\d+", row.group(1)))
         assert last < first and 0.0 <= accuracy <= 1.0 and validation > 0
     assert "digits-cnn, 30 steps" in output
+    stages = [line for line in captured.err.splitlines() if "done in" not in line]
+    assert stages == [f"kadam demo: [{i}/3] training digits-cnn with {name}, 30 steps"  # stderr is not a terminal
+                      for i, name in enumerate(("adam", "adamw", "kadam2"), start=1)]
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,11 @@ def test_json_equals_the_library_result(capsys: pytest.CaptureFixture[str]) -> N
 def test_table_lists_invariant_tensors_and_writes_the_plot(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     plot = tmp_path / "norms.png"
     assert main(["norms", "--task", "digits-bn", *SMALL, "--plot", str(plot)]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    stages = [line for line in captured.err.splitlines() if "done in" not in line]  # stderr is not a terminal
+    assert stages == ["kadam norms: [1/2] finding the scale-invariant tensors and training digits-bn, 60 steps",
+                      f"kadam norms: [2/2] drawing {plot}"]
     assert "0.weight" in out and "3.weight" in out and "BatchNorm1d" in out
     assert "tracked (invariant, explained by structure): 0.weight, 3.weight" in out
     assert plot.stat().st_size > 1000

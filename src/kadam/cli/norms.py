@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    stages = Stages("norms", 2 if args.plot is None else 3)
+    stages = Stages("norms", 1 if args.plot is None else 2)
     stages.start(f"finding the scale-invariant tensors and training {args.task}, {args.steps} steps")
     from kadam.experiments.normalization import digits_norms, plot_digits_norms
 
