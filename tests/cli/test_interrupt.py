@@ -1,8 +1,8 @@
 """SIGINT to ``kadam reproduce --jobs 2``: one line, exit status 130, no worker tracebacks, cache intact.
 
-Both ways a run is interrupted: a scheduler signals the main process only; a terminal's Ctrl-C signals
-the whole process group (workers included). The run is a real smoke profile in a subprocess; the signal
-is sent once its worker processes exist.
+Both ways a run is interrupted: a terminal's Ctrl-C signals the whole process group (workers included):
+a real smoke profile in a subprocess, signalled once its worker processes exist; a scheduler signals the
+main process only: the same mechanism around a small process pool (no torch, fast).
 """
 
 from __future__ import annotations
@@ -33,9 +33,15 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def sigint_reaches(pid: int) -> bool:
+    """Whether SIGINT would reach process ``pid``'s Python code: neither blocked nor ignored (/proc status)."""
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+    bit = 1 << (signal.SIGINT - 1)
+    return not (int(status["SigBlk"], 16) & bit or int(status["SigIgn"], 16) & bit)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes through /proc (Linux)")
-@pytest.mark.parametrize("target", ["main process", "process group"])
-def test_sigint_exits_130_with_one_line(tmp_path, target):
+def test_sigint_exits_130_with_one_line(tmp_path, target="process group"):
     out = tmp_path / "report"
     environment = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
@@ -49,6 +55,7 @@ def test_sigint_exits_130_with_one_line(tmp_path, target):
             assert process.poll() is None, process.communicate()
             time.sleep(0.2)
         assert len(children(process.pid)) >= 3, "the workers did not start"
+        assert not any(sigint_reaches(child) for child in children(process.pid))  # only the parent handles it
         time.sleep(1.0)  # let them pick up cells
         if target == "main process":
             process.send_signal(signal.SIGINT)
@@ -67,3 +74,51 @@ def test_sigint_exits_130_with_one_line(tmp_path, target):
     ]
     for entry in (out / "cache").glob("*.json"):  # whatever was cached is complete
         assert "result" in json.loads(entry.read_text())
+
+
+POOL_SCRIPT = """
+import concurrent.futures, multiprocessing, sys, time
+from kadam.cli.reproduce import _interrupts_stop_workers
+
+def nap(seconds):
+    time.sleep(seconds)
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("spawn")
+    try:
+        with _interrupts_stop_workers():
+            with context.Manager() as manager, concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:
+                queue = manager.Queue()
+                futures = [pool.submit(nap, 60) for _ in range(4)]
+                print("ready", flush=True)
+                concurrent.futures.wait(futures)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds worker processes through /proc (Linux)")
+def test_sigint_to_the_main_process_only_terminates_the_workers(tmp_path):
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_SCRIPT)
+    environment = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=environment, start_new_session=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        while len(children(process.pid)) < 4 and time.monotonic() < deadline:  # tracker, manager, 2 workers
+            time.sleep(0.1)
+        workers = children(process.pid)
+        assert len(workers) >= 4 and not any(sigint_reaches(child) for child in workers)
+        process.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130 and stderr.strip() == "interrupted", stderr
+    assert time.monotonic() - interrupted < 20  # the 60 s naps were cut short: workers terminated
+    assert not any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+                   for pid in workers if pid != process.pid)

@@ -3,15 +3,16 @@
 
 **Interrupts.** SIGINT, whether from a terminal's Ctrl-C (sent to the whole process group) or from a
 scheduler (sent to this process only), ends the run the same way: one line, exit status 130, the cells
-already finished kept in ``--out/cache``. While the run lasts, this process blocks SIGINT in its main
-thread, so the worker processes it starts inherit a mask that blocks it (they never see it and print
-nothing); a helper thread of this process leaves it unblocked, so this process still receives it, and
-its handler terminates the workers (cells in flight are lost, as the cache format allows) before raising
-``KeyboardInterrupt`` in the main thread. The handler and the mask are put back afterwards.
+already finished kept in ``--out/cache``. While the run lasts, SIGINT is blocked in every thread of this
+process, so the worker processes it starts inherit a mask that blocks it (they never see it and print
+nothing). A listener thread takes it with ``sigwait``, interrupts the main thread (``KeyboardInterrupt``)
+and terminates the workers (cells in flight are lost, as the cache format allows). The handler and the
+mask are put back afterwards.
 """
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import multiprocessing
@@ -67,29 +68,44 @@ def _terminate_workers() -> None:
 
 @contextlib.contextmanager
 def _interrupts_stop_workers() -> Iterator[None]:
-    """SIGINT reaches this process only, terminates the workers and raises ``KeyboardInterrupt`` (module
-    docstring). Outside the main thread, or without ``pthread_sigmask`` (Windows), it changes nothing."""
+    """SIGINT reaches this process only, terminates the workers and raises ``KeyboardInterrupt`` in the main
+    thread (module docstring). Outside the main thread, or without ``pthread_sigmask`` (Windows), it
+    changes nothing."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
+    from multiprocessing import resource_tracker
+
+    # Starting multiprocessing's resource tracker unblocks SIGINT in the calling thread afterwards (the
+    # standard library blocks it only while the tracker is launched): start it first, so that the mask
+    # below still holds when the runner spawns its workers.
+    resource_tracker.ensure_running()
+    closing = threading.Event()
+
+    def listen() -> None:  # SIGINT is blocked in every thread; this one takes it with sigwait
+        while True:
+            signal.sigwait({signal.SIGINT})
+            if closing.is_set():
+                return
+            _thread.interrupt_main(signal.SIGINT)  # the main thread raises at its next instruction
+            _terminate_workers()  # ... and wakes up if it was waiting for them
 
     def interrupted(signum: int, frame: FrameType | None) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while cleaning up changes nothing
-        _terminate_workers()
         raise KeyboardInterrupt
 
-    release = threading.Event()
-    listener = threading.Thread(target=release.wait, name="kadam-sigint-listener", daemon=True)
-    listener.start()  # started before the mask changes: SIGINT stays deliverable to this thread
     previous_handler = signal.signal(signal.SIGINT, interrupted)
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    listener = threading.Thread(target=listen, name="kadam-sigint-listener", daemon=True)
+    listener.start()  # inherits the mask, as do the threads and processes the runner starts
     try:
         yield
     finally:
+        closing.set()
+        signal.pthread_kill(listener.ident, signal.SIGINT)  # wakes its sigwait
+        listener.join()
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         signal.signal(signal.SIGINT, previous_handler)
-        release.set()
-        listener.join()
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
