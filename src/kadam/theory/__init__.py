@@ -1,4 +1,4 @@
-"""Closed forms of the theory (THEORY.md): stability of (β, γ) (THEORY §2–§3)."""
+"""Closed forms of the theory (docs/theory.md): stability of (β, γ) (THEORY §2–§3)."""
 
 from kadam.theory import stability
 
