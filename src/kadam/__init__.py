@@ -16,8 +16,10 @@ torch-free commands (``kadam --help``, ``kadam region``) do not pay for importin
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+from types import ModuleType as _ModuleType
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 __all__ = ["KAdam", "NormTracker", "find_scale_invariant", "param_groups_for", "stability"]
 __version__ = "0.1.0"
@@ -30,19 +32,20 @@ _LAZY = {
     "stability": "kadam.theory",
 }
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from kadam.normalization import NormTracker, find_scale_invariant
     from kadam.optimizer import KAdam, param_groups_for
     from kadam.theory import stability
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(_importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'kadam' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+    submodules = {name for name, value in globals().items() if isinstance(value, _ModuleType) and not name.startswith("_")}
+    return sorted({*__all__, "__version__", *submodules})
