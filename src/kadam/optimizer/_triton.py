@@ -45,7 +45,7 @@ k = 1 elementwise (Adam/AdamW)                          4          3           7
 k = 2 default (level 2: β = 0, tensor mode)             3 + 3      2 + 1       9
 k = 2, level 2 tensor mode with β ≠ 0                   4 + 2      3 + 1       10
 k = 2, both levels elementwise                          6          5           11
-k = 3 default (levels 2, 3: β = 0, tensor mode)         3+3+3      2+0+1       12
+k = 3 default (levels 2, 3: β = 0, tensor mode)         3 + 2 + 3  2 + 0 + 1   11
 =====================================================  =========  ==========  ======
 
 Passes are separated by "+". In the default 2-Adam, pass 1 reads g, m₁, v₁ and writes m₁, v₁; pass 2
