@@ -52,7 +52,7 @@ Passes are separated by "+". In the default 2-Adam, pass 1 reads g, m₁, v₁ a
 re-reads m₁, v₁ to rebuild x⁽¹⁾ and reads and writes θ. Coupled decay adds a read of θ in the first
 pass (and in a pass that replays from the gradient); GradScaler adds one write of g (the unscaled
 gradient is stored back, as torch's fused Adam does). The workspace adds 4 bytes per ``BLOCK``
-elements per tensor-mode level (0.1% of a float32 stream). Each tensor-mode level also adds one
+elements per tensor-mode level (under 0.1% of a float32 stream). Each tensor-mode level also adds one
 launch of the finish kernel, which reads only the workspace.
 
 Launches. The tensors of a call are grouped by device and dtypes and passed to each kernel as tuples
