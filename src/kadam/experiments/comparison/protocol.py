@@ -98,6 +98,8 @@ __all__ = [
     "adjust_family",
     "outcome",
     "summarize_arm",
+    "analyse",
+    "PHASES",
 ]
 
 REFERENCE = "adamw"
@@ -487,9 +489,13 @@ def minimum_detectable_effect(std: float, n: int, alpha: float = 0.05, power: fl
         return {"exact": 0.0, "approximate": 0.0, "level": level, "power": power, "n": n, "std": std}
 
     def power_at(noncentrality: float) -> float:
-        return float(stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality))
+        lower_tail = float(stats.nct.cdf(-critical, df, noncentrality))  # NaN far in the tail, where it is ≈ 0
+        return float(stats.nct.sf(critical, df, noncentrality)) + (lower_tail if math.isfinite(lower_tail) else 0.0)
 
-    noncentrality = optimize.brentq(lambda nc: power_at(nc) - power, 0.0, 10 * (critical + 10))
+    upper = max(1.0, critical + float(stats.t.ppf(power, df)))
+    while power_at(upper) < power:  # the approximation can undershoot for few degrees of freedom
+        upper *= 2
+    noncentrality = optimize.brentq(lambda nc: power_at(nc) - power, 0.0, upper)
     return {"exact": noncentrality * std / math.sqrt(n), "approximate": approximate, "level": level,
             "power": power, "n": n, "std": std}
 
@@ -669,3 +675,100 @@ def asdict_space(space: SearchSpace) -> dict[str, list[float]]:
     return {name: list(bounds) for name, bounds in asdict(space).items()}
 
 
+
+
+# --------------------------------------------------------------------------------------------------------
+# The whole analysis, from tagged runs
+# --------------------------------------------------------------------------------------------------------
+
+PHASES = ("search", "lr_only", "evaluate_search", "evaluate_lr_only", "sensitivity")
+"""Phases a run belongs to: tuning over the full space or lr only, evaluation of each result's best
+configuration on fresh seeds, and the lr sensitivity sweep around the full search's best configuration."""
+
+
+def analyse(records: Sequence[Mapping[str, Any]], reference: str = REFERENCE, confidence: float = 0.95,
+            alpha: float = 0.05, power: float = 0.8, profile_taus: Sequence[float] | None = None) -> dict[str, Any]:
+    """Everything the comparison reports, from ``records`` (dicts with ``phase`` in :data:`PHASES`,
+    ``workload``, ``arm``, ``trial`` (tuning phases) or ``factor`` (sensitivity) and the ``run`` returned by
+    :func:`train_trial`).
+
+    Per workload and result (``search``, ``lr_only``): each arm's selection, summary, paired comparison with
+    ``reference`` and best-lr ratio to it. The family of comparisons of each result is every (workload, arm)
+    pair except the reference and the control; Holm's adjustment, adjusted intervals and the smallest
+    detectable difference are computed over that family (:func:`adjust_family`). The control's tuning and
+    evaluation runs are checked against the reference (:func:`check_control_ties`); a mismatch raises.
+    Also the sensitivity curves and a performance profile of median steps to target.
+    """
+    by_phase: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {}
+    for record in records:
+        if record["phase"] not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {record['phase']!r}")
+        run = {**record["run"], "trial": record.get("trial"), "factor": record.get("factor")}
+        by_phase.setdefault(record["phase"], {}).setdefault(record["workload"], {}).setdefault(record["arm"], []).append(run)
+    workloads = sorted({record["workload"] for record in records})
+    output: dict[str, Any] = {"reference": reference, "control": CONTROL, "confidence": confidence, "alpha": alpha,
+                              "power": power, "workloads": {}, "families": {}}
+    control_pairs = 0
+    for workload in workloads:
+        entry: dict[str, Any] = {}
+        for result, tuning_phase, evaluation_phase in (("search", "search", "evaluate_search"),
+                                                       ("lr_only", "lr_only", "evaluate_lr_only")):
+            tuning = by_phase.get(tuning_phase, {}).get(workload, {})
+            evaluation = by_phase.get(evaluation_phase, {}).get(workload, {})
+            if not tuning:
+                continue
+            if CONTROL in tuning and reference in tuning:
+                control_pairs += check_control_ties(tuning[CONTROL], tuning[reference])
+            selection = {arm: select_best(runs) for arm, runs in sorted(tuning.items())}
+            trials = {arm: [{"trial": run["trial"], "seed": run["seed"], "hyperparameters": run["hyperparameters"],
+                             "validation_loss": run["validation_loss"], "diverged": run["diverged"]}
+                            for run in sorted(runs, key=lambda r: (r["trial"], r["seed"]))]
+                      for arm, runs in sorted(tuning.items())}
+            block: dict[str, Any] = {"selection": selection, "trials": trials}
+            reference_lr = selection[reference]["hyperparameters"]["lr"] if reference in selection else None
+            block["lr_ratio_to_reference"] = {
+                arm: chosen["hyperparameters"]["lr"] / reference_lr for arm, chosen in selection.items()
+            } if reference_lr else {}
+            if evaluation and reference in evaluation:
+                summary = summarize_workload([run for runs in evaluation.values() for run in runs], confidence, reference)
+                control_pairs += summary["control_pairs_checked"]
+                block.update(summary)
+            entry[result] = block
+        sweep = by_phase.get("sensitivity", {}).get(workload, {})
+        search_trials = by_phase.get("search", {}).get(workload, {})
+        if sweep:
+            curves: dict[str, Any] = {}
+            for arm, runs in sorted(sweep.items()):
+                best = entry["search"]["selection"][arm]
+                points = [(1.0, best["hyperparameters"]["lr"], best["validation_loss"])]
+                best_runs = [run for run in search_trials.get(arm, []) if run["trial"] == best["trial"]]
+                grouped: dict[float, list[float]] = {}
+                for run in runs:
+                    grouped.setdefault(float(run["factor"]), []).append(_validation(run))
+                for factor, values in grouped.items():
+                    mean = float(np.mean(values))
+                    points.append((factor, best["hyperparameters"]["lr"] * factor, mean if math.isfinite(mean) else None))
+                points.sort()
+                curves[arm] = {"factor": [p[0] for p in points], "lr": [p[1] for p in points],
+                               "validation_loss": [p[2] for p in points], "best_runs": len(best_runs)}
+            entry["sensitivity"] = curves
+        output["workloads"][workload] = entry
+    for result in ("search", "lr_only"):
+        family = [(workload, arm, comparison)
+                  for workload, entry in output["workloads"].items() if result in entry
+                  for arm, comparison in entry[result].get("versus_reference", {}).items() if arm != CONTROL]
+        adjust_family([comparison for _, _, comparison in family], alpha, power)
+        output["families"][result] = [{"workload": workload, "arm": arm} for workload, arm, _ in family]
+    output["control_pairs_checked"] = control_pairs
+    taus = list(profile_taus) if profile_taus is not None else [1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0]
+    steps_metric = {}
+    for workload, entry in output["workloads"].items():
+        arms = entry.get("search", {}).get("arms", {})
+        steps_metric[workload] = {
+            arm: (summary["steps_to_target"]["median"]
+                  if summary["steps_to_target"] and 2 * summary["target_reached"] > len(summary["seeds"]) else None)
+            for arm, summary in arms.items()}
+    output["performance_profile"] = {"metric": "median steps to the AdamW target (None: fewer than half the seeds "
+                                               "reached it)", "taus": taus, "values": steps_metric,
+                                     "rho": performance_profile(steps_metric, taus) if steps_metric else {}}
+    return output
