@@ -647,7 +647,8 @@ def summarize_workload(evaluation_runs: Sequence[Mapping[str, Any]], confidence:
     control_pairs = check_control_ties(by_arm[CONTROL], by_arm[reference]) if CONTROL in by_arm else 0
     return {
         "target_train_loss": target,
-        "arms": {arm: summarize_arm(runs, target) for arm, runs in sorted(by_arm.items())},
+        "arms": {arm: summarize_arm(by_arm[arm], target)
+                 for arm in sorted(by_arm, key=lambda name: (name != reference, name != CONTROL, name))},
         "versus_reference": compare_to_reference(by_arm, reference, confidence),
         "control_pairs_checked": control_pairs,
     }
