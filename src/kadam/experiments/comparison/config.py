@@ -76,7 +76,7 @@ _GPT_STUDY = (("corpus_chars", 200_000), ("context", 64), ("width", 64), ("heads
 
 PROFILES: dict[str, ComparisonConfig] = {
     "smoke": ComparisonConfig(
-        workloads=(WorkloadConfig("noisy-quadratic", 100, 8, ("adamw", "kadam1", "kadam2"), (("dimension", 50),), 0.1),),
+        workloads=(WorkloadConfig("noisy-quadratic", 50, 8, ("adamw", "kadam1", "kadam2"), (("dimension", 50),), 0.1),),
         trials=3, lr_only_trials=2, seeds=2, sensitivity_factors=(0.1,), curve_points=20,
     ),
     "quick": ComparisonConfig(
