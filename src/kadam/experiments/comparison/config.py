@@ -15,6 +15,8 @@ from kadam.experiments.comparison.protocol import SearchSpace
 __all__ = ["ComparisonConfig", "WorkloadConfig", "PROFILES", "estimated_runs"]
 
 CORE_ARMS = ("adamw", "kadam1", "adam", "kadam2", "kadam3")
+GPT_ARMS = ("adamw", "kadam1", "adam", "kadam2")
+CNN_ARMS = CORE_ARMS + ("kadam2-elementwise", "kadam2-momentum-last")
 ALL_STRATEGY_ARMS = CORE_ARMS + ("kadam2-elementwise", "kadam2-naive", "kadam2-momentum-last",
                                  "kadam3-elementwise", "kadam3-naive", "kadam3-momentum-last")
 
@@ -31,6 +33,11 @@ class WorkloadConfig:
     sizes: tuple[tuple[str, Any], ...] = ()
     seconds_per_run: float = 1.0
     lr_only: bool = True
+    sensitivity_factors: tuple[float, ...] | None = None
+
+    def factors(self, config: ComparisonConfig) -> tuple[float, ...]:
+        """The lr multiples of this workload's sensitivity sweep (the configuration's unless overridden)."""
+        return config.sensitivity_factors if self.sensitivity_factors is None else self.sensitivity_factors
 
     @property
     def size_kwargs(self) -> dict[str, Any]:
@@ -64,7 +71,7 @@ def estimated_runs(config: ComparisonConfig) -> list[tuple[str, int, float]]:
     rows = []
     for workload in config.workloads:
         lr_only = config.lr_only_trials if workload.lr_only else 0
-        per_arm = len(config.tuning_seeds) * (config.trials + lr_only + len(config.sensitivity_factors))
+        per_arm = len(config.tuning_seeds) * (config.trials + lr_only + len(workload.factors(config)))
         per_arm += config.seeds * (1 + (lr_only > 0))
         runs = len(workload.arms) * per_arm
         rows.append((workload.name, runs, runs * workload.seconds_per_run))
@@ -88,16 +95,16 @@ PROFILES: dict[str, ComparisonConfig] = {
     ),
     "study": ComparisonConfig(
         workloads=(
-            WorkloadConfig("gpt", 1000, 32, CORE_ARMS, _GPT_STUDY, 70.0),
-            WorkloadConfig("gpt-noln", 1000, 32, CORE_ARMS, _GPT_STUDY, 70.0),
-            WorkloadConfig("digits-cnn-bn", 1000, 32, CORE_ARMS + ("kadam2-elementwise", "kadam2-momentum-last"),
-                           (("channels", 8),), 5.0),
-            WorkloadConfig("digits-cnn", 1000, 32, CORE_ARMS + ("kadam2-elementwise", "kadam2-momentum-last"),
-                           (("channels", 8),), 5.0),
-            WorkloadConfig("mnist1d-mlp", 2000, 32, ALL_STRATEGY_ARMS, (("hidden", 128), ("depth", 2)), 5.0),
+            WorkloadConfig("gpt", 1000, 32, GPT_ARMS, _GPT_STUDY, 85.0, lr_only=False, sensitivity_factors=(0.1, 10.0)),
+            WorkloadConfig("gpt-noln", 1000, 32, GPT_ARMS, _GPT_STUDY, 85.0, lr_only=False,
+                           sensitivity_factors=(0.1, 10.0)),
+            WorkloadConfig("digits-cnn-bn", 1000, 32, CNN_ARMS, (("channels", 8),), 7.0),
+            WorkloadConfig("digits-cnn", 1000, 32, CNN_ARMS, (("channels", 8),), 7.0),
+            WorkloadConfig("mnist1d-mlp", 2000, 32, ALL_STRATEGY_ARMS, (("hidden", 128), ("depth", 2)), 7.0,
+                           lr_only=False),
             WorkloadConfig("noisy-quadratic", 2000, 32, ALL_STRATEGY_ARMS, (("dimension", 1000),), 2.0),
         ),
-        trials=8, lr_only_trials=0, seeds=5, sensitivity_factors=(0.1, 0.316227766017, 3.16227766017, 10.0),
+        trials=8, lr_only_trials=8, seeds=5, sensitivity_factors=(0.1, 0.316227766017, 3.16227766017, 10.0),
     ),
 }
 """Per-profile sizes. ``full`` (the report's name for the largest profile) is the study profile."""

@@ -106,7 +106,7 @@ def followup_plan(config: ComparisonConfig, results: Mapping[str, Any], device: 
                                            _cell(config, workload, arm, best["hyperparameters"], seed, device,
                                                  f"{evaluation_phase} trial {best['trial']}"), trial=best["trial"]))
                 if phase == "search":
-                    for factor in config.sensitivity_factors:
+                    for factor in workload.factors(config):
                         point = {**best["hyperparameters"],
                                  "lr": float(f"{best['hyperparameters']['lr'] * factor:.12g}")}
                         for seed in config.tuning_seeds:
@@ -182,7 +182,7 @@ def _budget_lines(config: ComparisonConfig) -> list[str]:
     for (name, runs, seconds), workload in zip(estimated_runs(config), config.workloads):
         lines.append(f"{name}: {len(workload.arms)} arms × ({len(config.tuning_seeds)} tuning seed(s) × ({config.trials} "
                      f"trials + {config.lr_only_trials if workload.lr_only else 0} lr-only + "
-                     f"{len(config.sensitivity_factors)} sensitivity) + {config.seeds} seeds × "
+                     f"{len(workload.factors(config))} sensitivity) + {config.seeds} seeds × "
                      f"{1 + (workload.lr_only and config.lr_only_trials > 0)} evaluations) = {runs} runs × "
                      f"{workload.seconds_per_run:g} s = {seconds:,.0f} CPU-s")
         total_runs += runs
@@ -296,7 +296,7 @@ def build_section(settings: Any) -> Section:
     config = config_for(settings)
     tuning = tuning_plan(config, settings.device)
     followup_runs = sum(len(w.arms) * (config.seeds * (1 + (w.lr_only and config.lr_only_trials > 0))
-                                       + len(config.tuning_seeds) * len(config.sensitivity_factors)) * w.seconds_per_run
+                                       + len(config.tuning_seeds) * len(w.factors(config))) * w.seconds_per_run
                         for w in config.workloads)
 
     def followup(results: Mapping[str, Any]) -> list[Cell]:
