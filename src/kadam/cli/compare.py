@@ -148,8 +148,8 @@ def run_compare(args: argparse.Namespace) -> int:
     runner = CellRunner(CellCache(out / "cache"), jobs=args.jobs, console=console,
                         show_progress=not args.no_progress)
     tuning = tuning_plan(config)
-    followup_estimate = sum(len(workload.arms) * (args.seeds * (1 + workload.lr_only) + len(args.sensitivity))
-                            * workload.seconds_per_run for _ in [0])
+    followup_estimate = (len(workload.arms) * (args.seeds * (1 + workload.lr_only) + len(args.sensitivity))
+                         * workload.seconds_per_run)
     started = time.perf_counter()
     try:
         with runner.session(runner.pending_cost([p.cell for p in tuning]) + followup_estimate):
@@ -163,7 +163,7 @@ def run_compare(args: argparse.Namespace) -> int:
         return 130
     analysis = analyse(tagged_records(tuning + followup, results), confidence=config.confidence, alpha=config.alpha,
                        power=config.power)
-    command = "kadam " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "kadam compare"
+    command = "kadam " + " ".join(sys.argv[1:])
     output = json_safe(json_output(args.task, command, config, analysis))
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(output, indent=1, sort_keys=True), encoding="utf-8")

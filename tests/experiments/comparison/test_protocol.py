@@ -185,7 +185,7 @@ def test_section_end_to_end_on_the_smoke_profile(tmp_path):
     assert analysis["control_pairs_checked"] == config.trials + config.lr_only_trials + 2 * config.seeds
     assert entry["search"]["versus_reference"]["kadam1"]["mean"] == 0.0
     assert entry["search"]["versus_reference"]["kadam1"]["std"] == 0.0
-    assert analysis["families"]["search"] == [{"workload": "noisy-quadratic", "arm": "kadam2"}]
+    assert [(i["workload"], i["arm"]) for i in analysis["families"]["search"]] == [("noisy-quadratic", "kadam2")]
     assert "p_holm" in entry["search"]["versus_reference"]["kadam2"]
     assert entry["sensitivity"]["adamw"]["factor"] == [0.1, 1.0]
     assert entry["search"]["lr_ratio_to_reference"]["kadam1"] == 1.0

@@ -50,10 +50,12 @@ def test_noisy_quadratic_gradient_is_curvature_times_theta_plus_the_sampled_nois
     task = build_noisy_quadratic_task(dimension=6)
     model = _model(task, 0)
     noise, _ = task.sample_batch(torch.Generator().manual_seed(1), batch_size=4)
-    task.loss(model(noise), noise).backward()
+    value = task.loss(model(noise), noise)
+    value.backward()
     torch.testing.assert_close(model.theta.grad, curvatures(6) * model.theta.detach() + noise)
     exact = 0.5 * (curvatures(6) * model.theta.detach() ** 2).sum()
     assert task.evaluate(model, "test")["loss"] == pytest.approx(float(exact))
+    assert float(value) == pytest.approx(float(exact))  # the training curve records the exact loss
     assert task.evaluate(model, "validation") == task.evaluate(model, "test")
 
 

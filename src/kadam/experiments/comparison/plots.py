@@ -14,7 +14,8 @@ __all__ = ["CAPTIONS", "draw_all", "plot_curves", "plot_sensitivity", "plot_fore
 
 CAPTIONS = {
     "comparison_curves.png": "Training loss (window means) of every arm at its best configuration: median over the "
-                             "evaluation seeds (line) and their range (band); dashed: the target from AdamW.",
+                             "evaluation seeds (line) and their range (band); black dashed: the target from AdamW. The k = 1 control "
+                             "(dashed) lies exactly on AdamW.",
     "comparison_lr_sensitivity.png": "Validation loss against peak learning rate, each arm's other hyperparameters "
                                      "at their best (tuning seed): where each arm's cliff sits. Missing points diverged.",
     "comparison_forest.png": "Paired test-loss difference to AdamW (negative: better than AdamW) with Bonferroni-"
@@ -45,15 +46,18 @@ def plot_curves(analysis: Mapping[str, Any], path: str) -> str:
             curve = summary["curve"]
             if curve is None:
                 continue
-            axis.plot(curve["steps"], curve["median"], color=colors[arm], label=arm, lw=1.2)
+            control = arm == analysis["control"]
+            axis.plot(curve["steps"], curve["median"], color=colors[arm], label=arm + (" (control)" if control else ""),
+                      lw=1.0 if control else 1.4, ls="--" if control else "-")
             axis.fill_between(curve["steps"], curve["min"], curve["max"], color=colors[arm], alpha=0.15, lw=0)
         if block.get("target_train_loss") is not None:
             axis.axhline(block["target_train_loss"], color="k", ls="--", lw=0.8)
-        axis.set_yscale("log")
+        if all(v > 0 for s in block["arms"].values() if s["curve"] for v in s["curve"]["min"]):
+            axis.set_yscale("log")
         axis.set_title(workload)
         axis.set_xlabel("step")
         axis.set_ylabel("training loss")
-    axes[0][0].legend(fontsize=7)
+        axis.legend(fontsize=6)
     return save_figure(figure, path)
 
 
@@ -71,14 +75,14 @@ def plot_sensitivity(analysis: Mapping[str, Any], path: str) -> str:
         axis.set_title(workload)
         axis.set_xlabel("peak learning rate")
         axis.set_ylabel("validation loss")
-    axes[0][0].legend(fontsize=7)
+        axis.legend(fontsize=6)
     return save_figure(figure, path)
 
 
 def plot_forest(analysis: Mapping[str, Any], path: str, result: str = "search") -> str:
     rows = []
     for item in analysis["families"].get(result, []):
-        comparison = analysis["workloads"][item["workload"]][result]["versus_reference"][item["arm"]]
+        comparison = item["comparison"]
         rows.append((f"{item['workload']}: {item['arm']}", comparison))
     figure, axes = panels(1, 1, (6.5, 0.3 * max(len(rows), 3) + 1.0))
     axis = axes[0][0]
@@ -122,7 +126,6 @@ def plot_performance_profile(analysis: Mapping[str, Any], path: str) -> str:
     colors = _arm_colors(_all_arms(analysis))
     for arm, rho in profile["rho"].items():
         axis.step(profile["taus"], rho, where="post", color=colors.get(arm), label=arm)
-    axis.set_xscale("log")
     axis.set_ylim(-0.02, 1.02)
     axis.set_xlabel("τ (steps to target / fastest arm's)")
     axis.set_ylabel("share of workloads")

@@ -382,8 +382,8 @@ def train_trial(
             raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
     started = time.perf_counter()
     task = build_workload(workload, device, **(sizes or {}))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the CPU generator is restored on exit; no CUDA generator is touched
+        torch.default_generator.manual_seed(seed)
         model = task.make_model().to(device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -682,6 +682,11 @@ def asdict_space(space: SearchSpace) -> dict[str, list[float]]:
 # The whole analysis, from tagged runs
 # --------------------------------------------------------------------------------------------------------
 
+CENTRAL_PAIRINGS = ((("gpt", "adam"), ("gpt-noln", "kadam2")), (("digits-cnn-bn", "adam"), ("digits-cnn", "kadam2")))
+"""THEORY §4's question as paired comparisons: Adam on the model *with* normalization against 2-Adam (default
+strategy) on the same model *without* it, paired by seed (same data order; the same initial weights wherever
+the architectures agree). Reported as second − first and included in the full search's Holm family."""
+
 PHASES = ("search", "lr_only", "evaluate_search", "evaluate_lr_only", "sensitivity")
 """Phases a run belongs to: tuning over the full space or lr only, evaluation of each result's best
 configuration on fresh seeds, and the lr sensitivity sweep around the full search's best configuration."""
@@ -754,12 +759,26 @@ def analyse(records: Sequence[Mapping[str, Any]], reference: str = REFERENCE, co
                                "validation_loss": [p[2] for p in points], "best_runs": len(best_runs)}
             entry["sensitivity"] = curves
         output["workloads"][workload] = entry
+    output["central_pairings"] = []
+    for (with_norm, first_arm), (without_norm, second_arm) in CENTRAL_PAIRINGS:
+        runs = by_phase.get("evaluate_search", {})
+        first = {run["seed"]: outcome(run) for run in runs.get(with_norm, {}).get(first_arm, [])}
+        second = {run["seed"]: outcome(run) for run in runs.get(without_norm, {}).get(second_arm, [])}
+        seeds = sorted(set(first) & set(second))
+        if len(seeds) >= 2:
+            comparison = paired_t([second[seed] - first[seed] for seed in seeds], confidence)
+            output["central_pairings"].append({"first": [with_norm, first_arm], "second": [without_norm, second_arm],
+                                               "comparison": comparison})
     for result in ("search", "lr_only"):
         family = [(workload, arm, comparison)
                   for workload, entry in output["workloads"].items() if result in entry
                   for arm, comparison in entry[result].get("versus_reference", {}).items() if arm != CONTROL]
+        if result == "search":
+            family += [(f"{p['second'][0]} vs {p['first'][0]}", f"{p['second'][1]} vs {p['first'][1]}", p["comparison"])
+                       for p in output["central_pairings"]]
         adjust_family([comparison for _, _, comparison in family], alpha, power)
-        output["families"][result] = [{"workload": workload, "arm": arm} for workload, arm, _ in family]
+        output["families"][result] = [{"workload": workload, "arm": arm, "comparison": comparison}
+                                      for workload, arm, comparison in family]
     output["control_pairs_checked"] = control_pairs
     taus = list(profile_taus) if profile_taus is not None else [1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0]
     steps_metric = {}

@@ -224,13 +224,21 @@ def _findings(analysis: Mapping[str, Any], config: ComparisonConfig) -> list[str
             continue
         significant = []
         for item in family:
-            comparison = analysis["workloads"][item["workload"]][result]["versus_reference"][item["arm"]]
+            comparison = item["comparison"]
             if comparison["significant"]:
                 direction = "better" if comparison["mean"] < 0 else "worse"
                 significant.append(f"{item['arm']} on {item['workload']} ({direction}, Δ = {comparison['mean']:+.4f}, "
                                    f"p_Holm = {comparison['p_holm']:.2g})")
         findings.append(f"{name}: {len(significant)} of {len(family)} comparisons with AdamW are significant after "
                         "Holm's correction" + (": " + "; ".join(significant) if significant else "") + ".")
+    for pairing in analysis.get("central_pairings", []):
+        c = pairing["comparison"]
+        (with_norm, first_arm), (without_norm, second_arm) = pairing["first"], pairing["second"]
+        findings.append(
+            f"THEORY §4 pairing: {second_arm} on {without_norm} minus {first_arm} on {with_norm} (paired by seed): "
+            f"Δ test loss = {c['mean']:+.4f}, adjusted interval [{c['ci_adjusted_low']:+.4f}, {c['ci_adjusted_high']:+.4f}], "
+            f"p_Holm = {c['p_holm']:.2g} — {'significant' if c['significant'] else 'not significant'} (negative: 2-Adam "
+            "without normalization does better than Adam with it).")
     findings += _resolution_sentence(analysis, config)
     return findings
 
@@ -274,8 +282,7 @@ def document(analysis: Mapping[str, Any], config: ComparisonConfig, figures: Pat
     headline = [("k = 1 control pairs tied exactly", str(analysis["control_pairs_checked"]))]
     for result in ("search",):
         family = analysis["families"].get(result, [])
-        count = sum(analysis["workloads"][i["workload"]][result]["versus_reference"][i["arm"]]["significant"]
-                    for i in family)
+        count = sum(item["comparison"]["significant"] for item in family)
         headline.append(("significant vs AdamW after Holm (full search)", f"{count} of {len(family)}"))
     data = {"analysis": analysis, "budget": _budget_lines(config), "command": command,
             "config": json_config(config)}

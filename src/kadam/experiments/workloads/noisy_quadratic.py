@@ -18,8 +18,8 @@ preconditioner to get one); Adam, AdamW and k-Adam are not linear, so that expec
 averaging seeds, as for every other workload. Validation and test therefore coincide here.
 
 The task is a :class:`~kadam.experiments.tasks.Task`: ``sample_batch`` draws the noise ξ with the run's
-generator, the "model" is the parameter vector θ whose forward pass returns the stochastic loss
-``L(θ) + ξ·θ`` (its gradient is exactly ``Hθ + ξ``), and ``evaluate`` returns the exact ``L(θ)``.
+generator, the "model" is the parameter vector θ whose forward pass returns ``L(θ)`` with the gradient
+``Hθ + ξ`` (so the training-loss curve is exact too), and ``evaluate`` returns the exact ``L(θ)``.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def curvatures(dimension: int, curvature_power: float = 1.0) -> torch.Tensor:
 class NoisyQuadratic(nn.Module):
     """θ ∈ R^d with θ_0 ~ N(0, I) (torch's global generator: seed it, as for any module's initialisation).
 
-    ``forward(noise)`` = ``½ Σ h_i θ_i² + noise·θ`` (a scalar whose gradient is ``Hθ + noise``);
-    :meth:`exact_loss` = ``½ Σ h_i θ_i²``.
+    ``forward(noise)`` is a scalar whose *value* is the exact loss ``½ Σ h_i θ_i²`` and whose *gradient* is
+    ``Hθ + noise`` (the noise term enters as ``noise·θ − stop_gradient(noise·θ)``), so the training curve
+    records the exact loss along the noisy trajectory; :meth:`exact_loss` = ``½ Σ h_i θ_i²``.
     """
 
     def __init__(self, curvature: torch.Tensor) -> None:
@@ -59,7 +60,8 @@ class NoisyQuadratic(nn.Module):
         return 0.5 * (self.curvature * self.theta.square()).sum()
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
-        return self.exact_loss() + (noise * self.theta).sum()
+        perturbation = (noise * self.theta).sum()
+        return self.exact_loss() + (perturbation - perturbation.detach())
 
 
 @dataclass
