@@ -40,19 +40,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "selection on validation, paired fresh seeds on test, Holm-corrected paired t against AdamW, "
                     "steps and seconds to AdamW's target. Resumable: runs are cached under --out.",
     )
-    parser.add_argument("--task", required=True, choices=sorted(WORKLOADS), help="workload")
+    parser.add_argument("--task", choices=sorted(WORKLOADS), help="workload (required unless --study)")
+    parser.add_argument("--study", action="store_true",
+                        help="run every workload of --profile (default study: ≈ 2 h on 2 cores) and write report.html, "
+                             "report.md, results.json and figures/ under --out; --task/--optimizers/--trials are ignored")
     parser.add_argument("--optimizers", nargs="+", default=["adamw", "kadam1", "kadam2"], choices=sorted(ARMS),
                         metavar="NAME", help=f"arms (adamw is always added as the reference); one of {', '.join(ARMS)}")
     parser.add_argument("--trials", type=int, default=8, help="Sobol trials per optimizer (default 8)")
     parser.add_argument("--lr-only-trials", type=int, default=0,
                         help="learning rates per optimizer for the lr-only result, other hyperparameters at defaults "
                              "(default 0: skipped)")
-    parser.add_argument("--seeds", type=int, default=5, help="fresh paired evaluation seeds (≥ 2; default 5)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="fresh paired evaluation seeds (≥ 2; default 5, or the profile's with --study)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the profile's)")
     parser.add_argument("--batch-size", type=int, default=None, help="mini-batch size (default: the profile's)")
-    parser.add_argument("--profile", choices=sorted(set(PROFILES) - {"full"}), default="quick",
+    parser.add_argument("--profile", choices=sorted(set(PROFILES) - {"full"}), default=None,
                         help="where the task's model sizes, steps and batch size come from when the task is in that "
-                             "profile (default quick; otherwise the study profile's, else the builder's defaults)")
+                             "profile (default quick; otherwise the study profile's, else the builder's defaults); "
+                             "with --study, the profile to run (default study)")
     parser.add_argument("--sensitivity", type=float, nargs="*", default=[0.1, 10.0], metavar="FACTOR",
                         help="multiples of each optimizer's best lr for the sensitivity sweep (default 0.1 10; none: skip)")
     parser.add_argument("--out", default="kadam-compare", help="output and cache folder (default kadam-compare)")
@@ -66,7 +71,7 @@ def _workload_config(args: argparse.Namespace) -> Any:
     from kadam.experiments.comparison.config import PROFILES, WorkloadConfig
 
     found = None
-    for profile in (args.profile, "study"):
+    for profile in (args.profile or "quick", "study"):
         found = next((w for w in PROFILES[profile].workloads if w.name == args.task), None)
         if found is not None:
             break
@@ -80,10 +85,12 @@ def _workload_config(args: argparse.Namespace) -> Any:
 
 
 def _check(args: argparse.Namespace) -> None:
+    if args.task is None and not args.study:
+        raise ValueError("--task is required (or --study for every workload of the profile)")
     for name in ("trials", "jobs"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be ≥ 1, got {getattr(args, name)}")
-    if args.seeds < 2:
+    if args.seeds is not None and args.seeds < 2:
         raise ValueError(f"--seeds must be ≥ 2 (a paired interval needs two pairs), got {args.seeds}")
     if args.lr_only_trials < 0:
         raise ValueError(f"--lr-only-trials must be ≥ 0, got {args.lr_only_trials}")
@@ -138,17 +145,29 @@ def run_compare(args: argparse.Namespace) -> int:
     from kadam.experiments.report import json_safe
 
     _check(args)
+    if args.study:  # every workload of the profile, written as a report
+        from kadam.experiments.comparison.study import run_study
+
+        try:
+            run_study(args.profile or "study", args.out, args.jobs, args.seeds,
+                      show_progress=not args.no_progress, command="kadam " + " ".join(sys.argv[1:]))
+        except KeyboardInterrupt:
+            print(f"kadam compare: interrupted; finished runs are cached in {args.out}/cache, rerun to resume",
+                  file=sys.stderr)
+            return 130
+        return 0
+    seeds = 5 if args.seeds is None else args.seeds
     workload = _workload_config(args)
     base = PROFILES["quick"]
     config = ComparisonConfig(workloads=(workload,), trials=args.trials, lr_only_trials=args.lr_only_trials,
-                              seeds=args.seeds, sensitivity_factors=tuple(args.sensitivity), space=base.space,
+                              seeds=seeds, sensitivity_factors=tuple(args.sensitivity), space=base.space,
                               curve_points=base.curve_points)
     out = Path(args.out)
     console = Console(stderr=args.json, width=None if sys.stdout.isatty() else 220)
     runner = CellRunner(CellCache(out / "cache"), jobs=args.jobs, console=console,
                         show_progress=not args.no_progress)
     tuning = tuning_plan(config)
-    followup_estimate = (len(workload.arms) * (args.seeds * (1 + workload.lr_only) + len(args.sensitivity))
+    followup_estimate = (len(workload.arms) * (seeds * (1 + workload.lr_only) + len(args.sensitivity))
                          * workload.seconds_per_run)
     started = time.perf_counter()
     try:
@@ -176,7 +195,7 @@ def run_compare(args: argparse.Namespace) -> int:
         if not block or "arms" not in block:
             continue
         table = RichTable(title=f"kadam compare --task {args.task}: {name} ({args.trials if result == 'search' else args.lr_only_trials} "
-                                f"trials per optimizer, {args.seeds} fresh seeds)",
+                                f"trials per optimizer, {seeds} fresh seeds)",
                           caption=f"target training loss {block['target_train_loss']}; * significant after Holm; "
                                   f"{len(runner.computed)} runs computed, {len(runner.cached)} cached, {elapsed:.1f} s")
         for column in _SHORT_COLUMNS:

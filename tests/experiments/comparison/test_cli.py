@@ -55,3 +55,8 @@ def test_compare_json_keys(tmp_path, capsys):
 def test_compare_rejects_bad_input(tmp_path, capsys, extra, match):
     assert _main(["compare", *TINY, "--out", str(tmp_path), *extra]) == 2
     assert match in capsys.readouterr().out
+
+
+def test_compare_needs_a_task_or_study(tmp_path, capsys):
+    assert _main(["compare", "--out", str(tmp_path), "--trials", "2"]) == 2
+    assert "--task is required" in capsys.readouterr().out
