@@ -89,7 +89,7 @@ PROFILES: dict[str, ComparisonConfig] = {
     "quick": ComparisonConfig(
         workloads=(
             WorkloadConfig("noisy-quadratic", 400, 16, CORE_ARMS, (("dimension", 200),), 0.4),
-            WorkloadConfig("digits-cnn-bn", 150, 32, ("adamw", "kadam1", "kadam2"), (("channels", 4),), 0.8),
+            WorkloadConfig("digits-cnn-bn", 150, 32, ("adamw", "kadam1", "kadam2"), (("channels", 4),), 1.0),
         ),
         trials=6, lr_only_trials=0, seeds=5, sensitivity_factors=(0.1, 10.0), curve_points=50,
     ),

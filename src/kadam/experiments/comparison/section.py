@@ -261,7 +261,9 @@ def document(analysis: Mapping[str, Any], config: ComparisonConfig, figures: Pat
         "initialisation and the data order, so the arms' runs on one seed are paired. Paired t intervals; Holm's "
         f"correction over the family of comparisons (α = {config.alpha}); intervals are Bonferroni-adjusted "
         "(simultaneous). A diverged run enters the statistics as the test loss of the untrained model of its seed "
-        "and is counted. The target loss is the worst final training loss among AdamW's seeds; steps and "
+        "and is counted. The smallest detectable difference is the true mean difference δ that the two-sided paired t "
+        "test at Holm's strictest level α/m detects with 80% power given the measured std s of the paired differences "
+        "(the root of the noncentral-t power; ≈ (t_{1−α/(2m), n−1} + t_{0.8, n−1}) · s/√n). The target loss is the worst final training loss among AdamW's seeds; steps and "
         "wall-clock seconds to reach it charge each optimizer's cost per step. KAdam k = 1 is the control and must "
         "tie AdamW exactly (asserted).\n\nBudget (trials × arms × workloads × seeds × seconds per run, estimated "
         "per run on one core):\n\n" + "\n".join(f"- {line}" for line in _budget_lines(config))

@@ -6,7 +6,9 @@ Loss and gradient oracle, in ``dimension`` d coordinates with curvatures ``h_i =
     L(\\theta) = \\tfrac12 \\sum_i h_i \\theta_i^2, \\qquad
     g = H\\theta + \\xi, \\quad \\xi_i \\sim \\mathcal N(0,\\, c_i / B), \\quad c_i = h_i,
 
-so the gradient noise covariance is ``C/B`` with ``C = H`` (Zhang et al.'s choice, which makes the noise of a
+so the minimum is θ* = 0 (weight decay, which shrinks θ toward 0, helps here by construction, and
+coupled L2 decay, which is preconditioned differently from decoupled decay, can look better than on a real
+model), and the gradient noise covariance is ``C/B`` with ``C = H`` (Zhang et al.'s choice, which makes the noise of a
 batch of size B the noise of B independent examples), and B is the batch size. The initial point is
 ``θ_0 ~ N(0, I)`` from the run's seed.
 
