@@ -1,0 +1,208 @@
+"""``kadam compare``: the optimizer-comparison protocol (issue 12) on one workload, cached and resumable.
+
+Runs :mod:`kadam.experiments.comparison`'s plan for one ``--task``: ``--trials`` Sobol points of the shared
+search space per optimizer (and ``--lr-only-trials`` learning rates at each optimizer's defaults), selection
+on validation, ``--seeds`` fresh paired seeds on test, paired t with Holm's correction over the optimizers
+compared with AdamW, steps and seconds to AdamW's target. Every run is a cell cached under ``--out/cache``:
+an interrupted command resumes where it stopped when rerun with the same arguments.
+
+``--json`` prints one JSON object instead of the table (keys: ``task``, ``command``, ``config``,
+``budget``, ``rows``, ``analysis``; see :func:`json_output`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+__all__ = ["register", "run_compare", "json_output"]
+
+_SHORT_COLUMNS = ("arm", "lr", "β", "γ", "λ", "warmup", "test loss", "div.", "Δ vs AdamW [adj. CI]", "p Holm",
+                  "MDE", "steps→target", "s→target", "ms/step")
+"""Terminal headers of :data:`kadam.experiments.comparison.section.RESULT_COLUMNS` (same order)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from kadam.experiments.comparison.config import PROFILES
+    from kadam.experiments.comparison.protocol import ARMS, WORKLOADS
+
+    parser = subparsers.add_parser(
+        "compare", help="tune and compare optimizers on one workload under issue 12's protocol (cached)",
+        description="Equal Sobol tuning budget per optimizer over one shared search space, warmup + cosine schedule, "
+                    "selection on validation, paired fresh seeds on test, Holm-corrected paired t against AdamW, "
+                    "steps and seconds to AdamW's target. Resumable: runs are cached under --out.",
+    )
+    parser.add_argument("--task", choices=sorted(WORKLOADS), help="workload (required unless --study)")
+    parser.add_argument("--study", action="store_true",
+                        help="run every workload of --profile (default study: ≈ 2 h on 2 cores) and write report.html, "
+                             "report.md, results.json and figures/ under --out; --task/--optimizers/--trials are ignored")
+    parser.add_argument("--optimizers", nargs="+", default=["adamw", "kadam1", "kadam2"], choices=sorted(ARMS),
+                        metavar="NAME", help=f"arms (adamw is always added as the reference); one of {', '.join(ARMS)}")
+    parser.add_argument("--trials", type=int, default=8, help="Sobol trials per optimizer (default 8)")
+    parser.add_argument("--lr-only-trials", type=int, default=0,
+                        help="learning rates per optimizer for the lr-only result, other hyperparameters at defaults "
+                             "(default 0: skipped)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="fresh paired evaluation seeds (≥ 2; default 5, or the profile's with --study)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the profile's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="mini-batch size (default: the profile's)")
+    parser.add_argument("--profile", choices=sorted(set(PROFILES) - {"full"}), default=None,
+                        help="where the task's model sizes, steps and batch size come from when the task is in that "
+                             "profile (default quick; otherwise the study profile's, else the builder's defaults); "
+                             "with --study, the profile to run (default study)")
+    parser.add_argument("--sensitivity", type=float, nargs="*", default=[0.1, 10.0], metavar="FACTOR",
+                        help="multiples of each optimizer's best lr for the sensitivity sweep (default 0.1 10; none: skip)")
+    parser.add_argument("--out", default="kadam-compare", help="output and cache folder (default kadam-compare)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs computed in parallel processes (default 1)")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run_compare)
+
+
+def _workload_config(args: argparse.Namespace) -> Any:
+    from kadam.experiments.comparison.config import PROFILES, WorkloadConfig
+
+    found = None
+    for profile in (args.profile or "quick", "study"):
+        found = next((w for w in PROFILES[profile].workloads if w.name == args.task), None)
+        if found is not None:
+            break
+    base = found or WorkloadConfig(args.task, 500, 32, ())
+    arms = tuple(dict.fromkeys(["adamw", *args.optimizers]))
+    steps = base.steps if args.steps is None else args.steps
+    batch_size = base.batch_size if args.batch_size is None else args.batch_size
+    seconds = base.seconds_per_run * steps / base.steps
+    return dataclasses.replace(base, arms=arms, steps=steps, batch_size=batch_size, seconds_per_run=seconds,
+                               lr_only=args.lr_only_trials > 0)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.task is None and not args.study:
+        raise ValueError("--task is required (or --study for every workload of the profile)")
+    for name in ("trials", "jobs"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be ≥ 1, got {getattr(args, name)}")
+    if args.seeds is not None and args.seeds < 2:
+        raise ValueError(f"--seeds must be ≥ 2 (a paired interval needs two pairs), got {args.seeds}")
+    if args.lr_only_trials < 0:
+        raise ValueError(f"--lr-only-trials must be ≥ 0, got {args.lr_only_trials}")
+    for name in ("steps", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
+    for factor in args.sensitivity:
+        if not factor > 0:
+            raise ValueError(f"--sensitivity factors must be > 0, got {factor}")
+
+
+def json_output(task: str, command: str, config: Any, analysis: dict[str, Any]) -> dict[str, Any]:
+    """The ``--json`` object: ``task``; ``command`` (argv); ``config`` (the protocol's configuration);
+    ``budget`` (the runs × seconds arithmetic); ``rows`` (one per optimizer of the full search: ``arm``,
+    ``hyperparameters`` (best), ``validation_loss`` (best trial), ``test_loss`` {mean, std, median, min, max, n},
+    ``test_accuracy`` (or None), ``diverged`` (seeds), ``difference`` (paired test-loss difference to AdamW:
+    ``mean``, ``std``, ``ci_low``/``ci_high`` (unadjusted), ``ci_adjusted_low``/``ci_adjusted_high``
+    (Bonferroni), ``p_value``, ``p_holm``, ``significant``, ``mde`` (smallest detectable difference); None for
+    AdamW), ``lr_ratio_to_adamw``, ``steps_to_target`` and ``seconds_to_target`` ({median, ...} or None),
+    ``target_reached``, ``seconds_per_step``); ``lr_only_rows`` (the same for the lr-only result, or []);
+    ``target_train_loss``; ``control_pairs_checked``; and ``analysis`` (everything, curves included)."""
+    from kadam.experiments.comparison.section import _budget_lines, json_config
+
+    entry = analysis["workloads"][task]
+
+    def rows(result: str) -> list[dict[str, Any]]:
+        block = entry.get(result)
+        if not block or "arms" not in block:
+            return []
+        return [{
+            "arm": arm, "hyperparameters": block["selection"][arm]["hyperparameters"],
+            "validation_loss": block["selection"][arm]["validation_loss"],
+            "test_loss": summary["test_loss"], "test_accuracy": summary["test_accuracy"],
+            "diverged": summary["diverged"], "difference": block["versus_reference"].get(arm),
+            "lr_ratio_to_adamw": block["lr_ratio_to_reference"].get(arm),
+            "steps_to_target": summary["steps_to_target"], "seconds_to_target": summary["seconds_to_target"],
+            "target_reached": summary["target_reached"], "seconds_per_step": summary["seconds_per_step"],
+        } for arm, summary in block["arms"].items()]
+
+    return {"task": task, "command": command, "config": json_config(config), "budget": _budget_lines(config),
+            "rows": rows("search"), "lr_only_rows": rows("lr_only"),
+            "target_train_loss": entry["search"].get("target_train_loss"),
+            "control_pairs_checked": analysis["control_pairs_checked"], "analysis": analysis}
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from kadam.experiments.cells import CellCache, CellRunner
+    from kadam.experiments.comparison.config import PROFILES, ComparisonConfig
+    from kadam.experiments.comparison.protocol import analyse
+    from kadam.experiments.comparison.section import followup_plan, result_rows, tagged_records, tuning_plan
+    from kadam.experiments.report import json_safe
+
+    _check(args)
+    if args.study:  # every workload of the profile, written as a report
+        from kadam.experiments.comparison.study import run_study
+
+        try:
+            run_study(args.profile or "study", args.out, args.jobs, args.seeds,
+                      show_progress=not args.no_progress, command="kadam " + " ".join(sys.argv[1:]))
+        except KeyboardInterrupt:
+            print(f"kadam compare: interrupted; finished runs are cached in {args.out}/cache, rerun to resume",
+                  file=sys.stderr)
+            return 130
+        return 0
+    seeds = 5 if args.seeds is None else args.seeds
+    workload = _workload_config(args)
+    base = PROFILES["quick"]
+    config = ComparisonConfig(workloads=(workload,), trials=args.trials, lr_only_trials=args.lr_only_trials,
+                              seeds=seeds, sensitivity_factors=tuple(args.sensitivity), space=base.space,
+                              curve_points=base.curve_points)
+    out = Path(args.out)
+    console = Console(stderr=args.json, width=None if sys.stdout.isatty() else 220)
+    runner = CellRunner(CellCache(out / "cache"), jobs=args.jobs, console=console,
+                        show_progress=not args.no_progress)
+    tuning = tuning_plan(config)
+    followup_estimate = (len(workload.arms) * (seeds * (1 + workload.lr_only) + len(args.sensitivity))
+                         * workload.seconds_per_run)
+    started = time.perf_counter()
+    try:
+        with runner.session(runner.pending_cost([p.cell for p in tuning]) + followup_estimate):
+            results = runner.run([p.cell for p in tuning])
+            followup = followup_plan(config, results)
+            runner.adjust_total(runner.pending_cost([p.cell for p in followup]) - followup_estimate)
+            results.update(runner.run([p.cell for p in followup]))
+    except KeyboardInterrupt:
+        print(f"kadam compare: interrupted; finished runs are cached in {out}/cache, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    analysis = analyse(tagged_records(tuning + followup, results), confidence=config.confidence, alpha=config.alpha,
+                       power=config.power)
+    command = "kadam " + " ".join(sys.argv[1:])
+    output = json_safe(json_output(args.task, command, config, analysis))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(output, indent=1, sort_keys=True), encoding="utf-8")
+    if args.json:
+        print(json.dumps(output, sort_keys=True))
+        return 0
+    elapsed = time.perf_counter() - started
+    for result, name in (("search", "full search"), ("lr_only", "lr-only tuning")):
+        block = analysis["workloads"][args.task].get(result)
+        if not block or "arms" not in block:
+            continue
+        table = RichTable(title=f"kadam compare --task {args.task}: {name} ({args.trials if result == 'search' else args.lr_only_trials} "
+                                f"trials per optimizer, {seeds} fresh seeds)",
+                          caption=f"target training loss {block['target_train_loss']}; * significant after Holm; "
+                                  f"{len(runner.computed)} runs computed, {len(runner.cached)} cached, {elapsed:.1f} s")
+        for column in _SHORT_COLUMNS:
+            table.add_column(column)
+        for row in result_rows(block):
+            table.add_row(*row)
+        console.print(table)
+    console.print(f"k = 1 control: {analysis['control_pairs_checked']} paired runs tied AdamW exactly. "
+                  f"Results: {out / 'compare.json'}")
+    return 0

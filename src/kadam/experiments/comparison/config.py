@@ -1,0 +1,112 @@
+"""Sizes of the comparison section per profile (one frozen dataclass, one instance per profile).
+
+Cost model: runs = Σ_workloads arms × (tuning_seeds × (trials + lr_only_trials + sensitivity points)
++ seeds × (1 + [lr-only on])), each at the workload's seconds per run on one core
+(:func:`estimated_runs`; the section's text prints the arithmetic for the chosen profile).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kadam.experiments.comparison.protocol import SearchSpace
+
+__all__ = ["ComparisonConfig", "WorkloadConfig", "PROFILES", "estimated_runs"]
+
+CORE_ARMS = ("adamw", "kadam1", "adam", "kadam2", "kadam3")
+GPT_ARMS = ("adamw", "kadam1", "adam", "kadam2")
+CNN_ARMS = CORE_ARMS + ("kadam2-elementwise", "kadam2-momentum-last")
+ALL_STRATEGY_ARMS = CORE_ARMS + ("kadam2-elementwise", "kadam2-naive", "kadam2-momentum-last",
+                                 "kadam3-elementwise", "kadam3-naive", "kadam3-momentum-last")
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """One workload of the section: its name (a key of ``protocol.WORKLOADS``), sizes, steps, batch size,
+    arms, and ``seconds_per_run`` (the estimated wall time of one run on one core, for the ETA only)."""
+
+    name: str
+    steps: int
+    batch_size: int
+    arms: tuple[str, ...]
+    sizes: tuple[tuple[str, Any], ...] = ()
+    seconds_per_run: float = 1.0
+    lr_only: bool = True
+    sensitivity_factors: tuple[float, ...] | None = None
+
+    def factors(self, config: ComparisonConfig) -> tuple[float, ...]:
+        """The lr multiples of this workload's sensitivity sweep (the configuration's unless overridden)."""
+        return config.sensitivity_factors if self.sensitivity_factors is None else self.sensitivity_factors
+
+    @property
+    def size_kwargs(self) -> dict[str, Any]:
+        return dict(self.sizes)
+
+
+@dataclass(frozen=True)
+class ComparisonConfig:
+    """The protocol's budget: ``trials`` Sobol points per arm over ``space`` (and ``lr_only_trials`` for the
+    lr-only result; 0 skips it), ``tuning_seeds``, ``seeds`` fresh evaluation seeds, ``sensitivity_factors``
+    (multiples of each arm's best lr, the others at their best, on the tuning seeds), the schedule's
+    ``final_lr_fraction``, ``confidence``/``alpha``/``power`` of the statistics, ``sobol_seed``."""
+
+    workloads: tuple[WorkloadConfig, ...]
+    trials: int
+    lr_only_trials: int
+    seeds: int
+    tuning_seeds: tuple[int, ...] = (0,)
+    sensitivity_factors: tuple[float, ...] = (0.1, 0.316227766017, 3.16227766017, 10.0)
+    space: SearchSpace = field(default_factory=SearchSpace)
+    final_lr_fraction: float = 0.0
+    confidence: float = 0.95
+    alpha: float = 0.05
+    power: float = 0.8
+    sobol_seed: int = 0
+    curve_points: int = 100
+
+
+def estimated_runs(config: ComparisonConfig) -> list[tuple[str, int, float]]:
+    """(workload, runs, estimated CPU-seconds) per workload, by the cost model of the module docstring."""
+    rows = []
+    for workload in config.workloads:
+        lr_only = config.lr_only_trials if workload.lr_only else 0
+        per_arm = len(config.tuning_seeds) * (config.trials + lr_only + len(workload.factors(config)))
+        per_arm += config.seeds * (1 + (lr_only > 0))
+        runs = len(workload.arms) * per_arm
+        rows.append((workload.name, runs, runs * workload.seconds_per_run))
+    return rows
+
+
+_GPT_STUDY = (("corpus_chars", 200_000), ("context", 64), ("width", 64), ("heads", 4), ("layers", 2),
+              ("evaluation_windows", 256))
+
+PROFILES: dict[str, ComparisonConfig] = {
+    "smoke": ComparisonConfig(
+        workloads=(WorkloadConfig("noisy-quadratic", 50, 8, ("adamw", "kadam1", "kadam2"), (("dimension", 50),), 0.1),),
+        trials=3, lr_only_trials=2, seeds=2, sensitivity_factors=(0.1,), curve_points=20,
+    ),
+    "quick": ComparisonConfig(
+        workloads=(
+            WorkloadConfig("noisy-quadratic", 400, 16, CORE_ARMS, (("dimension", 200),), 0.4),
+            WorkloadConfig("digits-cnn-bn", 150, 32, ("adamw", "kadam1", "kadam2"), (("channels", 4),), 1.0),
+        ),
+        trials=6, lr_only_trials=0, seeds=5, sensitivity_factors=(0.1, 10.0), curve_points=50,
+    ),
+    "study": ComparisonConfig(
+        workloads=(
+            WorkloadConfig("gpt", 1000, 32, GPT_ARMS, _GPT_STUDY, 85.0, lr_only=False, sensitivity_factors=(0.1, 10.0)),
+            WorkloadConfig("gpt-noln", 1000, 32, GPT_ARMS, _GPT_STUDY, 85.0, lr_only=False,
+                           sensitivity_factors=(0.1, 10.0)),
+            WorkloadConfig("digits-cnn-bn", 1000, 32, CNN_ARMS, (("channels", 8),), 7.0),
+            WorkloadConfig("digits-cnn", 1000, 32, CNN_ARMS, (("channels", 8),), 7.0),
+            WorkloadConfig("mnist1d-mlp", 2000, 32, ALL_STRATEGY_ARMS, (("hidden", 128), ("depth", 2)), 7.0,
+                           lr_only=False),
+            WorkloadConfig("noisy-quadratic", 2000, 32, ALL_STRATEGY_ARMS, (("dimension", 1000),), 2.0),
+        ),
+        trials=8, lr_only_trials=8, seeds=5, sensitivity_factors=(0.1, 0.316227766017, 3.16227766017, 10.0),
+    ),
+}
+"""Per-profile sizes. ``full`` (the report's name for the largest profile) is the study profile."""
+PROFILES["full"] = PROFILES["study"]
+

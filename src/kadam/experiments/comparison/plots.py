@@ -1,0 +1,152 @@
+"""Figures of the comparison section (drawn from :func:`kadam.experiments.comparison.protocol.analyse`'s
+output; matplotlib through :mod:`kadam.experiments.figures`, Agg backend, closed after saving)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kadam.experiments.figures import panels, pyplot, save_figure
+
+__all__ = ["CAPTIONS", "draw_all", "plot_curves", "plot_sensitivity", "plot_forest", "plot_lr_ratio",
+           "plot_performance_profile"]
+
+CAPTIONS = {
+    "comparison_curves.png": "Training loss (window means) of every arm at its best configuration: median over the "
+                             "evaluation seeds (line) and their range (band); black dashed: the target from AdamW. The k = 1 control "
+                             "(dashed) lies exactly on AdamW.",
+    "comparison_lr_sensitivity.png": "Validation loss against peak learning rate, each arm's other hyperparameters "
+                                     "at their best (tuning seed): where each arm's cliff sits. Missing points diverged.",
+    "comparison_forest.png": "Paired test-loss difference to AdamW (negative: better than AdamW) with Bonferroni-"
+                             "adjusted simultaneous intervals; filled markers are significant after Holm.",
+    "comparison_lr_ratio.png": "Best peak learning rate of each arm divided by AdamW's, per workload (full search).",
+    "comparison_performance_profile.png": "Performance profile (Dolan–Moré) of median steps to AdamW's target: share "
+                                          "of workloads on which an arm is within a factor τ of the fastest arm.",
+}
+
+
+def _arm_colors(arms: list[str]) -> dict[str, Any]:
+    colormap = pyplot().get_cmap("tab10" if len(arms) <= 10 else "tab20")
+    return {arm: colormap(i % colormap.N) for i, arm in enumerate(sorted(arms))}
+
+
+def _all_arms(analysis: Mapping[str, Any]) -> list[str]:
+    return sorted({arm for entry in analysis["workloads"].values()
+                   for arm in entry.get("search", {}).get("selection", {})})
+
+
+def plot_curves(analysis: Mapping[str, Any], path: str) -> str:
+    workloads = [w for w, e in analysis["workloads"].items() if "arms" in e.get("search", {})]
+    figure, axes = panels(1, max(len(workloads), 1), (4.5, 3.4))
+    colors = _arm_colors(_all_arms(analysis))
+    for axis, workload in zip(axes[0], workloads):
+        block = analysis["workloads"][workload]["search"]
+        for arm, summary in block["arms"].items():
+            curve = summary["curve"]
+            if curve is None:
+                continue
+            control = arm == analysis["control"]
+            axis.plot(curve["steps"], curve["median"], color=colors[arm], label=arm + (" (control)" if control else ""),
+                      lw=1.0 if control else 1.4, ls="--" if control else "-")
+            axis.fill_between(curve["steps"], curve["min"], curve["max"], color=colors[arm], alpha=0.15, lw=0)
+        if block.get("target_train_loss") is not None:
+            axis.axhline(block["target_train_loss"], color="k", ls="--", lw=0.8)
+        if all(v > 0 for s in block["arms"].values() if s["curve"] for v in s["curve"]["min"]):
+            axis.set_yscale("log")
+        axis.set_title(workload)
+        axis.set_xlabel("step")
+        axis.set_ylabel("training loss")
+        axis.legend(fontsize=6)
+    return save_figure(figure, path)
+
+
+def plot_sensitivity(analysis: Mapping[str, Any], path: str) -> str:
+    workloads = [w for w, e in analysis["workloads"].items() if "sensitivity" in e]
+    figure, axes = panels(1, max(len(workloads), 1), (4.5, 3.4))
+    colors = _arm_colors(_all_arms(analysis))
+    for axis, workload in zip(axes[0], workloads):
+        for arm, curve in analysis["workloads"][workload]["sensitivity"].items():
+            points = [(lr, loss) for lr, loss in zip(curve["lr"], curve["validation_loss"]) if loss is not None]
+            if points:
+                axis.plot(*zip(*points), marker="o", ms=3, color=colors[arm], label=arm)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_title(workload)
+        axis.set_xlabel("peak learning rate")
+        axis.set_ylabel("validation loss")
+        axis.legend(fontsize=6)
+    return save_figure(figure, path)
+
+
+def plot_forest(analysis: Mapping[str, Any], path: str, result: str = "search") -> str:
+    rows = []
+    for item in analysis["families"].get(result, []):
+        comparison = item["comparison"]
+        rows.append((f"{item['workload']}: {item['arm']}", comparison))
+    figure, axes = panels(1, 1, (6.5, 0.3 * max(len(rows), 3) + 1.0))
+    axis = axes[0][0]
+    for index, (label, comparison) in enumerate(rows):
+        color = "tab:red" if comparison["significant"] and comparison["mean"] > 0 else (
+            "tab:green" if comparison["significant"] else "tab:gray")
+        axis.plot([comparison["ci_adjusted_low"], comparison["ci_adjusted_high"]], [index, index], color=color, lw=2)
+        axis.plot(comparison["mean"], index, "o", color=color, mfc=color if comparison["significant"] else "white")
+    axis.axvline(0, color="k", lw=0.8)
+    axis.set_yticks(range(len(rows)))
+    axis.set_yticklabels([label for label, _ in rows], fontsize=7)
+    axis.invert_yaxis()
+    axis.set_xlabel("test loss − AdamW's (paired; adjusted interval)")
+    return save_figure(figure, path)
+
+
+def plot_lr_ratio(analysis: Mapping[str, Any], path: str) -> str:
+    workloads = list(analysis["workloads"])
+    arms = [arm for arm in _all_arms(analysis) if arm != analysis["reference"]]
+    figure, axes = panels(1, 1, (max(5.0, 0.9 * len(workloads) * max(len(arms), 1) / 3), 3.4))
+    axis = axes[0][0]
+    colors = _arm_colors(_all_arms(analysis))
+    width = 0.8 / max(len(arms), 1)
+    for j, arm in enumerate(arms):
+        values = [analysis["workloads"][w].get("search", {}).get("lr_ratio_to_reference", {}).get(arm) for w in workloads]
+        xs = [i + j * width for i, v in enumerate(values) if v is not None]
+        axis.bar(xs, [v for v in values if v is not None], width=width, color=colors[arm], label=arm)
+    axis.axhline(1, color="k", lw=0.8)
+    axis.set_yscale("log")
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(workloads))])
+    axis.set_xticklabels(workloads, fontsize=8)
+    axis.set_ylabel("best lr / AdamW's best lr")
+    axis.legend(fontsize=7)
+    return save_figure(figure, path)
+
+
+def plot_performance_profile(analysis: Mapping[str, Any], path: str) -> str:
+    profile = analysis["performance_profile"]
+    figure, axes = panels(1, 1, (5.0, 3.4))
+    axis = axes[0][0]
+    colors = _arm_colors(_all_arms(analysis))
+    for arm, rho in profile["rho"].items():
+        axis.step(profile["taus"], rho, where="post", color=colors.get(arm), label=arm)
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_xlabel("τ (steps to target / fastest arm's)")
+    axis.set_ylabel("share of workloads")
+    axis.legend(fontsize=7)
+    return save_figure(figure, path)
+
+
+def draw_all(analysis: Mapping[str, Any], figures: Path) -> dict[str, str]:
+    """Every figure of :data:`CAPTIONS` that the analysis has data for; returns name → path."""
+    figures = Path(figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    drawn = {}
+    has_arms = any("arms" in e.get("search", {}) for e in analysis["workloads"].values())
+    drawers = {
+        "comparison_curves.png": plot_curves if has_arms else None,
+        "comparison_lr_sensitivity.png": plot_sensitivity if any("sensitivity" in e for e in analysis["workloads"].values()) else None,
+        "comparison_forest.png": plot_forest if analysis["families"].get("search") else None,
+        "comparison_lr_ratio.png": plot_lr_ratio,
+        "comparison_performance_profile.png": plot_performance_profile if analysis["performance_profile"]["rho"] else None,
+    }
+    for name, draw in drawers.items():
+        if draw is not None:
+            drawn[name] = draw(analysis, str(figures / name))
+    return drawn

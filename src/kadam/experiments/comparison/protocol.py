@@ -1,0 +1,794 @@
+r"""The optimizer-comparison protocol: equal tuning budgets, real schedules, paired seeds, corrected tests.
+
+Follows the external-tuning rules of AlgoPerf (Dahl et al. 2023) and the practice of Choi et al. (2019),
+Kaddour et al. (2023) and Wen et al. (2025), scaled to a CPU. Every training run is a *cell*:
+:func:`train_trial` takes keyword arguments and returns a JSON-serialisable dict, deterministic given its
+kwargs except the measured wall-clock fields (``seconds*``, ``curve_seconds``).
+
+**Arms** (:data:`ARMS`). ``adamw`` (torch ``AdamW``), ``adam`` (torch ``Adam``, whose weight decay is the
+coupled L2 penalty), ``kadam1`` (``KAdam(k=1)``, the *control*: THEORY §1 makes it AdamW bit for bit, so it
+must tie AdamW exactly), and ``kadam{2,3}[-strategy]`` (THEORY §1; strategies as in
+:mod:`kadam.experiments.training`): *default* — levels ≥ 2 are (β, γ) = (0, 0.999) in tensor mode, the
+level a normalization layer applies implicitly (THEORY §4); *elementwise* — the same, one second moment
+per element; *naive* — levels ≥ 2 are (0.9, 0.999) elementwise; *momentum-last* — β = 0 on levels
+1..k − 1 and the momentum on level k (tensor mode for levels ≥ 2). ``adamw``, ``adam`` and ``kadam1`` run
+the single-tensor implementations (``foreach=False``), which are the ones KAdam matches bit for bit.
+
+**Search space** (:class:`SearchSpace`, one for every arm): peak learning rate η (log-uniform), the
+momentum β and the second-moment rate γ of the first level (1 − β and 1 − γ log-uniform), weight decay λ
+(log-uniform) and the warmup fraction (uniform). Each arm gets the *same* ``trials`` points of a scrambled
+Sobol sequence (``scipy.stats.qmc.Sobol``, fixed seed): an equal, disclosed budget, and no arm inherits
+another's tuned values. Where an arm has its momentum on another level (momentum-last), β goes to that level
+and γ stays on level 1. The *lr-only* result tunes η alone (a one-dimensional Sobol sequence over the same
+range) with every other hyperparameter at the arm's library default — what a user who changes only η sees.
+
+**Schedule** (:func:`lr_multiplier`): linear warmup over ``W = round(warmup_fraction · steps)`` steps,
+then cosine decay to ``final_lr_fraction ≤ 0.1`` of the peak at the last step:
+η_t = η · t / W for t ≤ W, else η · (f + (1 − f) · ½(1 + cos(π (t − W) / (T − W)))).
+
+**Selection and reporting.** Each arm's best configuration is the trial with the lowest validation loss on
+the tuning seed(s) (a diverged trial counts as +∞; ties keep the earlier trial). The best configuration is
+retrained on ``seeds`` fresh seeds (never used in tuning) and reported on the *test* split. A seed fixes the
+initialisation (the model is built under ``torch.random.fork_rng`` with that seed, so the global generator
+is left as it was) and the batch order (a local ``torch.Generator``), so runs of different arms with one
+seed are paired; architectures that agree (e.g. the GPT with and without LayerNorm) get the same initial
+weights wherever they agree.
+
+**Divergence as an outcome.** A run diverges when a training-loss window mean or a held-out loss is not
+finite. It is never dropped: its outcome in every statistic is the test loss of the *untrained* model of
+the same seed (``initial_test_loss``, measured before the first step), i.e. "as good as not training";
+the number of diverged seeds is reported beside every mean, and a diverged run never reaches the target.
+
+**Statistics.** For arm A against the reference R (AdamW) on one workload, paired differences
+d_i = loss_A,i − loss_R,i over n seeds, mean d̄, sample standard deviation s: the paired t statistic
+t = d̄ / (s/√n) on n − 1 degrees of freedom, its two-sided p-value, and Holm's step-down adjustment
+(Holm 1979) over the *family* of all comparisons reported together: with the m p-values sorted
+p_(1) ≤ … ≤ p_(m), p̃_(j) = max_{i ≤ j} min(1, (m − i + 1) p_(i)); a difference is significant when
+p̃ ≤ α. Intervals are Bonferroni-adjusted, d̄ ± t_{1 − α/(2m), n−1} s/√n, which hold simultaneously for
+the family (Holm's decisions can be sharper than these intervals, never weaker).
+
+**Smallest detectable difference** (:func:`minimum_detectable_effect`): the smallest true mean difference
+δ that the paired t test at Holm's strictest level α/m detects with probability ``power`` (0.8), given the
+measured spread s: the root of P(|T| > t_{1 − α/(2m), n−1}) = power with T noncentral t (n − 1 degrees of
+freedom, noncentrality δ√n / s); the textbook approximation is δ ≈ (t_{1 − α/(2m), n−1} + t_{power, n−1}) · s/√n.
+
+**Cost per step.** The target is the worst final training loss (mean of the last curve window) among AdamW's
+evaluation seeds, so every AdamW seed that did not diverge reaches it. For every run we report the first
+step at which its training-loss window mean is at or below the target and the wall-clock seconds of
+training up to that point, measured in the run (so a slower step is charged).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import optimize, stats
+from scipy.stats import qmc
+
+from kadam.optimizer import KAdam
+
+__all__ = [
+    "ARMS",
+    "CONTROL",
+    "REFERENCE",
+    "WORKLOADS",
+    "ArmSpec",
+    "SearchSpace",
+    "build_workload",
+    "check_control_ties",
+    "holm_adjust",
+    "lr_multiplier",
+    "lr_only_trials",
+    "make_arm_optimizer",
+    "minimum_detectable_effect",
+    "paired_t",
+    "performance_profile",
+    "quasirandom_trials",
+    "select_best",
+    "summarize_workload",
+    "compare_to_reference",
+    "train_trial",
+    "adjust_family",
+    "outcome",
+    "summarize_arm",
+    "analyse",
+    "PHASES",
+]
+
+REFERENCE = "adamw"
+"""The baseline every arm is compared with."""
+CONTROL = "kadam1"
+"""KAdam with k = 1: the same optimizer as AdamW, so its paired differences must be exactly 0."""
+EVALUATION_SEED_OFFSET = 1000
+"""Evaluation seeds are ``EVALUATION_SEED_OFFSET + i``; tuning seeds are small integers, never reused."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Workloads (the existing tasks are imported here and only here)
+# --------------------------------------------------------------------------------------------------------
+
+def _existing(name: str) -> Callable[..., Any]:
+    def build(device: str = "cpu", **sizes: Any) -> Any:
+        from kadam.experiments.tasks import build_task
+
+        return build_task(name, device, **sizes)
+
+    return build
+
+
+def _gpt(layer_norm: bool) -> Callable[..., Any]:
+    def build(device: str = "cpu", **sizes: Any) -> Any:
+        from kadam.experiments.workloads.gpt import build_gpt_task
+
+        return build_gpt_task(device, layer_norm=layer_norm, **sizes)
+
+    return build
+
+
+def _noisy_quadratic(device: str = "cpu", **sizes: Any) -> Any:
+    from kadam.experiments.workloads.noisy_quadratic import build_noisy_quadratic_task
+
+    return build_noisy_quadratic_task(device, **sizes)
+
+
+WORKLOADS: Mapping[str, Callable[..., Any]] = {
+    "gpt": _gpt(True),
+    "gpt-noln": _gpt(False),
+    "digits-cnn-bn": _existing("digits-cnn-bn"),
+    "digits-cnn": _existing("digits-cnn"),
+    "mnist1d-mlp": _existing("mnist1d-mlp"),
+    "noisy-quadratic": _noisy_quadratic,
+}
+"""Workload name → builder ``(device, **sizes) -> Task``: the pre-LN GPT character LM and the same model
+without LayerNorm (:mod:`kadam.experiments.workloads.gpt`), the digits CNN with and without BatchNorm and
+the MNIST-1D MLP (:mod:`kadam.experiments.tasks`), and the noisy quadratic model
+(:mod:`kadam.experiments.workloads.noisy_quadratic`)."""
+
+
+def build_workload(name: str, device: str = "cpu", **sizes: Any) -> Any:
+    """Build workload ``name`` (a key of :data:`WORKLOADS`) at the given sizes."""
+    if name not in WORKLOADS:
+        raise ValueError(f"workload must be one of {sorted(WORKLOADS)}, got {name!r}")
+    return WORKLOADS[name](device, **sizes)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Arms
+# --------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """An optimizer family: ``build(params, lr, beta, gamma, weight_decay)``, its library defaults for the
+    lr-only result, and a one-line description."""
+
+    description: str
+    build: Callable[[Iterable[torch.nn.Parameter], float, float, float, float], torch.optim.Optimizer]
+    default_beta: float = 0.9
+    default_gamma: float = 0.999
+    default_weight_decay: float = 0.01
+
+
+def _kadam_arm(k: int, strategy: str) -> ArmSpec:
+    def build(params: Iterable[torch.nn.Parameter], lr: float, beta: float, gamma: float,
+              weight_decay: float) -> torch.optim.Optimizer:
+        if strategy in ("default", "elementwise"):
+            meta_norm = "tensor" if strategy == "default" else "elementwise"
+            return KAdam(params, lr=lr, k=k, betas=(beta, gamma), weight_decay=weight_decay,
+                         meta_betas=(0.0, 0.999), meta_norm=meta_norm)
+        if strategy == "naive":
+            return KAdam(params, lr=lr, k=k, betas=[(beta, gamma)] + [(0.9, 0.999)] * (k - 1),
+                         norm=["elementwise"] * k, weight_decay=weight_decay)
+        # momentum-last: γ on level 1, the momentum β on level k, levels ≥ 2 in tensor mode
+        betas = [(0.0, gamma)] + [(0.0, 0.999)] * (k - 2) + [(beta, 0.999)]
+        return KAdam(params, lr=lr, k=k, betas=betas, norm=["elementwise"] + ["tensor"] * (k - 1),
+                     weight_decay=weight_decay)
+
+    descriptions = {
+        "default": f"KAdam k={k}: levels ≥ 2 (0, 0.999) tensor mode",
+        "elementwise": f"KAdam k={k}: levels ≥ 2 (0, 0.999) elementwise",
+        "naive": f"KAdam k={k}: levels ≥ 2 (0.9, 0.999) elementwise",
+        "momentum-last": f"KAdam k={k}: β on level {k} only, γ on level 1, levels ≥ 2 tensor mode",
+    }
+    return ArmSpec(descriptions[strategy], build)
+
+
+ARMS: Mapping[str, ArmSpec] = {
+    "adamw": ArmSpec("torch AdamW (decoupled decay), foreach=False",
+                     lambda p, lr, b, g, wd: torch.optim.AdamW(p, lr=lr, betas=(b, g), weight_decay=wd, foreach=False)),
+    "adam": ArmSpec("torch Adam (coupled L2 decay), foreach=False",
+                    lambda p, lr, b, g, wd: torch.optim.Adam(p, lr=lr, betas=(b, g), weight_decay=wd, foreach=False),
+                    default_weight_decay=0.0),
+    "kadam1": ArmSpec("KAdam k=1 (control: AdamW bit for bit), foreach=False",
+                      lambda p, lr, b, g, wd: KAdam(p, lr=lr, k=1, betas=(b, g), weight_decay=wd, foreach=False)),
+    **{f"kadam{k}{'' if strategy == 'default' else '-' + strategy}": _kadam_arm(k, strategy)
+       for k in (2, 3) for strategy in ("default", "elementwise", "naive", "momentum-last")},
+}
+"""Arm name → :class:`ArmSpec` (see the module docstring)."""
+
+
+def make_arm_optimizer(arm: str, params: Iterable[torch.nn.Parameter], lr: float, beta: float, gamma: float,
+                       weight_decay: float) -> torch.optim.Optimizer:
+    """Build arm ``arm`` at peak ``lr`` > 0, first-level (β, γ) in [0, 1) and ``weight_decay`` ≥ 0."""
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {sorted(ARMS)}, got {arm!r}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr}")
+    for name, value in (("beta", beta), ("gamma", gamma)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number ≥ 0, got {weight_decay}")
+    return ARMS[arm].build(params, lr, beta, gamma, weight_decay)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Search space and schedule
+# --------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The shared search space: ``lr`` and ``weight_decay`` log-uniform, ``one_minus_beta`` and
+    ``one_minus_gamma`` log-uniform (β = 1 − that), ``warmup_fraction`` uniform; each a (low, high) range."""
+
+    lr: tuple[float, float] = (1e-4, 1e-1)
+    one_minus_beta: tuple[float, float] = (0.02, 0.3)
+    one_minus_gamma: tuple[float, float] = (1e-4, 0.05)
+    weight_decay: tuple[float, float] = (1e-4, 0.3)
+    warmup_fraction: tuple[float, float] = (0.0, 0.2)
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "one_minus_beta", "one_minus_gamma", "weight_decay"):
+            low, high = getattr(self, name)
+            if not 0 < low < high:
+                raise ValueError(f"{name} range must satisfy 0 < low < high, got {(low, high)}")
+        low, high = self.lr
+        if high / low < 100:
+            raise ValueError(f"lr range must span at least 2 decades, got {self.lr}")
+        for name in ("one_minus_beta", "one_minus_gamma"):
+            if getattr(self, name)[1] > 1:
+                raise ValueError(f"{name} range must lie in (0, 1], got {getattr(self, name)}")
+        low, high = self.warmup_fraction
+        if not 0 <= low <= high < 1:
+            raise ValueError(f"warmup_fraction range must satisfy 0 ≤ low ≤ high < 1, got {self.warmup_fraction}")
+
+
+def _log_scale(unit: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    low, high = bounds
+    return np.exp(np.log(low) + unit * (np.log(high) - np.log(low)))
+
+
+def _sobol(dimension: int, count: int, seed: int) -> np.ndarray:
+    """The first ``count`` points of a scrambled Sobol sequence (drawn as a power-of-two block)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"trials must be an integer ≥ 1, got {count!r}")
+    sampler = qmc.Sobol(d=dimension, scramble=True, seed=seed)
+    return sampler.random_base2(max(0, math.ceil(math.log2(count))))[:count]
+
+
+def quasirandom_trials(space: SearchSpace, trials: int, seed: int = 0) -> list[dict[str, float]]:
+    """``trials`` hyperparameter points (lr, beta, gamma, weight_decay, warmup_fraction) of a scrambled
+    Sobol sequence over ``space``; the same list for every arm (equal budget). Values are rounded to 12
+    significant digits so that they survive JSON unchanged."""
+    unit = _sobol(5, trials, seed)
+    columns = {
+        "lr": _log_scale(unit[:, 0], space.lr),
+        "beta": 1 - _log_scale(unit[:, 1], space.one_minus_beta),
+        "gamma": 1 - _log_scale(unit[:, 2], space.one_minus_gamma),
+        "weight_decay": _log_scale(unit[:, 3], space.weight_decay),
+        "warmup_fraction": space.warmup_fraction[0] + unit[:, 4] * (space.warmup_fraction[1] - space.warmup_fraction[0]),
+    }
+    return [{name: float(f"{values[i]:.12g}") for name, values in columns.items()} for i in range(trials)]
+
+
+def lr_only_trials(space: SearchSpace, arm: str, trials: int, seed: int = 0,
+                   warmup_fraction: float = 0.05) -> list[dict[str, float]]:
+    """``trials`` learning rates (one-dimensional scrambled Sobol over ``space.lr``), the other
+    hyperparameters at ``arm``'s library defaults and a fixed ``warmup_fraction``."""
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {sorted(ARMS)}, got {arm!r}")
+    spec = ARMS[arm]
+    rates = _log_scale(_sobol(1, trials, seed)[:, 0], space.lr)
+    return [{"lr": float(f"{lr:.12g}"), "beta": spec.default_beta, "gamma": spec.default_gamma,
+             "weight_decay": spec.default_weight_decay, "warmup_fraction": warmup_fraction} for lr in rates]
+
+
+def lr_multiplier(step: int, steps: int, warmup_fraction: float, final_lr_fraction: float = 0.0) -> float:
+    """Multiplier of the peak learning rate for step ``step`` (1-based) of ``steps``: linear warmup over
+    ``W = round(warmup_fraction · steps)`` steps, then cosine decay to ``final_lr_fraction`` at ``step = steps``
+    (module docstring)."""
+    if not 1 <= step <= steps:
+        raise ValueError(f"step must be in [1, steps={steps}], got {step}")
+    if not 0 <= warmup_fraction < 1:
+        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+    if not 0 <= final_lr_fraction <= 0.1:
+        raise ValueError(f"final_lr_fraction must be in [0, 0.1] (a decayed schedule), got {final_lr_fraction}")
+    warmup = round(warmup_fraction * steps)
+    if step <= warmup:
+        return step / warmup
+    decay_steps = steps - warmup
+    progress = (step - warmup) / decay_steps if decay_steps > 0 else 1.0
+    return final_lr_fraction + (1 - final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class _ScheduleAndClock:
+    """Sets every group's lr before each step (:func:`lr_multiplier`) and records the elapsed training time
+    at each curve-window end (optimizer step hooks, so the one training loop ``Task.fit`` runs unchanged)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, peak_lr: float, steps: int, warmup_fraction: float,
+                 final_lr_fraction: float, window: int) -> None:
+        self.optimizer, self.peak_lr, self.steps = optimizer, peak_lr, steps
+        self.warmup_fraction, self.final_lr_fraction, self.window = warmup_fraction, final_lr_fraction, window
+        self.step = 0
+        self.window_seconds: list[float] = []
+        self.learning_rates: list[float] = []
+        self.started = time.perf_counter()
+        self.handles = [optimizer.register_step_pre_hook(self._before), optimizer.register_step_post_hook(self._after)]
+
+    def _before(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.step += 1
+        lr = self.peak_lr * lr_multiplier(self.step, self.steps, self.warmup_fraction, self.final_lr_fraction)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        self.learning_rates.append(lr)
+
+    def _after(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.step % self.window == 0:
+            self.window_seconds.append(time.perf_counter() - self.started)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+# --------------------------------------------------------------------------------------------------------
+# One training run (a cell)
+# --------------------------------------------------------------------------------------------------------
+
+def train_trial(
+    workload: str,
+    arm: str,
+    hyperparameters: Mapping[str, float],
+    steps: int,
+    batch_size: int,
+    seed: int,
+    sizes: Mapping[str, Any] | None = None,
+    final_lr_fraction: float = 0.0,
+    curve_points: int = 100,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``workload`` with ``arm`` at ``hyperparameters`` (lr, beta, gamma, weight_decay,
+    warmup_fraction) under the warmup–cosine schedule for ``steps`` mini-batches of ``batch_size``.
+
+    ``seed`` fixes the initialisation (built under ``torch.random.fork_rng``: the global generator is
+    restored) and the data order (a local generator). Returns the training-loss curve (mean of each of
+    ``curve_points`` equal windows) with the step and elapsed training seconds at each window end, the
+    test and validation loss before training (``initial_*``) and after, ``diverged``, and timings. Stability
+    warnings of KAdam levels outside γ > β² (THEORY §2) are counted in ``unstable_warnings``, not shown.
+    """
+    required = ("lr", "beta", "gamma", "weight_decay", "warmup_fraction")
+    missing = [name for name in required if name not in hyperparameters]
+    if missing:
+        raise ValueError(f"hyperparameters must give {', '.join(required)}; missing {', '.join(missing)}")
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("curve_points", curve_points)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
+    started = time.perf_counter()
+    task = build_workload(workload, device, **(sizes or {}))
+    with torch.random.fork_rng(devices=[]):  # the CPU generator is restored on exit; no CUDA generator is touched
+        torch.default_generator.manual_seed(seed)
+        model = task.make_model().to(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        optimizer = make_arm_optimizer(arm, model.parameters(), float(hyperparameters["lr"]),
+                                       float(hyperparameters["beta"]), float(hyperparameters["gamma"]),
+                                       float(hyperparameters["weight_decay"]))
+    unstable = sum("stable region" in str(w.message) for w in caught)
+    initial = {split: task.evaluate(model, split)["loss"] for split in ("validation", "test")}
+    window = max(1, steps // curve_points)
+    clock = _ScheduleAndClock(optimizer, float(hyperparameters["lr"]), steps, float(hyperparameters["warmup_fraction"]),
+                              final_lr_fraction, window)
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        curve, diverged = task.fit(model, optimizer, steps, batch_size, generator, window, progress)
+    finally:
+        clock.remove()
+    training_seconds = time.perf_counter() - clock.started
+    result: dict[str, Any] = {
+        "workload": workload, "arm": arm, "hyperparameters": {name: float(hyperparameters[name]) for name in required},
+        "seed": seed, "steps": steps, "batch_size": batch_size, "sizes": dict(sizes or {}),
+        "final_lr_fraction": final_lr_fraction, "curve_window": window,
+        "curve": [value if math.isfinite(value) else None for value in curve],
+        "curve_steps": [window * (i + 1) for i in range(len(curve))],
+        "curve_seconds": clock.window_seconds[: len(curve)],
+        "initial_validation_loss": initial["validation"], "initial_test_loss": initial["test"],
+        "unstable_warnings": unstable, "steps_done": clock.step,
+    }
+    for split in ("validation", "test"):
+        metrics = None if diverged else task.evaluate(model, split)
+        if metrics is not None and not math.isfinite(metrics["loss"]):
+            diverged, metrics = True, None
+        result[f"{split}_loss"] = None if metrics is None else metrics["loss"]
+        result[f"{split}_accuracy"] = None if metrics is None else metrics["accuracy"]
+    result["diverged"] = diverged
+    result["training_seconds"] = training_seconds
+    result["seconds_per_step"] = training_seconds / max(clock.step, 1)
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------------------
+
+def paired_t(differences: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
+    """Paired t test of mean(differences) = 0: n, mean d̄, sample std s, t = d̄/(s/√n), df = n − 1, the
+    two-sided p-value and the ``confidence`` interval d̄ ± t_{(1+c)/2, n−1} s/√n. With s = 0 the test is
+    degenerate: p = 1 if d̄ = 0 (an exact tie), else 0; the interval is [d̄, d̄]."""
+    values = np.asarray(differences, dtype=float)
+    n = len(values)
+    if n < 2:
+        raise ValueError(f"differences must hold at least 2 pairs, got {n}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("differences must be finite (map a diverged run to its outcome first)")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    mean, std = float(values.mean()), float(values.std(ddof=1))
+    if std == 0:
+        return {"n": n, "mean": mean, "std": 0.0, "t": None, "df": n - 1, "p_value": 1.0 if mean == 0 else 0.0,
+                "confidence": confidence, "ci_low": mean, "ci_high": mean}
+    standard_error = std / math.sqrt(n)
+    t = mean / standard_error
+    p = float(2 * stats.t.sf(abs(t), n - 1))
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1) * standard_error)
+    return {"n": n, "mean": mean, "std": std, "t": t, "df": n - 1, "p_value": p, "confidence": confidence,
+            "ci_low": mean - half, "ci_high": mean + half}
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input order:
+    p̃_(j) = max_{i ≤ j} min(1, (m − i + 1) p_(i)) over the ascending order. Rejecting p̃ ≤ α is Holm's
+    procedure at family-wise error α."""
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1 or np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise ValueError(f"p_values must be a sequence of numbers in [0, 1], got {list(p_values)}")
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted.tolist()
+
+
+def minimum_detectable_effect(std: float, n: int, alpha: float = 0.05, power: float = 0.8,
+                              family_size: int = 1) -> dict[str, float]:
+    """Smallest true mean paired difference the two-sided paired t test at level ``alpha / family_size``
+    (Holm's strictest step) detects with probability ``power``, given the seed-to-seed std ``std`` of the
+    differences and ``n`` pairs. ``exact``: the root δ of P(|T| > t_{1−α'/2, n−1}) = power, T ~ noncentral
+    t(n − 1, δ√n/std); ``approximate``: (t_{1−α'/2, n−1} + t_{power, n−1}) · std/√n. 0 when std = 0."""
+    if n < 2:
+        raise ValueError(f"n must be ≥ 2, got {n}")
+    if not (math.isfinite(std) and std >= 0):
+        raise ValueError(f"std must be a finite number ≥ 0, got {std}")
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"alpha and power must be in (0, 1), got alpha={alpha}, power={power}")
+    if family_size < 1:
+        raise ValueError(f"family_size must be ≥ 1, got {family_size}")
+    level = alpha / family_size
+    df = n - 1
+    critical = float(stats.t.ppf(1 - level / 2, df))
+    approximate = (critical + float(stats.t.ppf(power, df))) * std / math.sqrt(n)
+    if std == 0:
+        return {"exact": 0.0, "approximate": 0.0, "level": level, "power": power, "n": n, "std": std}
+
+    def power_at(noncentrality: float) -> float:
+        lower_tail = float(stats.nct.cdf(-critical, df, noncentrality))  # NaN far in the tail, where it is ≈ 0
+        return float(stats.nct.sf(critical, df, noncentrality)) + (lower_tail if math.isfinite(lower_tail) else 0.0)
+
+    upper = max(1.0, critical + float(stats.t.ppf(power, df)))
+    while power_at(upper) < power:  # the approximation can undershoot for few degrees of freedom
+        upper *= 2
+    noncentrality = optimize.brentq(lambda nc: power_at(nc) - power, 0.0, upper)
+    return {"exact": noncentrality * std / math.sqrt(n), "approximate": approximate, "level": level,
+            "power": power, "n": n, "std": std}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Selection, outcomes and the summary of one workload
+# --------------------------------------------------------------------------------------------------------
+
+def _validation(run: Mapping[str, Any]) -> float:
+    value = run["validation_loss"]
+    return math.inf if run["diverged"] or value is None else float(value)
+
+
+def outcome(run: Mapping[str, Any]) -> float:
+    """A run's test loss for the statistics: its test loss, or for a diverged run the test loss of the
+    untrained model of the same seed (see the module docstring)."""
+    if run["diverged"] or run["test_loss"] is None:
+        return float(run["initial_test_loss"])
+    return float(run["test_loss"])
+
+
+def select_best(trials: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The best trial of one arm: lowest mean validation loss over the tuning seeds (diverged = +∞; ties keep
+    the earlier trial). ``trials`` are runs with a ``trial`` index. Returns ``{"trial", "hyperparameters",
+    "validation_loss" (None if every trial diverged), "diverged_trials", "trials"}``."""
+    if not trials:
+        raise ValueError("trials must not be empty")
+    by_trial: dict[int, list[Mapping[str, Any]]] = {}
+    for run in trials:
+        by_trial.setdefault(int(run["trial"]), []).append(run)
+    means = {index: float(np.mean([_validation(run) for run in runs])) for index, runs in by_trial.items()}
+    best = min(means, key=lambda index: (means[index], index))
+    return {"trial": best, "hyperparameters": dict(by_trial[best][0]["hyperparameters"]),
+            "validation_loss": means[best] if math.isfinite(means[best]) else None,
+            "diverged_trials": sum(1 for value in means.values() if not math.isfinite(value)),
+            "trials": len(means)}
+
+
+def check_control_ties(control_runs: Sequence[Mapping[str, Any]], reference_runs: Sequence[Mapping[str, Any]]) -> int:
+    """Assert that the k = 1 control reproduces the reference run for run (same hyperparameters and seed):
+    identical validation and test losses and training curves. Returns the number of pairs checked; raises
+    ``AssertionError`` naming the first mismatch (a mismatch means the pairing is broken)."""
+    reference = {(canonical(run["hyperparameters"]), run["seed"]): run for run in reference_runs}
+    checked = 0
+    for run in control_runs:
+        key = (canonical(run["hyperparameters"]), run["seed"])
+        if key not in reference:
+            continue
+        other = reference[key]
+        for field in ("validation_loss", "test_loss", "curve", "diverged"):
+            if run[field] != other[field]:
+                raise AssertionError(
+                    f"control {run['arm']} differs from {other['arm']} on {run['workload']} seed {run['seed']} "
+                    f"({field}: {run[field]!r} vs {other[field]!r}): the pairing is broken")
+        checked += 1
+    return checked
+
+
+def canonical(hyperparameters: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted((name, float(value)) for name, value in hyperparameters.items()))
+
+
+def _first_at_or_below(run: Mapping[str, Any], target: float) -> tuple[int | None, float | None]:
+    for step, seconds, value in zip(run["curve_steps"], run["curve_seconds"], run["curve"]):
+        if value is not None and value <= target:
+            return step, seconds
+    return None, None
+
+
+def _spread(values: Sequence[float]) -> dict[str, Any]:
+    array = np.asarray(values, dtype=float)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else None,
+            "median": float(np.median(array)), "min": float(array.min()), "max": float(array.max()), "n": len(array)}
+
+
+def summarize_arm(runs: Sequence[Mapping[str, Any]], target: float | None) -> dict[str, Any]:
+    """Test-loss outcome (mean/std/median/range over seeds, diverged counted), accuracy, steps and seconds to
+    ``target``, seconds per step, and the median/min/max training curve over the seeds that did not diverge."""
+    runs = sorted(runs, key=lambda run: run["seed"])
+    finished = [run for run in runs if not run["diverged"]]
+    accuracies = [run["test_accuracy"] for run in finished if run["test_accuracy"] is not None]
+    reached = [_first_at_or_below(run, target) for run in runs] if target is not None else []
+    steps_to = [step for step, _ in reached if step is not None]
+    seconds_to = [seconds for _, seconds in reached if seconds is not None]
+    curve: dict[str, Any] | None = None
+    if finished:
+        length = min(len(run["curve"]) for run in finished)
+        stacked = np.asarray([run["curve"][:length] for run in finished], dtype=float)
+        curve = {"steps": finished[0]["curve_steps"][:length], "median": np.median(stacked, axis=0).tolist(),
+                 "min": stacked.min(axis=0).tolist(), "max": stacked.max(axis=0).tolist()}
+    return {
+        "seeds": [run["seed"] for run in runs],
+        "test_loss": _spread([outcome(run) for run in runs]),
+        "test_accuracy": _spread(accuracies) if accuracies else None,
+        "diverged": len(runs) - len(finished),
+        "target_reached": len(steps_to),
+        "steps_to_target": _spread(steps_to) if steps_to else None,
+        "seconds_to_target": _spread(seconds_to) if seconds_to else None,
+        "seconds_per_step": float(np.median([run["seconds_per_step"] for run in runs])),
+        "curve": curve,
+    }
+
+
+def compare_to_reference(runs_by_arm: Mapping[str, Sequence[Mapping[str, Any]]], reference: str = REFERENCE,
+                         confidence: float = 0.95) -> dict[str, dict[str, Any]]:
+    """Paired t of each arm's outcome minus the reference's, seed by seed (unadjusted; see
+    :func:`adjust_family` for Holm). Only seeds present in both arms are paired."""
+    reference_by_seed = {run["seed"]: outcome(run) for run in runs_by_arm[reference]}
+    comparisons: dict[str, dict[str, Any]] = {}
+    for arm, runs in runs_by_arm.items():
+        if arm == reference:
+            continue
+        pairs = [(outcome(run), reference_by_seed[run["seed"]]) for run in sorted(runs, key=lambda r: r["seed"])
+                 if run["seed"] in reference_by_seed]
+        comparisons[arm] = paired_t([a - b for a, b in pairs], confidence)
+    return comparisons
+
+
+def adjust_family(comparisons: Sequence[dict[str, Any]], alpha: float = 0.05, power: float = 0.8) -> None:
+    """Add Holm-adjusted p-values (``p_holm``), ``significant`` (p_holm ≤ alpha), Bonferroni-adjusted
+    simultaneous intervals (``ci_adjusted_low/high``) and the smallest detectable difference at Holm's
+    strictest level (``mde``) to each comparison of one family, in place."""
+    m = len(comparisons)
+    if m == 0:
+        return
+    adjusted = holm_adjust([c["p_value"] for c in comparisons])
+    for comparison, p_holm in zip(comparisons, adjusted):
+        n, std, mean = comparison["n"], comparison["std"], comparison["mean"]
+        half = float(stats.t.ppf(1 - alpha / (2 * m), n - 1) * std / math.sqrt(n))
+        comparison.update({
+            "p_holm": p_holm, "significant": bool(p_holm <= alpha), "family_size": m, "alpha": alpha,
+            "ci_adjusted_low": mean - half, "ci_adjusted_high": mean + half,
+            "mde": minimum_detectable_effect(std, n, alpha, power, m)["exact"],
+        })
+
+
+def summarize_workload(evaluation_runs: Sequence[Mapping[str, Any]], confidence: float = 0.95,
+                       reference: str = REFERENCE) -> dict[str, Any]:
+    """Per-arm summaries and unadjusted paired comparisons with ``reference`` on one workload, from the
+    evaluation runs of every arm. The target is the worst final training loss among the reference's seeds that
+    did not diverge (None if all diverged). If the k = 1 control ran, :func:`check_control_ties` must pass."""
+    by_arm: dict[str, list[Mapping[str, Any]]] = {}
+    for run in evaluation_runs:
+        by_arm.setdefault(run["arm"], []).append(run)
+    if reference not in by_arm:
+        raise ValueError(f"the reference arm {reference!r} has no evaluation runs")
+    finals = [run["curve"][-1] for run in by_arm[reference] if not run["diverged"] and run["curve"]]
+    target = max(finals) if finals else None
+    control_pairs = check_control_ties(by_arm[CONTROL], by_arm[reference]) if CONTROL in by_arm else 0
+    return {
+        "target_train_loss": target,
+        "arms": {arm: summarize_arm(by_arm[arm], target)
+                 for arm in sorted(by_arm, key=lambda name: (name != reference, name != CONTROL, name))},
+        "versus_reference": compare_to_reference(by_arm, reference, confidence),
+        "control_pairs_checked": control_pairs,
+    }
+
+
+def performance_profile(metric: Mapping[str, Mapping[str, float | None]],
+                        taus: Sequence[float]) -> dict[str, list[float]]:
+    """Dolan–Moré performance profile: ``metric[workload][arm]`` (lower is better; None = failed), ratio to
+    the best arm per workload, ρ_arm(τ) = share of workloads with ratio ≤ τ."""
+    arms = sorted({arm for values in metric.values() for arm in values})
+    ratios: dict[str, list[float]] = {arm: [] for arm in arms}
+    for values in metric.values():
+        finite = [v for v in values.values() if v is not None and math.isfinite(v) and v > 0]
+        best = min(finite) if finite else None
+        for arm in arms:
+            value = values.get(arm)
+            ok = best is not None and value is not None and math.isfinite(value) and value > 0
+            ratios[arm].append(value / best if ok else math.inf)
+    count = max(len(metric), 1)
+    return {arm: [sum(r <= tau for r in ratios[arm]) / count for tau in taus] for arm in arms}
+
+
+def asdict_space(space: SearchSpace) -> dict[str, list[float]]:
+    """The search space as JSON (lists)."""
+    return {name: list(bounds) for name, bounds in asdict(space).items()}
+
+
+
+
+# --------------------------------------------------------------------------------------------------------
+# The whole analysis, from tagged runs
+# --------------------------------------------------------------------------------------------------------
+
+CENTRAL_PAIRINGS = ((("gpt", "adam"), ("gpt-noln", "kadam2")), (("digits-cnn-bn", "adam"), ("digits-cnn", "kadam2")))
+"""THEORY §4's question as paired comparisons: Adam on the model *with* normalization against 2-Adam (default
+strategy) on the same model *without* it, paired by seed (same data order; the same initial weights wherever
+the architectures agree). Reported as second − first and included in the full search's Holm family."""
+
+PHASES = ("search", "lr_only", "evaluate_search", "evaluate_lr_only", "sensitivity")
+"""Phases a run belongs to: tuning over the full space or lr only, evaluation of each result's best
+configuration on fresh seeds, and the lr sensitivity sweep around the full search's best configuration."""
+
+
+def analyse(records: Sequence[Mapping[str, Any]], reference: str = REFERENCE, confidence: float = 0.95,
+            alpha: float = 0.05, power: float = 0.8, profile_taus: Sequence[float] | None = None) -> dict[str, Any]:
+    """Everything the comparison reports, from ``records`` (dicts with ``phase`` in :data:`PHASES`,
+    ``workload``, ``arm``, ``trial`` (tuning phases) or ``factor`` (sensitivity) and the ``run`` returned by
+    :func:`train_trial`).
+
+    Per workload and result (``search``, ``lr_only``): each arm's selection, summary, paired comparison with
+    ``reference`` and best-lr ratio to it. The family of comparisons of each result is every (workload, arm)
+    pair except the reference and the control; Holm's adjustment, adjusted intervals and the smallest
+    detectable difference are computed over that family (:func:`adjust_family`). The control's tuning and
+    evaluation runs are checked against the reference (:func:`check_control_ties`); a mismatch raises.
+    Also the sensitivity curves and a performance profile of median steps to target.
+    """
+    by_phase: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {}
+    for record in records:
+        if record["phase"] not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {record['phase']!r}")
+        run = {**record["run"], "trial": record.get("trial"), "factor": record.get("factor")}
+        by_phase.setdefault(record["phase"], {}).setdefault(record["workload"], {}).setdefault(record["arm"], []).append(run)
+    workloads = sorted({record["workload"] for record in records})
+    output: dict[str, Any] = {"reference": reference, "control": CONTROL, "confidence": confidence, "alpha": alpha,
+                              "power": power, "workloads": {}, "families": {}}
+    control_pairs = 0
+    for workload in workloads:
+        entry: dict[str, Any] = {}
+        for result, tuning_phase, evaluation_phase in (("search", "search", "evaluate_search"),
+                                                       ("lr_only", "lr_only", "evaluate_lr_only")):
+            tuning = by_phase.get(tuning_phase, {}).get(workload, {})
+            evaluation = by_phase.get(evaluation_phase, {}).get(workload, {})
+            if not tuning:
+                continue
+            if CONTROL in tuning and reference in tuning:
+                control_pairs += check_control_ties(tuning[CONTROL], tuning[reference])
+            selection = {arm: select_best(runs) for arm, runs in sorted(tuning.items())}
+            trials = {arm: [{"trial": run["trial"], "seed": run["seed"], "hyperparameters": run["hyperparameters"],
+                             "validation_loss": run["validation_loss"], "diverged": run["diverged"]}
+                            for run in sorted(runs, key=lambda r: (r["trial"], r["seed"]))]
+                      for arm, runs in sorted(tuning.items())}
+            block: dict[str, Any] = {"selection": selection, "trials": trials}
+            reference_lr = selection[reference]["hyperparameters"]["lr"] if reference in selection else None
+            block["lr_ratio_to_reference"] = {
+                arm: chosen["hyperparameters"]["lr"] / reference_lr for arm, chosen in selection.items()
+            } if reference_lr else {}
+            if evaluation and reference in evaluation:
+                summary = summarize_workload([run for runs in evaluation.values() for run in runs], confidence, reference)
+                control_pairs += summary["control_pairs_checked"]
+                block.update(summary)
+            entry[result] = block
+        sweep = by_phase.get("sensitivity", {}).get(workload, {})
+        search_trials = by_phase.get("search", {}).get(workload, {})
+        if sweep:
+            curves: dict[str, Any] = {}
+            for arm, runs in sorted(sweep.items()):
+                best = entry["search"]["selection"][arm]
+                points = [(1.0, best["hyperparameters"]["lr"], best["validation_loss"])]
+                best_runs = [run for run in search_trials.get(arm, []) if run["trial"] == best["trial"]]
+                grouped: dict[float, list[float]] = {}
+                for run in runs:
+                    grouped.setdefault(float(run["factor"]), []).append(_validation(run))
+                for factor, values in grouped.items():
+                    mean = float(np.mean(values))
+                    points.append((factor, best["hyperparameters"]["lr"] * factor, mean if math.isfinite(mean) else None))
+                points.sort()
+                curves[arm] = {"factor": [p[0] for p in points], "lr": [p[1] for p in points],
+                               "validation_loss": [p[2] for p in points], "best_runs": len(best_runs)}
+            entry["sensitivity"] = curves
+        output["workloads"][workload] = entry
+    output["central_pairings"] = []
+    for (with_norm, first_arm), (without_norm, second_arm) in CENTRAL_PAIRINGS:
+        runs = by_phase.get("evaluate_search", {})
+        first = {run["seed"]: outcome(run) for run in runs.get(with_norm, {}).get(first_arm, [])}
+        second = {run["seed"]: outcome(run) for run in runs.get(without_norm, {}).get(second_arm, [])}
+        seeds = sorted(set(first) & set(second))
+        if len(seeds) >= 2:
+            comparison = paired_t([second[seed] - first[seed] for seed in seeds], confidence)
+            output["central_pairings"].append({"first": [with_norm, first_arm], "second": [without_norm, second_arm],
+                                               "comparison": comparison})
+    for result in ("search", "lr_only"):
+        family = [(workload, arm, comparison)
+                  for workload, entry in output["workloads"].items() if result in entry
+                  for arm, comparison in entry[result].get("versus_reference", {}).items() if arm != CONTROL]
+        if result == "search":
+            family += [(f"{p['second'][0]} vs {p['first'][0]}", f"{p['second'][1]} vs {p['first'][1]}", p["comparison"])
+                       for p in output["central_pairings"]]
+        adjust_family([comparison for _, _, comparison in family], alpha, power)
+        output["families"][result] = [{"workload": workload, "arm": arm, "comparison": comparison}
+                                      for workload, arm, comparison in family]
+    output["control_pairs_checked"] = control_pairs
+    taus = list(profile_taus) if profile_taus is not None else [1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0]
+    steps_metric = {}
+    for workload, entry in output["workloads"].items():
+        arms = entry.get("search", {}).get("arms", {})
+        steps_metric[workload] = {
+            arm: (summary["steps_to_target"]["median"]
+                  if summary["steps_to_target"] and 2 * summary["target_reached"] > len(summary["seeds"]) else None)
+            for arm, summary in arms.items()}
+    output["performance_profile"] = {"metric": "median steps to the AdamW target (None: fewer than half the seeds "
+                                               "reached it)", "taus": taus, "values": steps_metric,
+                                     "rho": performance_profile(steps_metric, taus) if steps_metric else {}}
+    return output

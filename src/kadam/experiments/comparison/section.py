@@ -1,0 +1,323 @@
+"""The comparison section: which runs the protocol needs (cells), in two phases, and the report it writes.
+
+Phase 1 (:func:`tuning_plan`): every arm trains each workload at the same ``trials`` Sobol points of the
+shared search space (and, where enabled, ``lr_only_trials`` learning rates at the arm's defaults), on the
+tuning seeds. Phase 2 (:func:`followup_plan`, built from phase 1's results): each arm's best configuration
+of each result on the fresh evaluation seeds, and the lr sensitivity sweep (the best configuration with
+its lr multiplied by ``sensitivity_factors``) on the tuning seeds. :func:`kadam.experiments.comparison.
+protocol.analyse` turns the tagged runs into the report's numbers. ``kadam compare`` runs the same plan on
+one workload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from kadam.experiments.cells import Cell
+from kadam.experiments.comparison import plots
+from kadam.experiments.comparison.config import PROFILES, ComparisonConfig, WorkloadConfig, estimated_runs
+from kadam.experiments.comparison.protocol import (
+    CONTROL,
+    EVALUATION_SEED_OFFSET,
+    REFERENCE,
+    analyse,
+    asdict_space,
+    lr_only_trials,
+    minimum_detectable_effect,
+    quasirandom_trials,
+    select_best,
+    train_trial,
+)
+from kadam.experiments.report import Figure, SectionDocument, Table, format_number
+from kadam.experiments.sections import Section
+
+__all__ = ["PlannedRun", "build_section", "tuning_plan", "followup_plan", "tagged_records", "result_rows",
+           "config_for"]
+
+SECTION = "comparison"
+TRAIN_FUNCTION = f"{train_trial.__module__}:{train_trial.__name__}"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A cell and the tags :func:`~kadam.experiments.comparison.protocol.analyse` needs to place its run."""
+
+    phase: str
+    workload: str
+    arm: str
+    cell: Cell
+    trial: int | None = None
+    factor: float | None = None
+
+
+def _cell(config: ComparisonConfig, workload: WorkloadConfig, arm: str, hyperparameters: Mapping[str, float],
+          seed: int, device: str, label: str) -> Cell:
+    kwargs = {"workload": workload.name, "arm": arm, "hyperparameters": dict(hyperparameters),
+              "steps": workload.steps, "batch_size": workload.batch_size, "seed": seed,
+              "sizes": workload.size_kwargs, "final_lr_fraction": config.final_lr_fraction,
+              "curve_points": config.curve_points, "device": device}
+    return Cell(SECTION, f"{workload.name} {arm} {label} seed {seed}", TRAIN_FUNCTION, kwargs,
+                cost=workload.seconds_per_run)
+
+
+def tuning_plan(config: ComparisonConfig, device: str = "cpu") -> list[PlannedRun]:
+    """Phase 1: the full-space trials and the lr-only trials of every arm on every workload."""
+    shared = quasirandom_trials(config.space, config.trials, config.sobol_seed)
+    plan = []
+    for workload in config.workloads:
+        for arm in workload.arms:
+            for index, point in enumerate(shared):
+                for seed in config.tuning_seeds:
+                    plan.append(PlannedRun("search", workload.name, arm,
+                                           _cell(config, workload, arm, point, seed, device, f"trial {index}"), trial=index))
+            if workload.lr_only and config.lr_only_trials > 0:
+                for index, point in enumerate(lr_only_trials(config.space, arm, config.lr_only_trials, config.sobol_seed)):
+                    for seed in config.tuning_seeds:
+                        plan.append(PlannedRun("lr_only", workload.name, arm,
+                                               _cell(config, workload, arm, point, seed, device, f"lr-only {index}"),
+                                               trial=index))
+    return plan
+
+
+def _evaluation_seeds(config: ComparisonConfig) -> list[int]:
+    return [EVALUATION_SEED_OFFSET + i for i in range(config.seeds)]
+
+
+def followup_plan(config: ComparisonConfig, results: Mapping[str, Any], device: str = "cpu") -> list[PlannedRun]:
+    """Phase 2 from phase 1's ``results`` (by cell key): evaluation of each best configuration on the fresh
+    seeds and the lr sensitivity sweep around the full search's best configuration."""
+    tuning = tuning_plan(config, device)
+    plan = []
+    for workload in config.workloads:
+        for arm in workload.arms:
+            for phase, evaluation_phase in (("search", "evaluate_search"), ("lr_only", "evaluate_lr_only")):
+                runs = [{**results[p.cell.key], "trial": p.trial} for p in tuning
+                        if p.phase == phase and p.workload == workload.name and p.arm == arm]
+                if not runs:
+                    continue
+                best = select_best(runs)
+                for seed in _evaluation_seeds(config):
+                    plan.append(PlannedRun(evaluation_phase, workload.name, arm,
+                                           _cell(config, workload, arm, best["hyperparameters"], seed, device,
+                                                 f"{evaluation_phase} trial {best['trial']}"), trial=best["trial"]))
+                if phase == "search":
+                    for factor in workload.factors(config):
+                        point = {**best["hyperparameters"],
+                                 "lr": float(f"{best['hyperparameters']['lr'] * factor:.12g}")}
+                        for seed in config.tuning_seeds:
+                            plan.append(PlannedRun("sensitivity", workload.name, arm,
+                                                   _cell(config, workload, arm, point, seed, device, f"lr×{factor:.3g}"),
+                                                   factor=factor))
+    return plan
+
+
+def tagged_records(plan: Sequence[PlannedRun], results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The records :func:`analyse` takes: each planned run's tags and its result."""
+    return [{"phase": p.phase, "workload": p.workload, "arm": p.arm, "trial": p.trial, "factor": p.factor,
+             "run": results[p.cell.key]} for p in plan]
+
+
+def config_for(settings: Any) -> ComparisonConfig:
+    """The profile's configuration, with ``settings.seeds`` (if given) as the number of evaluation seeds."""
+    profile = "study" if settings.profile == "full" else settings.profile
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {settings.profile!r}")
+    config = PROFILES[profile]
+    return replace(config, seeds=settings.seeds) if settings.seeds else config
+
+
+# --------------------------------------------------------------------------------------------------------
+# Tables and text
+# --------------------------------------------------------------------------------------------------------
+
+RESULT_COLUMNS = ("arm", "best lr", "β", "γ", "λ", "warmup", "test loss (mean ± std)", "diverged",
+                  "Δ vs AdamW [adjusted CI]", "p (Holm)", "smallest detectable Δ", "steps to target (median)",
+                  "seconds to target (median)", "ms/step")
+
+
+def _plus_minus(spread: Mapping[str, Any] | None) -> str:
+    if spread is None:
+        return "—"
+    std = spread["std"]
+    return f"{format_number(spread['mean'])} ± {format_number(std) if std is not None else '—'}"
+
+
+def result_rows(block: Mapping[str, Any]) -> list[list[str]]:
+    """One formatted row per arm of one workload's result block (see :data:`RESULT_COLUMNS`)."""
+    rows = []
+    for arm, summary in block.get("arms", {}).items():
+        chosen = block["selection"][arm]["hyperparameters"]
+        comparison = block.get("versus_reference", {}).get(arm)
+        if comparison is None:
+            delta, p_holm, mde = "reference", "—", "—"
+        elif arm == CONTROL:
+            delta = f"{comparison['mean']:+.3g} (control; must be exactly 0)"
+            p_holm, mde = "—", "—"
+        else:
+            delta = (f"{comparison['mean']:+.4f} [{comparison['ci_adjusted_low']:+.4f}, "
+                     f"{comparison['ci_adjusted_high']:+.4f}]" + (" *" if comparison["significant"] else ""))
+            p_holm, mde = format_number(comparison["p_holm"], 2), format_number(comparison["mde"], 3)
+        steps = summary["steps_to_target"]
+        seconds = summary["seconds_to_target"]
+        n = len(summary["seeds"])
+        rows.append([
+            arm, format_number(chosen["lr"], 3), format_number(chosen["beta"], 3), format_number(chosen["gamma"], 4),
+            format_number(chosen["weight_decay"], 2), format_number(chosen["warmup_fraction"], 2),
+            _plus_minus(summary["test_loss"]), f"{summary['diverged']}/{n}", delta, p_holm, mde,
+            f"{format_number(steps['median'])} ({summary['target_reached']}/{n})" if steps else f"— (0/{n})",
+            format_number(seconds["median"], 3) if seconds else "—",
+            format_number(1e3 * summary["seconds_per_step"], 3),
+        ])
+    return rows
+
+
+def _budget_lines(config: ComparisonConfig) -> list[str]:
+    lines = []
+    total_runs, total_seconds = 0, 0.0
+    for (name, runs, seconds), workload in zip(estimated_runs(config), config.workloads):
+        lines.append(f"{name}: {len(workload.arms)} arms × ({len(config.tuning_seeds)} tuning seed(s) × ({config.trials} "
+                     f"trials + {config.lr_only_trials if workload.lr_only else 0} lr-only + "
+                     f"{len(workload.factors(config))} sensitivity) + {config.seeds} seeds × "
+                     f"{1 + (workload.lr_only and config.lr_only_trials > 0)} evaluations) = {runs} runs × "
+                     f"{workload.seconds_per_run:g} s = {seconds:,.0f} CPU-s")
+        total_runs += runs
+        total_seconds += seconds
+    lines.append(f"total: {total_runs} runs, {total_seconds:,.0f} CPU-s ≈ {total_seconds / 2 / 3600:.2f} h on 2 cores")
+    return lines
+
+
+def _resolution_sentence(analysis: Mapping[str, Any], config: ComparisonConfig) -> list[str]:
+    """What the budget can and cannot resolve, per workload: the smallest detectable difference."""
+    sentences = []
+    family = analysis["families"].get("search", [])
+    m = max(len(family), 1)
+    for workload, entry in analysis["workloads"].items():
+        comparisons = [c for arm, c in entry.get("search", {}).get("versus_reference", {}).items() if arm != CONTROL]
+        if not comparisons:
+            continue
+        spreads = sorted(c["std"] for c in comparisons)
+        median_std = spreads[len(spreads) // 2]
+        n = comparisons[0]["n"]
+        mde = minimum_detectable_effect(median_std, n, config.alpha, config.power, m)
+        reference_loss = entry["search"]["arms"][REFERENCE]["test_loss"]["mean"]
+        sentences.append(
+            f"{workload}: with {n} paired seeds and a family of {m} comparisons, a true difference in test loss "
+            f"smaller than {mde['exact']:.3g} (the median seed-to-seed std of the paired differences, {median_std:.3g}, "
+            f"at Holm's strictest level {mde['level']:.3g} and {config.power:.0%} power; "
+            f"{100 * mde['exact'] / abs(reference_loss):.2g}% of AdamW's test loss {reference_loss:.4g}) is likely "
+            f"to go undetected; a non-significant row says only that the difference is below that size.")
+    return sentences
+
+
+def _findings(analysis: Mapping[str, Any], config: ComparisonConfig) -> list[str]:
+    findings = [f"The k = 1 control (KAdam(k=1) against torch AdamW, both foreach=False) reproduced AdamW bit for "
+                f"bit in all {analysis['control_pairs_checked']} paired runs checked (tuning and evaluation): every "
+                f"paired difference is exactly 0, so the pairing (init, data order, schedule) is sound."]
+    for result, name in (("search", "full search"), ("lr_only", "lr-only tuning")):
+        family = analysis["families"].get(result, [])
+        if not family:
+            continue
+        significant = []
+        for item in family:
+            comparison = item["comparison"]
+            if comparison["significant"]:
+                direction = "better" if comparison["mean"] < 0 else "worse"
+                significant.append(f"{item['arm']} on {item['workload']} ({direction}, Δ = {comparison['mean']:+.4f}, "
+                                   f"p_Holm = {comparison['p_holm']:.2g})")
+        findings.append(f"{name}: {len(significant)} of {len(family)} comparisons with AdamW are significant after "
+                        "Holm's correction" + (": " + "; ".join(significant) if significant else "") + ".")
+    for pairing in analysis.get("central_pairings", []):
+        c = pairing["comparison"]
+        (with_norm, first_arm), (without_norm, second_arm) = pairing["first"], pairing["second"]
+        findings.append(
+            f"THEORY §4 pairing: {second_arm} on {without_norm} minus {first_arm} on {with_norm} (paired by seed): "
+            f"Δ test loss = {c['mean']:+.4f}, adjusted interval [{c['ci_adjusted_low']:+.4f}, {c['ci_adjusted_high']:+.4f}], "
+            f"p_Holm = {c['p_holm']:.2g} — {'significant' if c['significant'] else 'not significant'} (negative: 2-Adam "
+            "without normalization does better than Adam with it).")
+    findings += _resolution_sentence(analysis, config)
+    return findings
+
+
+def document(analysis: Mapping[str, Any], config: ComparisonConfig, figures: Path,
+             command: str = "kadam reproduce") -> SectionDocument:
+    """The section's document: method (the protocol and its budget), findings, tables, figures, data."""
+    space = asdict_space(config.space)
+    method = (
+        "Does k-Adam train better than AdamW? Every arm gets the same budget: "
+        f"{config.trials} points of one scrambled Sobol sequence (seed {config.sobol_seed}) over one search space "
+        f"shared by all arms — peak lr log-uniform in {space['lr']}, 1 − β in {space['one_minus_beta']} and 1 − γ in "
+        f"{space['one_minus_gamma']} (log-uniform, first level), weight decay log-uniform in {space['weight_decay']}, "
+        f"warmup fraction uniform in {space['warmup_fraction']} — "
+        + (f"and, for the lr-only result, {config.lr_only_trials} learning rates at each arm's defaults. "
+           if config.lr_only_trials else "(no lr-only result in this profile). ")
+        + f"Schedule: linear warmup then cosine decay to {config.final_lr_fraction:g} × the peak at the last step. "
+        f"Selection on the validation loss of tuning seed(s) {list(config.tuning_seeds)}; the best configuration "
+        f"is retrained on {config.seeds} fresh seeds and reported on the test split. A seed fixes the "
+        "initialisation and the data order, so the arms' runs on one seed are paired. Paired t intervals; Holm's "
+        f"correction over the family of comparisons (α = {config.alpha}); intervals are Bonferroni-adjusted "
+        "(simultaneous). A diverged run enters the statistics as the test loss of the untrained model of its seed "
+        "and is counted. The smallest detectable difference is the true mean difference δ that the two-sided paired t "
+        "test at Holm's strictest level α/m detects with 80% power given the measured std s of the paired differences "
+        "(the root of the noncentral-t power; ≈ (t_{1−α/(2m), n−1} + t_{0.8, n−1}) · s/√n). The target loss is the worst final training loss among AdamW's seeds; steps and "
+        "wall-clock seconds to reach it charge each optimizer's cost per step. KAdam k = 1 is the control and must "
+        "tie AdamW exactly (asserted).\n\nBudget (trials × arms × workloads × seeds × seconds per run, estimated "
+        "per run on one core):\n\n" + "\n".join(f"- {line}" for line in _budget_lines(config))
+    )
+    tables = []
+    for workload, entry in analysis["workloads"].items():
+        for result, name in (("search", "full search"), ("lr_only", "lr-only tuning")):
+            if result in entry and "arms" in entry[result]:
+                target = entry[result]["target_train_loss"]
+                tables.append(Table(
+                    f"{workload}, {name}: best configuration per arm, test loss over {config.seeds} fresh seeds, paired "
+                    f"difference to AdamW (* = significant after Holm), training-loss target "
+                    f"{format_number(target)}", RESULT_COLUMNS, result_rows(entry[result])))
+    drawn = plots.draw_all(analysis, figures)
+    captions = plots.CAPTIONS
+    figure_list = [Figure(path, captions[name]) for name, path in drawn.items()]
+    findings = _findings(analysis, config)
+    headline = [("k = 1 control pairs tied exactly", str(analysis["control_pairs_checked"]))]
+    for result in ("search",):
+        family = analysis["families"].get(result, [])
+        count = sum(item["comparison"]["significant"] for item in family)
+        headline.append(("significant vs AdamW after Holm (full search)", f"{count} of {len(family)}"))
+    data = {"analysis": analysis, "budget": _budget_lines(config), "command": command,
+            "config": json_config(config)}
+    return SectionDocument(SECTION, "Does k-Adam train better? (tuned, paired, corrected)", method, findings, tables,
+                           figure_list, headline, data)
+
+
+def json_config(config: ComparisonConfig) -> dict[str, Any]:
+    """The configuration as JSON (search space bounds as lists, workload sizes as dicts)."""
+    value = dataclasses.asdict(config)
+    value["space"] = asdict_space(config.space)
+    value["workloads"] = [{**dataclasses.asdict(w), "sizes": w.size_kwargs, "arms": list(w.arms)} for w in config.workloads]
+    return value
+
+
+def build_section(settings: Any) -> Section:
+    """The comparison section for ``settings.profile`` (smoke, quick, study/full)."""
+    config = config_for(settings)
+    tuning = tuning_plan(config, settings.device)
+    followup_runs = sum(len(w.arms) * (config.seeds * (1 + (w.lr_only and config.lr_only_trials > 0))
+                                       + len(config.tuning_seeds) * len(w.factors(config))) * w.seconds_per_run
+                        for w in config.workloads)
+
+    def followup(results: Mapping[str, Any]) -> list[Cell]:
+        return [p.cell for p in followup_plan(config, results, settings.device)]
+
+    def finish(results: Mapping[str, Any], figures: Path) -> SectionDocument:
+        plan = tuning + followup_plan(config, results, settings.device)
+        analysis = analyse(tagged_records(plan, results), confidence=config.confidence, alpha=config.alpha,
+                           power=config.power)
+        return document(analysis, config, figures)
+
+    return Section(SECTION, "Does k-Adam train better? (tuned, paired, corrected)", json_config(config),
+                   [p.cell for p in tuning], finish, followup, followup_runs)
+
+
