@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kadam.experiments.figures import panels, save_figure
-from kadam.experiments.flow import PROBLEMS, make_problem
+from kadam.experiments.flow.protocol import PROBLEMS, make_problem
 from kadam.flow import FlowSolveError, Trajectory, compare, discrete, simulate
 from kadam.flow.ode import ORDERS, RATES
 

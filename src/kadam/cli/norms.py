@@ -14,7 +14,8 @@ import json
 import math
 from typing import Any
 
-from kadam.experiments.normalization import digits_norms, plot_digits_norms
+from kadam.experiments.normalization.plots import plot_digits_norms
+from kadam.experiments.normalization.protocol import digits_norms
 
 TASKS = {"digits-bn": "batch", "digits-ln": "layer"}
 
