@@ -130,7 +130,8 @@ def stability_margin_correlation(runs: Sequence[Mapping[str, Any]]) -> dict[str,
     ``runs`` are :func:`kadam.experiments.training.protocol.train_run` results with ``betas`` = (β, γ) set. The margin is −ρ = ½ ln γ − ln β, the
     per-step decay rate of a past gradient's influence on the update (THEORY §2; positive inside the region
     γ > β², negative outside). Per learning rate: Spearman's rank correlation between margin and final
-    validation loss (a diverged run ranks worst), its two-sided p-value, and the points. The paper's claim
+    validation loss (a diverged run ranks worst; None when either is constant), its two-sided p-value, and the
+    points. The paper's claim
     predicts a negative correlation; it is claimed only at p < 0.05.
     """
     by_rate: dict[float, list[dict[str, Any]]] = {}
@@ -144,7 +145,9 @@ def stability_margin_correlation(runs: Sequence[Mapping[str, Any]]) -> dict[str,
     per_rate = []
     for lr, points in sorted(by_rate.items()):
         losses = [math.inf if p["validation_loss"] is None else p["validation_loss"] for p in points]
-        correlation = stats.spearmanr([p["margin"] for p in points], losses) if len(points) > 2 else None
+        margins = [p["margin"] for p in points]
+        defined = len(points) > 2 and len(set(losses)) > 1 and len(set(margins)) > 1  # else ρ is undefined
+        correlation = stats.spearmanr(margins, losses) if defined else None
         rho = None if correlation is None or not math.isfinite(correlation.statistic) else float(correlation.statistic)
         p_value = None if rho is None else float(correlation.pvalue)
         per_rate.append({
