@@ -315,7 +315,7 @@ class CellRunner:
     """Runs cells through a :class:`CellCache`, in this process (``jobs == 1``) or in ``jobs`` processes.
 
     Every cell runs with one torch intra-op thread, in this process as in the workers: tiny models gain
-    nothing from more (on a busy machine they lose up to 10× to thread contention), and a cell's numbers
+    nothing from more (on a busy machine they lose time to thread contention), and a cell's numbers
     then do not depend on ``jobs``. Parallelism comes from running cells side by side. Use inside
     ``with runner.session(estimated_seconds):``, which owns the progress display and the worker pool.
     """

@@ -351,7 +351,8 @@ def digits_norms(
     curve_points: int = 200,
     progress: Progress = None,
 ) -> dict[str, Any]:
-    r"""Train an :class:`~kadam.experiments.workloads.MLP` with normalization layers on digits and compare per-layer norms with THEORY §4's predictions.
+    r"""Train an :class:`~kadam.experiments.workloads.MLP` with normalization layers on digits; compare per-layer
+    norms with THEORY §4's predictions.
 
     ``optimizer`` is ``torch.optim.AdamW`` (λ = ``weight_decay``) or ``torch.optim.Adam`` (no decay; the
     ``weight_decay`` argument is then ignored). The scale-invariant hidden weights (found by
@@ -448,6 +449,9 @@ def meta_adaptive_network(
     the scale-invariant hidden weights and the same ``KAdam(k=1)`` on the rest. Per invariant weight:
     cosine between the two directions over time, and the ratio AdamW / 2-Adam of the RMS angular update
     over the last third, with THEORY §4's noise-dominated prediction ``√((1 − qβ)/(1 + qβ))``.
+
+    Its loop is its own, not :func:`~kadam.experiments.workloads.train`: two models step in lockstep on the same
+    mini-batch, one of them with two optimizers, and the cosine between them is read between steps.
     """
     shrink = 1 - lr * weight_decay
     results = []

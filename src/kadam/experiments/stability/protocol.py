@@ -300,6 +300,9 @@ def train_recording_updates(
 
     Records, per step n, :math:`\|u_n\|_\infty = \max|\theta_n - \theta_{n-1}|/\eta` over every parameter
     and the training loss (before the step). A non-finite loss ends the run early (``diverged``).
+
+    Its loop is its own, not :func:`~kadam.experiments.workloads.train`: one full batch in float64, the loss
+    checked before the step, and every parameter copied around each step to read u_n exactly.
     """
     inputs, targets, vocabulary_size = full_batch_characters(sizes.corpus_chars, sizes.context)
     with seeded_initialisation(sizes.seed):
