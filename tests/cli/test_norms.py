@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kadam.cli import main
-from kadam.experiments.normalization import digits_norms
+from kadam.experiments.normalization.protocol import digits_norms
 
 SMALL = ["--steps", "60", "--hidden", "16", "--lr", "0.01", "--weight-decay", "0.5"]
 
