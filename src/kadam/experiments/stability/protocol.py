@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from kadam.theory import stability
 
 __all__ = [
     "CRITERION",
+    "ProtocolCell",
+    "ProtocolRow",
+    "SwitchOffResult",
     "TrainingSizes",
     "classify_run",
     "full_batch_characters",
@@ -51,6 +54,52 @@ __all__ = [
     "train_recording_updates",
     "training_protocol",
 ]
+
+class SwitchOffResult(TypedDict):
+    """What :func:`switch_off_experiment` returns: one row per configuration (:func:`switch_off_measurement`
+    plus ``abs_error``, ``within_tolerance``, ``stable``) and the counts the section reports."""
+
+    protocol: str
+    relative_tolerance: float
+    absolute_tolerance: float
+    rows: list[dict[str, Any]]
+    points_k1: int
+    points_k1_stable: int
+    points_k1_unstable: int
+    all_within_tolerance: bool
+    max_abs_error: float
+
+
+class ProtocolRow(TypedDict):
+    """One (β, γ, η) run of the training protocol: predictions, :func:`classify_run`'s verdict, slopes, curves."""
+
+    cpu_seconds: float
+    beta: float
+    gamma: float
+    learning_rate: float
+    predicted_rate: float
+    predicted_rate_paper: float
+    stable_exact: bool
+    stable_paper: bool
+    unstable: bool
+    late_unstable: bool
+    excess: float
+    late_excess: float
+    first_exceeding_step: int | None
+    diverged: bool
+    late_phase_slope: float
+    peak_window_slope: float
+    max_update_inf_norm: float
+    final_loss: float
+    update_inf_norms: list[float]
+    losses_every_10: list[float]
+
+
+class ProtocolCell(TypedDict):
+    """What :func:`training_protocol` returns: the rows of one learning rate."""
+
+    rows: list[ProtocolRow]
+
 
 _STATE_FLOOR = 1e-280  # moments below this are near float64's subnormal range (2.2e-308)
 _STATE_CEILING = 1e280
@@ -218,7 +267,7 @@ def switch_off_experiment(
     relative_tolerance: float = 0.02,
     absolute_tolerance: float = 1e-3,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> SwitchOffResult:
     """The switch-off protocol over a grid of k = 1 points and k = 2 configurations (module docstring).
 
     A point passes when |measured − predicted| ≤ ``relative_tolerance``·|predicted| + ``absolute_tolerance``.
@@ -404,7 +453,7 @@ def peak_window_slope(update_inf_norms: Sequence[float], window: int = 20) -> fl
     return float(np.convolve(np.log(norms), weights[::-1], mode="valid").max())
 
 
-def _training_point(spec: tuple[float, float, float, TrainingSizes]) -> dict[str, Any]:
+def _training_point(spec: tuple[float, float, float, TrainingSizes]) -> ProtocolRow:
     """One (β, γ, η) run plus its classification; a top-level function so worker processes can run it."""
     beta, gamma, learning_rate, sizes = spec
     start = time.process_time()
@@ -430,7 +479,7 @@ def _training_point(spec: tuple[float, float, float, TrainingSizes]) -> dict[str
 
 def training_protocol(
     betas: Sequence[float], gammas: Sequence[float], learning_rate: float, sizes: Mapping[str, int]
-) -> dict[str, Any]:
+) -> ProtocolCell:
     """The training protocol at one learning rate over the grid ``betas × gammas`` (the section's cell).
 
     ``sizes`` are the fields of :class:`TrainingSizes` (a JSON dict). Returns ``{"rows": [...]}``, one row
