@@ -19,7 +19,7 @@ from kadam.experiments.normalization.protocol import (
     scale_invariant_census,
 )
 from kadam.experiments.profiles import Settings, plain, profile_sizes
-from kadam.experiments.report import SectionDocument, Table, format_number
+from kadam.experiments.report import Figure, SectionDocument, Table, format_number
 from kadam.experiments.sections import Section, draw_figure, signed_percent
 
 __all__ = ["build_section"]
@@ -37,9 +37,8 @@ def _explained_invariant(census: Mapping[str, Any]) -> list[dict[str, Any]]:
             if row["invariant"] and row["explanation"] is not None]
 
 
-def _document(walk: Mapping[str, Any], exact: Mapping[str, Any], drift: Mapping[str, Any],
-              network: Mapping[str, Any], norm_runs: list[Mapping[str, Any]], census_runs: list[Mapping[str, Any]],
-              census_warmup_steps: int, figures: Path) -> SectionDocument:
+def _figures(walk: Mapping[str, Any], drift: Mapping[str, Any], network: Mapping[str, Any],
+             norm_runs: list[Mapping[str, Any]], figures: Path) -> list[Figure]:
     figure_list = [
         draw_figure(figures, "normalization_random_walk.png", lambda path: plots.plot_random_walk(walk, path),
                 "Random walk of a scale-invariant tensor under AdamW: measured norm and angular update against the "
@@ -55,6 +54,11 @@ def _document(walk: Mapping[str, Any], exact: Mapping[str, Any], drift: Mapping[
             figures, name, lambda path, run=run: plots.plot_digits_norms(run, path),
             f"{run['task']} trained with {run['optimizer']} (λ = {run['weight_decay']:g}): per-layer norm and "
             "angular update, measured against both predictions."))
+    return figure_list
+
+
+def _tables(walk: Mapping[str, Any], drift: Mapping[str, Any], norm_runs: list[Mapping[str, Any]],
+            census_runs: list[Mapping[str, Any]], census_warmup_steps: int) -> list[Table]:
     walk_rows = [[format_number(b["beta"], 2), format_number(b["measured_norm"]), signed_percent(b["corrected_norm_error"]),
                   signed_percent(b["orthogonal_norm_error"]), format_number(b["measured_angular_update"]),
                   signed_percent(b["corrected_angular_error"]), signed_percent(b["orthogonal_angular_error"])]
@@ -69,9 +73,31 @@ def _document(walk: Mapping[str, Any], exact: Mapping[str, Any], drift: Mapping[
                     ", ".join(f"{row['name']} ({row['explanation'] or 'no normalization follows: measured only'})"
                               for row in run["report"]["rows"] if row["invariant"]) or "none",
                     f"{run['invariant_share']:.1%}"] for run in census_runs]
-    worst_corrected = max(abs(b["corrected_norm_error"]) for b in walk["by_beta"])
-    worst_corrected_angle = max(abs(b["corrected_angular_error"]) for b in walk["by_beta"])
-    worst_orthogonal = max(abs(b["orthogonal_norm_error"]) for b in walk["by_beta"])
+    return [
+        Table("Random walk: measured equilibrium norm and angular update, and each prediction's relative error",
+              ["β", "|W| measured", "corrected err", "orthogonal err", "angle measured", "corrected err", "orthogonal err"],
+              walk_rows),
+        Table("AdamW vs explicit 2-Adam on the sphere with memory in level 1 (noisy quadratic)",
+              ["β", "γ", "level-1 mode", "final cosine", "angular ratio AdamW/2-Adam", "predicted ratio"], drift_rows),
+        Table("Real training on digits: relative error of each prediction per scale-invariant layer, after the transient",
+              ["model", "optimizer", "λ", "layer", "norm (corrected)", "norm (orthogonal)", "angle (corrected)",
+               "angle (orthogonal)"], norm_rows),
+        Table(f"Scale-invariant tensors found by measurement in section 4's models (after "
+              f"{census_warmup_steps} AdamW steps)",
+              ["task", "parameters", "invariant tensors (why)", "share of parameters"], census_rows),
+    ]
+
+
+def _worst_errors(walk: Mapping[str, Any]) -> tuple[float, float, float]:
+    """Largest |error| of the corrected norm, the corrected angular update and the orthogonal norm over β."""
+    return (max(abs(b["corrected_norm_error"]) for b in walk["by_beta"]),
+            max(abs(b["corrected_angular_error"]) for b in walk["by_beta"]),
+            max(abs(b["orthogonal_norm_error"]) for b in walk["by_beta"]))
+
+
+def _findings(walk: Mapping[str, Any], exact: Mapping[str, Any], drift: Mapping[str, Any],
+              network: Mapping[str, Any], census_runs: list[Mapping[str, Any]]) -> list[str]:
+    worst_corrected, worst_corrected_angle, worst_orthogonal = _worst_errors(walk)
     findings = [
         f"Random walk (d = {walk['d']}, η = {walk['lr']:g}, λ = {walk['weight_decay']:g}): the corrected prediction is "
         f"off by at most {worst_corrected:.1%} in norm and {worst_corrected_angle:.1%} in angular update over β ∈ "
@@ -101,26 +127,19 @@ def _document(walk: Mapping[str, Any], exact: Mapping[str, Any], drift: Mapping[
             "normalization layer makes scale-invariant (pre-LN normalizes each block's input, not a weight's output), "
             "so THEORY §4's reading 'Adam + normalization ≈ 2-Adam' concerns the BatchNorm CNN far more than the "
             "transformer; section 4's transformer results test 2-Adam as an optimizer, not that equivalence.")
+    return findings
 
+
+def _document(walk: Mapping[str, Any], exact: Mapping[str, Any], drift: Mapping[str, Any],
+              network: Mapping[str, Any], norm_runs: list[Mapping[str, Any]], census_runs: list[Mapping[str, Any]],
+              census_warmup_steps: int, figures: Path) -> SectionDocument:
+    worst_corrected, worst_corrected_angle, worst_orthogonal = _worst_errors(walk)
     headline = [
         ("random walk: worst corrected norm / angle error", f"{worst_corrected:.1%} / {worst_corrected_angle:.1%}"),
         ("random walk: worst orthogonal (paper) norm error", f"{worst_orthogonal:.1%}"),
         ("AdamW ≡ 2-Adam on sphere (exact case): max direction error", format_number(exact["max_direction_error"])),
         ("invariant share: " + ", ".join(run["task"] for run in census_runs),
          ", ".join(f"{run['invariant_share']:.0%}" for run in census_runs)),
-    ]
-    tables = [
-        Table("Random walk: measured equilibrium norm and angular update, and each prediction's relative error",
-              ["β", "|W| measured", "corrected err", "orthogonal err", "angle measured", "corrected err", "orthogonal err"],
-              walk_rows),
-        Table("AdamW vs explicit 2-Adam on the sphere with memory in level 1 (noisy quadratic)",
-              ["β", "γ", "level-1 mode", "final cosine", "angular ratio AdamW/2-Adam", "predicted ratio"], drift_rows),
-        Table("Real training on digits: relative error of each prediction per scale-invariant layer, after the transient",
-              ["model", "optimizer", "λ", "layer", "norm (corrected)", "norm (orthogonal)", "angle (corrected)",
-               "angle (orthogonal)"], norm_rows),
-        Table(f"Scale-invariant tensors found by measurement in section 4's models (after "
-              f"{census_warmup_steps} AdamW steps)",
-              ["task", "parameters", "invariant tensors (why)", "share of parameters"], census_rows),
     ]
     method = (
         "THEORY §4, with kadam.experiments.normalization's experiments at the sizes it recommends for this profile: "
@@ -131,8 +150,12 @@ def _document(walk: Mapping[str, Any], exact: Mapping[str, Any], drift: Mapping[
     )
     data = {"random_walk": walk, "meta_adaptive_exact": exact, "meta_adaptive_drift": drift,
             "meta_adaptive_network": network, "digits_norms": norm_runs, "census": census_runs}
-    return SectionDocument("normalization", "Normalization and the meta-adaptive effect", method, findings, tables,
-                           figure_list, headline, data)
+    return SectionDocument("normalization", "Normalization and the meta-adaptive effect", method,
+                           _findings(walk, exact, drift, network, census_runs),
+                           _tables(walk, drift, norm_runs, census_runs, census_warmup_steps),
+                           _figures(walk, drift, network, norm_runs, figures), headline, data)
+
+
 
 
 def build_section(settings: Settings) -> Section:
