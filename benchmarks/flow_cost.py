@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/flow_cost.py [--steps 2000] [--k 1] [--rates exact] [--order 1]
 
-Both runs use the ``mlp`` problem of ``kadam.experiments.flow`` (9,610 parameters, full batch of 1,797
+Both runs use the ``mlp`` problem of ``kadam.experiments.flow.protocol`` (9,610 parameters, full batch of 1,797
 digits, float64) from the same start; the simulation is read at every integer step, as ``kadam flow``
 does. Prints both times, the ratio and the number of gradient evaluations of each.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from kadam.experiments.flow import make_problem
+from kadam.experiments.flow.protocol import make_problem
 from kadam.flow import compare, discrete, simulate
 
 

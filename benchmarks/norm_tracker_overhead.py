@@ -1,6 +1,6 @@
 """Overhead of NormTracker: the same training run with and without it, in alternating blocks.
 
-One model (the BatchNorm MLP of ``kadam.experiments.normalization`` on digits) and one AdamW optimizer
+One model (the BatchNorm MLP of ``kadam.experiments.workloads`` on digits) and one AdamW optimizer
 train continuously; blocks of ``--block`` steps alternate between no tracker, a tracker recording every
 step and one recording every 10th step (attached at the start of a block, removed at its end), for
 ``--rounds`` rounds in rotating order, so that all modes share the run's machine state. Reported: the
@@ -22,8 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kadam.experiments.normalization import NormalizedMLP
-from kadam.experiments.tasks import digits_splits
+from kadam.experiments.workloads import MLP, digits_splits
 from kadam.normalization import NormTracker, find_scale_invariant
 
 MODES = ("none", "every 1", "every 10")
@@ -43,7 +42,7 @@ def main() -> None:
     split = digits_splits()["train"]
     inputs, targets = split.inputs.flatten(1), split.targets
     torch.manual_seed(0)
-    model = NormalizedMLP(64, args.hidden, args.depth, 10, "batch")
+    model = MLP(64, args.hidden, args.depth, 10, norm="batch")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
 
     def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kadam.cli import main
-from kadam.experiments.flow import make_problem
+from kadam.experiments.flow.protocol import make_problem
 from kadam.flow import compare, discrete, simulate
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from kadam.cli import main
 from tests.cli.helpers import exit_status
-from kadam.experiments.normalization import digits_norms
+from kadam.experiments.normalization.protocol import digits_norms
 
 SMALL = ["--steps", "60", "--hidden", "16", "--lr", "0.01", "--weight-decay", "0.5"]
 

@@ -161,7 +161,7 @@ def test_flow_prints_a_line_per_stage_when_stderr_is_not_a_terminal(capsys):
 def test_choices_kept_in_the_cli_match_the_library():
     import kadam.cli.flow as cli_flow
     import kadam.cli.reproduce as cli_reproduce
-    import kadam.experiments.flow as experiments_flow
+    import kadam.experiments.flow.protocol as experiments_flow
     import kadam.experiments.reproduce as experiments_reproduce
     import kadam.flow.ode as ode
 

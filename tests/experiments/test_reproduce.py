@@ -31,7 +31,7 @@ def fail_on_three(x):
 
 
 def _cells(function, values):
-    return [Cell("toy", f"x={x}", f"{__name__}:{function}", {"x": x}, cost=0.5) for x in values]
+    return [Cell("toy", f"x={x}", globals()[function], {"x": x}, cost=0.5) for x in values]
 
 
 def _runner(tmp_path, jobs=1):
@@ -39,19 +39,19 @@ def _runner(tmp_path, jobs=1):
 
 
 def test_cell_key_depends_on_the_call_only():
-    base = Cell("s", "a", "m:f", {"x": 1, "y": [1, 2]}, cost=1.0)
-    assert base.key == Cell("other", "b", "m:f", {"y": [1, 2], "x": 1}, cost=9.0).key
-    assert base.key != Cell("s", "a", "m:f", {"x": 2, "y": [1, 2]}).key
-    assert base.key != Cell("s", "a", "m:g", {"x": 1, "y": [1, 2]}).key
+    base = Cell("s", "a", square, {"x": 1, "y": [1, 2]}, cost=1.0)
+    assert base.key == Cell("other", "b", square, {"y": [1, 2], "x": 1}, cost=9.0).key
+    assert base.key != Cell("s", "a", square, {"x": 2, "y": [1, 2]}).key
+    assert base.key != Cell("s", "a", fail_on_three, {"x": 1, "y": [1, 2]}).key
 
 
 def test_cell_key_changes_with_the_library_code(monkeypatch):
     import kadam.experiments.cells as cells
 
-    cell = Cell("s", "a", "m:f", {"x": 1})
+    cell = Cell("s", "a", square, {"x": 1})
     before = cell.key
-    assert len(cells.code_fingerprint()) == 64
-    monkeypatch.setattr(cells, "code_fingerprint", lambda: "another version of the code")
+    assert len(cells.code_fingerprint("kadam.experiments.training.protocol")) == 64
+    monkeypatch.setattr(cells, "code_fingerprint", lambda module, root=None: "another version of the code")
     assert cell.key != before
 
 
@@ -106,7 +106,7 @@ def test_progress_shows_the_whole_run_and_long_cells(tmp_path):
     stream = io.StringIO()
     console = Console(file=stream, force_terminal=True, width=120)
     runner = CellRunner(CellCache(tmp_path), jobs=1, console=console, show_progress=True)
-    long_cells = [Cell("toy", f"long x={x}", f"{__name__}:square", {"x": x}, cost=5.0) for x in range(2)]
+    long_cells = [Cell("toy", f"long x={x}", square, {"x": x}, cost=5.0) for x in range(2)]
     with runner.session(runner.pending_cost(long_cells)):
         runner.run(long_cells)
     shown = stream.getvalue()
@@ -122,16 +122,13 @@ def test_runner_refuses_to_run_outside_a_session(tmp_path):
 
 
 def test_report_writers_embed_figures_and_keep_every_number(tmp_path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from kadam.experiments.figures import panels, save_figure
 
     (tmp_path / "figures").mkdir()
     figure_path = tmp_path / "figures" / "line.png"
-    plt.plot([0, 1], [1, 0])
-    plt.savefig(figure_path)
-    plt.close("all")
+    figure, axes = panels(1, 1, (4, 3))
+    axes[0][0].plot([0, 1], [1, 0])
+    save_figure(figure, figure_path)
     document = SectionDocument(
         "toy", "A toy section", "We drew a line.", ["It goes down."], [Table("numbers", ["a", "b"], [["1", "<2>"]])],
         [Figure(str(figure_path), "a falling line")], [("slope", "-1")], {"slope": -1.0, "bound": math.inf},

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kadam.experiments.flow import digits, log_log_slope, make_problem, variant_errors
+from kadam.experiments.flow.protocol import log_log_slope, make_problem, variant_errors
+from kadam.experiments.workloads import standardized_digits as digits
 from kadam.flow import FlatLoss, Trajectory, compare, discrete, simulate
 
 
@@ -71,7 +72,7 @@ def test_module_loss_matches_the_module():
 
 # The bar of issue 4: η = 1e-3, (β, γ) = (0.9, 0.999), 2,000 steps, exact rates, first order, k = 1, 2, 3:
 # relative trajectory error ≤ 1% at every step. The quadratic and logistic regression fit the test budget;
-# the MLP (9,610 parameters) runs in the experiment (kadam.experiments.flow.accuracy_experiment).
+# the MLP (9,610 parameters) runs in the experiment (kadam.experiments.flow.protocol.accuracy_experiment).
 @pytest.mark.parametrize("problem", ["quadratic", "logistic"])
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_relative_trajectory_error_below_one_percent(problem, k):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kadam.experiments.normalization import meta_adaptive_drift, meta_adaptive_exact
+from kadam.experiments.normalization.protocol import meta_adaptive_drift, meta_adaptive_exact
 from kadam.normalization import SphericalTwoAdam, correlation_factor
 
 
@@ -30,7 +30,7 @@ def test_the_exact_check_fails_when_the_level_2_statistic_includes_the_current_u
                         self.state[p]["level2_sq"] = self.state[p]["level2_sq"] + (1 - gamma2) * torch.mean(u * u) / gamma2
             return super().step(closure)
 
-    import kadam.experiments.normalization as experiments
+    import kadam.experiments.normalization.protocol as experiments
 
     original = experiments.SphericalTwoAdam
     experiments.SphericalTwoAdam = IncludingCurrent

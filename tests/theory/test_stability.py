@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 from scipy.optimize import minimize
 
-from kadam.experiments.stability import optimizer_updates
+from kadam.experiments.stability.protocol import optimizer_updates
 from kadam.theory import stability
 
 # (beta, gamma) on both sides of gamma = beta**2, plus the boundary itself

@@ -2,7 +2,7 @@
 
 A one-minute look at the optimizer, not evidence: ``kadam reproduce`` runs the tuned, multi-seed
 comparison. Every optimizer trains the same model from the same seed on the same batches
-(:func:`kadam.experiments.training.train_run`), at one shared learning rate.
+(:func:`kadam.experiments.training.protocol.train_run`), at one shared learning rate.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from kadam.experiments.training import OPTIMIZERS, train_run
+    from kadam.experiments.training.protocol import train_run
+    from kadam.experiments.workloads import OPTIMIZERS
 
     stages = Stages("demo", len(DEMO_OPTIMIZERS))
     console = Console()

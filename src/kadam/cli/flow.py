@@ -12,7 +12,7 @@ from kadam.cli.options import Stages, add_threads_option, int_at_least, output_f
 
 COORDINATES_SHOWN = 3
 PROBLEMS = ("quadratic", "logistic", "mlp")
-"""``kadam.experiments.flow.PROBLEMS`` (kept here so that ``--help`` imports no torch; a test checks they agree)."""
+"""``kadam.experiments.flow.protocol.PROBLEMS`` (kept here so that ``--help`` imports no torch; a test checks they agree)."""
 RATES = ("exact", "paper")
 """``kadam.flow.ode.RATES`` (same reason)."""
 ORDERS = (1, 2)
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     stages = Stages("flow", 3 if args.plot is None else 4)
     stages.start("importing torch and building the problem")
-    from kadam.experiments.flow import make_problem
+    from kadam.experiments.flow.protocol import make_problem
     from kadam.flow import FlowSolveError, compare, discrete, simulate
     from kadam.flow.run import DiscreteRunError
 

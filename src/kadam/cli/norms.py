@@ -99,7 +99,8 @@ def _run(args: argparse.Namespace) -> int:
 
     stages = Stages("norms", 1 if args.plot is None else 2)
     stages.start(f"finding the scale-invariant tensors and training {args.task}, {args.steps} steps")
-    from kadam.experiments.normalization import digits_norms, plot_digits_norms
+    from kadam.experiments.normalization.plots import plot_digits_norms
+    from kadam.experiments.normalization.protocol import digits_norms
 
     with Progress(transient=True, disable=args.json) as progress:
         task = progress.add_task(f"training {args.task}", total=args.steps)

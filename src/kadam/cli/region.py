@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
                 stability.is_stable(beta, gamma)
         else:
             presets = list(stability.PRESETS)
-        from kadam.experiments.stability import plot_region_map  # matplotlib and torch only when drawing
+        from kadam.experiments.stability.plots import plot_region_map  # matplotlib and torch only when drawing
 
         plot_region_map(args.plot, presets)
         print(f"wrote {args.plot}")

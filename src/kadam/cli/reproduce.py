@@ -108,7 +108,22 @@ def _interrupts_stop_workers() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous_handler)
 
 
+EXTRA_MODULES = {"matplotlib": "matplotlib", "sklearn": "scikit-learn", "mnist1d": "mnist1d", "rich": "rich"}
+"""Module → distribution of the ``kadam[experiments]`` extra that ``kadam reproduce`` needs."""
+
+
+def missing_experiment_packages() -> list[str]:
+    """The distributions of the ``kadam[experiments]`` extra that are not installed."""
+    import importlib.util
+
+    return [package for module, package in EXTRA_MODULES.items() if importlib.util.find_spec(module) is None]
+
+
 def run_reproduce(args: argparse.Namespace) -> int:
+    missing = missing_experiment_packages()
+    if missing:
+        raise ValueError(f"needs the experiments extra; {', '.join(missing)} not installed: "
+                         "pip install 'kadam[experiments]'")
     from kadam.experiments.reproduce import reproduce
 
     try:

@@ -1,10 +1,16 @@
 """Cached experiment cells and the runner that computes them (the machinery of ``kadam reproduce``).
 
-A **cell** is one call ``function(**kwargs)`` of an experiment function (``"module:name"``) whose result is
-a JSON-serialisable dict. Its cache key is the SHA-256 of the canonical JSON of (function, kwargs, library
-version, :func:`code_fingerprint`, cache format): changing a setting recomputes exactly the cells whose
-kwargs it changes, and changing the library's code recomputes everything (a stale number is worse than a
-slow rerun).
+A **cell** is one call ``function(**kwargs)`` of a module-level experiment function (a protocol's) whose
+result is a JSON-serialisable dict. Its cache key is the SHA-256 of the canonical JSON of (the function's
+qualified name, kwargs, library version, :func:`code_fingerprint` of the function's module, cache format):
+changing a setting recomputes exactly the cells whose kwargs it changes, and changing code that computes a
+cell recomputes the cells it can affect, nothing else (a stale number is worse than a slow rerun).
+
+**What the key covers** (:func:`computing_sources`): the cell's protocol module and every
+``kadam.experiments`` module it imports (transitively), the workloads package, and the library (``kadam``
+outside ``experiments/`` and ``cli/``). Not section prose, plots, the report writer, the registry or the
+profiles. Each module is hashed as ``ast.dump`` of its syntax tree with every docstring and string
+statement removed, so editing a comment or a docstring changes no key.
 
 **Cache** (``OUT/cache/<key>.json``): each file holds the key, the call, the wall time, the result and a
 SHA-256 digest of the result's canonical JSON. Files are written to a temporary name in the same folder,
@@ -12,20 +18,20 @@ flushed, fsynced and renamed (``os.replace``, atomic on POSIX and Windows), so a
 either the old state or the new one; resuming loses at most the cells in flight (one per worker). A file
 that does not parse, names another key or fails its digest is reported and recomputed.
 
-**Runner**: ``jobs = N > 1`` runs cells in N spawned processes, ``jobs = 1`` in this process; every cell
-runs with one torch thread either way (so its numbers do not depend on ``jobs``). A rich progress
-bar covers the whole run (its total is the estimated seconds of the cells still to compute, so the ETA
-is in real time from the start) and, for long cells whose function accepts ``progress(done, total)``, a
-bar within the cell.
+**Runner**: ``jobs = N > 1`` runs cells in N spawned processes (functions are pickled by reference),
+``jobs = 1`` in this process; every cell runs with one torch thread either way (so its numbers do not depend
+on ``jobs``; this process's thread count is restored after the session). A rich progress bar covers the
+whole run (its total is the estimated seconds of the cells still to compute, so the ETA is in real time from
+the start) and, for long cells whose function accepts ``progress(done, total)`` and whose kwargs do not set
+``progress`` themselves, a bar within the cell.
 """
-
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
 import functools
+import ast
 import hashlib
-import importlib
 import inspect
 import json
 import multiprocessing
@@ -44,26 +50,113 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 import kadam
 from kadam.experiments.report import atomic_write
 
-__all__ = ["Cell", "CellCache", "CellRunner", "canonical_json", "code_fingerprint"]
+__all__ = ["Cell", "CellCache", "CellRunner", "canonical_json", "code_fingerprint", "computing_sources",
+           "function_name", "source_digest"]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 _CELL_BAR_MIN_COST = 3.0  # cells estimated to take at least this many seconds get a bar of their own
 
 
-@functools.lru_cache(maxsize=1)
-def code_fingerprint() -> str:
-    """SHA-256 of the library's computing code: every ``.py`` file of the ``kadam`` package except the command
-    line and the report writer (presentation only). Any change to code that can change a number, including an
-    experiment a cell calls indirectly, gives every cell a new key; a change of setting changes only the cells
-    whose kwargs it changes."""
-    root = Path(kadam.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+_LIBRARY_EXCLUDED = ("experiments/", "cli/")
+_ALWAYS_COVERED = ("experiments/workloads/",)
+
+
+def _package_root() -> Path:
+    return Path(kadam.__file__).parent
+
+
+def _module_path(module: str, root: Path) -> Path | None:
+    """The source file of ``kadam.<...>`` module ``module`` under ``root`` (the ``kadam`` folder), if any."""
+    parts = module.split(".")[1:]
+    candidate = root.joinpath(*parts)
+    for path in (candidate.with_suffix(".py"), candidate / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """``kadam`` modules that ``path`` imports (``from kadam.a import b`` yields ``kadam.a`` and ``kadam.a.b``)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in names if name == "kadam" or name.startswith("kadam.")}
+
+
+def computing_sources(module: str, root: Path | None = None) -> list[Path]:
+    """The source files whose code can change the result of a cell defined in ``module``.
+
+    The library (every file of ``root`` outside ``experiments/`` and ``cli/``), the workloads package, and
+    ``module`` with every ``kadam.experiments`` module it imports, transitively. ``root`` is the ``kadam``
+    package folder (default: the imported package's).
+    """
+    root = root or _package_root()
+    chosen: set[Path] = set()
+    for path in root.rglob("*.py"):
         relative = path.relative_to(root).as_posix()
-        if relative.startswith("cli/") or relative == "experiments/report.py":
+        if not relative.startswith(_LIBRARY_EXCLUDED) or relative.startswith(_ALWAYS_COVERED):
+            chosen.add(path)
+    pending = [module]
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
             continue
-        digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
+        seen.add(name)
+        path = _module_path(name, root)
+        if path is None:
+            continue
+        if name.startswith("kadam.experiments"):
+            chosen.add(path)
+            pending.extend(_imported_modules(path))
+    return sorted(chosen)
+
+
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    """``tree`` with every string-constant expression statement (docstrings, attribute docstrings) removed."""
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list):
+            kept = [statement for statement in body if not (
+                isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
+                and isinstance(statement.value.value, str))]
+            node.body = kept or [ast.Pass()]
+    return tree
+
+
+def source_digest(path: Path) -> str:
+    """SHA-256 of ``ast.dump`` of the file's syntax tree without docstrings (comments and layout never count)."""
+    tree = _without_docstrings(ast.parse(path.read_text(encoding="utf-8")))
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
+def code_fingerprint(module: str, root: Path | None = None) -> str:
+    """SHA-256 over :func:`source_digest` of the :func:`computing_sources` of a cell defined in ``module``."""
+    root = root or _package_root()
+    if root == _package_root():
+        return _cached_fingerprint(module)
+    return _fingerprint(module, root)
+
+
+def _fingerprint(module: str, root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in computing_sources(module, root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + source_digest(path).encode() + b"\0")
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_fingerprint(module: str) -> str:
+    return _fingerprint(module, _package_root())
+
+
+def function_name(function: Callable[..., Any]) -> str:
+    """``"package.module:qualified_name"`` of a module-level function (what a cell's key and cache file record)."""
+    return f"{function.__module__}:{function.__qualname__}"
 
 
 def canonical_json(value: Any) -> str:
@@ -73,7 +166,8 @@ def canonical_json(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """One experiment call: ``function`` ("package.module:name") applied to ``kwargs``.
+    """One experiment call: ``function`` (a module-level function, so worker processes can import it) applied
+    to ``kwargs``.
 
     ``section`` and ``label`` name it in the progress display; ``cost`` is its estimated wall time in
     seconds on one CPU core (used for the ETA only, never for the key).
@@ -81,14 +175,18 @@ class Cell:
 
     section: str
     label: str
-    function: str
+    function: Callable[..., Any]
     kwargs: Mapping[str, Any]
     cost: float = 1.0
 
     @property
+    def name(self) -> str:
+        return function_name(self.function)
+
+    @property
     def key(self) -> str:
-        identity = {"function": self.function, "kwargs": self.kwargs, "version": kadam.__version__,
-                    "code": code_fingerprint(), "format": CACHE_FORMAT}
+        identity = {"function": self.name, "kwargs": self.kwargs, "version": kadam.__version__,
+                    "code": code_fingerprint(self.function.__module__), "format": CACHE_FORMAT}
         return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:24]
 
 
@@ -128,25 +226,24 @@ class CellCache:
     def store(self, cell: Cell, result: Mapping[str, Any], seconds: float) -> None:
         """Write ``result`` atomically (temporary file, fsync, rename)."""
         entry = {
-            "key": cell.key, "function": cell.function, "kwargs": cell.kwargs, "version": kadam.__version__,
+            "key": cell.key, "function": cell.name, "kwargs": cell.kwargs, "version": kadam.__version__,
             "seconds": seconds, "result": result, "digest": _digest(result),
         }
         atomic_write(self.path(cell), json.dumps(entry, sort_keys=True))
 
 
-def _resolve(function: str) -> Callable[..., dict[str, Any]]:
-    module, _, name = function.partition(":")
-    return getattr(importlib.import_module(module), name)
+def _call(function: Callable[..., Any], kwargs: Mapping[str, Any],
+          progress: Callable[[int, int], None] | None) -> tuple[Any, float]:
+    """Run one cell's function; returns (result, seconds).
 
-
-def _call(function: str, kwargs: Mapping[str, Any], progress: Callable[[int, int], None] | None) -> tuple[Any, float]:
-    """Run one cell's function, passing ``progress`` if the function accepts it; returns (result, seconds)."""
-    target = _resolve(function)
+    ``progress`` is passed as the ``progress`` argument when the function accepts one and ``kwargs`` does not
+    set it already (a cell's own ``progress`` value is never replaced).
+    """
     arguments = dict(kwargs)
-    if progress is not None and "progress" in inspect.signature(target).parameters:
+    if progress is not None and "progress" not in arguments and "progress" in inspect.signature(function).parameters:
         arguments["progress"] = progress
     started = time.perf_counter()
-    result = target(**arguments)
+    result = function(**arguments)
     return result, time.perf_counter() - started
 
 
@@ -160,7 +257,7 @@ def _single_threaded() -> None:
     sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the worker
 
 
-def _worker_call(function: str, kwargs: Mapping[str, Any], key: str, messages: Any) -> tuple[Any, float]:
+def _worker_call(function: Callable[..., Any], kwargs: Mapping[str, Any], key: str, messages: Any) -> tuple[Any, float]:
     """Entry point of a worker process: announces the start, forwards progress through ``messages``."""
     messages.put((key, 0, 0))
     return _call(function, kwargs, lambda done, total: messages.put((key, done, total)))
@@ -218,7 +315,7 @@ class CellRunner:
     """Runs cells through a :class:`CellCache`, in this process (``jobs == 1``) or in ``jobs`` processes.
 
     Every cell runs with one torch intra-op thread, in this process as in the workers: tiny models gain
-    nothing from more (on a busy machine they lose up to 10× to thread contention), and a cell's numbers
+    nothing from more (on a busy machine they lose time to thread contention), and a cell's numbers
     then do not depend on ``jobs``. Parallelism comes from running cells side by side. Use inside
     ``with runner.session(estimated_seconds):``, which owns the progress display and the worker pool.
     """

@@ -1,6 +1,8 @@
-"""Figure plumbing shared by the experiment modules and the CLI: the Agg backend, panels, save-and-close.
+"""Figure plumbing shared by the experiments' plots and the CLI: panels and save.
 
-matplotlib is imported on first use, so importing an experiment module stays cheap.
+Figures are :class:`matplotlib.figure.Figure` objects created directly, not through ``pyplot``: they need
+no backend (saving a PNG uses the Agg canvas), are never registered with pyplot's figure manager, and leave
+a notebook user's backend alone. matplotlib (the ``kadam[experiments]`` extra) is imported on first use.
 """
 
 from __future__ import annotations
@@ -11,25 +13,28 @@ from typing import Any, TypeVar
 PathLike = TypeVar("PathLike", str, Path)
 
 
-def pyplot() -> Any:
-    """``matplotlib.pyplot`` on the non-interactive Agg backend (figures are written as PNG files)."""
-    import matplotlib
+def new_figure(figsize: tuple[float, float]) -> Any:
+    """A new :class:`matplotlib.figure.Figure` of ``figsize`` inches (no pyplot, no backend)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize)
 
 
 def panels(rows: int, columns: int, panel_size: tuple[float, float]) -> tuple[Any, Any]:
     """A figure of ``rows × columns`` panels of ``panel_size`` inches each; axes indexed ``[row][column]``."""
-    return pyplot().subplots(
-        rows, columns, figsize=(panel_size[0] * columns, panel_size[1] * rows), squeeze=False
-    )
+    figure = new_figure((panel_size[0] * columns, panel_size[1] * rows))
+    return figure, figure.subplots(rows, columns, squeeze=False)
+
+
+def colormap(name: str) -> Any:
+    """The registered matplotlib colormap ``name`` (e.g. "viridis")."""
+    import matplotlib
+
+    return matplotlib.colormaps[name]
 
 
 def save_figure(figure: Any, path: PathLike, *, dpi: int = 120, bbox_tight: bool = False) -> PathLike:
-    """Lay out, write ``figure`` to ``path`` as PNG and close it (figures are not kept open); returns ``path``.
+    """Lay out and write ``figure`` to ``path`` as PNG; returns ``path``.
 
     ``bbox_tight`` crops to the drawn content (``bbox_inches="tight"``) instead of ``tight_layout``.
     """
@@ -38,5 +43,4 @@ def save_figure(figure: Any, path: PathLike, *, dpi: int = 120, bbox_tight: bool
     else:
         figure.tight_layout()
         figure.savefig(path, dpi=dpi)
-    pyplot().close(figure)
     return path

@@ -1,13 +1,9 @@
 """``kadam reproduce``: every section's experiments, cached cell by cell, then one report.
 
-Sections (in report order): 1. stability of (β, γ) (THEORY §2, §5), 2. the continuous-time model
-(THEORY §3), 3. normalization (THEORY §4), 4. k-Adam in training. :mod:`kadam.experiments.sections` says
-what each runs per profile; :mod:`kadam.experiments.cells` holds the cache and the runner;
-:mod:`kadam.experiments.report` writes ``report.html``, ``report.md`` and ``results.json``.
-
-Profiles: ``smoke`` (≤ 60 s on 2 cores; the test suite runs it), ``quick`` (≤ 10 minutes on 2 cores; the
-README's main job), ``full`` (the real protocol: ≥ 3 seeds, ≥ 10k steps where the paper's reviewers asked
-for them, larger models; meant for a machine with a GPU and ``--jobs``).
+The sections are :data:`kadam.experiments.registry.SECTIONS` (in report order), each a slice's
+``section.build_section``; :mod:`kadam.experiments.profiles` holds every size per profile;
+:mod:`kadam.experiments.cells` the cache and the runner; :mod:`kadam.experiments.report` writes
+``report.html``, ``report.md`` and ``results.json``.
 """
 
 from __future__ import annotations
@@ -27,12 +23,10 @@ from rich.table import Table as RichTable
 import kadam
 from kadam.experiments.cells import CellCache, CellRunner
 from kadam.experiments.report import SectionDocument, write_report
-from kadam.experiments.sections import Settings, build_sections
+from kadam.experiments.profiles import DEVICES, PROFILES, Settings
+from kadam.experiments.registry import build_sections
 
 __all__ = ["PROFILES", "DEVICES", "ReproduceOutcome", "reproduce"]
-
-PROFILES = ("smoke", "quick", "full")
-DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -109,7 +103,7 @@ def reproduce(
     elapsed = time.perf_counter() - started
 
     cells = [
-        {"section": cell.section, "label": cell.label, "function": cell.function, "kwargs": cell.kwargs, "key": cell.key,
+        {"section": cell.section, "label": cell.label, "function": cell.name, "kwargs": cell.kwargs, "key": cell.key,
          "seconds": runner.seconds[cell.key], "from_cache": cell.key in runner.cached}
         for cell in first_phase + second_phase
     ]

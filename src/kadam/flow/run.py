@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 from torchdiffeq import odeint
 
@@ -100,6 +99,8 @@ def _progress(enabled: bool, description: str, total: float) -> Iterator[Callabl
     if not enabled:
         yield lambda position: None
         return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # the kadam[experiments] extra
+
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
                   TimeElapsedColumn(), transient=True) as bar:
         task = bar.add_task(description, total=total)

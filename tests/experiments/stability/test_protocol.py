@@ -8,7 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from kadam.experiments import stability as experiment
+from kadam.experiments.profiles import profile_sizes
+from kadam.experiments.stability import analysis, plots
+from kadam.experiments.stability import protocol as experiment
 from kadam.theory import stability
 
 # k = 2 configurations with an unstable level 1: the final update's slope is predicted to be 0
@@ -17,7 +19,7 @@ KADAM2_FAST = (((0.9, 0.5), (0.5, 0.99)), ((0.8, 0.5), (0.0, 0.99)), ((0.9, 0.7)
 
 @pytest.fixture(scope="module")
 def switch_off() -> dict:
-    return experiment.switch_off_experiment(kadam2_points=KADAM2_FAST, progress=False)
+    return experiment.switch_off_experiment(kadam2_points=KADAM2_FAST)
 
 
 def test_switch_off_slopes_match_prediction_on_both_sides(switch_off: dict) -> None:
@@ -107,24 +109,25 @@ def test_training_updates_obey_the_bound_of_a_stable_pair() -> None:
 
 
 def test_training_experiment_structure_and_outputs(tmp_path) -> None:
-    result = experiment.training_experiment(
+    result = analysis.training_experiment(
         betas=(0.5, 0.9), gammas=(0.3, 0.95), learning_rates=(1e-2, 1e-3),
-        sizes=experiment.TrainingSizes(steps=40, corpus_chars=128, width=8, heads=1), progress=False,
+        sizes=experiment.TrainingSizes(steps=40, corpus_chars=128, width=8, heads=1),
     )
     json.dumps(result, allow_nan=False)
     assert len(result["rows"]) == 8
     for summary in result["per_learning_rate"]:
         assert summary["points"] == 4 and 0.0 <= summary["agreement_exact"] <= 1.0
         assert summary["predicted_unstable_exact"] == 1 and summary["predicted_unstable_paper"] == 2
-    widening_keys = {"largest_learning_rate", "smallest_learning_rate", "widens", "widens_late", "excess_shrinks"}
+    widening_keys = {"largest_learning_rate", "smallest_learning_rate", "trend", "late_trend", "widens", "widens_late",
+                     "excess_shrinks"}
     assert set(result["widening"]) == widening_keys
     assert result["criterion"].startswith("unstable iff")
     stable_rows = [row for row in result["rows"] if row["stable_exact"]]
     assert not any(row["unstable"] for row in stable_rows)  # the criterion cannot flag a stable pair (THEORY §2)
     heatmap, scatter, excess = tmp_path / "heat.png", tmp_path / "slopes.png", tmp_path / "excess.png"
-    experiment.plot_training_heatmaps(result, str(heatmap))
-    experiment.plot_slope_scatter(None, result, str(scatter))
-    experiment.plot_excess_by_learning_rate(result, str(excess))
+    plots.plot_training_heatmaps(result, str(heatmap))
+    plots.plot_slope_scatter(None, result, str(scatter))
+    plots.plot_excess_by_learning_rate(result, str(excess))
     for path in (heatmap, scatter, excess):
         assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10_000
 
@@ -133,12 +136,11 @@ def test_training_experiment_structure_and_outputs(tmp_path) -> None:
     ("call", "message"),
     [
         (lambda: experiment.switch_off_measurement([0.9], [0.5], window_steps=4), "window_steps must be"),
-        (lambda: experiment.switch_off_experiment(point_limit=0, progress=False), "point_limit must be"),
+        (lambda: experiment.switch_off_experiment(point_limit=0), "point_limit must be"),
         (lambda: experiment.optimizer_updates(np.zeros((2, 2, 2)), [0.9], [0.5]), "inputs must have shape"),
         (lambda: experiment.full_batch_characters(8, 16), "need 1 <= context <= corpus_chars"),
         (lambda: experiment.TrainingSizes(steps=0), "steps must be an integer >= 1"),
-        (lambda: experiment.training_experiment(workers=0, progress=False), "workers must be an integer >= 1"),
-        (lambda: experiment.run_profile("huge", "unused"), "profile must be one of"),
+        (lambda: profile_sizes("huge"), "profile must be one of"),
     ],
 )
 def test_bad_arguments_raise_value_error(call, message: str) -> None:

@@ -7,14 +7,13 @@ import json
 import pytest
 import torch
 
-from kadam.experiments.flow import (
+from kadam.experiments.flow.plots import plot_accuracy, plot_convergence
+from kadam.experiments.flow.protocol import (
     accuracy_experiment,
     convergence_experiment,
     first_step_experiment,
     log_log_slope,
     make_problem,
-    plot_accuracy,
-    plot_convergence,
     restart_experiment,
     restart_from_discrete,
 )

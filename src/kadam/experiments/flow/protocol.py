@@ -4,23 +4,11 @@ Problems (fixed seeds, float64):
 
 - ``quadratic``: ``L(θ) = ½ (θ − θ*)ᵀ A (θ − θ*)``, ``d = 100``, ``A = Q diag(λ) Qᵀ`` with ``Q`` a random
   rotation and ``λ`` log-spaced from 1 to 10⁻³ (condition number 10³), ``θ* ~ N(0, I)``, ``θ₀ = 0``.
-- ``logistic``: multinomial logistic regression (650 parameters) on scikit-learn's digits (1,797
-  images, each pixel standardized by ``StandardScaler``), mean cross-entropy, PyTorch's default
-  initialisation.
-- ``mlp``: ``64 → 128 tanh → 10`` (9,610 parameters) on the same data and loss. At ``lr = 1e-3`` the
-  model misses the 1% bar here (measured, not a defect): the network's gradient changes by 3.5% of its
-  norm per step at the start (0.8% for ``logistic``, 0.2% for ``quadratic``), and 135 of its 9,610
-  gradient entries change by more than their own size during the first step. Adam's first steps are
-  sign-like, so those entries carry 99.9% of the squared step-1 gap (6.0% relative error: the run's maximum);
-  the model restarted from the discrete state at step 1 / 5 / 200 ends 2,000 steps at 1.7% / 0.95% /
-  0.01% instead of 4.9% (:func:`restart_experiment`). The step-1 error falls like ``lr^0.6`` down to
-  ``lr = 2.5e-4`` and turns first order only once no entry is fast (:func:`first_step_experiment`).
-  At smaller ``lr`` the model converges at first order: ``convergence_experiment("mlp", lrs=(1.6e-4,
-  8e-5, 4e-5, 1.6e-5), horizon=0.05, variants=(("exact", 1),))`` gives slopes 0.90 (final error) and
-  1.04 (maximum error), against 0.69 / 0.60 over ``lr = 2e-3 … 1.25e-4`` at horizon 0.5.
+- ``logistic``: multinomial logistic regression (650 parameters) on scikit-learn's digits (each pixel
+  standardized), mean cross-entropy, PyTorch's default initialisation.
+- ``mlp``: ``64 → 128 tanh → 10`` (9,610 parameters) on the same data and loss.
 
-Experiments (each returns a JSON-serialisable dict; :func:`plot_accuracy` and :func:`plot_convergence`
-draw them):
+Experiments (each returns a JSON-serialisable dict; :mod:`kadam.experiments.flow.plots` draws them):
 
 - :func:`accuracy_experiment`: relative trajectory error at one ``lr`` over ``steps`` steps for k = 1..3
   and one (rates, order) variant.
@@ -33,29 +21,12 @@ draw them):
   The first function counts those coordinates and measures the error at step 1 against ``lr``; the
   second restarts the model from the discrete run's state at step ``s`` (same ``θ``, ``m̂``, ``v̂``) to
   show how much of the final error the steps before ``s`` inject.
-
-Sizes. Wall times were measured on a shared 2-core CPU at a load average near 10 (other jobs), so
-they are pessimistic; the CPU time actually used is about a fifth of them.
-
-- smoke (≤ 60 s): ``accuracy_experiment(("quadratic", "logistic"), ks=(1,), steps=300)`` (18 s) and
-  ``convergence_experiment("quadratic", horizon=0.4, variants=(("exact", 1), ("paper", 1)))`` (about
-  15 s; 54 s with all four variants); ``first_step_experiment("mlp")`` (4 s, load 4).
-- quick (≤ 10 min): ``accuracy_experiment(PROBLEMS, ks=(1, 2, 3), steps=2000)`` (about 6 min: 3 × 30 s
-  logistic, 3 × 40–120 s mlp, seconds for the quadratic) and
-  ``convergence_experiment("quadratic", horizon=2.0)`` (155 s);
-  ``restart_experiment("mlp", restart_steps=(1, 2, 5, 10, 50, 200))`` (87 s, load 4).
-- full: quick plus ``convergence_experiment("logistic", horizon=2.0)`` (725 s) and
-  ``convergence_experiment("mlp", horizon=0.5)`` (951 s), and the small-``lr`` MLP sweep above (about
-  100 s at load 3, first order only); the second-order variants take 2–6× the
-  gradient evaluations of the first-order ones (the ``½θ̈`` mode relaxes in two steps, which bounds an
-  explicit solver's step).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,7 +35,7 @@ from rich.progress import track
 from torch import Tensor, nn
 from torchdiffeq import odeint
 
-from kadam.experiments.figures import panels, save_figure
+from kadam.experiments.workloads import MLP, seeded_initialisation, standardized_digits
 from kadam.flow import FlatLoss, Trajectory, compare, discrete, simulate
 from kadam.flow.ode import ORDERS, RATES, AdamFlow
 from kadam.optimizer.kadam import KAdam, resolve_levels
@@ -73,15 +44,6 @@ PROBLEMS = ("quadratic", "logistic", "mlp")
 VARIANTS = tuple(itertools.product(RATES, ORDERS))
 ERROR_BAR = 0.01
 CURVE_POINTS = 60
-
-
-def digits(dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
-    """scikit-learn's digits: 1,797 images of 64 pixels, each pixel standardized; labels 0..9."""
-    from sklearn.datasets import load_digits
-    from sklearn.preprocessing import StandardScaler
-
-    images, labels = load_digits(return_X_y=True)
-    return torch.tensor(StandardScaler().fit_transform(images), dtype=dtype), torch.tensor(labels)
 
 
 def make_problem(name: str, seed: int = 0, dtype: torch.dtype = torch.float64) -> FlatLoss:
@@ -101,13 +63,9 @@ def make_problem(name: str, seed: int = 0, dtype: torch.dtype = torch.float64) -
             return 0.5 * offset @ hessian @ offset
 
         return FlatLoss(quadratic, torch.zeros(dimension, dtype=dtype))
-    inputs, targets = digits(dtype)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        if name == "logistic":
-            module: nn.Module = nn.Linear(64, 10)
-        else:
-            module = nn.Sequential(nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 10))
+    inputs, targets = standardized_digits(dtype)
+    with seeded_initialisation(seed):
+        module: nn.Module = nn.Linear(64, 10) if name == "logistic" else MLP(64, 128, 1, 10, activation=nn.Tanh)
     return FlatLoss.from_module(module.to(dtype), inputs, targets)
 
 
@@ -301,30 +259,3 @@ def restart_experiment(
         comparison = compare(restart_from_discrete(loss, reference, s, lr=lr, k=k), reference)
         rows.append({"restart_step": s, **comparison.summary(), "error_curve": _curve(comparison.relative_error, comparison.steps)})
     return {"problem": problem, "lr": lr, "steps": steps, "k": k, "seed": seed, "rows": rows}
-
-
-def plot_accuracy(result: dict[str, Any], path: str | Path) -> Path:
-    """Relative error against step, one panel per problem, one line per k; the 1% bar dashed."""
-    problems = list(dict.fromkeys(row["problem"] for row in result["rows"]))
-    figure, axes = panels(1, len(problems), (5, 4))
-    for axis, problem in zip(axes[0], problems, strict=True):
-        for row in (r for r in result["rows"] if r["problem"] == problem):
-            axis.semilogy(row["error_curve"]["steps"], row["error_curve"]["values"], label=f"k = {row['k']}")
-        axis.axhline(result["bar"], color="k", linestyle="--", linewidth=0.8)
-        axis.set(title=problem, xlabel="step n", ylabel="‖θ_cont − θ_disc‖ / ‖θ_disc − θ₀‖")
-        axis.legend()
-    figure.suptitle(f"continuous vs discrete, lr = {result['lr']}, {result['rates']} rates, order {result['order']}")
-    return Path(save_figure(figure, path))
-
-
-def plot_convergence(result: dict[str, Any], path: str | Path) -> Path:
-    """Final relative error against lr (log–log) per variant, slopes in the legend."""
-    figure, axes = panels(1, 1, (5, 4))
-    axis = axes[0][0]
-    for name, slope in result["slopes"].items():
-        finals = [entry["variants"][name]["final_rel_error"] for entry in result["per_lr"]]
-        axis.loglog(result["lrs"], finals, marker="o", label=f"{name}: slope {slope['final']:.2f}")
-    axis.set(title=f"{result['problem']}, lr · steps = {result['horizon']}", xlabel="lr η", ylabel="final relative error")
-    axis.legend()
-    return Path(save_figure(figure, path))
-

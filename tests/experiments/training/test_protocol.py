@@ -7,15 +7,14 @@ import pytest
 import torch
 from scipy import stats
 
-from kadam.experiments.training import (
+from kadam.experiments.training.analysis import (
     CENTRAL_PAIRING,
-    OPTIMIZERS,
-    make_optimizer,
     paired_comparison,
     select_learning_rates,
     summarize_training,
-    train_run,
 )
+from kadam.experiments.training.protocol import train_run
+from kadam.experiments.workloads import OPTIMIZERS, make_optimizer
 from kadam.optimizer import KAdam
 
 TINY_MLP = {"hidden": 16, "depth": 1}

@@ -5,13 +5,11 @@ import math
 
 import pytest
 
-from kadam.experiments.normalization import (
+from kadam.experiments.normalization.plots import plot_digits_norms, plot_meta_adaptive, plot_random_walk
+from kadam.experiments.normalization.protocol import (
     digits_norms,
     meta_adaptive_drift,
     meta_adaptive_network,
-    plot_digits_norms,
-    plot_meta_adaptive,
-    plot_random_walk,
     random_walk,
 )
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kadam.experiments.normalization import random_walk
+from kadam.experiments.normalization.protocol import random_walk
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_orthogonal_prediction_fails_more_as_beta_grows(walk):
 def test_batched_adamw_is_torch_adamw_row_by_row():
     import torch
 
-    from kadam.experiments.normalization import batched_adamw, spherical_noise_gradient
+    from kadam.experiments.normalization.protocol import batched_adamw, spherical_noise_gradient
     from kadam.normalization import NormTracker
 
     betas, d, steps, lr, weight_decay = (0.0, 0.5, 0.9, 0.99), 16, 300, 1e-2, 0.5

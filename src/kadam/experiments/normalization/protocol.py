@@ -1,6 +1,7 @@
 r"""Experiments of THEORY §4: norms of scale-invariant tensors, and the meta-adaptive link to 2-Adam.
 
-Each function takes explicit sizes and returns a JSON-serialisable dict; ``plot_*`` draw PNGs from them.
+Each function takes explicit sizes and returns a JSON-serialisable dict;
+:mod:`kadam.experiments.normalization.plots` draws them.
 
 - :func:`random_walk`: a scale-invariant tensor driven by noise gradients orthogonal to it, AdamW at
   several β; measured equilibrium norm and angular update against the corrected and the orthogonal
@@ -12,29 +13,14 @@ Each function takes explicit sizes and returns a JSON-serialisable dict; ``plot_
 - :func:`meta_adaptive_network`: the same comparison on a LayerNorm MLP trained on digits.
 - :func:`digits_norms`: an MLP with BatchNorm or LayerNorm trained on digits with mini-batches (AdamW or
   Adam); per-layer norms and angular updates against both predictions.
-
-Sizes, with the seconds measured on a 2-core CPU shared with other jobs (load ≈ 10, one torch thread;
-expect less on an idle machine):
-
-- smoke (≈ 10 s): ``random_walk(lr=1e-2, weight_decay=0.5, gamma=0.99)`` (0.1 s; β = 0.99 then has a
-  momentum memory as long as the relaxation time, and the corrected prediction is 8% / 25% off),
-  ``meta_adaptive_exact()`` (3 s), ``meta_adaptive_drift(steps=2000, lr=1e-2, weight_decay=0.2,
-  configs=((0, 0.99, "elementwise"), (0.9, 0.99, "elementwise")))`` (2 s),
-  ``meta_adaptive_network(steps=300, hidden=32)`` (3 s), ``digits_norms(steps=400, hidden=32)`` (1 s).
-- quick (≈ 6 min): ``random_walk()`` (the issue's η = 1e-3, λ = 0.1, d = 256, 6 relaxation times = 30k
-  steps; 8 s), ``meta_adaptive_exact()`` (7 s), ``meta_adaptive_drift(steps=20000)`` (93 s),
-  ``meta_adaptive_network(steps=3000)`` (72 s), ``digits_norms(steps=4000)`` for BN and LN × AdamW
-  λ ∈ {0.01, 0.1} and Adam (six runs, 18–30 s each).
-- full: ``random_walk(relaxation_times=10)``, ``meta_adaptive_drift(steps=50000)``,
-  ``meta_adaptive_network(steps=10000)``, ``digits_norms(steps=20000)`` (λ = 0.01 then passes 4 relaxation
-  times at η = 1e-2); not timed.
+- :func:`scale_invariant_census`: which tensors of each training task's model are scale-invariant.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -42,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kadam.experiments.figures import panels, save_figure
-from kadam.experiments.tasks import digits_splits
+from kadam.experiments.workloads import MLP, build_task, digits_splits, parameter_count, seeded_initialisation, train
 from kadam.normalization.detection import find_scale_invariant
 from kadam.normalization.predictions import (
     correlation_factor,
@@ -59,16 +44,13 @@ from kadam.normalization.tracker import STATISTICS, NormTracker, step_statistics
 from kadam.optimizer import KAdam
 
 __all__ = [
-    "NormalizedMLP",
     "batched_adamw",
     "digits_norms",
     "meta_adaptive_drift",
     "meta_adaptive_exact",
     "meta_adaptive_network",
-    "plot_digits_norms",
-    "plot_meta_adaptive",
-    "plot_random_walk",
     "random_walk",
+    "scale_invariant_census",
     "spherical_noise_gradient",
 ]
 
@@ -324,28 +306,12 @@ def meta_adaptive_drift(
             "relaxation_steps": relaxation_steps(lr, weight_decay), "configs": results}
 
 
-class NormalizedMLP(nn.Sequential):
-    """``inputs → [Linear(no bias) → BatchNorm1d or LayerNorm → ReLU] × depth → Linear → outputs``.
-
-    Every hidden Linear weight is scale-invariant in train mode (THEORY §4); the classifier is not.
-    """
-
-    def __init__(self, inputs: int, hidden: int, depth: int, outputs: int, norm: Literal["batch", "layer"]) -> None:
-        if norm not in ("batch", "layer"):
-            raise ValueError(f"norm must be 'batch' or 'layer', got {norm!r}")
-        widths = [inputs] + [hidden] * depth
-        layers: list[nn.Module] = []
-        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-            normalization = nn.BatchNorm1d(fan_out) if norm == "batch" else nn.LayerNorm(fan_out)
-            layers += [nn.Linear(fan_in, fan_out, bias=False), normalization, nn.ReLU()]
-        super().__init__(*layers, nn.Linear(widths[-1], outputs))
-
-
 def _digits_model_and_data(norm: str, hidden: int, depth: int, seed: int) -> tuple[nn.Module, dict[str, Any]]:
     splits = digits_splits()
     data = {name: (split.inputs.flatten(1), split.targets) for name, split in splits.items()}
-    torch.manual_seed(seed)
-    return NormalizedMLP(64, hidden, depth, 10, norm), data
+    with seeded_initialisation(seed):
+        model = MLP(64, hidden, depth, 10, norm=norm)
+    return model, data
 
 
 def _cross_entropy(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -385,7 +351,8 @@ def digits_norms(
     curve_points: int = 200,
     progress: Progress = None,
 ) -> dict[str, Any]:
-    r"""Train a :class:`NormalizedMLP` on digits and compare per-layer norms with THEORY §4's predictions.
+    r"""Train an :class:`~kadam.experiments.workloads.MLP` with normalization layers on digits; compare per-layer
+    norms with THEORY §4's predictions.
 
     ``optimizer`` is ``torch.optim.AdamW`` (λ = ``weight_decay``) or ``torch.optim.Adam`` (no decay; the
     ``weight_decay`` argument is then ignored). The scale-invariant hidden weights (found by
@@ -409,17 +376,14 @@ def digits_norms(
     parameters = dict(model.named_parameters())
     optimizer_instance = (torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=decay)
                           if optimizer == "adamw" else torch.optim.Adam(model.parameters(), lr=lr, betas=betas))
-    model.train()
+
+    def next_batch() -> tuple[Tensor, Tensor]:
+        index = torch.randint(len(targets), (batch_size,), generator=generator)
+        return inputs[index], targets[index]
+
     with NormTracker(optimizer_instance, [(name, parameters[name]) for name in tracked]) as tracker:
         initial = tracker.initial_norms()
-        for step in range(1, steps + 1):
-            index = torch.randint(len(targets), (batch_size,), generator=generator)
-            loss = _cross_entropy(model, (inputs[index], targets[index]))
-            optimizer_instance.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer_instance.step()
-            if progress is not None and step % 100 == 0:
-                progress(step, steps)
+        train(model, optimizer_instance, next_batch, F.cross_entropy, steps, progress=progress, progress_every=100)
     history = tracker.history()
     recorded = history["steps"]
     shrink = 1 - lr * decay
@@ -485,6 +449,9 @@ def meta_adaptive_network(
     the scale-invariant hidden weights and the same ``KAdam(k=1)`` on the rest. Per invariant weight:
     cosine between the two directions over time, and the ratio AdamW / 2-Adam of the RMS angular update
     over the last third, with THEORY §4's noise-dominated prediction ``√((1 − qβ)/(1 + qβ))``.
+
+    Its loop is its own, not :func:`~kadam.experiments.workloads.train`: two models step in lockstep on the same
+    mini-batch, one of them with two optimizers, and the cosine between them is read between steps.
     """
     shrink = 1 - lr * weight_decay
     results = []
@@ -539,57 +506,24 @@ def meta_adaptive_network(
             "relaxation_steps": relaxation_steps(lr, weight_decay), "configs": results}
 
 
-def plot_random_walk(result: dict[str, Any], path: str) -> str:
-    """Norm and angular update against step per β, with both equilibrium predictions as lines."""
-    figure, axes = panels(1, 2, (5.0, 3.6))
-    for color, row in zip(("C0", "C1", "C2", "C3", "C4", "C5"), result["by_beta"]):
-        curves = result["curves"][f"beta={row['beta']}"]
-        for axis, key, label in ((axes[0][0], "norm", "norm"), (axes[0][1], "angular_update", "angular_update")):
-            axis.plot(curves[key]["steps"], curves[key]["values"], color=color, lw=0.8, label=f"β = {row['beta']}")
-            axis.axhline(row[f"corrected_{label}"], color=color, ls="--", lw=1)
-            axis.axhline(row[f"orthogonal_{label}"], color=color, ls=":", lw=1)
-    axes[0][0].set(xlabel="step", ylabel="|W|", yscale="log",
-                   title="norm (dashed: corrected, dotted: orthogonal)")
-    axes[0][1].set(xlabel="step", ylabel="angle per step (rad)", yscale="log", title="angular update")
-    axes[0][0].legend(fontsize=7)
-    return save_figure(figure, path, dpi=110)
+def scale_invariant_census(task: str, task_sizes: Mapping[str, Any] | None = None, seed: int = 0,
+                           batch_size: int = 64, warmup_steps: int = 100) -> dict[str, Any]:
+    """Which parameter tensors of ``task``'s model are scale-invariant (THEORY §4), by measurement.
 
-
-def plot_meta_adaptive(drift: dict[str, Any], network: dict[str, Any] | None, path: str) -> str:
-    """Cosine between AdamW's and 2-Adam's directions against step (noisy quadratic; LayerNorm MLP)."""
-    figure, axes = panels(1, 2 if network else 1, (5.0, 3.6))
-    for config in drift["configs"]:
-        curve = config["cosine_curve"]
-        axes[0][0].plot(curve["steps"], curve["values"], lw=1,
-                        label=f"β={config['beta']}, γ={config['gamma']}, {config['norm']}")
-    axes[0][0].set(xlabel="step", ylabel="cos(Ŵ_AdamW, Ŵ_2-Adam)", title=f"noisy quadratic, d = {drift['d']}")
-    axes[0][0].legend(fontsize=7)
-    if network:
-        for config in network["configs"]:
-            for layer in config["layers"]:
-                curve = layer["cosine_curve"]
-                axes[0][1].plot(curve["steps"], curve["values"], lw=1, label=f"β={config['beta']} {layer['name']}")
-        axes[0][1].set(xlabel="step", ylabel="cos(Ŵ_AdamW, Ŵ_2-Adam)", title="LayerNorm MLP on digits")
-        axes[0][1].legend(fontsize=7)
-    return save_figure(figure, path, dpi=110)
-
-
-def plot_digits_norms(result: dict[str, Any], path: str) -> str:
-    """Per tracked layer: measured norm and angular update against both predicted trajectories."""
-    layers = result["layers"]
-    figure, axes = panels(2, max(1, len(layers)), (4.2, 3.2))
-    for column, layer in enumerate(layers):
-        for row, quantity in enumerate(("norm", "angular_update")):
-            axis = axes[row][column]
-            curves = layer["curves"]
-            axis.plot(curves[f"measured_{quantity}"]["steps"], curves[f"measured_{quantity}"]["values"],
-                      color="black", lw=0.6, alpha=0.7, label="measured")
-            for assumption, style in (("corrected", "--"), ("orthogonal", ":")):
-                curve = curves[f"{assumption}_{quantity}"]
-                axis.plot(curve["steps"], curve["values"], ls=style, lw=1.2, label=assumption)
-                if f"{assumption}_equilibrium_{quantity}" in layer:
-                    axis.axhline(layer[f"{assumption}_equilibrium_{quantity}"], ls=style, color="gray", lw=0.8)
-            axis.set(xlabel="step", ylabel="|W|" if quantity == "norm" else "angle per step (rad)",
-                     title=f"{layer['name']} ({result['task']}, {result['optimizer']})", yscale="log")
-    axes[0][0].legend(fontsize=7)
-    return save_figure(figure, path, dpi=110)
+    The model (``seed``) first trains ``warmup_steps`` mini-batches with AdamW (lr 1e-3): at initialisation
+    the loss is nearly flat (outputs near uniform), so scaling a tensor can leave it within tolerance by
+    accident. Then :func:`kadam.normalization.find_scale_invariant` (train mode, its default tolerances)
+    probes one training batch. Returns the evidence table and the share of scalars in invariant tensors.
+    """
+    built = build_task(task, "cpu", **(task_sizes or {}))
+    with seeded_initialisation(seed):
+        model = built.make_model()
+    generator = torch.Generator().manual_seed(seed)
+    built.fit(model, torch.optim.AdamW(model.parameters(), lr=1e-3), warmup_steps, batch_size, generator)
+    batch = built.sample_batch(generator, batch_size)
+    report = find_scale_invariant(model, lambda m, b: built.loss(m(b[0]), b[1]), batch)
+    sizes = dict(model.named_parameters())
+    invariant_scalars = sum(sizes[name].numel() for name in report.invariant)
+    return {"task": task, "parameters": parameter_count(model), "warmup_steps": warmup_steps,
+            "invariant_tensors": report.invariant, "invariant_share": invariant_scalars / parameter_count(model),
+            "report": report.to_dict()}

@@ -1,4 +1,4 @@
-"""The offline tasks: data splits, models, batch sampling and evaluation (kadam.experiments.tasks)."""
+"""The offline tasks: data splits, models, batch sampling and evaluation (kadam.experiments.workloads)."""
 
 import random
 import socket
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from kadam.experiments.tasks import (
+from kadam.experiments.workloads import (
     TASKS,
     CharTransformer,
     DigitsCNN,

@@ -1,0 +1,1 @@
+"""Section 3: normalization and the meta-adaptive effect (THEORY §4): protocol, section, plots."""

@@ -1,0 +1,65 @@
+"""Section 3's figures: the random walk, the meta-adaptive cosines, per-layer norms on digits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kadam.experiments.figures import panels, save_figure
+
+__all__ = ["plot_digits_norms", "plot_meta_adaptive", "plot_random_walk"]
+
+
+def plot_random_walk(result: dict[str, Any], path: str) -> str:
+    """Norm and angular update against step per β, with both equilibrium predictions as lines."""
+    figure, axes = panels(1, 2, (5.0, 3.6))
+    for color, row in zip(("C0", "C1", "C2", "C3", "C4", "C5"), result["by_beta"]):
+        curves = result["curves"][f"beta={row['beta']}"]
+        for axis, key, label in ((axes[0][0], "norm", "norm"), (axes[0][1], "angular_update", "angular_update")):
+            axis.plot(curves[key]["steps"], curves[key]["values"], color=color, lw=0.8, label=f"β = {row['beta']}")
+            axis.axhline(row[f"corrected_{label}"], color=color, ls="--", lw=1)
+            axis.axhline(row[f"orthogonal_{label}"], color=color, ls=":", lw=1)
+    axes[0][0].set(xlabel="step", ylabel="|W|", yscale="log",
+                   title="norm (dashed: corrected, dotted: orthogonal)")
+    axes[0][1].set(xlabel="step", ylabel="angle per step (rad)", yscale="log", title="angular update")
+    axes[0][0].legend(fontsize=7)
+    return save_figure(figure, path, dpi=110)
+
+
+def plot_meta_adaptive(drift: dict[str, Any], network: dict[str, Any] | None, path: str) -> str:
+    """Cosine between AdamW's and 2-Adam's directions against step (noisy quadratic; LayerNorm MLP)."""
+    figure, axes = panels(1, 2 if network else 1, (5.0, 3.6))
+    for config in drift["configs"]:
+        curve = config["cosine_curve"]
+        axes[0][0].plot(curve["steps"], curve["values"], lw=1,
+                        label=f"β={config['beta']}, γ={config['gamma']}, {config['norm']}")
+    axes[0][0].set(xlabel="step", ylabel="cos(Ŵ_AdamW, Ŵ_2-Adam)", title=f"noisy quadratic, d = {drift['d']}")
+    axes[0][0].legend(fontsize=7)
+    if network:
+        for config in network["configs"]:
+            for layer in config["layers"]:
+                curve = layer["cosine_curve"]
+                axes[0][1].plot(curve["steps"], curve["values"], lw=1, label=f"β={config['beta']} {layer['name']}")
+        axes[0][1].set(xlabel="step", ylabel="cos(Ŵ_AdamW, Ŵ_2-Adam)", title="LayerNorm MLP on digits")
+        axes[0][1].legend(fontsize=7)
+    return save_figure(figure, path, dpi=110)
+
+
+def plot_digits_norms(result: dict[str, Any], path: str) -> str:
+    """Per tracked layer: measured norm and angular update against both predicted trajectories."""
+    layers = result["layers"]
+    figure, axes = panels(2, max(1, len(layers)), (4.2, 3.2))
+    for column, layer in enumerate(layers):
+        for row, quantity in enumerate(("norm", "angular_update")):
+            axis = axes[row][column]
+            curves = layer["curves"]
+            axis.plot(curves[f"measured_{quantity}"]["steps"], curves[f"measured_{quantity}"]["values"],
+                      color="black", lw=0.6, alpha=0.7, label="measured")
+            for assumption, style in (("corrected", "--"), ("orthogonal", ":")):
+                curve = curves[f"{assumption}_{quantity}"]
+                axis.plot(curve["steps"], curve["values"], ls=style, lw=1.2, label=assumption)
+                if f"{assumption}_equilibrium_{quantity}" in layer:
+                    axis.axhline(layer[f"{assumption}_equilibrium_{quantity}"], ls=style, color="gray", lw=0.8)
+            axis.set(xlabel="step", ylabel="|W|" if quantity == "norm" else "angle per step (rad)",
+                     title=f"{layer['name']} ({result['task']}, {result['optimizer']})", yscale="log")
+    axes[0][0].legend(fontsize=7)
+    return save_figure(figure, path, dpi=110)

@@ -1,0 +1,162 @@
+"""Section 1's figures: the (β, γ) map, the training-protocol heatmaps, measured vs predicted slopes, and
+validation loss against the stability margin."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from kadam.experiments.figures import colormap, new_figure, save_figure
+from kadam.theory import stability
+
+__all__ = [
+    "plot_excess_by_learning_rate",
+    "plot_region_map",
+    "plot_slope_scatter",
+    "plot_stability_margin",
+    "plot_training_heatmaps",
+]
+
+
+def _draw_boundaries(axes: Any, betas: np.ndarray, *, log_one_minus: bool = False) -> None:
+    """γ = β² and γ = β/(2−β) on (β, γ) axes, or on (1−β, 1−γ) axes when ``log_one_minus``."""
+    curves = (("discrete", "r-", "gamma = beta^2 (exact)"), ("paper", "m--", "gamma = beta/(2-beta) (paper)"))
+    for rates, style, label in curves:
+        gammas = np.asarray(stability.boundary_gamma(betas, rates))
+        if log_one_minus:
+            axes.plot(1.0 - betas, 1.0 - gammas, style, lw=2, label=label)
+        else:
+            axes.plot(betas, gammas, style, lw=2, label=label)
+
+
+def plot_region_map(path: str, presets: Sequence[tuple[float, float]] = stability.PRESETS) -> None:
+    """The (β, γ) map on log axes of 1 − β and 1 − γ: log10 B_∞ contours, both boundaries, ``presets`` marked."""
+    one_minus_beta = np.logspace(-3, 0, 400)[:-1]
+    one_minus_gamma = np.logspace(-5, 0, 400)[:-1]
+    beta_grid, gamma_grid = np.meshgrid(1.0 - one_minus_beta, 1.0 - one_minus_gamma)
+    log_bound = np.asarray(stability.update_bound(beta_grid, gamma_grid, log=True)) / math.log(10.0)
+    figure = new_figure((7.5, 6.0))
+    axes = figure.subplots()
+    filled = axes.contourf(one_minus_beta, one_minus_gamma, np.where(np.isfinite(log_bound), log_bound, np.nan),
+                           levels=np.arange(0.0, 4.01, 0.25), cmap="viridis", extend="max")
+    axes.contour(one_minus_beta, one_minus_gamma, log_bound, levels=[0.5, 1.0, 1.5, 2.0, 3.0], colors="white",
+                 linewidths=0.6)
+    figure.colorbar(filled, ax=axes, label="log10 B_inf (exact sup of |u|, THEORY §2)")
+    axes.contourf(one_minus_beta, one_minus_gamma, np.isfinite(log_bound).astype(float), levels=[-0.5, 0.5],
+                  colors="0.85")
+    _draw_boundaries(axes, 1.0 - one_minus_beta, log_one_minus=True)
+    for beta, gamma in presets:
+        axes.plot(1.0 - beta, 1.0 - gamma, "k*", ms=11)
+        axes.annotate(f"({beta}, {gamma})", (1.0 - beta, 1.0 - gamma), textcoords="offset points", xytext=(6, 4),
+                      fontsize=8)
+    axes.set(xscale="log", yscale="log", xlabel="1 - beta", ylabel="1 - gamma", ylim=(one_minus_gamma[0], 1.0))
+    axes.set_title("Stable region of Adam's (beta, gamma); grey: unstable", fontsize=10)
+    axes.legend(loc="lower right", fontsize=8)
+    save_figure(figure, path, dpi=130)
+
+
+def _cell_edges(values: Sequence[float]) -> np.ndarray:
+    """Edges of heatmap cells centred on sorted ``values`` (midpoints, half-cells at the ends, clipped to [0, 1])."""
+    centres = np.asarray(sorted(values), dtype=np.float64)
+    if centres.size == 1:
+        return np.clip(centres[0] + np.array([-0.05, 0.05]), 0.0, 1.0)
+    middles = (centres[1:] + centres[:-1]) / 2.0
+    return np.clip(np.concatenate([[2 * centres[0] - middles[0]], middles, [2 * centres[-1] - middles[-1]]]), 0.0, 1.0)
+
+
+def plot_training_heatmaps(result: dict[str, Any], path: str) -> None:
+    """One heatmap per learning rate: log10 of max_n ‖u_n‖_∞ / C_n(β) per (β, γ), measured class, both boundaries."""
+    betas, gammas, learning_rates = sorted(result["betas"]), sorted(result["gammas"]), result["learning_rates"]
+    figure = new_figure((4.6 * len(learning_rates), 4.4))
+    axes_row = figure.subplots(1, len(learning_rates), squeeze=False)
+    image = None
+    for axes, lr in zip(axes_row[0], learning_rates):
+        excess = np.full((len(gammas), len(betas)), np.nan)
+        for row in result["rows"]:
+            if row["learning_rate"] == lr:
+                excess[gammas.index(row["gamma"]), betas.index(row["beta"])] = math.log10(max(row["excess"], 1e-3))
+                axes.text(row["beta"], row["gamma"], "U" if row["unstable"] else "s", ha="center", va="center",
+                          color="white" if row["unstable"] else "black", fontsize=9, fontweight="bold")
+        image = axes.pcolormesh(_cell_edges(betas), _cell_edges(gammas), excess, cmap="coolwarm", vmin=-1.0, vmax=1.0,
+                                shading="flat")
+        curve = np.linspace(_cell_edges(betas)[0], min(_cell_edges(betas)[-1], 0.9999), 200)
+        _draw_boundaries(axes, curve)
+        axes.set(xlabel="beta", ylabel="gamma", title=f"lr = {lr:g}", ylim=(_cell_edges(gammas)[0], _cell_edges(gammas)[-1]))
+    axes_row[0][0].legend(loc="lower right", fontsize=7)
+    figure.colorbar(image, ax=axes_row[0].tolist(), label="log10 max_n ||u_n||_inf / C_n(beta)  (> 0: unstable)")
+    figure.suptitle("Training protocol: U = measured unstable (update above every stable gamma's bound), s = not")
+    save_figure(figure, path, dpi=120, bbox_tight=True)
+
+
+def plot_excess_by_learning_rate(result: dict[str, Any], path: str) -> None:
+    """max_n ‖u_n‖_∞ / C_n(β) against η, one line per (β, γ): does measured instability fade as η shrinks?"""
+    figure = new_figure((6.4, 5.0))
+    axes = figure.subplots()
+    points = sorted({(row["beta"], row["gamma"]) for row in result["rows"]})
+    colours = colormap("plasma")(np.linspace(0.0, 0.85, len(points)))
+    for (beta, gamma), colour in zip(points, colours):
+        rows = sorted((row for row in result["rows"] if (row["beta"], row["gamma"]) == (beta, gamma)),
+                      key=lambda row: row["learning_rate"])
+        stable = stability.is_stable(beta, gamma)
+        axes.plot([row["learning_rate"] for row in rows], [row["excess"] for row in rows], "-" if not stable else ":",
+                  marker="o" if not stable else ".", color=colour,
+                  label=f"({beta:g}, {gamma:g}) rho = {float(stability.growth_rate(beta, gamma)):+.3f}")
+    axes.axhline(1.0, color="k", lw=1.0)
+    axes.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="max_n ||u_n||_inf / C_n(beta)",
+             title="Above 1: an update no stable gamma allows")
+    axes.legend(fontsize=6, ncol=2)
+    save_figure(figure, path, dpi=130)
+
+
+def plot_slope_scatter(switch_off: dict[str, Any] | None, training: dict[str, Any] | None, path: str) -> None:
+    """Measured against predicted slope of ln|u|: switch-off points (k = 1, k = 2) and training late-phase slopes."""
+    figure = new_figure((6.4, 5.6))
+    axes = figure.subplots()
+    predicted_all: list[float] = []
+    if switch_off is not None:
+        for k, marker, label in ((1, "o", "switch-off, k = 1"), (2, "^", "switch-off, k = 2 (final update)")):
+            rows = [row for row in switch_off["rows"] if len(row["betas"]) == k]
+            predicted = [row["predicted_slope"] for row in rows]
+            axes.plot(predicted, [row["measured_slope"] for row in rows], marker, ls="none", mfc="none", label=label)
+            predicted_all += predicted
+    if training is not None:
+        colours = colormap("viridis")(np.linspace(0.0, 0.9, len(training["learning_rates"])))
+        for lr, colour in zip(training["learning_rates"], colours):
+            rows = [row for row in training["rows"] if row["learning_rate"] == lr]
+            predicted = [row["predicted_rate"] for row in rows]
+            axes.plot(predicted, [row["late_phase_slope"] for row in rows], "s", ls="none", color=colour, ms=5,
+                      label=f"training, late-phase slope, lr = {lr:g}")
+            axes.plot(predicted, [row["peak_window_slope"] for row in rows], "D", ls="none", color=colour, ms=5,
+                      mfc="none", label=f"training, steepest 20-step slope, lr = {lr:g}")
+            predicted_all += predicted
+    if predicted_all:
+        span = np.array([min(predicted_all), max(predicted_all)])
+        axes.plot(span, span, "k-", lw=0.8, label="measured = predicted")
+    axes.axhline(0.0, color="0.6", lw=0.6)
+    axes.axvline(0.0, color="0.6", lw=0.6)
+    axes.set(xlabel="predicted rate ln(beta) - ln(gamma)/2 (per step)", ylabel="measured slope of ln ||u_n||_inf (per step)",
+             title="Growth rate of the update: measured vs predicted")
+    axes.legend(fontsize=7)
+    save_figure(figure, path, dpi=130)
+
+
+def plot_stability_margin(correlation: Mapping[str, Any], path: str) -> str:
+    """Final validation loss against the margin ½ ln γ − ln β, one panel per learning rate (the boundary at 0)."""
+    panels = correlation["per_learning_rate"]
+    figure = new_figure((4 * len(panels), 3.3))
+    axes = figure.subplots(1, len(panels), squeeze=False)
+    for axis, panel in zip(axes[0], panels):
+        points = [p for p in panel["points"] if p["validation_loss"] is not None]
+        scatter = axis.scatter([p["margin"] for p in points], [p["validation_loss"] for p in points],
+                               c=[p["beta"] for p in points], cmap="viridis", s=22)
+        axis.axvline(0.0, color="red", lw=1, label="boundary γ = β²")
+        rho = "—" if panel["spearman_rho"] is None else f"{panel['spearman_rho']:+.2f} (p = {panel['p_value']:.1e})"
+        axis.set(title=f"lr = {panel['lr']:g}: Spearman ρ {rho}", xlabel="margin ½ ln γ − ln β (per step)",
+                 ylabel="final validation loss")
+        figure.colorbar(scatter, ax=axis, label="β")
+    axes[0][0].legend(fontsize=7)
+    save_figure(figure, path, dpi=110)
+    return path

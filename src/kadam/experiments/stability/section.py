@@ -1,0 +1,160 @@
+"""Section 1 of the report: the stability of (β, γ) (THEORY §2, §3, §5).
+
+Cells: the switch-off protocol (one cell), the training protocol (one cell per learning rate; summarized over
+all of them by :func:`~kadam.experiments.stability.analysis.summarize_training_protocol`), and the
+stability-margin runs (:func:`kadam.experiments.training.protocol.train_run` at every (β, γ, η) of the grid).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kadam.experiments.cells import Cell
+from kadam.experiments.profiles import Settings, plain, profile_sizes
+from kadam.experiments.report import SectionDocument, Table, format_number
+from kadam.experiments.sections import Section, draw_figure, p_value_text
+from kadam.experiments.stability import plots
+from kadam.experiments.stability.analysis import EtaTrend, stability_margin_correlation, summarize_training_protocol
+from kadam.experiments.stability.protocol import switch_off_experiment, training_protocol
+from kadam.experiments.training.protocol import train_run
+from kadam.experiments.training.section import training_step_seconds
+
+__all__ = ["TREND_SENTENCES", "build_section", "margin_verdict"]
+
+TITLE = "Stability of (β, γ)"
+
+TREND_SENTENCES: Mapping[EtaTrend, str] = {
+    "none": "the same count at every η of this grid: no dependence on η is visible at this resolution.",
+    "widens": "fewer unstable points as η shrinks: the measured stable region widens, as the paper's reviewers observed.",
+    "narrows": "more unstable points as η shrinks: the measured stable region narrows, against the reviewers' observation.",
+    "not monotone": "not monotone in η.",
+}
+"""The prose for each :func:`~kadam.experiments.stability.analysis.eta_trend` verdict."""
+
+
+def margin_verdict(entry: Mapping[str, Any]) -> str:
+    """The verdict on one learning rate's Spearman correlation of validation loss with the stability margin."""
+    rho = entry["spearman_rho"]
+    if rho is None:
+        return "no rank correlation can be computed"
+    if not entry["claimed"]:
+        return f"not significant (p {p_value_text(entry['p_value'])})"
+    direction = ("larger margin, lower validation loss, as the paper claims" if rho < 0
+                 else "larger margin, HIGHER validation loss, against the paper's claim")
+    return f"significant (p {p_value_text(entry['p_value'])}): {direction}"
+
+
+def _findings(switch: Mapping[str, Any], merged: Mapping[str, Any], correlation: Mapping[str, Any]) -> list[str]:
+    k1_rows = [row for row in switch["rows"] if len(row["betas"]) == 1]
+    points = len(merged["betas"]) * len(merged["gammas"])
+    findings = [
+        f"Switch-off protocol: {len(k1_rows)} k = 1 points ({switch['points_k1_stable']} stable, "
+        f"{switch['points_k1_unstable']} unstable) and {len(switch['rows']) - len(k1_rows)} k = 2 configurations; "
+        f"largest |measured − predicted| slope {format_number(switch['max_abs_error'])} per step; every point within "
+        f"tolerance: {'yes' if switch['all_within_tolerance'] else 'NO'}.",
+    ]
+    counts = sorted(((e["learning_rate"], e["measured_unstable"]) for e in merged["per_learning_rate"]), reverse=True)
+    findings.append("Training protocol: points measured unstable per learning rate "
+                    + ", ".join(f"η = {lr:g}: {n}/{points}" for lr, n in counts)
+                    + f" — {TREND_SENTENCES[merged['widening']['trend']]}")
+    for entry in correlation["per_learning_rate"]:
+        rho = entry["spearman_rho"]
+        findings.append(f"Margin vs validation loss at η = {entry['lr']:g}: Spearman ρ = "
+                        f"{'—' if rho is None else format_number(rho, 3)} over {len(entry['points'])} runs; "
+                        f"{margin_verdict(entry)}.")
+    return findings
+
+
+def _headline(switch: Mapping[str, Any], merged: Mapping[str, Any], correlation: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [
+        ("switch-off: max |slope error|", f"{format_number(switch['max_abs_error'])} "
+                                          f"({'all' if switch['all_within_tolerance'] else 'NOT all'} within tolerance)"),
+        ("training protocol: agreement with γ=β² / paper, per η",
+         "; ".join(f"{e['learning_rate']:g}: {e['agreement_exact']:.0%} / {e['agreement_paper']:.0%}"
+                   for e in merged["per_learning_rate"])),
+        ("margin vs validation loss: Spearman ρ (p), per η",
+         "; ".join(f"{e['lr']:g}: " + ("—" if e["spearman_rho"] is None
+                                       else f"{e['spearman_rho']:+.2f} (p {p_value_text(e['p_value'])})")
+                   for e in correlation["per_learning_rate"])),
+    ]
+
+
+def _figures(figures: Path, switch: Mapping[str, Any], merged: Mapping[str, Any],
+             correlation: Mapping[str, Any]) -> list[Any]:
+    return [
+        draw_figure(figures, "stability_region.png", plots.plot_region_map,
+                    "The (β, γ) plane: log10 of the exact update bound B∞ (THEORY §2), the exact boundary γ = β² and "
+                    "the paper-rate boundary γ = β/(2−β) (THEORY §3), common presets marked."),
+        draw_figure(figures, "stability_training_heatmaps.png", lambda path: plots.plot_training_heatmaps(merged, path),
+                    "Training protocol, one panel per learning rate: log10 max‖u_n‖∞ / C_n(β) per (β, γ) with both "
+                    "boundaries; runs above the ceiling C_n are measured unstable."),
+        draw_figure(figures, "stability_slopes.png", lambda path: plots.plot_slope_scatter(switch, merged, path),
+                    "Measured against predicted growth rate ln β − ½ ln γ: switch-off protocol (optimizer alone) and "
+                    "the late-phase slope of log‖u_n‖∞ in training."),
+        draw_figure(figures, "stability_margin.png", lambda path: plots.plot_stability_margin(correlation, path),
+                    "Final validation loss of the character transformer (Adam, mini-batches) against the margin "
+                    "½ ln γ − ln β to the boundary γ = β² (right of the red line: inside the stable region)."),
+    ]
+
+
+def build_section(settings: Settings) -> Section:
+    config = profile_sizes(settings.profile).stability
+    betas, gammas, learning_rates = list(config.betas), list(config.gammas), list(config.learning_rates)
+    protocol_sizes = plain(config.protocol_sizes)
+    switch_off = Cell("stability", "switch-off protocol", switch_off_experiment, plain(config.switch_off),
+                      cost=20.0 if not config.switch_off else 5.0)
+    protocol = [
+        Cell("stability", f"training protocol lr={lr:g}", training_protocol,
+             {"betas": betas, "gammas": gammas, "learning_rate": lr, "sizes": protocol_sizes},
+             cost=len(betas) * len(gammas) * protocol_sizes["steps"] * 2e-3)
+        for lr in learning_rates
+    ]
+    margin_sizes = plain(config.margin_task_sizes)
+    margin_cells = [
+        Cell("stability", f"margin lr={lr:g} β={beta} γ={gamma}", train_run,
+             {"task": "char-transformer", "optimizer": "adam", "lr": lr, "steps": config.margin_steps,
+              "batch_size": config.margin_batch_size, "seed": 0, "task_sizes": margin_sizes, "betas": [beta, gamma],
+              "device": settings.device},
+             cost=config.margin_steps * training_step_seconds("char-transformer", margin_sizes, config.margin_batch_size,
+                                                              settings.device))
+        for lr in learning_rates for beta in betas for gamma in gammas
+    ]
+
+    def finish(results: Mapping[str, Any], figures: Path) -> SectionDocument:
+        switch = results[switch_off.key]
+        rows = [row for cell in protocol for row in results[cell.key]["rows"]]
+        merged = summarize_training_protocol(rows, betas, gammas, learning_rates, protocol_sizes)
+        correlation = stability_margin_correlation([results[cell.key] for cell in margin_cells])
+        table_rows = [[format_number(entry["learning_rate"], 2), f"{entry['measured_unstable']}/{entry['points']}",
+                       str(entry["predicted_unstable_exact"]), str(entry["predicted_unstable_paper"]),
+                       f"{entry['agreement_exact']:.0%}", f"{entry['agreement_paper']:.0%}"]
+                      for entry in merged["per_learning_rate"]]
+        tables = [Table(
+            "Training protocol per learning rate: points measured unstable, predicted unstable by each boundary, and "
+            "agreement of the measured class with each boundary",
+            ["η", "measured unstable", "predicted (γ = β²)", "predicted (paper)", "agreement γ = β²", "agreement paper"],
+            table_rows,
+        )]
+        method = (
+            "Switch-off protocol (the optimizer alone, THEORY §2): gradient 1 until the bias corrections settle, then 0; "
+            "the fitted slope of ln|u_n| against the predicted ln β − ½ ln γ, through the real KAdam code "
+            "(kadam.experiments.stability.protocol.switch_off_experiment). Training protocol (THEORY §5, the paper's): a "
+            "small full-batch character transformer trained by Adam over a (β, γ) grid across both boundaries, per "
+            f"learning rate ({', '.join(f'{lr:g}' for lr in learning_rates)}), {protocol_sizes['steps']} steps; runs "
+            "classified by the certificate of kadam.experiments.stability.protocol.classify_run. Generalization against "
+            f"stability: the mini-batch character transformer trained {config.margin_steps} steps by Adam at every (β, γ) "
+            "of the same grid and learning rate; Spearman rank correlation of final validation loss with the margin "
+            "½ ln γ − ln β."
+        )
+        data = {"switch_off": switch, "training_protocol": merged, "margin_correlation": correlation}
+        return SectionDocument("stability", TITLE, method, _findings(switch, merged, correlation), tables,
+                               _figures(figures, switch, merged, correlation), _headline(switch, merged, correlation), data)
+
+    configuration = {"switch_off": plain(config.switch_off),
+                     "training_protocol": {"betas": betas, "gammas": gammas, "sizes": protocol_sizes,
+                                           "learning_rates": learning_rates},
+                     "margin": {"steps": config.margin_steps, "batch_size": config.margin_batch_size,
+                                "sizes": margin_sizes}}
+    return Section("stability", TITLE, configuration, [switch_off, *protocol, *margin_cells], finish)

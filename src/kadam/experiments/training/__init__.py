@@ -1,0 +1,1 @@
+"""Section 4: k-Adam in training against Adam and AdamW: protocol, analysis, section, plots."""
