@@ -159,13 +159,19 @@ def test_flow_prints_a_line_per_stage_when_stderr_is_not_a_terminal(capsys):
 
 
 def test_choices_kept_in_the_cli_match_the_library():
+    import kadam.cli.compare as cli_compare
     import kadam.cli.flow as cli_flow
+    import kadam.experiments.comparison.config as comparison_config
+    import kadam.experiments.comparison.protocol as comparison_protocol
     import kadam.cli.reproduce as cli_reproduce
     import kadam.experiments.flow.protocol as experiments_flow
     import kadam.experiments.reproduce as experiments_reproduce
     import kadam.flow.ode as ode
 
     assert cli_flow.PROBLEMS == experiments_flow.PROBLEMS
+    assert cli_compare.ARMS == tuple(comparison_protocol.ARMS)
+    assert cli_compare.WORKLOADS == tuple(sorted(comparison_protocol.WORKLOADS))
+    assert cli_compare.PROFILES == tuple(sorted(set(comparison_config.PROFILES) - {"full"}))
     assert (cli_flow.RATES, cli_flow.ORDERS) == (ode.RATES, ode.ORDERS)
     assert (cli_reproduce.PROFILES, cli_reproduce.DEVICES) == (experiments_reproduce.PROFILES, experiments_reproduce.DEVICES)
 

@@ -40,7 +40,7 @@ def test_the_copy_has_the_same_fingerprint_as_the_package(package):
          '    """The least-squares slope of ``values`` against their index (reworded)."""'),
         ("experiments/stability/protocol.py", "_EPS_MARGIN = 1e6  #", "_EPS_MARGIN = 1e6  # reworded comment;"),
         ("experiments/report.py", "def format_number(", "def format_number_renamed(value, digits=4):\n    pass\n\n\ndef format_number("),
-        ("experiments/registry.py", '"training")', '"training", "monitor")'),
+        ("experiments/registry.py", '"stability", ', '"stability", "extra", '),
         ("experiments/profiles.py", "margin_steps=300", "margin_steps=301"),
         ("experiments/flow/protocol.py", "ERROR_BAR = 0.01", "ERROR_BAR = 0.02"),
         ("cli/reproduce.py", "def default_jobs", "def default_jobs_renamed"),

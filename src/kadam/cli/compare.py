@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table as RichTable
 
 __all__ = ["register", "run_compare", "json_output"]
 
@@ -30,10 +28,17 @@ _SHORT_COLUMNS = ("arm", "lr", "β", "γ", "λ", "warmup", "test loss", "div.", 
 """Terminal headers of :data:`kadam.experiments.comparison.section.RESULT_COLUMNS` (same order)."""
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    from kadam.experiments.comparison.config import PROFILES
-    from kadam.experiments.comparison.protocol import ARMS, WORKLOADS
+ARMS = ("adamw", "adam", "kadam1", "kadam2", "kadam2-elementwise", "kadam2-naive", "kadam2-momentum-last", "kadam3",
+        "kadam3-elementwise", "kadam3-naive", "kadam3-momentum-last")
+"""``kadam.experiments.comparison.protocol.ARMS`` (kept here so that ``--help`` imports no torch; a test checks
+they agree)."""
+WORKLOADS = ("digits-cnn", "digits-cnn-bn", "gpt", "gpt-noln", "mnist1d-mlp", "noisy-quadratic")
+"""``kadam.experiments.comparison.protocol.WORKLOADS`` (same reason)."""
+PROFILES = ("quick", "smoke", "study")
+"""``kadam.experiments.comparison.config.PROFILES`` less its alias ``full`` (same reason)."""
 
+
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "compare", help="tune and compare optimizers on one workload under issue 12's protocol (cached)",
         description="Equal Sobol tuning budget per optimizer over one shared search space, warmup + cosine schedule, "
@@ -54,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="fresh paired evaluation seeds (≥ 2; default 5, or the profile's with --study)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the profile's)")
     parser.add_argument("--batch-size", type=int, default=None, help="mini-batch size (default: the profile's)")
-    parser.add_argument("--profile", choices=sorted(set(PROFILES) - {"full"}), default=None,
+    parser.add_argument("--profile", choices=PROFILES, default=None,
                         help="where the task's model sizes, steps and batch size come from when the task is in that "
                              "profile (default quick; otherwise the study profile's, else the builder's defaults); "
                              "with --study, the profile to run (default study)")
@@ -163,6 +168,9 @@ def run_compare(args: argparse.Namespace) -> int:
                               seeds=seeds, sensitivity_factors=tuple(args.sensitivity), space=base.space,
                               curve_points=base.curve_points)
     out = Path(args.out)
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
     console = Console(stderr=args.json, width=None if sys.stdout.isatty() else 220)
     runner = CellRunner(CellCache(out / "cache"), jobs=args.jobs, console=console,
                         show_progress=not args.no_progress)

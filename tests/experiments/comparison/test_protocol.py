@@ -22,7 +22,7 @@ from kadam.experiments.comparison.protocol import (
     train_trial,
 )
 from kadam.experiments.comparison.section import build_section, tuning_plan
-from kadam.experiments.sections import Settings
+from kadam.experiments.profiles import Settings
 
 NQM = {"dimension": 20}
 HP = {"lr": 0.05, "beta": 0.9, "gamma": 0.999, "weight_decay": 0.01, "warmup_fraction": 0.1}

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kadam.experiments.figures import panels, pyplot, save_figure
+from kadam.experiments.figures import colormap, panels, save_figure
 
 __all__ = ["CAPTIONS", "draw_all", "plot_curves", "plot_sensitivity", "plot_forest", "plot_lr_ratio",
            "plot_performance_profile"]
@@ -27,8 +27,8 @@ CAPTIONS = {
 
 
 def _arm_colors(arms: list[str]) -> dict[str, Any]:
-    colormap = pyplot().get_cmap("tab10" if len(arms) <= 10 else "tab20")
-    return {arm: colormap(i % colormap.N) for i, arm in enumerate(sorted(arms))}
+    palette = colormap("tab10" if len(arms) <= 10 else "tab20")
+    return {arm: palette(i % palette.N) for i, arm in enumerate(sorted(arms))}
 
 
 def _all_arms(analysis: Mapping[str, Any]) -> list[str]:

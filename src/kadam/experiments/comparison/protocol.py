@@ -116,7 +116,7 @@ EVALUATION_SEED_OFFSET = 1000
 
 def _existing(name: str) -> Callable[..., Any]:
     def build(device: str = "cpu", **sizes: Any) -> Any:
-        from kadam.experiments.tasks import build_task
+        from kadam.experiments.workloads import build_task
 
         return build_task(name, device, **sizes)
 
@@ -148,7 +148,7 @@ WORKLOADS: Mapping[str, Callable[..., Any]] = {
 }
 """Workload name → builder ``(device, **sizes) -> Task``: the pre-LN GPT character LM and the same model
 without LayerNorm (:mod:`kadam.experiments.workloads.gpt`), the digits CNN with and without BatchNorm and
-the MNIST-1D MLP (:mod:`kadam.experiments.tasks`), and the noisy quadratic model
+the MNIST-1D MLP (:mod:`kadam.experiments.workloads`), and the noisy quadratic model
 (:mod:`kadam.experiments.workloads.noisy_quadratic`)."""
 
 
@@ -397,7 +397,8 @@ def train_trial(
                               final_lr_fraction, window)
     generator = torch.Generator().manual_seed(seed)
     try:
-        curve, diverged = task.fit(model, optimizer, steps, batch_size, generator, window, progress)
+        fitted = task.fit(model, optimizer, steps, batch_size, generator, window, progress)
+        curve, diverged = fitted.losses, fitted.diverged
     finally:
         clock.remove()
     training_seconds = time.perf_counter() - clock.started

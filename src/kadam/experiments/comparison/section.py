@@ -40,7 +40,7 @@ __all__ = ["PlannedRun", "build_section", "tuning_plan", "followup_plan", "tagge
            "config_for"]
 
 SECTION = "comparison"
-TRAIN_FUNCTION = f"{train_trial.__module__}:{train_trial.__name__}"
+TRAIN_FUNCTION = train_trial
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import kadam
 from kadam.experiments.cells import CellCache, CellRunner
 from kadam.experiments.comparison.section import build_section
 from kadam.experiments.report import write_report
-from kadam.experiments.sections import Settings
+from kadam.experiments.profiles import Settings
 
 __all__ = ["run_study"]
 

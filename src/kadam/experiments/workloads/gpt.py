@@ -8,7 +8,7 @@ the architectures agree (LayerNorm's own parameters start at 1 and 0, not at ran
 the normalization layers for THEORY §4's question (does 2-Adam without normalization recover what
 normalization gives Adam?).
 
-The data are :func:`kadam.experiments.tasks.encode_characters`' tokens of the first ``corpus_chars``
+The data are :func:`kadam.experiments.workloads.encode_characters`' tokens of the first ``corpus_chars``
 characters, split 90/5/5 into contiguous train/validation/test parts; training batches are windows of
 ``context + 1`` characters at positions drawn from the task's generator, evaluation uses up to
 ``evaluation_windows`` fixed non-overlapping windows of each held-out part.
@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kadam.experiments.tasks import Split, Task, encode_characters
+from kadam.experiments.workloads.data import Split, encode_characters
+from kadam.experiments.workloads.tasks import Task
 
 __all__ = ["GPT", "build_gpt_task"]
 
@@ -89,7 +90,7 @@ def _splits(corpus_chars: int, context: int, evaluation_windows: int) -> tuple[d
 def build_gpt_task(device: str | torch.device = "cpu", layer_norm: bool = True, corpus_chars: int = 200_000,
                    context: int = 64, width: int = 64, heads: int = 4, layers: int = 2,
                    evaluation_windows: int = 256) -> Task:
-    """The character-LM :class:`~kadam.experiments.tasks.Task` ("gpt" or "gpt-noln") at the given sizes."""
+    """The character-LM :class:`~kadam.experiments.workloads.Task` ("gpt" or "gpt-noln") at the given sizes."""
     for name, value in (("corpus_chars", corpus_chars), ("context", context), ("width", width), ("heads", heads),
                         ("layers", layers), ("evaluation_windows", evaluation_windows)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -19,7 +19,7 @@ optimizers that are linear in the gradient (SGD, heavy ball; Zhang et al. model 
 preconditioner to get one); Adam, AdamW and k-Adam are not linear, so that expectation is estimated by
 averaging seeds, as for every other workload. Validation and test therefore coincide here.
 
-The task is a :class:`~kadam.experiments.tasks.Task`: ``sample_batch`` draws the noise ξ with the run's
+The task is a :class:`~kadam.experiments.workloads.Task`: ``sample_batch`` draws the noise ξ with the run's
 generator, the "model" is the parameter vector θ whose forward pass returns ``L(θ)`` with the gradient
 ``Hθ + ξ`` (so the training-loss curve is exact too), and ``evaluate`` returns the exact ``L(θ)``.
 """
@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from kadam.experiments.tasks import Split, Task
+from kadam.experiments.workloads.data import Split
+from kadam.experiments.workloads.tasks import Task
 
 __all__ = ["NoisyQuadratic", "NoisyQuadraticTask", "build_noisy_quadratic_task", "curvatures"]
 
@@ -68,7 +69,7 @@ class NoisyQuadratic(nn.Module):
 
 @dataclass
 class NoisyQuadraticTask(Task):
-    """The NQM as a :class:`~kadam.experiments.tasks.Task` (see the module docstring)."""
+    """The NQM as a :class:`~kadam.experiments.workloads.Task` (see the module docstring)."""
 
     curvature: torch.Tensor = field(default_factory=lambda: torch.ones(1))
 
