@@ -12,10 +12,12 @@ r"""A stability monitor for a live Adam, AdamW or k-Adam run: THEORY §7's quant
   the level's own step count, and :math:`r_n = \max|u^{(i)}_n| / B_n` (``RMS / B_n`` for a level in
   tensor mode, which is what §2 bounds there). :math:`r_n \le 1` for every input sequence and ε ≥ 0.
 - ``spike_factor``: THEORY §7's :math:`s_n = \max_j x_{n,j}^2 / (\sqrt{\hat v_{n-1,j}} + \epsilon)^2`
-  over the tensor's entries, x the level-1 input (the gradient, plus λθ for coupled L2 decay, divided by
-  GradScaler's scale on the fused path), measured in the pre-hook before the step changes
-  :math:`v`. ε sits in the denominator as in the update, so an entry whose gradient stays below ε is
-  not a spike; NaN at a tensor's first step (no :math:`\hat v_0`).
+  over the tensor's entries, x the level-1 input (the gradient, plus λθ for coupled L2 decay), with
+  :math:`v_{n-1}` recovered from the state after the step (:meth:`StabilityMonitor._spike_factor`), so
+  the gradient is read where it is final also when ``step(closure)`` computes it (Lightning). ε sits
+  in the denominator as in the update, so an entry whose gradient stays below ε is not a spike; NaN at
+  a tensor's first step (no :math:`\hat v_0`) and for γ = 0. On the fused path the gradient is read
+  after the step, which torch's and KAdam's fused kernels leave unscaled.
 - ``cosine``: :math:`\cos(u_n, g_n)` of the final update and the loss gradient (``model_cosine``: over
   all recorded tensors together).
 - ``update_param_ratio``: :math:`|\theta_n - \theta_{n-1}| / |\theta_{n-1}|`, the ratio Composer's
@@ -41,8 +43,9 @@ argument (defaults chosen by the validation in ``kadam.experiments.monitor``): t
 update–gradient cosine and the near-worst-case bound ratio.
 
 **Cost.** Between recorded steps the hooks only count calls. On a recorded step the pre-hook reads each
-tensor's gradient and second moment (temporaries of one tensor's size at a time) and the post-hook reads
-the state and the parameters: a handful of elementwise passes per tensor and level, no copy kept. The
+tensor's step count and the post-hook reads the gradient, the state and the parameters: a handful of
+elementwise passes per tensor and level in float64 temporaries of one tensor's size at a time, no copy
+kept between the hooks. The
 per-tensor results of a step are gathered into one small tensor and moved to the host once, to decide
 events (one synchronisation per recorded step on an accelerator).
 
@@ -457,7 +460,8 @@ class StabilityMonitor:
         warn: bool = True,
         writer: Any | None = None,
     ) -> None:
-        optimizer = getattr(optimizer, "optimizer", optimizer) if not isinstance(optimizer, torch.optim.Optimizer) else optimizer
+        while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+            optimizer = optimizer.optimizer  # accelerate's AcceleratedOptimizer and similar wrappers
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         for name, value, least in (("every", every, 1), ("sharpness_iterations", sharpness_iterations, 1),
@@ -548,48 +552,13 @@ class StabilityMonitor:
     def _recording(self) -> bool:
         return self._pending or self._calls % self.every == 0
 
-    @torch.no_grad()
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._calls += 1
         if not self._recording():
             self._pre = None
             return
-        grad_scale = getattr(optimizer, "grad_scale", None)
-        found_inf = getattr(optimizer, "found_inf", None)
-        levels = [optimizer_levels(optimizer, group) for group in optimizer.param_groups]
-        self._pre = {}
-        for index, tracked in enumerate(self._tracked):
-            param = tracked.param
-            if param.grad is None:
-                continue
-            state = optimizer.state.get(param, {})
-            step_before = _step_of(state)
-            spike = math.nan
-            if state and step_before >= 1 and (found_inf is None or not bool(found_inf)):
-                spike = self._spike_factor(optimizer, tracked, levels[tracked.group_index][0], state, grad_scale)
-            self._pre[index] = (step_before, spike)
-
-    @staticmethod
-    def _spike_factor(optimizer: torch.optim.Optimizer, tracked: _Tracked, level: LevelHyperparameters,
-                      state: Mapping[str, Any], grad_scale: Tensor | None) -> float:
-        group = optimizer.param_groups[tracked.group_index]
-        x = tracked.param.grad
-        if grad_scale is not None:
-            x = x / grad_scale.to(x.device)
-        weight_decay = float(group.get("weight_decay", 0.0))
-        if weight_decay and not uses_decoupled_weight_decay(optimizer, group):
-            x = x + weight_decay * tracked.param
-        _, second, count = _level_state(optimizer, group, state, 1)
-        if torch.is_complex(x):
-            x = torch.view_as_real(x)
-            second = torch.view_as_real(second) if torch.is_complex(second) else second
-        if count < 1:
-            return math.nan
-        v_hat = second / (1 - level.gamma**count)
-        if level.tensor_mode:
-            v_hat = v_hat.expand_as(x) if v_hat.dim() == 0 else v_hat
-        ratio = x.square() / (v_hat.sqrt() + level.eps).square()
-        return float(ratio.max()) if ratio.numel() else math.nan
+        self._pre = {index: _step_of(optimizer.state.get(tracked.param, {}))
+                     for index, tracked in enumerate(self._tracked)}
 
     @torch.no_grad()
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -597,8 +566,8 @@ class StabilityMonitor:
             return
         pre, self._pre = self._pre, None
         row = np.full((len(self._tracked), len(self.quantities)), np.nan)
-        advanced = [i for i, (before, _) in pre.items()
-                    if _step_of(optimizer.state.get(self._tracked[i].param, {})) > before]
+        advanced = [i for i, before in pre.items() if self._tracked[i].param.grad is not None
+                    and _step_of(optimizer.state.get(self._tracked[i].param, {})) > before]
         if not advanced:
             self._pending = True  # e.g. GradScaler skipped a fused step: record the next one instead
             return
@@ -612,7 +581,7 @@ class StabilityMonitor:
         dots: list[Tensor] = []
         for index in advanced:
             tracked = self._tracked[index]
-            values, keys, dot = self._tensor_values(optimizer, tracked, levels[tracked.group_index], pre[index][1])
+            values, keys, dot = self._tensor_values(optimizer, tracked, levels[tracked.group_index])
             columns.append(values)
             placement.append((index, [self._column[k] for k in keys]))
             dots.append(dot)
@@ -639,8 +608,8 @@ class StabilityMonitor:
         if self.writer is not None and _reporting_rank():
             self._write_scalars(step, row, model)
 
-    def _tensor_values(self, optimizer: torch.optim.Optimizer, tracked: _Tracked, levels: list[LevelHyperparameters],
-                       spike: float) -> tuple[Tensor, list[str], Tensor]:
+    def _tensor_values(self, optimizer: torch.optim.Optimizer, tracked: _Tracked,
+                       levels: list[LevelHyperparameters]) -> tuple[Tensor, list[str], Tensor]:
         """One tensor's recorded values (a 1-d float64 tensor), their quantity names, and (⟨u,g⟩, |u|², |g|²)."""
         group = optimizer.param_groups[tracked.group_index]
         state = optimizer.state[tracked.param]
@@ -675,11 +644,12 @@ class StabilityMonitor:
         cosine = dot[0] / torch.sqrt(dot[1] * dot[2])
         after = (torch.view_as_real(param) if torch.is_complex(param) else param).reshape(-1).double()
         before = (after + lr * flat_u) / (1 - lr * weight_decay)
+        spike = self._spike_factor(optimizer, group, levels[0], state, flat_g, before)
         stats = step_statistics(before, after, lr, weight_decay)
         change = torch.linalg.vector_norm(after - before)
         norm_before = torch.linalg.vector_norm(before)
         scalar = after.new_tensor
-        values += [scalar(lr), scalar(spike), cosine, change / norm_before, stats[0]]
+        values += [scalar(lr), spike, cosine, change / norm_before, stats[0]]
         keys += list(_TENSOR_QUANTITIES)
         if tracked.invariant:
             beta = levels[-1].beta
@@ -691,6 +661,31 @@ class StabilityMonitor:
             values += [stats[4], stats[3], scalar(norm), scalar(angle)]
             keys += list(_INVARIANT_QUANTITIES)
         return torch.stack([v.reshape(()).double() for v in values]), keys, dot
+
+    @staticmethod
+    def _spike_factor(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], level: LevelHyperparameters,
+                      state: Mapping[str, Any], grad: Tensor, before: Tensor) -> Tensor:
+        """THEORY §7's spike factor of step n, from the state after the step (module docstring).
+
+        ``v_{n−1} = (v_n − (1−γ) x_n²)/γ`` recovers the second moment before the step; in a spike
+        ``x_n² ≫ v_{n−1}`` this subtraction keeps about ``(1−γ)^{-1}/s`` of ``v_n``'s relative precision,
+        enough for spike factors far beyond any threshold in float32 (e.g. s = 10⁶ at γ = 0.999 to ~1e-4).
+        """
+        _, _, count = _level_state(optimizer, group, state, 1)
+        second = state["exp_avg_sq"]  # the moment itself, also under AMSGrad
+        if count < 2 or level.gamma == 0.0:
+            return grad.new_tensor(math.nan)
+        x = grad
+        weight_decay = float(group.get("weight_decay", 0.0))
+        if weight_decay and not uses_decoupled_weight_decay(optimizer, group):
+            x = x + weight_decay * before
+        squares = x.square()
+        current = second.double()
+        current = torch.view_as_real(current).reshape(-1) if torch.is_complex(current) else current.reshape(-1)
+        fed = squares.mean() if level.tensor_mode else squares
+        previous = torch.clamp(current - (1 - level.gamma) * fed, min=0.0) / level.gamma
+        v_hat = previous / (1 - level.gamma ** (count - 1))
+        return (squares / (v_hat.sqrt() + level.eps).square()).max()
 
     def _bound(self, beta: float, gamma: float, count: float) -> float:
         key = (beta, gamma, count)
@@ -873,8 +868,9 @@ def _huggingface_callback() -> type:
         """Attach a :class:`StabilityMonitor` to the Trainer's optimizer at ``on_train_begin``; detach at the end.
 
         Keyword arguments are :class:`StabilityMonitor`'s; ``names`` defaults to the Trainer's model.
-        The monitor is ``callback.monitor``. ``on_log`` adds each tensor's worst recorded bound ratio
-        and spike factor of the last recorded step to the Trainer's logs.
+        The monitor is ``callback.monitor``. ``on_log`` adds the largest bound ratio and spike factor
+        over tensors at the last recorded step to the Trainer's ``log_history`` entry and to ``logs``
+        (reporting callbacks listed before this one have already been called with ``logs``).
         """
 
         def __init__(self, **monitor_kwargs: Any) -> None:
@@ -891,7 +887,10 @@ def _huggingface_callback() -> type:
                    **kwargs: Any) -> None:
             if self.monitor is None or logs is None:
                 return
-            logs.update(_latest_summary(self.monitor))
+            summary = _latest_summary(self.monitor)
+            logs.update(summary)  # seen by the callbacks after this one
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1].update(summary)  # the Trainer copied ``logs`` there before on_log
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if self.monitor is not None:

@@ -455,3 +455,26 @@ def test_bad_optimizer_and_thresholds() -> None:
         Thresholds(cosine=2.0)
     with pytest.raises(ValueError, match="Thresholds.spike_factor must be > 0"):
         Thresholds(spike_factor=-1.0)
+
+
+def test_step_with_a_closure_records_the_same_as_without() -> None:
+    histories = []
+    for use_closure in (False, True):
+        model, inputs, targets = regression()
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+        monitor = StabilityMonitor(optimizer, every=2, names=model, warn=False)
+        for _ in range(6):
+            def closure() -> torch.Tensor:
+                optimizer.zero_grad()
+                loss = ((model(inputs) - targets) ** 2).mean()
+                loss.backward()
+                return loss
+
+            if use_closure:
+                optimizer.step(closure)  # gradients exist only inside step: the pre-hook cannot see them
+            else:
+                closure()
+                optimizer.step()
+        histories.append(monitor.history)
+    assert np.isfinite(histories[1]["spike_factor"]["0.weight"][1:]).all()
+    np.testing.assert_array_equal(histories[0].values, histories[1].values)
