@@ -395,6 +395,22 @@ _INVARIANT_QUANTITIES = ("effective_lr", "angular_update", "predicted_norm", "pr
 _MODEL_QUANTITIES = ("model_cosine", "sharpness", "sharpness_threshold", "loss")
 
 
+class _Layout(NamedTuple):
+    """What :meth:`StabilityMonitor._fill` needs besides the device measurements of one tensor."""
+
+    levels: list[LevelHyperparameters]
+    bounds: list[float]
+    lr: float
+    decay: float  # decoupled λ (0 for coupled or none)
+    invariant: bool
+    elements: int
+
+    @property
+    def size(self) -> int:
+        """Number of measurements: two per level, seven for the tensor, one more if scale-invariant."""
+        return 2 * len(self.levels) + 7 + int(self.invariant)
+
+
 class _Tracked(NamedTuple):
     name: str
     param: Tensor
@@ -575,23 +591,20 @@ class StabilityMonitor:
         step = int(max(_step_of(optimizer.state[self._tracked[i].param]) for i in advanced))
         self._check_region(step)
         levels = [optimizer_levels(optimizer, group) for group in optimizer.param_groups]
-        columns: list[Tensor] = []  # per-tensor stacked values on device, gathered then moved once
-        placement: list[tuple[int, list[int]]] = []
-        inner, u_sq, g_sq = 0.0, 0.0, 0.0
-        dots: list[Tensor] = []
+        measured: list[Tensor] = []  # per tensor, its device measurements; moved to the host once
+        layouts: list[tuple[int, _Layout]] = []
         for index in advanced:
             tracked = self._tracked[index]
-            values, keys, dot = self._tensor_values(optimizer, tracked, levels[tracked.group_index])
-            columns.append(values)
-            placement.append((index, [self._column[k] for k in keys]))
-            dots.append(dot)
-        host = torch.cat(columns).double().cpu().numpy() if columns else np.zeros(0)
+            values, layout = self._measure(optimizer, tracked, levels[tracked.group_index])
+            measured.append(values.double())
+            layouts.append((index, layout))
+        host = torch.cat(measured).cpu().numpy() if measured else np.zeros(0)
         position = 0
-        for index, cols in placement:
-            row[index, cols] = host[position:position + len(cols)]
-            position += len(cols)
-        host_dots = torch.stack(dots).double().cpu().numpy() if dots else np.zeros((0, 3))
-        inner, u_sq, g_sq = host_dots.sum(axis=0) if len(host_dots) else (0.0, 0.0, 0.0)
+        inner = u_sq = g_sq = 0.0
+        for index, layout in layouts:
+            inner_t, u_sq_t, g_sq_t = self._fill(row[index], host[position:position + layout.size], layout)
+            inner, u_sq, g_sq = inner + inner_t, u_sq + u_sq_t, g_sq + g_sq_t
+            position += layout.size
         model = {q: math.nan for q in _MODEL_QUANTITIES}
         model["model_cosine"] = inner / math.sqrt(u_sq * g_sq) if u_sq > 0 and g_sq > 0 else math.nan
         self._recorded += 1
@@ -608,17 +621,23 @@ class StabilityMonitor:
         if self.writer is not None and _reporting_rank():
             self._write_scalars(step, row, model)
 
-    def _tensor_values(self, optimizer: torch.optim.Optimizer, tracked: _Tracked,
-                       levels: list[LevelHyperparameters]) -> tuple[Tensor, list[str], Tensor]:
-        """One tensor's recorded values (a 1-d float64 tensor), their quantity names, and (⟨u,g⟩, |u|², |g|²)."""
+    def _measure(self, optimizer: torch.optim.Optimizer, tracked: _Tracked,
+                 levels: list[LevelHyperparameters]) -> tuple[Tensor, _Layout]:
+        """One tensor's device-side reductions (a 1-d tensor) and what the host needs to finish them.
+
+        Per level: |u⁽ⁱ⁾| and max|u⁽ⁱ⁾|; then ⟨u, g⟩, |u|, |g| of the final update, |θ_n − θ_{n−1}|,
+        |θ_{n−1}|, |θ_n|, the spike factor, and for a scale-invariant tensor the angular update. A few
+        elementwise passes, each in the tensor's own dtype.
+        """
         group = optimizer.param_groups[tracked.group_index]
         state = optimizer.state[tracked.param]
         param = tracked.param.detach()
         lr = float(group["lr"])
         decoupled = uses_decoupled_weight_decay(optimizer, group)
-        weight_decay = float(group.get("weight_decay", 0.0)) if decoupled else 0.0
-        values: list[Tensor] = []
-        keys: list[str] = []
+        decay = float(group.get("weight_decay", 0.0)) if decoupled else 0.0
+        shrink = 1.0 - lr * decay
+        reductions: list[Tensor] = []
+        bounds: list[float] = []
         update = None
         for i, level in enumerate(levels, start=1):
             first, second, count = _level_state(optimizer, group, state, i)
@@ -627,40 +646,56 @@ class StabilityMonitor:
                 second = torch.view_as_real(second) if torch.is_complex(second) else second
             denom = (second.sqrt() / math.sqrt(1 - level.gamma**count)).add_(level.eps)
             update = torch.div(first, denom).div_(1 - level.beta**count)
-            squares = update.double().square()
-            rms = squares.mean().sqrt()
-            largest = update.abs().max().double()
-            bound = self._bound(level.beta, level.gamma, count)
-            ratio = (rms if level.tensor_mode else largest) / bound
-            values += [rms, largest, torch.tensor(bound, dtype=torch.float64, device=rms.device), ratio]
-            keys += [f"{q}_L{i}" for q in _LEVEL_QUANTITIES]
+            reductions += [torch.linalg.vector_norm(update), torch.linalg.vector_norm(update, ord=math.inf)]
+            bounds.append(self._bound(level.beta, level.gamma, count))
         assert update is not None
         grad = tracked.param.grad
         grad = torch.view_as_real(grad) if torch.is_complex(grad) else grad
         if group.get("maximize", False):
             grad = -grad
-        flat_u, flat_g = update.reshape(-1).double(), grad.reshape(-1).double()
-        dot = torch.stack([torch.dot(flat_u, flat_g), torch.dot(flat_u, flat_u), torch.dot(flat_g, flat_g)])
-        cosine = dot[0] / torch.sqrt(dot[1] * dot[2])
-        after = (torch.view_as_real(param) if torch.is_complex(param) else param).reshape(-1).double()
-        before = (after + lr * flat_u) / (1 - lr * weight_decay)
-        spike = self._spike_factor(optimizer, group, levels[0], state, flat_g, before)
-        stats = step_statistics(before, after, lr, weight_decay)
-        change = torch.linalg.vector_norm(after - before)
-        norm_before = torch.linalg.vector_norm(before)
-        scalar = after.new_tensor
-        values += [scalar(lr), spike, cosine, change / norm_before, stats[0]]
-        keys += list(_TENSOR_QUANTITIES)
+        after = torch.view_as_real(param) if torch.is_complex(param) else param
+        flat_u, flat_g, flat_after = update.reshape(-1), grad.reshape(-1), after.reshape(-1)
+        # θ_{n−1} = (θ_n + ηu)/q and θ_n − θ_{n−1} = −η(u + λθ_n)/q (q = 1 − ηλ): the change without cancellation
+        before = torch.add(flat_after, flat_u, alpha=lr)
+        change = torch.add(flat_u, flat_after, alpha=decay) if decay else flat_u
+        if shrink != 1.0:
+            before.div_(shrink)
+        reductions += [torch.dot(flat_u, flat_g), torch.linalg.vector_norm(flat_u), torch.linalg.vector_norm(flat_g),
+                       torch.linalg.vector_norm(change) * (lr / shrink), torch.linalg.vector_norm(before),
+                       torch.linalg.vector_norm(flat_after),
+                       self._spike_factor(optimizer, group, levels[0], state, flat_g, before)]
         if tracked.invariant:
-            beta = levels[-1].beta
-            if weight_decay > 0 and lr * weight_decay < 1:
-                norm = predictions.equilibrium_norm(lr, weight_decay, param.numel(), beta)
-                angle = predictions.equilibrium_angular_update(lr, weight_decay, beta)
-            else:
-                norm = angle = math.nan
-            values += [stats[4], stats[3], scalar(norm), scalar(angle)]
-            keys += list(_INVARIANT_QUANTITIES)
-        return torch.stack([v.reshape(()).double() for v in values]), keys, dot
+            reductions.append(step_statistics(before, flat_after, lr, decay)[3])
+        layout = _Layout(levels, bounds, lr, decay, tracked.invariant, param.numel())
+        dtype = reductions[0].dtype
+        return torch.stack([r.reshape(()).to(dtype) for r in reductions]), layout
+
+    def _fill(self, row: np.ndarray, values: np.ndarray, layout: _Layout) -> tuple[float, float, float]:
+        """Write one tensor's quantities into ``row`` from its measurements; returns (⟨u,g⟩, |u|², |g|²)."""
+        column = self._column
+        size = layout.elements
+        for i, (level, bound) in enumerate(zip(layout.levels, layout.bounds), start=1):
+            norm, largest = values[2 * i - 2], values[2 * i - 1]
+            rms = norm / math.sqrt(size)
+            row[column[f"update_rms_L{i}"]] = rms
+            row[column[f"update_max_L{i}"]] = largest
+            row[column[f"bound_L{i}"]] = bound
+            row[column[f"bound_ratio_L{i}"]] = (rms if level.tensor_mode else largest) / bound
+        inner, u_norm, g_norm, change, before, after, spike, *rest = values[2 * len(layout.levels):]
+        lr = layout.lr
+        row[column["cosine"]] = inner / (u_norm * g_norm) if u_norm > 0 and g_norm > 0 else math.nan
+        row[column["update_param_ratio"]] = change / before if before > 0 else math.nan
+        row[column["param_norm"]] = after
+        row[column["lr"]] = lr
+        row[column["spike_factor"]] = spike
+        if layout.invariant:
+            row[column["angular_update"]] = rest[0]
+            row[column["effective_lr"]] = lr / before if before > 0 else math.nan
+            beta, decay = layout.levels[-1].beta, layout.decay
+            if decay > 0 and lr > 0 and lr * decay < 1:
+                row[column["predicted_norm"]] = predictions.equilibrium_norm(lr, decay, size, beta)
+                row[column["predicted_angular_update"]] = predictions.equilibrium_angular_update(lr, decay, beta)
+        return float(inner), float(u_norm) ** 2, float(g_norm) ** 2
 
     @staticmethod
     def _spike_factor(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], level: LevelHyperparameters,
@@ -680,12 +715,11 @@ class StabilityMonitor:
         if weight_decay and not uses_decoupled_weight_decay(optimizer, group):
             x = x + weight_decay * before
         squares = x.square()
-        current = second.double()
-        current = torch.view_as_real(current).reshape(-1) if torch.is_complex(current) else current.reshape(-1)
+        current = torch.view_as_real(second) if torch.is_complex(second) else second
         fed = squares.mean() if level.tensor_mode else squares
-        previous = torch.clamp(current - (1 - level.gamma) * fed, min=0.0) / level.gamma
-        v_hat = previous / (1 - level.gamma ** (count - 1))
-        return (squares / (v_hat.sqrt() + level.eps).square()).max()
+        previous = torch.sub(current.reshape(-1), fed, alpha=1 - level.gamma).clamp_(min=0.0)
+        denom = previous.mul_(1.0 / (level.gamma * (1 - level.gamma ** (count - 1)))).sqrt_().add_(level.eps)
+        return squares.div_(denom.square_()).max()
 
     def _bound(self, beta: float, gamma: float, count: float) -> float:
         key = (beta, gamma, count)
