@@ -227,6 +227,8 @@ class Thresholds:
             THEORY §2 (a geometrically growing gradient).
         spike_factor: :math:`\\max g^2/\\hat v_{n-1}` above which a coordinate's gradient jumped far above
             its history (THEORY §7).
+        spike_after: compare the spike factor only from this optimizer step on: early on :math:`\\hat v`
+            averages a few squared gradients and the ratio of squared samples is heavy-tailed.
         cosine: update–gradient cosine below which the update opposes the gradient.
     """
 
@@ -235,6 +237,7 @@ class Thresholds:
     sharpness_ratio: float | None = 1.0
     near_bound: float | None = None
     spike_factor: float | None = 1e4
+    spike_after: int = 100
     cosine: float | None = None
 
     def __post_init__(self) -> None:
@@ -794,7 +797,7 @@ class StabilityMonitor:
                         "gradients are close to the worst case, a geometrically growing gradient",
                         "look for a growing gradient in this tensor; lower lr or clip", i, "argument"))
             spike = values[self._column["spike_factor"]]
-            if limits.spike_factor is not None and spike > limits.spike_factor:
+            if limits.spike_factor is not None and step >= limits.spike_after and spike > limits.spike_factor:
                 level = levels[0]
                 one_spike = (1 - level.beta) / math.sqrt(1 - level.gamma)
                 self._emit(StabilityEvent(

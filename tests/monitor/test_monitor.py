@@ -235,7 +235,7 @@ def test_spike_factor_event_on_a_silent_coordinate_that_jumps() -> None:
     optimizer = torch.optim.Adam([weight], lr=0.01, eps=1e-8)
     events: list[StabilityEvent] = []
     monitor = StabilityMonitor(optimizer, every=1, names=[("embedding.weight", weight)], on_event=events.append,
-                               warn=False, thresholds=Thresholds(spike_factor=100.0))
+                               warn=False, thresholds=Thresholds(spike_factor=100.0, spike_after=2))
     for n in range(1, 31):
         weight.grad = torch.tensor([1.0, 1.0, 1e-3 if n < 30 else 1.0, 0.5], dtype=torch.float64)
         optimizer.step()

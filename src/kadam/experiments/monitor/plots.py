@@ -12,7 +12,7 @@ import numpy as np
 from kadam.experiments.figures import panels, save_figure
 from kadam.monitor import MonitorHistory
 
-__all__ = ["plot_history", "plot_sharpness"]
+__all__ = ["plot_history", "plot_run", "plot_sharpness"]
 
 _EVENT_COLORS = {"theory": "tab:red", "argument": "tab:orange"}
 
@@ -91,4 +91,45 @@ def plot_sharpness(runs: Sequence[Mapping[str, Any]], path: str | Path) -> str |
         axis.axhline(runs[0]["sharpness_threshold"], color="tab:red", lw=1, ls="--", label="(2 + 2β)/(1 − β)")
     axis.set(xlabel="step", ylabel="λ_max(η P⁻¹ H)", yscale="log")
     axis.legend(fontsize=7)
+    return save_figure(figure, path, dpi=110)
+
+
+def plot_run(run: Mapping[str, Any], path: str | Path) -> str | Path:
+    """One protocol run (:func:`kadam.experiments.monitor.protocol.monitored_run`): loss, largest
+    update/bound ratio and spike factor over tensors, model cosine; monitor warnings (red), baseline
+    warnings (ticks), the instability event (black, dashed)."""
+    figure, axes = panels(4, 1, (8.0, 1.9))
+    loss_axis, ratio_axis, spike_axis, cosine_axis = (row[0] for row in axes)
+    losses = np.asarray([np.nan if v is None else v for v in run["losses"]], dtype=float)
+    loss_axis.plot(np.arange(1, len(losses) + 1), losses, color="black", lw=1)
+    loss_axis.set(ylabel="loss", yscale="log")
+    steps = run["recorded_steps"]
+
+    def series(key: str) -> np.ndarray:
+        return np.asarray([np.nan if v is None else v for v in run[key]], dtype=float)
+
+    ratio_axis.plot(steps, series("max_bound_ratio"), color="tab:purple", lw=1)
+    ratio_axis.axhline(1.0, color="tab:red", lw=0.8, ls=":")
+    ratio_axis.set_ylabel("max over tensors\nmax|u| / B_n")
+    spike_axis.plot(steps, series("max_spike_factor"), color="tab:green", lw=1)
+    spike_axis.set(ylabel="max spike factor", yscale="log")
+    cosine_axis.plot(steps, series("model_cosine"), color="tab:blue", lw=1)
+    cosine_axis.axhline(0.0, color="gray", lw=0.6)
+    cosine_axis.set(ylabel="cos(u, g)", xlabel="step")
+    every_axis = (loss_axis, ratio_axis, spike_axis, cosine_axis)
+    for step in sorted({event["step"] for event in run["monitor_events"]}):
+        for axis in every_axis:
+            axis.axvline(step, color="tab:red", lw=0.6, alpha=0.5)
+    for offset, (name, warned) in enumerate(sorted(run["baselines"].items())):
+        if warned:
+            loss_axis.plot(warned, [np.nanmax(losses) * (0.9 - 0.1 * offset)] * len(warned), "|", ms=6,
+                           label=f"{name} warnings")
+    if run["instability_step"] is not None:
+        for axis in every_axis:
+            axis.axvline(run["instability_step"], color="black", lw=1, ls="--")
+    if loss_axis.get_legend_handles_labels()[0]:
+        loss_axis.legend(fontsize=6, loc="lower left")
+    spec = run["spec"]
+    loss_axis.set_title(f"{spec['task']}, knob {spec['knob']} ({spec['arm']}), seed {spec['seed']}: "
+                        f"{len(run['monitor_events'])} monitor events", fontsize=9)
     return save_figure(figure, path, dpi=110)
