@@ -227,6 +227,8 @@ class Thresholds:
             THEORY §2 (a geometrically growing gradient).
         spike_factor: :math:`\\max g^2/\\hat v_{n-1}` above which a coordinate's gradient jumped far above
             its history (THEORY §7).
+        sharpness_after: compare the sharpness with the edge of stability only from this optimizer step on:
+            the preconditioner :math:`\\sqrt{\\hat v}` of the first steps averages too few squared gradients.
         spike_after: compare the spike factor only from this optimizer step on: early on :math:`\\hat v`
             averages a few squared gradients and the ratio of squared samples is heavy-tailed.
         cosine: update–gradient cosine below which the update opposes the gradient.
@@ -235,8 +237,9 @@ class Thresholds:
     bound_ratio: float | None = 1.0
     bound_tolerance: float = 1e-3
     sharpness_ratio: float | None = 1.0
+    sharpness_after: int = 10
     near_bound: float | None = None
-    spike_factor: float | None = 1e4
+    spike_factor: float | None = 1e6
     spike_after: int = 100
     cosine: float | None = None
 
@@ -363,13 +366,16 @@ def preconditioned_sharpness(
     the tensors of H; ``inverse_preconditioner`` the diagonal of :math:`P^{-1}` shaped like them. The
     iteration runs on the symmetric :math:`D^{1/2} H D^{1/2}`, :math:`D = P^{-1}` (same eigenvalues) and
     returns the Rayleigh quotient of its last vector: the eigenvalue of largest magnitude (with its
-    sign) once converged. ``.grad`` is left untouched (``torch.autograd.grad``).
+    sign) once converged. ``.grad`` is left untouched (``torch.autograd.grad``). ``loss()`` runs with
+    scaled-dot-product attention on its math backend, the one with a double backward.
     """
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
     params = list(params)
     roots = [d.sqrt() for d in inverse_preconditioner]
-    with torch.enable_grad():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):  # the fused attention kernels lack double backward
         value = loss()
         grads = torch.autograd.grad(value, params, create_graph=True)
     vector = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
@@ -815,7 +821,8 @@ class StabilityMonitor:
                     "(momentum overshoot, oscillation across a valley)",
                     "lower lr or β", 0, "argument"))
         sharpness, threshold = model["sharpness"], model["sharpness_threshold"]
-        if limits.sharpness_ratio is not None and sharpness > limits.sharpness_ratio * threshold:
+        if limits.sharpness_ratio is not None and step >= limits.sharpness_after and \
+                sharpness > limits.sharpness_ratio * threshold:
             self._emit(StabilityEvent(
                 "*", step, "sharpness", float(sharpness), float(threshold) * limits.sharpness_ratio,
                 f"the preconditioned sharpness λ_max(ηP⁻¹H) = {sharpness:.4g} is above the adaptive edge of "

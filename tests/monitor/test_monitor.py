@@ -298,6 +298,7 @@ def test_sharpness_event_above_the_edge_of_stability() -> None:
     optimizer = torch.optim.Adam([theta], lr=1.0, betas=(0.9, 0.999))
     events: list[StabilityEvent] = []
     monitor = StabilityMonitor(optimizer, every=1, sharpness_every=1, on_event=events.append, warn=False,
+                               thresholds=Thresholds(sharpness_after=1),
                                sharpness_closure=lambda: 0.5 * (curvature * theta**2).sum())
     theta.grad = torch.ones(3, dtype=torch.float64)
     optimizer.step()

@@ -36,13 +36,13 @@ PROFILES: dict[str, MonitorConfig] = {
     "smoke": MonitorConfig(tasks={"mnist1d-mlp": {"hidden": 32, "depth": 1}}, knobs=("lr",), seeds=(1,),
                            steps=60, batch_size=16),
     "quick": MonitorConfig(tasks={"char-transformer": _CHAR_TINY, "mnist1d-mlp": {"hidden": 64, "depth": 2}},
-                           knobs=("lr", "region", "warmup", "silence"), seeds=(1,), steps=150, batch_size=16,
+                           knobs=("lr", "region", "warmup", "silence"), seeds=(1,), steps=100, batch_size=16,
                            sharpness_lrs=(1e-3, 1e-2, 1e-1), sharpness_steps=100, sharpness_every=20,
                            sharpness_iterations=8, sharpness_sizes=_CHAR_TINY),
     "full": MonitorConfig(tasks={"char-transformer": _CHAR_SMALL, "mnist1d-mlp": {"hidden": 128, "depth": 2}},
-                          knobs=("lr", "region", "warmup", "silence"), seeds=(1, 2, 3), steps=600, batch_size=32,
+                          knobs=("lr", "region", "warmup", "silence"), seeds=(1, 2, 3, 4), steps=600, batch_size=32,
                           sharpness_lrs=(1e-3, 3e-3, 1e-2), sharpness_steps=1000, sharpness_every=25,
                           sharpness_iterations=20, sharpness_sizes=_CHAR_SMALL),
 }
-"""smoke: one pair of runs; quick: 14 runs (7 failing, 7 healthy) of 150 steps and three short sharpness
-runs; full: 42 runs (21 failing) of 600 steps on larger models and the sharpness question over 1000 steps."""
+"""smoke: one pair of runs; quick: 14 runs (7 failing, 7 healthy) of 100 steps and three short sharpness
+runs; full: 56 runs (28 failing) of 600 steps on larger models and the sharpness question over 1000 steps."""

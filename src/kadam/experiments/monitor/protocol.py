@@ -50,13 +50,17 @@ SETTLE = 20
 GRAD_SPIKE_FACTOR = 5.0
 GRAD_WINDOW = 20
 UPDATE_RATIO = 0.05
-MONITOR_THRESHOLDS = Thresholds(spike_factor=1e4, cosine=None, near_bound=None)
+MONITOR_THRESHOLDS = Thresholds()
 """The monitor's thresholds in the protocol: its defaults (theory thresholds and the default spike factor)."""
+SHARPNESS_EVERY = 5
+SHARPNESS_ITERATIONS = 4
+"""The monitor estimates the preconditioned sharpness every 5 steps on one fixed batch with 4 power iterations
+(a rough, low estimate: the Rayleigh quotient after few iterations lies below λ_max)."""
 
 KNOBS: Mapping[str, Mapping[str, Mapping[str, Any]]] = {
-    "lr": {"failing": {"lr": 0.2}, "healthy": {"lr": 3e-3}},
-    "region": {"failing": {"betas": (0.99, 0.9), "lr": 1e-2}, "healthy": {"betas": (0.99, 0.999), "lr": 1e-2}},
-    "warmup": {"failing": {"lr": 0.05, "warmup": 0}, "healthy": {"lr": 0.05, "warmup": 100}},
+    "lr": {"failing": {"lr": 1.0}, "healthy": {"lr": 3e-3}},
+    "region": {"failing": {"betas": (0.99, 0.1), "lr": 3e-3}, "healthy": {"betas": (0.99, 0.999), "lr": 3e-3}},
+    "warmup": {"failing": {"lr": 0.3, "warmup": 0}, "healthy": {"lr": 0.3, "warmup": 50}},
     "silence": {"failing": {"lr": 1e-2, "betas": (0.9, 0.99999), "spike": 1e4},
                 "healthy": {"lr": 1e-2, "betas": (0.9, 0.99999), "spike": 1.0}},
 }
@@ -132,7 +136,10 @@ def monitored_run(task: str, knob: str, arm: str, seed: int, steps: int, batch_s
     scheduler = None
     if spec.warmup:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / spec.warmup))
-    monitor = StabilityMonitor(optimizer, every=1, names=model, thresholds=MONITOR_THRESHOLDS, warn=False)
+    probe = built.sample_batch(torch.Generator().manual_seed(spec.seed + 10_000), spec.batch_size)
+    monitor = StabilityMonitor(optimizer, every=1, names=model, thresholds=MONITOR_THRESHOLDS, warn=False,
+                               sharpness_every=SHARPNESS_EVERY, sharpness_iterations=SHARPNESS_ITERATIONS,
+                               sharpness_closure=lambda: built.loss(model(probe[0]), probe[1]))
     generator = torch.Generator().manual_seed(spec.seed)
     parameters = [p for p in model.parameters()]
     silenced = _silence_hook(model, spec) if spec.knob == "silence" else None
@@ -178,6 +185,9 @@ def monitored_run(task: str, knob: str, arm: str, seed: int, steps: int, batch_s
         "max_bound_ratio": _nanmax_rows(ratio_table), "max_bound_ratio_tensor": _argmax_names(ratio_table, history.names),
         "max_spike_factor": _nanmax_rows(spike_table), "max_spike_tensor": _argmax_names(spike_table, history.names),
         "model_cosine": [_finite_or_none(v) for v in history.model["model_cosine"]],
+        "sharpness": [_finite_or_none(v) for v in history.model["sharpness"]],
+        "sharpness_threshold": _finite_or_none(float(np.nanmax(history.model["sharpness_threshold"])))
+        if np.isfinite(history.model["sharpness_threshold"]).any() else None,
     }
 
 
