@@ -32,7 +32,7 @@ def test_baselines_against_their_definitions() -> None:
 
 def record(knob: str, arm: str, event: int | None, monitor_steps: list[int], grad_steps: list[int]) -> dict:
     return {"spec": {"knob": knob, "arm": arm}, "instability_step": event,
-            "monitor_events": [{"step": s} for s in monitor_steps],
+            "monitor_events": [{"step": s, "quantity": "gamma" if s == 0 else "sharpness"} for s in monitor_steps],
             "baselines": {"grad_norm_spike": grad_steps, "update_param_ratio": []}}
 
 
@@ -55,6 +55,8 @@ def test_score_counts_recall_at_lead_lead_times_and_false_alarms() -> None:
     assert grad["recall"] == 0.0 and grad["lead_times"] == [1] and grad["healthy_runs_warned"] == 0.5
     table = summarize(scores)
     assert table.rows[0][1] == "1/2 (50%)"
+    without = scores["detectors"]["monitor_without_sharpness"]  # only the step-0 (γ) warnings remain
+    assert without["recall"] == 0.5 and without["lead_times"] == [50] and without["healthy_runs_warned"] == 0.0
 
 
 def test_smoke_section_runs_end_to_end(tmp_path: Path) -> None:

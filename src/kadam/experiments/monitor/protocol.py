@@ -227,7 +227,11 @@ def _silence_hook(model: torch.nn.Module, spec: RunSpec) -> dict[str, int]:
 
 
 def _first_warning_steps(run: Mapping[str, Any]) -> dict[str, list[int]]:
-    return {"monitor": sorted({e["step"] for e in run["monitor_events"]}), **run["baselines"]}
+    """Warning steps per detector; ``monitor_without_sharpness`` is the monitor with the edge-of-stability
+    check left out (an ablation: the same events minus those of quantity ``sharpness``)."""
+    return {"monitor": sorted({e["step"] for e in run["monitor_events"]}),
+            "monitor_without_sharpness": sorted({e["step"] for e in run["monitor_events"] if e["quantity"] != "sharpness"}),
+            **run["baselines"]}
 
 
 def score(runs: Sequence[Mapping[str, Any]], lead: int = LEAD) -> dict[str, Any]:
@@ -239,7 +243,7 @@ def score(runs: Sequence[Mapping[str, Any]], lead: int = LEAD) -> dict[str, Any]
     warning steps) and the share of runs with any warning. Failing-arm runs that did not fail and
     healthy-arm runs that did are counted separately.
     """
-    detectors = ("monitor", "grad_norm_spike", "update_param_ratio")
+    detectors = ("monitor", "monitor_without_sharpness", "grad_norm_spike", "update_param_ratio")
     failures = [r for r in runs if r["spec"]["arm"] == "failing" and r["instability_step"] is not None]
     healthy = [r for r in runs if r["spec"]["arm"] == "healthy" and r["instability_step"] is None]
     result: dict[str, Any] = {

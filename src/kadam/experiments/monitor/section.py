@@ -15,6 +15,7 @@ from kadam.experiments.sections import Section
 __all__ = ["build_section", "run_cells", "summarize"]
 
 _DETECTOR_NAMES = {"monitor": "StabilityMonitor (theory + default thresholds)",
+                   "monitor_without_sharpness": "StabilityMonitor without the edge-of-stability check",
                    "grad_norm_spike": f"gradient-norm spike (> {protocol.GRAD_SPIKE_FACTOR:g}× median of "
                                       f"{protocol.GRAD_WINDOW} steps)",
                    "update_param_ratio": f"update/parameter ratio > {protocol.UPDATE_RATIO:g}"}
@@ -106,7 +107,7 @@ def build_section(settings: Any) -> Section:
         ]
         monitor = scores["detectors"]["monitor"]
         if monitor["recall"] is not None:
-            better = all(monitor["recall"] >= scores["detectors"][d]["recall"] for d in scores["detectors"])
+            better = all(monitor["recall"] >= scores["detectors"][d]["recall"] for d in ("grad_norm_spike", "update_param_ratio"))
             findings.append(f"Monitor recall {monitor['recall']:.0%} at lead ≥ {protocol.LEAD}, "
                             f"{monitor['healthy_runs_warned']:.0%} of healthy runs warned; "
                             f"{'at least as good as' if better else 'worse than'} the best baseline on recall.")
