@@ -177,6 +177,7 @@ def monitored_run(task: str, knob: str, arm: str, seed: int, steps: int, batch_s
         "spec": {**asdict(spec), "sizes": dict(spec.sizes)},
         "losses": losses, "grad_norms": grad_norms, "update_ratios": update_ratios,
         "instability_step": event, "settle": start,
+        "onset_step": instability_step(losses, 1),  # the same condition from step 2 on: when it first held
         "monitor_events": [{"step": e.step, "tensor": e.tensor, "quantity": e.quantity, "value": e.value,
                             "threshold": e.threshold, "source": e.source, "explanation": e.explanation}
                            for e in monitor.events],
@@ -241,13 +242,15 @@ def score(runs: Sequence[Mapping[str, Any]], lead: int = LEAD) -> dict[str, Any]
     failure when it comes at least ``lead`` steps before the event (its lead time is event − first
     warning). Healthy-arm runs without an event measure false alarms: warnings per run (distinct
     warning steps) and the share of runs with any warning. Failing-arm runs that did not fail and
-    healthy-arm runs that did are counted separately.
+    healthy-arm runs that did are counted separately, and so are failures whose loss condition first held
+    within the first ``lead`` steps (``onset_step``): no warning can precede those by ``lead`` steps.
     """
     detectors = ("monitor", "monitor_without_sharpness", "grad_norm_spike", "update_param_ratio")
     failures = [r for r in runs if r["spec"]["arm"] == "failing" and r["instability_step"] is not None]
     healthy = [r for r in runs if r["spec"]["arm"] == "healthy" and r["instability_step"] is None]
     result: dict[str, Any] = {
         "runs": len(runs), "failures": len(failures), "healthy": len(healthy),
+        "failures_with_onset_before_lead": sum(1 for r in failures if (r.get("onset_step") or math.inf) <= lead),
         "failing_arm_without_event": sum(1 for r in runs if r["spec"]["arm"] == "failing" and r["instability_step"] is None),
         "healthy_arm_with_event": sum(1 for r in runs if r["spec"]["arm"] == "healthy" and r["instability_step"] is not None),
         "lead": lead, "detectors": {},

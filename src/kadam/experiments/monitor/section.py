@@ -103,7 +103,9 @@ def build_section(settings: Any) -> Section:
         findings = [
             f"{scores['failures']} runs failed by the definition in code (non-finite loss or loss > 2× its running "
             f"minimum after {protocol.SETTLE} steps and the warmup); {scores['failing_arm_without_event']} runs set to "
-            f"fail did not, and {scores['healthy_arm_with_event']} healthy-arm runs did.",
+            f"fail did not, and {scores['healthy_arm_with_event']} healthy-arm runs did. In "
+            f"{scores['failures_with_onset_before_lead']} of the failures the loss condition already held within the "
+            f"first {protocol.LEAD} steps, which no warning can precede by {protocol.LEAD} steps.",
         ]
         monitor = scores["detectors"]["monitor"]
         if monitor["recall"] is not None:
