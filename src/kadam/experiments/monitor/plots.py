@@ -80,7 +80,8 @@ def plot_history(history: MonitorHistory, path: str | Path, *, worst: int = 3, t
 
 
 def plot_sharpness(runs: Sequence[Mapping[str, Any]], path: str | Path) -> str | Path:
-    """Preconditioned sharpness λ_max(ηP⁻¹H) over training against (2 + 2β)/(1 − β), one line per learning rate."""
+    """Preconditioned sharpness λ_max(ηP⁻¹H) over training against (2 + 2β)/(1 − β), one line per learning rate
+    (symmetric-log axis: estimates are signed)."""
     figure, axes = panels(1, 1, (6.0, 3.4))
     axis = axes[0][0]
     for run in runs:
@@ -89,7 +90,8 @@ def plot_sharpness(runs: Sequence[Mapping[str, Any]], path: str | Path) -> str |
             axis.plot(*zip(*points), marker="o", ms=2.5, lw=1, label=f"lr = {run['lr']:g}")
     if runs:
         axis.axhline(runs[0]["sharpness_threshold"], color="tab:red", lw=1, ls="--", label="(2 + 2β)/(1 − β)")
-    axis.set(xlabel="step", ylabel="λ_max(η P⁻¹ H)", yscale="log")
+    axis.set(xlabel="step", ylabel="λ_max(η P⁻¹ H) (signed Rayleigh quotient)")
+    axis.set_yscale("symlog", linthresh=1.0)  # a power iteration that has not converged can return a negative value
     axis.legend(fontsize=7)
     return save_figure(figure, path, dpi=110)
 
