@@ -210,8 +210,12 @@ def test_region_event_at_attach_and_on_a_change_of_betas() -> None:
     train(model, optimizer, inputs, targets, 2, monitor)
     assert len(events) == 1  # a stable change raises nothing
     optimizer.param_groups[0]["betas"] = (0.9, 0.5)
-    train(model, optimizer, inputs, targets, 1, monitor)
+    with pytest.warns(StabilityWarning):
+        train(model, optimizer, inputs, targets, 1, monitor)
     assert len(events) >= 2 and events[1].quantity == "gamma" and events[1].step == 3
+    # the moments were averaged with β = 0.9, γ = 0.999: with the new (β, γ) the update exceeds B_n, which the
+    # monitor reports as impossible for the recorded hyperparameters
+    assert {e.quantity for e in events[2:]} == {"bound_ratio_L1"} and all(e.value > 1 for e in events[2:])
 
 
 def test_bound_ratio_above_one_is_reported_as_impossible() -> None:
