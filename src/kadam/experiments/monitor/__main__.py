@@ -8,25 +8,13 @@ table. Until the section is registered with ``kadam reproduce``, this is how its
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import multiprocessing
-import time
 from pathlib import Path
 from typing import Any
 
 from kadam.experiments.monitor.config import PROFILES
-
-
-def _compute(call: tuple[str, dict[str, Any], str]) -> tuple[str, Any, float]:
-    import torch
-
-    torch.set_num_threads(1)
-    function, kwargs, key = call
-    module, name = function.split(":")
-    started = time.perf_counter()
-    result = getattr(importlib.import_module(module), name)(**kwargs)
-    return key, result, time.perf_counter() - started
+from kadam.experiments.monitor.section import compute_call
 
 
 def main() -> None:
@@ -49,9 +37,9 @@ def main() -> None:
     cpu_seconds = 0.0
     if args.jobs > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            outcomes = list(pool.imap_unordered(_compute, calls))
+            outcomes = list(pool.imap_unordered(compute_call, calls))
     else:
-        outcomes = [_compute(call) for call in calls]
+        outcomes = [compute_call(call) for call in calls]
     for key, result, seconds in outcomes:
         results[key] = result
         cpu_seconds += seconds

@@ -12,7 +12,7 @@ from kadam.experiments.monitor.config import PROFILES, MonitorConfig
 from kadam.experiments.report import Figure, SectionDocument, Table, format_number
 from kadam.experiments.sections import Section
 
-__all__ = ["build_section", "run_cells", "summarize"]
+__all__ = ["build_section", "compute_call", "run_cells", "summarize"]
 
 _DETECTOR_NAMES = {"monitor": "StabilityMonitor (theory + default thresholds)",
                    "monitor_without_sharpness": "StabilityMonitor without the edge-of-stability check",
@@ -24,6 +24,24 @@ _DETECTOR_NAMES = {"monitor": "StabilityMonitor (theory + default thresholds)",
 def _function(fn: Callable[..., Any]) -> str:
     """How a cell names its function on current main ("module:name"); on the new layout, the callable."""
     return f"{fn.__module__}:{fn.__name__}"
+
+
+def compute_call(call: tuple[str, dict[str, Any], str]) -> tuple[str, Any, float]:
+    """Run one cell given as (function "module:name", kwargs, key) with one torch thread; (key, result, seconds).
+
+    A module-level function, so that spawned worker processes can import it.
+    """
+    import importlib
+    import time
+
+    import torch
+
+    torch.set_num_threads(1)
+    function, kwargs, key = call
+    module, name = function.split(":")
+    started = time.perf_counter()
+    result = getattr(importlib.import_module(module), name)(**kwargs)
+    return key, result, time.perf_counter() - started
 
 
 def _knobs_for(task: str, config: MonitorConfig) -> list[str]:
