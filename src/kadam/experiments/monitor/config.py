@@ -1,0 +1,48 @@
+"""Sizes of the monitor section per profile (one frozen dataclass, one instance per profile)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """What the monitor section runs.
+
+    ``tasks`` maps a task of ``kadam.experiments.tasks`` to its model sizes; each task runs every knob of
+    ``knobs`` that applies to it (``silence`` needs an embedding), both arms, for ``seeds`` seeds, for
+    ``steps`` steps of ``batch_size``. ``sharpness_lrs`` are the learning rates of the sharpness question
+    (none: skipped), each run for ``sharpness_steps`` steps with an estimate every ``sharpness_every``
+    steps of ``sharpness_iterations`` power iterations.
+    """
+
+    tasks: dict[str, dict[str, Any]]
+    knobs: tuple[str, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    batch_size: int
+    sharpness_lrs: tuple[float, ...] = ()
+    sharpness_steps: int = 0
+    sharpness_every: int = 10
+    sharpness_iterations: int = 10
+    sharpness_sizes: dict[str, Any] = field(default_factory=dict)
+
+
+_CHAR_TINY = {"corpus_chars": 30_000, "context": 16, "width": 32, "heads": 2, "layers": 1}
+_CHAR_SMALL = {"corpus_chars": 100_000, "context": 32, "width": 64, "heads": 4, "layers": 2}
+
+PROFILES: dict[str, MonitorConfig] = {
+    "smoke": MonitorConfig(tasks={"mnist1d-mlp": {"hidden": 32, "depth": 1}}, knobs=("lr",), seeds=(1,),
+                           steps=60, batch_size=16),
+    "quick": MonitorConfig(tasks={"char-transformer": _CHAR_TINY, "mnist1d-mlp": {"hidden": 64, "depth": 2}},
+                           knobs=("lr", "region", "warmup", "silence"), seeds=(1,), steps=100, batch_size=16,
+                           sharpness_lrs=(1e-3, 1e-2, 1e-1), sharpness_steps=100, sharpness_every=20,
+                           sharpness_iterations=8, sharpness_sizes=_CHAR_TINY),
+    "full": MonitorConfig(tasks={"char-transformer": _CHAR_SMALL, "mnist1d-mlp": {"hidden": 128, "depth": 2}},
+                          knobs=("lr", "region", "warmup", "silence"), seeds=(1, 2, 3, 4), steps=600, batch_size=32,
+                          sharpness_lrs=(1e-3, 3e-3, 1e-2), sharpness_steps=1000, sharpness_every=25,
+                          sharpness_iterations=20, sharpness_sizes=_CHAR_SMALL),
+}
+"""smoke: one pair of runs; quick: 14 runs (7 failing, 7 healthy) of 100 steps and three short sharpness
+runs; full: 56 runs (28 failing) of 600 steps on larger models and the sharpness question over 1000 steps."""

@@ -1,0 +1,137 @@
+"""Figures of a :class:`kadam.monitor.MonitorHistory`: one run's quantities over training, events marked."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kadam.experiments.figures import panels, save_figure
+from kadam.monitor import MonitorHistory
+
+__all__ = ["plot_history", "plot_run", "plot_sharpness"]
+
+_EVENT_COLORS = {"theory": "tab:red", "argument": "tab:orange"}
+
+
+def _worst(history: MonitorHistory, quantity: str, count: int) -> list[str]:
+    """The ``count`` tensors with the largest finite value of ``quantity`` anywhere in the run."""
+    if quantity not in history.quantities:
+        return []
+    peaks = {name: np.nanmax(series) for name, series in history[quantity].items() if np.isfinite(series).any()}
+    return sorted(peaks, key=lambda name: -peaks[name])[:count]
+
+
+def _final_level_ratio(history: MonitorHistory) -> str:
+    levels = [q for q in history.quantities if q.startswith("bound_ratio_L")]
+    return max(levels, key=lambda q: int(q.rsplit("L", 1)[1])) if levels else "bound_ratio_L1"
+
+
+def plot_history(history: MonitorHistory, path: str | Path, *, worst: int = 3, title: str | None = None,
+                 instability_step: int | None = None) -> str | Path:
+    """Loss, update/bound ratio and spike factor of the ``worst`` tensors, and the update–gradient cosine,
+    against the optimizer step; warnings (events) as vertical lines (red: theory, orange: argument
+    thresholds), the first instability as a black dashed line. Empty panels say so."""
+    figure, axes = panels(4, 1, (8.0, 1.9))
+    loss_axis, ratio_axis, spike_axis, cosine_axis = (row[0] for row in axes)
+    steps = history.steps
+    loss = history.model.get("loss", np.full(len(steps), np.nan))
+    if np.isfinite(loss).any():
+        loss_axis.plot(steps, loss, color="black", lw=1)
+        loss_axis.set_yscale("log")
+    else:
+        loss_axis.text(0.5, 0.5, "no loss recorded (StabilityMonitor.observe_loss)", ha="center", va="center",
+                       transform=loss_axis.transAxes, fontsize=8)
+    loss_axis.set_ylabel("loss")
+    ratio = _final_level_ratio(history)
+    for name in _worst(history, ratio, worst):
+        ratio_axis.plot(steps, history[ratio][name], lw=1, label=name)
+    ratio_axis.axhline(1.0, color="tab:red", lw=0.8, ls=":")
+    ratio_axis.set_ylabel(f"max|u| / B_n\n({ratio.rsplit('_', 1)[1]})")
+    for name in _worst(history, "spike_factor", worst):
+        spike_axis.plot(steps, history["spike_factor"][name], lw=1, label=name)
+    spike_axis.set_yscale("log")
+    spike_axis.set_ylabel("spike factor\nmax g²/v̂")
+    cosine = history.model.get("model_cosine", np.full(len(steps), np.nan))
+    cosine_axis.plot(steps, cosine, color="tab:blue", lw=1)
+    cosine_axis.axhline(0.0, color="gray", lw=0.6)
+    cosine_axis.set_ylabel("cos(u, g)\n(model)")
+    cosine_axis.set_xlabel("optimizer step")
+    for axis in (ratio_axis, spike_axis):
+        if axis.lines and any(line.get_label() and not line.get_label().startswith("_") for line in axis.lines):
+            axis.legend(fontsize=6, loc="upper left")
+    marked: set[tuple[int, str]] = set()
+    for event in history.events:
+        key = (event.step, event.source)
+        if key in marked:
+            continue
+        marked.add(key)
+        for axis in (loss_axis, ratio_axis, spike_axis, cosine_axis):
+            axis.axvline(event.step, color=_EVENT_COLORS.get(event.source, "tab:orange"), lw=0.6, alpha=0.6)
+    if instability_step is not None:
+        for axis in (loss_axis, ratio_axis, spike_axis, cosine_axis):
+            axis.axvline(instability_step, color="black", lw=1.0, ls="--")
+    loss_axis.set_title(title or f"{len(history.events)} warnings (red: theory thresholds, orange: argument thresholds)",
+                        fontsize=9)
+    return save_figure(figure, path, dpi=110)
+
+
+def plot_sharpness(runs: Sequence[Mapping[str, Any]], path: str | Path) -> str | Path:
+    """Preconditioned sharpness λ_max(ηP⁻¹H) over training against (2 + 2β)/(1 − β), one line per learning rate
+    (symmetric-log axis: estimates are signed)."""
+    figure, axes = panels(1, 1, (6.0, 3.4))
+    axis = axes[0][0]
+    for run in runs:
+        points = [(s, v) for s, v in zip(run["sharpness_steps"], run["sharpness"]) if v is not None and math.isfinite(v)]
+        if points:
+            axis.plot(*zip(*points), marker="o", ms=2.5, lw=1, label=f"lr = {run['lr']:g}")
+    if runs:
+        axis.axhline(runs[0]["sharpness_threshold"], color="tab:red", lw=1, ls="--", label="(2 + 2β)/(1 − β)")
+    axis.set(xlabel="step", ylabel="λ_max(η P⁻¹ H) (signed Rayleigh quotient)")
+    axis.set_yscale("symlog", linthresh=1.0)  # a power iteration that has not converged can return a negative value
+    axis.legend(fontsize=7)
+    return save_figure(figure, path, dpi=110)
+
+
+def plot_run(run: Mapping[str, Any], path: str | Path) -> str | Path:
+    """One protocol run (:func:`kadam.experiments.monitor.protocol.monitored_run`): loss, largest
+    update/bound ratio and spike factor over tensors, model cosine; monitor warnings (red), baseline
+    warnings (ticks), the instability event (black, dashed)."""
+    figure, axes = panels(4, 1, (8.0, 1.9))
+    loss_axis, ratio_axis, spike_axis, cosine_axis = (row[0] for row in axes)
+    losses = np.asarray([np.nan if v is None else v for v in run["losses"]], dtype=float)
+    loss_axis.plot(np.arange(1, len(losses) + 1), losses, color="black", lw=1)
+    loss_axis.set(ylabel="loss", yscale="log")
+    steps = run["recorded_steps"]
+
+    def series(key: str) -> np.ndarray:
+        return np.asarray([np.nan if v is None else v for v in run[key]], dtype=float)
+
+    ratio_axis.plot(steps, series("max_bound_ratio"), color="tab:purple", lw=1)
+    ratio_axis.axhline(1.0, color="tab:red", lw=0.8, ls=":")
+    ratio_axis.set_ylabel("max over tensors\nmax|u| / B_n")
+    spike_axis.plot(steps, series("max_spike_factor"), color="tab:green", lw=1)
+    spike_axis.set(ylabel="max spike factor", yscale="log")
+    cosine_axis.plot(steps, series("model_cosine"), color="tab:blue", lw=1)
+    cosine_axis.axhline(0.0, color="gray", lw=0.6)
+    cosine_axis.set(ylabel="cos(u, g)", xlabel="step")
+    every_axis = (loss_axis, ratio_axis, spike_axis, cosine_axis)
+    for step in sorted({event["step"] for event in run["monitor_events"]}):
+        for axis in every_axis:
+            axis.axvline(step, color="tab:red", lw=0.6, alpha=0.5)
+    for offset, (name, warned) in enumerate(sorted(run["baselines"].items())):
+        if warned:
+            loss_axis.plot(warned, [np.nanmax(losses) * (0.9 - 0.1 * offset)] * len(warned), "|", ms=6,
+                           label=f"{name} warnings")
+    if run["instability_step"] is not None:
+        for axis in every_axis:
+            axis.axvline(run["instability_step"], color="black", lw=1, ls="--")
+    if loss_axis.get_legend_handles_labels()[0]:
+        loss_axis.legend(fontsize=6, loc="lower left")
+    spec = run["spec"]
+    loss_axis.set_title(f"{spec['task']}, knob {spec['knob']} ({spec['arm']}), seed {spec['seed']}: "
+                        f"{len(run['monitor_events'])} monitor events", fontsize=9)
+    return save_figure(figure, path, dpi=110)

@@ -1,0 +1,320 @@
+r"""Does the stability monitor warn before a run blows up? The validation protocol of issue 13.
+
+**Runs.** Each run trains one task with ``torch.optim.Adam`` (or AdamW) for a fixed number of steps
+while a :class:`kadam.monitor.StabilityMonitor` records every step. A *knob* is set to a value known to
+break training or to a healthy value, all else equal (:data:`KNOBS`):
+
+- ``lr``: the learning rate past the edge vs a usual one;
+- ``region``: (β, γ) outside the stable region γ > β² (THEORY §2) vs inside, same β;
+- ``warmup``: no warmup at a high learning rate vs a linear warmup to the same rate;
+- ``silence``: one embedding row whose gradient is held at zero for most of the run and then
+  multiplied by a large factor (a rare token returning), with γ close to 1, vs the same silence without
+  the spike (char-transformer only).
+
+**Instability event** (:func:`instability_step`, the definition in code): the first step after
+``settle`` steps (and after the learning-rate warmup) whose training loss is non-finite or above twice
+the running minimum of the losses before it.
+
+**Warnings.** The monitor's: every :class:`~kadam.monitor.StabilityEvent` at its default thresholds
+plus the argument thresholds in :data:`MONITOR_THRESHOLDS`. Two baselines computed from the same runs
+(:func:`baseline_warnings`): a gradient-norm spike detector (global gradient norm above
+``GRAD_SPIKE_FACTOR`` times the median of the previous ``GRAD_WINDOW`` steps), and an update/parameter
+ratio threshold (largest per-tensor :math:`|\Delta\theta|/|\theta|` above ``UPDATE_RATIO``, the
+quantity Composer's ``OptimizerMonitor`` logs). All thresholds are fixed in this module before the
+runs, not fitted to them.
+
+**Scores** (:func:`score`): recall (failing runs warned at least ``LEAD`` steps before their event),
+lead-time distribution, false alarms (warnings in healthy runs; share of healthy runs warned).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from kadam.experiments.tasks import build_task  # the one workload import of this slice
+from kadam.monitor import StabilityMonitor, Thresholds
+
+__all__ = ["KNOBS", "RunSpec", "baseline_warnings", "instability_step", "monitored_run", "score",
+           "sharpness_run"]
+
+LEAD = 10
+"""Steps a warning must precede the instability event to count for recall."""
+SETTLE = 20
+"""Steps after the start (and after the warmup) before the instability definition applies."""
+GRAD_SPIKE_FACTOR = 5.0
+GRAD_WINDOW = 20
+UPDATE_RATIO = 0.05
+MONITOR_THRESHOLDS = Thresholds()
+"""The monitor's thresholds in the protocol: its defaults (theory thresholds and the default spike factor)."""
+SHARPNESS_EVERY = 5
+SHARPNESS_ITERATIONS = 4
+"""The monitor estimates the preconditioned sharpness every 5 steps on one fixed batch with 4 power iterations
+(a rough, low estimate: the Rayleigh quotient after few iterations lies below λ_max)."""
+
+KNOBS: Mapping[str, Mapping[str, Mapping[str, Any]]] = {
+    "lr": {"failing": {"lr": 1.0}, "healthy": {"lr": 3e-3}},
+    "region": {"failing": {"betas": (0.99, 0.1), "lr": 3e-3}, "healthy": {"betas": (0.99, 0.999), "lr": 3e-3}},
+    "warmup": {"failing": {"lr": 0.3, "warmup": 0}, "healthy": {"lr": 0.3, "warmup": 50}},
+    "silence": {"failing": {"lr": 1e-2, "betas": (0.9, 0.99999), "spike": 1e4},
+                "healthy": {"lr": 1e-2, "betas": (0.9, 0.99999), "spike": 1.0}},
+}
+"""Knob → arm → the run settings that differ from :class:`RunSpec`'s defaults."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One protocol run: task and sizes, optimizer settings, the knob it varies and its arm."""
+
+    task: str
+    knob: str
+    arm: str
+    seed: int
+    steps: int
+    batch_size: int
+    sizes: Mapping[str, Any]
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup: int = 0
+    spike: float | None = None
+    silence_start: float = 0.1
+    silence_end: float = 0.6
+
+
+def instability_step(losses: Sequence[float], start: int) -> int | None:
+    """The first step n > ``start`` (1-based) with a non-finite loss or loss_n > 2 min_{m<n} loss_m; None if none."""
+    running = math.inf
+    for n, loss in enumerate(losses, start=1):
+        if n > start and (not math.isfinite(loss) or loss > 2.0 * running):
+            return n
+        if math.isfinite(loss):
+            running = min(running, loss)
+    return None
+
+
+def baseline_warnings(grad_norms: Sequence[float], update_ratios: Sequence[float]) -> dict[str, list[int]]:
+    """Steps (1-based) at which each baseline warns: gradient-norm spikes and update/parameter ratio."""
+    grad_spikes = []
+    for n in range(GRAD_WINDOW + 1, len(grad_norms) + 1):
+        history = [g for g in grad_norms[n - 1 - GRAD_WINDOW:n - 1] if math.isfinite(g)]
+        current = grad_norms[n - 1]
+        if history and (not math.isfinite(current) or current > GRAD_SPIKE_FACTOR * float(np.median(history))):
+            grad_spikes.append(n)
+    ratio = [n for n, r in enumerate(update_ratios, start=1) if not math.isfinite(r) or r > UPDATE_RATIO]
+    return {"grad_norm_spike": grad_spikes, "update_param_ratio": ratio}
+
+
+def _spec(task: str, knob: str, arm: str, seed: int, steps: int, batch_size: int,
+          sizes: Mapping[str, Any]) -> RunSpec:
+    if knob not in KNOBS or arm not in ("failing", "healthy"):
+        raise ValueError(f"knob must be one of {sorted(KNOBS)} and arm failing|healthy, got {knob!r}, {arm!r}")
+    return RunSpec(task, knob, arm, seed, steps, batch_size, dict(sizes), **KNOBS[knob][arm])
+
+
+def monitored_run(task: str, knob: str, arm: str, seed: int, steps: int, batch_size: int,
+                  sizes: Mapping[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """Train one protocol run (:data:`KNOBS`) with the monitor at every step; a JSON-serialisable record.
+
+    Returns the per-step loss, global gradient norm and largest per-tensor update/parameter ratio, the
+    instability step (:func:`instability_step`), the monitor's events (step, tensor, quantity, value,
+    source), the baselines' warning steps, and per recorded step the largest final-level bound ratio and
+    spike factor over tensors with their tensors, and the model's update–gradient cosine.
+    """
+    spec = _spec(task, knob, arm, seed, steps, batch_size, sizes)
+    built = build_task(spec.task, device, **spec.sizes)
+    torch.manual_seed(spec.seed)
+    model = built.make_model().to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=spec.betas, eps=spec.eps,
+                                  weight_decay=spec.weight_decay)
+    scheduler = None
+    if spec.warmup:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / spec.warmup))
+    probe = built.sample_batch(torch.Generator().manual_seed(spec.seed + 10_000), spec.batch_size)
+    monitor = StabilityMonitor(optimizer, every=1, names=model, thresholds=MONITOR_THRESHOLDS, warn=False,
+                               sharpness_every=SHARPNESS_EVERY, sharpness_iterations=SHARPNESS_ITERATIONS,
+                               sharpness_closure=lambda: built.loss(model(probe[0]), probe[1]))
+    generator = torch.Generator().manual_seed(spec.seed)
+    parameters = [p for p in model.parameters()]
+    silenced = _silence_hook(model, spec) if spec.knob == "silence" else None
+    losses, grad_norms, update_ratios = [], [], []
+    for step in range(1, spec.steps + 1):
+        if silenced is not None:
+            silenced["step"] = step
+        inputs, targets = built.sample_batch(generator, spec.batch_size)
+        loss = built.loss(model(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in parameters if p.grad is not None]
+        grad_norms.append(float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))))
+        before = [p.detach().clone() for p in parameters]
+        monitor.observe_loss(loss)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        with torch.no_grad():
+            changes = torch._foreach_norm(torch._foreach_sub([p.detach() for p in parameters], before))
+            norms = torch._foreach_norm(before)
+            ratios = [float(c / n) for c, n in zip(changes, norms) if float(n) > 0]
+        losses.append(loss.item())
+        update_ratios.append(max(ratios) if ratios else math.nan)
+        if not math.isfinite(losses[-1]):
+            break
+    monitor.detach()
+    start = SETTLE + spec.warmup
+    event = instability_step(losses, start)
+    history = monitor.history
+    final = max((q for q in history.quantities if q.startswith("bound_ratio_L")), key=lambda q: q[-1])
+    ratio_table = history.values[:, :, history.quantities.index(final)]
+    spike_table = history.values[:, :, history.quantities.index("spike_factor")]
+    return {
+        "spec": {**asdict(spec), "sizes": dict(spec.sizes)},
+        "losses": losses, "grad_norms": grad_norms, "update_ratios": update_ratios,
+        "instability_step": event, "settle": start,
+        "onset_step": instability_step(losses, 1),  # the same condition from step 2 on: when it first held
+        "monitor_events": [{"step": e.step, "tensor": e.tensor, "quantity": e.quantity, "value": e.value,
+                            "threshold": e.threshold, "source": e.source, "explanation": e.explanation}
+                           for e in monitor.events],
+        "baselines": baseline_warnings(grad_norms, update_ratios),
+        "recorded_steps": history.steps.tolist(),
+        "max_bound_ratio": _nanmax_rows(ratio_table), "max_bound_ratio_tensor": _argmax_names(ratio_table, history.names),
+        "max_spike_factor": _nanmax_rows(spike_table), "max_spike_tensor": _argmax_names(spike_table, history.names),
+        "model_cosine": [_finite_or_none(v) for v in history.model["model_cosine"]],
+        "sharpness": [_finite_or_none(v) for v in history.model["sharpness"]],
+        "sharpness_threshold": _finite_or_none(float(np.nanmax(history.model["sharpness_threshold"])))
+        if np.isfinite(history.model["sharpness_threshold"]).any() else None,
+    }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _nanmax_rows(table: np.ndarray) -> list[float | None]:
+    return [_finite_or_none(float(np.nanmax(row))) if np.isfinite(row).any() else None for row in table]
+
+
+def _argmax_names(table: np.ndarray, names: Sequence[str]) -> list[str | None]:
+    return [names[int(np.nanargmax(row))] if np.isfinite(row).any() else None for row in table]
+
+
+def _silence_hook(model: torch.nn.Module, spec: RunSpec) -> dict[str, int]:
+    """Zero the gradient of one embedding row during the silence, then multiply it by ``spec.spike`` once."""
+    embedding = getattr(model, "token_embedding", None)
+    if embedding is None:
+        raise ValueError(f"knob 'silence' needs a model with token_embedding, task {spec.task!r} has none")
+    clock = {"step": 0}
+    row = 1
+    first, last = int(spec.silence_start * spec.steps), int(spec.silence_end * spec.steps)
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        step = clock["step"]
+        if first <= step < last:
+            grad = grad.clone()
+            grad[row] = 0.0
+        elif step == last and spec.spike is not None:
+            grad = grad.clone()
+            grad[row] = grad[row] * spec.spike
+        return grad
+
+    embedding.weight.register_hook(hook)
+    return clock
+
+
+def _first_warning_steps(run: Mapping[str, Any]) -> dict[str, list[int]]:
+    """Warning steps per detector; ``monitor_without_sharpness`` is the monitor with the edge-of-stability
+    check left out (an ablation: the same events minus those of quantity ``sharpness``)."""
+    return {"monitor": sorted({e["step"] for e in run["monitor_events"]}),
+            "monitor_without_sharpness": sorted({e["step"] for e in run["monitor_events"] if e["quantity"] != "sharpness"}),
+            **run["baselines"]}
+
+
+def score(runs: Sequence[Mapping[str, Any]], lead: int = LEAD) -> dict[str, Any]:
+    """Recall at ``lead``, lead times and false alarms of the monitor and both baselines over ``runs``.
+
+    A failing-arm run counts as a *failure* only if it has an instability event; a warning counts for a
+    failure when it comes at least ``lead`` steps before the event (its lead time is event − first
+    warning). Healthy-arm runs without an event measure false alarms: warnings per run (distinct
+    warning steps) and the share of runs with any warning. Failing-arm runs that did not fail and
+    healthy-arm runs that did are counted separately, and so are failures whose loss condition first held
+    within the first ``lead`` steps (``onset_step``): no warning can precede those by ``lead`` steps.
+    """
+    detectors = ("monitor", "monitor_without_sharpness", "grad_norm_spike", "update_param_ratio")
+    failures = [r for r in runs if r["spec"]["arm"] == "failing" and r["instability_step"] is not None]
+    healthy = [r for r in runs if r["spec"]["arm"] == "healthy" and r["instability_step"] is None]
+    result: dict[str, Any] = {
+        "runs": len(runs), "failures": len(failures), "healthy": len(healthy),
+        "failures_with_onset_before_lead": sum(1 for r in failures if (r.get("onset_step") or math.inf) <= lead),
+        "failing_arm_without_event": sum(1 for r in runs if r["spec"]["arm"] == "failing" and r["instability_step"] is None),
+        "healthy_arm_with_event": sum(1 for r in runs if r["spec"]["arm"] == "healthy" and r["instability_step"] is not None),
+        "lead": lead, "detectors": {},
+    }
+    for detector in detectors:
+        leads, caught, per_knob = [], 0, {}
+        for run in failures:
+            event = run["instability_step"]
+            warned = [s for s in _first_warning_steps(run)[detector] if s <= event]
+            lead_time = event - warned[0] if warned else None
+            hit = lead_time is not None and lead_time >= lead
+            caught += hit
+            knob = per_knob.setdefault(run["spec"]["knob"], {"failures": 0, "caught": 0})
+            knob["failures"] += 1
+            knob["caught"] += hit
+            if lead_time is not None:
+                leads.append(lead_time)
+        alarms = [len(_first_warning_steps(run)[detector]) for run in healthy]
+        result["detectors"][detector] = {
+            "recall": caught / len(failures) if failures else None,
+            "caught": caught,
+            "lead_times": sorted(leads),
+            "lead_quartiles": [float(q) for q in np.percentile(leads, [25, 50, 75])] if leads else None,
+            "false_alarms_per_healthy_run": float(np.mean(alarms)) if alarms else None,
+            "healthy_runs_warned": sum(1 for a in alarms if a) / len(alarms) if alarms else None,
+            "per_knob": per_knob,
+        }
+    return result
+
+
+def sharpness_run(lr: float, seed: int, steps: int, batch_size: int, sizes: Mapping[str, Any], every: int,
+                  iterations: int, task: str = "char-transformer", beta: float = 0.9,
+                  device: str = "cpu") -> dict[str, Any]:
+    """Preconditioned sharpness λ_max(ηP⁻¹H) over training at one learning rate (THEORY §7, Cohen et al.).
+
+    Adam (β, 0.999), mini-batches of ``batch_size``; every ``every`` steps the monitor estimates the
+    sharpness on one fixed batch (``iterations`` power iterations) against (2 + 2β)/(1 − β). Returns the
+    loss curve, the sharpness series and its threshold, and the share of estimates above it.
+    """
+    built = build_task(task, device, **sizes)
+    torch.manual_seed(seed)
+    model = built.make_model().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(beta, 0.999))
+    generator = torch.Generator().manual_seed(seed)
+    probe = built.sample_batch(torch.Generator().manual_seed(seed + 10_000), batch_size)
+    monitor = StabilityMonitor(optimizer, every=every, names=model, sharpness_every=1, warn=False,
+                               sharpness_closure=lambda: built.loss(model(probe[0]), probe[1]),
+                               sharpness_iterations=iterations)
+    losses = []
+    for _ in range(steps):
+        inputs, targets = built.sample_batch(generator, batch_size)
+        loss = built.loss(model(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            break
+    monitor.detach()
+    history = monitor.history
+    sharpness = [_finite_or_none(v) for v in history.model["sharpness"]]
+    threshold = (2 + 2 * beta) / (1 - beta)
+    finite = [v for v in sharpness if v is not None]
+    return {"lr": lr, "seed": seed, "beta": beta, "losses": losses, "sharpness_steps": history.steps.tolist(),
+            "sharpness": sharpness, "sharpness_threshold": threshold,
+            "share_above": sum(v > threshold for v in finite) / len(finite) if finite else None,
+            "final_over_threshold": finite[-1] / threshold if finite else None}

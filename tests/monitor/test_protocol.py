@@ -1,0 +1,82 @@
+"""The monitor's validation protocol: the instability definition, the baselines and the scoring, on
+hand-made records (brute force), and one tiny real run through the section's cell."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from kadam.experiments.monitor import protocol
+from kadam.experiments.monitor.config import PROFILES
+from kadam.experiments.monitor.section import build_section, summarize
+
+
+def test_instability_step_is_nonfinite_or_twice_the_running_minimum() -> None:
+    losses = [5.0, 4.0, 3.0, 2.0, 3.9, 4.1, 1.0]
+    assert protocol.instability_step(losses, start=0) == 6  # 4.1 > 2 × 2.0 (3.9 is not)
+    assert protocol.instability_step(losses, start=6) is None
+    assert protocol.instability_step([3.0, 2.0, math.nan], start=1) == 3
+    assert protocol.instability_step([3.0, 9.0, 2.5], start=1) == 2
+
+
+def test_baselines_against_their_definitions() -> None:
+    window = protocol.GRAD_WINDOW
+    grads = [1.0] * window + [protocol.GRAD_SPIKE_FACTOR * 1.01, 1.0, math.inf]
+    ratios = [0.0, protocol.UPDATE_RATIO * 2, protocol.UPDATE_RATIO / 2, math.nan]
+    warned = protocol.baseline_warnings(grads, ratios)
+    assert warned["grad_norm_spike"] == [window + 1, window + 3]
+    assert warned["update_param_ratio"] == [2, 4]
+
+
+def record(knob: str, arm: str, event: int | None, monitor_steps: list[int], grad_steps: list[int]) -> dict:
+    return {"spec": {"knob": knob, "arm": arm}, "instability_step": event,
+            "monitor_events": [{"step": s, "quantity": "gamma" if s == 0 else "sharpness"} for s in monitor_steps],
+            "baselines": {"grad_norm_spike": grad_steps, "update_param_ratio": []}}
+
+
+def test_score_counts_recall_at_lead_lead_times_and_false_alarms() -> None:
+    runs = [
+        record("lr", "failing", 50, [0, 45], [49]),        # monitor lead 50: caught; grad lead 1: not
+        record("lr", "failing", 50, [45], []),             # lead 5 < 10: not caught
+        record("region", "failing", None, [0], []),        # set to fail, did not: no recall, no false alarm
+        record("lr", "healthy", None, [3, 7], [9]),        # 2 monitor warnings
+        record("lr", "healthy", None, [], []),
+        record("region", "healthy", 30, [], []),           # a healthy-arm run that failed
+    ]
+    scores = protocol.score(runs)
+    assert (scores["failures"], scores["healthy"]) == (2, 2)
+    assert scores["failing_arm_without_event"] == 1 and scores["healthy_arm_with_event"] == 1
+    monitor = scores["detectors"]["monitor"]
+    assert monitor["recall"] == 0.5 and monitor["lead_times"] == [5, 50]
+    assert monitor["false_alarms_per_healthy_run"] == 1.0 and monitor["healthy_runs_warned"] == 0.5
+    grad = scores["detectors"]["grad_norm_spike"]
+    assert grad["recall"] == 0.0 and grad["lead_times"] == [1] and grad["healthy_runs_warned"] == 0.5
+    table = summarize(scores)
+    assert table.rows[0][1] == "1/2 (50%)"
+    without = scores["detectors"]["monitor_without_sharpness"]  # only the step-0 (γ) warnings remain
+    assert without["recall"] == 0.5 and without["lead_times"] == [50] and without["healthy_runs_warned"] == 0.0
+
+
+def test_smoke_section_runs_end_to_end(tmp_path: Path) -> None:
+    class Settings:
+        profile, device, seeds = "smoke", "cpu", None
+
+    section = build_section(Settings())
+    assert len(section.cells) == 2 * len(PROFILES["smoke"].seeds)
+    results = {}
+    for cell in section.cells:
+        module, name = cell.function.split(":")
+        import importlib
+
+        results[cell.key] = getattr(importlib.import_module(module), name)(**cell.kwargs)
+    document = section.finish(results, tmp_path)
+    assert document.tables[0].rows and "failed by the definition" in document.findings[0]
+    run = results[section.cells[0].key]
+    assert len(run["losses"]) <= PROFILES["smoke"].steps and run["recorded_steps"][0] == 1
+
+
+def test_unknown_knob_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="knob must be one of"):
+        protocol.monitored_run("mnist1d-mlp", "temperature", "failing", 0, 5, 4, {"hidden": 8, "depth": 1})
