@@ -23,7 +23,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-_SUBCOMMANDS = ("demo", "region", "reproduce", "flow", "norms", "compare", "theory")
+_SUBCOMMANDS = ("demo", "region", "reproduce", "flow", "norms", "compare", "monitor", "theory")
 
 
 class _Parser(argparse.ArgumentParser):

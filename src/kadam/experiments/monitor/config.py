@@ -10,7 +10,7 @@ from typing import Any
 class MonitorConfig:
     """What the monitor section runs.
 
-    ``tasks`` maps a task of ``kadam.experiments.tasks`` to its model sizes; each task runs every knob of
+    ``tasks`` maps a task of ``kadam.experiments.workloads`` to its model sizes; each task runs every knob of
     ``knobs`` that applies to it (``silence`` needs an embedding), both arms, for ``seeds`` seeds, for
     ``steps`` steps of ``batch_size``. ``sharpness_lrs`` are the learning rates of the sharpness question
     (none: skipped), each run for ``sharpness_steps`` steps with an estimate every ``sharpness_every``

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kadam.experiments.tasks import build_task  # the one workload import of this slice
+from kadam.experiments.workloads import build_task, seeded_initialisation  # the one workload import of this slice
 from kadam.monitor import StabilityMonitor, Thresholds
 
 __all__ = ["KNOBS", "RunSpec", "baseline_warnings", "instability_step", "monitored_run", "score",
@@ -129,8 +129,8 @@ def monitored_run(task: str, knob: str, arm: str, seed: int, steps: int, batch_s
     """
     spec = _spec(task, knob, arm, seed, steps, batch_size, sizes)
     built = build_task(spec.task, device, **spec.sizes)
-    torch.manual_seed(spec.seed)
-    model = built.make_model().to(device)
+    with seeded_initialisation(spec.seed):
+        model = built.make_model().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=spec.betas, eps=spec.eps,
                                   weight_decay=spec.weight_decay)
     scheduler = None
@@ -291,8 +291,8 @@ def sharpness_run(lr: float, seed: int, steps: int, batch_size: int, sizes: Mapp
     loss curve, the sharpness series and its threshold, and the share of estimates above it.
     """
     built = build_task(task, device, **sizes)
-    torch.manual_seed(seed)
-    model = built.make_model().to(device)
+    with seeded_initialisation(seed):
+        model = built.make_model().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(beta, 0.999))
     generator = torch.Generator().manual_seed(seed)
     probe = built.sample_batch(torch.Generator().manual_seed(seed + 10_000), batch_size)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,36 +12,13 @@ from kadam.experiments.monitor.config import PROFILES, MonitorConfig
 from kadam.experiments.report import Figure, SectionDocument, Table, format_number
 from kadam.experiments.sections import Section
 
-__all__ = ["build_section", "compute_call", "run_cells", "summarize"]
+__all__ = ["build_section", "run_cells", "summarize"]
 
 _DETECTOR_NAMES = {"monitor": "StabilityMonitor (theory + default thresholds)",
                    "monitor_without_sharpness": "StabilityMonitor without the edge-of-stability check",
                    "grad_norm_spike": f"gradient-norm spike (> {protocol.GRAD_SPIKE_FACTOR:g}× median of "
                                       f"{protocol.GRAD_WINDOW} steps)",
                    "update_param_ratio": f"update/parameter ratio > {protocol.UPDATE_RATIO:g}"}
-
-
-def _function(fn: Callable[..., Any]) -> str:
-    """How a cell names its function on current main ("module:name"); on the new layout, the callable."""
-    return f"{fn.__module__}:{fn.__name__}"
-
-
-def compute_call(call: tuple[str, dict[str, Any], str]) -> tuple[str, Any, float]:
-    """Run one cell given as (function "module:name", kwargs, key) with one torch thread; (key, result, seconds).
-
-    A module-level function, so that spawned worker processes can import it.
-    """
-    import importlib
-    import time
-
-    import torch
-
-    torch.set_num_threads(1)
-    function, kwargs, key = call
-    module, name = function.split(":")
-    started = time.perf_counter()
-    result = getattr(importlib.import_module(module), name)(**kwargs)
-    return key, result, time.perf_counter() - started
 
 
 def _knobs_for(task: str, config: MonitorConfig) -> list[str]:
@@ -52,7 +29,7 @@ def run_cells(config: MonitorConfig, device: str) -> list[Cell]:
     """One cell per (task, knob, arm, seed) of ``config``."""
     step_cost = {"char-transformer": 0.03, "mnist1d-mlp": 0.015}
     return [
-        Cell("monitor", f"{task} {knob} {arm} seed={seed}", _function(protocol.monitored_run),
+        Cell("monitor", f"{task} {knob} {arm} seed={seed}", protocol.monitored_run,
              {"task": task, "knob": knob, "arm": arm, "seed": seed, "steps": config.steps,
               "batch_size": config.batch_size, "sizes": sizes, "device": device},
              cost=config.steps * step_cost.get(task, 0.03))
@@ -63,7 +40,7 @@ def run_cells(config: MonitorConfig, device: str) -> list[Cell]:
 
 def sharpness_cells(config: MonitorConfig, device: str) -> list[Cell]:
     return [
-        Cell("monitor", f"sharpness lr={lr:g}", _function(protocol.sharpness_run),
+        Cell("monitor", f"sharpness lr={lr:g}", protocol.sharpness_run,
              {"lr": lr, "seed": 0, "steps": config.sharpness_steps, "batch_size": config.batch_size,
               "sizes": config.sharpness_sizes, "every": config.sharpness_every,
               "iterations": config.sharpness_iterations, "device": device},
