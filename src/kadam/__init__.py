@@ -10,9 +10,9 @@ The math lives in THEORY.md; docstrings cite it as ``THEORY §N``.
 - :mod:`kadam.optax`, k-Adam for JAX (needs the ``kadam[jax]`` extra; not imported here).
 """
 
+from kadam import stability
 from kadam.normalization import NormTracker, find_scale_invariant
 from kadam.optimizer import KAdam, param_groups_for
-from kadam.theory import stability
 
 __all__ = ["KAdam", "NormTracker", "find_scale_invariant", "param_groups_for", "stability"]
 __version__ = "0.1.0"

@@ -11,6 +11,7 @@ the update where a level after a tensor-mode level reads back its stored m).
 from __future__ import annotations
 
 import copy
+import ctypes
 import os
 import subprocess
 import sys
@@ -18,7 +19,8 @@ import sys
 import pytest
 import torch
 
-import kadam.optimizer._fused as fused_module
+import kadam.optimizer._cpu_kernel as cpu_kernel
+import kadam.optimizer.kadam as kadam_module
 from kadam import KAdam
 
 SHAPES = [(37, 211), (5,), (3, 1024), (1,), (300, 250)]  # multi-block, tiny, block-aligned, scalar, multi-chunk
@@ -262,7 +264,7 @@ def test_grad_scaler_unscales_and_skips_inf_steps_without_touching_state(k):
 def test_off_cpu_path_on_cpu_tensors(monkeypatch, k, norm):
     """The path other devices take (torch's fused Adam for k = 1 elementwise, else foreach after
     unscaling), exercised on CPU tensors; on a GPU only the device differs."""
-    monkeypatch.setattr(fused_module, "_cpu_fused_kadam", fused_module._torch_kernels_kadam)
+    monkeypatch.setattr(kadam_module, "_cpu_fused_kadam", kadam_module._torch_kernels_kadam)
     params, reference_params = _params(), _params()
     optimizer = KAdam(params, lr=1e-2, k=k, norm=norm, fused=True)
     reference = KAdam(reference_params, lr=1e-2, k=k, norm=norm, foreach=False)
@@ -303,10 +305,10 @@ def test_bad_combinations_raise():
 
 def test_new_process_first_step_is_fast_and_import_builds_nothing(tmp_path):
     """A cached kernel: a fresh process's first fused step (load + step) is well under 2 s."""
-    fused_module.fused_kernel_library()  # make sure this test's cache holds the build
+    cpu_kernel.fused_kernel_library()  # make sure this test's cache holds the build
     script = (
         "import time, torch\n"
-        "import kadam, kadam.optimizer._fused as f\n"
+        "import kadam, kadam.optimizer._cpu_kernel as f\n"
         "assert f._library is None, 'import compiled something'\n"
         "p = torch.nn.Parameter(torch.zeros(1000)); p.grad = torch.ones(1000)\n"
         "o = kadam.KAdam([p], fused=True)\n"
@@ -322,7 +324,28 @@ def test_compiler_without_openmp_builds_the_one_thread_kernel(tmp_path, monkeypa
     wrapper.chmod(0o755)
     monkeypatch.setenv("CXX", str(wrapper))
     monkeypatch.setenv("KADAM_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(fused_module, "_library", None)
+    monkeypatch.setattr(cpu_kernel, "_library", None)
     with pytest.warns(UserWarning, match="without OpenMP"):
-        fused_module.fused_kernel_library()
+        cpu_kernel.fused_kernel_library()
     _assert_same_trajectory({"lr": 1e-2, "k": 2}, torch.float32, 1e-6, steps=3, fused_threads=2)
+
+
+def test_kernel_struct_layout_is_checked_at_load(monkeypatch):
+    """The library reports sizeof and offsetof of its struct; a ctypes mirror that differs cannot load."""
+    library = cpu_kernel.fused_kernel_library()
+    cpu_kernel.check_layout(library)
+    fields = list(cpu_kernel.KernelArgs._fields_)
+
+    class Swapped(ctypes.Structure):  # n_levels (int32) before n_tensors (int64): same fields, other layout
+        _fields_ = [fields[1], fields[0], *fields[2:]]
+
+    class Shorter(ctypes.Structure):
+        _fields_ = fields[:-1]
+
+    for wrong in (Swapped, Shorter):
+        with pytest.raises(RuntimeError, match="does not match"):
+            cpu_kernel.check_layout(library, wrong)
+    monkeypatch.setattr(cpu_kernel, "KernelArgs", Swapped)
+    monkeypatch.setattr(cpu_kernel, "_library", None)
+    with pytest.raises(RuntimeError, match="does not match"):
+        cpu_kernel.fused_kernel_library()

@@ -108,7 +108,7 @@ def test_step_hooks_run_in_order():
 
 def test_repr_is_readable():
     text = repr(KAdam(make_mlp().parameters(), k=3))
-    assert text.startswith("KAdam (") and "k: 3" in text and "meta_norm: tensor" in text
+    assert text.startswith("KAdam (") and "k: 3" in text and "meta_norm: ('tensor', 'tensor')" in text
 
 
 @pytest.mark.parametrize(

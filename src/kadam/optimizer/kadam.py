@@ -21,9 +21,12 @@ k-Adam chains k levels, level i with its own :math:`(\beta_i, \gamma_i, \epsilon
 k = 1 is torch's ``AdamW`` (``decoupled_weight_decay=True``) or ``Adam`` (``False``), bit for bit where
 the operation order is torch's: the level-1 code below is torch's own sequence of operations.
 
-Two implementations sit side by side, as in ``torch/optim/adam.py``: a single-tensor loop
-(:func:`_single_tensor_kadam`) and a multi-tensor one on ``torch._foreach_*`` ops
-(:func:`_multi_tensor_kadam`), chosen as torch chooses (foreach on CUDA, the loop on CPU).
+Three implementations sit side by side, as in ``torch/optim/adam.py``: a single-tensor loop
+(:func:`_single_tensor_kadam`), a multi-tensor one on ``torch._foreach_*`` ops
+(:func:`_multi_tensor_kadam`), chosen as torch chooses (foreach on CUDA, the loop on CPU), and a fused
+one (:func:`_fused_kadam`, ``fused=True``): the C++ kernel of :mod:`kadam.optimizer._cpu_kernel` on the
+CPU, torch's fused Adam kernel elsewhere for k = 1. Level hyperparameters are parsed once, when a group
+is added (:mod:`kadam.optimizer.levels`), and read from the group by each step.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -45,23 +48,21 @@ from torch.optim.optimizer import (
     _view_as_real,
 )
 
-from kadam.optimizer._fused import _fused_kadam, check_fused_support
-from kadam.theory import stability
+from kadam.optimizer import _cpu_kernel
+from kadam.optimizer.levels import (
+    LEVEL_KEYS,
+    NORMS,
+    Level,
+    check_nonnegative,
+    group_entries,
+    group_levels,
+    level_arguments,
+    resolve_levels,
+    warn_if_unstable,
+    with_group_overrides,
+)
 
-__all__ = ["KAdam"]
-
-NORMS = ("elementwise", "tensor")
-_DEFAULT_META_BETAS = (0.0, 0.999)
-_DEFAULT_META_NORM = "tensor"
-
-
-class Level(NamedTuple):
-    """Hyperparameters of one adaptive normalization level (THEORY §1)."""
-
-    beta: float
-    gamma: float
-    eps: float
-    tensor_mode: bool
+__all__ = ["KAdam", "kadam", "state_keys"]
 
 
 def state_keys(level: int) -> tuple[str, str]:
@@ -74,136 +75,12 @@ def _offset_key(level: int) -> str:
     return f"step_offset_{level}"
 
 
-def _is_pair(value: Any) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-    )
-
-
-def _is_sequence(value: Any) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, str)
-
-
-def _check_unit_interval(name: str, level: int, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} of level {level} must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
-def resolve_levels(group: dict[str, Any]) -> list[Level]:
-    """Expand a parameter group's level hyperparameters into k validated :class:`Level` s.
-
-    Level 1 is ``betas``/``eps``/``norm``; levels 2..k are ``meta_betas``/``meta_eps``/``meta_norm``,
-    each either one value for every meta level or a sequence of k − 1 values.
-    """
-    k = group["k"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-
-    def per_meta_level(name: str, value: Any, single: Callable[[Any], bool]) -> list[Any]:
-        if single(value):
-            return [value] * (k - 1)
-        if not _is_sequence(value) or len(value) != k - 1:
-            raise ValueError(
-                f"{name} must be one value for every level 2..k or a sequence of k - 1 = {k - 1} "
-                f"values, got {value!r}"
-            )
-        return list(value)
-
-    betas = [group["betas"], *per_meta_level("meta_betas", group["meta_betas"], _is_pair)]
-    eps = [group["eps"], *per_meta_level("meta_eps", group["meta_eps"], lambda v: not _is_sequence(v))]
-    norms = [group["norm"], *per_meta_level("meta_norm", group["meta_norm"], lambda v: isinstance(v, str))]
-    levels = []
-    for i, (pair, eps_i, norm_i) in enumerate(zip(betas, eps, norms, strict=True), start=1):
-        if not _is_sequence(pair) or len(pair) != 2:
-            raise ValueError(f"betas of level {i} must be a pair (beta, gamma), got {pair!r}")
-        beta = _check_unit_interval("beta", i, pair[0])
-        gamma = _check_unit_interval("gamma", i, pair[1])
-        if isinstance(eps_i, bool) or not isinstance(eps_i, (int, float)) or not eps_i >= 0.0:
-            raise ValueError(f"eps of level {i} must be a number >= 0, got {eps_i!r}")
-        if norm_i not in NORMS:
-            raise ValueError(f"norm of level {i} must be one of {NORMS}, got {norm_i!r}")
-        levels.append(Level(beta, gamma, float(eps_i), norm_i == "tensor"))
-    return levels
-
-
-def warn_if_unstable(levels: list[Level]) -> None:
-    """UserWarning for each level outside the stable region γ > β² (THEORY §2)."""
-    for i, level in enumerate(levels, start=1):
-        if stability.is_stable(level.beta, level.gamma):
-            continue
-        rate = max(float(stability.growth_rate(level.beta, level.gamma)), 0.0)  # γ = β² up to rounding
-        if rate < 1e-12:
-            efold = "never (on the boundary: the bound grows like sqrt(n))"
-        else:
-            efold = f"every {1.0 / rate:.3g} steps"
-        warnings.warn(
-            f"KAdam level {i}: (beta, gamma) = ({level.beta}, {level.gamma}) lies outside the "
-            f"stable region gamma > beta**2 (THEORY §2); the bound on the update grows at "
-            f"ln(beta) - ln(gamma)/2 = {rate:.4g} per step, one e-fold {efold}.",
-            UserWarning,
-            stacklevel=4,
-        )
-
-
-def _split_per_level(
-    name: str, value: Any, meta_name: str, meta_value: Any, k: int, single: Callable[[Any], bool]
-) -> tuple[Any, Any]:
-    """Level 1's value and the meta levels' from ``name`` given once or per level."""
-    if single(value):
-        return (tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else value), meta_value
-    if not _is_sequence(value) or len(value) != k:
-        raise ValueError(f"{name} must be one value or a sequence of k = {k} per-level values, got {value!r}")
-    if meta_value is not None:
-        raise ValueError(f"{meta_name} cannot be given when {name} is a per-level sequence; put level 2..k in {name}")
-    return (tuple(value[0]) if _is_sequence(value[0]) else value[0]), tuple(
-        tuple(v) if _is_sequence(v) else v for v in value[1:]
-    )
-
-
-def level_arguments(
-    k: int,
-    betas: Any,
-    eps: Any,
-    norm: Any,
-    meta_betas: Any = None,
-    meta_norm: Any = None,
-) -> dict[str, Any]:
-    """KAdam's level arguments as parameter-group entries, defaults filled in (THEORY §1).
-
-    Returns ``k``, level 1's ``betas``/``eps``/``norm`` and the meta levels' ``meta_betas``/``meta_eps``/
-    ``meta_norm``; per-level sequences in ``betas``/``norm``/``eps`` are split between the two. Raises
-    ``ValueError`` for a malformed argument; the values themselves are checked by :func:`resolve_levels`.
-    """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    level1_betas, meta_betas = _split_per_level("betas", betas, "meta_betas", meta_betas, k, _is_pair)
-    level1_norm, meta_norm = _split_per_level("norm", norm, "meta_norm", meta_norm, k, lambda v: isinstance(v, str))
-    if _is_sequence(eps):
-        if len(eps) != k:
-            raise ValueError(f"eps must be one number or a sequence of k = {k} numbers, got {eps!r}")
-        level1_eps, meta_eps = eps[0], tuple(eps[1:])
-    else:
-        level1_eps, meta_eps = eps, eps
-    return {
-        "k": k,
-        "betas": level1_betas,
-        "eps": level1_eps,
-        "norm": level1_norm,
-        "meta_betas": _DEFAULT_META_BETAS if meta_betas is None else meta_betas,
-        "meta_eps": meta_eps,
-        "meta_norm": _DEFAULT_META_NORM if meta_norm is None else meta_norm,
-    }
-
-
 class KAdam(Optimizer):
     r"""k-Adam (THEORY §1): Adam's adaptive normalization applied ``k`` times.
 
     ``KAdam(k=1)`` is ``torch.optim.AdamW`` (``decoupled_weight_decay=True``, the default) or
-    ``torch.optim.Adam`` (``False``), so ``torch.optim.AdamW(params, lr, betas, eps, weight_decay)``
-    becomes ``KAdam(params, lr, k=..., betas=betas, eps=eps, weight_decay=weight_decay)`` without
-    changing an argument. Each step, with :math:`x^{(0)} = g` (plus :math:`\lambda\theta` for coupled
-    decay) and for levels :math:`i = 1..k`:
+    ``torch.optim.Adam`` (``False``). Each step, with :math:`x^{(0)} = g` (plus :math:`\lambda\theta`
+    for coupled decay) and for levels :math:`i = 1..k` (:class:`~kadam.optimizer.levels.Level`):
 
     .. math::
         m_i \leftarrow \beta_i m_i + (1-\beta_i) x^{(i-1)},\quad
@@ -219,7 +96,7 @@ class KAdam(Optimizer):
         k: number of adaptive normalization levels (default 2; 1 is Adam/AdamW).
         betas: level 1's (β, γ), exactly torch's ``betas`` (default (0.9, 0.999)); or a sequence of k
             pairs that sets every level (then ``meta_betas`` must not be given).
-        eps: ε added to each level's denominator: one value for all levels, or a sequence of k.
+        eps: ε added to each level's denominator: one value for every level, or a sequence of k.
         weight_decay: λ (default 1e-2, AdamW's default).
         decoupled_weight_decay: True for AdamW's decay θ ← (1 − ηλ)θ, False for Adam's L2 term in g.
         norm: level 1's mode, ``"elementwise"`` (Adam) or ``"tensor"``; or a sequence of k modes that
@@ -229,20 +106,25 @@ class KAdam(Optimizer):
         meta_norm: mode of levels 2..k, one mode for all or a sequence of k − 1 (default "tensor").
         maximize: maximize the objective instead of minimizing it.
         foreach: use the multi-tensor implementation; None chooses as torch does.
-        fused: use the fused implementation (one kernel streams all levels; float32/64/16 and bfloat16
-            parameters, float32 math for the 16-bit ones; honours GradScaler's ``grad_scale`` and
-            ``found_inf``); not together with ``foreach=True``. See :mod:`kadam.optimizer._fused`.
+        fused: use the fused implementation (on the CPU one kernel streams all levels, see
+            :mod:`kadam.optimizer._cpu_kernel`; float32/64/16 and bfloat16 parameters, float32 math for
+            the 16-bit ones; honours GradScaler's ``grad_scale`` and ``found_inf``); not together with
+            ``foreach=True``.
+
+    The level arguments are parsed by :func:`kadam.optimizer.levels.resolve_levels`. A parameter group
+    may override any of them, and a key means there what the constructor argument of that name means:
+    ``{"params": ..., "eps": 1e-3}`` sets ε of every level of that group, as the constructor's ``eps``
+    does; ``"betas"`` and ``"norm"`` set level 1 (or every level, given per level) and keep the
+    constructor's meta levels. The group then holds its levels in canonical form (level 1 in
+    ``betas``/``eps``/``norm``, levels 2..k as tuples in ``meta_betas``/``meta_eps``/``meta_norm``), which
+    ``state_dict()`` saves and ``step()`` reads; see :mod:`kadam.optimizer.levels`.
 
     The meta defaults, no momentum and one second moment per tensor, are the level that a
     normalization layer applies implicitly (THEORY §4): with them, k = 2 makes explicit what Adam on a
-    normalized network does. In a trial on a small character-level transformer this configuration
-    beat AdamW, while repeating (0.9, 0.999) elementwise at every level lost badly. ``kadam reproduce``
-    re-measures both: on its quick tasks the naive repetition loses on every task, but the default
-    k = 2 does not beat AdamW either (no significant difference on three tasks, worse on one), and its
-    best learning rate is about 0.2× AdamW's.
+    normalized network does.
 
     A level with γ ≤ β² lies outside the stable region (THEORY §2): the bound on its output grows at
-    ln β − ½ ln γ per step, and a ``UserWarning`` says so when the group is added.
+    ln β − ½ ln γ per step, and a ``UserWarning`` at the line that adds the group says so.
 
     State per parameter: ``step`` (0-dim float32, as torch keeps it), level 1 ``exp_avg`` /
     ``exp_avg_sq`` (torch's names, so AdamW checkpoints load both ways at k = 1) and level i ≥ 2
@@ -268,9 +150,12 @@ class KAdam(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
+        if fused and foreach:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         defaults = {
             "lr": lr,
-            **level_arguments(k, betas, eps, norm, meta_betas, meta_norm),
+            # The constructor's level arguments in split form; every group stores its own resolved levels.
+            **level_arguments(k, betas, eps, norm, meta_betas, None, meta_norm),
             "weight_decay": weight_decay,
             "decoupled_weight_decay": decoupled_weight_decay,
             "maximize": maximize,
@@ -278,34 +163,21 @@ class KAdam(Optimizer):
             "fused": fused,
             "differentiable": False,
         }
-        if fused and foreach:
-            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         super().__init__(params, defaults)
         if fused:
             check_fused_support(self.param_groups)
             self._step_supports_amp_scaling = True
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group as torch does; validate its levels and warn about unstable ones (THEORY §2)."""
+        """Add a group as torch does; resolve and validate its levels once, and warn about unstable ones.
+
+        The group's level keys override the constructor's arguments with their constructor meaning
+        (class docstring) and are replaced by the canonical per-level entries.
+        """
         for name in ("lr", "weight_decay"):
-            value = param_group.get(name, self.defaults[name])
-            if isinstance(value, (Tensor, bool)) or not isinstance(value, (int, float)) or not value >= 0.0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        k = param_group.get("k", self.defaults["k"])
-        for name, meta_name, single in (
-            ("betas", "meta_betas", _is_pair),
-            ("norm", "meta_norm", lambda v: isinstance(v, str)),
-        ):
-            if name in param_group:
-                param_group[name], meta_value = _split_per_level(
-                    name, param_group[name], meta_name, param_group.get(meta_name), k, single
-                )
-                if meta_value is not None:
-                    param_group[meta_name] = meta_value
-        if _is_sequence(param_group.get("eps")):
-            param_group["eps"], param_group["meta_eps"] = param_group["eps"][0], tuple(param_group["eps"][1:])
-        candidate = {**self.defaults, **{key: v for key, v in param_group.items() if key != "params"}}
-        levels = resolve_levels(candidate)
+            check_nonnegative(name, param_group.get(name, self.defaults[name]))
+        levels = resolve_levels(**with_group_overrides(self.defaults, param_group))
+        param_group.update(group_entries(levels))
         super().add_param_group(param_group)
         warn_if_unstable(levels)
 
@@ -316,16 +188,18 @@ class KAdam(Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
             group.setdefault("differentiable", False)
+            # Groups pickled by older versions held level 2..k as given (one value for all of them).
+            group.update(group_entries(resolve_levels(**{key: group.get(key) for key in LEVEL_KEYS})))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a KAdam, ``Adam`` or ``AdamW`` state dict.
 
-        The level structure (``k``, modes, meta hyperparameters) stays this optimizer's; everything else
-        (lr, betas, steps, moments) comes from the checkpoint, except the implementation (``foreach``,
-        ``fused``), which stays this optimizer's. A checkpoint with fewer levels starts the
-        missing ones fresh, their bias correction counting from the resume, and warns once. One with
-        more levels, or with a level stored in the other mode, raises ``ValueError`` and leaves this
-        optimizer unchanged.
+        The level structure (``k``, modes, levels 2..k) stays this optimizer's; everything else
+        (lr, level 1's betas and eps, steps, moments) comes from the checkpoint, except the
+        implementation (``foreach``, ``fused``), which stays this optimizer's. A checkpoint with fewer
+        levels starts the missing ones fresh, their bias correction counting from the resume, and warns
+        once. One with more levels, or with a level stored in the other mode, raises ``ValueError`` and
+        leaves this optimizer unchanged.
         """
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
@@ -343,7 +217,8 @@ class KAdam(Optimizer):
             # The implementation is this optimizer's choice, not the checkpoint's (a plain checkpoint must
             # not turn off fused=True, which GradScaler relies on once _step_supports_amp_scaling is set).
             merged["foreach"], merged["fused"] = group["foreach"], group["fused"]
-            levels = resolve_levels(merged)
+            levels = resolve_levels(**{key: merged[key] for key in LEVEL_KEYS})
+            merged.update(group_entries(levels))
             for param_id, param in zip(saved["params"], group["params"], strict=False):
                 saved_state = state_dict["state"].get(param_id)
                 if not saved_state:
@@ -377,13 +252,13 @@ class KAdam(Optimizer):
     @staticmethod
     def _count_levels(param_state: dict[str, Any]) -> int:
         level = 1
-        while state_keys(level + 1)[0] in param_state:
+        while state_keys(level + 1)[1] in param_state:
             level += 1
         return level
 
     def _start_missing_levels(self) -> None:
         for group in self.param_groups:
-            levels = resolve_levels(group)
+            levels = group_levels(group)
             for param in group["params"]:
                 state = self.state.get(param)
                 if not state:
@@ -405,7 +280,7 @@ class KAdam(Optimizer):
     def _init_group(
         self,
         group: dict[str, Any],
-        levels: list[Level],
+        levels: tuple[Level, ...],
         params: list[Tensor],
         grads: list[Tensor],
         moments: list[tuple[list[Tensor], list[Tensor]]],
@@ -445,7 +320,7 @@ class KAdam(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            levels = resolve_levels(group)
+            levels = group_levels(group)
             params: list[Tensor] = []
             grads: list[Tensor] = []
             moments: list[tuple[list[Tensor], list[Tensor]]] = [([], []) for _ in levels]
@@ -472,6 +347,23 @@ class KAdam(Optimizer):
         return loss
 
 
+def check_fused_support(param_groups: list[dict[str, Any]]) -> None:
+    """RuntimeError, as torch's ``fused=True`` raises, for parameters the fused step cannot take."""
+    for group in param_groups:
+        for param in group["params"]:
+            if type(param.data) is not Tensor:  # a tensor subclass under the Parameter
+                raise RuntimeError(
+                    f"KAdam(fused=True) steps plain tensors; got a {type(param.data).__name__} parameter "
+                    "(e.g. FSDP2's DTensor, whose tensor-mode levels need a global mean): use foreach=True"
+                )
+            dtype = param.real.dtype if param.is_complex() else param.dtype
+            if dtype not in _cpu_kernel.FUSED_DTYPES:
+                raise RuntimeError(
+                    f"KAdam(fused=True) supports parameters of dtype {', '.join(map(str, _cpu_kernel.FUSED_DTYPES))} "
+                    f"(and their complex types), got {param.dtype}"
+                )
+
+
 def kadam(
     params: list[Tensor],
     grads: list[Tensor],
@@ -479,7 +371,7 @@ def kadam(
     steps: list[Tensor],
     level_steps: list[list[float]],
     *,
-    levels: list[Level],
+    levels: Sequence[Level],
     lr: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
@@ -525,7 +417,7 @@ def _single_tensor_kadam(
     steps: list[Tensor],
     level_steps: list[list[float]],
     *,
-    levels: list[Level],
+    levels: Sequence[Level],
     lr: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
@@ -551,15 +443,15 @@ def _single_tensor_kadam(
                 exp_avg = torch.view_as_real(exp_avg)
                 if not level.tensor_mode:
                     exp_avg_sq = torch.view_as_real(exp_avg_sq)
-            exp_avg.lerp_(x, 1 - level.beta)
+            exp_avg.lerp_(x, 1 - level.beta1)
             if level.tensor_mode:
                 mean_square = torch.linalg.vector_norm(x).square().div_(x.numel())
-                exp_avg_sq.mul_(level.gamma).add_(mean_square, alpha=1 - level.gamma)
+                exp_avg_sq.mul_(level.beta2).add_(mean_square, alpha=1 - level.beta2)
             else:
-                exp_avg_sq.mul_(level.gamma).addcmul_(x, x, value=1 - level.gamma)
+                exp_avg_sq.mul_(level.beta2).addcmul_(x, x, value=1 - level.beta2)
             count = level_steps[i][index]
-            bias_correction1 = 1 - level.beta**count
-            bias_correction2_sqrt = (1 - level.gamma**count) ** 0.5
+            bias_correction1 = 1 - level.beta1**count
+            bias_correction2_sqrt = (1 - level.beta2**count) ** 0.5
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(level.eps)
             if i == last:
                 param.addcdiv_(exp_avg, denom, value=-(lr / bias_correction1))
@@ -574,7 +466,7 @@ def _multi_tensor_kadam(
     steps: list[Tensor],
     level_steps: list[list[float]],
     *,
-    levels: list[Level],
+    levels: Sequence[Level],
     lr: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
@@ -611,17 +503,17 @@ def _multi_tensor_kadam(
             if has_complex:
                 _view_as_real(exp_avgs, *([] if level.tensor_mode else [exp_avg_sqs]))
             counts = [level_steps[i][j] for j in indices]
-            torch._foreach_lerp_(exp_avgs, x, 1 - level.beta)
-            torch._foreach_mul_(exp_avg_sqs, level.gamma)
+            torch._foreach_lerp_(exp_avgs, x, 1 - level.beta1)
+            torch._foreach_mul_(exp_avg_sqs, level.beta2)
             if level.tensor_mode:
                 norms = torch._foreach_norm(x)
                 mean_squares = torch._foreach_mul(norms, norms)
-                torch._foreach_mul_(mean_squares, [(1 - level.gamma) / t.numel() for t in x])
+                torch._foreach_mul_(mean_squares, [(1 - level.beta2) / t.numel() for t in x])
                 torch._foreach_add_(exp_avg_sqs, mean_squares)
             else:
-                torch._foreach_addcmul_(exp_avg_sqs, x, x, 1 - level.gamma)
-            bias_correction1 = [1 - level.beta**n for n in counts]
-            bias_correction2_sqrt = [(1 - level.gamma**n) ** 0.5 for n in counts]
+                torch._foreach_addcmul_(exp_avg_sqs, x, x, 1 - level.beta2)
+            bias_correction1 = [1 - level.beta1**n for n in counts]
+            bias_correction2_sqrt = [(1 - level.beta2**n) ** 0.5 for n in counts]
             denom = torch._foreach_sqrt(exp_avg_sqs)
             torch._foreach_div_(denom, bias_correction2_sqrt)
             torch._foreach_add_(denom, level.eps)
@@ -641,3 +533,165 @@ def _multi_tensor_kadam(
                 else:
                     x = torch._foreach_div(exp_avgs, denom)
                     torch._foreach_div_(x, bias_correction1)
+
+
+def _fused_kadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    moments: list[tuple[list[Tensor], list[Tensor]]],
+    steps: list[Tensor],
+    level_steps: list[list[float]],
+    *,
+    levels: Sequence[Level],
+    lr: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+    has_complex: bool,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> None:
+    """Fused k-Adam: one kernel call per device and dtype.
+
+    On the CPU, :func:`kadam.optimizer._cpu_kernel.fused_step` streams every level in one pass per
+    tensor-mode level. Elsewhere, torch's own fused Adam/AdamW kernel runs when the step is exactly Adam
+    (k = 1, elementwise); any other configuration runs :func:`_multi_tensor_kadam` after unscaling.
+    ``grad_scale``/``found_inf`` are GradScaler's: gradients are divided by ``grad_scale`` and a nonzero
+    ``found_inf`` skips the step without touching any state.
+    """
+    flat_moments = [tensors for pair in moments for tensors in pair]
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, *flat_moments, steps], with_indices=True  # type: ignore[list-item]
+    )
+    for (device, _), ((device_params, device_grads, *device_moments, device_steps), indices) in grouped.items():
+        group_params = cast(list[Tensor], device_params)
+        group_grads = cast(list[Tensor], device_grads)
+        group_moments = [
+            (cast(list[Tensor], device_moments[2 * i]), cast(list[Tensor], device_moments[2 * i + 1]))
+            for i in range(len(levels))
+        ]
+        group_steps = cast(list[Tensor], device_steps)
+        group_level_steps = [[counts[j] for j in indices] for counts in level_steps]
+        if has_complex:
+            _view_as_real(group_params, group_grads)
+            for level, (exp_avgs, exp_avg_sqs) in zip(levels, group_moments):
+                _view_as_real(exp_avgs, *([] if level.tensor_mode else [exp_avg_sqs]))
+        device_scale = None if grad_scale is None else grad_scale.to(device, non_blocking=True)
+        device_inf = None if found_inf is None else found_inf.to(device, non_blocking=True)
+        implementation = _cpu_fused_kadam if device.type == "cpu" else _torch_kernels_kadam
+        implementation(
+            group_params,
+            group_grads,
+            group_moments,
+            group_steps,
+            group_level_steps,
+            levels=levels,
+            lr=lr,
+            weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize,
+            grad_scale=device_scale,
+            found_inf=device_inf,
+        )
+
+
+def _cpu_fused_kadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    moments: list[tuple[list[Tensor], list[Tensor]]],
+    steps: list[Tensor],
+    level_steps: list[list[float]],
+    *,
+    levels: Sequence[Level],
+    lr: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> None:
+    """The C++ kernel for real tensors of one dtype on the CPU."""
+    if found_inf is not None and bool(found_inf):
+        return
+    torch._foreach_add_(steps, 1)
+    _cpu_kernel.fused_step(
+        params,
+        grads,
+        [exp_avgs for exp_avgs, _ in moments],
+        [exp_avg_sqs for _, exp_avg_sqs in moments],
+        [[1 - level.beta1**n for n in counts] for level, counts in zip(levels, level_steps)],
+        [[(1 - level.beta2**n) ** 0.5 for n in counts] for level, counts in zip(levels, level_steps)],
+        beta1s=[level.beta1 for level in levels],
+        beta2s=[level.beta2 for level in levels],
+        eps=[level.eps for level in levels],
+        tensor_modes=[level.tensor_mode for level in levels],
+        lr=lr,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay,
+        maximize=maximize,
+        grad_scale=grad_scale,
+    )
+
+
+def _torch_kernels_kadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    moments: list[tuple[list[Tensor], list[Tensor]]],
+    steps: list[Tensor],
+    level_steps: list[list[float]],
+    *,
+    levels: Sequence[Level],
+    lr: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> None:
+    """Off the CPU: torch's fused Adam kernel for k = 1 elementwise, else foreach after unscaling."""
+    if len(levels) == 1 and not levels[0].tensor_mode:
+        level = levels[0]
+        # torch's kernel wants the step counts on the parameters' device; KAdam keeps them on the CPU.
+        device_steps = [step.to(params[0].device) for step in steps]
+        torch._foreach_add_(device_steps, 1)
+        kernel = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
+        kernel(
+            params,
+            grads,
+            moments[0][0],
+            moments[0][1],
+            [],
+            device_steps,
+            amsgrad=False,
+            lr=lr,
+            beta1=level.beta1,
+            beta2=level.beta2,
+            weight_decay=weight_decay,
+            eps=level.eps,
+            maximize=maximize,
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+        )
+        if found_inf is not None:
+            torch._foreach_sub_(device_steps, [found_inf] * len(device_steps))
+        for step, device_step in zip(steps, device_steps):
+            if device_step is not step:
+                step.copy_(device_step)
+        return
+    if found_inf is not None and bool(found_inf):
+        return
+    if grad_scale is not None:
+        torch._foreach_div_(grads, grad_scale)
+    _multi_tensor_kadam(
+        params,
+        grads,
+        moments,
+        steps,
+        level_steps,
+        levels=levels,
+        lr=lr,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay,
+        maximize=maximize,
+        has_complex=False,
+    )

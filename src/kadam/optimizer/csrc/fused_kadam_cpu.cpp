@@ -1,6 +1,6 @@
 // Fused k-Adam step on CPU (THEORY §1): every level of every tensor in as few passes over memory as
-// the tensor-mode reductions allow. Built by kadam/optimizer/_fused.py and called through ctypes; no
-// torch headers, so the one-time build takes about a second.
+// the tensor-mode reductions allow. Built by kadam/optimizer/_cpu_kernel.py and called through ctypes; no
+// torch headers, so the one-time build is short.
 //
 // A pass sweeps the blocks of all tensors once. The first reads g (and theta for coupled decay) and
 // runs elementwise levels in registers until it reaches a tensor-mode level i: that level's m_i is
@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstddef>
 #include <cstring>
 #include <vector>
 #ifdef _OPENMP
@@ -61,7 +62,8 @@ inline void store(BFloat16* p, int64_t j, float v) {
 
 extern "C" {
 
-// Mirrored by _KernelArgs in _fused.py. Per-level arrays are level-major: [level * n_tensors + t].
+// Mirrored by KernelArgs in _cpu_kernel.py, which compares its size and offsets with
+// kadam_args_size / kadam_args_offset at load. Per-level arrays are level-major: [level * n_tensors + t].
 struct KAdamArgs {
   int64_t n_tensors;
   int32_t n_levels;
@@ -85,6 +87,29 @@ struct KAdamArgs {
   double weight_decay;
   const float* grad_scale;  // null: no scaling
 };
+
+// The layout of KAdamArgs as this compiler lays it out, for the loader's check.
+int64_t kadam_args_size() { return sizeof(KAdamArgs); }
+
+static const int64_t kArgsOffsets[] = {
+    offsetof(KAdamArgs, n_tensors),    offsetof(KAdamArgs, n_levels),
+    offsetof(KAdamArgs, dtype),        offsetof(KAdamArgs, n_threads),
+    offsetof(KAdamArgs, decoupled_weight_decay), offsetof(KAdamArgs, maximize),
+    offsetof(KAdamArgs, store_unscaled_grad),    offsetof(KAdamArgs, params),
+    offsetof(KAdamArgs, grads),        offsetof(KAdamArgs, exp_avgs),
+    offsetof(KAdamArgs, exp_avg_sqs),  offsetof(KAdamArgs, numels),
+    offsetof(KAdamArgs, bias_correction1), offsetof(KAdamArgs, bias_correction2_sqrt),
+    offsetof(KAdamArgs, betas),        offsetof(KAdamArgs, gammas),
+    offsetof(KAdamArgs, eps),          offsetof(KAdamArgs, tensor_modes),
+    offsetof(KAdamArgs, lr),           offsetof(KAdamArgs, weight_decay),
+    offsetof(KAdamArgs, grad_scale),
+};
+
+int64_t kadam_args_field_count() { return int64_t(sizeof kArgsOffsets / sizeof kArgsOffsets[0]); }
+
+int64_t kadam_args_offset(int64_t field) {
+  return field >= 0 && field < kadam_args_field_count() ? kArgsOffsets[field] : -1;
+}
 
 }  // extern "C"
 
