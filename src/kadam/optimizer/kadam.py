@@ -75,6 +75,20 @@ def _offset_key(level: int) -> str:
     return f"step_offset_{level}"
 
 
+# torch's Adam/AdamW flags that KAdam accepts only at their defaults, with the reason.
+_UNSUPPORTED_FLAGS = {
+    "amsgrad": "KAdam does not implement AMSGrad's running maximum of the second moment",
+    "capturable": "capturable=True (CUDA graphs) is not implemented",
+    "differentiable": "differentiable=True (autograd through the step) is not implemented",
+}
+
+
+def _check_torch_flags(flags: dict[str, Any]) -> None:
+    for name, value in flags.items():
+        if value is not False:
+            raise ValueError(f"{name} must be False for KAdam ({_UNSUPPORTED_FLAGS[name]}), got {value!r}")
+
+
 class KAdam(Optimizer):
     r"""k-Adam (THEORY §1): Adam's adaptive normalization applied ``k`` times.
 
@@ -90,26 +104,34 @@ class KAdam(Optimizer):
     then :math:`\theta \leftarrow (1-\eta\lambda)\theta - \eta x^{(k)}`. In ``"tensor"`` mode a level's
     :math:`v` is one scalar per tensor, driven by :math:`\mathrm{mean}((x^{(i-1)})^2)`.
 
+    The positional arguments are ``torch.optim.AdamW``'s, in its order, so ``AdamW(...)`` becomes
+    ``KAdam(..., k=2)`` without changing an argument; the level options are keyword-only.
+
     Args:
         params: iterable of parameters or parameter groups, as for any torch optimizer.
         lr: learning rate η (default 1e-3).
-        k: number of adaptive normalization levels (default 2; 1 is Adam/AdamW).
         betas: level 1's (β, γ), exactly torch's ``betas`` (default (0.9, 0.999)); or a sequence of k
             pairs that sets every level (then ``meta_betas`` must not be given).
         eps: ε added to each level's denominator: one value for every level, or a sequence of k.
         weight_decay: λ (default 1e-2, AdamW's default).
-        decoupled_weight_decay: True for AdamW's decay θ ← (1 − ηλ)θ, False for Adam's L2 term in g.
+        amsgrad: torch's flag; only False (KAdam has no AMSGrad variant).
+        k: number of adaptive normalization levels (default 2; 1 is Adam/AdamW).
         norm: level 1's mode, ``"elementwise"`` (Adam) or ``"tensor"``; or a sequence of k modes that
             sets every level (then ``meta_norm`` must not be given).
         meta_betas: (β, γ) of levels 2..k, one pair for all or a sequence of k − 1 pairs
             (default (0.0, 0.999)).
         meta_norm: mode of levels 2..k, one mode for all or a sequence of k − 1 (default "tensor").
+        decoupled_weight_decay: True for AdamW's decay θ ← (1 − ηλ)θ, False for Adam's L2 term in g.
         maximize: maximize the objective instead of minimizing it.
         foreach: use the multi-tensor implementation; None chooses as torch does.
+        capturable: torch's flag; only False.
+        differentiable: torch's flag; only False.
         fused: use the fused implementation (on the CPU one kernel streams all levels, see
             :mod:`kadam.optimizer._cpu_kernel`; float32/64/16 and bfloat16 parameters, float32 math for
             the 16-bit ones; honours GradScaler's ``grad_scale`` and ``found_inf``); not together with
             ``foreach=True``.
+
+    A torch flag given a value KAdam does not implement raises ``ValueError``.
 
     The level arguments are parsed by :func:`kadam.optimizer.levels.resolve_levels`. A parameter group
     may override any of them, and a key means there what the constructor argument of that name means:
@@ -137,17 +159,20 @@ class KAdam(Optimizer):
         self,
         params: ParamsT,
         lr: float = 1e-3,
-        k: int = 2,
         betas: tuple[float, float] | Sequence[tuple[float, float]] = (0.9, 0.999),
         eps: float | Sequence[float] = 1e-8,
         weight_decay: float = 1e-2,
-        decoupled_weight_decay: bool = True,
+        amsgrad: bool = False,
+        *,
+        k: int = 2,
         norm: str | Sequence[str] = "elementwise",
         meta_betas: tuple[float, float] | Sequence[tuple[float, float]] | None = None,
         meta_norm: str | Sequence[str] | None = None,
-        *,
+        decoupled_weight_decay: bool = True,
         maximize: bool = False,
         foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
         if fused and foreach:
@@ -158,10 +183,12 @@ class KAdam(Optimizer):
             **level_arguments(k, betas, eps, norm, meta_betas, None, meta_norm),
             "weight_decay": weight_decay,
             "decoupled_weight_decay": decoupled_weight_decay,
+            "amsgrad": amsgrad,
             "maximize": maximize,
             "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
             "fused": fused,
-            "differentiable": False,
         }
         super().__init__(params, defaults)
         if fused:
@@ -176,6 +203,7 @@ class KAdam(Optimizer):
         """
         for name in ("lr", "weight_decay"):
             check_nonnegative(name, param_group.get(name, self.defaults[name]))
+        _check_torch_flags({name: param_group.get(name, self.defaults[name]) for name in _UNSUPPORTED_FLAGS})
         levels = resolve_levels(**with_group_overrides(self.defaults, param_group))
         param_group.update(group_entries(levels))
         super().add_param_group(param_group)
@@ -188,6 +216,8 @@ class KAdam(Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
             group.setdefault("differentiable", False)
+            group.setdefault("amsgrad", False)
+            group.setdefault("capturable", False)
             # Groups pickled by older versions held level 2..k as given (one value for all of them).
             group.update(group_entries(resolve_levels(**{key: group.get(key) for key in LEVEL_KEYS})))
 
@@ -216,7 +246,8 @@ class KAdam(Optimizer):
             merged.setdefault("maximize", False)
             # The implementation is this optimizer's choice, not the checkpoint's (a plain checkpoint must
             # not turn off fused=True, which GradScaler relies on once _step_supports_amp_scaling is set).
-            merged["foreach"], merged["fused"] = group["foreach"], group["fused"]
+            for key in ("foreach", "fused", "capturable"):
+                merged[key] = group[key]
             levels = resolve_levels(**{key: merged[key] for key in LEVEL_KEYS})
             merged.update(group_entries(levels))
             for param_id, param in zip(saved["params"], group["params"], strict=False):
