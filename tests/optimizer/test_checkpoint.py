@@ -129,3 +129,41 @@ def test_state_dict_is_deterministic_and_loads_weights_only():
     assert first["state"].keys() == second["state"].keys()
     assert all(torch.equal(first["state"][i][n], second["state"][i][n]) for i in first["state"] for n in first["state"][i])
     assert flat(model).isfinite().all()
+
+
+IMPLEMENTATIONS = [{"foreach": False}, {"foreach": True}, {"fused": True}]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=["loop", "foreach", "fused"])
+def test_checkpoint_with_plain_number_steps_keeps_counting(implementation):
+    """Older torch saved ``step`` as a Python number; __setstate__ turns it back into a tensor, as Adam's does."""
+    straight_model = make_mlp()
+    straight = torch.optim.AdamW(straight_model.parameters(), lr=1e-2)
+    train(straight_model, straight, 3)
+    checkpoint = copy.deepcopy(straight.state_dict())
+    for state in checkpoint["state"].values():
+        state["step"] = int(state["step"].item())
+    model = make_mlp()
+    model.load_state_dict(straight_model.state_dict())
+    optimizer = KAdam(model.parameters(), lr=1e-2, k=1, **implementation)
+    optimizer.load_state_dict(checkpoint)
+    expected = train(straight_model, straight, 5, seed=2)
+    actual = train(model, optimizer, 5, seed=2)
+    assert all(state["step"].item() == 8 for state in optimizer.state.values())
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_checkpoint_without_decoupled_weight_decay_keeps_this_optimizers_choice():
+    """Adam/AdamW checkpoints of older torch have no ``decoupled_weight_decay`` key."""
+    straight_model = make_mlp()
+    straight = torch.optim.AdamW(straight_model.parameters(), lr=1e-2, weight_decay=0.1)
+    train(straight_model, straight, 3)
+    checkpoint = copy.deepcopy(straight.state_dict())
+    for group in checkpoint["param_groups"]:
+        del group["decoupled_weight_decay"]
+    model = make_mlp()
+    model.load_state_dict(straight_model.state_dict())
+    optimizer = KAdam(model.parameters(), lr=1e-2, weight_decay=0.1, k=1)
+    optimizer.load_state_dict(checkpoint)
+    assert optimizer.param_groups[0]["decoupled_weight_decay"] is True
+    assert torch.equal(train(model, optimizer, 4, seed=2), train(straight_model, straight, 4, seed=2))

@@ -349,3 +349,10 @@ def test_kernel_struct_layout_is_checked_at_load(monkeypatch):
     monkeypatch.setattr(cpu_kernel, "_library", None)
     with pytest.raises(RuntimeError, match="does not match"):
         cpu_kernel.fused_kernel_library()
+
+
+def test_fused_on_the_meta_device_raises_torchs_error():
+    param = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    param.grad = torch.zeros(3, device="meta")
+    with pytest.raises(RuntimeError, match="`fused=True` requires all the params to be floating point Tensors of supported devices"):
+        KAdam([param], k=1, fused=True).step()

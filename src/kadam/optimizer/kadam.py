@@ -42,6 +42,7 @@ from torch.optim.optimizer import (
     Optimizer,
     ParamsT,
     _default_to_fused_or_foreach,
+    _get_fused_kernels_supported_devices,
     _get_scalar_dtype,
     _get_value,
     _use_grad_for_differentiable,
@@ -218,6 +219,10 @@ class KAdam(Optimizer):
             group.setdefault("differentiable", False)
             group.setdefault("amsgrad", False)
             group.setdefault("capturable", False)
+            for param in group["params"]:  # older torch saved ``step`` as a Python number
+                param_state = self.state.get(param, {})
+                if len(param_state) != 0 and not torch.is_tensor(param_state["step"]):
+                    param_state["step"] = torch.tensor(float(param_state["step"]), dtype=_get_scalar_dtype())
             # Groups pickled by older versions held level 2..k as given (one value for all of them).
             group.update(group_entries(resolve_levels(**{key: group.get(key) for key in LEVEL_KEYS})))
 
@@ -244,6 +249,8 @@ class KAdam(Optimizer):
                 raise ValueError(f"group {index} of the checkpoint uses AMSGrad, which KAdam does not implement")
             merged = {**saved, **{key: group[key] for key in structure}, "differentiable": False}
             merged.setdefault("maximize", False)
+            # Older torch's Adam/AdamW checkpoints do not say; the decay stays this optimizer's.
+            merged.setdefault("decoupled_weight_decay", group["decoupled_weight_decay"])
             # The implementation is this optimizer's choice, not the checkpoint's (a plain checkpoint must
             # not turn off fused=True, which GradScaler relies on once _step_supports_amp_scaling is set).
             for key in ("foreach", "fused", "capturable"):
@@ -329,6 +336,8 @@ class KAdam(Optimizer):
             grads.append(param.grad)
             state = self.state[param]
             if len(state) == 0:
+                if group["fused"]:
+                    check_fused_device(param, levels)
                 state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
                 for i, hparams in enumerate(levels, start=1):
                     self._init_level(state, param, i, hparams)
@@ -393,6 +402,26 @@ def check_fused_support(param_groups: list[dict[str, Any]]) -> None:
                     f"KAdam(fused=True) supports parameters of dtype {', '.join(map(str, _cpu_kernel.FUSED_DTYPES))} "
                     f"(and their complex types), got {param.dtype}"
                 )
+
+
+def fused_devices(levels: Sequence[Level]) -> list[str]:
+    """Device types with a fused kernel for ``levels``: the C++ kernel on the CPU for any levels, and
+    torch's fused Adam/AdamW kernels on their devices when the step is exactly Adam (k = 1, elementwise)."""
+    if len(levels) == 1 and not levels[0].tensor_mode:
+        return sorted({"cpu", *_get_fused_kernels_supported_devices()})
+    return ["cpu"]
+
+
+def check_fused_device(param: Tensor, levels: Sequence[Level]) -> None:
+    """torch's RuntimeError for ``fused=True`` on a parameter that no fused kernel can step."""
+    devices = fused_devices(levels)
+    if param.device.type not in devices or not torch.is_floating_point(param if not param.is_complex() else param.real):
+        raise RuntimeError(
+            "`fused=True` requires all the params to be floating point Tensors of supported devices: "
+            f"{devices} but {param.dtype} and {param.device.type}"
+            + ("" if param.device.type in ("cpu", "meta") or len(devices) > 1 else
+               f" (KAdam has a fused kernel on {param.device.type} only for k = 1 with norm='elementwise')")
+        )
 
 
 def kadam(
@@ -476,7 +505,7 @@ def _single_tensor_kadam(
                     exp_avg_sq = torch.view_as_real(exp_avg_sq)
             exp_avg.lerp_(x, 1 - level.beta1)
             if level.tensor_mode:
-                mean_square = torch.linalg.vector_norm(x).square().div_(x.numel())
+                mean_square = torch.linalg.vector_norm(x).square().div_(max(x.numel(), 1))  # 0 if empty
                 exp_avg_sq.mul_(level.beta2).add_(mean_square, alpha=1 - level.beta2)
             else:
                 exp_avg_sq.mul_(level.beta2).addcmul_(x, x, value=1 - level.beta2)
@@ -539,7 +568,7 @@ def _multi_tensor_kadam(
             if level.tensor_mode:
                 norms = torch._foreach_norm(x)
                 mean_squares = torch._foreach_mul(norms, norms)
-                torch._foreach_mul_(mean_squares, [(1 - level.beta2) / t.numel() for t in x])
+                torch._foreach_mul_(mean_squares, [(1 - level.beta2) / max(t.numel(), 1) for t in x])
                 torch._foreach_add_(exp_avg_sqs, mean_squares)
             else:
                 torch._foreach_addcmul_(exp_avg_sqs, x, x, 1 - level.beta2)

@@ -192,7 +192,7 @@ class Stepper {
   // then add_; returns the denominator sqrt(v) / sqrt(1 - gamma^n) + eps that the next pass uses.
   T finish_reduction(int64_t t, int level, double sum, bool store_v) const {
     const size_t index = level_index(level, t);
-    const T mean_square = T(sum / double(a_.numels[t]));
+    const T mean_square = a_.numels[t] > 0 ? T(sum / double(a_.numels[t])) : T(0);  // empty tensor: 0
     const T v = T(old_v_[index] * T(a_.gammas[level])) + T(T(1.0 - a_.gammas[level]) * mean_square);
     if (store_v) store(tensor<S>(a_.exp_avg_sqs, level, t), 0, v);
     return T(std::sqrt(v) / T(a_.bias_correction2_sqrt[index])) + T(a_.eps[level]);
