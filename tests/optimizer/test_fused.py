@@ -22,6 +22,7 @@ import torch
 import kadam.optimizer._cpu_kernel as cpu_kernel
 import kadam.optimizer.kadam as kadam_module
 from kadam import KAdam
+from kadam.optimizer.levels import resolve_levels
 
 SHAPES = [(37, 211), (5,), (3, 1024), (1,), (300, 250)]  # multi-block, tiny, block-aligned, scalar, multi-chunk
 
@@ -260,10 +261,10 @@ def test_grad_scaler_unscales_and_skips_inf_steps_without_touching_state(k):
         assert optimizer.state[actual]["step"].item() == 3
 
 
-@pytest.mark.parametrize("k,norm", [(1, "elementwise"), (2, "elementwise"), (1, "tensor")])
+@pytest.mark.parametrize("k,norm", [(1, "elementwise")])
 def test_off_cpu_path_on_cpu_tensors(monkeypatch, k, norm):
-    """The path other devices take (torch's fused Adam for k = 1 elementwise, else foreach after
-    unscaling), exercised on CPU tensors; on a GPU only the device differs."""
+    """The path other devices take (torch's fused Adam for k = 1 elementwise), exercised on CPU tensors;
+    on a GPU only the device differs."""
     monkeypatch.setattr(kadam_module, "_cpu_fused_kadam", kadam_module._torch_kernels_kadam)
     params, reference_params = _params(), _params()
     optimizer = KAdam(params, lr=1e-2, k=k, norm=norm, fused=True)
@@ -356,3 +357,35 @@ def test_fused_on_the_meta_device_raises_torchs_error():
     param.grad = torch.zeros(3, device="meta")
     with pytest.raises(RuntimeError, match="`fused=True` requires all the params to be floating point Tensors of supported devices"):
         KAdam([param], k=1, fused=True).step()
+
+
+@pytest.mark.parametrize("k,norm", [(2, "elementwise"), (1, "tensor")])
+def test_off_cpu_fused_without_a_kernel_raises(monkeypatch, k, norm):
+    """Off the CPU only k = 1 elementwise has a fused kernel (torch's); anything else is an error, not a
+    silent fallback (issue 16)."""
+    monkeypatch.setattr(kadam_module, "_cpu_fused_kadam", kadam_module._torch_kernels_kadam)
+    params = _params()
+    optimizer = KAdam(params, lr=1e-2, k=k, norm=norm, fused=True)
+    _run(params, KAdam(params, lr=1e-2, k=1, fused=True), 1)
+    with pytest.raises(RuntimeError, match="has no fused kernel on cpu for k = "):
+        _run(params, optimizer, 1)
+    assert kadam_module.fused_devices(resolve_levels(k=k, norm=norm)) == ["cpu"]
+    assert "cuda" in kadam_module.fused_devices(resolve_levels(k=1))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_default_on_cpu_is_the_fused_kernel_except_for_adam(monkeypatch, k):
+    """fused=None picks the C++ kernel on the CPU for every configuration but k = 1 elementwise, which
+    keeps torch's default (the loop) and its bitwise equality with AdamW; without a kernel, the loop."""
+    calls = []
+    original = kadam_module._cpu_fused_kadam
+    monkeypatch.setattr(kadam_module, "_cpu_fused_kadam", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    params, loop_params = _params(), _params()
+    _run(params, KAdam(params, lr=1e-2, k=k), 3)
+    _run(loop_params, KAdam(loop_params, lr=1e-2, k=k, foreach=False), 3)
+    assert len(calls) == (0 if k == 1 else 3)
+    for actual, expected in zip(params, loop_params):
+        assert _relative_error(actual, expected) <= 1e-6
+    monkeypatch.setattr(cpu_kernel, "available", lambda: False)
+    _run(params, KAdam(params, lr=1e-2, k=k), 1)
+    assert len(calls) == (0 if k == 1 else 3)

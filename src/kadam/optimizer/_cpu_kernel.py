@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["FUSED_DTYPES", "KernelArgs", "check_layout", "fused_kernel_library", "fused_step"]
+__all__ = ["FUSED_DTYPES", "KernelArgs", "available", "check_layout", "fused_kernel_library", "fused_step"]
 
 FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
@@ -83,6 +83,7 @@ class KernelArgs(ctypes.Structure):
 
 
 _library: ctypes.CDLL | None = None
+_library_error: RuntimeError | None = None
 _library_lock = threading.Lock()
 
 
@@ -177,6 +178,21 @@ def fused_kernel_library() -> ctypes.CDLL:
         library.kadam_fused_step.restype = ctypes.c_int
         _library = library
         return library
+
+
+def available() -> bool:
+    """Whether the kernel can run here: built (or buildable) and loaded; a failure is remembered, not raised."""
+    global _library_error
+    if _library is not None:
+        return True
+    if _library_error is not None:
+        return False
+    try:
+        fused_kernel_library()
+    except (RuntimeError, OSError) as error:
+        _library_error = RuntimeError(str(error))
+        return False
+    return True
 
 
 def _array(ctype: type, values: Sequence) -> ctypes.Array:

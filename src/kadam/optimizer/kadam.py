@@ -124,13 +124,18 @@ class KAdam(Optimizer):
         meta_norm: mode of levels 2..k, one mode for all or a sequence of k − 1 (default "tensor").
         decoupled_weight_decay: True for AdamW's decay θ ← (1 − ηλ)θ, False for Adam's L2 term in g.
         maximize: maximize the objective instead of minimizing it.
-        foreach: use the multi-tensor implementation; None chooses as torch does.
+        foreach: use the multi-tensor implementation (True) or the loop (False).
         capturable: torch's flag; only False.
         differentiable: torch's flag; only False.
         fused: use the fused implementation (on the CPU one kernel streams all levels, see
             :mod:`kadam.optimizer._cpu_kernel`; float32/64/16 and bfloat16 parameters, float32 math for
             the 16-bit ones; honours GradScaler's ``grad_scale`` and ``found_inf``); not together with
-            ``foreach=True``.
+            ``foreach=True``. On a device without a fused kernel for the levels (off the CPU, all but
+            k = 1 elementwise, which runs torch's fused Adam kernel) the step raises ``RuntimeError``,
+            as torch's does. With ``fused=None`` and ``foreach=None`` (the defaults) the step picks the
+            fused kernel for plain CPU tensors of a kernel dtype unless the levels are exactly Adam's
+            (k = 1, elementwise, which keeps torch's default and its bitwise equality with ``AdamW``),
+            and otherwise chooses between loop and foreach as torch does (foreach on CUDA).
 
     A torch flag given a value KAdam does not implement raises ``ValueError``.
 
@@ -424,6 +429,20 @@ def check_fused_device(param: Tensor, levels: Sequence[Level]) -> None:
         )
 
 
+def _fused_by_default(params: list[Tensor], levels: Sequence[Level]) -> bool:
+    """The default (``fused=None, foreach=None``) on the CPU: the C++ kernel for every configuration but
+    exactly Adam (k = 1, elementwise), which keeps torch's default and its bit-for-bit equality with
+    ``AdamW``; plain CPU tensors of a kernel dtype only, not under ``torch.compile``, and only where the
+    kernel builds (the first such step builds it; without a compiler the default stays torch's)."""
+    if (len(levels) == 1 and not levels[0].tensor_mode) or torch.compiler.is_compiling():
+        return False
+    for param in params:
+        dtype = param.real.dtype if param.is_complex() else param.dtype
+        if type(param.data) is not Tensor or param.device.type != "cpu" or dtype not in _cpu_kernel.FUSED_DTYPES:
+            return False
+    return _cpu_kernel.available()
+
+
 def kadam(
     params: list[Tensor],
     grads: list[Tensor],
@@ -447,6 +466,8 @@ def kadam(
         return
     if fused and foreach:
         raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+    if fused is None and foreach is None:
+        fused = _fused_by_default(params, levels)
     if fused:
         implementation = functools.partial(_fused_kadam, grad_scale=grad_scale, found_inf=found_inf)
     elif grad_scale is not None or found_inf is not None:
@@ -708,50 +729,36 @@ def _torch_kernels_kadam(
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
 ) -> None:
-    """Off the CPU: torch's fused Adam kernel for k = 1 elementwise, else foreach after unscaling."""
-    if len(levels) == 1 and not levels[0].tensor_mode:
-        level = levels[0]
-        # torch's kernel wants the step counts on the parameters' device; KAdam keeps them on the CPU.
-        device_steps = [step.to(params[0].device) for step in steps]
-        torch._foreach_add_(device_steps, 1)
-        kernel = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
-        kernel(
-            params,
-            grads,
-            moments[0][0],
-            moments[0][1],
-            [],
-            device_steps,
-            amsgrad=False,
-            lr=lr,
-            beta1=level.beta1,
-            beta2=level.beta2,
-            weight_decay=weight_decay,
-            eps=level.eps,
-            maximize=maximize,
-            grad_scale=grad_scale,
-            found_inf=found_inf,
+    """Off the CPU: torch's fused Adam/AdamW kernel, which steps exactly Adam (k = 1, elementwise)."""
+    if len(levels) != 1 or levels[0].tensor_mode:
+        raise RuntimeError(
+            f"KAdam(fused=True) has no fused kernel on {params[0].device.type} for k = {len(levels)} with norms "
+            f"{[level.norm for level in levels]}; use foreach=True (torch's fused Adam kernel covers k = 1, elementwise)"
         )
-        if found_inf is not None:
-            torch._foreach_sub_(device_steps, [found_inf] * len(device_steps))
-        for step, device_step in zip(steps, device_steps):
-            if device_step is not step:
-                step.copy_(device_step)
-        return
-    if found_inf is not None and bool(found_inf):
-        return
-    if grad_scale is not None:
-        torch._foreach_div_(grads, grad_scale)
-    _multi_tensor_kadam(
+    level = levels[0]
+    # torch's kernel wants the step counts on the parameters' device; KAdam keeps them on the CPU.
+    device_steps = [step.to(params[0].device) for step in steps]
+    torch._foreach_add_(device_steps, 1)
+    kernel = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
+    kernel(
         params,
         grads,
-        moments,
-        steps,
-        level_steps,
-        levels=levels,
+        moments[0][0],
+        moments[0][1],
+        [],
+        device_steps,
+        amsgrad=False,
         lr=lr,
+        beta1=level.beta1,
+        beta2=level.beta2,
         weight_decay=weight_decay,
-        decoupled_weight_decay=decoupled_weight_decay,
+        eps=level.eps,
         maximize=maximize,
-        has_complex=False,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
     )
+    if found_inf is not None:
+        torch._foreach_sub_(device_steps, [found_inf] * len(device_steps))
+    for step, device_step in zip(steps, device_steps):
+        if device_step is not step:
+            step.copy_(device_step)
