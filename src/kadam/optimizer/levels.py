@@ -143,8 +143,8 @@ def _split(name: str, value: Any, meta_value: Any, k: int) -> tuple[Any, Any]:
             return value, value  # one eps is the eps of every level
         return _frozen(value), meta_value
     if not _is_sequence(value) or len(value) != k:
-        kind = "number" if name == "eps" else "value"
-        raise ValueError(f"{name} must be one {kind} or a sequence of k = {k} per-level {kind}s, got {value!r}")
+        what = "one number or a sequence of k = {k} numbers" if name == "eps" else "one value or a sequence of k = {k} per-level values"
+        raise ValueError(f"{name} must be {what.format(k=k)}, got {value!r}")
     if meta_value is not None:
         raise ValueError(f"meta_{name} cannot be given when {name} is a per-level sequence; put level 2..k in {name}")
     value = _frozen(value)
