@@ -30,6 +30,7 @@ CONFIGS = {
     "default": {},
     "all-elementwise": {"meta_betas": (0.9, 0.99), "meta_norm": "elementwise"},
     "tensor-level-1": {"norm": "tensor", "meta_betas": (0.5, 0.99)},
+    "elementwise-no-momentum": {"meta_norm": "elementwise"},  # beta1 = 0: no m stored, the kernel skips it
 }
 
 

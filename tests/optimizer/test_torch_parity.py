@@ -95,7 +95,7 @@ def test_torch_flags_are_accepted_at_their_defaults():
     assert all(optimizer.param_groups[0][name] == value for name, value in flags.items())
 
 
-@pytest.mark.parametrize("flag", ["amsgrad", "capturable", "differentiable"])
+@pytest.mark.parametrize("flag", ["amsgrad", "differentiable"])
 def test_unsupported_torch_flags_raise_value_error(flag):
     with pytest.raises(ValueError, match=f"{flag} must be False for KAdam"):
         KAdam(make_mlp().parameters(), **{flag: True})
@@ -107,3 +107,16 @@ def test_unsupported_torch_flags_raise_value_error(flag):
 def test_level_options_are_keyword_only():
     with pytest.raises(TypeError):
         KAdam(make_mlp().parameters(), 1e-3, (0.9, 0.999), 1e-8, 1e-2, False, 2)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_capturable_on_cpu_is_refused_at_step_as_torch_refuses_it(foreach):
+    """torch's Adam(capturable=True) accepts CPU parameters and raises at step(); KAdam does the same."""
+    errors = []
+    for optimizer_class in (torch.optim.AdamW, KAdam):
+        model = make_mlp()
+        optimizer = optimizer_class(model.parameters(), capturable=True, foreach=foreach)
+        with pytest.raises((AssertionError, RuntimeError)) as error:
+            train(model, optimizer, 1)
+        errors.append(str(error.value))
+    assert errors[0] == errors[1] and "If capturable=True, params and state_steps must be on supported devices" in errors[1]

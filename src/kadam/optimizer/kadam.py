@@ -42,6 +42,7 @@ from torch.optim.optimizer import (
     Optimizer,
     ParamsT,
     _default_to_fused_or_foreach,
+    _get_capturable_supported_devices,
     _get_fused_kernels_supported_devices,
     _get_scalar_dtype,
     _get_value,
@@ -71,6 +72,12 @@ def state_keys(level: int) -> tuple[str, str]:
     return ("exp_avg", "exp_avg_sq") if level == 1 else (f"exp_avg_{level}", f"exp_avg_sq_{level}")
 
 
+def _keeps_first_moment(index: int, level: Level) -> bool:
+    """Whether level ``index`` (1-based) stores its first moment: not for β₁ = 0 (then m_n = x_n, THEORY §1),
+    except level 1, which keeps torch's ``exp_avg`` so that Adam/AdamW checkpoints load both ways."""
+    return index == 1 or level.keeps_first_moment
+
+
 def _offset_key(level: int) -> str:
     """State key of the step at which a level was added to a resumed run (absent: step 0)."""
     return f"step_offset_{level}"
@@ -79,7 +86,6 @@ def _offset_key(level: int) -> str:
 # torch's Adam/AdamW flags that KAdam accepts only at their defaults, with the reason.
 _UNSUPPORTED_FLAGS = {
     "amsgrad": "KAdam does not implement AMSGrad's running maximum of the second moment",
-    "capturable": "capturable=True (CUDA graphs) is not implemented",
     "differentiable": "differentiable=True (autograd through the step) is not implemented",
 }
 
@@ -110,7 +116,8 @@ class KAdam(Optimizer):
 
     Args:
         params: iterable of parameters or parameter groups, as for any torch optimizer.
-        lr: learning rate η (default 1e-3).
+        lr: learning rate η (default 1e-3); a float or a 1-element tensor, as torch's Adam takes it
+            (schedulers update a tensor lr in place, so a compiled step does not recompile).
         betas: level 1's (β, γ), exactly torch's ``betas`` (default (0.9, 0.999)); or a sequence of k
             pairs that sets every level (then ``meta_betas`` must not be given).
         eps: ε added to each level's denominator: one value for every level, or a sequence of k.
@@ -125,7 +132,10 @@ class KAdam(Optimizer):
         decoupled_weight_decay: True for AdamW's decay θ ← (1 − ηλ)θ, False for Adam's L2 term in g.
         maximize: maximize the objective instead of minimizing it.
         foreach: use the multi-tensor implementation (True) or the loop (False).
-        capturable: torch's flag; only False.
+        capturable: as torch's: step counts live on the parameters' device and the step computes its
+            bias corrections there, with no host synchronization (safe inside CUDA graphs); the
+            parameters must be on a device torch supports for it (not the CPU), checked at each step
+            as torch checks it. Not with the CPU kernel.
         differentiable: torch's flag; only False.
         fused: use the fused implementation (on the CPU one kernel streams all levels, see
             :mod:`kadam.optimizer._cpu_kernel`; float32/64/16 and bfloat16 parameters, float32 math for
@@ -207,8 +217,13 @@ class KAdam(Optimizer):
         The group's level keys override the constructor's arguments with their constructor meaning
         (class docstring) and are replaced by the canonical per-level entries.
         """
-        for name in ("lr", "weight_decay"):
-            check_nonnegative(name, param_group.get(name, self.defaults[name]))
+        lr = param_group.get("lr", self.defaults["lr"])
+        if isinstance(lr, Tensor):  # as torch's Adam takes it: one element, kept as a tensor
+            if lr.numel() != 1:
+                raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
+            lr = lr.item()
+        check_nonnegative("lr", lr)
+        check_nonnegative("weight_decay", param_group.get("weight_decay", self.defaults["weight_decay"]))
         _check_torch_flags({name: param_group.get(name, self.defaults[name]) for name in _UNSUPPORTED_FLAGS})
         levels = resolve_levels(**with_group_overrides(self.defaults, param_group))
         param_group.update(group_entries(levels))
@@ -229,7 +244,13 @@ class KAdam(Optimizer):
                 if len(param_state) != 0 and not torch.is_tensor(param_state["step"]):
                     param_state["step"] = torch.tensor(float(param_state["step"]), dtype=_get_scalar_dtype())
             # Groups pickled by older versions held level 2..k as given (one value for all of them).
-            group.update(group_entries(resolve_levels(**{key: group.get(key) for key in LEVEL_KEYS})))
+            levels = resolve_levels(**{key: group.get(key) for key in LEVEL_KEYS})
+            group.update(group_entries(levels))
+            for param in group["params"]:  # older versions kept m of levels with beta1 = 0 (m = x)
+                param_state = self.state.get(param, {})
+                for i, level in enumerate(levels, start=1):
+                    if not _keeps_first_moment(i, level):
+                        param_state.pop(state_keys(i)[0], None)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a KAdam, ``Adam`` or ``AdamW`` state dict.
@@ -313,7 +334,8 @@ class KAdam(Optimizer):
     @staticmethod
     def _init_level(state: dict[str, Any], param: Tensor, level: int, hparams: Level) -> None:
         exp_avg, exp_avg_sq = state_keys(level)
-        state[exp_avg] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        if _keeps_first_moment(level, hparams):
+            state[exp_avg] = torch.zeros_like(param, memory_format=torch.preserve_format)
         if hparams.tensor_mode:
             real_dtype = param.real.dtype if param.is_complex() else param.dtype
             state[exp_avg_sq] = param.new_zeros((), dtype=real_dtype)
@@ -343,16 +365,25 @@ class KAdam(Optimizer):
             if len(state) == 0:
                 if group["fused"]:
                     check_fused_device(param, levels)
-                state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                state["step"] = (
+                    torch.zeros((), dtype=_get_scalar_dtype(), device=param.device)
+                    if group["capturable"]
+                    else torch.tensor(0.0, dtype=_get_scalar_dtype())
+                )
                 for i, hparams in enumerate(levels, start=1):
                     self._init_level(state, param, i, hparams)
-            for i, (exp_avgs, exp_avg_sqs) in enumerate(moments, start=1):
+            for i, ((exp_avgs, exp_avg_sqs), hparams) in enumerate(zip(moments, levels), start=1):
                 exp_avg, exp_avg_sq = state_keys(i)
-                exp_avgs.append(state[exp_avg])
+                if _keeps_first_moment(i, hparams):
+                    if exp_avg not in state:  # the level's beta1 was 0 when the state was made
+                        state[exp_avg] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    exp_avgs.append(state[exp_avg])
                 exp_avg_sqs.append(state[exp_avg_sq])
             steps.append(state["step"])
             # Step counts as they will be after this step's increment, one list per level.
-            upcoming = _get_value(state["step"]) + 1
+            upcoming = (state["step"] if group["capturable"] else _get_value(state["step"])) + 1
+            if isinstance(upcoming, Tensor):  # traced by torch.compile, or capturable: float64 on its device
+                upcoming = upcoming.to(torch.float64)
             for i, counts in enumerate(level_steps, start=1):
                 counts.append(upcoming - state.get(_offset_key(i), 0.0))
         return has_complex
@@ -385,6 +416,7 @@ class KAdam(Optimizer):
                 maximize=group["maximize"],
                 foreach=group["foreach"],
                 fused=group["fused"],
+                capturable=group["capturable"],
                 has_complex=has_complex,
                 grad_scale=getattr(self, "grad_scale", None),
                 found_inf=getattr(self, "found_inf", None),
@@ -457,6 +489,7 @@ def kadam(
     maximize: bool,
     foreach: bool | None = None,
     fused: bool | None = None,
+    capturable: bool = False,
     has_complex: bool = False,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
@@ -464,10 +497,24 @@ def kadam(
     """Functional k-Adam (see :class:`KAdam`); ``moments[i]`` holds level i+1's (exp_avgs, exp_avg_sqs)."""
     if not params:
         return
+    if capturable and not torch.compiler.is_compiling():
+        supported = _get_capturable_supported_devices(supports_xla=not foreach)  # as torch's two paths say
+        if not all(p.device.type == s.device.type and p.device.type in supported for p, s in zip(params, steps)):
+            raise RuntimeError(f"If capturable=True, params and state_steps must be on supported devices: {supported}.")
+        if fused is None and foreach is None:
+            fused = False  # the CPU kernel is not capturable; torch's choice below
     if fused and foreach:
         raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
     if fused is None and foreach is None:
         fused = _fused_by_default(params, levels)
+    if fused and torch.compiler.is_compiling():
+        # Under torch.compile the step is traced: the foreach ops, which inductor fuses into its own
+        # kernels (the C++ kernel is a ctypes call, which cannot be traced).
+        if found_inf is not None and found_inf.item():
+            return
+        if grad_scale is not None:
+            torch._foreach_div_(grads, grad_scale.to(grads[0].device))
+        fused, foreach, grad_scale, found_inf = False, True, None, None
     if fused:
         implementation = functools.partial(_fused_kadam, grad_scale=grad_scale, found_inf=found_inf)
     elif grad_scale is not None or found_inf is not None:
@@ -517,14 +564,20 @@ def _single_tensor_kadam(
         if torch.is_complex(param):
             grad = torch.view_as_real(grad)
             param = torch.view_as_real(param)
+        is_complex = torch.is_complex(params[index])
         x = grad
         for i, level in enumerate(levels):
-            exp_avg, exp_avg_sq = moments[i][0][index], moments[i][1][index]
-            if torch.is_complex(exp_avg):
-                exp_avg = torch.view_as_real(exp_avg)
+            exp_avgs, exp_avg_sqs = moments[i]
+            exp_avg = exp_avgs[index] if exp_avgs else None  # None: beta1 = 0, so m = x
+            exp_avg_sq = exp_avg_sqs[index]
+            if is_complex:
+                exp_avg = None if exp_avg is None else torch.view_as_real(exp_avg)
                 if not level.tensor_mode:
                     exp_avg_sq = torch.view_as_real(exp_avg_sq)
-            exp_avg.lerp_(x, 1 - level.beta1)
+            if exp_avg is None:
+                exp_avg = x
+            else:
+                exp_avg.lerp_(x, 1 - level.beta1)
             if level.tensor_mode:
                 mean_square = torch.linalg.vector_norm(x).square().div_(max(x.numel(), 1))  # 0 if empty
                 exp_avg_sq.mul_(level.beta2).add_(mean_square, alpha=1 - level.beta2)
@@ -535,7 +588,11 @@ def _single_tensor_kadam(
             bias_correction2_sqrt = (1 - level.beta2**count) ** 0.5
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(level.eps)
             if i == last:
-                param.addcdiv_(exp_avg, denom, value=-(lr / bias_correction1))
+                if isinstance(bias_correction1, Tensor) and not torch.compiler.is_compiling():
+                    # capturable: the step size stays a device tensor (addcdiv_'s value would sync)
+                    param.addcdiv_(exp_avg, denom.div_(-(lr / bias_correction1)))
+                else:
+                    param.addcdiv_(exp_avg, denom, value=-(lr / bias_correction1))
             else:
                 x = torch.div(exp_avg, denom).div_(bias_correction1)
 
@@ -582,9 +639,13 @@ def _multi_tensor_kadam(
             exp_avgs = cast(list[Tensor], device_moments[2 * i])
             exp_avg_sqs = cast(list[Tensor], device_moments[2 * i + 1])
             if has_complex:
-                _view_as_real(exp_avgs, *([] if level.tensor_mode else [exp_avg_sqs]))
+                # Real views of the complex states (a level with beta1 = 0 has no m list to key them on).
+                _view_states_as_real(exp_avgs, exp_avg_sqs, level)
             counts = [level_steps[i][j] for j in indices]
-            torch._foreach_lerp_(exp_avgs, x, 1 - level.beta1)
+            if exp_avgs:
+                torch._foreach_lerp_(exp_avgs, x, 1 - level.beta1)
+            else:  # beta1 = 0: m = x, not stored
+                exp_avgs = x
             torch._foreach_mul_(exp_avg_sqs, level.beta2)
             if level.tensor_mode:
                 norms = torch._foreach_norm(x)
@@ -600,7 +661,12 @@ def _multi_tensor_kadam(
             torch._foreach_add_(denom, level.eps)
             if i == last:
                 step_size = [(lr / bc) * -1 for bc in bias_correction1]
-                if level.tensor_mode:
+                if isinstance(step_size[0], Tensor):
+                    # Under torch.compile the step counts (and a tensor lr) are tensors, which
+                    # _foreach_addcdiv_'s scalar list cannot take: fold the step size into denom.
+                    torch._foreach_div_(denom, step_size)
+                    torch._foreach_addcdiv_(device_params, exp_avgs, denom)
+                elif level.tensor_mode:
                     torch._foreach_reciprocal_(denom)
                     torch._foreach_mul_(denom, step_size)
                     torch._foreach_addcmul_(device_params, exp_avgs, denom)
@@ -614,6 +680,14 @@ def _multi_tensor_kadam(
                 else:
                     x = torch._foreach_div(exp_avgs, denom)
                     torch._foreach_div_(x, bias_correction1)
+
+
+def _view_states_as_real(exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], level: Level) -> None:
+    """Real views, in place in the lists, of a level's complex states (``exp_avgs`` is empty for β₁ = 0,
+    a tensor-mode ``v`` is real already)."""
+    lists = [tensors for tensors in (exp_avgs, [] if level.tensor_mode else exp_avg_sqs) if tensors]
+    if lists:
+        _view_as_real(*lists)
 
 
 def _fused_kadam(
@@ -656,7 +730,7 @@ def _fused_kadam(
         if has_complex:
             _view_as_real(group_params, group_grads)
             for level, (exp_avgs, exp_avg_sqs) in zip(levels, group_moments):
-                _view_as_real(exp_avgs, *([] if level.tensor_mode else [exp_avg_sqs]))
+                _view_states_as_real(exp_avgs, exp_avg_sqs, level)
         device_scale = None if grad_scale is None else grad_scale.to(device, non_blocking=True)
         device_inf = None if found_inf is None else found_inf.to(device, non_blocking=True)
         implementation = _cpu_fused_kadam if device.type == "cpu" else _torch_kernels_kadam
@@ -695,10 +769,16 @@ def _cpu_fused_kadam(
     if found_inf is not None and bool(found_inf):
         return
     torch._foreach_add_(steps, 1)
+    # A level with beta1 = 0 stores no m (m = x). The kernel skips it in an elementwise level; a
+    # tensor-mode level ends a pass, and the next pass reads x back from a buffer of this step only.
+    first_moments = [
+        exp_avgs if exp_avgs else [None if not level.tensor_mode else torch.empty_like(p) for p in params]
+        for level, (exp_avgs, _) in zip(levels, moments)
+    ]
     _cpu_kernel.fused_step(
         params,
         grads,
-        [exp_avgs for exp_avgs, _ in moments],
+        first_moments,
         [exp_avg_sqs for _, exp_avg_sqs in moments],
         [[1 - level.beta1**n for n in counts] for level, counts in zip(levels, level_steps)],
         [[(1 - level.beta2**n) ** 0.5 for n in counts] for level, counts in zip(levels, level_steps)],

@@ -74,7 +74,8 @@ struct KAdamArgs {
   int32_t store_unscaled_grad;  // write g / grad_scale back into grad, as torch's fused Adam does
   void* const* params;
   void* const* grads;
-  void* const* exp_avgs;
+  void* const* exp_avgs;     // null for an elementwise level with beta = 0 (m = x, not stored); for a
+                             // tensor-mode level with beta = 0, a buffer that receives x (never read first)
   void* const* exp_avg_sqs;  // 0-dim for tensor-mode levels
   const int64_t* numels;
   const double* bias_correction1;
@@ -238,6 +239,14 @@ class Stepper {
     S* m = tensor<S>(a_.exp_avgs, i, t) + begin;
     const T coeff = lerp_coefficient(i);
     double sum = 0.0;
+    if (a_.betas[i] == 0.0) {  // m = x: written for the next pass, never read first
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < n; ++j) {
+        store(m, j, x[j]);
+        sum += double(x[j]) * double(x[j]);
+      }
+      return sum;
+    }
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < n; ++j) {
       const T old = load(m, j);
@@ -252,7 +261,7 @@ class Stepper {
   template <bool Small, bool ToParam, bool FromGrad>
   void elementwise_level(int i, int64_t t, int64_t begin, int64_t n, T* x) const {
     const size_t index = level_index(i, t);
-    S* m = tensor<S>(a_.exp_avgs, i, t) + begin;
+    S* m = a_.exp_avgs[level_index(i, t)] ? tensor<S>(a_.exp_avgs, i, t) + begin : nullptr;  // null: m = x
     S* v = tensor<S>(a_.exp_avg_sqs, i, t) + begin;
     const S* grad = static_cast<const S*>(a_.grads[t]) + begin;
     S* param = static_cast<S*>(a_.params[t]) + begin;
@@ -266,10 +275,13 @@ class Stepper {
     const T step = step_size(index), keep = shrink();
     for (int64_t j = 0; j < n; ++j) {
       const T input = FromGrad ? T(load(grad, j) * sign) : x[j];
-      const T old = load(m, j);
-      const T m_new = std::fma(coeff, T(input - old), Small ? old : input);
+      T m_new = input;
+      if (m) {
+        const T old = load(m, j);
+        m_new = std::fma(coeff, T(input - old), Small ? old : input);
+        store(m, j, m_new);
+      }
       const T v_new = std::fma(T(one_minus_gamma * input), input, T(load(v, j) * gamma));
-      store(m, j, m_new);
       store(v, j, v_new);
       const T denom = T(std::sqrt(v_new) / bc2_sqrt) + eps;
       if (ToParam) {
