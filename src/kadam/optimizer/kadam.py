@@ -166,7 +166,9 @@ class KAdam(Optimizer):
 
     State per parameter: ``step`` (0-dim float32, as torch keeps it), level 1 ``exp_avg`` /
     ``exp_avg_sq`` (torch's names, so AdamW checkpoints load both ways at k = 1) and level i ≥ 2
-    ``exp_avg_{i}`` / ``exp_avg_sq_{i}`` (0-dim in tensor mode). Loading a checkpoint with fewer levels
+    ``exp_avg_{i}`` / ``exp_avg_sq_{i}`` (0-dim in tensor mode). A level i ≥ 2 with β = 0 has
+    :math:`m_n = x_n` and keeps no ``exp_avg_{i}``: the default k = 2 holds AdamW's state plus one scalar
+    per tensor; a checkpoint that still carries such a tensor loads, and the tensor is dropped. Loading a checkpoint with fewer levels
     (resuming an AdamW run as 2-Adam) starts the new levels from zero, their bias correction counting
     from the resume; more levels, or a level in a different mode, is an error.
     """
