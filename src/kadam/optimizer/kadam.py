@@ -244,7 +244,8 @@ class KAdam(Optimizer):
             for param in group["params"]:  # older torch saved ``step`` as a Python number
                 param_state = self.state.get(param, {})
                 if len(param_state) != 0 and not torch.is_tensor(param_state["step"]):
-                    param_state["step"] = torch.tensor(float(param_state["step"]), dtype=_get_scalar_dtype())
+                    device = param.device if group["capturable"] else None  # as torch's Adam places it
+                    param_state["step"] = torch.tensor(float(param_state["step"]), dtype=_get_scalar_dtype(), device=device)
             # Groups pickled by older versions held level 2..k as given (one value for all of them).
             levels = resolve_levels(**{key: group.get(key) for key in LEVEL_KEYS})
             group.update(group_entries(levels))
