@@ -18,6 +18,7 @@ Each table row reports:
   rounds of the ratio within a round (the issue's targets; pairing cancels slow drifts in load), and
   the ratio of bests;
 * × floor: the best time over the floor's bytes at the triad's best bandwidth;
+* state B/param: bytes of optimizer state (all tensors in ``optimizer.state``) per parameter after a step;
 * peak extra MB: the highest net allocation through torch's allocator during one step, beyond the
   parameters, gradients and state that exist before it (the fused kernel's own buffers are a few
   scalars per tensor and a 4 KiB (8 KiB in float64) buffer per thread, outside torch's allocator).
@@ -170,6 +171,10 @@ def measure(
     for step in steps.values():  # warm-up: state allocation, kernel build/load, first touch
         step()
     progress.advance(task)
+    state_bytes = {
+        row.name: sum(value.nbytes for state in opt.state.values() for value in state.values() if torch.is_tensor(value))
+        for row, opt in zip(rows, optimizers)
+    }
     for _ in range(repeats):
         for name, step in steps.items():
             evict.sum()
@@ -195,6 +200,7 @@ def measure(
             ),
             "vs_fused_adamw_best": bests[row.name] / bests["torch AdamW fused"],
             "vs_floor_best": bests[row.name] / (floor_bytes / bandwidth),
+            "state_bytes_per_param": state_bytes[row.name] / total,
             "target": row.target,
             "target_reference": row.reference,
             "vs_target_reference_median": statistics.median(
@@ -204,6 +210,10 @@ def measure(
         if memory:
             entry["peak_extra_MB"] = _peak_extra_bytes(steps[row.name]) / 1e6
         results["rows"].append(entry)
+    for k in (1, 2, 3):  # foreach against the loop, paired within each round
+        loop, foreach = times.get(f"KAdam k={k} loop"), times.get(f"KAdam k={k} foreach")
+        if loop and foreach:
+            results.setdefault("foreach_vs_loop_median", {})[k] = statistics.median(f / l for f, l in zip(foreach, loop))
     progress.remove_task(task)
     del optimizers, params
     return results
@@ -212,7 +222,7 @@ def measure(
 def _table(results: dict, title: str) -> Table:
     table = Table(title=title)
     columns = ["implementation", "median ms", "best ms", "GB/s (best)", "× fused AdamW (median)",
-               "× fused AdamW (best)", "× floor (best)", "issue 7 target (median ratio)"]
+               "× fused AdamW (best)", "× floor (best)", "issue 7 target (median ratio)", "state B/param"]
     if "peak_extra_MB" in results["rows"][0]:
         columns.append("peak extra MB")
     for column in columns:
@@ -225,7 +235,8 @@ def _table(results: dict, title: str) -> Table:
             f"{'met' if reached <= target else 'MISSED'}"
         )
         cells = [row["name"], f"{row['ms_median']:.1f}", f"{row['ms_best']:.1f}", f"{row['GBps_best']:.2f}",
-                 f"{ratio:.2f}", f"{row['vs_fused_adamw_best']:.2f}", f"{row['vs_floor_best']:.2f}", verdict]
+                 f"{ratio:.2f}", f"{row['vs_fused_adamw_best']:.2f}", f"{row['vs_floor_best']:.2f}", verdict,
+                 f"{row['state_bytes_per_param']:.2f}"]
         if "peak_extra_MB" in row:
             cells.append(f"{row['peak_extra_MB']:.1f}")
         table.add_row(*cells)
@@ -272,6 +283,10 @@ def main() -> None:
                                f"({main['triad_GBps_median']:.2f} median), {main['repeats']} repeats, "
                                f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
                                f"{'warm' if args.warm_cache else 'cold'} cache"))
+    ratios = main.get("foreach_vs_loop_median", {})
+    if ratios:
+        console.print("KAdam foreach ÷ loop, median of paired rounds: "
+                      + ", ".join(f"k={k} {ratio:.2f}×" for k, ratio in ratios.items()))
     if not report["sweep"]:
         return
     sweep = Table(title="Scaling (fused): median ms/step (median × fused AdamW)")

@@ -29,16 +29,18 @@ _LAZY = {
     "param_groups_for": "kadam.optimizer",
     "NormTracker": "kadam.normalization",
     "find_scale_invariant": "kadam.normalization",
-    "stability": "kadam.theory",
 }
+_SUBMODULES = ("stability",)
 
 if _TYPE_CHECKING:
     from kadam.normalization import NormTracker, find_scale_invariant
     from kadam.optimizer import KAdam, param_groups_for
-    from kadam.theory import stability
+    from kadam import stability
 
 
 def __getattr__(name: str) -> _Any:
+    if name in _SUBMODULES:
+        return _importlib.import_module(f"kadam.{name}")
     if name in _LAZY:
         value = getattr(_importlib.import_module(_LAZY[name]), name)
         globals()[name] = value

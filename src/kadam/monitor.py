@@ -118,13 +118,15 @@ class LevelHyperparameters(NamedTuple):
 def optimizer_levels(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> list[LevelHyperparameters]:
     """The levels that ``group`` of ``optimizer`` steps with, level 1 first (one level for Adam/AdamW).
 
-    KAdam's groups are read with :func:`kadam.optimizer.kadam.resolve_levels`; ``torch.optim.Adam`` and
+    KAdam's groups are read with :func:`kadam.optimizer.levels.group_levels`; ``torch.optim.Adam`` and
     ``AdamW`` (and subclasses) from ``betas``/``eps``. Tensor-valued β, γ, ε are read as floats.
     """
-    from kadam.optimizer.kadam import KAdam, resolve_levels
+    from kadam.optimizer.kadam import KAdam
+    from kadam.optimizer.levels import group_levels
 
     if isinstance(optimizer, KAdam):
-        return [LevelHyperparameters(lv.beta, lv.gamma, lv.eps, lv.tensor_mode) for lv in resolve_levels(dict(group))]
+        return [LevelHyperparameters(float(lv.beta1), float(lv.beta2), float(lv.eps), lv.tensor_mode)
+                for lv in group_levels(group)]
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         beta, gamma = group["betas"]
         return [LevelHyperparameters(float(beta), float(gamma), float(group["eps"]), False)]
@@ -134,11 +136,12 @@ def optimizer_levels(optimizer: torch.optim.Optimizer, group: Mapping[str, Any])
 
 
 def _level_state(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], state: Mapping[str, Any],
-                 level: int) -> tuple[Tensor, Tensor, float]:
+                 level: int) -> tuple[Tensor | None, Tensor, float]:
     """(m, v, step count) of level ``level`` (1-based) in a parameter's ``state``, after the step.
 
     Level 1 is ``exp_avg``/``exp_avg_sq`` (``max_exp_avg_sq`` for AMSGrad, whose denominator uses it);
-    KAdam's level i ≥ 2 is ``exp_avg_{i}``/``exp_avg_sq_{i}``, counting steps from ``step_offset_{i}``.
+    KAdam's level i ≥ 2 is ``exp_avg_{i}``/``exp_avg_sq_{i}``, counting steps from ``step_offset_{i}``; a
+    level with β = 0 keeps no ``exp_avg_{i}`` (m_n = x_n, its input), and m is returned as None.
     """
     from kadam.optimizer.kadam import state_keys
 
@@ -146,7 +149,7 @@ def _level_state(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], sta
     if level == 1 and group.get("amsgrad", False):
         second = "max_exp_avg_sq"
     count = _step_of(state) - float(state.get(f"step_offset_{level}", 0.0))
-    return state[first], state[second], count
+    return state.get(first), state[second], count
 
 
 def _step_of(state: Mapping[str, Any]) -> float:
@@ -652,6 +655,9 @@ class StabilityMonitor:
         update = None
         for i, level in enumerate(levels, start=1):
             first, second, count = _level_state(optimizer, group, state, i)
+            if first is None:  # β = 0 (level ≥ 2): m_n is the level's input, the previous level's update
+                assert update is not None
+                first = update
             if torch.is_complex(first):
                 first = torch.view_as_real(first)
                 second = torch.view_as_real(second) if torch.is_complex(second) else second

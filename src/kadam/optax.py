@@ -1,8 +1,8 @@
 """k-Adam for JAX as an optax ``GradientTransformation`` (THEORY §1).
 
 ``kadam(learning_rate, k=2, ...)`` is the optax twin of the torch optimizer :class:`kadam.KAdam`: the
-same arguments, the same defaults and, in float64, the same trajectories (the test suite checks
-≤ 1e-10 against torch for k = 1, 2, 3 in both modes). It is a chain of optax transformations::
+same arguments, parsed by the same function (:func:`kadam.optimizer.levels.resolve_levels`), the same
+defaults and, in float64, the same trajectories up to rounding. It is a chain of optax transformations::
 
     [add_decayed_weights(λ)]            coupled L2 only:  x⁽⁰⁾ = g + λθ
     level_1 ∘ … ∘ level_k               x⁽ⁱ⁾ = level_i(x⁽ⁱ⁻¹⁾)
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kadam.optimizer.kadam import Level, level_arguments, resolve_levels, warn_if_unstable
+from kadam.optimizer.levels import Level, resolve_levels, warn_if_unstable
 
 __all__ = ["ScaleByTensorAdamState", "kadam", "scale_by_kadam", "scale_by_tensor_adam"]
 
@@ -83,20 +83,21 @@ def _levels_from_arguments(
     meta_betas: tuple[float, float] | Sequence[tuple[float, float]] | None,
     meta_norm: str | Sequence[str] | None,
 ) -> list[Level]:
-    """Per-level ``(β_i, γ_i, ε_i, mode_i)`` from :class:`kadam.KAdam`'s arguments, validated by its own helpers.
+    """Per-level ``(β_i, γ_i, ε_i, mode_i)`` from :class:`kadam.KAdam`'s arguments, by the same parser
+    (:func:`kadam.optimizer.levels.resolve_levels`).
 
     Raises ``ValueError`` naming the argument and its accepted range; warns (``UserWarning``) about a
     level outside the stable region γ > β² (THEORY §2), as ``KAdam`` does.
     """
-    levels = resolve_levels(level_arguments(k, betas, eps, norm, meta_betas, meta_norm))
+    levels = resolve_levels(k, betas, eps, norm, meta_betas, None, meta_norm)
     warn_if_unstable(levels)
     return levels
 
 
 def _level_transformation(level: Level) -> optax.GradientTransformation:
     if level.tensor_mode:
-        return scale_by_tensor_adam(b1=level.beta, b2=level.gamma, eps=level.eps)
-    return optax.scale_by_adam(b1=level.beta, b2=level.gamma, eps=level.eps)
+        return scale_by_tensor_adam(b1=level.beta1, b2=level.beta2, eps=level.eps)
+    return optax.scale_by_adam(b1=level.beta1, b2=level.beta2, eps=level.eps)
 
 
 def scale_by_kadam(

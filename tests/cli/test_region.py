@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from kadam.cli import main
-from kadam.theory import stability
+from kadam import stability
 
 
 def run_region(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -107,7 +107,7 @@ def test_trainer_checkpoint_resumes_with_the_optimizer_state(
     for param_state in saved["state"].values():
         assert param_state["step"].item() == STEPS // 2
         assert param_state["exp_avg_sq_2"].dim() == 0  # level 2 in tensor mode: one scalar per tensor
-        assert param_state["exp_avg_2"].abs().sum() > 0
+        assert "exp_avg_2" not in param_state  # level 2 has beta1 = 0: m = x is not stored
     resumed = train(how, tmp_path, resume_from=checkpoint)
     assert resumed.losses == runs[how].losses  # the first half restored from the checkpoint, the rest retrained
     uninterrupted = runs[how].parameters

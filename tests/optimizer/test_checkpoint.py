@@ -129,3 +129,89 @@ def test_state_dict_is_deterministic_and_loads_weights_only():
     assert first["state"].keys() == second["state"].keys()
     assert all(torch.equal(first["state"][i][n], second["state"][i][n]) for i in first["state"] for n in first["state"][i])
     assert flat(model).isfinite().all()
+
+
+IMPLEMENTATIONS = [{"foreach": False}, {"foreach": True}, {"fused": True}]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=["loop", "foreach", "fused"])
+def test_checkpoint_with_plain_number_steps_keeps_counting(implementation):
+    """Older torch saved ``step`` as a Python number; __setstate__ turns it back into a tensor, as Adam's does."""
+    straight_model = make_mlp()
+    straight = torch.optim.AdamW(straight_model.parameters(), lr=1e-2)
+    train(straight_model, straight, 3)
+    checkpoint = copy.deepcopy(straight.state_dict())
+    for state in checkpoint["state"].values():
+        state["step"] = int(state["step"].item())
+    model = make_mlp()
+    model.load_state_dict(straight_model.state_dict())
+    optimizer = KAdam(model.parameters(), lr=1e-2, k=1, **implementation)
+    optimizer.load_state_dict(checkpoint)
+    expected = train(straight_model, straight, 5, seed=2)
+    actual = train(model, optimizer, 5, seed=2)
+    assert all(state["step"].item() == 8 for state in optimizer.state.values())
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_checkpoint_without_decoupled_weight_decay_keeps_this_optimizers_choice():
+    """Adam/AdamW checkpoints of older torch have no ``decoupled_weight_decay`` key."""
+    straight_model = make_mlp()
+    straight = torch.optim.AdamW(straight_model.parameters(), lr=1e-2, weight_decay=0.1)
+    train(straight_model, straight, 3)
+    checkpoint = copy.deepcopy(straight.state_dict())
+    for group in checkpoint["param_groups"]:
+        del group["decoupled_weight_decay"]
+    model = make_mlp()
+    model.load_state_dict(straight_model.state_dict())
+    optimizer = KAdam(model.parameters(), lr=1e-2, weight_decay=0.1, k=1)
+    optimizer.load_state_dict(checkpoint)
+    assert optimizer.param_groups[0]["decoupled_weight_decay"] is True
+    assert torch.equal(train(model, optimizer, 4, seed=2), train(straight_model, straight, 4, seed=2))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=["loop", "foreach", "fused"])
+def test_default_state_is_adamw_state_plus_one_scalar_per_tensor_and_level(implementation):
+    """Level 2's default beta1 = 0 makes m = x: no exp_avg_2 is kept (issue 16)."""
+    model, adamw_model = make_mlp(), make_mlp()
+    optimizer = KAdam(model.parameters(), lr=1e-2, **implementation)
+    adamw = torch.optim.AdamW(adamw_model.parameters(), lr=1e-2)
+    train(model, optimizer, 3)
+    train(adamw_model, adamw, 3)
+    for param, adamw_param in zip(model.parameters(), adamw_model.parameters()):
+        state, adamw_state = optimizer.state[param], adamw.state[adamw_param]
+        assert set(state) == {*adamw_state, "exp_avg_sq_2"}
+        assert state["exp_avg_sq_2"].dim() == 0
+    model3 = make_mlp()
+    level3 = KAdam(model3.parameters(), k=3, meta_betas=[(0.0, 0.999), (0.5, 0.99)], **implementation)
+    train(model3, level3, 2)
+    assert {"exp_avg_sq_2", "exp_avg_3", "exp_avg_sq_3"} <= set(level3.state[model3[0].weight])
+    assert "exp_avg_2" not in level3.state[model3[0].weight]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=["loop", "foreach", "fused"])
+def test_checkpoint_that_keeps_the_unneeded_first_moment_loads_and_matches_the_reference(implementation):
+    """Older kadam stored exp_avg_2 for level 2 (beta1 = 0); it is dropped on load and the run continues
+    on the float64 reference (m = x needs no state)."""
+    rng = np.random.default_rng(1)
+    theta0 = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
+    gradients = [[rng.standard_normal(t.shape) for t in theta0] for _ in range(20)]
+    params = [torch.nn.Parameter(torch.tensor(t)) for t in theta0]
+    optimizer = KAdam(params, lr=1e-2, weight_decay=0.1, **implementation)
+    for n in range(10):
+        for p, g in zip(params, gradients[n]):
+            p.grad = torch.tensor(g)
+        optimizer.step()
+    checkpoint = _roundtrip(optimizer.state_dict())
+    for state in checkpoint["state"].values():
+        state["exp_avg_2"] = torch.full_like(state["exp_avg"], 0.25)  # what older versions kept (value unused)
+    resumed = KAdam(params, lr=1e-2, weight_decay=0.1, **implementation)
+    resumed.load_state_dict(checkpoint)
+    assert all("exp_avg_2" not in state for state in resumed.state.values())
+    for n in range(10, 20):
+        for p, g in zip(params, gradients[n]):
+            p.grad = torch.tensor(g)
+        resumed.step()
+    expected = reference_kadam(theta0, lambda n, _: gradients[n - 1], 20, lr=1e-2, weight_decay=0.1,
+                               levels=[(0.9, 0.999, 1e-8, "elementwise"), (0.0, 0.999, 1e-8, "tensor")])
+    for p, e in zip(params, expected):
+        np.testing.assert_allclose(p.detach().numpy(), e, rtol=1e-10, atol=1e-12)

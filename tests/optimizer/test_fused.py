@@ -11,6 +11,7 @@ the update where a level after a tensor-mode level reads back its stored m).
 from __future__ import annotations
 
 import copy
+import ctypes
 import os
 import subprocess
 import sys
@@ -18,8 +19,10 @@ import sys
 import pytest
 import torch
 
-import kadam.optimizer._fused as fused_module
+import kadam.optimizer._cpu_kernel as cpu_kernel
+import kadam.optimizer.kadam as kadam_module
 from kadam import KAdam
+from kadam.optimizer.levels import resolve_levels
 
 SHAPES = [(37, 211), (5,), (3, 1024), (1,), (300, 250)]  # multi-block, tiny, block-aligned, scalar, multi-chunk
 
@@ -27,6 +30,7 @@ CONFIGS = {
     "default": {},
     "all-elementwise": {"meta_betas": (0.9, 0.99), "meta_norm": "elementwise"},
     "tensor-level-1": {"norm": "tensor", "meta_betas": (0.5, 0.99)},
+    "elementwise-no-momentum": {"meta_norm": "elementwise"},  # beta1 = 0: no m stored, the kernel skips it
 }
 
 
@@ -258,11 +262,11 @@ def test_grad_scaler_unscales_and_skips_inf_steps_without_touching_state(k):
         assert optimizer.state[actual]["step"].item() == 3
 
 
-@pytest.mark.parametrize("k,norm", [(1, "elementwise"), (2, "elementwise"), (1, "tensor")])
+@pytest.mark.parametrize("k,norm", [(1, "elementwise")])
 def test_off_cpu_path_on_cpu_tensors(monkeypatch, k, norm):
-    """The path other devices take (torch's fused Adam for k = 1 elementwise, else foreach after
-    unscaling), exercised on CPU tensors; on a GPU only the device differs."""
-    monkeypatch.setattr(fused_module, "_cpu_fused_kadam", fused_module._torch_kernels_kadam)
+    """The path other devices take (torch's fused Adam for k = 1 elementwise), exercised on CPU tensors;
+    on a GPU only the device differs."""
+    monkeypatch.setattr(kadam_module, "_cpu_fused_kadam", kadam_module._torch_kernels_kadam)
     params, reference_params = _params(), _params()
     optimizer = KAdam(params, lr=1e-2, k=k, norm=norm, fused=True)
     reference = KAdam(reference_params, lr=1e-2, k=k, norm=norm, foreach=False)
@@ -303,10 +307,10 @@ def test_bad_combinations_raise():
 
 def test_new_process_first_step_is_fast_and_import_builds_nothing(tmp_path):
     """A cached kernel: a fresh process's first fused step (load + step) is well under 2 s."""
-    fused_module.fused_kernel_library()  # make sure this test's cache holds the build
+    cpu_kernel.fused_kernel_library()  # make sure this test's cache holds the build
     script = (
         "import time, torch\n"
-        "import kadam, kadam.optimizer._fused as f\n"
+        "import kadam, kadam.optimizer._cpu_kernel as f\n"
         "assert f._library is None, 'import compiled something'\n"
         "p = torch.nn.Parameter(torch.zeros(1000)); p.grad = torch.ones(1000)\n"
         "o = kadam.KAdam([p], fused=True)\n"
@@ -322,7 +326,67 @@ def test_compiler_without_openmp_builds_the_one_thread_kernel(tmp_path, monkeypa
     wrapper.chmod(0o755)
     monkeypatch.setenv("CXX", str(wrapper))
     monkeypatch.setenv("KADAM_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(fused_module, "_library", None)
+    monkeypatch.setattr(cpu_kernel, "_library", None)
     with pytest.warns(UserWarning, match="without OpenMP"):
-        fused_module.fused_kernel_library()
+        cpu_kernel.fused_kernel_library()
     _assert_same_trajectory({"lr": 1e-2, "k": 2}, torch.float32, 1e-6, steps=3, fused_threads=2)
+
+
+def test_kernel_struct_layout_is_checked_at_load(monkeypatch):
+    """The library reports sizeof and offsetof of its struct; a ctypes mirror that differs cannot load."""
+    library = cpu_kernel.fused_kernel_library()
+    cpu_kernel.check_layout(library)
+    fields = list(cpu_kernel.KernelArgs._fields_)
+
+    class Swapped(ctypes.Structure):  # n_levels (int32) before n_tensors (int64): same fields, other layout
+        _fields_ = [fields[1], fields[0], *fields[2:]]
+
+    class Shorter(ctypes.Structure):
+        _fields_ = fields[:-1]
+
+    for wrong in (Swapped, Shorter):
+        with pytest.raises(RuntimeError, match="does not match"):
+            cpu_kernel.check_layout(library, wrong)
+    monkeypatch.setattr(cpu_kernel, "KernelArgs", Swapped)
+    monkeypatch.setattr(cpu_kernel, "_library", None)
+    with pytest.raises(RuntimeError, match="does not match"):
+        cpu_kernel.fused_kernel_library()
+
+
+def test_fused_on_the_meta_device_raises_torchs_error():
+    param = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    param.grad = torch.zeros(3, device="meta")
+    with pytest.raises(RuntimeError, match="`fused=True` requires all the params to be floating point Tensors of supported devices"):
+        KAdam([param], k=1, fused=True).step()
+
+
+@pytest.mark.parametrize("k,norm", [(2, "elementwise"), (1, "tensor")])
+def test_off_cpu_fused_without_a_kernel_raises(monkeypatch, k, norm):
+    """Off the CPU only k = 1 elementwise has a fused kernel (torch's); anything else is an error, not a
+    silent fallback (issue 16)."""
+    monkeypatch.setattr(kadam_module, "_cpu_fused_kadam", kadam_module._torch_kernels_kadam)
+    params = _params()
+    optimizer = KAdam(params, lr=1e-2, k=k, norm=norm, fused=True)
+    _run(params, KAdam(params, lr=1e-2, k=1, fused=True), 1)
+    with pytest.raises(RuntimeError, match="has no fused kernel on cpu for k = "):
+        _run(params, optimizer, 1)
+    assert kadam_module.fused_devices(resolve_levels(k=k, norm=norm)) == ["cpu"]
+    assert "cuda" in kadam_module.fused_devices(resolve_levels(k=1))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_default_on_cpu_is_the_fused_kernel_except_for_adam(monkeypatch, k):
+    """fused=None picks the C++ kernel on the CPU for every configuration but k = 1 elementwise, which
+    keeps torch's default (the loop) and its bitwise equality with AdamW; without a kernel, the loop."""
+    calls = []
+    original = kadam_module._cpu_fused_kadam
+    monkeypatch.setattr(kadam_module, "_cpu_fused_kadam", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    params, loop_params = _params(), _params()
+    _run(params, KAdam(params, lr=1e-2, k=k), 3)
+    _run(loop_params, KAdam(loop_params, lr=1e-2, k=k, foreach=False), 3)
+    assert len(calls) == (0 if k == 1 else 3)
+    for actual, expected in zip(params, loop_params):
+        assert _relative_error(actual, expected) <= 1e-6
+    monkeypatch.setattr(cpu_kernel, "available", lambda: False)
+    _run(params, KAdam(params, lr=1e-2, k=k), 1)
+    assert len(calls) == (0 if k == 1 else 3)

@@ -108,7 +108,7 @@ def test_step_hooks_run_in_order():
 
 def test_repr_is_readable():
     text = repr(KAdam(make_mlp().parameters(), k=3))
-    assert text.startswith("KAdam (") and "k: 3" in text and "meta_norm: tensor" in text
+    assert text.startswith("KAdam (") and "k: 3" in text and "meta_norm: ('tensor', 'tensor')" in text
 
 
 @pytest.mark.parametrize(
@@ -219,3 +219,24 @@ def test_per_level_hyperparameters_inside_a_param_group():
     reference = KAdam(reference_model.parameters(), lr=1e-2, k=2, **per_level)
     assert torch.equal(train(model, optimizer, 5), train(reference_model, reference, 5))
     assert optimizer.state[model[0].weight]["exp_avg_sq_2"].shape == model[0].weight.shape
+
+
+@pytest.mark.parametrize("implementation", [{"foreach": False}, {"foreach": True}, {"fused": True}],
+                         ids=["loop", "foreach", "fused"])
+@pytest.mark.parametrize("k,norm", [(2, "elementwise"), (1, "tensor"), (3, "tensor")])
+def test_zero_size_parameter_with_tensor_mode_levels(implementation, k, norm):
+    """An empty tensor's mean of squares is taken as 0: its state stays finite, the others are unaffected."""
+    model, reference_model = make_mlp(), make_mlp()
+    empty = nn.Parameter(torch.zeros(0, 4))
+    optimizer = KAdam([*model.parameters(), empty], lr=1e-2, k=k, norm=norm, **implementation)
+    reference = KAdam(reference_model.parameters(), lr=1e-2, k=k, norm=norm, **implementation)
+    inputs, targets = data(torch.float32)
+    for _ in range(3):
+        for opt, net in ((optimizer, model), (reference, reference_model)):
+            opt.zero_grad()
+            ((net(inputs) - targets) ** 2).mean().backward()
+        empty.grad = torch.zeros(0, 4)
+        optimizer.step()
+        reference.step()
+    assert all(value.isfinite().all() for value in optimizer.state[empty].values())
+    assert torch.equal(flat(model), flat(reference_model))

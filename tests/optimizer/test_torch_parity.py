@@ -74,3 +74,49 @@ def test_k1_checkpoint_loads_into_torch_adamw_and_back():
     expected = train(model, optimizer, 10, seed=2)
     assert torch.equal(train(torch_model, torch_optimizer, 10, seed=2), expected)
     assert torch.equal(train(kadam_model, kadam_optimizer, 10, seed=2), expected)
+
+
+def test_adamw_positional_call_means_the_same_in_kadam():
+    """``AdamW(params, lr, betas, eps, weight_decay, amsgrad)`` becomes ``KAdam(..., k=1)`` unchanged (issue 16)."""
+    arguments = (1e-2, (0.8, 0.99), 1e-6, 0.1, False)
+    reference_model, model = make_mlp(), make_mlp()
+    expected = train(reference_model, torch.optim.AdamW(reference_model.parameters(), *arguments), 20)
+    optimizer = KAdam(model.parameters(), *arguments, k=1)
+    assert torch.equal(train(model, optimizer, 20), expected)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == arguments[:4]
+
+
+def test_torch_flags_are_accepted_at_their_defaults():
+    flags = dict(amsgrad=False, capturable=False, differentiable=False, maximize=False, foreach=None, fused=None)
+    model = make_mlp()
+    optimizer = KAdam(model.parameters(), lr=1e-2, k=2, **flags)
+    train(model, optimizer, 2)
+    assert all(optimizer.param_groups[0][name] == value for name, value in flags.items())
+
+
+@pytest.mark.parametrize("flag", ["amsgrad", "differentiable"])
+def test_unsupported_torch_flags_raise_value_error(flag):
+    with pytest.raises(ValueError, match=f"{flag} must be False for KAdam"):
+        KAdam(make_mlp().parameters(), **{flag: True})
+    optimizer = KAdam(make_mlp().parameters())
+    with pytest.raises(ValueError, match=f"{flag} must be False for KAdam"):
+        optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], flag: True})
+
+
+def test_level_options_are_keyword_only():
+    with pytest.raises(TypeError):
+        KAdam(make_mlp().parameters(), 1e-3, (0.9, 0.999), 1e-8, 1e-2, False, 2)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_capturable_on_cpu_is_refused_at_step_as_torch_refuses_it(foreach):
+    """torch's Adam(capturable=True) accepts CPU parameters and raises at step(); KAdam does the same."""
+    errors = []
+    for optimizer_class in (torch.optim.AdamW, KAdam):
+        model = make_mlp()
+        optimizer = optimizer_class(model.parameters(), capturable=True, foreach=foreach)
+        with pytest.raises((AssertionError, RuntimeError)) as error:
+            train(model, optimizer, 1)
+        errors.append(str(error.value))
+    assert errors[0] == errors[1] and "If capturable=True, params and state_steps must be on supported devices" in errors[1]

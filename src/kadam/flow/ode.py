@@ -40,6 +40,7 @@ then a constant ``F`` gives ``θ(1) − θ(0) = F``, the discrete first step.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -48,10 +49,38 @@ import torch
 from torch import Tensor, nn
 
 from kadam.flow.loss import FlatLoss
-from kadam.optimizer.kadam import KAdam, Level, resolve_levels
+from kadam.optimizer.kadam import KAdam
+from kadam.optimizer.levels import Level, check_nonnegative, resolve_levels, warn_if_unstable
 
 RATES = ("exact", "paper")
 ORDERS = (1, 2)
+_LEVEL_ARGUMENTS = ("k", "betas", "eps", "norm", "meta_betas", "meta_norm")
+_KADAM_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(KAdam).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+
+
+def optimizer_levels(**hyperparameters: Any) -> tuple[tuple[Level, ...], dict[str, Any]]:
+    """The levels and the other options of ``KAdam(params, **hyperparameters)``, with its defaults.
+
+    Levels are parsed by :func:`kadam.optimizer.levels.resolve_levels`, as the optimizer parses them;
+    ``lr`` and ``weight_decay`` are checked as it checks them, and an unstable level warns (THEORY §2).
+
+    Raises:
+        TypeError: an argument ``KAdam`` does not take.
+        ValueError: a bad value, naming the argument.
+    """
+    unknown = sorted(set(hyperparameters) - set(_KADAM_DEFAULTS))
+    if unknown:
+        raise TypeError(f"KAdam got unexpected keyword argument(s) {unknown}")
+    options = {**_KADAM_DEFAULTS, **hyperparameters}
+    levels = resolve_levels(**{name: options[name] for name in _LEVEL_ARGUMENTS})
+    for name in ("lr", "weight_decay"):
+        check_nonnegative(name, options[name])
+    warn_if_unstable(levels)
+    return levels, options
 
 
 class FlowSolveError(RuntimeError):
@@ -93,7 +122,7 @@ class LevelRates(NamedTuple):
 
     @classmethod
     def from_level(cls, level: Level, rates: str) -> LevelRates:
-        return cls(moment_rate(level.beta, rates), moment_rate(level.gamma, rates), level.eps, level.tensor_mode)
+        return cls(moment_rate(level.beta1, rates), moment_rate(level.beta2, rates), level.eps, level.tensor_mode)
 
 
 class LevelValues(NamedTuple):
@@ -163,15 +192,15 @@ class AdamFlow(nn.Module):
         on_evaluation: Callable[[float], None] | None = None,
         **hyperparameters: Any,
     ) -> AdamFlow:
-        """The field of ``KAdam(params, **hyperparameters)``, which validates them and resolves its levels."""
-        group = KAdam([torch.zeros(1, dtype=loss.theta0.dtype)], **hyperparameters).param_groups[0]
+        """The field of ``KAdam(params, **hyperparameters)`` (arguments as :func:`optimizer_levels` reads them)."""
+        levels, options = optimizer_levels(**hyperparameters)
         return cls(
             loss,
-            resolve_levels(group),
-            lr=group["lr"],
-            weight_decay=group["weight_decay"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            maximize=group["maximize"],
+            levels,
+            lr=options["lr"],
+            weight_decay=options["weight_decay"],
+            decoupled_weight_decay=options["decoupled_weight_decay"],
+            maximize=options["maximize"],
             rates=rates,
             order=order,
             on_evaluation=on_evaluation,

@@ -27,6 +27,7 @@ from torchdiffeq import odeint
 from kadam.flow.loss import FlatLoss
 from kadam.flow.ode import AdamFlow, FlowSolveError
 from kadam.optimizer.kadam import KAdam, state_keys
+from kadam.optimizer.levels import group_levels
 
 
 @dataclass
@@ -219,12 +220,25 @@ def discrete(
     def flat() -> Tensor:
         return torch.cat([p.reshape(-1) for p in params])
 
+    hyperparameters_of_levels = group_levels(optimizer.param_groups[0])
+
+    def first_moment(param: Tensor, i: int) -> Tensor:
+        """Level i's m; a level with β₁ = 0 stores none, its m is its input, level i − 1's output."""
+        state = optimizer.state[param]
+        if state_keys(i)[0] in state:
+            return state[state_keys(i)[0]]
+        below, n = hyperparameters_of_levels[i - 2], float(state["step"])
+        v = state[state_keys(i - 1)[1]]
+        return (first_moment(param, i - 1) / (1 - below.beta1**n)) / ((v / (1 - below.beta2**n)).sqrt() + below.eps)
+
     def record() -> None:
         thetas.append(flat().detach().clone())
         if return_moments and len(thetas) > 1:
             for i in range(1, levels + 1):
                 for name, key in zip(("m", "v"), state_keys(i), strict=True):
-                    column = torch.cat([optimizer.state[p][key].reshape(-1) for p in params])
+                    values = [first_moment(p, i) if name == "m" else optimizer.state[p][key] for p in params]
+                    column = torch.cat([value.expand_as(p).reshape(-1) if name == "m" else value.reshape(-1)
+                                        for value, p in zip(values, params)])
                     moments.setdefault(f"{name}{i}", []).append(column)
 
     start = time.perf_counter()

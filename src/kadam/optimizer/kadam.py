@@ -21,9 +21,12 @@ k-Adam chains k levels, level i with its own :math:`(\beta_i, \gamma_i, \epsilon
 k = 1 is torch's ``AdamW`` (``decoupled_weight_decay=True``) or ``Adam`` (``False``), bit for bit where
 the operation order is torch's: the level-1 code below is torch's own sequence of operations.
 
-Two implementations sit side by side, as in ``torch/optim/adam.py``: a single-tensor loop
-(:func:`_single_tensor_kadam`) and a multi-tensor one on ``torch._foreach_*`` ops
-(:func:`_multi_tensor_kadam`), chosen as torch chooses (foreach on CUDA, the loop on CPU).
+Three implementations sit side by side, as in ``torch/optim/adam.py``: a single-tensor loop
+(:func:`_single_tensor_kadam`), a multi-tensor one on ``torch._foreach_*`` ops
+(:func:`_multi_tensor_kadam`), chosen as torch chooses (foreach on CUDA, the loop on CPU), and a fused
+one (:func:`_fused_kadam`, ``fused=True``): the C++ kernel of :mod:`kadam.optimizer._cpu_kernel` on the
+CPU, torch's fused Adam kernel elsewhere for k = 1. Level hyperparameters are parsed once, when a group
+is added (:mod:`kadam.optimizer.levels`), and read from the group by each step.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -39,29 +42,29 @@ from torch.optim.optimizer import (
     Optimizer,
     ParamsT,
     _default_to_fused_or_foreach,
+    _get_capturable_supported_devices,
+    _get_fused_kernels_supported_devices,
     _get_scalar_dtype,
     _get_value,
     _use_grad_for_differentiable,
     _view_as_real,
 )
 
-from kadam.optimizer._fused import _fused_kadam, check_fused_support
-from kadam.theory import stability
+from kadam.optimizer import _cpu_kernel
+from kadam.optimizer.levels import (
+    LEVEL_KEYS,
+    NORMS,
+    Level,
+    check_nonnegative,
+    group_entries,
+    group_levels,
+    level_arguments,
+    resolve_levels,
+    warn_if_unstable,
+    with_group_overrides,
+)
 
-__all__ = ["KAdam"]
-
-NORMS = ("elementwise", "tensor")
-_DEFAULT_META_BETAS = (0.0, 0.999)
-_DEFAULT_META_NORM = "tensor"
-
-
-class Level(NamedTuple):
-    """Hyperparameters of one adaptive normalization level (THEORY §1)."""
-
-    beta: float
-    gamma: float
-    eps: float
-    tensor_mode: bool
+__all__ = ["KAdam", "kadam", "state_keys"]
 
 
 def state_keys(level: int) -> tuple[str, str]:
@@ -69,141 +72,36 @@ def state_keys(level: int) -> tuple[str, str]:
     return ("exp_avg", "exp_avg_sq") if level == 1 else (f"exp_avg_{level}", f"exp_avg_sq_{level}")
 
 
+def _keeps_first_moment(index: int, level: Level) -> bool:
+    """Whether level ``index`` (1-based) stores its first moment: not for β₁ = 0 (then m_n = x_n, THEORY §1),
+    except level 1, which keeps torch's ``exp_avg`` so that Adam/AdamW checkpoints load both ways."""
+    return index == 1 or level.keeps_first_moment
+
+
 def _offset_key(level: int) -> str:
     """State key of the step at which a level was added to a resumed run (absent: step 0)."""
     return f"step_offset_{level}"
 
 
-def _is_pair(value: Any) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-    )
+# torch's Adam/AdamW flags that KAdam accepts only at their defaults, with the reason.
+_UNSUPPORTED_FLAGS = {
+    "amsgrad": "KAdam does not implement AMSGrad's running maximum of the second moment",
+    "differentiable": "differentiable=True (autograd through the step) is not implemented",
+}
 
 
-def _is_sequence(value: Any) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, str)
-
-
-def _check_unit_interval(name: str, level: int, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} of level {level} must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
-def resolve_levels(group: dict[str, Any]) -> list[Level]:
-    """Expand a parameter group's level hyperparameters into k validated :class:`Level` s.
-
-    Level 1 is ``betas``/``eps``/``norm``; levels 2..k are ``meta_betas``/``meta_eps``/``meta_norm``,
-    each either one value for every meta level or a sequence of k − 1 values.
-    """
-    k = group["k"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-
-    def per_meta_level(name: str, value: Any, single: Callable[[Any], bool]) -> list[Any]:
-        if single(value):
-            return [value] * (k - 1)
-        if not _is_sequence(value) or len(value) != k - 1:
-            raise ValueError(
-                f"{name} must be one value for every level 2..k or a sequence of k - 1 = {k - 1} "
-                f"values, got {value!r}"
-            )
-        return list(value)
-
-    betas = [group["betas"], *per_meta_level("meta_betas", group["meta_betas"], _is_pair)]
-    eps = [group["eps"], *per_meta_level("meta_eps", group["meta_eps"], lambda v: not _is_sequence(v))]
-    norms = [group["norm"], *per_meta_level("meta_norm", group["meta_norm"], lambda v: isinstance(v, str))]
-    levels = []
-    for i, (pair, eps_i, norm_i) in enumerate(zip(betas, eps, norms, strict=True), start=1):
-        if not _is_sequence(pair) or len(pair) != 2:
-            raise ValueError(f"betas of level {i} must be a pair (beta, gamma), got {pair!r}")
-        beta = _check_unit_interval("beta", i, pair[0])
-        gamma = _check_unit_interval("gamma", i, pair[1])
-        if isinstance(eps_i, bool) or not isinstance(eps_i, (int, float)) or not eps_i >= 0.0:
-            raise ValueError(f"eps of level {i} must be a number >= 0, got {eps_i!r}")
-        if norm_i not in NORMS:
-            raise ValueError(f"norm of level {i} must be one of {NORMS}, got {norm_i!r}")
-        levels.append(Level(beta, gamma, float(eps_i), norm_i == "tensor"))
-    return levels
-
-
-def warn_if_unstable(levels: list[Level]) -> None:
-    """UserWarning for each level outside the stable region γ > β² (THEORY §2)."""
-    for i, level in enumerate(levels, start=1):
-        if stability.is_stable(level.beta, level.gamma):
-            continue
-        rate = max(float(stability.growth_rate(level.beta, level.gamma)), 0.0)  # γ = β² up to rounding
-        if rate < 1e-12:
-            efold = "never (on the boundary: the bound grows like sqrt(n))"
-        else:
-            efold = f"every {1.0 / rate:.3g} steps"
-        warnings.warn(
-            f"KAdam level {i}: (beta, gamma) = ({level.beta}, {level.gamma}) lies outside the "
-            f"stable region gamma > beta**2 (THEORY §2); the bound on the update grows at "
-            f"ln(beta) - ln(gamma)/2 = {rate:.4g} per step, one e-fold {efold}.",
-            UserWarning,
-            stacklevel=4,
-        )
-
-
-def _split_per_level(
-    name: str, value: Any, meta_name: str, meta_value: Any, k: int, single: Callable[[Any], bool]
-) -> tuple[Any, Any]:
-    """Level 1's value and the meta levels' from ``name`` given once or per level."""
-    if single(value):
-        return (tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else value), meta_value
-    if not _is_sequence(value) or len(value) != k:
-        raise ValueError(f"{name} must be one value or a sequence of k = {k} per-level values, got {value!r}")
-    if meta_value is not None:
-        raise ValueError(f"{meta_name} cannot be given when {name} is a per-level sequence; put level 2..k in {name}")
-    return (tuple(value[0]) if _is_sequence(value[0]) else value[0]), tuple(
-        tuple(v) if _is_sequence(v) else v for v in value[1:]
-    )
-
-
-def level_arguments(
-    k: int,
-    betas: Any,
-    eps: Any,
-    norm: Any,
-    meta_betas: Any = None,
-    meta_norm: Any = None,
-) -> dict[str, Any]:
-    """KAdam's level arguments as parameter-group entries, defaults filled in (THEORY §1).
-
-    Returns ``k``, level 1's ``betas``/``eps``/``norm`` and the meta levels' ``meta_betas``/``meta_eps``/
-    ``meta_norm``; per-level sequences in ``betas``/``norm``/``eps`` are split between the two. Raises
-    ``ValueError`` for a malformed argument; the values themselves are checked by :func:`resolve_levels`.
-    """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    level1_betas, meta_betas = _split_per_level("betas", betas, "meta_betas", meta_betas, k, _is_pair)
-    level1_norm, meta_norm = _split_per_level("norm", norm, "meta_norm", meta_norm, k, lambda v: isinstance(v, str))
-    if _is_sequence(eps):
-        if len(eps) != k:
-            raise ValueError(f"eps must be one number or a sequence of k = {k} numbers, got {eps!r}")
-        level1_eps, meta_eps = eps[0], tuple(eps[1:])
-    else:
-        level1_eps, meta_eps = eps, eps
-    return {
-        "k": k,
-        "betas": level1_betas,
-        "eps": level1_eps,
-        "norm": level1_norm,
-        "meta_betas": _DEFAULT_META_BETAS if meta_betas is None else meta_betas,
-        "meta_eps": meta_eps,
-        "meta_norm": _DEFAULT_META_NORM if meta_norm is None else meta_norm,
-    }
+def _check_torch_flags(flags: dict[str, Any]) -> None:
+    for name, value in flags.items():
+        if value is not False:
+            raise ValueError(f"{name} must be False for KAdam ({_UNSUPPORTED_FLAGS[name]}), got {value!r}")
 
 
 class KAdam(Optimizer):
     r"""k-Adam (THEORY §1): Adam's adaptive normalization applied ``k`` times.
 
     ``KAdam(k=1)`` is ``torch.optim.AdamW`` (``decoupled_weight_decay=True``, the default) or
-    ``torch.optim.Adam`` (``False``), so ``torch.optim.AdamW(params, lr, betas, eps, weight_decay)``
-    becomes ``KAdam(params, lr, k=..., betas=betas, eps=eps, weight_decay=weight_decay)`` without
-    changing an argument. Each step, with :math:`x^{(0)} = g` (plus :math:`\lambda\theta` for coupled
-    decay) and for levels :math:`i = 1..k`:
+    ``torch.optim.Adam`` (``False``). Each step, with :math:`x^{(0)} = g` (plus :math:`\lambda\theta`
+    for coupled decay) and for levels :math:`i = 1..k` (:class:`~kadam.optimizer.levels.Level`):
 
     .. math::
         m_i \leftarrow \beta_i m_i + (1-\beta_i) x^{(i-1)},\quad
@@ -213,40 +111,64 @@ class KAdam(Optimizer):
     then :math:`\theta \leftarrow (1-\eta\lambda)\theta - \eta x^{(k)}`. In ``"tensor"`` mode a level's
     :math:`v` is one scalar per tensor, driven by :math:`\mathrm{mean}((x^{(i-1)})^2)`.
 
+    The positional arguments are ``torch.optim.AdamW``'s, in its order, so ``AdamW(...)`` becomes
+    ``KAdam(..., k=2)`` without changing an argument; the level options are keyword-only.
+
     Args:
         params: iterable of parameters or parameter groups, as for any torch optimizer.
-        lr: learning rate η (default 1e-3).
-        k: number of adaptive normalization levels (default 2; 1 is Adam/AdamW).
+        lr: learning rate η (default 1e-3); a float or a 1-element tensor, as torch's Adam takes it
+            (schedulers update a tensor lr in place, so a compiled step does not recompile).
         betas: level 1's (β, γ), exactly torch's ``betas`` (default (0.9, 0.999)); or a sequence of k
             pairs that sets every level (then ``meta_betas`` must not be given).
-        eps: ε added to each level's denominator: one value for all levels, or a sequence of k.
+        eps: ε added to each level's denominator: one value for every level, or a sequence of k.
         weight_decay: λ (default 1e-2, AdamW's default).
-        decoupled_weight_decay: True for AdamW's decay θ ← (1 − ηλ)θ, False for Adam's L2 term in g.
+        amsgrad: torch's flag; only False (KAdam has no AMSGrad variant).
+        k: number of adaptive normalization levels (default 2; 1 is Adam/AdamW).
         norm: level 1's mode, ``"elementwise"`` (Adam) or ``"tensor"``; or a sequence of k modes that
             sets every level (then ``meta_norm`` must not be given).
         meta_betas: (β, γ) of levels 2..k, one pair for all or a sequence of k − 1 pairs
             (default (0.0, 0.999)).
         meta_norm: mode of levels 2..k, one mode for all or a sequence of k − 1 (default "tensor").
+        decoupled_weight_decay: True for AdamW's decay θ ← (1 − ηλ)θ, False for Adam's L2 term in g.
         maximize: maximize the objective instead of minimizing it.
-        foreach: use the multi-tensor implementation; None chooses as torch does.
-        fused: use the fused implementation (one kernel streams all levels; float32/64/16 and bfloat16
-            parameters, float32 math for the 16-bit ones; honours GradScaler's ``grad_scale`` and
-            ``found_inf``); not together with ``foreach=True``. See :mod:`kadam.optimizer._fused`.
+        foreach: use the multi-tensor implementation (True) or the loop (False).
+        capturable: as torch's: step counts live on the parameters' device and the step computes its
+            bias corrections there, with no host synchronization (safe inside CUDA graphs); the
+            parameters must be on a device torch supports for it (not the CPU), checked at each step
+            as torch checks it. Not with the CPU kernel.
+        differentiable: torch's flag; only False.
+        fused: use the fused implementation (on the CPU one kernel streams all levels, see
+            :mod:`kadam.optimizer._cpu_kernel`; float32/64/16 and bfloat16 parameters, float32 math for
+            the 16-bit ones; honours GradScaler's ``grad_scale`` and ``found_inf``); not together with
+            ``foreach=True``. On a device without a fused kernel for the levels (off the CPU, all but
+            k = 1 elementwise, which runs torch's fused Adam kernel) the step raises ``RuntimeError``,
+            as torch's does. With ``fused=None`` and ``foreach=None`` (the defaults) the step picks the
+            fused kernel for plain CPU tensors of a kernel dtype unless the levels are exactly Adam's
+            (k = 1, elementwise, which keeps torch's default and its bitwise equality with ``AdamW``),
+            and otherwise chooses between loop and foreach as torch does (foreach on CUDA).
+
+    A torch flag given a value KAdam does not implement raises ``ValueError``.
+
+    The level arguments are parsed by :func:`kadam.optimizer.levels.resolve_levels`. A parameter group
+    may override any of them, and a key means there what the constructor argument of that name means:
+    ``{"params": ..., "eps": 1e-3}`` sets ε of every level of that group, as the constructor's ``eps``
+    does; ``"betas"`` and ``"norm"`` set level 1 (or every level, given per level) and keep the
+    constructor's meta levels. The group then holds its levels in canonical form (level 1 in
+    ``betas``/``eps``/``norm``, levels 2..k as tuples in ``meta_betas``/``meta_eps``/``meta_norm``), which
+    ``state_dict()`` saves and ``step()`` reads; see :mod:`kadam.optimizer.levels`.
 
     The meta defaults, no momentum and one second moment per tensor, are the level that a
     normalization layer applies implicitly (THEORY §4): with them, k = 2 makes explicit what Adam on a
-    normalized network does. In a trial on a small character-level transformer this configuration
-    beat AdamW, while repeating (0.9, 0.999) elementwise at every level lost badly. ``kadam reproduce``
-    re-measures both: on its quick tasks the naive repetition loses on every task, but the default
-    k = 2 does not beat AdamW either (no significant difference on three tasks, worse on one), and its
-    best learning rate is about 0.2× AdamW's.
+    normalized network does.
 
     A level with γ ≤ β² lies outside the stable region (THEORY §2): the bound on its output grows at
-    ln β − ½ ln γ per step, and a ``UserWarning`` says so when the group is added.
+    ln β − ½ ln γ per step, and a ``UserWarning`` at the line that adds the group says so.
 
     State per parameter: ``step`` (0-dim float32, as torch keeps it), level 1 ``exp_avg`` /
     ``exp_avg_sq`` (torch's names, so AdamW checkpoints load both ways at k = 1) and level i ≥ 2
-    ``exp_avg_{i}`` / ``exp_avg_sq_{i}`` (0-dim in tensor mode). Loading a checkpoint with fewer levels
+    ``exp_avg_{i}`` / ``exp_avg_sq_{i}`` (0-dim in tensor mode). A level i ≥ 2 with β = 0 has
+    :math:`m_n = x_n` and keeps no ``exp_avg_{i}``: the default k = 2 holds AdamW's state plus one scalar
+    per tensor; a checkpoint that still carries such a tensor loads, and the tensor is dropped. Loading a checkpoint with fewer levels
     (resuming an AdamW run as 2-Adam) starts the new levels from zero, their bias correction counting
     from the resume; more levels, or a level in a different mode, is an error.
     """
@@ -255,57 +177,58 @@ class KAdam(Optimizer):
         self,
         params: ParamsT,
         lr: float = 1e-3,
-        k: int = 2,
         betas: tuple[float, float] | Sequence[tuple[float, float]] = (0.9, 0.999),
         eps: float | Sequence[float] = 1e-8,
         weight_decay: float = 1e-2,
-        decoupled_weight_decay: bool = True,
+        amsgrad: bool = False,
+        *,
+        k: int = 2,
         norm: str | Sequence[str] = "elementwise",
         meta_betas: tuple[float, float] | Sequence[tuple[float, float]] | None = None,
         meta_norm: str | Sequence[str] | None = None,
-        *,
+        decoupled_weight_decay: bool = True,
         maximize: bool = False,
         foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        defaults = {
-            "lr": lr,
-            **level_arguments(k, betas, eps, norm, meta_betas, meta_norm),
-            "weight_decay": weight_decay,
-            "decoupled_weight_decay": decoupled_weight_decay,
-            "maximize": maximize,
-            "foreach": foreach,
-            "fused": fused,
-            "differentiable": False,
-        }
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        defaults = {
+            "lr": lr,
+            # The constructor's level arguments in split form; every group stores its own resolved levels.
+            **level_arguments(k, betas, eps, norm, meta_betas, None, meta_norm),
+            "weight_decay": weight_decay,
+            "decoupled_weight_decay": decoupled_weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
         super().__init__(params, defaults)
         if fused:
             check_fused_support(self.param_groups)
             self._step_supports_amp_scaling = True
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group as torch does; validate its levels and warn about unstable ones (THEORY §2)."""
-        for name in ("lr", "weight_decay"):
-            value = param_group.get(name, self.defaults[name])
-            if isinstance(value, (Tensor, bool)) or not isinstance(value, (int, float)) or not value >= 0.0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        k = param_group.get("k", self.defaults["k"])
-        for name, meta_name, single in (
-            ("betas", "meta_betas", _is_pair),
-            ("norm", "meta_norm", lambda v: isinstance(v, str)),
-        ):
-            if name in param_group:
-                param_group[name], meta_value = _split_per_level(
-                    name, param_group[name], meta_name, param_group.get(meta_name), k, single
-                )
-                if meta_value is not None:
-                    param_group[meta_name] = meta_value
-        if _is_sequence(param_group.get("eps")):
-            param_group["eps"], param_group["meta_eps"] = param_group["eps"][0], tuple(param_group["eps"][1:])
-        candidate = {**self.defaults, **{key: v for key, v in param_group.items() if key != "params"}}
-        levels = resolve_levels(candidate)
+        """Add a group as torch does; resolve and validate its levels once, and warn about unstable ones.
+
+        The group's level keys override the constructor's arguments with their constructor meaning
+        (class docstring) and are replaced by the canonical per-level entries.
+        """
+        lr = param_group.get("lr", self.defaults["lr"])
+        if isinstance(lr, Tensor):  # as torch's Adam takes it: one element, kept as a tensor
+            if lr.numel() != 1:
+                raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
+            lr = lr.item()
+        check_nonnegative("lr", lr)
+        check_nonnegative("weight_decay", param_group.get("weight_decay", self.defaults["weight_decay"]))
+        _check_torch_flags({name: param_group.get(name, self.defaults[name]) for name in _UNSUPPORTED_FLAGS})
+        levels = resolve_levels(**with_group_overrides(self.defaults, param_group))
+        param_group.update(group_entries(levels))
         super().add_param_group(param_group)
         warn_if_unstable(levels)
 
@@ -316,16 +239,31 @@ class KAdam(Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
             group.setdefault("differentiable", False)
+            group.setdefault("amsgrad", False)
+            group.setdefault("capturable", False)
+            for param in group["params"]:  # older torch saved ``step`` as a Python number
+                param_state = self.state.get(param, {})
+                if len(param_state) != 0 and not torch.is_tensor(param_state["step"]):
+                    device = param.device if group["capturable"] else None  # as torch's Adam places it
+                    param_state["step"] = torch.tensor(float(param_state["step"]), dtype=_get_scalar_dtype(), device=device)
+            # Groups pickled by older versions held level 2..k as given (one value for all of them).
+            levels = resolve_levels(**{key: group.get(key) for key in LEVEL_KEYS})
+            group.update(group_entries(levels))
+            for param in group["params"]:  # older versions kept m of levels with beta1 = 0 (m = x)
+                param_state = self.state.get(param, {})
+                for i, level in enumerate(levels, start=1):
+                    if not _keeps_first_moment(i, level):
+                        param_state.pop(state_keys(i)[0], None)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a KAdam, ``Adam`` or ``AdamW`` state dict.
 
-        The level structure (``k``, modes, meta hyperparameters) stays this optimizer's; everything else
-        (lr, betas, steps, moments) comes from the checkpoint, except the implementation (``foreach``,
-        ``fused``), which stays this optimizer's. A checkpoint with fewer levels starts the
-        missing ones fresh, their bias correction counting from the resume, and warns once. One with
-        more levels, or with a level stored in the other mode, raises ``ValueError`` and leaves this
-        optimizer unchanged.
+        The level structure (``k``, modes, levels 2..k) stays this optimizer's; everything else
+        (lr, level 1's betas and eps, steps, moments) comes from the checkpoint, except the
+        implementation (``foreach``, ``fused``), which stays this optimizer's. A checkpoint with fewer
+        levels starts the missing ones fresh, their bias correction counting from the resume, and warns
+        once. One with more levels, or with a level stored in the other mode, raises ``ValueError`` and
+        leaves this optimizer unchanged.
         """
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
@@ -340,10 +278,14 @@ class KAdam(Optimizer):
                 raise ValueError(f"group {index} of the checkpoint uses AMSGrad, which KAdam does not implement")
             merged = {**saved, **{key: group[key] for key in structure}, "differentiable": False}
             merged.setdefault("maximize", False)
+            # Older torch's Adam/AdamW checkpoints do not say; the decay stays this optimizer's.
+            merged.setdefault("decoupled_weight_decay", group["decoupled_weight_decay"])
             # The implementation is this optimizer's choice, not the checkpoint's (a plain checkpoint must
             # not turn off fused=True, which GradScaler relies on once _step_supports_amp_scaling is set).
-            merged["foreach"], merged["fused"] = group["foreach"], group["fused"]
-            levels = resolve_levels(merged)
+            for key in ("foreach", "fused", "capturable"):
+                merged[key] = group[key]
+            levels = resolve_levels(**{key: merged[key] for key in LEVEL_KEYS})
+            merged.update(group_entries(levels))
             for param_id, param in zip(saved["params"], group["params"], strict=False):
                 saved_state = state_dict["state"].get(param_id)
                 if not saved_state:
@@ -377,13 +319,13 @@ class KAdam(Optimizer):
     @staticmethod
     def _count_levels(param_state: dict[str, Any]) -> int:
         level = 1
-        while state_keys(level + 1)[0] in param_state:
+        while state_keys(level + 1)[1] in param_state:
             level += 1
         return level
 
     def _start_missing_levels(self) -> None:
         for group in self.param_groups:
-            levels = resolve_levels(group)
+            levels = group_levels(group)
             for param in group["params"]:
                 state = self.state.get(param)
                 if not state:
@@ -395,7 +337,8 @@ class KAdam(Optimizer):
     @staticmethod
     def _init_level(state: dict[str, Any], param: Tensor, level: int, hparams: Level) -> None:
         exp_avg, exp_avg_sq = state_keys(level)
-        state[exp_avg] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        if _keeps_first_moment(level, hparams):
+            state[exp_avg] = torch.zeros_like(param, memory_format=torch.preserve_format)
         if hparams.tensor_mode:
             real_dtype = param.real.dtype if param.is_complex() else param.dtype
             state[exp_avg_sq] = param.new_zeros((), dtype=real_dtype)
@@ -405,7 +348,7 @@ class KAdam(Optimizer):
     def _init_group(
         self,
         group: dict[str, Any],
-        levels: list[Level],
+        levels: tuple[Level, ...],
         params: list[Tensor],
         grads: list[Tensor],
         moments: list[tuple[list[Tensor], list[Tensor]]],
@@ -423,16 +366,27 @@ class KAdam(Optimizer):
             grads.append(param.grad)
             state = self.state[param]
             if len(state) == 0:
-                state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                if group["fused"]:
+                    check_fused_device(param, levels)
+                state["step"] = (
+                    torch.zeros((), dtype=_get_scalar_dtype(), device=param.device)
+                    if group["capturable"]
+                    else torch.tensor(0.0, dtype=_get_scalar_dtype())
+                )
                 for i, hparams in enumerate(levels, start=1):
                     self._init_level(state, param, i, hparams)
-            for i, (exp_avgs, exp_avg_sqs) in enumerate(moments, start=1):
+            for i, ((exp_avgs, exp_avg_sqs), hparams) in enumerate(zip(moments, levels), start=1):
                 exp_avg, exp_avg_sq = state_keys(i)
-                exp_avgs.append(state[exp_avg])
+                if _keeps_first_moment(i, hparams):
+                    if exp_avg not in state:  # the level's beta1 was 0 when the state was made
+                        state[exp_avg] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    exp_avgs.append(state[exp_avg])
                 exp_avg_sqs.append(state[exp_avg_sq])
             steps.append(state["step"])
             # Step counts as they will be after this step's increment, one list per level.
-            upcoming = _get_value(state["step"]) + 1
+            upcoming = (state["step"] if group["capturable"] else _get_value(state["step"])) + 1
+            if isinstance(upcoming, Tensor):  # traced by torch.compile, or capturable: float64 on its device
+                upcoming = upcoming.to(torch.float64)
             for i, counts in enumerate(level_steps, start=1):
                 counts.append(upcoming - state.get(_offset_key(i), 0.0))
         return has_complex
@@ -445,7 +399,7 @@ class KAdam(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            levels = resolve_levels(group)
+            levels = group_levels(group)
             params: list[Tensor] = []
             grads: list[Tensor] = []
             moments: list[tuple[list[Tensor], list[Tensor]]] = [([], []) for _ in levels]
@@ -465,11 +419,63 @@ class KAdam(Optimizer):
                 maximize=group["maximize"],
                 foreach=group["foreach"],
                 fused=group["fused"],
+                capturable=group["capturable"],
                 has_complex=has_complex,
                 grad_scale=getattr(self, "grad_scale", None),
                 found_inf=getattr(self, "found_inf", None),
             )
         return loss
+
+
+def check_fused_support(param_groups: list[dict[str, Any]]) -> None:
+    """RuntimeError, as torch's ``fused=True`` raises, for parameters the fused step cannot take."""
+    for group in param_groups:
+        for param in group["params"]:
+            if type(param.data) is not Tensor:  # a tensor subclass under the Parameter
+                raise RuntimeError(
+                    f"KAdam(fused=True) steps plain tensors; got a {type(param.data).__name__} parameter "
+                    "(e.g. FSDP2's DTensor, whose tensor-mode levels need a global mean): use foreach=True"
+                )
+            dtype = param.real.dtype if param.is_complex() else param.dtype
+            if dtype not in _cpu_kernel.FUSED_DTYPES:
+                raise RuntimeError(
+                    f"KAdam(fused=True) supports parameters of dtype {', '.join(map(str, _cpu_kernel.FUSED_DTYPES))} "
+                    f"(and their complex types), got {param.dtype}"
+                )
+
+
+def fused_devices(levels: Sequence[Level]) -> list[str]:
+    """Device types with a fused kernel for ``levels``: the C++ kernel on the CPU for any levels, and
+    torch's fused Adam/AdamW kernels on their devices when the step is exactly Adam (k = 1, elementwise)."""
+    if len(levels) == 1 and not levels[0].tensor_mode:
+        return sorted({"cpu", *_get_fused_kernels_supported_devices()})
+    return ["cpu"]
+
+
+def check_fused_device(param: Tensor, levels: Sequence[Level]) -> None:
+    """torch's RuntimeError for ``fused=True`` on a parameter that no fused kernel can step."""
+    devices = fused_devices(levels)
+    if param.device.type not in devices or not torch.is_floating_point(param if not param.is_complex() else param.real):
+        raise RuntimeError(
+            "`fused=True` requires all the params to be floating point Tensors of supported devices: "
+            f"{devices} but {param.dtype} and {param.device.type}"
+            + ("" if param.device.type in ("cpu", "meta") or len(devices) > 1 else
+               f" (KAdam has a fused kernel on {param.device.type} only for k = 1 with norm='elementwise')")
+        )
+
+
+def _fused_by_default(params: list[Tensor], levels: Sequence[Level]) -> bool:
+    """The default (``fused=None, foreach=None``) on the CPU: the C++ kernel for every configuration but
+    exactly Adam (k = 1, elementwise), which keeps torch's default and its bit-for-bit equality with
+    ``AdamW``; plain CPU tensors of a kernel dtype only, not under ``torch.compile``, and only where the
+    kernel builds (the first such step builds it; without a compiler the default stays torch's)."""
+    if (len(levels) == 1 and not levels[0].tensor_mode) or torch.compiler.is_compiling():
+        return False
+    for param in params:
+        dtype = param.real.dtype if param.is_complex() else param.dtype
+        if type(param.data) is not Tensor or param.device.type != "cpu" or dtype not in _cpu_kernel.FUSED_DTYPES:
+            return False
+    return _cpu_kernel.available()
 
 
 def kadam(
@@ -479,13 +485,14 @@ def kadam(
     steps: list[Tensor],
     level_steps: list[list[float]],
     *,
-    levels: list[Level],
+    levels: Sequence[Level],
     lr: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
     maximize: bool,
     foreach: bool | None = None,
     fused: bool | None = None,
+    capturable: bool = False,
     has_complex: bool = False,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
@@ -493,8 +500,24 @@ def kadam(
     """Functional k-Adam (see :class:`KAdam`); ``moments[i]`` holds level i+1's (exp_avgs, exp_avg_sqs)."""
     if not params:
         return
+    if capturable and not torch.compiler.is_compiling():
+        supported = _get_capturable_supported_devices(supports_xla=not foreach)  # as torch's two paths say
+        if not all(p.device.type == s.device.type and p.device.type in supported for p, s in zip(params, steps)):
+            raise RuntimeError(f"If capturable=True, params and state_steps must be on supported devices: {supported}.")
+        if fused is None and foreach is None:
+            fused = False  # the CPU kernel is not capturable; torch's choice below
     if fused and foreach:
         raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+    if fused is None and foreach is None:
+        fused = _fused_by_default(params, levels)
+    if fused and torch.compiler.is_compiling():
+        # Under torch.compile the step is traced: the foreach ops, which inductor fuses into its own
+        # kernels (the C++ kernel is a ctypes call, which cannot be traced).
+        if found_inf is not None and found_inf.item():
+            return
+        if grad_scale is not None:
+            torch._foreach_div_(grads, grad_scale.to(grads[0].device))
+        fused, foreach, grad_scale, found_inf = False, True, None, None
     if fused:
         implementation = functools.partial(_fused_kadam, grad_scale=grad_scale, found_inf=found_inf)
     elif grad_scale is not None or found_inf is not None:
@@ -525,7 +548,7 @@ def _single_tensor_kadam(
     steps: list[Tensor],
     level_steps: list[list[float]],
     *,
-    levels: list[Level],
+    levels: Sequence[Level],
     lr: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
@@ -544,25 +567,35 @@ def _single_tensor_kadam(
         if torch.is_complex(param):
             grad = torch.view_as_real(grad)
             param = torch.view_as_real(param)
+        is_complex = torch.is_complex(params[index])
         x = grad
         for i, level in enumerate(levels):
-            exp_avg, exp_avg_sq = moments[i][0][index], moments[i][1][index]
-            if torch.is_complex(exp_avg):
-                exp_avg = torch.view_as_real(exp_avg)
+            exp_avgs, exp_avg_sqs = moments[i]
+            exp_avg = exp_avgs[index] if exp_avgs else None  # None: beta1 = 0, so m = x
+            exp_avg_sq = exp_avg_sqs[index]
+            if is_complex:
+                exp_avg = None if exp_avg is None else torch.view_as_real(exp_avg)
                 if not level.tensor_mode:
                     exp_avg_sq = torch.view_as_real(exp_avg_sq)
-            exp_avg.lerp_(x, 1 - level.beta)
-            if level.tensor_mode:
-                mean_square = torch.linalg.vector_norm(x).square().div_(x.numel())
-                exp_avg_sq.mul_(level.gamma).add_(mean_square, alpha=1 - level.gamma)
+            if exp_avg is None:
+                exp_avg = x
             else:
-                exp_avg_sq.mul_(level.gamma).addcmul_(x, x, value=1 - level.gamma)
+                exp_avg.lerp_(x, 1 - level.beta1)
+            if level.tensor_mode:
+                mean_square = torch.linalg.vector_norm(x).square().div_(max(x.numel(), 1))  # 0 if empty
+                exp_avg_sq.mul_(level.beta2).add_(mean_square, alpha=1 - level.beta2)
+            else:
+                exp_avg_sq.mul_(level.beta2).addcmul_(x, x, value=1 - level.beta2)
             count = level_steps[i][index]
-            bias_correction1 = 1 - level.beta**count
-            bias_correction2_sqrt = (1 - level.gamma**count) ** 0.5
+            bias_correction1 = 1 - level.beta1**count
+            bias_correction2_sqrt = (1 - level.beta2**count) ** 0.5
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(level.eps)
             if i == last:
-                param.addcdiv_(exp_avg, denom, value=-(lr / bias_correction1))
+                if isinstance(bias_correction1, Tensor) and not torch.compiler.is_compiling():
+                    # capturable: the step size stays a device tensor (addcdiv_'s value would sync)
+                    param.addcdiv_(exp_avg, denom.div_(-(lr / bias_correction1)))
+                else:
+                    param.addcdiv_(exp_avg, denom, value=-(lr / bias_correction1))
             else:
                 x = torch.div(exp_avg, denom).div_(bias_correction1)
 
@@ -574,7 +607,7 @@ def _multi_tensor_kadam(
     steps: list[Tensor],
     level_steps: list[list[float]],
     *,
-    levels: list[Level],
+    levels: Sequence[Level],
     lr: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
@@ -609,25 +642,34 @@ def _multi_tensor_kadam(
             exp_avgs = cast(list[Tensor], device_moments[2 * i])
             exp_avg_sqs = cast(list[Tensor], device_moments[2 * i + 1])
             if has_complex:
-                _view_as_real(exp_avgs, *([] if level.tensor_mode else [exp_avg_sqs]))
+                # Real views of the complex states (a level with beta1 = 0 has no m list to key them on).
+                _view_states_as_real(exp_avgs, exp_avg_sqs, level)
             counts = [level_steps[i][j] for j in indices]
-            torch._foreach_lerp_(exp_avgs, x, 1 - level.beta)
-            torch._foreach_mul_(exp_avg_sqs, level.gamma)
+            if exp_avgs:
+                torch._foreach_lerp_(exp_avgs, x, 1 - level.beta1)
+            else:  # beta1 = 0: m = x, not stored
+                exp_avgs = x
+            torch._foreach_mul_(exp_avg_sqs, level.beta2)
             if level.tensor_mode:
                 norms = torch._foreach_norm(x)
                 mean_squares = torch._foreach_mul(norms, norms)
-                torch._foreach_mul_(mean_squares, [(1 - level.gamma) / t.numel() for t in x])
+                torch._foreach_mul_(mean_squares, [(1 - level.beta2) / max(t.numel(), 1) for t in x])
                 torch._foreach_add_(exp_avg_sqs, mean_squares)
             else:
-                torch._foreach_addcmul_(exp_avg_sqs, x, x, 1 - level.gamma)
-            bias_correction1 = [1 - level.beta**n for n in counts]
-            bias_correction2_sqrt = [(1 - level.gamma**n) ** 0.5 for n in counts]
+                torch._foreach_addcmul_(exp_avg_sqs, x, x, 1 - level.beta2)
+            bias_correction1 = [1 - level.beta1**n for n in counts]
+            bias_correction2_sqrt = [(1 - level.beta2**n) ** 0.5 for n in counts]
             denom = torch._foreach_sqrt(exp_avg_sqs)
             torch._foreach_div_(denom, bias_correction2_sqrt)
             torch._foreach_add_(denom, level.eps)
             if i == last:
                 step_size = [(lr / bc) * -1 for bc in bias_correction1]
-                if level.tensor_mode:
+                if isinstance(step_size[0], Tensor):
+                    # Under torch.compile the step counts (and a tensor lr) are tensors, which
+                    # _foreach_addcdiv_'s scalar list cannot take: fold the step size into denom.
+                    torch._foreach_div_(denom, step_size)
+                    torch._foreach_addcdiv_(device_params, exp_avgs, denom)
+                elif level.tensor_mode:
                     torch._foreach_reciprocal_(denom)
                     torch._foreach_mul_(denom, step_size)
                     torch._foreach_addcmul_(device_params, exp_avgs, denom)
@@ -641,3 +683,165 @@ def _multi_tensor_kadam(
                 else:
                     x = torch._foreach_div(exp_avgs, denom)
                     torch._foreach_div_(x, bias_correction1)
+
+
+def _view_states_as_real(exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], level: Level) -> None:
+    """Real views, in place in the lists, of a level's complex states (``exp_avgs`` is empty for β₁ = 0,
+    a tensor-mode ``v`` is real already)."""
+    lists = [tensors for tensors in (exp_avgs, [] if level.tensor_mode else exp_avg_sqs) if tensors]
+    if lists:
+        _view_as_real(*lists)
+
+
+def _fused_kadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    moments: list[tuple[list[Tensor], list[Tensor]]],
+    steps: list[Tensor],
+    level_steps: list[list[float]],
+    *,
+    levels: Sequence[Level],
+    lr: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+    has_complex: bool,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> None:
+    """Fused k-Adam: one kernel call per device and dtype.
+
+    On the CPU, :func:`kadam.optimizer._cpu_kernel.fused_step` streams every level in one pass per
+    tensor-mode level. Elsewhere, torch's own fused Adam/AdamW kernel runs when the step is exactly Adam
+    (k = 1, elementwise); any other configuration runs :func:`_multi_tensor_kadam` after unscaling.
+    ``grad_scale``/``found_inf`` are GradScaler's: gradients are divided by ``grad_scale`` and a nonzero
+    ``found_inf`` skips the step without touching any state.
+    """
+    flat_moments = [tensors for pair in moments for tensors in pair]
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, *flat_moments, steps], with_indices=True  # type: ignore[list-item]
+    )
+    for (device, _), ((device_params, device_grads, *device_moments, device_steps), indices) in grouped.items():
+        group_params = cast(list[Tensor], device_params)
+        group_grads = cast(list[Tensor], device_grads)
+        group_moments = [
+            (cast(list[Tensor], device_moments[2 * i]), cast(list[Tensor], device_moments[2 * i + 1]))
+            for i in range(len(levels))
+        ]
+        group_steps = cast(list[Tensor], device_steps)
+        group_level_steps = [[counts[j] for j in indices] for counts in level_steps]
+        if has_complex:
+            _view_as_real(group_params, group_grads)
+            for level, (exp_avgs, exp_avg_sqs) in zip(levels, group_moments):
+                _view_states_as_real(exp_avgs, exp_avg_sqs, level)
+        device_scale = None if grad_scale is None else grad_scale.to(device, non_blocking=True)
+        device_inf = None if found_inf is None else found_inf.to(device, non_blocking=True)
+        implementation = _cpu_fused_kadam if device.type == "cpu" else _torch_kernels_kadam
+        implementation(
+            group_params,
+            group_grads,
+            group_moments,
+            group_steps,
+            group_level_steps,
+            levels=levels,
+            lr=lr,
+            weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize,
+            grad_scale=device_scale,
+            found_inf=device_inf,
+        )
+
+
+def _cpu_fused_kadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    moments: list[tuple[list[Tensor], list[Tensor]]],
+    steps: list[Tensor],
+    level_steps: list[list[float]],
+    *,
+    levels: Sequence[Level],
+    lr: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> None:
+    """The C++ kernel for real tensors of one dtype on the CPU."""
+    if found_inf is not None and bool(found_inf):
+        return
+    torch._foreach_add_(steps, 1)
+    # A level with beta1 = 0 stores no m (m = x). The kernel skips it in an elementwise level; a
+    # tensor-mode level ends a pass, and the next pass reads x back from a buffer of this step only.
+    first_moments = [
+        exp_avgs if exp_avgs else [None if not level.tensor_mode else torch.empty_like(p) for p in params]
+        for level, (exp_avgs, _) in zip(levels, moments)
+    ]
+    _cpu_kernel.fused_step(
+        params,
+        grads,
+        first_moments,
+        [exp_avg_sqs for _, exp_avg_sqs in moments],
+        [[1 - level.beta1**n for n in counts] for level, counts in zip(levels, level_steps)],
+        [[(1 - level.beta2**n) ** 0.5 for n in counts] for level, counts in zip(levels, level_steps)],
+        beta1s=[level.beta1 for level in levels],
+        beta2s=[level.beta2 for level in levels],
+        eps=[level.eps for level in levels],
+        tensor_modes=[level.tensor_mode for level in levels],
+        lr=lr,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay,
+        maximize=maximize,
+        grad_scale=grad_scale,
+    )
+
+
+def _torch_kernels_kadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    moments: list[tuple[list[Tensor], list[Tensor]]],
+    steps: list[Tensor],
+    level_steps: list[list[float]],
+    *,
+    levels: Sequence[Level],
+    lr: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> None:
+    """Off the CPU: torch's fused Adam/AdamW kernel, which steps exactly Adam (k = 1, elementwise)."""
+    if len(levels) != 1 or levels[0].tensor_mode:
+        raise RuntimeError(
+            f"KAdam(fused=True) has no fused kernel on {params[0].device.type} for k = {len(levels)} with norms "
+            f"{[level.norm for level in levels]}; use foreach=True (torch's fused Adam kernel covers k = 1, elementwise)"
+        )
+    level = levels[0]
+    # torch's kernel wants the step counts on the parameters' device; KAdam keeps them on the CPU.
+    device_steps = [step.to(params[0].device) for step in steps]
+    torch._foreach_add_(device_steps, 1)
+    kernel = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
+    kernel(
+        params,
+        grads,
+        moments[0][0],
+        moments[0][1],
+        [],
+        device_steps,
+        amsgrad=False,
+        lr=lr,
+        beta1=level.beta1,
+        beta2=level.beta2,
+        weight_decay=weight_decay,
+        eps=level.eps,
+        maximize=maximize,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+    )
+    if found_inf is not None:
+        torch._foreach_sub_(device_steps, [found_inf] * len(device_steps))
+    for step, device_step in zip(steps, device_steps):
+        if device_step is not step:
+            step.copy_(device_step)

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
+from kadam import stability
 from kadam.experiments.profiles import profile_sizes
 from kadam.experiments.stability import analysis, plots
 from kadam.experiments.stability import protocol as experiment
-from kadam.theory import stability
 
 # k = 2 configurations with an unstable level 1: the final update's slope is predicted to be 0
 KADAM2_FAST = (((0.9, 0.5), (0.5, 0.99)), ((0.8, 0.5), (0.0, 0.99)), ((0.9, 0.7), (0.0, 0.999)), ((0.9, 0.99), (0.5, 0.9)))

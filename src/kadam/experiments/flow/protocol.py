@@ -37,8 +37,7 @@ from torchdiffeq import odeint
 
 from kadam.experiments.workloads import MLP, seeded_initialisation, standardized_digits
 from kadam.flow import FlatLoss, Trajectory, compare, discrete, simulate
-from kadam.flow.ode import ORDERS, RATES, AdamFlow
-from kadam.optimizer.kadam import KAdam, resolve_levels
+from kadam.flow.ode import ORDERS, RATES, AdamFlow, optimizer_levels
 
 PROBLEMS = ("quadratic", "logistic", "mlp")
 VARIANTS = tuple(itertools.product(RATES, ORDERS))
@@ -219,10 +218,10 @@ def restart_from_discrete(
     if isinstance(restart_step, bool) or not isinstance(restart_step, int) or not 1 <= restart_step < steps:
         raise ValueError(f"restart_step must be an integer in [1, steps - 1 = {steps - 1}], got {restart_step!r}")
     field_ = AdamFlow.for_optimizer(loss, **hyperparameters)
-    levels = resolve_levels(KAdam([torch.zeros(1, dtype=loss.theta0.dtype)], **hyperparameters).param_groups[0])
+    levels, _ = optimizer_levels(**hyperparameters)
     s = restart_step
     moments = [
-        (reference.moments[f"m{i}"][s] / (1.0 - level.beta**s), reference.moments[f"v{i}"][s] / (1.0 - level.gamma**s))
+        (reference.moments[f"m{i}"][s] / (1.0 - level.beta1**s), reference.moments[f"v{i}"][s] / (1.0 - level.beta2**s))
         for i, level in enumerate(levels, start=1)
     ]
     times = reference.steps[s:].to(dtype=loss.theta0.dtype, device=loss.theta0.device)

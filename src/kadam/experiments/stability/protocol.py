@@ -172,7 +172,8 @@ def _state_usable(optimizer: KAdam, parameter: torch.Tensor, eps: float) -> bool
     state = optimizer.state[parameter]
     for level in range(1, optimizer.param_groups[0]["k"] + 1):
         first_key, second_key = state_keys(level)
-        first, second = abs(state[first_key].item()), state[second_key].item()
+        second = state[second_key].item()
+        first = abs(state[first_key].item()) if first_key in state else second  # beta1 = 0: no m is stored
         if not (_STATE_FLOOR < first < _STATE_CEILING and _STATE_FLOOR < second < _STATE_CEILING):
             return False
         if eps > 0.0 and math.sqrt(second) < _EPS_MARGIN * eps:

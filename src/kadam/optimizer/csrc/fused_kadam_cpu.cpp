@@ -1,6 +1,6 @@
 // Fused k-Adam step on CPU (THEORY §1): every level of every tensor in as few passes over memory as
-// the tensor-mode reductions allow. Built by kadam/optimizer/_fused.py and called through ctypes; no
-// torch headers, so the one-time build takes about a second.
+// the tensor-mode reductions allow. Built by kadam/optimizer/_cpu_kernel.py and called through ctypes; no
+// torch headers, so the one-time build is short.
 //
 // A pass sweeps the blocks of all tensors once. The first reads g (and theta for coupled decay) and
 // runs elementwise levels in registers until it reaches a tensor-mode level i: that level's m_i is
@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstddef>
 #include <cstring>
 #include <vector>
 #ifdef _OPENMP
@@ -61,7 +62,8 @@ inline void store(BFloat16* p, int64_t j, float v) {
 
 extern "C" {
 
-// Mirrored by _KernelArgs in _fused.py. Per-level arrays are level-major: [level * n_tensors + t].
+// Mirrored by KernelArgs in _cpu_kernel.py, which compares its size and offsets with
+// kadam_args_size / kadam_args_offset at load. Per-level arrays are level-major: [level * n_tensors + t].
 struct KAdamArgs {
   int64_t n_tensors;
   int32_t n_levels;
@@ -72,7 +74,8 @@ struct KAdamArgs {
   int32_t store_unscaled_grad;  // write g / grad_scale back into grad, as torch's fused Adam does
   void* const* params;
   void* const* grads;
-  void* const* exp_avgs;
+  void* const* exp_avgs;     // null for an elementwise level with beta = 0 (m = x, not stored); for a
+                             // tensor-mode level with beta = 0, a buffer that receives x (never read first)
   void* const* exp_avg_sqs;  // 0-dim for tensor-mode levels
   const int64_t* numels;
   const double* bias_correction1;
@@ -85,6 +88,29 @@ struct KAdamArgs {
   double weight_decay;
   const float* grad_scale;  // null: no scaling
 };
+
+// The layout of KAdamArgs as this compiler lays it out, for the loader's check.
+int64_t kadam_args_size() { return sizeof(KAdamArgs); }
+
+static const int64_t kArgsOffsets[] = {
+    offsetof(KAdamArgs, n_tensors),    offsetof(KAdamArgs, n_levels),
+    offsetof(KAdamArgs, dtype),        offsetof(KAdamArgs, n_threads),
+    offsetof(KAdamArgs, decoupled_weight_decay), offsetof(KAdamArgs, maximize),
+    offsetof(KAdamArgs, store_unscaled_grad),    offsetof(KAdamArgs, params),
+    offsetof(KAdamArgs, grads),        offsetof(KAdamArgs, exp_avgs),
+    offsetof(KAdamArgs, exp_avg_sqs),  offsetof(KAdamArgs, numels),
+    offsetof(KAdamArgs, bias_correction1), offsetof(KAdamArgs, bias_correction2_sqrt),
+    offsetof(KAdamArgs, betas),        offsetof(KAdamArgs, gammas),
+    offsetof(KAdamArgs, eps),          offsetof(KAdamArgs, tensor_modes),
+    offsetof(KAdamArgs, lr),           offsetof(KAdamArgs, weight_decay),
+    offsetof(KAdamArgs, grad_scale),
+};
+
+int64_t kadam_args_field_count() { return int64_t(sizeof kArgsOffsets / sizeof kArgsOffsets[0]); }
+
+int64_t kadam_args_offset(int64_t field) {
+  return field >= 0 && field < kadam_args_field_count() ? kArgsOffsets[field] : -1;
+}
 
 }  // extern "C"
 
@@ -167,7 +193,7 @@ class Stepper {
   // then add_; returns the denominator sqrt(v) / sqrt(1 - gamma^n) + eps that the next pass uses.
   T finish_reduction(int64_t t, int level, double sum, bool store_v) const {
     const size_t index = level_index(level, t);
-    const T mean_square = T(sum / double(a_.numels[t]));
+    const T mean_square = a_.numels[t] > 0 ? T(sum / double(a_.numels[t])) : T(0);  // empty tensor: 0
     const T v = T(old_v_[index] * T(a_.gammas[level])) + T(T(1.0 - a_.gammas[level]) * mean_square);
     if (store_v) store(tensor<S>(a_.exp_avg_sqs, level, t), 0, v);
     return T(std::sqrt(v) / T(a_.bias_correction2_sqrt[index])) + T(a_.eps[level]);
@@ -213,6 +239,14 @@ class Stepper {
     S* m = tensor<S>(a_.exp_avgs, i, t) + begin;
     const T coeff = lerp_coefficient(i);
     double sum = 0.0;
+    if (a_.betas[i] == 0.0) {  // m = x: written for the next pass, never read first
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < n; ++j) {
+        store(m, j, x[j]);
+        sum += double(x[j]) * double(x[j]);
+      }
+      return sum;
+    }
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < n; ++j) {
       const T old = load(m, j);
@@ -227,7 +261,7 @@ class Stepper {
   template <bool Small, bool ToParam, bool FromGrad>
   void elementwise_level(int i, int64_t t, int64_t begin, int64_t n, T* x) const {
     const size_t index = level_index(i, t);
-    S* m = tensor<S>(a_.exp_avgs, i, t) + begin;
+    S* m = a_.exp_avgs[level_index(i, t)] ? tensor<S>(a_.exp_avgs, i, t) + begin : nullptr;  // null: m = x
     S* v = tensor<S>(a_.exp_avg_sqs, i, t) + begin;
     const S* grad = static_cast<const S*>(a_.grads[t]) + begin;
     S* param = static_cast<S*>(a_.params[t]) + begin;
@@ -241,10 +275,13 @@ class Stepper {
     const T step = step_size(index), keep = shrink();
     for (int64_t j = 0; j < n; ++j) {
       const T input = FromGrad ? T(load(grad, j) * sign) : x[j];
-      const T old = load(m, j);
-      const T m_new = std::fma(coeff, T(input - old), Small ? old : input);
+      T m_new = input;
+      if (m) {
+        const T old = load(m, j);
+        m_new = std::fma(coeff, T(input - old), Small ? old : input);
+        store(m, j, m_new);
+      }
       const T v_new = std::fma(T(one_minus_gamma * input), input, T(load(v, j) * gamma));
-      store(m, j, m_new);
       store(v, j, v_new);
       const T denom = T(std::sqrt(v_new) / bc2_sqrt) + eps;
       if (ToParam) {

@@ -1,4 +1,4 @@
-"""Closed forms of kadam.theory.stability against exact references (THEORY §2–§3).
+"""Closed forms of kadam.stability against exact references (THEORY §2–§3).
 
 References: exact rational arithmetic (``fractions``) for the discrete bound and its attainment, a
 numerical maximisation for the supremum claim, the real KAdam code (float64, ε = 0) for every input
@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 from scipy.optimize import minimize
 
+from kadam import stability
 from kadam.experiments.stability.protocol import optimizer_updates
-from kadam.theory import stability
 
 # (beta, gamma) on both sides of gamma = beta**2, plus the boundary itself
 POINTS = [(0.9, 0.999), (0.9, 0.95), (0.5, 0.999), (0.99, 0.9999), (0.9, 0.81), (0.9, 0.7), (0.9, 0.5), (0.5, 0.2), (0.3, 0.05)]
