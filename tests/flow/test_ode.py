@@ -9,6 +9,7 @@ import torch
 from torchdiffeq import odeint
 
 from kadam.flow import AdamFlow, FlatLoss, FlowSolveError, discrete, moment_rate, simulate
+from kadam.flow.run import DiscreteRunError
 
 DOUBLE = torch.float64
 
@@ -145,7 +146,7 @@ def test_nan_loss_raises_with_tau():
     # θ₀ = 0 moves at −η per step in every coordinate: the loss turns NaN at τ = 5.
     assert caught.value.last_good_tau < 5.0 < caught.value.tau
     assert f"fine up to tau = {caught.value.last_good_tau:.6g}" in str(caught.value)
-    with pytest.raises(FlowSolveError, match="discrete run's loss is nan"):
+    with pytest.raises(DiscreteRunError, match="discrete optimizer diverged at step 6: the loss is nan"):
         discrete(loss, 20, lr=1e-2, k=1, weight_decay=0.0)
 
 
