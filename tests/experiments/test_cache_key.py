@@ -61,7 +61,7 @@ def test_edits_that_cannot_change_a_number_keep_the_key(package, relative, old, 
         ("experiments/stability/protocol.py", "_EPS_MARGIN = 1e6", "_EPS_MARGIN = 1e5"),
         ("experiments/workloads/loop.py", "report_every = progress_every or max(1, steps // 100)",
          "report_every = progress_every or max(1, steps // 50)"),
-        ("theory/stability.py", "import numpy as np\n", "import numpy as np\n\n_UNUSED_BUT_CODE = 1\n"),
+        ("stability.py", "import numpy as np\n", "import numpy as np\n\n_UNUSED_BUT_CODE = 1\n"),
     ],
     ids=["protocol", "workloads", "library"],
 )
@@ -75,7 +75,7 @@ def test_the_key_covers_the_protocol_workloads_and_library_but_not_sections_or_p
     root = Path(kadam.__file__).parent
     covered = {path.relative_to(root).as_posix() for path in computing_sources(STABILITY)}
     assert "experiments/stability/protocol.py" in covered and "experiments/workloads/loop.py" in covered
-    assert "optimizer/kadam.py" in covered and "theory/stability.py" in covered
+    assert "optimizer/kadam.py" in covered and "stability.py" in covered
     assert not covered & {"experiments/stability/section.py", "experiments/stability/plots.py",
                           "experiments/report.py", "experiments/registry.py", "experiments/profiles.py",
                           "experiments/cells.py", "experiments/flow/protocol.py", "cli/reproduce.py"}

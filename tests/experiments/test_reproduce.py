@@ -12,6 +12,8 @@ from rich.console import Console
 from kadam.experiments.cells import Cell, CellCache, CellRunner
 from kadam.experiments.report import Figure, SectionDocument, Table, json_safe, write_report
 from kadam.experiments.reproduce import reproduce
+from kadam.experiments.comparison.protocol import EVALUATION_SEED_OFFSET as COMPARISON_SEED_OFFSET
+from kadam.experiments.registry import SECTIONS
 
 CALLS = []
 
@@ -146,7 +148,6 @@ def test_report_writers_embed_figures_and_keep_every_number(tmp_path):
     assert json_safe([math.nan, -math.inf, {"a": 1.0}]) == ["nan", "-inf", {"a": 1.0}]
 
 
-SECTIONS = ("stability", "flow", "normalization", "training")
 
 
 def _numbers(value):
@@ -194,7 +195,12 @@ def test_smoke_profile_end_to_end_then_from_cache_then_only_what_changed(tmp_pat
 
     third = reproduce("smoke", out, seeds=3, jobs=1, console=Console(quiet=True), show_progress=False)
     tasks, optimizers = len(training["evaluation"]), len(training["optimizers"])
-    assert third.computed == tasks * optimizers  # one new evaluation seed per (task, optimizer), nothing else
+    new = [cell for cell in json.loads((out / "results.json").read_text())["cells"] if not cell["from_cache"]]
+    assert len(new) == third.computed
+    # one new evaluation seed per (task, optimizer) in training and per (workload, arm, result) in the comparison
+    assert sum(cell["section"] == "training" for cell in new) == tasks * optimizers
+    assert {cell["section"] for cell in new} <= {"training", "comparison"}
+    assert all(cell["label"].endswith(f"seed {COMPARISON_SEED_OFFSET + 2}") for cell in new if cell["section"] == "comparison")
     print(f"smoke profile: first run {first_seconds:.1f} s")
 
 
