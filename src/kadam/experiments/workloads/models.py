@@ -60,15 +60,16 @@ class DigitsCNN(nn.Module):
 
 
 class _PreLayerNormBlock(nn.Module):
-    """``x + Attention(LN(x))`` then ``x + MLP(LN(x))``: the pre-LN transformer block (causal)."""
+    """``x + Attention(LN(x))`` then ``x + MLP(LN(x))``: the pre-LN transformer block (causal); LN is the
+    identity when ``layer_norm`` is False."""
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, layer_norm: bool = True) -> None:
         super().__init__()
         self.heads = heads
-        self.attention_norm = nn.LayerNorm(width)
+        self.attention_norm = nn.LayerNorm(width) if layer_norm else nn.Identity()
         self.qkv = nn.Linear(width, 3 * width)
         self.attention_out = nn.Linear(width, width)
-        self.mlp_norm = nn.LayerNorm(width)
+        self.mlp_norm = nn.LayerNorm(width) if layer_norm else nn.Identity()
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,18 +85,20 @@ class CharTransformer(nn.Module):
     """A small pre-LayerNorm, causal, character-level transformer (GPT-style, learned positions).
 
     ``forward(tokens)`` maps integer tokens of shape (batch, length ≤ context) to next-character logits
-    of shape (batch, length, vocab_size).
+    of shape (batch, length, vocab_size). ``layer_norm=False`` removes every LayerNorm (the same
+    parameters otherwise, drawn in the same order, so a seed gives the same weights with and without).
     """
 
-    def __init__(self, vocab_size: int, context: int, width: int = 64, heads: int = 4, layers: int = 2) -> None:
+    def __init__(self, vocab_size: int, context: int, width: int = 64, heads: int = 4, layers: int = 2,
+                 layer_norm: bool = True) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width must be a multiple of heads, got width={width}, heads={heads}")
         self.context = context
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.position_embedding = nn.Embedding(context, width)
-        self.blocks = nn.ModuleList(_PreLayerNormBlock(width, heads) for _ in range(layers))
-        self.final_norm = nn.LayerNorm(width)
+        self.blocks = nn.ModuleList(_PreLayerNormBlock(width, heads, layer_norm) for _ in range(layers))
+        self.final_norm = nn.LayerNorm(width) if layer_norm else nn.Identity()
         self.head = nn.Linear(width, vocab_size)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from kadam.experiments.workloads.models import MLP, CharTransformer, DigitsCNN
 __all__ = ["Task", "TASKS", "build_task"]
 
 
-def _char_splits(corpus_chars: int, context: int, evaluation_windows: int) -> tuple[dict[str, Split], int]:
+def char_splits(corpus_chars: int, context: int, evaluation_windows: int) -> tuple[dict[str, Split], int]:
     """Encode the first ``corpus_chars`` characters; 90/5/5 contiguous train/validation/test.
 
     The training split is one long token stream (``inputs``; ``targets`` unused); validation and test are
@@ -115,7 +115,7 @@ def _char_transformer_task(
     device: torch.device, corpus_chars: int = 100_000, context: int = 32, width: int = 64, heads: int = 4,
     layers: int = 2, evaluation_windows: int = 256,
 ) -> Task:
-    splits, vocabulary_size = _char_splits(corpus_chars, context, evaluation_windows)
+    splits, vocabulary_size = char_splits(corpus_chars, context, evaluation_windows)
     return Task(
         "char-transformer", splits, lambda: CharTransformer(vocabulary_size, context, width, heads, layers),
         sequence_length=context, device=device,
