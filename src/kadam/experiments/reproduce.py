@@ -130,7 +130,7 @@ def reproduce(
         f"`kadam reproduce --profile {profile} --device {device}"
         + (f" --seeds {seeds}" if seeds else "") + f" --jobs {jobs}` on {started_at:%Y-%m-%d %H:%M} UTC: "
         + outcome_line + ". Every number and figure below was computed by this run's cells (a cached cell is the "
-        "stored result of the identical call). The theory is THEORY.md; each section says what it measured, how, "
+        "stored result of the identical call). The theory is docs/theory.md (`kadam theory` prints it; `THEORY §N` below is its §N); each section says what it measured, how, "
         "and what this run found, including where the measurement contradicts the paper."
     )
     paths = write_report(out, "kadam reproduce: the paper's claims, re-measured", preamble, documents, metadata)
