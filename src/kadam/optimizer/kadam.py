@@ -772,12 +772,9 @@ def _cpu_fused_kadam(
     if found_inf is not None and bool(found_inf):
         return
     torch._foreach_add_(steps, 1)
-    # A level with beta1 = 0 stores no m (m = x). The kernel skips it in an elementwise level; a
-    # tensor-mode level ends a pass, and the next pass reads x back from a buffer of this step only.
-    first_moments = [
-        exp_avgs if exp_avgs else [None if not level.tensor_mode else torch.empty_like(p) for p in params]
-        for level, (exp_avgs, _) in zip(levels, moments)
-    ]
+    # A level with beta1 = 0 stores no m (m = x): the kernel gets null pointers and, where a pass must
+    # resume after such a tensor-mode level, recomputes x from the state it already wrote this step.
+    first_moments = [exp_avgs if exp_avgs else [None] * len(params) for exp_avgs, _ in moments]
     _cpu_kernel.fused_step(
         params,
         grads,

@@ -74,8 +74,7 @@ struct KAdamArgs {
   int32_t store_unscaled_grad;  // write g / grad_scale back into grad, as torch's fused Adam does
   void* const* params;
   void* const* grads;
-  void* const* exp_avgs;     // null for an elementwise level with beta = 0 (m = x, not stored); for a
-                             // tensor-mode level with beta = 0, a buffer that receives x (never read first)
+  void* const* exp_avgs;     // null for a level with beta = 0 (m = x, not stored)
   void* const* exp_avg_sqs;  // 0-dim for tensor-mode levels
   const int64_t* numels;
   const double* bias_correction1;
@@ -148,7 +147,7 @@ class Stepper {
 #pragma omp parallel num_threads(a_.n_threads)
     {
       T x[kBlock];
-      std::vector<T> carried(a_.n_tensors);
+      std::vector<T> carried(size_t(a_.n_tensors) * a_.n_levels);  // tensor-mode denominators, by level
       for (int first = 0; first <= a_.n_levels; first = pass_end(first) + 1) {
         const int end = pass_end(first);
         const bool reduces = end < a_.n_levels;  // each tensor-mode level has its own slots
@@ -158,7 +157,7 @@ class Stepper {
           const Chunk& chunk = chunks[c];
           double sum = 0.0;
           for (int64_t b = chunk.first_block; b < chunk.end_block; ++b) {
-            sum += pass(chunk.tensor, first, b * kBlock, (b + 1) * kBlock, carried[chunk.tensor], x);
+            sum += pass(chunk.tensor, first, b * kBlock, (b + 1) * kBlock, carried.data(), x);
           }
           if (reduces) sums[c] = sum;
         }
@@ -167,7 +166,7 @@ class Stepper {
         for (int64_t t = 0; t < a_.n_tensors; ++t) {
           double total = 0.0;
           for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) total += sums[c];
-          carried[t] = finish_reduction(t, end, total, omp_get_thread_num() == 0);
+          carried[level_index(end, t)] = finish_reduction(t, end, total, omp_get_thread_num() == 0);
         }
       }
     }
@@ -201,8 +200,8 @@ class Stepper {
 
   // One pass over elements [begin, min(end, numel)) of tensor t, from level `first` on; returns the
   // sum of squares of the input of the tensor-mode level that ends the pass (0 if theta ends it).
-  // `carried` is the denominator of the tensor-mode level that ended the previous pass.
-  double pass(int64_t t, int first, int64_t begin, int64_t end, T carried, T* x) const {
+  // `carried_by_level` holds the denominators of the tensor-mode levels that ended earlier passes.
+  double pass(int64_t t, int first, int64_t begin, int64_t end, const T* carried_by_level, T* x) const {
     end = end < a_.numels[t] ? end : a_.numels[t];
     const int64_t n = end - begin;
     const int last = a_.n_levels - 1;
@@ -211,18 +210,23 @@ class Stepper {
     if (first == 0 && !from_grad) {
       load_input(t, begin, n, x);
     } else if (first > 0) {
-      // Resume from the stored m of the tensor-mode level that ended the previous pass.
+      // Resume from the m of the tensor-mode level that ended the previous pass; a level with beta = 0
+      // stores none (m = x), so its input is recomputed from the state this step already wrote.
       const int source = first - 1;
       const size_t index = level_index(source, t);
-      const S* m = tensor<S>(a_.exp_avgs, source, t) + begin;
+      const T carried = carried_by_level[index];
+      const S* m = first_moment(source, t, begin);
+      if (!m) replay_input(t, source, begin, n, carried_by_level, x);
       if (source == last) {
         S* param = static_cast<S*>(a_.params[t]) + begin;
         const T step = step_size(index), keep = shrink();
-        for (int64_t j = 0; j < n; ++j) store(param, j, T(load(param, j) * keep) + T(T(step * load(m, j)) / carried));
+        for (int64_t j = 0; j < n; ++j) {
+          store(param, j, T(load(param, j) * keep) + T(T(step * (m ? T(load(m, j)) : x[j])) / carried));
+        }
         return 0.0;
       }
       const T bc1 = T(a_.bias_correction1[index]);
-      for (int64_t j = 0; j < n; ++j) x[j] = (load(m, j) / carried) / bc1;
+      for (int64_t j = 0; j < n; ++j) x[j] = ((m ? T(load(m, j)) : x[j]) / carried) / bc1;
     }
     for (int i = first; i <= last; ++i) {
       // torch's lerp: fmadd(w, end - start, start) for |w| < 0.5, else fmadd(w - 1, end - start, end).
@@ -233,20 +237,61 @@ class Stepper {
     return 0.0;
   }
 
+  // Level i's stored first moment from element `begin` of tensor t, or null (beta = 0: not stored).
+  const S* first_moment(int i, int64_t t, int64_t begin) const {
+    return a_.exp_avgs[level_index(i, t)] ? tensor<S>(a_.exp_avgs, i, t) + begin : nullptr;
+  }
+
+  // x <- the input of level `level` for elements [begin, begin + n) of tensor t, from what this step has
+  // already stored: the gradient (unscaled in place when GradScaler's scale was given), then the output
+  // of each level below, as the first pass formed it. Exact: the same operations on the same values.
+  void replay_input(int64_t t, int level, int64_t begin, int64_t n, const T* carried_by_level, T* x) const {
+    int start = level;
+    while (start > 0 && !a_.tensor_modes[start - 1]) --start;
+    if (start == 0) {
+      const S* grad = static_cast<const S*>(a_.grads[t]) + begin;
+      const S* param = static_cast<const S*>(a_.params[t]) + begin;
+      const bool divide = a_.grad_scale && !a_.store_unscaled_grad;
+      const T scale = divide ? T(*a_.grad_scale) : T(1);
+      for (int64_t j = 0; j < n; ++j) x[j] = divide ? T(load(grad, j) / scale) : T(load(grad, j));
+      if (a_.maximize) {
+        for (int64_t j = 0; j < n; ++j) x[j] = -x[j];
+      }
+      if (coupled_decay()) {
+        const T decay = T(a_.weight_decay);
+        for (int64_t j = 0; j < n; ++j) x[j] = std::fma(load(param, j), decay, x[j]);
+      }
+    } else {
+      const int below = start - 1;  // the tensor-mode level that ended the pass before
+      const size_t index = level_index(below, t);
+      const S* m = first_moment(below, t, begin);
+      if (!m) replay_input(t, below, begin, n, carried_by_level, x);
+      const T carried = carried_by_level[index], bc1 = T(a_.bias_correction1[index]);
+      for (int64_t j = 0; j < n; ++j) x[j] = ((m ? T(load(m, j)) : x[j]) / carried) / bc1;
+    }
+    for (int i = start; i < level; ++i) {  // elementwise levels, their m and v updated this step
+      const size_t index = level_index(i, t);
+      const S* m = first_moment(i, t, begin);
+      const S* v = tensor<S>(a_.exp_avg_sqs, i, t) + begin;
+      const T bc2_sqrt = T(a_.bias_correction2_sqrt[index]), eps = T(a_.eps[i]), bc1 = T(a_.bias_correction1[index]);
+      for (int64_t j = 0; j < n; ++j) {
+        const T denom = T(std::sqrt(T(load(v, j))) / bc2_sqrt) + eps;
+        x[j] = T(((m ? T(load(m, j)) : x[j]) / denom) / bc1);
+      }
+    }
+  }
+
   // m <- lerp(m, x, 1 - beta) for a tensor-mode level; returns sum(x^2) for its scalar v.
   template <bool Small>
   double tensor_level(int i, int64_t t, int64_t begin, int64_t n, const T* x) const {
-    S* m = tensor<S>(a_.exp_avgs, i, t) + begin;
-    const T coeff = lerp_coefficient(i);
     double sum = 0.0;
-    if (a_.betas[i] == 0.0) {  // m = x: written for the next pass, never read first
+    if (!a_.exp_avgs[level_index(i, t)]) {  // beta = 0: m = x is not stored (the next pass replays x)
 #pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < n; ++j) {
-        store(m, j, x[j]);
-        sum += double(x[j]) * double(x[j]);
-      }
+      for (int64_t j = 0; j < n; ++j) sum += double(x[j]) * double(x[j]);
       return sum;
     }
+    S* m = tensor<S>(a_.exp_avgs, i, t) + begin;
+    const T coeff = lerp_coefficient(i);
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < n; ++j) {
       const T old = load(m, j);
