@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kadam.experiments.figures import panels, save_figure
-from kadam.experiments.flow import PROBLEMS, make_problem
+from kadam.experiments.flow_extra import EXTRA_PROBLEMS, make_flow_problem
 from kadam.flow import FlowSolveError, Trajectory, compare, discrete, simulate
 from kadam.flow.ode import ORDERS, RATES
 
@@ -37,13 +37,17 @@ def register(subparsers: Any) -> None:
         description="Integrate the ODE of THEORY §3 for KAdam's hyperparameters and compare it, step by "
         "step, with the real optimizer run from the same start on a full-batch problem.",
     )
-    parser.add_argument("--problem", choices=PROBLEMS, default="quadratic")
+    parser.add_argument("--problem", choices=EXTRA_PROBLEMS, default="quadratic")
     parser.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate η (default 1e-3)")
     parser.add_argument("--steps", type=_positive_int, default=2000, help="optimizer steps (default 2000)")
     parser.add_argument("--k", type=_positive_int, default=1, help="levels of k-Adam (default 1: AdamW)")
     parser.add_argument("--rates", choices=RATES, default="exact", help="moment rates (default exact)")
     parser.add_argument("--order", type=int, choices=ORDERS, default=1, help="parameter equation order (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="problem seed (default 0)")
+    parser.add_argument("--warm-start", type=int, default=0, metavar="S",
+                        help="run S discrete steps first, then integrate from that state (default 0)")
+    parser.add_argument("--modified", action="store_true",
+                        help="integrate the O(lr^2) modified equations (exact rates, order 1 only)")
     parser.add_argument("--plot", type=Path, help="write loss curves, coordinates and the error to this PNG")
     parser.add_argument("--json", action="store_true", help="print the error table as JSON on stdout")
     parser.set_defaults(func=run)
@@ -69,12 +73,13 @@ def _plot(path: Path, continuous: Trajectory, discrete_run: Trajectory, errors: 
 
 
 def run(args: argparse.Namespace) -> int:
-    loss = make_problem(args.problem, args.seed)
+    loss = make_flow_problem(args.problem, args.seed)
     hyperparameters = {"lr": args.lr, "k": args.k}
     progress = not args.json and sys.stderr.isatty()
     reference = discrete(loss, args.steps, progress=progress, **hyperparameters)
     try:
-        continuous = simulate(loss, args.steps, rates=args.rates, order=args.order, progress=progress, **hyperparameters)
+        continuous = simulate(loss, args.steps, rates=args.rates, order=args.order, progress=progress,
+                              warm_start=args.warm_start, modified=args.modified, **hyperparameters)
     except FlowSolveError as failure:
         print(f"kadam flow: {failure}", file=sys.stderr)
         return 1
@@ -86,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         "k": args.k,
         "rates": args.rates,
         "order": args.order,
+        "warm_start": args.warm_start,
+        "modified": args.modified,
         **errors.summary(),
         "final_loss_discrete": float(reference.loss[-1]),
         "final_loss_continuous": float(continuous.loss[-1]),
@@ -93,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         "seconds_discrete": reference.seconds,
         "seconds_continuous": continuous.seconds,
     }
-    title = f"{args.problem}: lr {args.lr}, k = {args.k}, {args.rates} rates, order {args.order}"
+    title = (f"{args.problem}: lr {args.lr}, k = {args.k}, {args.rates} rates, order {args.order}"
+             + (f", warm start {args.warm_start}" if args.warm_start else "") + (", modified" if args.modified else ""))
     if args.plot is not None:
         _plot(args.plot, continuous, reference, errors, title)
     if args.json:

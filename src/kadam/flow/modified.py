@@ -33,8 +33,8 @@ Using ``θ̇⁽¹⁾`` rather than the corrected ``θ̇`` inside the shifts chan
 **Near τ = 0.** A moment's derivative ``κ(τ)(ỹ − m̂)`` tends to ``½ dỹ/dτ``, which differs from the
 computable ``½ẏ`` by ``δÿ = O(η²)``; fed up the chain (``u̇``, the next level's shift) that finite jump
 would be divided by τ again in the next level's ``κ(τ)``. The chained derivatives therefore use
-``e^{−τ}·½ẏ + (1 − e^{−τ})·κ(τ)(ỹ − m̂)``, continuous at τ = 0; the blend differs from the exact
-derivative by O(η) only within the first step or so, an O(η²) contribution to θ.
+``w·½ẏ + (1 − w)·κ(τ)(ỹ − m̂)`` with ``w = e^{−τ/τ_w}``, ``τ_w =`` :data:`BLEND_STEPS`, continuous at
+τ = 0; the blend differs from the exact derivative by O(η) only for τ ≲ τ_w, an O(η² τ_w) change of θ.
 
 The rates must be ``"exact"``: the paper's rates change the kernel itself, an O(η) error no shift
 removes. Only the first-order form of ``θ`` is corrected (``order=1``).
@@ -49,6 +49,9 @@ import torch
 from torch import Tensor
 
 from kadam.flow.ode import AdamFlow, FlowSolveError, LevelRates, LevelValues, _kappa
+
+BLEND_STEPS = 0.02
+"""Time constant (in steps) over which the chained moment derivatives pass from their τ = 0 limit to ``κ(ỹ − m̂)``."""
 
 
 def mean_lag(rate: float) -> float:
@@ -107,7 +110,7 @@ class ModifiedAdamFlow(AdamFlow):
             square, square_dot = self._square(level, y), self._square_dot(level, y, y_dot)
             y_shifted, square_shifted = y - shift_m * y_dot, square - shift_v * square_dot
             shifted.append((y_shifted, square_shifted))
-            blend = math.exp(-tau)  # weight of the τ = 0 limit in the chained derivatives (see _chained)
+            blend = math.exp(-tau / BLEND_STEPS)  # weight of the τ = 0 limit in the chained derivatives
             if math.isinf(level.a):
                 m_hat, m_dot = y_shifted, y_dot
                 m_chain = m_dot
