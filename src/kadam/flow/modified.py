@@ -16,7 +16,7 @@ kernel samples ``y`` at its mean lag ``c(a) = 1/a − 1/(e^a − 1)`` before the
 step's start and level ``i ≥ 2``'s input ``u_{i−1}(n)`` at its end. Feeding the kernel the shifted input
 ``ỹ = y − δ ẏ`` with ``δ = 1 − c(a)`` (level 1) or ``δ = −c(a)`` (levels ≥ 2) makes each step's moment
 update exact to O(ÿ) = O(η²); the same for ``v`` with ``b = −ln γ`` and ``s(y)`` (``y²`` or the tensor
-mean of ``y²``). A level with an infinite rate (``β = 0``) is its shifted input itself (``c = 0``).
+mean of ``y²``), shifted as ``s·exp(−δṡ/s)`` (equal to ``s − δṡ`` to O(η²), and never negative). A level with an infinite rate (``β = 0``) is its shifted input itself (``c = 0``).
 
 **Parameters.** ``θ_n − θ_{n−1} = −η (u_k(n) + λ θ_{n−1})`` (decoupled decay) is the integral of the
 field over the step when the field is sampled at ``u_k(τ + ½)`` and ``θ(τ − ½)``:
@@ -69,6 +69,16 @@ def mean_lag(rate: float) -> float:
     return 1.0 / rate - 1.0 / math.expm1(rate)
 
 
+def _shift_positive(square: Tensor, square_dot: Tensor, shift: float) -> Tensor:
+    """``s̃ = s·exp(−δ ṡ/s)`` (0 where ``s = 0``): ``s − δṡ`` to O(δ²ṡ²/s), and positive like ``s`` itself.
+
+    The linear shift ``s − δṡ`` goes negative for a coordinate whose input changes by more than its own size
+    within a step; there the expansion is invalid anyway, and the exponent is bounded by ±30 so it stays finite.
+    """
+    ratio = torch.where(square > 0, square_dot / torch.where(square > 0, square, 1.0), 0.0)
+    return square * torch.exp((-shift * ratio).clamp(-30.0, 30.0))
+
+
 class ModifiedAdamFlow(AdamFlow):
     """The O(η²) modified equations of the recursion (module docstring), a drop-in for :class:`AdamFlow`.
 
@@ -108,7 +118,7 @@ class ModifiedAdamFlow(AdamFlow):
         for i, (level, (shift_m, shift_v)) in enumerate(zip(self.levels, self.shifts, strict=True)):
             stored_m, stored_v = (None, None) if moments is None else moments[i]
             square, square_dot = self._square(level, y), self._square_dot(level, y, y_dot)
-            y_shifted, square_shifted = y - shift_m * y_dot, square - shift_v * square_dot
+            y_shifted, square_shifted = y - shift_m * y_dot, _shift_positive(square, square_dot, shift_v)
             shifted.append((y_shifted, square_shifted))
             blend = math.exp(-tau / BLEND_STEPS)  # weight of the τ = 0 limit in the chained derivatives
             if math.isinf(level.a):
@@ -158,9 +168,6 @@ class ModifiedAdamFlow(AdamFlow):
             shifted = following
             if change < 1e-15:
                 break
-        if any(bool((square <= 0).any()) for _, square in shifted):
-            raise FlowSolveError(0.0, "a shifted second-moment input s(y) - shift * ds/dt is <= 0: the input changes "
-                                 "by more than its own size within one step, outside the modified equations' range")
         return self.join_state(theta, None, shifted)
 
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
