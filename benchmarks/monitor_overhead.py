@@ -1,6 +1,6 @@
 """Overhead of StabilityMonitor on the character transformer: the same run with and without it.
 
-One CharTransformer (``kadam.experiments.tasks``) and one AdamW optimizer train continuously; blocks of
+One CharTransformer (``kadam.experiments.workloads``) and one AdamW optimizer train continuously; blocks of
 ``--block`` steps alternate between no monitor, a monitor recording every 10th step and one recording
 every step (attached at the start of a block, detached at its end), for ``--rounds`` rounds in rotating
 order, so that all modes share the run's machine state. Reported: the median over rounds of the per-step
@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from kadam.experiments.tasks import build_task
+from kadam.experiments.workloads import build_task
 from kadam.monitor import StabilityMonitor
 
 MODES = ("none", "every 10", "every 1")

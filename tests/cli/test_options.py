@@ -164,11 +164,11 @@ def test_choices_kept_in_the_cli_match_the_library():
     import kadam.experiments.comparison.config as comparison_config
     import kadam.experiments.comparison.protocol as comparison_protocol
     import kadam.cli.reproduce as cli_reproduce
-    import kadam.experiments.flow.protocol as experiments_flow
+    import kadam.experiments.flow.extra as experiments_flow
     import kadam.experiments.reproduce as experiments_reproduce
     import kadam.flow.ode as ode
 
-    assert cli_flow.PROBLEMS == experiments_flow.PROBLEMS
+    assert cli_flow.PROBLEMS == experiments_flow.EXTRA_PROBLEMS
     assert cli_compare.ARMS == tuple(comparison_protocol.ARMS)
     assert cli_compare.WORKLOADS == tuple(sorted(comparison_protocol.WORKLOADS))
     assert cli_compare.PROFILES == tuple(sorted(set(comparison_config.PROFILES) - {"full"}))

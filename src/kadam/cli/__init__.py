@@ -23,7 +23,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-_SUBCOMMANDS = ("demo", "region", "reproduce", "flow", "norms", "compare", "monitor", "theory")
+_SUBCOMMANDS = ("demo", "region", "reproduce", "flow", "norms", "compare", "monitor", "transfer", "theory")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -11,8 +11,8 @@ from typing import Any
 from kadam.cli.options import Stages, add_threads_option, int_at_least, output_file, positive_float, torch_threads
 
 COORDINATES_SHOWN = 3
-PROBLEMS = ("quadratic", "logistic", "mlp")
-"""``kadam.experiments.flow.protocol.PROBLEMS`` (kept here so that ``--help`` imports no torch; a test checks they agree)."""
+PROBLEMS = ("quadratic", "logistic", "mlp", "transformer")
+"""``kadam.experiments.flow.extra.EXTRA_PROBLEMS`` (kept here so that ``--help`` imports no torch; a test checks they agree)."""
 RATES = ("exact", "paper")
 """``kadam.flow.ode.RATES`` (same reason)."""
 ORDERS = (1, 2)
@@ -33,6 +33,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--rates", choices=RATES, default="exact", help="moment rates (default exact)")
     parser.add_argument("--order", type=int, choices=ORDERS, default=1, help="parameter equation order (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="problem seed (default 0)")
+    parser.add_argument("--warm-start", type=int_at_least(0), default=0, metavar="S",
+                        help="run S discrete steps first, then integrate from that state (default 0)")
+    parser.add_argument("--modified", action="store_true",
+                        help="integrate the O(lr^2) modified equations (docs/flow_second_order.md; exact rates, order 1)")
     parser.add_argument("--plot", type=output_file, metavar="PNG",
                         help="write loss curves, coordinates and the error to this PNG")
     parser.add_argument("--json", action="store_true", help="print the error table as JSON on stdout")
@@ -69,11 +73,11 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     stages = Stages("flow", 3 if args.plot is None else 4)
     stages.start("importing torch and building the problem")
-    from kadam.experiments.flow.protocol import make_problem
+    from kadam.experiments.flow.extra import make_flow_problem
     from kadam.flow import FlowSolveError, compare, discrete, simulate
     from kadam.flow.run import DiscreteRunError
 
-    loss = make_problem(args.problem, args.seed)
+    loss = make_flow_problem(args.problem, args.seed)
     hyperparameters = {"lr": args.lr, "k": args.k}
     progress = not args.json and sys.stderr.isatty()
     stages.start(f"discrete KAdam, {args.steps} steps")
@@ -85,7 +89,8 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     stages.start(f"continuous model ({args.rates} rates, order {args.order}), {args.steps} steps")
     try:
-        continuous = simulate(loss, args.steps, rates=args.rates, order=args.order, progress=progress, **hyperparameters)
+        continuous = simulate(loss, args.steps, rates=args.rates, order=args.order, progress=progress,
+                              warm_start=args.warm_start, modified=args.modified, **hyperparameters)
     except FlowSolveError as failure:
         print(f"kadam flow: the continuous model failed (the discrete run finished): {failure}", file=sys.stderr)
         return 1
@@ -97,6 +102,8 @@ def _run(args: argparse.Namespace) -> int:
         "k": args.k,
         "rates": args.rates,
         "order": args.order,
+        "warm_start": args.warm_start,
+        "modified": args.modified,
         **errors.summary(),
         "final_loss_discrete": float(reference.loss[-1]),
         "final_loss_continuous": float(continuous.loss[-1]),
@@ -104,7 +111,8 @@ def _run(args: argparse.Namespace) -> int:
         "seconds_discrete": reference.seconds,
         "seconds_continuous": continuous.seconds,
     }
-    title = f"{args.problem}: lr {args.lr}, k = {args.k}, {args.rates} rates, order {args.order}"
+    title = (f"{args.problem}: lr {args.lr}, k = {args.k}, {args.rates} rates, order {args.order}"
+             + (f", warm start {args.warm_start}" if args.warm_start else "") + (", modified" if args.modified else ""))
     if args.plot is not None:
         stages.start(f"drawing {args.plot}")
         _plot(args.plot, continuous, reference, errors, title)

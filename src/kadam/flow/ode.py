@@ -172,6 +172,7 @@ class AdamFlow(nn.Module):
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         self.loss = loss
         self.levels = [LevelRates.from_level(level, rates) for level in levels]
+        self.rates = rates
         self.lr = lr
         self.weight_decay = weight_decay
         self.decoupled = decoupled_weight_decay

@@ -25,6 +25,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from kadam.flow.loss import FlatLoss
+from kadam.flow.modified import ModifiedAdamFlow
 from kadam.flow.ode import AdamFlow, FlowSolveError
 from kadam.optimizer.kadam import KAdam, state_keys
 from kadam.optimizer.levels import group_levels
@@ -128,6 +129,8 @@ def simulate(
     record_every: int = 1,
     return_moments: bool = False,
     progress: bool = False,
+    warm_start: int = 0,
+    modified: bool = False,
     **hyperparameters: Any,
 ) -> Trajectory:
     """Integrate the continuous model of ``KAdam(**hyperparameters)`` on ``loss`` for ``steps`` steps.
@@ -145,6 +148,13 @@ def simulate(
         record_every: read the solution every this many steps (and at ``steps``).
         return_moments: also return every level's ``m``, ``v`` (uncorrected) and ``u``.
         progress: show a progress bar over τ.
+        warm_start: run this many discrete steps of ``KAdam`` first (:func:`discrete`), then integrate
+            from its state at ``τ = warm_start``: ``θ_s`` and every level's bias-corrected moments
+            ``m̂ = m_s/(1 − β^s)``, ``v̂ = v_s/(1 − γ^s)`` (THEORY §1, §3: the corrections the model
+            applies at ``τ = s`` are the discrete run's, ``1 − e^{−a s} = 1 − β^s`` with exact rates).
+            The recorded steps before ``s`` are the discrete run's. ``0`` (default): start from τ = 0.
+        modified: integrate the O(η²) modified equations of the whole recursion
+            (:class:`~kadam.flow.modified.ModifiedAdamFlow`; needs ``rates="exact"``, ``order=1``).
         **hyperparameters: ``KAdam``'s arguments (``lr``, ``k``, ``betas``, …), with its defaults.
 
     Raises:
@@ -152,29 +162,78 @@ def simulate(
             steps); the message gives τ and the reason.
     """
     recorded = _recorded_steps(steps, record_every)
+    if isinstance(warm_start, bool) or not isinstance(warm_start, int) or not 0 <= warm_start < steps:
+        raise ValueError(f"warm_start must be an integer in [0, steps - 1 = {steps - 1}], got {warm_start!r}")
     start = time.perf_counter()
+    field_class = ModifiedAdamFlow if modified else AdamFlow
     with _progress(progress, f"continuous ({rates}, order {order})", steps) as advance_to:
-        field_ = AdamFlow.for_optimizer(loss, rates=rates, order=order, on_evaluation=advance_to, **hyperparameters)
-        times = recorded.to(dtype=loss.theta0.dtype, device=loss.theta0.device)
+        field_ = field_class.for_optimizer(loss, rates=rates, order=order, on_evaluation=advance_to, **hyperparameters)
+        if warm_start:
+            warm = discrete(loss, warm_start, return_moments=True, **hyperparameters)
+            initial_state = _state_after_discrete_steps(field_, warm)
+        else:
+            warm, initial_state = None, field_.initial_state()
+        later = recorded[recorded > warm_start]
+        times = torch.cat([torch.tensor([warm_start]), later]).to(dtype=loss.theta0.dtype, device=loss.theta0.device)
         try:
-            solution = odeint(field_, field_.initial_state(), times, rtol=rtol, atol=atol, method=method, options=options)
+            solution = odeint(field_, initial_state, times, rtol=rtol, atol=atol, method=method, options=options)
         except AssertionError as failure:  # torchdiffeq reports step-size underflow and step limits this way
             raise FlowSolveError(field_.last_tau, f"{failure} (stiff or blowing up: try a smaller lr, "
                                  f"looser tolerances or method='dopri8')", field_.last_good_tau) from failure
-    theta = solution[0]
+    if warm is not None:  # keep the discrete rows before s and the model's rows from s on
+        kept = 0 if warm_start in set(recorded.tolist()) else 1
+        solution = tuple(part[kept:] for part in solution)
+        times = times[kept:]
+    head = recorded[recorded < warm_start]
+    theta = solution[0] if warm is None else torch.cat([warm.theta[head], solution[0]])
     losses = torch.stack([loss.fn(row).detach() for row in theta])
     seconds = time.perf_counter() - start
     moments: dict[str, Tensor] = {}
     if return_moments:
         per_step = []
-        for index, tau in enumerate(recorded.tolist()):
+        for index, tau in enumerate(times.tolist()):
             values = field_.read_out(float(tau), [part[index] for part in solution])
             per_step.append((values, field_.raw_moments(float(tau), values)))
         for i in range(len(field_.levels)):
-            moments[f"m{i + 1}"] = torch.stack([raw[i][0] for _, raw in per_step])
-            moments[f"v{i + 1}"] = torch.stack([raw[i][1] for _, raw in per_step])
-            moments[f"u{i + 1}"] = torch.stack([values[i].u for values, _ in per_step])
-    return Trajectory(recorded, theta, losses, moments, field_.evaluations, seconds)
+            model_rows = {
+                "m": torch.stack([raw[i][0] for _, raw in per_step]),
+                "v": torch.stack([raw[i][1] for _, raw in per_step]),
+                "u": torch.stack([values[i].u for values, _ in per_step]),
+            }
+            for name, rows in model_rows.items():
+                if warm is not None and name != "u":
+                    rows = torch.cat([warm.moments[f"{name}{i + 1}"][head], rows])
+                elif warm is not None:  # the discrete run does not store u: NaN before s
+                    rows = torch.cat([torch.full((len(head), *rows.shape[1:]), math.nan, dtype=rows.dtype), rows])
+                moments[f"{name}{i + 1}"] = rows
+    evaluations = field_.evaluations + warm_start
+    return Trajectory(recorded, theta, losses, moments, evaluations, seconds)
+
+
+def _state_after_discrete_steps(field_: AdamFlow, warm: Trajectory) -> tuple[Tensor, ...]:
+    """The model's state at ``τ = s`` from the discrete run ``warm`` of ``s`` steps (moments recorded).
+
+    Bias-corrected moments ``m̂ = m_s / (1 − β^s)``; a level with ``β = 0`` (``γ = 0``) is not in the state.
+    For ``order=2`` the velocity starts at the drift ``F(θ_s)`` (as at τ = 0).
+    """
+    s = int(warm.steps[-1])
+
+    def correction(rate: float) -> float:  # 1 − decay^s, the decay recovered from its rate
+        if math.isinf(rate):
+            return 1.0
+        log_decay = -rate if field_.rates == "exact" else -math.log1p(rate)
+        return -math.expm1(log_decay * s)
+
+    moments = []
+    for i, level in enumerate(field_.levels, start=1):
+        m_scale, v_scale = correction(level.a), correction(level.b)
+        moments.append((warm.moments[f"m{i}"][-1] / m_scale, warm.moments[f"v{i}"][-1] / v_scale))
+    theta = warm.theta[-1]
+    velocity = None
+    if field_.order == 2:
+        values = field_.cascade(field_.level_input(theta, field_.loss.value_and_grad(theta)[1]), moments)
+        velocity = field_.drift(theta, values[-1].u)
+    return field_.join_state(theta, velocity, moments)
 
 
 class DiscreteRunError(FlowSolveError):

@@ -1,0 +1,147 @@
+"""The continuous model as a tool (issue 14): warm starts, the O(η²) modified equations, a transformer.
+
+Three measurements beside :mod:`kadam.experiments.flow`'s (each returns a JSON-serialisable dict):
+
+- :func:`warm_start_experiment`: the model started after ``s`` discrete steps
+  (``simulate(..., warm_start=s)``, THEORY §3), final and maximum relative error against ``s``.
+- :func:`modified_convergence_experiment`: the first-order model and the modified equations
+  (:class:`~kadam.flow.modified.ModifiedAdamFlow`) at several ``η`` with ``η·steps`` fixed; the
+  log–log slope of the error against ``η`` is the order of convergence (1 and 2 expected).
+- :func:`transformer_problem` and :func:`transformer_accuracy_experiment`: a tiny full-batch character
+  transformer (:class:`~kadam.experiments.workloads.CharTransformer`, float64), the problem THEORY §5 says
+  the paper's model tracks Adam on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from kadam.experiments.flow.protocol import PROBLEMS, log_log_slope, make_problem
+from kadam.experiments.workloads import CharTransformer, encode_characters
+from kadam.flow import FlatLoss, compare, discrete, simulate
+
+EXTRA_PROBLEMS = (*PROBLEMS, "transformer")
+CURVE_POINTS = 60
+TRANSFORMER_SIZES = {"windows": 8, "context": 16, "width": 16, "heads": 2, "layers": 1}
+"""The tiny transformer: 8 windows of 16 characters (full batch), width 16, 2 heads, one block."""
+
+
+def transformer_problem(seed: int = 0, dtype: torch.dtype = torch.float64, windows: int = 8, context: int = 16,
+                        width: int = 16, heads: int = 2, layers: int = 1) -> FlatLoss:
+    """Full-batch next-character cross-entropy of a pre-LN :class:`CharTransformer` on ``windows`` windows.
+
+    The windows are the first ``windows·(context + 1)`` characters of the task corpus
+    (:func:`~kadam.experiments.workloads.encode_characters`), cut into consecutive blocks; the initialisation
+    is PyTorch's default under ``seed`` (a forked RNG, the global one is left as it was). Attention runs
+    on the math kernel, which supports the double backward of the model's Hessian-vector products.
+    """
+    tokens, vocabulary = encode_characters(windows * (context + 1))
+    blocks = tokens[: windows * (context + 1)].view(windows, context + 1)
+    inputs, targets = blocks[:, :-1], blocks[:, 1:]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        module = CharTransformer(vocabulary, context, width, heads, layers).to(dtype)
+
+    def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+    flat = FlatLoss.from_module(module, inputs, targets, cross_entropy)
+    evaluate = flat.fn
+
+    def loss_with_math_attention(theta: torch.Tensor) -> torch.Tensor:
+        # the fused CPU attention kernels have no double backward; the model needs Hessian-vector products
+        with sdpa_kernel(SDPBackend.MATH):
+            return evaluate(theta)
+
+    flat.fn = loss_with_math_attention
+    return flat
+
+
+def make_flow_problem(name: str, seed: int = 0) -> FlatLoss:
+    """One of :data:`EXTRA_PROBLEMS`: the three of :func:`~kadam.experiments.flow.make_problem` or ``transformer``."""
+    if name not in EXTRA_PROBLEMS:
+        raise ValueError(f"problem must be one of {EXTRA_PROBLEMS}, got {name!r}")
+    return transformer_problem(seed, **TRANSFORMER_SIZES) if name == "transformer" else make_problem(name, seed)
+
+
+def _curve(values: torch.Tensor, steps: torch.Tensor) -> dict[str, list[float]]:
+    stride = max(1, len(values) // CURVE_POINTS)
+    return {"steps": steps[::stride].tolist(), "values": values[::stride].tolist()}
+
+
+def warm_start_experiment(
+    problem: str = "mlp",
+    lr: float = 1e-3,
+    steps: int = 2000,
+    warm_starts: Sequence[int] = (0, 1, 2, 5, 10),
+    k: int = 1,
+    modified: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Final and maximum relative error of the model (exact rates, first order) against the warm start ``s``.
+
+    Every run is compared with one discrete run; the error before step ``s`` is zero by construction
+    (those steps are the discrete run's), so ``max_rel_error`` is over the model's own steps.
+    """
+    loss = make_flow_problem(problem, seed)
+    reference = discrete(loss, steps, lr=lr, k=k)
+    rows = []
+    for s in warm_starts:
+        run = simulate(loss, steps, lr=lr, k=k, warm_start=s, modified=modified)
+        comparison = compare(run, reference)
+        rows.append({"warm_start": s, **comparison.summary(), "gradient_evaluations": run.gradient_evaluations,
+                     "seconds": run.seconds, "error_curve": _curve(comparison.relative_error, comparison.steps)})
+    return {"problem": problem, "lr": lr, "steps": steps, "k": k, "modified": modified, "seed": seed, "rows": rows}
+
+
+def modified_convergence_experiment(
+    problem: str = "quadratic",
+    lrs: Sequence[float] = (4e-3, 2e-3, 1e-3),
+    horizon: float = 1.0,
+    k: int = 1,
+    warm_start: int = 0,
+    rtol: float = 1e-10,
+    atol: float = 1e-12,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Error against ``η`` at ``η·steps = horizon`` for the first-order model and the modified equations.
+
+    Both use exact rates; tolerances are tighter than :func:`~kadam.flow.simulate`'s defaults so that
+    the solver's error stays below the modified equations' O(η²). ``slopes`` are log–log slopes of the
+    final and maximum relative error against ``η`` (1 and 2 expected).
+    """
+    if len(lrs) < 2:
+        raise ValueError(f"lrs must hold at least two learning rates, got {list(lrs)}")
+    loss = make_flow_problem(problem, seed)
+    per_lr = []
+    for lr in lrs:
+        steps = max(1, round(horizon / lr))
+        reference = discrete(loss, steps, lr=lr, k=k)
+        variants = {}
+        for name, modified in (("first_order", False), ("modified", True)):
+            run = simulate(loss, steps, lr=lr, k=k, modified=modified, warm_start=warm_start, rtol=rtol, atol=atol)
+            comparison = compare(run, reference)
+            variants[name] = {**comparison.summary(), "gradient_evaluations": run.gradient_evaluations,
+                              "seconds": run.seconds}
+        per_lr.append({"lr": lr, "steps": steps, "variants": variants})
+    slopes = {
+        name: {statistic: log_log_slope(lrs, [entry["variants"][name][f"{statistic}_rel_error"] for entry in per_lr])
+               for statistic in ("final", "max")}
+        for name in ("first_order", "modified")
+    }
+    return {"problem": problem, "horizon": horizon, "k": k, "warm_start": warm_start, "seed": seed,
+            "lrs": list(lrs), "per_lr": per_lr, "slopes": slopes}
+
+
+def transformer_accuracy_experiment(
+    lr: float = 1e-3, steps: int = 2000, k: int = 1, warm_starts: Sequence[int] = (0, 5), modified: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """:func:`warm_start_experiment` on the tiny transformer, plus its size."""
+    result = warm_start_experiment("transformer", lr, steps, warm_starts, k, modified, seed)
+    return {**result, "parameters": make_flow_problem("transformer", seed).theta0.numel(), "sizes": dict(TRANSFORMER_SIZES)}

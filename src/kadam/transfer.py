@@ -1,0 +1,359 @@
+r"""Hyperparameter transfer: what to do with (β, γ) when the learning rate or the batch size changes (THEORY §6).
+
+**Learning rate, full batch** (:func:`transfer_lr`). In the continuous model (THEORY §3) written in
+``t = ητ``, ``dθ/dt = −(u + λθ)`` and the moments relax at ``a/η`` and ``b/η``; the trajectory in ``t`` is
+unchanged by ``η → cη`` when ``a → ca``, ``b → cb``, ``λ`` is kept and ``steps → steps/c``. With exact
+rates (``a = −ln β``) that is
+
+.. math::
+    \beta \to \beta^c,\qquad \gamma \to \gamma^c\qquad\text{(every level of k-Adam)},
+
+and with the paper's rates (``a = (1−β)/β``) ``β → β/(β + c(1−β))``. ε is unchanged (it enters ``u``
+only). The *naive* alternative keeps the betas. The exact rule keeps the stable region
+(``γ^c > β^{2c}`` iff ``γ > β²``, THEORY §2); the paper rule keeps the paper region ``γ > β/(2−β)`` but
+can leave the discrete one.
+
+**Batch size, mini-batch** (:func:`transfer_batch_size`): the square-root scaling rule of Malladi, Lyu,
+Panigrahi & Arora (NeurIPS 2022), from their SDE for Adam: batch ``B → κB`` with
+
+.. math::
+    \eta \to \sqrt\kappa\,\eta,\quad 1-\beta \to \kappa(1-\beta),\quad 1-\gamma \to \kappa(1-\gamma),\quad
+    \epsilon \to \epsilon/\sqrt\kappa,\quad \text{steps} \to \text{steps}/\kappa.
+
+Decoupled weight decay shrinks θ by ``ηλ`` per step, a drift that must scale like ``1 − β`` (by κ) to keep
+the same shrinkage over the same samples: ``λ → √κ λ`` (the form Malladi et al. give for AdamW). Coupled
+(L2) decay is part of the loss, so ``λ`` is kept. Every k-Adam level is scaled alike. Two alternatives
+are returned for comparison: ``linear`` (``η → κη``, the SGD rule, betas kept) and ``unchanged``.
+
+The rule must keep ``β ≥ 0``: ``κ(1 − β) ≤ 1``, otherwise :class:`ValueError`; a decay of exactly 0 (no
+averaging, an infinite rate) is kept at 0. Each result carries the
+stability of every new level (``γ > β²``, :mod:`kadam.theory.stability`); a level pushed out of the
+region triggers a :class:`UserWarning` that names the nearest pair with stability margin
+``γ − β² ≥ margin``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kadam.theory import stability
+
+__all__ = [
+    "RATES",
+    "Hyperparameters",
+    "LevelStability",
+    "Transfer",
+    "nearest_stable_pair",
+    "transfer_batch_size",
+    "transfer_lr",
+]
+
+RATES = ("exact", "paper")
+DEFAULT_MARGIN = 1e-3
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """One optimizer configuration: ``lr``, per-level ``betas`` ((β, γ) per level), ``eps``, ``weight_decay``,
+    ``steps`` (``None``: not given) and ``batch_size`` (``None``: not given)."""
+
+    lr: float
+    betas: tuple[tuple[float, float], ...]
+    eps: float
+    weight_decay: float
+    steps: int | None = None
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class LevelStability:
+    """Level ``level`` (1-based) of a configuration against the stable region γ > β² (THEORY §2).
+
+    ``margin`` is ``γ − β²``; ``nearest_stable`` is ``None`` for a stable level, else the nearest (β, γ)
+    (Euclidean) whose margin is at least the requested one.
+    """
+
+    level: int
+    beta: float
+    gamma: float
+    stable: bool
+    margin: float
+    nearest_stable: tuple[float, float] | None
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A transfer: the ``rule`` applied with ``factor`` (c for the lr, κ for the batch size), the ``source``
+    and ``target`` hyperparameters, ``alternatives`` for comparison (by name), the target's per-level
+    ``stability`` and ``notes`` (rounding of the steps, weight decay convention)."""
+
+    rule: str
+    factor: float
+    source: Hyperparameters
+    target: Hyperparameters
+    alternatives: dict[str, Hyperparameters]
+    stability: tuple[LevelStability, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def stable(self) -> bool:
+        """Every level of the target lies inside the stable region."""
+        return all(level.stable for level in self.stability)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validation
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _non_negative(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _optional_count(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
+    return value
+
+
+def _levels(betas: Any) -> tuple[tuple[float, float], ...]:
+    """``betas`` as per-level pairs: one pair ``(β, γ)`` or a sequence of pairs (k-Adam)."""
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if isinstance(betas, Sequence) and len(betas) == 2 and all(is_number(v) for v in betas):
+        pairs = [betas]
+    elif isinstance(betas, Sequence) and not isinstance(betas, str) and len(betas) > 0:
+        pairs = list(betas)
+    else:
+        raise ValueError(f"betas must be a pair (beta, gamma) or a non-empty sequence of pairs, got {betas!r}")
+    levels = []
+    for i, pair in enumerate(pairs, start=1):
+        if not (isinstance(pair, Sequence) and len(pair) == 2 and all(is_number(v) for v in pair)):
+            raise ValueError(f"betas of level {i} must be a pair of numbers (beta, gamma), got {pair!r}")
+        for name, value in zip(("beta", "gamma"), pair, strict=True):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} of level {i} must be in [0, 1), got {value!r}")
+        levels.append((float(pair[0]), float(pair[1])))
+    return tuple(levels)
+
+
+def _factor(factor: Any, to_value: Any, from_value: float, name: str, to_name: str) -> float:
+    if (factor is None) == (to_value is None):
+        raise ValueError(f"give exactly one of factor and {to_name}, got factor={factor!r}, {to_name}={to_value!r}")
+    if factor is not None:
+        return _positive("factor", factor)
+    return _positive(to_name, to_value) / from_value
+
+
+# ----------------------------------------------------------------------------------------------------------
+# stability
+
+
+def nearest_stable_pair(beta: float, gamma: float, margin: float = DEFAULT_MARGIN) -> tuple[float, float]:
+    r"""The (β, γ) nearest to the given pair (Euclidean) with stability margin ``γ − β² ≥ margin`` (THEORY §2).
+
+    A pair that already has the margin is returned unchanged. Otherwise the nearest point lies on the
+    curve ``γ = β² + margin``: the real root ``b ∈ [0, 1)`` of ``2b³ + (1 − 2(γ − margin)) b − β = 0`` (the
+    stationarity condition of ``(b − β)² + (b² + margin − γ)²``) closest to the pair.
+    """
+    _check_unit("beta", beta)
+    _check_unit("gamma", gamma)
+    if not 0 < margin < 1:
+        raise ValueError(f"margin must be in (0, 1), got {margin!r}")
+    if gamma - beta**2 >= margin:
+        return (float(beta), float(gamma))
+    roots = np.roots([2.0, 0.0, 1.0 - 2.0 * (gamma - margin), -beta])
+    candidates = [float(r.real) for r in roots if abs(r.imag) < 1e-12 and 0.0 <= r.real and r.real**2 + margin < 1.0]
+    if not candidates:  # the curve meets γ < 1 only for β < sqrt(1 − margin); fall back to the largest such β
+        candidates = [math.sqrt(max(0.0, 1.0 - margin)) * (1 - 1e-12)]
+    best = min(candidates, key=lambda b: (b - beta) ** 2 + (b * b + margin - gamma) ** 2)
+    new_gamma = best * best + margin
+    return (best, min(new_gamma, math.nextafter(1.0, 0.0)))
+
+
+def _check_unit(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+
+
+def _stability(levels: Sequence[tuple[float, float]], margin: float, rule: str) -> tuple[LevelStability, ...]:
+    report = []
+    for i, (beta, gamma) in enumerate(levels, start=1):
+        stable = bool(stability.is_stable(beta, gamma))
+        nearest = None if stable else nearest_stable_pair(beta, gamma, margin)
+        report.append(LevelStability(i, beta, gamma, stable, float(stability.stability_margin(beta, gamma)), nearest))
+        if not stable:
+            warnings.warn(
+                f"{rule}: level {i}'s new (beta, gamma) = ({beta:.6g}, {gamma:.6g}) lies outside the stable region "
+                f"gamma > beta**2 (THEORY §2); the nearest pair with margin gamma - beta**2 >= {margin:g} is "
+                f"({nearest[0]:.6g}, {nearest[1]:.6g}).",
+                UserWarning,
+                stacklevel=3,
+            )
+    return tuple(report)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the rules
+
+
+def _scaled_decay(decay: float, factor: float, rates: str) -> float:
+    """The decay whose continuous rate is ``factor`` times ``decay``'s (THEORY §3, §6)."""
+    if decay == 0.0:
+        return 0.0  # infinite rate: the moment is its input at any lr
+    if rates == "exact":
+        return decay**factor
+    return decay / (decay + factor * (1.0 - decay))
+
+
+def _scaled_steps(steps: int | None, factor: float, notes: list[str]) -> int | None:
+    if steps is None:
+        return None
+    exact = steps / factor
+    rounded = max(1, round(exact))
+    if rounded != exact:
+        notes.append(f"steps / factor = {exact:.6g} rounded to {rounded}")
+    return rounded
+
+
+def transfer_lr(
+    lr: float,
+    betas: Sequence[float] | Sequence[Sequence[float]],
+    weight_decay: float = 0.0,
+    steps: int | None = None,
+    factor: float | None = None,
+    *,
+    to_lr: float | None = None,
+    rates: str = "exact",
+    eps: float = 1e-8,
+    margin: float = DEFAULT_MARGIN,
+) -> Transfer:
+    r"""Hyperparameters that keep the continuous trajectory (in ``t = η·step``) when ``η → cη`` (THEORY §6).
+
+    Args:
+        lr: the current learning rate η.
+        betas: ``(β, γ)``, or one pair per k-Adam level (every level is transferred).
+        weight_decay: λ (kept: the decay per unit of ``t`` is λ whatever η).
+        steps: the current number of steps (becomes ``round(steps / c)``); ``None`` if not needed.
+        factor: ``c``; or give ``to_lr`` (then ``c = to_lr / lr``).
+        rates: ``"exact"`` (``β → β^c``) or ``"paper"`` (``(1−β)/β → c(1−β)/β``).
+        eps: ε (kept).
+        margin: the stability margin ``γ − β²`` of the nearest stable pair suggested when a level leaves the region.
+
+    Returns:
+        a :class:`Transfer` with rule ``"lr-exact"`` or ``"lr-paper"`` and the alternative ``"naive"``
+        (same betas, same λ, ``η → cη``, ``steps → steps/c``).
+
+    Raises:
+        ValueError: a hyperparameter outside its range, or both/neither of ``factor`` and ``to_lr``.
+    """
+    lr = _positive("lr", lr)
+    levels = _levels(betas)
+    weight_decay = _non_negative("weight_decay", weight_decay)
+    eps = _non_negative("eps", eps)
+    steps = _optional_count("steps", steps)
+    if rates not in RATES:
+        raise ValueError(f"rates must be one of {RATES}, got {rates!r}")
+    c = _factor(factor, to_lr, lr, "lr", "to_lr")
+    notes: list[str] = []
+    new_steps = _scaled_steps(steps, c, notes)
+    new_levels = tuple((_scaled_decay(b, c, rates), _scaled_decay(g, c, rates)) for b, g in levels)
+    source = Hyperparameters(lr, levels, eps, weight_decay, steps)
+    target = Hyperparameters(lr * c, new_levels, eps, weight_decay, new_steps)
+    naive = Hyperparameters(lr * c, levels, eps, weight_decay, new_steps)
+    rule = f"lr-{rates}"
+    return Transfer(rule, c, source, target, {"naive": naive}, _stability(new_levels, margin, rule), tuple(notes))
+
+
+def transfer_batch_size(
+    lr: float,
+    betas: Sequence[float] | Sequence[Sequence[float]],
+    batch_size: int,
+    weight_decay: float = 0.0,
+    steps: int | None = None,
+    factor: float | None = None,
+    *,
+    to_batch_size: int | None = None,
+    eps: float = 1e-8,
+    decoupled_weight_decay: bool = True,
+    margin: float = DEFAULT_MARGIN,
+) -> Transfer:
+    r"""The square-root scaling rule (Malladi et al. 2022, THEORY §6) for batch ``B → κB``.
+
+    ``η → √κ η``, ``1 − β → κ(1 − β)`` and ``1 − γ → κ(1 − γ)`` at every level, ``ε → ε/√κ``,
+    ``steps → steps/κ`` (the same samples), ``λ → √κ λ`` for decoupled decay (``ηλ`` scales like
+    ``1 − β``), λ kept for coupled L2 decay. Alternatives: ``"linear"`` (``η → κη``, the rest as the
+    source, ``steps/κ``) and ``"unchanged"`` (only the batch size and ``steps/κ`` change).
+
+    Args:
+        lr, betas, weight_decay, steps, eps, margin: as for :func:`transfer_lr`.
+        batch_size: the current batch size B.
+        factor: κ; or give ``to_batch_size`` (then ``κ = to_batch_size / batch_size``).
+        decoupled_weight_decay: AdamW's decay (``True``) or Adam's L2 (``False``).
+
+    Raises:
+        ValueError: a hyperparameter outside its range, both/neither of ``factor`` and ``to_batch_size``,
+            or ``κ(1 − β) > 1`` (or the same for γ) at some level: the rule would make β negative.
+    """
+    lr = _positive("lr", lr)
+    levels = _levels(betas)
+    batch_size = _optional_count("batch_size", batch_size)
+    if batch_size is None:
+        raise ValueError("batch_size must be an integer >= 1, got None")
+    weight_decay = _non_negative("weight_decay", weight_decay)
+    eps = _non_negative("eps", eps)
+    steps = _optional_count("steps", steps)
+    if to_batch_size is not None:
+        _optional_count("to_batch_size", to_batch_size)
+    kappa = _factor(factor, to_batch_size, float(batch_size), "batch_size", "to_batch_size")
+    new_levels = []
+    for i, (beta, gamma) in enumerate(levels, start=1):
+        for name, decay in (("beta", beta), ("gamma", gamma)):
+            if decay == 0.0:  # no averaging (an infinite rate), kept: the rule is for 1 - decay small
+                continue
+            if kappa * (1.0 - decay) > 1.0:
+                raise ValueError(
+                    f"the square-root rule needs factor * (1 - {name}) <= 1 at every level; level {i} has {name} = "
+                    f"{decay:g}, so factor must be <= {1.0 / (1.0 - decay):.6g}, got {kappa:.6g}"
+                )
+        new_levels.append(tuple(0.0 if decay == 0.0 else max(0.0, 1.0 - kappa * (1.0 - decay)) for decay in (beta, gamma)))
+    notes: list[str] = []
+    new_steps = _scaled_steps(steps, kappa, notes)
+    new_batch = batch_size * kappa
+    if abs(new_batch - round(new_batch)) > 1e-9:
+        raise ValueError(f"batch_size * factor must be an integer, got {batch_size} * {kappa:.6g} = {new_batch:.6g}")
+    new_batch_size = round(new_batch)
+    root = math.sqrt(kappa)
+    new_decay = weight_decay * root if decoupled_weight_decay else weight_decay
+    notes.append("decoupled weight decay scaled by sqrt(factor)" if decoupled_weight_decay else
+                 "coupled (L2) weight decay kept: it is part of the loss")
+    source = Hyperparameters(lr, levels, eps, weight_decay, steps, batch_size)
+    target = Hyperparameters(lr * root, tuple(new_levels), eps / root, new_decay, new_steps, new_batch_size)
+    alternatives = {
+        "linear": Hyperparameters(lr * kappa, levels, eps, weight_decay, new_steps, new_batch_size),
+        "unchanged": Hyperparameters(lr, levels, eps, weight_decay, new_steps, new_batch_size),
+    }
+    rule = "batch-sqrt"
+    return Transfer(rule, kappa, source, target, alternatives, _stability(new_levels, margin, rule), tuple(notes))
