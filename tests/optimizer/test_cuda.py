@@ -268,3 +268,42 @@ def test_grad_scaler_unscales_and_skips_inf_steps():
     for actual, expected in zip(params, reference.params):
         assert _relative_error(actual, expected) <= 1e-6
     assert optimizer.run.steps[0].item() == 3
+
+
+@pytest.mark.parametrize("options", [{"k": 2}, {"k": 3}, {"k": 2, "meta_norm": "elementwise"},
+                                     {"k": 2, "betas": (0.0, 0.999), "decoupled_weight_decay": False}])
+def test_kadam_fused_on_cuda_runs_the_triton_kernel_and_matches_the_loop(options):
+    """KAdam(fused=True)'s dispatch on CUDA (test_triton_dispatch.py checks it on the CPU, interpreted)."""
+    import kadam.optimizer.kadam as kadam_module  # noqa: PLC0415
+
+    calls = []
+    original = kadam_module._triton_fused_kadam
+    kadam_module._triton_fused_kadam = lambda *args, **kwargs: (calls.append(1), original(*args, **kwargs))
+    try:
+        shapes = [(7,), (4097,), (300, 257)]
+        initial = _initial(shapes)
+        runs = {}
+        for flags in ({"fused": True}, {"foreach": False}):
+            params = [torch.nn.Parameter(p.clone()) for p in initial]
+            optimizer = KAdam(params, lr=1e-2, weight_decay=0.1, **flags, **options)
+            for grads in _gradients(shapes, 3):
+                for param, grad in zip(params, grads):
+                    param.grad = grad.clone()
+                optimizer.step()
+            runs["fused" if flags.get("fused") else "loop"] = (params, optimizer)
+    finally:
+        kadam_module._triton_fused_kadam = original
+    assert len(calls) == 3
+    (fused_params, fused), (loop_params, loop) = runs["fused"], runs["loop"]
+    for a, b in zip(fused_params, loop_params):
+        assert _relative_error(a, b) <= 1e-6
+        for key, value in loop.state[b].items():
+            if isinstance(value, torch.Tensor):
+                assert _relative_error(fused.state[a][key].to(value.device), value) <= 1e-6, key
+
+
+def test_kadam_fused_float64_on_cuda_raises():
+    param = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64, device=DEVICE))
+    param.grad = torch.ones_like(param)
+    with pytest.raises(RuntimeError, match="runs the Triton kernel"):
+        KAdam([param], k=2, fused=True).step()

@@ -306,11 +306,11 @@ def _case_low_precision_state_in_parameter_dtype(dtype):
         assert _relative_error(low.float(), param) <= 4 * ulp
 
 
-def _case_grad_scale_unscales_in_place_and_found_inf_skips_everything():
+def _case_grad_scale_unscales_in_place_and_found_inf_skips_everything(levels):
     shapes = [(7,), (BLOCK + 3,)]
     initial = _initial(shapes)
-    run = KernelRun(initial, DEFAULT_2)
-    torch_params, optimizer = _loop(initial, DEFAULT_2)
+    run = KernelRun(initial, levels)
+    torch_params, optimizer = _loop(initial, levels)
     scale = torch.tensor(4.0)  # a power of two: unscaling is exact
     for step, grads in enumerate(_gradients(shapes, 3)):
         scaled = [g * 4.0 for g in grads]
@@ -462,8 +462,10 @@ def test_low_precision_state_in_parameter_dtype(interpreter, dtype):
     interpreter(_case_low_precision_state_in_parameter_dtype, dtype)
 
 
-def test_grad_scale_unscales_in_place_and_found_inf_skips_everything(interpreter):
-    interpreter(_case_grad_scale_unscales_in_place_and_found_inf_skips_everything)
+@pytest.mark.parametrize("config", ["k2-default", "k2-replay-gradient"])
+def test_grad_scale_unscales_in_place_and_found_inf_skips_everything(interpreter, config):
+    """k2-replay-gradient: the second pass re-reads the gradient the first pass stored unscaled."""
+    interpreter(_case_grad_scale_unscales_in_place_and_found_inf_skips_everything, CONFIGS[config])
 
 
 def test_tensor_lr_equals_float_lr(interpreter):

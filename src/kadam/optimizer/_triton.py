@@ -220,7 +220,8 @@ def _pass_block(
                 bias_correction1 = (1.0 - _power(log2_beta_his[r], log2_beta_los[r], n_r)).to(tl.float32)
                 m = tl.div_rn(tl.div_rn(m, denominator), bias_correction1)
             else:
-                m = _gradient_input(grad_ptrs, theta, mask, grad_scale, weight_decay, HAS_GRAD_SCALE, False,
+                # The first pass stored the unscaled gradient back: it is not divided by the scale again.
+                m = _gradient_input(grad_ptrs, theta, mask, grad_scale, weight_decay, False, False,
                                     MAXIMIZE, COUPLED)
             for j in tl.static_range(REPLAY_FROM + 1, t):
                 # β_j = 0: m_j = x^(j-1) and 1 - β_jⁿ = 1.

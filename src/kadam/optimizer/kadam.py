@@ -25,13 +25,15 @@ Three implementations sit side by side, as in ``torch/optim/adam.py``: a single-
 (:func:`_single_tensor_kadam`), a multi-tensor one on ``torch._foreach_*`` ops
 (:func:`_multi_tensor_kadam`), chosen as torch chooses (foreach on CUDA, the loop on CPU), and a fused
 one (:func:`_fused_kadam`, ``fused=True``): the C++ kernel of :mod:`kadam.optimizer._cpu_kernel` on the
-CPU, torch's fused Adam kernel elsewhere for k = 1. Level hyperparameters are parsed once, when a group
+CPU, the Triton kernel of :mod:`kadam.optimizer._triton` on CUDA, torch's fused Adam kernel for exactly
+Adam (k = 1, elementwise) off the CPU. Level hyperparameters are parsed once, when a group
 is added (:mod:`kadam.optimizer.levels`), and read from the group by each step.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -140,9 +142,11 @@ class KAdam(Optimizer):
         fused: use the fused implementation (on the CPU one kernel streams all levels, see
             :mod:`kadam.optimizer._cpu_kernel`; float32/64/16 and bfloat16 parameters, float32 math for
             the 16-bit ones; honours GradScaler's ``grad_scale`` and ``found_inf``); not together with
-            ``foreach=True``. On a device without a fused kernel for the levels (off the CPU, all but
-            k = 1 elementwise, which runs torch's fused Adam kernel) the step raises ``RuntimeError``,
-            as torch's does. With ``fused=None`` and ``foreach=None`` (the defaults) the step picks the
+            ``foreach=True``. On CUDA, k = 1 elementwise runs torch's fused Adam kernel and every other
+            configuration the Triton kernel of :mod:`kadam.optimizer._triton` (needs ``triton``;
+            float32, bfloat16 and float16 parameters: float64 raises ``RuntimeError``, use
+            ``foreach=True``). On a device without a fused kernel for the levels (other devices: all
+            but k = 1 elementwise) the step raises ``RuntimeError``, as torch's does. With ``fused=None`` and ``foreach=None`` (the defaults) the step picks the
             fused kernel for plain CPU tensors of a kernel dtype unless the levels are exactly Adam's
             (k = 1, elementwise, which keeps torch's default and its bitwise equality with ``AdamW``),
             and otherwise chooses between loop and foreach as torch does (foreach on CUDA).
@@ -444,12 +448,33 @@ def check_fused_support(param_groups: list[dict[str, Any]]) -> None:
                 )
 
 
+# Device types whose fused step is the Triton kernel (kadam.optimizer._triton) for every configuration
+# but exactly Adam; private, so that a test can send CPU tensors there under TRITON_INTERPRET=1.
+_TRITON_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
+# kadam.optimizer._triton.TRITON_DTYPES, repeated here so that `import kadam` does not import triton.
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@functools.cache
+def _triton_available() -> bool:
+    """Whether triton is installed (found, not imported: importing kadam never imports triton)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _exactly_adam(levels: Sequence[Level]) -> bool:
+    return len(levels) == 1 and not levels[0].tensor_mode
+
+
 def fused_devices(levels: Sequence[Level]) -> list[str]:
-    """Device types with a fused kernel for ``levels``: the C++ kernel on the CPU for any levels, and
-    torch's fused Adam/AdamW kernels on their devices when the step is exactly Adam (k = 1, elementwise)."""
-    if len(levels) == 1 and not levels[0].tensor_mode:
-        return sorted({"cpu", *_get_fused_kernels_supported_devices()})
-    return ["cpu"]
+    """Device types with a fused kernel for ``levels``: the C++ kernel on the CPU for any levels; on CUDA
+    the Triton kernel for any levels (when triton is installed); torch's fused Adam/AdamW kernels on
+    their devices when the step is exactly Adam (k = 1, elementwise)."""
+    devices = {"cpu"}
+    if _exactly_adam(levels):
+        devices.update(_get_fused_kernels_supported_devices())
+    if _triton_available():
+        devices.update(_TRITON_DEVICE_TYPES)
+    return sorted(devices)
 
 
 def check_fused_device(param: Tensor, levels: Sequence[Level]) -> None:
@@ -462,6 +487,18 @@ def check_fused_device(param: Tensor, levels: Sequence[Level]) -> None:
             + ("" if param.device.type in ("cpu", "meta") or len(devices) > 1 else
                f" (KAdam has a fused kernel on {param.device.type} only for k = 1 with norm='elementwise')")
         )
+    dtype = param.real.dtype if param.is_complex() else param.dtype
+    if _uses_triton(param.device, levels) and dtype not in _TRITON_DTYPES:
+        raise RuntimeError(
+            f"KAdam(fused=True) on {param.device.type} runs the Triton kernel, which steps parameters of dtype "
+            f"{', '.join(map(str, _TRITON_DTYPES))} (and their complex types), got {param.dtype}; use foreach=True"
+        )
+
+
+def _uses_triton(device: torch.device, levels: Sequence[Level]) -> bool:
+    """Whether the fused step of ``levels`` on ``device`` is the Triton kernel: every configuration on
+    CUDA but exactly Adam, which keeps torch's fused Adam kernel (bit-for-bit torch's AdamW)."""
+    return device.type in _TRITON_DEVICE_TYPES and not _exactly_adam(levels)
 
 
 def _fused_by_default(params: list[Tensor], levels: Sequence[Level]) -> bool:
@@ -712,8 +749,9 @@ def _fused_kadam(
     """Fused k-Adam: one kernel call per device and dtype.
 
     On the CPU, :func:`kadam.optimizer._cpu_kernel.fused_step` streams every level in one pass per
-    tensor-mode level. Elsewhere, torch's own fused Adam/AdamW kernel runs when the step is exactly Adam
-    (k = 1, elementwise); any other configuration runs :func:`_multi_tensor_kadam` after unscaling.
+    tensor-mode level. On CUDA, torch's own fused Adam/AdamW kernel runs when the step is exactly Adam
+    (k = 1, elementwise) and the Triton kernel (:func:`kadam.optimizer._triton.triton_fused_kadam_`)
+    runs every other configuration; on other devices only torch's kernel exists (exactly Adam).
     ``grad_scale``/``found_inf`` are GradScaler's: gradients are divided by ``grad_scale`` and a nonzero
     ``found_inf`` skips the step without touching any state.
     """
@@ -736,7 +774,12 @@ def _fused_kadam(
                 _view_states_as_real(exp_avgs, exp_avg_sqs, level)
         device_scale = None if grad_scale is None else grad_scale.to(device, non_blocking=True)
         device_inf = None if found_inf is None else found_inf.to(device, non_blocking=True)
-        implementation = _cpu_fused_kadam if device.type == "cpu" else _torch_kernels_kadam
+        if _uses_triton(device, levels):
+            implementation = _triton_fused_kadam
+        elif device.type == "cpu":
+            implementation = _cpu_fused_kadam
+        else:
+            implementation = _torch_kernels_kadam
         implementation(
             group_params,
             group_grads,
@@ -792,6 +835,82 @@ def _cpu_fused_kadam(
         maximize=maximize,
         grad_scale=grad_scale,
     )
+
+
+def _triton_fused_kadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    moments: list[tuple[list[Tensor], list[Tensor]]],
+    steps: list[Tensor],
+    level_steps: list[list[float]],
+    *,
+    levels: Sequence[Level],
+    lr: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> None:
+    """The Triton kernel (THEORY §1) for real tensors of one dtype on one CUDA device.
+
+    The kernel increments ``steps`` itself (not when ``found_inf`` is set) and takes each level's step
+    offset (the step at which a resumed run added it): ``level_steps`` holds the counts after this
+    step's increment, so the offset is ``step + 1 - count``. A level with β₁ = 0 keeps no first moment,
+    except level 1, which keeps torch's ``exp_avg`` (m = x⁽⁰⁾); the kernel does not write it, so it is
+    set here from the gradient before the step (the unchanged state when ``found_inf`` is set).
+    """
+    from kadam.optimizer._triton import triton_fused_kadam_  # noqa: PLC0415 (importing kadam imports no triton)
+
+    first_moments: list[list[Tensor] | None] = [
+        exp_avgs if level.beta1 != 0.0 else None for level, (exp_avgs, _) in zip(levels, moments)
+    ]
+    if levels[0].beta1 == 0.0:
+        _store_first_input(params, grads, moments[0][0], weight_decay=weight_decay,
+                           decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+                           grad_scale=grad_scale, found_inf=found_inf)
+    upcoming = [_get_value(step) + 1 for step in steps]
+    step_offsets = [[float(after - count) for after, count in zip(upcoming, counts)] for counts in level_steps]
+    triton_fused_kadam_(
+        params,
+        grads,
+        first_moments,
+        [exp_avg_sqs for _, exp_avg_sqs in moments],
+        steps,
+        levels=levels,
+        lr=lr,
+        weight_decay=weight_decay,
+        decoupled=decoupled_weight_decay,
+        maximize=maximize,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+        step_offsets=None if not any(any(offsets) for offsets in step_offsets) else step_offsets,
+    )
+
+
+def _store_first_input(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    *,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> None:
+    """Level 1's ``exp_avg`` for β₁ = 0: m = x⁽⁰⁾ = ±g/s (+ λθ for coupled decay), as the loop stores it."""
+    inputs = torch._foreach_neg(grads) if maximize else [grad.clone() for grad in grads]
+    if grad_scale is not None:
+        torch._foreach_div_(inputs, grad_scale)
+    if weight_decay != 0 and not decoupled_weight_decay:
+        torch._foreach_add_(inputs, params, alpha=weight_decay)
+    if found_inf is None:
+        torch._foreach_copy_(exp_avgs, inputs)
+    else:
+        skip = found_inf.reshape(()) != 0
+        for exp_avg, value in zip(exp_avgs, inputs):
+            exp_avg.copy_(torch.where(skip, exp_avg, value))
 
 
 def _torch_kernels_kadam(
