@@ -312,7 +312,10 @@ def comparison_claims(analysis: Mapping[str, Any]) -> list[Claim]:
         verdict = "refuted"
     else:
         verdict = "not resolved at this budget"
-    names = lambda items: ", ".join(f"{i['arm']} on {i['workload']}" for i in items) or "none"  # noqa: E731
+
+    def names(items: Sequence[Mapping[str, Any]]) -> str:
+        return ", ".join(f"{item['arm']} on {item['workload']}" for item in items) or "none"
+
     return [Claim("k-Adam (k ≥ 2) reaches a lower test loss than tuned AdamW (tuned, paired, Holm-corrected)", verdict,
                   f"{len(better)} of {len(family)} comparisons significantly better ({names(better)}), "
                   f"{len(worse)} significantly worse ({names(worse)}); workloads: "
