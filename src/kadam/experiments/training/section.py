@@ -249,8 +249,9 @@ def _training_document(summary: Mapping[str, Any], config: TrainingConfig, evalu
         "training_curves.png": "Mean training loss (evaluation seeds, best rate) against training progress, per task.",
         "training_lr_grid.png": "Validation loss against learning rate on the tuning seed(s): the grid every optimizer "
                                 "was tuned on, with the same budget.",
-        "training_vs_adamw.png": f"Paired test-loss difference to AdamW with its {confidence} interval; red bars "
-                                 "exclude zero (a claimed difference), grey ones do not.",
+        "training_vs_adamw.png": f"Paired test-loss difference to AdamW with its {confidence} interval; coloured bars "
+                                 "exclude zero (a claimed difference: blue better, red worse than AdamW), grey ones "
+                                 "do not.",
     }
     return SectionDocument(
         "training", "k-Adam in training", method, findings, tables,
