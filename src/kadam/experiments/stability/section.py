@@ -61,7 +61,7 @@ def harm_findings(harm: Mapping[str, Any]) -> list[str]:
     if harm["unstable"] == 0:
         return ["No training-protocol run exceeded the bound, so this run cannot say whether exceeding it harms training."]
     sentences = [
-        f"The bound exceeded is not training harmed: {harm['unstable_unharmed']} of {harm['unstable']} runs measured "
+        f"Bound exceeded versus training harmed: {harm['unstable_unharmed']} of {harm['unstable']} runs measured "
         f"unstable reach a final training loss within {harm['tolerance']:.0%} of the stable runs' worst "
         + "(" + "; ".join(f"η = {e['learning_rate']:g}: unstable {_range(e['unstable_loss_range'])} vs stable "
                           f"{_range(e['stable_loss_range'])}" for e in harm["per_learning_rate"]) + ")."]
