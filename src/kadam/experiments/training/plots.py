@@ -66,6 +66,7 @@ def plot_training(summary: Mapping[str, Any], directory: str) -> list[str]:
         axis.axvline(0, color="black", lw=0.8)
         axis.set(title=task, xlabel="test loss − AdamW's\n(blue: better, red: worse, CI excludes 0)")
         axis.tick_params(axis="y", labelsize=7)
+        axis.locator_params(axis="x", nbins=5)  # long tick labels (−0.075) collide at the default density
 
     return [
         _task_panels(tasks, curves, os.path.join(directory, "training_curves.png")),
