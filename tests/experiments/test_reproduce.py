@@ -187,6 +187,15 @@ def test_smoke_profile_end_to_end_then_from_cache_then_only_what_changed(tmp_pat
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figures and page.count("data:image/png;base64,") == len(figures)
     assert (out / "report.md").read_text().count("](figures/") == len(figures)
+    # the claims table: before the sections, every claim linked to a section of this run, numbers from this run
+    markdown = (out / "report.md").read_text()
+    assert markdown.index("## Claims and verdicts") < markdown.index("## 1. ") < markdown.index("## Conclusion")
+    claims = results["claims"]
+    assert {claim["section"] for claim in claims} == set(SECTIONS)
+    assert all(f"(#{claim['section']})" in markdown for claim in claims) and 'id="claims"' in page
+    paper_boundary = next(c for c in claims if c["text"].startswith("Adam's stable region is γ > β/(2−β)"))
+    agreement = [e["agreement_paper"] for e in results["sections"]["stability"]["data"]["training_protocol"]["per_learning_rate"]]
+    assert f"{min(agreement):.0%}" in paper_boundary["evidence"]
 
     second = reproduce("smoke", out, jobs=1, console=Console(quiet=True), show_progress=False)
     assert second.computed == 0 and second.cached == first.computed

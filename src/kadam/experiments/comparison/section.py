@@ -33,7 +33,7 @@ from kadam.experiments.comparison.protocol import (
     select_best,
     train_trial,
 )
-from kadam.experiments.report import Figure, SectionDocument, Table, format_number
+from kadam.experiments.report import Claim, Figure, SectionDocument, Table, format_number
 from kadam.experiments.sections import Section
 
 __all__ = ["PlannedRun", "build_section", "tuning_plan", "followup_plan", "tagged_records", "result_rows",
@@ -195,6 +195,8 @@ def _resolution_sentence(analysis: Mapping[str, Any], config: ComparisonConfig) 
     """What the budget can and cannot resolve, per workload: the smallest detectable difference."""
     sentences = []
     family = analysis["families"].get("search", [])
+    if not family:
+        return []
     m = max(len(family), 1)
     for workload, entry in analysis["workloads"].items():
         comparisons = [c for arm, c in entry.get("search", {}).get("versus_reference", {}).items() if arm != CONTROL]
@@ -289,7 +291,35 @@ def document(analysis: Mapping[str, Any], config: ComparisonConfig, figures: Pat
     data = {"analysis": analysis, "budget": _budget_lines(config), "command": command,
             "config": json_config(config)}
     return SectionDocument(SECTION, "Does k-Adam train better? (tuned, paired, corrected)", method, findings, tables,
-                           figure_list, headline, data)
+                           figure_list, headline, data, claims=comparison_claims(analysis))
+
+
+COMPARISON_MIN_WORKLOADS = 2
+"""A general verdict "k-Adam trains better" needs at least this many workloads."""
+
+
+def comparison_claims(analysis: Mapping[str, Any]) -> list[Claim]:
+    """The k-Adam verdict of the tuned, paired comparison (full search family, Holm-corrected)."""
+    family = analysis["families"].get("search", [])
+    if not family:
+        return []
+    better = [item for item in family if item["comparison"]["significant"] and item["comparison"]["mean"] < 0]
+    worse = [item for item in family if item["comparison"]["significant"] and item["comparison"]["mean"] > 0]
+    workloads = {item["workload"] for item in family}
+    if len(better) == len(family) and len(workloads) >= COMPARISON_MIN_WORKLOADS:
+        verdict = "confirmed"
+    elif worse and not better:
+        verdict = "refuted"
+    else:
+        verdict = "not resolved at this budget"
+
+    def names(items: Sequence[Mapping[str, Any]]) -> str:
+        return ", ".join(f"{item['arm']} on {item['workload']}" for item in items) or "none"
+
+    return [Claim("k-Adam (k ≥ 2) reaches a lower test loss than tuned AdamW (tuned, paired, Holm-corrected)", verdict,
+                  f"{len(better)} of {len(family)} comparisons significantly better ({names(better)}), "
+                  f"{len(worse)} significantly worse ({names(worse)}); workloads: "
+                  f"{', '.join(sorted({i['workload'] for i in family}))}")]
 
 
 def json_config(config: ComparisonConfig) -> dict[str, Any]:

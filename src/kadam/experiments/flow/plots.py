@@ -32,6 +32,9 @@ def plot_convergence(result: dict[str, Any], path: str | Path) -> Path:
         finals = [entry["variants"][name]["final_rel_error"] for entry in result["per_lr"]]
         axis.loglog(result["lrs"], finals, marker="o", label=f"{name}: slope {slope['final']:.2f}")
     axis.set(title=f"{result['problem']}, lr · steps = {result['horizon']}", xlabel="lr η", ylabel="final relative error")
+    # label the measured rates only: a log axis spanning under a decade would label its minor ticks on top of each other
+    axis.set_xticks(result["lrs"], [f"{lr:g}" for lr in result["lrs"]])
+    axis.set_xticks([], minor=True)
     axis.legend()
     return Path(save_figure(figure, path))
 

@@ -10,7 +10,7 @@ from kadam.experiments.cells import Cell
 from kadam.experiments.flow import plots
 from kadam.experiments.flow.protocol import accuracy_experiment, convergence_experiment, first_step_experiment
 from kadam.experiments.profiles import Settings, plain, profile_sizes
-from kadam.experiments.report import SectionDocument, Table, format_number
+from kadam.experiments.report import Claim, SectionDocument, Table, format_number
 from kadam.experiments.sections import Section, draw_figure
 
 __all__ = ["build_section", "merge_accuracy"]
@@ -19,6 +19,33 @@ _STEP_SECONDS = {"quadratic": 2e-3, "logistic": 5e-3, "mlp": 3e-2}
 """Rough seconds per simulated step of one continuous/discrete pair, per problem (ETA only)."""
 
 _SHARED_ACCURACY_FIELDS = ("lr", "steps", "rates", "order", "seed", "bar")
+
+
+FIRST_ORDER_SLOPES = (0.75, 1.25)
+"""A log–log slope of error against η in this range is read as first order (THEORY §3)."""
+
+
+def flow_claims(accuracy: Mapping[str, Any], convergences: Sequence[Mapping[str, Any]]) -> list[Claim]:
+    """The section's claims (THEORY §3) with verdicts chosen by this run's numbers."""
+    failing = [f"{row['problem']} k={row['k']} ({format_number(row['max_rel_error'], 2)})"
+               for row in accuracy["rows"] if not row["passes"]]
+    worst = max(row["max_rel_error"] for row in accuracy["rows"])
+    problems = sorted({row["problem"] for row in accuracy["rows"]})
+    claims = [Claim(
+        f"The continuous-time model tracks discrete Adam/k-Adam within {accuracy['bar']:.0%} at η = {accuracy['lr']:g}",
+        "refuted" if failing else "confirmed",
+        (f"above the bar: {', '.join(failing)}" if failing else f"largest relative error {format_number(worst, 2)}")
+        + f" (problems: {', '.join(problems)})", "paper")]
+    slopes = {result["problem"]: result["slopes"]["exact/order1"]["final"] for result in convergences
+              if "exact/order1" in result["slopes"]}
+    if slopes:
+        low, high = FIRST_ORDER_SLOPES
+        inside = all(low <= value <= high for value in slopes.values())
+        claims.append(Claim(
+            "The model's error is first order in η (log–log slope ≈ 1)", "confirmed" if inside else "not resolved at this budget",
+            "slopes " + ", ".join(f"{problem} {value:.2f}" for problem, value in slopes.items())
+            + f" (read as first order in [{low:g}, {high:g}])", "paper"))
+    return claims
 
 
 def merge_accuracy(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -106,7 +133,8 @@ def _document(accuracy_parts: list[Mapping[str, Any]], convergences: list[Mappin
         "is ‖θ_cont(n) − θ_disc(n)‖ / ‖θ_disc(n) − θ₀‖."
     )
     data = {"accuracy": merged, "convergence": convergences, "first_step": first_steps}
-    return SectionDocument("flow", "The continuous-time model", method, findings, tables, figure_list, headline, data)
+    return SectionDocument("flow", "The continuous-time model", method, findings, tables, figure_list, headline, data,
+                           claims=flow_claims(merged, convergences))
 
 
 def build_section(settings: Settings) -> Section:

@@ -9,7 +9,7 @@ from typing import Any
 from kadam.experiments.cells import Cell
 from kadam.experiments.monitor import protocol
 from kadam.experiments.monitor.config import PROFILES, MonitorConfig
-from kadam.experiments.report import Figure, SectionDocument, Table, format_number
+from kadam.experiments.report import Claim, Figure, SectionDocument, Table, format_number
 from kadam.experiments.sections import Section
 
 __all__ = ["build_section", "run_cells", "summarize"]
@@ -19,6 +19,29 @@ _DETECTOR_NAMES = {"monitor": "StabilityMonitor (theory + default thresholds)",
                    "grad_norm_spike": f"gradient-norm spike (> {protocol.GRAD_SPIKE_FACTOR:g}× median of "
                                       f"{protocol.GRAD_WINDOW} steps)",
                    "update_param_ratio": f"update/parameter ratio > {protocol.UPDATE_RATIO:g}"}
+
+
+MONITOR_RECALL = 0.8
+"""The monitor claim holds when it warns before at least this share of failures ..."""
+MONITOR_FALSE_ALARMS = 0.1
+"""... and warns on at most this share of healthy runs."""
+MONITOR_MIN_FAILURES = 5
+"""With fewer failures than this, no verdict on the monitor is drawn."""
+
+
+def monitor_claims(scores: Mapping[str, Any]) -> list[Claim]:
+    """The project's claim for the stability monitor, with the verdict chosen by this run's scores."""
+    monitor = scores["detectors"]["monitor"]
+    text = (f"The stability monitor warns ≥ {protocol.LEAD} steps before a blow-up (recall ≥ {MONITOR_RECALL:.0%}, "
+            f"≤ {MONITOR_FALSE_ALARMS:.0%} of healthy runs warned)")
+    if monitor["recall"] is None or not scores["healthy"]:
+        return [Claim(text, "not resolved at this budget", f"{scores['failures']} failures, {scores['healthy']} healthy runs")]
+    holds = monitor["recall"] >= MONITOR_RECALL and monitor["healthy_runs_warned"] <= MONITOR_FALSE_ALARMS
+    verdict = "confirmed" if holds else "refuted"
+    if scores["failures"] < MONITOR_MIN_FAILURES:
+        verdict = "not resolved at this budget"  # too few failures to estimate a recall
+    return [Claim(text, verdict, f"recall {monitor['recall']:.0%} over {scores['failures']} failures, "
+                                 f"{monitor['healthy_runs_warned']:.0%} of {scores['healthy']} healthy runs warned")]
 
 
 def _knobs_for(task: str, config: MonitorConfig) -> list[str]:
@@ -125,7 +148,8 @@ def build_section(settings: Any) -> Section:
         return SectionDocument("monitor", "A stability monitor: warnings before blow-ups", method, findings,
                                [summarize(scores)], figure_list,
                                [("monitor recall", "—" if monitor["recall"] is None else f"{monitor['recall']:.0%}")],
-                               {"scores": scores, "sharpness": [{k: v for k, v in r.items() if k != "losses"} for r in sharp]})
+                               {"scores": scores, "sharpness": [{k: v for k, v in r.items() if k != "losses"} for r in sharp]},
+                               claims=monitor_claims(scores))
 
     return Section("monitor", "A stability monitor: warnings before blow-ups",
                    {"profile": profile, "steps": config.steps, "seeds": list(config.seeds), "knobs": list(config.knobs)},

@@ -20,7 +20,9 @@ from kadam.experiments.stability.protocol import CRITERION, TrainingSizes, train
 
 __all__ = [
     "EtaTrend",
+    "bound_versus_harm",
     "eta_trend",
+    "margin_correlation_without_diverged",
     "stability_margin_correlation",
     "summarize_training_protocol",
     "training_experiment",
@@ -157,3 +159,69 @@ def stability_margin_correlation(runs: Sequence[Mapping[str, Any]]) -> dict[str,
     return {"per_learning_rate": per_rate}
 
 
+
+
+def bound_versus_harm(rows: Sequence[Mapping[str, Any]], tolerance: float = 0.1) -> dict[str, Any]:
+    """Separate "the update bound is exceeded" from "training is harmed" in the training-protocol rows.
+
+    Per learning rate: the range of final training loss of the runs measured stable and of those measured
+    unstable that did not diverge, and which unstable runs are *harmed*: diverged, or a final loss above the
+    stable runs' largest by more than ``tolerance`` (relative). ``unstable_unharmed`` counts the rest: runs
+    whose updates exceeded the bound but which trained as well as the stable ones. ``diverged`` lists every
+    (β, γ, η) whose loss became non-finite.
+    """
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    per_rate = []
+    for lr in sorted({row["learning_rate"] for row in rows}, reverse=True):
+        subset = [row for row in rows if row["learning_rate"] == lr]
+        stable = [row["final_loss"] for row in subset if not row["unstable"] and _finite(row["final_loss"])]
+        unstable = [row for row in subset if row["unstable"]]
+        ceiling = max(stable) * (1 + tolerance) if stable else None
+        harmed = [row for row in unstable if row["diverged"] or not _finite(row["final_loss"])
+                  or (ceiling is not None and row["final_loss"] > ceiling)]
+        trained = [row["final_loss"] for row in unstable if not row["diverged"] and _finite(row["final_loss"])]
+        per_rate.append({
+            "learning_rate": lr, "stable": len(subset) - len(unstable), "unstable": len(unstable),
+            "unstable_unharmed": len(unstable) - len(harmed) if ceiling is not None else None,
+            "harmed": [{"beta": row["beta"], "gamma": row["gamma"], "diverged": bool(row["diverged"]),
+                        "final_loss": row["final_loss"]} for row in harmed],
+            "stable_loss_range": [min(stable), max(stable)] if stable else None,
+            "unstable_loss_range": [min(trained), max(trained)] if trained else None,
+        })
+    return {
+        "tolerance": tolerance,
+        "per_learning_rate": per_rate,
+        "unstable": sum(entry["unstable"] for entry in per_rate),
+        "unstable_unharmed": sum(entry["unstable_unharmed"] or 0 for entry in per_rate),
+        "diverged": [{"beta": row["beta"], "gamma": row["gamma"], "learning_rate": row["learning_rate"]}
+                     for row in rows if row["diverged"]],
+    }
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def margin_correlation_without_diverged(correlation: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per learning rate: Spearman ρ of validation loss with the margin again, without the diverged runs.
+
+    ``correlation`` is :func:`stability_margin_correlation`'s result. A correlation that is significant with
+    the diverged runs and not without them rests on the divergences (``rests_on_divergence``). ρ is None
+    where fewer than 3 runs remain or either variable is constant.
+    """
+    out = []
+    for entry in correlation["per_learning_rate"]:
+        kept = [p for p in entry["points"] if not p["diverged"] and _finite(p["validation_loss"])]
+        losses, margins = [p["validation_loss"] for p in kept], [p["margin"] for p in kept]
+        rho = p_value = None
+        if len(kept) > 2 and len(set(losses)) > 1 and len(set(margins)) > 1:
+            result = stats.spearmanr(margins, losses)
+            if math.isfinite(result.statistic):
+                rho, p_value = float(result.statistic), float(result.pvalue)
+        diverged = len(entry["points"]) - len(kept)
+        out.append({"lr": entry["lr"], "diverged": diverged, "runs": len(kept), "spearman_rho": rho,
+                    "p_value": p_value, "claimed": bool(p_value is not None and p_value < 0.05),
+                    "rests_on_divergence": bool(entry["claimed"] and diverged > 0
+                                                and not (p_value is not None and p_value < 0.05))})
+    return out

@@ -68,26 +68,41 @@ def _cell_edges(values: Sequence[float]) -> np.ndarray:
 
 
 def plot_training_heatmaps(result: dict[str, Any], path: str) -> None:
-    """One heatmap per learning rate: log10 of max_n ‖u_n‖_∞ / C_n(β) per (β, γ), measured class, both boundaries."""
+    """One heatmap per learning rate: log10 of max_n ‖u_n‖_∞ / C_n(β) per (β, γ), measured class, both boundaries.
+
+    Runs within the bound (ratio ≤ 1, log10 ≤ 0) are drawn in one light blue, outside the red scale, so "stable"
+    never shares a colour with "unstable"; the red scale starts at log10 = 0 (just over the bound).
+    """
     betas, gammas, learning_rates = sorted(result["betas"]), sorted(result["gammas"]), result["learning_rates"]
-    figure = new_figure((4.6 * len(learning_rates), 4.4))
-    axes_row = figure.subplots(1, len(learning_rates), squeeze=False)
+    logs = [math.log10(max(row["excess"], 1e-3)) for row in result["rows"] if math.isfinite(row["excess"])]
+    top = max(1.0, max(logs, default=1.0))
+    scale = colormap("Reds").with_extremes(under="#d6e6f5", bad="#bbbbbb")
+    figure = new_figure((4.8 * min(len(learning_rates), 2), 5.0 * math.ceil(len(learning_rates) / 2)))
+    axes_grid = figure.subplots(math.ceil(len(learning_rates) / 2), min(len(learning_rates), 2), squeeze=False)
+    flat = [axes for row in axes_grid for axes in row]
+    figure.subplots_adjust(hspace=0.35, wspace=0.3)
     image = None
-    for axes, lr in zip(axes_row[0], learning_rates):
+    for axes, lr in zip(flat, learning_rates):
         excess = np.full((len(gammas), len(betas)), np.nan)
         for row in result["rows"]:
             if row["learning_rate"] == lr:
-                excess[gammas.index(row["gamma"]), betas.index(row["beta"])] = math.log10(max(row["excess"], 1e-3))
+                value = math.log10(max(row["excess"], 1e-3)) if math.isfinite(row["excess"]) else math.nan
+                # within the bound: below vmin, drawn in the "under" colour
+                excess[gammas.index(row["gamma"]), betas.index(row["beta"])] = value if value > 0 else -1.0
+                dark = math.isfinite(value) and value > 0.6 * top
                 axes.text(row["beta"], row["gamma"], "U" if row["unstable"] else "s", ha="center", va="center",
-                          color="white" if row["unstable"] else "black", fontsize=9, fontweight="bold")
-        image = axes.pcolormesh(_cell_edges(betas), _cell_edges(gammas), excess, cmap="coolwarm", vmin=-1.0, vmax=1.0,
-                                shading="flat")
+                          color="white" if dark else "black", fontsize=9, fontweight="bold")
+        image = axes.pcolormesh(_cell_edges(betas), _cell_edges(gammas), np.ma.masked_invalid(excess), cmap=scale,
+                                vmin=0.0, vmax=top, shading="flat")
         curve = np.linspace(_cell_edges(betas)[0], min(_cell_edges(betas)[-1], 0.9999), 200)
         _draw_boundaries(axes, curve)
         axes.set(xlabel="beta", ylabel="gamma", title=f"lr = {lr:g}", ylim=(_cell_edges(gammas)[0], _cell_edges(gammas)[-1]))
-    axes_row[0][0].legend(loc="lower right", fontsize=7)
-    figure.colorbar(image, ax=axes_row[0].tolist(), label="log10 max_n ||u_n||_inf / C_n(beta)  (> 0: unstable)")
-    figure.suptitle("Training protocol: U = measured unstable (update above every stable gamma's bound), s = not")
+    for axes in flat[len(learning_rates):]:
+        axes.set_visible(False)
+    flat[0].legend(loc="lower right", fontsize=7)
+    figure.colorbar(image, ax=flat[: len(learning_rates)], extend="min",
+                    label="log10 max_n ||u_n||_inf / C_n(beta); light blue: within the bound")
+    figure.suptitle("Training protocol: U = measured unstable, s = not")
     save_figure(figure, path, dpi=120, bbox_tight=True)
 
 
@@ -146,16 +161,28 @@ def plot_slope_scatter(switch_off: dict[str, Any] | None, training: dict[str, An
 def plot_stability_margin(correlation: Mapping[str, Any], path: str) -> str:
     """Final validation loss against the margin ½ ln γ − ln β, one panel per learning rate (the boundary at 0)."""
     panels = correlation["per_learning_rate"]
-    figure = new_figure((4 * len(panels), 3.3))
-    axes = figure.subplots(1, len(panels), squeeze=False)
-    for axis, panel in zip(axes[0], panels):
-        points = [p for p in panel["points"] if p["validation_loss"] is not None]
-        scatter = axis.scatter([p["margin"] for p in points], [p["validation_loss"] for p in points],
-                               c=[p["beta"] for p in points], cmap="viridis", s=22)
+    columns = min(len(panels), 2)
+    figure = new_figure((4.6 * columns, 3.6 * math.ceil(len(panels) / 2)))
+    axes = figure.subplots(math.ceil(len(panels) / 2), columns, squeeze=False)
+    for axis in [a for row in axes for a in row][len(panels):]:
+        axis.set_visible(False)
+    for axis, panel in zip([a for row in axes for a in row], panels):
+        points = [p for p in panel["points"] if p["validation_loss"] is not None and math.isfinite(p["validation_loss"])]
+        kept = [p for p in points if not p["diverged"]]
+        scatter = axis.scatter([p["margin"] for p in kept], [p["validation_loss"] for p in kept],
+                               c=[p["beta"] for p in kept], cmap="viridis", vmin=0.0, vmax=1.0, s=22)
+        diverged = [p for p in points if p["diverged"]]
+        if diverged:
+            axis.scatter([p["margin"] for p in diverged], [p["validation_loss"] for p in diverged], marker="x",
+                         color="red", s=40, label="diverged")
+        losses = [p["validation_loss"] for p in points]
+        if losses and min(losses) > 0 and max(losses) > 10 * min(losses):
+            axis.set_yscale("log")  # one diverged run would flatten a linear axis
         axis.axvline(0.0, color="red", lw=1, label="boundary γ = β²")
         rho = "—" if panel["spearman_rho"] is None else f"{panel['spearman_rho']:+.2f} (p = {panel['p_value']:.1e})"
         axis.set(title=f"lr = {panel['lr']:g}: Spearman ρ {rho}", xlabel="margin ½ ln γ − ln β (per step)",
                  ylabel="final validation loss")
+        axis.title.set_fontsize(9)
         figure.colorbar(scatter, ax=axis, label="β")
     axes[0][0].legend(fontsize=7)
     save_figure(figure, path, dpi=110)

@@ -7,21 +7,27 @@ stability-margin runs (:func:`kadam.experiments.training.protocol.train_run` at 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from kadam.experiments.cells import Cell
 from kadam.experiments.profiles import Settings, plain, profile_sizes
-from kadam.experiments.report import SectionDocument, Table, format_number
+from kadam.experiments.report import Claim, SectionDocument, Table, format_number
 from kadam.experiments.sections import Section, draw_figure, p_value_text
 from kadam.experiments.stability import plots
-from kadam.experiments.stability.analysis import EtaTrend, stability_margin_correlation, summarize_training_protocol
+from kadam.experiments.stability.analysis import (
+    EtaTrend,
+    bound_versus_harm,
+    margin_correlation_without_diverged,
+    stability_margin_correlation,
+    summarize_training_protocol,
+)
 from kadam.experiments.stability.protocol import switch_off_experiment, training_protocol
 from kadam.experiments.training.protocol import train_run
 from kadam.experiments.training.section import training_step_seconds
 
-__all__ = ["TREND_SENTENCES", "build_section", "margin_verdict"]
+__all__ = ["TREND_SENTENCES", "build_section", "harm_findings", "margin_findings", "margin_verdict", "stability_claims"]
 
 TITLE = "Stability of (β, γ)"
 
@@ -44,6 +50,94 @@ def margin_verdict(entry: Mapping[str, Any]) -> str:
     direction = ("larger margin, lower validation loss, as the paper claims" if rho < 0
                  else "larger margin, HIGHER validation loss, against the paper's claim")
     return f"significant (p {p_value_text(entry['p_value'])}): {direction}"
+
+
+def _range(values: Any) -> str:
+    return "—" if values is None else f"{format_number(values[0], 3)}–{format_number(values[1], 3)}"
+
+
+def harm_findings(harm: Mapping[str, Any]) -> list[str]:
+    """Sentences that separate "the bound is exceeded" from "training is harmed" (:func:`bound_versus_harm`)."""
+    if harm["unstable"] == 0:
+        return ["No training-protocol run exceeded the bound, so this run cannot say whether exceeding it harms training."]
+    sentences = [
+        f"Bound exceeded versus training harmed: {harm['unstable_unharmed']} of {harm['unstable']} runs measured "
+        f"unstable reach a final training loss within {harm['tolerance']:.0%} of the stable runs' worst "
+        + "(" + "; ".join(f"η = {e['learning_rate']:g}: unstable {_range(e['unstable_loss_range'])} vs stable "
+                          f"{_range(e['stable_loss_range'])}" for e in harm["per_learning_rate"]) + ")."]
+    harmed = [(e["learning_rate"], h) for e in harm["per_learning_rate"] for h in e["harmed"]]
+    if harmed:
+        sentences.append("Harmed: " + ", ".join(
+            f"(β, γ) = ({h['beta']:g}, {h['gamma']:g}) at η = {lr:g} "
+            + ("diverged" if h["diverged"] else f"final loss {format_number(h['final_loss'], 3)}") for lr, h in harmed) + ".")
+    else:
+        sentences.append("No run measured unstable was harmed (none diverged, none ended worse than the stable runs).")
+    return sentences
+
+
+def margin_findings(correlation: Mapping[str, Any], without: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What the margin correlations rest on: ρ again without the diverged runs, and its sign at each η."""
+    sentences = []
+    for entry, again in zip(correlation["per_learning_rate"], without):
+        if again["diverged"] == 0:
+            continue
+        rho = "—" if again["spearman_rho"] is None else format_number(again["spearman_rho"], 3)
+        tail = ("; the significant correlation rests on the divergence" if again["rests_on_divergence"]
+                else "" if not entry["claimed"] else "; still significant without it")
+        sentences.append(f"At η = {entry['lr']:g}, {again['diverged']} run(s) diverged; without them ρ = {rho} over "
+                         f"{again['runs']} runs (p {p_value_text(again['p_value'])}){tail}.")
+    positive = [a["lr"] for a in without if a["spearman_rho"] is not None and a["spearman_rho"] > 0]
+    if positive:
+        sentences.append("Without diverged runs ρ is positive (larger margin, higher validation loss: the opposite of "
+                         f"the paper's claim) at η = {', '.join(f'{lr:g}' for lr in positive)}"
+                         + (", every one of them not significant." if not any(
+                             a["claimed"] for a in without if a["lr"] in positive) else ", significantly at some."))
+    return sentences
+
+
+def stability_claims(switch: Mapping[str, Any], merged: Mapping[str, Any], harm: Mapping[str, Any],
+                     without: Sequence[Mapping[str, Any]]) -> list[Claim]:
+    """The section's claims with verdicts chosen by this run's numbers (THEORY §2, §3, §5)."""
+    exact = [e["agreement_exact"] for e in merged["per_learning_rate"]]
+    paper = [e["agreement_paper"] for e in merged["per_learning_rate"]]
+    def percent(values: Sequence[float]) -> str:
+        return f"{min(values):.0%}" if min(values) == max(values) else f"{min(values):.0%}–{max(values):.0%}"
+
+    agreement = (f"measured class agrees with γ = β/(2−β) at {percent(paper)} of points against {percent(exact)} "
+                 f"for γ = β² (every η)")
+    if min(paper) == 1.0 and min(exact) == 1.0:
+        paper_verdict = exact_verdict = "not resolved at this budget"  # the grid does not separate the boundaries
+    else:
+        paper_verdict = "refuted" if max(paper) < min(exact) else "confirmed" if min(paper) == 1.0 else "not resolved at this budget"
+        exact_verdict = ("confirmed" if min(exact) >= 0.95 and switch["all_within_tolerance"]
+                         else "refuted" if max(exact) < min(paper) else "not resolved at this budget")
+    claims = [
+        Claim("Adam's stable region is γ > β/(2−β) (the paper's boundary)", paper_verdict, agreement, "paper"),
+        Claim("The stable region is γ > β² (THEORY §2's exact bound)", exact_verdict,
+              f"{agreement}; switch-off slope error ≤ {format_number(switch['max_abs_error'], 2)}"),
+    ]
+    if harm["unstable"]:
+        blew = ", ".join(f"({d['beta']:g}, {d['gamma']:g}) at η = {d['learning_rate']:g}" for d in harm["diverged"]) or "none"
+        harmed = harm["unstable"] - harm["unstable_unharmed"]
+        verdict = "refuted" if harm["unstable_unharmed"] > harmed else "confirmed" if harmed == harm["unstable"] else "not resolved at this budget"
+        claims.append(Claim("Runs that exceed the bound are harmed in training", verdict,
+                            f"{harm['unstable_unharmed']} of {harm['unstable']} runs measured unstable train as well as "
+                            f"the stable ones; diverged: {blew}"))
+    else:
+        claims.append(Claim("Runs that exceed the bound are harmed in training", "not resolved at this budget",
+                            "no run exceeded the bound"))
+    significant = [a for a in without if a["claimed"]]
+    rhos = "; ".join(f"η = {a['lr']:g}: ρ = {'—' if a['spearman_rho'] is None else format_number(a['spearman_rho'], 2)}"
+                     f" (p {p_value_text(a['p_value'])})" for a in without)
+    if any(a["spearman_rho"] > 0 for a in significant):
+        margin = "refuted"
+    elif significant and len(significant) == len(without):
+        margin = "confirmed"
+    else:
+        margin = "not resolved at this budget"
+    claims.append(Claim("A larger stability margin gives a lower validation loss", margin,
+                        f"Spearman ρ without diverged runs: {rhos}", "paper"))
+    return claims
 
 
 def _findings(switch: Mapping[str, Any], merged: Mapping[str, Any], correlation: Mapping[str, Any]) -> list[str]:
@@ -148,9 +242,14 @@ def build_section(settings: Settings) -> Section:
             "of the same grid and learning rate; Spearman rank correlation of final validation loss with the margin "
             "½ ln γ − ln β."
         )
-        data = {"switch_off": switch, "training_protocol": merged, "margin_correlation": correlation}
-        return SectionDocument("stability", TITLE, method, _findings(switch, merged, correlation), tables,
-                               _figures(figures, switch, merged, correlation), _headline(switch, merged, correlation), data)
+        harm = bound_versus_harm(merged["rows"])
+        without = margin_correlation_without_diverged(correlation)
+        data = {"switch_off": switch, "training_protocol": merged, "margin_correlation": correlation,
+                "bound_versus_harm": harm, "margin_correlation_without_diverged": without}
+        findings = _findings(switch, merged, correlation) + harm_findings(harm) + margin_findings(correlation, without)
+        return SectionDocument("stability", TITLE, method, findings, tables,
+                               _figures(figures, switch, merged, correlation), _headline(switch, merged, correlation), data,
+                               claims=stability_claims(switch, merged, harm, without))
 
     configuration = {"switch_off": plain(config.switch_off),
                      "training_protocol": {"betas": betas, "gammas": gammas, "sizes": protocol_sizes,

@@ -25,7 +25,7 @@ import numpy as np
 
 from kadam.experiments.cells import Cell
 from kadam.experiments.profiles import Settings, TrainingConfig, plain, profile_sizes
-from kadam.experiments.report import Figure, SectionDocument, Table, format_number
+from kadam.experiments.report import Claim, Figure, SectionDocument, Table, format_number
 from kadam.experiments.sections import Section
 from kadam.experiments.training import plots
 from kadam.experiments.training.analysis import CENTRAL_PAIRING, REFERENCE, select_learning_rates, summarize_training
@@ -249,10 +249,27 @@ def _training_document(summary: Mapping[str, Any], config: TrainingConfig, evalu
         "training_curves.png": "Mean training loss (evaluation seeds, best rate) against training progress, per task.",
         "training_lr_grid.png": "Validation loss against learning rate on the tuning seed(s): the grid every optimizer "
                                 "was tuned on, with the same budget.",
-        "training_vs_adamw.png": f"Paired test-loss difference to AdamW with its {confidence} interval; red bars "
-                                 "exclude zero (a claimed difference), grey ones do not.",
+        "training_vs_adamw.png": f"Paired test-loss difference to AdamW with its {confidence} interval; coloured bars "
+                                 "exclude zero (a claimed difference: blue better, red worse than AdamW), grey ones "
+                                 "do not.",
     }
     return SectionDocument(
         "training", "k-Adam in training", method, findings, tables,
         [Figure(path, captions[Path(path).name]) for path in figure_paths], headline, dict(summary),
+        claims=training_claims(summary),
     )
+
+
+def training_claims(summary: Mapping[str, Any]) -> list[Claim]:
+    """The k-Adam verdict of the fixed-budget protocol (2-Adam against AdamW, uncorrected intervals)."""
+    rows = {task: entry["kadam2"] for task, entry in summary["versus_adamw"].items() if "kadam2" in entry}
+    if not rows:
+        return []
+    better = [task for task, row in rows.items() if row["significant"] and row["mean_difference"] < 0]
+    worse = [task for task, row in rows.items() if row["significant"] and row["mean_difference"] > 0]
+    verdict = ("confirmed" if len(better) == len(rows) else "refuted" if worse and not better
+               else "not resolved at this budget")
+    return [Claim("2-Adam reaches a lower test loss than AdamW (fixed budget, shared learning-rate grid, "
+                  "uncorrected intervals)", verdict,
+                  f"interval excludes zero on {len(better) + len(worse)} of {len(rows)} tasks "
+                  f"(better: {', '.join(better) or 'none'}; worse: {', '.join(worse) or 'none'})")]
