@@ -34,7 +34,7 @@ def test_the_copy_has_the_same_fingerprint_as_the_package(package):
     "relative, old, new",
     [
         ("experiments/stability/section.py", '"not monotone": "not monotone in η."', '"not monotone": "no trend."'),
-        ("experiments/stability/plots.py", 'cmap="coolwarm"', 'cmap="viridis"'),
+        ("experiments/stability/plots.py", 'colormap("Reds")', 'colormap("Oranges")'),
         ("experiments/stability/protocol.py", "Measuring the stable region", "Measuring, carefully, the stable region"),
         ("experiments/stability/protocol.py", '    """Least-squares slope of ``values`` against their index."""',
          '    """The least-squares slope of ``values`` against their index (reworded)."""'),
