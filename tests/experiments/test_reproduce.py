@@ -172,17 +172,18 @@ def test_smoke_profile_end_to_end_then_from_cache_then_only_what_changed(tmp_pat
     for name, section in results["sections"].items():
         assert section["headline"] and section["findings"], name
         assert len(_numbers(section["data"])) >= 10, name
-    training = results["sections"]["training"]["data"]
-    assert set(training["evaluation"]) == {"char-transformer", "digits-cnn-bn", "digits-cnn", "mnist1d-mlp"}
-    assert training["central_pairing"]["difference"]["n"] == 2
+    comparison = results["sections"]["comparison"]["data"]["analysis"]
+    assert set(comparison["workloads"]) == {"noisy-quadratic"}
+    kadam2 = comparison["workloads"]["noisy-quadratic"]["search"]["arms"]["kadam2"]["test_loss"]
+    assert kadam2["n"] == 2
     # the numbers in the report are the ones the cells computed in this run
     cells = {cell["key"]: cell for cell in results["cells"]}
     assert first.computed == len(cells) and first.cached == 0 and all(not c["from_cache"] for c in cells.values())
-    adam = training["evaluation"]["digits-cnn-bn"]["adam"]["test_loss"]["mean"]
     evaluation_losses = [json.loads((out / "cache" / f"{key}.json").read_text())["result"]["test_loss"]
                          for key, cell in cells.items()
-                         if cell["label"].startswith("eval digits-cnn-bn adam ")]
-    assert adam == pytest.approx(sum(evaluation_losses) / len(evaluation_losses), rel=1e-12)
+                         if cell["label"].startswith("noisy-quadratic kadam2 evaluate_search ")]
+    assert len(evaluation_losses) == 2
+    assert kadam2["mean"] == pytest.approx(sum(evaluation_losses) / len(evaluation_losses), rel=1e-12)
     page = (out / "report.html").read_text()
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figures and page.count("data:image/png;base64,") == len(figures)
@@ -203,12 +204,12 @@ def test_smoke_profile_end_to_end_then_from_cache_then_only_what_changed(tmp_pat
     assert again["sections"] == results["sections"]
 
     third = reproduce("smoke", out, seeds=3, jobs=1, console=Console(quiet=True), show_progress=False)
-    tasks, optimizers = len(training["evaluation"]), len(training["optimizers"])
     new = [cell for cell in json.loads((out / "results.json").read_text())["cells"] if not cell["from_cache"]]
     assert len(new) == third.computed
-    # one new evaluation seed per (task, optimizer) in training and per (workload, arm, result) in the comparison
-    assert sum(cell["section"] == "training" for cell in new) == tasks * optimizers
-    assert {cell["section"] for cell in new} <= {"training", "comparison"}
+    # one new evaluation seed per (workload, arm, result) in the comparison, nothing else recomputed
+    arms = len(comparison["workloads"]["noisy-quadratic"]["search"]["arms"])
+    results_per_arm = sum(result in comparison["workloads"]["noisy-quadratic"] for result in ("search", "lr_only"))
+    assert {cell["section"] for cell in new} == {"comparison"} and len(new) == arms * results_per_arm
     assert all(cell["label"].endswith(f"seed {COMPARISON_SEED_OFFSET + 2}") for cell in new if cell["section"] == "comparison")
     print(f"smoke profile: first run {first_seconds:.1f} s")
 

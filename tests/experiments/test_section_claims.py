@@ -8,7 +8,6 @@ from kadam.experiments.comparison.section import comparison_claims
 from kadam.experiments.flow.section import flow_claims
 from kadam.experiments.monitor.section import MONITOR_MIN_FAILURES, monitor_claims
 from kadam.experiments.normalization.section import normalization_claims
-from kadam.experiments.training.section import training_claims
 
 
 def _walk(orthogonal, corrected):
@@ -73,12 +72,3 @@ def test_monitor_claim_needs_recall_few_false_alarms_and_enough_failures():
     assert monitor_claims(_scores(0.9, 0.5))[0].verdict == "refuted"
     assert monitor_claims(_scores(1.0, 0.0, failures=1))[0].verdict == "not resolved at this budget"
     assert monitor_claims(_scores(None, 0.0, failures=0))[0].verdict == "not resolved at this budget"
-
-
-def test_training_claim_counts_intervals_that_exclude_zero():
-    def summary(*rows):
-        return {"versus_adamw": {task: {"kadam2": {"significant": s, "mean_difference": m}} for task, s, m in rows}}
-    assert training_claims(summary(("a", False, -0.1), ("b", False, 0.1)))[0].verdict == "not resolved at this budget"
-    assert training_claims(summary(("a", True, -0.1), ("b", True, -0.1)))[0].verdict == "confirmed"
-    assert training_claims(summary(("a", True, 0.1), ("b", False, -0.1)))[0].verdict == "refuted"
-    assert training_claims({"versus_adamw": {"a": {}}}) == []

@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = [
     "DEVICES", "PROFILES", "FlowConfig", "NormalizationConfig", "ProfileSizes", "Settings", "StabilityConfig",
-    "TrainingConfig", "profile_sizes",
+    "profile_sizes",
 ]
 
 PROFILES = ("smoke", "quick", "full")
@@ -68,7 +68,7 @@ class FlowConfig:
 @dataclass(frozen=True)
 class NormalizationConfig:
     """Section 3: kwargs of each experiment, the digits-norms runs as (normalization, optimizer, weight
-    decay), the census warm-up, and ``cost_scale`` (the ETA relative to the quick profile)."""
+    decay), the census warm-up and its tasks (name → model sizes), and ``cost_scale`` (the ETA relative to the quick profile)."""
 
     random_walk: Mapping[str, Any]
     meta_adaptive_exact: Mapping[str, Any]
@@ -78,19 +78,7 @@ class NormalizationConfig:
     digits_norms_runs: tuple[tuple[str, str, float], ...]
     census_warmup_steps: int
     cost_scale: float
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Section 4: optimizers, the learning-rate grid, tuning seeds, default number of evaluation seeds
-    (``--seeds`` overrides it), batch size, and per task its steps and sizes."""
-
-    optimizers: tuple[str, ...]
-    lr_grid: tuple[float, ...]
-    tuning_seeds: tuple[int, ...]
-    seeds: int
-    batch_size: int
-    tasks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    census_tasks: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,18 +88,14 @@ class ProfileSizes:
     stability: StabilityConfig
     flow: FlowConfig
     normalization: NormalizationConfig
-    training: TrainingConfig
 
 
-_HALF_DECADES = tuple(round(10.0 ** (exponent / 2), 12) for exponent in range(-9, -1))
 _PROTOCOL_SIZES = {"steps": 1500, "corpus_chars": 512, "context": 16, "width": 16, "heads": 2, "layers": 1, "seed": 0}
-_TRAINING_OPTIMIZERS_QUICK = ("adam", "adamw", "kadam2", "kadam2-elementwise", "kadam2-naive", "kadam2-momentum-last",
-                              "kadam3")
 _DIGITS_NORMS_RUNS = tuple((n, o, wd) for n in ("batch", "layer") for o, wd in (("adamw", 0.01), ("adamw", 0.1), ("adam", 0.0)))
 
 
-def _task(steps: int, **sizes: int) -> Mapping[str, Any]:
-    return _frozen({"steps": steps, "sizes": _frozen(sizes)})
+def _sizes(**sizes: int) -> Mapping[str, int]:
+    return _frozen(sizes)
 
 
 PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
@@ -133,15 +117,12 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
             digits_norms=_frozen({"steps": 300}),
             digits_norms_runs=(("batch", "adamw", 0.1), ("layer", "adam", 0.0)),
             census_warmup_steps=20, cost_scale=0.1,
-        ),
-        training=TrainingConfig(
-            optimizers=("adam", "adamw", "kadam2"), lr_grid=(1e-3, 1e-2), tuning_seeds=(0,), seeds=2, batch_size=32,
-            tasks=_frozen({
-                "char-transformer": _task(30, corpus_chars=20_000, context=16, width=16, heads=2, layers=1,
-                                          evaluation_windows=64),
-                "digits-cnn-bn": _task(40, channels=4),
-                "digits-cnn": _task(40, channels=4),
-                "mnist1d-mlp": _task(40, hidden=32, depth=2),
+            census_tasks=_frozen({
+                "char-transformer": _sizes(corpus_chars=20_000, context=16, width=16, heads=2, layers=1,
+                                            evaluation_windows=64),
+                "digits-cnn-bn": _sizes(channels=4),
+                "digits-cnn": _sizes(channels=4),
+                "mnist1d-mlp": _sizes(hidden=32, depth=2),
             }),
         ),
     ),
@@ -161,16 +142,12 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
             meta_adaptive_drift=_frozen({"steps": 20_000}), meta_adaptive_network=_frozen({"steps": 3000}),
             digits_norms=_frozen({"steps": 4000}), digits_norms_runs=_DIGITS_NORMS_RUNS,
             census_warmup_steps=100, cost_scale=1.0,
-        ),
-        training=TrainingConfig(
-            optimizers=_TRAINING_OPTIMIZERS_QUICK, lr_grid=_HALF_DECADES[2:8],  # 3.2e-4 … 1e-1
-            tuning_seeds=(0,), seeds=3, batch_size=32,
-            tasks=_frozen({
-                "char-transformer": _task(300, corpus_chars=60_000, context=32, width=32, heads=2, layers=2,
-                                          evaluation_windows=128),
-                "digits-cnn-bn": _task(300, channels=8),
-                "digits-cnn": _task(300, channels=8),
-                "mnist1d-mlp": _task(500, hidden=64, depth=2),
+            census_tasks=_frozen({
+                "char-transformer": _sizes(corpus_chars=60_000, context=32, width=32, heads=2, layers=2,
+                                            evaluation_windows=128),
+                "digits-cnn-bn": _sizes(channels=8),
+                "digits-cnn": _sizes(channels=8),
+                "mnist1d-mlp": _sizes(hidden=64, depth=2),
             }),
         ),
     ),
@@ -191,18 +168,12 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
             meta_adaptive_drift=_frozen({"steps": 50_000}), meta_adaptive_network=_frozen({"steps": 10_000}),
             digits_norms=_frozen({"steps": 20_000}), digits_norms_runs=_DIGITS_NORMS_RUNS,
             census_warmup_steps=100, cost_scale=4.0,
-        ),
-        training=TrainingConfig(
-            optimizers=_TRAINING_OPTIMIZERS_QUICK[:-1] + ("kadam3", "kadam3-elementwise", "kadam3-naive",
-                                                          "kadam3-momentum-last"),
-            lr_grid=_HALF_DECADES[1:8],  # 1e-4 … 1e-1
-            tuning_seeds=(0,), seeds=5, batch_size=64,
-            tasks=_frozen({
-                "char-transformer": _task(10_000, corpus_chars=465_000, context=128, width=128, heads=4, layers=4,
-                                          evaluation_windows=512),
-                "digits-cnn-bn": _task(5_000, channels=32),
-                "digits-cnn": _task(5_000, channels=32),
-                "mnist1d-mlp": _task(10_000, hidden=256, depth=3),
+            census_tasks=_frozen({
+                "char-transformer": _sizes(corpus_chars=465_000, context=128, width=128, heads=4, layers=4,
+                                            evaluation_windows=512),
+                "digits-cnn-bn": _sizes(channels=32),
+                "digits-cnn": _sizes(channels=32),
+                "mnist1d-mlp": _sizes(hidden=256, depth=3),
             }),
         ),
     ),

@@ -14,7 +14,7 @@ from kadam.experiments.sections import Section
 
 __all__ = ["SECTIONS", "build_sections", "section_builder"]
 
-SECTIONS: tuple[str, ...] = ("stability", "flow", "normalization", "training", "comparison", "monitor", "transfer")
+SECTIONS: tuple[str, ...] = ("stability", "flow", "normalization", "comparison", "monitor", "transfer")
 """Slice names (packages of :mod:`kadam.experiments`), in report order."""
 
 

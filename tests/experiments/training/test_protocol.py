@@ -1,18 +1,10 @@
-"""Section 4's protocol: optimizers, training runs, learning-rate selection, paired comparisons."""
+"""The named optimizers of the workloads and one mini-batch training run (``train_run``)."""
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from scipy import stats
 
-from kadam.experiments.training.analysis import (
-    CENTRAL_PAIRING,
-    paired_comparison,
-    select_learning_rates,
-    summarize_training,
-)
 from kadam.experiments.training.protocol import train_run
 from kadam.experiments.workloads import OPTIMIZERS, make_optimizer
 from kadam.optimizer import KAdam
@@ -81,71 +73,3 @@ def test_train_run_marks_divergence_and_stops():
     assert len(run["train_loss_curve"]) < 40 and math.isnan(run["train_loss_curve"][-1])
     with pytest.raises(ValueError, match="steps and batch_size"):
         train_run("mnist1d-mlp", "adam", 1e-3, 0, 16, seed=0)
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_paired_comparison_matches_scipy_ttest_rel(seed):
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(2, 9))
-    first, second = rng.normal(size=n), rng.normal(size=n) + rng.normal() * 0.5
-    comparison = paired_comparison(first.tolist(), second.tolist(), confidence=0.9)
-    reference = stats.ttest_rel(first, second)
-    interval = reference.confidence_interval(0.9)
-    assert comparison["ci_low"] == pytest.approx(interval.low, rel=1e-12)
-    assert comparison["ci_high"] == pytest.approx(interval.high, rel=1e-12)
-    assert comparison["mean_difference"] == pytest.approx(float(np.mean(first - second)), rel=1e-12)
-    assert comparison["significant"] == bool(reference.pvalue < 0.1)
-
-
-def test_paired_comparison_claims_only_when_the_interval_excludes_zero():
-    assert paired_comparison([1.0, 1.1, 0.9, 1.05], [0.0, 0.1, -0.1, 0.0])["significant"]
-    assert not paired_comparison([1.0, -1.0], [0.0, 0.0])["significant"]
-    diverged = paired_comparison([math.inf, 1.0], [0.5, 0.5])
-    assert diverged["mean_difference"] is None and not diverged["significant"]
-    with pytest.raises(ValueError, match="pair up"):
-        paired_comparison([1.0, 2.0], [1.0])
-    with pytest.raises(ValueError, match="at least 2 pairs"):
-        paired_comparison([1.0], [1.0])
-    with pytest.raises(ValueError, match="confidence must be in"):
-        paired_comparison([1.0, 2.0], [1.0, 1.0], confidence=1.0)
-
-
-def _run(task, optimizer, lr, seed, validation, test=None):
-    return {"task": task, "optimizer": optimizer, "lr": lr, "seed": seed, "validation_loss": validation,
-            "test_loss": test, "test_accuracy": None if test is None else 0.5, "diverged": validation is None,
-            "train_loss_curve": [2.0, 1.0], "curve_window": 5}
-
-
-def test_select_learning_rates_uses_mean_validation_loss_and_counts_divergence_as_worst():
-    runs = [
-        _run("t", "adamw", 1e-3, 0, 1.0), _run("t", "adamw", 1e-3, 1, 0.6),  # mean 0.8
-        _run("t", "adamw", 1e-2, 0, 0.5), _run("t", "adamw", 1e-2, 1, None),  # one diverged: +inf
-        _run("t", "adamw", 1e-1, 0, 0.9), _run("t", "adamw", 1e-1, 1, 0.9),
-        _run("t", "kadam2", 1e-3, 0, 0.7), _run("t", "kadam2", 1e-2, 0, 0.7),  # a tie keeps the smaller rate
-    ]
-    selection = select_learning_rates(runs)["t"]
-    assert selection["adamw"]["lr"] == 1e-3 and selection["adamw"]["validation_loss"] == pytest.approx(0.8)
-    assert selection["adamw"]["at_grid_edge"]
-    assert selection["adamw"]["grid"][repr(1e-2)] is None
-    assert selection["kadam2"]["lr"] == 1e-3
-
-
-def test_summary_reports_ratios_pairs_and_the_central_pairing():
-    (bn_task, adam), (plain_task, kadam2) = CENTRAL_PAIRING
-    tuning = [_run(task, name, lr, 0, loss) for task in (bn_task, plain_task) for name, lr, loss in
-              [("adamw", 1e-3, 0.5), ("adamw", 1e-2, 0.6), (adam, 1e-3, 0.7), (adam, 1e-2, 0.4),
-               (kadam2, 1e-3, 0.3), (kadam2, 1e-2, 0.9)]]
-    test_losses = {"adamw": [0.50, 0.52, 0.49], adam: [0.40, 0.41, 0.43], kadam2: [0.45, 0.60, 0.47]}
-    evaluation = [_run(task, name, 0.0, 100 + i, 0.0, loss) for task in (bn_task, plain_task)
-                  for name, losses in test_losses.items() for i, loss in enumerate(losses)]
-    summary = summarize_training(tuning, evaluation)
-    assert summary["lr_ratio_to_adamw"][bn_task] == {"adamw": 1.0, adam: 10.0, kadam2: 1.0}
-    versus = summary["versus_adamw"][bn_task]
-    assert versus[adam]["significant"] and versus[adam]["mean_difference"] == pytest.approx(-0.09)
-    assert not versus[kadam2]["significant"]
-    assert summary["evaluation"][plain_task][kadam2]["test_loss"]["std"] == pytest.approx(np.std([0.45, 0.6, 0.47], ddof=1))
-    central = summary["central_pairing"]
-    assert central["first"]["optimizer"] == adam and central["second"]["task"] == plain_task
-    assert central["difference"]["mean_difference"] == pytest.approx(np.mean([0.40 - 0.45, 0.41 - 0.60, 0.43 - 0.47]))
-    assert set(summary["optimizers"]) == {"adamw", adam, kadam2} and set(OPTIMIZERS) >= set(summary["optimizers"])
-    assert summary["curves"][bn_task][adam] == {"steps": [5, 10], "loss": [2.0, 1.0]}

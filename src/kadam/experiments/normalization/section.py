@@ -226,9 +226,9 @@ def build_section(settings: Settings) -> Section:
     ]
     census = [
         Cell("normalization", f"scale-invariance census {task}", scale_invariant_census,
-             {"task": task, "task_sizes": plain(spec["sizes"]), "warmup_steps": config.census_warmup_steps},
+             {"task": task, "task_sizes": plain(task_sizes), "warmup_steps": config.census_warmup_steps},
              cost=2.0 * scale)
-        for task, spec in sizes.training.tasks.items()
+        for task, task_sizes in config.census_tasks.items()
     ]
 
     def finish(results: Mapping[str, Any], figures: Path) -> SectionDocument:

@@ -1,1 +1,1 @@
-"""Section 4: k-Adam in training against Adam and AdamW: protocol, analysis, section, plots."""
+"""One training run of a task with a named optimizer (the stability margin runs and ``kadam demo`` use it)."""

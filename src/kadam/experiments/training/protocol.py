@@ -1,9 +1,9 @@
-"""k-Adam in training: one mini-batch training run of a task with a named optimizer (the section's cell).
+"""One mini-batch training run of a task with a named optimizer at a constant learning rate, as a cell.
 
-Protocol of the section (:mod:`kadam.experiments.training.section`): every optimizer trains every task at
-every learning rate of one grid on the tuning seeds; the rate with the lowest validation loss is kept; then
-fresh seeds are trained at that rate and scored on the test split (:mod:`kadam.experiments.training.analysis`
-pairs them by seed). The optimizers are :data:`kadam.experiments.workloads.OPTIMIZERS`.
+Used by the stability section's margin runs and by ``kadam demo``. The optimizers are
+:data:`kadam.experiments.workloads.OPTIMIZERS`. Whether k-Adam trains better is answered by the comparison
+protocol (:mod:`kadam.experiments.comparison`), with tuned schedules, paired seeds and corrected intervals;
+the first protocol that tuned the learning rate alone at a constant rate was retired from the report.
 """
 
 from __future__ import annotations
