@@ -46,8 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="smoke (≤ 60 s), quick (≤ 10 min on 2 cores; default) or full (the real protocol, for a GPU)")
     parser.add_argument("--out", type=output_directory, default="kadam-report",
                         help="output and cache folder, created if missing (default kadam-report)")
-    parser.add_argument("--device", choices=DEVICES, default="cpu", help="torch device for the training cells (section 4 and the stability-margin runs; sections 1–3 "
-                             "run on the CPU)")
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="torch device for the training cells (the comparison's runs and the stability-margin runs; "
+                             "the other cells run on the CPU)")
     parser.add_argument("--seeds", type=int_at_least(2), default=None,
                         help="fresh evaluation seeds (≥ 2: a paired interval needs two pairs; default: the profile's)")
     parser.add_argument("--jobs", type=int_at_least(1), default=default_jobs(),

@@ -3,7 +3,7 @@
 Each slice's ``section.py`` builds one :class:`Section` from the run's
 :class:`~kadam.experiments.profiles.Settings` (``build_section(settings)``); :mod:`kadam.experiments.registry`
 lists them in report order. Phase 1 runs ``cells``; phase 2 runs ``followup(results)``, cells that depend on
-phase 1's results (section 4's evaluation at the selected learning rates); ``finish`` turns the results into
+phase 1's results (the comparison's evaluation of the selected configurations); ``finish`` turns the results into
 a :class:`~kadam.experiments.report.SectionDocument` and draws its figures.
 """
 

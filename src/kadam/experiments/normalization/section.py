@@ -95,7 +95,7 @@ def _tables(walk: Mapping[str, Any], drift: Mapping[str, Any], norm_runs: list[M
               ["model", "optimizer", "λ", "layer", "norm from |u_n|² (corrected)", "norm from |u_n|² (orthogonal)",
                "norm a priori (corrected)", "norm a priori (orthogonal)", "angle (corrected)", "angle (orthogonal)"],
               norm_rows),
-        Table(f"Scale-invariant tensors found by measurement in section 4's models (after "
+        Table(f"Scale-invariant tensors found by measurement in the census models (after "
               f"{census_warmup_steps} AdamW steps)",
               ["task", "parameters", "invariant tensors (why)", "share of parameters"], census_rows),
     ]
@@ -127,7 +127,7 @@ def _findings(walk: Mapping[str, Any], exact: Mapping[str, Any], drift: Mapping[
         + "; ".join(f"β={c['beta']:g}: min cosine over layers {min(layer['final_cosine'] for layer in c['layers']):.4f}, "
                     f"test accuracy {c['adamw_test_accuracy']:.3f} vs {c['sphere_test_accuracy']:.3f}"
                     for c in network["configs"]) + ".",
-        "Scale-invariant tensors in section 4's models: "
+        "Scale-invariant tensors in the census models: "
         + "; ".join(f"{run['task']}: {run['invariant_share']:.1%} of the parameters ({len(run['invariant_tensors'])} tensors, "
                     f"{sum(row['invariant'] and row['explanation'] is not None for row in run['report']['rows'])} "
                     "explained by a normalization layer that follows)" for run in census_runs) + ".",
@@ -139,7 +139,7 @@ def _findings(walk: Mapping[str, Any], exact: Mapping[str, Any], drift: Mapping[
             f"Only {explained['char-transformer']:.1%} of the pre-LN transformer's parameters sit in tensors that a "
             "normalization layer makes scale-invariant (pre-LN normalizes each block's input, not a weight's output), "
             "so THEORY §4's reading 'Adam + normalization ≈ 2-Adam' concerns the BatchNorm CNN far more than the "
-            "transformer; section 4's transformer results test 2-Adam as an optimizer, not that equivalence.")
+            "transformer; the comparison section tests 2-Adam as an optimizer, not that equivalence.")
     return findings
 
 
@@ -199,7 +199,7 @@ def _document(walk: Mapping[str, Any], exact: Mapping[str, Any], drift: Mapping[
         "a scale-invariant tensor driven by orthogonal noise under AdamW (random walk), the meta-adaptive link between "
         "AdamW and explicit 2-Adam on the unit sphere (exact case, with memory, and on a LayerNorm MLP), and MLPs "
         "with BatchNorm / LayerNorm trained on digits with per-layer norms tracked. Plus a census: "
-        "kadam.normalization.find_scale_invariant on every model of section 4."
+        "kadam.normalization.find_scale_invariant on every census model (the char transformer, the digits CNNs with and without BatchNorm, the MNIST-1D MLP)."
     )
     data = {"random_walk": walk, "meta_adaptive_exact": exact, "meta_adaptive_drift": drift,
             "meta_adaptive_network": network, "digits_norms": norm_runs, "census": census_runs}
