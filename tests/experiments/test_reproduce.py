@@ -192,7 +192,7 @@ def test_smoke_profile_end_to_end_then_from_cache_then_only_what_changed(tmp_pat
     markdown = (out / "report.md").read_text()
     assert markdown.index("## Claims and verdicts") < markdown.index("## 1. ") < markdown.index("## Conclusion")
     claims = results["claims"]
-    assert {claim["section"] for claim in claims} == set(SECTIONS) - {"transfer"}  # transfer states no claims yet
+    assert {claim["section"] for claim in claims} == set(SECTIONS)
     assert all(f"(#{claim['section']})" in markdown for claim in claims) and 'id="claims"' in page
     paper_boundary = next(c for c in claims if c["text"].startswith("Adam's stable region is γ > β/(2−β)"))
     agreement = [e["agreement_paper"] for e in results["sections"]["stability"]["data"]["training_protocol"]["per_learning_rate"]]

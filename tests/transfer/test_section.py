@@ -55,3 +55,21 @@ def test_smoke_section_computes_and_writes_its_document(tmp_path):
     assert len(document.tables) == 3 and document.findings
     assert all((tmp_path / figure.path.split("/")[-1]).exists() for figure in document.figures)
     json.dumps(document.data)
+
+
+def test_transfer_claims_follow_the_measured_points():
+    from kadam.experiments.transfer.section import transfer_claims
+
+    def lr(*pairs):
+        return [{"problem": "q", "lr": 1e-3, "factor": i + 2, "exact": e, "naive": n} for i, (e, n) in enumerate(pairs)]
+
+    def batch(*rows):
+        return [{"task": "t", "factor": 2 ** (i + 1), "holds": list(holds), "best": best} for i, (holds, best) in enumerate(rows)]
+
+    claims = transfer_claims(lr((0.01, 0.1), (0.02, 0.2)), batch((["sqrt"], "sqrt"), (["sqrt", "unchanged"], "sqrt")))
+    assert [c.verdict for c in claims] == ["confirmed", "confirmed", "refuted"]
+    assert "2 of 2" in claims[0].evidence and "2.00%" in claims[0].evidence
+    claims = transfer_claims(lr((0.3, 0.1), (0.3, 0.2), (0.01, 0.2)), batch(([], "linear"), (["linear"], "linear"), (["sqrt"], "sqrt")))
+    assert [c.verdict for c in claims] == ["refuted", "refuted", "not resolved at this budget"]
+    assert "the closest rule at 2" in claims[2].evidence
+    assert transfer_claims([], []) == []

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kadam.experiments.cells import Cell
-from kadam.experiments.report import Figure, SectionDocument, Table, format_number
+from kadam.experiments.report import Claim, Figure, SectionDocument, Table, format_number
 from kadam.experiments.sections import Section
 from kadam.experiments.transfer import plots
 from kadam.experiments.transfer.config import PROFILES
@@ -91,7 +91,7 @@ def _document(config: Any, lr_results: list[dict[str, Any]], batch: dict[tuple, 
         figure_list.append(Figure(plots.plot_lr_transfer(first, str(figures / "transfer_lr.png")),
                                   f"{first['problem']}: full-batch loss against t = η·step at η = {first['lr']:g} and at "
                                   "c·η with transferred, paper-rate and naive betas."))
-    batch_rows = []
+    batch_rows, batch_outcomes = [], []
     for task in config.batch_tasks:
         seed = config.seeds[0]
         base = batch[(task, 1, "base", seed)]
@@ -107,6 +107,7 @@ def _document(config: Any, lr_results: list[dict[str, Any]], batch: dict[tuple, 
             by_rule = {gap["rule"]: gap for gap in gaps if gap["factor"] == factor}
             best = min(by_rule, key=lambda rule: by_rule[rule]["max_gap"])
             holds = [rule for rule, gap in by_rule.items() if gap["max_gap"] <= 2 * noise]
+            batch_outcomes.append({"task": task, "factor": factor, "holds": holds, "best": best})
             findings.append(
                 f"{task}, batch ×{factor}: closest to the base curve: {best} (gap {by_rule[best]['max_gap']:.3g}; sqrt "
                 f"{by_rule['sqrt']['max_gap']:.3g}, linear {by_rule['linear']['max_gap']:.3g}, unchanged "
@@ -131,5 +132,46 @@ def _document(config: Any, lr_results: list[dict[str, Any]], batch: dict[tuple, 
         "change, compared by validation loss at equal samples seen; a second seed of the base run gives the noise floor.")
     headline = [("transfer: rules that hold", "; ".join(findings[-len(config.batch_factors):])[:200] if findings else "—")]
     data = {"lr": lr_results, "batch": {"|".join(map(str, key)): value for key, value in batch.items()}}
+    lr_outcomes = [{"problem": r["problem"], "lr": r["lr"], "factor": row["factor"],
+                    "exact": row["variants"]["exact"]["loss_gap"], "naive": row["variants"]["naive"]["loss_gap"]}
+                   for r in lr_results for row in r["rows"]]
     return SectionDocument("transfer", "Hyperparameter transfer (THEORY §6)", method, findings, tables, figure_list,
-                           headline, data)
+                           headline, data, claims=transfer_claims(lr_outcomes, batch_outcomes))
+
+
+def _verdict(successes: int, total: int) -> str:
+    """Confirmed when the rule holds at every point, refuted when it fails at more than half of them."""
+    if total == 0:
+        return "not resolved at this budget"
+    if successes == total:
+        return "confirmed"
+    return "refuted" if successes < total / 2 else "not resolved at this budget"
+
+
+def transfer_claims(lr_outcomes: Sequence[Mapping[str, Any]], batch_outcomes: Sequence[Mapping[str, Any]]) -> list[Claim]:
+    """The section's claims: (1) the exact-rate lr transfer (β^c, γ^c) keeps the full-batch loss-vs-t curve closer
+    than the same betas, at every (problem, η, c) — ``lr_outcomes`` rows with the ``exact`` and ``naive`` loss gaps;
+    (2) the square-root batch rule (and, as the alternative, linear lr scaling) keeps the validation loss against
+    samples seen within twice the seed-to-seed gap, at every (task, κ) — ``batch_outcomes`` rows with ``holds``
+    (the rules that did) and ``best`` (the closest rule). Each verdict: confirmed at every point, refuted at more
+    than half of the points failing, otherwise not resolved."""
+    claims = []
+    if lr_outcomes:
+        wins = sum(row["exact"] < row["naive"] for row in lr_outcomes)
+        worst = max(row["exact"] for row in lr_outcomes)
+        claims.append(Claim(
+            "Learning-rate transfer η → cη with β → β^c, γ → γ^c keeps the full-batch trajectory (closer than keeping β, γ)",
+            _verdict(wins, len(lr_outcomes)),
+            f"closer than the same betas at {wins} of {len(lr_outcomes)} (problem, η, c) points; largest gap "
+            f"{worst:.2%} of the loss drop"))
+    if batch_outcomes:
+        for rule, text in (("sqrt", "The square-root batch-size rule (Malladi et al. 2022: η·√κ, 1 − β and 1 − γ "
+                                    "scaled by κ, ε/√κ) keeps the loss against samples seen"),
+                           ("linear", "Linear learning-rate scaling η·κ (betas kept) keeps the loss against samples seen")):
+            holds = sum(rule in row["holds"] for row in batch_outcomes)
+            best = sum(row["best"] == rule for row in batch_outcomes)
+            claims.append(Claim(
+                text + " (within twice the seed-to-seed gap)", _verdict(holds, len(batch_outcomes)),
+                f"within twice the seed gap at {holds} of {len(batch_outcomes)} (task, κ) points; the closest rule at "
+                f"{best}"))
+    return claims
