@@ -69,7 +69,7 @@ def test_transfer_claims_follow_the_measured_points():
     claims = transfer_claims(lr((0.01, 0.1), (0.02, 0.2)), batch((["sqrt"], "sqrt"), (["sqrt", "unchanged"], "sqrt")))
     assert [c.verdict for c in claims] == ["confirmed", "confirmed", "refuted"]
     assert "2 of 2" in claims[0].evidence and "2.00%" in claims[0].evidence
-    claims = transfer_claims(lr((0.3, 0.1), (0.3, 0.2), (0.01, 0.2)), batch(([], "linear"), (["linear"], "linear"), (["sqrt"], "sqrt")))
+    claims = transfer_claims(lr((0.3, 0.1), (0.3, 0.2), (0.01, 0.2)), batch((["linear"], "linear"), (["linear"], "linear"), (["sqrt"], "sqrt")))
     assert [c.verdict for c in claims] == ["refuted", "refuted", "not resolved at this budget"]
     assert "the closest rule at 2" in claims[2].evidence
     assert transfer_claims([], []) == []
