@@ -2,7 +2,7 @@
 plot's colours one meaning each."""
 
 from kadam.experiments.comparison import plots
-from tests.experiments.figure_helpers import legend_texts
+from tests.figure_helpers import legend_texts
 
 CURVE = {"steps": [1, 2, 3], "median": [1.0, 0.5, 0.25], "min": [0.9, 0.4, 0.2], "max": [1.1, 0.6, 0.3]}
 OTHER = {"steps": [1, 2, 3], "median": [1.0, 0.7, 0.6], "min": [0.9, 0.6, 0.5], "max": [1.1, 0.8, 0.7]}

@@ -18,7 +18,7 @@ from kadam.experiments.flow.protocol import (
     restart_experiment,
     restart_from_discrete,
 )
-from tests.experiments.figure_helpers import legend_texts
+from tests.figure_helpers import legend_texts
 from kadam.flow import FlatLoss, discrete
 
 
