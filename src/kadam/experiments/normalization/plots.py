@@ -29,7 +29,7 @@ def plot_random_walk(result: dict[str, Any], path: str) -> str:
         color, marker = f"C{index % 10}", _MARKERS[index % len(_MARKERS)]
         curves = result["curves"][f"beta={row['beta']}"]
         for axis, key in ((axes[0][0], "norm"), (axes[0][1], "angular_update")):
-            every = max(1, len(curves[key]["steps"]) // 10)  # markers staggered between β: coinciding curves show all
+            every = max(len(result["by_beta"]), len(curves[key]["steps"]) // 10)  # staggered: equal curves show all
             axis.plot(curves[key]["steps"], curves[key]["values"], color=color, lw=0.8, label=f"β = {row['beta']}",
                       marker=marker, ms=4, mfc="none", markevery=(index * every // len(result["by_beta"]), every))
             for assumption, style in EQUILIBRIUM_STYLES:
