@@ -34,3 +34,12 @@ def test_digits_norms_names_predictions_and_equilibria_and_draws_the_measurement
     lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
     measured, corrected = lines["measured"], lines["corrected prediction"]
     assert measured.get_zorder() < corrected.get_zorder() and measured.get_linewidth() > corrected.get_linewidth()
+
+
+def test_meta_adaptive_draws_the_per_tensor_curve_dashed_over_the_elementwise_one(tmp_path, drawn_figures):
+    figures = drawn_figures(plots)
+    configs = [{"beta": 0.0, "gamma": 0.999, "norm": norm, "cosine_curve": CURVE} for norm in ("elementwise", "tensor")]
+    plots.plot_meta_adaptive({"configs": configs, "d": 8}, None, str(tmp_path / "meta.png"))
+    elementwise, tensor = figures[0].axes[0].get_lines()
+    assert (elementwise.get_linestyle(), tensor.get_linestyle()) == ("-", "--")
+    assert tensor.get_zorder() > elementwise.get_zorder()

@@ -43,12 +43,16 @@ def plot_random_walk(result: dict[str, Any], path: str) -> str:
 
 
 def plot_meta_adaptive(drift: dict[str, Any], network: dict[str, Any] | None, path: str) -> str:
-    """Cosine between AdamW's and 2-Adam's directions against step (noisy quadratic; LayerNorm MLP)."""
+    """Cosine between AdamW's and 2-Adam's directions against step (noisy quadratic; LayerNorm MLP). On the
+    quadratic the second-moment normalization sets the line style (elementwise solid, per tensor dashed on top):
+    curves that coincide (e.g. cos = 1 at β = 0 for both) stay visible."""
     figure, axes = panels(1, 2 if network else 1, (5.0, 3.6))
+    norms = list(dict.fromkeys(config["norm"] for config in drift["configs"]))
     for config in drift["configs"]:
         curve = config["cosine_curve"]
-        axes[0][0].plot(curve["steps"], curve["values"], lw=1,
-                        label=f"β={config['beta']}, γ={config['gamma']}, {config['norm']}")
+        order = norms.index(config["norm"])
+        axes[0][0].plot(curve["steps"], curve["values"], lw=1.6 - 0.4 * min(order, 1), ls=("-", "--", ":")[order % 3],
+                        zorder=2 + order, label=f"β={config['beta']}, γ={config['gamma']}, {config['norm']}")
     axes[0][0].set(xlabel="step", ylabel="cos(Ŵ_AdamW, Ŵ_2-Adam)", title=f"noisy quadratic, d = {drift['d']}")
     axes[0][0].legend(fontsize=7)
     if network:
