@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from kadam.experiments.flow import plots as flow_plots
 from kadam.experiments.flow.plots import plot_accuracy, plot_convergence
 from kadam.experiments.flow.protocol import (
     accuracy_experiment,
@@ -17,6 +18,7 @@ from kadam.experiments.flow.protocol import (
     restart_experiment,
     restart_from_discrete,
 )
+from tests.figure_helpers import legend_texts
 from kadam.flow import FlatLoss, discrete
 
 
@@ -45,7 +47,8 @@ def test_log_log_slope_recovers_a_power_law():
     assert log_log_slope(lrs, [3.0 * lr**1.5 for lr in lrs]) == pytest.approx(1.5, rel=1e-12)
 
 
-def test_experiments_return_json_and_draw(tmp_path):
+def test_experiments_return_json_and_draw(tmp_path, drawn_figures):
+    figures = drawn_figures(flow_plots)
     accuracy = accuracy_experiment(("quadratic",), ks=(1, 2), steps=60)
     assert [(row["problem"], row["k"]) for row in accuracy["rows"]] == [("quadratic", 1), ("quadratic", 2)]
     assert all(row["passes"] == (row["max_rel_error"] <= 0.01) for row in accuracy["rows"])
@@ -55,6 +58,16 @@ def test_experiments_return_json_and_draw(tmp_path):
     json.dumps([accuracy, convergence])
     for path in (plot_accuracy(accuracy, tmp_path / "a.png"), plot_convergence(convergence, tmp_path / "c.png")):
         assert path.read_bytes()[:4] == b"\x89PNG"
+    accuracy_figure, convergence_figure = figures
+    assert "1% bar" in legend_texts(accuracy_figure)  # the reference line says what it is
+    styles = [line.get_linestyle() for line in accuracy_figure.axes[0].get_lines()[:2]]
+    assert styles[0] != styles[1]  # k = 1 and k = 2 stay distinguishable where they coincide
+    reference = next(line for line in convergence_figure.axes[0].get_lines()
+                     if line.get_label() == "slope 1 (first order, through exact/order1)")
+    smallest = min(range(2), key=lambda i: convergence["lrs"][i])
+    assert reference.get_ydata()[smallest] == pytest.approx(
+        convergence["per_lr"][smallest]["variants"]["exact/order1"]["final_rel_error"], rel=1e-12)
+    assert reference.get_ydata()[0] / reference.get_ydata()[1] == pytest.approx(2.0, rel=1e-12)  # ∝ η: slope 1
     with pytest.raises(ValueError, match="lrs must hold at least two"):
         convergence_experiment("quadratic", lrs=(1e-3,))
 

@@ -19,3 +19,40 @@ def test_merge_keeps_every_row_and_the_shared_settings():
 def test_merge_refuses_parts_that_differ_in_a_setting():
     with pytest.raises(ValueError, match="differ in \\['lr'\\]"):
         merge_accuracy([_part("quadratic", 1), _part("logistic", 1, lr=2e-3)])
+
+
+def test_quick_profile_measures_the_slope_on_logistic_regression_too():
+    from kadam.experiments.flow.section import build_section
+    from kadam.experiments.profiles import Settings
+
+    cells = {cell.label: cell for cell in build_section(Settings("quick", "cpu", None)).cells}
+    quadratic, logistic = cells["convergence quadratic"], cells["convergence logistic"]
+    assert quadratic.kwargs["lrs"] == [4e-3, 2e-3, 1e-3, 4e-4]  # unchanged: its cached cell stays valid
+    assert len(logistic.kwargs["lrs"]) >= 3 and set(logistic.kwargs["lrs"]) <= set(quadratic.kwargs["lrs"])
+    assert logistic.kwargs["horizon"] == quadratic.kwargs["horizon"]
+
+
+def _convergence(problem, slope, lrs):
+    variants = ("exact/order1", "paper/order1", "exact/order2")
+    return {"problem": problem, "horizon": 1.0, "k": 1, "seed": 0, "lrs": list(lrs),
+            "per_lr": [{"lr": lr, "variants": {name: {"final_rel_error": lr ** slope, "max_rel_error": lr ** slope}
+                                               for name in variants}} for lr in lrs],
+            "slopes": {name: {"final": slope + 0.01 * i, "max": slope} for i, name in enumerate(variants)}}
+
+
+def test_the_section_reports_each_problems_slope_beside_the_others(tmp_path):
+    from kadam.experiments.flow.section import _document
+
+    row = {"max_rel_error": 0.001, "final_rel_error": 0.001, "min_cosine": 0.99, "passes": True,
+           "simulate_seconds": 1.0, "discrete_seconds": 1.0, "error_curve": {"steps": [0, 1], "values": [1e-4, 1e-3]}}
+    parts = [{**_part(problem, 1), "rows": [{**row, "problem": problem, "k": 1}]} for problem in ("quadratic", "logistic")]
+    convergences = [_convergence("quadratic", 1.04, (4e-3, 2e-3, 1e-3, 4e-4)), _convergence("logistic", 0.96, (4e-3, 2e-3, 1e-3))]
+    document = _document(parts, convergences, [], tmp_path)
+    slopes = dict(document.headline)["log–log slope of error vs η, first-order models (1 expected)"]
+    assert slopes == "quadratic exact 1.04, paper 1.05; logistic exact 0.96, paper 0.97"
+    table = next(table for table in document.tables if table.caption.startswith("Convergence in η"))
+    assert {(row[0], row[1]) for row in table.rows} == {("quadratic", "0.004, 0.002, 0.001, 0.0004"),
+                                                        ("logistic", "0.004, 0.002, 0.001")}
+    assert {figure.path.rsplit("/", 1)[-1] for figure in document.figures} >= {"flow_convergence_quadratic.png",
+                                                                             "flow_convergence_logistic.png"}
+    assert any(finding.startswith("logistic (η = 0.004, 0.002, 0.001)") for finding in document.findings)

@@ -9,12 +9,34 @@ from typing import Any
 
 import numpy as np
 
-from kadam.experiments.figures import panels, save_figure
+from kadam.experiments.figures import PathLike, panels, save_figure
 from kadam.monitor import MonitorHistory
 
 __all__ = ["plot_history", "plot_run", "plot_sharpness"]
 
 _EVENT_COLORS = {"theory": "tab:red", "argument": "tab:orange"}
+
+BOUND_LABEL = "update bound (ratio 1)"
+"""Legend label of the line max|u| / B_n = 1: above it an update exceeds the bound (THEORY §2)."""
+ORTHOGONAL_LABEL = "cos = 0 (update orthogonal to gradient)"
+"""Legend label of the zero line of the update–gradient cosine."""
+INSTABILITY_LABEL = "instability"
+"""Legend label of the vertical line at the run's first instability."""
+
+
+def _save_with_legend(figure: Any, axes: Sequence[Any], path: PathLike) -> PathLike:
+    """One legend right of the panels with every labelled artist of ``axes`` (reference lines included), off the
+    data and with the panels kept aligned; the saved image is cropped to include it."""
+    handles, labels = [], []
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    figure.tight_layout()
+    if handles:
+        figure.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return save_figure(figure, path, dpi=110, bbox_tight=True)
 
 
 def _worst(history: MonitorHistory, quantity: str, count: int) -> list[str]:
@@ -49,7 +71,7 @@ def plot_history(history: MonitorHistory, path: str | Path, *, worst: int = 3, t
     ratio = _final_level_ratio(history)
     for name in _worst(history, ratio, worst):
         ratio_axis.plot(steps, history[ratio][name], lw=1, label=name)
-    ratio_axis.axhline(1.0, color="tab:red", lw=0.8, ls=":")
+    ratio_axis.axhline(1.0, color="tab:red", lw=0.8, ls=":", label=BOUND_LABEL)
     ratio_axis.set_ylabel(f"max|u| / B_n\n({ratio.rsplit('_', 1)[1]})")
     for name in _worst(history, "spike_factor", worst):
         spike_axis.plot(steps, history["spike_factor"][name], lw=1, label=name)
@@ -57,26 +79,31 @@ def plot_history(history: MonitorHistory, path: str | Path, *, worst: int = 3, t
     spike_axis.set_ylabel("spike factor\nmax g²/v̂")
     cosine = history.model.get("model_cosine", np.full(len(steps), np.nan))
     cosine_axis.plot(steps, cosine, color="tab:blue", lw=1)
-    cosine_axis.axhline(0.0, color="gray", lw=0.6)
+    cosine_axis.axhline(0.0, color="gray", lw=0.6, label=ORTHOGONAL_LABEL)
     cosine_axis.set_ylabel("cos(u, g)\n(model)")
     cosine_axis.set_xlabel("optimizer step")
-    for axis in (ratio_axis, spike_axis):
-        if axis.lines and any(line.get_label() and not line.get_label().startswith("_") for line in axis.lines):
-            axis.legend(fontsize=6, loc="upper left")
+    every_axis = (loss_axis, ratio_axis, spike_axis, cosine_axis)
     marked: set[tuple[int, str]] = set()
+    labelled: set[str] = set()
     for event in history.events:
         key = (event.step, event.source)
         if key in marked:
             continue
         marked.add(key)
-        for axis in (loss_axis, ratio_axis, spike_axis, cosine_axis):
-            axis.axvline(event.step, color=_EVENT_COLORS.get(event.source, "tab:orange"), lw=0.6, alpha=0.6)
+        for axis in every_axis:
+            label = f"{event.source} warning" if axis is loss_axis and event.source not in labelled else None
+            axis.axvline(event.step, color=_EVENT_COLORS.get(event.source, "tab:orange"), lw=0.6, alpha=0.6, label=label)
+        labelled.add(event.source)
     if instability_step is not None:
-        for axis in (loss_axis, ratio_axis, spike_axis, cosine_axis):
-            axis.axvline(instability_step, color="black", lw=1.0, ls="--")
+        for axis in every_axis:
+            axis.axvline(instability_step, color="black", lw=1.0, ls="--",
+                         label=INSTABILITY_LABEL if axis is loss_axis else None)
+    for axis in (ratio_axis, spike_axis):  # tensor names per panel (colours differ between panels), bound included
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=6, loc="upper left")
     loss_axis.set_title(title or f"{len(history.events)} warnings (red: theory thresholds, orange: argument thresholds)",
                         fontsize=9)
-    return save_figure(figure, path, dpi=110)
+    return _save_with_legend(figure, (loss_axis, cosine_axis), path)
 
 
 def plot_sharpness(runs: Sequence[Mapping[str, Any]], path: str | Path) -> str | Path:
@@ -89,7 +116,8 @@ def plot_sharpness(runs: Sequence[Mapping[str, Any]], path: str | Path) -> str |
         if points:
             axis.plot(*zip(*points), marker="o", ms=2.5, lw=1, label=f"lr = {run['lr']:g}")
     if runs:
-        axis.axhline(runs[0]["sharpness_threshold"], color="tab:red", lw=1, ls="--", label="(2 + 2β)/(1 − β)")
+        axis.axhline(runs[0]["sharpness_threshold"], color="tab:red", lw=1, ls="--",
+                     label="edge of stability (2 + 2β)/(1 − β)")
     axis.set(xlabel="step", ylabel="λ_max(η P⁻¹ H) (signed Rayleigh quotient)")
     axis.set_yscale("symlog", linthresh=1.0)  # a power iteration that has not converged can return a negative value
     axis.legend(fontsize=7)
@@ -111,27 +139,27 @@ def plot_run(run: Mapping[str, Any], path: str | Path) -> str | Path:
         return np.asarray([np.nan if v is None else v for v in run[key]], dtype=float)
 
     ratio_axis.plot(steps, series("max_bound_ratio"), color="tab:purple", lw=1)
-    ratio_axis.axhline(1.0, color="tab:red", lw=0.8, ls=":")
+    ratio_axis.axhline(1.0, color="tab:red", lw=0.8, ls=":", label=BOUND_LABEL)
     ratio_axis.set_ylabel("max over tensors\nmax|u| / B_n")
     spike_axis.plot(steps, series("max_spike_factor"), color="tab:green", lw=1)
     spike_axis.set(ylabel="max spike factor", yscale="log")
     cosine_axis.plot(steps, series("model_cosine"), color="tab:blue", lw=1)
-    cosine_axis.axhline(0.0, color="gray", lw=0.6)
+    cosine_axis.axhline(0.0, color="gray", lw=0.6, label=ORTHOGONAL_LABEL)
     cosine_axis.set(ylabel="cos(u, g)", xlabel="step")
     every_axis = (loss_axis, ratio_axis, spike_axis, cosine_axis)
-    for step in sorted({event["step"] for event in run["monitor_events"]}):
+    for index, step in enumerate(sorted({event["step"] for event in run["monitor_events"]})):
         for axis in every_axis:
-            axis.axvline(step, color="tab:red", lw=0.6, alpha=0.5)
+            axis.axvline(step, color="tab:red", lw=0.6, alpha=0.5,
+                         label="monitor warning" if axis is loss_axis and index == 0 else None)
     for offset, (name, warned) in enumerate(sorted(run["baselines"].items())):
         if warned:
             loss_axis.plot(warned, [np.nanmax(losses) * (0.9 - 0.1 * offset)] * len(warned), "|", ms=6,
                            label=f"{name} warnings")
     if run["instability_step"] is not None:
         for axis in every_axis:
-            axis.axvline(run["instability_step"], color="black", lw=1, ls="--")
-    if loss_axis.get_legend_handles_labels()[0]:
-        loss_axis.legend(fontsize=6, loc="lower left")
+            axis.axvline(run["instability_step"], color="black", lw=1, ls="--",
+                         label=INSTABILITY_LABEL if axis is loss_axis else None)
     spec = run["spec"]
     loss_axis.set_title(f"{spec['task']}, knob {spec['knob']} ({spec['arm']}), seed {spec['seed']}: "
                         f"{len(run['monitor_events'])} monitor events", fontsize=9)
-    return save_figure(figure, path, dpi=110)
+    return _save_with_legend(figure, every_axis, path)

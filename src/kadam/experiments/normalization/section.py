@@ -42,7 +42,8 @@ def _figures(walk: Mapping[str, Any], drift: Mapping[str, Any], network: Mapping
     figure_list = [
         draw_figure(figures, "normalization_random_walk.png", lambda path: plots.plot_random_walk(walk, path),
                 "Random walk of a scale-invariant tensor under AdamW: measured norm and angular update against the "
-                "corrected (momentum-correlation) and the orthogonal (paper's) predictions, per β."),
+                "corrected (momentum-correlation, dashed) and the orthogonal (paper's, dotted) equilibrium predictions in "
+                "each β's colour."),
         draw_figure(figures, "normalization_meta_adaptive.png",
                 lambda path: plots.plot_meta_adaptive(drift, network, path),
                 "Cosine between AdamW's direction and explicit 2-Adam's on the unit sphere (THEORY §4), noisy "
@@ -55,8 +56,8 @@ def _figures(walk: Mapping[str, Any], drift: Mapping[str, Any], network: Mapping
             f"{run['task']} trained with {run['optimizer']} (λ = {run['weight_decay']:g}): per-layer norm and "
             "angular update, measured against both predictions. Both predicted curves are computed from the measured "
             "per-step update norms |u_n|² of this run (THEORY §4's recursion driven by the measurement), not predicted "
-            "in advance; the a-priori prediction from the hyperparameters alone (the equilibrium norm) is in the "
-            "table beside it."))
+            "in advance; the a-priori prediction from the hyperparameters alone (the equilibrium norm, grey lines) is "
+            "in the table beside it."))
     return figure_list
 
 

@@ -47,14 +47,16 @@ def plot_region_map(path: str, presets: Sequence[tuple[float, float]] = stabilit
     figure.colorbar(filled, ax=axes, label="log10 B_inf (exact sup of |u|, THEORY §2)")
     axes.contourf(one_minus_beta, one_minus_gamma, np.isfinite(log_bound).astype(float), levels=[-0.5, 0.5],
                   colors="0.85")
+    axes.fill([], [], color="0.85", label="unstable (B_inf infinite)")  # legend entries for the unlabelled artists
+    axes.plot([], [], color="white", lw=0.6, label="log10 B_inf = 0.5, 1, 1.5, 2, 3")
     _draw_boundaries(axes, 1.0 - one_minus_beta, log_one_minus=True)
-    for beta, gamma in presets:
-        axes.plot(1.0 - beta, 1.0 - gamma, "k*", ms=11)
+    for index, (beta, gamma) in enumerate(presets):
+        axes.plot(1.0 - beta, 1.0 - gamma, "k*", ms=11, label="common presets (beta, gamma)" if index == 0 else None)
         axes.annotate(f"({beta}, {gamma})", (1.0 - beta, 1.0 - gamma), textcoords="offset points", xytext=(6, 4),
                       fontsize=8)
     axes.set(xscale="log", yscale="log", xlabel="1 - beta", ylabel="1 - gamma", ylim=(one_minus_gamma[0], 1.0))
     axes.set_title("Stable region of Adam's (beta, gamma); grey: unstable", fontsize=10)
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="lower right", fontsize=8, facecolor="0.6", framealpha=0.9)  # dark enough to show the white contour
     save_figure(figure, path, dpi=130)
 
 
@@ -119,7 +121,7 @@ def plot_excess_by_learning_rate(result: dict[str, Any], path: str) -> None:
         axes.plot([row["learning_rate"] for row in rows], [row["excess"] for row in rows], "-" if not stable else ":",
                   marker="o" if not stable else ".", color=colour,
                   label=f"({beta:g}, {gamma:g}) rho = {float(stability.growth_rate(beta, gamma)):+.3f}")
-    axes.axhline(1.0, color="k", lw=1.0)
+    axes.axhline(1.0, color="k", lw=1.0, label="update bound C_n(beta) (ratio 1)")
     axes.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="max_n ||u_n||_inf / C_n(beta)",
              title="Above 1: an update no stable gamma allows")
     axes.legend(fontsize=6, ncol=2)
@@ -139,19 +141,21 @@ def plot_slope_scatter(switch_off: dict[str, Any] | None, training: dict[str, An
             predicted_all += predicted
     if training is not None:
         colours = colormap("viridis")(np.linspace(0.0, 0.9, len(training["learning_rates"])))
-        for lr, colour in zip(training["learning_rates"], colours):
+        count = len(training["learning_rates"])
+        for index, (lr, colour) in enumerate(zip(training["learning_rates"], colours)):
             rows = [row for row in training["rows"] if row["learning_rate"] == lr]
             predicted = [row["predicted_rate"] for row in rows]
-            axes.plot(predicted, [row["late_phase_slope"] for row in rows], "s", ls="none", color=colour, ms=5,
+            size = 4 + 2.5 * (count - 1 - index)  # drawn large to small: markers of equal slopes nest, none hidden
+            axes.plot(predicted, [row["late_phase_slope"] for row in rows], "s", ls="none", color=colour, ms=size,
                       label=f"training, late-phase slope, lr = {lr:g}")
-            axes.plot(predicted, [row["peak_window_slope"] for row in rows], "D", ls="none", color=colour, ms=5,
+            axes.plot(predicted, [row["peak_window_slope"] for row in rows], "D", ls="none", color=colour, ms=size,
                       mfc="none", label=f"training, steepest 20-step slope, lr = {lr:g}")
             predicted_all += predicted
     if predicted_all:
         span = np.array([min(predicted_all), max(predicted_all)])
         axes.plot(span, span, "k-", lw=0.8, label="measured = predicted")
-    axes.axhline(0.0, color="0.6", lw=0.6)
-    axes.axvline(0.0, color="0.6", lw=0.6)
+    axes.axhline(0.0, color="0.6", lw=0.6, ls="--", label="measured slope 0 (no growth)")
+    axes.axvline(0.0, color="0.6", lw=0.6, label="predicted rate 0 (boundary gamma = beta^2)")
     axes.set(xlabel="predicted rate ln(beta) - ln(gamma)/2 (per step)", ylabel="measured slope of ln ||u_n||_inf (per step)",
              title="Growth rate of the update: measured vs predicted")
     axes.legend(fontsize=7)
