@@ -6,11 +6,9 @@ import argparse
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
 
 from kadam.cli import monitor as monitor_cli
-from kadam.monitor import StabilityMonitor
+from tests.monitor.helpers import monitored_run_outside_the_region
 
 
 def parser() -> argparse.ArgumentParser:
@@ -20,17 +18,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def test_plot_writes_a_figure_from_a_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1))
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.1, betas=(0.99, 0.9))  # outside the region: one event
-    monitor = StabilityMonitor(optimizer, every=1, names=model, warn=False)
-    inputs = torch.randn(8, 3)
-    for _ in range(5):
-        loss = model(inputs).square().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        monitor.observe_loss(loss)
-        optimizer.step()
+    monitor = monitored_run_outside_the_region()  # outside the region: one event
     monitor.to_csv(tmp_path / "log.csv")
     args = parser().parse_args(["monitor", "plot", str(tmp_path / "log.csv"), "--out", str(tmp_path / "fig.png")])
     assert args.func(args) == 0

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch import nn
 
 from kadam.experiments.monitor import plots
-from kadam.monitor import StabilityMonitor
+from tests.monitor.helpers import monitored_run_outside_the_region
 from tests.figure_helpers import legend_texts
 
 
@@ -27,17 +25,7 @@ def test_a_protocol_run_figure_labels_every_reference_line(tmp_path: Path, drawn
 
 
 def test_a_history_figure_labels_the_bound_the_zero_cosine_and_the_warnings(tmp_path: Path, drawn_figures) -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1))
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.1, betas=(0.99, 0.9))  # outside the region: an event
-    monitor = StabilityMonitor(optimizer, every=1, names=model, warn=False)
-    inputs = torch.randn(8, 3)
-    for _ in range(5):
-        loss = model(inputs).square().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        monitor.observe_loss(loss)
-        optimizer.step()
+    monitor = monitored_run_outside_the_region()  # outside the region: an event
     figures = drawn_figures(plots)
     plots.plot_history(monitor.history, tmp_path / "history.png", instability_step=3)
     texts = set(legend_texts(figures[0]))
