@@ -74,7 +74,8 @@ class FlowConfig:
 @dataclass(frozen=True)
 class NormalizationConfig:
     """Section 3: kwargs of each experiment, the digits-norms runs as (normalization, optimizer, weight
-    decay), the census warm-up and its tasks (name → model sizes), and ``cost_scale`` (the ETA relative to the quick profile)."""
+    decay), the census warm-up and its tasks (name → model sizes), and ``cost_scale`` (the ETA relative to the
+    quick profile)."""
 
     random_walk: Mapping[str, Any]
     meta_adaptive_exact: Mapping[str, Any]
@@ -84,7 +85,7 @@ class NormalizationConfig:
     digits_norms_runs: tuple[tuple[str, str, float], ...]
     census_warmup_steps: int
     cost_scale: float
-    census_tasks: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    census_tasks: Mapping[str, Mapping[str, int]]
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,12 @@ _PROTOCOL_SIZES = {"steps": 1500, "corpus_chars": 512, "context": 16, "width": 1
 _DIGITS_NORMS_RUNS = tuple((n, o, wd) for n in ("batch", "layer") for o, wd in (("adamw", 0.01), ("adamw", 0.1), ("adam", 0.0)))
 
 
-def _sizes(**sizes: int) -> Mapping[str, int]:
-    return _frozen(sizes)
+def _census_tasks(transformer: Mapping[str, int], channels: int, hidden: int, depth: int) -> Mapping[str, Any]:
+    """The census's four task models (name → sizes): the char transformer, the digits CNN with and without
+    BatchNorm (same width) and the MNIST-1D MLP."""
+    return _frozen({"char-transformer": _frozen(transformer), "digits-cnn-bn": _frozen({"channels": channels}),
+                    "digits-cnn": _frozen({"channels": channels}),
+                    "mnist1d-mlp": _frozen({"hidden": hidden, "depth": depth})})
 
 
 PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
@@ -123,13 +128,9 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
             digits_norms=_frozen({"steps": 300}),
             digits_norms_runs=(("batch", "adamw", 0.1), ("layer", "adam", 0.0)),
             census_warmup_steps=20, cost_scale=0.1,
-            census_tasks=_frozen({
-                "char-transformer": _sizes(corpus_chars=20_000, context=16, width=16, heads=2, layers=1,
-                                            evaluation_windows=64),
-                "digits-cnn-bn": _sizes(channels=4),
-                "digits-cnn": _sizes(channels=4),
-                "mnist1d-mlp": _sizes(hidden=32, depth=2),
-            }),
+            census_tasks=_census_tasks(
+                dict(corpus_chars=20_000, context=16, width=16, heads=2, layers=1, evaluation_windows=64),
+                channels=4, hidden=32, depth=2),
         ),
     ),
     "quick": ProfileSizes(
@@ -151,13 +152,9 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
             meta_adaptive_drift=_frozen({"steps": 20_000}), meta_adaptive_network=_frozen({"steps": 3000}),
             digits_norms=_frozen({"steps": 4000}), digits_norms_runs=_DIGITS_NORMS_RUNS,
             census_warmup_steps=100, cost_scale=1.0,
-            census_tasks=_frozen({
-                "char-transformer": _sizes(corpus_chars=60_000, context=32, width=32, heads=2, layers=2,
-                                            evaluation_windows=128),
-                "digits-cnn-bn": _sizes(channels=8),
-                "digits-cnn": _sizes(channels=8),
-                "mnist1d-mlp": _sizes(hidden=64, depth=2),
-            }),
+            census_tasks=_census_tasks(
+                dict(corpus_chars=60_000, context=32, width=32, heads=2, layers=2, evaluation_windows=128),
+                channels=8, hidden=64, depth=2),
         ),
     ),
     "full": ProfileSizes(
@@ -177,13 +174,9 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
             meta_adaptive_drift=_frozen({"steps": 50_000}), meta_adaptive_network=_frozen({"steps": 10_000}),
             digits_norms=_frozen({"steps": 20_000}), digits_norms_runs=_DIGITS_NORMS_RUNS,
             census_warmup_steps=100, cost_scale=4.0,
-            census_tasks=_frozen({
-                "char-transformer": _sizes(corpus_chars=465_000, context=128, width=128, heads=4, layers=4,
-                                            evaluation_windows=512),
-                "digits-cnn-bn": _sizes(channels=32),
-                "digits-cnn": _sizes(channels=32),
-                "mnist1d-mlp": _sizes(hidden=256, depth=3),
-            }),
+            census_tasks=_census_tasks(
+                dict(corpus_chars=465_000, context=128, width=128, heads=4, layers=4, evaluation_windows=512),
+                channels=32, hidden=256, depth=3),
         ),
     ),
 })

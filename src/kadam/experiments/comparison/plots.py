@@ -47,11 +47,13 @@ def _reference_first(arms: Iterable[str], reference: str) -> list[str]:
 def _twins(series: Mapping[str, Any]) -> dict[str, str]:
     """Each arm whose series equals (exactly) that of an arm before it in ``series``' order → that earlier arm."""
     twins: dict[str, str] = {}
-    for index, (arm, values) in enumerate(series.items()):
-        for earlier, earlier_values in list(series.items())[:index]:
-            if earlier not in twins and values == earlier_values:
-                twins[arm] = earlier
-                break
+    originals: dict[str, Any] = {}  # arms drawn so far that equal no earlier arm
+    for arm, values in series.items():
+        twin = next((earlier for earlier, earlier_values in originals.items() if values == earlier_values), None)
+        if twin is None:
+            originals[arm] = values
+        else:
+            twins[arm] = twin
     return twins
 
 
