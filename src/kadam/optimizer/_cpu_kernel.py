@@ -14,8 +14,11 @@ tensors:
 Passes = 1 + number of tensor-mode levels; an elementwise chain moves exactly the bytes it must. A
 level with β = 0 keeps no m (m = x) and gets a null pointer: an elementwise one skips it, and the pass
 after such a tensor-mode level recomputes its input from the state the step already wrote (for the
-default k = 2, level 1's m and v), so no buffer is kept, read or written for it. The
-arithmetic follows the loop implementation's operation order (float32 agrees with it to rounding);
+default k = 2, level 1's m and v), so no buffer is kept, read or written for it; for the default levels
+that replay, and the sum of squares of a tensor-mode level without m, run in the same loop as the rest of
+their pass, so each pass is one loop over every stream it touches. The arithmetic follows the loop
+implementation's operation order, except that a level feeding another level multiplies by reciprocals of
+its bias corrections and of a tensor-mode denominator (float32 agrees with the loop to a few ulp);
 float16 and bfloat16 parameters run float32 math and store each state once, rounded; float64 runs
 double. Each pass splits the blocks of all tensors over ``torch.get_num_threads()`` OpenMP threads
 (the libgomp torch loads), with one barrier per tensor-mode level; the per-chunk sums are added in a

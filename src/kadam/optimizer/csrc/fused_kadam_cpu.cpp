@@ -10,9 +10,12 @@
 // exactly the floor's bytes, and each tensor-mode level re-reads its m once.
 //
 // Arithmetic mirrors torch's CPU kernels for _single_tensor_kadam (lerp as fmadd with torch's weight
-// split, addcmul's fused multiply-add, divisions where torch divides), compiled with -ffp-contract=off
-// so float32 results track the loop implementation to rounding. Half and bfloat16 storage runs float
-// math; float64 runs double math.
+// split, addcmul's fused multiply-add), compiled with -ffp-contract=off so float32 results track the
+// loop implementation to rounding. The level that writes theta divides where torch divides (k = 1 is
+// torch's Adam step); a level that feeds another applies its bias corrections (and a tensor-mode
+// level its scalar denominator) as multiplications by reciprocals, one division per element where the
+// loop has three: a few units in the last place, and the step is no longer bound by the divider.
+// Half and bfloat16 storage runs float math; float64 runs double math.
 
 #include <algorithm>
 #include <cmath>
@@ -153,7 +156,10 @@ class Stepper {
         const bool reduces = end < a_.n_levels;  // each tensor-mode level has its own slots
         double* sums = chunk_sums.data() + size_t(reduces ? end : 0) * n_chunks;
 #pragma omp for schedule(dynamic, 1) nowait
-        for (int64_t c = 0; c < n_chunks; ++c) {
+        for (int64_t i = 0; i < n_chunks; ++i) {
+          // Every other pass runs backwards, so that it starts on the data the pass before touched last,
+          // still in the last-level cache. The sums stay indexed by chunk, so their order is fixed.
+          const int64_t c = (first_pass_index(first) % 2) ? n_chunks - 1 - i : i;
           const Chunk& chunk = chunks[c];
           double sum = 0.0;
           for (int64_t b = chunk.first_block; b < chunk.end_block; ++b) {
@@ -178,6 +184,13 @@ class Stepper {
   template <typename P>
   P* tensor(void* const* list, int level, int64_t t) const {
     return static_cast<P*>(list[level_index(level, t)]);
+  }
+
+  // 0 for the pass that starts at level 0, 1 for the next, and so on (passes start after tensor-mode levels).
+  int first_pass_index(int first) const {
+    int index = 0;
+    for (int i = 0; i < first; ++i) index += a_.tensor_modes[i] ? 1 : 0;
+    return index;
   }
 
   // The level that ends the pass starting at level `first` (0-based): the first tensor-mode level from
@@ -213,28 +226,79 @@ class Stepper {
       // Resume from the m of the tensor-mode level that ended the previous pass; a level with beta = 0
       // stores none (m = x), so its input is recomputed from the state this step already wrote.
       const int source = first - 1;
+      if (const int below = direct_replay_source(t, source); below >= 0) {
+        return direct_replay(t, below, source, begin, n, carried_by_level);
+      }
       const size_t index = level_index(source, t);
       const T carried = carried_by_level[index];
       const S* m = first_moment(source, t, begin);
       if (!m) replay_input(t, source, begin, n, carried_by_level, x);
       if (source == last) {
         S* param = static_cast<S*>(a_.params[t]) + begin;
-        const T step = step_size(index), keep = shrink();
-        for (int64_t j = 0; j < n; ++j) {
-          store(param, j, T(load(param, j) * keep) + T(T(step * (m ? T(load(m, j)) : x[j])) / carried));
+        const T scale = T(step_size(index) / carried), keep = shrink();
+        if (m) {
+          for (int64_t j = 0; j < n; ++j) store(param, j, T(load(param, j) * keep) + T(T(load(m, j)) * scale));
+        } else {
+          for (int64_t j = 0; j < n; ++j) store(param, j, T(load(param, j) * keep) + T(x[j] * scale));
         }
         return 0.0;
       }
-      const T bc1 = T(a_.bias_correction1[index]);
-      for (int64_t j = 0; j < n; ++j) x[j] = ((m ? T(load(m, j)) : x[j]) / carried) / bc1;
+      resume(m, tensor_scale(index, carried), n, x);
     }
     for (int i = first; i <= last; ++i) {
       // torch's lerp: fmadd(w, end - start, start) for |w| < 0.5, else fmadd(w - 1, end - start, end).
       const bool small = std::fabs(T(1.0 - a_.betas[i])) < T(0.5);
       if (a_.tensor_modes[i]) return small ? tensor_level<true>(i, t, begin, n, x) : tensor_level<false>(i, t, begin, n, x);
-      kElementwise[small][i == last][from_grad && i == 0](*this, i, t, begin, n, x);
+      const int out = i == last ? kToParam : ends_at_unstored_tensor_level(i + 1, t) ? kToSum : kToX;
+      const double sum = kElementwise[small][out][from_grad && i == 0](*this, i, t, begin, n, x);
+      if (out == kToSum) return sum;
     }
     return 0.0;
+  }
+
+  // True when level i is a tensor-mode level that stores no m: a pass reaching it needs only sum(x^2).
+  bool ends_at_unstored_tensor_level(int i, int64_t t) const {
+    return a_.tensor_modes[i] && !a_.exp_avgs[level_index(i, t)];
+  }
+
+  // The default strategy's shape (THEORY §1): an elementwise level e with a stored m, then only tensor-mode
+  // levels that store no m up to `source`, so the input of level source + 1 is norm_e(m_e, v_e) times a
+  // per-tensor scalar. Returns e when that holds and the pass after `source` writes theta or ends at
+  // another such tensor-mode level (then direct_replay does the pass in one loop), else -1.
+  int direct_replay_source(int64_t t, int source) const {
+    int e = source;
+    while (e >= 0 && ends_at_unstored_tensor_level(e, t)) --e;
+    if (e < 0 || e == source || a_.tensor_modes[e] || !a_.exp_avgs[level_index(e, t)]) return -1;
+    const int next = source + 1;
+    return next == a_.n_levels || ends_at_unstored_tensor_level(next, t) ? e : -1;
+  }
+
+  // The pass after tensor-mode level `source` in the shape direct_replay_source found, in one loop over
+  // m_e, v_e (and theta): x = norm_e(m_e, v_e) * prod 1 / (denominator * (1 - beta^n)) over the tensor-mode
+  // levels e + 1 .. source; then theta <- theta * (1 - lr wd) - lr x, or the sum of x^2 for the next level.
+  double direct_replay(int64_t t, int e, int source, int64_t begin, int64_t n, const T* carried_by_level) const {
+    double scale = 1.0;
+    for (int i = e + 1; i <= source; ++i) scale *= tensor_scale(level_index(i, t), carried_by_level[level_index(i, t)]);
+    const Normalizer norm = normalizer(e, t);
+    const S* m = first_moment(e, t, begin);
+    const S* v = tensor<S>(a_.exp_avg_sqs, e, t) + begin;
+    if (source + 1 == a_.n_levels) {
+      S* param = static_cast<S*>(a_.params[t]) + begin;
+      const T factor = T(-a_.lr * scale), keep = shrink();
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        store(param, j, T(load(param, j) * keep) + T(norm(T(load(m, j)), T(load(v, j))) * factor));
+      }
+      return 0.0;
+    }
+    const T factor = T(scale);
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < n; ++j) {
+      const double x = T(norm(T(load(m, j)), T(load(v, j))) * factor);
+      sum += x * x;
+    }
+    return sum;
   }
 
   // Level i's stored first moment from element `begin` of tensor t, or null (beta = 0: not stored).
@@ -248,7 +312,9 @@ class Stepper {
   void replay_input(int64_t t, int level, int64_t begin, int64_t n, const T* carried_by_level, T* x) const {
     int start = level;
     while (start > 0 && !a_.tensor_modes[start - 1]) --start;
-    if (start == 0) {
+    if (start < level && first_moment(start, t, begin)) {
+      // The first replayed level reads its stored m, so its input is not needed: not even the gradient.
+    } else if (start == 0) {
       const S* grad = static_cast<const S*>(a_.grads[t]) + begin;
       const S* param = static_cast<const S*>(a_.params[t]) + begin;
       const bool divide = a_.grad_scale && !a_.store_unscaled_grad;
@@ -266,45 +332,82 @@ class Stepper {
       const size_t index = level_index(below, t);
       const S* m = first_moment(below, t, begin);
       if (!m) replay_input(t, below, begin, n, carried_by_level, x);
-      const T carried = carried_by_level[index], bc1 = T(a_.bias_correction1[index]);
-      for (int64_t j = 0; j < n; ++j) x[j] = ((m ? T(load(m, j)) : x[j]) / carried) / bc1;
+      resume(m, tensor_scale(index, carried_by_level[index]), n, x);
     }
     for (int i = start; i < level; ++i) {  // elementwise levels, their m and v updated this step
-      const size_t index = level_index(i, t);
+      const Normalizer norm = normalizer(i, t);
       const S* m = first_moment(i, t, begin);
       const S* v = tensor<S>(a_.exp_avg_sqs, i, t) + begin;
-      const T bc2_sqrt = T(a_.bias_correction2_sqrt[index]), eps = T(a_.eps[i]), bc1 = T(a_.bias_correction1[index]);
-      for (int64_t j = 0; j < n; ++j) {
-        const T denom = T(std::sqrt(T(load(v, j))) / bc2_sqrt) + eps;
-        x[j] = T(((m ? T(load(m, j)) : x[j]) / denom) / bc1);
+      if (m) {
+        for (int64_t j = 0; j < n; ++j) x[j] = norm(T(load(m, j)), T(load(v, j)));
+      } else {
+        for (int64_t j = 0; j < n; ++j) x[j] = norm(x[j], T(load(v, j)));
       }
+    }
+  }
+
+  // x^(i) of an elementwise level that feeds another level: m / (sqrt(v) / sqrt(1 - gamma^n) + eps)
+  // / (1 - beta^n), with both bias corrections applied as multiplications by their reciprocals (one
+  // division per element; the level that writes theta keeps torch's operation order instead).
+  struct Normalizer {
+    T inv_bc2_sqrt, eps, inv_bc1;
+    T operator()(T m, T v) const { return T(m / T(T(std::sqrt(v) * inv_bc2_sqrt) + eps)) * inv_bc1; }
+  };
+  Normalizer normalizer(int i, int64_t t) const {
+    const size_t index = level_index(i, t);
+    return {T(1.0 / a_.bias_correction2_sqrt[index]), T(a_.eps[i]), T(1.0 / a_.bias_correction1[index])};
+  }
+
+  // The factor 1 / (denominator * (1 - beta^n)) that turns a tensor-mode level's m into its output.
+  T tensor_scale(size_t index, T carried) const { return T(1.0 / (double(carried) * a_.bias_correction1[index])); }
+
+  // x <- m * scale (x * scale in place where m is not stored).
+  void resume(const S* m, T scale, int64_t n, T* x) const {
+    if (m) {
+      for (int64_t j = 0; j < n; ++j) x[j] = T(load(m, j)) * scale;
+    } else {
+      for (int64_t j = 0; j < n; ++j) x[j] *= scale;
     }
   }
 
   // m <- lerp(m, x, 1 - beta) for a tensor-mode level; returns sum(x^2) for its scalar v.
   template <bool Small>
   double tensor_level(int i, int64_t t, int64_t begin, int64_t n, const T* x) const {
+    if (S* m = a_.exp_avgs[level_index(i, t)] ? tensor<S>(a_.exp_avgs, i, t) + begin : nullptr) {
+      const T coeff = lerp_coefficient(i);
+      for (int64_t j = 0; j < n; ++j) {
+        const T old = load(m, j);
+        store(m, j, std::fma(coeff, T(x[j] - old), Small ? old : x[j]));
+      }
+    }  // else beta = 0: m = x is not stored (the next pass replays x)
+    return sum_of_squares(x, n);
+  }
+
+  // sum(x^2) in double over kLanes independent partial sums (one accumulator would make the loop wait
+  // on the adder's latency for every vector), added in a fixed order.
+  static double sum_of_squares(const T* x, int64_t n) {
+    constexpr int64_t kLanes = 32;
+    double partial[kLanes] = {};
+    int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) partial[l] += double(x[j + l]) * double(x[j + l]);
+    }
+    for (int64_t l = 0; j < n; ++j, ++l) partial[l] += double(x[j]) * double(x[j]);
     double sum = 0.0;
-    if (!a_.exp_avgs[level_index(i, t)]) {  // beta = 0: m = x is not stored (the next pass replays x)
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < n; ++j) sum += double(x[j]) * double(x[j]);
-      return sum;
-    }
-    S* m = tensor<S>(a_.exp_avgs, i, t) + begin;
-    const T coeff = lerp_coefficient(i);
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < n; ++j) {
-      const T old = load(m, j);
-      store(m, j, std::fma(coeff, T(x[j] - old), Small ? old : x[j]));
-      sum += double(x[j]) * double(x[j]);
-    }
+    for (int64_t l = 0; l < kLanes; ++l) sum += partial[l];
     return sum;
   }
 
+  // Where an elementwise level's output goes: into x for the next level, into theta (the loop's mul_ +
+  // addcdiv_), or only into sum(x^2) when the next level is a tensor-mode level that stores no m (its
+  // pass ends there, and the next pass replays x).
+  enum Output { kToX = 0, kToParam = 1, kToSum = 2 };
+
   // An elementwise level, m and v updated in place. Its input is x, or (FromGrad) the gradient read
-  // straight from memory; its output goes to x, or (ToParam) into theta as the loop's mul_ + addcdiv_.
-  template <bool Small, bool ToParam, bool FromGrad>
-  void elementwise_level(int i, int64_t t, int64_t begin, int64_t n, T* x) const {
+  // straight from memory. One loop touches every stream of the pass, so the memory system always has
+  // all of them in flight (a second loop over x in L1 would leave it idle). Returns sum(x^2) (kToSum).
+  template <bool Small, int Out, bool FromGrad>
+  double elementwise_level(int i, int64_t t, int64_t begin, int64_t n, T* x) const {
     const size_t index = level_index(i, t);
     S* m = a_.exp_avgs[level_index(i, t)] ? tensor<S>(a_.exp_avgs, i, t) + begin : nullptr;  // null: m = x
     S* v = tensor<S>(a_.exp_avg_sqs, i, t) + begin;
@@ -316,8 +419,10 @@ class Stepper {
     const T one_minus_gamma = T(1.0 - a_.gammas[i]);
     const T bc2_sqrt = T(a_.bias_correction2_sqrt[index]);
     const T eps = T(a_.eps[i]);
-    const T bc1 = T(a_.bias_correction1[index]);
     const T step = step_size(index), keep = shrink();
+    const Normalizer norm = normalizer(i, t);
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < n; ++j) {
       const T input = FromGrad ? T(load(grad, j) * sign) : x[j];
       T m_new = input;
@@ -328,26 +433,32 @@ class Stepper {
       }
       const T v_new = std::fma(T(one_minus_gamma * input), input, T(load(v, j) * gamma));
       store(v, j, v_new);
-      const T denom = T(std::sqrt(v_new) / bc2_sqrt) + eps;
-      if (ToParam) {
+      if (Out == kToParam) {
+        const T denom = T(std::sqrt(v_new) / bc2_sqrt) + eps;
         store(param, j, T(load(param, j) * keep) + T(T(step * m_new) / denom));
+      } else if (Out == kToX) {
+        x[j] = norm(m_new, v_new);
       } else {
-        x[j] = T((m_new / denom) / bc1);
+        const double out = norm(m_new, v_new);
+        sum += out * out;
       }
     }
+    return sum;
   }
 
-  using LevelKernel = void (*)(const Stepper&, int, int64_t, int64_t, int64_t, T*);
-  template <bool Small, bool ToParam, bool FromGrad>
-  static void level_kernel(const Stepper& self, int i, int64_t t, int64_t begin, int64_t n, T* x) {
-    self.elementwise_level<Small, ToParam, FromGrad>(i, t, begin, n, x);
+  using LevelKernel = double (*)(const Stepper&, int, int64_t, int64_t, int64_t, T*);
+  template <bool Small, int Out, bool FromGrad>
+  static double level_kernel(const Stepper& self, int i, int64_t t, int64_t begin, int64_t n, T* x) {
+    return self.elementwise_level<Small, Out, FromGrad>(i, t, begin, n, x);
   }
-  // Indexed [small][to_param][from_grad].
-  static constexpr LevelKernel kElementwise[2][2][2] = {
-      {{level_kernel<false, false, false>, level_kernel<false, false, true>},
-       {level_kernel<false, true, false>, level_kernel<false, true, true>}},
-      {{level_kernel<true, false, false>, level_kernel<true, false, true>},
-       {level_kernel<true, true, false>, level_kernel<true, true, true>}},
+  // Indexed [small][output][from_grad].
+  static constexpr LevelKernel kElementwise[2][3][2] = {
+      {{level_kernel<false, kToX, false>, level_kernel<false, kToX, true>},
+       {level_kernel<false, kToParam, false>, level_kernel<false, kToParam, true>},
+       {level_kernel<false, kToSum, false>, level_kernel<false, kToSum, true>}},
+      {{level_kernel<true, kToX, false>, level_kernel<true, kToX, true>},
+       {level_kernel<true, kToParam, false>, level_kernel<true, kToParam, true>},
+       {level_kernel<true, kToSum, false>, level_kernel<true, kToSum, true>}},
   };
 
   T lerp_coefficient(int i) const {
