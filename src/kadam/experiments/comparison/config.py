@@ -105,6 +105,7 @@ PROFILES: dict[str, ComparisonConfig] = {
             WorkloadConfig("noisy-quadratic", 2000, 32, ALL_STRATEGY_ARMS, (("dimension", 1000),), 2.0),
         ),
         trials=8, lr_only_trials=8, seeds=5, sensitivity_factors=(0.1, 0.316227766017, 3.16227766017, 10.0),
+        curve_points=50,
     ),
 }
 """Per-profile sizes. ``full`` (the report's name for the largest profile) is the study profile."""
