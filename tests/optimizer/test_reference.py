@@ -77,6 +77,26 @@ def test_matches_float64_reference(levels, foreach, weight_decay, decoupled):
         assert state[key].dim() == (0 if norm == "tensor" else 2)
 
 
+@pytest.mark.parametrize("levels", LEVEL_CASES, ids=range(len(LEVEL_CASES)))
+def test_foreach_in_cache_sized_chunks_matches_float64_reference(levels, monkeypatch):
+    """On the CPU the foreach step runs its tensors in chunks; with a chunk of 8 elements the three tensors
+    (20, 7 and 12 elements) split into three chunks, each with its own step counts and moments."""
+    import kadam.optimizer.kadam as kadam_module
+
+    monkeypatch.setattr(kadam_module, "_CPU_FOREACH_CHUNK_ELEMENTS", 8)
+    shapes = [torch.empty(shape) for shape in SHAPES]
+    assert kadam_module._cache_sized_chunks(shapes) == [range(0, 1), range(1, 2), range(2, 3)]
+    monkeypatch.setattr(kadam_module, "_CPU_FOREACH_CHUNK_ELEMENTS", 27)
+    assert kadam_module._cache_sized_chunks(shapes) == [range(0, 2), range(2, 3)]  # 20 + 7 fit, 12 more do not
+    betas, norms, eps = levels
+    theta0, gradient = _problem(seed=len(betas))
+    expected = reference_kadam(theta0, gradient, 50, lr=1e-2, levels=list(zip(*zip(*betas), eps, norms)),
+                               weight_decay=0.05, decoupled=True)
+    actual, _ = _run_kadam(theta0, gradient, 50, lr=1e-2, k=len(betas), betas=betas, norm=norms, eps=eps,
+                           weight_decay=0.05, foreach=True)
+    assert _max_relative_error(actual, expected) <= 1e-10
+
+
 def test_default_meta_levels_are_tensor_mode_without_momentum():
     theta0, gradient = _problem(seed=7)
     expected = reference_kadam(

@@ -655,71 +655,116 @@ def _multi_tensor_kadam(
     grouped = Optimizer._group_tensors_by_device_and_dtype(
         [params, grads, *flat_moments, steps], with_indices=True
     )
-    last = len(levels) - 1
     for (device_params, device_grads, *device_moments, device_steps), indices in grouped.values():
-        device_params = cast(list[Tensor], device_params)
-        device_grads = cast(list[Tensor], device_grads)
-        if has_complex:
-            _view_as_real(device_params, device_grads)
-        if maximize:
-            device_grads = torch._foreach_neg(device_grads)
-        if device_steps[0].is_cpu:
-            torch._foreach_add_(device_steps, torch.tensor(1.0, device="cpu"), alpha=1.0)
+        lists = [cast(list[Tensor], device_params), cast(list[Tensor], device_grads),
+                 *(cast(list[Tensor], m) for m in device_moments), cast(list[Tensor], device_steps)]
+        for chunk in _cache_sized_chunks(lists[0]) if lists[0][0].is_cpu else [range(len(lists[0]))]:
+            chunk_params, chunk_grads, *chunk_moments, chunk_steps = (
+                [tensors[j] for j in chunk] if tensors else tensors for tensors in lists)
+            _multi_tensor_group(chunk_params, chunk_grads, chunk_moments, chunk_steps,
+                                [[per_level[indices[j]] for j in chunk] for per_level in level_steps],
+                                levels=levels, lr=lr, weight_decay=weight_decay,
+                                decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+                                has_complex=has_complex)
+
+
+_CPU_FOREACH_CHUNK_ELEMENTS = 1 << 16
+"""On the CPU a foreach op is a loop over its tensors, so a level's dozen ops over all tensors would stream
+every state through memory a dozen times; in chunks of about this many elements (tensors kept whole) the
+chunk's tensors stay in the core's cache from one op to the next, as the loop's single tensor does."""
+
+
+def _cache_sized_chunks(tensors: list[Tensor]) -> list[range]:
+    """Consecutive index ranges of ``tensors`` holding about :data:`_CPU_FOREACH_CHUNK_ELEMENTS` elements each
+    (a larger tensor alone)."""
+    chunks, start, size = [], 0, 0
+    for j, tensor in enumerate(tensors):
+        if j > start and size + tensor.numel() > _CPU_FOREACH_CHUNK_ELEMENTS:
+            chunks.append(range(start, j))
+            start, size = j, 0
+        size += tensor.numel()
+    chunks.append(range(start, len(tensors)))
+    return chunks
+
+
+def _multi_tensor_group(
+    device_params: list[Tensor],
+    device_grads: list[Tensor],
+    device_moments: list[list[Tensor]],
+    device_steps: list[Tensor],
+    counts_by_level: list[list[float]],
+    *,
+    levels: Sequence[Level],
+    lr: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+    has_complex: bool,
+) -> None:
+    """One foreach step over tensors of one device and dtype (``counts_by_level[i][j]``: level i's step count
+    of tensor j)."""
+    last = len(levels) - 1
+    if has_complex:
+        _view_as_real(device_params, device_grads)
+    if maximize:
+        device_grads = torch._foreach_neg(device_grads)
+    if device_steps[0].is_cpu:
+        torch._foreach_add_(device_steps, torch.tensor(1.0, device="cpu"), alpha=1.0)
+    else:
+        torch._foreach_add_(device_steps, 1)
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            torch._foreach_mul_(device_params, 1 - lr * weight_decay)
+        elif maximize:
+            torch._foreach_add_(device_grads, device_params, alpha=weight_decay)
         else:
-            torch._foreach_add_(device_steps, 1)
-        if weight_decay != 0:
-            if decoupled_weight_decay:
-                torch._foreach_mul_(device_params, 1 - lr * weight_decay)
-            elif maximize:
-                torch._foreach_add_(device_grads, device_params, alpha=weight_decay)
+            device_grads = torch._foreach_add(device_grads, device_params, alpha=weight_decay)
+    x = device_grads
+    for i, level in enumerate(levels):
+        exp_avgs = device_moments[2 * i]
+        exp_avg_sqs = device_moments[2 * i + 1]
+        if has_complex:
+            # Real views of the complex states (a level with beta1 = 0 has no m list to key them on).
+            _view_states_as_real(exp_avgs, exp_avg_sqs, level)
+        counts = counts_by_level[i]
+        if exp_avgs:
+            torch._foreach_lerp_(exp_avgs, x, 1 - level.beta1)
+        else:  # beta1 = 0: m = x, not stored
+            exp_avgs = x
+        torch._foreach_mul_(exp_avg_sqs, level.beta2)
+        if level.tensor_mode:
+            norms = torch._foreach_norm(x)
+            mean_squares = torch._foreach_mul(norms, norms)
+            torch._foreach_mul_(mean_squares, [(1 - level.beta2) / max(t.numel(), 1) for t in x])
+            torch._foreach_add_(exp_avg_sqs, mean_squares)
+        else:
+            torch._foreach_addcmul_(exp_avg_sqs, x, x, 1 - level.beta2)
+        bias_correction1 = [1 - level.beta1**n for n in counts]
+        bias_correction2_sqrt = [(1 - level.beta2**n) ** 0.5 for n in counts]
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, bias_correction2_sqrt)
+        torch._foreach_add_(denom, level.eps)
+        if i == last:
+            step_size = [(lr / bc) * -1 for bc in bias_correction1]
+            if isinstance(step_size[0], Tensor):
+                # Under torch.compile the step counts (and a tensor lr) are tensors, which
+                # _foreach_addcdiv_'s scalar list cannot take: fold the step size into denom.
+                torch._foreach_div_(denom, step_size)
+                torch._foreach_addcdiv_(device_params, exp_avgs, denom)
+            elif level.tensor_mode:
+                torch._foreach_reciprocal_(denom)
+                torch._foreach_mul_(denom, step_size)
+                torch._foreach_addcmul_(device_params, exp_avgs, denom)
             else:
-                device_grads = torch._foreach_add(device_grads, device_params, alpha=weight_decay)
-        x = device_grads
-        for i, level in enumerate(levels):
-            exp_avgs = cast(list[Tensor], device_moments[2 * i])
-            exp_avg_sqs = cast(list[Tensor], device_moments[2 * i + 1])
-            if has_complex:
-                # Real views of the complex states (a level with beta1 = 0 has no m list to key them on).
-                _view_states_as_real(exp_avgs, exp_avg_sqs, level)
-            counts = [level_steps[i][j] for j in indices]
-            if exp_avgs:
-                torch._foreach_lerp_(exp_avgs, x, 1 - level.beta1)
-            else:  # beta1 = 0: m = x, not stored
-                exp_avgs = x
-            torch._foreach_mul_(exp_avg_sqs, level.beta2)
+                torch._foreach_addcdiv_(device_params, exp_avgs, denom, step_size)
+        else:
             if level.tensor_mode:
-                norms = torch._foreach_norm(x)
-                mean_squares = torch._foreach_mul(norms, norms)
-                torch._foreach_mul_(mean_squares, [(1 - level.beta2) / max(t.numel(), 1) for t in x])
-                torch._foreach_add_(exp_avg_sqs, mean_squares)
+                torch._foreach_mul_(denom, bias_correction1)
+                torch._foreach_reciprocal_(denom)
+                x = torch._foreach_mul(exp_avgs, denom)
             else:
-                torch._foreach_addcmul_(exp_avg_sqs, x, x, 1 - level.beta2)
-            bias_correction1 = [1 - level.beta1**n for n in counts]
-            bias_correction2_sqrt = [(1 - level.beta2**n) ** 0.5 for n in counts]
-            denom = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_div_(denom, bias_correction2_sqrt)
-            torch._foreach_add_(denom, level.eps)
-            if i == last:
-                step_size = [(lr / bc) * -1 for bc in bias_correction1]
-                if isinstance(step_size[0], Tensor):
-                    # Under torch.compile the step counts (and a tensor lr) are tensors, which
-                    # _foreach_addcdiv_'s scalar list cannot take: fold the step size into denom.
-                    torch._foreach_div_(denom, step_size)
-                    torch._foreach_addcdiv_(device_params, exp_avgs, denom)
-                elif level.tensor_mode:
-                    torch._foreach_reciprocal_(denom)
-                    torch._foreach_mul_(denom, step_size)
-                    torch._foreach_addcmul_(device_params, exp_avgs, denom)
-                else:
-                    torch._foreach_addcdiv_(device_params, exp_avgs, denom, step_size)
-            else:
-                if level.tensor_mode:
-                    torch._foreach_mul_(denom, bias_correction1)
-                    torch._foreach_reciprocal_(denom)
-                    x = torch._foreach_mul(exp_avgs, denom)
-                else:
-                    x = torch._foreach_div(exp_avgs, denom)
-                    torch._foreach_div_(x, bias_correction1)
+                x = torch._foreach_div(exp_avgs, denom)
+                torch._foreach_div_(x, bias_correction1)
 
 
 def _view_states_as_real(exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], level: Level) -> None:
