@@ -29,7 +29,7 @@ r"""A stability monitor for a live Adam, AdamW or k-Adam run: THEORY §7's quant
   noise-dominated equilibria ``predicted_norm`` and ``predicted_angular_update`` of
   :mod:`kadam.normalization.predictions` (corrected for momentum, with the final level's β).
 - optionally, every ``sharpness_every`` steps, the preconditioned sharpness :math:`\lambda_{\max}(P^{-1}H)`,
-  :math:`P = \mathrm{diag}(\sqrt{\hat v} + \epsilon)/\eta` of level 1 (per group η), by power iteration on
+  :math:`P = \mathrm{diag}(\sqrt{\hat v} + \epsilon)/\eta` of level 1 (per group η), by Lanczos steps on
   Hessian-vector products (:func:`preconditioned_sharpness`), against the adaptive edge of stability
   :math:`(2 + 2\beta)/(1-\beta)` (Cohen et al. 2022; with η inside P this is THEORY §7's
   :math:`(2+2\beta)/((1-\beta)\eta)` times η). Stored per step as ``sharpness`` and ``sharpness_threshold``.
@@ -365,38 +365,58 @@ def preconditioned_sharpness(
     iterations: int = 20,
     generator: torch.Generator | None = None,
 ) -> float:
-    r"""Largest eigenvalue of :math:`P^{-1}H` by power iteration on Hessian-vector products (THEORY §7).
+    r"""Largest eigenvalue of :math:`P^{-1}H` by ``iterations`` Lanczos steps on Hessian-vector products (THEORY §7).
 
     ``loss()`` returns the loss as a tensor with its graph (it must not call ``backward``); ``params``
     the tensors of H; ``inverse_preconditioner`` the diagonal of :math:`P^{-1}` shaped like them. The
-    iteration runs on the symmetric :math:`D^{1/2} H D^{1/2}`, :math:`D = P^{-1}` (same eigenvalues) and
-    returns the Rayleigh quotient of its last vector: the eigenvalue of largest magnitude (with its
-    sign) once converged. ``.grad`` is left untouched (``torch.autograd.grad``). ``loss()`` runs with
-    scaled-dot-product attention on its math backend, the one with a double backward.
+    iteration runs on the symmetric :math:`D^{1/2} H D^{1/2}`, :math:`D = P^{-1}` (same eigenvalues) from a
+    random start and returns the largest eigenvalue of the Lanczos tridiagonal matrix
+    (``scipy.linalg.eigh_tridiagonal``): the largest *algebraic* eigenvalue's estimate, which rises towards
+    it with every step and never falls below the smallest eigenvalue. (Power iteration would instead find
+    the eigenvalue of largest magnitude, which on an indefinite Hessian can be a negative one.) The cost is
+    fixed: ``iterations`` Hessian-vector products, no reorthogonalization (its loss of orthogonality
+    duplicates converged Ritz values but does not move the largest). ``.grad`` is left untouched
+    (``torch.autograd.grad``). ``loss()`` runs with scaled-dot-product attention on its math backend, the
+    one with a double backward.
     """
+    from scipy.linalg import eigh_tridiagonal
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
     params = list(params)
     roots = [d.sqrt() for d in inverse_preconditioner]
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):  # the fused attention kernels lack double backward
         value = loss()
         grads = torch.autograd.grad(value, params, create_graph=True)
+
+    def dot(a: list[Tensor], b: list[Tensor]) -> float:
+        return float(sum(torch.sum(x * y) for x, y in zip(a, b)))
+
     vector = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
-    norm = torch.sqrt(sum(torch.sum(v * v) for v in vector))
+    norm = math.sqrt(dot(vector, vector))
     vector = [v / norm for v in vector]
-    estimate = float("nan")
+    previous: list[Tensor] | None = None
+    alphas: list[float] = []
+    offdiagonal: list[float] = []
     for _ in range(iterations):
         scaled = [v * r for v, r in zip(vector, roots)]
         hvp = torch.autograd.grad(grads, params, grad_outputs=scaled, retain_graph=True)
         product = [h * r for h, r in zip(hvp, roots)]
-        estimate = float(sum(torch.sum(v * w) for v, w in zip(vector, product)))
-        norm = torch.sqrt(sum(torch.sum(w * w) for w in product))
-        if not torch.isfinite(norm) or float(norm) == 0.0:
-            break
-        vector = [w / norm for w in product]
-    return estimate
+        alpha = dot(vector, product)
+        if not math.isfinite(alpha):
+            return math.nan
+        alphas.append(alpha)
+        residual = [w - alpha * v for w, v in zip(product, vector)]
+        if previous is not None:
+            residual = [w - offdiagonal[-1] * u for w, u in zip(residual, previous)]
+        beta = math.sqrt(max(dot(residual, residual), 0.0))
+        if len(alphas) == iterations or not math.isfinite(beta) or beta <= 1e-12 * max(abs(alpha), 1e-300):
+            break  # done, or the Krylov space is invariant: its Ritz values are exact eigenvalues
+        offdiagonal.append(beta)
+        previous, vector = vector, [w / beta for w in residual]
+    ritz = eigh_tridiagonal(np.asarray(alphas), np.asarray(offdiagonal[: len(alphas) - 1]), eigvals_only=True)
+    return float(ritz[-1])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -463,7 +483,7 @@ class StabilityMonitor:
             ``find_scale_invariant(...).invariant`` (THEORY §4), or the report itself.
         sharpness_every: estimate the preconditioned sharpness every this many *recorded* steps; needs
             ``sharpness_closure`` (a callable returning the loss with its graph, without ``backward``).
-        sharpness_iterations: power iterations per estimate.
+        sharpness_iterations: Lanczos steps (Hessian-vector products) per estimate.
         on_event: called with each :class:`StabilityEvent` (rank 0).
         thresholds: :class:`Thresholds`.
         quiet_steps: after warning about a (tensor, quantity, level), further events for it within this

@@ -311,6 +311,28 @@ def test_sharpness_event_above_the_edge_of_stability() -> None:
                                     iterations=3) == pytest.approx(2.0)
 
 
+def test_sharpness_is_the_largest_algebraic_eigenvalue_not_the_largest_magnitude() -> None:
+    """On an indefinite Hessian diag(1, 2, -50) with preconditioner diag(4, 1, 1) the eigenvalues of P^-1 H are
+    4, 2 and -50: power iteration would return -50; Lanczos returns 4 (exact after 3 steps in 3 dimensions)
+    and from below with fewer steps (a lower bound above the smallest eigenvalue)."""
+    theta = nn.Parameter(torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64))
+    curvature = torch.tensor([1.0, 2.0, -50.0], dtype=torch.float64)
+    inverse = [torch.tensor([4.0, 1.0, 1.0], dtype=torch.float64)]
+
+    def loss():
+        return 0.5 * (curvature * theta**2).sum()
+
+    generator = torch.Generator().manual_seed(0)
+    assert preconditioned_sharpness(loss, [theta], inverse, iterations=3, generator=generator) == pytest.approx(4.0)
+    for steps in (1, 2):
+        estimate = preconditioned_sharpness(loss, [theta], inverse, iterations=steps,
+                                            generator=torch.Generator().manual_seed(0))
+        assert -50.0 <= estimate <= 4.0 + 1e-12
+    assert theta.grad is None
+    with pytest.raises(ValueError, match="iterations must be"):
+        preconditioned_sharpness(loss, [theta], inverse, iterations=0)
+
+
 def test_detach_removes_every_hook() -> None:
     model, inputs, targets = regression()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)

@@ -119,7 +119,7 @@ def plot_sharpness(runs: Sequence[Mapping[str, Any]], path: str | Path) -> str |
         axis.axhline(runs[0]["sharpness_threshold"], color="tab:red", lw=1, ls="--",
                      label="edge of stability (2 + 2β)/(1 − β)")
     axis.set(xlabel="step", ylabel="λ_max(η P⁻¹ H) (signed Rayleigh quotient)")
-    axis.set_yscale("symlog", linthresh=1.0)  # a power iteration that has not converged can return a negative value
+    axis.set_yscale("symlog", linthresh=1.0)  # an estimate after few Lanczos steps can be negative (it lies between the extreme eigenvalues)
     axis.legend(fontsize=7)
     return save_figure(figure, path, dpi=110)
 
