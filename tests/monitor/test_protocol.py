@@ -74,6 +74,28 @@ def test_smoke_section_runs_end_to_end(tmp_path: Path) -> None:
     assert len(run["losses"]) <= PROFILES["smoke"].steps and run["recorded_steps"][0] == 1
 
 
+def test_the_sharpness_factor_sweep_recomputes_the_monitors_own_rule(tmp_path: Path) -> None:
+    """At ×1 the recomputed sharpness warnings are the monitor's own events, step for step, on a real run; a
+    higher multiple keeps a subset; the sweep scores each multiple like :func:`protocol.score`."""
+    sizes = PROFILES["smoke"].tasks["mnist1d-mlp"]
+    run = protocol.monitored_run("mnist1d-mlp", "lr", "healthy", 1, 40, 16, sizes)
+    own = sorted(e["step"] for e in run["monitor_events"] if e["quantity"] == "sharpness")
+    estimates = [(step, v) for step, v in zip(run["recorded_steps"], run["sharpness"]) if v is not None]
+    assert len(estimates) == 40 // protocol.SHARPNESS_EVERY
+    recomputed = protocol.with_sharpness_factor(run, 1.0)
+    assert sorted(e["step"] for e in recomputed["monitor_events"] if e["quantity"] == "sharpness") == own
+    largest = max(v for _, v in estimates) / run["sharpness_threshold"]
+    stricter = protocol.with_sharpness_factor(run, 2 * max(largest, 1.0))
+    assert [e for e in stricter["monitor_events"] if e["quantity"] == "sharpness"] == []
+    failing = {**record("lr", "failing", 50, [], []), "sharpness_threshold": 1.0, "recorded_steps": [10, 30, 45],
+               "sharpness": [0.5, 3.0, 20.0]}
+    healthy = {**record("lr", "healthy", None, [], []), "sharpness_threshold": 1.0, "recorded_steps": [10, 20],
+               "sharpness": [1.5, None]}
+    rows = protocol.sharpness_factor_sweep([failing, healthy], factors=(1.0, 2.5, 10.0))
+    assert [(r["caught"], r["healthy_runs_warned"]) for r in rows] == [(1, 1.0), (1, 0.0), (0, 0.0)]
+    # ×10: only the estimate at step 45 is above, 5 steps before the event: too late to count
+
+
 def test_unknown_knob_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="knob must be one of"):
         protocol.monitored_run("mnist1d-mlp", "temperature", "failing", 0, 5, 4, {"hidden": 8, "depth": 1})

@@ -41,7 +41,7 @@ from kadam.experiments.workloads import build_task, seeded_initialisation  # the
 from kadam.monitor import StabilityMonitor, Thresholds
 
 __all__ = ["KNOBS", "RunSpec", "baseline_warnings", "instability_step", "monitored_run", "score",
-           "sharpness_run"]
+           "sharpness_factor_sweep", "sharpness_run", "with_sharpness_factor"]
 
 LEAD = 10
 """Steps a warning must precede the instability event to count for recall."""
@@ -54,8 +54,8 @@ MONITOR_THRESHOLDS = Thresholds()
 """The monitor's thresholds in the protocol: its defaults (theory thresholds and the default spike factor)."""
 SHARPNESS_EVERY = 5
 SHARPNESS_ITERATIONS = 4
-"""The monitor estimates the preconditioned sharpness every 5 steps on one fixed batch with 4 power iterations
-(a rough, low estimate: the Rayleigh quotient after few iterations lies below λ_max)."""
+"""The monitor estimates the preconditioned sharpness every 5 steps on one fixed batch with 4 Lanczos steps
+(a rough, low estimate: the largest Ritz value after few steps lies below λ_max)."""
 
 KNOBS: Mapping[str, Mapping[str, Mapping[str, Any]]] = {
     "lr": {"failing": {"lr": 1.0}, "healthy": {"lr": 3e-3}},
@@ -235,6 +235,36 @@ def _first_warning_steps(run: Mapping[str, Any]) -> dict[str, list[int]]:
             **run["baselines"]}
 
 
+SHARPNESS_FACTORS = (1.0, 2.0, 5.0, 10.0, 50.0)
+"""Multiples of the adaptive edge of stability at which the sharpness check's trade-off is reported."""
+
+
+def with_sharpness_factor(run: Mapping[str, Any], factor: float) -> dict[str, Any]:
+    """``run`` with its monitor's sharpness events replaced by those the check would raise at ``factor`` × the
+    edge: every recorded estimate above ``factor`` × (2 + 2β)/(1 − β) from step ``sharpness_after`` on (the
+    monitor's own rule, :class:`~kadam.monitor.Thresholds`), recomputed from the run's sharpness series."""
+    threshold = run["sharpness_threshold"]
+    after = MONITOR_THRESHOLDS.sharpness_after
+    events = [e for e in run["monitor_events"] if e["quantity"] != "sharpness"]
+    if threshold is not None:
+        events += [{"step": step, "quantity": "sharpness", "value": value, "threshold": factor * threshold}
+                   for step, value in zip(run["recorded_steps"], run["sharpness"])
+                   if value is not None and step >= after and value > factor * threshold]
+    return {**run, "monitor_events": events}
+
+
+def sharpness_factor_sweep(runs: Sequence[Mapping[str, Any]], factors: Sequence[float] = SHARPNESS_FACTORS,
+                           lead: int = LEAD) -> list[dict[str, Any]]:
+    """The monitor's recall and share of healthy runs warned (:func:`score`) with the sharpness check at each
+    multiple of the edge in ``factors``: the check's trade-off between missed failures and false alarms."""
+    rows = []
+    for factor in factors:
+        monitor = score([with_sharpness_factor(run, factor) for run in runs], lead)["detectors"]["monitor"]
+        rows.append({"factor": factor, "recall": monitor["recall"], "caught": monitor["caught"],
+                     "healthy_runs_warned": monitor["healthy_runs_warned"]})
+    return rows
+
+
 def score(runs: Sequence[Mapping[str, Any]], lead: int = LEAD) -> dict[str, Any]:
     """Recall at ``lead``, lead times and false alarms of the monitor and both baselines over ``runs``.
 
@@ -287,7 +317,7 @@ def sharpness_run(lr: float, seed: int, steps: int, batch_size: int, sizes: Mapp
     """Preconditioned sharpness λ_max(ηP⁻¹H) over training at one learning rate (THEORY §7, Cohen et al.).
 
     Adam (β, 0.999), mini-batches of ``batch_size``; every ``every`` steps the monitor estimates the
-    sharpness on one fixed batch (``iterations`` power iterations) against (2 + 2β)/(1 − β). Returns the
+    sharpness on one fixed batch (``iterations`` Lanczos steps) against (2 + 2β)/(1 − β). Returns the
     loss curve, the sharpness series and its threshold, and the share of estimates above it.
     """
     built = build_task(task, device, **sizes)
