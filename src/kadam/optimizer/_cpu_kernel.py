@@ -11,7 +11,10 @@ tensors:
 * the next pass re-reads :math:`m_i`, forms :math:`x^{(i)} = m_i/(\sqrt{v_i/(1-\gamma_i^n)}+\epsilon_i)
   /(1-\beta_i^n)` and carries on to the next tensor-mode level or to θ.
 
-Passes = 1 + number of tensor-mode levels; an elementwise chain moves exactly the bytes it must. A
+Passes = 1 + number of tensor-mode levels, except that a tensor-mode level without m (β = 0) outputs its
+input times a per-tensor scalar s, so when another such level follows, that level's sum of squares is s²
+times this one's and needs no pass: the default k-Adam takes two passes for every k. An elementwise chain
+moves exactly the bytes it must. A
 level with β = 0 keeps no m (m = x) and gets a null pointer: an elementwise one skips it, and the pass
 after such a tensor-mode level recomputes its input from the state the step already wrote (for the
 default k = 2, level 1's m and v), so no buffer is kept, read or written for it; for the default levels

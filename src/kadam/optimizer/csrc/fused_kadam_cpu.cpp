@@ -6,8 +6,10 @@
 // runs elementwise levels in registers until it reaches a tensor-mode level i: that level's m_i is
 // updated (it needs only its input) and sum(x^2) is accumulated for its scalar v_i. Once v_i is known,
 // the next pass starts from the stored m_i, forms x^(i) = m_i / denom_i / bc1_i and carries on. The
-// final level writes theta. Passes = 1 + number of tensor-mode levels; an elementwise chain moves
-// exactly the floor's bytes, and each tensor-mode level re-reads its m once.
+// final level writes theta. Passes = 1 + number of tensor-mode levels, less one for each tensor-mode
+// level without m that follows another (its sum of squares is the previous one's times a scalar, so the
+// default k-Adam takes two passes for every k); an elementwise chain moves exactly the floor's bytes,
+// and each tensor-mode level re-reads its m once.
 //
 // Arithmetic mirrors torch's CPU kernels for _single_tensor_kadam (lerp as fmadd with torch's weight
 // split, addcmul's fused multiply-add), compiled with -ffp-contract=off so float32 results track the
@@ -151,15 +153,12 @@ class Stepper {
     {
       T x[kBlock];
       std::vector<T> carried(size_t(a_.n_tensors) * a_.n_levels);  // tensor-mode denominators, by level
-      for (int first = 0; first <= a_.n_levels; first = pass_end(first) + 1) {
-        const int end = pass_end(first);
+      for (int first = 0; first <= a_.n_levels;) {
+        int end = pass_end(first);
         const bool reduces = end < a_.n_levels;  // each tensor-mode level has its own slots
         double* sums = chunk_sums.data() + size_t(reduces ? end : 0) * n_chunks;
 #pragma omp for schedule(dynamic, 1) nowait
-        for (int64_t i = 0; i < n_chunks; ++i) {
-          // Every other pass runs backwards, so that it starts on the data the pass before touched last,
-          // still in the last-level cache. The sums stay indexed by chunk, so their order is fixed.
-          const int64_t c = (first_pass_index(first) % 2) ? n_chunks - 1 - i : i;
+        for (int64_t c = 0; c < n_chunks; ++c) {
           const Chunk& chunk = chunks[c];
           double sum = 0.0;
           for (int64_t b = chunk.first_block; b < chunk.end_block; ++b) {
@@ -173,7 +172,17 @@ class Stepper {
           double total = 0.0;
           for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) total += sums[c];
           carried[level_index(end, t)] = finish_reduction(t, end, total, omp_get_thread_num() == 0);
+          // A tensor-mode level without m outputs its input times a per-tensor scalar s, so the next
+          // level's sum of squares is s^2 times this one's: a chain of such levels (the default meta
+          // levels) needs no pass of its own.
+          for (int level = end; chains_to_next(level, t); ++level) {
+            const double scale = tensor_scale(level_index(level, t), carried[level_index(level, t)]);
+            total *= scale * scale;
+            carried[level_index(level + 1, t)] = finish_reduction(t, level + 1, total, omp_get_thread_num() == 0);
+          }
         }
+        while (a_.n_tensors > 0 && chains_to_next(end, 0)) ++end;  // the same for every tensor: betas are per level
+        first = end + 1;
       }
     }
   }
@@ -186,11 +195,11 @@ class Stepper {
     return static_cast<P*>(list[level_index(level, t)]);
   }
 
-  // 0 for the pass that starts at level 0, 1 for the next, and so on (passes start after tensor-mode levels).
-  int first_pass_index(int first) const {
-    int index = 0;
-    for (int i = 0; i < first; ++i) index += a_.tensor_modes[i] ? 1 : 0;
-    return index;
+  // True when tensor-mode level `level` stores no m and the level after it is another such level: the
+  // second one's v follows from the first's sum (see run()).
+  bool chains_to_next(int level, int64_t t) const {
+    return level + 1 < a_.n_levels && ends_at_unstored_tensor_level(level, t) &&
+           ends_at_unstored_tensor_level(level + 1, t);
   }
 
   // The level that ends the pass starting at level `first` (0-based): the first tensor-mode level from
