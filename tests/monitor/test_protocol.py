@@ -99,3 +99,18 @@ def test_the_sharpness_factor_sweep_recomputes_the_monitors_own_rule(tmp_path: P
 def test_unknown_knob_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="knob must be one of"):
         protocol.monitored_run("mnist1d-mlp", "temperature", "failing", 0, 5, 4, {"hidden": 8, "depth": 1})
+
+
+def test_the_sharpness_finding_contrasts_rates_above_and_below_the_edge() -> None:
+    from kadam.experiments.monitor.section import sharpness_finding
+
+    def run(lr, ratios, final, threshold=38.0):
+        return {"lr": lr, "sharpness": [r * threshold for r in ratios], "sharpness_threshold": threshold,
+                "share_above": sum(r > 1 for r in ratios) / len(ratios), "losses": [4.0, final]}
+
+    text = sharpness_finding([run(1e-3, [0.01, 0.02], 3.0), run(1e-2, [0.1, 0.08], 2.3), run(1e-1, [3.0, 50.0], 3.1)])
+    assert "lr 0.1: median 50× the edge, 100% of estimates above, final loss 3.1" in text
+    assert "(0.1) train worse than a smaller rate" in text
+    text = sharpness_finding([run(1e-3, [0.01], 3.0), run(1e-1, [3.0], 2.0)])
+    assert "do not all train worse" in text
+    assert "No rate's run sits above" in sharpness_finding([run(1e-3, [0.01], 3.0)])
