@@ -56,7 +56,9 @@ class StabilityConfig:
 class FlowConfig:
     """Section 2: the accuracy runs as (problem, k), the convergence experiment at a fixed horizon η·steps
     (``convergence_lrs``, or a problem's own rates in ``convergence_lrs_by_problem``: a run costs ∝ Σ 1/η),
-    and the problems of the first-step diagnostic."""
+    the problems of the first-step diagnostic, and (empty: not run) the kwargs of the warm-start experiment,
+    of the modified equations' convergence experiment per problem, and of the transformer problem
+    (:mod:`kadam.experiments.flow.extra`)."""
 
     accuracy_runs: tuple[tuple[str, int], ...]
     accuracy_steps: int
@@ -65,6 +67,9 @@ class FlowConfig:
     convergence_horizon: float
     first_step: tuple[str, ...] = ()
     convergence_lrs_by_problem: Mapping[str, tuple[float, ...]] = field(default_factory=lambda: _frozen({}))
+    warm_start: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
+    modified: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _frozen({}))
+    transformer: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
 
     def convergence_lrs_for(self, problem: str) -> tuple[float, ...]:
         """The learning rates of ``problem``'s convergence experiment."""
@@ -168,7 +173,14 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
         flow=FlowConfig(accuracy_runs=tuple((p, k) for p in ("quadratic", "logistic", "mlp") for k in (1, 2, 3)),
                         accuracy_steps=2000, convergence_problems=("quadratic", "logistic", "mlp"),
                         convergence_lrs=(4e-3, 2e-3, 1e-3, 4e-4), convergence_horizon=2.0,
-                        first_step=("quadratic", "logistic", "mlp")),
+                        first_step=("quadratic", "logistic", "mlp"),
+                        warm_start=_frozen({"problem": "mlp", "lr": 1e-3, "steps": 2000, "warm_starts": [0, 1, 2, 5, 10]}),
+                        # the modified equations on logistic regression had not finished one η (8e-3, 125 steps,
+                        # rtol 1e-8) after 9 CPU-minutes, nor three η after 23 at rtol 1e-10 (Hessian-vector products
+                        # at every solver stage): quadratic only
+                        modified=_frozen({"quadratic": _frozen({"lrs": [4e-3, 2e-3, 1e-3], "horizon": 1.0,
+                                                                "warm_start": 1})}),
+                        transformer=_frozen({"lr": 1e-3, "steps": 2000, "warm_starts": [0, 5]})),
         normalization=NormalizationConfig(
             random_walk=_frozen({"relaxation_times": 10}), meta_adaptive_exact=_frozen({"steps": 2000}),
             meta_adaptive_drift=_frozen({"steps": 50_000}), meta_adaptive_network=_frozen({"steps": 10_000}),

@@ -56,3 +56,51 @@ def test_the_section_reports_each_problems_slope_beside_the_others(tmp_path):
     assert {figure.path.rsplit("/", 1)[-1] for figure in document.figures} >= {"flow_convergence_quadratic.png",
                                                                              "flow_convergence_logistic.png"}
     assert any(finding.startswith("logistic (η = 0.004, 0.002, 0.001)") for finding in document.findings)
+
+
+def test_warm_start_modified_equations_and_transformer_are_full_profile_cells_only():
+    from kadam.experiments.flow.section import build_section
+    from kadam.experiments.profiles import Settings
+
+    labels = {profile: {cell.label for cell in build_section(Settings(profile, "cpu", None)).cells}
+              for profile in ("quick", "full")}
+    extras = {"warm start", "transformer problem", "modified equations quadratic"}
+    assert extras <= labels["full"] and not extras & labels["quick"]
+
+
+def _warm(problem, errors, **more):
+    return {"problem": problem, "lr": 1e-3, "steps": 2000, "k": 1, "modified": False, "seed": 0, **more,
+            "rows": [{"warm_start": s, "max_rel_error": e, "final_rel_error": e / 2, "gradient_evaluations": 100}
+                     for s, e in errors]}
+
+
+def _modified(problem, first, second):
+    lrs = (4e-3, 2e-3, 1e-3)
+    return {"problem": problem, "horizon": 1.0, "k": 1, "warm_start": 1, "seed": 0, "lrs": list(lrs),
+            "per_lr": [{"lr": lr, "steps": round(1 / lr), "variants": {
+                "first_order": {"final_rel_error": lr ** first}, "modified": {"final_rel_error": lr ** second}}}
+                for lr in lrs],
+            "slopes": {"first_order": {"final": first, "max": first}, "modified": {"final": second, "max": second}}}
+
+
+@pytest.mark.parametrize("errors,slope,verdicts", [
+    (((0, 0.06), (5, 0.008), (10, 0.004)), 2.01, ("confirmed", "confirmed")),
+    (((0, 0.06), (10, 0.02), (50, 0.005)), 1.2, ("refuted", "refuted")),
+])
+def test_the_extra_experiments_state_their_claims_from_the_numbers(tmp_path, errors, slope, verdicts):
+    from kadam.experiments.flow.section import _document
+
+    row = {"max_rel_error": 0.001, "final_rel_error": 0.001, "min_cosine": 0.99, "passes": True,
+           "simulate_seconds": 1.0, "discrete_seconds": 1.0, "error_curve": {"steps": [0, 1], "values": [1e-4, 1e-3]}}
+    parts = [{**_part("quadratic", 1), "rows": [{**row, "problem": "quadratic", "k": 1}]}]
+    extras = {"warm_start": _warm("mlp", errors), "modified": [_modified("quadratic", 1.0, slope)],
+              "transformer": _warm("transformer", ((0, 0.03), (5, 0.01)), parameters=3000)}
+    document = _document(parts, [_convergence("quadratic", 1.0, (4e-3, 2e-3))], [], tmp_path, extras)
+    claims = {claim.text.split(" (")[0]: claim.verdict for claim in document.claims}
+    assert claims["After a warm start of ≤ 10 discrete steps the model tracks the mlp within 1%"] == verdicts[0]
+    assert claims["The O(η²) modified equations are second order"] == verdicts[1]
+    captions = [table.caption for table in document.tables]
+    assert any(c.startswith("mlp: the model started after s discrete steps") for c in captions)
+    assert any(c.startswith("tiny character transformer") and "3000 parameters" in c for c in captions)
+    assert any(f"modified equations {slope:.2f}" in finding for finding in document.findings)
+    assert document.data["warm_start"]["rows"][0]["warm_start"] == 0

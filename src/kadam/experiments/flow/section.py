@@ -8,6 +8,11 @@ from typing import Any
 
 from kadam.experiments.cells import Cell
 from kadam.experiments.flow import plots
+from kadam.experiments.flow.extra import (
+    modified_convergence_experiment,
+    transformer_accuracy_experiment,
+    warm_start_experiment,
+)
 from kadam.experiments.flow.protocol import accuracy_experiment, convergence_experiment, first_step_experiment
 from kadam.experiments.profiles import Settings, plain, profile_sizes
 from kadam.experiments.report import Claim, SectionDocument, Table, format_number
@@ -48,6 +53,66 @@ def flow_claims(accuracy: Mapping[str, Any], convergences: Sequence[Mapping[str,
     return claims
 
 
+SECOND_ORDER_SLOPE = 1.8
+"""The modified equations count as second order when their error's log–log slope in η reaches this (issue 14)."""
+WARM_START_LIMIT = 10
+"""The warm-start claim: the model tracks the MLP within the bar after at most this many discrete steps."""
+
+
+def extra_claims(extras: Mapping[str, Any], bar: float) -> list[Claim]:
+    """Claims of the warm-start and modified-equation experiments, when the profile ran them."""
+    claims = []
+    warm = extras.get("warm_start")
+    if warm:
+        within = [row for row in warm["rows"] if row["warm_start"] <= WARM_START_LIMIT and row["max_rel_error"] <= bar]
+        best = min(warm["rows"], key=lambda row: row["max_rel_error"])
+        claims.append(Claim(
+            f"After a warm start of ≤ {WARM_START_LIMIT} discrete steps the model tracks the {warm['problem']} within "
+            f"{bar:.0%} (η = {warm['lr']:g}, {warm['steps']} steps)", "confirmed" if within else "refuted",
+            f"smallest max error {format_number(best['max_rel_error'], 2)} at s = {best['warm_start']}"))
+    modified = extras.get("modified", [])
+    if modified:
+        slopes = {result["problem"]: result["slopes"]["modified"]["final"] for result in modified}
+        reached = [problem for problem, slope in slopes.items() if slope >= SECOND_ORDER_SLOPE]
+        verdict = ("confirmed" if len(reached) == len(slopes) else "refuted" if not reached
+                   else "not resolved at this budget")
+        claims.append(Claim(f"The O(η²) modified equations are second order (slope ≥ {SECOND_ORDER_SLOPE:g})", verdict,
+                            "slopes " + ", ".join(f"{problem} {slope:.2f}" for problem, slope in slopes.items())
+                            + " (first order: " + ", ".join(f"{r['problem']} {r['slopes']['first_order']['final']:.2f}"
+                                                           for r in modified) + ")"))
+    return claims
+
+
+def _extra_tables(extras: Mapping[str, Any]) -> tuple[list[Table], list[str]]:
+    """Tables and findings of the warm-start, modified-equation and transformer experiments that ran."""
+    tables, findings = [], []
+    for name in ("warm_start", "transformer"):
+        result = extras.get(name)
+        if not result:
+            continue
+        label = "tiny character transformer" if name == "transformer" else result["problem"]
+        tables.append(Table(
+            f"{label}: the model started after s discrete steps (η = {result['lr']:g}, {result['steps']} steps"
+            + (f", {result['parameters']} parameters" if "parameters" in result else "") + ")",
+            ["warm start s", "max rel. error", "final rel. error", "gradient evaluations"],
+            [[str(row["warm_start"]), format_number(row["max_rel_error"]), format_number(row["final_rel_error"]),
+              str(row["gradient_evaluations"])] for row in result["rows"]]))
+        findings.append(f"{label} at η = {result['lr']:g}: max relative error "
+                        + ", ".join(f"{format_number(row['max_rel_error'], 2)} at s = {row['warm_start']}"
+                                    for row in result["rows"]) + ".")
+    for result in extras.get("modified", []):
+        tables.append(Table(
+            f"{result['problem']}: first-order model against the O(η²) modified equations at η·steps = "
+            f"{result['horizon']:g} (warm start {result['warm_start']})",
+            ["η", "first order: final rel. error", "modified: final rel. error"],
+            [[f"{entry['lr']:g}", format_number(entry["variants"]["first_order"]["final_rel_error"]),
+              format_number(entry["variants"]["modified"]["final_rel_error"])] for entry in result["per_lr"]]))
+        findings.append(f"{result['problem']}: log–log slope of the final error against η, first order "
+                        f"{result['slopes']['first_order']['final']:.2f}, modified equations "
+                        f"{result['slopes']['modified']['final']:.2f} (2 expected).")
+    return tables, findings
+
+
 def merge_accuracy(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One accuracy result from the per-(problem, k) cells: their rows, and the settings they share.
 
@@ -62,7 +127,8 @@ def merge_accuracy(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _document(accuracy_parts: list[Mapping[str, Any]], convergences: list[Mapping[str, Any]],
-              first_steps: list[Mapping[str, Any]], figures: Path) -> SectionDocument:
+              first_steps: list[Mapping[str, Any]], figures: Path,
+              extras: Mapping[str, Any] | None = None) -> SectionDocument:
     merged = merge_accuracy(accuracy_parts)
     figure_list = [draw_figure(figures, "flow_accuracy.png", lambda path: plots.plot_accuracy(merged, path),
                            f"Relative trajectory error ‖θ_cont − θ_disc‖ / ‖θ_disc − θ₀‖ against step at η = "
@@ -131,15 +197,19 @@ def _document(accuracy_parts: list[Mapping[str, Any]], convergences: list[Mappin
                   f"{row['fast_share']:.1%}"] for row in result["rows"]])
           for result in first_steps],
     ]
+    extras = extras or {}
+    extra_tables, extra_findings = _extra_tables(extras)
+    tables += extra_tables
+    findings += extra_findings
     method = (
         "THEORY §3: the ODE model of Adam / AdamW / k-Adam integrated with torchdiffeq (kadam.flow) from the same "
         "start as the real KAdam, on three full-batch problems (an ill-conditioned quadratic, logistic regression "
         "and a tanh MLP on digits), with kadam.experiments.flow's accuracy and convergence experiments. The error "
         "is ‖θ_cont(n) − θ_disc(n)‖ / ‖θ_disc(n) − θ₀‖."
     )
-    data = {"accuracy": merged, "convergence": convergences, "first_step": first_steps}
+    data = {"accuracy": merged, "convergence": convergences, "first_step": first_steps, **extras}
     return SectionDocument("flow", "The continuous-time model", method, findings, tables, figure_list, headline, data,
-                           claims=flow_claims(merged, convergences))
+                           claims=flow_claims(merged, convergences) + extra_claims(extras, merged["bar"]))
 
 
 def build_section(settings: Settings) -> Section:
@@ -159,11 +229,25 @@ def build_section(settings: Settings) -> Section:
     ]
     first_step_cells = [Cell("flow", f"first step {problem}", first_step_experiment, {"problem": problem}, cost=5.0)
                         for problem in config.first_step]
+    extra_cells: dict[str, Any] = {"modified": [
+        Cell("flow", f"modified equations {problem}", modified_convergence_experiment, {"problem": problem, **plain(kwargs)},
+             cost=sum(kwargs["horizon"] / lr for lr in kwargs["lrs"]) * 20 * _STEP_SECONDS[problem])
+        for problem, kwargs in config.modified.items()]}
+    if config.warm_start:
+        extra_cells["warm_start"] = Cell(
+            "flow", "warm start", warm_start_experiment, plain(config.warm_start),
+            cost=config.warm_start["steps"] * _STEP_SECONDS[config.warm_start["problem"]] * len(config.warm_start["warm_starts"]))
+    if config.transformer:
+        extra_cells["transformer"] = Cell("flow", "transformer problem", transformer_accuracy_experiment,
+                                          plain(config.transformer),
+                                          cost=config.transformer["steps"] * 0.05 * len(config.transformer["warm_starts"]))
 
     def finish(results: Mapping[str, Any], figures: Path) -> SectionDocument:
+        extras = {name: ([results[cell.key] for cell in value] if isinstance(value, list) else results[value.key])
+                  for name, value in extra_cells.items()}
         return _document([results[cell.key] for cell in accuracy_cells],
                          [results[cell.key] for cell in convergence_cells],
-                         [results[cell.key] for cell in first_step_cells], figures)
+                         [results[cell.key] for cell in first_step_cells], figures, extras)
 
     configuration = {"accuracy": {"runs": plain(config.accuracy_runs), "steps": config.accuracy_steps},
                      "convergence": {"problems": list(config.convergence_problems), "lrs": list(config.convergence_lrs),
@@ -173,5 +257,11 @@ def build_section(settings: Settings) -> Section:
                                                          in config.convergence_lrs_by_problem.items()}
     if config.first_step:
         configuration["first_step"] = list(config.first_step)
-    return Section("flow", "The continuous-time model", configuration,
-                   [*accuracy_cells, *convergence_cells, *first_step_cells], finish)
+    for name in ("warm_start", "transformer"):
+        if getattr(config, name):
+            configuration[name] = plain(getattr(config, name))
+    if config.modified:
+        configuration["modified"] = plain(config.modified)
+    cells = [*accuracy_cells, *convergence_cells, *first_step_cells, *extra_cells["modified"],
+             *(extra_cells[name] for name in ("warm_start", "transformer") if name in extra_cells)]
+    return Section("flow", "The continuous-time model", configuration, cells, finish)
