@@ -139,7 +139,11 @@ def plot_forest(analysis: Mapping[str, Any], path: str, result: str = "search") 
     rows = []
     for item in analysis["families"].get(result, []):
         comparison = item["comparison"]
-        rows.append((f"{item['workload']}: {item['arm']}", comparison))
+        if " vs " in item["workload"]:  # a THEORY §4 pairing: the difference is between the two named runs
+            (without_norm, with_norm), (second, first) = item["workload"].split(" vs "), item["arm"].split(" vs ")
+            rows.append((f"{second} on {without_norm} − {first} on {with_norm}", comparison))
+        else:
+            rows.append((f"{item['workload']}: {item['arm']}", comparison))
     figure, axes = panels(1, 1, (6.5, 0.3 * max(len(rows), 3) + 1.2))
     axis = axes[0][0]
     shown: set[str] = set()
@@ -154,7 +158,7 @@ def plot_forest(analysis: Mapping[str, Any], path: str, result: str = "search") 
     axis.set_yticks(range(len(rows)))
     axis.set_yticklabels([label for label, _ in rows], fontsize=7)
     axis.invert_yaxis()
-    axis.set_xlabel("test loss − AdamW's (paired; adjusted interval)")
+    axis.set_xlabel("test loss − AdamW's (paired; adjusted interval; rows with '−': as labelled)")
     axis.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return save_figure(figure, path, bbox_tight=True)
 
