@@ -62,8 +62,9 @@ def test_edits_that_cannot_change_a_number_keep_the_key(package, relative, old, 
         ("experiments/workloads/loop.py", "report_every = progress_every or max(1, steps // 100)",
          "report_every = progress_every or max(1, steps // 50)"),
         ("stability.py", "import numpy as np\n", "import numpy as np\n\n_UNUSED_BUT_CODE = 1\n"),
+        ("optimizer/csrc/fused_kadam_cpu.cpp", "#include <cmath>\n", "#include <cmath>\n#include <limits>\n"),
     ],
-    ids=["protocol", "workloads", "library"],
+    ids=["protocol", "workloads", "library", "native-kernel"],
 )
 def test_edits_to_computing_code_change_the_key(package, relative, old, new):
     before = code_fingerprint(STABILITY, package)
@@ -76,6 +77,7 @@ def test_the_key_covers_the_protocol_workloads_and_library_but_not_sections_or_p
     covered = {path.relative_to(root).as_posix() for path in computing_sources(STABILITY)}
     assert "experiments/stability/protocol.py" in covered and "experiments/workloads/loop.py" in covered
     assert "optimizer/kadam.py" in covered and "stability.py" in covered
+    assert "optimizer/csrc/fused_kadam_cpu.cpp" in covered
     assert not covered & {"experiments/stability/section.py", "experiments/stability/plots.py",
                           "experiments/report.py", "experiments/registry.py", "experiments/profiles.py",
                           "experiments/cells.py", "experiments/flow/protocol.py", "cli/reproduce.py"}

@@ -8,9 +8,10 @@ cell recomputes the cells it can affect, nothing else (a stale number is worse t
 
 **What the key covers** (:func:`computing_sources`): the cell's protocol module and every
 ``kadam.experiments`` module it imports (transitively), the workloads package, and the library (``kadam``
-outside ``experiments/`` and ``cli/``). Not section prose, plots, the report writer, the registry or the
-profiles. Each module is hashed as ``ast.dump`` of its syntax tree with every docstring and string
-statement removed, so editing a comment or a docstring changes no key.
+outside ``experiments/`` and ``cli/``, its native ``.cpp`` kernels included). Not section prose, plots, the
+report writer, the registry or the profiles. Each module is hashed as ``ast.dump`` of its syntax tree with
+every docstring and string statement removed, so editing a comment or a docstring changes no key; a native
+source is hashed as its bytes.
 
 **Cache** (``OUT/cache/<key>.json``): each file holds the key, the call, the wall time, the result and a
 SHA-256 digest of the result's canonical JSON. Files are written to a temporary name in the same folder,
@@ -96,7 +97,7 @@ def computing_sources(module: str, root: Path | None = None) -> list[Path]:
     """
     root = root or _package_root()
     chosen: set[Path] = set()
-    for path in root.rglob("*.py"):
+    for path in (*root.rglob("*.py"), *root.rglob("*.cpp")):
         relative = path.relative_to(root).as_posix()
         if not relative.startswith(_LIBRARY_EXCLUDED) or relative.startswith(_ALWAYS_COVERED):
             chosen.add(path)
@@ -129,7 +130,10 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
 
 
 def source_digest(path: Path) -> str:
-    """SHA-256 of ``ast.dump`` of the file's syntax tree without docstrings (comments and layout never count)."""
+    """SHA-256 of ``ast.dump`` of the file's syntax tree without docstrings (comments and layout never count);
+    for a file that is not Python (a native kernel), SHA-256 of its bytes."""
+    if path.suffix != ".py":
+        return hashlib.sha256(path.read_bytes()).hexdigest()
     tree = _without_docstrings(ast.parse(path.read_text(encoding="utf-8")))
     return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
 
