@@ -96,3 +96,12 @@ def test_a_cell_names_its_function_and_its_key_uses_the_functions_module():
     cell = Cell("stability", "switch-off", switch_off_experiment, {"point_limit": 2})
     assert cell.name == "kadam.experiments.stability.protocol:switch_off_experiment"
     assert len(cell.key) == 24
+
+
+def test_the_comparison_runs_key_leaves_out_its_analysis():
+    """Re-analysing the cached training runs (selection, statistics) must not recompute them."""
+    root = Path(kadam.__file__).parent
+    covered = {path.relative_to(root).as_posix() for path in computing_sources("kadam.experiments.comparison.protocol")}
+    assert "experiments/comparison/protocol.py" in covered
+    assert not covered & {"experiments/comparison/analysis.py", "experiments/comparison/section.py",
+                          "experiments/comparison/plots.py"}

@@ -145,7 +145,7 @@ def json_output(task: str, command: str, config: Any, analysis: dict[str, Any]) 
 def run_compare(args: argparse.Namespace) -> int:
     from kadam.experiments.cells import CellCache, CellRunner
     from kadam.experiments.comparison.config import PROFILES, ComparisonConfig
-    from kadam.experiments.comparison.protocol import analyse
+    from kadam.experiments.comparison.analysis import analyse
     from kadam.experiments.comparison.section import followup_plan, result_rows, tagged_records, tuning_plan
     from kadam.experiments.report import json_safe
 

@@ -9,16 +9,13 @@ import pytest
 import torch
 
 from kadam.experiments.comparison.config import PROFILES
+from kadam.experiments.comparison.analysis import check_control_ties, outcome, select_best, summarize_arm
 from kadam.experiments.comparison.protocol import (
     SearchSpace,
     _ScheduleAndClock,
-    check_control_ties,
     lr_multiplier,
     lr_only_trials,
-    outcome,
     quasirandom_trials,
-    select_best,
-    summarize_arm,
     train_trial,
 )
 from kadam.experiments.comparison.section import build_section, tuning_plan

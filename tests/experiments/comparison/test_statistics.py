@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-from kadam.experiments.comparison.protocol import adjust_family, holm_adjust, minimum_detectable_effect, paired_t
+from kadam.experiments.comparison.analysis import adjust_family, holm_adjust, minimum_detectable_effect, paired_t
 
 
 def test_paired_t_matches_scipy_ttest_rel():

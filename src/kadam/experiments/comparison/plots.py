@@ -1,4 +1,4 @@
-"""Figures of the comparison section (drawn from :func:`kadam.experiments.comparison.protocol.analyse`'s
+"""Figures of the comparison section (drawn from :func:`kadam.experiments.comparison.analysis.analyse`'s
 output; matplotlib through :mod:`kadam.experiments.figures`, Agg backend, closed after saving)."""
 
 from __future__ import annotations

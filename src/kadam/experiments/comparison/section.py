@@ -5,7 +5,7 @@ shared search space (and, where enabled, ``lr_only_trials`` learning rates at th
 tuning seeds. Phase 2 (:func:`followup_plan`, built from phase 1's results): each arm's best configuration
 of each result on the fresh evaluation seeds, and the lr sensitivity sweep (the best configuration with
 its lr multiplied by ``sensitivity_factors``) on the tuning seeds. :func:`kadam.experiments.comparison.
-protocol.analyse` turns the tagged runs into the report's numbers. ``kadam compare`` runs the same plan on
+analysis.analyse` turns the tagged runs into the report's numbers. ``kadam compare`` runs the same plan on
 one workload.
 """
 
@@ -21,16 +21,14 @@ from typing import Any
 from kadam.experiments.cells import Cell
 from kadam.experiments.comparison import plots
 from kadam.experiments.comparison.config import PROFILES, ComparisonConfig, WorkloadConfig, estimated_runs
+from kadam.experiments.comparison.analysis import analyse, minimum_detectable_effect, select_best
 from kadam.experiments.comparison.protocol import (
     CONTROL,
     EVALUATION_SEED_OFFSET,
     REFERENCE,
-    analyse,
     asdict_space,
     lr_only_trials,
-    minimum_detectable_effect,
     quasirandom_trials,
-    select_best,
     train_trial,
 )
 from kadam.experiments.report import Claim, Figure, SectionDocument, Table, format_number
@@ -45,7 +43,7 @@ TRAIN_FUNCTION = train_trial
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """A cell and the tags :func:`~kadam.experiments.comparison.protocol.analyse` needs to place its run."""
+    """A cell and the tags :func:`~kadam.experiments.comparison.analysis.analyse` needs to place its run."""
 
     phase: str
     workload: str
