@@ -9,7 +9,11 @@
 // final level writes theta. Passes = 1 + number of tensor-mode levels, less one for each tensor-mode
 // level without m that follows another (its sum of squares is the previous one's times a scalar, so the
 // default k-Adam takes two passes for every k); an elementwise chain moves exactly the floor's bytes,
-// and each tensor-mode level re-reads its m once.
+// and each tensor-mode level re-reads its m once. Tensors go in cache-sized groups (kGroupElements),
+// all passes of one group before the next; where the replay after a tensor-mode level starts from an
+// elementwise level's output (the default levels), float32/float64 tensors read that output from a
+// group-sized buffer written by the pass before, so the replay costs a multiply, not a square root and
+// a division: the same values, computed once.
 //
 // Arithmetic mirrors torch's CPU kernels for _single_tensor_kadam (lerp as fmadd with torch's weight
 // split, addcmul's fused multiply-add), compiled with -ffp-contract=off so float32 results track the
@@ -24,6 +28,8 @@
 #include <cstdint>
 #include <cstddef>
 #include <cstring>
+#include <memory>
+#include <type_traits>
 #include <vector>
 #ifdef _OPENMP
 #include <omp.h>
@@ -36,6 +42,11 @@ namespace {
 
 constexpr int64_t kBlock = 1024;       // elements per block: the level-to-level buffer x stays in L1
 constexpr int64_t kChunkBlocks = 32;  // blocks per unit of work handed to a thread (128 KiB of float32)
+// Tensors are stepped in groups of at most this many elements (a larger tensor alone): every pass of a
+// group runs before the next group starts, so a tensor-mode level's replay finds the group in cache, and
+// the output of the elementwise level it replays, kept in a group-sized buffer that stays in L2, saves
+// recomputing the square root and division (the step is bound by those, not by memory).
+constexpr int64_t kGroupElements = int64_t(1) << 20;
 
 struct alignas(2) BFloat16 {
   uint16_t bits;
@@ -123,7 +134,8 @@ namespace {
 template <typename S, typename T>
 class Stepper {
  public:
-  explicit Stepper(const KAdamArgs& a) : a_(a), old_v_(size_t(a.n_tensors) * a.n_levels) {
+  explicit Stepper(const KAdamArgs& a)
+      : a_(a), old_v_(size_t(a.n_tensors) * a.n_levels), replay_offset_(size_t(a.n_tensors), -1) {
     // Tensor-mode v before this step, read once so that every thread can finish a reduction alone.
     for (int i = 0; i < a_.n_levels; ++i) {
       if (!a_.tensor_modes[i]) continue;
@@ -147,42 +159,68 @@ class Stepper {
       for (int64_t b = 0; b < n_blocks; b += kChunkBlocks) chunks.push_back({t, b, std::min(b + kChunkBlocks, n_blocks)});
       first_chunk[t + 1] = int64_t(chunks.size());
     }
+    // Groups of consecutive tensors of at most kGroupElements elements (a larger tensor alone); a group
+    // that fits gets the replay buffer (float32/float64 only: for half storage the replay must read the
+    // rounded m and v, as the loop implementation does).
+    std::vector<int64_t> group_starts;
+    int64_t buffer_elements = 0;
+    for (int64_t t = 0; t < a_.n_tensors;) {
+      group_starts.push_back(t);
+      int64_t size = a_.numels[t], u = t + 1;
+      while (u < a_.n_tensors && size + a_.numels[u] <= kGroupElements) size += a_.numels[u++];
+      if (std::is_same<S, T>::value && size <= kGroupElements && uses_replay_buffer()) {
+        for (int64_t offset = 0; t < u; offset += a_.numels[t++]) replay_offset_[t] = offset;
+        buffer_elements = std::max(buffer_elements, size);
+      }
+      t = u;
+    }
+    group_starts.push_back(a_.n_tensors);
+    if (buffer_elements > 0) replay_buffer_.reset(new T[size_t(buffer_elements)]);
     const int64_t n_chunks = int64_t(chunks.size());
     std::vector<double> chunk_sums(size_t(n_chunks) * a_.n_levels);
 #pragma omp parallel num_threads(a_.n_threads)
     {
       T x[kBlock];
       std::vector<T> carried(size_t(a_.n_tensors) * a_.n_levels);  // tensor-mode denominators, by level
-      for (int first = 0; first <= a_.n_levels;) {
-        int end = pass_end(first);
-        const bool reduces = end < a_.n_levels;  // each tensor-mode level has its own slots
-        double* sums = chunk_sums.data() + size_t(reduces ? end : 0) * n_chunks;
+      for (size_t g = 0; g + 1 < group_starts.size(); ++g) {
+        const int64_t group_first = group_starts[g], group_end = group_starts[g + 1];
+        bool reduced = false;
+        for (int first = 0; first <= a_.n_levels;) {
+          int end = pass_end(first);
+          const bool reduces = end < a_.n_levels;  // each tensor-mode level has its own slots
+          double* sums = chunk_sums.data() + size_t(reduces ? end : 0) * n_chunks;
 #pragma omp for schedule(dynamic, 1) nowait
-        for (int64_t c = 0; c < n_chunks; ++c) {
-          const Chunk& chunk = chunks[c];
-          double sum = 0.0;
-          for (int64_t b = chunk.first_block; b < chunk.end_block; ++b) {
-            sum += pass(chunk.tensor, first, b * kBlock, (b + 1) * kBlock, carried.data(), x);
+          for (int64_t c = first_chunk[group_first]; c < first_chunk[group_end]; ++c) {
+            const Chunk& chunk = chunks[c];
+            double sum = 0.0;
+            for (int64_t b = chunk.first_block; b < chunk.end_block; ++b) {
+              sum += pass(chunk.tensor, first, b * kBlock, (b + 1) * kBlock, carried.data(), x);
+            }
+            if (reduces) sums[c] = sum;
           }
-          if (reduces) sums[c] = sum;
-        }
-        if (!reduces) break;
+          if (!reduces) break;
+          reduced = true;
 #pragma omp barrier
-        for (int64_t t = 0; t < a_.n_tensors; ++t) {
-          double total = 0.0;
-          for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) total += sums[c];
-          carried[level_index(end, t)] = finish_reduction(t, end, total, omp_get_thread_num() == 0);
-          // A tensor-mode level without m outputs its input times a per-tensor scalar s, so the next
-          // level's sum of squares is s^2 times this one's: a chain of such levels (the default meta
-          // levels) needs no pass of its own.
-          for (int level = end; chains_to_next(level, t); ++level) {
-            const double scale = tensor_scale(level_index(level, t), carried[level_index(level, t)]);
-            total *= scale * scale;
-            carried[level_index(level + 1, t)] = finish_reduction(t, level + 1, total, omp_get_thread_num() == 0);
+          for (int64_t t = group_first; t < group_end; ++t) {
+            double total = 0.0;
+            for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) total += sums[c];
+            carried[level_index(end, t)] = finish_reduction(t, end, total, omp_get_thread_num() == 0);
+            // A tensor-mode level without m outputs its input times a per-tensor scalar s, so the next
+            // level's sum of squares is s^2 times this one's: a chain of such levels (the default meta
+            // levels) needs no pass of its own.
+            for (int level = end; chains_to_next(level, t); ++level) {
+              const double scale = tensor_scale(level_index(level, t), carried[level_index(level, t)]);
+              total *= scale * scale;
+              carried[level_index(level + 1, t)] = finish_reduction(t, level + 1, total, omp_get_thread_num() == 0);
+            }
           }
+          while (chains_to_next(end, group_first)) ++end;  // the same for every tensor: betas are per level
+          first = end + 1;
         }
-        while (a_.n_tensors > 0 && chains_to_next(end, 0)) ++end;  // the same for every tensor: betas are per level
-        first = end + 1;
+        // The next group reuses the replay buffer: every thread must be done reading it.
+        if (reduced && replay_buffer_) {
+#pragma omp barrier
+        }
       }
     }
   }
@@ -291,6 +329,23 @@ class Stepper {
     const Normalizer norm = normalizer(e, t);
     const S* m = first_moment(e, t, begin);
     const S* v = tensor<S>(a_.exp_avg_sqs, e, t) + begin;
+    if (const T* kept = replay_output(t, begin)) {  // norm_e(m_e, v_e) as the pass before computed it
+      if (source + 1 == a_.n_levels) {
+        S* param = static_cast<S*>(a_.params[t]) + begin;
+        const T factor = T(-a_.lr * scale), keep = shrink();
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) store(param, j, T(load(param, j) * keep) + T(kept[j] * factor));
+        return 0.0;
+      }
+      const T factor = T(scale);
+      double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < n; ++j) {
+        const double x = T(kept[j] * factor);
+        sum += x * x;
+      }
+      return sum;
+    }
     if (source + 1 == a_.n_levels) {
       S* param = static_cast<S*>(a_.params[t]) + begin;
       const T factor = T(-a_.lr * scale), keep = shrink();
@@ -430,6 +485,13 @@ class Stepper {
     const T eps = T(a_.eps[i]);
     const T step = step_size(index), keep = shrink();
     const Normalizer norm = normalizer(i, t);
+    // kToSum: the output is kept for the next pass's replay, in the group's buffer when t has one, else in
+    // x (its element j is read before it is overwritten), where nothing reads it.
+    T* kept = nullptr;
+    if (Out == kToSum) {
+      kept = replay_output(t, begin);
+      if (!kept) kept = x;
+    }
     double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < n; ++j) {
@@ -448,8 +510,9 @@ class Stepper {
       } else if (Out == kToX) {
         x[j] = norm(m_new, v_new);
       } else {
-        const double out = norm(m_new, v_new);
-        sum += out * out;
+        const T out = norm(m_new, v_new);
+        kept[j] = out;
+        sum += double(out) * double(out);
       }
     }
     return sum;
@@ -501,8 +564,25 @@ class Stepper {
     }
   }
 
+  // True when some pass ends at a tensor-mode level that stores no m right after an elementwise level with
+  // a stored m (the shape direct_replay replays): only then is the replay buffer read.
+  bool uses_replay_buffer() const {
+    for (int i = 0; i + 1 < a_.n_levels; ++i) {
+      if (!a_.tensor_modes[i] && a_.tensor_modes[i + 1]) return true;
+    }
+    return false;
+  }
+
+  // Where the output of tensor t's elementwise level goes for elements from `begin` when the next level
+  // is a tensor-mode level without m (the pass after it reads it back), or null: no buffer for t.
+  T* replay_output(int64_t t, int64_t begin) const {
+    return replay_offset_[t] >= 0 ? replay_buffer_.get() + replay_offset_[t] + begin : nullptr;
+  }
+
   const KAdamArgs& a_;
   std::vector<T> old_v_;
+  std::vector<int64_t> replay_offset_;  // element offset of each tensor in the replay buffer, -1: none
+  std::unique_ptr<T[]> replay_buffer_;
 };
 
 template <typename S, typename T>
