@@ -45,7 +45,9 @@ def test_flow_claims_name_the_problem_that_misses_the_bar():
 
 
 def _family(*items):
-    return {"families": {"search": [{"arm": "kadam2", "workload": w, "comparison": {"significant": s, "mean": m}}
+    return {"families": {"search": [{"arm": "kadam2", "workload": w,
+                                     "comparison": {"significant": s, "mean": m, "ci_adjusted_low": m - 0.05,
+                                                    "ci_adjusted_high": m + 0.05}}
                                     for w, s, m in items]}}
 
 
@@ -53,7 +55,7 @@ def _family(*items):
     ([("a", True, -0.1), ("b", True, -0.2)], "confirmed"),
     ([("a", True, -0.1)], "not resolved at this budget"),  # one workload is not a general verdict
     ([("a", True, 0.1), ("b", False, -0.1)], "refuted"),
-    ([("a", True, 0.1), ("b", True, -0.1)], "not resolved at this budget"),
+    ([("a", True, 0.1), ("b", True, -0.1)], "refuted"),  # a general claim: one significant loss refutes it
     ([("a", False, 0.1), ("b", False, -0.1)], "not resolved at this budget"),
 ])
 def test_comparison_verdict(items, verdict):
