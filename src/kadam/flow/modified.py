@@ -16,7 +16,10 @@ kernel samples ``y`` at its mean lag ``c(a) = 1/a − 1/(e^a − 1)`` before the
 step's start and level ``i ≥ 2``'s input ``u_{i−1}(n)`` at its end. Feeding the kernel the shifted input
 ``ỹ = y − δ ẏ`` with ``δ = 1 − c(a)`` (level 1) or ``δ = −c(a)`` (levels ≥ 2) makes each step's moment
 update exact to O(ÿ) = O(η²); the same for ``v`` with ``b = −ln γ`` and ``s(y)`` (``y²`` or the tensor
-mean of ``y²``), shifted as ``s·exp(−δṡ/s)`` (equal to ``s − δṡ`` to O(η²), and never negative). A level with an infinite rate (``β = 0``) is its shifted input itself (``c = 0``).
+mean of ``y²``) of the shifted input: ``s̃ = s(y − δẏ)``, equal to ``s − δṡ`` to O(δ²ẏ²) = O(η²), never
+negative, and smooth where a coordinate of ``y`` crosses zero (shifting ``s`` itself, e.g. as
+``s·exp(−δṡ/s)``, is singular there, ``ṡ/s = 2ẏ/y``, and made the solver crawl on logistic regression). A
+level with an infinite rate (``β = 0``) is its shifted input itself (``c = 0``).
 
 **Parameters.** ``θ_n − θ_{n−1} = −η (u_k(n) + λ θ_{n−1})`` (decoupled decay) is the integral of the
 field over the step when the field is sampled at ``u_k(τ + ½)`` and ``θ(τ − ½)``:
@@ -69,16 +72,6 @@ def mean_lag(rate: float) -> float:
     return 1.0 / rate - 1.0 / math.expm1(rate)
 
 
-def _shift_positive(square: Tensor, square_dot: Tensor, shift: float) -> Tensor:
-    """``s̃ = s·exp(−δ ṡ/s)`` (0 where ``s = 0``): ``s − δṡ`` to O(δ²ṡ²/s), and positive like ``s`` itself.
-
-    The linear shift ``s − δṡ`` goes negative for a coordinate whose input changes by more than its own size
-    within a step; there the expansion is invalid anyway, and the exponent is bounded by ±30 so it stays finite.
-    """
-    ratio = torch.where(square > 0, square_dot / torch.where(square > 0, square, 1.0), 0.0)
-    return square * torch.exp((-shift * ratio).clamp(-30.0, 30.0))
-
-
 class ModifiedAdamFlow(AdamFlow):
     """The O(η²) modified equations of the recursion (module docstring), a drop-in for :class:`AdamFlow`.
 
@@ -117,8 +110,8 @@ class ModifiedAdamFlow(AdamFlow):
         values, derivatives, shifted = [], [], []
         for i, (level, (shift_m, shift_v)) in enumerate(zip(self.levels, self.shifts, strict=True)):
             stored_m, stored_v = (None, None) if moments is None else moments[i]
-            square, square_dot = self._square(level, y), self._square_dot(level, y, y_dot)
-            y_shifted, square_shifted = y - shift_m * y_dot, _shift_positive(square, square_dot, shift_v)
+            square_dot = self._square_dot(level, y, y_dot)
+            y_shifted, square_shifted = y - shift_m * y_dot, self._square(level, y - shift_v * y_dot)
             shifted.append((y_shifted, square_shifted))
             blend = math.exp(-tau / BLEND_STEPS)  # weight of the τ = 0 limit in the chained derivatives
             if math.isinf(level.a):
