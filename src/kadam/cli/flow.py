@@ -11,7 +11,7 @@ from typing import Any
 from kadam.cli.options import Stages, add_threads_option, int_at_least, output_file, positive_float, torch_threads
 
 COORDINATES_SHOWN = 3
-PROBLEMS = ("quadratic", "logistic", "mlp", "transformer")
+PROBLEMS = ("quadratic", "logistic", "mlp", "coupled", "coupled-from-rest", "transformer")
 """``kadam.experiments.flow.extra.EXTRA_PROBLEMS`` (kept here so that ``--help`` imports no torch; a test checks they agree)."""
 RATES = ("exact", "paper")
 """``kadam.flow.ode.RATES`` (same reason)."""

@@ -151,7 +151,11 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
                         convergence_lrs=(4e-3, 2e-3, 1e-3, 4e-4), convergence_horizon=1.0, first_step=("mlp",),
                         # logistic steps cost more than quadratic ones: its three larger rates only (no 4e-4, which
                         # alone is 1/η = 2500 of the 4250 steps of the four)
-                        convergence_lrs_by_problem=_frozen({"logistic": (4e-3, 2e-3, 1e-3)})),
+                        convergence_lrs_by_problem=_frozen({"logistic": (4e-3, 2e-3, 1e-3)}),
+                        # the modified equations' order where the derivation's assumption holds and where it does
+                        # not (a gradient coordinate at zero at θ₀): two parameters, seconds each
+                        modified=_frozen({problem: _frozen({"lrs": [4e-3, 2e-3, 1e-3], "horizon": 0.5, "warm_start": 1})
+                                          for problem in ("coupled", "coupled-from-rest")})),
         normalization=NormalizationConfig(
             random_walk=_frozen({}), meta_adaptive_exact=_frozen({"steps": 2000}),
             meta_adaptive_drift=_frozen({"steps": 20_000}), meta_adaptive_network=_frozen({"steps": 3000}),
@@ -175,11 +179,11 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
                         convergence_lrs=(4e-3, 2e-3, 1e-3, 4e-4), convergence_horizon=2.0,
                         first_step=("quadratic", "logistic", "mlp"),
                         warm_start=_frozen({"problem": "mlp", "lr": 1e-3, "steps": 2000, "warm_starts": [0, 1, 2, 5, 10]}),
-                        # the modified equations on logistic regression had not finished one η (8e-3, 125 steps,
-                        # rtol 1e-8) after 9 CPU-minutes, nor three η after 23 at rtol 1e-10 (Hessian-vector products
-                        # at every solver stage): quadratic only
-                        modified=_frozen({"quadratic": _frozen({"lrs": [4e-3, 2e-3, 1e-3], "horizon": 1.0,
-                                                                "warm_start": 1})}),
+                        modified=_frozen({
+                            **{problem: _frozen({"lrs": [8e-3, 4e-3, 2e-3, 1e-3], "horizon": 1.0, "warm_start": 1})
+                               for problem in ("quadratic", "logistic")},
+                            **{problem: _frozen({"lrs": [8e-3, 4e-3, 2e-3, 1e-3], "horizon": 0.5, "warm_start": 1})
+                               for problem in ("coupled", "coupled-from-rest")}}),
                         transformer=_frozen({"lr": 1e-3, "steps": 2000, "warm_starts": [0, 5]})),
         normalization=NormalizationConfig(
             random_walk=_frozen({"relaxation_times": 10}), meta_adaptive_exact=_frozen({"steps": 2000}),

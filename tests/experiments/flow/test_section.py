@@ -64,8 +64,10 @@ def test_warm_start_modified_equations_and_transformer_are_full_profile_cells_on
 
     labels = {profile: {cell.label for cell in build_section(Settings(profile, "cpu", None)).cells}
               for profile in ("quick", "full")}
-    extras = {"warm start", "transformer problem", "modified equations quadratic"}
+    extras = {"warm start", "transformer problem", "modified equations quadratic", "modified equations logistic"}
     assert extras <= labels["full"] and not extras & labels["quick"]
+    coupled = {"modified equations coupled", "modified equations coupled-from-rest"}
+    assert coupled <= labels["quick"] and coupled <= labels["full"]
 
 
 def _warm(problem, errors, **more):
@@ -74,11 +76,12 @@ def _warm(problem, errors, **more):
                      for s, e in errors]}
 
 
-def _modified(problem, first, second):
+def _modified(problem, first, second, crossing=100.0):
     lrs = (4e-3, 2e-3, 1e-3)
     return {"problem": problem, "horizon": 1.0, "k": 1, "warm_start": 1, "seed": 0, "lrs": list(lrs),
             "per_lr": [{"lr": lr, "steps": round(1 / lr), "variants": {
-                "first_order": {"final_rel_error": lr ** first}, "modified": {"final_rel_error": lr ** second}}}
+                "first_order": {"final_rel_error": lr ** first}, "modified": {"final_rel_error": lr ** second}},
+                "first_zero_crossing": {"steps": crossing * 4e-3 / lr, "coordinate": 0, "within_10_steps": 0}}
                 for lr in lrs],
             "slopes": {"first_order": {"final": first, "max": first}, "modified": {"final": second, "max": second}}}
 
@@ -96,11 +99,39 @@ def test_the_extra_experiments_state_their_claims_from_the_numbers(tmp_path, err
     extras = {"warm_start": _warm("mlp", errors), "modified": [_modified("quadratic", 1.0, slope)],
               "transformer": _warm("transformer", ((0, 0.03), (5, 0.01)), parameters=3000)}
     document = _document(parts, [_convergence("quadratic", 1.0, (4e-3, 2e-3))], [], tmp_path, extras)
-    claims = {claim.text.split(" (")[0]: claim.verdict for claim in document.claims}
-    assert claims["After a warm start of ≤ 10 discrete steps the model tracks the mlp within 1%"] == verdicts[0]
-    assert claims["The O(η²) modified equations are second order"] == verdicts[1]
+    claims = {claim.text: claim.verdict for claim in document.claims}
+    assert claims["After a warm start of ≤ 10 discrete steps the model tracks the mlp within 1% (η = 0.001, 2000 steps)"] \
+        == verdicts[0]
+    assert claims["The O(η²) modified equations are second order (slope ≥ 1.8) where no gradient coordinate crosses "
+                  "zero within 10 steps"] == verdicts[1]
+    assert claims["The O(η²) modified equations are second order (slope ≥ 1.8) on every problem run"] == verdicts[1]
     captions = [table.caption for table in document.tables]
     assert any(c.startswith("mlp: the model started after s discrete steps") for c in captions)
     assert any(c.startswith("tiny character transformer") and "3000 parameters" in c for c in captions)
     assert any(f"modified equations {slope:.2f}" in finding for finding in document.findings)
     assert document.data["warm_start"]["rows"][0]["warm_start"] == 0
+
+
+def test_the_modified_equations_claim_separates_problems_whose_gradient_crosses_zero_early(tmp_path):
+    """Second order on the smooth problem, first order where a coordinate crosses zero at once: the claim
+    under the derivation's assumption holds, the claim over every problem is refuted, the finding says why."""
+    from kadam.experiments.flow.section import _document
+
+    row = {"max_rel_error": 0.001, "final_rel_error": 0.001, "min_cosine": 0.99, "passes": True,
+           "simulate_seconds": 1.0, "discrete_seconds": 1.0, "error_curve": {"steps": [0, 1], "values": [1e-4, 1e-3]}}
+    parts = [{**_part("quadratic", 1), "rows": [{**row, "problem": "quadratic", "k": 1}]}]
+    extras = {"modified": [_modified("coupled", 0.95, 2.1, crossing=250.0),
+                           _modified("coupled-from-rest", 0.5, 0.65, crossing=0.0),
+                           _modified("quadratic", 0.97, 1.73, crossing=9.0)]}
+    document = _document(parts, [_convergence("quadratic", 1.0, (4e-3, 2e-3))], [], tmp_path, extras)
+    claims = {claim.text: claim for claim in document.claims}
+    smooth = claims["The O(η²) modified equations are second order (slope ≥ 1.8) where no gradient coordinate "
+                    "crosses zero within 10 steps"]
+    every = claims["The O(η²) modified equations are second order (slope ≥ 1.8) on every problem run"]
+    assert smooth.verdict == "confirmed" and "coupled 2.10" in smooth.evidence and "quadratic" not in smooth.evidence
+    assert every.verdict == "refuted" and "coupled-from-rest 0.65 (first zero crossing after 0 steps)" in every.evidence
+    crossing = [finding for finding in document.findings if finding.startswith("coupled-from-rest:")]
+    assert len(crossing) == 1 and "within the moments' memory" in crossing[0]
+    assert not any("within the moments' memory" in f for f in document.findings if f.startswith("coupled:"))
+    table = next(t for t in document.tables if t.caption.startswith("quadratic: first-order model against"))
+    assert list(table.columns)[-2:] == ["steps to first zero crossing", "coordinates crossing within 10 steps"]

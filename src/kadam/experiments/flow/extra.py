@@ -7,6 +7,9 @@ Three measurements beside :mod:`kadam.experiments.flow`'s (each returns a JSON-s
 - :func:`modified_convergence_experiment`: the first-order model and the modified equations
   (:class:`~kadam.flow.modified.ModifiedAdamFlow`) at several ``η`` with ``η·steps`` fixed; the
   log–log slope of the error against ``η`` is the order of convergence (1 and 2 expected).
+- :func:`coupled_problem`: a two-parameter quadratic started where no gradient coordinate is near zero
+  (``coupled``) or where one is exactly zero (``coupled-from-rest``), and :func:`first_zero_crossing`: how
+  soon a gradient coordinate crosses zero, the condition under which the modified equations lose an order.
 - :func:`transformer_problem` and :func:`transformer_accuracy_experiment`: a tiny full-batch character
   transformer (:class:`~kadam.experiments.workloads.CharTransformer`, float64), the problem THEORY §5 says
   the paper's model tracks Adam on.
@@ -19,13 +22,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kadam.experiments.flow.protocol import PROBLEMS, log_log_slope, make_problem
 from kadam.experiments.workloads import CharTransformer, encode_characters
 from kadam.flow import FlatLoss, compare, discrete, simulate
 
-EXTRA_PROBLEMS = (*PROBLEMS, "transformer")
+COUPLED_PROBLEMS = ("coupled", "coupled-from-rest")
+EXTRA_PROBLEMS = (*PROBLEMS, *COUPLED_PROBLEMS, "transformer")
 CURVE_POINTS = 60
 TRANSFORMER_SIZES = {"windows": 8, "context": 16, "width": 16, "heads": 2, "layers": 1}
 """The tiny transformer: 8 windows of 16 characters (full batch), width 16, 2 heads, one block."""
@@ -62,11 +67,52 @@ def transformer_problem(seed: int = 0, dtype: torch.dtype = torch.float64, windo
     return flat
 
 
+def coupled_problem(from_rest: bool = False, dtype: torch.dtype = torch.float64) -> FlatLoss:
+    r"""``L(θ) = ½(θ₁ − 1)² + ½(θ₂ − 2θ₁)²``, from ``θ₀ = (−1, 1)`` or, with ``from_rest``, from ``θ₀ = 0``.
+
+    From ``(−1, 1)`` the gradient ``(−8, 3)`` stays far from zero over a unit horizon, the smooth case
+    backward error analysis assumes. From ``0`` the second coordinate's gradient ``θ₂ − 2θ₁`` is exactly
+    zero at the start and grows by O(η) per step: Adam's update of that coordinate, ``m̂/√v̂``, is then a
+    function of the step count rather than of ``η·steps`` for as long as the moments remember the start
+    (``docs/flow_second_order.md``). No seed: both are deterministic.
+    """
+
+    def coupled(theta: Tensor) -> Tensor:
+        return 0.5 * (theta[0] - 1.0) ** 2 + 0.5 * (theta[1] - 2.0 * theta[0]) ** 2
+
+    start = [0.0, 0.0] if from_rest else [-1.0, 1.0]
+    return FlatLoss(coupled, torch.tensor(start, dtype=dtype))
+
+
 def make_flow_problem(name: str, seed: int = 0) -> FlatLoss:
-    """One of :data:`EXTRA_PROBLEMS`: the three of :func:`~kadam.experiments.flow.make_problem` or ``transformer``."""
+    """One of :data:`EXTRA_PROBLEMS`: the three of :func:`~kadam.experiments.flow.make_problem`, the two
+    :func:`coupled_problem` starts or ``transformer``."""
     if name not in EXTRA_PROBLEMS:
         raise ValueError(f"problem must be one of {EXTRA_PROBLEMS}, got {name!r}")
+    if name in COUPLED_PROBLEMS:
+        return coupled_problem(from_rest=name == "coupled-from-rest")
     return transformer_problem(seed, **TRANSFORMER_SIZES) if name == "transformer" else make_problem(name, seed)
+
+
+def first_zero_crossing(loss: FlatLoss, lr: float, eps: float = 1e-8) -> dict[str, float | int]:
+    r"""How soon, in steps, a gradient coordinate would cross zero from ``θ₀`` (linear extrapolation).
+
+    Along Adam's initial velocity ``θ̇ = −η g/(|g| + ε)`` (the τ = 0 limit of ``m̂/(√v̂ + ε)``) coordinate
+    ``i`` of the gradient changes by ``ġᵢ = (∇²L θ̇)ᵢ`` per step and reaches zero after ``|gᵢ/ġᵢ|`` steps
+    (coordinates with ``ġᵢ = 0`` never do). The modified equations assume every input changes by a small
+    fraction of itself per step over the moments' memory; a crossing within that memory (about
+    ``1/(1 − β)`` steps) breaks the assumption, and the error there is first order in η
+    (``docs/flow_second_order.md``). Returns the fewest steps, the coordinate, and how many coordinates
+    cross within 10 steps.
+    """
+    theta = loss.theta0
+    _, gradient = loss.value_and_grad(theta)
+    change = loss.hessian_vector_product(theta, -lr * gradient / (gradient.abs() + eps))
+    moving = change != 0
+    steps = torch.full_like(gradient, torch.inf)
+    steps[moving] = (gradient[moving] / change[moving]).abs()
+    fewest = int(steps.argmin())
+    return {"steps": float(steps[fewest]), "coordinate": fewest, "within_10_steps": int((steps < 10).sum())}
 
 
 def _curve(values: torch.Tensor, steps: torch.Tensor) -> dict[str, list[float]]:
@@ -113,7 +159,8 @@ def modified_convergence_experiment(
 
     Both use exact rates; tolerances are tighter than :func:`~kadam.flow.simulate`'s defaults so that
     the solver's error stays below the modified equations' O(η²). ``slopes`` are log–log slopes of the
-    final and maximum relative error against ``η`` (1 and 2 expected).
+    final and maximum relative error against ``η`` (1 and 2 expected). Each ``η`` also records
+    :func:`first_zero_crossing`, the condition under which the modified equations fall back to first order.
     """
     if len(lrs) < 2:
         raise ValueError(f"lrs must hold at least two learning rates, got {list(lrs)}")
@@ -128,7 +175,7 @@ def modified_convergence_experiment(
             comparison = compare(run, reference)
             variants[name] = {**comparison.summary(), "gradient_evaluations": run.gradient_evaluations,
                               "seconds": run.seconds}
-        per_lr.append({"lr": lr, "steps": steps, "variants": variants})
+        per_lr.append({"lr": lr, "steps": steps, "variants": variants, "first_zero_crossing": first_zero_crossing(loss, lr)})
     slopes = {
         name: {statistic: log_log_slope(lrs, [entry["variants"][name][f"{statistic}_rel_error"] for entry in per_lr])
                for statistic in ("final", "max")}
