@@ -60,3 +60,16 @@ def test_forest_colours_mean_one_verdict_each(tmp_path, drawn_figures):
     colours = [line.get_color() for line in intervals]
     assert colours == [plots.FOREST_VERDICTS[v][0] for v in ("not significant", "better", "worse")]
     assert set(legend_texts(figures[0])) >= {label for _, label in plots.FOREST_VERDICTS.values()}
+
+
+def test_forest_labels_a_pairing_by_its_two_runs(tmp_path, drawn_figures):
+    """A THEORY §4 pairing row is the difference between two named runs, recognised by its ``pairing`` entry
+    (not by its label), and says so."""
+    analysis = _analysis()
+    analysis["families"]["search"].append({"workload": "w-noln vs w", "arm": "kadam2 vs adam",
+                                           "comparison": _comparison(-0.1, True),
+                                           "pairing": {"first": ["w", "adam"], "second": ["w-noln", "kadam2"]}})
+    figures = drawn_figures(plots)
+    plots.plot_forest(analysis, str(tmp_path / "forest.png"))
+    labels = [tick.get_text() for tick in figures[0].axes[0].get_yticklabels()]
+    assert labels == ["w: kadam1", "w: kadam2", "w: adam", "kadam2 on w-noln − adam on w"]

@@ -23,7 +23,8 @@ def test_one_significant_loss_of_the_default_arm_refutes_the_general_claim():
 
 def test_adam_rows_pairings_and_other_arms_do_not_decide_the_verdict():
     rows = [_row("a", "kadam2", -0.01, False), _row("b", "kadam2", -0.2, True),
-            _row("a", "adam", +0.5, True), _row("gpt-noln vs gpt", "kadam2 vs adam", -0.3, True),
+            _row("a", "adam", +0.5, True), {**_row("gpt-noln vs gpt", "kadam2 vs adam", -0.3, True),
+             "pairing": {"first": ["gpt", "adam"], "second": ["gpt-noln", "kadam2"]}},
             _row("a", "kadam3", +0.3, True)]
     claim = comparison_claims(_analysis(rows))[0]
     assert claim.verdict == "not resolved at this budget"

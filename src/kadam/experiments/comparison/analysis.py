@@ -406,15 +406,16 @@ def analyse(records: Sequence[Mapping[str, Any]], reference: str = REFERENCE, co
             output["central_pairings"].append({"first": [with_norm, first_arm], "second": [without_norm, second_arm],
                                                "comparison": comparison})
     for result in ("search", "lr_only"):
-        family = [(workload, arm, comparison)
+        family = [(workload, arm, comparison, None)
                   for workload, entry in output["workloads"].items() if result in entry
                   for arm, comparison in entry[result].get("versus_reference", {}).items() if arm != CONTROL]
         if result == "search":
-            family += [(f"{p['second'][0]} vs {p['first'][0]}", f"{p['second'][1]} vs {p['first'][1]}", p["comparison"])
-                       for p in output["central_pairings"]]
-        adjust_family([comparison for _, _, comparison in family], alpha, power)
-        output["families"][result] = [{"workload": workload, "arm": arm, "comparison": comparison}
-                                      for workload, arm, comparison in family]
+            family += [(f"{p['second'][0]} vs {p['first'][0]}", f"{p['second'][1]} vs {p['first'][1]}", p["comparison"],
+                        {"first": p["first"], "second": p["second"]}) for p in output["central_pairings"]]
+        adjust_family([comparison for _, _, comparison, _ in family], alpha, power)
+        # "pairing": None for an arm against AdamW on one workload; the two (workload, arm) runs of a THEORY §4 pairing
+        output["families"][result] = [{"workload": workload, "arm": arm, "comparison": comparison, "pairing": pairing}
+                                      for workload, arm, comparison, pairing in family]
     output["control_pairs_checked"] = control_pairs
     taus = list(profile_taus) if profile_taus is not None else [1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0]
     steps_metric = {}

@@ -139,8 +139,8 @@ def plot_forest(analysis: Mapping[str, Any], path: str, result: str = "search") 
     rows = []
     for item in analysis["families"].get(result, []):
         comparison = item["comparison"]
-        if " vs " in item["workload"]:  # a THEORY §4 pairing: the difference is between the two named runs
-            (without_norm, with_norm), (second, first) = item["workload"].split(" vs "), item["arm"].split(" vs ")
+        if item.get("pairing"):  # a THEORY §4 pairing: the difference is between the two named runs
+            (without_norm, second), (with_norm, first) = item["pairing"]["second"], item["pairing"]["first"]
             rows.append((f"{second} on {without_norm} − {first} on {with_norm}", comparison))
         else:
             rows.append((f"{item['workload']}: {item['arm']}", comparison))

@@ -351,7 +351,7 @@ DEFAULT_KADAM_ARM = "kadam2"
 
 def _is_kadam_versus_adamw(item: Mapping[str, Any]) -> bool:
     """A family row comparing a k ≥ 2 arm with AdamW (not Adam, not the control, not a THEORY §4 pairing)."""
-    return (item["arm"].startswith("kadam") and item["arm"] != CONTROL and " vs " not in item["workload"])
+    return (item["arm"].startswith("kadam") and item["arm"] != CONTROL and not item.get("pairing"))
 
 
 def comparison_claims(analysis: Mapping[str, Any]) -> list[Claim]:
