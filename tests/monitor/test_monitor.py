@@ -296,6 +296,37 @@ def test_sharpness_against_the_eigenvalues_of_a_quadratic() -> None:
     assert theta.grad is not None  # untouched by the estimate
 
 
+def test_sharpness_leaves_out_coordinates_that_never_had_a_gradient() -> None:
+    """An embedding row of a token absent from training has v̂ = 0, so P⁻¹ = η/ε there; if the probe batch
+    contains the token, that coordinate alone would put the estimate ~1e5× above the edge. The estimate is
+    the largest eigenvalue over the coordinates with v̂ > 0 (dense eigendecomposition as the reference)."""
+    generator = torch.Generator().manual_seed(1)
+    basis = torch.linalg.qr(torch.randn(5, 5, generator=generator, dtype=torch.float64))[0]
+    hessian = basis @ torch.diag(torch.tensor([6.0, 3.0, 1.0, 0.5, 0.2], dtype=torch.float64)) @ basis.T
+    theta = nn.Parameter(torch.randn(5, generator=generator, dtype=torch.float64))
+    silent = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0], dtype=torch.float64)  # coordinate 4: no gradient in training
+
+    def probe() -> torch.Tensor:
+        return 0.5 * theta @ hessian @ theta
+
+    lr, beta = 0.01, 0.9
+    optimizer = torch.optim.Adam([theta], lr=lr, betas=(beta, 0.999))
+    monitor = StabilityMonitor(optimizer, every=1, sharpness_every=3, sharpness_closure=probe,
+                               sharpness_iterations=100, warn=False)
+    for _ in range(3):
+        optimizer.zero_grad()
+        (0.5 * (theta * silent) @ hessian @ (theta * silent)).backward()
+        optimizer.step()
+    v_hat = optimizer.state[theta]["exp_avg_sq"] / (1 - 0.999**3)
+    assert v_hat[4] == 0 and (v_hat[:4] > 0).all()
+    d = torch.where(v_hat > 0, lr / (v_hat.sqrt() + 1e-8), 0.0)
+    expected = torch.linalg.eigvalsh(d.sqrt()[:, None] * hessian * d.sqrt()[None, :]).max().item()
+    unmasked = lr / (v_hat.sqrt() + 1e-8)
+    assert torch.linalg.eigvalsh(unmasked.sqrt()[:, None] * hessian * unmasked.sqrt()[None, :]).max() > 1e3 * expected
+    monitor.detach()
+    assert monitor.history.model["sharpness"][2] == pytest.approx(expected, rel=1e-6)
+
+
 def test_sharpness_event_above_the_edge_of_stability() -> None:
     theta = nn.Parameter(torch.ones(3, dtype=torch.float64))
     curvature = torch.tensor([1e4, 1.0, 1.0], dtype=torch.float64)

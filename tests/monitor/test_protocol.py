@@ -15,10 +15,41 @@ from kadam.experiments.monitor.section import build_section, summarize
 
 def test_instability_step_is_nonfinite_or_twice_the_running_minimum() -> None:
     losses = [5.0, 4.0, 3.0, 2.0, 3.9, 4.1, 1.0]
-    assert protocol.instability_step(losses, start=0) == 6  # 4.1 > 2 × 2.0 (3.9 is not)
-    assert protocol.instability_step(losses, start=6) is None
+    assert protocol.instability_step(losses, start=0, window=1) == 6  # 4.1 > 2 × 2.0 (3.9 is not)
+    assert protocol.instability_step(losses, start=6, window=1) is None
+    assert protocol.instability_step(losses, start=0) is None  # medians of 5: 5, 4.5, 4, 3.5, 3.9, 3.9, 3.0
     assert protocol.instability_step([3.0, 2.0, math.nan], start=1) == 3
-    assert protocol.instability_step([3.0, 9.0, 2.5], start=1) == 2
+    assert protocol.instability_step([3.0, 9.0, 2.5], start=1, window=1) == 2
+    assert protocol.instability_step([3.0, 10.0, 2.5], start=1) == 2  # median of (3, 10) = 6.5 > 2 × 3
+
+
+def test_one_unlucky_batch_is_not_an_instability_but_a_lasting_rise_is() -> None:
+    """The median of the last 5 losses against twice its running minimum: a single batch at 2.5× the
+    minimum does not count, three in a row do (at the step where they are the median's majority)."""
+    single = [4.0, 3.0, 2.0, 1.0, 1.0, 1.0, 2.5, 1.0, 1.0, 1.0]
+    assert protocol.instability_step(single, start=0, window=1) == 7
+    assert protocol.instability_step(single, start=0) is None
+    lasting = [4.0, 3.0, 2.0, 1.0, 1.0, 1.0, 3.0, 3.0, 3.0, 3.0]
+    assert protocol.instability_step(lasting, start=0) == 9  # median(1, 1, 3, 3, 3) = 3 > 2 × 1
+    assert protocol.instability_step([math.nan, 2.0, 2.0], start=1) is None  # before start: not counted
+
+
+def test_failures_whose_onset_is_within_the_lead_are_left_out_of_recall() -> None:
+    early = {**record("lr", "failing", 21, [5], []), "onset_step": 3}
+    late = {**record("ramp", "failing", 80, [60], []), "onset_step": 80}
+    scores = protocol.score([early, late, record("lr", "healthy", None, [], [])])
+    assert scores["failures"] == 1 and scores["failures_with_onset_before_lead"] == 1
+    assert scores["detectors"]["monitor"]["recall"] == 1.0 and scores["detectors"]["monitor"]["per_knob"] == {
+        "ramp": {"failures": 1, "caught": 1}}
+
+
+def test_the_default_monitor_leaves_spike_factor_events_out() -> None:
+    run = {"spec": {"knob": "silence", "arm": "healthy"}, "instability_step": None,
+           "monitor_events": [{"step": 40, "quantity": "spike_factor"}, {"step": 50, "quantity": "gamma"}],
+           "baselines": {"grad_norm_spike": [], "update_param_ratio": []}}
+    warned = protocol.warning_steps(run)
+    assert warned["monitor"] == [50] and warned["monitor_with_spike_factor"] == [40, 50]
+    assert warned["monitor_without_sharpness"] == [50]
 
 
 def test_baselines_against_their_definitions() -> None:

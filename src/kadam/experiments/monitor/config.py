@@ -11,7 +11,7 @@ class MonitorConfig:
     """What the monitor section runs.
 
     ``tasks`` maps a task of ``kadam.experiments.workloads`` to its model sizes; each task runs every knob of
-    ``knobs`` that applies to it (``silence`` needs an embedding), both arms, for ``seeds`` seeds, for
+    ``knobs`` that applies to it (``protocol.KNOB_TASKS``), both arms, for ``seeds`` seeds, for
     ``steps`` steps of ``batch_size``. ``sharpness_lrs`` are the learning rates of the sharpness question
     (none: skipped), each run for ``sharpness_steps`` steps with an estimate every ``sharpness_every``
     steps of ``sharpness_iterations`` Lanczos steps.
@@ -36,13 +36,14 @@ PROFILES: dict[str, MonitorConfig] = {
     "smoke": MonitorConfig(tasks={"mnist1d-mlp": {"hidden": 32, "depth": 1}}, knobs=("lr",), seeds=(1,),
                            steps=60, batch_size=16),
     "quick": MonitorConfig(tasks={"char-transformer": _CHAR_TINY, "mnist1d-mlp": {"hidden": 64, "depth": 2}},
-                           knobs=("lr", "region", "warmup", "silence"), seeds=(1, 2, 3), steps=100, batch_size=16,
+                           knobs=("lr", "ramp", "region", "warmup", "silence"), seeds=(1, 2, 3), steps=100, batch_size=16,
                            sharpness_lrs=(1e-3, 1e-2, 1e-1), sharpness_steps=100, sharpness_every=20,
                            sharpness_iterations=8, sharpness_sizes=_CHAR_TINY),
     "full": MonitorConfig(tasks={"char-transformer": _CHAR_SMALL, "mnist1d-mlp": {"hidden": 128, "depth": 2}},
-                          knobs=("lr", "region", "warmup", "silence"), seeds=(1, 2, 3, 4), steps=600, batch_size=32,
+                          knobs=("lr", "ramp", "region", "warmup", "silence"), seeds=(1, 2, 3, 4), steps=600, batch_size=32,
                           sharpness_lrs=(1e-3, 3e-3, 1e-2), sharpness_steps=1000, sharpness_every=25,
                           sharpness_iterations=20, sharpness_sizes=_CHAR_SMALL),
 }
-"""smoke: one pair of runs; quick: 42 runs (21 failing-arm, 21 healthy-arm: 7 knob settings × 3 seeds) of 100
-steps and three short sharpness runs; full: 56 runs (28 failing) of 600 steps on larger models and the sharpness question over 1000 steps."""
+"""smoke: one pair of runs; quick: 48 runs (24 failing-arm, 24 healthy-arm: 8 task–knob settings × 3 seeds) of 100
+steps and three short sharpness runs; full: 64 runs (32 failing) of 600 steps on larger models and the sharpness
+question over 1000 steps."""

@@ -4,7 +4,10 @@ r"""Does the stability monitor warn before a run blows up? The validation protoc
 while a :class:`kadam.monitor.StabilityMonitor` records every step. A *knob* is set to a value known to
 break training or to a healthy value, all else equal (:data:`KNOBS`):
 
-- ``lr``: the learning rate past the edge vs a usual one;
+- ``lr``: the learning rate past the edge vs a usual one (the failing arm diverges within a few steps);
+- ``ramp``: the learning rate grows geometrically over the run, past the edge vs to a usual value, so the
+  failure, where there is one, comes late and a warning can precede it (char-transformer only: the MLP's
+  cross-entropy saturates near ln 10 at large rates, below twice its minimum, so its loss never doubles);
 - ``region``: (β, γ) outside the stable region γ > β² (THEORY §2) vs inside, same β;
 - ``warmup``: no warmup at a high learning rate vs a linear warmup to the same rate;
 - ``silence``: one embedding row whose gradient is held at zero for most of the run and then
@@ -12,8 +15,12 @@ break training or to a healthy value, all else equal (:data:`KNOBS`):
   the spike (char-transformer only).
 
 **Instability event** (:func:`instability_step`, the definition in code): the first step after
-``settle`` steps (and after the learning-rate warmup) whose training loss is non-finite or above twice
-the running minimum of the losses before it.
+``settle`` steps (and after the learning-rate warmup) whose training loss is non-finite, or whose median
+over the last :data:`LOSS_WINDOW` steps is above twice the running minimum of those medians. The median
+keeps one unlucky mini-batch from counting (single-batch losses of a healthy run late in training reach
+twice their running minimum, which is itself an outlier). Its *onset* is the first step at which the same
+condition held counting from step 2: a failure whose onset lies within the first ``LEAD`` steps cannot be
+warned ``LEAD`` steps ahead by anything, so it is reported apart and left out of recall.
 
 **Warnings.** The monitor's: every :class:`~kadam.monitor.StabilityEvent` at its default thresholds
 plus the argument thresholds in :data:`MONITOR_THRESHOLDS`. Two baselines computed from the same runs
@@ -23,7 +30,7 @@ ratio threshold (largest per-tensor :math:`|\Delta\theta|/|\theta|` above ``UPDA
 quantity Composer's ``OptimizerMonitor`` logs). All thresholds are fixed in this module before the
 runs, not fitted to them.
 
-**Scores** (:func:`score`): recall (failing runs warned at least ``LEAD`` steps before their event),
+**Scores** (:func:`score`): recall (failing runs, onset after ``LEAD``, warned at least ``LEAD`` steps before their event),
 lead-time distribution, false alarms (warnings in healthy runs; share of healthy runs warned).
 """
 
@@ -40,18 +47,21 @@ import torch
 from kadam.experiments.workloads import build_task, seeded_initialisation  # the one workload import of this slice
 from kadam.monitor import StabilityMonitor, Thresholds
 
-__all__ = ["KNOBS", "RunSpec", "baseline_warnings", "instability_step", "monitored_run", "score",
-           "sharpness_factor_sweep", "sharpness_run", "with_sharpness_factor"]
+__all__ = ["KNOBS", "KNOB_TASKS", "RunSpec", "baseline_warnings", "instability_step", "monitored_run", "score",
+           "sharpness_factor_sweep", "sharpness_run", "warning_steps", "with_sharpness_factor"]
 
 LEAD = 10
 """Steps a warning must precede the instability event to count for recall."""
 SETTLE = 20
 """Steps after the start (and after the warmup) before the instability definition applies."""
+LOSS_WINDOW = 5
+"""Steps of training loss whose median the instability definition compares with its running minimum."""
 GRAD_SPIKE_FACTOR = 5.0
 GRAD_WINDOW = 20
 UPDATE_RATIO = 0.05
-MONITOR_THRESHOLDS = Thresholds()
-"""The monitor's thresholds in the protocol: its defaults (theory thresholds and the default spike factor)."""
+MONITOR_THRESHOLDS = Thresholds(spike_factor=1e6)
+"""The monitor's thresholds in the protocol: its defaults (the theory's thresholds; the spike factor off), plus the
+spike factor at 1e6, its default before the validation switched it off, so that the runs still show what it adds."""
 SHARPNESS_EVERY = 5
 SHARPNESS_ITERATIONS = 4
 """The monitor estimates the preconditioned sharpness every 5 steps on one fixed batch with 4 Lanczos steps
@@ -59,12 +69,15 @@ SHARPNESS_ITERATIONS = 4
 
 KNOBS: Mapping[str, Mapping[str, Mapping[str, Any]]] = {
     "lr": {"failing": {"lr": 1.0}, "healthy": {"lr": 3e-3}},
+    "ramp": {"failing": {"lr": 1e-3, "ramp_to": 3.0}, "healthy": {"lr": 1e-3, "ramp_to": 1e-2}},
     "region": {"failing": {"betas": (0.99, 0.1), "lr": 3e-3}, "healthy": {"betas": (0.99, 0.999), "lr": 3e-3}},
     "warmup": {"failing": {"lr": 0.3, "warmup": 0}, "healthy": {"lr": 0.3, "warmup": 50}},
     "silence": {"failing": {"lr": 1e-2, "betas": (0.9, 0.99999), "spike": 1e4},
                 "healthy": {"lr": 1e-2, "betas": (0.9, 0.99999), "spike": 1.0}},
 }
 """Knob → arm → the run settings that differ from :class:`RunSpec`'s defaults."""
+KNOB_TASKS: Mapping[str, tuple[str, ...]] = {"silence": ("char-transformer",), "ramp": ("char-transformer",)}
+"""Knobs that apply to some tasks only (the others apply to every task); the reasons are in the module docstring."""
 
 
 @dataclass(frozen=True)
@@ -83,19 +96,26 @@ class RunSpec:
     eps: float = 1e-8
     weight_decay: float = 0.0
     warmup: int = 0
+    ramp_to: float | None = None
     spike: float | None = None
     silence_start: float = 0.1
     silence_end: float = 0.6
 
 
-def instability_step(losses: Sequence[float], start: int) -> int | None:
-    """The first step n > ``start`` (1-based) with a non-finite loss or loss_n > 2 min_{m<n} loss_m; None if none."""
+def instability_step(losses: Sequence[float], start: int, window: int = LOSS_WINDOW) -> int | None:
+    """The first step n > ``start`` (1-based) whose loss is non-finite or whose median over the last ``window``
+    losses (fewer at the start) exceeds twice the running minimum of those medians before n; None if none."""
     running = math.inf
-    for n, loss in enumerate(losses, start=1):
-        if n > start and (not math.isfinite(loss) or loss > 2.0 * running):
+    for n in range(1, len(losses) + 1):
+        if not math.isfinite(losses[n - 1]):
+            if n > start:
+                return n
+            continue
+        recent = losses[max(0, n - window):n]
+        median = float(np.median(recent)) if all(math.isfinite(loss) for loss in recent) else math.inf
+        if n > start and median > 2.0 * running:
             return n
-        if math.isfinite(loss):
-            running = min(running, loss)
+        running = min(running, median)
     return None
 
 
@@ -136,6 +156,9 @@ def monitored_run(task: str, knob: str, arm: str, seed: int, steps: int, batch_s
     scheduler = None
     if spec.warmup:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / spec.warmup))
+    elif spec.ramp_to is not None:  # geometric from lr at step 1 to ramp_to at the last step
+        growth = (spec.ramp_to / spec.lr) ** (1.0 / max(spec.steps - 1, 1))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: growth ** step)
     probe = built.sample_batch(torch.Generator().manual_seed(spec.seed + 10_000), spec.batch_size)
     monitor = StabilityMonitor(optimizer, every=1, names=model, thresholds=MONITOR_THRESHOLDS, warn=False,
                                sharpness_every=SHARPNESS_EVERY, sharpness_iterations=SHARPNESS_ITERATIONS,
@@ -227,11 +250,16 @@ def _silence_hook(model: torch.nn.Module, spec: RunSpec) -> dict[str, int]:
     return clock
 
 
-def _first_warning_steps(run: Mapping[str, Any]) -> dict[str, list[int]]:
-    """Warning steps per detector; ``monitor_without_sharpness`` is the monitor with the edge-of-stability
-    check left out (an ablation: the same events minus those of quantity ``sharpness``)."""
-    return {"monitor": sorted({e["step"] for e in run["monitor_events"]}),
-            "monitor_without_sharpness": sorted({e["step"] for e in run["monitor_events"] if e["quantity"] != "sharpness"}),
+def warning_steps(run: Mapping[str, Any]) -> dict[str, list[int]]:
+    """Warning steps per detector: ``monitor`` is the monitor at its defaults (the runs also record spike-factor
+    events, which the defaults leave off); the ablations add the spike-factor check at 1e6
+    (``monitor_with_spike_factor``) or leave out the edge-of-stability check (``monitor_without_sharpness``)."""
+    def steps(keep: Any) -> list[int]:
+        return sorted({e["step"] for e in run["monitor_events"] if keep(e["quantity"])})
+
+    return {"monitor": steps(lambda q: q != "spike_factor"),
+            "monitor_with_spike_factor": steps(lambda q: True),
+            "monitor_without_sharpness": steps(lambda q: q not in ("spike_factor", "sharpness")),
             **run["baselines"]}
 
 
@@ -268,19 +296,22 @@ def sharpness_factor_sweep(runs: Sequence[Mapping[str, Any]], factors: Sequence[
 def score(runs: Sequence[Mapping[str, Any]], lead: int = LEAD) -> dict[str, Any]:
     """Recall at ``lead``, lead times and false alarms of the monitor and both baselines over ``runs``.
 
-    A failing-arm run counts as a *failure* only if it has an instability event; a warning counts for a
-    failure when it comes at least ``lead`` steps before the event (its lead time is event − first
-    warning). Healthy-arm runs without an event measure false alarms: warnings per run (distinct
-    warning steps) and the share of runs with any warning. Failing-arm runs that did not fail and
-    healthy-arm runs that did are counted separately, and so are failures whose loss condition first held
-    within the first ``lead`` steps (``onset_step``): no warning can precede those by ``lead`` steps.
+    A failing-arm run counts as a *failure* only if it has an instability event whose onset
+    (``onset_step``) comes after the first ``lead`` steps: no warning can precede an earlier onset by
+    ``lead`` steps, so those failures are counted apart (``failures_with_onset_before_lead``) and left out
+    of recall. A warning counts for a failure when it comes at least ``lead`` steps before the event (its
+    lead time is event − first warning). Healthy-arm runs without an event measure false alarms: warnings
+    per run (distinct warning steps) and the share of runs with any warning. Failing-arm runs that did
+    not fail and healthy-arm runs that did are counted separately.
     """
-    detectors = ("monitor", "monitor_without_sharpness", "grad_norm_spike", "update_param_ratio")
-    failures = [r for r in runs if r["spec"]["arm"] == "failing" and r["instability_step"] is not None]
+    detectors = ("monitor", "monitor_with_spike_factor", "monitor_without_sharpness", "grad_norm_spike",
+                 "update_param_ratio")
+    failed = [r for r in runs if r["spec"]["arm"] == "failing" and r["instability_step"] is not None]
+    failures = [r for r in failed if (r.get("onset_step") or math.inf) > lead]
     healthy = [r for r in runs if r["spec"]["arm"] == "healthy" and r["instability_step"] is None]
     result: dict[str, Any] = {
         "runs": len(runs), "failures": len(failures), "healthy": len(healthy),
-        "failures_with_onset_before_lead": sum(1 for r in failures if (r.get("onset_step") or math.inf) <= lead),
+        "failures_with_onset_before_lead": len(failed) - len(failures),
         "failing_arm_without_event": sum(1 for r in runs if r["spec"]["arm"] == "failing" and r["instability_step"] is None),
         "healthy_arm_with_event": sum(1 for r in runs if r["spec"]["arm"] == "healthy" and r["instability_step"] is not None),
         "lead": lead, "detectors": {},
@@ -289,7 +320,7 @@ def score(runs: Sequence[Mapping[str, Any]], lead: int = LEAD) -> dict[str, Any]
         leads, caught, per_knob = [], 0, {}
         for run in failures:
             event = run["instability_step"]
-            warned = [s for s in _first_warning_steps(run)[detector] if s <= event]
+            warned = [s for s in warning_steps(run)[detector] if s <= event]
             lead_time = event - warned[0] if warned else None
             hit = lead_time is not None and lead_time >= lead
             caught += hit
@@ -298,7 +329,12 @@ def score(runs: Sequence[Mapping[str, Any]], lead: int = LEAD) -> dict[str, Any]
             knob["caught"] += hit
             if lead_time is not None:
                 leads.append(lead_time)
-        alarms = [len(_first_warning_steps(run)[detector]) for run in healthy]
+        alarms = [len(warning_steps(run)[detector]) for run in healthy]
+        healthy_per_knob: dict[str, dict[str, int]] = {}
+        for run, count in zip(healthy, alarms):
+            knob = healthy_per_knob.setdefault(run["spec"]["knob"], {"runs": 0, "warned": 0})
+            knob["runs"] += 1
+            knob["warned"] += count > 0
         result["detectors"][detector] = {
             "recall": caught / len(failures) if failures else None,
             "caught": caught,
@@ -307,6 +343,7 @@ def score(runs: Sequence[Mapping[str, Any]], lead: int = LEAD) -> dict[str, Any]
             "false_alarms_per_healthy_run": float(np.mean(alarms)) if alarms else None,
             "healthy_runs_warned": sum(1 for a in alarms if a) / len(alarms) if alarms else None,
             "per_knob": per_knob,
+            "healthy_per_knob": healthy_per_knob,
         }
     return result
 

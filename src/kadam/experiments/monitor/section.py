@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from kadam.experiments.cells import Cell
 from kadam.experiments.monitor import protocol
@@ -16,6 +18,7 @@ from kadam.experiments.sections import Section
 __all__ = ["build_section", "run_cells", "summarize"]
 
 _DETECTOR_NAMES = {"monitor": "StabilityMonitor (theory + default thresholds)",
+                   "monitor_with_spike_factor": "StabilityMonitor with the spike-factor check at 1e6",
                    "monitor_without_sharpness": "StabilityMonitor without the edge-of-stability check",
                    "grad_norm_spike": f"gradient-norm spike (> {protocol.GRAD_SPIKE_FACTOR:g}× median of "
                                       f"{protocol.GRAD_WINDOW} steps)",
@@ -28,6 +31,33 @@ MONITOR_FALSE_ALARMS = 0.1
 """... and warns on at most this share of healthy runs."""
 MONITOR_MIN_FAILURES = 5
 """With fewer failures than this, no verdict on the monitor is drawn."""
+
+
+FINAL_LOSS_STEPS = 10
+"""A run's final training loss in the false-alarm finding: the median of its last this many steps."""
+
+
+def false_alarm_finding(records: Sequence[Mapping[str, Any]]) -> str | None:
+    """Where the default monitor's false alarms come from: for each (task, knob) whose healthy runs it warned,
+    how many, and their median final training loss against the task's other healthy runs (a warned "healthy"
+    run that trains worse than the rest may be a true warning the protocol counts as false)."""
+    healthy = [r for r in records if r["spec"]["arm"] == "healthy" and r["instability_step"] is None]
+    warned = [r for r in healthy if protocol.warning_steps(r)["monitor"]]
+    if not warned:
+        return None
+
+    def final(runs: Sequence[Mapping[str, Any]]) -> str:
+        values = [float(np.median(r["losses"][-FINAL_LOSS_STEPS:])) for r in runs]
+        return format_number(float(np.median(values)), 3) if values else "—"
+
+    parts = []
+    for task, knob in sorted({(r["spec"]["task"], r["spec"]["knob"]) for r in warned}):
+        same = [r for r in healthy if (r["spec"]["task"], r["spec"]["knob"]) == (task, knob)]
+        others = [r for r in healthy if r["spec"]["task"] == task and r["spec"]["knob"] != knob]
+        count = sum(1 for r in same if r in warned)
+        parts.append(f"{task}, knob {knob}: {count} of {len(same)} warned, final loss {final(same)} (median) against "
+                     f"{final(others)} for the task's other healthy runs")
+    return "Healthy runs the monitor warned: " + "; ".join(parts) + "."
 
 
 def monitor_claims(scores: Mapping[str, Any]) -> list[Claim]:
@@ -46,7 +76,7 @@ def monitor_claims(scores: Mapping[str, Any]) -> list[Claim]:
 
 
 def _knobs_for(task: str, config: MonitorConfig) -> list[str]:
-    return [knob for knob in config.knobs if knob != "silence" or task == "char-transformer"]
+    return [knob for knob in config.knobs if task in protocol.KNOB_TASKS.get(knob, (task,))]
 
 
 def run_cells(config: MonitorConfig, device: str) -> list[Cell]:
@@ -90,11 +120,12 @@ def summarize(scores: Mapping[str, Any]) -> Table:
             "—" if entry["false_alarms_per_healthy_run"] is None else format_number(entry["false_alarms_per_healthy_run"], 3),
             "—" if warned is None else f"{warned:.0%}",
             ", ".join(f"{knob} {v['caught']}/{v['failures']}" for knob, v in sorted(entry["per_knob"].items())),
+            ", ".join(f"{knob} {v['warned']}/{v['runs']}" for knob, v in sorted(entry.get("healthy_per_knob", {}).items())),
         ])
     return Table(f"Recall at lead ≥ {scores['lead']} steps over {scores['failures']} failing runs; false alarms over "
                  f"{scores['healthy']} healthy runs (targets: recall ≥ 80%, ≤ 10% of healthy runs warned)",
                  ["detector", "recall", "lead time q1/median/q3", "warnings per healthy run", "healthy runs warned",
-                  "caught per knob"], rows)
+                  "caught per knob", "healthy runs warned per knob"], rows)
 
 
 def sharpness_finding(sharp: list[Mapping[str, Any]]) -> str:
@@ -162,11 +193,13 @@ def build_section(settings: Any) -> Section:
                                       "largest update/bound ratio and spike factor over tensors, update–gradient "
                                       "cosine; monitor warnings in red, the instability event dashed."))
         findings = [
-            f"{scores['failures']} runs failed by the definition in code (non-finite loss or loss > 2× its running "
-            f"minimum after {protocol.SETTLE} steps and the warmup); {scores['failing_arm_without_event']} runs set to "
+            f"{scores['failures'] + scores['failures_with_onset_before_lead']} runs failed by the definition in code "
+            f"(non-finite loss, or the median loss of {protocol.LOSS_WINDOW} steps above twice its running minimum, "
+            f"after {protocol.SETTLE} steps and the warmup); {scores['failing_arm_without_event']} runs set to "
             f"fail did not, and {scores['healthy_arm_with_event']} healthy-arm runs did. In "
             f"{scores['failures_with_onset_before_lead']} of the failures the loss condition already held within the "
-            f"first {protocol.LEAD} steps, which no warning can precede by {protocol.LEAD} steps.",
+            f"first {protocol.LEAD} steps, which no warning can precede by {protocol.LEAD} steps: they are left out of "
+            f"recall, which is over the other {scores['failures']}.",
         ]
         monitor = scores["detectors"]["monitor"]
         if monitor["recall"] is not None:
@@ -187,6 +220,9 @@ def build_section(settings: Any) -> Section:
                    "(Cohen et al. 2022 find it hovers there), so crossing it does not separate failing runs from "
                    "healthy ones." if not meeting else
                    ". Multiples meeting both targets: " + ", ".join(f"×{row['factor']:g}" for row in meeting) + "."))
+        alarms = false_alarm_finding(records)
+        if alarms:
+            findings.append(alarms)
         if sharp:
             path = figures / "monitor_sharpness.png"
             plots.plot_sharpness(sharp, path)
@@ -194,8 +230,8 @@ def build_section(settings: Any) -> Section:
                                       "learning rates, against the adaptive edge of stability (2 + 2β)/(1 − β)."))
             findings.append(sharpness_finding(sharp))
         method = (
-            "Runs break for known reasons (learning rate past the edge, (β, γ) outside γ > β², no warmup at a high "
-            "rate, a silent embedding row that returns with a spike) or stay healthy with only that knob changed "
+            "Runs break for known reasons (learning rate past the edge from the start or reached by a geometric ramp, "
+            "(β, γ) outside γ > β², no warmup at a high rate, a silent embedding row that returns with a spike) or stay healthy with only that knob changed "
             "(`kadam.experiments.monitor.protocol.KNOBS`). The monitor records every step; two baselines are computed "
             "from the same runs. A warning counts when it precedes the instability event by at least "
             f"{protocol.LEAD} steps.")
