@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -268,27 +270,44 @@ def test_warnings_are_rate_limited_but_events_kept() -> None:
     assert all(w.filename == __file__ for w in caught)
 
 
+def _random_quadratic(eigenvalues: list[float], seed: int) -> tuple[torch.Tensor, nn.Parameter]:
+    """A Hessian with these eigenvalues in a random basis, and a random starting point."""
+    generator = torch.Generator().manual_seed(seed)
+    size = len(eigenvalues)
+    basis = torch.linalg.qr(torch.randn(size, size, generator=generator, dtype=torch.float64))[0]
+    hessian = basis @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ basis.T
+    return hessian, nn.Parameter(torch.randn(size, generator=generator, dtype=torch.float64))
+
+
+def _largest_eigenvalue(hessian: torch.Tensor, inverse_preconditioner: torch.Tensor) -> float:
+    """λ_max(D^½ H D^½), D the diagonal ``inverse_preconditioner``, by dense eigendecomposition."""
+    root = inverse_preconditioner.sqrt()
+    return torch.linalg.eigvalsh(root[:, None] * hessian * root[None, :]).max().item()
+
+
+def _adam_with_sharpness(theta: nn.Parameter, train_loss: Callable[[], torch.Tensor],
+                         probe: Callable[[], torch.Tensor], steps: int, **monitor_options: Any,
+                         ) -> tuple[torch.optim.Adam, StabilityMonitor, torch.Tensor]:
+    """``steps`` steps of Adam (lr 0.01, β = 0.9) on ``train_loss`` with the sharpness estimated on ``probe``;
+    the optimizer, the monitor and v̂ after the last step."""
+    optimizer = torch.optim.Adam([theta], lr=0.01, betas=(0.9, 0.999))
+    monitor = StabilityMonitor(optimizer, every=1, sharpness_closure=probe, warn=False, **monitor_options)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        train_loss().backward()
+        optimizer.step()
+    return optimizer, monitor, optimizer.state[theta]["exp_avg_sq"] / (1 - 0.999**steps)
+
+
 def test_sharpness_against_the_eigenvalues_of_a_quadratic() -> None:
-    generator = torch.Generator().manual_seed(0)
-    basis = torch.linalg.qr(torch.randn(6, 6, generator=generator, dtype=torch.float64))[0]
-    hessian = basis @ torch.diag(torch.tensor([9.0, 4.0, 2.0, 1.0, 0.5, 0.1], dtype=torch.float64)) @ basis.T
-    theta = nn.Parameter(torch.randn(6, generator=generator, dtype=torch.float64))
+    hessian, theta = _random_quadratic([9.0, 4.0, 2.0, 1.0, 0.5, 0.1], seed=0)
 
     def loss() -> torch.Tensor:
         return 0.5 * theta @ hessian @ theta
 
     lr, beta = 0.01, 0.9
-    optimizer = torch.optim.Adam([theta], lr=lr, betas=(beta, 0.999))
-    monitor = StabilityMonitor(optimizer, every=1, sharpness_every=2, sharpness_closure=loss,
-                               sharpness_iterations=200, warn=False)
-    for _ in range(4):
-        optimizer.zero_grad()
-        loss().backward()
-        optimizer.step()
-    state = optimizer.state[theta]
-    v_hat = state["exp_avg_sq"] / (1 - 0.999**4)
-    d = lr / (v_hat.sqrt() + 1e-8)
-    expected = torch.linalg.eigvalsh(d.sqrt()[:, None] * hessian * d.sqrt()[None, :]).max().item()
+    _, monitor, v_hat = _adam_with_sharpness(theta, loss, loss, 4, sharpness_every=2, sharpness_iterations=200)
+    expected = _largest_eigenvalue(hessian, lr / (v_hat.sqrt() + 1e-8))
     history = monitor.history
     assert np.isnan(history.model["sharpness"][0]) and np.isnan(history.model["sharpness"][2])
     assert history.model["sharpness"][3] == pytest.approx(expected, rel=1e-6)
@@ -300,29 +319,20 @@ def test_sharpness_leaves_out_coordinates_that_never_had_a_gradient() -> None:
     """An embedding row of a token absent from training has v̂ = 0, so P⁻¹ = η/ε there; if the probe batch
     contains the token, that coordinate alone would put the estimate ~1e5× above the edge. The estimate is
     the largest eigenvalue over the coordinates with v̂ > 0 (dense eigendecomposition as the reference)."""
-    generator = torch.Generator().manual_seed(1)
-    basis = torch.linalg.qr(torch.randn(5, 5, generator=generator, dtype=torch.float64))[0]
-    hessian = basis @ torch.diag(torch.tensor([6.0, 3.0, 1.0, 0.5, 0.2], dtype=torch.float64)) @ basis.T
-    theta = nn.Parameter(torch.randn(5, generator=generator, dtype=torch.float64))
+    hessian, theta = _random_quadratic([6.0, 3.0, 1.0, 0.5, 0.2], seed=1)
     silent = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0], dtype=torch.float64)  # coordinate 4: no gradient in training
 
     def probe() -> torch.Tensor:
         return 0.5 * theta @ hessian @ theta
 
-    lr, beta = 0.01, 0.9
-    optimizer = torch.optim.Adam([theta], lr=lr, betas=(beta, 0.999))
-    monitor = StabilityMonitor(optimizer, every=1, sharpness_every=3, sharpness_closure=probe,
-                               sharpness_iterations=100, warn=False)
-    for _ in range(3):
-        optimizer.zero_grad()
-        (0.5 * (theta * silent) @ hessian @ (theta * silent)).backward()
-        optimizer.step()
-    v_hat = optimizer.state[theta]["exp_avg_sq"] / (1 - 0.999**3)
+    def train_loss() -> torch.Tensor:
+        return 0.5 * (theta * silent) @ hessian @ (theta * silent)
+
+    lr = 0.01
+    _, monitor, v_hat = _adam_with_sharpness(theta, train_loss, probe, 3, sharpness_every=3, sharpness_iterations=100)
     assert v_hat[4] == 0 and (v_hat[:4] > 0).all()
-    d = torch.where(v_hat > 0, lr / (v_hat.sqrt() + 1e-8), 0.0)
-    expected = torch.linalg.eigvalsh(d.sqrt()[:, None] * hessian * d.sqrt()[None, :]).max().item()
-    unmasked = lr / (v_hat.sqrt() + 1e-8)
-    assert torch.linalg.eigvalsh(unmasked.sqrt()[:, None] * hessian * unmasked.sqrt()[None, :]).max() > 1e3 * expected
+    expected = _largest_eigenvalue(hessian, torch.where(v_hat > 0, lr / (v_hat.sqrt() + 1e-8), 0.0))
+    assert _largest_eigenvalue(hessian, lr / (v_hat.sqrt() + 1e-8)) > 1e3 * expected
     monitor.detach()
     assert monitor.history.model["sharpness"][2] == pytest.approx(expected, rel=1e-6)
 
