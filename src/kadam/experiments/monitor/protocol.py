@@ -9,7 +9,11 @@ break training or to a healthy value, all else equal (:data:`KNOBS`):
   failure, where there is one, comes late and a warning can precede it (char-transformer only: the MLP's
   cross-entropy saturates near ln 10 at large rates, below twice its minimum, so its loss never doubles);
 - ``region``: (β, γ) outside the stable region γ > β² (THEORY §2) vs inside, same β;
-- ``warmup``: no warmup at a high learning rate vs a linear warmup to the same rate;
+- ``warmup``: no warmup at a high learning rate vs a linear warmup to the same rate (both models are
+  pre-LayerNorm or have no attention, and train without warmup at usual rates: at the rate where the
+  failing arm diverges in its first steps, the warmed-up arm does not diverge but trains worse than the
+  other healthy arms and sits above the edge of stability, so the monitor's warnings there count as false
+  alarms although they point at a real problem);
 - ``silence``: one embedding row whose gradient is held at zero for most of the run and then
   multiplied by a large factor (a rare token returning), with γ close to 1, vs the same silence without
   the spike (char-transformer only).
