@@ -185,6 +185,8 @@ def build_section(settings: Any) -> Section:
         sharp = [results[cell.key] for cell in sharpness]
         figure_list = []
         failing = [r for r in records if r["spec"]["arm"] == "failing" and r["instability_step"] is not None]
+        # the figure shows a failure a warning could precede (onset after the lead), when there is one
+        failing.sort(key=lambda r: (r.get("onset_step") or math.inf) <= protocol.LEAD)
         if failing:
             path = figures / "monitor_failing_run.png"
             plots.plot_run(failing[0], path)
