@@ -42,11 +42,14 @@ namespace {
 
 constexpr int64_t kBlock = 1024;       // elements per block: the level-to-level buffer x stays in L1
 constexpr int64_t kChunkBlocks = 32;  // blocks per unit of work handed to a thread (128 KiB of float32)
-// Tensors are stepped in groups of at most this many elements (a larger tensor alone): every pass of a
-// group runs before the next group starts, so a tensor-mode level's replay finds the group in cache, and
-// the output of the elementwise level it replays, kept in a group-sized buffer that stays in L2, saves
-// recomputing the square root and division (the step is bound by those, not by memory).
-constexpr int64_t kGroupElements = int64_t(1) << 20;
+// Tensors are stepped in groups of at most kGroupElements elements (a larger tensor alone): every pass of
+// a group runs before the next group starts, so a tensor-mode level's replay finds the group in cache, and
+// the output of the elementwise level it replays, kept in a group-sized buffer, saves recomputing the
+// square root and division (the step is bound by those, not by memory). A group of 1 MiB of float32 keeps
+// the buffer in L2 beside the pass's streams; a single tensor of up to kBufferElements still gets a
+// buffer of its own (in L3), which beats recomputing.
+constexpr int64_t kGroupElements = int64_t(1) << 18;
+constexpr int64_t kBufferElements = int64_t(1) << 20;
 
 struct alignas(2) BFloat16 {
   uint16_t bits;
@@ -160,7 +163,7 @@ class Stepper {
       first_chunk[t + 1] = int64_t(chunks.size());
     }
     // Groups of consecutive tensors of at most kGroupElements elements (a larger tensor alone); a group
-    // that fits gets the replay buffer (float32/float64 only: for half storage the replay must read the
+    // of at most kBufferElements gets the replay buffer (float32/float64 only: for half storage the replay must read the
     // rounded m and v, as the loop implementation does).
     std::vector<int64_t> group_starts;
     int64_t buffer_elements = 0;
@@ -168,7 +171,7 @@ class Stepper {
       group_starts.push_back(t);
       int64_t size = a_.numels[t], u = t + 1;
       while (u < a_.n_tensors && size + a_.numels[u] <= kGroupElements) size += a_.numels[u++];
-      if (std::is_same<S, T>::value && size <= kGroupElements && uses_replay_buffer()) {
+      if (std::is_same<S, T>::value && size <= kBufferElements && uses_replay_buffer()) {
         for (int64_t offset = 0; t < u; offset += a_.numels[t++]) replay_offset_[t] = offset;
         buffer_elements = std::max(buffer_elements, size);
       }
