@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kadam.cli.interrupts import signals_stop_workers
 
 __all__ = ["register", "run_compare", "json_output"]
 
@@ -153,13 +154,14 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.study:  # every workload of the profile, written as a report
         from kadam.experiments.comparison.study import run_study
 
-        try:
-            run_study(args.profile or "study", args.out, args.jobs, args.seeds,
-                      show_progress=not args.no_progress, command="kadam " + " ".join(sys.argv[1:]))
-        except KeyboardInterrupt:
-            print(f"kadam compare: interrupted; finished runs are cached in {args.out}/cache, rerun to resume",
-                  file=sys.stderr)
-            return 130
+        with signals_stop_workers() as interruption:
+            try:
+                run_study(args.profile or "study", args.out, args.jobs, args.seeds,
+                          show_progress=not args.no_progress, command="kadam " + " ".join(sys.argv[1:]))
+            except KeyboardInterrupt:
+                print(f"kadam compare: interrupted; finished runs are cached in {args.out}/cache, rerun to resume",
+                      file=sys.stderr)
+                return interruption.exit_status
         return 0
     seeds = 5 if args.seeds is None else args.seeds
     workload = _workload_config(args)
@@ -178,16 +180,17 @@ def run_compare(args: argparse.Namespace) -> int:
     followup_estimate = (len(workload.arms) * (seeds * (1 + workload.lr_only) + len(args.sensitivity))
                          * workload.seconds_per_run)
     started = time.perf_counter()
-    try:
-        with runner.session(runner.pending_cost([p.cell for p in tuning]) + followup_estimate):
-            results = runner.run([p.cell for p in tuning])
-            followup = followup_plan(config, results)
-            runner.adjust_total(runner.pending_cost([p.cell for p in followup]) - followup_estimate)
-            results.update(runner.run([p.cell for p in followup]))
-    except KeyboardInterrupt:
-        print(f"kadam compare: interrupted; finished runs are cached in {out}/cache, rerun the same command to resume",
-              file=sys.stderr)
-        return 130
+    with signals_stop_workers() as interruption:
+        try:
+            with runner.session(runner.pending_cost([p.cell for p in tuning]) + followup_estimate):
+                results = runner.run([p.cell for p in tuning])
+                followup = followup_plan(config, results)
+                runner.adjust_total(runner.pending_cost([p.cell for p in followup]) - followup_estimate)
+                results.update(runner.run([p.cell for p in followup]))
+        except KeyboardInterrupt:
+            print(f"kadam compare: interrupted; finished runs are cached in {out}/cache, rerun the same command to "
+                  "resume", file=sys.stderr)
+            return interruption.exit_status
     analysis = analyse(tagged_records(tuning + followup, results), confidence=config.confidence, alpha=config.alpha,
                        power=config.power)
     command = "kadam " + " ".join(sys.argv[1:])

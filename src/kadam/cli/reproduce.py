@@ -1,27 +1,16 @@
 """``kadam reproduce``: re-measure the paper's claims offline and write one report (see
 :mod:`kadam.experiments.reproduce`).
 
-**Interrupts.** SIGINT, whether from a terminal's Ctrl-C (sent to the whole process group) or from a
-scheduler (sent to this process only), ends the run the same way: one line, exit status 130, the cells
-already finished kept in ``--out/cache``. While the run lasts, SIGINT is blocked in every thread of this
-process, so the worker processes it starts inherit a mask that blocks it (they never see it and print
-nothing). A listener thread takes it with ``sigwait``, interrupts the main thread (``KeyboardInterrupt``)
-and terminates the workers (cells in flight are lost, as the cache format allows). The handler and the
-mask are put back afterwards.
+**Interrupts** (:mod:`kadam.cli.interrupts`): SIGINT or SIGTERM ends the run with one line and exit
+status 130 or 143, the workers terminated and the cells already finished kept in ``--out/cache``.
 """
 
 from __future__ import annotations
 
-import _thread
 import argparse
-import contextlib
-import multiprocessing
-import signal
 import sys
-import threading
-from collections.abc import Iterator
-from types import FrameType
 
+from kadam.cli.interrupts import signals_stop_workers
 from kadam.cli.options import available_cores, int_at_least, output_directory
 
 PROFILES = ("smoke", "quick", "full")
@@ -57,57 +46,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_reproduce)
 
 
-def _terminate_workers() -> None:
-    """End this process's multiprocessing children (the cell workers and their message manager)."""
-    children = multiprocessing.active_children()
-    for child in children:
-        child.terminate()
-    for child in children:
-        child.join(timeout=5)
-
-
-@contextlib.contextmanager
-def _interrupts_stop_workers() -> Iterator[None]:
-    """SIGINT reaches this process only, terminates the workers and raises ``KeyboardInterrupt`` in the main
-    thread (module docstring). Outside the main thread, or without ``pthread_sigmask`` (Windows), it
-    changes nothing."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    from multiprocessing import resource_tracker
-
-    # Starting multiprocessing's resource tracker unblocks SIGINT in the calling thread afterwards (the
-    # standard library blocks it only while the tracker is launched): start it first, so that the mask
-    # below still holds when the runner spawns its workers.
-    resource_tracker.ensure_running()
-    closing = threading.Event()
-
-    def listen() -> None:  # SIGINT is blocked in every thread; this one takes it with sigwait
-        while True:
-            signal.sigwait({signal.SIGINT})
-            if closing.is_set():
-                return
-            _thread.interrupt_main(signal.SIGINT)  # the main thread raises at its next instruction
-            _terminate_workers()  # ... and wakes up if it was waiting for them
-
-    def interrupted(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while cleaning up changes nothing
-        raise KeyboardInterrupt
-
-    previous_handler = signal.signal(signal.SIGINT, interrupted)
-    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    listener = threading.Thread(target=listen, name="kadam-sigint-listener", daemon=True)
-    listener.start()  # inherits the mask, as do the threads and processes the runner starts
-    try:
-        yield
-    finally:
-        closing.set()
-        signal.pthread_kill(listener.ident, signal.SIGINT)  # wakes its sigwait
-        listener.join()
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        signal.signal(signal.SIGINT, previous_handler)
-
-
 EXTRA_MODULES = {"matplotlib": "matplotlib", "sklearn": "scikit-learn", "mnist1d": "mnist1d", "rich": "rich"}
 """Module → distribution of the ``kadam[experiments]`` extra that ``kadam reproduce`` needs."""
 
@@ -126,11 +64,11 @@ def run_reproduce(args: argparse.Namespace) -> int:
                          "pip install 'kadam[experiments]'")
     from kadam.experiments.reproduce import reproduce
 
-    try:
-        with _interrupts_stop_workers():
+    with signals_stop_workers() as interruption:
+        try:
             reproduce(args.profile, str(args.out), args.device, args.seeds, args.jobs, show_progress=not args.no_progress)
-    except KeyboardInterrupt:
-        print(f"kadam reproduce: interrupted; finished cells are cached in {args.out}/cache, rerun the same command to resume",
-              file=sys.stderr)
-        return 130
+        except KeyboardInterrupt:
+            print(f"kadam reproduce: interrupted; finished cells are cached in {args.out}/cache, rerun the same command "
+                  "to resume", file=sys.stderr)
+            return interruption.exit_status
     return 0
