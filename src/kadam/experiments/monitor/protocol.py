@@ -262,8 +262,8 @@ def _silence_hook(model: torch.nn.Module, spec: RunSpec) -> dict[str, int]:
 
 def warning_steps(run: Mapping[str, Any]) -> dict[str, list[int]]:
     """Warning steps per detector: ``monitor`` is the monitor at its defaults (the runs also record spike-factor
-    events, which the defaults leave off); the ablations add the spike-factor check at 1e6
-    (``monitor_with_spike_factor``) or leave out the edge-of-stability check (``monitor_without_sharpness``)."""
+    events, which the defaults leave off); the ablations add the spike-factor check at
+    ``MONITOR_THRESHOLDS.spike_factor`` (``monitor_with_spike_factor``) or leave out the edge-of-stability check (``monitor_without_sharpness``)."""
     def steps(keep: Any) -> list[int]:
         return sorted({e["step"] for e in run["monitor_events"] if keep(e["quantity"])})
 

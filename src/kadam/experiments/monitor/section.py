@@ -18,7 +18,8 @@ from kadam.experiments.sections import Section
 __all__ = ["build_section", "run_cells", "summarize"]
 
 _DETECTOR_NAMES = {"monitor": "StabilityMonitor (theory + default thresholds)",
-                   "monitor_with_spike_factor": "StabilityMonitor with the spike-factor check at 1e6",
+                   "monitor_with_spike_factor": "StabilityMonitor with the spike-factor check at "
+                                                f"{protocol.MONITOR_THRESHOLDS.spike_factor:g}",
                    "monitor_without_sharpness": "StabilityMonitor without the edge-of-stability check",
                    "grad_norm_spike": f"gradient-norm spike (> {protocol.GRAD_SPIKE_FACTOR:g}× median of "
                                       f"{protocol.GRAD_WINDOW} steps)",
