@@ -30,6 +30,9 @@ from kadam.experiments.workloads import CharTransformer, encode_characters
 from kadam.flow import FlatLoss, compare, discrete, simulate
 
 COUPLED_PROBLEMS = ("coupled", "coupled-from-rest")
+CROSSING_STEPS = 10.0
+"""The moments' memory at β = 0.9, 1/(1 − β) steps: the modified equations assume no gradient coordinate
+crosses zero sooner (:func:`first_zero_crossing`)."""
 EXTRA_PROBLEMS = (*PROBLEMS, *COUPLED_PROBLEMS, "transformer")
 CURVE_POINTS = 60
 TRANSFORMER_SIZES = {"windows": 8, "context": 16, "width": 16, "heads": 2, "layers": 1}
@@ -103,7 +106,7 @@ def first_zero_crossing(loss: FlatLoss, lr: float, eps: float = 1e-8) -> dict[st
     fraction of itself per step over the moments' memory; a crossing within that memory (about
     ``1/(1 − β)`` steps) breaks the assumption, and the error there is first order in η
     (``docs/flow_second_order.md``). Returns the fewest steps, the coordinate, and how many coordinates
-    cross within 10 steps.
+    cross within :data:`CROSSING_STEPS` steps.
     """
     theta = loss.theta0
     _, gradient = loss.value_and_grad(theta)
@@ -112,7 +115,8 @@ def first_zero_crossing(loss: FlatLoss, lr: float, eps: float = 1e-8) -> dict[st
     steps = torch.full_like(gradient, torch.inf)
     steps[moving] = (gradient[moving] / change[moving]).abs()
     fewest = int(steps.argmin())
-    return {"steps": float(steps[fewest]), "coordinate": fewest, "within_10_steps": int((steps < 10).sum())}
+    return {"steps": float(steps[fewest]), "coordinate": fewest,
+            "within_10_steps": int((steps < CROSSING_STEPS).sum())}
 
 
 def _curve(values: torch.Tensor, steps: torch.Tensor) -> dict[str, list[float]]:

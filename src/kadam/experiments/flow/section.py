@@ -9,6 +9,7 @@ from typing import Any
 from kadam.experiments.cells import Cell
 from kadam.experiments.flow import plots
 from kadam.experiments.flow.extra import (
+    CROSSING_STEPS,
     modified_convergence_experiment,
     transformer_accuracy_experiment,
     warm_start_experiment,
@@ -55,10 +56,6 @@ def flow_claims(accuracy: Mapping[str, Any], convergences: Sequence[Mapping[str,
 
 SECOND_ORDER_SLOPE = 1.8
 """The modified equations count as second order when their error's log–log slope in η reaches this (issue 14)."""
-CROSSING_STEPS = 10.0
-"""The modified equations assume inputs that change by a small fraction per step over the moments' memory
-(1/(1 − β) = 10 steps at β = 0.9); a gradient coordinate that crosses zero sooner than this, from θ₀ at the
-largest η of the fit, breaks the assumption (:func:`~kadam.experiments.flow.extra.first_zero_crossing`)."""
 WARM_START_LIMIT = 10
 """The warm-start claim: the model tracks the MLP within the bar after at most this many discrete steps."""
 
@@ -134,7 +131,7 @@ def _extra_tables(extras: Mapping[str, Any]) -> tuple[list[Table], list[str]]:
             f"{result['problem']}: first-order model against the O(η²) modified equations at η·steps = "
             f"{result['horizon']:g} (warm start {result['warm_start']})",
             ["η", "first order: final rel. error", "modified: final rel. error", "steps to first zero crossing",
-             "coordinates crossing within 10 steps"],
+             f"coordinates crossing within {CROSSING_STEPS:g} steps"],
             [[f"{entry['lr']:g}", format_number(entry["variants"]["first_order"]["final_rel_error"]),
               format_number(entry["variants"]["modified"]["final_rel_error"]),
               f"{entry['first_zero_crossing']['steps']:.3g}",
