@@ -61,8 +61,11 @@ def test_baselines_against_their_definitions() -> None:
     assert warned["update_param_ratio"] == [2, 4]
 
 
-def record(knob: str, arm: str, event: int | None, monitor_steps: list[int], grad_steps: list[int]) -> dict:
-    return {"spec": {"knob": knob, "arm": arm}, "instability_step": event,
+def record(knob: str, arm: str, event: int | None, monitor_steps: list[int], grad_steps: list[int],
+           final: float = 1.0) -> dict:
+    """A hand-made run record; ``final`` is its training loss over the last steps (the constant predictor's is 2)."""
+    return {"spec": {"task": "mnist1d-mlp", "knob": knob, "arm": arm, "steps": 12}, "instability_step": event,
+            "losses": [3.0, 2.5] + [final] * 10, "constant_loss": 2.0,
             "monitor_events": [{"step": s, "quantity": "gamma" if s == 0 else "sharpness"} for s in monitor_steps],
             "baselines": {"grad_norm_spike": grad_steps, "update_param_ratio": []}}
 
@@ -88,6 +91,23 @@ def test_score_counts_recall_at_lead_lead_times_and_false_alarms() -> None:
     assert table.rows[0][1] == "1/2 (50%)"
     without = scores["detectors"]["monitor_without_sharpness"]  # only the step-0 (γ) warnings remain
     assert without["recall"] == 0.5 and without["lead_times"] == [50] and without["healthy_runs_warned"] == 0.0
+
+
+def test_healthy_arm_runs_that_did_not_train_are_not_false_alarms() -> None:
+    """A healthy-arm run whose final loss is not below the constant predictor's learned nothing from its inputs:
+    it is counted apart, and its warnings are not false alarms."""
+    runs = [record("warmup", "healthy", None, [15], [], final=2.0),   # at the constant predictor: not trained
+            record("warmup", "healthy", None, [15], [], final=1.99),  # just below: trained, warned
+            record("lr", "healthy", None, [], []),
+            {**record("lr", "healthy", None, [], []), "losses": [3.0, 1.0]}]  # stopped early: not trained
+    assert [protocol.trained(r) for r in runs] == [False, True, True, False]
+    assert protocol.final_loss(runs[0]) == 2.0 and math.isnan(protocol.final_loss({"losses": [1.0, math.nan]}))
+    scores = protocol.score(runs)
+    assert scores["healthy"] == 2 and scores["healthy_arm_not_trained"] == 2
+    assert scores["detectors"]["monitor"]["healthy_runs_warned"] == 0.5
+    from kadam.experiments.monitor.section import untrained_finding
+    text = untrained_finding(runs)
+    assert "knob warmup: 1 (final loss 2 against 2; 1 warned" in text and "knob lr: 1" in text
 
 
 def test_smoke_section_runs_end_to_end(tmp_path: Path) -> None:

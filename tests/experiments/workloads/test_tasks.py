@@ -126,3 +126,24 @@ def test_task_sampling_is_seeded_and_evaluation_restores_mode(name):
 def test_build_task_rejects_unknown_names():
     with pytest.raises(ValueError, match="task must be one of"):
         build_task("cifar10")
+
+
+def test_constant_predictor_loss_is_the_minimum_over_constant_predictions():
+    """Brute force: the best input-independent logits are log-frequencies, so the loss of a constant prediction
+    is never below the entropy of the targets, and equals it at the frequencies themselves."""
+    task = build_task("mnist1d-mlp", "cpu", hidden=8, depth=1)
+    targets = task.splits["train"].targets
+    entropy = task.constant_predictor_loss()
+    frequencies = torch.bincount(targets).double() / len(targets)
+    at_frequencies = task.loss(frequencies.log().expand(len(targets), -1), targets).item()
+    assert at_frequencies == pytest.approx(entropy, rel=1e-12)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        logits = (frequencies.log() + 0.3 * torch.randn(len(frequencies), generator=generator, dtype=torch.float64))
+        assert task.loss(logits.expand(len(targets), -1), targets).item() >= entropy - 1e-12
+    char = build_task("char-transformer", "cpu", corpus_chars=3_000, context=8, width=8, heads=1, layers=1)
+    stream = char.splits["train"].targets
+    counts = torch.bincount(stream).double()
+    p = counts[counts > 0] / counts.sum()
+    assert char.constant_predictor_loss() == pytest.approx(float(-(p * p.log()).sum()), rel=1e-12)
+    assert 0 < char.constant_predictor_loss() < np.log(len(counts))

@@ -9,11 +9,14 @@ break training or to a healthy value, all else equal (:data:`KNOBS`):
   failure, where there is one, comes late and a warning can precede it (char-transformer only: the MLP's
   cross-entropy saturates near ln 10 at large rates, below twice its minimum, so its loss never doubles);
 - ``region``: (β, γ) outside the stable region γ > β² (THEORY §2) vs inside, same β;
-- ``warmup``: no warmup at a high learning rate vs a linear warmup to the same rate (both models are
-  pre-LayerNorm or have no attention, and train without warmup at usual rates: at the rate where the
-  failing arm diverges in its first steps, the warmed-up arm does not diverge but trains worse than the
-  other healthy arms and sits above the edge of stability, so the monitor's warnings there count as false
-  alarms although they point at a real problem);
+- ``warmup``: no warmup at a high learning rate vs a linear warmup to the same rate (char-transformer only).
+  Both models are pre-LayerNorm or have no attention and train without warmup at usual rates. At 0.1 the
+  quick profile's transformer trains as well with a warmup as at the usual rate and worse without one (it
+  does not blow up); at 0.3 neither arm learns more than the character frequencies, so the "healthy" arm
+  is no healthy run (the knob was at 0.3 until the runs below showed that). The full profile's larger
+  transformer needs a smaller rate for the same contrast (``config.MonitorConfig.knob_settings``). The MLP
+  has no rate where the warmup matters: at 0.01 and 0.03 both arms train alike, at 0.1 and 0.3 neither
+  learns (final loss at ln 10);
 - ``silence``: one embedding row whose gradient is held at zero for most of the run and then
   multiplied by a large factor (a rare token returning), with γ close to 1, vs the same silence without
   the spike (char-transformer only).
@@ -40,6 +43,13 @@ knob and leaving never-updated coordinates out of the sharpness were also prompt
 correct what was measured (mini-batch noise, failures no warning could precede, an estimate dominated by
 coordinates the optimizer never moved), and they change recall and false alarms alike.
 
+**Healthy runs** are the healthy-arm runs without an instability event that trained (:func:`trained`: the
+median loss of their last :data:`FINAL_LOSS_STEPS` steps below the task's
+:meth:`~kadam.experiments.workloads.Task.constant_predictor_loss`, the loss of predicting the class
+frequencies whatever the input). A run that learned nothing from its inputs is no healthy run, and a
+warning on it is no false alarm; such runs are counted apart. (This criterion came with the warmup knob's
+change, from the same runs.)
+
 **Scores** (:func:`score`): recall (failing runs, onset after ``LEAD``, warned at least ``LEAD`` steps before their event),
 lead-time distribution, false alarms (warnings in healthy runs; share of healthy runs warned).
 """
@@ -58,7 +68,7 @@ from kadam.experiments.workloads import build_task, seeded_initialisation  # the
 from kadam.monitor import StabilityMonitor, Thresholds
 
 __all__ = ["KNOBS", "KNOB_TASKS", "RunSpec", "baseline_warnings", "instability_step", "monitored_run", "score",
-           "sharpness_factor_sweep", "sharpness_run", "warning_steps", "with_sharpness_factor"]
+           "sharpness_factor_sweep", "sharpness_run", "trained", "warning_steps", "with_sharpness_factor"]
 
 LEAD = 10
 """Steps a warning must precede the instability event to count for recall."""
@@ -66,6 +76,8 @@ SETTLE = 20
 """Steps after the start (and after the warmup) before the instability definition applies."""
 LOSS_WINDOW = 5
 """Steps of training loss whose median the instability definition compares with its running minimum."""
+FINAL_LOSS_STEPS = 10
+"""A run's final training loss is the median of its last this many steps."""
 GRAD_SPIKE_FACTOR = 5.0
 GRAD_WINDOW = 20
 UPDATE_RATIO = 0.05
@@ -81,12 +93,13 @@ KNOBS: Mapping[str, Mapping[str, Mapping[str, Any]]] = {
     "lr": {"failing": {"lr": 1.0}, "healthy": {"lr": 3e-3}},
     "ramp": {"failing": {"lr": 1e-3, "ramp_to": 3.0}, "healthy": {"lr": 1e-3, "ramp_to": 1e-2}},
     "region": {"failing": {"betas": (0.99, 0.1), "lr": 3e-3}, "healthy": {"betas": (0.99, 0.999), "lr": 3e-3}},
-    "warmup": {"failing": {"lr": 0.3, "warmup": 0}, "healthy": {"lr": 0.3, "warmup": 50}},
+    "warmup": {"failing": {"lr": 0.1, "warmup": 0}, "healthy": {"lr": 0.1, "warmup": 50}},
     "silence": {"failing": {"lr": 1e-2, "betas": (0.9, 0.99999), "spike": 1e4},
                 "healthy": {"lr": 1e-2, "betas": (0.9, 0.99999), "spike": 1.0}},
 }
 """Knob → arm → the run settings that differ from :class:`RunSpec`'s defaults."""
-KNOB_TASKS: Mapping[str, tuple[str, ...]] = {"silence": ("char-transformer",), "ramp": ("char-transformer",)}
+KNOB_TASKS: Mapping[str, tuple[str, ...]] = {"silence": ("char-transformer",), "ramp": ("char-transformer",),
+                                             "warmup": ("char-transformer",)}
 """Knobs that apply to some tasks only (the others apply to every task); the reasons are in the module docstring."""
 
 
@@ -129,6 +142,21 @@ def instability_step(losses: Sequence[float], start: int, window: int = LOSS_WIN
     return None
 
 
+def final_loss(run: Mapping[str, Any]) -> float:
+    """The median training loss of the run's last :data:`FINAL_LOSS_STEPS` steps (NaN if any is non-finite)."""
+    last = run["losses"][-FINAL_LOSS_STEPS:]
+    return float(np.median(last)) if last and all(math.isfinite(v) for v in last) else math.nan
+
+
+def trained(run: Mapping[str, Any]) -> bool:
+    """Whether the run learned from its inputs: it ran all its steps and its :func:`final_loss` is below the
+    task's constant-predictor loss (recorded as ``constant_loss``; a record without one counts as trained)."""
+    if len(run["losses"]) < run["spec"]["steps"]:
+        return False
+    bar = run.get("constant_loss")
+    return bar is None or final_loss(run) < bar
+
+
 def baseline_warnings(grad_norms: Sequence[float], update_ratios: Sequence[float]) -> dict[str, list[int]]:
     """Steps (1-based) at which each baseline warns: gradient-norm spikes and update/parameter ratio."""
     grad_spikes = []
@@ -142,22 +170,26 @@ def baseline_warnings(grad_norms: Sequence[float], update_ratios: Sequence[float
 
 
 def _spec(task: str, knob: str, arm: str, seed: int, steps: int, batch_size: int,
-          sizes: Mapping[str, Any]) -> RunSpec:
+          sizes: Mapping[str, Any], settings: Mapping[str, Any] | None) -> RunSpec:
     if knob not in KNOBS or arm not in ("failing", "healthy"):
         raise ValueError(f"knob must be one of {sorted(KNOBS)} and arm failing|healthy, got {knob!r}, {arm!r}")
-    return RunSpec(task, knob, arm, seed, steps, batch_size, dict(sizes), **KNOBS[knob][arm])
+    settings = KNOBS[knob][arm] if settings is None else settings
+    return RunSpec(task, knob, arm, seed, steps, batch_size, dict(sizes), **settings)
 
 
 def monitored_run(task: str, knob: str, arm: str, seed: int, steps: int, batch_size: int,
-                  sizes: Mapping[str, Any], device: str = "cpu") -> dict[str, Any]:
+                  sizes: Mapping[str, Any], device: str = "cpu",
+                  settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train one protocol run (:data:`KNOBS`) with the monitor at every step; a JSON-serialisable record.
 
-    Returns the per-step loss, global gradient norm and largest per-tensor update/parameter ratio, the
+    ``settings`` replaces the arm's settings in :data:`KNOBS` (a profile whose models need another rate).
+
+    Returns the task's constant-predictor loss, the per-step loss, global gradient norm and largest per-tensor update/parameter ratio, the
     instability step (:func:`instability_step`), the monitor's events (step, tensor, quantity, value,
     source), the baselines' warning steps, and per recorded step the largest final-level bound ratio and
     spike factor over tensors with their tensors, and the model's update–gradient cosine.
     """
-    spec = _spec(task, knob, arm, seed, steps, batch_size, sizes)
+    spec = _spec(task, knob, arm, seed, steps, batch_size, sizes, settings)
     built = build_task(spec.task, device, **spec.sizes)
     with seeded_initialisation(spec.seed):
         model = built.make_model().to(device)
@@ -208,6 +240,7 @@ def monitored_run(task: str, knob: str, arm: str, seed: int, steps: int, batch_s
     spike_table = history.values[:, :, history.quantities.index("spike_factor")]
     return {
         "spec": {**asdict(spec), "sizes": dict(spec.sizes)},
+        "constant_loss": built.constant_predictor_loss(),
         "losses": losses, "grad_norms": grad_norms, "update_ratios": update_ratios,
         "instability_step": event, "settle": start,
         "onset_step": instability_step(losses, 1),  # the same condition from step 2 on: when it first held
@@ -310,20 +343,23 @@ def score(runs: Sequence[Mapping[str, Any]], lead: int = LEAD) -> dict[str, Any]
     (``onset_step``) comes after the first ``lead`` steps: no warning can precede an earlier onset by
     ``lead`` steps, so those failures are counted apart (``failures_with_onset_before_lead``) and left out
     of recall. A warning counts for a failure when it comes at least ``lead`` steps before the event (its
-    lead time is event − first warning). Healthy-arm runs without an event measure false alarms: warnings
-    per run (distinct warning steps) and the share of runs with any warning. Failing-arm runs that did
-    not fail and healthy-arm runs that did are counted separately.
+    lead time is event − first warning). Healthy-arm runs without an event that :func:`trained` measure
+    false alarms: warnings per run (distinct warning steps) and the share of runs with any warning.
+    Failing-arm runs that did not fail, healthy-arm runs that did and healthy-arm runs that did not train
+    are counted separately.
     """
     detectors = ("monitor", "monitor_with_spike_factor", "monitor_without_sharpness", "grad_norm_spike",
                  "update_param_ratio")
     failed = [r for r in runs if r["spec"]["arm"] == "failing" and r["instability_step"] is not None]
     failures = [r for r in failed if (r.get("onset_step") or math.inf) > lead]
-    healthy = [r for r in runs if r["spec"]["arm"] == "healthy" and r["instability_step"] is None]
+    calm = [r for r in runs if r["spec"]["arm"] == "healthy" and r["instability_step"] is None]
+    healthy = [r for r in calm if trained(r)]
     result: dict[str, Any] = {
         "runs": len(runs), "failures": len(failures), "healthy": len(healthy),
         "failures_with_onset_before_lead": len(failed) - len(failures),
         "failing_arm_without_event": sum(1 for r in runs if r["spec"]["arm"] == "failing" and r["instability_step"] is None),
         "healthy_arm_with_event": sum(1 for r in runs if r["spec"]["arm"] == "healthy" and r["instability_step"] is not None),
+        "healthy_arm_not_trained": len(calm) - len(healthy),
         "lead": lead, "detectors": {},
     }
     for detector in detectors:

@@ -34,21 +34,18 @@ MONITOR_MIN_FAILURES = 5
 """With fewer failures than this, no verdict on the monitor is drawn."""
 
 
-FINAL_LOSS_STEPS = 10
-"""A run's final training loss in the false-alarm finding: the median of its last this many steps."""
-
-
 def false_alarm_finding(records: Sequence[Mapping[str, Any]]) -> str | None:
     """Where the default monitor's false alarms come from: for each (task, knob) whose healthy runs it warned,
     how many, and their median final training loss against the task's other healthy runs (a warned "healthy"
     run that trains worse than the rest may be a true warning the protocol counts as false)."""
-    healthy = [r for r in records if r["spec"]["arm"] == "healthy" and r["instability_step"] is None]
+    healthy = [r for r in records if r["spec"]["arm"] == "healthy" and r["instability_step"] is None
+               and protocol.trained(r)]
     warned = [r for r in healthy if protocol.warning_steps(r)["monitor"]]
     if not warned:
         return None
 
     def final(runs: Sequence[Mapping[str, Any]]) -> str:
-        values = [float(np.median(r["losses"][-FINAL_LOSS_STEPS:])) for r in runs]
+        values = [protocol.final_loss(r) for r in runs]
         return format_number(float(np.median(values)), 3) if values else "—"
 
     parts = []
@@ -59,6 +56,26 @@ def false_alarm_finding(records: Sequence[Mapping[str, Any]]) -> str | None:
         parts.append(f"{task}, knob {knob}: {count} of {len(same)} warned, final loss {final(same)} (median) against "
                      f"{final(others)} for the task's other healthy runs")
     return "Healthy runs the monitor warned: " + "; ".join(parts) + "."
+
+
+def untrained_finding(records: Sequence[Mapping[str, Any]]) -> str | None:
+    """The healthy-arm runs left out of the false alarms because they did not train (:func:`protocol.trained`):
+    per (task, knob), how many, their final loss against the constant predictor's, and how many the monitor
+    warned."""
+    untrained = [r for r in records if r["spec"]["arm"] == "healthy" and r["instability_step"] is None
+                 and not protocol.trained(r)]
+    if not untrained:
+        return None
+    parts = []
+    for task, knob in sorted({(r["spec"]["task"], r["spec"]["knob"]) for r in untrained}):
+        same = [r for r in untrained if (r["spec"]["task"], r["spec"]["knob"]) == (task, knob)]
+        finals = ", ".join(format_number(protocol.final_loss(r), 3) for r in same)
+        warned = sum(1 for r in same if protocol.warning_steps(r)["monitor"])
+        parts.append(f"{task}, knob {knob}: {len(same)} (final loss {finals} against {format_number(same[0]['constant_loss'], 3)}; "
+                     f"{warned} warned by the monitor)")
+    return ("Healthy-arm runs that did not train (final loss, the median of the last "
+            f"{protocol.FINAL_LOSS_STEPS} steps, not below the loss of predicting the class frequencies) are left "
+            "out of the false alarms: " + "; ".join(parts) + ".")
 
 
 def monitor_claims(scores: Mapping[str, Any]) -> list[Claim]:
@@ -86,7 +103,8 @@ def run_cells(config: MonitorConfig, device: str) -> list[Cell]:
     return [
         Cell("monitor", f"{task} {knob} {arm} seed={seed}", protocol.monitored_run,
              {"task": task, "knob": knob, "arm": arm, "seed": seed, "steps": config.steps,
-              "batch_size": config.batch_size, "sizes": sizes, "device": device},
+              "batch_size": config.batch_size, "sizes": sizes, "device": device,
+              **({"settings": config.knob_settings[knob][arm]} if knob in config.knob_settings else {})},
              cost=config.steps * step_cost.get(task, 0.03))
         for task, sizes in config.tasks.items() for knob in _knobs_for(task, config)
         for arm in ("failing", "healthy") for seed in config.seeds
@@ -199,7 +217,8 @@ def build_section(settings: Any) -> Section:
             f"{scores['failures'] + scores['failures_with_onset_before_lead']} runs failed by the definition in code "
             f"(non-finite loss, or the median loss of {protocol.LOSS_WINDOW} steps above twice its running minimum, "
             f"after {protocol.SETTLE} steps and the warmup); {scores['failing_arm_without_event']} runs set to "
-            f"fail did not, and {scores['healthy_arm_with_event']} healthy-arm runs did. In "
+            f"fail did not, {scores['healthy_arm_with_event']} healthy-arm runs did, and "
+            f"{scores['healthy_arm_not_trained']} healthy-arm runs did not train (below). In "
             f"{scores['failures_with_onset_before_lead']} of the failures the loss condition already held within the "
             f"first {protocol.LEAD} steps, which no warning can precede by {protocol.LEAD} steps: they are left out of "
             f"recall, which is over the other {scores['failures']}.",
@@ -223,9 +242,9 @@ def build_section(settings: Any) -> Section:
                    "(Cohen et al. 2022 find it hovers there), so crossing it does not separate failing runs from "
                    "healthy ones." if not meeting else
                    ". Multiples meeting both targets: " + ", ".join(f"×{row['factor']:g}" for row in meeting) + "."))
-        alarms = false_alarm_finding(records)
-        if alarms:
-            findings.append(alarms)
+        for extra in (false_alarm_finding(records), untrained_finding(records)):
+            if extra:
+                findings.append(extra)
         if sharp:
             path = figures / "monitor_sharpness.png"
             plots.plot_sharpness(sharp, path)

@@ -90,6 +90,15 @@ class Task:
         return train(model, optimizer, lambda: self.sample_batch(generator, batch_size), self.loss, steps,
                      window=window, progress=progress)
 
+    def constant_predictor_loss(self) -> float:
+        r"""The cross-entropy of the best prediction that ignores the input: the entropy
+        :math:`-\sum_c p_c \log p_c` of the training targets' class frequencies :math:`p_c` (for characters,
+        the unigram entropy of the training stream). A model whose training loss is not below it has learned
+        nothing from its inputs."""
+        counts = torch.bincount(self.splits["train"].targets.reshape(-1).cpu()).double()
+        frequencies = counts[counts > 0] / counts.sum()
+        return float(-(frequencies * frequencies.log()).sum())
+
     @staticmethod
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy (over every position for sequences)."""
