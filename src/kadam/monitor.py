@@ -639,10 +639,13 @@ class StabilityMonitor:
         host = torch.cat(measured).cpu().numpy() if measured else np.zeros(0)
         position = 0
         inner = u_sq = g_sq = 0.0
-        for index, layout in layouts:
-            inner_t, u_sq_t, g_sq_t = self._fill(row[index], host[position:position + layout.size], layout)
-            inner, u_sq, g_sq = inner + inner_t, u_sq + u_sq_t, g_sq + g_sq_t
-            position += layout.size
+        # A diverging run's measurements are inf or NaN (inf / inf, say): its quantities are NaN or inf by design,
+        # recorded and reported as events, so numpy's warnings about them would only repeat that in the user's log.
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            for index, layout in layouts:
+                inner_t, u_sq_t, g_sq_t = self._fill(row[index], host[position:position + layout.size], layout)
+                inner, u_sq, g_sq = inner + inner_t, u_sq + u_sq_t, g_sq + g_sq_t
+                position += layout.size
         model = {q: math.nan for q in _MODEL_QUANTITIES}
         model["model_cosine"] = inner / math.sqrt(u_sq * g_sq) if u_sq > 0 and g_sq > 0 else math.nan
         self._recorded += 1

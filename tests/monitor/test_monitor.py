@@ -546,3 +546,22 @@ def test_step_with_a_closure_records_the_same_as_without() -> None:
         histories.append(monitor.history)
     assert np.isfinite(histories[1]["spike_factor"]["0.weight"][1:]).all()
     np.testing.assert_array_equal(histories[0].values, histories[1].values)
+
+
+def test_a_diverged_step_is_recorded_without_numpy_warnings() -> None:
+    """Weights near float32's largest value: |Δθ| and |θ| both overflow to inf, so |Δθ|/|θ| is inf / inf. The
+    monitor records NaN quietly (numpy would warn "invalid value encountered" in the user's log at every
+    recorded step of a diverged run)."""
+    import warnings
+
+    weight = nn.Parameter(torch.tensor([3e38, -3e38, 1.0]))
+    optimizer = torch.optim.AdamW([weight], lr=0.1, weight_decay=1.0)
+    monitor = StabilityMonitor(optimizer, every=1, warn=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            optimizer.zero_grad()
+            (weight * torch.tensor([1.0, 1.0, 1.0])).sum().backward()
+            optimizer.step()
+    ratio = monitor.history["update_param_ratio"]["param_groups[0][0]"]
+    assert len(ratio) == 2 and np.isnan(ratio).all()
