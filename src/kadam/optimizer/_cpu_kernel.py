@@ -234,30 +234,35 @@ def fused_step(
     dtype = params[0].dtype
     if dtype not in FUSED_DTYPES:
         raise RuntimeError(f"KAdam(fused=True) supports parameters of dtype {FUSED_DTYPES}, got {dtype}")
-    for tensors in (grads, *exp_avgs, *exp_avg_sqs):
+    library = fused_kernel_library()
+    write_back: list[tuple[Tensor, Tensor]] = []
+    copies: list[Tensor] = []  # contiguous copies, alive until the kernel returns
+
+    def addresses(tensors: Sequence[Tensor | None], writable: bool) -> list[int | None]:
+        """Data pointers (None stays None), each tensor checked for dtype; a non-contiguous one is stepped in a
+        contiguous copy, written back after the kernel when ``writable``."""
+        result: list[int | None] = []
         for tensor in tensors:
-            if tensor is not None and tensor.dtype != dtype:
+            if tensor is None:
+                result.append(None)
+                continue
+            if tensor.dtype != dtype:
                 raise RuntimeError(
                     f"KAdam(fused=True) needs gradients and state in the parameter's dtype {dtype}, got {tensor.dtype}"
                 )
-    library = fused_kernel_library()
-    write_back: list[tuple[Tensor, Tensor]] = []
-
-    def contiguous(tensors: list, writable: bool) -> list:
-        result = []
-        for tensor in tensors:
-            if tensor is not None and not tensor.is_contiguous():
+            if not tensor.is_contiguous():
                 copy = tensor.contiguous()
+                copies.append(copy)
                 if writable:
                     write_back.append((tensor, copy))
                 tensor = copy
-            result.append(tensor)
+            result.append(tensor.data_ptr())
         return result
 
-    params = contiguous(params, True)
-    grads = contiguous(grads, grad_scale is not None)
-    exp_avgs = [contiguous(tensors, True) for tensors in exp_avgs]
-    exp_avg_sqs = [contiguous(tensors, True) for tensors in exp_avg_sqs]
+    param_addresses = addresses(params, True)
+    grad_addresses = addresses(grads, grad_scale is not None)
+    exp_avg_addresses = [address for tensors in exp_avgs for address in addresses(tensors, True)]
+    exp_avg_sq_addresses = [address for tensors in exp_avg_sqs for address in addresses(tensors, True)]
     scale = None if grad_scale is None else grad_scale.to(torch.float32).contiguous()
     pointers = ctypes.c_void_p
     args = KernelArgs(
@@ -268,10 +273,10 @@ def fused_step(
         decoupled_weight_decay=int(decoupled_weight_decay),
         maximize=int(maximize),
         store_unscaled_grad=int(grad_scale is not None),
-        params=_array(pointers, [t.data_ptr() for t in params]),
-        grads=_array(pointers, [t.data_ptr() for t in grads]),
-        exp_avgs=_array(pointers, [None if t is None else t.data_ptr() for tensors in exp_avgs for t in tensors]),
-        exp_avg_sqs=_array(pointers, [t.data_ptr() for tensors in exp_avg_sqs for t in tensors]),
+        params=_array(pointers, param_addresses),
+        grads=_array(pointers, grad_addresses),
+        exp_avgs=_array(pointers, exp_avg_addresses),
+        exp_avg_sqs=_array(pointers, exp_avg_sq_addresses),
         numels=_array(ctypes.c_int64, [t.numel() for t in params]),
         bias_correction1=_array(ctypes.c_double, [bc for per_level in bias_correction1 for bc in per_level]),
         bias_correction2_sqrt=_array(ctypes.c_double, [bc for per_level in bias_correction2_sqrt for bc in per_level]),

@@ -360,6 +360,10 @@ class KAdam(Optimizer):
         level_steps: list[list[float]],
     ) -> bool:
         has_complex = False
+        # Per level, once per call: its state keys, whether it stores m, its step-offset key.
+        level_keys = [(*state_keys(i), _keeps_first_moment(i, hparams), _offset_key(i))
+                      for i, hparams in enumerate(levels, start=1)]
+        counted = group["capturable"] or torch.compiler.is_compiling()  # step counts stay tensors
         for param in group["params"]:
             if param.grad is None:
                 continue
@@ -379,20 +383,20 @@ class KAdam(Optimizer):
                 )
                 for i, hparams in enumerate(levels, start=1):
                     self._init_level(state, param, i, hparams)
-            for i, ((exp_avgs, exp_avg_sqs), hparams) in enumerate(zip(moments, levels), start=1):
-                exp_avg, exp_avg_sq = state_keys(i)
-                if _keeps_first_moment(i, hparams):
+            for (exp_avgs, exp_avg_sqs), (exp_avg, exp_avg_sq, keeps_first_moment, _) in zip(moments, level_keys):
+                if keeps_first_moment:
                     if exp_avg not in state:  # the level's beta1 was 0 when the state was made
                         state[exp_avg] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     exp_avgs.append(state[exp_avg])
                 exp_avg_sqs.append(state[exp_avg_sq])
-            steps.append(state["step"])
+            step = state["step"]
+            steps.append(step)
             # Step counts as they will be after this step's increment, one list per level.
-            upcoming = (state["step"] if group["capturable"] else _get_value(state["step"])) + 1
+            upcoming = (step if counted or not isinstance(step, Tensor) else step.item()) + 1
             if isinstance(upcoming, Tensor):  # traced by torch.compile, or capturable: float64 on its device
                 upcoming = upcoming.to(torch.float64)
-            for i, counts in enumerate(level_steps, start=1):
-                counts.append(upcoming - state.get(_offset_key(i), 0.0))
+            for counts, (*_, offset_key) in zip(level_steps, level_keys):
+                counts.append(upcoming - state.get(offset_key, 0.0))
         return has_complex
 
     @_use_grad_for_differentiable
