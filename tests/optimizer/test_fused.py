@@ -411,3 +411,19 @@ def test_default_on_cpu_is_the_fused_kernel_except_for_adam(monkeypatch, k):
     monkeypatch.setattr(cpu_kernel, "available", lambda: False)
     _run(params, KAdam(params, lr=1e-2, k=k), 1)
     assert len(calls) == (0 if k == 1 else 3)
+
+
+def test_step_counts_of_either_dtype_advance_once_per_step():
+    """The kernel increments float32 or float64 step counts itself; a list of mixed dtypes (a checkpoint from a
+    float64-default session resumed beside new parameters) is incremented by torch beside it: once either way."""
+    params = _params()
+    optimizer = KAdam(params, fused=True)
+    _run(params, optimizer, 2)
+    for param in params:
+        optimizer.state[param]["step"] = optimizer.state[param]["step"].to(torch.float64)
+    _run(params, optimizer, 1)
+    assert [(optimizer.state[p]["step"].item(), optimizer.state[p]["step"].dtype) for p in params] == \
+        [(3.0, torch.float64)] * len(params)
+    optimizer.state[params[0]]["step"] = optimizer.state[params[0]]["step"].to(torch.float32)
+    _run(params, optimizer, 1)
+    assert [optimizer.state[p]["step"].item() for p in params] == [4.0] * len(params)

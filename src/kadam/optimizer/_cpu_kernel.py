@@ -63,6 +63,9 @@ _FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=of
 _NATIVE_FLAGS = ["-march=native"] if platform.machine() in ("x86_64", "AMD64") else ["-mcpu=native"]
 
 
+_STEP_DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
+
+
 class KernelArgs(ctypes.Structure):
     """Mirror of ``struct KAdamArgs`` in csrc/fused_kadam_cpu.cpp (checked at load by :func:`check_layout`)."""
 
@@ -88,6 +91,8 @@ class KernelArgs(ctypes.Structure):
         ("lr", ctypes.c_double),
         ("weight_decay", ctypes.c_double),
         ("grad_scale", ctypes.POINTER(ctypes.c_float)),
+        ("steps", ctypes.POINTER(ctypes.c_void_p)),
+        ("step_dtype", ctypes.c_int32),
     ]
 
 
@@ -225,8 +230,12 @@ def fused_step(
     decoupled_weight_decay: bool,
     maximize: bool,
     grad_scale: Tensor | None,
+    steps: list[Tensor] | None = None,
 ) -> None:
     """One kernel call for real tensors of one dtype on the CPU; per-level lists are indexed [level][tensor].
+
+    ``steps`` (one 0-dim step count per tensor) are incremented by 1 before the update, in the kernel when
+    they are float32 or float64 CPU tensors of one dtype (torch's ``_foreach_add_`` otherwise).
 
     ``grad_scale`` (GradScaler's) divides the gradients, and the unscaled values are written back into
     them as torch's fused Adam does. Non-contiguous tensors are stepped in contiguous copies written back.
@@ -264,6 +273,11 @@ def fused_step(
     exp_avg_addresses = [address for tensors in exp_avgs for address in addresses(tensors, True)]
     exp_avg_sq_addresses = [address for tensors in exp_avg_sqs for address in addresses(tensors, True)]
     scale = None if grad_scale is None else grad_scale.to(torch.float32).contiguous()
+    step_dtype = steps[0].dtype if steps else None
+    step_addresses = [s.data_ptr() for s in steps if s.is_cpu and s.dtype == step_dtype] if steps else []
+    in_kernel = bool(steps) and step_dtype in _STEP_DTYPE_CODES and len(step_addresses) == len(steps)
+    if steps and not in_kernel:
+        torch._foreach_add_(steps, 1)
     pointers = ctypes.c_void_p
     args = KernelArgs(
         n_tensors=len(params),
@@ -287,6 +301,8 @@ def fused_step(
         lr=float(lr),
         weight_decay=float(weight_decay),
         grad_scale=None if scale is None else ctypes.cast(scale.data_ptr(), ctypes.POINTER(ctypes.c_float)),
+        steps=_array(pointers, step_addresses) if in_kernel else None,
+        step_dtype=_STEP_DTYPE_CODES.get(step_dtype, 0),
     )
     if library.kadam_fused_step(ctypes.byref(args)) != 0:
         raise RuntimeError(f"the fused KAdam kernel rejected dtype {dtype}")

@@ -863,7 +863,6 @@ def _cpu_fused_kadam(
     """The C++ kernel for real tensors of one dtype on the CPU."""
     if found_inf is not None and bool(found_inf):
         return
-    torch._foreach_add_(steps, 1)
     # A level with beta1 = 0 stores no m (m = x): the kernel gets null pointers and, where a pass must
     # resume after such a tensor-mode level, recomputes x from the state it already wrote this step.
     first_moments = [exp_avgs if exp_avgs else [None] * len(params) for exp_avgs, _ in moments]
@@ -883,6 +882,7 @@ def _cpu_fused_kadam(
         decoupled_weight_decay=decoupled_weight_decay,
         maximize=maximize,
         grad_scale=grad_scale,
+        steps=steps,
     )
 
 

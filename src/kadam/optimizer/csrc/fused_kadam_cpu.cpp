@@ -105,6 +105,8 @@ struct KAdamArgs {
   double lr;
   double weight_decay;
   const float* grad_scale;  // null: no scaling
+  void* const* steps;       // per tensor, its step count (a 0-dim tensor) to increment by 1; null: none
+  int32_t step_dtype;       // 0 float32, 1 float64
 };
 
 // The layout of KAdamArgs as this compiler lays it out, for the loader's check.
@@ -121,7 +123,8 @@ static const int64_t kArgsOffsets[] = {
     offsetof(KAdamArgs, betas),        offsetof(KAdamArgs, gammas),
     offsetof(KAdamArgs, eps),          offsetof(KAdamArgs, tensor_modes),
     offsetof(KAdamArgs, lr),           offsetof(KAdamArgs, weight_decay),
-    offsetof(KAdamArgs, grad_scale),
+    offsetof(KAdamArgs, grad_scale),   offsetof(KAdamArgs, steps),
+    offsetof(KAdamArgs, step_dtype),
 };
 
 int64_t kadam_args_field_count() { return int64_t(sizeof kArgsOffsets / sizeof kArgsOffsets[0]); }
@@ -595,7 +598,23 @@ void run(const KAdamArgs& args) {
 
 }  // namespace
 
+// step <- step + 1 for every tensor, as torch's _foreach_add_(state_steps, 1) (one call here instead of a
+// dispatch per 0-dim tensor, which costs more than the step itself on a small model).
+static void increment_steps(const KAdamArgs& args) {
+  if (!args.steps) return;
+  for (int64_t t = 0; t < args.n_tensors; ++t) {
+    if (args.step_dtype == 0) {
+      *static_cast<float*>(args.steps[t]) += 1.0f;
+    } else {
+      *static_cast<double*>(args.steps[t]) += 1.0;
+    }
+  }
+}
+
+// 0 on success; 1 (nothing written) for an unknown parameter or step dtype.
 extern "C" int kadam_fused_step(const KAdamArgs* args) {
+  if (args->dtype < 0 || args->dtype > 3 || (args->steps && args->step_dtype != 0 && args->step_dtype != 1)) return 1;
+  increment_steps(*args);
   switch (args->dtype) {
     case 0: run<float, float>(*args); return 0;
     case 1: run<double, double>(*args); return 0;
