@@ -6,7 +6,7 @@ import pytest
 
 from kadam.experiments.comparison.section import comparison_claims
 from kadam.experiments.flow.section import flow_claims
-from kadam.experiments.monitor.section import MONITOR_MIN_FAILURES, monitor_claims
+from kadam.experiments.monitor.section import monitor_claims, proportion_interval
 from kadam.experiments.normalization.section import normalization_claims
 
 
@@ -63,14 +63,28 @@ def test_comparison_verdict(items, verdict):
     assert comparison_claims({"families": {}}) == []
 
 
-def _scores(recall, warned, failures=MONITOR_MIN_FAILURES, healthy=5):
+def _scores(caught, failures, warned, healthy):
     return {"failures": failures, "healthy": healthy,
-            "detectors": {"monitor": {"recall": recall, "healthy_runs_warned": warned}}}
+            "detectors": {"monitor": {"recall": caught / failures if failures else None, "caught": caught,
+                                      "healthy_runs_warned": warned / healthy}}}
 
 
-def test_monitor_claim_needs_recall_few_false_alarms_and_enough_failures():
-    assert monitor_claims(_scores(0.9, 0.0))[0].verdict == "confirmed"
-    assert monitor_claims(_scores(0.5, 0.0))[0].verdict == "refuted"
-    assert monitor_claims(_scores(0.9, 0.5))[0].verdict == "refuted"
-    assert monitor_claims(_scores(1.0, 0.0, failures=1))[0].verdict == "not resolved at this budget"
-    assert monitor_claims(_scores(None, 0.0, failures=0))[0].verdict == "not resolved at this budget"
+def test_proportion_interval_is_clopper_pearson():
+    """Brute force: the exact interval's ends are where the binomial tail probability is (1 − level)/2."""
+    from scipy import stats
+
+    low, high = proportion_interval(2, 20)
+    assert stats.binom.sf(1, 20, low) == pytest.approx(0.025, rel=1e-6)   # P(X ≥ 2 | low)
+    assert stats.binom.cdf(2, 20, high) == pytest.approx(0.025, rel=1e-6)  # P(X ≤ 2 | high)
+    assert proportion_interval(9, 9)[1] == 1.0 and proportion_interval(0, 35)[0] == 0.0
+
+
+def test_monitor_claim_reads_the_intervals_not_the_point_estimates():
+    assert monitor_claims(_scores(30, 30, 0, 40))[0].verdict == "confirmed"        # recall ≥ 88%, warned ≤ 8.8%
+    assert monitor_claims(_scores(5, 30, 0, 40))[0].verdict == "refuted"           # recall ≤ 35%
+    assert monitor_claims(_scores(30, 30, 20, 40))[0].verdict == "refuted"         # warned ≥ 34%
+    # the point estimates meet both targets, the intervals reach past them: no verdict at 9 + 20 runs
+    assert monitor_claims(_scores(9, 9, 2, 20))[0].verdict == "not resolved at this budget"
+    assert "2/20" in monitor_claims(_scores(9, 9, 2, 20))[0].evidence
+    assert monitor_claims(_scores(1, 1, 0, 40))[0].verdict == "not resolved at this budget"
+    assert monitor_claims(_scores(0, 0, 0, 5))[0].verdict == "not resolved at this budget"

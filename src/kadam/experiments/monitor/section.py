@@ -30,8 +30,8 @@ MONITOR_RECALL = 0.8
 """The monitor claim holds when it warns before at least this share of failures ..."""
 MONITOR_FALSE_ALARMS = 0.1
 """... and warns on at most this share of healthy runs."""
-MONITOR_MIN_FAILURES = 5
-"""With fewer failures than this, no verdict on the monitor is drawn."""
+CONFIDENCE = 0.95
+"""Level of the exact (Clopper–Pearson) intervals on recall and on the share of healthy runs warned."""
 
 
 def false_alarm_finding(records: Sequence[Mapping[str, Any]]) -> str | None:
@@ -78,19 +78,37 @@ def untrained_finding(records: Sequence[Mapping[str, Any]]) -> str | None:
             "out of the false alarms: " + "; ".join(parts) + ".")
 
 
+def proportion_interval(successes: int, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The exact (Clopper–Pearson) interval of a binomial proportion, ``scipy.stats.binomtest``'s."""
+    from scipy import stats
+
+    interval = stats.binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="exact")
+    return float(interval.low), float(interval.high)
+
+
 def monitor_claims(scores: Mapping[str, Any]) -> list[Claim]:
-    """The project's claim for the stability monitor, with the verdict chosen by this run's scores."""
+    """The project's claim for the stability monitor. Recall and the share of healthy runs warned are proportions
+    over a few dozen runs, so the verdict reads their exact :data:`CONFIDENCE` intervals: confirmed when the whole
+    recall interval is at or above :data:`MONITOR_RECALL` and the whole false-alarm interval at or below
+    :data:`MONITOR_FALSE_ALARMS`, refuted when either interval lies wholly on the wrong side, else not resolved at
+    this number of runs."""
     monitor = scores["detectors"]["monitor"]
     text = (f"The stability monitor warns ≥ {protocol.LEAD} steps before a blow-up (recall ≥ {MONITOR_RECALL:.0%}, "
             f"≤ {MONITOR_FALSE_ALARMS:.0%} of healthy runs warned)")
     if monitor["recall"] is None or not scores["healthy"]:
         return [Claim(text, "not resolved at this budget", f"{scores['failures']} failures, {scores['healthy']} healthy runs")]
-    holds = monitor["recall"] >= MONITOR_RECALL and monitor["healthy_runs_warned"] <= MONITOR_FALSE_ALARMS
-    verdict = "confirmed" if holds else "refuted"
-    if scores["failures"] < MONITOR_MIN_FAILURES:
-        verdict = "not resolved at this budget"  # too few failures to estimate a recall
-    return [Claim(text, verdict, f"recall {monitor['recall']:.0%} over {scores['failures']} failures, "
-                                 f"{monitor['healthy_runs_warned']:.0%} of {scores['healthy']} healthy runs warned")]
+    caught, failures = monitor["caught"], scores["failures"]
+    warned, healthy = round(monitor["healthy_runs_warned"] * scores["healthy"]), scores["healthy"]
+    recall_low, recall_high = proportion_interval(caught, failures)
+    alarm_low, alarm_high = proportion_interval(warned, healthy)
+    if recall_low >= MONITOR_RECALL and alarm_high <= MONITOR_FALSE_ALARMS:
+        verdict = "confirmed"
+    elif recall_high < MONITOR_RECALL or alarm_low > MONITOR_FALSE_ALARMS:
+        verdict = "refuted"
+    else:
+        verdict = "not resolved at this budget"
+    return [Claim(text, verdict, f"recall {caught}/{failures} ({CONFIDENCE:.0%} CI {recall_low:.0%}–{recall_high:.0%}), "
+                                 f"healthy runs warned {warned}/{healthy} ({alarm_low:.0%}–{alarm_high:.0%})")]
 
 
 def _knobs_for(task: str, config: MonitorConfig) -> list[str]:
