@@ -274,7 +274,9 @@ def build_section(settings: Any) -> Section:
             "(β, γ) outside γ > β², no warmup at a high rate, a silent embedding row that returns with a spike) or stay healthy with only that knob changed "
             "(`kadam.experiments.monitor.protocol.KNOBS`). The monitor records every step; two baselines are computed "
             "from the same runs. A warning counts when it precedes the instability event by at least "
-            f"{protocol.LEAD} steps.")
+            f"{protocol.LEAD} steps. A healthy-arm run counts as healthy only if it trained (its final loss below "
+            "that of predicting the class frequencies). Recall and the share of healthy runs warned are proportions "
+            f"over a few dozen runs: the claim's verdict reads their exact {CONFIDENCE:.0%} intervals.")
         return SectionDocument("monitor", "A stability monitor: warnings before blow-ups", method, findings,
                                tables, figure_list,
                                [("monitor recall", "—" if monitor["recall"] is None else f"{monitor['recall']:.0%}")],
