@@ -236,7 +236,8 @@ def build_section(settings: Any) -> Section:
             f"(non-finite loss, or the median loss of {protocol.LOSS_WINDOW} steps above twice its running minimum, "
             f"after {protocol.SETTLE} steps and the warmup); {scores['failing_arm_without_event']} runs set to "
             f"fail did not, {scores['healthy_arm_with_event']} healthy-arm runs did, and "
-            f"{scores['healthy_arm_not_trained']} healthy-arm runs did not train (below). In "
+            f"{scores['healthy_arm_not_trained']} healthy-arm runs did not train"
+            f"{' (below)' if scores['healthy_arm_not_trained'] else ''}. In "
             f"{scores['failures_with_onset_before_lead']} of the failures the loss condition already held within the "
             f"first {protocol.LEAD} steps, which no warning can precede by {protocol.LEAD} steps: they are left out of "
             f"recall, which is over the other {scores['failures']}.",
