@@ -363,7 +363,8 @@ class KAdam(Optimizer):
         # Per level, once per call: its state keys, whether it stores m, its step-offset key.
         level_keys = [(*state_keys(i), _keeps_first_moment(i, hparams), _offset_key(i))
                       for i, hparams in enumerate(levels, start=1)]
-        counted = group["capturable"] or torch.compiler.is_compiling()  # step counts stay tensors
+        # Step counts stay tensors when traced by torch.compile or kept on the device (capturable).
+        tensor_counts = group["capturable"] or torch.compiler.is_compiling()
         for param in group["params"]:
             if param.grad is None:
                 continue
@@ -392,7 +393,7 @@ class KAdam(Optimizer):
             step = state["step"]
             steps.append(step)
             # Step counts as they will be after this step's increment, one list per level.
-            upcoming = (step if counted or not isinstance(step, Tensor) else step.item()) + 1
+            upcoming = (step if tensor_counts or not isinstance(step, Tensor) else step.item()) + 1
             if isinstance(upcoming, Tensor):  # traced by torch.compile, or capturable: float64 on its device
                 upcoming = upcoming.to(torch.float64)
             for counts, (*_, offset_key) in zip(level_steps, level_keys):
