@@ -66,7 +66,7 @@ def test_comparison_verdict(items, verdict):
 def _scores(caught, failures, warned, healthy):
     return {"failures": failures, "healthy": healthy,
             "detectors": {"monitor": {"recall": caught / failures if failures else None, "caught": caught,
-                                      "healthy_runs_warned": warned / healthy}}}
+                                      "healthy_warned": warned, "healthy_runs_warned": warned / healthy}}}
 
 
 def test_proportion_interval_is_clopper_pearson():

@@ -85,6 +85,7 @@ def test_score_counts_recall_at_lead_lead_times_and_false_alarms() -> None:
     monitor = scores["detectors"]["monitor"]
     assert monitor["recall"] == 0.5 and monitor["lead_times"] == [5, 50]
     assert monitor["false_alarms_per_healthy_run"] == 1.0 and monitor["healthy_runs_warned"] == 0.5
+    assert monitor["healthy_warned"] == 1
     grad = scores["detectors"]["grad_norm_spike"]
     assert grad["recall"] == 0.0 and grad["lead_times"] == [1] and grad["healthy_runs_warned"] == 0.5
     table = summarize(scores)

@@ -68,7 +68,8 @@ from kadam.experiments.workloads import build_task, seeded_initialisation  # the
 from kadam.monitor import StabilityMonitor, Thresholds
 
 __all__ = ["KNOBS", "KNOB_TASKS", "RunSpec", "baseline_warnings", "instability_step", "monitored_run", "score",
-           "sharpness_factor_sweep", "sharpness_run", "trained", "warning_steps", "with_sharpness_factor"]
+           "sharpness_factor_sweep", "sharpness_run", "split_healthy_arm", "trained", "warning_steps",
+           "with_sharpness_factor"]
 
 LEAD = 10
 """Steps a warning must precede the instability event to count for recall."""
@@ -157,6 +158,13 @@ def trained(run: Mapping[str, Any]) -> bool:
     return bar is None or final_loss(run) < bar
 
 
+def split_healthy_arm(runs: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """The healthy-arm runs without an instability event, split into those that :func:`trained` (the healthy
+    runs that measure false alarms) and those that did not (counted apart)."""
+    calm = [r for r in runs if r["spec"]["arm"] == "healthy" and r["instability_step"] is None]
+    return [r for r in calm if trained(r)], [r for r in calm if not trained(r)]
+
+
 def baseline_warnings(grad_norms: Sequence[float], update_ratios: Sequence[float]) -> dict[str, list[int]]:
     """Steps (1-based) at which each baseline warns: gradient-norm spikes and update/parameter ratio."""
     grad_spikes = []
@@ -184,8 +192,8 @@ def monitored_run(task: str, knob: str, arm: str, seed: int, steps: int, batch_s
 
     ``settings`` replaces the arm's settings in :data:`KNOBS` (a profile whose models need another rate).
 
-    Returns the task's constant-predictor loss, the per-step loss, global gradient norm and largest per-tensor update/parameter ratio, the
-    instability step (:func:`instability_step`), the monitor's events (step, tensor, quantity, value,
+    Returns the task's constant-predictor loss, the per-step loss, global gradient norm and largest
+    per-tensor update/parameter ratio, the instability step (:func:`instability_step`), the monitor's events (step, tensor, quantity, value,
     source), the baselines' warning steps, and per recorded step the largest final-level bound ratio and
     spike factor over tensors with their tensors, and the model's update–gradient cosine.
     """
@@ -352,14 +360,13 @@ def score(runs: Sequence[Mapping[str, Any]], lead: int = LEAD) -> dict[str, Any]
                  "update_param_ratio")
     failed = [r for r in runs if r["spec"]["arm"] == "failing" and r["instability_step"] is not None]
     failures = [r for r in failed if (r.get("onset_step") or math.inf) > lead]
-    calm = [r for r in runs if r["spec"]["arm"] == "healthy" and r["instability_step"] is None]
-    healthy = [r for r in calm if trained(r)]
+    healthy, untrained = split_healthy_arm(runs)
     result: dict[str, Any] = {
         "runs": len(runs), "failures": len(failures), "healthy": len(healthy),
         "failures_with_onset_before_lead": len(failed) - len(failures),
         "failing_arm_without_event": sum(1 for r in runs if r["spec"]["arm"] == "failing" and r["instability_step"] is None),
         "healthy_arm_with_event": sum(1 for r in runs if r["spec"]["arm"] == "healthy" and r["instability_step"] is not None),
-        "healthy_arm_not_trained": len(calm) - len(healthy),
+        "healthy_arm_not_trained": len(untrained),
         "lead": lead, "detectors": {},
     }
     for detector in detectors:
@@ -387,6 +394,7 @@ def score(runs: Sequence[Mapping[str, Any]], lead: int = LEAD) -> dict[str, Any]
             "lead_times": sorted(leads),
             "lead_quartiles": [float(q) for q in np.percentile(leads, [25, 50, 75])] if leads else None,
             "false_alarms_per_healthy_run": float(np.mean(alarms)) if alarms else None,
+            "healthy_warned": sum(1 for a in alarms if a),
             "healthy_runs_warned": sum(1 for a in alarms if a) / len(alarms) if alarms else None,
             "per_knob": per_knob,
             "healthy_per_knob": healthy_per_knob,

@@ -38,8 +38,7 @@ def false_alarm_finding(records: Sequence[Mapping[str, Any]]) -> str | None:
     """Where the default monitor's false alarms come from: for each (task, knob) whose healthy runs it warned,
     how many, and their median final training loss against the task's other healthy runs (a warned "healthy"
     run that trains worse than the rest may be a true warning the protocol counts as false)."""
-    healthy = [r for r in records if r["spec"]["arm"] == "healthy" and r["instability_step"] is None
-               and protocol.trained(r)]
+    healthy, _ = protocol.split_healthy_arm(records)
     warned = [r for r in healthy if protocol.warning_steps(r)["monitor"]]
     if not warned:
         return None
@@ -62,8 +61,7 @@ def untrained_finding(records: Sequence[Mapping[str, Any]]) -> str | None:
     """The healthy-arm runs left out of the false alarms because they did not train (:func:`protocol.trained`):
     per (task, knob), how many, their final loss against the constant predictor's, and how many the monitor
     warned."""
-    untrained = [r for r in records if r["spec"]["arm"] == "healthy" and r["instability_step"] is None
-                 and not protocol.trained(r)]
+    _, untrained = protocol.split_healthy_arm(records)
     if not untrained:
         return None
     parts = []
@@ -98,7 +96,7 @@ def monitor_claims(scores: Mapping[str, Any]) -> list[Claim]:
     if monitor["recall"] is None or not scores["healthy"]:
         return [Claim(text, "not resolved at this budget", f"{scores['failures']} failures, {scores['healthy']} healthy runs")]
     caught, failures = monitor["caught"], scores["failures"]
-    warned, healthy = round(monitor["healthy_runs_warned"] * scores["healthy"]), scores["healthy"]
+    warned, healthy = monitor["healthy_warned"], scores["healthy"]
     recall_low, recall_high = proportion_interval(caught, failures)
     alarm_low, alarm_high = proportion_interval(warned, healthy)
     if recall_low >= MONITOR_RECALL and alarm_high <= MONITOR_FALSE_ALARMS:
