@@ -96,8 +96,8 @@ def _levels_from_arguments(
 
 def _level_transformation(level: Level) -> optax.GradientTransformation:
     if level.tensor_mode:
-        return scale_by_tensor_adam(b1=level.beta1, b2=level.beta2, eps=level.eps)
-    return optax.scale_by_adam(b1=level.beta1, b2=level.beta2, eps=level.eps)
+        return scale_by_tensor_adam(b1=level.beta, b2=level.gamma, eps=level.eps)
+    return optax.scale_by_adam(b1=level.beta, b2=level.gamma, eps=level.eps)
 
 
 def scale_by_kadam(

@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from kadam.theory import stability
+from kadam import stability
+from kadam.vocabulary import FLOW_RATES as RATES
 
 __all__ = [
     "RATES",
@@ -55,7 +56,6 @@ __all__ = [
     "transfer_lr",
 ]
 
-RATES = ("exact", "paper")
 DEFAULT_MARGIN = 1e-3
 
 

@@ -141,7 +141,7 @@ def test_schedulers_cycling_betas_drive_level_one():
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=10)
     _train(optimizer, optimizer.param_groups[0]["params"], 1)
     scheduler.step()
-    assert group_levels(optimizer.param_groups[0])[0].beta1 == optimizer.param_groups[0]["betas"][0] != 0.9
+    assert group_levels(optimizer.param_groups[0])[0].beta == optimizer.param_groups[0]["betas"][0] != 0.9
 
 
 @pytest.mark.parametrize("kwargs", [dict(k=2), dict(k=3, eps=[1e-8, 1e-6, 1e-4], meta_norm="elementwise"),

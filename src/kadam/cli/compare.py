@@ -21,22 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from kadam.cli.interrupts import signals_stop_workers
+from kadam.vocabulary import ARMS, WORKLOADS
+from kadam.vocabulary import COMPARE_PROFILES as PROFILES
 
 __all__ = ["register", "run_compare", "json_output"]
 
 _SHORT_COLUMNS = ("arm", "lr", "β", "γ", "λ", "warmup", "test loss", "div.", "Δ vs AdamW [adj. CI]", "p Holm",
                   "MDE", "steps→target", "s→target", "ms/step")
 """Terminal headers of :data:`kadam.experiments.comparison.section.RESULT_COLUMNS` (same order)."""
-
-
-ARMS = ("adamw", "adam", "kadam1", "kadam2", "kadam2-elementwise", "kadam2-naive", "kadam2-momentum-last", "kadam3",
-        "kadam3-elementwise", "kadam3-naive", "kadam3-momentum-last")
-"""``kadam.experiments.comparison.protocol.ARMS`` (kept here so that ``--help`` imports no torch; a test checks
-they agree)."""
-WORKLOADS = ("digits-cnn", "digits-cnn-bn", "gpt", "gpt-noln", "mnist1d-mlp", "noisy-quadratic")
-"""``kadam.experiments.comparison.protocol.WORKLOADS`` (same reason)."""
-PROFILES = ("quick", "smoke", "study")
-"""``kadam.experiments.comparison.config.PROFILES`` less its alias ``full`` (same reason)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

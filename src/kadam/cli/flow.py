@@ -10,13 +10,11 @@ from typing import Any
 
 from kadam.cli.options import Stages, add_threads_option, int_at_least, output_file, positive_float, torch_threads
 
+from kadam.vocabulary import FLOW_PROBLEMS as PROBLEMS
+from kadam.vocabulary import FLOW_RATES as RATES
+from kadam.vocabulary import MODIFIED_ORDERS as ORDERS
+
 COORDINATES_SHOWN = 3
-PROBLEMS = ("quadratic", "logistic", "mlp", "coupled", "coupled-from-rest", "transformer")
-"""``kadam.experiments.flow.extra.EXTRA_PROBLEMS`` (kept here so that ``--help`` imports no torch; a test checks they agree)."""
-RATES = ("exact", "paper")
-"""``kadam.flow.ode.RATES`` (same reason)."""
-ORDERS = (1, 2)
-"""``kadam.flow.ode.ORDERS`` (same reason)."""
 
 
 def register(subparsers: Any) -> None:

@@ -12,11 +12,8 @@ import sys
 
 from kadam.cli.interrupts import signals_stop_workers
 from kadam.cli.options import available_cores, int_at_least, output_directory
+from kadam.vocabulary import DEVICES, PROFILES
 
-PROFILES = ("smoke", "quick", "full")
-"""``kadam.experiments.reproduce.PROFILES`` (kept here so that ``--help`` imports no torch; a test checks they agree)."""
-DEVICES = ("cpu", "cuda")
-"""``kadam.experiments.reproduce.DEVICES`` (same reason)."""
 
 
 def default_jobs() -> int:

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from kadam.vocabulary import DEVICES, PROFILES
+
 __all__ = [
     "DEVICES", "PROFILES", "FlowConfig", "NormalizationConfig", "ProfileSizes", "Settings", "StabilityConfig",
     "profile_sizes",
 ]
 
-PROFILES = ("smoke", "quick", "full")
-DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)

@@ -50,10 +50,11 @@ from torch import Tensor, nn
 
 from kadam.flow.loss import FlatLoss
 from kadam.optimizer.kadam import KAdam
-from kadam.optimizer.levels import Level, check_nonnegative, resolve_levels, warn_if_unstable
+from kadam.optimizer.levels import check_nonnegative, resolve_levels, warn_if_unstable
+from kadam.vocabulary import FLOW_RATES as RATES
+from kadam.vocabulary import MODIFIED_ORDERS as ORDERS
+from kadam.vocabulary import Level
 
-RATES = ("exact", "paper")
-ORDERS = (1, 2)
 _LEVEL_ARGUMENTS = ("k", "betas", "eps", "norm", "meta_betas", "meta_norm")
 _KADAM_DEFAULTS = {
     name: parameter.default
@@ -122,7 +123,7 @@ class LevelRates(NamedTuple):
 
     @classmethod
     def from_level(cls, level: Level, rates: str) -> LevelRates:
-        return cls(moment_rate(level.beta1, rates), moment_rate(level.beta2, rates), level.eps, level.tensor_mode)
+        return cls(moment_rate(level.beta, rates), moment_rate(level.gamma, rates), level.eps, level.tensor_mode)
 
 
 class LevelValues(NamedTuple):

@@ -288,7 +288,7 @@ def discrete(
             return state[state_keys(i)[0]]
         below, n = hyperparameters_of_levels[i - 2], float(state["step"])
         v = state[state_keys(i - 1)[1]]
-        return (first_moment(param, i - 1) / (1 - below.beta1**n)) / ((v / (1 - below.beta2**n)).sqrt() + below.eps)
+        return (first_moment(param, i - 1) / (1 - below.beta**n)) / ((v / (1 - below.gamma**n)).sqrt() + below.eps)
 
     def record() -> None:
         thetas.append(flat().detach().clone())

@@ -622,15 +622,15 @@ def _single_tensor_kadam(
             if exp_avg is None:
                 exp_avg = x
             else:
-                exp_avg.lerp_(x, 1 - level.beta1)
+                exp_avg.lerp_(x, 1 - level.beta)
             if level.tensor_mode:
                 mean_square = torch.linalg.vector_norm(x).square().div_(max(x.numel(), 1))  # 0 if empty
-                exp_avg_sq.mul_(level.beta2).add_(mean_square, alpha=1 - level.beta2)
+                exp_avg_sq.mul_(level.gamma).add_(mean_square, alpha=1 - level.gamma)
             else:
-                exp_avg_sq.mul_(level.beta2).addcmul_(x, x, value=1 - level.beta2)
+                exp_avg_sq.mul_(level.gamma).addcmul_(x, x, value=1 - level.gamma)
             count = level_steps[i][index]
-            bias_correction1 = 1 - level.beta1**count
-            bias_correction2_sqrt = (1 - level.beta2**count) ** 0.5
+            bias_correction1 = 1 - level.beta**count
+            bias_correction2_sqrt = (1 - level.gamma**count) ** 0.5
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(level.eps)
             if i == last:
                 if isinstance(bias_correction1, Tensor) and not torch.compiler.is_compiling():
@@ -733,19 +733,19 @@ def _multi_tensor_group(
             _view_states_as_real(exp_avgs, exp_avg_sqs, level)
         counts = counts_by_level[i]
         if exp_avgs:
-            torch._foreach_lerp_(exp_avgs, x, 1 - level.beta1)
+            torch._foreach_lerp_(exp_avgs, x, 1 - level.beta)
         else:  # beta1 = 0: m = x, not stored
             exp_avgs = x
-        torch._foreach_mul_(exp_avg_sqs, level.beta2)
+        torch._foreach_mul_(exp_avg_sqs, level.gamma)
         if level.tensor_mode:
             norms = torch._foreach_norm(x)
             mean_squares = torch._foreach_mul(norms, norms)
-            torch._foreach_mul_(mean_squares, [(1 - level.beta2) / max(t.numel(), 1) for t in x])
+            torch._foreach_mul_(mean_squares, [(1 - level.gamma) / max(t.numel(), 1) for t in x])
             torch._foreach_add_(exp_avg_sqs, mean_squares)
         else:
-            torch._foreach_addcmul_(exp_avg_sqs, x, x, 1 - level.beta2)
-        bias_correction1 = [1 - level.beta1**n for n in counts]
-        bias_correction2_sqrt = [(1 - level.beta2**n) ** 0.5 for n in counts]
+            torch._foreach_addcmul_(exp_avg_sqs, x, x, 1 - level.gamma)
+        bias_correction1 = [1 - level.beta**n for n in counts]
+        bias_correction2_sqrt = [(1 - level.gamma**n) ** 0.5 for n in counts]
         denom = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(denom, bias_correction2_sqrt)
         torch._foreach_add_(denom, level.eps)
@@ -872,10 +872,10 @@ def _cpu_fused_kadam(
         grads,
         first_moments,
         [exp_avg_sqs for _, exp_avg_sqs in moments],
-        [[1 - level.beta1**n for n in counts] for level, counts in zip(levels, level_steps)],
-        [[(1 - level.beta2**n) ** 0.5 for n in counts] for level, counts in zip(levels, level_steps)],
-        beta1s=[level.beta1 for level in levels],
-        beta2s=[level.beta2 for level in levels],
+        [[1 - level.beta**n for n in counts] for level, counts in zip(levels, level_steps)],
+        [[(1 - level.gamma**n) ** 0.5 for n in counts] for level, counts in zip(levels, level_steps)],
+        beta1s=[level.beta for level in levels],
+        beta2s=[level.gamma for level in levels],
         eps=[level.eps for level in levels],
         tensor_modes=[level.tensor_mode for level in levels],
         lr=lr,
@@ -913,9 +913,9 @@ def _triton_fused_kadam(
     from kadam.optimizer._triton import triton_fused_kadam_  # noqa: PLC0415 (importing kadam imports no triton)
 
     first_moments: list[list[Tensor] | None] = [
-        exp_avgs if level.beta1 != 0.0 else None for level, (exp_avgs, _) in zip(levels, moments)
+        exp_avgs if level.beta != 0.0 else None for level, (exp_avgs, _) in zip(levels, moments)
     ]
-    if levels[0].beta1 == 0.0:
+    if levels[0].beta == 0.0:
         _store_first_input(params, grads, moments[0][0], weight_decay=weight_decay,
                            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
                            grad_scale=grad_scale, found_inf=found_inf)
@@ -998,8 +998,8 @@ def _torch_kernels_kadam(
         device_steps,
         amsgrad=False,
         lr=lr,
-        beta1=level.beta1,
-        beta2=level.beta2,
+        beta1=level.beta,
+        beta2=level.gamma,
         weight_decay=weight_decay,
         eps=level.eps,
         maximize=maximize,

@@ -1,7 +1,7 @@
 r"""KAdam's level arguments and their one parser (THEORY §1).
 
-k-Adam chains k adaptive normalization levels; level i has its own :class:`Level`
-:math:`(\beta_{1,i}, \beta_{2,i}, \epsilon_i, \mathrm{norm}_i)`. The arguments that describe them are
+k-Adam chains k adaptive normalization levels; level i has its own :class:`kadam.vocabulary.Level`
+:math:`(\beta_i, \gamma_i, \epsilon_i, \mathrm{norm}_i)`. The arguments that describe them are
 shared by :class:`kadam.KAdam` (constructor and parameter groups), :mod:`kadam.flow` and
 :mod:`kadam.optax`, and all of them go through :func:`resolve_levels`:
 
@@ -35,12 +35,20 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from kadam import stability
+from kadam.vocabulary import (
+    DEFAULT_BETAS,
+    DEFAULT_EPS,
+    DEFAULT_META_BETAS,
+    DEFAULT_META_NORM,
+    DEFAULT_NORM,
+    NORMS,
+    Level,
+)
 
 __all__ = [
     "DEFAULT_META_BETAS",
@@ -58,45 +66,8 @@ __all__ = [
     "with_group_overrides",
 ]
 
-NORMS = ("elementwise", "tensor")
-DEFAULT_BETAS = (0.9, 0.999)
-DEFAULT_EPS = 1e-8
-DEFAULT_NORM = "elementwise"
-DEFAULT_META_BETAS = (0.0, 0.999)
-DEFAULT_META_NORM = "tensor"
 LEVEL_KEYS = ("k", "betas", "eps", "norm", "meta_betas", "meta_eps", "meta_norm")
 """The keys of a parameter group that describe its levels."""
-
-Norm = Literal["elementwise", "tensor"]
-
-
-@dataclass(frozen=True)
-class Level:
-    r"""One adaptive normalization level (THEORY §1): with input :math:`x_n`,
-
-    .. math::
-        m_n = \beta_1 m_{n-1} + (1-\beta_1) x_n,\quad
-        v_n = \beta_2 v_{n-1} + (1-\beta_2)\, s(x_n),\quad
-        u_n = \frac{m_n / (1-\beta_1^n)}{\sqrt{v_n / (1-\beta_2^n)} + \epsilon},
-
-    where :math:`s(x) = x^2` elementwise (``norm="elementwise"``) or the scalar :math:`\mathrm{mean}(x^2)`
-    over the tensor (``norm="tensor"``).
-    """
-
-    beta1: float
-    beta2: float
-    eps: float
-    norm: Norm
-
-    @property
-    def tensor_mode(self) -> bool:
-        """True when :math:`v` is one scalar per tensor."""
-        return self.norm == "tensor"
-
-    @property
-    def keeps_first_moment(self) -> bool:
-        """False for β₁ = 0, where :math:`m_n = x_n` and no state is needed for it."""
-        return self.beta1 != 0.0
 
 
 def _is_number(value: Any) -> bool:
@@ -240,13 +211,13 @@ def resolve_levels(
     for i, (pair, eps_i, norm_i) in enumerate(zip(pairs, all_eps, norms, strict=True), start=1):
         if not _is_sequence(pair) or len(pair) != 2:
             raise ValueError(f"betas of level {i} must be a pair (beta, gamma), got {pair!r}")
-        beta1 = _check_unit_interval("beta", i, pair[0])
-        beta2 = _check_unit_interval("gamma", i, pair[1])
+        beta = _check_unit_interval("beta", i, pair[0])
+        gamma = _check_unit_interval("gamma", i, pair[1])
         if not _is_number(eps_i) or not eps_i >= 0.0:
             raise ValueError(f"eps of level {i} must be a number >= 0, got {eps_i!r}")
         if norm_i not in NORMS:
             raise ValueError(f"norm of level {i} must be one of {NORMS}, got {norm_i!r}")
-        levels.append(Level(beta1, beta2, float(eps_i), norm_i))
+        levels.append(Level(beta, gamma, float(eps_i), norm_i))
     return tuple(levels)
 
 
@@ -255,10 +226,10 @@ def group_entries(levels: Sequence[Level]) -> dict[str, Any]:
     first, rest = levels[0], levels[1:]
     return {
         "k": len(levels),
-        "betas": (first.beta1, first.beta2),
+        "betas": (first.beta, first.gamma),
         "eps": first.eps,
         "norm": first.norm,
-        "meta_betas": tuple((level.beta1, level.beta2) for level in rest),
+        "meta_betas": tuple((level.beta, level.gamma) for level in rest),
         "meta_eps": tuple(level.eps for level in rest),
         "meta_norm": tuple(level.norm for level in rest),
     }
@@ -268,12 +239,12 @@ def group_levels(group: Mapping[str, Any]) -> tuple[Level, ...]:
     """The levels stored in a group by :func:`group_entries`, read without validation.
 
     ``betas`` is read as it is now, so a scheduler that cycles ``betas[0]`` (``OneCycleLR``) drives
-    level 1's β₁, as it drives Adam's.
+    level 1's β, as it drives Adam's.
     """
-    beta1, beta2 = group["betas"]
-    levels = [Level(beta1, beta2, group["eps"], group["norm"])]
-    for (meta_beta1, meta_beta2), eps, norm in zip(group["meta_betas"], group["meta_eps"], group["meta_norm"]):
-        levels.append(Level(meta_beta1, meta_beta2, eps, norm))
+    beta, gamma = group["betas"]
+    levels = [Level(beta, gamma, group["eps"], group["norm"])]
+    for (meta_beta, meta_gamma), eps, norm in zip(group["meta_betas"], group["meta_eps"], group["meta_norm"]):
+        levels.append(Level(meta_beta, meta_gamma, eps, norm))
     return tuple(levels)
 
 
@@ -299,14 +270,14 @@ def user_stacklevel() -> int:
 
 
 def warn_if_unstable(levels: Sequence[Level]) -> None:
-    """``UserWarning`` for each level outside the stable region β₂ > β₁² (THEORY §2), at the user's line."""
+    """``UserWarning`` for each level outside the stable region γ > β² (THEORY §2), at the user's line."""
     for i, level in enumerate(levels, start=1):
-        if stability.is_stable(level.beta1, level.beta2):
+        if stability.is_stable(level.beta, level.gamma):
             continue
-        rate = max(float(stability.growth_rate(level.beta1, level.beta2)), 0.0)  # β₂ = β₁² up to rounding
+        rate = max(float(stability.growth_rate(level.beta, level.gamma)), 0.0)  # γ = β² up to rounding
         efold = "never (on the boundary: the bound grows like sqrt(n))" if rate < 1e-12 else f"every {1.0 / rate:.3g} steps"
         warnings.warn(
-            f"KAdam level {i}: (beta, gamma) = ({level.beta1}, {level.beta2}) lies outside the "
+            f"KAdam level {i}: (beta, gamma) = ({level.beta}, {level.gamma}) lies outside the "
             f"stable region gamma > beta**2 (THEORY §2); the bound on the update grows at "
             f"ln(beta) - ln(gamma)/2 = {rate:.4g} per step, one e-fold {efold}.",
             UserWarning,

@@ -44,6 +44,7 @@ import torch
 from scipy.stats import qmc
 
 from kadam.optimizer import KAdam
+from kadam import vocabulary
 
 __all__ = [
     "ARMS",
@@ -97,7 +98,7 @@ def _noisy_quadratic(device: str = "cpu", **sizes: Any) -> Any:
     return build_noisy_quadratic_task(device, **sizes)
 
 
-WORKLOADS: Mapping[str, Callable[..., Any]] = {
+_BUILDERS: Mapping[str, Callable[..., Any]] = {
     "gpt": _gpt(True),
     "gpt-noln": _gpt(False),
     "digits-cnn-bn": _existing("digits-cnn-bn"),
@@ -105,6 +106,7 @@ WORKLOADS: Mapping[str, Callable[..., Any]] = {
     "mnist1d-mlp": _existing("mnist1d-mlp"),
     "noisy-quadratic": _noisy_quadratic,
 }
+WORKLOADS: Mapping[str, Callable[..., Any]] = {name: _BUILDERS[name] for name in vocabulary.WORKLOADS}
 """Workload name → builder ``(device, **sizes) -> Task``: the pre-LN GPT character LM and the same model
 without LayerNorm (:mod:`kadam.experiments.workloads.gpt`), the digits CNN with and without BatchNorm and
 the MNIST-1D MLP (:mod:`kadam.experiments.workloads`), and the noisy quadratic model
@@ -158,7 +160,7 @@ def _kadam_arm(k: int, strategy: str) -> ArmSpec:
     return ArmSpec(descriptions[strategy], build)
 
 
-ARMS: Mapping[str, ArmSpec] = {
+_ARM_SPECS: Mapping[str, ArmSpec] = {
     "adamw": ArmSpec("torch AdamW (decoupled decay), foreach=False",
                      lambda p, lr, b, g, wd: torch.optim.AdamW(p, lr=lr, betas=(b, g), weight_decay=wd, foreach=False)),
     "adam": ArmSpec("torch Adam (coupled L2 decay), foreach=False",
@@ -169,6 +171,7 @@ ARMS: Mapping[str, ArmSpec] = {
     **{f"kadam{k}{'' if strategy == 'default' else '-' + strategy}": _kadam_arm(k, strategy)
        for k in (2, 3) for strategy in ("default", "elementwise", "naive", "momentum-last")},
 }
+ARMS: Mapping[str, ArmSpec] = {name: _ARM_SPECS[name] for name in vocabulary.ARMS}
 """Arm name → :class:`ArmSpec` (see the module docstring)."""
 
 

@@ -28,12 +28,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from kadam.experiments.flow.protocol import PROBLEMS, log_log_slope, make_problem
 from kadam.experiments.workloads import CharTransformer, encode_characters
 from kadam.flow import FlatLoss, compare, discrete, simulate
+from kadam.vocabulary import FLOW_PROBLEMS
 
 COUPLED_PROBLEMS = ("coupled", "coupled-from-rest")
 CROSSING_STEPS = 10.0
 """The moments' memory at β = 0.9, 1/(1 − β) steps: the modified equations assume no gradient coordinate
 crosses zero sooner (:func:`first_zero_crossing`)."""
-EXTRA_PROBLEMS = (*PROBLEMS, *COUPLED_PROBLEMS, "transformer")
+EXTRA_PROBLEMS = FLOW_PROBLEMS
+"""Every problem of the flow section: :data:`~kadam.experiments.flow.protocol.PROBLEMS`, the coupled ones and
+the transformer."""
 CURVE_POINTS = 60
 TRANSFORMER_SIZES = {"windows": 8, "context": 16, "width": 16, "heads": 2, "layers": 1}
 """The tiny transformer: 8 windows of 16 characters (full batch), width 16, 2 heads, one block."""

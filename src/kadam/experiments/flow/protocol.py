@@ -221,7 +221,7 @@ def restart_from_discrete(
     levels, _ = optimizer_levels(**hyperparameters)
     s = restart_step
     moments = [
-        (reference.moments[f"m{i}"][s] / (1.0 - level.beta1**s), reference.moments[f"v{i}"][s] / (1.0 - level.beta2**s))
+        (reference.moments[f"m{i}"][s] / (1.0 - level.beta**s), reference.moments[f"v{i}"][s] / (1.0 - level.gamma**s))
         for i, level in enumerate(levels, start=1)
     ]
     times = reference.steps[s:].to(dtype=loss.theta0.dtype, device=loss.theta0.device)
