@@ -48,6 +48,7 @@ from torch.optim.optimizer import (
     _get_fused_kernels_supported_devices,
     _get_scalar_dtype,
     _get_value,
+    _to_scalar,
     _use_grad_for_differentiable,
     _view_as_real,
 )
@@ -528,7 +529,7 @@ def kadam(
     level_steps: list[list[float]],
     *,
     levels: Sequence[Level],
-    lr: float,
+    lr: float | Tensor,
     weight_decay: float,
     decoupled_weight_decay: bool,
     maximize: bool,
@@ -539,9 +540,14 @@ def kadam(
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
-    """Functional k-Adam (see :class:`KAdam`); ``moments[i]`` holds level i+1's (exp_avgs, exp_avg_sqs)."""
+    """Functional k-Adam (see :class:`KAdam`); ``moments[i]`` holds level i+1's (exp_avgs, exp_avg_sqs).
+
+    ``lr`` is a float or a 1-element tensor of any shape, which every implementation reads as a 0-dim
+    tensor (torch's ``_to_scalar``, as torch's Adam reads it).
+    """
     if not params:
         return
+    lr = _to_scalar(lr)
     if capturable and not torch.compiler.is_compiling():
         supported = _get_capturable_supported_devices(supports_xla=not foreach)  # as torch's two paths say
         if not all(p.device.type == s.device.type and p.device.type in supported for p, s in zip(params, steps)):
@@ -591,7 +597,7 @@ def _single_tensor_kadam(
     level_steps: list[list[float]],
     *,
     levels: Sequence[Level],
-    lr: float,
+    lr: float | Tensor,
     weight_decay: float,
     decoupled_weight_decay: bool,
     maximize: bool,
@@ -650,7 +656,7 @@ def _multi_tensor_kadam(
     level_steps: list[list[float]],
     *,
     levels: Sequence[Level],
-    lr: float,
+    lr: float | Tensor,
     weight_decay: float,
     decoupled_weight_decay: bool,
     maximize: bool,
@@ -700,7 +706,7 @@ def _multi_tensor_group(
     counts_by_level: list[list[float]],
     *,
     levels: Sequence[Level],
-    lr: float,
+    lr: float | Tensor,
     weight_decay: float,
     decoupled_weight_decay: bool,
     maximize: bool,
@@ -788,7 +794,7 @@ def _fused_kadam(
     level_steps: list[list[float]],
     *,
     levels: Sequence[Level],
-    lr: float,
+    lr: float | Tensor,
     weight_decay: float,
     decoupled_weight_decay: bool,
     maximize: bool,
@@ -854,7 +860,7 @@ def _cpu_fused_kadam(
     level_steps: list[list[float]],
     *,
     levels: Sequence[Level],
-    lr: float,
+    lr: float | Tensor,
     weight_decay: float,
     decoupled_weight_decay: bool,
     maximize: bool,
@@ -895,7 +901,7 @@ def _triton_fused_kadam(
     level_steps: list[list[float]],
     *,
     levels: Sequence[Level],
-    lr: float,
+    lr: float | Tensor,
     weight_decay: float,
     decoupled_weight_decay: bool,
     maximize: bool,
@@ -971,7 +977,7 @@ def _torch_kernels_kadam(
     level_steps: list[list[float]],
     *,
     levels: Sequence[Level],
-    lr: float,
+    lr: float | Tensor,
     weight_decay: float,
     decoupled_weight_decay: bool,
     maximize: bool,
