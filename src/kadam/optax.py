@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kadam.optimizer.levels import Level, resolve_levels, warn_if_unstable
+from kadam.optimizer.levels import resolve_levels, warn_if_unstable
+from kadam.vocabulary import Level
 
 __all__ = ["ScaleByTensorAdamState", "kadam", "scale_by_kadam", "scale_by_tensor_adam"]
 
@@ -90,7 +91,7 @@ def _levels_from_arguments(
     level outside the stable region γ > β² (THEORY §2), as ``KAdam`` does.
     """
     levels = resolve_levels(k, betas, eps, norm, meta_betas, None, meta_norm)
-    warn_if_unstable(levels)
+    warn_if_unstable(levels, "kadam.optax")
     return levels
 
 

@@ -24,7 +24,11 @@ recursion); ``"paper"`` is the first-order Taylor rates :math:`a = (1-\beta)/\be
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -47,6 +51,15 @@ __all__ = [
     "kadam_update_bound",
     "kadam_is_stable",
     "switch_off_rates",
+    "DEFAULT_MARGIN",
+    "StabilityWarning",
+    "edge_of_stability",
+    "nearest_stable_gamma",
+    "nearest_stable_pair",
+    "region_text",
+    "user_frame",
+    "warn_at_user",
+    "warn_if_unstable",
 ]
 
 Rates = Literal["discrete", "exact", "paper"]
@@ -458,3 +471,137 @@ def switch_off_rates(betas: ArrayLike, gammas: ArrayLike) -> FloatOrArray:
         slopes.append(log_input_ratio)
     return _output(np.stack(slopes))
 
+
+
+# ----------------------------------------------------------------------------------------------------
+# the stable region as users meet it: nearest stable choices, the edge of stability, one warning
+
+
+DEFAULT_MARGIN = 1e-3
+"""The stability margin γ − β² that :func:`nearest_stable_pair` asks of a suggested pair by default."""
+
+
+class StabilityWarning(UserWarning):
+    """The one warning category of kadam's stability checks: a level outside the stable region γ > β²
+    (KAdam, the flow model, optax, transfer rules) and the events of :class:`kadam.monitor.StabilityMonitor`.
+    Filter it with ``warnings.filterwarnings("ignore", category=kadam.stability.StabilityWarning)``."""
+
+
+def nearest_stable_gamma(beta: float, digits: int = 3) -> float:
+    """The smallest γ with ``digits`` decimals (more where needed) strictly inside γ > β² (THEORY §2)."""
+    boundary = float(boundary_gamma(beta))
+    for places in range(digits, 16):
+        scale = 10.0**places
+        candidate = math.ceil(boundary * scale) / scale
+        if candidate <= boundary:
+            candidate += 1.0 / scale
+        candidate = round(candidate, places)
+        if boundary < candidate < 1.0:
+            return candidate
+    raise ValueError(f"beta = {beta!r} leaves no stable gamma below 1 in float64")
+
+
+def _check_unit(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def nearest_stable_pair(beta: float, gamma: float, margin: float = DEFAULT_MARGIN) -> tuple[float, float]:
+    r"""The (β, γ) nearest to the given pair (Euclidean) with stability margin ``γ − β² ≥ margin`` (THEORY §2).
+
+    A pair that already has the margin is returned unchanged. Otherwise the nearest point lies on the
+    curve ``γ = β² + margin``: the real root ``b ∈ [0, 1)`` of ``2b³ + (1 − 2(γ − margin)) b − β = 0`` (the
+    stationarity condition of ``(b − β)² + (b² + margin − γ)²``) closest to the pair.
+    """
+    beta, gamma = _check_unit("beta", beta), _check_unit("gamma", gamma)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < 1:
+        raise ValueError(f"margin must be a number in (0, 1), got {margin!r}")
+    if gamma - beta**2 >= margin:
+        return (beta, gamma)
+    roots = np.roots([2.0, 0.0, 1.0 - 2.0 * (gamma - margin), -beta])
+    candidates = [float(r.real) for r in roots if abs(r.imag) < 1e-12 and 0.0 <= r.real and r.real**2 + margin < 1.0]
+    if not candidates:  # the curve meets γ < 1 only for β < sqrt(1 − margin); fall back to the largest such β
+        candidates = [math.sqrt(max(0.0, 1.0 - margin)) * (1 - 1e-12)]
+    best = min(candidates, key=lambda b: (b - beta) ** 2 + (b * b + margin - gamma) ** 2)
+    return (best, min(best * best + margin, math.nextafter(1.0, 0.0)))
+
+
+def edge_of_stability(beta: ArrayLike, lr: ArrayLike = 1.0) -> FloatOrArray:
+    r"""The adaptive edge of stability :math:`(2 + 2\beta)/((1 - \beta)\eta)` (THEORY §7; Cohen et al. 2022).
+
+    Adam with momentum β and learning rate η is stable on a quadratic whose preconditioned sharpness
+    :math:`\lambda_{\max}(P^{-1}H)`, :math:`P = \mathrm{diag}(\sqrt{\hat v} + \epsilon)`, stays below this
+    value. ``lr=1`` gives the edge of :math:`\lambda_{\max}(\eta P^{-1}H)`, the operator with η inside.
+    """
+    beta_arr = _check_decay("beta", beta)
+    lr_arr = _as_float_array("lr", lr)
+    if (lr_arr <= 0).any() or not np.isfinite(lr_arr).all():
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    return _output((2.0 + 2.0 * beta_arr) / ((1.0 - beta_arr) * lr_arr))
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.2g}%" if value < 0.1 else f"{100 * value:.0f}%"
+
+
+def region_text(beta: float, gamma: float, margin: float = DEFAULT_MARGIN) -> tuple[str, str]:
+    """What a level with γ ≤ β² does and what to change, as (explanation, suggestion) (THEORY §2).
+
+    The explanation gives the per-step growth of the update bound, :math:`e^\\rho - 1` with
+    :math:`\\rho = \\ln\\beta - \\tfrac12\\ln\\gamma`, and the steps per e-fold; the suggestion the nearest
+    stable γ at this β, the largest stable β at this γ and the :func:`nearest_stable_pair` with ``margin``.
+    The one message builder of every region warning and monitor event.
+    """
+    rate = max(float(growth_rate(beta, gamma)), 0.0)  # 0 on the boundary up to rounding
+    if rate > 0:
+        efold = "" if math.isinf(rate) else f", one e-fold every {1.0 / rate:.3g} steps"
+        growth = (f"the bound on the update grows {_percent(math.expm1(rate)) if rate < 50 else 'without limit'} per "
+                  f"step (rate ln β − ½ ln γ = {rate:.4g}{efold})")
+    else:
+        growth = "the bound on the update grows like sqrt(n) (on the boundary)"
+    explanation = (f"(β, γ) = ({beta:g}, {gamma:g}) lies outside the stable region γ > β² (THEORY §2): {growth}")
+    pair = nearest_stable_pair(beta, gamma, margin)
+    suggestion = (f"nearest stable γ ≥ {nearest_stable_gamma(beta):g} at this β, or β < √γ = {math.sqrt(gamma):.4g} "
+                  f"at this γ; the nearest pair with margin γ − β² ≥ {margin:g} is "
+                  f"({pair[0]:.6g}, {pair[1]:.6g})")
+    return explanation, suggestion
+
+
+_INTERNAL_MODULES = ("kadam", "torch")
+
+
+def user_frame() -> tuple[str, int, dict[str, object]]:
+    """File, line and globals of the innermost frame outside kadam, torch and the standard library's
+    ``contextlib``/``warnings``: the user's line that called into kadam (a constructor, ``step()``, a trainer)."""
+    skip = tuple(
+        os.path.dirname(module.__file__) + os.sep
+        for module in (sys.modules.get(name) for name in _INTERNAL_MODULES)
+        if module is not None and getattr(module, "__file__", None)
+    )
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(skip) and not filename.endswith(("contextlib.py", "warnings.py")):
+            return filename, frame.f_lineno, frame.f_globals
+        frame = frame.f_back
+    return "<unknown>", 0, {}
+
+
+def warn_at_user(message: str, category: type[Warning] = StabilityWarning) -> None:
+    """``warnings.warn_explicit`` of ``message`` located at :func:`user_frame` (filters and the
+    once-per-location registry work as for a ``warnings.warn`` issued there)."""
+    filename, lineno, module_globals = user_frame()
+    registry = module_globals.setdefault("__warningregistry__", {}) if module_globals else None
+    warnings.warn_explicit(message, category, filename, lineno, registry=registry,  # type: ignore[arg-type]
+                           module_globals=module_globals or None)
+
+
+def warn_if_unstable(levels: Sequence[tuple[float, float]], who: str, margin: float = DEFAULT_MARGIN) -> None:
+    """A :class:`StabilityWarning` at the user's line for each (β, γ) of ``levels`` outside γ > β²,
+    ``who`` naming what holds them (e.g. ``"KAdam"``, ``"transfer_lr"``); the text is :func:`region_text`'s."""
+    for i, (beta, gamma) in enumerate(levels, start=1):
+        if is_stable(beta, gamma):
+            continue
+        explanation, suggestion = region_text(float(beta), float(gamma), margin)
+        warn_at_user(f"{who} level {i}: {explanation}; {suggestion}.")

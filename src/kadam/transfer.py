@@ -27,7 +27,7 @@ are returned for comparison: ``linear`` (``η → κη``, the SGD rule, betas ke
 
 The rule must keep ``β ≥ 0``: ``κ(1 − β) ≤ 1``, otherwise :class:`ValueError`; a decay of exactly 0 (no
 averaging, an infinite rate) is kept at 0. Each result carries the
-stability of every new level (``γ > β²``, :mod:`kadam.theory.stability`); a level pushed out of the
+stability of every new level (``γ > β²``, :mod:`kadam.stability`); a level pushed out of the
 region triggers a :class:`UserWarning` that names the nearest pair with stability margin
 ``γ − β² ≥ margin``.
 """
@@ -36,12 +36,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from kadam import stability
 from kadam.vocabulary import FLOW_RATES as RATES
@@ -51,12 +48,11 @@ __all__ = [
     "Hyperparameters",
     "LevelStability",
     "Transfer",
-    "nearest_stable_pair",
     "transfer_batch_size",
     "transfer_lr",
 ]
 
-DEFAULT_MARGIN = 1e-3
+DEFAULT_MARGIN = stability.DEFAULT_MARGIN
 
 
 @dataclass(frozen=True)
@@ -171,47 +167,13 @@ def _factor(factor: Any, to_value: Any, from_value: float, name: str, to_name: s
 # stability
 
 
-def nearest_stable_pair(beta: float, gamma: float, margin: float = DEFAULT_MARGIN) -> tuple[float, float]:
-    r"""The (β, γ) nearest to the given pair (Euclidean) with stability margin ``γ − β² ≥ margin`` (THEORY §2).
-
-    A pair that already has the margin is returned unchanged. Otherwise the nearest point lies on the
-    curve ``γ = β² + margin``: the real root ``b ∈ [0, 1)`` of ``2b³ + (1 − 2(γ − margin)) b − β = 0`` (the
-    stationarity condition of ``(b − β)² + (b² + margin − γ)²``) closest to the pair.
-    """
-    _check_unit("beta", beta)
-    _check_unit("gamma", gamma)
-    if not 0 < margin < 1:
-        raise ValueError(f"margin must be in (0, 1), got {margin!r}")
-    if gamma - beta**2 >= margin:
-        return (float(beta), float(gamma))
-    roots = np.roots([2.0, 0.0, 1.0 - 2.0 * (gamma - margin), -beta])
-    candidates = [float(r.real) for r in roots if abs(r.imag) < 1e-12 and 0.0 <= r.real and r.real**2 + margin < 1.0]
-    if not candidates:  # the curve meets γ < 1 only for β < sqrt(1 − margin); fall back to the largest such β
-        candidates = [math.sqrt(max(0.0, 1.0 - margin)) * (1 - 1e-12)]
-    best = min(candidates, key=lambda b: (b - beta) ** 2 + (b * b + margin - gamma) ** 2)
-    new_gamma = best * best + margin
-    return (best, min(new_gamma, math.nextafter(1.0, 0.0)))
-
-
-def _check_unit(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-
-
 def _stability(levels: Sequence[tuple[float, float]], margin: float, rule: str) -> tuple[LevelStability, ...]:
     report = []
     for i, (beta, gamma) in enumerate(levels, start=1):
         stable = bool(stability.is_stable(beta, gamma))
-        nearest = None if stable else nearest_stable_pair(beta, gamma, margin)
+        nearest = None if stable else stability.nearest_stable_pair(beta, gamma, margin)
         report.append(LevelStability(i, beta, gamma, stable, float(stability.stability_margin(beta, gamma)), nearest))
-        if not stable:
-            warnings.warn(
-                f"{rule}: level {i}'s new (beta, gamma) = ({beta:.6g}, {gamma:.6g}) lies outside the stable region "
-                f"gamma > beta**2 (THEORY §2); the nearest pair with margin gamma - beta**2 >= {margin:g} is "
-                f"({nearest[0]:.6g}, {nearest[1]:.6g}).",
-                UserWarning,
-                stacklevel=3,
-            )
+    stability.warn_if_unstable(levels, rule, margin=margin)
     return tuple(report)
 
 

@@ -18,7 +18,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 def test_import_kadam_imports_no_plotting_dataset_or_progress_package():
     result = _run("""
         import sys
-        import kadam, kadam.flow, kadam.normalization, kadam.theory
+        import kadam, kadam.flow, kadam.normalization, kadam.stability
         loaded = sorted({m.split('.')[0] for m in sys.modules} & {'matplotlib', 'sklearn', 'mnist1d', 'rich'})
         print(loaded)
     """)

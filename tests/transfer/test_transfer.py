@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from kadam.flow import FlatLoss, discrete, moment_rate, simulate
-from kadam.theory import stability
-from kadam.transfer import nearest_stable_pair, transfer_batch_size, transfer_lr
+from kadam import stability
+from kadam.stability import nearest_stable_pair
+from kadam.transfer import transfer_batch_size, transfer_lr
 
 
 @pytest.mark.parametrize("rates", ["exact", "paper"])

@@ -80,7 +80,7 @@ def optimizer_levels(**hyperparameters: Any) -> tuple[tuple[Level, ...], dict[st
     levels = resolve_levels(**{name: options[name] for name in _LEVEL_ARGUMENTS})
     for name in ("lr", "weight_decay"):
         check_nonnegative(name, options[name])
-    warn_if_unstable(levels)
+    warn_if_unstable(levels, "the flow model")
     return levels, options
 
 

@@ -30,7 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from kadam.optimizer.hooks import StepHooks, named_tensors
 
 __all__ = ["NormTracker", "step_statistics", "uses_decoupled_weight_decay"]
 
@@ -71,26 +73,27 @@ def uses_decoupled_weight_decay(optimizer: torch.optim.Optimizer, group: Mapping
     return bool(group.get("decoupled_weight_decay", isinstance(optimizer, torch.optim.AdamW)))
 
 
-class NormTracker:
+class NormTracker(StepHooks):
     r"""Per-tensor norm, update, cross term, angular update and effective LR of an optimizer's steps.
 
     Args:
         optimizer: any ``torch.optim.Optimizer``; the hooks attach to it on construction.
-        tensors: the tensors to follow, as a mapping or iterable of ``(name, parameter)`` pairs (e.g. a
-            filtered ``model.named_parameters()``); each must be in one of the optimizer's groups.
+        tensors: the tensors to follow: a module (all its parameters), a mapping or an iterable of
+            ``(name, parameter)`` pairs (e.g. a filtered ``model.named_parameters()``); each must be in one
+            of the optimizer's groups.
         every: record every ``every``-th step (1 = each step), counting the optimizer's steps from the
             tracker's construction; steps n with ``n % every == 0`` are recorded.
         decoupled_weight_decay: whether the optimizer applies ``(1 − ηλ)`` outside its update; ``None``
             infers it per group with :func:`uses_decoupled_weight_decay`.
 
-    Use as a context manager or call :meth:`remove` to detach. See the module docstring for the
+    Use as a context manager or call :meth:`remove` to take the hooks off. See the module docstring for the
     definitions (THEORY §4).
     """
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
-        tensors: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]],
+        tensors: nn.Module | Mapping[str, Tensor] | Iterable[tuple[str, Tensor]],
         every: int = 1,
         decoupled_weight_decay: bool | None = None,
     ) -> None:
@@ -98,7 +101,7 @@ class NormTracker:
             raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
-        named = list(tensors.items() if isinstance(tensors, Mapping) else tensors)
+        named = named_tensors(tensors, "tensors")
         if not named:
             raise ValueError("tensors must name at least one tensor to track")
         group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
@@ -116,10 +119,7 @@ class NormTracker:
         self._hyper: list[tuple[float, float]] = []
         self._steps: list[int] = []
         self._records: list[Tensor] = []
-        self._handles = [
-            optimizer.register_step_pre_hook(self._pre_step),
-            optimizer.register_step_post_hook(self._post_step),
-        ]
+        self._attach(optimizer)
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._step += 1
@@ -159,15 +159,3 @@ class NormTracker:
     def initial_norms(self) -> dict[str, float]:
         """``|W|`` of each tracked tensor now (call before training for the trajectories' start)."""
         return {name: math.sqrt(float(torch.sum(t.detach().double() ** 2))) for name, t in zip(self.names, self._tensors)}
-
-    def remove(self) -> None:
-        """Detach the hooks; what was recorded stays available."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def __enter__(self) -> NormTracker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()

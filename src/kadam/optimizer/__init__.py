@@ -1,7 +1,12 @@
-"""The k-Adam optimizer (THEORY §1), its levels, and helpers for building its parameter groups."""
+"""The k-Adam optimizer (THEORY §1), its levels, its state level by level, and helpers for its parameter groups."""
 
 from kadam.optimizer.kadam import KAdam
-from kadam.optimizer.levels import Level, resolve_levels
+from kadam.optimizer.levels import resolve_levels
 from kadam.optimizer.param_groups import param_groups_for
+from kadam.optimizer.state import LevelState, level_states, level_updates, param_group_levels
+from kadam.vocabulary import Level
 
-__all__ = ["KAdam", "Level", "param_groups_for", "resolve_levels"]
+__all__ = [
+    "KAdam", "Level", "LevelState", "level_states", "level_updates", "param_group_levels", "param_groups_for",
+    "resolve_levels",
+]

@@ -31,13 +31,8 @@ without checking anything; it is all that ``step()`` does with them.
 
 from __future__ import annotations
 
-import os
-import sys
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import torch
 
 from kadam import stability
 from kadam.vocabulary import (
@@ -61,7 +56,6 @@ __all__ = [
     "group_levels",
     "level_arguments",
     "resolve_levels",
-    "user_stacklevel",
     "warn_if_unstable",
     "with_group_overrides",
 ]
@@ -248,38 +242,7 @@ def group_levels(group: Mapping[str, Any]) -> tuple[Level, ...]:
     return tuple(levels)
 
 
-_INTERNAL_PREFIXES = tuple(
-    os.path.dirname(module.__file__) + os.sep
-    for module in (sys.modules["kadam"], torch)
-    if getattr(module, "__file__", None)
-)
-
-
-def user_stacklevel() -> int:
-    """``stacklevel`` for a ``warnings.warn`` in the caller that names the first frame outside kadam and torch.
-
-    Counted from the function that calls this one (``stacklevel=1`` is that function), walking out through
-    kadam's own modules and torch's (``Optimizer.__init__`` calls ``add_param_group``).
-    """
-    frame = sys._getframe(1)
-    level = 1
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL_PREFIXES):
-        frame = frame.f_back
-        level += 1
-    return level
-
-
-def warn_if_unstable(levels: Sequence[Level]) -> None:
-    """``UserWarning`` for each level outside the stable region γ > β² (THEORY §2), at the user's line."""
-    for i, level in enumerate(levels, start=1):
-        if stability.is_stable(level.beta, level.gamma):
-            continue
-        rate = max(float(stability.growth_rate(level.beta, level.gamma)), 0.0)  # γ = β² up to rounding
-        efold = "never (on the boundary: the bound grows like sqrt(n))" if rate < 1e-12 else f"every {1.0 / rate:.3g} steps"
-        warnings.warn(
-            f"KAdam level {i}: (beta, gamma) = ({level.beta}, {level.gamma}) lies outside the "
-            f"stable region gamma > beta**2 (THEORY §2); the bound on the update grows at "
-            f"ln(beta) - ln(gamma)/2 = {rate:.4g} per step, one e-fold {efold}.",
-            UserWarning,
-            stacklevel=user_stacklevel(),
-        )
+def warn_if_unstable(levels: Sequence[Level], who: str = "KAdam") -> None:
+    """A :class:`kadam.stability.StabilityWarning` at the user's line for each level outside the stable region
+    γ > β² (THEORY §2): :func:`kadam.stability.warn_if_unstable` of the levels' (β, γ)."""
+    stability.warn_if_unstable([(level.beta, level.gamma) for level in levels], who)

@@ -65,6 +65,7 @@ import numpy as np
 import torch
 
 from kadam.experiments.workloads import build_task, seeded_initialisation  # the one workload import of this slice
+from kadam import stability
 from kadam.monitor import StabilityMonitor, Thresholds
 
 __all__ = ["KNOBS", "KNOB_TASKS", "RunSpec", "baseline_warnings", "instability_step", "monitored_run", "score",
@@ -239,7 +240,7 @@ def monitored_run(task: str, knob: str, arm: str, seed: int, steps: int, batch_s
         update_ratios.append(max(ratios) if ratios else math.nan)
         if not math.isfinite(losses[-1]):
             break
-    monitor.detach()
+    monitor.remove()
     start = SETTLE + spec.warmup
     event = instability_step(losses, start)
     history = monitor.history
@@ -430,10 +431,10 @@ def sharpness_run(lr: float, seed: int, steps: int, batch_size: int, sizes: Mapp
         losses.append(loss.item())
         if not math.isfinite(losses[-1]):
             break
-    monitor.detach()
+    monitor.remove()
     history = monitor.history
     sharpness = [_finite_or_none(v) for v in history.model["sharpness"]]
-    threshold = (2 + 2 * beta) / (1 - beta)
+    threshold = float(stability.edge_of_stability(beta))
     finite = [v for v in sharpness if v is not None]
     return {"lr": lr, "seed": seed, "beta": beta, "losses": losses, "sharpness_steps": history.steps.tolist(),
             "sharpness": sharpness, "sharpness_threshold": threshold,

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from kadam.experiments.figures import colormap, new_figure, save_figure
-from kadam.theory import stability
+from kadam import stability
 
 __all__ = [
     "plot_excess_by_learning_rate",

@@ -7,7 +7,7 @@ lr = 1, weight decay 0 and θ reset to 0 before each step, the update is read ex
 The fitted quantity is the least-squares slope of ln|u_t| over the second half of the *usable window*: the
 zero-input steps before any level's moment leaves [1e-280, 1e280] (underflow/overflow takes over) or, for
 ε > 0, before √v falls below 10⁶·ε (ε takes over), at most ``window_steps`` long. The prediction is
-:func:`kadam.theory.stability.switch_off_rates`: ln β − ½ ln γ for k = 1; for k = 2 with an unstable
+:func:`kadam.stability.switch_off_rates`: ln β − ½ ln γ for k = 1; for k = 2 with an unstable
 level 1 and a stable level 2, slope 0 for the final update (level 2 renormalises its growing input) while
 level 2's second moment grows at level 1's rate (measured as the slope of ½ ln v₂).
 
@@ -35,7 +35,7 @@ import torch
 from kadam.experiments.workloads import CharTransformer, encode_characters, seeded_initialisation
 from kadam.optimizer import KAdam
 from kadam.optimizer.kadam import state_keys
-from kadam.theory import stability
+from kadam import stability
 
 __all__ = [
     "CRITERION",
@@ -113,7 +113,7 @@ _CEILING_ROUNDING = 1e-6  # float64 rounding allowance on ||u_n|| / C_n (u_1 = s
 def _unstable_levels_allowed() -> Iterator[None]:
     """Silence KAdam's warning about levels outside the stable region: these protocols put them there."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*outside the stable region", category=UserWarning)
+        warnings.filterwarnings("ignore", category=stability.StabilityWarning)
         yield
 
 
@@ -396,7 +396,7 @@ def classify_run(beta: float, update_inf_norms: Sequence[float], diverged: bool 
         \|u_n\|_\infty > C_n(\beta) = \sup_{\gamma' > \beta^2} B_n(\beta, \gamma')
         = B_n(\beta, \beta^2)
 
-    (:func:`kadam.theory.stability.stable_update_ceiling`): the run made an update larger than any
+    (:func:`kadam.stability.stable_update_ceiling`): the run made an update larger than any
     second-moment decay γ' inside the stable region could make at that step with the same β, for any
     gradients and any ε ≥ 0.
 

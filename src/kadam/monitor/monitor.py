@@ -63,368 +63,30 @@ calls and TensorBoard scalars are issued on rank 0 only (``torch.distributed``'s
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import logging
 import math
 import os
-import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from kadam import stability
+from kadam.monitor.events import StabilityEvent, Thresholds
+from kadam.monitor.history import MonitorHistory
+from kadam.monitor.sharpness import preconditioned_sharpness
 from kadam.normalization import predictions
 from kadam.normalization.tracker import step_statistics, uses_decoupled_weight_decay
-from kadam.theory import stability
+from kadam.optimizer.hooks import StepHooks, named_tensors
+from kadam.optimizer.state import LevelState, level_states, param_group_levels, step_count
+from kadam.vocabulary import Level
 
-__all__ = [
-    "LevelHyperparameters",
-    "MonitorHistory",
-    "StabilityEvent",
-    "StabilityMonitor",
-    "StabilityWarning",
-    "Thresholds",
-    "nearest_stable_gamma",
-    "optimizer_levels",
-    "preconditioned_sharpness",
-    "read_log",
-    "region_event_text",
-]
+__all__ = ["StabilityMonitor"]
 
 logger = logging.getLogger("kadam.monitor")
-
-
-class StabilityWarning(UserWarning):
-    """The warning category of :class:`StabilityMonitor`'s events (filter it with ``warnings``)."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# the one place that knows how each optimizer stores its levels
-
-
-class LevelHyperparameters(NamedTuple):
-    """(β, γ, ε, tensor mode) of one adaptive normalization level (THEORY §1)."""
-
-    beta: float
-    gamma: float
-    eps: float
-    tensor_mode: bool
-
-
-def optimizer_levels(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> list[LevelHyperparameters]:
-    """The levels that ``group`` of ``optimizer`` steps with, level 1 first (one level for Adam/AdamW).
-
-    KAdam's groups are read with :func:`kadam.optimizer.levels.group_levels`; ``torch.optim.Adam`` and
-    ``AdamW`` (and subclasses) from ``betas``/``eps``. Tensor-valued β, γ, ε are read as floats.
-    """
-    from kadam.optimizer.kadam import KAdam
-    from kadam.optimizer.levels import group_levels
-
-    if isinstance(optimizer, KAdam):
-        return [LevelHyperparameters(float(lv.beta1), float(lv.beta2), float(lv.eps), lv.tensor_mode)
-                for lv in group_levels(group)]
-    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-        beta, gamma = group["betas"]
-        return [LevelHyperparameters(float(beta), float(gamma), float(group["eps"]), False)]
-    raise ValueError(
-        f"optimizer must be torch.optim.Adam, torch.optim.AdamW or kadam.KAdam, got {type(optimizer).__name__}"
-    )
-
-
-def _level_state(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], state: Mapping[str, Any],
-                 level: int) -> tuple[Tensor | None, Tensor, float]:
-    """(m, v, step count) of level ``level`` (1-based) in a parameter's ``state``, after the step.
-
-    Level 1 is ``exp_avg``/``exp_avg_sq`` (``max_exp_avg_sq`` for AMSGrad, whose denominator uses it);
-    KAdam's level i ≥ 2 is ``exp_avg_{i}``/``exp_avg_sq_{i}``, counting steps from ``step_offset_{i}``; a
-    level with β = 0 keeps no ``exp_avg_{i}`` (m_n = x_n, its input), and m is returned as None.
-    """
-    from kadam.optimizer.kadam import state_keys
-
-    first, second = state_keys(level)
-    if level == 1 and group.get("amsgrad", False):
-        second = "max_exp_avg_sq"
-    count = _step_of(state) - float(state.get(f"step_offset_{level}", 0.0))
-    return state.get(first), state[second], count
-
-
-def _step_of(state: Mapping[str, Any]) -> float:
-    step = state.get("step", 0.0)
-    return float(step.item() if isinstance(step, Tensor) else step)
-
-
-# ----------------------------------------------------------------------------------------------------
-# theory-derived messages
-
-
-def nearest_stable_gamma(beta: float, digits: int = 3) -> float:
-    """The smallest γ with ``digits`` decimals (more if needed) strictly inside the region γ > β² (THEORY §2)."""
-    boundary = float(stability.boundary_gamma(beta))
-    for places in range(digits, 16):
-        scale = 10.0**places
-        candidate = math.ceil(boundary * scale) / scale
-        if candidate <= boundary:
-            candidate += 1.0 / scale
-        candidate = round(candidate, places)
-        if boundary < candidate < 1.0:
-            return candidate
-    raise ValueError(f"beta = {beta!r} leaves no stable gamma below 1 in float64")
-
-
-def _percent(value: float) -> str:
-    return f"{100 * value:.2g}%" if value < 0.1 else f"{100 * value:.0f}%"
-
-
-def region_event_text(beta: float, gamma: float) -> tuple[str, str]:
-    """Explanation and suggestion for a level with γ ≤ β² (THEORY §2), numbers from :mod:`kadam.theory.stability`."""
-    rate = max(float(stability.growth_rate(beta, gamma)), 0.0)
-    if rate > 0:
-        growth = f"updates can grow {_percent(math.expm1(rate))} per step (rate ln β − ½ ln γ = {rate:.3g})"
-    else:
-        growth = "the bound on the update grows like sqrt(n)"
-    explanation = f"γ = {gamma:g} is outside γ > β² for β = {beta:g}: {growth}"
-    suggestion = (f"nearest stable γ ≥ {nearest_stable_gamma(beta):g} at this β, or β < √γ = "
-                  f"{math.sqrt(gamma):.4g} at this γ")
-    return explanation, suggestion
-
-
-# ----------------------------------------------------------------------------------------------------
-# events and thresholds
-
-
-@dataclass(frozen=True)
-class StabilityEvent:
-    """One threshold crossing: which tensor, at which optimizer step, what was measured against what.
-
-    ``source`` is ``"theory"`` when the threshold is a theorem (the region, the bound, the edge of
-    stability) and ``"argument"`` when it is a :class:`Thresholds` setting. ``level`` is the
-    normalization level (1-based; 0 for quantities of the whole tensor or model).
-    """
-
-    tensor: str
-    step: int
-    quantity: str
-    value: float
-    threshold: float
-    explanation: str
-    suggestion: str
-    level: int = 0
-    source: str = "argument"
-
-    def message(self) -> str:
-        return f"step {self.step}, {self.tensor}: {self.explanation}; {self.suggestion}"
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """When a recorded value becomes an event (None switches a check off).
-
-    From the theory (do not tune): ``bound_ratio`` (1: :math:`\\max|u_n| \\le B_n` always holds, up to
-    ``bound_tolerance`` of float rounding) and ``sharpness_ratio`` (1: the adaptive edge of stability).
-    By argument (defaults from the validation protocol in ``kadam.experiments.monitor``):
-
-    Attributes:
-        near_bound: bound ratio at or above which a tensor's update is close to the worst case of
-            THEORY §2 (a geometrically growing gradient).
-        spike_factor: :math:`\\max g^2/\\hat v_{n-1}` above which a coordinate's gradient jumped far above
-            its history (THEORY §7). Off (None) by default: in the validation protocol's runs it fired on most
-            healthy character-model runs (embedding rows of rare characters, whose :math:`\\hat v` has decayed
-            to almost nothing when they return; the update stays within the bound all the same) and came before
-            no failure that another check missed. The factor is still recorded in ``history``.
-        sharpness_after: compare the sharpness with the edge of stability only from this optimizer step on:
-            the preconditioner :math:`\\sqrt{\\hat v}` of the first steps averages too few squared gradients.
-        spike_after: compare the spike factor only from this optimizer step on: early on :math:`\\hat v`
-            averages a few squared gradients and the ratio of squared samples is heavy-tailed.
-        cosine: update–gradient cosine below which the update opposes the gradient.
-    """
-
-    bound_ratio: float | None = 1.0
-    bound_tolerance: float = 1e-3
-    sharpness_ratio: float | None = 1.0
-    sharpness_after: int = 10
-    near_bound: float | None = None
-    spike_factor: float | None = None
-    spike_after: int = 100
-    cosine: float | None = None
-
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
-                raise ValueError(f"Thresholds.{field.name} must be a finite number or None, got {value!r}")
-        for name in ("bound_ratio", "sharpness_ratio", "near_bound", "spike_factor"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"Thresholds.{name} must be > 0, got {value!r}")
-        if self.cosine is not None and not -1.0 <= self.cosine <= 1.0:
-            raise ValueError(f"Thresholds.cosine must lie in [-1, 1], got {self.cosine!r}")
-
-
-# ----------------------------------------------------------------------------------------------------
-# history
-
-
-@dataclass
-class MonitorHistory:
-    """Recorded values: ``values[r, t, q]`` is quantity ``quantities[q]`` of tensor ``names[t]`` at step
-    ``steps[r]`` (NaN where not measured: a frozen tensor, a level a group does not have, a quantity of
-    scale-invariant tensors only); ``model[name]`` holds per-step values of the whole model
-    (``model_cosine``, ``sharpness``, ``sharpness_threshold``, ``loss``). ``events`` as recorded."""
-
-    steps: np.ndarray
-    names: list[str]
-    quantities: list[str]
-    values: np.ndarray
-    model: dict[str, np.ndarray]
-    events: list[StabilityEvent]
-
-    def __getitem__(self, quantity: str) -> dict[str, np.ndarray]:
-        """``{tensor name: array over recorded steps}`` of one quantity."""
-        if quantity in self.model:
-            return {"*": self.model[quantity]}
-        if quantity not in self.quantities:
-            raise KeyError(f"unknown quantity {quantity!r}; recorded: {self.quantities + sorted(self.model)}")
-        index = self.quantities.index(quantity)
-        return {name: self.values[:, t, index].copy() for t, name in enumerate(self.names)}
-
-    def series(self, quantity: str, tensor: str) -> np.ndarray:
-        return self[quantity][tensor]
-
-    def to_csv(self, path: str | os.PathLike[str]) -> None:
-        """Write a long-format CSV: ``kind,step,tensor,quantity,level,value,threshold,explanation,suggestion``.
-
-        ``kind`` is ``value`` (one finite recorded number; tensor ``*`` for model-wide values) or
-        ``event`` (one :class:`StabilityEvent`). :func:`read_log` reads it back.
-        """
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(_CSV_COLUMNS)
-            for r, step in enumerate(self.steps):
-                for t, name in enumerate(self.names):
-                    for q, quantity in enumerate(self.quantities):
-                        value = self.values[r, t, q]
-                        if np.isfinite(value):
-                            writer.writerow(["value", int(step), name, quantity, "", repr(float(value)), "", "", ""])
-                for quantity, values in self.model.items():
-                    if np.isfinite(values[r]):
-                        writer.writerow(["value", int(step), "*", quantity, "", repr(float(values[r])), "", "", ""])
-            for event in self.events:
-                writer.writerow(["event", event.step, event.tensor, event.quantity, event.level, repr(event.value),
-                                 repr(event.threshold), event.explanation, f"{event.source}|{event.suggestion}"])
-
-
-_CSV_COLUMNS = ("kind", "step", "tensor", "quantity", "level", "value", "threshold", "explanation", "suggestion")
-
-
-def read_log(path: str | os.PathLike[str]) -> MonitorHistory:
-    """Read a CSV written by :meth:`MonitorHistory.to_csv` (values absent from the file come back NaN)."""
-    rows: list[tuple[int, str, str, float]] = []
-    events: list[StabilityEvent] = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or tuple(header) != _CSV_COLUMNS:
-            raise ValueError(f"{path}: not a kadam monitor log (expected the header {','.join(_CSV_COLUMNS)})")
-        for line in reader:
-            kind, step, tensor, quantity, level, value, threshold, explanation, suggestion = line
-            if kind == "value":
-                rows.append((int(step), tensor, quantity, float(value)))
-            elif kind == "event":
-                source, _, suggestion = suggestion.partition("|")
-                events.append(StabilityEvent(tensor, int(step), quantity, float(value), float(threshold),
-                                             explanation, suggestion, int(level), source))
-            else:
-                raise ValueError(f"{path}: unknown row kind {kind!r}")
-    steps = sorted({row[0] for row in rows})
-    names = list(dict.fromkeys(row[1] for row in rows if row[1] != "*"))
-    quantities = list(dict.fromkeys(row[2] for row in rows if row[1] != "*"))
-    model_quantities = list(dict.fromkeys(row[2] for row in rows if row[1] == "*"))
-    step_index = {step: i for i, step in enumerate(steps)}
-    values = np.full((len(steps), len(names), len(quantities)), np.nan)
-    model = {quantity: np.full(len(steps), np.nan) for quantity in model_quantities}
-    name_index = {name: i for i, name in enumerate(names)}
-    quantity_index = {quantity: i for i, quantity in enumerate(quantities)}
-    for step, tensor, quantity, value in rows:
-        if tensor == "*":
-            model[quantity][step_index[step]] = value
-        else:
-            values[step_index[step], name_index[tensor], quantity_index[quantity]] = value
-    return MonitorHistory(np.asarray(steps, dtype=np.int64), names, quantities, values, model, events)
-
-
-# ----------------------------------------------------------------------------------------------------
-# preconditioned sharpness
-
-
-def preconditioned_sharpness(
-    loss: Callable[[], Tensor],
-    params: Sequence[Tensor],
-    inverse_preconditioner: Sequence[Tensor],
-    *,
-    iterations: int = 20,
-    generator: torch.Generator | None = None,
-) -> float:
-    r"""Largest eigenvalue of :math:`P^{-1}H` by ``iterations`` Lanczos steps on Hessian-vector products (THEORY §7).
-
-    ``loss()`` returns the loss as a tensor with its graph (it must not call ``backward``); ``params``
-    the tensors of H; ``inverse_preconditioner`` the diagonal of :math:`P^{-1}` shaped like them. The
-    iteration runs on the symmetric :math:`D^{1/2} H D^{1/2}`, :math:`D = P^{-1}` (same eigenvalues) from a
-    random start and returns the largest eigenvalue of the Lanczos tridiagonal matrix
-    (``scipy.linalg.eigh_tridiagonal``): the largest *algebraic* eigenvalue's estimate, which rises towards
-    it with every step and never falls below the smallest eigenvalue. (Power iteration would instead find
-    the eigenvalue of largest magnitude, which on an indefinite Hessian can be a negative one.) The cost is
-    fixed: ``iterations`` Hessian-vector products, no reorthogonalization (its loss of orthogonality
-    duplicates converged Ritz values but does not move the largest). ``.grad`` is left untouched
-    (``torch.autograd.grad``). ``loss()`` runs with scaled-dot-product attention on its math backend, the
-    one with a double backward.
-    """
-    from scipy.linalg import eigh_tridiagonal
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
-    params = list(params)
-    roots = [d.sqrt() for d in inverse_preconditioner]
-    with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):  # the fused attention kernels lack double backward
-        value = loss()
-        grads = torch.autograd.grad(value, params, create_graph=True)
-
-    def dot(a: list[Tensor], b: list[Tensor]) -> float:
-        return float(sum(torch.sum(x * y) for x, y in zip(a, b)))
-
-    vector = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
-    norm = math.sqrt(dot(vector, vector))
-    vector = [v / norm for v in vector]
-    previous: list[Tensor] | None = None
-    alphas: list[float] = []
-    offdiagonal: list[float] = []
-    for _ in range(iterations):
-        scaled = [v * r for v, r in zip(vector, roots)]
-        hvp = torch.autograd.grad(grads, params, grad_outputs=scaled, retain_graph=True)
-        product = [h * r for h, r in zip(hvp, roots)]
-        alpha = dot(vector, product)
-        if not math.isfinite(alpha):
-            return math.nan
-        alphas.append(alpha)
-        residual = [w - alpha * v for w, v in zip(product, vector)]
-        if previous is not None:
-            residual = [w - offdiagonal[-1] * u for w, u in zip(residual, previous)]
-        beta = math.sqrt(max(dot(residual, residual), 0.0))
-        if len(alphas) == iterations or not math.isfinite(beta) or beta <= 1e-12 * max(abs(alpha), 1e-300):
-            break  # done, or the Krylov space is invariant: its Ritz values are exact eigenvalues
-        offdiagonal.append(beta)
-        previous, vector = vector, [w / beta for w in residual]
-    ritz = eigh_tridiagonal(np.asarray(alphas), np.asarray(offdiagonal[: len(alphas) - 1]), eigvals_only=True)
-    return float(ritz[-1])
-
-
-# ----------------------------------------------------------------------------------------------------
-# the monitor
 
 
 _TENSOR_QUANTITIES = ("lr", "spike_factor", "cosine", "update_param_ratio", "param_norm")
@@ -436,7 +98,7 @@ _MODEL_QUANTITIES = ("model_cosine", "sharpness", "sharpness_threshold", "loss")
 class _Layout(NamedTuple):
     """What :meth:`StabilityMonitor._fill` needs besides the device measurements of one tensor."""
 
-    levels: list[LevelHyperparameters]
+    levels: tuple[Level, ...]
     bounds: list[float]
     lr: float
     decay: float  # decoupled λ (0 for coupled or none)
@@ -456,33 +118,20 @@ class _Tracked(NamedTuple):
     invariant: bool
 
 
-def _user_location() -> tuple[str, int, dict[str, Any]]:
-    """File, line and globals of the innermost frame outside torch, kadam and the standard library's
-    ``warnings``/``contextlib``: where the user's ``optimizer.step()`` (or trainer) was called."""
-    skip = tuple(os.path.dirname(module.__file__) for module in (torch, sys.modules["kadam"]))
-    frame = sys._getframe(1)
-    while frame is not None:
-        filename = frame.f_code.co_filename
-        if not filename.startswith(skip) and "contextlib" not in filename:
-            return filename, frame.f_lineno, frame.f_globals
-        frame = frame.f_back
-    return "<unknown>", 0, {}
-
-
 def _reporting_rank() -> bool:
     distributed = torch.distributed
     return not (distributed.is_available() and distributed.is_initialized()) or distributed.get_rank() == 0
 
 
-class StabilityMonitor:
+class StabilityMonitor(StepHooks):
     r"""THEORY §7's quantities and events for an ``Adam``, ``AdamW`` or ``KAdam`` optimizer (module docstring).
 
     Args:
         optimizer: ``torch.optim.Adam``/``AdamW`` or ``kadam.KAdam`` (e.g. unwrapped from accelerate's
             ``AcceleratedOptimizer``, which :class:`StabilityMonitor` does itself via ``.optimizer``).
         every: record every ``every``-th call of ``optimizer.step`` (counted from attachment).
-        names: ``model`` or ``model.named_parameters()``: names used in history and events (others are
-            called ``param_groups[g][j]``).
+        names: ``model``, ``model.named_parameters()`` or ``dict(model.named_parameters())``: names used in
+            history and events (others are called ``param_groups[g][j]``).
         scale_invariant: names (or tensors) of scale-invariant tensors, e.g.
             ``find_scale_invariant(...).invariant`` (THEORY §4), or the report itself.
         sharpness_every: estimate the preconditioned sharpness every this many *recorded* steps; needs
@@ -492,8 +141,8 @@ class StabilityMonitor:
         thresholds: :class:`Thresholds`.
         quiet_steps: after warning about a (tensor, quantity, level), further events for it within this
             many optimizer steps go to ``events`` and ``on_event`` but not to ``warnings``/``logging``.
-        warn: issue events through ``warnings`` (category :class:`StabilityWarning`, located at the
-            caller's line) and the ``kadam.monitor`` logger.
+        warn: issue events through ``warnings`` (category :class:`kadam.stability.StabilityWarning`, located
+            at the caller's line) and the ``kadam.monitor`` logger.
         writer: an object with ``add_scalar(tag, value, step)`` (e.g. a TensorBoard ``SummaryWriter``, see
             :meth:`tensorboard`), written at every recorded step (rank 0).
     """
@@ -503,7 +152,7 @@ class StabilityMonitor:
         optimizer: torch.optim.Optimizer,
         *,
         every: int = 10,
-        names: nn.Module | Iterable[tuple[str, Tensor]] | None = None,
+        names: nn.Module | Mapping[str, Tensor] | Iterable[tuple[str, Tensor]] | None = None,
         scale_invariant: Iterable[str | Tensor] | Any | None = None,
         sharpness_every: int | None = None,
         sharpness_closure: Callable[[], Tensor] | None = None,
@@ -541,7 +190,7 @@ class StabilityMonitor:
         self.writer = writer
         self.events: list[StabilityEvent] = []
 
-        self._levels = [optimizer_levels(optimizer, group) for group in optimizer.param_groups]
+        self._levels = [param_group_levels(optimizer, group) for group in optimizer.param_groups]
         self._tracked = self._resolve_tensors(optimizer, names, scale_invariant)
         depth = max(len(levels) for levels in self._levels)
         self.quantities: list[str] = [*_TENSOR_QUANTITIES,
@@ -557,24 +206,19 @@ class StabilityMonitor:
         self._model_rows: list[dict[str, float]] = []
         self._losses: dict[int, Tensor] = {}
         self._last_warned: dict[tuple[str, str, int], int] = {}
-        self._seen_levels: list[list[LevelHyperparameters] | None] = [None] * len(optimizer.param_groups)
+        self._seen_levels: list[tuple[Level, ...] | None] = [None] * len(optimizer.param_groups)
         self._bounds: dict[tuple[float, float, float], float] = {}
         self._recorded = 0
         self._check_region(step=self._optimizer_step())
-        self._handles = [optimizer.register_step_pre_hook(self._pre_step),
-                         optimizer.register_step_post_hook(self._post_step)]
+        self._attach(optimizer)
 
     # -- setup ---------------------------------------------------------------------------------------
 
     @staticmethod
     def _resolve_tensors(optimizer: torch.optim.Optimizer, names: Any, scale_invariant: Any) -> list[_Tracked]:
-        if isinstance(names, nn.Module):
-            names = names.named_parameters()
         name_of: dict[int, str] = {}
-        for entry in names or ():
-            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)):
-                raise ValueError("names must be a module or an iterable of (name, tensor) pairs")
-            name_of.setdefault(id(entry[1]), entry[0])
+        for name, tensor in named_tensors(names):
+            name_of.setdefault(id(tensor), name)
         if scale_invariant is not None and hasattr(scale_invariant, "invariant"):
             scale_invariant = scale_invariant.invariant  # a ScaleInvarianceReport
         invariant_ids: set[int] = set()
@@ -598,7 +242,7 @@ class StabilityMonitor:
         return tracked
 
     def _optimizer_step(self) -> int:
-        steps = [_step_of(self.optimizer.state[t.param]) for t in self._tracked if t.param in self.optimizer.state]
+        steps = [step_count(self.optimizer, t.param) for t in self._tracked if t.param in self.optimizer.state]
         return int(max(steps)) if steps else 0
 
     # -- hooks ---------------------------------------------------------------------------------------
@@ -611,7 +255,7 @@ class StabilityMonitor:
         if not self._recording():
             self._pre = None
             return
-        self._pre = {index: _step_of(optimizer.state.get(tracked.param, {}))
+        self._pre = {index: step_count(optimizer, tracked.param)
                      for index, tracked in enumerate(self._tracked)}
 
     @torch.no_grad()
@@ -621,14 +265,14 @@ class StabilityMonitor:
         pre, self._pre = self._pre, None
         row = np.full((len(self._tracked), len(self.quantities)), np.nan)
         advanced = [i for i, before in pre.items() if self._tracked[i].param.grad is not None
-                    and _step_of(optimizer.state.get(self._tracked[i].param, {})) > before]
+                    and step_count(optimizer, self._tracked[i].param) > before]
         if not advanced:
             self._pending = True  # e.g. GradScaler skipped a fused step: record the next one instead
             return
         self._pending = False
-        step = int(max(_step_of(optimizer.state[self._tracked[i].param]) for i in advanced))
+        step = int(max(step_count(optimizer, self._tracked[i].param) for i in advanced))
         self._check_region(step)
-        levels = [optimizer_levels(optimizer, group) for group in optimizer.param_groups]
+        levels = [param_group_levels(optimizer, group) for group in optimizer.param_groups]
         measured: list[Tensor] = []  # per tensor, its device measurements; moved to the host once
         layouts: list[tuple[int, _Layout]] = []
         for index in advanced:
@@ -663,7 +307,7 @@ class StabilityMonitor:
             self._write_scalars(step, row, model)
 
     def _measure(self, optimizer: torch.optim.Optimizer, tracked: _Tracked,
-                 levels: list[LevelHyperparameters]) -> tuple[Tensor, _Layout]:
+                 levels: tuple[Level, ...]) -> tuple[Tensor, _Layout]:
         """One tensor's device-side reductions (a 1-d tensor) and what the host needs to finish them.
 
         Per level: |u⁽ⁱ⁾| and max|u⁽ⁱ⁾|; then ⟨u, g⟩, |u|, |g| of the final update, |θ_n − θ_{n−1}|,
@@ -671,7 +315,6 @@ class StabilityMonitor:
         elementwise passes, each in the tensor's own dtype.
         """
         group = optimizer.param_groups[tracked.group_index]
-        state = optimizer.state[tracked.param]
         param = tracked.param.detach()
         lr = float(group["lr"])
         decoupled = uses_decoupled_weight_decay(optimizer, group)
@@ -679,19 +322,12 @@ class StabilityMonitor:
         shrink = 1.0 - lr * decay
         reductions: list[Tensor] = []
         bounds: list[float] = []
-        update = None
-        for i, level in enumerate(levels, start=1):
-            first, second, count = _level_state(optimizer, group, state, i)
-            if first is None:  # β = 0 (level ≥ 2): m_n is the level's input, the previous level's update
-                assert update is not None
-                first = update
-            if torch.is_complex(first):
-                first = torch.view_as_real(first)
-                second = torch.view_as_real(second) if torch.is_complex(second) else second
-            denom = (second.sqrt() / math.sqrt(1 - level.gamma**count)).add_(level.eps)
-            update = torch.div(first, denom).div_(1 - level.beta**count)
+        update: Tensor | None = None
+        states = level_states(optimizer, tracked.param)
+        for level_state in states:  # β = 0 (level ≥ 2): m_n is the level's input, the previous level's update
+            update = level_state.update(update)
             reductions += [torch.linalg.vector_norm(update), torch.linalg.vector_norm(update, ord=math.inf)]
-            bounds.append(self._bound(level.beta, level.gamma, count))
+            bounds.append(self._bound(level_state.level.beta, level_state.level.gamma, level_state.step))
         assert update is not None
         grad = tracked.param.grad
         grad = torch.view_as_real(grad) if torch.is_complex(grad) else grad
@@ -707,7 +343,7 @@ class StabilityMonitor:
         reductions += [torch.dot(flat_u, flat_g), torch.linalg.vector_norm(flat_u), torch.linalg.vector_norm(flat_g),
                        torch.linalg.vector_norm(change) * (lr / shrink), torch.linalg.vector_norm(before),
                        torch.linalg.vector_norm(flat_after),
-                       self._spike_factor(optimizer, group, levels[0], state, flat_g, before)]
+                       self._spike_factor(optimizer, group, states[0], flat_g, before)]
         if tracked.invariant:
             reductions.append(step_statistics(before, flat_after, lr, decay)[3])
         layout = _Layout(levels, bounds, lr, decay, tracked.invariant, param.numel())
@@ -742,16 +378,16 @@ class StabilityMonitor:
         return float(inner), float(u_norm) ** 2, float(g_norm) ** 2
 
     @staticmethod
-    def _spike_factor(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], level: LevelHyperparameters,
-                      state: Mapping[str, Any], grad: Tensor, before: Tensor) -> Tensor:
+    def _spike_factor(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], level_state: LevelState,
+                      grad: Tensor, before: Tensor) -> Tensor:
         """THEORY §7's spike factor of step n, from the state after the step (module docstring).
 
         ``v_{n−1} = (v_n − (1−γ) x_n²)/γ`` recovers the second moment before the step; in a spike
         ``x_n² ≫ v_{n−1}`` this subtraction keeps about ``(1−γ)^{-1}/s`` of ``v_n``'s relative precision,
         enough for spike factors far beyond any threshold in float32 (e.g. s = 10⁶ at γ = 0.999 to ~1e-4).
         """
-        _, _, count = _level_state(optimizer, group, state, 1)
-        second = state["exp_avg_sq"]  # the moment itself, also under AMSGrad
+        level, count = level_state.level, level_state.step
+        second = level_state.exp_avg_sq  # the moment itself, also under AMSGrad
         if count < 2 or level.gamma == 0.0:
             return grad.new_tensor(math.nan)
         x = grad
@@ -776,12 +412,11 @@ class StabilityMonitor:
     def _sharpness(self, optimizer: torch.optim.Optimizer) -> tuple[float, float]:
         params, inverse = [], []
         for tracked in self._tracked:
-            state = optimizer.state.get(tracked.param)
-            if not state or not tracked.param.requires_grad:
+            states = level_states(optimizer, tracked.param)
+            if not states or not tracked.param.requires_grad:
                 continue
             group = optimizer.param_groups[tracked.group_index]
-            level = optimizer_levels(optimizer, group)[0]
-            _, second, count = _level_state(optimizer, group, state, 1)
+            level, count, second = states[0].level, states[0].step, states[0].denominator_moment
             denom = (second / (1 - level.gamma**count)).sqrt() + level.eps
             # a coordinate whose second moment is exactly 0 has had no gradient yet (an embedding row of a
             # token not seen in training): its P⁻¹ = η/ε was never applied, and its first step is set by
@@ -794,14 +429,14 @@ class StabilityMonitor:
         generator = torch.Generator().manual_seed(self._recorded)
         value = preconditioned_sharpness(self.sharpness_closure, params, inverse,
                                          iterations=self.sharpness_iterations, generator=generator)
-        beta = optimizer_levels(optimizer, optimizer.param_groups[0])[0].beta
-        return value, (2 + 2 * beta) / (1 - beta)
+        beta = param_group_levels(optimizer, optimizer.param_groups[0])[0].beta
+        return value, float(stability.edge_of_stability(beta))
 
     # -- events --------------------------------------------------------------------------------------
 
     def _check_region(self, step: int) -> None:
         for g, group in enumerate(self.optimizer.param_groups):
-            levels = optimizer_levels(self.optimizer, group)
+            levels = param_group_levels(self.optimizer, group)
             if g < len(self._seen_levels) and self._seen_levels[g] == levels:
                 continue
             if g >= len(self._seen_levels):
@@ -810,14 +445,14 @@ class StabilityMonitor:
             for i, level in enumerate(levels, start=1):
                 if stability.is_stable(level.beta, level.gamma):
                     continue
-                explanation, suggestion = region_event_text(level.beta, level.gamma)
+                explanation, suggestion = stability.region_text(level.beta, level.gamma)
                 boundary = float(stability.boundary_gamma(level.beta))
                 self._emit(StabilityEvent(f"param_groups[{g}]", step, "gamma", level.gamma, boundary,
                                           f"level {i}: {explanation}" if len(levels) > 1 else explanation,
                                           suggestion, i, "theory"))
 
     def _check_events(self, step: int, row: np.ndarray, model: Mapping[str, float],
-                      group_levels: list[list[LevelHyperparameters]]) -> None:
+                      group_levels: list[tuple[Level, ...]]) -> None:
         limits = self.thresholds
         for t, tracked in enumerate(self._tracked):
             values = row[t]
@@ -882,10 +517,7 @@ class StabilityMonitor:
         self._last_warned[key] = event.step
         if self.warn:
             message = event.message()
-            filename, lineno, module_globals = _user_location()
-            registry = module_globals.setdefault("__warningregistry__", {}) if module_globals else None
-            warnings.warn_explicit(message, StabilityWarning, filename, lineno, registry=registry,
-                                   module_globals=module_globals or None)
+            stability.warn_at_user(message)
             logger.warning(message)
 
     def _write_scalars(self, step: int, row: np.ndarray, model: Mapping[str, float]) -> None:
@@ -928,112 +560,22 @@ class StabilityMonitor:
                               "(pip install tensorboard)") from error
         return SummaryWriter(log_dir)
 
+    def summary(self) -> dict[str, float]:
+        """The largest bound ratio (any level) and spike factor over tensors at the last recorded step, as
+        ``{"monitor/max_bound_ratio": ..., "monitor/max_spike_factor": ...}`` (keys with no finite value left out)."""
+        if not self._rows:
+            return {}
+        row = self._rows[-1]
+        summary = {}
+        ratios = [self._column[q] for q in self.quantities if q.startswith("bound_ratio_L")]
+        for key, columns in (("monitor/max_bound_ratio", ratios), ("monitor/max_spike_factor",
+                                                                   [self._column["spike_factor"]])):
+            block = row[:, columns]
+            if np.isfinite(block).any():
+                summary[key] = float(np.nanmax(block))
+        return summary
+
     def detach(self) -> None:
-        """Remove every hook; the history and events stay available."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def __enter__(self) -> StabilityMonitor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.detach()
-
-
-# ----------------------------------------------------------------------------------------------------
-# framework callbacks (created on first access, so importing kadam.monitor needs neither framework)
-
-
-def _huggingface_callback() -> type:
-    from transformers import TrainerCallback
-
-    class HuggingFaceMonitorCallback(TrainerCallback):
-        """Attach a :class:`StabilityMonitor` to the Trainer's optimizer at ``on_train_begin``; detach at the end.
-
-        Keyword arguments are :class:`StabilityMonitor`'s; ``names`` defaults to the Trainer's model.
-        The monitor is ``callback.monitor``. ``on_log`` adds the largest bound ratio and spike factor
-        over tensors at the last recorded step to the Trainer's ``log_history`` entry and to ``logs``
-        (reporting callbacks listed before this one have already been called with ``logs``).
-        """
-
-        def __init__(self, **monitor_kwargs: Any) -> None:
-            self.monitor_kwargs = monitor_kwargs
-            self.monitor: StabilityMonitor | None = None
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                           **kwargs: Any) -> None:
-            if optimizer is None:
-                raise ValueError("HuggingFaceMonitorCallback: the Trainer passed no optimizer to on_train_begin")
-            self.monitor = StabilityMonitor(optimizer, **{"names": model, **self.monitor_kwargs})
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
-                   **kwargs: Any) -> None:
-            if self.monitor is None or logs is None:
-                return
-            summary = _latest_summary(self.monitor)
-            logs.update(summary)  # seen by the callbacks after this one
-            if state.log_history and state.log_history[-1].get("step") == state.global_step:
-                state.log_history[-1].update(summary)  # the Trainer copied ``logs`` there before on_log
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if self.monitor is not None:
-                self.monitor.detach()
-
-    return HuggingFaceMonitorCallback
-
-
-def _lightning_callback() -> type:
-    import lightning.pytorch as pl
-
-    class LightningMonitorCallback(pl.Callback):
-        """Attach a :class:`StabilityMonitor` to the first optimizer at ``on_train_start``; detach at the end.
-
-        Keyword arguments are :class:`StabilityMonitor`'s; ``names`` defaults to the LightningModule.
-        ``on_train_batch_end`` logs the worst bound ratio and spike factor of the last recorded step
-        with ``pl_module.log``.
-        """
-
-        def __init__(self, **monitor_kwargs: Any) -> None:
-            self.monitor_kwargs = monitor_kwargs
-            self.monitor: StabilityMonitor | None = None
-
-        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-            self.monitor = StabilityMonitor(trainer.optimizers[0], **{"names": pl_module, **self.monitor_kwargs})
-
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            if self.monitor is not None:
-                for key, value in _latest_summary(self.monitor).items():
-                    pl_module.log(key, value, on_step=True, on_epoch=False)
-
-        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-            if self.monitor is not None:
-                self.monitor.detach()
-
-    return LightningMonitorCallback
-
-
-def _latest_summary(monitor: StabilityMonitor) -> dict[str, float]:
-    """Largest bound ratio (any level) and spike factor over tensors at the last recorded step."""
-    if not monitor._rows:
-        return {}
-    row = monitor._rows[-1]
-    summary = {}
-    ratios = [monitor._column[q] for q in monitor.quantities if q.startswith("bound_ratio_L")]
-    for key, columns in (("monitor/max_bound_ratio", ratios), ("monitor/max_spike_factor",
-                                                               [monitor._column["spike_factor"]])):
-        block = row[:, columns]
-        if np.isfinite(block).any():
-            summary[key] = float(np.nanmax(block))
-    return summary
-
-
-_LAZY = {"HuggingFaceMonitorCallback": _huggingface_callback, "LightningMonitorCallback": _lightning_callback}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = _LAZY[name]()
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        """Deprecated name of :meth:`remove`."""
+        warnings.warn("StabilityMonitor.detach() is deprecated; call remove()", DeprecationWarning, stacklevel=2)
+        self.remove()
