@@ -28,23 +28,17 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from kadam import KAdam
+from kadam.vocabulary import Level
 
-DEFAULT_LEVEL = (0.9, 0.999, 1e-8, False)
-META_LEVEL = (0.0, 0.999, 1e-8, True)
+DEFAULT_LEVEL = (0.9, 0.999, 1e-8, "elementwise")
+META_LEVEL = (0.0, 0.999, 1e-8, "tensor")
 TRIAD_BYTES_PER_ELEMENT = 12
 
 
-@dataclass(frozen=True)
-class Level:
-    beta: float
-    gamma: float
-    eps: float
-    tensor_mode: bool
 
 
 def default_levels(k: int) -> list[Level]:

@@ -7,12 +7,12 @@ machine by test_triton_kernel.py (Triton's interpreter) and test_triton_compile.
 
 from __future__ import annotations
 
-from typing import NamedTuple
 
 import pytest
 import torch
 
 from kadam import KAdam
+from kadam.vocabulary import Level
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 
@@ -20,11 +20,9 @@ DEVICE = "cuda"
 SHAPES = [(0,), (1,), (7,), (1000,), (4097,), (300, 257)]
 
 
-class Lvl(NamedTuple):
-    beta: float
-    gamma: float
-    eps: float
-    tensor_mode: bool
+def Lvl(beta: float, gamma: float, eps: float, tensor_mode: bool) -> Level:
+    """A :class:`kadam.vocabulary.Level` from (β, γ, ε, tensor mode)."""
+    return Level(beta, gamma, eps, "tensor" if tensor_mode else "elementwise")
 
 
 DEFAULT_2 = [Lvl(0.9, 0.999, 1e-8, False), Lvl(0.0, 0.999, 1e-8, True)]

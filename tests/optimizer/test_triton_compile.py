@@ -15,10 +15,11 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 import torch
+
+from kadam.vocabulary import Level
 
 try:
     import triton
@@ -34,11 +35,9 @@ if kernel_module._is_interpreted():  # TRITON_INTERPRET=1 in this whole session:
                 allow_module_level=True)
 
 
-class Lvl(NamedTuple):
-    beta: float
-    gamma: float
-    eps: float
-    tensor_mode: bool
+def Lvl(beta: float, gamma: float, eps: float, tensor_mode: bool) -> Level:
+    """A :class:`kadam.vocabulary.Level` from (β, γ, ε, tensor mode)."""
+    return Level(beta, gamma, eps, "tensor" if tensor_mode else "elementwise")
 
 
 class _TargetDriver:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import traceback
-from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
 
 from kadam import KAdam
+from kadam.vocabulary import Level
 from tests.optimizer.reference import reference_kadam
 
 try:
@@ -84,13 +84,9 @@ kernel = _Kernel()
 SHAPES = [(0,), (1,), (3, 5), (1000,), (BLOCK + 1,)]
 
 
-class Lvl(NamedTuple):
-    """A level as the kernel takes it (duck-typed like kadam's Level)."""
-
-    beta: float
-    gamma: float
-    eps: float
-    tensor_mode: bool
+def Lvl(beta: float, gamma: float, eps: float, tensor_mode: bool) -> Level:
+    """A :class:`kadam.vocabulary.Level` from (β, γ, ε, tensor mode)."""
+    return Level(beta, gamma, eps, "tensor" if tensor_mode else "elementwise")
 
 
 DEFAULT_2 = [Lvl(0.9, 0.999, 1e-8, False), Lvl(0.0, 0.999, 1e-8, True)]

@@ -95,6 +95,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from kadam.vocabulary import Level
+
 __all__ = ["BLOCK", "TENSORS_PER_LAUNCH", "TRITON_DTYPES", "stream_counts", "triton_fused_kadam_"]
 
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -367,13 +369,6 @@ def _tensor_level_finish_kernel(
 # Host side
 
 
-class _Hyperparameters(NamedTuple):
-    beta: float
-    gamma: float
-    eps: float
-    tensor_mode: bool
-
-
 class _Pass(NamedTuple):
     """Levels ``first..end-1`` elementwise, then tensor-mode level ``end`` (or θ when ``end == k``).
 
@@ -386,22 +381,17 @@ class _Pass(NamedTuple):
     replay_from: int
 
 
-def _hyperparameters(level: Any) -> _Hyperparameters:
-    """(β, γ, ε, tensor mode) of a level object: ``beta``/``gamma`` or ``beta1``/``beta2``, ``eps``, ``tensor_mode``."""
-    beta = getattr(level, "beta", None)
-    gamma = getattr(level, "gamma", None)
-    if beta is None:
-        beta, gamma = getattr(level, "beta1", None), getattr(level, "beta2", None)
-    eps, tensor_mode = getattr(level, "eps", None), getattr(level, "tensor_mode", None)
-    if beta is None or gamma is None or eps is None or tensor_mode is None:
-        raise ValueError(f"levels must hold Level objects (beta, gamma or beta1, beta2, eps, tensor_mode), got {level!r}")
-    beta, gamma, eps = float(beta), float(gamma), float(eps)
+def _checked(level: Any) -> Level:
+    """``level`` (a :class:`kadam.vocabulary.Level` with 0 ≤ β, γ < 1 and ε ≥ 0) with float values; else ValueError."""
+    if not isinstance(level, Level):
+        raise ValueError(f"levels must hold kadam.vocabulary.Level objects, got {level!r}")
+    beta, gamma, eps = float(level.beta), float(level.gamma), float(level.eps)
     if not (0.0 <= beta < 1.0 and 0.0 <= gamma < 1.0 and eps >= 0.0):
         raise ValueError(f"levels: need 0 <= beta < 1, 0 <= gamma < 1, eps >= 0, got {level!r}")
-    return _Hyperparameters(beta, gamma, eps, bool(tensor_mode))
+    return Level(beta, gamma, eps, level.norm)
 
 
-def _plan(levels: Sequence[_Hyperparameters]) -> list[_Pass]:
+def _plan(levels: Sequence[Level]) -> list[_Pass]:
     """The passes of one step (module docstring)."""
     k = len(levels)
     passes = []
@@ -428,7 +418,7 @@ def stream_counts(
     Multiply by the element size for bytes; this is the traffic the kernel is designed to move (each
     element once per pass that touches it), the floor for this pass structure. See the module docstring.
     """
-    hyper = [_hyperparameters(level) for level in levels]
+    hyper = [_checked(level) for level in levels]
     k = len(hyper)
     coupled = weight_decay != 0.0 and not decoupled
     reads = writes = 0
@@ -531,8 +521,7 @@ def triton_fused_kadam_(
             dtype or float32 (one dtype per level across a call's tensors of one dtype).
         state_steps: one step count per parameter (0-dim float tensor, best on the parameter's device:
             a CPU count is copied there and back); incremented by 1 (unless ``found_inf``).
-        levels: the k levels, objects with ``beta``/``gamma`` (or ``beta1``/``beta2``), ``eps`` and
-            ``tensor_mode`` (:class:`kadam.optimizer.kadam.Level`).
+        levels: the k levels (:class:`kadam.vocabulary.Level`).
         lr: η, a Python float or a 0-dim tensor (on the device, for a step without host synchronization).
         weight_decay: λ.
         decoupled: AdamW's θ ← (1 − ηλ)θ if True, Adam's L2 term x⁽⁰⁾ = g + λθ if False.
@@ -549,7 +538,7 @@ def triton_fused_kadam_(
     k = len(levels)
     if k < 1:
         raise ValueError("levels must hold at least one level")
-    hyper = [_hyperparameters(level) for level in levels]
+    hyper = [_checked(level) for level in levels]
     for name, values in (("grads", grads), ("state_steps", state_steps)):
         if len(values) != n_params:
             raise ValueError(f"{name} must hold one tensor per parameter ({n_params}), got {len(values)}")
@@ -592,7 +581,7 @@ def _fused_step(
     exp_avgs_per_level: Sequence[Sequence[Tensor] | None],
     exp_avg_sqs_per_level: Sequence[Sequence[Tensor]],
     state_steps: Sequence[Tensor],
-    hyper: list[_Hyperparameters],
+    hyper: list[Level],
     *,
     lr: float | Tensor,
     weight_decay: float,
@@ -661,7 +650,7 @@ def _slot(j, params, grads, exp_avgs_per_level, exp_avg_sqs_per_level, state_ste
 def _launch(
     slots: list[_Slot],
     device: torch.device,
-    hyper: list[_Hyperparameters],
+    hyper: list[Level],
     *,
     lr: float | Tensor,
     weight_decay: float,
