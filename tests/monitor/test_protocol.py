@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from kadam.experiments.monitor import protocol
-from kadam.experiments.monitor.config import PROFILES
 from kadam.experiments.monitor.section import build_section, summarize
+from kadam.experiments.profiles import profile_sizes
 
 
 def test_instability_step_is_nonfinite_or_twice_the_running_minimum() -> None:
@@ -116,20 +116,20 @@ def test_smoke_section_runs_end_to_end(tmp_path: Path) -> None:
         profile, device, seeds = "smoke", "cpu", None
 
     section = build_section(Settings())
-    assert len(section.cells) == 2 * len(PROFILES["smoke"].seeds)
+    assert len(section.cells) == 2 * len(profile_sizes("smoke").monitor.seeds)
     results = {}
     for cell in section.cells:
         results[cell.key] = cell.function(**cell.kwargs)
     document = section.finish(results, tmp_path)
     assert document.tables[0].rows and "failed by the definition" in document.findings[0]
     run = results[section.cells[0].key]
-    assert len(run["losses"]) <= PROFILES["smoke"].steps and run["recorded_steps"][0] == 1
+    assert len(run["losses"]) <= profile_sizes("smoke").monitor.steps and run["recorded_steps"][0] == 1
 
 
 def test_the_sharpness_factor_sweep_recomputes_the_monitors_own_rule(tmp_path: Path) -> None:
     """At ×1 the recomputed sharpness warnings are the monitor's own events, step for step, on a real run; a
     higher multiple keeps a subset; the sweep scores each multiple like :func:`protocol.score`."""
-    sizes = PROFILES["smoke"].tasks["mnist1d-mlp"]
+    sizes = profile_sizes("smoke").monitor.tasks["mnist1d-mlp"]
     run = protocol.monitored_run("mnist1d-mlp", "lr", "healthy", 1, 40, 16, sizes)
     own = sorted(e["step"] for e in run["monitor_events"] if e["quantity"] == "sharpness")
     estimates = [(step, v) for step, v in zip(run["recorded_steps"], run["sharpness"]) if v is not None]

@@ -1,27 +1,38 @@
-"""Every size of ``kadam reproduce``, per profile, in one table: one frozen configuration per section.
+"""Every size of ``kadam reproduce`` (and of ``kadam compare --study``), per profile: one table, one lookup.
 
-Profiles: ``smoke`` (seconds; the test suite runs it), ``quick`` (≤ 10 minutes on 2 cores; the README's main
-job), ``full`` (the real protocol: more seeds, ≥ 10k steps where the paper's reviewers asked for them,
-larger models; meant for a machine with a GPU and ``--jobs``). A section reads its configuration with
-``profile_sizes(settings.profile).<section>``; a new section adds one field to :class:`ProfileSizes` and
-one value per profile to :data:`PROFILE_SIZES`. Everything that changes a number reaches a cell's kwargs,
-hence its cache key.
+Profiles (:data:`kadam.vocabulary.PROFILES`): ``smoke`` (seconds; the test suite runs it), ``quick`` (≤ 10 minutes
+on 2 cores; the README's main job), ``full`` (the real protocol: more seeds, ≥ 10k steps where the paper's reviewers
+asked for them, larger models; meant for a machine with a GPU and ``--jobs``). ``study``, the name ``kadam compare``
+gives the comparison's largest budget (:data:`kadam.vocabulary.COMPARE_PROFILES`), is ``full``: the one alias,
+:data:`ALIASES`.
+
+One pattern for every section: its configuration type is a frozen dataclass in its package's ``config`` module
+(``kadam.experiments.<section>.config``); its value per profile is that section's field of :class:`ProfileSizes`
+in :data:`PROFILE_SIZES`; a section reads it with ``profile_sizes(settings.profile).<section>``, the one lookup,
+which resolves the alias and raises ``ValueError`` naming the known profiles. A value a dataclass or a protocol
+already defaults is not written again here (the training protocol's sizes are
+:class:`~kadam.experiments.stability.protocol.TrainingSizes`'). A new section adds its dataclass, one field to
+:class:`ProfileSizes` and one value per profile. Everything that changes a number reaches a cell's kwargs, hence
+its cache key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from types import MappingProxyType
 from typing import Any
 
+from kadam.experiments.comparison.config import ComparisonConfig, WorkloadConfig
+from kadam.experiments.flow.config import FlowConfig
+from kadam.experiments.monitor.config import MonitorConfig
+from kadam.experiments.normalization.config import NormalizationConfig
+from kadam.experiments.stability.config import StabilityConfig
+from kadam.experiments.stability.protocol import TrainingSizes
+from kadam.experiments.transfer.config import TransferConfig
 from kadam.vocabulary import DEVICES, PROFILES
 
-__all__ = [
-    "DEVICES", "PROFILES", "FlowConfig", "NormalizationConfig", "ProfileSizes", "Settings", "StabilityConfig",
-    "profile_sizes",
-]
-
+__all__ = ["ALIASES", "DEVICES", "PROFILES", "PROFILE_SIZES", "ProfileSizes", "Settings", "plain", "profile_sizes"]
 
 
 @dataclass(frozen=True)
@@ -38,72 +49,38 @@ def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 @dataclass(frozen=True)
-class StabilityConfig:
-    """Section 1: the switch-off protocol's kwargs, the training-protocol grid (one cell per learning rate),
-    and the stability-margin runs (the mini-batch char transformer trained by Adam at every (β, γ) of the grid)."""
-
-    switch_off: Mapping[str, Any]
-    betas: tuple[float, ...]
-    gammas: tuple[float, ...]
-    learning_rates: tuple[float, ...]
-    protocol_sizes: Mapping[str, int]
-    margin_steps: int
-    margin_batch_size: int
-    margin_task_sizes: Mapping[str, int]
-
-
-@dataclass(frozen=True)
-class FlowConfig:
-    """Section 2: the accuracy runs as (problem, k), the convergence experiment at a fixed horizon η·steps
-    (``convergence_lrs``, or a problem's own rates in ``convergence_lrs_by_problem``: a run costs ∝ Σ 1/η),
-    the problems of the first-step diagnostic, and (empty: not run) the kwargs of the warm-start experiment,
-    of the modified equations' convergence experiment per problem, and of the transformer problem
-    (:mod:`kadam.experiments.flow.extra`)."""
-
-    accuracy_runs: tuple[tuple[str, int], ...]
-    accuracy_steps: int
-    convergence_problems: tuple[str, ...]
-    convergence_lrs: tuple[float, ...]
-    convergence_horizon: float
-    first_step: tuple[str, ...] = ()
-    convergence_lrs_by_problem: Mapping[str, tuple[float, ...]] = field(default_factory=lambda: _frozen({}))
-    warm_start: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
-    modified: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _frozen({}))
-    transformer: Mapping[str, Any] = field(default_factory=lambda: _frozen({}))
-
-    def convergence_lrs_for(self, problem: str) -> tuple[float, ...]:
-        """The learning rates of ``problem``'s convergence experiment."""
-        return tuple(self.convergence_lrs_by_problem.get(problem, self.convergence_lrs))
-
-
-@dataclass(frozen=True)
-class NormalizationConfig:
-    """Section 3: kwargs of each experiment, the digits-norms runs as (normalization, optimizer, weight
-    decay), the census warm-up and its tasks (name → model sizes), and ``cost_scale`` (the ETA relative to the
-    quick profile)."""
-
-    random_walk: Mapping[str, Any]
-    meta_adaptive_exact: Mapping[str, Any]
-    meta_adaptive_drift: Mapping[str, Any]
-    meta_adaptive_network: Mapping[str, Any]
-    digits_norms: Mapping[str, Any]
-    digits_norms_runs: tuple[tuple[str, str, float], ...]
-    census_warmup_steps: int
-    cost_scale: float
-    census_tasks: Mapping[str, Mapping[str, int]]
-
-
-@dataclass(frozen=True)
 class ProfileSizes:
-    """One configuration per section."""
+    """One configuration per section of the report (:data:`kadam.experiments.registry.SECTIONS`)."""
 
     stability: StabilityConfig
     flow: FlowConfig
     normalization: NormalizationConfig
+    comparison: ComparisonConfig
+    monitor: MonitorConfig
+    transfer: TransferConfig
 
 
-_PROTOCOL_SIZES = {"steps": 1500, "corpus_chars": 512, "context": 16, "width": 16, "heads": 2, "layers": 1, "seed": 0}
+_PROTOCOL_SIZES = _frozen(asdict(TrainingSizes()))
+"""The training protocol's sizes: :class:`~kadam.experiments.stability.protocol.TrainingSizes`' defaults."""
 _DIGITS_NORMS_RUNS = tuple((n, o, wd) for n in ("batch", "layer") for o, wd in (("adamw", 0.01), ("adamw", 0.1), ("adam", 0.0)))
+
+# the comparison's arms per workload
+_CORE_ARMS = ("adamw", "kadam1", "adam", "kadam2", "kadam3")
+_GPT_ARMS = ("adamw", "kadam1", "adam", "kadam2")
+_CNN_ARMS = _CORE_ARMS + ("kadam2-elementwise", "kadam2-momentum-last")
+_ALL_STRATEGY_ARMS = _CORE_ARMS + ("kadam2-elementwise", "kadam2-naive", "kadam2-momentum-last",
+                                   "kadam3-elementwise", "kadam3-naive", "kadam3-momentum-last")
+_GPT_STUDY = (("corpus_chars", 200_000), ("context", 64), ("width", 64), ("heads", 4), ("layers", 2),
+              ("evaluation_windows", 256))
+
+# the monitor's char transformers
+_CHAR_TINY = {"corpus_chars": 30_000, "context": 16, "width": 32, "heads": 2, "layers": 1}
+_CHAR_SMALL = {"corpus_chars": 100_000, "context": 32, "width": 64, "heads": 4, "layers": 2}
+_WARMUP_SMALL = {"failing": {"lr": 0.03, "warmup": 0}, "healthy": {"lr": 0.03, "warmup": 50}}
+"""The warmup knob for the full profile's larger transformer: at the quick profile's rate of 0.1 it trains badly with
+a warmup too, at 0.01 a warmup makes no difference; 0.03 is the rate where it does."""
+
+_TRANSFER_BASE_LR = {"digits-cnn": 3e-3, "char-transformer": 2e-3}
 
 
 def _census_tasks(transformer: Mapping[str, int], channels: int, hidden: int, depth: int) -> Mapping[str, Any]:
@@ -119,7 +96,7 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
         stability=StabilityConfig(
             switch_off=_frozen({"point_limit": 6, "kadam2_points": [[[0.8, 0.9], [0.3, 0.5]]]}),
             betas=(0.5, 0.9), gammas=(0.3, 0.95), learning_rates=(1e-2, 1e-3, 1e-4),
-            protocol_sizes=_frozen({**_PROTOCOL_SIZES, "steps": 150}),
+            protocol_sizes=_frozen(asdict(TrainingSizes(steps=150))),
             margin_steps=60, margin_batch_size=32,
             margin_task_sizes=_frozen({"corpus_chars": 20_000, "context": 16, "width": 16, "heads": 2, "layers": 1}),
         ),
@@ -137,12 +114,24 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
                 dict(corpus_chars=20_000, context=16, width=16, heads=2, layers=1, evaluation_windows=64),
                 channels=4, hidden=32, depth=2),
         ),
+        comparison=ComparisonConfig(
+            workloads=(WorkloadConfig("noisy-quadratic", 50, 8, ("adamw", "kadam1", "kadam2"), (("dimension", 50),), 0.1),),
+            trials=3, lr_only_trials=2, seeds=2, sensitivity_factors=(0.1,), curve_points=20,
+        ),
+        # one pair of runs
+        monitor=MonitorConfig(tasks={"mnist1d-mlp": {"hidden": 32, "depth": 1}}, knobs=("lr",), seeds=(1,),
+                              steps=60, batch_size=16),
+        transfer=TransferConfig(
+            lr_problems=("quadratic",), lr_values=(2e-3,), lr_factors=(2, 4), horizon=0.4,
+            batch_tasks=("digits-cnn",), base_batch=16, batch_factors=(2, 4), samples=16 * 4 * 8, checkpoints=4,
+            base_lr=_TRANSFER_BASE_LR, task_sizes={"digits-cnn": {"channels": 4}},
+        ),
     ),
     "quick": ProfileSizes(
         stability=StabilityConfig(
             switch_off=_frozen({}),
             betas=(0.5, 0.7, 0.9), gammas=(0.3, 0.5, 0.7, 0.8, 0.95), learning_rates=(1e-2, 1e-3, 1e-4),
-            protocol_sizes=_frozen(_PROTOCOL_SIZES),
+            protocol_sizes=_PROTOCOL_SIZES,
             margin_steps=300, margin_batch_size=32,
             margin_task_sizes=_frozen({"corpus_chars": 60_000, "context": 16, "width": 16, "heads": 2, "layers": 1}),
         ),
@@ -165,12 +154,33 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
                 dict(corpus_chars=60_000, context=32, width=32, heads=2, layers=2, evaluation_windows=128),
                 channels=8, hidden=64, depth=2),
         ),
+        comparison=ComparisonConfig(
+            workloads=(
+                WorkloadConfig("noisy-quadratic", 400, 16, _CORE_ARMS, (("dimension", 200),), 0.4),
+                WorkloadConfig("digits-cnn-bn", 150, 32, ("adamw", "kadam1", "kadam2"), (("channels", 4),), 1.0),
+            ),
+            trials=6, lr_only_trials=0, seeds=5, sensitivity_factors=(0.1, 10.0), curve_points=50,
+        ),
+        # 42 runs (21 failing-arm, 21 healthy-arm: 7 task–knob settings × 3 seeds) of 100 steps, three short
+        # sharpness runs
+        monitor=MonitorConfig(tasks={"char-transformer": _CHAR_TINY, "mnist1d-mlp": {"hidden": 64, "depth": 2}},
+                              knobs=("lr", "ramp", "region", "warmup", "silence"), seeds=(1, 2, 3), steps=100,
+                              batch_size=16, sharpness_lrs=(1e-3, 1e-2, 1e-1), sharpness_steps=100, sharpness_every=20,
+                              sharpness_iterations=8, sharpness_sizes=_CHAR_TINY),
+        transfer=TransferConfig(
+            lr_problems=("quadratic", "logistic"), lr_values=(1e-3, 4e-3), lr_factors=(2, 4, 8), horizon=1.024,
+            batch_tasks=("digits-cnn", "char-transformer"), base_batch=16, batch_factors=(2, 4, 8),
+            samples=16 * 8 * 40, checkpoints=8, base_lr=_TRANSFER_BASE_LR,
+            task_sizes={"digits-cnn": {"channels": 8},
+                        "char-transformer": {"corpus_chars": 40_000, "context": 16, "width": 32, "heads": 2, "layers": 1,
+                                             "evaluation_windows": 128}},
+        ),
     ),
     "full": ProfileSizes(
         stability=StabilityConfig(
             switch_off=_frozen({}),
             betas=(0.3, 0.5, 0.7, 0.8, 0.9, 0.95), gammas=(0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99),
-            learning_rates=(1e-2, 3e-3, 1e-3, 1e-4), protocol_sizes=_frozen(_PROTOCOL_SIZES),
+            learning_rates=(1e-2, 3e-3, 1e-3, 1e-4), protocol_sizes=_PROTOCOL_SIZES,
             margin_steps=1500, margin_batch_size=32,
             margin_task_sizes=_frozen({"corpus_chars": 100_000, "context": 16, "width": 16, "heads": 2, "layers": 1}),
         ),
@@ -194,16 +204,49 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
                 dict(corpus_chars=465_000, context=128, width=128, heads=4, layers=4, evaluation_windows=512),
                 channels=32, hidden=256, depth=3),
         ),
+        comparison=ComparisonConfig(
+            workloads=(
+                WorkloadConfig("gpt", 1000, 32, _GPT_ARMS, _GPT_STUDY, 85.0, lr_only=False, sensitivity_factors=(0.1, 10.0)),
+                WorkloadConfig("gpt-noln", 1000, 32, _GPT_ARMS, _GPT_STUDY, 85.0, lr_only=False,
+                               sensitivity_factors=(0.1, 10.0)),
+                WorkloadConfig("digits-cnn-bn", 1000, 32, _CNN_ARMS, (("channels", 8),), 7.0),
+                WorkloadConfig("digits-cnn", 1000, 32, _CNN_ARMS, (("channels", 8),), 7.0),
+                WorkloadConfig("mnist1d-mlp", 2000, 32, _ALL_STRATEGY_ARMS, (("hidden", 128), ("depth", 2)), 7.0,
+                               lr_only=False),
+                WorkloadConfig("noisy-quadratic", 2000, 32, _ALL_STRATEGY_ARMS, (("dimension", 1000),), 2.0),
+            ),
+            trials=8, lr_only_trials=8, seeds=5, curve_points=50,
+        ),
+        # 70 runs (35 failing-arm, so that at least 20 go wrong) of 600 steps on larger models, and the sharpness
+        # question over 1000 steps
+        monitor=MonitorConfig(tasks={"char-transformer": _CHAR_SMALL, "mnist1d-mlp": {"hidden": 128, "depth": 2}},
+                              knobs=("lr", "ramp", "region", "warmup", "silence"), seeds=(1, 2, 3, 4, 5), steps=600,
+                              batch_size=32, sharpness_lrs=(1e-3, 3e-3, 1e-2), sharpness_steps=1000, sharpness_every=25,
+                              sharpness_iterations=20, sharpness_sizes=_CHAR_SMALL,
+                              knob_settings={"warmup": _WARMUP_SMALL}),
+        transfer=TransferConfig(
+            lr_problems=("quadratic", "logistic", "mlp"), lr_values=(5e-4, 1e-3, 2e-3, 4e-3), lr_factors=(2, 4, 8),
+            horizon=2.048, batch_tasks=("digits-cnn", "char-transformer"), base_batch=32, batch_factors=(2, 4, 8),
+            samples=32 * 8 * 200, checkpoints=10, base_lr=_TRANSFER_BASE_LR,
+            task_sizes={"digits-cnn": {"channels": 16}, "char-transformer": {}}, seeds=(0, 1, 2),
+        ),
     ),
 })
-"""The sizes of every section per profile."""
+"""The sizes of every section per profile of :data:`PROFILES`."""
+
+ALIASES: Mapping[str, str] = _frozen({"study": "full"})
+"""Other names of a profile: ``study`` is ``kadam compare``'s name for ``full``."""
 
 
 def profile_sizes(profile: str) -> ProfileSizes:
-    """The sizes of ``profile`` (one of :data:`PROFILES`)."""
-    if profile not in PROFILE_SIZES:
-        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
-    return PROFILE_SIZES[profile]
+    """The sizes of every section at ``profile`` (one of :data:`PROFILES`, or an alias in :data:`ALIASES`).
+
+    Raises ``ValueError`` naming the known profiles for any other name."""
+    sizes = PROFILE_SIZES.get(ALIASES.get(profile, profile))
+    if sizes is None:
+        known = ", ".join((*PROFILES, *(f"{alias} (= {name})" for alias, name in ALIASES.items())))
+        raise ValueError(f"profile must be one of {known}, got {profile!r}")
+    return sizes
 
 
 def plain(value: Any) -> Any:

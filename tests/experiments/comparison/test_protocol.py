@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from kadam.experiments.comparison.config import PROFILES
 from kadam.experiments.comparison.analysis import check_control_ties, outcome, select_best, summarize_arm
 from kadam.experiments.comparison.protocol import (
     SearchSpace,
@@ -19,7 +18,7 @@ from kadam.experiments.comparison.protocol import (
     train_trial,
 )
 from kadam.experiments.comparison.section import build_section, tuning_plan
-from kadam.experiments.profiles import Settings
+from kadam.experiments.profiles import Settings, profile_sizes
 
 NQM = {"dimension": 20}
 HP = {"lr": 0.05, "beta": 0.9, "gamma": 0.999, "weight_decay": 0.01, "warmup_fraction": 0.1}
@@ -53,7 +52,7 @@ def test_search_space_rejects_narrow_or_invalid_ranges():
 
 
 def test_every_arm_gets_the_same_trials_equal_budget():
-    config = PROFILES["quick"]
+    config = profile_sizes("quick").comparison
     plan = tuning_plan(config)
     for workload in config.workloads:
         per_arm = {}
@@ -173,7 +172,7 @@ def test_all_trials_diverged_selects_the_first_and_says_so():
 
 def test_section_end_to_end_on_the_smoke_profile(tmp_path):
     section = build_section(Settings(profile="smoke", device="cpu", seeds=None))
-    config = PROFILES["smoke"]
+    config = profile_sizes("smoke").comparison
     results = {cell.key: train_trial(**cell.kwargs) for cell in section.cells}
     results.update({cell.key: train_trial(**cell.kwargs) for cell in section.followup(results)})
     document = section.finish(results, tmp_path)

@@ -1,4 +1,4 @@
-"""Sizes of the comparison section per profile (one frozen dataclass, one instance per profile).
+"""The comparison section's configuration type; its value per profile is in :mod:`kadam.experiments.profiles`.
 
 Cost model: runs = Σ_workloads arms × (tuning_seeds × (trials + lr_only_trials + sensitivity points)
 + seeds × (1 + [lr-only on])), each at the workload's seconds per run on one core
@@ -12,13 +12,7 @@ from typing import Any
 
 from kadam.experiments.comparison.protocol import SearchSpace
 
-__all__ = ["ComparisonConfig", "WorkloadConfig", "PROFILES", "estimated_runs"]
-
-CORE_ARMS = ("adamw", "kadam1", "adam", "kadam2", "kadam3")
-GPT_ARMS = ("adamw", "kadam1", "adam", "kadam2")
-CNN_ARMS = CORE_ARMS + ("kadam2-elementwise", "kadam2-momentum-last")
-ALL_STRATEGY_ARMS = CORE_ARMS + ("kadam2-elementwise", "kadam2-naive", "kadam2-momentum-last",
-                                 "kadam3-elementwise", "kadam3-naive", "kadam3-momentum-last")
+__all__ = ["ComparisonConfig", "WorkloadConfig", "estimated_runs"]
 
 
 @dataclass(frozen=True)
@@ -76,38 +70,3 @@ def estimated_runs(config: ComparisonConfig) -> list[tuple[str, int, float]]:
         runs = len(workload.arms) * per_arm
         rows.append((workload.name, runs, runs * workload.seconds_per_run))
     return rows
-
-
-_GPT_STUDY = (("corpus_chars", 200_000), ("context", 64), ("width", 64), ("heads", 4), ("layers", 2),
-              ("evaluation_windows", 256))
-
-PROFILES: dict[str, ComparisonConfig] = {
-    "smoke": ComparisonConfig(
-        workloads=(WorkloadConfig("noisy-quadratic", 50, 8, ("adamw", "kadam1", "kadam2"), (("dimension", 50),), 0.1),),
-        trials=3, lr_only_trials=2, seeds=2, sensitivity_factors=(0.1,), curve_points=20,
-    ),
-    "quick": ComparisonConfig(
-        workloads=(
-            WorkloadConfig("noisy-quadratic", 400, 16, CORE_ARMS, (("dimension", 200),), 0.4),
-            WorkloadConfig("digits-cnn-bn", 150, 32, ("adamw", "kadam1", "kadam2"), (("channels", 4),), 1.0),
-        ),
-        trials=6, lr_only_trials=0, seeds=5, sensitivity_factors=(0.1, 10.0), curve_points=50,
-    ),
-    "study": ComparisonConfig(
-        workloads=(
-            WorkloadConfig("gpt", 1000, 32, GPT_ARMS, _GPT_STUDY, 85.0, lr_only=False, sensitivity_factors=(0.1, 10.0)),
-            WorkloadConfig("gpt-noln", 1000, 32, GPT_ARMS, _GPT_STUDY, 85.0, lr_only=False,
-                           sensitivity_factors=(0.1, 10.0)),
-            WorkloadConfig("digits-cnn-bn", 1000, 32, CNN_ARMS, (("channels", 8),), 7.0),
-            WorkloadConfig("digits-cnn", 1000, 32, CNN_ARMS, (("channels", 8),), 7.0),
-            WorkloadConfig("mnist1d-mlp", 2000, 32, ALL_STRATEGY_ARMS, (("hidden", 128), ("depth", 2)), 7.0,
-                           lr_only=False),
-            WorkloadConfig("noisy-quadratic", 2000, 32, ALL_STRATEGY_ARMS, (("dimension", 1000),), 2.0),
-        ),
-        trials=8, lr_only_trials=8, seeds=5, sensitivity_factors=(0.1, 0.316227766017, 3.16227766017, 10.0),
-        curve_points=50,
-    ),
-}
-"""Per-profile sizes. ``full`` (the report's name for the largest profile) is the study profile."""
-PROFILES["full"] = PROFILES["study"]
-

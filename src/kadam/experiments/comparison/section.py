@@ -20,7 +20,7 @@ from typing import Any
 
 from kadam.experiments.cells import Cell
 from kadam.experiments.comparison import plots
-from kadam.experiments.comparison.config import PROFILES, ComparisonConfig, WorkloadConfig, estimated_runs
+from kadam.experiments.comparison.config import ComparisonConfig, WorkloadConfig, estimated_runs
 from kadam.experiments.comparison.analysis import analyse, minimum_detectable_effect, select_best
 from kadam.experiments.comparison.protocol import (
     CONTROL,
@@ -31,6 +31,7 @@ from kadam.experiments.comparison.protocol import (
     quasirandom_trials,
     train_trial,
 )
+from kadam.experiments.profiles import profile_sizes
 from kadam.experiments.report import Claim, Figure, SectionDocument, Table, format_number
 from kadam.experiments.sections import Section
 
@@ -122,10 +123,7 @@ def tagged_records(plan: Sequence[PlannedRun], results: Mapping[str, Any]) -> li
 
 def config_for(settings: Any) -> ComparisonConfig:
     """The profile's configuration, with ``settings.seeds`` (if given) as the number of evaluation seeds."""
-    profile = "study" if settings.profile == "full" else settings.profile
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {settings.profile!r}")
-    config = PROFILES[profile]
+    config = profile_sizes(settings.profile).comparison
     return replace(config, seeds=settings.seeds) if settings.seeds else config
 
 
@@ -403,7 +401,7 @@ def json_config(config: ComparisonConfig) -> dict[str, Any]:
 
 
 def build_section(settings: Any) -> Section:
-    """The comparison section for ``settings.profile`` (smoke, quick, study/full)."""
+    """The comparison section at ``settings.profile``'s sizes (:func:`~kadam.experiments.profiles.profile_sizes`)."""
     config = config_for(settings)
     tuning = tuning_plan(config, settings.device)
     followup_runs = sum(len(w.arms) * (config.seeds * (1 + (w.lr_only and config.lr_only_trials > 0))

@@ -11,7 +11,8 @@ import numpy as np
 
 from kadam.experiments.cells import Cell
 from kadam.experiments.monitor import protocol
-from kadam.experiments.monitor.config import PROFILES, MonitorConfig
+from kadam.experiments.monitor.config import MonitorConfig
+from kadam.experiments.profiles import profile_sizes
 from kadam.experiments.report import Claim, Figure, SectionDocument, Table, format_number
 from kadam.experiments.sections import Section
 
@@ -206,9 +207,8 @@ def sweep_table(sweep: list[Mapping[str, Any]], scores: Mapping[str, Any]) -> Ta
 
 
 def build_section(settings: Any) -> Section:
-    """The monitor section at ``settings.profile``'s sizes (:data:`config.PROFILES`)."""
-    profile = "full" if settings.profile not in PROFILES else settings.profile
-    config = PROFILES[profile]
+    """The monitor section at ``settings.profile``'s sizes (:func:`~kadam.experiments.profiles.profile_sizes`)."""
+    config = profile_sizes(settings.profile).monitor
     runs = run_cells(config, settings.device)
     sharpness = sharpness_cells(config, settings.device)
 
@@ -284,5 +284,5 @@ def build_section(settings: Any) -> Section:
                                claims=monitor_claims(scores))
 
     return Section("monitor", "A stability monitor: warnings before blow-ups",
-                   {"profile": profile, "steps": config.steps, "seeds": list(config.seeds), "knobs": list(config.knobs)},
+                   {"profile": settings.profile, "steps": config.steps, "seeds": list(config.seeds), "knobs": list(config.knobs)},
                    runs + sharpness, finish)

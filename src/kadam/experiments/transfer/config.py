@@ -1,9 +1,11 @@
-"""Sizes of the transfer section per profile (THEORY §6)."""
+"""The transfer section's configuration type; its value per profile is in :mod:`kadam.experiments.profiles`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+__all__ = ["TransferConfig"]
 
 
 @dataclass(frozen=True)
@@ -29,29 +31,3 @@ class TransferConfig:
     base_lr: dict[str, float] = field(default_factory=dict)
     task_sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
-
-
-_BASE_LR = {"digits-cnn": 3e-3, "char-transformer": 2e-3}
-
-PROFILES: dict[str, TransferConfig] = {
-    "smoke": TransferConfig(
-        lr_problems=("quadratic",), lr_values=(2e-3,), lr_factors=(2, 4), horizon=0.4,
-        batch_tasks=("digits-cnn",), base_batch=16, batch_factors=(2, 4), samples=16 * 4 * 8, checkpoints=4,
-        base_lr=_BASE_LR, task_sizes={"digits-cnn": {"channels": 4}},
-    ),
-    "quick": TransferConfig(
-        lr_problems=("quadratic", "logistic"), lr_values=(1e-3, 4e-3), lr_factors=(2, 4, 8), horizon=1.024,
-        batch_tasks=("digits-cnn", "char-transformer"), base_batch=16, batch_factors=(2, 4, 8),
-        samples=16 * 8 * 40, checkpoints=8, base_lr=_BASE_LR,
-        task_sizes={"digits-cnn": {"channels": 8},
-                    "char-transformer": {"corpus_chars": 40_000, "context": 16, "width": 32, "heads": 2, "layers": 1,
-                                         "evaluation_windows": 128}},
-    ),
-    "full": TransferConfig(
-        lr_problems=("quadratic", "logistic", "mlp"), lr_values=(5e-4, 1e-3, 2e-3, 4e-3), lr_factors=(2, 4, 8),
-        horizon=2.048, batch_tasks=("digits-cnn", "char-transformer"), base_batch=32, batch_factors=(2, 4, 8),
-        samples=32 * 8 * 200, checkpoints=10, base_lr=_BASE_LR,
-        task_sizes={"digits-cnn": {"channels": 16}, "char-transformer": {}}, seeds=(0, 1, 2),
-    ),
-}
-PROFILES["study"] = PROFILES["full"]

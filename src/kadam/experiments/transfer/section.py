@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from kadam.experiments.cells import Cell
+from kadam.experiments.profiles import profile_sizes
 from kadam.experiments.report import Claim, Figure, SectionDocument, Table, format_number
 from kadam.experiments.sections import Section
 from kadam.experiments.transfer import plots
-from kadam.experiments.transfer.config import PROFILES
 from kadam.experiments.transfer.protocol import BATCH_RULES, batch_gaps, batch_transfer_cell, lr_transfer_cell
 
 _LR_STEP_SECONDS = {"quadratic": 1e-3, "logistic": 4e-3, "mlp": 2e-2}
@@ -21,7 +21,8 @@ _BATCH_SAMPLE_SECONDS = {"digits-cnn": 5e-4, "char-transformer": 2e-3}
 
 
 def build_section(settings: Any) -> Section:
-    config = PROFILES[settings.profile]
+    """The transfer section at ``settings.profile``'s sizes (:func:`~kadam.experiments.profiles.profile_sizes`)."""
+    config = profile_sizes(settings.profile).transfer
     lr_cells = [
         Cell("transfer", f"lr {problem} η={lr:g}", lr_transfer_cell,
              {"problem": problem, "lr": lr, "factors": list(config.lr_factors), "horizon": config.horizon, "seed": seed},
