@@ -281,7 +281,7 @@ def lr_multiplier(step: int, steps: int, warmup_fraction: float, final_lr_fracti
 
 class _ScheduleAndClock:
     """Sets every group's lr before each step (:func:`lr_multiplier`) and records the elapsed training time
-    at each curve-window end (optimizer step hooks, so the one training loop ``Task.fit`` runs unchanged)."""
+    at each curve-window end (optimizer step hooks, so the training loop of ``Task.fit`` runs unchanged)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, peak_lr: float, steps: int, warmup_fraction: float,
                  final_lr_fraction: float, window: int) -> None:

@@ -218,6 +218,7 @@ def monitored_run(task: str, knob: str, arm: str, seed: int, steps: int, batch_s
     parameters = [p for p in model.parameters()]
     silenced = _silence_hook(model, spec) if spec.knob == "silence" else None
     losses, grad_norms, update_ratios = [], [], []
+    # not workloads.train: the gradient norm and the parameters are read between backward and step
     for step in range(1, spec.steps + 1):
         if silenced is not None:
             silenced["step"] = step
@@ -421,16 +422,7 @@ def sharpness_run(lr: float, seed: int, steps: int, batch_size: int, sizes: Mapp
     monitor = StabilityMonitor(optimizer, every=every, names=model, sharpness_every=1, warn=False,
                                sharpness_closure=lambda: built.loss(model(probe[0]), probe[1]),
                                sharpness_iterations=iterations)
-    losses = []
-    for _ in range(steps):
-        inputs, targets = built.sample_batch(generator, batch_size)
-        loss = built.loss(model(inputs), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            break
+    losses = built.fit(model, optimizer, steps, batch_size, generator).losses  # ends at the first non-finite loss
     monitor.remove()
     history = monitor.history
     sharpness = [_finite_or_none(v) for v in history.model["sharpness"]]

@@ -85,6 +85,7 @@ def batched_adamw(
     exp_avg, exp_avg_sq = torch.zeros_like(weights), torch.zeros_like(weights)
     beta_column = torch.tensor(list(betas), dtype=weights.dtype, device=weights.device).reshape(-1, 1)
     recorded, statistics = [], []
+    # not workloads.train: AdamW written out on the rows of one tensor, gradients from a function, no model or loss
     for step in range(1, steps + 1):
         update = adaptive_level(exp_avg, exp_avg_sq, gradient(weights, step), beta_column, gamma, eps, step)
         before = weights.clone() if step % record_every == 0 else None
@@ -230,6 +231,7 @@ def meta_adaptive_exact(
     diagonal = _curvature(d, curvature)
     generator = torch.Generator().manual_seed(seed + 1)
     worst = 0.0
+    # not workloads.train: two optimizers in lockstep on gradients computed in closed form from one noise draw
     for _ in range(steps):
         xi = noise * torch.randn(d, generator=generator, dtype=torch.float64)
         with torch.no_grad():
@@ -281,6 +283,7 @@ def meta_adaptive_drift(
         cosines, cosine_steps = [], []
         with NormTracker(adamw, [("w", adamw_weight)], every=record_every) as adamw_tracker, \
                 NormTracker(sphere, [("w", sphere_weight)], every=record_every) as sphere_tracker:
+            # not workloads.train: two optimizers in lockstep on gradients computed in closed form from one noise draw
             for step in range(1, steps + 1):
                 xi = noise * torch.randn(d, generator=generator, dtype=torch.float64)
                 with torch.no_grad():
@@ -450,8 +453,6 @@ def meta_adaptive_network(
     cosine between the two directions over time, and the ratio AdamW / 2-Adam of the RMS angular update
     over the last third, with THEORY §4's noise-dominated prediction ``√((1 − qβ)/(1 + qβ))``.
 
-    Its loop is its own, not :func:`~kadam.experiments.workloads.train`: two models step in lockstep on the same
-    mini-batch, one of them with two optimizers, and the cosine between them is read between steps.
     """
     shrink = 1 - lr * weight_decay
     results = []
@@ -475,6 +476,7 @@ def meta_adaptive_network(
         cosine_steps = []
         with NormTracker(adamw, [(n, adamw_parameters[n]) for n in tracked], every=record_every) as adamw_tracker, \
                 NormTracker(sphere, [(n, sphere_parameters[n]) for n in tracked], every=record_every) as sphere_tracker:
+            # not workloads.train: two models step in lockstep on one mini-batch, one of them with two optimizers
             for step in range(1, steps + 1):
                 index = torch.randint(len(targets), (batch_size,), generator=generator)
                 for model, optimizers in ((adamw_model, (adamw,)), (sphere_model, (sphere, sphere_rest))):

@@ -350,9 +350,6 @@ def train_recording_updates(
 
     Records, per step n, :math:`\|u_n\|_\infty = \max|\theta_n - \theta_{n-1}|/\eta` over every parameter
     and the training loss (before the step). A non-finite loss ends the run early (``diverged``).
-
-    Its loop is its own, not :func:`~kadam.experiments.workloads.train`: one full batch in float64, the loss
-    checked before the step, and every parameter copied around each step to read u_n exactly.
     """
     inputs, targets, vocabulary_size = full_batch_characters(sizes.corpus_chars, sizes.context)
     with seeded_initialisation(sizes.seed):
@@ -362,6 +359,7 @@ def train_recording_updates(
         optimizer = KAdam(parameters, lr=learning_rate, k=1, betas=(beta, gamma), eps=1e-8, weight_decay=0.0, foreach=True)
     update_norms, losses = [], []
     diverged = False
+    # not workloads.train: one full batch, the loss checked before the step, the parameters copied around it
     for _ in range(sizes.steps):
         loss = torch.nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
         if not torch.isfinite(loss):

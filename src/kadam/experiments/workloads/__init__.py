@@ -1,4 +1,4 @@
-"""Workloads shared by the experiments: datasets, models, tasks, optimizers and the one training loop.
+"""Workloads shared by the experiments: datasets, models, tasks, optimizers and the training loop.
 
 Every slice imports its workloads from here (one line to update if they move).
 """

@@ -1,4 +1,12 @@
-"""The one mini-batch training loop of the experiments, with hooks for what each protocol records."""
+"""The experiments' mini-batch training loop, with hooks for what each protocol records.
+
+:func:`train` trains one model with one optimizer on mini-batches, recording after each step. Every protocol that
+trains that way uses it, directly or through :meth:`~kadam.experiments.workloads.Task.fit`. The loops written out
+elsewhere do what it cannot, and say so in one line at the loop: read the gradients or the parameters between
+backward and step (:func:`kadam.experiments.monitor.protocol.monitored_run`,
+:func:`kadam.experiments.stability.protocol.train_recording_updates`, which is also full-batch), or step two
+optimizers or two models in lockstep, or no model at all (:mod:`kadam.experiments.normalization.protocol`).
+"""
 
 from __future__ import annotations
 
