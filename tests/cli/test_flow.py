@@ -7,6 +7,7 @@ import json
 import pytest
 
 from kadam.cli import main
+from tests.cli.helpers import exit_status
 from kadam.experiments.flow.protocol import make_problem
 from kadam.flow import compare, discrete, simulate
 
@@ -54,4 +55,4 @@ def test_warm_start_and_modified_reach_simulate(capsys):
     assert table["final_rel_error"] == pytest.approx(expected.final_rel_error, rel=1e-3)
     assert abs(table["final_rel_error"] - without.final_rel_error) > 0.5 * table["final_rel_error"]
     assert (table["warm_start"], table["modified"]) == (3, True)
-    assert main(["flow", "--steps", "30", "--warm-start", "30"]) == 2
+    assert exit_status(["flow", "--steps", "30", "--warm-start", "30"]) == 2

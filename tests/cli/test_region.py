@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from kadam.cli import main
+from tests.cli.helpers import exit_status
 from kadam import stability
 
 
@@ -81,22 +82,25 @@ def test_no_arguments_lists_the_presets(capsys: pytest.CaptureFixture[str]) -> N
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--beta", "1", "--gamma", "0.5"], "beta must lie in [0, 1), got 1.0"),
-        (["--beta", "1.5", "--gamma", "0.5"], "beta must lie in [0, 1)"),
-        (["--beta", "0.9", "--gamma", "-0.1"], "gamma must lie in [0, 1)"),
-        (["--beta", "abc", "--gamma", "0.5"], "--beta takes numbers, got 'abc'"),
-        (["--beta", "0.9", "--gamma", "nan"], "--gamma takes finite numbers"),
-        (["--beta", "0.9"], "give both --beta and --gamma"),
+        (["--beta", "1", "--gamma", "0.5"], "argument --beta: must be a number in [0, 1), got '1'"),
+        (["--beta", "1.5", "--gamma", "0.5"], "argument --beta: must be a number in [0, 1), got '1.5'"),
+        (["--beta", "0.9", "--gamma", "-0.1"], "argument --gamma: must be a number in [0, 1), got '-0.1'"),
+        (["--beta", "abc", "--gamma", "0.5"], "argument --beta: must be a number in [0, 1), got 'abc'"),
+        (["--beta", "0.9", "--gamma", "nan"], "argument --gamma: must be a number in [0, 1), got 'nan'"),
+        (["--beta", ",", "--gamma", "0.5"], "argument --beta: needs at least one value, got ','"),
+        (["--beta", "0.9"], "argument --gamma: give both --beta and --gamma"),
         (["--beta", "0.9", "0.8", "--gamma", "0.5", "0.6", "0.7"], "same number of values"),
-        (["--beta", "0.9", "--gamma", "0.5", "--steps", "0"], "--steps takes integers >= 1"),
-        (["--beta", "0.9", "--gamma", "0.5", "--steps", "2.5"], "--steps takes integers >= 1"),
-        (["--beta", "2", "--gamma", "0.5", "--plot", "unused.png"], "beta must lie in [0, 1)"),
+        (["--beta", "0.9", "--gamma", "0.5", "--steps", "0"], "argument --steps: must be an integer >= 1, got '0'"),
+        (["--beta", "0.9", "--gamma", "0.5", "--steps", "2.5"], "argument --steps: must be an integer >= 1, got '2.5'"),
+        (["--beta", "2", "--gamma", "0.5", "--plot", "unused.png"], "argument --beta: must be a number in [0, 1)"),
+        (["--plot", "r.txt"], "argument --plot: 'r.txt' has extension '.txt'; a figure is written as one of .png"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
-    status, out, err = run_region(capsys, *args)
-    assert status == 2 and out == ""
-    assert err.count("\n") == 1 and err.startswith("kadam region: error: ") and message in err
+    status = exit_status(["region", *args])
+    captured = capsys.readouterr()
+    assert status == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith("kadam region: error: ") and message in captured.err
 
 
 def test_bad_input_from_the_command_line_has_no_traceback() -> None:

@@ -1,4 +1,4 @@
-"""``kadam compare``: the optimizer-comparison protocol (issue 12) on one workload, cached and resumable.
+"""``kadam compare``: the optimizer-comparison protocol on one workload, cached and resumable.
 
 Runs :mod:`kadam.experiments.comparison`'s plan for one ``--task``: ``--trials`` Sobol points of the shared
 search space per optimizer (and ``--lr-only-trials`` learning rates at each optimizer's defaults), selection
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kadam.cli.interrupts import signals_stop_workers
+from kadam.cli.options import command, int_at_least, output_directory, positive_float
 from kadam.vocabulary import ARMS, WORKLOADS
 from kadam.vocabulary import COMPARE_PROFILES as PROFILES
 
@@ -33,44 +34,48 @@ _SHORT_COLUMNS = ("arm", "lr", "β", "γ", "λ", "warmup", "test loss", "div.", 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "compare", help="tune and compare optimizers on one workload under issue 12's protocol (cached)",
+        "compare", help="tune and compare optimizers on one workload under a fixed protocol (cached)",
         description="Equal Sobol tuning budget per optimizer over one shared search space, warmup + cosine schedule, "
                     "selection on validation, paired fresh seeds on test, Holm-corrected paired t against AdamW, "
                     "steps and seconds to AdamW's target. Resumable: runs are cached under --out.",
     )
     parser.add_argument("--task", choices=sorted(WORKLOADS), help="workload (required unless --study)")
     parser.add_argument("--study", action="store_true",
-                        help="run every workload of --profile (default study: ≈ 2 h on 2 cores) and write report.html, "
+                        help="run every workload of --profile (default study, hours on a CPU) and write report.html, "
                              "report.md, results.json and figures/ under --out; --task/--optimizers/--trials are ignored")
     parser.add_argument("--optimizers", nargs="+", default=["adamw", "kadam1", "kadam2"], choices=sorted(ARMS),
                         metavar="NAME", help=f"arms (adamw is always added as the reference); one of {', '.join(ARMS)}")
-    parser.add_argument("--trials", type=int, default=8, help="Sobol trials per optimizer (default 8)")
-    parser.add_argument("--lr-only-trials", type=int, default=0,
+    parser.add_argument("--trials", type=int_at_least(1), default=8, help="Sobol trials per optimizer >= 1 (default 8)")
+    parser.add_argument("--lr-only-trials", type=int_at_least(0), default=0,
                         help="learning rates per optimizer for the lr-only result, other hyperparameters at defaults "
                              "(default 0: skipped)")
-    parser.add_argument("--seeds", type=int, default=None,
+    parser.add_argument("--seeds", type=int_at_least(2), default=None,
                         help="fresh paired evaluation seeds (≥ 2; default 5, or the profile's with --study)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the profile's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="mini-batch size (default: the profile's)")
+    parser.add_argument("--steps", type=int_at_least(1), default=None,
+                        help="training steps per run >= 1 (default: the profile's)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=None,
+                        help="mini-batch size >= 1 (default: the profile's)")
     parser.add_argument("--profile", choices=PROFILES, default=None,
                         help="where the task's model sizes, steps and batch size come from when the task is in that "
                              "profile (default quick; otherwise the study profile's, else the builder's defaults); "
                              "with --study, the profile to run (default study)")
-    parser.add_argument("--sensitivity", type=float, nargs="*", default=[0.1, 10.0], metavar="FACTOR",
+    parser.add_argument("--sensitivity", type=positive_float, nargs="*", default=[0.1, 10.0], metavar="FACTOR",
                         help="multiples of each optimizer's best lr for the sensitivity sweep (default 0.1 10; none: skip)")
-    parser.add_argument("--out", default="kadam-compare", help="output and cache folder (default kadam-compare)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs computed in parallel processes (default 1)")
+    parser.add_argument("--out", type=output_directory, default="kadam-compare",
+                        help="output and cache folder, created if missing (default kadam-compare)")
+    parser.add_argument("--jobs", type=int_at_least(1), default=1, help="runs computed in parallel processes >= 1 (default 1)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run_compare)
+    command(parser, run_compare, _check)
 
 
 def _workload_config(args: argparse.Namespace) -> Any:
-    from kadam.experiments.comparison.config import PROFILES, WorkloadConfig
+    from kadam.experiments.comparison.config import WorkloadConfig
+    from kadam.experiments.profiles import profile_sizes
 
     found = None
     for profile in (args.profile or "quick", "study"):
-        found = next((w for w in PROFILES[profile].workloads if w.name == args.task), None)
+        found = next((w for w in profile_sizes(profile).comparison.workloads if w.name == args.task), None)
         if found is not None:
             break
     base = found or WorkloadConfig(args.task, 500, 32, ())
@@ -83,22 +88,9 @@ def _workload_config(args: argparse.Namespace) -> Any:
 
 
 def _check(args: argparse.Namespace) -> None:
+    """What the option types cannot see: a workload to run."""
     if args.task is None and not args.study:
-        raise ValueError("--task is required (or --study for every workload of the profile)")
-    for name in ("trials", "jobs"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be ≥ 1, got {getattr(args, name)}")
-    if args.seeds is not None and args.seeds < 2:
-        raise ValueError(f"--seeds must be ≥ 2 (a paired interval needs two pairs), got {args.seeds}")
-    if args.lr_only_trials < 0:
-        raise ValueError(f"--lr-only-trials must be ≥ 0, got {args.lr_only_trials}")
-    for name in ("steps", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
-    for factor in args.sensitivity:
-        if not factor > 0:
-            raise ValueError(f"--sensitivity factors must be > 0, got {factor}")
+        raise ValueError("argument --task: required (or --study for every workload of the profile)")
 
 
 def json_output(task: str, command: str, config: Any, analysis: dict[str, Any]) -> dict[str, Any]:
@@ -137,18 +129,18 @@ def json_output(task: str, command: str, config: Any, analysis: dict[str, Any]) 
 
 def run_compare(args: argparse.Namespace) -> int:
     from kadam.experiments.cells import CellCache, CellRunner
-    from kadam.experiments.comparison.config import PROFILES, ComparisonConfig
+    from kadam.experiments.comparison.config import ComparisonConfig
+    from kadam.experiments.profiles import profile_sizes
     from kadam.experiments.comparison.analysis import analyse
     from kadam.experiments.comparison.section import followup_plan, result_rows, tagged_records, tuning_plan
     from kadam.experiments.report import json_safe
 
-    _check(args)
     if args.study:  # every workload of the profile, written as a report
         from kadam.experiments.comparison.study import run_study
 
         with signals_stop_workers() as interruption:
             try:
-                run_study(args.profile or "study", args.out, args.jobs, args.seeds,
+                run_study(args.profile or "study", str(args.out), args.jobs, args.seeds,
                           show_progress=not args.no_progress, command="kadam " + " ".join(sys.argv[1:]))
             except KeyboardInterrupt:
                 print(f"kadam compare: interrupted; finished runs are cached in {args.out}/cache, rerun to resume",
@@ -157,7 +149,7 @@ def run_compare(args: argparse.Namespace) -> int:
         return 0
     seeds = 5 if args.seeds is None else args.seeds
     workload = _workload_config(args)
-    base = PROFILES["quick"]
+    base = profile_sizes("quick").comparison
     config = ComparisonConfig(workloads=(workload,), trials=args.trials, lr_only_trials=args.lr_only_trials,
                               seeds=seeds, sensitivity_factors=tuple(args.sensitivity), space=base.space,
                               curve_points=base.curve_points)

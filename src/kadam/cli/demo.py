@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from kadam.cli.options import Stages, add_threads_option, int_at_least, positive_float, torch_threads
+from kadam.cli.options import Stages, add_threads_option, command, int_at_least, positive_float, torch_threads
 
 DEMO_OPTIMIZERS = ("adam", "adamw", "kadam2")
 DEMO_TASKS = {
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate > 0 shared by all three (default 1e-3)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and batch-order seed")
     add_threads_option(parser)
-    parser.set_defaults(func=run_demo)
+    command(parser, run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:

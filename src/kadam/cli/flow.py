@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kadam.cli.options import Stages, add_threads_option, int_at_least, output_file, positive_float, torch_threads
+from kadam.cli.options import (
+    Stages, add_threads_option, command, int_at_least, output_figure, positive_float, torch_threads,
+)
 
 from kadam.vocabulary import FLOW_PROBLEMS as PROBLEMS
 from kadam.vocabulary import FLOW_RATES as RATES
@@ -32,14 +34,28 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--order", type=int, choices=ORDERS, default=1, help="parameter equation order (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="problem seed (default 0)")
     parser.add_argument("--warm-start", type=int_at_least(0), default=0, metavar="S",
-                        help="run S discrete steps first, then integrate from that state (default 0)")
+                        help="run S discrete steps first, then integrate from that state (0 <= S < --steps; default 0)")
     parser.add_argument("--modified", action="store_true",
-                        help="integrate the O(lr^2) modified equations (docs/flow_second_order.md; exact rates, order 1)")
-    parser.add_argument("--plot", type=output_file, metavar="PNG",
-                        help="write loss curves, coordinates and the error to this PNG")
+                        help="integrate the O(lr^2) modified equations (docs/flow_second_order.md; needs --rates exact "
+                             "and --order 1)")
+    parser.add_argument("--plot", type=output_figure, metavar="PNG",
+                        help="write loss curves, coordinates and the error to this figure (.png, .pdf, .svg, …)")
     parser.add_argument("--json", action="store_true", help="print the error table as JSON on stdout")
     add_threads_option(parser)
-    parser.set_defaults(func=run)
+    command(parser, run, check)
+
+
+def check(args: argparse.Namespace) -> None:
+    """The combinations :func:`kadam.flow.simulate` accepts, checked before anything runs."""
+    if args.warm_start >= args.steps:
+        raise ValueError(f"argument --warm-start: must be an integer in [0, --steps - 1 = {args.steps - 1}], "
+                         f"got {args.warm_start}")
+    if args.modified and args.order != 1:
+        raise ValueError(f"argument --order: --modified corrects the first-order model: --order must be 1, "
+                         f"got {args.order}")
+    if args.modified and args.rates != "exact":
+        raise ValueError(f"argument --rates: --modified needs --rates exact (the paper's rates differ at O(lr)), "
+                         f"got {args.rates!r}")
 
 
 def _plot(path: Path, continuous: Any, discrete_run: Any, errors: Any, title: str) -> None:

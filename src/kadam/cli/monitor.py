@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from kadam.cli.options import command, input_file, int_at_least, output_figure
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,23 +18,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Draw a monitor log: loss, update/bound ratio and spike factor of the worst tensors, the "
                     "update-gradient cosine, with every warning marked (red: theory threshold, orange: argument).",
     )
-    plot.add_argument("log", metavar="LOG", help="CSV written by StabilityMonitor.to_csv")
-    plot.add_argument("--out", required=True, metavar="PNG", help="figure to write")
-    plot.add_argument("--worst", type=int, default=3, help="tensors per panel, the worst first (default 3, >= 1)")
+    plot.add_argument("log", type=input_file, metavar="LOG", help="CSV written by StabilityMonitor.to_csv")
+    plot.add_argument("--out", type=output_figure, required=True, metavar="PNG",
+                      help="figure to write (.png, .pdf, .svg, …)")
+    plot.add_argument("--worst", type=int_at_least(1), default=3, help="tensors per panel, the worst first (default 3, >= 1)")
     plot.add_argument("--title", help="figure title (default: the warning count)")
-    plot.set_defaults(func=run_plot)
+    command(plot, run_plot)
 
 
 def run_plot(args: argparse.Namespace) -> int:
     from kadam.experiments.monitor.plots import plot_history
     from kadam.monitor import read_log
 
-    if args.worst < 1:
-        raise ValueError(f"--worst must be an integer >= 1, got {args.worst}")
-    log = Path(args.log)
-    if not log.is_file():
-        raise ValueError(f"LOG {log} does not exist")
-    history = read_log(log)
+    history = read_log(args.log)
     plot_history(history, args.out, worst=args.worst, title=args.title)
     print(f"wrote {args.out}: {len(history.steps)} recorded steps, {len(history.names)} tensors, "
           f"{len(history.events)} events")

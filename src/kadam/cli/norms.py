@@ -14,7 +14,8 @@ import json
 from typing import Any
 
 from kadam.cli.options import (
-    Stages, add_threads_option, decay, int_at_least, nonnegative_float, output_file, positive_float, torch_threads,
+    Stages, add_threads_option, command, decay, int_at_least, nonnegative_float, output_figure, positive_float,
+    torch_threads,
 )
 
 TASKS = {"digits-bn": "batch", "digits-ln": "layer"}
@@ -41,18 +42,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int_at_least(2), default=32, help="mini-batch size >= 2 (default 32)")
     parser.add_argument("--hidden", type=int_at_least(1), default=64, help="hidden width >= 1 (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and batch order (default 0)")
-    parser.add_argument("--plot", type=output_file, metavar="PNG", help="draw per-layer norms and angular updates to this PNG file")
+    parser.add_argument("--plot", type=output_figure, metavar="PNG",
+                        help="draw per-layer norms and angular updates to this figure (.png, .pdf, .svg, …)")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     add_threads_option(parser)
-    parser.set_defaults(func=run)
+    command(parser, run, _check)
 
 
 def _check(args: argparse.Namespace) -> None:
     """What argparse's per-option types cannot see: conditions on two options together."""
     if not args.lr * args.weight_decay < 1:
-        raise ValueError(f"--weight-decay must satisfy lr * weight_decay < 1, got {args.lr} * {args.weight_decay}")
+        raise ValueError(f"argument --weight-decay: must satisfy --lr * --weight-decay < 1, got "
+                         f"{args.lr} * {args.weight_decay}")
     if args.optimizer == "adamw" and args.weight_decay == 0:
-        raise ValueError("--weight-decay must be > 0 for adamw (use --optimizer adam for no decay)")
+        raise ValueError("argument --weight-decay: must be > 0 for adamw (use --optimizer adam for no decay)")
 
 
 def _percent(value: float) -> str:
@@ -89,7 +92,6 @@ def _print_tables(result: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    _check(args)
     with torch_threads(args.threads):
         return _run(args)
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from kadam.cli.options import output_file
+from kadam.cli.options import command, decay, int_at_least, output_figure
+
+T = TypeVar("T")
 
 DEFAULT_STEPS = (10, 100, 1000)
 ON_BOUNDARY = 1e-12
@@ -29,55 +31,65 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "value pairs with every value of the other list. Without --beta/--gamma: the common presets."
         ),
     )
-    parser.add_argument("--beta", nargs="+", metavar="B", help="first-moment decay(s) in [0, 1); commas allowed")
-    parser.add_argument("--gamma", nargs="+", metavar="G", help="second-moment decay(s) in [0, 1); commas allowed")
+    parser.add_argument("--beta", type=_comma_list(decay), nargs="+", metavar="B",
+                        help="first-moment decay(s) in [0, 1); commas allowed")
+    parser.add_argument("--gamma", type=_comma_list(decay), nargs="+", metavar="G",
+                        help="second-moment decay(s) in [0, 1); commas allowed")
     parser.add_argument(
-        "--steps", nargs="+", metavar="N", help=f"steps n at which to print B_n (default {' '.join(map(str, DEFAULT_STEPS))})"
+        "--steps", type=_comma_list(int_at_least(1)), nargs="+", metavar="N",
+        help=f"steps n >= 1 at which to print B_n; commas allowed (default {' '.join(map(str, DEFAULT_STEPS))})",
     )
     parser.add_argument(
         "--json", action="store_true", help="print a JSON list, one object per (beta, gamma); infinite values are null"
     )
-    parser.add_argument("--plot", type=output_file, metavar="PNG", help="draw the (beta, gamma) map to this PNG file instead of the table")
-    parser.set_defaults(func=run)
+    parser.add_argument("--plot", type=output_figure, metavar="PNG",
+                        help="draw the (beta, gamma) map to this figure (.png, .pdf, .svg, …) instead of the table")
+    command(parser, run, check)
 
 
-def _numbers(option: str, values: Sequence[str] | None) -> list[float] | None:
-    """Floats from ``--option`` arguments, each possibly comma-separated; ValueError names the option."""
-    if values is None:
-        return None
-    numbers = []
-    for text in (part for value in values for part in value.split(",") if part.strip()):
-        try:
-            number = float(text)
-        except ValueError:
-            raise ValueError(f"{option} takes numbers, got {text!r}") from None
-        if not math.isfinite(number):
-            raise ValueError(f"{option} takes finite numbers, got {text!r}")
-        numbers.append(number)
-    if not numbers:
-        raise ValueError(f"{option} needs at least one number")
-    return numbers
+def _comma_list(item: Callable[[str], T]) -> Callable[[str], list[T]]:
+    """An argparse ``type=`` for one argument of comma-separated values, each checked by ``item``."""
+
+    def parse(text: str) -> list[T]:
+        values = [item(part.strip()) for part in text.split(",") if part.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"needs at least one value, got {text!r}")
+        return values
+
+    parse.__name__ = getattr(item, "__name__", "value")
+    return parse
+
+
+def _flat(values: Sequence[list[T]] | None) -> list[T] | None:
+    return None if values is None else [value for group in values for value in group]
+
+
+def check(args: argparse.Namespace) -> None:
+    """--beta and --gamma together: both or neither, lists that pair up."""
+    betas, gammas = _flat(args.beta), _flat(args.gamma)
+    if (betas is None) != (gammas is None):
+        missing = "--gamma" if gammas is None else "--beta"
+        raise ValueError(f"argument {missing}: give both --beta and --gamma (or neither, for the common presets)")
+    if betas is not None and gammas is not None and len(betas) != len(gammas) and 1 not in (len(betas), len(gammas)):
+        raise ValueError(
+            f"argument --gamma: --beta and --gamma must have the same number of values or one of them a single "
+            f"value, got {len(betas)} and {len(gammas)}"
+        )
 
 
 def _pairs(betas: list[float] | None, gammas: list[float] | None) -> list[tuple[float, float]]:
-    from kadam.theory import stability  # NumPy only (no torch); imported here so that `kadam --help` skips it
+    """The (β, γ) pairs of checked lists (:func:`check`); the presets when both are None."""
+    from kadam import stability  # NumPy only (no torch); imported here so that `kadam --help` skips it
 
-    if betas is None and gammas is None:
-        return list(stability.PRESETS)
     if betas is None or gammas is None:
-        raise ValueError("give both --beta and --gamma (or neither, for the common presets)")
-    if len(betas) != len(gammas) and 1 not in (len(betas), len(gammas)):
-        raise ValueError(
-            f"--beta and --gamma must have the same number of values or one of them a single value, "
-            f"got {len(betas)} and {len(gammas)}"
-        )
+        return list(stability.PRESETS)
     count = max(len(betas), len(gammas))
     return [(betas[i % len(betas)], gammas[i % len(gammas)]) for i in range(count)]
 
 
 def describe(beta: float, gamma: float, steps: Sequence[int] = DEFAULT_STEPS) -> dict[str, Any]:
     """Every quantity the table shows for one (β, γ), as a JSON-ready dict (inf stays a float)."""
-    from kadam.theory import stability
+    from kadam import stability
 
     rate = float(stability.growth_rate(beta, gamma))
     return {
@@ -144,32 +156,17 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kadam.theory import stability
-
+    pairs = _pairs(_flat(args.beta), _flat(args.gamma))
     if args.plot is not None:
-        if args.beta is not None or args.gamma is not None:
-            presets = _pairs(_numbers("--beta", args.beta), _numbers("--gamma", args.gamma))
-            for beta, gamma in presets:  # validate before drawing
-                stability.is_stable(beta, gamma)
-        else:
-            presets = list(stability.PRESETS)
         from kadam.experiments.stability.plots import plot_region_map  # matplotlib and torch only when drawing
 
-        plot_region_map(args.plot, presets)
+        plot_region_map(args.plot, pairs)
         print(f"wrote {args.plot}")
         return 0
-    steps = _steps(_numbers("--steps", args.steps)) if args.steps is not None else list(DEFAULT_STEPS)
-    pairs = _pairs(_numbers("--beta", args.beta), _numbers("--gamma", args.gamma))
+    steps = _flat(args.steps) or list(DEFAULT_STEPS)
     rows = [describe(beta, gamma, steps) for beta, gamma in pairs]
     print(json.dumps(_finite_or_null(rows), indent=2, allow_nan=False) if args.json else table(rows))
     return 0
-
-
-def _steps(numbers: list[float]) -> list[int]:
-    bad = [n for n in numbers if n < 1 or not n.is_integer()]
-    if bad:
-        raise ValueError(f"--steps takes integers >= 1, got {bad[0]!r}")
-    return [int(n) for n in numbers]
 
 
 def _finite_or_null(value: Any) -> Any:

@@ -11,9 +11,8 @@ import argparse
 import sys
 
 from kadam.cli.interrupts import signals_stop_workers
-from kadam.cli.options import available_cores, int_at_least, output_directory
+from kadam.cli.options import available_cores, command, int_at_least, output_directory
 from kadam.vocabulary import DEVICES, PROFILES
-
 
 
 def default_jobs() -> int:
@@ -29,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "report.html, report.md, results.json and figures/*.png there.",
     )
     parser.add_argument("--profile", choices=PROFILES, default="quick",
-                        help="smoke (≤ 60 s), quick (≤ 10 min on 2 cores; default) or full (the real protocol, for a GPU)")
+                        help="smoke (every experiment at a token size: checks that it runs), quick (reduced budgets; default) or "
+                             "full (the real protocol, for a GPU)")
     parser.add_argument("--out", type=output_directory, default="kadam-report",
                         help="output and cache folder, created if missing (default kadam-report)")
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="torch device for the training cells (the comparison's runs and the stability-margin runs; "
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"cells computed in parallel processes, one torch thread each (default: the {default_jobs()} "
                              "CPU cores available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary table still prints)")
-    parser.set_defaults(func=run_reproduce)
+    command(parser, run_reproduce)
 
 
 EXTRA_MODULES = {"matplotlib": "matplotlib", "sklearn": "scikit-learn", "mnist1d": "mnist1d", "rich": "rich"}

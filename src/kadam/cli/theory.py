@@ -10,7 +10,7 @@ import argparse
 import re
 from importlib import resources
 
-from kadam.cli.options import int_at_least
+from kadam.cli.options import command, int_at_least
 
 SECTIONS = range(1, 8)
 
@@ -36,7 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--section", type=int_at_least(1), metavar="N",
                         help=f"print only §N ({SECTIONS.start}–{SECTIONS.stop - 1})")
-    parser.set_defaults(func=run)
+    command(parser, run, check)
+
+
+def check(args: argparse.Namespace) -> None:
+    """--section names a section the document has."""
+    if args.section is not None and args.section not in SECTIONS:
+        raise ValueError(f"argument --section: must be one of {SECTIONS.start}..{SECTIONS.stop - 1}, got {args.section}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,40 +1,28 @@
 """``kadam compare`` on a tiny noisy quadratic: the table, --json's keys, resuming from the cache, bad input."""
 
-import argparse
 import json
 
 import pytest
 
-from kadam.cli import compare
+from kadam.cli import main
+from tests.cli.helpers import no_computation, refused  # noqa: F401 (fixture)
 
 TINY = ["--task", "noisy-quadratic", "--profile", "smoke", "--optimizers", "kadam1", "kadam2", "--trials", "2",
         "--seeds", "2", "--steps", "30", "--sensitivity", "--no-progress"]
 
 
-def _main(argv):
-    """``kadam <argv>`` with the compare sub-command registered as ``kadam.cli`` registers it."""
-    parser = argparse.ArgumentParser(prog="kadam")
-    compare.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ValueError as error:
-        print(f"kadam {args.command}: error: {error}")
-        return 2
-
-
 def test_compare_prints_the_table_then_resumes_from_the_cache(tmp_path, capsys):
-    assert _main(["compare", *TINY, "--out", str(tmp_path)]) == 0
+    assert main(["compare", *TINY, "--out", str(tmp_path)]) == 0
     first = capsys.readouterr().out
     assert "kadam compare --task noisy-quadratic" in first and "kadam2" in first
     assert "12 runs computed, 0 cached" in first  # 3 arms × (2 trials + 2 seeds)
     assert "tied AdamW exactly" in first
-    assert _main(["compare", *TINY, "--out", str(tmp_path)]) == 0
+    assert main(["compare", *TINY, "--out", str(tmp_path)]) == 0
     assert "0 runs computed, 12 cached" in capsys.readouterr().out
 
 
 def test_compare_json_keys(tmp_path, capsys):
-    assert _main(["compare", *TINY, "--out", str(tmp_path), "--json"]) == 0
+    assert main(["compare", *TINY, "--out", str(tmp_path), "--json"]) == 0
     output = json.loads(capsys.readouterr().out)
     assert set(output) == {"task", "command", "config", "budget", "rows", "lr_only_rows", "target_train_loss",
                            "control_pairs_checked", "analysis"}
@@ -49,14 +37,23 @@ def test_compare_json_keys(tmp_path, capsys):
     assert json.loads((tmp_path / "compare.json").read_text())["rows"] == output["rows"]
 
 
-@pytest.mark.parametrize("extra, match", [(["--seeds", "1"], "--seeds must be ≥ 2"),
-                                          (["--trials", "0"], "--trials must be ≥ 1"),
-                                          (["--steps", "0"], "--steps must be ≥ 1")])
-def test_compare_rejects_bad_input(tmp_path, capsys, extra, match):
-    assert _main(["compare", *TINY, "--out", str(tmp_path), *extra]) == 2
-    assert match in capsys.readouterr().out
+@pytest.mark.parametrize("extra, message", [
+    (["--seeds", "1"], "argument --seeds: must be an integer >= 2, got '1'"),
+    (["--trials", "0"], "argument --trials: must be an integer >= 1, got '0'"),
+    (["--steps", "0"], "argument --steps: must be an integer >= 1, got '0'"),
+    (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got '0'"),
+    (["--jobs", "0"], "argument --jobs: must be an integer >= 1, got '0'"),
+    (["--lr-only-trials", "-1"], "argument --lr-only-trials: must be an integer >= 0, got '-1'"),
+    (["--sensitivity", "0.1", "-2"], "argument --sensitivity: must be a positive finite number, got '-2'"),
+    (["--out", "/proc/kadam-missing/y"], "argument --out: cannot create '/proc/kadam-missing/y'"),
+    (["--out", "/proc/version"], "argument --out: '/proc/version' exists and is not a directory"),
+    (["--out", ""], "argument --out: must be a directory path, got ''"),
+])
+def test_compare_refuses_bad_input_before_any_run(tmp_path, monkeypatch, capsys, no_computation, extra, message):
+    monkeypatch.chdir(tmp_path)
+    refused(capsys, ["compare", *TINY, "--out", str(tmp_path / "out"), *extra], message, unchanged=tmp_path)
 
 
-def test_compare_needs_a_task_or_study(tmp_path, capsys):
-    assert _main(["compare", "--out", str(tmp_path), "--trials", "2"]) == 2
-    assert "--task is required" in capsys.readouterr().out
+def test_compare_needs_a_task_or_study(tmp_path, capsys, no_computation):
+    refused(capsys, ["compare", "--out", str(tmp_path), "--trials", "2"], "argument --task: required (or --study",
+            unchanged=tmp_path)
