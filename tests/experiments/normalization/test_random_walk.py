@@ -1,4 +1,4 @@
-"""Proof 1 of issue 5: AdamW random walk of a scale-invariant tensor against THEORY §4's predictions."""
+"""The AdamW random walk of a scale-invariant tensor against THEORY §4's predictions."""
 
 import pytest
 

@@ -1,1 +1,1 @@
-"""Does k-Adam train better than AdamW? The comparison protocol of issue 12 (see :mod:`.protocol`)."""
+"""Does k-Adam train better than AdamW? The comparison protocol (see :mod:`.protocol`)."""

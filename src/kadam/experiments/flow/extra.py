@@ -1,4 +1,4 @@
-"""The continuous model as a tool (issue 14): warm starts, the O(η²) modified equations, a transformer.
+"""The continuous model as a tool: warm starts, the O(η²) modified equations, a transformer.
 
 Three measurements beside :mod:`kadam.experiments.flow`'s (each returns a JSON-serialisable dict):
 

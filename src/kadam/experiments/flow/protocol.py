@@ -109,7 +109,7 @@ def accuracy_experiment(
     """Relative trajectory error of one variant against ``KAdam(k)`` for each problem and ``k``.
 
     KAdam's defaults otherwise (betas (0.9, 0.999), eps 1e-8, weight decay 1e-2 decoupled, meta levels
-    (0, 0.999) in tensor mode). ``passes`` is ``max_rel_error ≤ 1%`` (THEORY §3, issue 4).
+    (0, 0.999) in tensor mode). ``passes`` is ``max_rel_error ≤ 1%`` (THEORY §3).
     """
     rows = []
     for problem, k in track(list(itertools.product(problems, ks)), description="flow accuracy", transient=True):

@@ -55,7 +55,7 @@ def flow_claims(accuracy: Mapping[str, Any], convergences: Sequence[Mapping[str,
 
 
 SECOND_ORDER_SLOPE = 1.8
-"""The modified equations count as second order when their error's log–log slope in η reaches this (issue 14)."""
+"""The modified equations count as second order when their error's log–log slope in η reaches this."""
 WARM_START_LIMIT = 10
 """The warm-start claim: the model tracks the MLP within the bar after at most this many discrete steps."""
 

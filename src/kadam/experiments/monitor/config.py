@@ -14,7 +14,7 @@ class MonitorConfig:
 
     ``tasks`` maps a task of ``kadam.experiments.workloads`` to its model sizes; each task runs every knob of
     ``knobs`` that applies to it (``protocol.KNOB_TASKS``), both arms, for ``seeds`` seeds, for
-    ``steps`` steps of ``batch_size``. ``sharpness_lrs`` are the learning rates of the sharpness question
+    ``steps`` steps of ``batch_size``. ``sharpness_lrs`` are the learning rates of the sharpness runs
     (none: skipped), each run for ``sharpness_steps`` steps with an estimate every ``sharpness_every``
     steps of ``sharpness_iterations`` Lanczos steps. ``knob_settings`` replaces a knob's arms in
     ``protocol.KNOBS`` where this profile's models need other values.

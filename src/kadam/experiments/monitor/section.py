@@ -165,10 +165,10 @@ def summarize(scores: Mapping[str, Any]) -> Table:
 
 
 def sharpness_finding(sharp: list[Mapping[str, Any]]) -> str:
-    """The sharpness question of issue 13 from the sharpness runs: per learning rate, the median estimate of
-    λ_max(ηP⁻¹H) over the run relative to the edge (2 + 2β)/(1 − β), the share of estimates above it and the
-    final training loss; and whether the learning rates whose runs sit above the edge are the ones that
-    train worse than a smaller rate."""
+    """Does training at a learning rate sit above the adaptive edge of stability, and does that cost it? From the
+    sharpness runs: per learning rate, the median estimate of λ_max(ηP⁻¹H) over the run relative to the edge
+    (2 + 2β)/(1 − β), the share of estimates above it and the final training loss; and whether the learning
+    rates whose runs sit above the edge are the ones that train worse than a smaller rate."""
     parts, above = [], []
     for run in sharp:
         values = sorted(v / run["sharpness_threshold"] for v in run["sharpness"] if v is not None)

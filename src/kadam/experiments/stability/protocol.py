@@ -403,8 +403,8 @@ def classify_run(beta: float, update_inf_norms: Sequence[float], diverged: bool 
     ceiling behaved as some stable γ' could have. (2) It does not look at the run's own γ, and the same
     ceiling is the supremum over the paper's region γ > β/(2−β) (the supremum is the γ → 1 limit,
     common to both regions), so it favours neither boundary. (3) It needs no tuned threshold and no
-    assumption that growth is sustained: training gradients never switch off, and in our runs
-    ‖u_n‖_∞ rises in bursts rather than along one exponential. Its cost: it is one-sided. A run just
+    assumption that growth is sustained: training gradients never switch off, and in a training run
+    ‖u_n‖_∞ can rise in bursts rather than along one exponential. Its cost: it is one-sided. A run just
     outside the region whose updates never leave the envelope of stable behaviour is counted stable;
     that is exactly the reviewers' point (the *measured* region can be wider than the theoretical one),
     which this protocol measures rather than assumes away.

@@ -1,4 +1,4 @@
-"""Section "transfer": do the rules of THEORY §6 hold for discrete AdamW? (issue 14)"""
+"""Section "transfer": do the rules of THEORY §6 hold for discrete AdamW?"""
 
 from __future__ import annotations
 
