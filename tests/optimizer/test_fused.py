@@ -18,6 +18,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import kadam.optimizer._cpu_kernel as cpu_kernel
 import kadam.optimizer.kadam as kadam_module
@@ -427,3 +429,93 @@ def test_step_counts_of_either_dtype_advance_once_per_step():
     optimizer.state[params[0]]["step"] = optimizer.state[params[0]]["step"].to(torch.float32)
     _run(params, optimizer, 1)
     assert [optimizer.state[p]["step"].item() for p in params] == [4.0] * len(params)
+
+
+_ZERO_SIZE_CONFIGS = [
+    {"norm": norm, "meta_norm": meta_norm, "meta_betas": meta_betas}
+    for norm in ("elementwise", "tensor")
+    for meta_norm in ("tensor", "elementwise")
+    for meta_betas in ((0.0, 0.999), (0.5, 0.99))
+]
+
+
+def _assert_fused_matches_loop_on(sizes: list[int], kwargs: dict, steps: int = 2) -> None:
+    generator = torch.Generator().manual_seed(0)
+    values = [torch.randn(size, generator=generator) for size in sizes]
+    loop_params = [torch.nn.Parameter(v.clone()) for v in values]
+    fused_params = [torch.nn.Parameter(v.clone()) for v in values]
+    loop = KAdam(loop_params, foreach=False, fused=False, **kwargs)
+    fused = KAdam(fused_params, fused=True, **kwargs)
+    for _ in range(steps):
+        grads = [torch.randn(size, generator=generator) for size in sizes]
+        for params, optimizer in ((loop_params, loop), (fused_params, fused)):
+            for param, grad in zip(params, grads):
+                param.grad = grad.clone()
+            optimizer.step()
+    # The loop's float32 norm of a large tensor rounds at a few 1e-6 (the kernel sums in double).
+    tolerance = 1e-4 if max(sizes) > GROUP_ELEMENTS else 1e-6
+    for expected, actual in zip(loop_params, fused_params):
+        assert torch.isfinite(actual).all()
+        if expected.numel():
+            assert _relative_error(actual, expected) <= tolerance
+        assert loop.state[expected].keys() == fused.state[actual].keys()
+        for key, value in loop.state[expected].items():
+            if value.numel():
+                assert _relative_error(fused.state[actual][key], value) <= tolerance, key
+
+
+@pytest.mark.parametrize(
+    "sizes,kwargs",
+    [([0, 4], {"k": 2, "norm": "tensor"}), ([BUFFER_ELEMENTS + 7, 0, 4], {"k": 2, "norm": "tensor"}),
+     ([0, 4], {"k": 2})],
+    ids=["zero-first", "zero-first-in-second-group", "default"],
+)
+def test_zero_size_parameter_does_not_change_its_group(sizes, kwargs):
+    """Whether a level keeps m is a property of the level, not of a group's first tensor (whose data pointer
+    is null when it has no elements)."""
+    _assert_fused_matches_loop_on(sizes, {"lr": 1e-2, **kwargs})
+
+
+_SIZES = st.one_of(
+    st.just(0), st.integers(1, 3000), st.just(0), st.integers(1, 3000), st.just(0), st.integers(1, 3000),
+    st.sampled_from([GROUP_ELEMENTS + 3, BUFFER_ELEMENTS + 7]),
+)
+
+
+@pytest.mark.parametrize("config", _ZERO_SIZE_CONFIGS, ids=lambda c: f"{c['norm']}-{c['meta_norm']}-{c['meta_betas'][0]}")
+@given(sizes=st.lists(_SIZES, min_size=1, max_size=6), zero_at=st.integers(0, 6), k=st.integers(1, 3))
+@settings(max_examples=12, deadline=None)
+def test_fused_matches_loop_with_zero_size_tensors_anywhere(config, sizes, zero_at, k):
+    """Zero-size tensors at any position of a kernel group (and of the groups the size caps make), every
+    mode of level 1 and of the meta levels, with and without their m, k = 1..3."""
+    sizes = [*sizes[:zero_at], 0, *sizes[zero_at:]]
+    assume(sum(size > GROUP_ELEMENTS for size in sizes) <= 1)  # large tensors sparingly: the loop is slow
+    _assert_fused_matches_loop_on(sizes, {"lr": 1e-2, "k": k, "weight_decay": 0.1, **config})
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("exp_avg", torch.zeros(3), r"The size of state 'exp_avg' \(3,\) must match the size of parameter 1 \(64, 64\)"),
+        ("exp_avg_sq", torch.zeros(64), r"The size of state 'exp_avg_sq' \(64,\) must match the size of parameter 1"),
+        ("exp_avg", torch.zeros(64, 64, dtype=torch.float64), r"state 'exp_avg' of parameter 1 has dtype torch.float64"),
+        ("exp_avg", torch.zeros(64, 64, device="meta"), r"must be on the same device"),  # torch's grouping
+        ("exp_avg", torch.zeros(64, 64).to_sparse(), r"state 'exp_avg' of parameter 1 has layout torch.sparse_coo"),
+        ("step", torch.zeros(3), r"state 'step' of parameter 1 must be a one-element tensor, got shape \(3,\)"),
+        ("exp_avg_sq_2", torch.zeros(3), r"The size of state 'exp_avg_sq_2' \(3,\) of parameter 1 must be one element"),
+    ],
+)
+def test_fused_step_checks_every_tensor_before_the_kernel(k, key, value, message):
+    """A state changed behind the optimizer's back raises RuntimeError naming the key and the parameter, on
+    the C++ kernel's path (k = 2) and on torch's fused kernel's (k = 1), instead of corrupting memory."""
+    if k == 1 and key.endswith("_2"):
+        pytest.skip("k = 1 has no level 2")
+    params = [torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(64, 64))]
+    optimizer = KAdam(params, k=k, fused=True)
+    _run(params, optimizer, 1)
+    before = [p.detach().clone() for p in params]
+    optimizer.state[params[1]][key] = value
+    with pytest.raises(RuntimeError, match=message):
+        _run(params, optimizer, 1)
+    assert all(torch.equal(p, b) for p, b in zip(params, before))

@@ -120,3 +120,34 @@ def test_capturable_on_cpu_is_refused_at_step_as_torch_refuses_it(foreach):
             train(model, optimizer, 1)
         errors.append(str(error.value))
     assert errors[0] == errors[1] and "If capturable=True, params and state_steps must be on supported devices" in errors[1]
+
+
+PATHS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("shapes", [[(46,)], [(1,), (5,)], [(37, 211), (3, 1024)], [(0,), (1000,)]], ids=str)
+@pytest.mark.parametrize("decoupled", [True, False])
+@pytest.mark.parametrize("maximize", [False, True])
+def test_k1_equals_torch_bitwise_on_every_path(path, shapes, decoupled, maximize):
+    """Each path against torch's with the same flags (fused: torch's fused CPU kernel, which KAdam runs)."""
+    torch_class = torch.optim.AdamW if decoupled else torch.optim.Adam
+    dtypes = [torch.float32, torch.float64] + ([torch.bfloat16, torch.float16] if path == "fused" else [])
+    for dtype in dtypes:
+        results = []
+        for optimizer_class, extra in ((torch_class, {}), (KAdam, {"k": 1, "decoupled_weight_decay": decoupled})):
+            generator = torch.Generator().manual_seed(0)
+            params = [torch.nn.Parameter(torch.randn(shape, generator=generator).to(dtype)) for shape in shapes]
+            optimizer = optimizer_class(
+                params, lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, maximize=maximize, **PATHS[path], **extra
+            )
+            for _ in range(20):
+                for param in params:
+                    param.grad = torch.randn(param.shape, generator=generator).to(dtype)
+                optimizer.step()
+            results.append((params, optimizer))
+        (expected, reference), (actual, optimizer) = results
+        for p_ref, p in zip(expected, actual):
+            assert torch.equal(p, p_ref), dtype
+            for key in ("step", "exp_avg", "exp_avg_sq"):
+                assert torch.equal(optimizer.state[p][key], reference.state[p_ref][key]), (dtype, key)

@@ -15,8 +15,9 @@ Passes = 1 + number of tensor-mode levels, except that a tensor-mode level witho
 input times a per-tensor scalar s, so when another such level follows, that level's sum of squares is s²
 times this one's and needs no pass: the default k-Adam takes two passes for every k. An elementwise chain
 moves exactly the bytes it must. A
-level with β = 0 keeps no m (m = x) and gets a null pointer: an elementwise one skips it, and the pass
-after such a tensor-mode level recomputes its input from the state the step already wrote (for the
+level with β = 0 keeps no m (m = x), which a per-level flag tells the kernel (never a tensor's pointer:
+the data pointer of a zero-size tensor is null whatever its level keeps): an elementwise one skips it, and
+the pass after such a tensor-mode level recomputes its input from the state the step already wrote (for the
 default k = 2, level 1's m and v), so no buffer is kept, read or written for it; for the default levels
 that replay, and the sum of squares of a tensor-mode level without m, run in the same loop as the rest of
 their pass, so each pass is one loop over every stream it touches. The arithmetic follows the loop
@@ -32,7 +33,10 @@ The kernel is plain C++ (no torch headers) built with the system compiler (``$CX
 with OpenMP) on the first fused CPU step and cached under ``$KADAM_CACHE_DIR`` (default
 ``~/.cache/kadam``), keyed by a hash of the source, flags, compiler and CPU; nothing compiles at import.
 On load, the size and field offsets of ``struct KAdamArgs`` reported by the library are compared with
-:class:`KernelArgs`, so a stale or mismatched build fails loudly instead of reading garbage.
+:class:`KernelArgs`, so a stale or mismatched build fails loudly instead of reading garbage. The kernel
+trusts the pointers it is given; :func:`fused_step` hands it none that :func:`check_inputs` has not
+checked (device, dtype, shape of every tensor, and the state each level needs), so a mis-shaped state
+raises ``RuntimeError`` instead of writing past the end of a tensor.
 
 This module knows tensors and the C ABI only; it imports nothing from the rest of the optimizer.
 """
@@ -48,13 +52,16 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["FUSED_DTYPES", "KernelArgs", "available", "check_layout", "fused_kernel_library", "fused_step"]
+__all__ = [
+    "FUSED_DTYPES", "KernelArgs", "available", "check_inputs", "check_layout", "fused_kernel_library", "fused_step",
+]
 
 FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
@@ -88,6 +95,7 @@ class KernelArgs(ctypes.Structure):
         ("gammas", ctypes.POINTER(ctypes.c_double)),
         ("eps", ctypes.POINTER(ctypes.c_double)),
         ("tensor_modes", ctypes.POINTER(ctypes.c_int32)),
+        ("keeps_first_moment", ctypes.POINTER(ctypes.c_int32)),
         ("lr", ctypes.c_double),
         ("weight_decay", ctypes.c_double),
         ("grad_scale", ctypes.POINTER(ctypes.c_float)),
@@ -213,6 +221,117 @@ def _array(ctype: type, values: Sequence) -> ctypes.Array:
     return (ctype * len(values))(*values)
 
 
+def _shape(tensor: Tensor) -> tuple[int, ...]:
+    return tuple(tensor.shape)
+
+
+def check_inputs(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Sequence[Tensor | None]],
+    exp_avg_sqs: Sequence[Sequence[Tensor]],
+    steps: Sequence[Tensor] | None,
+    *,
+    tensor_modes: Sequence[bool],
+    keeps_first_moment: Sequence[bool],
+    state_names: Sequence[tuple[str, str]] | None = None,
+    param_name: Callable[[int], str] | None = None,
+    dtypes: Sequence[torch.dtype] = FUSED_DTYPES,
+) -> None:
+    """``RuntimeError`` unless every tensor of a fused step is one that a kernel reading raw pointers can step.
+
+    For each parameter θ (a plain strided tensor of one of ``dtypes``, all of one dtype and device): its
+    gradient has θ's shape, dtype and device; each level i has its second moment ``exp_avg_sqs[i]`` of θ's
+    shape (elementwise) or of one element (``tensor_modes[i]``), and, where ``keeps_first_moment[i]``, its
+    first moment ``exp_avgs[i]`` of θ's shape, both of θ's dtype and device; each step count in ``steps``
+    has one element. Per-level lists are indexed [level][tensor]. ``state_names[i]`` names level i's
+    (m, v) in the errors (default ``exp_avgs[i]``/``exp_avg_sqs[i]``), ``param_name(t)`` names tensor t
+    (default ``tensor t``).
+    """
+    n_tensors, n_levels = len(params), len(tensor_modes)
+    if n_tensors == 0:
+        return
+    if len(keeps_first_moment) != n_levels or len(exp_avgs) != n_levels or len(exp_avg_sqs) != n_levels:
+        raise RuntimeError(
+            f"KAdam(fused=True): {n_levels} levels need {n_levels} lists of first and second moments and "
+            f"{n_levels} keeps_first_moment flags, got {len(exp_avgs)}, {len(exp_avg_sqs)} and {len(keeps_first_moment)}"
+        )
+    if len(grads) != n_tensors or (steps is not None and len(steps) != n_tensors):
+        raise RuntimeError(
+            f"KAdam(fused=True): {n_tensors} parameters need as many gradients and step counts, got {len(grads)} "
+            f"and {'none' if steps is None else len(steps)}"
+        )
+    for level, (keeps, m, v) in enumerate(zip(keeps_first_moment, exp_avgs, exp_avg_sqs)):
+        if len(v) != n_tensors or (keeps and len(m) != n_tensors):
+            raise RuntimeError(
+                f"KAdam(fused=True): level {level + 1} needs one second moment{' and one first moment' if keeps else ''} "
+                f"per parameter ({n_tensors}), got {len(v)}{f' and {len(m)}' if keeps else ''}"
+            )
+
+    def name_of(t: int) -> str:
+        return param_name(t) if param_name is not None else f"tensor {t}"
+
+    def key_of(level: int, which: int) -> str:
+        return state_names[level][which] if state_names is not None else f"{('exp_avgs', 'exp_avg_sqs')[which]}[{level}]"
+
+    first = params[0]
+    if not isinstance(first, Tensor):
+        raise RuntimeError(f"KAdam(fused=True): {name_of(0)} is a {type(first).__name__}, not a tensor")
+    dtype, device = first.dtype, first.device
+    if dtype not in dtypes:
+        raise RuntimeError(
+            f"KAdam(fused=True) supports parameters of dtype {', '.join(map(str, dtypes))}, got {dtype} ({name_of(0)})"
+        )
+
+    def check(tensor: Any, what: str | None, t: int, shape: tuple[int, ...] | None) -> None:
+        """``tensor`` (``what`` of parameter t, or the parameter for None): a strided tensor of the parameters'
+        dtype and device, of ``shape`` (None: one element)."""
+        subject = name_of(t) if what is None else f"{what} of {name_of(t)}"
+        if not isinstance(tensor, Tensor):
+            raise RuntimeError(f"KAdam(fused=True): {subject} is {type(tensor).__name__}, not a tensor")
+        if tensor.dtype != dtype:
+            raise RuntimeError(
+                f"KAdam(fused=True): {subject} has dtype {tensor.dtype}; parameters, gradients and state of one "
+                f"kernel call must have the parameters' dtype {dtype}"
+            )
+        if tensor.device != device:
+            raise RuntimeError(
+                f"KAdam(fused=True): {subject} is on {tensor.device}; parameters, gradients and state of one "
+                f"kernel call must be on the parameters' device {device}"
+            )
+        if tensor.layout != torch.strided:
+            raise RuntimeError(f"KAdam(fused=True): {subject} has layout {tensor.layout}, not torch.strided")
+        if shape is None:
+            if tensor.numel() != 1:
+                raise RuntimeError(
+                    f"The size of {what} {_shape(tensor)} of {name_of(t)} must be one element: a tensor-mode "
+                    "level keeps one second moment per tensor"
+                )
+        elif tensor.shape != shape:
+            raise RuntimeError(
+                f"The size of {what} {_shape(tensor)} must match the size of {name_of(t)} {shape}: "
+                "gradients and elementwise state have their parameter's shape"
+            )
+
+    for t, param in enumerate(params):
+        if not isinstance(param, Tensor):
+            raise RuntimeError(f"KAdam(fused=True): {name_of(t)} is a {type(param).__name__}, not a tensor")
+        shape = _shape(param)
+        check(param, None, t, shape)
+        check(grads[t], "the gradient", t, shape)
+        for level in range(n_levels):
+            if keeps_first_moment[level]:
+                check(exp_avgs[level][t], f"state {key_of(level, 0)!r}", t, shape)
+            check(exp_avg_sqs[level][t], f"state {key_of(level, 1)!r}", t, None if tensor_modes[level] else shape)
+        if steps is not None:
+            step = steps[t]
+            if not isinstance(step, Tensor) or step.numel() != 1:
+                raise RuntimeError(
+                    f"KAdam(fused=True): state 'step' of {name_of(t)} must be a one-element tensor, got "
+                    f"{_shape(step) if isinstance(step, Tensor) else type(step).__name__}"
+                )
+
+
 def fused_step(
     params: list[Tensor],
     grads: list[Tensor],
@@ -225,14 +344,21 @@ def fused_step(
     beta2s: Sequence[float],
     eps: Sequence[float],
     tensor_modes: Sequence[bool],
-    lr: float,
+    keeps_first_moment: Sequence[bool] | None = None,
+    lr: float | Tensor,
     weight_decay: float,
     decoupled_weight_decay: bool,
     maximize: bool,
     grad_scale: Tensor | None,
     steps: list[Tensor] | None = None,
+    state_names: Sequence[tuple[str, str]] | None = None,
+    param_name: Callable[[int], str] | None = None,
 ) -> None:
     """One kernel call for real tensors of one dtype on the CPU; per-level lists are indexed [level][tensor].
+
+    ``keeps_first_moment[i]`` says whether level i stores m (default: whether ``exp_avgs[i]`` holds
+    tensors); a level that does not (β = 0, m = x) may give ``None`` entries or an empty list. Every tensor
+    is checked by :func:`check_inputs` first (``state_names``/``param_name`` name them in its errors).
 
     ``steps`` (one 0-dim step count per tensor) are incremented by 1 before the update, in the kernel when
     they are float32 or float64 CPU tensors of one dtype (torch's ``_foreach_add_`` otherwise).
@@ -240,25 +366,27 @@ def fused_step(
     ``grad_scale`` (GradScaler's) divides the gradients, and the unscaled values are written back into
     them as torch's fused Adam does. Non-contiguous tensors are stepped in contiguous copies written back.
     """
+    if keeps_first_moment is None:
+        keeps_first_moment = [any(t is not None for t in tensors) for tensors in exp_avgs]
+    check_inputs(params, grads, exp_avgs, exp_avg_sqs, steps, tensor_modes=tensor_modes,
+                 keeps_first_moment=keeps_first_moment, state_names=state_names, param_name=param_name)
+    n_levels = len(tensor_modes)
+    for name, values in (("bias_correction1", bias_correction1), ("bias_correction2_sqrt", bias_correction2_sqrt)):
+        if len(values) != n_levels or any(len(per_level) != len(params) for per_level in values):
+            raise RuntimeError(f"{name} must hold one value per level ({n_levels}) and tensor ({len(params)})")
+    for name, values in (("beta1s", beta1s), ("beta2s", beta2s), ("eps", eps)):
+        if len(values) != n_levels:
+            raise RuntimeError(f"{name} must hold one value per level ({n_levels}), got {len(values)}")
     dtype = params[0].dtype
-    if dtype not in FUSED_DTYPES:
-        raise RuntimeError(f"KAdam(fused=True) supports parameters of dtype {FUSED_DTYPES}, got {dtype}")
     library = fused_kernel_library()
     write_back: list[tuple[Tensor, Tensor]] = []
     copies: list[Tensor] = []  # contiguous copies, alive until the kernel returns
 
     def addresses(tensors: Sequence[Tensor | None], writable: bool) -> list[int | None]:
-        """Data pointers (None stays None), each tensor checked for dtype; a non-contiguous one is stepped in a
-        contiguous copy, written back after the kernel when ``writable``."""
+        """Data pointers of checked tensors; a non-contiguous one is stepped in a contiguous copy, written back
+        after the kernel when ``writable``."""
         result: list[int | None] = []
         for tensor in tensors:
-            if tensor is None:
-                result.append(None)
-                continue
-            if tensor.dtype != dtype:
-                raise RuntimeError(
-                    f"KAdam(fused=True) needs gradients and state in the parameter's dtype {dtype}, got {tensor.dtype}"
-                )
             if not tensor.is_contiguous():
                 copy = tensor.contiguous()
                 copies.append(copy)
@@ -270,7 +398,11 @@ def fused_step(
 
     param_addresses = addresses(params, True)
     grad_addresses = addresses(grads, grad_scale is not None)
-    exp_avg_addresses = [address for tensors in exp_avgs for address in addresses(tensors, True)]
+    exp_avg_addresses = [
+        address
+        for tensors, keeps in zip(exp_avgs, keeps_first_moment)
+        for address in (addresses(tensors, True) if keeps else [None] * len(params))
+    ]
     exp_avg_sq_addresses = [address for tensors in exp_avg_sqs for address in addresses(tensors, True)]
     scale = None if grad_scale is None else grad_scale.to(torch.float32).contiguous()
     step_dtype = steps[0].dtype if steps else None
@@ -298,6 +430,7 @@ def fused_step(
         gammas=_array(ctypes.c_double, [float(b) for b in beta2s]),
         eps=_array(ctypes.c_double, [float(e) for e in eps]),
         tensor_modes=_array(ctypes.c_int32, [int(mode) for mode in tensor_modes]),
+        keeps_first_moment=_array(ctypes.c_int32, [int(keeps) for keeps in keeps_first_moment]),
         lr=float(lr),
         weight_decay=float(weight_decay),
         grad_scale=None if scale is None else ctypes.cast(scale.data_ptr(), ctypes.POINTER(ctypes.c_float)),

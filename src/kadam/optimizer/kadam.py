@@ -24,9 +24,11 @@ the operation order is torch's: the level-1 code below is torch's own sequence o
 Three implementations sit side by side, as in ``torch/optim/adam.py``: a single-tensor loop
 (:func:`_single_tensor_kadam`), a multi-tensor one on ``torch._foreach_*`` ops
 (:func:`_multi_tensor_kadam`), chosen as torch chooses (foreach on CUDA, the loop on CPU), and a fused
-one (:func:`_fused_kadam`, ``fused=True``): the C++ kernel of :mod:`kadam.optimizer._cpu_kernel` on the
-CPU, the Triton kernel of :mod:`kadam.optimizer._triton` on CUDA, torch's fused Adam kernel for exactly
-Adam (k = 1, elementwise) off the CPU. Level hyperparameters are parsed once, when a group
+one (:func:`_fused_kadam`, ``fused=True``): torch's fused Adam/AdamW kernel for exactly Adam (k = 1,
+elementwise) on every device, and for every other configuration the C++ kernel of
+:mod:`kadam.optimizer._cpu_kernel` on the CPU and the Triton kernel of :mod:`kadam.optimizer._triton` on
+CUDA. The fused kernels read raw pointers, so every tensor handed to them is checked first (shape,
+dtype, device, the state each level needs). Level hyperparameters are parsed once, when a group
 is added (:mod:`kadam.optimizer.levels`), and read from the group by each step.
 """
 
@@ -140,11 +142,12 @@ class KAdam(Optimizer):
             parameters must be on a device torch supports for it (not the CPU), checked at each step
             as torch checks it. Not with the CPU kernel.
         differentiable: torch's flag; only False.
-        fused: use the fused implementation (on the CPU one kernel streams all levels, see
-            :mod:`kadam.optimizer._cpu_kernel`; float32/64/16 and bfloat16 parameters, float32 math for
-            the 16-bit ones; honours GradScaler's ``grad_scale`` and ``found_inf``); not together with
-            ``foreach=True``. On CUDA, k = 1 elementwise runs torch's fused Adam kernel and every other
-            configuration the Triton kernel of :mod:`kadam.optimizer._triton` (needs ``triton``;
+        fused: use the fused implementation; not together with ``foreach=True``. k = 1 elementwise
+            (exactly Adam) runs torch's fused Adam/AdamW kernel on every device, so it is
+            ``AdamW(fused=True)`` bit for bit. Every other configuration: on the CPU one kernel streams
+            all levels (:mod:`kadam.optimizer._cpu_kernel`; float32/64/16 and bfloat16 parameters,
+            float32 math for the 16-bit ones; honours GradScaler's ``grad_scale`` and ``found_inf``); on
+            CUDA the Triton kernel of :mod:`kadam.optimizer._triton` (needs ``triton``;
             float32, bfloat16 and float16 parameters: float64 raises ``RuntimeError``, use
             ``foreach=True``). On a device without a fused kernel for the levels (other devices: all
             but k = 1 elementwise) the step raises ``RuntimeError``, as torch's does. With ``fused=None`` and ``foreach=None`` (the defaults) the step picks the
@@ -394,7 +397,13 @@ class KAdam(Optimizer):
             step = state["step"]
             steps.append(step)
             # Step counts as they will be after this step's increment, one list per level.
-            upcoming = (step if tensor_counts or not isinstance(step, Tensor) else step.item()) + 1
+            try:
+                upcoming = (step if tensor_counts or not isinstance(step, Tensor) else step.item()) + 1
+            except RuntimeError as error:  # a state changed behind the optimizer's back
+                raise RuntimeError(
+                    f"state 'step' of parameter {len(params) - 1} must be a one-element tensor, got shape "
+                    f"{tuple(step.shape)}"
+                ) from error
             if isinstance(upcoming, Tensor):  # traced by torch.compile, or capturable: float64 on its device
                 upcoming = upcoming.to(torch.float64)
             for counts, (*_, offset_key) in zip(level_steps, level_keys):
@@ -804,10 +813,11 @@ def _fused_kadam(
 ) -> None:
     """Fused k-Adam: one kernel call per device and dtype.
 
-    On the CPU, :func:`kadam.optimizer._cpu_kernel.fused_step` streams every level in one pass per
-    tensor-mode level. On CUDA, torch's own fused Adam/AdamW kernel runs when the step is exactly Adam
-    (k = 1, elementwise) and the Triton kernel (:func:`kadam.optimizer._triton.triton_fused_kadam_`)
-    runs every other configuration; on other devices only torch's kernel exists (exactly Adam).
+    When the step is exactly Adam (k = 1, elementwise), torch's own fused Adam/AdamW kernel runs on every
+    device, so that ``KAdam(k=1, fused=True)`` is ``AdamW(fused=True)`` bit for bit. Every other
+    configuration runs :func:`kadam.optimizer._cpu_kernel.fused_step` on the CPU, which streams every level
+    in one pass per tensor-mode level, and the Triton kernel
+    (:func:`kadam.optimizer._triton.triton_fused_kadam_`) on CUDA; other devices have no kernel for it.
     ``grad_scale``/``found_inf`` are GradScaler's: gradients are divided by ``grad_scale`` and a nonzero
     ``found_inf`` skips the step without touching any state.
     """
@@ -832,10 +842,10 @@ def _fused_kadam(
         device_inf = None if found_inf is None else found_inf.to(device, non_blocking=True)
         if _uses_triton(device, levels):
             implementation = _triton_fused_kadam
-        elif device.type == "cpu":
-            implementation = _cpu_fused_kadam
+        elif device.type == "cpu" and not _exactly_adam(levels):
+            implementation = functools.partial(_cpu_fused_kadam, indices=indices)
         else:
-            implementation = _torch_kernels_kadam
+            implementation = functools.partial(_torch_kernels_kadam, indices=indices)
         implementation(
             group_params,
             group_grads,
@@ -866,17 +876,21 @@ def _cpu_fused_kadam(
     maximize: bool,
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
+    indices: Sequence[int] | None = None,
 ) -> None:
-    """The C++ kernel for real tensors of one dtype on the CPU."""
+    """The C++ kernel for real tensors of one dtype on the CPU (``indices``: their positions in the step's
+    list of parameters, which the kernel's input checks name).
+
+    A level with β₁ = 0 stores no m (m = x): the kernel is told so per level and, where a pass must resume
+    after such a tensor-mode level, recomputes x from the state it already wrote this step.
+    """
     if found_inf is not None and bool(found_inf):
         return
-    # A level with beta1 = 0 stores no m (m = x): the kernel gets null pointers and, where a pass must
-    # resume after such a tensor-mode level, recomputes x from the state it already wrote this step.
-    first_moments = [exp_avgs if exp_avgs else [None] * len(params) for exp_avgs, _ in moments]
+    keeps = [_keeps_first_moment(i, level) for i, level in enumerate(levels, start=1)]
     _cpu_kernel.fused_step(
         params,
         grads,
-        first_moments,
+        [exp_avgs for exp_avgs, _ in moments],
         [exp_avg_sqs for _, exp_avg_sqs in moments],
         [[1 - level.beta**n for n in counts] for level, counts in zip(levels, level_steps)],
         [[(1 - level.gamma**n) ** 0.5 for n in counts] for level, counts in zip(levels, level_steps)],
@@ -884,13 +898,22 @@ def _cpu_fused_kadam(
         beta2s=[level.gamma for level in levels],
         eps=[level.eps for level in levels],
         tensor_modes=[level.tensor_mode for level in levels],
+        keeps_first_moment=keeps,
         lr=lr,
         weight_decay=weight_decay,
         decoupled_weight_decay=decoupled_weight_decay,
         maximize=maximize,
         grad_scale=grad_scale,
         steps=steps,
+        state_names=[state_keys(i) for i in range(1, len(levels) + 1)],
+        param_name=_param_namer(indices),
     )
+
+
+def _param_namer(indices: Sequence[int] | None) -> Callable[[int], str]:
+    """Names, for the fused kernels' input checks, of the tensors of one device and dtype: ``parameter j``
+    with j the position in the step's list (the group's parameters that have a gradient, in order)."""
+    return lambda t: f"parameter {t if indices is None else indices[t]}"
 
 
 def _triton_fused_kadam(
@@ -983,14 +1006,20 @@ def _torch_kernels_kadam(
     maximize: bool,
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
+    indices: Sequence[int] | None = None,
 ) -> None:
-    """Off the CPU: torch's fused Adam/AdamW kernel, which steps exactly Adam (k = 1, elementwise)."""
+    """torch's fused Adam/AdamW kernel, which steps exactly Adam (k = 1, elementwise), on the CPU as on
+    every device torch has it for; the tensors are checked first (:func:`kadam.optimizer._cpu_kernel.check_inputs`),
+    as the kernel trusts them."""
     if len(levels) != 1 or levels[0].tensor_mode:
         raise RuntimeError(
             f"KAdam(fused=True) has no fused kernel on {params[0].device.type} for k = {len(levels)} with norms "
             f"{[level.norm for level in levels]}; use foreach=True (torch's fused Adam kernel covers k = 1, elementwise)"
         )
     level = levels[0]
+    _cpu_kernel.check_inputs(params, grads, [moments[0][0]], [moments[0][1]], steps, tensor_modes=[False],
+                             keeps_first_moment=[True], state_names=[state_keys(1)], param_name=_param_namer(indices),
+                             dtypes=(params[0].dtype,))
     # torch's kernel wants the step counts on the parameters' device; KAdam keeps them on the CPU.
     device_steps = [step.to(params[0].device) for step in steps]
     torch._foreach_add_(device_steps, 1)

@@ -93,7 +93,7 @@ struct KAdamArgs {
   int32_t store_unscaled_grad;  // write g / grad_scale back into grad, as torch's fused Adam does
   void* const* params;
   void* const* grads;
-  void* const* exp_avgs;     // null for a level with beta = 0 (m = x, not stored)
+  void* const* exp_avgs;     // read only for levels with keeps_first_moment (a zero-size tensor's may be null)
   void* const* exp_avg_sqs;  // 0-dim for tensor-mode levels
   const int64_t* numels;
   const double* bias_correction1;
@@ -102,6 +102,7 @@ struct KAdamArgs {
   const double* gammas;
   const double* eps;
   const int32_t* tensor_modes;
+  const int32_t* keeps_first_moment;  // per level: 0 for a level with beta = 0 that stores no m (m = x)
   double lr;
   double weight_decay;
   const float* grad_scale;  // null: no scaling
@@ -122,6 +123,7 @@ static const int64_t kArgsOffsets[] = {
     offsetof(KAdamArgs, bias_correction1), offsetof(KAdamArgs, bias_correction2_sqrt),
     offsetof(KAdamArgs, betas),        offsetof(KAdamArgs, gammas),
     offsetof(KAdamArgs, eps),          offsetof(KAdamArgs, tensor_modes),
+    offsetof(KAdamArgs, keeps_first_moment),
     offsetof(KAdamArgs, lr),           offsetof(KAdamArgs, weight_decay),
     offsetof(KAdamArgs, grad_scale),   offsetof(KAdamArgs, steps),
     offsetof(KAdamArgs, step_dtype),
@@ -214,13 +216,13 @@ class Stepper {
             // A tensor-mode level without m outputs its input times a per-tensor scalar s, so the next
             // level's sum of squares is s^2 times this one's: a chain of such levels (the default meta
             // levels) needs no pass of its own.
-            for (int level = end; chains_to_next(level, t); ++level) {
+            for (int level = end; chains_to_next(level); ++level) {
               const double scale = tensor_scale(level_index(level, t), carried[level_index(level, t)]);
               total *= scale * scale;
               carried[level_index(level + 1, t)] = finish_reduction(t, level + 1, total, omp_get_thread_num() == 0);
             }
           }
-          while (chains_to_next(end, group_first)) ++end;  // the same for every tensor: betas are per level
+          while (chains_to_next(end)) ++end;  // per level, the same for every tensor
           first = end + 1;
         }
         // The next group reuses the replay buffer: every thread must be done reading it.
@@ -240,10 +242,9 @@ class Stepper {
   }
 
   // True when tensor-mode level `level` stores no m and the level after it is another such level: the
-  // second one's v follows from the first's sum (see run()).
-  bool chains_to_next(int level, int64_t t) const {
-    return level + 1 < a_.n_levels && ends_at_unstored_tensor_level(level, t) &&
-           ends_at_unstored_tensor_level(level + 1, t);
+  // second one's v follows from the first's sum (see run()). A property of the levels, never of a tensor.
+  bool chains_to_next(int level) const {
+    return level + 1 < a_.n_levels && ends_at_unstored_tensor_level(level) && ends_at_unstored_tensor_level(level + 1);
   }
 
   // The level that ends the pass starting at level `first` (0-based): the first tensor-mode level from
@@ -279,7 +280,7 @@ class Stepper {
       // Resume from the m of the tensor-mode level that ended the previous pass; a level with beta = 0
       // stores none (m = x), so its input is recomputed from the state this step already wrote.
       const int source = first - 1;
-      if (const int below = direct_replay_source(t, source); below >= 0) {
+      if (const int below = direct_replay_source(source); below >= 0) {
         return direct_replay(t, below, source, begin, n, carried_by_level);
       }
       const size_t index = level_index(source, t);
@@ -302,28 +303,30 @@ class Stepper {
       // torch's lerp: fmadd(w, end - start, start) for |w| < 0.5, else fmadd(w - 1, end - start, end).
       const bool small = std::fabs(T(1.0 - a_.betas[i])) < T(0.5);
       if (a_.tensor_modes[i]) return small ? tensor_level<true>(i, t, begin, n, x) : tensor_level<false>(i, t, begin, n, x);
-      const int out = i == last ? kToParam : ends_at_unstored_tensor_level(i + 1, t) ? kToSum : kToX;
+      const int out = i == last ? kToParam : ends_at_unstored_tensor_level(i + 1) ? kToSum : kToX;
       const double sum = kElementwise[small][out][from_grad && i == 0](*this, i, t, begin, n, x);
       if (out == kToSum) return sum;
     }
     return 0.0;
   }
 
+  // Whether level i stores its first moment: the level's flag, not its tensors' pointers (the data pointer
+  // of a zero-size tensor may be null whether or not the level keeps m).
+  bool keeps_m(int i) const { return a_.keeps_first_moment[i] != 0; }
+
   // True when level i is a tensor-mode level that stores no m: a pass reaching it needs only sum(x^2).
-  bool ends_at_unstored_tensor_level(int i, int64_t t) const {
-    return a_.tensor_modes[i] && !a_.exp_avgs[level_index(i, t)];
-  }
+  bool ends_at_unstored_tensor_level(int i) const { return a_.tensor_modes[i] && !keeps_m(i); }
 
   // The default strategy's shape (THEORY §1): an elementwise level e with a stored m, then only tensor-mode
   // levels that store no m up to `source`, so the input of level source + 1 is norm_e(m_e, v_e) times a
   // per-tensor scalar. Returns e when that holds and the pass after `source` writes theta or ends at
   // another such tensor-mode level (then direct_replay does the pass in one loop), else -1.
-  int direct_replay_source(int64_t t, int source) const {
+  int direct_replay_source(int source) const {
     int e = source;
-    while (e >= 0 && ends_at_unstored_tensor_level(e, t)) --e;
-    if (e < 0 || e == source || a_.tensor_modes[e] || !a_.exp_avgs[level_index(e, t)]) return -1;
+    while (e >= 0 && ends_at_unstored_tensor_level(e)) --e;
+    if (e < 0 || e == source || a_.tensor_modes[e] || !keeps_m(e)) return -1;
     const int next = source + 1;
-    return next == a_.n_levels || ends_at_unstored_tensor_level(next, t) ? e : -1;
+    return next == a_.n_levels || ends_at_unstored_tensor_level(next) ? e : -1;
   }
 
   // The pass after tensor-mode level `source` in the shape direct_replay_source found, in one loop over
@@ -373,7 +376,7 @@ class Stepper {
 
   // Level i's stored first moment from element `begin` of tensor t, or null (beta = 0: not stored).
   const S* first_moment(int i, int64_t t, int64_t begin) const {
-    return a_.exp_avgs[level_index(i, t)] ? tensor<S>(a_.exp_avgs, i, t) + begin : nullptr;
+    return keeps_m(i) ? tensor<S>(a_.exp_avgs, i, t) + begin : nullptr;
   }
 
   // x <- the input of level `level` for elements [begin, begin + n) of tensor t, from what this step has
@@ -382,7 +385,7 @@ class Stepper {
   void replay_input(int64_t t, int level, int64_t begin, int64_t n, const T* carried_by_level, T* x) const {
     int start = level;
     while (start > 0 && !a_.tensor_modes[start - 1]) --start;
-    if (start < level && first_moment(start, t, begin)) {
+    if (start < level && keeps_m(start)) {
       // The first replayed level reads its stored m, so its input is not needed: not even the gradient.
     } else if (start == 0) {
       const S* grad = static_cast<const S*>(a_.grads[t]) + begin;
@@ -443,7 +446,8 @@ class Stepper {
   // m <- lerp(m, x, 1 - beta) for a tensor-mode level; returns sum(x^2) for its scalar v.
   template <bool Small>
   double tensor_level(int i, int64_t t, int64_t begin, int64_t n, const T* x) const {
-    if (S* m = a_.exp_avgs[level_index(i, t)] ? tensor<S>(a_.exp_avgs, i, t) + begin : nullptr) {
+    if (keeps_m(i)) {
+      S* m = tensor<S>(a_.exp_avgs, i, t) + begin;
       const T coeff = lerp_coefficient(i);
       for (int64_t j = 0; j < n; ++j) {
         const T old = load(m, j);
@@ -479,7 +483,7 @@ class Stepper {
   template <bool Small, int Out, bool FromGrad>
   double elementwise_level(int i, int64_t t, int64_t begin, int64_t n, T* x) const {
     const size_t index = level_index(i, t);
-    S* m = a_.exp_avgs[level_index(i, t)] ? tensor<S>(a_.exp_avgs, i, t) + begin : nullptr;  // null: m = x
+    S* m = keeps_m(i) ? tensor<S>(a_.exp_avgs, i, t) + begin : nullptr;  // null: m = x
     S* v = tensor<S>(a_.exp_avg_sqs, i, t) + begin;
     const S* grad = static_cast<const S*>(a_.grads[t]) + begin;
     S* param = static_cast<S*>(a_.params[t]) + begin;
