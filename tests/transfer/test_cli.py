@@ -1,21 +1,20 @@
-"""``kadam transfer`` (src/kadam/cli/transfer.py), registered on a fresh parser: printed values equal the library's."""
+"""``kadam transfer``: printed values equal the library's; a bad value is one line naming the flag, exit status 2."""
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
+import re
 
 import pytest
 
-from kadam.cli import transfer as transfer_cli
+from kadam.cli import main
 from kadam.transfer import transfer_batch_size, transfer_lr
+from tests.cli.helpers import exit_status, refused
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    parser = argparse.ArgumentParser(prog="kadam")
-    transfer_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["transfer", *argv])
-    status = args.func(args)
+    status = exit_status(["transfer", *argv])
     return status, capsys.readouterr().out
 
 
@@ -52,25 +51,91 @@ def test_unstable_target_is_reported_with_the_nearest_pair(capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--lr", "1e-3", "--betas", "0.9", "--factor", "2"], "even count"),
-        (["--lr", "1e-3", "--batch-size", "32", "--to-batch-size", "64", "--to-lr", "1e-2"], "--to-lr cannot"),
-        (["--lr", "1e-3", "--to-batch-size", "64"], "needs --batch-size"),
-        (["--lr", "1e-3"], "exactly one of factor and to_lr"),
-        (["--lr", "1e-3", "--batch-size", "32", "--factor", "16"], "factor must be <= 10"),
+        (["--lr", "1e-3", "--betas", "0.9", "--factor", "2"], "argument --betas: takes (beta, gamma) pairs, one per "
+                                                              "level: an even count of numbers, got 1"),
+        (["--lr", "1e-3", "--betas", "0.9", "1", "--factor", "2"], "argument --betas: must be a number in [0, 1), got '1'"),
+        (["--lr", "1e-3", "--batch-size", "32", "--to-batch-size", "64", "--to-lr", "1e-2"],
+         "argument --to-lr: not allowed with a batch-size transfer"),
+        (["--lr", "1e-3", "--to-batch-size", "64"], "argument --to-batch-size: needs --batch-size"),
+        (["--lr", "1e-3"], "argument --factor: give exactly one of --factor and --to-lr"),
+        (["--lr", "1e-3", "--factor", "2", "--to-lr", "1e-2"], "argument --factor: give exactly one of --factor and --to-lr"),
+        (["--lr", "1e-3", "--batch-size", "32"], "argument --factor: give exactly one of --factor and --to-batch-size"),
+        (["--lr", "1e-3", "--batch-size", "32", "--factor", "16"], "argument --factor: the square-root rule needs "
+                                                                   "factor * (1 - beta) <= 1 at every level; level 1 "
+                                                                   "has beta = 0.9, so --factor must be <= 10, got 16"),
+        (["--lr", "1e-3", "--batch-size", "32", "--to-batch-size", "512"], "argument --to-batch-size: the square-root "
+                                                                           "rule needs factor * (1 - beta) <= 1"),
+        (["--lr", "1e-3", "--batch-size", "3", "--factor", "0.5"], "argument --factor: --batch-size * --factor must be "
+                                                                   "a whole number in [1, 2**53], got 3 * 0.5 = 1.5"),
+        (["--lr", "1e-3", "--batch-size", "0", "--factor", "2"], "argument --batch-size: must be an integer >= 1, got '0'"),
+        (["--lr", "1e-3", "--to-lr", "0"], "argument --to-lr: must be a positive finite number, got '0'"),
+        (["--lr", "1e-3", "--factor", "nan"], "argument --factor: must be a positive finite number, got 'nan'"),
+        (["--lr", "1e-3", "--factor", "2", "--steps", "0"], "argument --steps: must be an integer >= 1, got '0'"),
+        (["--lr", "1e-3", "--factor", "2", "--weight-decay", "-1"], "argument --weight-decay: must be a finite number >= 0"),
+        (["--lr", "1e300", "--to-lr", "1e-300"], "argument --to-lr: --to-lr / --lr must be a positive finite number"),
+        (["--lr", "1e-3", "--factor", "1e-300"], "argument --factor: too small for float64: below 5.55e-14, level 1's "
+                                                 "gamma**factor (gamma = 0.999) rounds to 1; --factor must be >= 5.55e-14 "
+                                                 "for these betas, got 1e-300"),
+        (["--lr", "1e-3", "--factor", "1e-300", "--rates", "paper"], "argument --factor: too small for float64"),
+        (["--lr", "1e-3", "--to-lr", "1e-300"], "argument --to-lr: too small for float64: below 5.55e-14, level 1's "
+                                                "gamma**factor (gamma = 0.999) rounds to 1; --to-lr / --lr must be >="),
+        (["--lr", "1e-3", "--batch-size", "32", "--factor", "1e-300"], "argument --factor: too small for float64: below "
+                                                                       "5.56e-14, level 1's 1 - factor * (1 - gamma)"),
+        (["--lr", "1e300", "--factor", "1e300"], "argument --factor: too large for float64: a new lr would overflow; "
+                                                 "--factor must be <= 1.8e+08 with --lr 1e+300, got 1e+300"),
+        (["--lr", "1e-3", "--betas", "0", "0", "--factor", "1e-310", "--steps", "1000"],
+         "argument --factor: too small for --steps 1000: steps / factor must stay <= 2**53"),
+        (["--lr", "1e-300", "--betas", "0", "0", "--factor", "1e-30"], "argument --factor: --factor = 1e-30 makes the new "
+                                                                       "lr 0 in float64; it must stay positive and finite"),
     ],
 )
-def test_bad_arguments_raise_value_error(capsys, argv, message):
-    with pytest.raises(ValueError, match=message):
-        run(capsys, *argv)
+def test_bad_arguments_are_one_line_naming_the_flag(capsys, argv, message):
+    line = refused(capsys, ["transfer", *argv], message)
+    assert not re.search(r"\b(batch_size|to_lr|to_batch_size|weight_decay)\b|factor=|beta must lie", line), line
 
 
-def test_main_module_runs_it_once_registered(capsys, monkeypatch):
-    """With "transfer" in kadam.cli._SUBCOMMANDS (the lead adds it), ``kadam transfer`` reaches this module."""
-    from kadam import cli
+@pytest.mark.parametrize("rates", ["exact", "paper"])
+def test_the_smallest_factor_reported_is_accepted_and_a_smaller_one_is_not(capsys, rates):
+    line = refused(capsys, ["transfer", "--lr", "1e-3", "--rates", rates, "--factor", "1e-300"], "--factor must be >=")
+    smallest = float(re.search(r"must be >= (\S+) for these betas", line).group(1))
+    status, out = run(capsys, "--lr", "1e-3", "--rates", rates, "--factor", repr(smallest), "--json")
+    assert status == 0
+    target = json.loads(out)["target"]
+    assert all(0 <= decay < 1 for pair in target["betas"] for decay in pair)
+    refused(capsys, ["transfer", "--lr", "1e-3", "--rates", rates, "--factor", repr(smallest / 2)], "--factor must be >=")
 
-    monkeypatch.setattr(cli, "_SUBCOMMANDS", (*cli._SUBCOMMANDS, "transfer") if "transfer" not in cli._SUBCOMMANDS
-                        else cli._SUBCOMMANDS)
-    assert cli.main(["transfer", "--lr", "3e-3", "--batch-size", "32", "--to-batch-size", "256"]) == 0
+
+@pytest.mark.parametrize("lr", ["1e-300", "1e-3", "1e300"])
+@pytest.mark.parametrize("factor", ["1e-300", "1e-20", "1e-9", "0.5", "8", "1e9", "1e300"])
+@pytest.mark.parametrize("mode", [[], ["--rates", "paper"], ["--batch-size", "32"], ["--betas", "0", "0"],
+                                  ["--betas", "0", "0", "--batch-size", "2", "--steps", "1000", "--weight-decay", "1e-2"]])
+def test_every_answer_is_finite_or_a_one_line_error(capsys, lr, factor, mode):
+    status = exit_status(["transfer", "--lr", lr, "--factor", factor, "--json", *mode])
+    captured = capsys.readouterr()
+    if status == 2:
+        assert captured.out == "" and captured.err.count("\n") == 1
+        assert captured.err.startswith("kadam transfer: error: argument --factor: ")
+        return
+    assert status == 0, captured.err
+    printed = json.loads(captured.out)
+    for settings in (printed["target"], *printed["alternatives"].values()):
+        assert math.isfinite(settings["lr"]) and settings["lr"] > 0
+        assert math.isfinite(settings["eps"]) and math.isfinite(settings["weight_decay"])
+        assert all(0 <= decay < 1 for pair in settings["betas"] for decay in pair)
+
+
+def test_a_boundary_pair_is_not_called_inside(capsys):
+    status, out = run(capsys, "--lr", "1e-3", "--betas", "0", "0", "--factor", "2")
+    assert status == 0
+    line = next(line for line in out.splitlines() if line.startswith("stability:"))
+    assert "inside gamma" not in line and "on the boundary gamma = beta**2" in line and "sign(gradient)" in line
+    status, out = run(capsys, "--lr", "1e-3", "--betas", "0.9", "0.81", "--factor", "2")
+    line = next(line for line in out.splitlines() if line.startswith("stability:"))
+    assert "inside gamma" not in line and "WARNING" in line and "ON the boundary gamma = beta**2" in line
+    status, out = run(capsys, "--lr", "1e-3", "--betas", "0.9", "0.999", "--factor", "2")
+    assert "level 1 (0.81, 0.998001) inside gamma > beta**2" in out
+
+
+def test_main_runs_it(capsys):
+    assert main(["transfer", "--lr", "3e-3", "--batch-size", "32", "--to-batch-size", "256"]) == 0
     assert "batch-sqrt" in capsys.readouterr().out
-    assert cli.main(["transfer", "--lr", "3e-3", "--batch-size", "32", "--factor", "16"]) == 2
-    assert "factor must be <= 10" in capsys.readouterr().err

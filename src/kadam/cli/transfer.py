@@ -1,13 +1,24 @@
-"""``kadam transfer``: new (β, γ), lr, steps… when the learning rate or the batch size changes (THEORY §6)."""
+"""``kadam transfer``: new (β, γ), lr, steps… when the learning rate or the batch size changes (THEORY §6).
+
+Every value is checked before the rule runs (:func:`check`): each option's range, the options that go
+together, and the result itself, which must stay representable in float64: every new decay below 1 (a
+factor too small rounds ``β^c`` or ``1 − κ(1 − β)`` to 1) and every new number finite (a factor too large
+overflows the lr). A message names the option and the range it accepts.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
-from kadam.transfer import RATES, Hyperparameters, Transfer, transfer_batch_size, transfer_lr
+from kadam.cli.options import command, decay, int_at_least, nonnegative_float, positive_float
+from kadam.cli.region import ON_BOUNDARY
+from kadam.vocabulary import FLOW_RATES as RATES
 
 RULES = {
     "lr-exact": "learning rate, exact rates (THEORY §6): beta -> beta**c, gamma -> gamma**c at every level, "
@@ -18,12 +29,8 @@ RULES = {
                   "1 - beta -> k (1 - beta), 1 - gamma -> k (1 - gamma), eps -> eps / sqrt(k), steps -> steps / k",
 }
 
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+MAX_STEPS = 2**53
+"""The largest --steps: steps / factor is computed in float64, exact for integers up to 2**53."""
 
 
 def register(subparsers: Any) -> None:
@@ -33,47 +40,163 @@ def register(subparsers: Any) -> None:
         description="Learning rate (--factor or --to-lr): keep the continuous model's trajectory (THEORY §6). "
         "Batch size (--batch-size with --to-batch-size or --factor): the square-root rule of Malladi et al. "
         "(2022). Prints the new hyperparameters, the rule, the alternatives (naive / linear / unchanged) and "
-        "whether every new (beta, gamma) stays in the stable region gamma > beta**2.",
+        "whether every new (beta, gamma) lies inside the stable region gamma > beta**2.",
     )
-    parser.add_argument("--lr", type=_float, required=True, help="current learning rate")
-    parser.add_argument("--betas", type=_float, nargs="+", default=[0.9, 0.999], metavar="B",
-                        help="current (beta, gamma), or 2k numbers for the k levels of k-Adam (default 0.9 0.999)")
-    parser.add_argument("--weight-decay", type=_float, default=0.0, help="current weight decay (default 0)")
-    parser.add_argument("--eps", type=_float, default=1e-8, help="current eps (default 1e-8)")
-    parser.add_argument("--steps", type=int, help="current number of steps (scaled with the rule)")
-    parser.add_argument("--factor", type=_float, help="lr factor c, or batch factor k with --batch-size")
-    parser.add_argument("--to-lr", type=_float, help="new learning rate (instead of --factor)")
-    parser.add_argument("--batch-size", type=int, help="current batch size: transfer across batch sizes")
-    parser.add_argument("--to-batch-size", type=int, help="new batch size (instead of --factor)")
+    parser.add_argument("--lr", type=positive_float, required=True, help="current learning rate > 0")
+    parser.add_argument("--betas", type=decay, nargs="+", default=[0.9, 0.999], metavar="B",
+                        help="current (beta, gamma), each in [0, 1), or 2k numbers for the k levels of k-Adam "
+                             "(default 0.9 0.999)")
+    parser.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="current weight decay >= 0 (default 0)")
+    parser.add_argument("--eps", type=nonnegative_float, default=1e-8, help="current eps >= 0 (default 1e-8)")
+    parser.add_argument("--steps", type=int_at_least(1), help="current number of steps >= 1 (scaled with the rule)")
+    parser.add_argument("--factor", type=positive_float, help="lr factor c > 0, or batch factor k > 0 with --batch-size")
+    parser.add_argument("--to-lr", type=positive_float, help="new learning rate > 0 (instead of --factor)")
+    parser.add_argument("--batch-size", type=int_at_least(1), help="current batch size >= 1: transfer across batch sizes")
+    parser.add_argument("--to-batch-size", type=int_at_least(1), help="new batch size >= 1 (instead of --factor)")
     parser.add_argument("--rates", choices=RATES, default="exact", help="moment rates of the lr rule (default exact)")
     parser.add_argument("--coupled", action="store_true", help="Adam's coupled L2 decay (default: AdamW's decoupled)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.set_defaults(func=run)
+    command(parser, run, check)
 
 
 def _pairs(values: list[float]) -> list[tuple[float, float]]:
     if len(values) % 2:
-        raise ValueError(f"--betas takes (beta, gamma) pairs, one per level: an even count of numbers, got {values}")
+        raise ValueError(f"argument --betas: takes (beta, gamma) pairs, one per level: an even count of numbers, "
+                         f"got {len(values)}")
     return [(values[i], values[i + 1]) for i in range(0, len(values), 2)]
 
 
-def _compute(args: argparse.Namespace) -> Transfer:
+def _batch_mode(args: argparse.Namespace) -> bool:
+    return args.batch_size is not None or args.to_batch_size is not None
+
+
+def _smallest_factor(new_decay: Callable[[float], float]) -> float:
+    """The smallest factor whose ``new_decay(factor)`` is below 1 in float64 (``new_decay`` falls as the
+    factor grows and is below 1 at factor 1), to three significant digits, rounded up."""
+    low, high = math.log(sys.float_info.min), 0.0  # new_decay(e**low) rounds to 1 whenever the bound matters
+    if new_decay(math.exp(low)) < 1.0:
+        return 0.0
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (low, middle) if new_decay(math.exp(middle)) < 1.0 else (middle, high)
+    return float(f"{math.exp(high) * (1 + 1e-3):.3g}")
+
+
+def _factor(args: argparse.Namespace) -> tuple[float, str]:
+    """The rule's factor and the option it comes from; both/neither of the two ways to give it is an error."""
+    if _batch_mode(args):
+        if args.to_lr is not None:
+            raise ValueError("argument --to-lr: not allowed with a batch-size transfer (the square-root rule sets the lr)")
+        if args.batch_size is None:
+            raise ValueError("argument --to-batch-size: needs --batch-size (the current batch size)")
+        if (args.factor is None) == (args.to_batch_size is None):
+            raise ValueError("argument --factor: give exactly one of --factor and --to-batch-size")
+        if args.factor is not None:
+            return args.factor, "--factor"
+        return args.to_batch_size / args.batch_size, "--to-batch-size"
+    if (args.factor is None) == (args.to_lr is None):
+        raise ValueError("argument --factor: give exactly one of --factor and --to-lr "
+                         "(or --batch-size for a batch-size transfer)")
+    if args.factor is not None:
+        return args.factor, "--factor"
+    factor = args.to_lr / args.lr
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"argument --to-lr: --to-lr / --lr must be a positive finite number in float64, "
+                         f"got {args.to_lr:g} / {args.lr:g} = {factor:g}")
+    return factor, "--to-lr"
+
+
+def _new_decay(args: argparse.Namespace, decay_value: float, factor: float) -> float:
+    """The rule's new decay (:mod:`kadam.transfer`'s formulas)."""
+    if _batch_mode(args):
+        return 1.0 - factor * (1.0 - decay_value)
+    if args.rates == "exact":
+        return decay_value**factor
+    return decay_value / (decay_value + factor * (1.0 - decay_value))
+
+
+def check(args: argparse.Namespace) -> None:
+    """Every condition the rule needs, with the option to change and its accepted range; then the result
+    itself (every number finite), so that a command that passes prints only usable values."""
+    pairs = _pairs(args.betas)
+    factor, source = _factor(args)
+    if args.steps is not None and args.steps > MAX_STEPS:
+        raise ValueError(f"argument --steps: must be an integer in [1, 2**53], got {args.steps}")
+    what = "--to-batch-size / --batch-size" if source == "--to-batch-size" else (
+        "--to-lr / --lr" if source == "--to-lr" else "--factor")
+    for level, pair in enumerate(pairs, start=1):
+        for name, value in zip(("beta", "gamma"), pair):
+            if value == 0.0:  # no averaging (an infinite rate): kept at 0 by every rule
+                continue
+            if _batch_mode(args) and factor * (1.0 - value) > 1.0:
+                raise ValueError(
+                    f"argument {source}: the square-root rule needs factor * (1 - {name}) <= 1 at every level; "
+                    f"level {level} has {name} = {value:g}, so {what} must be <= {1.0 / (1.0 - value):.6g}, "
+                    f"got {factor:.6g}")
+    decays = [(level, name, value) for level, pair in enumerate(pairs, start=1)
+              for name, value in zip(("beta", "gamma"), pair) if value != 0.0]  # 0 stays 0 under every rule
+    if any(not _new_decay(args, value, factor) < 1.0 for _, _, value in decays):
+        smallest, level, name, value = max(
+            (_smallest_factor(lambda c, v=value: _new_decay(args, v, c)), level, name, value) for level, name, value in decays)
+        formula = ("1 - factor * (1 - {0})" if _batch_mode(args) else
+                   "{0}**factor" if args.rates == "exact" else "{0} / ({0} + factor * (1 - {0}))").format(name)
+        raise ValueError(
+            f"argument {source}: too small for float64: below {smallest:g}, level {level}'s {formula} ({name} = "
+            f"{value:g}) rounds to 1; {what} must be >= {smallest:g} for these betas, got {factor:.6g}")
+    largest = _largest_factor(args)
+    if factor > largest:
+        raise ValueError(f"argument {source}: too large for float64: a new lr would overflow; {what} must be <= "
+                         f"{largest:.3g} with --lr {args.lr:g}" + (f" and --weight-decay {args.weight_decay:g}"
+                                                                   if args.weight_decay else "") + f", got {factor:g}")
+    if args.steps is not None and not args.steps / factor <= MAX_STEPS:
+        raise ValueError(f"argument {source}: too small for --steps {args.steps}: steps / factor must stay <= 2**53, so "
+                         f"{what} must be >= {args.steps / MAX_STEPS:.3g}, got {factor:g}")
+    if _batch_mode(args):
+        new_batch = args.batch_size * factor
+        if abs(new_batch - round(new_batch)) > 1e-9 or not 1 <= round(new_batch) <= MAX_STEPS:
+            raise ValueError(f"argument {source}: --batch-size * {what} must be a whole number in [1, 2**53], got "
+                             f"{args.batch_size} * {factor:.6g} = {new_batch:.6g}")
+    result = _compute(args)
+    for name, settings in (("new", result.target), *result.alternatives.items()):
+        for quantity, value in (("lr", settings.lr), ("eps", settings.eps), ("weight decay", settings.weight_decay)):
+            if not math.isfinite(value) or (quantity == "lr" and value <= 0.0):
+                label = "new" if name == "new" else f"{name} alternative's"
+                raise ValueError(f"argument {source}: {what} = {factor:g} makes the {label} {quantity} {value:g} "
+                                 f"in float64; it must stay {'positive and ' if quantity == 'lr' else ''}finite")
+
+
+def _largest_factor(args: argparse.Namespace) -> float:
+    """The largest factor whose new lr (and the alternatives' lr, and the new weight decay) stay finite."""
+    largest = sys.float_info.max / args.lr  # lr * c (lr rule, naive, linear)
+    if _batch_mode(args) and args.weight_decay > 0:  # weight_decay * sqrt(k)
+        root = sys.float_info.max / args.weight_decay
+        largest = min(largest, root * root if root < 1e154 else math.inf)
+    return largest * (1 - 1e-12)
+
+
+def _compute(args: argparse.Namespace) -> Any:
+    from kadam.transfer import transfer_batch_size, transfer_lr
+
     pairs = _pairs(args.betas)
     betas: Any = pairs[0] if len(pairs) == 1 else pairs
-    if args.batch_size is not None or args.to_batch_size is not None:
-        if args.to_lr is not None:
-            raise ValueError("--to-lr cannot be combined with a batch-size transfer (the rule sets the lr)")
-        if args.batch_size is None:
-            raise ValueError("--to-batch-size needs --batch-size")
-        return transfer_batch_size(args.lr, betas, args.batch_size, args.weight_decay, args.steps, args.factor,
-                                   to_batch_size=args.to_batch_size, eps=args.eps,
-                                   decoupled_weight_decay=not args.coupled)
-    return transfer_lr(args.lr, betas, args.weight_decay, args.steps, args.factor, to_lr=args.to_lr,
-                       rates=args.rates, eps=args.eps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the stability lines of the output say the same
+        if _batch_mode(args):
+            return transfer_batch_size(args.lr, betas, args.batch_size, args.weight_decay, args.steps, args.factor,
+                                       to_batch_size=args.to_batch_size, eps=args.eps,
+                                       decoupled_weight_decay=not args.coupled)
+        return transfer_lr(args.lr, betas, args.weight_decay, args.steps, args.factor, to_lr=args.to_lr,
+                           rates=args.rates, eps=args.eps)
 
 
-def _row(name: str, settings: Hyperparameters) -> str:
-    betas = "  ".join(f"({b:.6g}, {g:.6g})" for b, g in settings.betas)
+def _decay(value: float) -> str:
+    """A decay to 6 significant digits, or to as many as it takes not to read as 1."""
+    text = f"{value:.6g}"
+    return text if text != "1" else f"{value:.17g}"
+
+
+def _row(name: str, settings: Any) -> str:
+    betas = "  ".join(f"({_decay(b)}, {_decay(g)})" for b, g in settings.betas)
     parts = [f"lr {settings.lr:.6g}", f"betas {betas}", f"eps {settings.eps:.3g}", f"weight decay {settings.weight_decay:.6g}"]
     if settings.steps is not None:
         parts.append(f"steps {settings.steps}")
@@ -82,10 +205,26 @@ def _row(name: str, settings: Hyperparameters) -> str:
     return f"  {name:<10} " + ", ".join(parts)
 
 
+def stability_line(level: Any) -> str:
+    """One level's place with respect to the stable region γ > β² (strict: the boundary is not inside)."""
+    pair = f"({_decay(level.beta)}, {_decay(level.gamma)})"
+    if abs(level.margin) <= ON_BOUNDARY:
+        if level.beta == 0.0 and level.gamma == 0.0:
+            return (f"stability: level {level.level} {pair} on the boundary gamma = beta**2 (margin {level.margin:.4g}): "
+                    "with beta = gamma = 0 the update is sign(gradient), bounded by 1")
+        nearest = ("" if level.nearest_stable is None else
+                   f"; nearest stable pair ({level.nearest_stable[0]:.6g}, {level.nearest_stable[1]:.6g})")
+        return (f"stability: WARNING level {level.level} {pair} is ON the boundary gamma = beta**2 (margin "
+                f"{level.margin:.4g}), not inside: the worst-case update grows without bound{nearest}")
+    if level.stable:
+        return f"stability: level {level.level} {pair} inside gamma > beta**2 (margin {level.margin:.4g})"
+    beta, gamma = level.nearest_stable
+    return (f"stability: WARNING level {level.level} {pair} is OUTSIDE gamma > beta**2 (margin {level.margin:.4g}); "
+            f"nearest stable pair ({beta:.6g}, {gamma:.6g})")
+
+
 def run(args: argparse.Namespace) -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the stability lines below say the same
-        result = _compute(args)
+    result = _compute(args)
     if args.json:
         print(json.dumps({**result.to_dict(), "stable": result.stable, "description": RULES[result.rule]}, indent=2))
         return 0
@@ -98,11 +237,5 @@ def run(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"  note: {note}")
     for level in result.stability:
-        if level.stable:
-            print(f"stability: level {level.level} ({level.beta:.6g}, {level.gamma:.6g}) inside gamma > beta**2 "
-                  f"(margin {level.margin:.4g})")
-        else:
-            beta, gamma = level.nearest_stable
-            print(f"stability: WARNING level {level.level} ({level.beta:.6g}, {level.gamma:.6g}) is OUTSIDE gamma > "
-                  f"beta**2 (margin {level.margin:.4g}); nearest stable pair ({beta:.6g}, {gamma:.6g})")
+        print(stability_line(level))
     return 0
