@@ -79,7 +79,8 @@ def _smallest_factor(new_decay: Callable[[float], float]) -> float:
     for _ in range(200):
         middle = (low + high) / 2
         low, high = (low, middle) if new_decay(math.exp(middle)) < 1.0 else (middle, high)
-    return float(f"{math.exp(high) * (1 + 1e-3):.3g}")
+    exponent = math.floor(math.log10(math.exp(high))) - 2
+    return float(f"{math.ceil(math.exp(high) / 10.0**exponent)}e{exponent}")  # up to three significant digits
 
 
 def _factor(args: argparse.Namespace) -> tuple[float, str]:
@@ -124,17 +125,14 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError(f"argument --steps: must be an integer in [1, 2**53], got {args.steps}")
     what = "--to-batch-size / --batch-size" if source == "--to-batch-size" else (
         "--to-lr / --lr" if source == "--to-lr" else "--factor")
-    for level, pair in enumerate(pairs, start=1):
-        for name, value in zip(("beta", "gamma"), pair):
-            if value == 0.0:  # no averaging (an infinite rate): kept at 0 by every rule
-                continue
-            if _batch_mode(args) and factor * (1.0 - value) > 1.0:
-                raise ValueError(
-                    f"argument {source}: the square-root rule needs factor * (1 - {name}) <= 1 at every level; "
-                    f"level {level} has {name} = {value:g}, so {what} must be <= {1.0 / (1.0 - value):.6g}, "
-                    f"got {factor:.6g}")
     decays = [(level, name, value) for level, pair in enumerate(pairs, start=1)
               for name, value in zip(("beta", "gamma"), pair) if value != 0.0]  # 0 stays 0 under every rule
+    for level, name, value in decays:
+        if _batch_mode(args) and factor * (1.0 - value) > 1.0:
+            raise ValueError(
+                f"argument {source}: the square-root rule needs factor * (1 - {name}) <= 1 at every level; "
+                f"level {level} has {name} = {value:g}, so {what} must be <= {1.0 / (1.0 - value):.6g}, "
+                f"got {factor:.6g}")
     if any(not _new_decay(args, value, factor) < 1.0 for _, _, value in decays):
         smallest, level, name, value = max(
             (_smallest_factor(lambda c, v=value: _new_decay(args, v, c)), level, name, value) for level, name, value in decays)
