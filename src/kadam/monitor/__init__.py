@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from kadam.monitor.events import StabilityEvent, Thresholds
+from kadam.monitor.guard import StabilityGuard
 from kadam.monitor.history import MonitorHistory, read_log
 from kadam.monitor.monitor import StabilityMonitor
 from kadam.monitor.sharpness import preconditioned_sharpness
@@ -28,6 +29,7 @@ __all__ = [
     "LightningMonitorCallback",
     "MonitorHistory",
     "StabilityEvent",
+    "StabilityGuard",
     "StabilityMonitor",
     "StabilityWarning",
     "Thresholds",
