@@ -2,6 +2,7 @@
 
 import copy
 import io
+import re
 import warnings
 
 import numpy as np
@@ -215,3 +216,130 @@ def test_checkpoint_that_keeps_the_unneeded_first_moment_loads_and_matches_the_r
                                levels=[(0.9, 0.999, 1e-8, "elementwise"), (0.0, 0.999, 1e-8, "tensor")])
     for p, e in zip(params, expected):
         np.testing.assert_allclose(p.detach().numpy(), e, rtol=1e-10, atol=1e-12)
+
+
+def _trained(k: int, **kwargs) -> tuple[list[torch.nn.Parameter], KAdam]:
+    params = [torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(64, 64))]
+    optimizer = KAdam(params, lr=1e-2, k=k, **kwargs)
+    for _ in range(3):
+        for param in params:
+            param.grad = torch.randn(param.shape)
+        optimizer.step()
+    return params, optimizer
+
+
+def _assert_refused_unchanged(optimizer: KAdam, checkpoint: dict, error: type, message: str) -> None:
+    before = _state_snapshot(optimizer)
+    with pytest.raises(error, match=message):
+        optimizer.load_state_dict(checkpoint)
+    after = optimizer.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    for key, state in before["state"].items():
+        assert after["state"][key].keys() == state.keys()
+        for name, value in state.items():
+            assert torch.equal(after["state"][key][name], value)
+
+
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        (dict(k=1), "step"), (dict(k=1), "exp_avg"), (dict(k=1), "exp_avg_sq"),
+        (dict(k=2), "step"), (dict(k=2), "exp_avg"), (dict(k=2), "exp_avg_sq"),
+        (dict(k=3), "exp_avg_sq_2"),  # a gap: level 3 saved, level 2 not
+        (dict(k=2, meta_betas=(0.5, 0.99)), "exp_avg_2"),  # a level that keeps m
+    ],
+)
+def test_checkpoint_missing_a_state_key_is_refused_naming_it(kwargs, key):
+    """torch's Adam raises KeyError at the step for a missing state key; KAdam refuses the checkpoint at load,
+    naming the key and the parameter, and stays as it was (a missing exp_avg used to reset the momentum)."""
+    _, saved = _trained(**kwargs)
+    checkpoint = _roundtrip(saved.state_dict())
+    del checkpoint["state"][1][key]
+    _, optimizer = _trained(**kwargs)
+    _assert_refused_unchanged(optimizer, checkpoint, KeyError, f"parameter 1 of group 0 has no '{key}'|has .* but no '{key}'")
+
+
+def test_checkpoint_level_without_m_loads_into_a_level_with_m():
+    """The documented cases load: a level whose checkpoint kept no m (β = 0) starts its m at zero, an AdamW
+    checkpoint (fewer levels, no decoupled_weight_decay) starts the new levels fresh."""
+    _, saved = _trained(k=2)
+    params, optimizer = _trained(k=2, meta_betas=(0.5, 0.99))
+    optimizer.load_state_dict(_roundtrip(saved.state_dict()))
+    for param in params:
+        param.grad = torch.ones(param.shape)
+    optimizer.step()
+    assert all(torch.isfinite(optimizer.state[p]["exp_avg_2"]).all() for p in params)
+    adamw_params = [torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(64, 64))]
+    adamw = torch.optim.AdamW(adamw_params)
+    for param in adamw_params:
+        param.grad = torch.randn(param.shape)
+    adamw.step()
+    checkpoint = _roundtrip(adamw.state_dict())
+    for group in checkpoint["param_groups"]:
+        del group["decoupled_weight_decay"]
+    with pytest.warns(UserWarning, match="fewer levels"):
+        optimizer.load_state_dict(checkpoint)
+
+
+@pytest.mark.parametrize(
+    "key,value,error,message",
+    [
+        ("exp_avg", torch.zeros(3), ValueError, r"'exp_avg' of parameter 1 of group 0 has shape \(3,\), expected the parameter's \(64, 64\)"),
+        ("exp_avg_sq", torch.zeros(64, 63), ValueError, r"'exp_avg_sq' of parameter 1 of group 0 has shape \(64, 63\)"),
+        ("exp_avg_sq_2", torch.zeros(3), ValueError, r"'exp_avg_sq_2' of parameter 1 of group 0 has shape \(3,\), expected \(\)"),
+        ("exp_avg_sq_2", torch.zeros(64, 64), ValueError, "level 2 of parameter 1 of group 0 is stored in elementwise mode"),
+        ("exp_avg", "zeros", TypeError, "'exp_avg' of parameter 1 of group 0 must be a tensor, got str"),
+        ("exp_avg", torch.zeros(64, 64, dtype=torch.int64), TypeError, "must be a real floating-point tensor"),
+        ("exp_avg", torch.zeros(64, 64, dtype=torch.complex64), TypeError, "must be a real floating-point tensor"),
+        ("step", "3", TypeError, "'step' of parameter 1 of group 0 must be a number"),
+        ("step", torch.tensor([1.0, 2.0]), ValueError, "'step' of parameter 1 of group 0 must be a real number or a one-element"),
+        ("step", -1.0, ValueError, r"'step' of parameter 1 of group 0 must be a finite number >= 0, got -1.0"),
+        ("step", float("nan"), ValueError, "'step' of parameter 1 of group 0 must be a finite number >= 0"),
+        ("step_offset_2", 10.0, ValueError, r"'step_offset_2' of parameter 1 of group 0 must be a number in \[0, step = 3.0\]"),
+    ],
+)
+def test_mis_shaped_or_mis_typed_state_is_refused(key, value, error, message):
+    """A state tensor is checked against its parameter at load (the fused kernels used to read past its end)."""
+    _, saved = _trained(k=2)
+    checkpoint = _roundtrip(saved.state_dict())
+    checkpoint["state"][1][key] = value
+    _, optimizer = _trained(k=2)
+    _assert_refused_unchanged(optimizer, checkpoint, error, message)
+
+
+@pytest.mark.parametrize(
+    "change,error,message",
+    [
+        (lambda c: c["param_groups"][0].pop("lr"), KeyError, "group 0 of the checkpoint has no 'lr'"),
+        (lambda c: c["param_groups"][0]["params"].pop(), ValueError, "group 0 of the checkpoint has 1 parameters"),
+        (lambda c: c["param_groups"][0].update(lr=float("inf")), ValueError, re.escape("lr of group 0 of the checkpoint must be a number >= 0 (and finite), got inf")),
+        (lambda c: c["param_groups"][0].update(weight_decay=-1.0), ValueError, "weight_decay of group 0 of the checkpoint"),
+        (lambda c: c["state"].update({1: [1, 2]}), TypeError, "the state of parameter 1 of group 0 must be a dict"),
+        (lambda c: c.pop("state"), KeyError, "the checkpoint has no 'state'"),
+    ],
+)
+def test_malformed_checkpoint_groups_are_refused(change, error, message):
+    _, saved = _trained(k=2)
+    checkpoint = _roundtrip(saved.state_dict())
+    change(checkpoint)
+    _, optimizer = _trained(k=2)
+    _assert_refused_unchanged(optimizer, checkpoint, error, message)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"fused": True}, {"k": 1, "fused": True}, {"foreach": False}, {"foreach": True}])
+def test_mis_shaped_checkpoint_is_refused_on_every_path(kwargs):
+    """The report's sequence: ``sd = opt.state_dict()`` (whose per-parameter dicts are the optimizer's own, as
+    torch's are), ``sd['state'][1]['exp_avg'] = torch.zeros(3)``, load, step. It aborted the process on the fused
+    paths; the load now refuses the checkpoint and the step, which sees the state changed in place, raises."""
+    params, optimizer = _trained(**{"k": 2, **kwargs})
+    checkpoint = copy.deepcopy(optimizer.state_dict())
+    checkpoint["state"][1]["exp_avg"] = torch.zeros(3)
+    _assert_refused_unchanged(optimizer, checkpoint, ValueError, "'exp_avg' of parameter 1 of group 0 has shape")
+    shared = optimizer.state_dict()
+    shared["state"][1]["exp_avg"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="'exp_avg' of parameter 1 of group 0 has shape"):
+        optimizer.load_state_dict(shared)
+    for param in params:
+        param.grad = torch.randn(param.shape)
+    with pytest.raises(RuntimeError, match="size of"):
+        optimizer.step()

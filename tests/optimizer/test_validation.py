@@ -29,7 +29,22 @@ def _params():
         (dict(k=3, meta_betas=[(0.0, 0.999)] * 3), "sequence of k - 1 = 2"),
         (dict(k=0), "k must be an integer >= 1"),
         (dict(k=2.0), "k must be an integer >= 1"),
-        (dict(betas=[(0.9, 0.999)] * 3), "sequence of k = 2 per-level values"),
+        (dict(betas=[(0.9, 0.999)] * 3), "sequence of k = 2 per-level pairs"),
+        (dict(betas=("0.9", 0.99)),
+         re.escape("betas must be a pair of numbers (beta, gamma) in [0, 1), or a sequence of k = 2 per-level pairs; "
+                   "got ('0.9', 0.99): '0.9' is not a number")),
+        (dict(betas=(0.9, 0.99, 0.9)), "a pair holds 2 numbers, not 3"),
+        (dict(betas=(True, 0.99)), "True is not a number"),
+        (dict(betas=0.9), re.escape("betas must be a pair of numbers (beta, gamma) in [0, 1)")),
+        (dict(meta_betas=("0", 0.99)), re.escape("meta_betas must be a pair of numbers (beta, gamma) in [0, 1)") + ".*'0' is not a number"),
+        (dict(lr=math.inf), re.escape("lr must be a number >= 0 (and finite), got inf")),
+        (dict(lr=math.nan), re.escape("lr must be a number >= 0 (and finite), got nan")),
+        (dict(lr=torch.tensor(math.inf)), re.escape("lr must be a number >= 0 (and finite), got inf")),
+        (dict(weight_decay=math.inf), re.escape("weight_decay must be a number >= 0 (and finite), got inf")),
+        (dict(eps=math.inf), re.escape("eps of level 1 must be a number >= 0 (and finite), got inf")),
+        (dict(eps=[1e-8, math.nan]), re.escape("eps of level 2 must be a number >= 0 (and finite), got nan")),
+        (dict(betas=(math.nan, 0.999)), re.escape("beta of level 1 must be a number in [0, 1), got nan")),
+        (dict(meta_betas=(0.0, math.inf)), re.escape("gamma of level 2 must be a number in [0, 1), got inf")),
         (dict(norm="layer"), "norm of level 1 must be one of"),
         (dict(meta_norm="batch"), "norm of level 2 must be one of"),
         (dict(norm=["elementwise", "tensor", "tensor"]), "sequence of k = 2"),
@@ -59,9 +74,9 @@ def test_per_level_group_with_other_k_is_an_error():
 
 def test_unstable_level_warns_with_rate_and_efold_time():
     rate = math.log(0.9) - 0.5 * math.log(0.5)
-    with pytest.warns(UserWarning, match=r"level 1: \(beta, gamma\) = \(0.9, 0.5\)") as record:
+    with pytest.warns(UserWarning, match=r"level 1: \(β, γ\) = \(0.9, 0.5\)") as record:
         optimizer = KAdam(_params(), k=1, betas=(0.9, 0.5))
-    assert f"{rate:.4g} per step" in str(record[0].message)
+    assert f"{rate:.4g}" in str(record[0].message)
     assert f"every {1 / rate:.3g} steps" in str(record[0].message)
     with pytest.warns(UserWarning, match="level 2"):
         optimizer.add_param_group({"params": _params(), "k": 2, "betas": (0.9, 0.999), "meta_betas": (0.99, 0.9)})

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -88,6 +90,35 @@ def _offset_key(level: int) -> str:
     return f"step_offset_{level}"
 
 
+_LEVEL_KEY = re.compile(r"exp_avg(?:_sq)?_(\d+)")
+
+
+def _level_of_key(key: Any) -> int | None:
+    """The level (>= 2) a state key ``exp_avg_{i}`` / ``exp_avg_sq_{i}`` belongs to; None for any other key."""
+    match = _LEVEL_KEY.fullmatch(key) if isinstance(key, str) else None
+    return int(match.group(1)) if match else None
+
+
+def _saved_keeps_first_moment(saved_group: dict[str, Any], level: int) -> bool:
+    """Whether level ``level`` >= 2 of a checkpoint's group kept its m (β ≠ 0 in its ``meta_betas``); True
+    when the group does not say."""
+    try:
+        return float(saved_group["meta_betas"][level - 2][0]) != 0.0
+    except (KeyError, IndexError, TypeError, ValueError):
+        return True
+
+
+def _check_lr(lr: Any, name: str = "lr") -> None:
+    """ValueError unless ``lr`` is a finite number >= 0 or a 1-element tensor of one (as torch's Adam takes it)."""
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(lr.shape)}")
+        if lr.is_complex() or lr.dtype == torch.bool:
+            raise ValueError(f"Tensor {name} must be real, got dtype {lr.dtype}")
+        lr = lr.item()
+    check_nonnegative(name, lr)
+
+
 # torch's Adam/AdamW flags that KAdam accepts only at their defaults, with the reason.
 _UNSUPPORTED_FLAGS = {
     "amsgrad": "KAdam does not implement AMSGrad's running maximum of the second moment",
@@ -121,12 +152,14 @@ class KAdam(Optimizer):
 
     Args:
         params: iterable of parameters or parameter groups, as for any torch optimizer.
-        lr: learning rate η (default 1e-3); a float or a 1-element tensor, as torch's Adam takes it
-            (schedulers update a tensor lr in place, so a compiled step does not recompile).
+        lr: learning rate η (default 1e-3), a finite number >= 0; a float or a 1-element tensor of any
+            shape, as torch's Adam takes it (schedulers update a tensor lr in place, so a compiled step
+            does not recompile).
         betas: level 1's (β, γ), exactly torch's ``betas`` (default (0.9, 0.999)); or a sequence of k
             pairs that sets every level (then ``meta_betas`` must not be given).
-        eps: ε added to each level's denominator: one value for every level, or a sequence of k.
-        weight_decay: λ (default 1e-2, AdamW's default).
+        eps: ε added to each level's denominator, a finite number >= 0: one value for every level, or
+            a sequence of k.
+        weight_decay: λ (default 1e-2, AdamW's default), a finite number >= 0.
         amsgrad: torch's flag; only False (KAdam has no AMSGrad variant).
         k: number of adaptive normalization levels (default 2; 1 is Adam/AdamW).
         norm: level 1's mode, ``"elementwise"`` (Adam) or ``"tensor"``; or a sequence of k modes that
@@ -155,7 +188,9 @@ class KAdam(Optimizer):
             (k = 1, elementwise, which keeps torch's default and its bitwise equality with ``AdamW``),
             and otherwise chooses between loop and foreach as torch does (foreach on CUDA).
 
-    A torch flag given a value KAdam does not implement raises ``ValueError``.
+    A torch flag given a value KAdam does not implement raises ``ValueError``, and so does a
+    hyperparameter out of its range: β and γ in [0, 1); lr, eps and weight_decay finite and >= 0 (torch's
+    AdamW refuses a NaN lr but accepts an infinite one, which turns every parameter into NaN).
 
     The level arguments are parsed by :func:`kadam.optimizer.levels.resolve_levels`. A parameter group
     may override any of them, and a key means there what the constructor argument of that name means:
@@ -227,12 +262,7 @@ class KAdam(Optimizer):
         The group's level keys override the constructor's arguments with their constructor meaning
         (class docstring) and are replaced by the canonical per-level entries.
         """
-        lr = param_group.get("lr", self.defaults["lr"])
-        if isinstance(lr, Tensor):  # as torch's Adam takes it: one element, kept as a tensor
-            if lr.numel() != 1:
-                raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
-            lr = lr.item()
-        check_nonnegative("lr", lr)
+        _check_lr(param_group.get("lr", self.defaults["lr"]))  # a tensor stays a tensor, as torch's Adam keeps it
         check_nonnegative("weight_decay", param_group.get("weight_decay", self.defaults["weight_decay"]))
         _check_torch_flags({name: param_group.get(name, self.defaults[name]) for name in _UNSUPPORTED_FLAGS})
         levels = resolve_levels(**with_group_overrides(self.defaults, param_group))
@@ -270,9 +300,21 @@ class KAdam(Optimizer):
         (lr, level 1's betas and eps, steps, moments) comes from the checkpoint, except the
         implementation (``foreach``, ``fused``), which stays this optimizer's. A checkpoint with fewer
         levels starts the missing ones fresh, their bias correction counting from the resume, and warns
-        once. One with more levels, or with a level stored in the other mode, raises ``ValueError`` and
-        leaves this optimizer unchanged.
+        once; one without ``decoupled_weight_decay`` (older torch) keeps this optimizer's decay.
+
+        Before anything changes, every group and every parameter's state is checked against this
+        optimizer (:meth:`_check_saved_state`); a checkpoint that fails raises and leaves the optimizer
+        unchanged: ``KeyError`` for a missing key (``step``, ``exp_avg``, ``exp_avg_sq``, a level's
+        ``exp_avg_sq_{i}``, or its ``exp_avg_{i}`` where the level keeps m in the checkpoint and here),
+        ``TypeError`` for a value of the wrong type, ``ValueError`` for a wrong shape, a level stored in
+        the other mode, more levels than this optimizer's k, a different number of groups or parameters
+        (torch's check), or a hyperparameter out of range. Each message names the key, the group and the
+        parameter's position in it. As torch does, floating-point state is then cast to its parameter's
+        dtype and device.
         """
+        for key in ("state", "param_groups"):
+            if key not in state_dict:
+                raise KeyError(f"the checkpoint has no {key!r}: an optimizer state dict holds 'state' and 'param_groups'")
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
@@ -282,8 +324,18 @@ class KAdam(Optimizer):
         merged_groups = []
         fewer_levels = False
         for index, (group, saved) in enumerate(zip(self.param_groups, saved_groups, strict=True)):
+            for key in ("params", "lr", "betas", "eps", "weight_decay"):
+                if key not in saved:
+                    raise KeyError(f"group {index} of the checkpoint has no {key!r}")
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"group {index} of the checkpoint has {len(saved['params'])} parameters, this optimizer's "
+                    f"{len(group['params'])}"
+                )
             if saved.get("amsgrad", False):
                 raise ValueError(f"group {index} of the checkpoint uses AMSGrad, which KAdam does not implement")
+            _check_lr(saved["lr"], f"lr of group {index} of the checkpoint")
+            check_nonnegative(f"weight_decay of group {index} of the checkpoint", saved["weight_decay"])
             merged = {**saved, **{key: group[key] for key in structure}, "differentiable": False}
             merged.setdefault("maximize", False)
             # Older torch's Adam/AdamW checkpoints do not say; the decay stays this optimizer's.
@@ -294,25 +346,13 @@ class KAdam(Optimizer):
                 merged[key] = group[key]
             levels = resolve_levels(**{key: merged[key] for key in LEVEL_KEYS})
             merged.update(group_entries(levels))
-            for param_id, param in zip(saved["params"], group["params"], strict=False):
+            for position, (param_id, param) in enumerate(zip(saved["params"], group["params"], strict=True)):
                 saved_state = state_dict["state"].get(param_id)
-                if not saved_state:
+                if saved_state is None or (isinstance(saved_state, dict) and not saved_state):
                     continue
-                saved_levels = self._count_levels(saved_state)
-                if saved_levels > len(levels):
-                    raise ValueError(
-                        f"the checkpoint has {saved_levels} levels for a parameter of group {index}, "
-                        f"this optimizer k = {len(levels)}; load it into KAdam(k={saved_levels})"
-                    )
+                where = f"parameter {position} of group {index}"
+                saved_levels = self._check_saved_state(saved_state, param, levels, saved, where)
                 fewer_levels |= saved_levels < len(levels)
-                for i in range(1, saved_levels + 1):
-                    stored = saved_state[state_keys(i)[1]]
-                    if param.dim() > 0 and (stored.dim() == 0) != levels[i - 1].tensor_mode:
-                        stored_mode = "tensor" if stored.dim() == 0 else "elementwise"
-                        raise ValueError(
-                            f"level {i} of group {index} is stored in {stored_mode} mode, this optimizer "
-                            f"runs it in {NORMS[levels[i - 1].tensor_mode]} mode"
-                        )
             merged_groups.append(merged)
         super().load_state_dict({"state": state_dict["state"], "param_groups": merged_groups})
         if fewer_levels:
@@ -323,6 +363,93 @@ class KAdam(Optimizer):
                 UserWarning,
                 stacklevel=2,
             )
+
+    @classmethod
+    def _check_saved_state(
+        cls, saved_state: Any, param: Tensor, levels: Sequence[Level], saved_group: dict[str, Any], where: str
+    ) -> int:
+        """The number of levels of one parameter's saved state, after checking it against ``param`` and this
+        optimizer's ``levels`` (``where`` names the parameter in the errors; see :meth:`load_state_dict`).
+
+        Required: ``step`` (a number >= 0, or a one-element tensor of one); for each saved level i (level 1,
+        then each i with ``exp_avg_sq_{i}``, consecutively) its second moment, of the parameter's shape
+        (elementwise) or 0-dim (tensor mode), and its first moment, of the parameter's shape, unless the
+        level keeps none here or kept none in the checkpoint (β = 0 in its ``meta_betas``). Moments are
+        floating-point tensors (complex for a complex parameter, but a tensor-mode second moment).
+        """
+        if not isinstance(saved_state, dict):
+            raise TypeError(f"the state of {where} must be a dict, got {type(saved_state).__name__}")
+        if "step" not in saved_state:
+            raise KeyError(f"the state of {where} has no 'step' (the step count every Adam state keeps)")
+        step = saved_state["step"]
+        if isinstance(step, Tensor):
+            if step.numel() != 1 or step.is_complex() or step.dtype == torch.bool:
+                raise ValueError(f"'step' of {where} must be a real number or a one-element tensor, got {step!r}")
+            step = step.item()
+        elif isinstance(step, bool) or not isinstance(step, (int, float)):
+            raise TypeError(f"'step' of {where} must be a number or a one-element tensor, got {type(step).__name__}")
+        if not math.isfinite(step) or step < 0:
+            raise ValueError(f"'step' of {where} must be a finite number >= 0, got {step!r}")
+        saved_levels = cls._count_levels(saved_state)
+        if saved_levels > len(levels):
+            raise ValueError(
+                f"the checkpoint has {saved_levels} levels for {where}, this optimizer k = {len(levels)}; "
+                f"load it into KAdam(k={saved_levels})"
+            )
+        for key in saved_state:
+            level = _level_of_key(key)
+            if level is not None and level > saved_levels:
+                raise KeyError(
+                    f"the state of {where} has {key!r} but no {state_keys(saved_levels + 1)[1]!r}: level "
+                    f"{saved_levels + 1} has no second moment"
+                )
+        for i in range(1, saved_levels + 1):
+            level = levels[i - 1]
+            exp_avg_key, exp_avg_sq_key = state_keys(i)
+            if exp_avg_sq_key not in saved_state:  # level 1's (the others are counted by theirs)
+                raise KeyError(f"the state of {where} has no {exp_avg_sq_key!r} (level {i}'s second moment)")
+            stored = cls._saved_tensor(saved_state, exp_avg_sq_key, where, param.is_complex() and not level.tensor_mode)
+            expected = () if level.tensor_mode else tuple(param.shape)
+            if tuple(stored.shape) != expected:
+                if param.dim() > 0 and tuple(stored.shape) in ((), tuple(param.shape)):
+                    stored_mode = "tensor" if stored.dim() == 0 else "elementwise"
+                    raise ValueError(
+                        f"level {i} of {where} is stored in {stored_mode} mode, this optimizer runs it in "
+                        f"{NORMS[level.tensor_mode]} mode"
+                    )
+                raise ValueError(
+                    f"{exp_avg_sq_key!r} of {where} has shape {tuple(stored.shape)}, expected {expected} "
+                    f"({'0-dim: a tensor-mode level' if level.tensor_mode else 'the parameter shape: an elementwise level'})"
+                )
+            if not _keeps_first_moment(i, level):
+                continue  # a first moment the checkpoint still carries is dropped (__setstate__)
+            if exp_avg_key not in saved_state:
+                if i > 1 and not _saved_keeps_first_moment(saved_group, i):
+                    continue  # the checkpoint's level had beta = 0; m starts at zero (_init_group)
+                raise KeyError(f"the state of {where} has no {exp_avg_key!r} (level {i}'s first moment)")
+            stored = cls._saved_tensor(saved_state, exp_avg_key, where, param.is_complex())
+            if tuple(stored.shape) != tuple(param.shape):
+                raise ValueError(
+                    f"{exp_avg_key!r} of {where} has shape {tuple(stored.shape)}, expected the parameter's "
+                    f"{tuple(param.shape)}"
+                )
+        for i in range(2, len(levels) + 1):
+            offset = saved_state.get(_offset_key(i), 0.0)
+            if isinstance(offset, Tensor) and offset.numel() == 1:
+                offset = offset.item()
+            if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not 0 <= offset <= step:
+                raise ValueError(f"{_offset_key(i)!r} of {where} must be a number in [0, step = {step}], got {offset!r}")
+        return saved_levels
+
+    @staticmethod
+    def _saved_tensor(saved_state: dict[str, Any], key: str, where: str, complex_: bool) -> Tensor:
+        value = saved_state[key]
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{key!r} of {where} must be a tensor, got {type(value).__name__}")
+        if value.is_complex() != complex_ or not (value.is_floating_point() or value.is_complex()):
+            kind = "complex" if complex_ else "real floating-point"
+            raise TypeError(f"{key!r} of {where} must be a {kind} tensor, got dtype {value.dtype}")
+        return value
 
     @staticmethod
     def _count_levels(param_state: dict[str, Any]) -> int:

@@ -31,6 +31,7 @@ without checking anything; it is all that ``step()`` does with them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -107,8 +108,13 @@ def _split(name: str, value: Any, meta_value: Any, k: int) -> tuple[Any, Any]:
         if name == "eps" and meta_value is None:
             return value, value  # one eps is the eps of every level
         return _frozen(value), meta_value
+    if name == "betas":
+        _check_pair_attempt("betas", value, f"or a sequence of k = {k} per-level pairs")
     if not _is_sequence(value) or len(value) != k:
-        what = "one number or a sequence of k = {k} numbers" if name == "eps" else "one value or a sequence of k = {k} per-level values"
+        what = {
+            "eps": "one number or a sequence of k = {k} numbers",
+            "betas": "a pair of numbers (beta, gamma) in [0, 1), or a sequence of k = {k} per-level pairs",
+        }.get(name, "one value or a sequence of k = {k} per-level values")
         raise ValueError(f"{name} must be {what.format(k=k)}, got {value!r}")
     if meta_value is not None:
         raise ValueError(f"meta_{name} cannot be given when {name} is a per-level sequence; put level 2..k in {name}")
@@ -160,21 +166,38 @@ def with_group_overrides(arguments: Mapping[str, Any], group: Mapping[str, Any])
 
 
 def check_nonnegative(name: str, value: Any) -> float:
-    """``value`` as a float if it is a number >= 0 (``lr``, ``weight_decay``); else ValueError naming ``name``."""
-    if not _is_number(value) or not value >= 0.0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    """``value`` as a float if it is a finite number >= 0 (``lr``, ``weight_decay``, ``eps``); else ValueError
+    naming ``name`` and the range. NaN and ±inf are refused: torch's AdamW refuses a NaN lr, and an infinite lr,
+    weight decay or eps turns every parameter into NaN at the first step."""
+    if not _is_number(value) or not 0.0 <= value < math.inf:
+        raise ValueError(f"{name} must be a number >= 0 (and finite), got {value!r}")
     return float(value)
 
 
 def _check_unit_interval(name: str, level: int, value: Any) -> float:
+    """``value`` as a float if it is a number in [0, 1) (a level's β or γ; NaN is not); else ValueError."""
     if not _is_number(value) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} of level {level} must be a number in [0, 1), got {value!r}")
     return float(value)
 
 
+def _check_pair_attempt(name: str, value: Any, alternative: str) -> None:
+    """ValueError for a flat sequence (no element is a sequence) that is meant as one (β, γ) pair and is not
+    one, naming the element that is not a number; anything else is left to the caller."""
+    if not _is_sequence(value) or any(_is_sequence(v) for v in value) or _is_pair(value):
+        return
+    if len(value) != 2:
+        problem = f"a pair holds 2 numbers, not {len(value)}"
+    else:
+        problem = f"{next(v for v in value if not _is_number(v))!r} is not a number"
+    raise ValueError(f"{name} must be a pair of numbers (beta, gamma) in [0, 1), {alternative}; got {value!r}: {problem}")
+
+
 def _per_meta_level(name: str, value: Any, k: int, single: Any) -> list[Any]:
     if single(value):
         return [value] * (k - 1)
+    if name == "meta_betas" and _is_sequence(value) and len(value) == 2:  # (not a per-level remainder of betas)
+        _check_pair_attempt(name, value, f"one for every level 2..k or a sequence of k - 1 = {k - 1} pairs")
     if not _is_sequence(value) or len(value) != k - 1:
         raise ValueError(
             f"{name} must be one value for every level 2..k or a sequence of k - 1 = {k - 1} values, got {value!r}"
@@ -207,8 +230,7 @@ def resolve_levels(
             raise ValueError(f"betas of level {i} must be a pair (beta, gamma), got {pair!r}")
         beta = _check_unit_interval("beta", i, pair[0])
         gamma = _check_unit_interval("gamma", i, pair[1])
-        if not _is_number(eps_i) or not eps_i >= 0.0:
-            raise ValueError(f"eps of level {i} must be a number >= 0, got {eps_i!r}")
+        check_nonnegative(f"eps of level {i}", eps_i)
         if norm_i not in NORMS:
             raise ValueError(f"norm of level {i} must be one of {NORMS}, got {norm_i!r}")
         levels.append(Level(beta, gamma, float(eps_i), norm_i))
