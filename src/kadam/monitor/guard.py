@@ -127,6 +127,21 @@ def _reporting_rank() -> bool:
     return not (distributed.is_available() and distributed.is_initialized()) or distributed.get_rank() == 0
 
 
+def _to_host(values: list[Tensor], device: torch.device) -> list[float]:
+    """0-dim tensors as Python floats, in one transfer: stacked per (dtype, device), gathered on ``device``
+    in float64."""
+    groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for index, value in enumerate(values):
+        groups.setdefault((value.dtype, value.device), []).append(index)
+    order = [i for indices in groups.values() for i in indices]
+    stacked = torch.cat([torch.stack([values[i] for i in indices]).to(device, torch.float64)
+                         for indices in groups.values()]).tolist()
+    out = [0.0] * len(values)
+    for i, value in zip(order, stacked):
+        out[i] = value
+    return out
+
+
 def _real(tensor: Tensor) -> Tensor:
     return torch.view_as_real(tensor) if torch.is_complex(tensor) else tensor
 
@@ -326,11 +341,12 @@ class StabilityGuard(StepHooks):
         grad_scale = getattr(optimizer, "grad_scale", None)
         found_inf = getattr(optimizer, "found_inf", None)
         device = entries[0][0].device
-        measured = self._measure(optimizer, entries, grad_scale)
+        measured, corrections = self._measure(optimizer, entries, grad_scale)
         extras = [t for t in (found_inf, grad_scale, loss) if isinstance(t, Tensor)]
-        host = torch.stack([t.detach().reshape(()).to(device, torch.float64) for t in [*measured, *extras]]).tolist()
+        host = _to_host([*measured, *(t.detach().reshape(()) for t in extras)], device)
         count = len(entries)
-        norms, ratios, tail = host[:count], host[count:len(measured)], iter(host[len(measured):])
+        norms, tail = host[:count], iter(host[len(measured):])
+        ratios = [r * c for r, c in zip(host[count:len(measured)], corrections)]
         if found_inf is not None and next(tail) != 0.0:
             return result  # GradScaler's own skip: the fused kernel leaves every state as it was
         scale = next(tail) if isinstance(grad_scale, Tensor) else 1.0
@@ -375,34 +391,47 @@ class StabilityGuard(StepHooks):
     # -- measurement ---------------------------------------------------------------------------------
 
     def _measure(self, optimizer: torch.optim.Optimizer, entries: list[tuple[Tensor, int]],
-                 grad_scale: Tensor | None) -> list[Tensor]:
-        """Per tensor its gradient norm (scaled, as it stands), then, with clipping, :math:`r_n^2` (0-dim
-        device tensors); nothing is synchronised here."""
-        norms: list[Tensor] = []
-        for param, _ in entries:
-            grad = _real(param.grad)
-            norms.append(torch.linalg.vector_norm(grad, dtype=torch.promote_types(grad.dtype, torch.float32)))
+                 grad_scale: Tensor | None) -> tuple[list[Tensor], list[float]]:
+        """Per tensor its gradient norm (scaled, as it stands), then, with clipping, :math:`r_n^2` without
+        its bias correction (0-dim device tensors), and the corrections :math:`1-\\gamma^n` (host floats);
+        nothing is synchronised here."""
+        grads = [_real(param.grad) for param, _ in entries]
+        norms: list[Tensor | None] = [None] * len(grads)
+        by_dtype: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+        for index, grad in enumerate(grads):
+            by_dtype.setdefault((grad.dtype, grad.device), []).append(index)
+        for (dtype, _), indices in by_dtype.items():
+            tensors, accumulate = [grads[i] for i in indices], torch.promote_types(dtype, torch.float32)
+            try:
+                values = torch._foreach_norm(tensors, 2, dtype=accumulate)  # one call for all (clip_grad_norm_'s)
+            except (TypeError, RuntimeError):  # a torch without foreach norms for this dtype or device
+                values = [torch.linalg.vector_norm(t, dtype=accumulate) for t in tensors]
+            for i, value in zip(indices, values):
+                norms[i] = value
+        measured = [norm for norm in norms if norm is not None]
         if not self.clip_updates:
-            return norms
+            return measured, []
         groups = optimizer.param_groups
         level_ones = [param_group_levels(optimizer, group)[0] for group in groups]
         decoupled = [uses_decoupled_weight_decay(optimizer, group) for group in groups]
-        ratios = []
-        for param, g in entries:
-            ratios.append(self._squared_update_rms(optimizer, param, groups[g], level_ones[g], decoupled[g],
-                                                   grad_scale))
-        return norms + ratios
+        corrections = []
+        for (param, g), grad in zip(entries, grads):
+            ratio, correction = self._squared_update_rms(optimizer, param, grad, groups[g], level_ones[g],
+                                                         decoupled[g], grad_scale)
+            measured.append(ratio)
+            corrections.append(correction)
+        return measured, corrections
 
     @staticmethod
-    def _squared_update_rms(optimizer: torch.optim.Optimizer, param: Tensor, group: Mapping[str, Any], level: Any,
-                            decoupled: bool, grad_scale: Tensor | None) -> Tensor:
-        r""":math:`r_n^2 = \operatorname{mean}(x_n^2/\max(\hat v_n, \epsilon^2))` (module docstring), 0 before
-        the tensor's first step (then :math:`\hat v_1 = x_1^2` and :math:`r_1 \le 1`)."""
-        grad = _real(param.grad)
+    def _squared_update_rms(optimizer: torch.optim.Optimizer, param: Tensor, grad: Tensor, group: Mapping[str, Any],
+                            level: Any, decoupled: bool, grad_scale: Tensor | None) -> tuple[Tensor, float]:
+        r""":math:`r_n^2 = \operatorname{mean}(x_n^2/\max(\hat v_n, \epsilon^2))` (module docstring) as
+        ``(mean(x_n^2/max(v_n, ε²(1−γ^n))), 1 − γ^n)``, their product :math:`r_n^2`; 0 before the tensor's
+        first step (then :math:`\hat v_1 = x_1^2` and :math:`r_1 \le 1`)."""
         accumulate = torch.promote_types(grad.dtype, torch.float32)
         states = level_states(optimizer, param)
         if not states:
-            return grad.new_zeros((), dtype=accumulate)
+            return grad.new_zeros((), dtype=accumulate), 0.0
         state = states[0]
         x = grad.to(accumulate)
         if grad_scale is not None:
@@ -420,11 +449,11 @@ class StabilityGuard(StepHooks):
         if level.tensor_mode:
             mean_square = squares.mean()
             second = (previous * gamma + (1 - gamma) * mean_square).clamp_(min=floor)
-            return mean_square / second * correction
+            return mean_square / second, correction
         second = torch.lerp(squares, previous, gamma)  # γ v_{n−1} + (1 − γ) x_n²
         if state.max_exp_avg_sq is not None:
             second = torch.maximum(second, _real(state.max_exp_avg_sq).to(accumulate))
-        return squares.div_(second.clamp_(min=floor)).mean() * correction
+        return squares.div_(second.clamp_(min=floor)).mean(), correction
 
     # -- actions -------------------------------------------------------------------------------------
 
