@@ -415,6 +415,19 @@ def test_lowering_is_bitwise_the_lowered_lr_and_off_without_lower_lr() -> None:
     assert opts[0].param_groups[0]["lr"] == LR
 
 
+def test_lowering_alone_measures_nothing() -> None:
+    model = make_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    monitor = SimpleNamespace(above_edge=True)
+    guard = StabilityGuard(optimizer, monitor=monitor, warn=False, clip_updates=False, skip_nonfinite=False,
+                           skip_outliers=False)
+    model(batch(0)[0]).sum().backward()
+    model[0].bias.grad[0] = math.nan  # not looked at
+    optimizer.step()
+    assert torch.isnan(model[0].bias).any() and optimizer.param_groups[0]["lr"] == LR
+    assert [e.quantity for e in guard.events] == ["lr_lowered"] and guard.counts["lowered_steps"] == 1
+
+
 def test_a_step_that_raises_between_the_hooks_leaves_the_users_lr() -> None:
     model = make_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)

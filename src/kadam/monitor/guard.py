@@ -25,8 +25,9 @@ does) and takes three actions, each of which can be turned off and each of which
        \hat v_n = \frac{\gamma v_{n-1} + (1-\gamma) x_n^2}{1-\gamma^n},\qquad
        r_n = \sqrt{\operatorname{mean}\bigl(x_n^2 / \max(\hat v_n, \epsilon^2)\bigr)}
 
-   (AMSGrad: :math:`\max(v^{\max}_{n-1}, \cdot)` of the numerator, as its denominator; a level in tensor
-   mode: :math:`x_n^2` enters :math:`v` through its mean). :math:`r_n` is the RMS of :math:`x_n/\sqrt{\hat v_n}`,
+   (with AMSGrad the numerator of :math:`\hat v_n` is :math:`\max(v^{\max}_{n-1}, \gamma v_{n-1} + (1-\gamma)
+   x_n^2)`, as in the step's denominator; for a level in tensor mode :math:`x_n^2` enters :math:`v` through its
+   mean). :math:`r_n` is the RMS of :math:`x_n/\sqrt{\hat v_n}`,
    the size of the current gradient against the history the step normalises it by; it stays near or below
    1 while that history describes the gradient and exceeds 1 when the gradient outruns a stale second
    moment (THEORY §7: the spike factor :math:`g^2/\hat v_{n-1}`, and the one-spike update
@@ -337,6 +338,10 @@ class StabilityGuard(StepHooks):
         entries = [(param, g) for g, group in enumerate(optimizer.param_groups)
                    for param in group["params"] if param.grad is not None]
         if not entries:
+            return result
+        if not (self.skip_nonfinite or self.skip_outliers or self.clip_updates):  # nothing to measure
+            if self.monitor is not None and self.lower_lr:
+                self._lower(optimizer)
             return result
         grad_scale = getattr(optimizer, "grad_scale", None)
         found_inf = getattr(optimizer, "found_inf", None)
