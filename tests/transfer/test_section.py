@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from kadam.experiments.profiles import Settings
-from kadam.experiments.transfer.config import PROFILES
+from kadam.experiments.profiles import PROFILE_SIZES, Settings
 from kadam.experiments.transfer.protocol import batch_transfer_cell, lr_transfer_cell
 from kadam.experiments.transfer.section import build_section
 
@@ -38,7 +37,8 @@ def test_batch_cell_is_deterministic_and_uses_the_rule():
 
 
 def test_profiles_divide_evenly():
-    for name, config in PROFILES.items():
+    for name, sizes in PROFILE_SIZES.items():
+        config = sizes.transfer
         for lr in config.lr_values:
             steps = round(config.horizon / lr)
             assert all(steps % factor == 0 for factor in config.lr_factors), name
