@@ -14,8 +14,10 @@ class StabilityEvent:
     """One threshold crossing: which tensor, at which optimizer step, what was measured against what.
 
     ``source`` is ``"theory"`` when the threshold is a theorem (the region, the bound, the edge of
-    stability) and ``"argument"`` when it is a :class:`Thresholds` setting. ``level`` is the
-    normalization level (1-based; 0 for quantities of the whole tensor or model).
+    stability), ``"argument"`` when it is a :class:`Thresholds` setting and ``"guard"`` for an action of
+    :class:`~kadam.monitor.StabilityGuard`. ``level`` is the normalization level (1-based; 0 for quantities
+    of the whole tensor or model). :attr:`kind` tells a check of the configuration (the region, checked
+    when attached and when a group's (β, γ) changes) from a warning about the running training.
     """
 
     tensor: str
@@ -31,16 +33,36 @@ class StabilityEvent:
     def message(self) -> str:
         return f"step {self.step}, {self.tensor}: {self.explanation}; {self.suggestion}"
 
+    @property
+    def kind(self) -> str:
+        """``"configuration"`` for the region check (``quantity == "gamma"``), ``"guard"`` for a guard's
+        action, else ``"running"``."""
+        if self.quantity == "gamma":
+            return "configuration"
+        return "guard" if self.source == "guard" else "running"
+
 
 @dataclass(frozen=True)
 class Thresholds:
     """When a recorded value becomes an event (None switches a check off).
 
     From the theory (do not tune): ``bound_ratio`` (1: :math:`\\max|u_n| \\le B_n` always holds, up to
-    ``bound_tolerance`` of float rounding) and ``sharpness_ratio`` (1: the adaptive edge of stability).
-    By argument (defaults from the validation protocol in ``kadam.experiments.monitor``):
+    ``bound_tolerance`` of float rounding), ``edge_ratio`` and ``sharpness_ratio`` (1: the adaptive edge of
+    stability :math:`(2+2\\beta)/(1-\\beta)`, THEORY §7). By argument (defaults chosen on the development
+    set of the validation protocol in ``kadam.experiments.monitor``, whose held-out set scores them):
 
     Attributes:
+        edge_ratio: the secant curvature along the update (:func:`kadam.monitor.rules.secant_curvature`,
+            from two consecutive steps' gradients, no extra computation of the model) above this multiple of
+            the edge of stability for ``edge_patience`` recorded steps in a row, from step ``edge_after`` on,
+            is an event, and :attr:`StabilityMonitor.above_edge` is True while it lasts.
+        grad_growth: the global gradient norm above this multiple of the median of its last ``grad_window``
+            recorded values.
+        loss_growth: the loss handed to :meth:`StabilityMonitor.observe_loss` above this multiple of the
+            median of its last ``loss_window`` recorded values.
+        update_ratio: the largest per-tensor update/parameter ratio :math:`|\\theta_n - \\theta_{n-1}|/|\\theta_{n-1}|`
+            at a recorded step above this value.
+        nonfinite: a NaN or infinite gradient norm or loss is an event.
         near_bound: bound ratio at or above which a tensor's update is close to the worst case of
             THEORY §2 (a geometrically growing gradient).
         spike_factor: :math:`\\max g^2/\\hat v_{n-1}` above which a coordinate's gradient jumped far above
@@ -59,6 +81,15 @@ class Thresholds:
     bound_tolerance: float = 1e-3
     sharpness_ratio: float | None = 1.0
     sharpness_after: int = 10
+    edge_ratio: float | None = 1.0
+    edge_patience: int = 2
+    edge_after: int = 10
+    grad_growth: float | None = None
+    grad_window: int = 20
+    loss_growth: float | None = None
+    loss_window: int = 20
+    update_ratio: float | None = None
+    nonfinite: bool = True
     near_bound: float | None = None
     spike_factor: float | None = None
     spike_after: int = 100
@@ -67,9 +98,19 @@ class Thresholds:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            if field.name == "nonfinite":
+                if not isinstance(value, bool):
+                    raise ValueError(f"Thresholds.nonfinite must be True or False, got {value!r}")
+                continue
+            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                          and math.isfinite(value)):
                 raise ValueError(f"Thresholds.{field.name} must be a finite number or None, got {value!r}")
-        for name in ("bound_ratio", "sharpness_ratio", "near_bound", "spike_factor"):
+        for name in ("edge_patience", "grad_window", "loss_window"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Thresholds.{name} must be an integer >= 1, got {value!r}")
+        for name in ("bound_ratio", "sharpness_ratio", "edge_ratio", "grad_growth", "loss_growth", "update_ratio",
+                     "near_bound", "spike_factor"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"Thresholds.{name} must be > 0, got {value!r}")

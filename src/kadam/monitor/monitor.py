@@ -75,6 +75,7 @@ import torch
 from torch import Tensor, nn
 
 from kadam import stability
+from kadam.monitor import rules
 from kadam.monitor.events import StabilityEvent, Thresholds
 from kadam.monitor.history import MonitorHistory
 from kadam.monitor.sharpness import preconditioned_sharpness
@@ -84,15 +85,18 @@ from kadam.optimizer.hooks import StepHooks, named_tensors
 from kadam.optimizer.state import LevelState, level_states, param_group_levels, step_count
 from kadam.vocabulary import Level
 
-__all__ = ["StabilityMonitor"]
+__all__ = ["DEFAULT_EVERY", "StabilityMonitor", "global_grad_norm"]
 
 logger = logging.getLogger("kadam.monitor")
 
+DEFAULT_EVERY = 10
+"""Steps between recorded steps by default (the checks of the gradient norm and the loss run every step)."""
 
-_TENSOR_QUANTITIES = ("lr", "spike_factor", "cosine", "update_param_ratio", "param_norm")
+
+_TENSOR_QUANTITIES = ("lr", "spike_factor", "update_clip_rms", "cosine", "update_param_ratio", "param_norm")
 _LEVEL_QUANTITIES = ("update_rms", "update_max", "bound", "bound_ratio")
 _INVARIANT_QUANTITIES = ("effective_lr", "angular_update", "predicted_norm", "predicted_angular_update")
-_MODEL_QUANTITIES = ("model_cosine", "sharpness", "sharpness_threshold", "loss")
+_MODEL_QUANTITIES = ("model_cosine", "grad_norm", "curvature", "edge", "sharpness", "sharpness_threshold", "loss")
 
 
 class _Layout(NamedTuple):
@@ -107,8 +111,23 @@ class _Layout(NamedTuple):
 
     @property
     def size(self) -> int:
-        """Number of measurements: two per level, seven for the tensor, one more if scale-invariant."""
-        return 2 * len(self.levels) + 7 + int(self.invariant)
+        """Number of measurements: two per level, ten for the tensor, one more if scale-invariant."""
+        return 2 * len(self.levels) + 10 + int(self.invariant)
+
+
+class _Sums(NamedTuple):
+    """One tensor's terms of the model-wide sums: ⟨u, g⟩, |u|², |g|², and the secant curvature's
+    ⟨Δg, Δθ⟩ and Σ(√v̂ + ε)Δθ²/η (NaN without the previous step's gradient)."""
+
+    inner: float
+    u_sq: float
+    g_sq: float
+    secant_inner: float
+    secant_weighted: float
+
+    def __add__(self, other: object) -> _Sums:  # type: ignore[override]
+        assert isinstance(other, _Sums)
+        return _Sums(*(a + b for a, b in zip(self, other)))
 
 
 class _Tracked(NamedTuple):
@@ -116,6 +135,11 @@ class _Tracked(NamedTuple):
     param: Tensor
     group_index: int
     invariant: bool
+
+
+def global_grad_norm(grads: list[Tensor]) -> Tensor:
+    """The Euclidean norm of all ``grads`` together: the norm of their norms (``torch._foreach_norm``)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 def _reporting_rank() -> bool:
@@ -151,7 +175,7 @@ class StabilityMonitor(StepHooks):
         self,
         optimizer: torch.optim.Optimizer,
         *,
-        every: int = 10,
+        every: int = DEFAULT_EVERY,
         names: nn.Module | Mapping[str, Tensor] | Iterable[tuple[str, Tensor]] | None = None,
         scale_invariant: Iterable[str | Tensor] | Any | None = None,
         sharpness_every: int | None = None,
@@ -205,10 +229,21 @@ class StabilityMonitor(StepHooks):
         self._rows: list[np.ndarray] = []
         self._model_rows: list[dict[str, float]] = []
         self._losses: dict[int, Tensor] = {}
+        self._loss: Tensor | None = None
         self._last_warned: dict[tuple[str, str, int], int] = {}
         self._seen_levels: list[tuple[Level, ...] | None] = [None] * len(optimizer.param_groups)
         self._bounds: dict[tuple[float, float, float], float] = {}
         self._recorded = 0
+        limits = self.thresholds
+        self._edge_check = (rules.EdgeCheck(limits.edge_ratio, limits.edge_patience, limits.edge_after)
+                            if limits.edge_ratio is not None else None)
+        self._grad_check = (rules.GrowthCheck(limits.grad_growth, limits.grad_window)
+                            if limits.grad_growth is not None else None)
+        self._loss_check = (rules.GrowthCheck(limits.loss_growth, limits.loss_window)
+                            if limits.loss_growth is not None else None)
+        self._uses_gradients = True  # the secant curvature is recorded whether or not its check is on
+        self._kept: dict[int, Tensor] = {}
+        self._kept_step: int | None = None
         self._check_region(step=self._optimizer_step())
         self._attach(optimizer)
 
@@ -260,7 +295,9 @@ class StabilityMonitor(StepHooks):
 
     @torch.no_grad()
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._check_step(optimizer)
         if self._pre is None:
+            self._keep_gradients(self._optimizer_step())
             return
         pre, self._pre = self._pre, None
         row = np.full((len(self._tracked), len(self.quantities)), np.nan)
@@ -271,6 +308,8 @@ class StabilityMonitor(StepHooks):
             return
         self._pending = False
         step = int(max(step_count(optimizer, self._tracked[i].param) for i in advanced))
+        if self._kept_step != step - 1:
+            self._kept = {}
         self._check_region(step)
         levels = [param_group_levels(optimizer, group) for group in optimizer.param_groups]
         measured: list[Tensor] = []  # per tensor, its device measurements; moved to the host once
@@ -282,16 +321,19 @@ class StabilityMonitor(StepHooks):
             layouts.append((index, layout))
         host = torch.cat(measured).cpu().numpy() if measured else np.zeros(0)
         position = 0
-        inner = u_sq = g_sq = 0.0
+        total = _Sums(0.0, 0.0, 0.0, 0.0, 0.0)
         # A diverging run's measurements are inf or NaN (inf / inf, say): its quantities are NaN or inf by design,
         # recorded and reported as events, so numpy's warnings about them would only repeat that in the user's log.
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             for index, layout in layouts:
-                inner_t, u_sq_t, g_sq_t = self._fill(row[index], host[position:position + layout.size], layout)
-                inner, u_sq, g_sq = inner + inner_t, u_sq + u_sq_t, g_sq + g_sq_t
+                total = total + self._fill(row[index], host[position:position + layout.size], layout)
                 position += layout.size
+        inner, u_sq, g_sq = total.inner, total.u_sq, total.g_sq
         model = {q: math.nan for q in _MODEL_QUANTITIES}
         model["model_cosine"] = inner / math.sqrt(u_sq * g_sq) if u_sq > 0 and g_sq > 0 else math.nan
+        model["grad_norm"] = math.sqrt(g_sq) if g_sq >= 0 else math.nan
+        model["curvature"] = rules.secant_curvature(total.secant_inner, total.secant_weighted)
+        model["edge"] = self._edge(optimizer)
         self._recorded += 1
         if self.sharpness_every is not None and self._recorded % self.sharpness_every == 0:
             model["sharpness"], model["sharpness_threshold"] = self._sharpness(optimizer)
@@ -305,6 +347,7 @@ class StabilityMonitor(StepHooks):
         self._check_events(step, row, model, levels)
         if self.writer is not None and _reporting_rank():
             self._write_scalars(step, row, model)
+        self._keep_gradients(step)
 
     def _measure(self, optimizer: torch.optim.Optimizer, tracked: _Tracked,
                  levels: tuple[Level, ...]) -> tuple[Tensor, _Layout]:
@@ -343,15 +386,17 @@ class StabilityMonitor(StepHooks):
         reductions += [torch.dot(flat_u, flat_g), torch.linalg.vector_norm(flat_u), torch.linalg.vector_norm(flat_g),
                        torch.linalg.vector_norm(change) * (lr / shrink), torch.linalg.vector_norm(before),
                        torch.linalg.vector_norm(flat_after),
-                       self._spike_factor(optimizer, group, states[0], flat_g, before)]
+                       self._spike_factor(optimizer, group, states[0], flat_g, before),
+                       *self._secant_terms(tracked, states[0], flat_g, change, lr, shrink),
+                       self._update_clip_rms(states[0], flat_g)]
         if tracked.invariant:
             reductions.append(step_statistics(before, flat_after, lr, decay)[3])
         layout = _Layout(levels, bounds, lr, decay, tracked.invariant, param.numel())
         dtype = reductions[0].dtype
         return torch.stack([r.reshape(()).to(dtype) for r in reductions]), layout
 
-    def _fill(self, row: np.ndarray, values: np.ndarray, layout: _Layout) -> tuple[float, float, float]:
-        """Write one tensor's quantities into ``row`` from its measurements; returns (⟨u,g⟩, |u|², |g|²)."""
+    def _fill(self, row: np.ndarray, values: np.ndarray, layout: _Layout) -> _Sums:
+        """Write one tensor's quantities into ``row`` from its measurements; returns its terms of the model's sums."""
         column = self._column
         size = layout.elements
         for i, (level, bound) in enumerate(zip(layout.levels, layout.bounds), start=1):
@@ -361,13 +406,15 @@ class StabilityMonitor(StepHooks):
             row[column[f"update_max_L{i}"]] = largest
             row[column[f"bound_L{i}"]] = bound
             row[column[f"bound_ratio_L{i}"]] = (rms if level.tensor_mode else largest) / bound
-        inner, u_norm, g_norm, change, before, after, spike, *rest = values[2 * len(layout.levels):]
+        inner, u_norm, g_norm, change, before, after, spike, secant_inner, secant_weighted, clip_rms, *rest = \
+            values[2 * len(layout.levels):]
         lr = layout.lr
         row[column["cosine"]] = inner / (u_norm * g_norm) if u_norm > 0 and g_norm > 0 else math.nan
         row[column["update_param_ratio"]] = change / before if before > 0 else math.nan
         row[column["param_norm"]] = after
         row[column["lr"]] = lr
         row[column["spike_factor"]] = spike
+        row[column["update_clip_rms"]] = clip_rms
         if layout.invariant:
             row[column["angular_update"]] = rest[0]
             row[column["effective_lr"]] = lr / before if before > 0 else math.nan
@@ -375,7 +422,7 @@ class StabilityMonitor(StepHooks):
             if decay > 0 and lr > 0 and lr * decay < 1:
                 row[column["predicted_norm"]] = predictions.equilibrium_norm(lr, decay, size, beta)
                 row[column["predicted_angular_update"]] = predictions.equilibrium_angular_update(lr, decay, beta)
-        return float(inner), float(u_norm) ** 2, float(g_norm) ** 2
+        return _Sums(float(inner), float(u_norm) ** 2, float(g_norm) ** 2, float(secant_inner), float(secant_weighted))
 
     @staticmethod
     def _spike_factor(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], level_state: LevelState,
@@ -400,6 +447,60 @@ class StabilityMonitor(StepHooks):
         previous = torch.sub(current.reshape(-1), fed, alpha=1 - level.gamma).clamp_(min=0.0)
         denom = previous.mul_(1.0 / (level.gamma * (1 - level.gamma ** (count - 1)))).sqrt_().add_(level.eps)
         return squares.div_(denom.square_()).max()
+
+    def _secant_terms(self, tracked: _Tracked, level_state: LevelState, grad: Tensor, change: Tensor, lr: float,
+                      shrink: float) -> tuple[Tensor, Tensor]:
+        """⟨g_n − g_{n−1}, Δθ⟩ and Σ(√v̂_n + ε)Δθ²/η over this tensor, Δθ = −η(u + λθ_n)/q (NaN without the
+        previous step's gradient): the terms of :func:`kadam.monitor.rules.secant_curvature`."""
+        previous = self._kept.get(id(tracked.param))
+        if previous is None or previous.shape != grad.shape:
+            nan = grad.new_tensor(math.nan)
+            return nan, nan
+        moment = level_state.denominator_moment
+        moment = torch.view_as_real(moment) if torch.is_complex(moment) else moment
+        scale = (moment.sqrt() / math.sqrt(level_state.bias_correction2)).add_(level_state.level.eps)
+        scale = scale.reshape(-1) if scale.dim() else scale
+        inner = torch.dot(grad - previous, change) * (-lr / shrink)
+        weighted = torch.sum(scale * change.square()) * (lr / (shrink * shrink))
+        return inner, weighted
+
+    @staticmethod
+    def _update_clip_rms(level_state: LevelState, grad: Tensor) -> Tensor:
+        """StableAdamW's :math:`\\mathrm{RMS}(g_n^2 / \\max(\\hat v_n, \\epsilon^2))` of level 1 after the step
+        (Wortsman et al. 2023): above 1, its update clipping would shrink this tensor's step."""
+        moment = level_state.exp_avg_sq
+        moment = torch.view_as_real(moment) if torch.is_complex(moment) else moment
+        corrected = moment / level_state.bias_correction2
+        corrected = corrected.reshape(-1) if corrected.dim() else corrected
+        floor = max(level_state.level.eps, 1e-30) ** 2
+        return torch.sqrt(torch.mean(grad.square() / torch.clamp(corrected, min=floor)))
+
+    def _keep_gradients(self, step: int) -> None:
+        """Copy the gradients when the next call is recorded: its secant curvature needs g_{n−1}."""
+        if not (self._pending or (self._calls + 1) % self.every == 0) or not self._uses_gradients:
+            self._kept, self._kept_step = {}, None
+            return
+        kept = {}
+        for tracked in self._tracked:
+            grad = tracked.param.grad
+            if grad is None:
+                continue
+            group = self.optimizer.param_groups[tracked.group_index]
+            flat = (torch.view_as_real(grad) if torch.is_complex(grad) else grad).reshape(-1)
+            kept[id(tracked.param)] = -flat if group.get("maximize", False) else flat.clone()
+        self._kept, self._kept_step = kept, step
+
+    def _edge(self, optimizer: torch.optim.Optimizer) -> float:
+        """The adaptive edge of stability (2 + 2β)/(1 − β) of the first group's level 1 (η inside P)."""
+        beta = param_group_levels(optimizer, optimizer.param_groups[0])[0].beta
+        return float(stability.edge_of_stability(beta))
+
+    @property
+    def above_edge(self) -> bool:
+        """Whether the secant curvature has been above the edge of stability for ``Thresholds.edge_patience``
+        recorded steps in a row (up to the last recorded step); what :class:`~kadam.monitor.StabilityGuard`
+        lowers the learning rate on."""
+        return self._edge_check is not None and self._edge_check.above
 
     def _bound(self, beta: float, gamma: float, count: float) -> float:
         key = (beta, gamma, count)
@@ -503,6 +604,68 @@ class StabilityMonitor(StepHooks):
                 f"stability (2 + 2β)/(1 − β) = {threshold:.4g}: the step overshoots along that direction (full-batch "
                 "Adam hovers at this edge, Cohen et al. 2022, so a large or persistent excess is the signal)",
                 "lower lr (the edge in P⁻¹H scales as 1/η)", 0, "theory"))
+        column = self._column["update_param_ratio"]
+        ratios = row[:, column]
+        if limits.update_ratio is not None and np.isfinite(ratios).any() and np.nanmax(ratios) > limits.update_ratio:
+            worst = int(np.nanargmax(ratios))
+            self._emit(StabilityEvent(
+                self._tracked[worst].name, step, "update_param_ratio", float(ratios[worst]), limits.update_ratio,
+                f"the step changed this tensor by {ratios[worst]:.3g} of its norm (|θ_n − θ_n−1|/|θ_n−1|): Adam's update "
+                "is about lr per coordinate whatever the gradient's scale, so a large ratio means lr is large against "
+                "the weights",
+                "lower lr, or warm it up", 0, "argument"))
+        curvature, edge = model["curvature"], model["edge"]
+        if self._edge_check is not None and self._edge_check.update(step, curvature, edge):
+            self._emit(StabilityEvent(
+                "*", step, "curvature", float(curvature), float(edge) * self._edge_check.ratio,
+                f"the curvature along the last steps, ⟨Δg, Δθ⟩/⟨Δθ, PΔθ⟩ = {curvature:.4g} with P = diag(√v̂ + ε)/η, "
+                f"has been above the adaptive edge of stability (2 + 2β)/(1 − β) = {edge:.4g} for "
+                f"{self._edge_check.streak} recorded steps: the steps overshoot along the update's direction",
+                "lower lr (or warm it up), or let kadam.monitor.StabilityGuard lower it while this lasts", 0,
+                "theory"))
+
+    def _check_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Every step, recorded or not: the global gradient norm (one reduction over the gradients and one
+        read on the host) and the loss handed over, against the non-finite and growth checks."""
+        loss, self._loss = self._loss, None
+        limits = self.thresholds
+        if not (limits.nonfinite or self._grad_check is not None or self._loss_check is not None):
+            return
+        found_inf = getattr(optimizer, "found_inf", None)
+        if found_inf is not None and bool(found_inf):
+            return  # GradScaler skips this step itself
+        grads = [t.param.grad for t in self._tracked if t.param.grad is not None]
+        if not grads:
+            return
+        grad_norm = float(global_grad_norm(grads))
+        scale = getattr(optimizer, "grad_scale", None)  # fused optimizers under GradScaler see scaled gradients
+        if scale is not None:
+            grad_norm /= float(scale)
+        self._check_running(self._optimizer_step(), grad_norm, math.nan if loss is None else float(loss))
+
+    def _check_running(self, step: int, grad_norm: float, loss: float) -> None:
+        """The checks of the running training that need no closure, once per step (:mod:`kadam.monitor.rules`)."""
+        limits = self.thresholds
+        if limits.nonfinite and (rules.non_finite(grad_norm) or (not math.isnan(loss) and rules.non_finite(loss))):
+            what, value = ("gradient norm", grad_norm) if rules.non_finite(grad_norm) else ("loss", loss)
+            self._emit(StabilityEvent(
+                "*", step, "nonfinite", float(value), math.inf,
+                f"the {what} is {value}: the step was taken with a non-finite value (an inf/NaN in one element "
+                "poisons a tensor's second moment, and the whole tensor's at a tensor-mode level)",
+                "skip such steps (torch.amp.GradScaler, kadam.monitor.StabilityGuard) and find the batch or "
+                "operation that produced it", 0, "argument"))
+        if self._grad_check is not None and self._grad_check.update(grad_norm):
+            self._emit(StabilityEvent(
+                "*", step, "grad_norm", float(grad_norm), self._grad_check.factor,
+                f"the gradient norm {grad_norm:.4g} is above {self._grad_check.factor:g}× the median of its last "
+                f"{self._grad_check.window} steps",
+                "a growing gradient precedes a loss spike: lower lr, or clip gradients", 0, "argument"))
+        if self._loss_check is not None and not math.isnan(loss) and self._loss_check.update(loss):
+            self._emit(StabilityEvent(
+                "*", step, "loss", float(loss), self._loss_check.factor,
+                f"the loss {loss:.4g} is above {self._loss_check.factor:g}× the median of its last "
+                f"{self._loss_check.window} steps",
+                "lower lr, or skip outlier batches (kadam.monitor.StabilityGuard)", 0, "argument"))
 
     def _emit(self, event: StabilityEvent) -> None:
         self.events.append(event)
@@ -532,11 +695,12 @@ class StabilityMonitor(StepHooks):
     # -- public --------------------------------------------------------------------------------------
 
     def observe_loss(self, loss: Tensor | float) -> None:
-        """Give the loss of the step about to be taken (call before ``optimizer.step()``); kept only for
-        recorded steps, as the ``loss`` model quantity. A tensor is read when the step is recorded."""
-        upcoming = self._optimizer_step() + 1
+        """Give the loss of the step about to be taken (call before ``optimizer.step()``): the non-finite and
+        loss-growth checks read it after the step, and recorded steps keep it as the ``loss`` model quantity."""
+        value = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+        self._loss = value
         if self._pending or (self._calls + 1) % self.every == 0:
-            self._losses[upcoming] = loss.detach() if isinstance(loss, Tensor) else torch.tensor(float(loss))
+            self._losses[self._optimizer_step() + 1] = value
 
     @property
     def history(self) -> MonitorHistory:
