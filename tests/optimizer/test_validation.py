@@ -95,3 +95,17 @@ def test_sparse_gradients_are_refused():
     embedding(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(RuntimeError, match="sparse gradients"):
         KAdam(embedding.parameters()).step()
+
+
+@pytest.mark.parametrize("k,fused", [(1, None), (2, False), (2, True)])
+def test_nonfinite_gradient_reaches_as_the_readme_says(k, fused):
+    """A NaN in one gradient element stays in that element at k = 1 and takes the whole tensor at k >= 2 (the
+    tensor-mode second moment), for good."""
+    param = torch.nn.Parameter(torch.ones(4))
+    optimizer = KAdam([param], k=k, fused=fused)
+    for grad in (torch.tensor([1.0, math.nan, 1.0, 1.0]), torch.ones(4), torch.ones(4)):
+        param.grad = grad
+        optimizer.step()
+    assert param.isnan().tolist() == ([False, True, False, False] if k == 1 else [True] * 4)
+    if k > 1:
+        assert optimizer.state[param]["exp_avg_sq_2"].isnan()
