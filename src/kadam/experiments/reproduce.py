@@ -22,11 +22,12 @@ from rich.table import Table as RichTable
 
 import kadam
 from kadam.experiments.cells import CellCache, CellRunner
-from kadam.experiments.report import SectionDocument, write_report
+from kadam.experiments.comparison.section import committed_study_answer
+from kadam.experiments.report import Claim, SectionDocument, write_report
 from kadam.experiments.profiles import DEVICES, PROFILES, Settings
 from kadam.experiments.registry import build_sections
 
-__all__ = ["PROFILES", "DEVICES", "ReproduceOutcome", "reproduce"]
+__all__ = ["PROFILES", "DEVICES", "ReproduceOutcome", "practitioner_summary", "reproduce"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,85 @@ def _summary_table(sections: Sequence[SectionDocument], outcome_line: str) -> Ri
         for index, (label, value) in enumerate(section.headline):
             table.add_row(f"{number}. {section.title}" if index == 0 else "", label, value)
     return table
+
+
+def _measured(documents: Sequence[SectionDocument], name: str) -> tuple[SectionDocument | None, list[Claim]]:
+    """The section ``name`` (None when the report has none) and its measured (not exactness) claims."""
+    section = next((document for document in documents if document.name == name), None)
+    return section, [] if section is None else [claim for claim in section.claims if claim.kind != "exactness"]
+
+
+def _short(evidence: str, words: int = 16) -> str:
+    """The first clause of ``evidence`` (up to ';'), at most ``words`` words."""
+    clause = evidence.split("; ")[0].split(". ")[0].rstrip(".")
+    tokens = clause.split()
+    return " ".join(tokens[:words]) + (" …" if len(tokens) > words else "")
+
+
+def _reading(claim: Claim | None, anchor: str) -> str:
+    """'"claim": **verdict** (evidence) [§](#anchor)', or that the section stated no such claim."""
+    if claim is None:
+        return f"this run has no verdict on it ([{anchor}](#{anchor}))."
+    return f"this run: **{claim.verdict}** ({_short(claim.evidence)}; [{anchor}](#{anchor}))."
+
+
+def _find(claims: Sequence[Claim], *words: str) -> Claim | None:
+    return next((claim for claim in claims if any(word in claim.text for word in words)), None)
+
+
+def practitioner_summary(documents: Sequence[SectionDocument], study: dict[str, Any] | None) -> list[str]:
+    """The report's "What this means for you" lines, each tied to the verdict behind it.
+
+    Safe (β, γ) from the stability section's claims, whether to switch to k-Adam from the committed study
+    (``study``: :func:`~kadam.experiments.comparison.section.committed_study_answer`) and this run's
+    comparison, the monitor from its section, moving hyperparameters from the transfer section. A missing
+    section or verdict, or one not resolved, is said so instead of a recommendation.
+    """
+    lines = []
+    stability, claims = _measured(documents, "stability")
+    if stability is None:
+        lines.append("**Which (β, γ) are safe.** This report has no stability section.")
+    else:
+        region = _find(claims, "harm") or _find(claims, "β²")
+        advice = ("Keep γ > β² (THEORY §2: outside it even the optimizer alone grows its updates; β = 0.9 needs "
+                  "γ > 0.81, the default (0.9, 0.999) is well inside). Whether crossing it harms training, ")
+        lines.append("**Which (β, γ) are safe.** " + advice + _reading(region or (claims[0] if claims else None),
+                                                                       "stability"))
+    comparison, claims = _measured(documents, "comparison")
+    here = _reading(claims[0] if claims else None, "comparison") if comparison else "this report has no comparison."
+    if study is None or not study["rows"]:
+        lines.append("**Should you switch to k-Adam?** The committed study (results/comparison-study) is not "
+                     f"available to this run, so no answer from it; {here}")
+    else:
+        better, worse, unresolved = study["better"], study["worse"], study["unresolved"]
+        answer = ("Yes" if len(better) == len(study["rows"]) else "Not as a drop-in" if worse
+                  else "No evidence either way")
+        lines.append(
+            f"**Should you switch to k-Adam?** {answer}: the committed study (`{study['command']}`, "
+            f"{len(study['rows'])} workloads, {max(r['seeds'] for r in study['rows'])} paired seeds, Holm-corrected) "
+            f"finds KAdam's default k = 2 better than tuned AdamW on {len(better)} ({', '.join(better) or 'none'}), "
+            f"worse on {len(worse)} ({', '.join(worse) or 'none'}), unresolved on {len(unresolved)}. In "
+            f"this run's own comparison, {here}")
+    monitor, claims = _measured(documents, "monitor")
+    lines.append("**Catching a run that goes bad.** "
+                 + ("`StabilityMonitor(optimizer, every=10, names=model)` warns when (β, γ) leaves γ > β², an update "
+                    "exceeds its bound or the sharpness passes the edge of stability; lower the learning rate when it "
+                    "warns. Whether it warns in time, " + _reading(claims[0] if claims else None, "monitor")
+                    if monitor else "This report has no monitor section."))
+    transfer, claims = _measured(documents, "transfer")
+    if transfer is None:
+        lines.append("**Another learning rate or batch size.** This report has no transfer section.")
+    else:
+        lr = _find(claims, "β^c", "η → cη")
+        batch = [claim for claim in claims if claim is not lr]
+        kept = [claim for claim in batch if claim.verdict == "confirmed"]
+        lines.append(
+            "**Another learning rate or batch size.** For η → cη set β → β^c, γ → γ^c (`kadam transfer --lr 3e-3 "
+            "--betas 0.9 0.999 --factor 2`); whether that keeps the trajectory, " + _reading(lr, "transfer")
+            + " For a batch size ×κ: "
+            + ("; ".join(f"{claim.text.split('(')[0].strip()} is {claim.verdict}" for claim in batch) or "no verdict")
+            + (". No rule is confirmed: re-tune the lr after changing the batch size." if batch and not kept else "."))
+    return lines
 
 
 def reproduce(
@@ -133,7 +213,8 @@ def reproduce(
         "stored result of the identical call). The theory is docs/theory.md (`kadam theory` prints it; `THEORY §N` below is its §N); each section says what it measured, how, "
         "and what this run found, including where the measurement contradicts the paper."
     )
-    paths = write_report(out, "kadam reproduce: the paper's claims, re-measured", preamble, documents, metadata)
+    summary = practitioner_summary(documents, committed_study_answer())
+    paths = write_report(out, "kadam reproduce: the paper's claims, re-measured", preamble, documents, metadata, summary)
     console.print(_summary_table(documents, outcome_line))
     console.print(f"Report: {paths['html']}  (also {paths['markdown'].name}, {paths['json'].name}, figures/)")
     return ReproduceOutcome(paths, documents, len(runner.computed), len(runner.cached), list(runner.cache.corrupt), elapsed)

@@ -12,6 +12,7 @@ one workload.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -35,8 +36,8 @@ from kadam.experiments.profiles import profile_sizes
 from kadam.experiments.report import Claim, Figure, SectionDocument, Table, format_number
 from kadam.experiments.sections import Section
 
-__all__ = ["PlannedRun", "build_section", "tuning_plan", "followup_plan", "tagged_records", "result_rows",
-           "config_for"]
+__all__ = ["PlannedRun", "STUDY_DIRECTORY", "build_section", "committed_study_answer", "tuning_plan", "followup_plan",
+           "tagged_records", "result_rows", "config_for"]
 
 SECTION = "comparison"
 TRAIN_FUNCTION = train_trial
@@ -421,3 +422,35 @@ def build_section(settings: Any) -> Section:
                    [p.cell for p in tuning], finish, followup, followup_runs)
 
 
+
+
+STUDY_DIRECTORY = Path(__file__).resolve().parents[4] / "results" / "comparison-study"
+"""The committed study profile's report (``kadam compare --study``) in a source checkout."""
+
+
+def committed_study_answer(directory: str | Path | None = None) -> dict[str, Any] | None:
+    """What the committed study says about KAdam's default against tuned AdamW, read from its ``results.json``.
+
+    Per workload of the full search: the paired test-loss difference ``kadam2 − AdamW`` (mean, Bonferroni
+    interval, Holm p, significant or not, seeds), sorted into better / worse / not resolved; the study's own
+    claim (verdict, evidence), its command and start time. None when the directory or file is missing or
+    unreadable (an installed package carries no study).
+    """
+    path = Path(directory or STUDY_DIRECTORY) / "results.json"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        family = results["sections"]["comparison"]["data"]["analysis"]["families"]["search"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    rows = [{"workload": item["workload"], "mean": item["comparison"]["mean"],
+             "low": item["comparison"]["ci_adjusted_low"], "high": item["comparison"]["ci_adjusted_high"],
+             "p_holm": item["comparison"]["p_holm"], "significant": bool(item["comparison"]["significant"]),
+             "seeds": item["comparison"]["n"]}
+            for item in family if item["arm"] == DEFAULT_KADAM_ARM]
+    claim = next((c for c in results.get("claims", []) if c.get("section") == "comparison"), None)
+    return {"directory": str(path.parent), "command": results.get("command"), "started_utc": results.get("started_utc"),
+            "rows": rows, "better": [r["workload"] for r in rows if r["significant"] and r["mean"] < 0],
+            "worse": [r["workload"] for r in rows if r["significant"] and r["mean"] > 0],
+            "unresolved": [r["workload"] for r in rows if not r["significant"]],
+            "verdict": None if claim is None else claim.get("verdict"),
+            "evidence": None if claim is None else claim.get("evidence")}
