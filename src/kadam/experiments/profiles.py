@@ -144,7 +144,9 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
                         # the modified equations' order where the derivation's assumption holds and where it does
                         # not (a gradient coordinate at zero at θ₀): two parameters, seconds each
                         modified=_frozen({problem: _frozen({"lrs": [4e-3, 2e-3, 1e-3], "horizon": 0.5, "warm_start": 1})
-                                          for problem in ("coupled", "coupled-from-rest")})),
+                                          for problem in ("coupled", "coupled-from-rest")}),
+                        # where the MLP's error comes from: the model started from the discrete state at step 100
+                        restart=_frozen({"problem": "mlp", "lr": 1e-3, "steps": 2000, "restart_steps": [100]})),
         normalization=NormalizationConfig(
             random_walk=_frozen({}), meta_adaptive_exact=_frozen({"steps": 2000}),
             meta_adaptive_drift=_frozen({"steps": 20_000}), meta_adaptive_network=_frozen({"steps": 3000}),
@@ -153,6 +155,7 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
             census_tasks=_census_tasks(
                 dict(corpus_chars=60_000, context=32, width=32, heads=2, layers=2, evaluation_windows=128),
                 channels=8, hidden=64, depth=2),
+            seeds=(0, 1, 2),
         ),
         comparison=ComparisonConfig(
             workloads=(
@@ -194,7 +197,9 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
                                for problem in ("quadratic", "logistic")},
                             **{problem: _frozen({"lrs": [8e-3, 4e-3, 2e-3, 1e-3], "horizon": 0.5, "warm_start": 1})
                                for problem in ("coupled", "coupled-from-rest")}}),
-                        transformer=_frozen({"lr": 1e-3, "steps": 2000, "warm_starts": [0, 5]})),
+                        transformer=_frozen({"lr": 1e-3, "steps": 2000, "warm_starts": [0, 5]}),
+                        restart=_frozen({"problem": "mlp", "lr": 1e-3, "steps": 2000, "restart_steps": [10, 100]}),
+                        seeds=(0, 1, 2)),
         normalization=NormalizationConfig(
             random_walk=_frozen({"relaxation_times": 10}), meta_adaptive_exact=_frozen({"steps": 2000}),
             meta_adaptive_drift=_frozen({"steps": 50_000}), meta_adaptive_network=_frozen({"steps": 10_000}),
@@ -203,6 +208,7 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
             census_tasks=_census_tasks(
                 dict(corpus_chars=465_000, context=128, width=128, heads=4, layers=4, evaluation_windows=512),
                 channels=32, hidden=256, depth=3),
+            seeds=(0, 1, 2),
         ),
         comparison=ComparisonConfig(
             workloads=(

@@ -9,7 +9,8 @@ a :class:`~kadam.experiments.report.SectionDocument` and draws its figures.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from kadam.experiments.cells import Cell
 from kadam.experiments.profiles import Settings
 from kadam.experiments.report import Figure, SectionDocument
 
-__all__ = ["Section", "Settings", "draw_figure", "p_value_text", "signed_percent"]
+__all__ = ["CONFIDENCE", "Section", "Settings", "draw_figure", "p_value_text", "seed_interval", "signed_percent"]
 
 
 @dataclass
@@ -38,11 +39,11 @@ class Section:
     followup_cost: float = 0.0
 
 
-def draw_figure(figures: Path, name: str, draw: Callable[[str], Any], caption: str) -> Figure:
-    """Draw ``figures/name`` with ``draw(path)`` and return it with its caption."""
+def draw_figure(figures: Path, name: str, draw: Callable[[str], Any], caption: str, appendix: bool = False) -> Figure:
+    """Draw ``figures/name`` with ``draw(path)`` and return it with its caption (``appendix``: shown there)."""
     path = str(figures / name)
     draw(path)
-    return Figure(path, caption)
+    return Figure(path, caption, appendix)
 
 
 def p_value_text(p: float) -> str:
@@ -53,3 +54,21 @@ def p_value_text(p: float) -> str:
 def signed_percent(value: float | None) -> str:
     """A relative error as "+1.2%" ("—" for None)."""
     return "—" if value is None else f"{100 * value:+.1f}%"
+
+
+CONFIDENCE = 0.95
+"""Coverage of :func:`seed_interval`."""
+
+
+def seed_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and two-sided :data:`CONFIDENCE` Student-t interval ``mean ± t·s/√n`` of ``values`` (one per seed);
+    a single value gives the degenerate interval (value, value, value)."""
+    count = len(values)
+    mean = math.fsum(values) / count
+    if count < 2:
+        return mean, mean, mean
+    from scipy.stats import t
+
+    spread = math.sqrt(math.fsum((value - mean) ** 2 for value in values) / (count - 1))
+    half = float(t.ppf(0.5 + CONFIDENCE / 2, count - 1)) * spread / math.sqrt(count)
+    return mean, mean - half, mean + half

@@ -21,19 +21,23 @@ def test_random_walk_names_both_equilibria_on_both_panels_and_marks_each_beta(tm
     assert first.get_markevery() != second.get_markevery()
 
 
-def test_digits_norms_names_predictions_and_equilibria_and_draws_the_measurement_under_them(tmp_path, drawn_figures):
+def test_digits_norms_is_one_grid_with_the_measurement_drawn_on_top(tmp_path, drawn_figures):
     figures = drawn_figures(plots)
     curves = {f"{kind}_{quantity}": CURVE for kind in ("measured", "corrected", "orthogonal")
               for quantity in ("norm", "angular_update")}
     layer = {"name": "0.weight", "curves": curves, "corrected_equilibrium_norm": 2.0, "orthogonal_equilibrium_norm": 1.0,
              "corrected_equilibrium_angular_update": 0.1, "orthogonal_equilibrium_angular_update": 0.2}
-    plots.plot_digits_norms({"layers": [layer], "task": "digits-ln", "optimizer": "adamw"}, str(tmp_path / "n.png"))
+    runs = [{"layers": [layer, {**layer, "name": "3.weight"}], "task": task, "optimizer": "adamw", "weight_decay": 0.1,
+             "steps": 50, "window_start": 25, "relaxation_times_run": 2.0, "equilibrated": False}
+            for task in ("digits-bn", "digits-ln")]
+    plots.plot_digits_norms(runs, str(tmp_path / "n.png"))
     (figure,) = figures
-    assert {"measured", "corrected prediction", "orthogonal prediction", "corrected equilibrium",
+    assert len(figure.axes) == 8  # 2 runs × 2 layers × (norm, angle): one figure for every run
+    assert {"measured", "corrected replay", "orthogonal replay", "corrected equilibrium",
             "orthogonal equilibrium"} <= set(legend_texts(figure))
     lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
-    measured, corrected = lines["measured"], lines["corrected prediction"]
-    assert measured.get_zorder() < corrected.get_zorder() and measured.get_linewidth() > corrected.get_linewidth()
+    assert lines["measured"].get_zorder() > lines["corrected replay"].get_zorder()  # not hidden under the replay
+    assert "too short" in figure.axes[0].get_title()
 
 
 def test_meta_adaptive_draws_the_per_tensor_curve_dashed_over_the_elementwise_one(tmp_path, drawn_figures):

@@ -22,9 +22,17 @@ def test_digits_norms_tracks_the_hidden_weights_and_the_corrected_prediction_is_
     for layer in result["layers"]:
         assert abs(layer["corrected_norm_error"]) < abs(layer["orthogonal_norm_error"])
         assert abs(layer["corrected_angular_error"]) < abs(layer["orthogonal_angular_error"])
+    # 400 steps at ηλ = 5e-3 are 4 relaxation times: the run is equilibrated, read after 3 of them
+    assert result["equilibrated"] and result["window_start"] == pytest.approx(3 * result["relaxation_steps"])
     path = tmp_path / "norms.png"
-    plot_digits_norms(result, str(path))
+    plot_digits_norms([result], str(path))
     assert path.stat().st_size > 1000
+
+
+def test_a_run_shorter_than_four_relaxation_times_is_not_read_as_equilibrated():
+    result = digits_norms(norm="batch", optimizer="adamw", lr=1e-2, weight_decay=0.01, steps=200, hidden=16)
+    assert not result["equilibrated"] and result["relaxation_times_run"] < 4
+    assert result["window_start"] == 100  # the second half, where only the replay is read
 
 
 def test_digits_norms_with_adam_has_no_equilibrium():
@@ -43,6 +51,14 @@ def test_meta_adaptive_network_and_figures(tmp_path):
     (config,) = network["configs"]
     assert [layer["name"] for layer in config["layers"]] == ["0.weight", "3.weight"]
     assert all(-1 <= layer["final_cosine"] <= 1 and layer["angular_update_ratio"] > 0 for layer in config["layers"])
+    # beside 2-Adam: 2-Adam at the corrected step and the control (AdamW, another batch order), each with its loss
+    assert config["copies"] == ["adamw", "sphere", "control", "sphere_corrected"]
+    assert config["step_scale"] == pytest.approx(math.sqrt((1 - 0.9 * 0.999) / (1 + 0.9 * 0.999)))
+    for layer in config["layers"]:
+        assert all(-1 <= layer[copy]["final_cosine"] <= 1 for copy in ("sphere", "sphere_corrected", "control"))
+        # the corrected copy turns faster relative to AdamW than plain 2-Adam: its steps are smaller
+        assert layer["sphere_corrected"]["angular_update_ratio"] > layer["sphere"]["angular_update_ratio"]
+    assert set(config["losses"]) == set(config["copies"]) and not any(v["diverged"] for v in config["losses"].values())
     drift = meta_adaptive_drift(d=32, steps=100, lr=1e-2, weight_decay=0.5, configs=((0.9, 0.99, "tensor"),))
     walk = random_walk(d=32, lr=1e-2, weight_decay=0.5, gamma=0.9, relaxation_times=3.0, transient_times=1.0)
     json.dumps(walk)

@@ -12,8 +12,9 @@ __all__ = ["NormalizationConfig"]
 @dataclass(frozen=True)
 class NormalizationConfig:
     """Section 3: kwargs of each experiment, the digits-norms runs as (normalization, optimizer, weight
-    decay), the census warm-up and its tasks (name → model sizes), and ``cost_scale`` (the ETA relative to the
-    quick profile)."""
+    decay), the census warm-up and its tasks (name → model sizes), ``cost_scale`` (the ETA relative to the
+    quick profile) and ``seeds``: the random walk and the network comparison run at every seed, the digits runs
+    long enough to test an equilibrium too (the others at the first seed)."""
 
     random_walk: Mapping[str, Any]
     meta_adaptive_exact: Mapping[str, Any]
@@ -24,3 +25,4 @@ class NormalizationConfig:
     census_warmup_steps: int
     cost_scale: float
     census_tasks: Mapping[str, Mapping[str, int]]
+    seeds: tuple[int, ...] = (0,)

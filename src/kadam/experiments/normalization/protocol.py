@@ -56,6 +56,12 @@ __all__ = [
 
 Progress = Callable[[int, int], None] | None
 
+EQUILIBRIUM_START = 3.0
+"""Relaxation times τ = 1/(2ηλ) after which a real run's norm is read as equilibrated (THEORY §4)."""
+EQUILIBRIUM_MIN_RUN = 4.0
+"""A real run is long enough to test an equilibrium when it lasts at least this many relaxation times (a
+window of at least one τ after :data:`EQUILIBRIUM_START`)."""
+
 
 def spherical_noise_gradient(weight: Tensor, noise: Tensor, curvature: Tensor | None = None) -> Tensor:
     r"""Gradient of the scale-invariant ``L(W) = ½ Ŵᵀ diag(curvature) Ŵ + ⟨ξ, Ŵ⟩`` at W, ``Ŵ = W/|W|``.
@@ -365,8 +371,12 @@ def digits_norms(
       (:func:`norm_trajectory`), and the noise-dominated equilibrium from hyperparameters alone;
     - angular updates predicted as ``η|u_n| / (q|W_{n−1}|_pred)`` under both assumptions, and the
       noise-dominated :func:`equilibrium_angular_update`;
-    - relative errors ``predicted/measured − 1`` of the RMS over the steps after the transient
-      (3 relaxation times, or the second half of the run if that is sooner; the second half for Adam).
+    - relative errors ``predicted/measured − 1`` of the RMS over a window of steps. With decay, a run of at
+      least :data:`EQUILIBRIUM_MIN_RUN` relaxation times τ = :func:`relaxation_steps` is *equilibrated*: its
+      window starts after :data:`EQUILIBRIUM_START` τ, where the norm has forgotten its start to
+      ``e^{-3}``, and only there is the equilibrium from hyperparameters alone a test of the prediction.
+      A shorter run (``equilibrated`` False) and Adam (no equilibrium) use the second half of the run, where
+      only the replay from the measured ``|u_n|²`` is a test.
     """
     if optimizer not in ("adamw", "adam"):
         raise ValueError(f"optimizer must be 'adamw' or 'adam', got {optimizer!r}")
@@ -390,7 +400,9 @@ def digits_norms(
     history = tracker.history()
     recorded = history["steps"]
     shrink = 1 - lr * decay
-    window_start = steps / 2 if decay == 0 else min(3 * relaxation_steps(lr, decay), steps / 2)
+    tau = relaxation_steps(lr, decay) if decay > 0 else None
+    equilibrated = tau is not None and steps >= EQUILIBRIUM_MIN_RUN * tau
+    window_start = EQUILIBRIUM_START * tau if equilibrated else steps / 2
     layers = []
     for name in tracked:
         measured_norm = history["norm"][name]
@@ -426,10 +438,19 @@ def digits_norms(
     return {
         "task": f"digits-{'bn' if norm == 'batch' else 'ln'}", "optimizer": optimizer, "lr": lr,
         "weight_decay": decay, "betas": list(betas), "steps": steps, "batch_size": batch_size, "seed": seed,
-        "relaxation_steps": relaxation_steps(lr, decay) if decay > 0 else None, "window_start": window_start,
+        "relaxation_steps": tau, "relaxation_times_run": None if tau is None else steps / tau,
+        "equilibrated": equilibrated, "window_start": window_start,
         "detection": detection, "tracked": tracked, "layers": layers,
         "test_accuracy": _accuracy(model, data["test"]),
     }
+
+
+CONTROL_BATCH_SEED_OFFSET = 1000
+"""The control copy of :func:`meta_adaptive_network` draws its mini-batches from ``seed + CONTROL_BATCH_SEED_OFFSET``."""
+DIVERGED_LOSS = 0.5 * math.log(10)
+"""A copy of :func:`meta_adaptive_network` has diverged when its training loss over the last tenth of the run
+is above half the loss of the uniform prediction on digits' 10 classes."""
+NETWORK_COPIES = ("adamw", "sphere", "sphere_corrected", "control")
 
 
 def meta_adaptive_network(
@@ -445,66 +466,139 @@ def meta_adaptive_network(
     curve_points: int = 200,
     progress: Progress = None,
 ) -> dict[str, Any]:
-    r"""AdamW vs explicit 2-Adam on the sphere for the invariant weights of a LayerNorm MLP on digits.
+    r"""AdamW against explicit 2-Adam on the sphere for the invariant weights of a LayerNorm MLP on digits,
+    beside a seed-to-seed control.
 
-    Both copies start from the same initialisation and see the same mini-batches. AdamW's side is
-    ``KAdam(k=1)`` on every parameter; 2-Adam's side is :class:`SphericalTwoAdam` (same η, λ, level 1) on
-    the scale-invariant hidden weights and the same ``KAdam(k=1)`` on the rest. Per invariant weight:
-    cosine between the two directions over time, and the ratio AdamW / 2-Adam of the RMS angular update
-    over the last third, with THEORY §4's noise-dominated prediction ``√((1 − qβ)/(1 + qβ))``.
+    Four copies start from one initialisation (``seed``) and train in lockstep:
 
+    - ``adamw``: ``KAdam(k=1)`` (AdamW) on every parameter, mini-batches drawn from ``seed``;
+    - ``sphere``: :class:`SphericalTwoAdam` (same η, λ, level 1) on the scale-invariant hidden weights and the
+      same ``KAdam(k=1)`` on the rest, on the same mini-batches;
+    - ``sphere_corrected``: the same with 2-Adam's step multiplied by ``c = 1/√F = √((1 − qβ)/(1 + qβ))``,
+      the factor by which momentum correlation makes AdamW's angular update smaller in equilibrium
+      (THEORY §4). Level 2's statistic is kept at ``ν/c²`` (the invariant weights start scaled by ``1/c``,
+      which leaves the loss unchanged, and each step's new term enters divided by ``c²``), so every step is
+      ``c`` times 2-Adam's. At β = 0, ``c = 1`` and this copy is ``sphere``;
+    - ``control``: AdamW again, mini-batches drawn from ``seed + CONTROL_BATCH_SEED_OFFSET``: how far two AdamW
+      runs that differ only in batch order drift apart, the noise floor of the cosines.
+
+    Per invariant weight and copy: the cosine between its direction and ``adamw``'s over time and at the
+    end; for the 2-Adam copies the ratio AdamW / copy of the RMS angular update over the last third, with the
+    noise-dominated prediction ``1/√F`` for ``sphere``. Per copy: the training-loss curve (mean over each
+    recording window), the mean over the last tenth of the run, ``diverged`` (that mean above
+    :data:`DIVERGED_LOSS`) and the test accuracy.
     """
     shrink = 1 - lr * weight_decay
     results = []
     total = steps * len(configs)
     for config_index, (beta, gamma, mode) in enumerate(configs):
         adamw_model, data = _digits_model_and_data("layer", hidden, depth, seed)
-        sphere_model = copy.deepcopy(adamw_model)
         inputs, targets = data["train"]
         generator = torch.Generator().manual_seed(seed)
+        control_generator = torch.Generator().manual_seed(seed + CONTROL_BATCH_SEED_OFFSET)
         probe = torch.randperm(len(targets), generator=generator)[:256]
         tracked, _ = _explained_invariant(adamw_model, (inputs[probe], targets[probe]))
         level = {"lr": lr, "betas": (beta, gamma), "eps": 1e-8, "weight_decay": weight_decay, "norm": mode}
-        adamw = KAdam(adamw_model.parameters(), k=1, **level)
-        sphere_parameters = dict(sphere_model.named_parameters())
-        invariant = [sphere_parameters[name] for name in tracked]
-        rest = [p for name, p in sphere_parameters.items() if name not in tracked]
-        sphere = SphericalTwoAdam(invariant, **level)
-        sphere_rest = KAdam(rest, k=1, **level)
-        adamw_parameters = dict(adamw_model.named_parameters())
-        cosines: dict[str, list[float]] = {name: [] for name in tracked}
-        cosine_steps = []
-        with NormTracker(adamw, [(n, adamw_parameters[n]) for n in tracked], every=record_every) as adamw_tracker, \
-                NormTracker(sphere, [(n, sphere_parameters[n]) for n in tracked], every=record_every) as sphere_tracker:
-            # not workloads.train: two models step in lockstep on one mini-batch, one of them with two optimizers
+        scale = 1 / math.sqrt(correlation_factor(beta, shrink))
+        copies = ("adamw", "sphere", "control") + (("sphere_corrected",) if beta > 0 else ())
+        models = {name: (adamw_model if name == "adamw" else copy.deepcopy(adamw_model)) for name in copies}
+        optimizers: dict[str, tuple[Any, ...]] = {}
+        parameters = {name: dict(model.named_parameters()) for name, model in models.items()}
+        for name in copies:
+            if name in ("adamw", "control"):
+                optimizers[name] = (KAdam(models[name].parameters(), k=1, **level),)
+                continue
+            invariant = [parameters[name][layer] for layer in tracked]
+            if name == "sphere_corrected":
+                with torch.no_grad():
+                    for weight in invariant:
+                        weight.div_(scale)  # ν₀ ∝ |W₀|²: level 2 starts at ν₀/c², the loss is unchanged
+            rest = [p for layer, p in parameters[name].items() if layer not in tracked]
+            optimizers[name] = (SphericalTwoAdam(invariant, **level), KAdam(rest, k=1, **level))
+        cosines: dict[str, dict[str, list[float]]] = {name: {layer: [] for layer in tracked} for name in copies[1:]}
+        losses: dict[str, list[float]] = {name: [] for name in copies}
+        window: dict[str, float] = {name: 0.0 for name in copies}
+        cosine_steps: list[int] = []
+        trackers = {name: NormTracker(optimizers[name][0], [(layer, parameters[name][layer]) for layer in tracked],
+                                      every=record_every) for name in ("adamw", "sphere", "sphere_corrected")
+                    if name in copies}
+        gamma2 = shrink**2
+        # not workloads.train: four models step in lockstep on shared mini-batches, two of them with two optimizers
+        try:
             for step in range(1, steps + 1):
                 index = torch.randint(len(targets), (batch_size,), generator=generator)
-                for model, optimizers in ((adamw_model, (adamw,)), (sphere_model, (sphere, sphere_rest))):
-                    loss = _cross_entropy(model, (inputs[index], targets[index]))
-                    model.zero_grad(set_to_none=True)
+                control_index = torch.randint(len(targets), (batch_size,), generator=control_generator)
+                for name in copies:
+                    batch = control_index if name == "control" else index
+                    loss = _cross_entropy(models[name], (inputs[batch], targets[batch]))
+                    models[name].zero_grad(set_to_none=True)
                     loss.backward()
-                    for optimizer in optimizers:
+                    window[name] += float(loss.detach())
+                    if name == "sphere_corrected":
+                        sphere = optimizers[name][0]
+                        weights = sphere.param_groups[0]["params"]
+                        # ν'_{n−1}; at the first step the ν₀ the optimizer is about to set from |W₀|
+                        before = [sphere.state[p]["level2_sq"] if sphere.state[p] else
+                                  (1 - gamma2) * torch.linalg.vector_norm(p.detach()) ** 2 / (lr**2 * p.numel())
+                                  for p in weights]
+                    for optimizer in optimizers[name]:
                         optimizer.step()
+                    if name == "sphere_corrected":
+                        for p, old in zip(weights, before):
+                            state = sphere.state[p]  # ν' = γ₂ν'_{n−1} + (1 − γ₂)·mean(u²)/c²
+                            state["level2_sq"] = gamma2 * old + (state["level2_sq"] - gamma2 * old) / scale**2
                 if step % record_every == 0:
                     cosine_steps.append(step)
-                    for name in tracked:
-                        cosines[name].append(float(torch.sum(
-                            _direction(adamw_parameters[name]) * _direction(sphere_parameters[name]))))
+                    for name in copies:
+                        losses[name].append(window[name] / record_every)
+                        window[name] = 0.0
+                    reference = parameters["adamw"]
+                    for name in copies[1:]:
+                        for layer in tracked:
+                            cosines[name][layer].append(float(torch.sum(
+                                _direction(reference[layer]) * _direction(parameters[name][layer]))))
                 if progress is not None and step % 100 == 0:
                     progress(config_index * steps + step, total)
-        per_layer = [
-            {"name": name, **_direction_comparison(adamw_tracker, sphere_tracker, name, cosine_steps, cosines[name],
-                                                   steps, curve_points)}
-            for name in tracked
-        ]
+        finally:
+            for tracker in trackers.values():
+                tracker.remove()
+        histories = {name: tracker.history() for name, tracker in trackers.items()}
+        recorded = histories["adamw"]["steps"]
+        late = 2 * steps / 3
+
+        def ratio(name: str, layer: str) -> float:
+            return (_window_rms(histories["adamw"]["angular_update"][layer], recorded, late)
+                    / _window_rms(histories[name]["angular_update"][layer], recorded, late))
+
+        steps_array = np.asarray(cosine_steps)
+        per_layer = []
+        for layer in tracked:
+            entry: dict[str, Any] = {"name": layer}
+            for name in copies[1:]:
+                values = np.asarray(cosines[name][layer])
+                entry[name] = {"final_cosine": float(values[-1]), "min_cosine": float(values.min()),
+                               "cosine_curve": _downsample(steps_array, values, curve_points)}
+                if name in histories:
+                    entry[name]["angular_update_ratio"] = ratio(name, layer)
+            # the uncorrected pair under the names the figures and tables have always read
+            entry.update({key: entry["sphere"][key] for key in ("final_cosine", "min_cosine", "cosine_curve",
+                                                                 "angular_update_ratio")})
+            per_layer.append(entry)
+        tail = max(1, len(cosine_steps) // 10)
+        loss_summary = {name: {"final": float(np.mean(losses[name][-tail:])),
+                               "diverged": bool(np.mean(losses[name][-tail:]) > DIVERGED_LOSS),
+                               "curve": _downsample(steps_array, np.asarray(losses[name]), curve_points)}
+                        for name in copies}
+        accuracy = {name: _accuracy(models[name], data["test"]) for name in copies}
         results.append({
-            "beta": beta, "gamma": gamma, "norm": mode, "layers": per_layer,
-            "predicted_ratio": 1 / math.sqrt(correlation_factor(beta, shrink)),
+            "beta": beta, "gamma": gamma, "norm": mode, "layers": per_layer, "copies": list(copies),
+            "step_scale": scale, "predicted_ratio": scale,
             "momentum_memory_ratio": 2 * lr * weight_decay / (1 - beta),
-            "adamw_test_accuracy": _accuracy(adamw_model, data["test"]),
-            "sphere_test_accuracy": _accuracy(sphere_model, data["test"]),
+            "losses": loss_summary, "test_accuracy": accuracy,
+            "adamw_test_accuracy": accuracy["adamw"], "sphere_test_accuracy": accuracy["sphere"],
         })
     return {"task": "digits-ln", "steps": steps, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
+            "seed": seed, "control_batch_seed": seed + CONTROL_BATCH_SEED_OFFSET,
             "relaxation_steps": relaxation_steps(lr, weight_decay), "configs": results}
 
 
