@@ -19,8 +19,10 @@ class FlowConfig:
     """Section 2: the accuracy runs as (problem, k), the convergence experiment at a fixed horizon η·steps
     (``convergence_lrs``, or a problem's own rates in ``convergence_lrs_by_problem``: a run costs ∝ Σ 1/η),
     the problems of the first-step diagnostic, and (empty: not run) the kwargs of the warm-start experiment,
-    of the modified equations' convergence experiment per problem, and of the transformer problem
-    (:mod:`kadam.experiments.flow.extra`)."""
+    of the modified equations' convergence experiment per problem, of the transformer problem
+    (:mod:`kadam.experiments.flow.extra`) and of the restart experiment (the model started from the discrete
+    run's state, :func:`~kadam.experiments.flow.protocol.restart_experiment`); ``seeds``: the accuracy and
+    convergence experiments run at each (seed 0 first; a seed draws the problem's data or initialisation)."""
 
     accuracy_runs: tuple[tuple[str, int], ...]
     accuracy_steps: int
@@ -32,6 +34,8 @@ class FlowConfig:
     warm_start: Mapping[str, Any] = field(default_factory=_empty)
     modified: Mapping[str, Mapping[str, Any]] = field(default_factory=_empty)
     transformer: Mapping[str, Any] = field(default_factory=_empty)
+    restart: Mapping[str, Any] = field(default_factory=_empty)
+    seeds: tuple[int, ...] = (0,)
 
     def convergence_lrs_for(self, problem: str) -> tuple[float, ...]:
         """The learning rates of ``problem``'s convergence experiment."""
