@@ -455,14 +455,16 @@ def _layout(title: str, preamble: str, sections: Sequence[SectionDocument], summ
 
 # --- Markdown ---------------------------------------------------------------------------------------------
 
-def _markdown_table(table: Table) -> str:
-    lines = [f"*{table.caption}*", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in table.rows]
-    return "\n".join(lines)
-
-
 def _markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """A table cell: pipes escaped (``|W|`` stays in its cell), no line breaks."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown_table(table: Table) -> str:
+    lines = [f"*{table.caption}*", "", "| " + " | ".join(_markdown_cell(c) for c in table.columns) + " |",
+             "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in table.rows]
+    return "\n".join(lines)
 
 
 def _markdown(blocks: Sequence[_Block], out: Path) -> str:
