@@ -95,9 +95,9 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
     "smoke": ProfileSizes(
         stability=StabilityConfig(
             switch_off=_frozen({"point_limit": 6, "kadam2_points": [[[0.8, 0.9], [0.3, 0.5]]]}),
-            betas=(0.5, 0.9), gammas=(0.3, 0.95), learning_rates=(1e-2, 1e-3, 1e-4),
+            betas=(0.5, 0.9), rates=(0.1,), between=1, gammas=(0.999,), learning_rates=(1e-2, 1e-4), seeds=(0, 1),
             protocol_sizes=_frozen(asdict(TrainingSizes(steps=150))),
-            margin_steps=60, margin_batch_size=32,
+            margin_learning_rates=(1e-2,), margin_seeds=(0, 1), margin_steps=60, margin_batch_size=32,
             margin_task_sizes=_frozen({"corpus_chars": 20_000, "context": 16, "width": 16, "heads": 2, "layers": 1}),
         ),
         flow=FlowConfig(accuracy_runs=(("quadratic", 1),), accuracy_steps=300, convergence_problems=("quadratic",),
@@ -128,11 +128,12 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
         ),
     ),
     "quick": ProfileSizes(
+        # 12 points (3 outside both regions, 6 between the boundaries, 3 inside both) x 2 learning rates x 3 seeds
         stability=StabilityConfig(
             switch_off=_frozen({}),
-            betas=(0.5, 0.7, 0.9), gammas=(0.3, 0.5, 0.7, 0.8, 0.95), learning_rates=(1e-2, 1e-3, 1e-4),
-            protocol_sizes=_PROTOCOL_SIZES,
-            margin_steps=300, margin_batch_size=32,
+            betas=(0.5, 0.9, 0.99), rates=(0.25,), between=2, gammas=(0.999,),
+            learning_rates=(1e-2, 1e-4), seeds=(0, 1, 2), protocol_sizes=_PROTOCOL_SIZES,
+            margin_learning_rates=(1e-2, 3e-3), margin_seeds=(0, 1, 2), margin_steps=300, margin_batch_size=32,
             margin_task_sizes=_frozen({"corpus_chars": 60_000, "context": 16, "width": 16, "heads": 2, "layers": 1}),
         ),
         flow=FlowConfig(accuracy_runs=tuple((p, k) for p in ("quadratic", "logistic") for k in (1, 2, 3)) + (("mlp", 1),),
@@ -180,11 +181,12 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
         ),
     ),
     "full": ProfileSizes(
+        # 30 points (15 outside both regions, 5 between the boundaries, 10 inside both) x 3 learning rates x 3 seeds
         stability=StabilityConfig(
             switch_off=_frozen({}),
-            betas=(0.3, 0.5, 0.7, 0.8, 0.9, 0.95), gammas=(0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99),
-            learning_rates=(1e-2, 3e-3, 1e-3, 1e-4), protocol_sizes=_PROTOCOL_SIZES,
-            margin_steps=1500, margin_batch_size=32,
+            betas=(0.5, 0.7, 0.9, 0.95, 0.99), rates=(0.3, 0.1, 0.02), between=1, gammas=(0.99, 0.999),
+            learning_rates=(1e-2, 1e-3, 1e-4), seeds=(0, 1, 2), protocol_sizes=_PROTOCOL_SIZES,
+            margin_learning_rates=(1e-2, 3e-3, 1e-3), margin_seeds=(0, 1, 2), margin_steps=1000, margin_batch_size=32,
             margin_task_sizes=_frozen({"corpus_chars": 100_000, "context": 16, "width": 16, "heads": 2, "layers": 1}),
         ),
         flow=FlowConfig(accuracy_runs=tuple((p, k) for p in ("quadratic", "logistic", "mlp") for k in (1, 2, 3)),

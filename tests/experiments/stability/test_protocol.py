@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from kadam import stability
 from kadam.experiments.profiles import profile_sizes
@@ -75,24 +76,88 @@ def test_switch_off_grid_covers_both_sides() -> None:
     assert all(0 < g < 1 for _, g in grid)
 
 
-def test_classify_run_uses_the_stable_ceiling() -> None:
-    beta = 0.9
-    ceilings = np.asarray(stability.stable_update_ceiling(beta, np.arange(1, 201)))
-    below = ceilings * 0.999
-    assert experiment.classify_run(beta, below)["unstable"] is False
-    spiked = below.copy()
-    spiked[49] = ceilings[49] * 1.01
-    verdict = experiment.classify_run(beta, spiked)
-    assert verdict["unstable"] is True and verdict["first_exceeding_step"] == 50
-    assert verdict["excess"] == pytest.approx(1.01)
-    assert experiment.classify_run(beta, below[:10], diverged=True)["unstable"] is True
-    # u_1 = sign(g) sits exactly on C_1 = 1: rounding there is not instability
-    assert experiment.classify_run(beta, [1.0 + 1e-12])["unstable"] is False
+def test_growth_test_flags_a_growing_series_and_not_a_flat_noisy_one() -> None:
+    rng = np.random.default_rng(0)
+    steps = np.arange(1000)
+    noise = np.exp(0.5 * rng.standard_normal(1000))  # the run's own fluctuation, a factor ~1.6 per step
+    growing = experiment.growth_test(3.0 * np.exp(0.01 * steps) * noise)
+    assert growing["grows"] and growing["interval"][0] < 0.01 < growing["interval"][1]
+    flat = experiment.growth_test(3.0 * noise)
+    assert not flat["grows"] and flat["interval"][0] < 0.0 < flat["interval"][1]
+    # significant but small: the fitted growth over the window is below a factor 2
+    slow = experiment.growth_test(np.exp(0.0003 * steps))
+    assert slow["interval"][0] > 0 and not slow["grows"]
+    assert experiment.growth_test(np.exp(0.0003 * steps), factor=1.0)["grows"]
+    # a burst that comes back (rise then fall) is not sustained growth
+    burst = np.exp(np.minimum(0.02 * steps, 0.02 * (1000 - steps)))
+    assert not experiment.growth_test(burst)["grows"]
+    assert experiment.growth_test(3.0 * np.exp(0.01 * steps) * noise, 500)["slope"] == pytest.approx(0.01, abs=0.003)
+    short = experiment.growth_test([1.0, 2.0, 4.0])
+    assert math.isnan(short["slope"]) and not short["grows"]
 
 
-def test_late_phase_slope_recovers_an_exponential() -> None:
+def test_growth_test_recovers_an_exponential_exactly() -> None:
     norms = 3.0 * np.exp(0.07 * np.arange(300))
-    assert experiment.late_phase_slope(norms) == pytest.approx(0.07, rel=1e-10)
+    result = experiment.growth_test(norms, 150)
+    assert result["slope"] == pytest.approx(0.07, rel=1e-10) and result["grows"] and result["steps"] == 150
+
+
+def test_subnormals_are_flushed_inside_a_run_and_the_setting_restored() -> None:
+    def flushing() -> bool:
+        return float(torch.tensor(1e-300, dtype=torch.float64) * 1e-10) == 0.0
+
+    before = flushing()
+    with experiment._denormals_flushed():
+        assert flushing()
+    assert flushing() == before
+
+
+def test_a_loss_of_45316_has_diverged() -> None:
+    assert experiment.loss_diverged(45_315.96, untrained_loss=4.3)
+    assert experiment.loss_diverged(float("nan"), 4.3) and experiment.loss_diverged(None, 4.3)
+    assert not experiment.loss_diverged(6.4, 4.3)  # worse than untrained, but not twice: did not train, not diverged
+    assert experiment.loss_diverged(6.4, 4.3, factor=1.0)
+    with pytest.raises(ValueError, match="factor"):
+        experiment.loss_diverged(1.0, 1.0, factor=0.0)
+
+
+def test_classify_run_reads_only_the_runs_loss_and_norms() -> None:
+    steps = np.arange(400)
+    flat, losses = np.ones(400), list(np.linspace(3.7, 0.1, 400))
+    stable = experiment.classify_run(flat, losses)
+    assert not stable["unstable"] and not stable["late_unstable"] and not stable["diverged"]
+    late = experiment.classify_run(np.where(steps < 200, 1.0, np.exp(0.02 * (steps - 200))), losses)
+    assert late["late_unstable"] and late["late_grows"] and not late["diverged"]
+    early = experiment.classify_run(np.minimum(np.exp(0.01 * steps), 10.0), losses)
+    assert early["unstable"] and not early["late_unstable"]  # a rise that settled: the whole run only
+    jump = experiment.classify_run(np.minimum(np.exp(0.05 * steps), 50.0), losses)
+    assert not jump["unstable"]  # a jump within the first blocks, then flat: not sustained growth
+    blown = experiment.classify_run(flat, [3.7] + [10.0] * 399)
+    assert blown["diverged"] and blown["unstable"] and blown["late_unstable"]
+    assert experiment.classify_run(flat[:10], losses[:10], stopped=True)["late_unstable"]
+
+
+def test_protocol_grid_places_points_in_every_region() -> None:
+    grid = experiment.protocol_grid((0.5, 0.9, 0.95), rates=(0.1,), between=2, gammas=(0.999,))
+    regions = [experiment.region_of(b, g) for b, g in grid]
+    assert regions.count("outside both") == 3 and regions.count("between") == 6 and regions.count("inside both") == 3
+    for beta, gamma in grid:
+        if experiment.region_of(beta, gamma) == "between":
+            assert beta**2 < gamma <= beta / (2 - beta)
+    assert (0.5, float(f"{0.25 * math.exp(-0.2):.6g}")) in grid and grid == sorted(set(grid))
+    with pytest.raises(ValueError, match="between"):
+        experiment.protocol_grid((0.9,), between=-1)
+
+
+def test_profiles_grid_meets_the_design() -> None:
+    """At least five points between the boundaries, beta and gamma >= 0.95, points outside both, >= 3 seeds."""
+    for profile in ("quick", "full"):
+        config = profile_sizes(profile).stability
+        grid = experiment.protocol_grid(config.betas, config.rates, config.between, config.gammas)
+        assert sum(experiment.region_of(b, g) == "between" for b, g in grid) >= 5
+        assert any(b >= 0.95 and g >= 0.95 for b, g in grid)
+        assert sum(experiment.region_of(b, g) == "outside both" for b, g in grid) >= 3
+        assert len(config.seeds) >= 3 and len(config.margin_seeds) >= 3 and len(config.learning_rates) >= 2
 
 
 def test_training_updates_obey_the_bound_of_a_stable_pair() -> None:
@@ -102,7 +167,7 @@ def test_training_updates_obey_the_bound_of_a_stable_pair() -> None:
         beta, gamma, 1e-2, experiment.TrainingSizes(steps=steps, corpus_chars=128, width=8, heads=1)
     )
     norms = np.asarray(run["update_inf_norms"])
-    assert len(norms) == steps and not run["diverged"]
+    assert len(norms) == steps and not run["stopped"]
     assert norms[0] == pytest.approx(1.0, rel=1e-6)
     assert (norms <= np.asarray(stability.update_bound(beta, gamma, np.arange(1, steps + 1))) * (1 + 1e-9)).all()
     assert run["losses"][-1] < run["losses"][0]
@@ -110,26 +175,30 @@ def test_training_updates_obey_the_bound_of_a_stable_pair() -> None:
 
 def test_training_experiment_structure_and_outputs(tmp_path) -> None:
     result = analysis.training_experiment(
-        betas=(0.5, 0.9), gammas=(0.3, 0.95), learning_rates=(1e-2, 1e-3),
+        points=[(0.5, 0.3), (0.9, 0.5), (0.9, 0.95)], learning_rates=(1e-2, 1e-3), seeds=(0, 1),
         sizes=experiment.TrainingSizes(steps=40, corpus_chars=128, width=8, heads=1),
     )
     json.dumps(result, allow_nan=False)
-    assert len(result["rows"]) == 8
+    assert len(result["rows"]) == 12 and result["seeds"] == [0, 1]
     for summary in result["per_learning_rate"]:
-        assert summary["points"] == 4 and 0.0 <= summary["agreement_exact"] <= 1.0
+        assert summary["points"] == 3 and 0.0 <= summary["late_agreement_exact"] <= 1.0
         assert summary["predicted_unstable_exact"] == 1 and summary["predicted_unstable_paper"] == 2
-    widening_keys = {"largest_learning_rate", "smallest_learning_rate", "trend", "late_trend", "widens", "widens_late",
-                     "excess_shrinks"}
-    assert set(result["widening"]) == widening_keys
-    assert result["criterion"].startswith("unstable iff")
-    stable_rows = [row for row in result["rows"] if row["stable_exact"]]
-    assert not any(row["unstable"] for row in stable_rows)  # the criterion cannot flag a stable pair (THEORY §2)
-    heatmap, scatter, excess = tmp_path / "heat.png", tmp_path / "slopes.png", tmp_path / "excess.png"
-    plots.plot_training_heatmaps(result, str(heatmap))
-    plots.plot_slope_scatter(None, result, str(scatter))
-    plots.plot_excess_by_learning_rate(result, str(excess))
-    for path in (heatmap, scatter, excess):
+    assert result["criterion"] == experiment.CRITERION and "neither β, γ nor either boundary" in result["criterion"]
+    row = result["rows"][0]
+    assert row["curve_every"] == 1 and len(row["update_inf_norms"]) == 40 and row["region"] in experiment.REGIONS
+    classification, slopes = tmp_path / "classes.png", tmp_path / "slopes.png"
+    plots.plot_classification(result, str(classification))
+    plots.plot_slopes(None, analysis.growth_rates(result["rows"]), str(slopes))
+    for path in (classification, slopes):
         assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 10_000
+
+
+def test_margin_runs_cell_holds_its_references() -> None:
+    cell = experiment.margin_runs([(0.9, 0.5), (0.9, 0.999)], 1e-2, 0, steps=3, batch_size=4,
+                                  task_sizes={"corpus_chars": 2000, "context": 8, "width": 8, "heads": 1, "layers": 1})
+    assert len(cell["runs"]) == 2 and cell["runs"][0]["betas"] == [0.9, 0.5]
+    assert 0 < cell["constant_predictor_loss"] < cell["untrained_validation_loss"]
+    assert "train_loss_curve" not in cell["runs"][0]
 
 
 @pytest.mark.parametrize(
@@ -140,6 +209,8 @@ def test_training_experiment_structure_and_outputs(tmp_path) -> None:
         (lambda: experiment.optimizer_updates(np.zeros((2, 2, 2)), [0.9], [0.5]), "inputs must have shape"),
         (lambda: experiment.full_batch_characters(8, 16), "need 1 <= context <= corpus_chars"),
         (lambda: experiment.TrainingSizes(steps=0), "steps must be an integer >= 1"),
+        (lambda: experiment.growth_test([1.0] * 30, blocks=2), "blocks must be"),
+        (lambda: experiment.growth_test([1.0] * 30, factor=0.5), "factor"),
         (lambda: profile_sizes("huge"), "profile must be one of"),
     ],
 )

@@ -1,93 +1,101 @@
-"""The stability section's prose and claims: each branch chosen by the data (synthetic inputs)."""
+"""The stability section's claims and prose: each verdict chosen by synthetic data, the kinds of rows kept apart."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from kadam.experiments.stability.analysis import bound_versus_harm, margin_correlation_without_diverged
-from kadam.experiments.stability.section import harm_findings, margin_findings, stability_claims
-
-
-def _row(beta, gamma, lr, loss, unstable, diverged=False):
-    return {"beta": beta, "gamma": gamma, "learning_rate": lr, "final_loss": loss, "unstable": unstable,
-            "diverged": diverged}
-
-
-def test_runs_over_the_bound_that_train_as_well_are_not_harmed_and_a_divergence_is_named():
-    rows = [_row(0.5, 0.9, 0.01, 0.040, False), _row(0.5, 0.95, 0.01, 0.041, False),
-            _row(0.9, 0.5, 0.01, 0.043, True), _row(0.9, 0.3, 0.01, float("nan"), True, diverged=True),
-            _row(0.5, 0.9, 0.001, 0.050, False), _row(0.9, 0.3, 0.001, 0.2, True)]
-    harm = bound_versus_harm(rows)
-    assert harm["unstable"] == 3 and harm["unstable_unharmed"] == 1
-    assert harm["diverged"] == [{"beta": 0.9, "gamma": 0.3, "learning_rate": 0.01}]
-    first = harm["per_learning_rate"][0]
-    assert first["stable_loss_range"] == [0.040, 0.041] and first["unstable_loss_range"] == [0.043, 0.043]
-    text = " ".join(harm_findings(harm))
-    assert "1 of 3 runs measured unstable" in text and "(0.9, 0.3) at η = 0.01 diverged" in text
-    assert "final loss 0.2" in text
-    claim = next(c for c in stability_claims(_switch(), _merged([1.0], [0.8]), harm, []) if "harmed" in c.text)
-    assert claim.verdict == "not resolved at this budget"  # 1 unharmed, 2 harmed: neither side holds
-    with pytest.raises(ValueError, match="tolerance"):
-        bound_versus_harm(rows, tolerance=-1)
-
-
-def test_no_unstable_run_says_nothing_can_be_concluded():
-    harm = bound_versus_harm([_row(0.5, 0.9, 0.01, 0.04, False)])
-    assert harm_findings(harm) == ["No training-protocol run exceeded the bound, so this run cannot say whether "
-                                   "exceeding it harms training."]
-
-
-def _points(pairs, diverged_last=False):
-    points = [{"beta": 0.9, "gamma": 0.9, "margin": m, "validation_loss": v, "diverged": False} for m, v in pairs]
-    if diverged_last:
-        points[-1]["diverged"] = True
-    return points
-
-
-def test_a_significant_rho_that_rests_on_one_divergence_is_reported_with_and_without_it():
-    # with the diverged run (ranked worst at the smallest margin) ρ = −1; without it the order is mixed
-    with_divergence = _points([(0.5, 1.0), (0.4, 1.2), (0.3, 0.9), (0.2, 1.1), (0.1, 1.05), (-0.5, 3000.0)],
-                              diverged_last=True)
-    positive = _points([(0.1, 1.0), (0.2, 1.1), (0.3, 1.2), (0.4, 1.3)])
-    correlation = {"per_learning_rate": [
-        {"lr": 0.01, "points": with_divergence, "spearman_rho": -0.83, "p_value": 0.04, "claimed": True},
-        {"lr": 0.001, "points": positive, "spearman_rho": 1.0, "p_value": 0.0, "claimed": True}]}
-    without = margin_correlation_without_diverged(correlation)
-    assert without[0]["diverged"] == 1 and without[0]["runs"] == 5 and without[0]["rests_on_divergence"]
-    assert without[1]["spearman_rho"] == pytest.approx(1.0) and not without[1]["rests_on_divergence"]
-    text = " ".join(margin_findings(correlation, without))
-    assert "rests on the divergence" in text
-    assert "ρ is positive" in text and "η = 0.001" in text and "significantly at some" in text
-    claim = next(c for c in stability_claims(_switch(), _merged([1.0], [0.8]), bound_versus_harm([]), without)
-                 if "margin" in c.text)
-    assert claim.verdict == "refuted" and claim.source == "paper"
-
-
-def test_margin_claim_confirmed_only_when_every_rate_is_significantly_negative():
-    negative = [{"lr": lr, "diverged": 0, "runs": 5, "spearman_rho": -0.9, "p_value": 0.01, "claimed": True,
-                 "rests_on_divergence": False} for lr in (0.01, 0.001)]
-    claims = stability_claims(_switch(), _merged([1.0], [0.8]), bound_versus_harm([]), negative)
-    assert next(c for c in claims if "margin" in c.text).verdict == "confirmed"
-    mixed = [negative[0], {**negative[1], "spearman_rho": -0.2, "p_value": 0.5, "claimed": False}]
-    claims = stability_claims(_switch(), _merged([1.0], [0.8]), bound_versus_harm([]), mixed)
-    assert next(c for c in claims if "margin" in c.text).verdict == "not resolved at this budget"
+from kadam.experiments.report import Claim
+from kadam.experiments.stability.analysis import growth_rates, growth_verdict, margin_analysis, region_versus_harm
+from kadam.experiments.stability.section import interval_text, make_claim, stability_claims
 
 
 def _switch(within=True):
-    return {"all_within_tolerance": within, "max_abs_error": 1e-9}
+    return {"all_within_tolerance": within, "max_abs_error": 1e-9,
+            "rows": [{"betas": [0.9]}, {"betas": [0.9, 0.0]}]}
+
+
+def _agreement(mean, low, high):
+    return {"mean": mean, "low": low, "high": high, "n": 30, "per_seed": [mean]}
 
 
 def _merged(exact, paper):
-    return {"per_learning_rate": [{"agreement_exact": e, "agreement_paper": p} for e, p in zip(exact, paper)]}
+    entry = {"learning_rate": 1e-2, "intervals": {"late_agreement_exact": exact, "late_agreement_paper": paper,
+                                                  "agreement_exact": exact, "agreement_paper": paper}}
+    return {"per_learning_rate": [{**entry, **{key: value["mean"] for key, value in entry["intervals"].items()}}]}
 
 
-@pytest.mark.parametrize(("exact", "paper", "within", "verdicts"), [
-    ([1.0, 1.0], [0.87, 0.9], True, ("refuted", "confirmed")),
-    ([1.0], [1.0], True, ("not resolved at this budget", "not resolved at this budget")),  # grid cannot separate
-    ([0.7], [1.0], True, ("confirmed", "refuted")),
-    ([1.0], [0.8], False, ("refuted", "not resolved at this budget")),  # switch-off out of tolerance
+def _growth(slopes):
+    rows = [{"beta": 0.9, "gamma": 0.5, "learning_rate": 1e-2, "seed": s, "region": "outside both",
+             "predicted_rate": 0.241, "late_phase_slope": v, "slope": v, "diverged": False} for s, v in enumerate(slopes)]
+    return growth_verdict(growth_rates(rows))
+
+
+EMPTY_MARGIN = margin_analysis([])
+NO_HARM = region_versus_harm([])
+
+
+def _claims(**changes):
+    arguments = {"switch": _switch(), "merged": _merged(_agreement(0.6, 0.4, 0.75), _agreement(0.5, 0.3, 0.7)),
+                 "growth": _growth([0.002, 0.003, 0.001]), "margin": EMPTY_MARGIN, "harm": NO_HARM, **changes}
+    return {claim.text: claim for claim in stability_claims(**arguments)}
+
+
+def _kind(claim):
+    return getattr(claim, "kind", None) or ("exactness" if claim.text.startswith("Exactness check") else claim.source)
+
+
+def test_the_switch_off_identity_is_an_exactness_check_not_a_paper_claim():
+    claims = list(_claims().values())
+    exactness = [c for c in claims if _kind(c) == "exactness"]
+    assert len(exactness) == 1 and "switched off" in exactness[0].text and exactness[0].verdict == "confirmed"
+    assert "1e-09" in exactness[0].evidence or "1.0e-09" in exactness[0].evidence
+    out_of_tolerance = [c for c in _claims(switch=_switch(False)).values() if _kind(c) == "exactness"]
+    assert out_of_tolerance[0].verdict == "refuted"
+
+
+def test_the_paper_growth_claim_has_its_own_row_read_from_intervals():
+    growth_row = next(c for c in _claims().values() if "grow exponentially" in c.text)
+    assert growth_row.verdict == "refuted" and _kind(growth_row) == "paper"
+    assert "1 of 1" in growth_row.evidence
+    one_seed = next(c for c in _claims(growth=_growth([0.002])).values() if "grow exponentially" in c.text)
+    assert one_seed.verdict == "not resolved at this budget"
+
+
+@pytest.mark.parametrize(("exact", "verdict"), [
+    (_agreement(0.97, 0.92, 1.0), "confirmed"),
+    (_agreement(0.6, 0.4, 0.75), "refuted"),
+    (_agreement(0.93, 0.8, 0.99), "not resolved at this budget"),
+    (_agreement(1.0, None, None), "not resolved at this budget"),  # one seed
 ])
-def test_boundary_verdicts_follow_the_agreements(exact, paper, within, verdicts):
-    claims = stability_claims(_switch(within), _merged(exact, paper), bound_versus_harm([]), [])
-    assert (claims[0].verdict, claims[1].verdict) == verdicts
-    assert f"{min(paper):.0%}" in claims[0].evidence and f"{min(exact):.0%}" in claims[0].evidence
+def test_boundary_verdicts_read_the_agreement_interval(exact, verdict):
+    claims = _claims(merged=_merged(exact, _agreement(0.5, 0.3, 0.7)))
+    row = next(c for c in claims.values() if c.text.startswith("The stable region is γ > β²"))
+    assert row.verdict == verdict and _kind(row) == "project"
+    paper = next(c for c in claims.values() if c.text.startswith("Adam's stable region is γ > β/(2−β)"))
+    assert paper.verdict == "refuted" and _kind(paper) == "paper"
+
+
+def test_make_claim_uses_kind_when_the_claim_type_has_it():
+    claim = make_claim("an identity", "confirmed", "error 1e-9", "exactness")
+    if "kind" in {field.name for field in dataclasses.fields(Claim)}:
+        assert claim.kind == "exactness" and claim.text == "an identity"
+    else:
+        assert claim.text == "Exactness check: an identity" and claim.source == "project"
+    assert make_claim("x", "refuted", "y", "paper").text == "x"
+
+
+def test_a_measured_claim_on_fewer_than_three_seeds_is_not_resolved():
+    assert make_claim("x", "refuted", "y", "paper", seeds=2).verdict == "not resolved at this budget"
+    assert make_claim("x", "refuted", "y", "paper", seeds=3).verdict == "refuted"
+    assert make_claim("an identity", "confirmed", "error 1e-9", "exactness", seeds=1).verdict == "confirmed"
+    two = {c.text: c for c in stability_claims(_switch(), _merged(_agreement(0.6, 0.4, 0.75), _agreement(0.5, 0.3, 0.7)),
+                                               _growth([0.002, 0.003, 0.001]), EMPTY_MARGIN, NO_HARM, seeds=2)}
+    assert {c.verdict for c in two.values() if _kind(c) != "exactness"} == {"not resolved at this budget"}
+
+
+def test_interval_text_says_when_there_is_no_interval():
+    assert interval_text({"mean": 0.9, "low": 0.8, "high": 1.0}, percent=True) == "90% [80%, 100%]"
+    assert "no interval" in interval_text({"mean": 0.002, "low": None, "high": None})
+    assert interval_text({"mean": None, "low": None, "high": None}) == "—"

@@ -1,5 +1,6 @@
-"""Section 1's figures: the (β, γ) map, the training-protocol heatmaps, measured vs predicted slopes, and
-validation loss against the stability margin."""
+"""Section 1's figures, one idea each: the (β, γ) map (theory), the measured class of every training run
+against both boundaries, measured against predicted growth rates, and validation loss against the margin
+within β."""
 
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ import numpy as np
 from kadam.experiments.figures import colormap, new_figure, save_figure
 from kadam import stability
 
-__all__ = [
-    "plot_excess_by_learning_rate",
-    "plot_region_map",
-    "plot_slope_scatter",
-    "plot_stability_margin",
-    "plot_training_heatmaps",
-]
+__all__ = ["plot_classification", "plot_region_map", "plot_slopes", "plot_stability_margin"]
+
+_UNSTABLE, _STABLE = "#b2182b", "#2166ac"
+"""Measured unstable / measured stable (a red and a blue that stay apart in grey-scale too)."""
+_BETA_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
+"""Distinct colours for the few values of β (a categorical legend, never a colour bar)."""
 
 
 def _draw_boundaries(axes: Any, betas: np.ndarray, *, log_one_minus: bool = False) -> None:
@@ -60,134 +60,135 @@ def plot_region_map(path: str, presets: Sequence[tuple[float, float]] = stabilit
     save_figure(figure, path, dpi=130)
 
 
-def _cell_edges(values: Sequence[float]) -> np.ndarray:
-    """Edges of heatmap cells centred on sorted ``values`` (midpoints, half-cells at the ends, clipped to [0, 1])."""
-    centres = np.asarray(sorted(values), dtype=np.float64)
-    if centres.size == 1:
-        return np.clip(centres[0] + np.array([-0.05, 0.05]), 0.0, 1.0)
-    middles = (centres[1:] + centres[:-1]) / 2.0
-    return np.clip(np.concatenate([[2 * centres[0] - middles[0]], middles, [2 * centres[-1] - middles[-1]]]), 0.0, 1.0)
+def _symlog_x(axes: Any, threshold: float = 0.01) -> None:
+    axes.set_xscale("symlog", linthresh=threshold, linscale=0.6)
 
 
-def plot_training_heatmaps(result: dict[str, Any], path: str) -> None:
-    """One heatmap per learning rate: log10 of max_n ‖u_n‖_∞ / C_n(β) per (β, γ), measured class, both boundaries.
+def plot_classification(result: Mapping[str, Any], path: str) -> None:
+    """One panel per learning rate: every training-protocol run at (predicted rate ρ, β), one marker per seed.
 
-    Runs within the bound (ratio ≤ 1, log10 ≤ 0) are drawn in one light blue, outside the red scale, so "stable"
-    never shares a colour with "unstable"; the red scale starts at log10 = 0 (just over the bound).
+    x is ρ = ln β − ½ ln γ on a symmetric-log axis (γ = β² at 0; the paper's boundary γ = β/(2−β) drawn as a
+    magenta tick on each β's row, at its ρ); filled red: measured unstable in the late phase (the criterion),
+    open blue: not; a black ring marks a diverged run. The legend sits below the panels, covering none.
     """
-    betas, gammas, learning_rates = sorted(result["betas"]), sorted(result["gammas"]), result["learning_rates"]
-    logs = [math.log10(max(row["excess"], 1e-3)) for row in result["rows"] if math.isfinite(row["excess"])]
-    top = max(1.0, max(logs, default=1.0))
-    scale = colormap("Reds").with_extremes(under="#d6e6f5", bad="#bbbbbb")
-    figure = new_figure((4.8 * min(len(learning_rates), 2), 5.0 * math.ceil(len(learning_rates) / 2)))
-    axes_grid = figure.subplots(math.ceil(len(learning_rates) / 2), min(len(learning_rates), 2), squeeze=False)
-    flat = [axes for row in axes_grid for axes in row]
-    figure.subplots_adjust(hspace=0.35, wspace=0.3)
-    image = None
-    for axes, lr in zip(flat, learning_rates):
-        excess = np.full((len(gammas), len(betas)), np.nan)
-        for row in result["rows"]:
-            if row["learning_rate"] == lr:
-                value = math.log10(max(row["excess"], 1e-3)) if math.isfinite(row["excess"]) else math.nan
-                # within the bound: below vmin, drawn in the "under" colour
-                excess[gammas.index(row["gamma"]), betas.index(row["beta"])] = value if value > 0 else -1.0
-                dark = math.isfinite(value) and value > 0.6 * top
-                axes.text(row["beta"], row["gamma"], "U" if row["unstable"] else "s", ha="center", va="center",
-                          color="white" if dark else "black", fontsize=9, fontweight="bold")
-        image = axes.pcolormesh(_cell_edges(betas), _cell_edges(gammas), np.ma.masked_invalid(excess), cmap=scale,
-                                vmin=0.0, vmax=top, shading="flat")
-        curve = np.linspace(_cell_edges(betas)[0], min(_cell_edges(betas)[-1], 0.9999), 200)
-        _draw_boundaries(axes, curve)
-        axes.set(xlabel="beta", ylabel="gamma", title=f"lr = {lr:g}", ylim=(_cell_edges(gammas)[0], _cell_edges(gammas)[-1]))
-    for axes in flat[len(learning_rates):]:
-        axes.set_visible(False)
-    flat[0].legend(loc="lower right", fontsize=7)
-    figure.colorbar(image, ax=flat[: len(learning_rates)], extend="min",
-                    label="log10 max_n ||u_n||_inf / C_n(beta); light blue: within the bound")
-    figure.suptitle("Training protocol: U = measured unstable, s = not")
+    learning_rates = result["learning_rates"]
+    betas = sorted({row["beta"] for row in result["rows"]})
+    seeds = sorted({row["seed"] for row in result["rows"]})
+    figure = new_figure((4.2 * len(learning_rates), 0.55 * len(betas) + 2.4))
+    axes_row = figure.subplots(1, len(learning_rates), squeeze=False, sharey=True)[0]
+    for axes, lr in zip(axes_row, learning_rates):
+        for row in (r for r in result["rows"] if r["learning_rate"] == lr):
+            y = betas.index(row["beta"]) + 0.15 * (seeds.index(row["seed"]) - (len(seeds) - 1) / 2)
+            unstable = row["late_unstable"]
+            axes.plot(row["predicted_rate"], y, "o", ms=7, mec=_UNSTABLE if unstable else _STABLE,
+                      mfc=_UNSTABLE if unstable else "none", mew=1.4)
+            if row["diverged"]:
+                axes.plot(row["predicted_rate"], y, "o", ms=12, mfc="none", mec="k", mew=1.0)
+        for index, beta in enumerate(betas):
+            rho_paper = float(stability.growth_rate(beta, stability.boundary_gamma(beta, "paper")))
+            axes.plot([rho_paper, rho_paper], [index - 0.4, index + 0.4], color="m", lw=2)
+        axes.axvline(0.0, color="r", lw=1.5)
+        _symlog_x(axes)
+        axes.set(xlabel="predicted rate ln(beta) - ln(gamma)/2 per step", title=f"lr = {lr:g}")
+        axes.grid(axis="x", color="0.9")
+    axes_row[0].set_yticks(range(len(betas)), [f"beta = {b:g}" for b in betas])
+    axes_row[0].set_ylim(-0.7, len(betas) - 0.3)
+    handles = [
+        axes_row[0].plot([], [], "o", mfc=_UNSTABLE, mec=_UNSTABLE, label="measured unstable (late phase)")[0],
+        axes_row[0].plot([], [], "o", mfc="none", mec=_STABLE, label="measured stable")[0],
+        axes_row[0].plot([], [], "o", ms=12, mfc="none", mec="k", label="loss diverged")[0],
+        axes_row[0].plot([], [], "r-", label="gamma = beta^2 (rate 0)")[0],
+        axes_row[0].plot([], [], "m-", lw=2, label="gamma = beta/(2-beta) (paper)")[0],
+    ]
+    figure.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    figure.suptitle("Training runs: measured class against both boundaries (one marker per seed; right of 0 = outside)",
+                    fontsize=10)
+    figure.subplots_adjust(bottom=0.3, wspace=0.08)
     save_figure(figure, path, dpi=120, bbox_tight=True)
 
 
-def plot_excess_by_learning_rate(result: dict[str, Any], path: str) -> None:
-    """max_n ‖u_n‖_∞ / C_n(β) against η, one line per (β, γ): does measured instability fade as η shrinks?"""
-    figure = new_figure((6.4, 5.0))
-    axes = figure.subplots()
-    points = sorted({(row["beta"], row["gamma"]) for row in result["rows"]})
-    colours = colormap("plasma")(np.linspace(0.0, 0.85, len(points)))
-    for (beta, gamma), colour in zip(points, colours):
-        rows = sorted((row for row in result["rows"] if (row["beta"], row["gamma"]) == (beta, gamma)),
-                      key=lambda row: row["learning_rate"])
-        stable = stability.is_stable(beta, gamma)
-        axes.plot([row["learning_rate"] for row in rows], [row["excess"] for row in rows], "-" if not stable else ":",
-                  marker="o" if not stable else ".", color=colour,
-                  label=f"({beta:g}, {gamma:g}) rho = {float(stability.growth_rate(beta, gamma)):+.3f}")
-    axes.axhline(1.0, color="k", lw=1.0, label="update bound C_n(beta) (ratio 1)")
-    axes.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="max_n ||u_n||_inf / C_n(beta)",
-             title="Above 1: an update no stable gamma allows")
-    axes.legend(fontsize=6, ncol=2)
-    save_figure(figure, path, dpi=130)
+def plot_slopes(switch_off: Mapping[str, Any] | None, rates: Sequence[Mapping[str, Any]], path: str) -> None:
+    """Measured against predicted slope of ln|u| per step, two panels on the same axes' meaning.
 
-
-def plot_slope_scatter(switch_off: dict[str, Any] | None, training: dict[str, Any] | None, path: str) -> None:
-    """Measured against predicted slope of ln|u|: switch-off points (k = 1, k = 2) and training late-phase slopes."""
-    figure = new_figure((6.4, 5.6))
-    axes = figure.subplots()
-    predicted_all: list[float] = []
+    Left, the exactness check: the switch-off protocol (k = 1 and the final update of k = 2). Right, the paper's
+    claim in training: the late-phase slope of ln ‖u_n‖_∞, mean over seeds with its interval as an error bar,
+    one colour per learning rate, at the points outside γ > β² where growth is predicted
+    (:func:`kadam.experiments.stability.analysis.growth_rates`).
+    """
+    figure = new_figure((11.0, 4.8))
+    left, right = figure.subplots(1, 2)
     if switch_off is not None:
         for k, marker, label in ((1, "o", "switch-off, k = 1"), (2, "^", "switch-off, k = 2 (final update)")):
             rows = [row for row in switch_off["rows"] if len(row["betas"]) == k]
-            predicted = [row["predicted_slope"] for row in rows]
-            axes.plot(predicted, [row["measured_slope"] for row in rows], marker, ls="none", mfc="none", label=label)
-            predicted_all += predicted
-    if training is not None:
-        colours = colormap("viridis")(np.linspace(0.0, 0.9, len(training["learning_rates"])))
-        count = len(training["learning_rates"])
-        for index, (lr, colour) in enumerate(zip(training["learning_rates"], colours)):
-            rows = [row for row in training["rows"] if row["learning_rate"] == lr]
-            predicted = [row["predicted_rate"] for row in rows]
-            size = 4 + 2.5 * (count - 1 - index)  # drawn large to small: markers of equal slopes nest, none hidden
-            axes.plot(predicted, [row["late_phase_slope"] for row in rows], "s", ls="none", color=colour, ms=size,
-                      label=f"training, late-phase slope, lr = {lr:g}")
-            axes.plot(predicted, [row["peak_window_slope"] for row in rows], "D", ls="none", color=colour, ms=size,
-                      mfc="none", label=f"training, steepest 20-step slope, lr = {lr:g}")
-            predicted_all += predicted
-    if predicted_all:
-        span = np.array([min(predicted_all), max(predicted_all)])
+            left.plot([r["predicted_slope"] for r in rows], [r["measured_slope"] for r in rows], marker, ls="none",
+                      mfc="none", label=label)
+    left.set(title="Exactness check: the optimizer alone", xlabel="predicted ln(beta) - ln(gamma)/2 per step",
+             ylabel="measured slope of ln|u_n| per step")
+    learning_rates = sorted({r["learning_rate"] for r in rates}, reverse=True)
+    colours = colormap("viridis")(np.linspace(0.0, 0.8, max(len(learning_rates), 1)))
+    diverged = colormap("Reds")(0.9)
+    for offset, (lr, colour) in enumerate(zip(learning_rates, colours)):
+        chosen = [r for r in rates if r["learning_rate"] == lr and r["late_slope"]["mean"] is not None
+                  and r["predicted_rate"] > 0]
+        x = np.array([r["predicted_rate"] for r in chosen]) * (1 + 0.02 * offset)  # equal rates side by side
+        y = np.array([r["late_slope"]["mean"] for r in chosen])
+        low = np.array([r["late_slope"]["low"] if r["late_slope"]["low"] is not None else r["late_slope"]["mean"]
+                        for r in chosen])
+        high = np.array([r["late_slope"]["high"] if r["late_slope"]["high"] is not None else r["late_slope"]["mean"]
+                         for r in chosen])
+        right.errorbar(x, y, yerr=[y - low, high - y], fmt="s", ms=4, color=colour, capsize=2,
+                       label=f"training, late phase, lr = {lr:g}")
+        blown = [index for index, r in enumerate(chosen) if r.get("diverged")]
+        right.plot(x[blown], y[blown], "o", ms=11, mfc="none", mec=diverged, mew=1.2, ls="none")
+    right.plot([], [], "o", ms=11, mfc="none", mec=diverged, mew=1.2, ls="none", label="a seed's loss diverged")
+    for axes in (left, right):
+        limits = axes.get_xlim()
+        span = np.linspace(limits[0], limits[1], 2)
         axes.plot(span, span, "k-", lw=0.8, label="measured = predicted")
-    axes.axhline(0.0, color="0.6", lw=0.6, ls="--", label="measured slope 0 (no growth)")
-    axes.axvline(0.0, color="0.6", lw=0.6, label="predicted rate 0 (boundary gamma = beta^2)")
-    axes.set(xlabel="predicted rate ln(beta) - ln(gamma)/2 (per step)", ylabel="measured slope of ln ||u_n||_inf (per step)",
-             title="Growth rate of the update: measured vs predicted")
-    axes.legend(fontsize=7)
-    save_figure(figure, path, dpi=130)
+        axes.axhline(0.0, color="0.6", lw=0.6, ls="--", label="measured slope 0 (no growth)")
+        axes.axvline(0.0, color="r", lw=0.8, label="gamma = beta^2 (predicted 0)")
+        axes.legend(fontsize=7, loc="upper left")
+    right.set(title="The paper's claim in training: outside gamma = beta^2", xlabel="predicted ln(beta) - ln(gamma)/2 per step",
+              ylabel="measured slope of ln||u_n||_inf per step (mean, interval over seeds)")
+    save_figure(figure, path, dpi=120, bbox_tight=True)
 
 
-def plot_stability_margin(correlation: Mapping[str, Any], path: str) -> str:
-    """Final validation loss against the margin ½ ln γ − ln β, one panel per learning rate (the boundary at 0)."""
-    panels = correlation["per_learning_rate"]
-    columns = min(len(panels), 2)
-    figure = new_figure((4.6 * columns, 3.6 * math.ceil(len(panels) / 2)))
-    axes = figure.subplots(math.ceil(len(panels) / 2), columns, squeeze=False)
-    for axis in [a for row in axes for a in row][len(panels):]:
-        axis.set_visible(False)
-    for axis, panel in zip([a for row in axes for a in row], panels):
-        points = [p for p in panel["points"] if p["validation_loss"] is not None and math.isfinite(p["validation_loss"])]
-        kept = [p for p in points if not p["diverged"]]
-        scatter = axis.scatter([p["margin"] for p in kept], [p["validation_loss"] for p in kept],
-                               c=[p["beta"] for p in kept], cmap="viridis", vmin=0.0, vmax=1.0, s=22)
-        diverged = [p for p in points if p["diverged"]]
-        if diverged:
-            axis.scatter([p["margin"] for p in diverged], [p["validation_loss"] for p in diverged], marker="x",
-                         color="red", s=40, label="diverged")
-        losses = [p["validation_loss"] for p in points]
-        if losses and min(losses) > 0 and max(losses) > 10 * min(losses):
-            axis.set_yscale("log")  # one diverged run would flatten a linear axis
-        axis.axvline(0.0, color="red", lw=1, label="boundary γ = β²")
-        rho = "—" if panel["spearman_rho"] is None else f"{panel['spearman_rho']:+.2f} (p = {panel['p_value']:.1e})"
-        axis.set(title=f"lr = {panel['lr']:g}: Spearman ρ {rho}", xlabel="margin ½ ln γ − ln β (per step)",
-                 ylabel="final validation loss")
-        axis.title.set_fontsize(9)
-        figure.colorbar(scatter, ax=axis, label="β")
-    axes[0][0].legend(fontsize=7)
-    save_figure(figure, path, dpi=110)
+def plot_stability_margin(analysis: Mapping[str, Any], path: str) -> str:
+    """Validation loss against the margin ½ ln γ − ln β, one panel per learning rate, one colour per β.
+
+    Only the runs that trained are drawn (:func:`kadam.experiments.stability.analysis.margin_analysis`'s rule),
+    one dot per seed and a line through the mean over seeds at each γ; each panel's title counts the runs that
+    did not train and those that diverged, which are not drawn (so no outlier squashes the axis).
+    """
+    runs = analysis["runs"]
+    learning_rates = sorted({run["lr"] for run in runs}, reverse=True)
+    betas = sorted({run["beta"] for run in runs})
+    colour = {beta: _BETA_COLOURS[i % len(_BETA_COLOURS)] for i, beta in enumerate(betas)}
+    figure = new_figure((4.4 * max(len(learning_rates), 1), 4.2))
+    axes_row = figure.subplots(1, max(len(learning_rates), 1), squeeze=False)[0]
+    for axes, lr in zip(axes_row, learning_rates):
+        chosen = [run for run in runs if run["lr"] == lr]
+        trained = [run for run in chosen if run["trained"]]
+        for beta in betas:
+            mine = [run for run in trained if run["beta"] == beta]
+            if not mine:
+                continue
+            axes.plot([r["margin"] for r in mine], [r["validation_loss"] for r in mine], "o", ms=4, color=colour[beta],
+                      alpha=0.7)
+            margins = sorted({r["margin"] for r in mine})
+            means = [np.mean([r["validation_loss"] for r in mine if r["margin"] == m]) for m in margins]
+            axes.plot(margins, means, "-", color=colour[beta], lw=1.2)
+        axes.axvline(0.0, color="r", lw=1)
+        untrained = sum(not run["trained"] and not run["diverged"] for run in chosen)
+        diverged = sum(run["diverged"] for run in chosen)
+        axes.set(title=f"lr = {lr:g}: {len(trained)} trained; not drawn: {untrained} untrained, {diverged} diverged",
+                 xlabel="margin ln(gamma)/2 - ln(beta) per step", ylabel="final validation loss")
+        axes.title.set_fontsize(8)
+        if not trained:
+            axes.text(0.5, 0.5, "no run trained", transform=axes.transAxes, ha="center")
+    handles = [axes_row[0].plot([], [], "o-", color=colour[beta], label=f"beta = {beta:g}")[0] for beta in betas]
+    handles.append(axes_row[0].plot([], [], "r-", label="gamma = beta^2 (margin 0)")[0])
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    figure.subplots_adjust(bottom=0.25, wspace=0.3)
+    save_figure(figure, path, dpi=110, bbox_tight=True)
     return path

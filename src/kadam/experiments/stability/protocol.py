@@ -13,10 +13,15 @@ level 2's second moment grows at level 1's rate (measured as the slope of ½ ln 
 
 **Training protocol** (:func:`training_protocol`; the paper's, THEORY §5). A small pre-LayerNorm
 character-level transformer trained full-batch on the first characters of CPython's ``pydoc_data.topics``
-text by Adam (``KAdam(k=1)``, ε = 1e-8, no weight decay) for a grid of (β, γ) across both boundaries at one
-learning rate. Every step records ‖u_n‖_∞ = max|θ_n − θ_{n−1}|/η over all parameters; the classification
-criterion is stated and justified in :func:`classify_run`. :mod:`kadam.experiments.stability.analysis`
-summarizes the runs of every learning rate together.
+text by Adam (``KAdam(k=1)``, ε = 1e-8, no weight decay) at every (β, γ) of :func:`protocol_grid` (points
+outside both boundaries, between γ = β² and γ = β/(2−β), and inside both), one learning rate and one
+initialisation seed per cell. Every step records ‖u_n‖_∞ = max|θ_n − θ_{n−1}|/η over all parameters and
+the training loss. Each run is classified by :data:`CRITERION` (:func:`classify_run`), which reads only
+the run's own loss and update norms, never β, γ or a boundary.
+
+**Margin runs** (:func:`margin_runs`): the mini-batch character transformer trained by Adam at every point
+of the grid for one learning rate and seed, with the references the margin analysis needs (the untrained
+model's validation loss and the constant predictor's loss).
 """
 
 from __future__ import annotations
@@ -31,23 +36,33 @@ from typing import Any, TypedDict
 
 import numpy as np
 import torch
+from scipy import stats
 
-from kadam.experiments.workloads import CharTransformer, encode_characters, seeded_initialisation
+from kadam.experiments.training.protocol import train_run
+from kadam.experiments.workloads import CharTransformer, build_task, encode_characters, seeded_initialisation
 from kadam.optimizer import KAdam
 from kadam.optimizer.kadam import state_keys
 from kadam import stability
 
 __all__ = [
     "CRITERION",
+    "DIVERGENCE_FACTOR",
+    "GROWTH_BLOCKS",
+    "GROWTH_CONFIDENCE",
+    "GROWTH_FACTOR",
+    "MarginCell",
     "ProtocolCell",
     "ProtocolRow",
     "SwitchOffResult",
     "TrainingSizes",
     "classify_run",
     "full_batch_characters",
-    "late_phase_slope",
+    "growth_test",
+    "loss_diverged",
+    "margin_runs",
     "optimizer_updates",
-    "peak_window_slope",
+    "protocol_grid",
+    "region_of",
     "switch_off_experiment",
     "switch_off_grid",
     "switch_off_measurement",
@@ -71,34 +86,51 @@ class SwitchOffResult(TypedDict):
 
 
 class ProtocolRow(TypedDict):
-    """One (β, γ, η) run of the training protocol: predictions, :func:`classify_run`'s verdict, slopes, curves."""
+    """One (β, γ, η, seed) run of the training protocol: predictions, :func:`classify_run`'s verdict, curves."""
 
     cpu_seconds: float
     beta: float
     gamma: float
     learning_rate: float
+    seed: int
+    region: str
     predicted_rate: float
     predicted_rate_paper: float
     stable_exact: bool
     stable_paper: bool
     unstable: bool
     late_unstable: bool
-    excess: float
-    late_excess: float
-    first_exceeding_step: int | None
     diverged: bool
+    grows: bool
+    late_grows: bool
+    slope: float
+    slope_interval: list[float]
     late_phase_slope: float
-    peak_window_slope: float
+    late_slope_interval: list[float]
     max_update_inf_norm: float
+    initial_loss: float
     final_loss: float
     update_inf_norms: list[float]
+    curve_every: int
     losses_every_10: list[float]
 
 
 class ProtocolCell(TypedDict):
-    """What :func:`training_protocol` returns: the rows of one learning rate."""
+    """What :func:`training_protocol` returns: the rows of one learning rate and seed, and the criterion."""
 
+    criterion: str
     rows: list[ProtocolRow]
+
+
+class MarginCell(TypedDict):
+    """What :func:`margin_runs` returns: one :func:`~kadam.experiments.training.protocol.train_run` per point,
+    the untrained model's validation loss (this seed's initialisation) and the constant predictor's loss."""
+
+    lr: float
+    seed: int
+    untrained_validation_loss: float
+    constant_predictor_loss: float
+    runs: list[dict[str, Any]]
 
 
 _STATE_FLOOR = 1e-280  # moments below this are near float64's subnormal range (2.2e-308)
@@ -106,7 +138,23 @@ _STATE_CEILING = 1e280
 _EPS_MARGIN = 1e6  # the window ends once sqrt(v) < _EPS_MARGIN * eps
 _SETTLED = 1e-6  # on-phase length: every beta**N, gamma**N <= _SETTLED (slope bias <= 1e-6 |ln gamma|)
 _MAX_SETTLE_STEPS = 200_000
-_CEILING_ROUNDING = 1e-6  # float64 rounding allowance on ||u_n|| / C_n (u_1 = sign(g) sits exactly on C_1 = 1)
+
+
+@contextmanager
+def _denormals_flushed() -> Iterator[None]:
+    """Flush float64 subnormals (below 2.2e-308) to zero inside, as the CPU allows, and restore the caller's
+    setting after (read by whether 1e-300 × 1e-10 rounds to 0). Moments of coordinates whose gradient has
+    died decay into that range, where each operation costs many times a normal one; flushing changes a
+    value only below 2.2e-308."""
+    def flushing() -> bool:
+        return float(torch.tensor(1e-300, dtype=torch.float64) * 1e-10) == 0.0
+
+    before = flushing()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
 
 
 @contextmanager
@@ -308,11 +356,12 @@ def switch_off_experiment(
 
 
 
+
 # training protocol (THEORY §5)
 
 @dataclass(frozen=True)
 class TrainingSizes:
-    """Sizes of one training run: steps, full-batch corpus length, and the char transformer's shape."""
+    """Sizes of one training run: steps, full-batch corpus length, the char transformer's shape, the seed."""
 
     steps: int = 1500
     corpus_chars: int = 512
@@ -327,6 +376,43 @@ class TrainingSizes:
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
                 raise ValueError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, got {value!r}")
 
+
+REGIONS = ("outside both", "between", "inside both")
+"""Where a point lies: γ ≤ β² (outside both regions), β² < γ ≤ β/(2−β) (inside THEORY §2's region, outside
+the paper's, THEORY §3), γ > β/(2−β) (inside both)."""
+
+
+def region_of(beta: float, gamma: float) -> str:
+    """The entry of :data:`REGIONS` that (β, γ) lies in."""
+    if not stability.is_stable(beta, gamma):
+        return REGIONS[0]
+    return REGIONS[2] if stability.is_stable(beta, gamma, rates="paper") else REGIONS[1]
+
+
+def protocol_grid(
+    betas: Sequence[float], rates: Sequence[float] = (), between: int = 0, gammas: Sequence[float] = ()
+) -> list[tuple[float, float]]:
+    r"""The (β, γ) points of the training protocol, per β in ``betas``, sorted and without repeats.
+
+    - ``rates``: points at a prescribed growth rate ρ = ln β − ½ ln γ, i.e. γ = β² e^{−2ρ} (ρ > 0: outside
+      both regions; THEORY §2);
+    - ``between``: that many points strictly between the two boundaries, evenly spaced in ln γ over
+      (ln β², ln β/(2−β)), i.e. inside γ > β² and outside the paper's γ > β/(2−β) (THEORY §3);
+    - ``gammas``: fixed values of γ.
+
+    γ is rounded to 6 significant digits; points with γ outside (0, 1) are dropped.
+    """
+    if between < 0:
+        raise ValueError(f"between must be an integer >= 0, got {between!r}")
+    points = set()
+    for beta in betas:
+        beta = float(beta)
+        chosen = [beta**2 * math.exp(-2.0 * rate) for rate in rates] + [float(g) for g in gammas]
+        if between and 0.0 < beta < 1.0:
+            low, high = math.log(beta**2), math.log(beta / (2.0 - beta))
+            chosen += [math.exp(low + (high - low) * (i + 1) / (between + 1)) for i in range(between)]
+        points.update((beta, float(f"{gamma:.6g}")) for gamma in chosen if 0.0 < gamma < 1.0)
+    return sorted(points)
 
 
 def full_batch_characters(corpus_chars: int, context: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -349,7 +435,8 @@ def train_recording_updates(
     r"""Train the char transformer full-batch with Adam (``KAdam(k=1)``, ε = 1e-8, no weight decay), float64.
 
     Records, per step n, :math:`\|u_n\|_\infty = \max|\theta_n - \theta_{n-1}|/\eta` over every parameter
-    and the training loss (before the step). A non-finite loss ends the run early (``diverged``).
+    and the training loss (before the step). A non-finite loss ends the run early (``stopped``). Subnormal
+    floats are flushed to zero during the run (:func:`_denormals_flushed`).
     """
     inputs, targets, vocabulary_size = full_batch_characters(sizes.corpus_chars, sizes.context)
     with seeded_initialisation(sizes.seed):
@@ -358,132 +445,203 @@ def train_recording_updates(
     with _unstable_levels_allowed():
         optimizer = KAdam(parameters, lr=learning_rate, k=1, betas=(beta, gamma), eps=1e-8, weight_decay=0.0, foreach=True)
     update_norms, losses = [], []
-    diverged = False
+    stopped = False
+    with _denormals_flushed():
+        stopped = _record(model, optimizer, parameters, inputs, targets, learning_rate, sizes.steps, update_norms, losses)
+    return {"update_inf_norms": update_norms, "losses": losses, "stopped": stopped}
+
+
+def _record(model: torch.nn.Module, optimizer: KAdam, parameters: list[torch.Tensor], inputs: torch.Tensor,
+            targets: torch.Tensor, learning_rate: float, steps: int, update_norms: list[float],
+            losses: list[float]) -> bool:
+    """The loop of :func:`train_recording_updates`; appends to ``update_norms`` and ``losses``, returns whether a
+    non-finite loss stopped it."""
     # not workloads.train: one full batch, the loss checked before the step, the parameters copied around it
-    for _ in range(sizes.steps):
+    for _ in range(steps):
         loss = torch.nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
         if not torch.isfinite(loss):
-            diverged = True
-            break
+            return True
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        before = [p.detach().clone() for p in parameters]
-        optimizer.step()
         with torch.no_grad():
-            largest = max(float((p - old).abs().max()) for p, old in zip(parameters, before))
+            before = [p.detach().clone() for p in parameters]
+            optimizer.step()
+            changes = torch._foreach_sub(parameters, before)
+            largest = float(torch.stack(torch._foreach_norm(changes, float("inf"))).max())
         update_norms.append(largest / learning_rate)
         losses.append(float(loss.detach()))
-    return {"update_inf_norms": update_norms, "losses": losses, "diverged": diverged}
+    return False
 
+
+GROWTH_BLOCKS = 10
+"""Blocks of equal length whose means of ln ‖u_n‖_∞ the growth test fits (:func:`growth_test`)."""
+GROWTH_CONFIDENCE = 0.95
+"""Two-sided confidence of the growth test's interval for the slope."""
+GROWTH_FACTOR = 2.0
+"""Sustained growth must multiply ‖u_n‖_∞ by at least this over the window, at the interval's lower end."""
+DIVERGENCE_FACTOR = 2.0
+"""A loss that ends above this multiple of the untrained model's loss (or is not finite) has diverged."""
 
 CRITERION = (
-    "unstable iff the loss became non-finite or, at some step n, ||u_n||_inf > C_n(beta) = sup over gamma' > beta^2 "
-    "of B_n(beta, gamma') = B_n(beta, beta^2): an update that no gamma' inside either stable region (exact or "
-    "paper, they share this supremum) can produce with the same beta, for any gradients and eps >= 0 (THEORY §2). "
-    "No stable run can be flagged; the run's own gamma is not used; no tuned threshold. 'late': the same test on "
-    "the second half of the run."
+    "A run is measured unstable in a window iff its loss diverged (non-finite, or the final loss above "
+    f"{DIVERGENCE_FACTOR:g}× the untrained model's loss) or its update norm grows there: the least-squares slope s "
+    f"of ln ||u_n||_inf against the step n, fitted to the means of {GROWTH_BLOCKS} equal consecutive blocks of the "
+    f"window, has a {GROWTH_CONFIDENCE:.0%} confidence interval (Student t, {GROWTH_BLOCKS - 2} degrees of freedom, "
+    "from the scatter of the block means about the line: the run's own fluctuation) whose lower end s_low is above 0 "
+    f"with s_low × (window length) ≥ ln {GROWTH_FACTOR:g} (the norm at least {'doubles' if GROWTH_FACTOR == 2 else 'grows'}"
+    " at the interval's lower end). Windows: the whole run, and the late phase (its second half). The criterion "
+    "reads only the run's own loss and update norms: neither β, γ nor either boundary."
 )
+"""The classification criterion of the training protocol, as the report states it (:func:`classify_run`)."""
 
 
-def classify_run(beta: float, update_inf_norms: Sequence[float], diverged: bool = False) -> dict[str, Any]:
-    r"""Classify a training run as unstable or not; the criterion and why.
+def loss_diverged(loss: float | None, untrained_loss: float, factor: float = DIVERGENCE_FACTOR) -> bool:
+    """Whether a final loss has diverged: None or non-finite, or above ``factor`` × ``untrained_loss``."""
+    if not factor > 0:
+        raise ValueError(f"factor must be > 0, got {factor!r}")
+    return loss is None or not math.isfinite(loss) or loss > factor * untrained_loss
 
-    **Criterion.** Unstable iff the loss became non-finite, or at some step n
 
-    .. math::
-        \|u_n\|_\infty > C_n(\beta) = \sup_{\gamma' > \beta^2} B_n(\beta, \gamma')
-        = B_n(\beta, \beta^2)
+def growth_test(
+    update_inf_norms: Sequence[float], start: int = 0, stop: int | None = None, *, blocks: int = GROWTH_BLOCKS,
+    confidence: float = GROWTH_CONFIDENCE, factor: float = GROWTH_FACTOR,
+) -> dict[str, Any]:
+    r"""Does ‖u_n‖_∞ grow over steps ``start:stop`` (0-based, ``stop`` exclusive), against its own fluctuation?
 
-    (:func:`kadam.stability.stable_update_ceiling`): the run made an update larger than any
-    second-moment decay γ' inside the stable region could make at that step with the same β, for any
-    gradients and any ε ≥ 0.
+    The window is cut into ``blocks`` equal consecutive blocks (a remainder of fewer than ``blocks`` steps
+    at its start is dropped); :math:`y_k` is the mean of :math:`\ln\|u_n\|_\infty` over block k, :math:`t_k`
+    the block's mean step. The slope s is the least-squares slope of y on t; its standard error comes from
+    the residuals, with ``blocks`` − 2 degrees of freedom (batch means: the averaging absorbs the
+    autocorrelation of neighbouring steps, and any curvature of the trend widens the interval rather than
+    narrowing it). ``grows`` iff the interval's lower end :math:`s_{low} > 0` and
+    :math:`s_{low}\,L \ge \ln(\text{factor})`, L the window length in steps.
 
-    **Why this criterion.** (1) It is a certificate: by THEORY §2 no run with γ above either boundary
-    can trigger it, so a flagged run is unstable beyond doubt, while a run whose updates stay below the
-    ceiling behaved as some stable γ' could have. (2) It does not look at the run's own γ, and the same
-    ceiling is the supremum over the paper's region γ > β/(2−β) (the supremum is the γ → 1 limit,
-    common to both regions), so it favours neither boundary. (3) It needs no tuned threshold and no
-    assumption that growth is sustained: training gradients never switch off, and in a training run
-    ‖u_n‖_∞ can rise in bursts rather than along one exponential. Its cost: it is one-sided. A run just
-    outside the region whose updates never leave the envelope of stable behaviour is counted stable;
-    that is exactly the reviewers' point (the *measured* region can be wider than the theoretical one),
-    which this protocol measures rather than assumes away.
-
-    The same test restricted to the second half of the run gives ``late_unstable`` (a secondary view:
-    does the run still leave the stable envelope once training has settled?).
-
-    Returns ``unstable``, ``late_unstable``, ``excess`` = max_n ‖u_n‖_∞ / C_n(β) (> 1 iff flagged by the
-    ceiling), ``late_excess`` (the same over the second half), ``first_exceeding_step`` (1-based, or
-    None) and ``diverged``.
+    Returns ``slope``, ``interval`` ([low, high]), ``steps`` (L) and ``grows``; slope and interval are NaN
+    and ``grows`` False when the window has fewer than 2 × ``blocks`` steps or a norm is not positive.
     """
-    norms = np.asarray(update_inf_norms, dtype=np.float64)
-    if norms.size == 0:
-        return {"unstable": bool(diverged), "late_unstable": bool(diverged), "excess": math.nan, "late_excess": math.nan,
-                "first_exceeding_step": None, "diverged": diverged}
-    ceilings = np.asarray(stability.stable_update_ceiling(beta, np.arange(1, norms.size + 1)))
-    ratios = norms / ceilings
-    exceeding = np.flatnonzero(ratios > 1.0 + _CEILING_ROUNDING)
-    late = ratios[norms.size // 2 :]
+    if blocks < 3:
+        raise ValueError(f"blocks must be an integer >= 3, got {blocks!r}")
+    if not 0.0 < confidence < 1.0 or not factor >= 1.0:
+        raise ValueError(f"need 0 < confidence < 1 and factor >= 1, got confidence={confidence!r}, factor={factor!r}")
+    norms = np.asarray(update_inf_norms, dtype=np.float64)[start:stop]
+    length = norms.size - norms.size % blocks
+    if length < 2 * blocks or not (norms > 0).all() or not np.isfinite(norms).all():
+        return {"slope": math.nan, "interval": [math.nan, math.nan], "steps": int(norms.size), "grows": False}
+    window = norms[norms.size - length :]
+    steps = np.arange(start + norms.size - length, start + norms.size, dtype=np.float64)
+    y = np.log(window).reshape(blocks, -1).mean(axis=1)
+    t = steps.reshape(blocks, -1).mean(axis=1)
+    centred = t - t.mean()
+    slope = float(np.sum(centred * (y - y.mean())) / np.sum(centred**2))
+    residuals = y - y.mean() - slope * centred
+    error = math.sqrt(float(np.sum(residuals**2)) / (blocks - 2) / float(np.sum(centred**2)))
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, blocks - 2)) * error
+    low = slope - half
+    return {"slope": slope, "interval": [low, slope + half], "steps": int(length),
+            "grows": bool(low > 0.0 and low * length >= math.log(factor))}
+
+
+def classify_run(update_inf_norms: Sequence[float], losses: Sequence[float], stopped: bool = False) -> dict[str, Any]:
+    r"""Classify a training run by :data:`CRITERION` over the whole run and over its late phase.
+
+    ``diverged``: the run stopped on a non-finite loss, or its final loss is above
+    :data:`DIVERGENCE_FACTOR` × its loss at step 1 (the untrained model's; :func:`loss_diverged`).
+    ``grows`` / ``late_grows``: :func:`growth_test` over every recorded step / over the second half.
+    ``unstable`` = diverged or grows; ``late_unstable`` = diverged or late_grows.
+
+    **Why this criterion.** The paper's claim (THEORY §5) is that outside the stable region the updates
+    grow exponentially; a loss that blows up is the practical meaning of instability. Either can be
+    observed on both sides of both boundaries, so the agreement of γ = β² or γ = β/(2−β) with the
+    measured class is not decided by the definition. The growth test is against the run's own
+    fluctuation (the scatter of its block means), and asks for material growth (``GROWTH_FACTOR``) at the
+    lower end of the interval, so that a drift the stable bound B_∞ allows (THEORY §2) is not enough when
+    it is small. The late phase is the primary window: the first steps of every run are a transient in
+    which ‖u_n‖_∞ rises from u_1 = sign(g).
+
+    Returns ``diverged``, ``grows``, ``late_grows``, ``unstable``, ``late_unstable``, ``slope`` and
+    ``slope_interval`` (whole run), ``late_phase_slope`` and ``late_slope_interval``.
+    """
+    norms = list(update_inf_norms)
+    initial = losses[0] if losses else math.nan
+    final = losses[-1] if losses else math.nan
+    diverged = bool(stopped or not losses or loss_diverged(final, initial))
+    whole = growth_test(norms)
+    late = growth_test(norms, len(norms) // 2)
     return {
-        "unstable": bool(diverged or exceeding.size > 0),
-        "late_unstable": bool(diverged or (late > 1.0 + _CEILING_ROUNDING).any()),
-        "excess": float(ratios.max()),
-        "late_excess": float(late.max()),
-        "first_exceeding_step": int(exceeding[0]) + 1 if exceeding.size else None,
-        "diverged": diverged,
+        "diverged": diverged, "grows": whole["grows"], "late_grows": late["grows"],
+        "unstable": bool(diverged or whole["grows"]), "late_unstable": bool(diverged or late["grows"]),
+        "slope": whole["slope"], "slope_interval": whole["interval"],
+        "late_phase_slope": late["slope"], "late_slope_interval": late["interval"],
     }
 
 
-def late_phase_slope(update_inf_norms: Sequence[float], fraction: float = 1.0 / 3.0) -> float:
-    """Least-squares slope of ln ‖u_n‖_∞ over the last ``fraction`` of the run (per step)."""
-    norms = np.asarray(update_inf_norms, dtype=np.float64)
-    late = norms[int(len(norms) * (1.0 - fraction)) :]
-    late = late[late > 0.0]
-    return _fit_slope(np.log(late)) if late.size >= 8 else math.nan
-
-
-def peak_window_slope(update_inf_norms: Sequence[float], window: int = 20) -> float:
-    """Steepest least-squares slope of ln ‖u_n‖_∞ over any ``window`` consecutive steps (a growth episode)."""
-    norms = np.asarray(update_inf_norms, dtype=np.float64)
-    if norms.size < window or (norms <= 0.0).any():
-        return math.nan
-    offsets = np.arange(window) - (window - 1) / 2.0
-    weights = offsets / np.sum(offsets**2)  # slope = sum(weights * y) over each window
-    return float(np.convolve(np.log(norms), weights[::-1], mode="valid").max())
+def _thinned(values: Sequence[float], every: int) -> list[float]:
+    return [float(f"{value:.6g}") for value in values[::every]]
 
 
 def _training_point(spec: tuple[float, float, float, TrainingSizes]) -> ProtocolRow:
-    """One (β, γ, η) run plus its classification; a top-level function so worker processes can run it."""
+    """One (β, γ, η, seed) run plus its classification."""
     beta, gamma, learning_rate, sizes = spec
     start = time.process_time()
     run = train_recording_updates(beta, gamma, learning_rate, sizes)
+    every = max(1, sizes.steps // 300)
     return {
         "cpu_seconds": time.process_time() - start,
         "beta": beta,
         "gamma": gamma,
         "learning_rate": learning_rate,
+        "seed": sizes.seed,
+        "region": region_of(beta, gamma),
         "predicted_rate": float(stability.growth_rate(beta, gamma)),
         "predicted_rate_paper": float(stability.growth_rate(beta, gamma, rates="paper")),
         "stable_exact": bool(stability.is_stable(beta, gamma)),
         "stable_paper": bool(stability.is_stable(beta, gamma, rates="paper")),
-        **classify_run(beta, run["update_inf_norms"], run["diverged"]),
-        "late_phase_slope": late_phase_slope(run["update_inf_norms"]),
-        "peak_window_slope": peak_window_slope(run["update_inf_norms"]),
+        **classify_run(run["update_inf_norms"], run["losses"], run["stopped"]),
         "max_update_inf_norm": max(run["update_inf_norms"], default=math.nan),
+        "initial_loss": run["losses"][0] if run["losses"] else math.nan,
         "final_loss": run["losses"][-1] if run["losses"] else math.nan,
-        "update_inf_norms": [float(f"{value:.6g}") for value in run["update_inf_norms"]],
-        "losses_every_10": [float(f"{value:.6g}") for value in run["losses"][::10]],
+        "update_inf_norms": _thinned(run["update_inf_norms"], every),
+        "curve_every": every,
+        "losses_every_10": _thinned(run["losses"], 10),
     }
 
 
 def training_protocol(
-    betas: Sequence[float], gammas: Sequence[float], learning_rate: float, sizes: Mapping[str, int]
+    betas: Sequence[float], gammas: Sequence[float], learning_rate: float, sizes: Mapping[str, int],
+    points: Sequence[Sequence[float]] = (),
 ) -> ProtocolCell:
-    """The training protocol at one learning rate over the grid ``betas × gammas`` (the section's cell).
+    """The training protocol at one learning rate and seed (the section's cell).
 
-    ``sizes`` are the fields of :class:`TrainingSizes` (a JSON dict). Returns ``{"rows": [...]}``, one row
-    per (β, γ) from :func:`_training_point`; :func:`kadam.experiments.stability.analysis.summarize_training_protocol`
-    summarizes the rows of every learning rate together.
+    Runs every (β, γ) of ``betas × gammas`` and of ``points`` (pairs, e.g. :func:`protocol_grid`), each
+    once; ``sizes`` are the fields of :class:`TrainingSizes` (a JSON dict; ``seed`` is the initialisation).
+    Returns the criterion and one row per point (:func:`_training_point`; the update-norm curve every
+    ``curve_every`` steps); :func:`kadam.experiments.stability.analysis.summarize_training_protocol`
+    summarizes the rows of every cell together.
     """
     run_sizes = TrainingSizes(**sizes)
-    return {"rows": [_training_point((float(b), float(g), float(learning_rate), run_sizes)) for b in betas for g in gammas]}
+    grid = sorted({(float(b), float(g)) for b in betas for g in gammas} | {(float(b), float(g)) for b, g in points})
+    return {"criterion": CRITERION,
+            "rows": [_training_point((beta, gamma, float(learning_rate), run_sizes)) for beta, gamma in grid]}
+
+
+def margin_runs(
+    points: Sequence[Sequence[float]], lr: float, seed: int, steps: int, batch_size: int,
+    task_sizes: Mapping[str, Any], device: str = "cpu",
+) -> MarginCell:
+    """The margin runs of one learning rate and seed: :func:`~kadam.experiments.training.protocol.train_run` of
+    the mini-batch char transformer by Adam at every (β, γ) of ``points``, plus the untrained model's
+    validation loss (this seed's initialisation, before any step) and the constant predictor's loss
+    (:meth:`~kadam.experiments.workloads.tasks.Task.constant_predictor_loss`)."""
+    task = build_task("char-transformer", device, **task_sizes)
+    with seeded_initialisation(seed):
+        model = task.make_model().to(device)
+    untrained = task.evaluate(model, "validation")["loss"]
+    runs = []
+    with _unstable_levels_allowed():
+        for beta, gamma in points:
+            run = dict(train_run("char-transformer", "adam", lr, steps, batch_size, seed, task_sizes, device,
+                                 betas=[float(beta), float(gamma)]))
+            run.pop("train_loss_curve")
+            runs.append(run)
+    return {"lr": float(lr), "seed": int(seed), "untrained_validation_loss": float(untrained),
+            "constant_predictor_loss": task.constant_predictor_loss(), "runs": runs}

@@ -1,12 +1,14 @@
 """Section 1 of the report: the stability of (β, γ) (THEORY §2, §3, §5).
 
-Cells: the switch-off protocol (one cell), the training protocol (one cell per learning rate; summarized over
-all of them by :func:`~kadam.experiments.stability.analysis.summarize_training_protocol`), and the
-stability-margin runs (:func:`kadam.experiments.training.protocol.train_run` at every (β, γ, η) of the grid).
+Cells: the switch-off protocol (one cell), the training protocol (one cell per learning rate and seed, over
+:func:`~kadam.experiments.stability.protocol.protocol_grid`), and the stability-margin runs (one cell per
+learning rate and seed, :func:`~kadam.experiments.stability.protocol.margin_runs`). The criterion that classifies
+a training run is stated in the method, before any number; every verdict reads an interval over seeds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,180 +19,293 @@ from kadam.experiments.report import Claim, SectionDocument, Table, format_numbe
 from kadam.experiments.sections import Section, draw_figure, p_value_text
 from kadam.experiments.stability import plots
 from kadam.experiments.stability.analysis import (
+    AGREEMENT_BAR,
+    RATE_FACTOR,
     EtaTrend,
-    bound_versus_harm,
-    margin_correlation_without_diverged,
-    stability_margin_correlation,
+    agreement_verdict,
+    growth_rates,
+    growth_verdict,
+    margin_analysis,
+    margin_verdict_rule,
+    region_versus_harm,
     summarize_training_protocol,
 )
-from kadam.experiments.stability.protocol import switch_off_experiment, training_protocol
-from kadam.experiments.training.protocol import train_run
+from kadam.experiments.stability.protocol import (
+    CRITERION,
+    DIVERGENCE_FACTOR,
+    REGIONS,
+    margin_runs,
+    protocol_grid,
+    region_of,
+    switch_off_experiment,
+    training_protocol,
+)
 
-__all__ = ["TREND_SENTENCES", "build_section", "harm_findings", "margin_findings", "margin_verdict", "stability_claims"]
+__all__ = ["TREND_SENTENCES", "build_section", "interval_text", "make_claim", "stability_claims"]
 
 TITLE = "Stability of (β, γ)"
+UNRESOLVED = "not resolved at this budget"
 
 TREND_SENTENCES: Mapping[EtaTrend, str] = {
-    "none": "the same count at every η of this grid: no dependence on η is visible at this resolution.",
-    "widens": "fewer unstable points as η shrinks: the measured stable region widens, as the paper's reviewers observed.",
-    "narrows": "more unstable points as η shrinks: the measured stable region narrows, against the reviewers' observation.",
+    "none": "the same count at every η of this run",
+    "widens": "fewer as η shrinks, the direction the paper's reviewers observed",
+    "narrows": "more as η shrinks, against the direction the paper's reviewers observed",
     "not monotone": "not monotone in η.",
 }
 """The prose for each :func:`~kadam.experiments.stability.analysis.eta_trend` verdict."""
 
 
-def margin_verdict(entry: Mapping[str, Any]) -> str:
-    """The verdict on one learning rate's Spearman correlation of validation loss with the stability margin."""
-    rho = entry["spearman_rho"]
-    if rho is None:
-        return "no rank correlation can be computed"
-    if not entry["claimed"]:
-        return f"not significant (p {p_value_text(entry['p_value'])})"
-    direction = ("larger margin, lower validation loss, as the paper claims" if rho < 0
-                 else "larger margin, HIGHER validation loss, against the paper's claim")
-    return f"significant (p {p_value_text(entry['p_value'])}): {direction}"
+MIN_SEEDS = 3
+"""Fewer seeds than this leave a measured claim "not resolved at this budget" (the report's rule where it states
+one: :data:`kadam.experiments.report.MIN_SEEDS`)."""
 
 
-def _range(values: Any) -> str:
-    return "—" if values is None else f"{format_number(values[0], 3)}–{format_number(values[1], 3)}"
+def _minimum_seeds() -> int:
+    from kadam.experiments import report
+
+    return int(getattr(report, "MIN_SEEDS", MIN_SEEDS))
 
 
-def harm_findings(harm: Mapping[str, Any]) -> list[str]:
-    """Sentences that separate "the bound is exceeded" from "training is harmed" (:func:`bound_versus_harm`)."""
-    if harm["unstable"] == 0:
-        return ["No training-protocol run exceeded the bound, so this run cannot say whether exceeding it harms training."]
-    sentences = [
-        f"Bound exceeded versus training harmed: {harm['unstable_unharmed']} of {harm['unstable']} runs measured "
-        f"unstable reach a final training loss within {harm['tolerance']:.0%} of the stable runs' worst "
-        + "(" + "; ".join(f"η = {e['learning_rate']:g}: unstable {_range(e['unstable_loss_range'])} vs stable "
-                          f"{_range(e['stable_loss_range'])}" for e in harm["per_learning_rate"]) + ")."]
-    harmed = [(e["learning_rate"], h) for e in harm["per_learning_rate"] for h in e["harmed"]]
-    if harmed:
-        sentences.append("Harmed: " + ", ".join(
-            f"(β, γ) = ({h['beta']:g}, {h['gamma']:g}) at η = {lr:g} "
-            + ("diverged" if h["diverged"] else f"final loss {format_number(h['final_loss'], 3)}") for lr, h in harmed) + ".")
+def make_claim(text: str, verdict: str, evidence: str, kind: str, *, seeds: int | None = None,
+               criterion: str = "") -> Claim:
+    """A :class:`Claim` of ``kind`` "exactness", "paper" or "project".
+
+    A measured claim (not "exactness") resting on fewer than the minimum number of seeds reads "not resolved at
+    this budget" whatever ``verdict`` says. ``kind``, ``seeds`` and ``criterion`` go to the claim type's fields
+    of those names where it has them; otherwise whose claim it is goes to ``source`` and an exactness check says
+    so in its text."""
+    if kind != "exactness" and seeds is not None and seeds < _minimum_seeds():
+        verdict = UNRESOLVED
+    names = {field.name for field in dataclasses.fields(Claim)}
+    arguments: dict[str, Any] = {}
+    if "kind" in names:
+        arguments["kind"] = kind
+    elif kind == "exactness":
+        text = f"Exactness check: {text}"
+    if "source" in names:
+        arguments["source"] = "paper" if kind == "paper" else "project"
+    if "seeds" in names and kind != "exactness":
+        arguments["seeds"] = seeds
+    if "criterion" in names and criterion:
+        arguments["criterion"] = criterion
+    return Claim(text, verdict, evidence, **arguments)  # type: ignore[arg-type]
+
+
+def interval_text(summary: Mapping[str, Any], digits: int = 2, percent: bool = False) -> str:
+    """A mean and its interval over seeds: "93% [80%, 100%]" or "0.0021 [−0.0010, 0.0052]"; "—" when empty."""
+    def number(value: float) -> str:
+        return f"{value:.0%}" if percent else format_number(value, digits)
+
+    if summary["mean"] is None:
+        return "—"
+    if summary["low"] is None:
+        return f"{number(summary['mean'])} (no interval: one seed)"
+    return f"{number(summary['mean'])} [{number(summary['low'])}, {number(summary['high'])}]"
+
+
+_AGREEMENT_RULE = (f"confirmed if the agreement's interval lies at or above {AGREEMENT_BAR:.0%} at every η; refuted "
+                   f"if its upper end is below {AGREEMENT_BAR:.0%} at some η")
+
+
+def _agreement_evidence(merged: Mapping[str, Any], name: str) -> str:
+    return ("agreement with the criterion [95% interval over the runs], late phase: "
+            + "; ".join(f"η = {e['learning_rate']:g}: {interval_text(e['intervals'][f'late_agreement_{name}'], percent=True)}"
+                        for e in merged["per_learning_rate"])
+            + "; whole run: " + ", ".join(f"{e[f'agreement_{name}']:.0%}" for e in merged["per_learning_rate"]))
+
+
+def stability_claims(switch: Mapping[str, Any], merged: Mapping[str, Any], growth: Mapping[str, Any],
+                     margin: Mapping[str, Any], harm: Mapping[str, Any], seeds: int | None = None,
+                     margin_seeds: int | None = None) -> list[Claim]:
+    """The section's claims, each verdict chosen by this run's intervals over seeds (THEORY §2, §3, §5).
+
+    ``seeds`` / ``margin_seeds``: how many seeds the training protocol's / the margin runs' verdicts rest on."""
+    k1 = sum(len(row["betas"]) == 1 for row in switch["rows"])
+    claims = [make_claim(
+        "With the gradient switched off, the optimizer's update grows or decays at exactly ln β − ½ ln γ per step "
+        "(THEORY §2; the real KAdam code, no training)",
+        "confirmed" if switch["all_within_tolerance"] else "refuted",
+        f"{k1} k = 1 points on both sides of γ = β² and {len(switch['rows']) - k1} k = 2 configurations; largest "
+        f"|measured − predicted| slope {format_number(switch['max_abs_error'], 2)} per step", "exactness",
+        criterion="every point within 2% of the predicted slope + 1e-3 per step")]
+    ratio = "—" if growth["largest_ratio"] is None else format_number(growth["largest_ratio"], 2)
+    claims.append(make_claim(
+        "Outside the stable region the updates grow exponentially at the predicted rate ln β − ½ ln γ in training",
+        growth["verdict"],
+        f"late-phase slope of ln‖u_n‖∞ over seeds: {growth['too_slow']} of {growth['points']} (point, η) outside "
+        f"γ = β² grow slower than half the predicted rate at the interval's upper end, {growth['match']} lie within a "
+        f"factor {RATE_FACTOR:g} of it; largest measured/predicted ratio {ratio}", "paper", seeds=seeds,
+        criterion=f"confirmed if every point's interval lies within [ρ/{RATE_FACTOR:g}, {RATE_FACTOR:g}ρ]; refuted if "
+                  f"at least half lie below ρ/{RATE_FACTOR:g}"))
+    claims.append(make_claim(
+        f"Adam's stable region is γ > β/(2−β) (the paper's boundary): training runs are measured unstable exactly "
+        f"outside it (late-phase agreement ≥ {AGREEMENT_BAR:.0%} at every η)",
+        agreement_verdict(merged["per_learning_rate"], "late_agreement_paper"), _agreement_evidence(merged, "paper"),
+        "paper", seeds=seeds, criterion=_AGREEMENT_RULE))
+    claims.append(make_claim(
+        f"The stable region is γ > β² (THEORY §2's exact bound): training runs are measured unstable exactly outside "
+        f"it (late-phase agreement ≥ {AGREEMENT_BAR:.0%} at every η)",
+        agreement_verdict(merged["per_learning_rate"], "late_agreement_exact"), _agreement_evidence(merged, "exact"),
+        "project", seeds=seeds, criterion=_AGREEMENT_RULE))
+    significant = [s for s in margin["strata"] if s["significant"]]
+    claims.append(make_claim(
+        "A larger stability margin gives a lower validation loss", margin_verdict_rule(margin),
+        f"within β over the runs that trained: {margin['tests']} (η, β) strata tested, "
+        f"{sum(s['spearman_rho'] < 0 for s in significant)} significantly negative and "
+        f"{sum(s['spearman_rho'] > 0 for s in significant)} significantly positive after Holm at "
+        f"α = {margin['alpha']:g}; {len(margin['diverged'])} diverged run(s) excluded", "paper", seeds=margin_seeds,
+        criterion="confirmed if at least half of the tested strata are significantly negative and none positive; "
+                  "refuted if some are significantly positive and none negative"))
+    if harm["outside"]:
+        verdict = ("confirmed" if harm["harmed"] == harm["outside"]
+                   else "refuted" if 2 * harm["unharmed"] > harm["outside"] else UNRESOLVED)
     else:
-        sentences.append("No run measured unstable was harmed (none diverged, none ended worse than the stable runs).")
-    return sentences
-
-
-def margin_findings(correlation: Mapping[str, Any], without: Sequence[Mapping[str, Any]]) -> list[str]:
-    """What the margin correlations rest on: ρ again without the diverged runs, and its sign at each η."""
-    sentences = []
-    for entry, again in zip(correlation["per_learning_rate"], without):
-        if again["diverged"] == 0:
-            continue
-        rho = "—" if again["spearman_rho"] is None else format_number(again["spearman_rho"], 3)
-        tail = ("; the significant correlation rests on the divergence" if again["rests_on_divergence"]
-                else "" if not entry["claimed"] else "; still significant without it")
-        sentences.append(f"At η = {entry['lr']:g}, {again['diverged']} run(s) diverged; without them ρ = {rho} over "
-                         f"{again['runs']} runs (p {p_value_text(again['p_value'])}){tail}.")
-    positive = [a["lr"] for a in without if a["spearman_rho"] is not None and a["spearman_rho"] > 0]
-    if positive:
-        sentences.append("Without diverged runs ρ is positive (larger margin, higher validation loss: the opposite of "
-                         f"the paper's claim) at η = {', '.join(f'{lr:g}' for lr in positive)}"
-                         + (", every one of them not significant." if not any(
-                             a["claimed"] for a in without if a["lr"] in positive) else ", significantly at some."))
-    return sentences
-
-
-def stability_claims(switch: Mapping[str, Any], merged: Mapping[str, Any], harm: Mapping[str, Any],
-                     without: Sequence[Mapping[str, Any]]) -> list[Claim]:
-    """The section's claims with verdicts chosen by this run's numbers (THEORY §2, §3, §5)."""
-    exact = [e["agreement_exact"] for e in merged["per_learning_rate"]]
-    paper = [e["agreement_paper"] for e in merged["per_learning_rate"]]
-    def percent(values: Sequence[float]) -> str:
-        return f"{min(values):.0%}" if min(values) == max(values) else f"{min(values):.0%}–{max(values):.0%}"
-
-    agreement = (f"measured class agrees with γ = β/(2−β) at {percent(paper)} of points against {percent(exact)} "
-                 f"for γ = β² (every η)")
-    if min(paper) == 1.0 and min(exact) == 1.0:
-        paper_verdict = exact_verdict = "not resolved at this budget"  # the grid does not separate the boundaries
-    else:
-        paper_verdict = "refuted" if max(paper) < min(exact) else "confirmed" if min(paper) == 1.0 else "not resolved at this budget"
-        exact_verdict = ("confirmed" if min(exact) >= 0.95 and switch["all_within_tolerance"]
-                         else "refuted" if max(exact) < min(paper) else "not resolved at this budget")
-    claims = [
-        Claim("Adam's stable region is γ > β/(2−β) (the paper's boundary)", paper_verdict, agreement, "paper"),
-        Claim("The stable region is γ > β² (THEORY §2's exact bound)", exact_verdict,
-              f"{agreement}; switch-off slope error ≤ {format_number(switch['max_abs_error'], 2)}"),
-    ]
-    if harm["unstable"]:
-        blew = ", ".join(f"({d['beta']:g}, {d['gamma']:g}) at η = {d['learning_rate']:g}" for d in harm["diverged"]) or "none"
-        harmed = harm["unstable"] - harm["unstable_unharmed"]
-        verdict = "refuted" if harm["unstable_unharmed"] > harmed else "confirmed" if harmed == harm["unstable"] else "not resolved at this budget"
-        claims.append(Claim("Runs that exceed the bound are harmed in training", verdict,
-                            f"{harm['unstable_unharmed']} of {harm['unstable']} runs measured unstable train as well as "
-                            f"the stable ones; diverged: {blew}"))
-    else:
-        claims.append(Claim("Runs that exceed the bound are harmed in training", "not resolved at this budget",
-                            "no run exceeded the bound"))
-    significant = [a for a in without if a["claimed"]]
-    rhos = "; ".join(f"η = {a['lr']:g}: ρ = {'—' if a['spearman_rho'] is None else format_number(a['spearman_rho'], 2)}"
-                     f" (p {p_value_text(a['p_value'])})" for a in without)
-    if any(a["spearman_rho"] > 0 for a in significant):
-        margin = "refuted"
-    elif significant and len(significant) == len(without):
-        margin = "confirmed"
-    else:
-        margin = "not resolved at this budget"
-    claims.append(Claim("A larger stability margin gives a lower validation loss", margin,
-                        f"Spearman ρ without diverged runs: {rhos}", "paper"))
+        verdict = UNRESOLVED
+    claims.append(make_claim(
+        "Training outside γ > β² ends with a worse training loss than inside both regions", verdict,
+        f"(point, η) outside γ = β²: {harm['harmed']} harmed, {harm['unharmed']} within {harm['tolerance']:.0%} of "
+        f"the worst inside-both point, {harm['unresolved']} unresolved (final-loss interval over seeds)", "project",
+        seeds=seeds, criterion="confirmed if every outside point is harmed; refuted if most are unharmed"))
     return claims
 
 
-def _findings(switch: Mapping[str, Any], merged: Mapping[str, Any], correlation: Mapping[str, Any]) -> list[str]:
-    k1_rows = [row for row in switch["rows"] if len(row["betas"]) == 1]
-    points = len(merged["betas"]) * len(merged["gammas"])
+def _span(values: Sequence[float]) -> str:
+    low, high = format_number(min(values), 2), format_number(max(values), 2)
+    return low if low == high else f"{low}–{high}"
+
+
+def _region_text(entry: Mapping[str, Any]) -> str:
+    return ", ".join(f"{region} {'—' if entry['late_unstable_by_region'][region] is None else format(entry['late_unstable_by_region'][region], '.0%')}"
+                     for region in REGIONS)
+
+
+def _findings(switch: Mapping[str, Any], merged: Mapping[str, Any], rates: Sequence[Mapping[str, Any]],
+              growth: Mapping[str, Any], margin: Mapping[str, Any], harm: Mapping[str, Any]) -> list[str]:
     findings = [
-        f"Switch-off protocol: {len(k1_rows)} k = 1 points ({switch['points_k1_stable']} stable, "
-        f"{switch['points_k1_unstable']} unstable) and {len(switch['rows']) - len(k1_rows)} k = 2 configurations; "
-        f"largest |measured − predicted| slope {format_number(switch['max_abs_error'])} per step; every point within "
-        f"tolerance: {'yes' if switch['all_within_tolerance'] else 'NO'}.",
+        f"Exactness check, switch-off protocol: largest |measured − predicted| slope "
+        f"{format_number(switch['max_abs_error'], 2)} per step over {len(switch['rows'])} configurations "
+        f"(every one within tolerance: {'yes' if switch['all_within_tolerance'] else 'NO'}).",
     ]
-    counts = sorted(((e["learning_rate"], e["measured_unstable"]) for e in merged["per_learning_rate"]), reverse=True)
-    findings.append("Training protocol: points measured unstable per learning rate "
-                    + ", ".join(f"η = {lr:g}: {n}/{points}" for lr, n in counts)
-                    + f" — {TREND_SENTENCES[merged['widening']['trend']]}")
-    for entry in correlation["per_learning_rate"]:
-        rho = entry["spearman_rho"]
-        findings.append(f"Margin vs validation loss at η = {entry['lr']:g}: Spearman ρ = "
-                        f"{'—' if rho is None else format_number(rho, 3)} over {len(entry['points'])} runs; "
-                        f"{margin_verdict(entry)}.")
+    for entry in merged["per_learning_rate"]:
+        findings.append(
+            f"Training protocol at η = {entry['learning_rate']:g} ({entry['points']} points × {len(entry['seeds'])} "
+            f"seed(s)): measured unstable in the late phase {format_number(entry['measured_late_unstable'], 3)} "
+            f"points per seed, over the whole run {format_number(entry['measured_unstable'], 3)}; fraction of runs "
+            f"measured unstable (late) by region: {_region_text(entry)}; diverged runs: {entry['diverged']}.")
+    findings.append(
+        "Dependence on η: points measured unstable per seed, late phase, "
+        + ", ".join(f"η = {e['learning_rate']:g}: {format_number(e['measured_late_unstable'], 3)}"
+                    for e in merged["per_learning_rate"])
+        + f" ({TREND_SENTENCES[merged['late_trend']].rstrip('.')}); whole run "
+        + ", ".join(f"{format_number(e['measured_unstable'], 3)}" for e in merged["per_learning_rate"])
+        + f" ({TREND_SENTENCES[merged['trend']].rstrip('.')}).")
+    outside = [r for r in rates if r["predicted_rate"] > 0 and r["late_slope"]["mean"] is not None]
+    if outside:
+        fastest = max(outside, key=lambda r: r["late_slope"]["mean"])
+        findings.append(
+            f"Growth in training: outside γ = β² the predicted rate is {_span([r['predicted_rate'] for r in outside])} "
+            f"per step; the largest measured late-phase slope is "
+            f"{interval_text(fastest['late_slope'], 2)} per step at (β, γ) = ({fastest['beta']:g}, {fastest['gamma']:g}), "
+            f"η = {fastest['learning_rate']:g} (predicted {format_number(fastest['predicted_rate'], 2)}); the median "
+            f"measured/predicted ratio is {format_number(growth['median_ratio'], 2)}. Per η, the mean late slope outside: "
+            + ", ".join(f"η = {lr:g}: {format_number(sum(r['late_slope']['mean'] for r in outside if r['learning_rate'] == lr) / max(1, sum(r['learning_rate'] == lr for r in outside)), 2)}"
+                        for lr in merged["learning_rates"]) + ".")
+    findings.append(
+        f"Loss outside γ = β² against inside both regions (final training loss, tolerance {harm['tolerance']:.0%}): "
+        + "; ".join(f"η = {e['learning_rate']:g}: " + (", ".join(
+            f"({p['beta']:g}, {p['gamma']:g}) {p['state']}" for p in e["points"] if p["state"] != "unharmed") or "every point unharmed")
+            for e in harm["per_learning_rate"]) + ".")
+    for entry in margin["per_learning_rate"]:
+        findings.append(
+            f"Margin runs at η = {entry['lr']:g}: {entry['trained']} of {entry['runs']} trained (validation loss below the "
+            f"constant predictor's {format_number(entry['constant_predictor_loss'], 3)}), {entry['diverged']} diverged "
+            f"(above {margin['divergence_factor']:g}× the untrained {format_number(entry['untrained_loss'], 3)}); median "
+            f"validation loss of those that trained {format_number(entry['median_trained_loss'], 3)}.")
+    if margin["diverged"]:
+        findings.append("Diverged margin runs (excluded from every test): " + ", ".join(
+            f"(β, γ) = ({d['beta']:g}, {d['gamma']:g}) at η = {d['lr']:g}, seed {d['seed']}: validation loss "
+            f"{format_number(d['validation_loss'], 3)}" for d in margin["diverged"]) + ".")
+    tested = [s for s in margin["strata"] if s["p_value"] is not None]
+    findings.append(
+        f"Margin against validation loss within β ({len(tested)} strata tested, Holm over all of them): "
+        + ("; ".join(f"η = {s['lr']:g}, β = {s['beta']:g}: ρ = {s['spearman_rho']:+.2f} (p {p_value_text(s['p_value'])}, "
+                     f"Holm {p_value_text(s['holm_p'])}{', significant' if s['significant'] else ''})" for s in tested)
+           if tested else "no stratum had enough runs that trained") + ".")
     return findings
 
 
-def _headline(switch: Mapping[str, Any], merged: Mapping[str, Any], correlation: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _tables(merged: Mapping[str, Any], rates: Sequence[Mapping[str, Any]], margin: Mapping[str, Any]) -> list[Table]:
+    agreement = Table(
+        "Training protocol per learning rate: agreement of each boundary's prediction with the measured class "
+        "(the criterion above): fraction of runs [95% exact binomial interval over points × seeds], in the late phase "
+        "and over the whole run",
+        ["η", "seeds", "late: γ = β²", "late: paper", "whole run: γ = β²", "whole run: paper",
+         "late unstable by region (outside both / between / inside both)"],
+        [[format_number(e["learning_rate"], 2), str(len(e["seeds"])),
+          *(interval_text(e["intervals"][key], percent=True)
+            for key in ("late_agreement_exact", "late_agreement_paper", "agreement_exact", "agreement_paper")),
+          " / ".join("—" if e["late_unstable_by_region"][r] is None else f"{e['late_unstable_by_region'][r]:.0%}"
+                     for r in REGIONS)] for e in merged["per_learning_rate"]])
+    slopes = Table(
+        "Growth of ‖u_n‖∞ in training outside γ = β²: predicted rate ln β − ½ ln γ against the measured late-phase "
+        "slope of ln‖u_n‖∞ (per step; mean [95% interval] over seeds)",
+        ["β", "γ", "η", "predicted", "measured (late phase)", "measured / predicted", "diverged runs"],
+        [[format_number(r["beta"], 3), format_number(r["gamma"], 4), format_number(r["learning_rate"], 2),
+          format_number(r["predicted_rate"], 3), interval_text(r["late_slope"], 2),
+          "—" if r["late_slope"]["mean"] is None else format_number(r["late_slope"]["mean"] / r["predicted_rate"], 2),
+          f"{r['diverged']}/{r['runs']}"] for r in rates if r["predicted_rate"] > 0])
+    strata = Table(
+        "Margin against validation loss within β (runs that trained): Spearman ρ, p-value and Holm-adjusted p",
+        ["η", "β", "trained / runs", "Spearman ρ", "p", "Holm p"],
+        [[format_number(s["lr"], 2), format_number(s["beta"], 3), f"{s['trained']}/{s['runs']}",
+          "—" if s["spearman_rho"] is None else f"{s['spearman_rho']:+.2f}",
+          "—" if s["p_value"] is None else p_value_text(s["p_value"]).lstrip("= "),
+          "—" if s["holm_p"] is None else p_value_text(s["holm_p"]).lstrip("= ")] for s in margin["strata"]])
+    return [agreement, slopes, strata]
+
+
+def _headline(switch: Mapping[str, Any], merged: Mapping[str, Any], growth: Mapping[str, Any],
+              margin: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [
-        ("switch-off: max |slope error|", f"{format_number(switch['max_abs_error'])} "
-                                          f"({'all' if switch['all_within_tolerance'] else 'NOT all'} within tolerance)"),
-        ("training protocol: agreement with γ=β² / paper, per η",
-         "; ".join(f"{e['learning_rate']:g}: {e['agreement_exact']:.0%} / {e['agreement_paper']:.0%}"
+        ("switch-off (exactness): max |slope error|", format_number(switch["max_abs_error"], 2)),
+        ("late-phase agreement γ=β² / paper, per η",
+         "; ".join(f"{e['learning_rate']:g}: {e['late_agreement_exact']:.0%} / {e['late_agreement_paper']:.0%}"
                    for e in merged["per_learning_rate"])),
-        ("margin vs validation loss: Spearman ρ (p), per η",
-         "; ".join(f"{e['lr']:g}: " + ("—" if e["spearman_rho"] is None
-                                       else f"{e['spearman_rho']:+.2f} (p {p_value_text(e['p_value'])})")
-                   for e in correlation["per_learning_rate"])),
+        ("growth outside γ=β²: median measured/predicted slope", format_number(growth["median_ratio"], 2)),
+        ("margin strata significant after Holm", f"{sum(s['significant'] for s in margin['strata'])} of {margin['tests']}"),
     ]
 
 
-def _figures(figures: Path, switch: Mapping[str, Any], merged: Mapping[str, Any],
-             correlation: Mapping[str, Any]) -> list[Any]:
+def _figures(figures: Path, switch: Mapping[str, Any], merged: Mapping[str, Any], rates: Sequence[Mapping[str, Any]],
+             growth: Mapping[str, Any], margin: Mapping[str, Any]) -> list[Any]:
+    outside = [r for r in rates if r["predicted_rate"] > 0 and r["late_slope"]["mean"] is not None]
+    largest = max((r["late_slope"]["mean"] for r in outside), default=None)
+    top = max((r["predicted_rate"] for r in outside), default=None)
+    late = ", ".join(f"η = {e['learning_rate']:g}: {format_number(e['measured_late_unstable'], 3)} of {e['points']}"
+                     for e in merged["per_learning_rate"])
+    plotted = sum(r["trained"] for r in margin["runs"])
     return [
         draw_figure(figures, "stability_region.png", plots.plot_region_map,
-                    "The (β, γ) plane: log10 of the exact update bound B∞ (THEORY §2), the exact boundary γ = β² and "
-                    "the paper-rate boundary γ = β/(2−β) (THEORY §3), common presets marked."),
-        draw_figure(figures, "stability_training_heatmaps.png", lambda path: plots.plot_training_heatmaps(merged, path),
-                    "Training protocol, one panel per learning rate: log10 max‖u_n‖∞ / C_n(β) per (β, γ) with both "
-                    "boundaries; runs above the ceiling C_n are measured unstable."),
-        draw_figure(figures, "stability_slopes.png", lambda path: plots.plot_slope_scatter(switch, merged, path),
-                    "Measured against predicted growth rate ln β − ½ ln γ: switch-off protocol (optimizer alone) and "
-                    "the late-phase slope of log‖u_n‖∞ in training."),
-        draw_figure(figures, "stability_margin.png", lambda path: plots.plot_stability_margin(correlation, path),
-                    "Final validation loss of the character transformer (Adam, mini-batches) against the margin "
-                    "½ ln γ − ln β to the boundary γ = β² (right of the red line: inside the stable region)."),
+                    "Theory only: the (β, γ) plane with log10 of the exact update bound B∞ (THEORY §2), the exact "
+                    "boundary γ = β² and the paper's boundary γ = β/(2−β) (THEORY §3), common presets marked."),
+        draw_figure(figures, "stability_classification.png", lambda path: plots.plot_classification(merged, path),
+                    "Every training-protocol run, one panel per learning rate: horizontal position is the predicted "
+                    "rate ln β − ½ ln γ (0 is γ = β²; the magenta tick on each row is γ = β/(2−β)), one row per β, "
+                    "one marker per seed, filled where the criterion measured the run unstable in the late phase. "
+                    f"Points measured unstable per seed (late): {late}."),
+        draw_figure(figures, "stability_slopes.png", lambda path: plots.plot_slopes(switch, rates, path),
+                    "Measured against predicted growth rate of ln‖u_n‖ per step. Left (exactness check): the optimizer "
+                    "alone with the gradient switched off lies on the identity. Right (the paper's claim, in training): "
+                    "late-phase slopes with their interval over seeds"
+                    + (f" stay near 0 — at most {format_number(largest, 2)} per step where up to "
+                       f"{format_number(top, 2)} is predicted — so training shows no exponential growth at the predicted "
+                       "rate, contradicting the paper." if largest is not None else ".")),
+        draw_figure(figures, "stability_margin.png", lambda path: plots.plot_stability_margin(margin, path),
+                    f"Final validation loss against the margin ½ ln γ − ln β, one panel per learning rate, one colour "
+                    f"per β (lines join the mean over seeds at each γ), only the {plotted} runs that trained; runs that "
+                    f"did not train or diverged (above {DIVERGENCE_FACTOR:g}× the untrained loss) are counted in each "
+                    "panel's title, not drawn."),
     ]
-
 
 
 def _transformer_step_seconds(sizes: Mapping[str, Any], batch_size: int, device: str) -> float:
@@ -201,66 +316,74 @@ def _transformer_step_seconds(sizes: Mapping[str, Any], batch_size: int, device:
     flops = 6 * batch_size * context * layers * (12 * width * width + 2 * context * width)
     return 3e-3 + flops / 2e13 if device == "cuda" else 1e-3 + flops / 1.5e10
 
+
 def build_section(settings: Settings) -> Section:
     config = profile_sizes(settings.profile).stability
-    betas, gammas, learning_rates = list(config.betas), list(config.gammas), list(config.learning_rates)
+    points = [list(point) for point in protocol_grid(config.betas, config.rates, config.between, config.gammas)]
+    learning_rates = list(config.learning_rates)
     protocol_sizes = plain(config.protocol_sizes)
     switch_off = Cell("stability", "switch-off protocol", switch_off_experiment, plain(config.switch_off),
                       cost=20.0 if not config.switch_off else 5.0)
     protocol = [
-        Cell("stability", f"training protocol lr={lr:g}", training_protocol,
-             {"betas": betas, "gammas": gammas, "learning_rate": lr, "sizes": protocol_sizes},
-             cost=len(betas) * len(gammas) * protocol_sizes["steps"] * 2e-3)
-        for lr in learning_rates
+        Cell("stability", f"training protocol lr={lr:g} seed={seed}", training_protocol,
+             {"betas": [], "gammas": [], "learning_rate": lr, "sizes": {**protocol_sizes, "seed": seed}, "points": points},
+             cost=len(points) * protocol_sizes["steps"] * 4e-3)
+        for lr in learning_rates for seed in config.seeds
     ]
     margin_sizes = plain(config.margin_task_sizes)
     margin_cells = [
-        Cell("stability", f"margin lr={lr:g} β={beta} γ={gamma}", train_run,
-             {"task": "char-transformer", "optimizer": "adam", "lr": lr, "steps": config.margin_steps,
-              "batch_size": config.margin_batch_size, "seed": 0, "task_sizes": margin_sizes, "betas": [beta, gamma],
-              "device": settings.device},
-             cost=config.margin_steps * _transformer_step_seconds(margin_sizes, config.margin_batch_size, settings.device))
-        for lr in learning_rates for beta in betas for gamma in gammas
+        Cell("stability", f"margin runs lr={lr:g} seed={seed}", margin_runs,
+             {"points": points, "lr": lr, "seed": seed, "steps": config.margin_steps,
+              "batch_size": config.margin_batch_size, "task_sizes": margin_sizes, "device": settings.device},
+             cost=len(points) * config.margin_steps
+             * _transformer_step_seconds(margin_sizes, config.margin_batch_size, settings.device))
+        for lr in config.margin_learning_rates for seed in config.margin_seeds
     ]
 
     def finish(results: Mapping[str, Any], figures: Path) -> SectionDocument:
         switch = results[switch_off.key]
         rows = [row for cell in protocol for row in results[cell.key]["rows"]]
-        merged = summarize_training_protocol(rows, betas, gammas, learning_rates, protocol_sizes)
-        correlation = stability_margin_correlation([results[cell.key] for cell in margin_cells])
-        table_rows = [[format_number(entry["learning_rate"], 2), f"{entry['measured_unstable']}/{entry['points']}",
-                       str(entry["predicted_unstable_exact"]), str(entry["predicted_unstable_paper"]),
-                       f"{entry['agreement_exact']:.0%}", f"{entry['agreement_paper']:.0%}"]
-                      for entry in merged["per_learning_rate"]]
-        tables = [Table(
-            "Training protocol per learning rate: points measured unstable, predicted unstable by each boundary, and "
-            "agreement of the measured class with each boundary",
-            ["η", "measured unstable", "predicted (γ = β²)", "predicted (paper)", "agreement γ = β²", "agreement paper"],
-            table_rows,
-        )]
+        merged = summarize_training_protocol(rows, learning_rates, protocol_sizes)
+        rates = growth_rates(rows)
+        growth = growth_verdict(rates)
+        margin = margin_analysis([results[cell.key] for cell in margin_cells])
+        harm = region_versus_harm(rows)
+        single = min(len(config.seeds), len(config.margin_seeds)) < _minimum_seeds()
         method = (
-            "Switch-off protocol (the optimizer alone, THEORY §2): gradient 1 until the bias corrections settle, then 0; "
-            "the fitted slope of ln|u_n| against the predicted ln β − ½ ln γ, through the real KAdam code "
-            "(kadam.experiments.stability.protocol.switch_off_experiment). Training protocol (THEORY §5, the paper's): a "
-            "small full-batch character transformer trained by Adam over a (β, γ) grid across both boundaries, per "
-            f"learning rate ({', '.join(f'{lr:g}' for lr in learning_rates)}), {protocol_sizes['steps']} steps; runs "
-            "classified by the certificate of kadam.experiments.stability.protocol.classify_run. Generalization against "
-            f"stability: the mini-batch character transformer trained {config.margin_steps} steps by Adam at every (β, γ) "
-            "of the same grid and learning rate; Spearman rank correlation of final validation loss with the margin "
-            "½ ln γ − ln β."
+            f"**Criterion (fixed before the runs).** {CRITERION} Verdicts read intervals over the initialisation "
+            "seeds: Student t, 95%, for slopes and losses; for an agreement (a proportion of runs), the exact binomial "
+            "95% interval over the runs (points × seeds), used only with at least two seeds. "
+            + (f"This profile runs {len(config.seeds)} seed(s), fewer than {_minimum_seeds()}, so every measured verdict "
+               "is not resolved at this budget. " if single else "")
+            + f"**Margin rules.** A margin run has diverged if its validation loss is not finite or above "
+            f"{DIVERGENCE_FACTOR:g}× the untrained model's; it trained if it did not diverge and its validation loss is "
+            "below the constant predictor's (the unigram entropy of the training characters). The margin "
+            "½ ln γ − ln β is tested within β (only γ varies there) by Spearman's ρ over the runs that trained, "
+            "with Holm's correction over every (η, β) stratum tested.\n\n"
+            "Exactness check, switch-off protocol (the optimizer alone, THEORY §2): gradient 1 until the bias "
+            "corrections settle, then 0; the fitted slope of ln|u_n| against ln β − ½ ln γ, through the real KAdam "
+            "code. Training protocol (THEORY §5, the paper's): a small full-batch character transformer trained "
+            f"{protocol_sizes['steps']} steps by Adam at {len(points)} points (β, γ) ("
+            + ", ".join(f"{sum(1 for b, g in points if region_of(b, g) == r)} {r}" for r in REGIONS)
+            + f"; 'between': inside γ > β², outside γ > β/(2−β)) at η = {', '.join(f'{lr:g}' for lr in learning_rates)} and seeds "
+            f"{', '.join(str(s) for s in config.seeds)}. Margin runs: the mini-batch character transformer trained "
+            f"{config.margin_steps} steps by Adam at the same points, η = "
+            f"{', '.join(f'{lr:g}' for lr in config.margin_learning_rates)}, seeds "
+            f"{', '.join(str(s) for s in config.margin_seeds)}."
         )
-        harm = bound_versus_harm(merged["rows"])
-        without = margin_correlation_without_diverged(correlation)
-        data = {"switch_off": switch, "training_protocol": merged, "margin_correlation": correlation,
-                "bound_versus_harm": harm, "margin_correlation_without_diverged": without}
-        findings = _findings(switch, merged, correlation) + harm_findings(harm) + margin_findings(correlation, without)
-        return SectionDocument("stability", TITLE, method, findings, tables,
-                               _figures(figures, switch, merged, correlation), _headline(switch, merged, correlation), data,
-                               claims=stability_claims(switch, merged, harm, without))
+        data = {"switch_off": switch, "training_protocol": merged, "growth_rates": rates, "growth_verdict": growth,
+                "margin_analysis": margin, "region_versus_harm": harm}
+        return SectionDocument("stability", TITLE, method, _findings(switch, merged, rates, growth, margin, harm),
+                               _tables(merged, rates, margin), _figures(figures, switch, merged, rates, growth, margin),
+                               _headline(switch, merged, growth, margin), data,
+                               claims=stability_claims(switch, merged, growth, margin, harm, len(config.seeds),
+                                                       len(config.margin_seeds)))
 
     configuration = {"switch_off": plain(config.switch_off),
-                     "training_protocol": {"betas": betas, "gammas": gammas, "sizes": protocol_sizes,
-                                           "learning_rates": learning_rates},
-                     "margin": {"steps": config.margin_steps, "batch_size": config.margin_batch_size,
+                     "training_protocol": {"points": points, "sizes": protocol_sizes, "learning_rates": learning_rates,
+                                           "seeds": list(config.seeds), "criterion": CRITERION},
+                     "margin": {"learning_rates": list(config.margin_learning_rates), "seeds": list(config.margin_seeds),
+                                "steps": config.margin_steps, "batch_size": config.margin_batch_size,
                                 "sizes": margin_sizes}}
     return Section("stability", TITLE, configuration, [switch_off, *protocol, *margin_cells], finish)
+
