@@ -99,3 +99,15 @@ def test_interval_text_says_when_there_is_no_interval():
     assert interval_text({"mean": 0.9, "low": 0.8, "high": 1.0}, percent=True) == "90% [80%, 100%]"
     assert "no interval" in interval_text({"mean": 0.002, "low": None, "high": None})
     assert interval_text({"mean": None, "low": None, "high": None}) == "—"
+
+
+def test_the_conclusion_names_where_training_went_unstable_and_what_diverged():
+    from kadam.experiments.stability.section import _conclusion
+
+    rows = [{"beta": 0.9, "gamma": 0.5, "learning_rate": 1e-2, "late_unstable": True, "stable_exact": False},
+            {"beta": 0.9, "gamma": 0.999, "learning_rate": 1e-2, "late_unstable": False, "stable_exact": True}]
+    margin = {"diverged": [{"beta": 0.99, "gamma": 0.8, "lr": 1e-2, "seed": 0, "validation_loss": 46.0}]}
+    harm = {"per_learning_rate": [{"learning_rate": 1e-2, "points": [{"beta": 0.9, "gamma": 0.5, "state": "harmed"}]}]}
+    text = " ".join(_conclusion({"rows": rows}, {"median_ratio": 0.01}, margin, harm))
+    assert "1 of 2 runs" in text and "0 of them inside γ > β²" in text and "(β, γ) = (0.9, 0.5) at η = 0.01" in text
+    assert "(0.99, 0.8) at η = 0.01 (seed 0) diverged" in text and "(0.9, 0.5) at η = 0.01 ended with a worse" in text

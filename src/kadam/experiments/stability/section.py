@@ -179,6 +179,49 @@ def _region_text(entry: Mapping[str, Any]) -> str:
                      for region in REGIONS)
 
 
+def _details(merged: Mapping[str, Any], margin: Mapping[str, Any], harm: Mapping[str, Any]) -> list[str]:
+    """Appendix sentences: every learning rate's counts, every outside point's loss state, every margin stratum."""
+    details = [
+        f"Training protocol at η = {entry['learning_rate']:g} ({entry['points']} points × {len(entry['seeds'])} "
+        f"seeds): measured unstable in the late phase {format_number(entry['measured_late_unstable'], 3)} points per "
+        f"seed, over the whole run {format_number(entry['measured_unstable'], 3)}; fraction of runs measured unstable "
+        f"(late) by region: {_region_text(entry)}; diverged runs: {entry['diverged']}."
+        for entry in merged["per_learning_rate"]]
+    details.append(
+        f"Final training loss outside γ = β² against inside both regions (tolerance {harm['tolerance']:.0%}): "
+        + "; ".join(f"η = {e['learning_rate']:g}: " + ", ".join(
+            f"({p['beta']:g}, {p['gamma']:g}) {p['state']}" for p in e["points"]) for e in harm["per_learning_rate"]) + ".")
+    tested = [s for s in margin["strata"] if s["p_value"] is not None]
+    if tested:
+        details.append("Margin against validation loss per (η, β) stratum: " + "; ".join(
+            f"η = {s['lr']:g}, β = {s['beta']:g}: ρ = {s['spearman_rho']:+.2f} (p {p_value_text(s['p_value'])}, "
+            f"Holm {p_value_text(s['holm_p'])}{', significant' if s['significant'] else ''})" for s in tested) + ".")
+    return details
+
+
+def _conclusion(merged: Mapping[str, Any], growth: Mapping[str, Any], margin: Mapping[str, Any],
+                harm: Mapping[str, Any]) -> list[str]:
+    """What the section adds to the report's conclusion beyond its rows: where instability was seen in training."""
+    rows = merged["rows"]
+    unstable = [r for r in rows if r["late_unstable"]]
+    inside = [r for r in unstable if r["stable_exact"]]
+    where = sorted({(r["beta"], r["gamma"], r["learning_rate"]) for r in unstable})
+    sentences = [
+        f"In training, {len(unstable)} of {len(rows)} runs were measured unstable in the late phase"
+        + (f", {len(inside)} of them inside γ > β²" if unstable else "")
+        + (": " + ", ".join(f"(β, γ) = ({b:g}, {g:g}) at η = {lr:g}" for b, g, lr in where) if where else "")
+        + f". Outside γ = β² the updates grew at a median {format_number(growth['median_ratio'], 2)} of the predicted "
+        "rate: the exponential growth of the switch-off protocol does not carry over to training at these sizes."]
+    harmed = [(e["learning_rate"], p) for e in harm["per_learning_rate"] for p in e["points"] if p["state"] == "harmed"]
+    if harmed or margin["diverged"]:
+        sentences.append(
+            "What did go wrong lies outside γ = β²: "
+            + ", ".join([f"({p['beta']:g}, {p['gamma']:g}) at η = {lr:g} ended with a worse training loss" for lr, p in harmed]
+                        + [f"({d['beta']:g}, {d['gamma']:g}) at η = {d['lr']:g} (seed {d['seed']}) diverged in mini-batch "
+                           "training" for d in margin["diverged"]]) + ".")
+    return sentences
+
+
 def _findings(switch: Mapping[str, Any], merged: Mapping[str, Any], rates: Sequence[Mapping[str, Any]],
               growth: Mapping[str, Any], margin: Mapping[str, Any], harm: Mapping[str, Any]) -> list[str]:
     findings = [
@@ -186,12 +229,11 @@ def _findings(switch: Mapping[str, Any], merged: Mapping[str, Any], rates: Seque
         f"{format_number(switch['max_abs_error'], 2)} per step over {len(switch['rows'])} configurations "
         f"(every one within tolerance: {'yes' if switch['all_within_tolerance'] else 'NO'}).",
     ]
-    for entry in merged["per_learning_rate"]:
-        findings.append(
-            f"Training protocol at η = {entry['learning_rate']:g} ({entry['points']} points × {len(entry['seeds'])} "
-            f"seed(s)): measured unstable in the late phase {format_number(entry['measured_late_unstable'], 3)} "
-            f"points per seed, over the whole run {format_number(entry['measured_unstable'], 3)}; fraction of runs "
-            f"measured unstable (late) by region: {_region_text(entry)}; diverged runs: {entry['diverged']}.")
+    findings.append(
+        "Measured unstable in the late phase, fraction of runs by region (outside both / between / inside both): "
+        + "; ".join(f"η = {e['learning_rate']:g}: " + " / ".join(
+            "—" if e["late_unstable_by_region"][r] is None else f"{e['late_unstable_by_region'][r]:.0%}" for r in REGIONS)
+            for e in merged["per_learning_rate"]) + ".")
     findings.append(
         "Dependence on η: points measured unstable per seed, late phase, "
         + ", ".join(f"η = {e['learning_rate']:g}: {format_number(e['measured_late_unstable'], 3)}"
@@ -211,10 +253,9 @@ def _findings(switch: Mapping[str, Any], merged: Mapping[str, Any], rates: Seque
             + ", ".join(f"η = {lr:g}: {format_number(sum(r['late_slope']['mean'] for r in outside if r['learning_rate'] == lr) / max(1, sum(r['learning_rate'] == lr for r in outside)), 2)}"
                         for lr in merged["learning_rates"]) + ".")
     findings.append(
-        f"Loss outside γ = β² against inside both regions (final training loss, tolerance {harm['tolerance']:.0%}): "
-        + "; ".join(f"η = {e['learning_rate']:g}: " + (", ".join(
-            f"({p['beta']:g}, {p['gamma']:g}) {p['state']}" for p in e["points"] if p["state"] != "unharmed") or "every point unharmed")
-            for e in harm["per_learning_rate"]) + ".")
+        f"Final training loss outside γ = β² against the worst inside both regions (within {harm['tolerance']:.0%}): "
+        f"{harm['harmed']} of {harm['outside']} (point, η) harmed, {harm['unharmed']} unharmed, {harm['unresolved']} "
+        "unresolved.")
     for entry in margin["per_learning_rate"]:
         findings.append(
             f"Margin runs at η = {entry['lr']:g}: {entry['trained']} of {entry['runs']} trained (validation loss below the "
@@ -226,11 +267,13 @@ def _findings(switch: Mapping[str, Any], merged: Mapping[str, Any], rates: Seque
             f"(β, γ) = ({d['beta']:g}, {d['gamma']:g}) at η = {d['lr']:g}, seed {d['seed']}: validation loss "
             f"{format_number(d['validation_loss'], 3)}" for d in margin["diverged"]) + ".")
     tested = [s for s in margin["strata"] if s["p_value"] is not None]
+    significant = [s for s in tested if s["significant"]]
     findings.append(
-        f"Margin against validation loss within β ({len(tested)} strata tested, Holm over all of them): "
-        + ("; ".join(f"η = {s['lr']:g}, β = {s['beta']:g}: ρ = {s['spearman_rho']:+.2f} (p {p_value_text(s['p_value'])}, "
-                     f"Holm {p_value_text(s['holm_p'])}{', significant' if s['significant'] else ''})" for s in tested)
-           if tested else "no stratum had enough runs that trained") + ".")
+        f"Margin against validation loss within β: {len(tested)} (η, β) strata tested; after Holm "
+        + (", ".join(f"η = {s['lr']:g}, β = {s['beta']:g}: ρ = {s['spearman_rho']:+.2f} (Holm p "
+                     f"{p_value_text(s['holm_p'])})" for s in significant) if significant else "none is significant")
+        + (f" (smallest uncorrected p {p_value_text(min(s['p_value'] for s in tested))})" if tested and not significant else "")
+        + ".")
     return findings
 
 
@@ -260,7 +303,8 @@ def _tables(merged: Mapping[str, Any], rates: Sequence[Mapping[str, Any]], margi
         [[format_number(s["lr"], 2), format_number(s["beta"], 3), f"{s['trained']}/{s['runs']}",
           "—" if s["spearman_rho"] is None else f"{s['spearman_rho']:+.2f}",
           "—" if s["p_value"] is None else p_value_text(s["p_value"]).lstrip("= "),
-          "—" if s["holm_p"] is None else p_value_text(s["holm_p"]).lstrip("= ")] for s in margin["strata"]])
+          "—" if s["holm_p"] is None else p_value_text(s["holm_p"]).lstrip("= ")] for s in margin["strata"]],
+        appendix=True)
     return [agreement, slopes, strata]
 
 
@@ -287,7 +331,8 @@ def _figures(figures: Path, switch: Mapping[str, Any], merged: Mapping[str, Any]
     return [
         draw_figure(figures, "stability_region.png", plots.plot_region_map,
                     "Theory only: the (β, γ) plane with log10 of the exact update bound B∞ (THEORY §2), the exact "
-                    "boundary γ = β² and the paper's boundary γ = β/(2−β) (THEORY §3), common presets marked."),
+                    "boundary γ = β² and the paper's boundary γ = β/(2−β) (THEORY §3), common presets marked.",
+                    appendix=True),
         draw_figure(figures, "stability_classification.png", lambda path: plots.plot_classification(merged, path),
                     "Every training-protocol run, one panel per learning rate: horizontal position is the predicted "
                     "rate ln β − ½ ln γ (0 is γ = β²; the magenta tick on each row is γ = β/(2−β)), one row per β, "
@@ -297,14 +342,17 @@ def _figures(figures: Path, switch: Mapping[str, Any], merged: Mapping[str, Any]
                     "Measured against predicted growth rate of ln‖u_n‖ per step. Left (exactness check): the optimizer "
                     "alone with the gradient switched off lies on the identity. Right (the paper's claim, in training): "
                     "late-phase slopes with their interval over seeds"
-                    + (f" stay near 0 — at most {format_number(largest, 2)} per step where up to "
-                       f"{format_number(top, 2)} is predicted — so training shows no exponential growth at the predicted "
-                       "rate, contradicting the paper." if largest is not None else ".")),
+                    + (f": at most {format_number(largest, 2)} per step where up to {format_number(top, 2)} is "
+                       "predicted" if largest is not None else "")
+                    + (f"; {growth['too_slow']} of {growth['points']} (point, η) grow slower than half the predicted "
+                       "rate even at their interval's upper end, so training shows no exponential growth at the "
+                       "predicted rate, against the paper." if growth["points"] and 2 * growth["too_slow"] >= growth["points"]
+                       else ".")),
         draw_figure(figures, "stability_margin.png", lambda path: plots.plot_stability_margin(margin, path),
                     f"Final validation loss against the margin ½ ln γ − ln β, one panel per learning rate, one colour "
                     f"per β (lines join the mean over seeds at each γ), only the {plotted} runs that trained; runs that "
                     f"did not train or diverged (above {DIVERGENCE_FACTOR:g}× the untrained loss) are counted in each "
-                    "panel's title, not drawn."),
+                    "panel's title, not drawn.", appendix=True),
     ]
 
 
@@ -377,7 +425,8 @@ def build_section(settings: Settings) -> Section:
                                _tables(merged, rates, margin), _figures(figures, switch, merged, rates, growth, margin),
                                _headline(switch, merged, growth, margin), data,
                                claims=stability_claims(switch, merged, growth, margin, harm, len(config.seeds),
-                                                       len(config.margin_seeds)))
+                                                       len(config.margin_seeds)),
+                               details=_details(merged, margin, harm), conclusion=_conclusion(merged, growth, margin, harm))
 
     configuration = {"switch_off": plain(config.switch_off),
                      "training_protocol": {"points": points, "sizes": protocol_sizes, "learning_rates": learning_rates,
