@@ -1,12 +1,14 @@
 # The two commands of the README: `make reproduce` (the main job) and `make test`.
 # Each builds .venv on first use: PyTorch 2.13.0 (the CPU build this machine ships), then kadam.
+# `make test-oldest-torch` (CI runs it after `make test`): the optimizer tests against the oldest torch
+# pyproject.toml declares, in .venv-oldest-torch (ci/oldest_torch.sh).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= kadam-report
 PROFILE ?= quick
 
-.PHONY: reproduce demo test clean
+.PHONY: reproduce demo test test-oldest-torch clean
 
 $(BIN)/kadam: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,5 +26,8 @@ demo: $(BIN)/kadam
 test: $(BIN)/kadam
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 
+test-oldest-torch:
+	PYTHON=$(PYTHON) bash ci/oldest_torch.sh
+
 clean:
-	rm -rf $(VENV) $(OUT)
+	rm -rf $(VENV) .venv-oldest-torch $(OUT)
