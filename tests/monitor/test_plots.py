@@ -10,18 +10,19 @@ from tests.monitor.helpers import monitored_run_outside_the_region
 from tests.figure_helpers import legend_texts
 
 
-def test_a_protocol_run_figure_labels_every_reference_line(tmp_path: Path, drawn_figures) -> None:
+def test_a_validation_run_figure_draws_the_lr_and_names_each_check_that_fired(tmp_path: Path, drawn_figures) -> None:
     figures = drawn_figures(plots)
-    run = {"losses": [2.0, 1.5, 1.2, 5.0, 9.0], "recorded_steps": [1, 2, 3, 4, 5],
-           "max_bound_ratio": [0.5, 0.7, 1.2, 0.9, None], "max_spike_factor": [1.0, 2.0, 30.0, 4.0, None],
-           "model_cosine": [0.9, 0.5, -0.1, 0.2, None], "monitor_events": [{"step": 3}, {"step": 3}, {"step": 4}],
-           "baselines": {"grad_norm_spike": [4]}, "instability_step": 4,
-           "spec": {"task": "t", "knob": "lr", "arm": "failing", "seed": 0}}
-    plots.plot_run(run, tmp_path / "run.png")
+    run = {"losses": [2.0, 1.5, 1.2, 5.0, 9.0], "lrs": [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2],
+           "grad_norms": [1.0, 1.0, 2.0, 5.0, float("inf")], "update_ratios": [0.01, 0.02, 0.05, 0.2, 0.9],
+           "constant_loss": 2.3, "instability_step": 4,
+           "spec": {"workload": "digits-cnn", "family": "ramp", "arm": "failing", "seed": 0}}
+    plots.plot_validation_run(run, {"update_rise": [2, 3], "nonfinite": [5], "curvature": []}, tmp_path / "run.png")
     texts = legend_texts(figures[0])
-    assert {plots.BOUND_LABEL, plots.ORTHOGONAL_LABEL, plots.INSTABILITY_LABEL, "monitor warning",
-            "grad_norm_spike warnings"} <= set(texts)
-    assert texts.count("monitor warning") == 1  # one entry, however many event lines
+    assert {"monitor: update_rise", "monitor: nonfinite", plots.INSTABILITY_LABEL,
+            "loss of ignoring the inputs"} <= set(texts)
+    assert texts.count("monitor: update_rise") == 1 and "monitor: curvature" not in texts
+    axes = figures[0].axes
+    assert any(axis.get_ylabel() == "learning rate" for axis in axes)
 
 
 def test_a_history_figure_labels_the_bound_the_zero_cosine_and_the_warnings(tmp_path: Path, drawn_figures) -> None:

@@ -1,114 +1,175 @@
-"""The monitor's validation protocol: the instability definition, the baselines and the scoring, on
-hand-made records (brute force), and one tiny real run through the section's cell."""
+"""The monitor's validation protocol: the outcome rule, the split, the detectors and the scores on hand-made
+records (brute force), the replay against the live monitor on a real run, and the section end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from kadam.experiments.monitor import protocol
-from kadam.experiments.monitor.section import build_section, summarize
+from kadam.experiments.monitor.section import build_section, mcnemar, monitor_claims
 from kadam.experiments.profiles import profile_sizes
+from kadam.monitor import StabilityMonitor, Thresholds
+from kadam.monitor.monitor import global_grad_norm
 
 
-def test_instability_step_is_nonfinite_or_twice_the_running_minimum() -> None:
+def test_instability_is_nonfinite_twice_the_running_minimum_or_a_lost_lesson() -> None:
     losses = [5.0, 4.0, 3.0, 2.0, 3.9, 4.1, 1.0]
     assert protocol.instability_step(losses, start=0, window=1) == 6  # 4.1 > 2 × 2.0 (3.9 is not)
-    assert protocol.instability_step(losses, start=6, window=1) is None
-    assert protocol.instability_step(losses, start=0) is None  # medians of 5: 5, 4.5, 4, 3.5, 3.9, 3.9, 3.0
+    assert protocol.instability_step(losses, start=0) is None  # medians of 5 never double
     assert protocol.instability_step([3.0, 2.0, math.nan], start=1) == 3
-    assert protocol.instability_step([3.0, 9.0, 2.5], start=1, window=1) == 2
-    assert protocol.instability_step([3.0, 10.0, 2.5], start=1) == 2  # median of (3, 10) = 6.5 > 2 × 3
-
-
-def test_one_unlucky_batch_is_not_an_instability_but_a_lasting_rise_is() -> None:
-    """The median of the last 5 losses against twice its running minimum: a single batch at 2.5× the
-    minimum does not count, three in a row do (at the step where they are the median's majority)."""
     single = [4.0, 3.0, 2.0, 1.0, 1.0, 1.0, 2.5, 1.0, 1.0, 1.0]
-    assert protocol.instability_step(single, start=0, window=1) == 7
-    assert protocol.instability_step(single, start=0) is None
-    lasting = [4.0, 3.0, 2.0, 1.0, 1.0, 1.0, 3.0, 3.0, 3.0, 3.0]
-    assert protocol.instability_step(lasting, start=0) == 9  # median(1, 1, 3, 3, 3) = 3 > 2 × 1
-    assert protocol.instability_step([math.nan, 2.0, 2.0], start=1) is None  # before start: not counted
+    assert protocol.instability_step(single, start=0) is None  # one unlucky batch is not an instability
+    # learned (running minimum 1.5 < 0.8 × 2.3), then back above the loss of ignoring the inputs: a failure,
+    # although the medians never double
+    collapse = [2.3, 1.9, 1.6, 1.5, 1.5, 1.5, 2.4, 2.4, 2.4, 2.4]
+    assert protocol.instability_step(collapse, start=0) is None
+    assert protocol.instability_step(collapse, start=0, constant_loss=2.3) == 9
+    assert protocol.instability_step([2.3] * 10 + [2.4] * 5, start=0, constant_loss=2.3) is None  # never learned
 
 
-def test_failures_whose_onset_is_within_the_lead_are_left_out_of_recall() -> None:
-    early = {**record("lr", "failing", 21, [5], []), "onset_step": 3}
-    late = {**record("ramp", "failing", 80, [60], []), "onset_step": 80}
-    scores = protocol.score([early, late, record("lr", "healthy", None, [], [])])
-    assert scores["failures"] == 1 and scores["failures_with_onset_before_lead"] == 1
-    assert scores["detectors"]["monitor"]["recall"] == 1.0 and scores["detectors"]["monitor"]["per_knob"] == {
-        "ramp": {"failures": 1, "caught": 1}}
+def record(family: str, arm: str, losses: list[float], *, workload: str = "digits-cnn", seed: int = 1,
+           intervention: str = "none", grads: list[float] | None = None, ratios: list[float | None] | None = None,
+           constant: float = 2.0) -> dict:
+    """A hand-made run record with the outcome fields computed as validation_run computes them."""
+    n = len(losses)
+    spec = {"workload": workload, "family": family, "arm": arm, "seed": seed, "steps": n, "intervention": intervention}
+    onset = protocol.instability_step(losses, 1, constant)
+    return {"spec": spec, "split": protocol.split_of(workload, family), "constant_loss": constant, "losses": losses,
+            "grad_norms": grads or [1.0] * n, "update_ratios": [0.01] * n,
+            "monitor_update_ratio": ratios or [0.01] * n, "curvature": [None] * n, "edge": [38.0] * n,
+            "clip_rms": [0.5] * n, "instability_step": protocol.instability_step(losses, protocol.SETTLE, constant),
+            "onset_step": onset, "sudden": bool(onset is not None and protocol._sudden(losses, onset)),
+            "monitor_events": []}
 
 
-def test_the_default_monitor_leaves_spike_factor_events_out() -> None:
-    run = {"spec": {"knob": "silence", "arm": "healthy"}, "instability_step": None,
-           "monitor_events": [{"step": 40, "quantity": "spike_factor"}, {"step": 50, "quantity": "gamma"}],
-           "baselines": {"grad_norm_spike": [], "update_param_ratio": []}}
-    warned = protocol.warning_steps(run)
-    assert warned["monitor"] == [50] and warned["monitor_with_spike_factor"] == [40, 50]
-    assert warned["monitor_without_sharpness"] == [50]
+HEALTHY = [3.0, 2.5] + [1.0] * 78
+RAMP = [3.0, 2.5] + [1.0] * 48 + [1.0 + 0.1 * i for i in range(30)]  # a loss that climbs: developing
+JUMP = [3.0, 2.5] + [1.0] * 58 + [5.0] * 20  # flat, then at once far above: sudden
 
 
-def test_baselines_against_their_definitions() -> None:
-    window = protocol.GRAD_WINDOW
-    grads = [1.0] * window + [protocol.GRAD_SPIKE_FACTOR * 1.01, 1.0, math.inf]
-    ratios = [0.0, protocol.UPDATE_RATIO * 2, protocol.UPDATE_RATIO / 2, math.nan]
-    warned = protocol.baseline_warnings(grads, ratios)
-    assert warned["grad_norm_spike"] == [window + 1, window + 3]
-    assert warned["update_param_ratio"] == [2, 4]
+def test_the_outcome_is_the_runs_not_the_arms() -> None:
+    assert protocol.outcome(record("lr", "failing", HEALTHY)) == "healthy"  # set to fail, trained: healthy
+    assert protocol.outcome(record("lr", "healthy", RAMP)) == "failed"
+    assert protocol.outcome(record("lr", "healthy", [2.5] * 80)) == "untrained"  # not below the constant loss
+    ramp, jump = record("ramp", "failing", RAMP), record("jump", "failing", JUMP)
+    assert not ramp["sudden"] and jump["sudden"] and jump["onset_step"] == 63
 
 
-def record(knob: str, arm: str, event: int | None, monitor_steps: list[int], grad_steps: list[int],
-           final: float = 1.0) -> dict:
-    """A hand-made run record; ``final`` is its training loss over the last steps (the constant predictor's is 2)."""
-    return {"spec": {"task": "mnist1d-mlp", "knob": knob, "arm": arm, "steps": 12}, "instability_step": event,
-            "losses": [3.0, 2.5] + [final] * 10, "constant_loss": 2.0,
-            "monitor_events": [{"step": s, "quantity": "gamma" if s == 0 else "sharpness"} for s in monitor_steps],
-            "baselines": {"grad_norm_spike": grad_steps, "update_param_ratio": []}}
+def test_the_split_is_declared_by_workload_and_family() -> None:
+    assert protocol.split_of("mnist1d-mlp", "ramp") == "development"
+    assert protocol.split_of("char-transformer", "jump") == "held-out"  # a held-out family
+    assert protocol.split_of("digits-cnn", "ramp") == "held-out"  # a held-out workload
+    held_out_workloads = set(protocol.WORKLOADS) - set(protocol.DEVELOPMENT_WORKLOADS)
+    held_out_families = set(protocol.FAMILIES) - set(protocol.DEVELOPMENT_FAMILIES)
+    assert len(held_out_workloads) >= 2 and len(held_out_families) >= 2
 
 
-def test_score_counts_recall_at_lead_lead_times_and_false_alarms() -> None:
+def test_score_reads_recall_at_the_lead_sudden_flags_and_healthy_warnings() -> None:
+    ratios_early = [0.01] * 29 + [5.0] + [0.01] * 50  # the update-ratio check fires at step 30 (recorded)
     runs = [
-        record("lr", "failing", 50, [0, 45], [49]),        # monitor lead 50: caught; grad lead 1: not
-        record("lr", "failing", 50, [45], []),             # lead 5 < 10: not caught
-        record("region", "failing", None, [0], []),        # set to fail, did not: no recall, no false alarm
-        record("lr", "healthy", None, [3, 7], [9]),        # 2 monitor warnings
-        record("lr", "healthy", None, [], []),
-        record("region", "healthy", 30, [], []),           # a healthy-arm run that failed
+        record("ramp", "failing", RAMP, ratios=ratios_early),  # warned at 30, long before its event
+        record("ramp", "failing", RAMP),  # never warned
+        record("jump", "failing", JUMP, grads=[1.0] * 62 + [math.inf] + [1.0] * 17),  # flagged at its onset
+        record("lr", "healthy", HEALTHY, ratios=ratios_early),  # a false alarm
+        record("lr", "healthy", HEALTHY),
+        record("lr", "healthy", HEALTHY, intervention="guard"),  # interventions are not scored here
     ]
     scores = protocol.score(runs)
-    assert (scores["failures"], scores["healthy"]) == (2, 2)
-    assert scores["failing_arm_without_event"] == 1 and scores["healthy_arm_with_event"] == 1
+    assert (scores["runs"], scores["developing"], scores["sudden"], scores["healthy"]) == (5, 2, 1, 2)
     monitor = scores["detectors"]["monitor"]
-    assert monitor["recall"] == 0.5 and monitor["lead_times"] == [5, 50]
-    assert monitor["false_alarms_per_healthy_run"] == 1.0 and monitor["healthy_runs_warned"] == 0.5
-    assert monitor["healthy_warned"] == 1
-    grad = scores["detectors"]["grad_norm_spike"]
-    assert grad["recall"] == 0.0 and grad["lead_times"] == [1] and grad["healthy_runs_warned"] == 0.5
-    table = summarize(scores)
-    assert table.rows[0][1] == "1/2 (50%)"
-    without = scores["detectors"]["monitor_without_sharpness"]  # only the step-0 (γ) warnings remain
-    assert without["recall"] == 0.5 and without["lead_times"] == [50] and without["healthy_runs_warned"] == 0.0
+    assert (monitor["caught"], monitor["sudden_flagged"], monitor["healthy_warned"]) == (1, 1, 1)
+    assert monitor["recall_interval"][0] < 0.5 < monitor["recall_interval"][1]
+    lead = runs[0]["instability_step"] - 30
+    assert lead >= protocol.LEAD and monitor["lead_quartiles"] == [lead] * 3
+    quiet = protocol.score(runs, dataclasses.replace(protocol.MONITOR_THRESHOLDS, update_ratio=None,
+                                                     update_rise=None))
+    assert quiet["detectors"]["monitor"]["caught"] == 0
 
 
-def test_healthy_arm_runs_that_did_not_train_are_not_false_alarms() -> None:
-    """A healthy-arm run whose final loss is not below the constant predictor's learned nothing from its inputs:
-    it is counted apart, and its warnings are not false alarms."""
-    runs = [record("warmup", "healthy", None, [15], [], final=2.0),   # at the constant predictor: not trained
-            record("warmup", "healthy", None, [15], [], final=1.99),  # just below: trained, warned
-            record("lr", "healthy", None, [], []),
-            {**record("lr", "healthy", None, [], []), "losses": [3.0, 1.0]}]  # stopped early: not trained
-    assert [protocol.trained(r) for r in runs] == [False, True, True, False]
-    assert protocol.final_loss(runs[0]) == 2.0 and math.isnan(protocol.final_loss({"losses": [1.0, math.nan]}))
-    scores = protocol.score(runs)
-    assert scores["healthy"] == 2 and scores["healthy_arm_not_trained"] == 2
-    assert scores["detectors"]["monitor"]["healthy_runs_warned"] == 0.5
-    from kadam.experiments.monitor.section import untrained_finding
-    text = untrained_finding(runs)
-    assert "knob warmup: 1 (final loss 2 against 2; 1 warned" in text and "knob lr: 1" in text
+def test_the_loss_spike_baseline_is_llm_foundrys_rule() -> None:
+    """> 2× the mean of the last 100 losses, for more than ``patience`` = 4 steps in a row."""
+    losses = [1.0] * 100 + [2.5] * 4 + [1.0] + [2.5] * 5
+    assert protocol._loss_spike(losses) == [110]
+    # the window fills at step 100 (with the first 5.0 in it): outliers from 101 on, the fifth in a row at 105
+    assert protocol._loss_spike([1.0] * 99 + [5.0] * 10) == [105, 106, 107, 108, 109]
+    assert protocol._grad_spike([1.0] * 20 + [5.1, 4.9, math.inf]) == [21, 23]
+
+
+def test_choose_thresholds_takes_most_failures_caught_within_the_false_alarm_budget() -> None:
+    ratios_late = [0.01] * 49 + [2.0] + [0.01] * 30
+    runs = [record("ramp", "failing", RAMP, workload="mnist1d-mlp", ratios=ratios_late)] + [
+        record("lr", "healthy", HEALTHY, workload="mnist1d-mlp", seed=s) for s in range(25)]
+    runs.append(record("lr", "healthy", HEALTHY, workload="mnist1d-mlp", seed=99,
+                       ratios=[0.01] * 9 + [0.6] + [0.01] * 70))
+    chosen, table = protocol.choose_thresholds(runs)
+    scores = protocol.score(runs, chosen)
+    assert scores["detectors"]["monitor"]["caught"] == 1 and scores["detectors"]["monitor"]["healthy_warned"] <= 1
+    assert (chosen.update_ratio or 0.0) > 0.6 or chosen.update_ratio is None  # 0.5 would warn the 0.6 run
+    assert {row["caught"] for row in table} == {0, 1} and len(table) == math.prod(
+        len(values) for values in protocol.SELECTION_GRID.values())
+
+
+def test_guard_scores_rescue_against_the_healthy_band_and_pair_healthy_runs_by_seed() -> None:
+    failed = record("ramp", "failing", RAMP)
+    rescued = record("ramp", "failing", HEALTHY, intervention="guard")
+    healthy = [record("lr", "healthy", HEALTHY, seed=s) for s in (1, 2, 3)]
+    guarded = [record("lr", "healthy", [v + 0.01 * s for v in HEALTHY], seed=s, intervention="guard") for s in (1, 2, 3)]
+    scores = protocol.guard_scores([failed, rescued, *healthy, *guarded])
+    guard = scores["interventions"]["guard"]
+    assert (guard["failures"], guard["rescued"]) == (1, 1) and "clip" not in scores["interventions"]
+    pooled = guard["healthy_paired"]["all"]
+    assert pooled["pairs"] == 3 and pooled["mean"] == pytest.approx(0.02)
+    assert pooled["interval"][0] < 0.02 < pooled["interval"][1]
+
+
+def test_mcnemar_and_the_claims_read_the_same_runs() -> None:
+    ratios_early = [0.01] * 29 + [5.0] + [0.01] * 50
+    runs = [record("ramp", "failing", RAMP, ratios=ratios_early, seed=s) for s in range(20)]
+    runs += [record("lr", "healthy", HEALTHY, seed=s) for s in range(20)]
+    rows = mcnemar(runs)
+    assert rows["loss_spike"]["only_monitor"] == 20 and rows["loss_spike"]["only_baseline"] == 0
+    assert rows["loss_spike"]["better"] is True
+    claims = monitor_claims(protocol.score(runs), rows, protocol.guard_scores(runs))
+    # 20/20 caught: exact interval 83–100%, above 80%; 0/20 healthy warned: up to 17%, not within 5%
+    assert claims[0].verdict == "confirmed" and claims[2].verdict == "not resolved at this budget"
+    claims = monitor_claims(protocol.score(runs[:8] + runs[20:]), mcnemar(runs[:8] + runs[20:]), {"interventions": {}})
+    assert claims[0].verdict == "not resolved at this budget"  # 8/8: the interval reaches down to 63%
+
+
+def test_the_replay_is_what_the_live_monitor_warns() -> None:
+    """A default-attached monitor (every 10 steps, default thresholds) on a learning-rate ramp, and the replay of
+    its running checks from an every-step monitor's series: the same warning steps."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.06**i)
+    series = StabilityMonitor(optimizer, every=1, warn=False, thresholds=Thresholds(update_ratio=None, update_rise=None))
+    live = StabilityMonitor(optimizer, warn=False)
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    losses, grads = [], []
+    for _ in range(150):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        grads.append(float(global_grad_norm([p.grad for p in model.parameters()])))
+        live.observe_loss(loss)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            break
+    history = series.history
+    table = history.values[:, :, history.quantities.index("update_param_ratio")]
+    run = {"losses": losses, "grad_norms": grads, "monitor_update_ratio": [float(max(row)) for row in table],
+           "curvature": list(history.model["curvature"]), "edge": list(history.model["edge"])}
+    live_steps = sorted({e.step for e in live.events if e.kind == "running"})
+    assert live_steps, "the ramp should make the default monitor warn"
+    assert protocol.monitor_warnings(run) == live_steps
 
 
 def test_smoke_section_runs_end_to_end(tmp_path: Path) -> None:
@@ -116,53 +177,18 @@ def test_smoke_section_runs_end_to_end(tmp_path: Path) -> None:
         profile, device, seeds = "smoke", "cpu", None
 
     section = build_section(Settings())
-    assert len(section.cells) == 2 * len(profile_sizes("smoke").monitor.seeds)
-    results = {}
-    for cell in section.cells:
-        results[cell.key] = cell.function(**cell.kwargs)
+    config = profile_sizes("smoke").monitor
+    # both arms; each intervention on the failing run and on the healthy pair's seeds (with their plain twins)
+    assert len(section.cells) == 2 + len(config.interventions) * (1 + len(config.pair_seeds))
+    results = {cell.key: cell.function(**cell.kwargs) for cell in section.cells}
     document = section.finish(results, tmp_path)
-    assert document.tables[0].rows and "failed by the definition" in document.findings[0]
+    assert document.tables[0].rows and document.claims
     run = results[section.cells[0].key]
-    assert len(run["losses"]) <= profile_sizes("smoke").monitor.steps and run["recorded_steps"][0] == 1
+    assert len(run["losses"]) <= config.steps and len(run["lrs"]) == len(run["losses"])
 
 
-def test_the_sharpness_factor_sweep_recomputes_the_monitors_own_rule(tmp_path: Path) -> None:
-    """At ×1 the recomputed sharpness warnings are the monitor's own events, step for step, on a real run; a
-    higher multiple keeps a subset; the sweep scores each multiple like :func:`protocol.score`."""
-    sizes = profile_sizes("smoke").monitor.tasks["mnist1d-mlp"]
-    run = protocol.monitored_run("mnist1d-mlp", "lr", "healthy", 1, 40, 16, sizes)
-    own = sorted(e["step"] for e in run["monitor_events"] if e["quantity"] == "sharpness")
-    estimates = [(step, v) for step, v in zip(run["recorded_steps"], run["sharpness"]) if v is not None]
-    assert len(estimates) == 40 // protocol.SHARPNESS_EVERY
-    recomputed = protocol.with_sharpness_factor(run, 1.0)
-    assert sorted(e["step"] for e in recomputed["monitor_events"] if e["quantity"] == "sharpness") == own
-    largest = max(v for _, v in estimates) / run["sharpness_threshold"]
-    stricter = protocol.with_sharpness_factor(run, 2 * max(largest, 1.0))
-    assert [e for e in stricter["monitor_events"] if e["quantity"] == "sharpness"] == []
-    failing = {**record("lr", "failing", 50, [], []), "sharpness_threshold": 1.0, "recorded_steps": [10, 30, 45],
-               "sharpness": [0.5, 3.0, 20.0]}
-    healthy = {**record("lr", "healthy", None, [], []), "sharpness_threshold": 1.0, "recorded_steps": [10, 20],
-               "sharpness": [1.5, None]}
-    rows = protocol.sharpness_factor_sweep([failing, healthy], factors=(1.0, 2.5, 10.0))
-    assert [(r["caught"], r["healthy_runs_warned"]) for r in rows] == [(1, 1.0), (1, 0.0), (0, 0.0)]
-    # ×10: only the estimate at step 45 is above, 5 steps before the event: too late to count
-
-
-def test_unknown_knob_is_a_value_error() -> None:
-    with pytest.raises(ValueError, match="knob must be one of"):
-        protocol.monitored_run("mnist1d-mlp", "temperature", "failing", 0, 5, 4, {"hidden": 8, "depth": 1})
-
-
-def test_the_sharpness_finding_contrasts_rates_above_and_below_the_edge() -> None:
-    from kadam.experiments.monitor.section import sharpness_finding
-
-    def run(lr, ratios, final, threshold=38.0):
-        return {"lr": lr, "sharpness": [r * threshold for r in ratios], "sharpness_threshold": threshold,
-                "share_above": sum(r > 1 for r in ratios) / len(ratios), "losses": [4.0, final]}
-
-    text = sharpness_finding([run(1e-3, [0.01, 0.02], 3.0), run(1e-2, [0.1, 0.08], 2.3), run(1e-1, [3.0, 50.0], 3.1)])
-    assert "lr 0.1: median 50× the edge, 100% of estimates above, final loss 3.1" in text
-    assert "(0.1) train worse than a smaller rate" in text
-    text = sharpness_finding([run(1e-3, [0.01], 3.0), run(1e-1, [3.0], 2.0)])
-    assert "do not all train worse" in text
-    assert "No rate's run sits above" in sharpness_finding([run(1e-3, [0.01], 3.0)])
+def test_unknown_family_or_intervention_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="family must be one of"):
+        protocol.validation_run("mnist1d-mlp", "temperature", "failing", 0, 5, 4, {"hidden": 8, "depth": 1})
+    with pytest.raises(ValueError, match="intervention must be one of"):
+        protocol.validation_run("mnist1d-mlp", "lr", "failing", 0, 5, 4, {"hidden": 8, "depth": 1}, "prayer")

@@ -62,6 +62,10 @@ class Thresholds:
             median of its last ``loss_window`` recorded values.
         update_ratio: the largest per-tensor update/parameter ratio :math:`|\\theta_n - \\theta_{n-1}|/|\\theta_{n-1}|`
             at a recorded step above this value.
+        update_rise: that ratio above this multiple of its smallest value at the recorded steps before (from the
+            ``update_rise_after``-th recorded step on): Adam's update is about lr per coordinate whatever the
+            gradient's scale, so the ratio falls as a healthy run's weights settle and rises with the learning rate
+            or with an update that grows.
         nonfinite: a NaN or infinite gradient norm or loss is an event.
         near_bound: bound ratio at or above which a tensor's update is close to the worst case of
             THEORY §2 (a geometrically growing gradient).
@@ -82,13 +86,15 @@ class Thresholds:
     sharpness_ratio: float | None = 1.0
     sharpness_after: int = 10
     edge_ratio: float | None = 1.0
-    edge_patience: int = 2
+    edge_patience: int = 5
     edge_after: int = 10
     grad_growth: float | None = None
     grad_window: int = 20
     loss_growth: float | None = None
     loss_window: int = 20
-    update_ratio: float | None = None
+    update_ratio: float | None = 1.0
+    update_rise: float | None = 10.0
+    update_rise_after: int = 3
     nonfinite: bool = True
     near_bound: float | None = None
     spike_factor: float | None = None
@@ -105,12 +111,12 @@ class Thresholds:
             if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
                                           and math.isfinite(value)):
                 raise ValueError(f"Thresholds.{field.name} must be a finite number or None, got {value!r}")
-        for name in ("edge_patience", "grad_window", "loss_window"):
+        for name in ("edge_patience", "grad_window", "loss_window", "update_rise_after"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Thresholds.{name} must be an integer >= 1, got {value!r}")
         for name in ("bound_ratio", "sharpness_ratio", "edge_ratio", "grad_growth", "loss_growth", "update_ratio",
-                     "near_bound", "spike_factor"):
+                     "update_rise", "near_bound", "spike_factor"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"Thresholds.{name} must be > 0, got {value!r}")

@@ -241,6 +241,8 @@ class StabilityMonitor(StepHooks):
                             if limits.grad_growth is not None else None)
         self._loss_check = (rules.GrowthCheck(limits.loss_growth, limits.loss_window)
                             if limits.loss_growth is not None else None)
+        self._rise_check = (rules.RiseCheck(limits.update_rise, limits.update_rise_after)
+                            if limits.update_rise is not None else None)
         self._uses_gradients = True  # the secant curvature is recorded whether or not its check is on
         self._kept: dict[int, Tensor] = {}
         self._kept_step: int | None = None
@@ -606,7 +608,15 @@ class StabilityMonitor(StepHooks):
                 "lower lr (the edge in P⁻¹H scales as 1/η)", 0, "theory"))
         column = self._column["update_param_ratio"]
         ratios = row[:, column]
-        if limits.update_ratio is not None and np.isfinite(ratios).any() and np.nanmax(ratios) > limits.update_ratio:
+        largest = float(np.nanmax(ratios)) if np.isfinite(ratios).any() else math.nan
+        if self._rise_check is not None and self._rise_check.update(largest):
+            worst = int(np.nanargmax(ratios))
+            self._emit(StabilityEvent(
+                self._tracked[worst].name, step, "update_rise", largest, self._rise_check.factor * self._rise_check.minimum,
+                f"the largest update/parameter ratio {largest:.3g} is {largest / self._rise_check.minimum:.3g}× its smallest "
+                "value so far: the steps grow against the weights (a rising learning rate, or an update that grows)",
+                "lower lr, or check the schedule", 0, "argument"))
+        if limits.update_ratio is not None and math.isfinite(largest) and largest > limits.update_ratio:
             worst = int(np.nanargmax(ratios))
             self._emit(StabilityEvent(
                 self._tracked[worst].name, step, "update_param_ratio", float(ratios[worst]), limits.update_ratio,

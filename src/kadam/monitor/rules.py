@@ -8,6 +8,8 @@ scores are the ones users get.
   adaptive edge of stability :math:`(2+2\beta)/(1-\beta)` (THEORY §7), ``patience`` recorded steps in a row;
 - :class:`GrowthCheck`: a value above ``factor`` times the median of its last ``window`` recorded values
   (the gradient norm, the loss);
+- :class:`RiseCheck`: a value above ``factor`` times its running minimum (the update/parameter ratio, which
+  falls as a healthy run settles and rises with the learning rate or a growing update);
 - :func:`non_finite`: a NaN or infinite value (gradient, loss).
 """
 
@@ -18,7 +20,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["EdgeCheck", "GrowthCheck", "non_finite", "secant_curvature"]
+__all__ = ["EdgeCheck", "GrowthCheck", "RiseCheck", "non_finite", "secant_curvature"]
 
 
 def secant_curvature(inner: float, weighted: float) -> float:
@@ -93,3 +95,21 @@ class GrowthCheck:
     def replay(self, values: Iterable[float]) -> list[bool]:
         """:meth:`update` over ``values`` in order."""
         return [self.update(value) for value in values]
+
+
+@dataclass
+class RiseCheck:
+    """Fires when a value exceeds ``factor`` × the smallest finite value seen before it, once ``after`` values
+    have been seen. Non-finite values are not added."""
+
+    factor: float
+    after: int = 3
+    seen: int = 0
+    minimum: float = math.inf
+
+    def update(self, value: float) -> bool:
+        fires = self.seen >= self.after and math.isfinite(value) and value > self.factor * self.minimum
+        if math.isfinite(value):
+            self.seen += 1
+            self.minimum = min(self.minimum, value)
+        return fires

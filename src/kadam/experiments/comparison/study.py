@@ -1,5 +1,6 @@
-"""Run the comparison section alone at one profile and write its report (``report.html``, ``report.md``,
-``results.json``, ``figures/``), cached under ``out/cache`` like ``kadam reproduce``: ``kadam compare --study``.
+"""Run one section alone at one profile and write its report (``report.html``, ``report.md``, ``results.json``,
+``figures/``), cached under ``out/cache`` like ``kadam reproduce``: ``kadam compare --study`` (the comparison)
+and ``kadam monitor study`` (the monitor's validation).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import datetime
 import platform
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,16 +17,29 @@ from rich.console import Console
 
 import kadam
 from kadam.experiments.cells import CellCache, CellRunner
-from kadam.experiments.comparison.section import build_section
-from kadam.experiments.report import write_report
 from kadam.experiments.profiles import Settings
+from kadam.experiments.report import write_report
+from kadam.experiments.sections import Section
 
-__all__ = ["run_study"]
+__all__ = ["run_section_study", "run_study"]
+
+TITLES = {"comparison": "Does k-Adam train better? The comparison protocol",
+          "monitor": "The stability monitor and its guard: the validation protocol"}
 
 
 def run_study(profile: str = "study", out: str | Path = "kadam-compare-study", jobs: int = 1, seeds: int | None = None,
               console: Console | None = None, show_progress: bool = True, command: str = "") -> dict[str, Path]:
-    """Compute (or fetch from the cache) every run of the section at ``profile`` and write its report."""
+    """The comparison section alone (``kadam compare --study``): :func:`run_section_study`."""
+    from kadam.experiments.comparison.section import build_section
+
+    return run_section_study(build_section, "comparison", profile, out, jobs, seeds, console, show_progress,
+                             command or f"kadam compare --study --profile {profile} --jobs {jobs}")
+
+
+def run_section_study(build_section: Callable[[Settings], Section], name: str, profile: str, out: str | Path,
+                      jobs: int = 1, seeds: int | None = None, console: Console | None = None,
+                      show_progress: bool = True, command: str = "") -> dict[str, Path]:
+    """Compute (or fetch from the cache) every run of section ``name`` at ``profile`` and write its report."""
     if jobs < 1:
         raise ValueError(f"jobs must be ≥ 1, got {jobs}")
     if seeds is not None and seeds < 2:
@@ -42,7 +57,7 @@ def run_study(profile: str = "study", out: str | Path = "kadam-compare-study", j
         followup = section.followup(results)
         runner.adjust_total(runner.pending_cost(followup) - section.followup_cost)
         results.update(runner.run(followup))
-    for stale in figures.glob("comparison_*.png"):
+    for stale in figures.glob(f"{name}_*.png"):
         stale.unlink()
     document = section.finish(results, figures)
     elapsed = time.perf_counter() - started
@@ -54,10 +69,10 @@ def run_study(profile: str = "study", out: str | Path = "kadam-compare-study", j
         "cell_seconds": sum(runner.seconds.values()),
     }
     preamble = (f"Produced by kadam {kadam.__version__} (torch {torch.__version__}, Python {platform.python_version()}) "
-                f"with `{command or f'kadam compare --study --profile {profile} --jobs {jobs}'}` on "
+                f"with `{command}` on "
                 f"{started_at:%Y-%m-%d %H:%M} UTC: {len(runner.computed)} runs computed, {len(runner.cached)} from the "
                 f"cache, {elapsed:.0f} s wall.")
-    paths = write_report(out, "Does k-Adam train better? The comparison protocol", preamble, [document], metadata)
+    paths = write_report(out, TITLES[name], preamble, [document], metadata)
     for label, value in document.headline:
         console.print(f"{label}: {value}")
     for finding in document.findings:

@@ -10,24 +10,28 @@ __all__ = ["MonitorConfig"]
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """What the monitor section runs.
+    """What the monitor section runs (:mod:`kadam.experiments.monitor.protocol`).
 
-    ``tasks`` maps a task of ``kadam.experiments.workloads`` to its model sizes; each task runs every knob of
-    ``knobs`` that applies to it (``protocol.KNOB_TASKS``), both arms, for ``seeds`` seeds, for
-    ``steps`` steps of ``batch_size``. ``sharpness_lrs`` are the learning rates of the sharpness runs
-    (none: skipped), each run for ``sharpness_steps`` steps with an estimate every ``sharpness_every``
-    steps of ``sharpness_iterations`` Lanczos steps. ``knob_settings`` replaces a knob's arms in
-    ``protocol.KNOBS`` where this profile's models need other values.
+    ``workloads`` maps a workload of ``protocol.WORKLOADS`` to its sizes; each runs every family of ``families``
+    that applies to it (``protocol.applies``), both arms, for ``seeds``, ``steps`` steps of ``batch_size``,
+    without intervention. Each intervention of ``interventions`` then reruns every failing-arm run, and the
+    healthy arm of ``protocol.PAIR_FAMILY`` for each seed of ``pair_seeds`` runs with and without it (the
+    paired comparison on healthy runs). ``family_settings`` replaces a family's arms in ``protocol.FAMILIES``
+    where this profile's models need other values. ``sharpness_lrs`` are the learning rates of the sharpness
+    runs (the estimate with a closure; none: skipped), each ``sharpness_steps`` steps long with an estimate
+    every ``sharpness_every`` steps of ``sharpness_iterations`` Lanczos steps.
     """
 
-    tasks: dict[str, dict[str, Any]]
-    knobs: tuple[str, ...]
+    workloads: dict[str, dict[str, Any]]
+    families: tuple[str, ...]
     seeds: tuple[int, ...]
     steps: int
     batch_size: int
+    interventions: tuple[str, ...] = ()
+    pair_seeds: tuple[int, ...] = ()
+    family_settings: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     sharpness_lrs: tuple[float, ...] = ()
     sharpness_steps: int = 0
     sharpness_every: int = 10
     sharpness_iterations: int = 10
     sharpness_sizes: dict[str, Any] = field(default_factory=dict)
-    knob_settings: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)

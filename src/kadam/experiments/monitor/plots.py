@@ -12,7 +12,7 @@ import numpy as np
 from kadam.experiments.figures import PathLike, panels, save_figure
 from kadam.monitor import MonitorHistory
 
-__all__ = ["plot_history", "plot_run", "plot_sharpness"]
+__all__ = ["plot_history", "plot_sharpness", "plot_validation_run"]
 
 _EVENT_COLORS = {"theory": "tab:red", "argument": "tab:orange"}
 
@@ -124,42 +124,43 @@ def plot_sharpness(runs: Sequence[Mapping[str, Any]], path: str | Path) -> str |
     return save_figure(figure, path, dpi=110)
 
 
-def plot_run(run: Mapping[str, Any], path: str | Path) -> str | Path:
-    """One protocol run (:func:`kadam.experiments.monitor.protocol.monitored_run`): loss, largest
-    update/bound ratio and spike factor over tensors, model cosine; monitor warnings (red), baseline
-    warnings (ticks), the instability event (black, dashed)."""
-    figure, axes = panels(4, 1, (8.0, 1.9))
-    loss_axis, ratio_axis, spike_axis, cosine_axis = (row[0] for row in axes)
-    losses = np.asarray([np.nan if v is None else v for v in run["losses"]], dtype=float)
-    loss_axis.plot(np.arange(1, len(losses) + 1), losses, color="black", lw=1)
-    loss_axis.set(ylabel="loss", yscale="log")
-    steps = run["recorded_steps"]
+_CHECK_COLORS = {"nonfinite": "tab:red", "grad_norm": "tab:orange", "loss": "tab:brown",
+                 "update_param_ratio": "tab:purple", "curvature": "tab:green"}
 
-    def series(key: str) -> np.ndarray:
-        return np.asarray([np.nan if v is None else v for v in run[key]], dtype=float)
 
-    ratio_axis.plot(steps, series("max_bound_ratio"), color="tab:purple", lw=1)
-    ratio_axis.axhline(1.0, color="tab:red", lw=0.8, ls=":", label=BOUND_LABEL)
-    ratio_axis.set_ylabel("max over tensors\nmax|u| / B_n")
-    spike_axis.plot(steps, series("max_spike_factor"), color="tab:green", lw=1)
-    spike_axis.set(ylabel="max spike factor", yscale="log")
-    cosine_axis.plot(steps, series("model_cosine"), color="tab:blue", lw=1)
-    cosine_axis.axhline(0.0, color="gray", lw=0.6, label=ORTHOGONAL_LABEL)
-    cosine_axis.set(ylabel="cos(u, g)", xlabel="step")
-    every_axis = (loss_axis, ratio_axis, spike_axis, cosine_axis)
-    for index, step in enumerate(sorted({event["step"] for event in run["monitor_events"]})):
-        for axis in every_axis:
-            axis.axvline(step, color="tab:red", lw=0.6, alpha=0.5,
-                         label="monitor warning" if axis is loss_axis and index == 0 else None)
-    for offset, (name, warned) in enumerate(sorted(run["baselines"].items())):
-        if warned:
-            loss_axis.plot(warned, [np.nanmax(losses) * (0.9 - 0.1 * offset)] * len(warned), "|", ms=6,
-                           label=f"{name} warnings")
+def plot_validation_run(run: Mapping[str, Any], checks: Mapping[str, Sequence[int]], path: str | Path) -> str | Path:
+    """One validation run (:func:`kadam.experiments.monitor.protocol.validation_run`): training loss, the
+    learning rate the step used, the global gradient norm and the largest per-tensor update/parameter ratio
+    against the step; each monitor check in ``checks`` (check → steps it fired) marked by a vertical line in
+    its colour, the instability event dashed black."""
+    figure, axes = panels(4, 1, (8.0, 1.8))
+    loss_axis, lr_axis, grad_axis, ratio_axis = (row[0] for row in axes)
+    steps = np.arange(1, len(run["losses"]) + 1)
+
+    def series(values: Sequence[float | None]) -> np.ndarray:
+        array = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+        return np.where(np.isfinite(array), array, np.nan)
+
+    loss_axis.plot(steps, series(run["losses"]), color="black", lw=1)
+    loss_axis.axhline(run["constant_loss"], color="gray", lw=0.8, ls=":", label="loss of ignoring the inputs")
+    loss_axis.set(ylabel="training loss", yscale="log")
+    lr_axis.plot(steps[:len(run["lrs"])], run["lrs"], color="tab:blue", lw=1)
+    lr_axis.set(ylabel="learning rate", yscale="log")
+    grad_axis.plot(steps, series(run["grad_norms"]), color="tab:gray", lw=1)
+    grad_axis.set(ylabel="gradient norm", yscale="log")
+    ratio_axis.plot(steps, series(run["update_ratios"]), color="tab:purple", lw=1)
+    ratio_axis.set(ylabel="max |Δθ|/|θ|", yscale="log", xlabel="step")
+    every_axis = (loss_axis, lr_axis, grad_axis, ratio_axis)
+    for check, fired in checks.items():
+        for index, step in enumerate(fired):
+            for axis in every_axis:
+                axis.axvline(step, color=_CHECK_COLORS.get(check, "tab:red"), lw=0.7, alpha=0.6,
+                             label=f"monitor: {check}" if axis is loss_axis and index == 0 else None)
     if run["instability_step"] is not None:
         for axis in every_axis:
             axis.axvline(run["instability_step"], color="black", lw=1, ls="--",
                          label=INSTABILITY_LABEL if axis is loss_axis else None)
     spec = run["spec"]
-    loss_axis.set_title(f"{spec['task']}, knob {spec['knob']} ({spec['arm']}), seed {spec['seed']}: "
-                        f"{len(run['monitor_events'])} monitor events", fontsize=9)
+    loss_axis.set_title(f"{spec['workload']}, family {spec['family']} ({spec['arm']} arm), seed {spec['seed']}",
+                        fontsize=9)
     return _save_with_legend(figure, every_axis, path)

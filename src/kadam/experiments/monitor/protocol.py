@@ -1,75 +1,85 @@
-r"""Does the stability monitor warn before a run blows up? Its validation protocol.
+r"""Does the stability monitor warn before a run blows up, stay quiet otherwise, and can its guard act?
 
-**Runs.** Each run trains one task with ``torch.optim.Adam`` (or AdamW) for a fixed number of steps
-while a :class:`kadam.monitor.StabilityMonitor` records every step. A *knob* is set to a value known to
-break training or to a healthy value, all else equal (:data:`KNOBS`):
+**Runs** (:func:`validation_run`). One workload (:data:`WORKLOADS`) trained by ``torch.optim.AdamW`` with a
+:class:`kadam.monitor.StabilityMonitor` at its defaults attached (``every=1``), whose per-step series are
+recorded so that any detector can be replayed on them afterwards. A *family* (:data:`FAMILIES`) sets up a
+known cause of failure in its ``failing`` arm and the same run without it in its ``healthy`` arm:
 
-- ``lr``: the learning rate past the edge vs a usual one (the failing arm diverges within a few steps);
-- ``ramp``: the learning rate grows geometrically over the run, past the edge vs to a usual value, so the
-  failure, where there is one, comes late and a warning can precede it (char-transformer only: the MLP's
-  cross-entropy saturates near ln 10 at large rates, below twice its minimum, so its loss never doubles);
-- ``region``: (β, γ) outside the stable region γ > β² (THEORY §2) vs inside, same β;
-- ``warmup``: no warmup at a high learning rate vs a linear warmup to the same rate (char-transformer only).
-  Both models are pre-LayerNorm or have no attention and train without warmup at usual rates, so the rate
-  is one where a warmup matters: at 0.1 the quick profile's transformer trains with a warmup as well as at
-  a usual rate and worse without one (it does not blow up); at a higher rate neither arm learns more than
-  the character frequencies, and the "healthy" arm would be no healthy run. The full profile's larger
-  transformer needs a smaller rate for the same contrast (``MonitorConfig.knob_settings``). The MLP has no
-  rate where a warmup matters (both arms train alike, or neither learns);
-- ``silence``: one embedding row whose gradient is held at zero for most of the run and then
-  multiplied by a large factor (a rare token returning), with γ close to 1, vs the same silence without
-  the spike (char-transformer only).
+- ``lr``: a learning rate far past the usual one from the start;
+- ``ramp``: the learning rate grows geometrically over the run, to far past the usual one (failing) or to a
+  usual one (healthy);
+- ``jump``: the learning rate jumps mid-run (a schedule bug), to far past the usual one or by a factor 2;
+- ``region``: (β, γ) outside the stable region γ > β² (THEORY §2) vs inside at the same β;
+- ``silence``: one embedding row's gradient held at zero for most of the run, then multiplied by a large
+  factor once (a rare token returning), γ close to 1 (char-transformer only);
+- ``small_gamma``: γ too small for the batch's gradient noise, inside the stable region (β = 0.5,
+  γ = 0.3, small batch), vs the default (0.9, 0.999);
+- ``corrupt``: one training batch with its inputs multiplied by 1e3 mid-run;
+- ``warmup``: a high learning rate without warmup vs with a linear warmup (char-transformer only).
 
-**Instability event** (:func:`instability_step`, the definition in code): the first step after
-``settle`` steps (and after the learning-rate warmup) whose training loss is non-finite, or whose median
-over the last :data:`LOSS_WINDOW` steps is above twice the running minimum of those medians. The median
-keeps one unlucky mini-batch from counting (single-batch losses of a healthy run late in training reach
-twice their running minimum, which is itself an outlier). Its *onset* is the first step at which the same
-condition held counting from step 2: a failure whose onset lies within the first ``LEAD`` steps cannot be
-warned ``LEAD`` steps ahead by anything, so it is reported apart and left out of recall.
+**Outcome, decided by the run alone** (:func:`outcome`): ``failed`` if the run has an instability event
+(:func:`instability_step`: a non-finite loss, or the median of the last :data:`LOSS_WINDOW` losses above twice
+the running minimum of those medians or, once the run has learned, above the loss of ignoring the inputs;
+after :data:`SETTLE` steps and the warmup); else ``healthy`` if it
+trained (:func:`trained`: its final loss below the task's constant-predictor loss); else ``untrained``
+(counted apart). The arm that set a run up is not consulted: a failing-arm run that trains is a healthy
+run, and a warning on it is a false alarm. A failure whose onset comes within the first :data:`LEAD` steps
+is *early* (no warning can precede it by :data:`LEAD` steps); of the others, one is *sudden* when the median
+of the losses just before its onset was within :data:`SUDDEN_FACTOR` of its running minimum (nothing in the
+loss announced it: a corrupted batch), else *developing*.
 
-**Warnings.** The monitor's: every :class:`~kadam.monitor.StabilityEvent` at its default thresholds
-plus the argument thresholds in :data:`MONITOR_THRESHOLDS`. Two baselines computed from the same runs
-(:func:`baseline_warnings`): a gradient-norm spike detector (global gradient norm above
-``GRAD_SPIKE_FACTOR`` times the median of the previous ``GRAD_WINDOW`` steps), and an update/parameter
-ratio threshold (largest per-tensor :math:`|\Delta\theta|/|\theta|` above ``UPDATE_RATIO``, the
-quantity Composer's ``OptimizerMonitor`` logs). The thresholds are fixed in this module, not fitted to
-the runs, with one exception that the report's numbers carry: the monitor's spike-factor check is off by
-default because on these knobs it warned healthy runs and no failure first, so the default monitor's share
-of healthy runs warned is not independent of these knobs (the ``monitor_with_spike_factor`` row is the check
-left on). The median in the event definition, the ramp knob and leaving never-updated coordinates out of
-the sharpness were likewise chosen on these runs; they correct what was measured (mini-batch noise,
-failures no warning could precede, an estimate dominated by coordinates the optimizer never moved), and
-they change recall and false alarms alike.
+**Detectors** (:func:`warning_steps`), each replayed on the recorded series:
 
-**Healthy runs** are the healthy-arm runs without an instability event that trained (:func:`trained`: the
-median loss of their last :data:`FINAL_LOSS_STEPS` steps below the task's
-:meth:`~kadam.experiments.workloads.Task.constant_predictor_loss`, the loss of predicting the class
-frequencies whatever the input). A run that learned nothing from its inputs is no healthy run, and a
-warning on it is no false alarm; such runs are counted apart. (This criterion, too, was chosen on these
-runs.)
+- ``monitor``: the running checks of the monitor at :data:`MONITOR_THRESHOLDS` (non-finite values, the
+  secant curvature against the edge of stability, gradient-norm growth, loss growth;
+  :mod:`kadam.monitor.rules`), the same state machines it runs live. Its attach-time configuration check
+  (the region) is reported apart (:func:`configuration_flags`);
+- ``loss_spike``: llm-foundry's ``KillLossSpike`` as it is configured there: a loss above 2× the mean of
+  the last 100 losses for 5 consecutive steps;
+- ``grad_norm_spike``: the global gradient norm above 5× the median of the previous 20 steps (or non-finite);
+- ``update_param_ratio``: the largest per-tensor :math:`|\Delta\theta|/|\theta|` above 0.05 (Composer's
+  ``OptimizerMonitor`` quantity);
+- ``stableadamw_rms``: StableAdamW's clipping indicator (Wortsman et al. 2023), the largest per-tensor
+  :math:`\mathrm{RMS}(g^2/\hat v)` above 1.
 
-**Scores** (:func:`score`): recall (failing runs, onset after ``LEAD``, warned at least ``LEAD`` steps before their event),
-lead-time distribution, false alarms (warnings in healthy runs; share of healthy runs warned).
+**Development and held-out** (:func:`split_of`, declared here before any held-out run): the development
+set is the runs of :data:`DEVELOPMENT_WORKLOADS` × :data:`DEVELOPMENT_FAMILIES` (the workloads and families
+earlier versions of this protocol were tuned on, and the warmup family, whose rate was chosen on the
+character transformer); every other run is held out: two workloads (``digits-cnn``, ``diabetes-mlp``) and two
+families (``jump``, ``small_gamma``) that informed no choice. The monitor's argument thresholds (:data:`MONITOR_THRESHOLDS`) and the families' settings were chosen
+on development runs only; the report's headline numbers are the held-out runs'.
+
+**Interventions** (``intervention``): ``none``; ``guard``, a :class:`kadam.monitor.StabilityGuard` at its
+defaults with the monitor; ``clip``, ``torch.nn.utils.clip_grad_norm_`` at 1.0; ``stableadamw``, the guard's
+per-tensor update clipping alone. :func:`guard_scores` counts failing runs rescued (final loss within the
+band of the workload's healthy runs without intervention) and compares healthy runs with and without each
+intervention, paired by seed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from kadam.experiments.workloads import build_task, seeded_initialisation  # the one workload import of this slice
 from kadam import stability
-from kadam.monitor import StabilityMonitor, Thresholds
+from kadam.experiments.workloads import Split, Task, build_task, seeded_initialisation
+from kadam.monitor import StabilityMonitor, Thresholds, rules
+from kadam.monitor.monitor import DEFAULT_EVERY, global_grad_norm
 
-__all__ = ["KNOBS", "KNOB_TASKS", "RunSpec", "baseline_warnings", "instability_step", "monitored_run", "score",
-           "sharpness_factor_sweep", "sharpness_run", "split_healthy_arm", "trained", "warning_steps",
-           "with_sharpness_factor"]
+__all__ = [
+    "DEVELOPMENT_FAMILIES", "DEVELOPMENT_WORKLOADS", "DETECTORS", "FAMILIES", "FAMILY_WORKLOADS", "INTERVENTIONS",
+    "LEAD", "PAIR_FAMILY", "MONITOR_THRESHOLDS", "WORKLOADS", "RunSpec", "applies", "configuration_flags", "final_loss",
+    "choose_thresholds", "guard_scores", "instability_step", "monitor_checks", "monitor_warnings", "outcome", "score",
+    "sharpness_run", "split_of", "trained", "validation_run", "warning_steps",
+]
 
 LEAD = 10
 """Steps a warning must precede the instability event to count for recall."""
@@ -79,56 +89,152 @@ LOSS_WINDOW = 5
 """Steps of training loss whose median the instability definition compares with its running minimum."""
 FINAL_LOSS_STEPS = 10
 """A run's final training loss is the median of its last this many steps."""
-GRAD_SPIKE_FACTOR = 5.0
-GRAD_WINDOW = 20
-UPDATE_RATIO = 0.05
-MONITOR_THRESHOLDS = Thresholds(spike_factor=1e6)
-"""The monitor's thresholds in the protocol: its defaults (the theory's thresholds; the spike-factor check off),
-plus the spike-factor check at 1e6, so that the runs also record what it adds (``monitor_with_spike_factor``)."""
-SHARPNESS_EVERY = 5
-SHARPNESS_ITERATIONS = 4
-"""The monitor estimates the preconditioned sharpness every 5 steps on one fixed batch with 4 Lanczos steps
-(a rough, low estimate: the largest Ritz value after few steps lies below λ_max)."""
+LEARNED = 0.8
+"""A run has learned something once its running minimum loss is below this share of the constant-predictor loss."""
+SUDDEN_FACTOR = 1.2
+"""A failure is sudden when the losses just before its onset were within this factor of their running minimum."""
 
-KNOBS: Mapping[str, Mapping[str, Mapping[str, Any]]] = {
+WORKLOADS = ("mnist1d-mlp", "char-transformer", "digits-cnn", "diabetes-mlp")
+"""An MLP classifier, a character transformer, a CNN and an MLP regression."""
+DEVELOPMENT_WORKLOADS = ("mnist1d-mlp", "char-transformer")
+DEVELOPMENT_FAMILIES = ("lr", "ramp", "region", "silence", "corrupt", "warmup")
+INTERVENTIONS = ("none", "guard", "clip", "stableadamw")
+PAIR_FAMILY = "lr"
+"""The family whose healthy arm, run with and without each intervention, measures what an intervention costs a
+healthy run (the usual learning rate, nothing else changed)."""
+
+FAMILIES: Mapping[str, Mapping[str, Mapping[str, Any]]] = {
     "lr": {"failing": {"lr": 1.0}, "healthy": {"lr": 3e-3}},
     "ramp": {"failing": {"lr": 1e-3, "ramp_to": 3.0}, "healthy": {"lr": 1e-3, "ramp_to": 1e-2}},
+    "jump": {"failing": {"lr": 1e-3, "jump_to": 0.5}, "healthy": {"lr": 1e-3, "jump_to": 2e-3}},
     "region": {"failing": {"betas": (0.99, 0.1), "lr": 3e-3}, "healthy": {"betas": (0.99, 0.999), "lr": 3e-3}},
-    "warmup": {"failing": {"lr": 0.1, "warmup": 0}, "healthy": {"lr": 0.1, "warmup": 50}},
     "silence": {"failing": {"lr": 1e-2, "betas": (0.9, 0.99999), "spike": 1e4},
                 "healthy": {"lr": 1e-2, "betas": (0.9, 0.99999), "spike": 1.0}},
+    "small_gamma": {"failing": {"lr": 1e-2, "betas": (0.5, 0.3), "batch_divisor": 4},
+                    "healthy": {"lr": 1e-2, "betas": (0.9, 0.999), "batch_divisor": 4}},
+    "corrupt": {"failing": {"corrupt_scale": 1e3}, "healthy": {"corrupt_scale": 1.0}},
+    "warmup": {"failing": {"lr": 0.1, "warmup": 0}, "healthy": {"lr": 0.1, "warmup": 50}},
 }
-"""Knob → arm → the run settings that differ from :class:`RunSpec`'s defaults."""
-KNOB_TASKS: Mapping[str, tuple[str, ...]] = {"silence": ("char-transformer",), "ramp": ("char-transformer",),
-                                             "warmup": ("char-transformer",)}
-"""Knobs that apply to some tasks only (the others apply to every task); the reasons are in the module docstring."""
+"""Family → arm → the run settings that differ from :class:`RunSpec`'s defaults."""
+FAMILY_WORKLOADS: Mapping[str, tuple[str, ...]] = {"silence": ("char-transformer",), "warmup": ("char-transformer",)}
+"""Families that apply to some workloads only: the silence needs a token embedding; only the transformer has
+a learning rate where a warmup decides the outcome."""
+
+MONITOR_THRESHOLDS = Thresholds()
+"""The monitor's thresholds in the protocol: its defaults, the ones users get."""
+
+DETECTORS = ("monitor", "loss_spike", "grad_norm_spike", "update_param_ratio", "stableadamw_rms")
+LOSS_SPIKE = {"window": 100, "multiplier": 2.0, "patience": 4}
+"""llm-foundry's ``KillLossSpike`` defaults: window_size, outlier_multiplier, patience (it fires at the
+patience + 1-th consecutive outlier)."""
+GRAD_SPIKE_FACTOR, GRAD_WINDOW = 5.0, 20
+UPDATE_RATIO = 0.05
+STABLEADAMW_RMS = 1.0
+
+
+def applies(family: str, workload: str) -> bool:
+    """Whether ``family`` is run on ``workload`` (:data:`FAMILY_WORKLOADS`)."""
+    return workload in FAMILY_WORKLOADS.get(family, WORKLOADS)
+
+
+def split_of(workload: str, family: str) -> str:
+    """``"development"`` for :data:`DEVELOPMENT_WORKLOADS` × :data:`DEVELOPMENT_FAMILIES`, else ``"held-out"``."""
+    return "development" if workload in DEVELOPMENT_WORKLOADS and family in DEVELOPMENT_FAMILIES else "held-out"
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One protocol run: task and sizes, optimizer settings, the knob it varies and its arm."""
+    """One protocol run: workload and sizes, the family and arm that set it up, optimizer settings,
+    and the intervention."""
 
-    task: str
-    knob: str
+    workload: str
+    family: str
     arm: str
     seed: int
     steps: int
     batch_size: int
     sizes: Mapping[str, Any]
+    intervention: str = "none"
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
     warmup: int = 0
     ramp_to: float | None = None
+    jump_to: float | None = None
+    jump_at: float = 0.5
     spike: float | None = None
     silence_start: float = 0.1
     silence_end: float = 0.6
+    corrupt_scale: float | None = None
+    corrupt_at: float = 0.5
+    batch_divisor: int = 1
 
 
-def instability_step(losses: Sequence[float], start: int, window: int = LOSS_WINDOW) -> int | None:
-    """The first step n > ``start`` (1-based) whose loss is non-finite or whose median over the last ``window``
-    losses (fewer at the start) exceeds twice the running minimum of those medians before n; None if none."""
+# ----------------------------------------------------------------------------------------------------
+# the regression workload
+
+
+def _diabetes_task(device: torch.device, hidden: int = 32) -> Task:
+    """scikit-learn's diabetes data (442 patients, 10 features), standardised, targets standardised; an MLP
+    regression with the mean squared error. Split 60/20/20 with a fixed permutation."""
+    from sklearn.datasets import load_diabetes
+
+    inputs, targets = load_diabetes(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(targets))
+    inputs = (inputs - inputs.mean(0)) / inputs.std(0)
+    targets = (targets - targets.mean()) / targets.std()
+    x = torch.tensor(inputs[order], dtype=torch.float32)
+    y = torch.tensor(targets[order], dtype=torch.float32).unsqueeze(1)
+    cut1, cut2 = int(0.6 * len(y)), int(0.8 * len(y))
+    splits = {"train": Split(x[:cut1], y[:cut1]), "validation": Split(x[cut1:cut2], y[cut1:cut2]),
+              "test": Split(x[cut2:], y[cut2:])}
+
+    def make_model() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(10, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, hidden),
+                                   torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
+
+    return _RegressionTask("diabetes-mlp", splits, make_model, device=device)
+
+
+class _RegressionTask(Task):
+    """A :class:`~kadam.experiments.workloads.Task` with the mean squared error; its constant predictor is the
+    training targets' mean, whose loss is their variance."""
+
+    @staticmethod
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.nn.functional.mse_loss(logits, targets)
+
+    def constant_predictor_loss(self) -> float:
+        targets = self.splits["train"].targets.double()
+        return float(((targets - targets.mean()) ** 2).mean())
+
+
+def build_workload(workload: str, device: str | torch.device = "cpu", **sizes: Any) -> Task:
+    """Workload ``workload`` (one of :data:`WORKLOADS`) at the given sizes; built once per process (a task's data
+    is read, never written, by its runs)."""
+    if workload not in WORKLOADS:
+        raise ValueError(f"workload must be one of {', '.join(WORKLOADS)}, got {workload!r}")
+    return _built(workload, str(device), tuple(sorted(sizes.items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _built(workload: str, device: str, sizes: tuple[tuple[str, Any], ...]) -> Task:
+    if workload == "diabetes-mlp":
+        return _diabetes_task(torch.device(device), **dict(sizes))
+    return build_task(workload, device, **dict(sizes))
+
+
+# ----------------------------------------------------------------------------------------------------
+# outcome
+
+
+def instability_step(losses: Sequence[float], start: int, constant_loss: float = math.inf,
+                     window: int = LOSS_WINDOW) -> int | None:
+    """The first step n > ``start`` (1-based) whose loss is non-finite, or whose median over the last ``window``
+    losses (fewer at the start) exceeds twice the running minimum of those medians before n, or exceeds
+    ``constant_loss`` (the loss of ignoring the inputs) after that minimum was below :data:`LEARNED` of it (the
+    run had learned and lost it); None if none."""
     running = math.inf
     for n in range(1, len(losses) + 1):
         if not math.isfinite(losses[n - 1]):
@@ -137,153 +243,67 @@ def instability_step(losses: Sequence[float], start: int, window: int = LOSS_WIN
             continue
         recent = losses[max(0, n - window):n]
         median = float(np.median(recent)) if all(math.isfinite(loss) for loss in recent) else math.inf
-        if n > start and median > 2.0 * running:
+        collapsed = running < LEARNED * constant_loss and median > constant_loss
+        if n > start and (median > 2.0 * running or collapsed):
             return n
         running = min(running, median)
     return None
 
 
 def final_loss(run: Mapping[str, Any]) -> float:
-    """The median training loss of the run's last :data:`FINAL_LOSS_STEPS` steps (NaN if any is non-finite)."""
+    """The median training loss of the run's last :data:`FINAL_LOSS_STEPS` steps (NaN if any is non-finite or
+    the run stopped early)."""
+    if len(run["losses"]) < run["spec"]["steps"]:
+        return math.nan
     last = run["losses"][-FINAL_LOSS_STEPS:]
     return float(np.median(last)) if last and all(math.isfinite(v) for v in last) else math.nan
 
 
 def trained(run: Mapping[str, Any]) -> bool:
-    """Whether the run learned from its inputs: it ran all its steps and its :func:`final_loss` is below the
-    task's constant-predictor loss (recorded as ``constant_loss``; a record without one counts as trained)."""
-    if len(run["losses"]) < run["spec"]["steps"]:
+    """Whether the run ran all its steps and its :func:`final_loss` is below the task's constant-predictor loss."""
+    return final_loss(run) < run["constant_loss"]
+
+
+def outcome(run: Mapping[str, Any]) -> str:
+    """``"failed"``, ``"healthy"`` or ``"untrained"`` (module docstring), from the run's losses alone."""
+    if run["instability_step"] is not None:
+        return "failed"
+    return "healthy" if trained(run) else "untrained"
+
+
+def _sudden(losses: Sequence[float], onset: int) -> bool:
+    """Whether the median of the :data:`LOSS_WINDOW` losses before ``onset`` was within :data:`SUDDEN_FACTOR` of
+    the running minimum of such medians: the loss gave no sign before the step that failed."""
+    before = [v for v in losses[:onset - 1] if math.isfinite(v)]
+    if len(before) < LOSS_WINDOW:
         return False
-    bar = run.get("constant_loss")
-    return bar is None or final_loss(run) < bar
+    medians = [float(np.median(before[max(0, i - LOSS_WINDOW + 1):i + 1])) for i in range(len(before))]
+    return medians[-1] <= SUDDEN_FACTOR * min(medians)
 
 
-def split_healthy_arm(runs: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-    """The healthy-arm runs without an instability event, split into those that :func:`trained` (the healthy
-    runs that measure false alarms) and those that did not (counted apart)."""
-    calm = [r for r in runs if r["spec"]["arm"] == "healthy" and r["instability_step"] is None]
-    return [r for r in calm if trained(r)], [r for r in calm if not trained(r)]
+# ----------------------------------------------------------------------------------------------------
+# a run
 
 
-def baseline_warnings(grad_norms: Sequence[float], update_ratios: Sequence[float]) -> dict[str, list[int]]:
-    """Steps (1-based) at which each baseline warns: gradient-norm spikes and update/parameter ratio."""
-    grad_spikes = []
-    for n in range(GRAD_WINDOW + 1, len(grad_norms) + 1):
-        history = [g for g in grad_norms[n - 1 - GRAD_WINDOW:n - 1] if math.isfinite(g)]
-        current = grad_norms[n - 1]
-        if history and (not math.isfinite(current) or current > GRAD_SPIKE_FACTOR * float(np.median(history))):
-            grad_spikes.append(n)
-    ratio = [n for n, r in enumerate(update_ratios, start=1) if not math.isfinite(r) or r > UPDATE_RATIO]
-    return {"grad_norm_spike": grad_spikes, "update_param_ratio": ratio}
-
-
-def _spec(task: str, knob: str, arm: str, seed: int, steps: int, batch_size: int,
-          sizes: Mapping[str, Any], settings: Mapping[str, Any] | None) -> RunSpec:
-    if knob not in KNOBS or arm not in ("failing", "healthy"):
-        raise ValueError(f"knob must be one of {sorted(KNOBS)} and arm failing|healthy, got {knob!r}, {arm!r}")
-    settings = KNOBS[knob][arm] if settings is None else settings
-    return RunSpec(task, knob, arm, seed, steps, batch_size, dict(sizes), **settings)
-
-
-def monitored_run(task: str, knob: str, arm: str, seed: int, steps: int, batch_size: int,
-                  sizes: Mapping[str, Any], device: str = "cpu",
-                  settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Train one protocol run (:data:`KNOBS`) with the monitor at every step; a JSON-serialisable record.
-
-    ``settings`` replaces the arm's settings in :data:`KNOBS` (a profile whose models need another rate).
-
-    Returns the task's constant-predictor loss, the per-step loss, global gradient norm and largest
-    per-tensor update/parameter ratio, the instability step (:func:`instability_step`), the monitor's events (step, tensor, quantity, value,
-    source), the baselines' warning steps, and per recorded step the largest final-level bound ratio and
-    spike factor over tensors with their tensors, and the model's update–gradient cosine.
-    """
-    spec = _spec(task, knob, arm, seed, steps, batch_size, sizes, settings)
-    built = build_task(spec.task, device, **spec.sizes)
-    with seeded_initialisation(spec.seed):
-        model = built.make_model().to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=spec.betas, eps=spec.eps,
-                                  weight_decay=spec.weight_decay)
-    scheduler = None
+def _schedule(spec: RunSpec) -> Callable[[int], float]:
+    """The lr multiplier at (0-based) step index ``i``: warmup, geometric ramp or a jump, else 1."""
     if spec.warmup:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / spec.warmup))
-    elif spec.ramp_to is not None:  # geometric from lr at step 1 to ramp_to at the last step
+        return lambda i: min(1.0, (i + 1) / spec.warmup)
+    if spec.ramp_to is not None:
         growth = (spec.ramp_to / spec.lr) ** (1.0 / max(spec.steps - 1, 1))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: growth ** step)
-    probe = built.sample_batch(torch.Generator().manual_seed(spec.seed + 10_000), spec.batch_size)
-    monitor = StabilityMonitor(optimizer, every=1, names=model, thresholds=MONITOR_THRESHOLDS, warn=False,
-                               sharpness_every=SHARPNESS_EVERY, sharpness_iterations=SHARPNESS_ITERATIONS,
-                               sharpness_closure=lambda: built.loss(model(probe[0]), probe[1]))
-    generator = torch.Generator().manual_seed(spec.seed)
-    parameters = [p for p in model.parameters()]
-    silenced = _silence_hook(model, spec) if spec.knob == "silence" else None
-    losses, grad_norms, update_ratios = [], [], []
-    # not workloads.train: the gradient norm and the parameters are read between backward and step
-    for step in range(1, spec.steps + 1):
-        if silenced is not None:
-            silenced["step"] = step
-        inputs, targets = built.sample_batch(generator, spec.batch_size)
-        loss = built.loss(model(inputs), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grads = [p.grad for p in parameters if p.grad is not None]
-        grad_norms.append(float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))))
-        before = [p.detach().clone() for p in parameters]
-        monitor.observe_loss(loss)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        with torch.no_grad():
-            changes = torch._foreach_norm(torch._foreach_sub([p.detach() for p in parameters], before))
-            norms = torch._foreach_norm(before)
-            ratios = [float(c / n) for c, n in zip(changes, norms) if float(n) > 0]
-        losses.append(loss.item())
-        update_ratios.append(max(ratios) if ratios else math.nan)
-        if not math.isfinite(losses[-1]):
-            break
-    monitor.remove()
-    start = SETTLE + spec.warmup
-    event = instability_step(losses, start)
-    history = monitor.history
-    final = max((q for q in history.quantities if q.startswith("bound_ratio_L")), key=lambda q: q[-1])
-    ratio_table = history.values[:, :, history.quantities.index(final)]
-    spike_table = history.values[:, :, history.quantities.index("spike_factor")]
-    return {
-        "spec": {**asdict(spec), "sizes": dict(spec.sizes)},
-        "constant_loss": built.constant_predictor_loss(),
-        "losses": losses, "grad_norms": grad_norms, "update_ratios": update_ratios,
-        "instability_step": event, "settle": start,
-        "onset_step": instability_step(losses, 1),  # the same condition from step 2 on: when it first held
-        "monitor_events": [{"step": e.step, "tensor": e.tensor, "quantity": e.quantity, "value": e.value,
-                            "threshold": e.threshold, "source": e.source, "explanation": e.explanation}
-                           for e in monitor.events],
-        "baselines": baseline_warnings(grad_norms, update_ratios),
-        "recorded_steps": history.steps.tolist(),
-        "max_bound_ratio": _nanmax_rows(ratio_table), "max_bound_ratio_tensor": _argmax_names(ratio_table, history.names),
-        "max_spike_factor": _nanmax_rows(spike_table), "max_spike_tensor": _argmax_names(spike_table, history.names),
-        "model_cosine": [_finite_or_none(v) for v in history.model["model_cosine"]],
-        "sharpness": [_finite_or_none(v) for v in history.model["sharpness"]],
-        "sharpness_threshold": _finite_or_none(float(np.nanmax(history.model["sharpness_threshold"])))
-        if np.isfinite(history.model["sharpness_threshold"]).any() else None,
-    }
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
-
-
-def _nanmax_rows(table: np.ndarray) -> list[float | None]:
-    return [_finite_or_none(float(np.nanmax(row))) if np.isfinite(row).any() else None for row in table]
-
-
-def _argmax_names(table: np.ndarray, names: Sequence[str]) -> list[str | None]:
-    return [names[int(np.nanargmax(row))] if np.isfinite(row).any() else None for row in table]
+        return lambda i: growth ** i
+    if spec.jump_to is not None:
+        at = int(spec.jump_at * spec.steps)
+        factor = spec.jump_to / spec.lr
+        return lambda i: factor if i >= at else 1.0
+    return lambda i: 1.0
 
 
 def _silence_hook(model: torch.nn.Module, spec: RunSpec) -> dict[str, int]:
     """Zero the gradient of one embedding row during the silence, then multiply it by ``spec.spike`` once."""
     embedding = getattr(model, "token_embedding", None)
     if embedding is None:
-        raise ValueError(f"knob 'silence' needs a model with token_embedding, task {spec.task!r} has none")
+        raise ValueError(f"family 'silence' needs a model with token_embedding, workload {spec.workload!r} has none")
     clock = {"step": 0}
     row = 1
     first, last = int(spec.silence_start * spec.steps), int(spec.silence_end * spec.steps)
@@ -302,105 +322,356 @@ def _silence_hook(model: torch.nn.Module, spec: RunSpec) -> dict[str, int]:
     return clock
 
 
-def warning_steps(run: Mapping[str, Any]) -> dict[str, list[int]]:
-    """Warning steps per detector: ``monitor`` is the monitor at its defaults (the runs also record spike-factor
-    events, which the defaults leave off); the ablations add the spike-factor check at
-    ``MONITOR_THRESHOLDS.spike_factor`` (``monitor_with_spike_factor``) or leave out the edge-of-stability check (``monitor_without_sharpness``)."""
-    def steps(keep: Any) -> list[int]:
-        return sorted({e["step"] for e in run["monitor_events"] if keep(e["quantity"])})
-
-    return {"monitor": steps(lambda q: q != "spike_factor"),
-            "monitor_with_spike_factor": steps(lambda q: True),
-            "monitor_without_sharpness": steps(lambda q: q not in ("spike_factor", "sharpness")),
-            **run["baselines"]}
+def _spec(workload: str, family: str, arm: str, seed: int, steps: int, batch_size: int, sizes: Mapping[str, Any],
+          intervention: str, settings: Mapping[str, Any] | None) -> RunSpec:
+    if family not in FAMILIES or arm not in ("failing", "healthy"):
+        raise ValueError(f"family must be one of {sorted(FAMILIES)} and arm failing|healthy, got {family!r}, {arm!r}")
+    if intervention not in INTERVENTIONS:
+        raise ValueError(f"intervention must be one of {INTERVENTIONS}, got {intervention!r}")
+    settings = FAMILIES[family][arm] if settings is None else settings
+    return RunSpec(workload, family, arm, seed, steps, batch_size, dict(sizes), intervention, **settings)
 
 
-SHARPNESS_FACTORS = (1.0, 2.0, 5.0, 10.0, 50.0)
-"""Multiples of the adaptive edge of stability at which the sharpness check's trade-off is reported."""
+def validation_run(workload: str, family: str, arm: str, seed: int, steps: int, batch_size: int,
+                   sizes: Mapping[str, Any], intervention: str = "none", device: str = "cpu",
+                   settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train one protocol run with the monitor at every step; a JSON-serialisable record.
 
-
-def with_sharpness_factor(run: Mapping[str, Any], factor: float) -> dict[str, Any]:
-    """``run`` with its monitor's sharpness events replaced by those the check would raise at ``factor`` × the
-    edge: every recorded estimate above ``factor`` × (2 + 2β)/(1 − β) from step ``sharpness_after`` on (the
-    monitor's own rule, :class:`~kadam.monitor.Thresholds`), recomputed from the run's sharpness series."""
-    threshold = run["sharpness_threshold"]
-    after = MONITOR_THRESHOLDS.sharpness_after
-    events = [e for e in run["monitor_events"] if e["quantity"] != "sharpness"]
-    if threshold is not None:
-        events += [{"step": step, "quantity": "sharpness", "value": value, "threshold": factor * threshold}
-                   for step, value in zip(run["recorded_steps"], run["sharpness"])
-                   if value is not None and step >= after and value > factor * threshold]
-    return {**run, "monitor_events": events}
-
-
-def sharpness_factor_sweep(runs: Sequence[Mapping[str, Any]], factors: Sequence[float] = SHARPNESS_FACTORS,
-                           lead: int = LEAD) -> list[dict[str, Any]]:
-    """The monitor's recall and share of healthy runs warned (:func:`score`) with the sharpness check at each
-    multiple of the edge in ``factors``: the check's trade-off between missed failures and false alarms."""
-    rows = []
-    for factor in factors:
-        monitor = score([with_sharpness_factor(run, factor) for run in runs], lead)["detectors"]["monitor"]
-        rows.append({"factor": factor, "recall": monitor["recall"], "caught": monitor["caught"],
-                     "healthy_runs_warned": monitor["healthy_runs_warned"]})
-    return rows
-
-
-def score(runs: Sequence[Mapping[str, Any]], lead: int = LEAD) -> dict[str, Any]:
-    """Recall at ``lead``, lead times and false alarms of the monitor and both baselines over ``runs``.
-
-    A failing-arm run counts as a *failure* only if it has an instability event whose onset
-    (``onset_step``) comes after the first ``lead`` steps: no warning can precede an earlier onset by
-    ``lead`` steps, so those failures are counted apart (``failures_with_onset_before_lead``) and left out
-    of recall. A warning counts for a failure when it comes at least ``lead`` steps before the event (its
-    lead time is event − first warning). Healthy-arm runs without an event that :func:`trained` measure
-    false alarms: warnings per run (distinct warning steps) and the share of runs with any warning.
-    Failing-arm runs that did not fail, healthy-arm runs that did and healthy-arm runs that did not train
-    are counted separately.
+    Per step: the training loss (of the batch the step used), the global gradient norm, the largest
+    per-tensor update/parameter ratio, and from the monitor the secant curvature and the edge, the largest
+    per-tensor StableAdamW RMS and spike factor; the monitor's events (live, at its defaults); the guard's
+    actions; the outcome's ingredients (instability step, onset, constant-predictor loss).
     """
-    detectors = ("monitor", "monitor_with_spike_factor", "monitor_without_sharpness", "grad_norm_spike",
-                 "update_param_ratio")
-    failed = [r for r in runs if r["spec"]["arm"] == "failing" and r["instability_step"] is not None]
-    failures = [r for r in failed if (r.get("onset_step") or math.inf) > lead]
-    healthy, untrained = split_healthy_arm(runs)
+    spec = _spec(workload, family, arm, seed, steps, batch_size, sizes, intervention, settings)
+    built = build_workload(spec.workload, device, **spec.sizes)
+    with seeded_initialisation(spec.seed):
+        model = built.make_model().to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=spec.betas, eps=spec.eps,
+                                  weight_decay=spec.weight_decay)
+    factor = _schedule(spec)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    monitor = StabilityMonitor(optimizer, every=1, names=model, thresholds=MONITOR_THRESHOLDS, warn=False)
+    guard = None
+    if spec.intervention in ("guard", "stableadamw"):
+        from kadam.monitor import StabilityGuard
+
+        only_clip = {"skip_nonfinite": False, "skip_outliers": False, "lower_lr": False}
+        guard = (StabilityGuard(optimizer, monitor=monitor, warn=False) if spec.intervention == "guard"
+                 else StabilityGuard(optimizer, warn=False, **only_clip))
+    generator = torch.Generator().manual_seed(spec.seed)
+    parameters = list(model.parameters())
+    silenced = _silence_hook(model, spec) if spec.family == "silence" else None
+    corrupt_step = int(spec.corrupt_at * spec.steps) if spec.corrupt_scale not in (None, 1.0) else None
+    batch = max(1, spec.batch_size // spec.batch_divisor)
+    losses, grad_norms, update_ratios, lrs = [], [], [], []
+    # not workloads.train: the gradient norm and the parameters are read between backward and step, and the
+    # families change the batch, the gradient or the learning rate inside the loop
+    for step in range(1, spec.steps + 1):
+        if silenced is not None:
+            silenced["step"] = step
+        inputs, targets = built.sample_batch(generator, batch)
+        if step == corrupt_step:
+            inputs = inputs * spec.corrupt_scale if inputs.is_floating_point() else inputs
+        loss = built.loss(model(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if step == corrupt_step and not inputs.is_floating_point():  # token inputs: corrupt the gradient instead
+            for p in parameters:
+                if p.grad is not None:
+                    p.grad.mul_(spec.corrupt_scale)
+        grad_norms.append(float(global_grad_norm([p.grad for p in parameters if p.grad is not None])))
+        if spec.intervention == "clip":
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        before = [p.detach().clone() for p in parameters]
+        lrs.append(float(optimizer.param_groups[0]["lr"]))
+        monitor.observe_loss(loss)
+        if guard is not None:
+            guard.observe_loss(loss)
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            changes = torch._foreach_norm(torch._foreach_sub([p.detach() for p in parameters], before))
+            norms = torch._foreach_norm(before)
+            ratios = [float(c / n) for c, n in zip(changes, norms) if float(n) > 0]
+        losses.append(loss.item())
+        update_ratios.append(max(ratios) if ratios else math.nan)
+        if not math.isfinite(losses[-1]):
+            break
+    monitor.remove()
+    if guard is not None:
+        guard.remove()
+    start = SETTLE + spec.warmup
+    constant = built.constant_predictor_loss()
+    event = instability_step(losses, start, constant)
+    onset = instability_step(losses, 1, constant)
+    history = monitor.history
+    steps_recorded = history.steps.tolist()
+
+    def per_step(values: Sequence[float]) -> list[float | None]:
+        by_step = dict(zip(steps_recorded, values))
+        return [_finite_or_none(by_step.get(n, math.nan)) for n in range(1, len(losses) + 1)]
+
+    def tensor_max(quantity: str) -> list[float | None]:
+        table = history.values[:, :, history.quantities.index(quantity)]
+        return per_step([float(np.nanmax(row)) if np.isfinite(row).any() else math.nan for row in table])
+
+    return {
+        "spec": {**asdict(spec), "sizes": dict(spec.sizes)},
+        "split": split_of(spec.workload, spec.family),
+        "constant_loss": constant,
+        "losses": losses, "grad_norms": grad_norms, "update_ratios": update_ratios, "lrs": lrs,
+        "instability_step": event, "onset_step": onset, "settle": start,
+        "sudden": bool(onset is not None and _sudden(losses, onset)),
+        "corrupt_step": corrupt_step,
+        "curvature": per_step(history.model["curvature"]), "edge": per_step(history.model["edge"]),
+        "clip_rms": tensor_max("update_clip_rms"), "spike_factor": tensor_max("spike_factor"),
+        "monitor_update_ratio": tensor_max("update_param_ratio"),
+        "monitor_events": [{"step": e.step, "quantity": e.quantity, "kind": e.kind, "value": e.value,
+                            "source": e.source} for e in monitor.events],
+        "guard_events": [{"step": e.step, "quantity": e.quantity, "value": e.value}
+                         for e in (guard.events if guard is not None else [])],
+    }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# detectors
+
+
+def monitor_checks(run: Mapping[str, Any], thresholds: Thresholds = MONITOR_THRESHOLDS,
+                   every: int = DEFAULT_EVERY) -> dict[str, list[int]]:
+    """Steps at which each running check of the monitor attached with ``every`` (its default) and
+    ``thresholds`` fires, replayed from the run's series with the monitor's own state machines
+    (:mod:`kadam.monitor.rules`): the non-finite and growth checks every step, the update-ratio and edge
+    checks at recorded steps (every ``every``-th)."""
+    edge = rules.EdgeCheck(thresholds.edge_ratio, thresholds.edge_patience, thresholds.edge_after) \
+        if thresholds.edge_ratio is not None else None
+    grad = rules.GrowthCheck(thresholds.grad_growth, thresholds.grad_window) if thresholds.grad_growth else None
+    loss_check = rules.GrowthCheck(thresholds.loss_growth, thresholds.loss_window) if thresholds.loss_growth else None
+    rise = rules.RiseCheck(thresholds.update_rise, thresholds.update_rise_after) if thresholds.update_rise else None
+    fired: dict[str, list[int]] = {"nonfinite": [], "grad_norm": [], "loss": [], "update_param_ratio": [],
+                                   "update_rise": [], "curvature": []}
+    for n, (loss, grad_norm) in enumerate(zip(run["losses"], run["grad_norms"]), start=1):
+        if thresholds.nonfinite and (rules.non_finite(grad_norm) or rules.non_finite(loss)):
+            fired["nonfinite"].append(n)
+        if grad is not None and grad.update(grad_norm):
+            fired["grad_norm"].append(n)
+        if loss_check is not None and loss_check.update(loss):
+            fired["loss"].append(n)
+        if n % every == 0:
+            ratio = run["monitor_update_ratio"][n - 1]
+            if thresholds.update_ratio is not None and ratio is not None and ratio > thresholds.update_ratio:
+                fired["update_param_ratio"].append(n)
+            if rise is not None and rise.update(math.nan if ratio is None else ratio):
+                fired["update_rise"].append(n)
+            if edge is not None:
+                curvature, limit = run["curvature"][n - 1], run["edge"][n - 1]
+                if edge.update(n, math.nan if curvature is None else curvature, math.nan if limit is None else limit):
+                    fired["curvature"].append(n)
+    return fired
+
+
+def monitor_warnings(run: Mapping[str, Any], thresholds: Thresholds = MONITOR_THRESHOLDS,
+                     every: int = DEFAULT_EVERY) -> list[int]:
+    """Steps at which any running check of :func:`monitor_checks` fires."""
+    return sorted({n for steps in monitor_checks(run, thresholds, every).values() for n in steps})
+
+
+def configuration_flags(run: Mapping[str, Any]) -> bool:
+    """Whether the monitor flagged the run's configuration when attached (the region check)."""
+    return any(e["kind"] == "configuration" for e in run["monitor_events"])
+
+
+def _loss_spike(losses: Sequence[float]) -> list[int]:
+    window, multiplier, patience = LOSS_SPIKE["window"], LOSS_SPIKE["multiplier"], LOSS_SPIKE["patience"]
+    warned, streak, recent = [], 0, []
+    for n, loss in enumerate(losses, start=1):
+        if len(recent) == window:
+            if not math.isfinite(loss) or loss > multiplier * float(np.mean(recent)):
+                streak += 1
+                if streak > patience:
+                    warned.append(n)
+            else:
+                streak = 0
+        if math.isfinite(loss):
+            recent.append(loss)
+            if len(recent) > window:
+                recent.pop(0)
+    return warned
+
+
+def _grad_spike(grad_norms: Sequence[float]) -> list[int]:
+    warned = []
+    for n in range(GRAD_WINDOW + 1, len(grad_norms) + 1):
+        history = [g for g in grad_norms[n - 1 - GRAD_WINDOW:n - 1] if math.isfinite(g)]
+        current = grad_norms[n - 1]
+        if history and (not math.isfinite(current) or current > GRAD_SPIKE_FACTOR * float(np.median(history))):
+            warned.append(n)
+    return warned
+
+
+def warning_steps(run: Mapping[str, Any], thresholds: Thresholds = MONITOR_THRESHOLDS) -> dict[str, list[int]]:
+    """Warning steps of every detector of :data:`DETECTORS` (module docstring)."""
+    clip = run["clip_rms"]
+    return {
+        "monitor": monitor_warnings(run, thresholds),
+        "loss_spike": _loss_spike(run["losses"]),
+        "grad_norm_spike": _grad_spike(run["grad_norms"]),
+        "update_param_ratio": [n for n, r in enumerate(run["update_ratios"], start=1)
+                               if not math.isfinite(r) or r > UPDATE_RATIO],
+        "stableadamw_rms": [n for n, r in enumerate(clip, start=1) if r is not None and r > STABLEADAMW_RMS],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# scores
+
+
+def proportion_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float] | None:
+    """The exact (Clopper–Pearson) interval of a binomial proportion (``scipy.stats.binomtest``'s)."""
+    if trials == 0:
+        return None
+    from scipy import stats
+
+    interval = stats.binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="exact")
+    return float(interval.low), float(interval.high)
+
+
+def score(runs: Sequence[Mapping[str, Any]], thresholds: Thresholds = MONITOR_THRESHOLDS,
+          lead: int = LEAD) -> dict[str, Any]:
+    """Recall at ``lead`` on developing failures, sudden failures flagged within one step, lead quartiles and
+    the share of healthy runs warned, per detector, with exact 95% intervals (runs without intervention)."""
+    runs = [r for r in runs if r["spec"]["intervention"] == "none"]
+    failed = [r for r in runs if outcome(r) == "failed"]
+    early = [r for r in failed if (r["onset_step"] or math.inf) <= lead]
+    developing = [r for r in failed if r not in early and not r["sudden"]]
+    sudden = [r for r in failed if r not in early and r["sudden"]]
+    healthy = [r for r in runs if outcome(r) == "healthy"]
     result: dict[str, Any] = {
-        "runs": len(runs), "failures": len(failures), "healthy": len(healthy),
-        "failures_with_onset_before_lead": len(failed) - len(failures),
-        "failing_arm_without_event": sum(1 for r in runs if r["spec"]["arm"] == "failing" and r["instability_step"] is None),
-        "healthy_arm_with_event": sum(1 for r in runs if r["spec"]["arm"] == "healthy" and r["instability_step"] is not None),
-        "healthy_arm_not_trained": len(untrained),
+        "runs": len(runs), "developing": len(developing), "sudden": len(sudden), "early": len(early),
+        "healthy": len(healthy), "untrained": sum(1 for r in runs if outcome(r) == "untrained"),
+        "configuration_flagged": {"failed": sum(configuration_flags(r) for r in failed),
+                                  "healthy": sum(configuration_flags(r) for r in healthy)},
         "lead": lead, "detectors": {},
     }
-    for detector in detectors:
-        leads, caught, per_knob = [], 0, {}
-        for run in failures:
+    warnings = {id(r): warning_steps(r, thresholds) for r in runs}
+    for detector in DETECTORS:
+        leads, caught = [], 0
+        for run in developing:
             event = run["instability_step"]
-            warned = [s for s in warning_steps(run)[detector] if s <= event]
+            warned = [s for s in warnings[id(run)][detector] if s <= event]
             lead_time = event - warned[0] if warned else None
-            hit = lead_time is not None and lead_time >= lead
-            caught += hit
-            knob = per_knob.setdefault(run["spec"]["knob"], {"failures": 0, "caught": 0})
-            knob["failures"] += 1
-            knob["caught"] += hit
+            caught += lead_time is not None and lead_time >= lead
             if lead_time is not None:
                 leads.append(lead_time)
-        alarms = [len(warning_steps(run)[detector]) for run in healthy]
-        healthy_per_knob: dict[str, dict[str, int]] = {}
-        for run, count in zip(healthy, alarms):
-            knob = healthy_per_knob.setdefault(run["spec"]["knob"], {"runs": 0, "warned": 0})
-            knob["runs"] += 1
-            knob["warned"] += count > 0
+        flagged = sum(1 for run in sudden
+                      if any(run["onset_step"] <= s <= run["onset_step"] + 1 for s in warnings[id(run)][detector]))
+        warned_healthy = sum(1 for run in healthy if warnings[id(run)][detector])
         result["detectors"][detector] = {
-            "recall": caught / len(failures) if failures else None,
-            "caught": caught,
-            "lead_times": sorted(leads),
+            "recall": caught / len(developing) if developing else None, "caught": caught,
+            "recall_interval": proportion_interval(caught, len(developing)),
             "lead_quartiles": [float(q) for q in np.percentile(leads, [25, 50, 75])] if leads else None,
-            "false_alarms_per_healthy_run": float(np.mean(alarms)) if alarms else None,
-            "healthy_warned": sum(1 for a in alarms if a),
-            "healthy_runs_warned": sum(1 for a in alarms if a) / len(alarms) if alarms else None,
-            "per_knob": per_knob,
-            "healthy_per_knob": healthy_per_knob,
+            "sudden_flagged": flagged, "sudden_interval": proportion_interval(flagged, len(sudden)),
+            "healthy_warned": warned_healthy,
+            "healthy_share": warned_healthy / len(healthy) if healthy else None,
+            "healthy_interval": proportion_interval(warned_healthy, len(healthy)),
         }
     return result
+
+
+SELECTION_GRID: Mapping[str, tuple[Any, ...]] = {
+    "edge_patience": (1, 2, 5), "grad_growth": (None, 3.0, 5.0, 10.0), "loss_growth": (None, 1.5, 2.0, 3.0),
+    "update_ratio": (None, 0.1, 0.2, 0.5, 1.0), "update_rise": (None, 2.0, 5.0, 10.0, 20.0),
+}
+"""The monitor's argument thresholds :func:`choose_thresholds` searches over (the edge ratio stays the theory's 1)."""
+SELECTION_FALSE_ALARMS = 0.05
+"""The largest share of healthy development runs the chosen thresholds may warn."""
+
+
+def choose_thresholds(runs: Sequence[Mapping[str, Any]]) -> tuple[Thresholds, list[dict[str, Any]]]:
+    """The rule, fixed before the runs, that chose :data:`MONITOR_THRESHOLDS`' argument thresholds from the
+    development runs: over :data:`SELECTION_GRID`, the largest recall on developing failures (at lead
+    :data:`LEAD`) plus sudden failures flagged within a step, among the settings that warn at most
+    :data:`SELECTION_FALSE_ALARMS` of the healthy runs; ties go to fewer healthy runs warned, then to the
+    setting with fewer checks on and larger thresholds. Returns the choice and every setting's scores."""
+    development = [r for r in runs if r["split"] == "development"]
+    names = list(SELECTION_GRID)
+    table = []
+    for values in itertools.product(*(SELECTION_GRID[name] for name in names)):
+        thresholds = dataclasses.replace(MONITOR_THRESHOLDS, **dict(zip(names, values)))
+        scores = score(development, thresholds)
+        entry = scores["detectors"]["monitor"]
+        table.append({**dict(zip(names, values)), "caught": entry["caught"] + entry["sudden_flagged"],
+                      "failures": scores["developing"] + scores["sudden"], "healthy_warned": entry["healthy_warned"],
+                      "healthy": scores["healthy"]})
+
+    def allowed(row: Mapping[str, Any]) -> bool:
+        return row["healthy"] > 0 and row["healthy_warned"] <= SELECTION_FALSE_ALARMS * row["healthy"]
+
+    def conservative(row: Mapping[str, Any]) -> tuple[Any, ...]:
+        checks = [row[name] for name in ("grad_growth", "loss_growth", "update_ratio", "update_rise")]
+        return (sum(value is not None for value in checks), *(-(value or math.inf) for value in checks),
+                -row["edge_patience"])
+
+    candidates = [row for row in table if allowed(row)] or table
+    best = min(candidates, key=lambda row: (-row["caught"], row["healthy_warned"], conservative(row)))
+    return dataclasses.replace(MONITOR_THRESHOLDS, **{name: best[name] for name in names}), table
+
+
+def guard_scores(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per intervention: failing-arm runs whose unguarded twin failed and that the intervention *rescued* (its
+    final loss within the band of the workload's healthy unguarded runs: at most their largest final loss), and
+    on healthy-arm runs whose unguarded twin is healthy, the paired final-loss difference (intervention −
+    none) with a 95% t interval over the pairs (per workload and pooled)."""
+    from scipy import stats
+
+    def key(run: Mapping[str, Any]) -> tuple[Any, ...]:
+        spec = run["spec"]
+        return spec["workload"], spec["family"], spec["arm"], spec["seed"]
+
+    plain = {key(r): r for r in runs if r["spec"]["intervention"] == "none"}
+    band: dict[str, float] = {}
+    for run in plain.values():
+        if outcome(run) == "healthy":
+            workload = run["spec"]["workload"]
+            band[workload] = max(band.get(workload, -math.inf), final_loss(run))
+    result: dict[str, Any] = {"band": band, "interventions": {}}
+    for intervention in INTERVENTIONS[1:]:
+        treated = [r for r in runs if r["spec"]["intervention"] == intervention and key(r) in plain]
+        if not treated:
+            continue
+        failures = [r for r in treated if outcome(plain[key(r)]) == "failed"]
+        rescued = [r for r in failures if math.isfinite(final_loss(r)) and r["spec"]["workload"] in band
+                   and final_loss(r) <= band[r["spec"]["workload"]]]
+        differences: dict[str, list[float]] = {}
+        for run in treated:
+            twin = plain[key(run)]
+            if run["spec"]["arm"] == "healthy" and outcome(twin) == "healthy":
+                difference = final_loss(run) - final_loss(twin)
+                differences.setdefault(run["spec"]["workload"], []).append(
+                    difference if math.isfinite(difference) else math.inf)
+        paired = {}
+        for workload, values in sorted({**differences, "all": sum(differences.values(), [])}.items()):
+            finite = [v for v in values if math.isfinite(v)]
+            entry: dict[str, Any] = {"pairs": len(values), "mean": float(np.mean(finite)) if finite else None,
+                                     "interval": None, "worse": len(values) - len(finite)}
+            if len(finite) >= 2:
+                mean, sem = float(np.mean(finite)), float(stats.sem(finite))
+                half = float(stats.t.ppf(0.975, len(finite) - 1)) * sem
+                entry["interval"] = (mean - half, mean + half)
+            paired[workload] = entry
+        result["interventions"][intervention] = {
+            "failures": len(failures), "rescued": len(rescued),
+            "rescued_interval": proportion_interval(len(rescued), len(failures)), "healthy_paired": paired,
+        }
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# the sharpness estimate with a closure
 
 
 def sharpness_run(lr: float, seed: int, steps: int, batch_size: int, sizes: Mapping[str, Any], every: int,
@@ -410,9 +681,12 @@ def sharpness_run(lr: float, seed: int, steps: int, batch_size: int, sizes: Mapp
 
     Adam (β, 0.999), mini-batches of ``batch_size``; every ``every`` steps the monitor estimates the
     sharpness on one fixed batch (``iterations`` Lanczos steps) against (2 + 2β)/(1 − β). Returns the
-    loss curve, the sharpness series and its threshold, and the share of estimates above it.
+    loss curve, the sharpness series and its threshold, the share of estimates above it, and the seconds
+    per step with and without the estimate (the option's cost).
     """
-    built = build_task(task, device, **sizes)
+    import time
+
+    built = build_workload(task, device, **sizes)
     with seeded_initialisation(seed):
         model = built.make_model().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(beta, 0.999))
@@ -421,13 +695,15 @@ def sharpness_run(lr: float, seed: int, steps: int, batch_size: int, sizes: Mapp
     monitor = StabilityMonitor(optimizer, every=every, names=model, sharpness_every=1, warn=False,
                                sharpness_closure=lambda: built.loss(model(probe[0]), probe[1]),
                                sharpness_iterations=iterations)
+    start = time.perf_counter()
     losses = built.fit(model, optimizer, steps, batch_size, generator).losses  # ends at the first non-finite loss
+    seconds = time.perf_counter() - start
     monitor.remove()
     history = monitor.history
     sharpness = [_finite_or_none(v) for v in history.model["sharpness"]]
     threshold = float(stability.edge_of_stability(beta))
     finite = [v for v in sharpness if v is not None]
     return {"lr": lr, "seed": seed, "beta": beta, "losses": losses, "sharpness_steps": history.steps.tolist(),
-            "sharpness": sharpness, "sharpness_threshold": threshold,
+            "sharpness": sharpness, "sharpness_threshold": threshold, "seconds_per_step": seconds / max(len(losses), 1),
             "share_above": sum(v > threshold for v in finite) / len(finite) if finite else None,
             "final_over_threshold": finite[-1] / threshold if finite else None}
