@@ -33,9 +33,9 @@ _LAZY = {
 _SUBMODULES = ("stability",)
 
 if _TYPE_CHECKING:
+    from kadam import stability
     from kadam.normalization import NormTracker, find_scale_invariant
     from kadam.optimizer import KAdam, param_groups_for
-    from kadam import stability
 
 
 def __getattr__(name: str) -> _Any:
@@ -49,5 +49,7 @@ def __getattr__(name: str) -> _Any:
 
 
 def __dir__() -> list[str]:
-    submodules = {name for name, value in globals().items() if isinstance(value, _ModuleType) and not name.startswith("_")}
+    submodules = {
+        name for name, value in globals().items() if isinstance(value, _ModuleType) and not name.startswith("_")
+    }
     return sorted({*__all__, "__version__", *submodules})

@@ -152,9 +152,9 @@ def _log_geometric_sum(log_ratio: NDArray[np.float64], n: NDArray[np.float64]) -
     return np.where(n == 1.0, 0.0, log_sum)
 
 
-def _log_ratio(log_beta: NDArray[np.float64], log_gamma: NDArray[np.float64], beta: NDArray[np.float64]) -> NDArray[
-    np.float64
-]:
+def _log_ratio(
+    log_beta: NDArray[np.float64], log_gamma: NDArray[np.float64], beta: NDArray[np.float64]
+) -> NDArray[np.float64]:
     """ln r with r = β²/γ; r = 0 whenever β = 0 (also when γ = 0)."""
     with np.errstate(invalid="ignore"):
         return np.where(beta == 0.0, -np.inf, 2.0 * log_beta - log_gamma)
@@ -472,7 +472,6 @@ def switch_off_rates(betas: ArrayLike, gammas: ArrayLike) -> FloatOrArray:
     return _output(np.stack(slopes))
 
 
-
 # ----------------------------------------------------------------------------------------------------
 # the stable region as users meet it: nearest stable choices, the edge of stability, one warning
 
@@ -556,15 +555,19 @@ def region_text(beta: float, gamma: float, margin: float = DEFAULT_MARGIN) -> tu
     rate = max(float(growth_rate(beta, gamma)), 0.0)  # 0 on the boundary up to rounding
     if rate > 0:
         efold = "" if math.isinf(rate) else f", one e-fold every {1.0 / rate:.3g} steps"
-        growth = (f"the bound on the update grows {_percent(math.expm1(rate)) if rate < 50 else 'without limit'} per "
-                  f"step (rate ln β − ½ ln γ = {rate:.4g}{efold})")
+        growth = (
+            f"the bound on the update grows {_percent(math.expm1(rate)) if rate < 50 else 'without limit'} per "
+            f"step (rate ln β − ½ ln γ = {rate:.4g}{efold})"
+        )
     else:
         growth = "the bound on the update grows like sqrt(n) (on the boundary)"
-    explanation = (f"(β, γ) = ({beta:g}, {gamma:g}) lies outside the stable region γ > β² (THEORY §2): {growth}")
+    explanation = f"(β, γ) = ({beta:g}, {gamma:g}) lies outside the stable region γ > β² (THEORY §2): {growth}"
     pair = nearest_stable_pair(beta, gamma, margin)
-    suggestion = (f"nearest stable γ ≥ {nearest_stable_gamma(beta):g} at this β, or β < √γ = {math.sqrt(gamma):.4g} "
-                  f"at this γ; the nearest pair with margin γ − β² ≥ {margin:g} is "
-                  f"({pair[0]:.6g}, {pair[1]:.6g})")
+    suggestion = (
+        f"nearest stable γ ≥ {nearest_stable_gamma(beta):g} at this β, or β < √γ = {math.sqrt(gamma):.4g} "
+        f"at this γ; the nearest pair with margin γ − β² ≥ {margin:g} is "
+        f"({pair[0]:.6g}, {pair[1]:.6g})"
+    )
     return explanation, suggestion
 
 
@@ -593,8 +596,14 @@ def warn_at_user(message: str, category: type[Warning] = StabilityWarning) -> No
     once-per-location registry work as for a ``warnings.warn`` issued there)."""
     filename, lineno, module_globals = user_frame()
     registry = module_globals.setdefault("__warningregistry__", {}) if module_globals else None
-    warnings.warn_explicit(message, category, filename, lineno, registry=registry,  # type: ignore[arg-type]
-                           module_globals=module_globals or None)
+    warnings.warn_explicit(
+        message,
+        category,
+        filename,
+        lineno,
+        registry=registry,  # type: ignore[arg-type]
+        module_globals=module_globals or None,
+    )
 
 
 def warn_if_unstable(levels: Sequence[tuple[float, float]], who: str, margin: float = DEFAULT_MARGIN) -> None:

@@ -300,7 +300,9 @@ def transfer_batch_size(
                     f"the square-root rule needs factor * (1 - {name}) <= 1 at every level; level {i} has {name} = "
                     f"{decay:g}, so factor must be <= {1.0 / (1.0 - decay):.6g}, got {kappa:.6g}"
                 )
-        new_levels.append(tuple(0.0 if decay == 0.0 else max(0.0, 1.0 - kappa * (1.0 - decay)) for decay in (beta, gamma)))
+        new_levels.append(
+            tuple(0.0 if decay == 0.0 else max(0.0, 1.0 - kappa * (1.0 - decay)) for decay in (beta, gamma))
+        )
     notes: list[str] = []
     new_steps = _scaled_steps(steps, kappa, notes)
     new_batch = batch_size * kappa
@@ -309,8 +311,11 @@ def transfer_batch_size(
     new_batch_size = round(new_batch)
     root = math.sqrt(kappa)
     new_decay = weight_decay * root if decoupled_weight_decay else weight_decay
-    notes.append("decoupled weight decay scaled by sqrt(factor)" if decoupled_weight_decay else
-                 "coupled (L2) weight decay kept: it is part of the loss")
+    notes.append(
+        "decoupled weight decay scaled by sqrt(factor)"
+        if decoupled_weight_decay
+        else "coupled (L2) weight decay kept: it is part of the loss"
+    )
     source = Hyperparameters(lr, levels, eps, weight_decay, steps, batch_size)
     target = Hyperparameters(lr * root, tuple(new_levels), eps / root, new_decay, new_steps, new_batch_size)
     alternatives = {

@@ -91,8 +91,17 @@ DEVICES: tuple[str, ...] = ("cpu", "cuda")
 """Devices of the training cells."""
 
 ARMS: tuple[str, ...] = (
-    "adamw", "adam", "kadam1", "kadam2", "kadam2-elementwise", "kadam2-naive", "kadam2-momentum-last", "kadam3",
-    "kadam3-elementwise", "kadam3-naive", "kadam3-momentum-last",
+    "adamw",
+    "adam",
+    "kadam1",
+    "kadam2",
+    "kadam2-elementwise",
+    "kadam2-naive",
+    "kadam2-momentum-last",
+    "kadam3",
+    "kadam3-elementwise",
+    "kadam3-naive",
+    "kadam3-momentum-last",
 )
 """The optimizers of the comparison protocol (``kadam compare --optimizers``)."""
 WORKLOADS: tuple[str, ...] = ("digits-cnn", "digits-cnn-bn", "gpt", "gpt-noln", "mnist1d-mlp", "noisy-quadratic")

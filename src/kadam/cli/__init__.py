@@ -46,11 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="kadam",
         description="k-Adam and the continuous-time theory of Adam (Gould & Tanaka, arXiv 2411.05746). The theory "
-                    "every command computes is docs/theory.md (print it with `kadam theory`); THEORY §N in the help "
-                    "texts is its section N.",
+        "every command computes is docs/theory.md (print it with `kadam theory`); THEORY §N in the help "
+        "texts is its section N.",
     )
-    parser.add_argument("--version", action="version", version=f"kadam {__version__}",
-                        help="print kadam's version and exit")
+    parser.add_argument(
+        "--version", action="version", version=f"kadam {__version__}", help="print kadam's version and exit"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _SUBCOMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)

@@ -27,43 +27,93 @@ from kadam.vocabulary import COMPARE_PROFILES as PROFILES
 
 __all__ = ["register", "run_compare", "json_output"]
 
-_SHORT_COLUMNS = ("arm", "lr", "β", "γ", "λ", "warmup", "test loss", "div.", "Δ vs AdamW [adj. CI]", "p Holm",
-                  "MDE", "steps→target", "s→target", "ms/step")
+_SHORT_COLUMNS = (
+    "arm",
+    "lr",
+    "β",
+    "γ",
+    "λ",
+    "warmup",
+    "test loss",
+    "div.",
+    "Δ vs AdamW [adj. CI]",
+    "p Holm",
+    "MDE",
+    "steps→target",
+    "s→target",
+    "ms/step",
+)
 """Terminal headers of :data:`kadam.experiments.comparison.section.RESULT_COLUMNS` (same order)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "compare", help="tune and compare optimizers on one workload under a fixed protocol (cached)",
+        "compare",
+        help="tune and compare optimizers on one workload under a fixed protocol (cached)",
         description="Equal Sobol tuning budget per optimizer over one shared search space, warmup + cosine schedule, "
-                    "selection on validation, paired fresh seeds on test, Holm-corrected paired t against AdamW, "
-                    "steps and seconds to AdamW's target. Resumable: runs are cached under --out.",
+        "selection on validation, paired fresh seeds on test, Holm-corrected paired t against AdamW, "
+        "steps and seconds to AdamW's target. Resumable: runs are cached under --out.",
     )
     parser.add_argument("--task", choices=sorted(WORKLOADS), help="workload (required unless --study)")
-    parser.add_argument("--study", action="store_true",
-                        help="run every workload of --profile (default study, hours on a CPU) and write report.html, "
-                             "report.md, results.json and figures/ under --out; --task/--optimizers/--trials are ignored")
-    parser.add_argument("--optimizers", nargs="+", default=["adamw", "kadam1", "kadam2"], choices=sorted(ARMS),
-                        metavar="NAME", help=f"arms (adamw is always added as the reference); one of {', '.join(ARMS)}")
+    parser.add_argument(
+        "--study",
+        action="store_true",
+        help="run every workload of --profile (default study, hours on a CPU) and write report.html, "
+        "report.md, results.json and figures/ under --out; --task/--optimizers/--trials are ignored",
+    )
+    parser.add_argument(
+        "--optimizers",
+        nargs="+",
+        default=["adamw", "kadam1", "kadam2"],
+        choices=sorted(ARMS),
+        metavar="NAME",
+        help=f"arms (adamw is always added as the reference); one of {', '.join(ARMS)}",
+    )
     parser.add_argument("--trials", type=int_at_least(1), default=8, help="Sobol trials per optimizer >= 1 (default 8)")
-    parser.add_argument("--lr-only-trials", type=int_at_least(0), default=0,
-                        help="learning rates per optimizer for the lr-only result, other hyperparameters at defaults "
-                             "(default 0: skipped)")
-    parser.add_argument("--seeds", type=int_at_least(2), default=None,
-                        help="fresh paired evaluation seeds (≥ 2; default 5, or the profile's with --study)")
-    parser.add_argument("--steps", type=int_at_least(1), default=None,
-                        help="training steps per run >= 1 (default: the profile's)")
-    parser.add_argument("--batch-size", type=int_at_least(1), default=None,
-                        help="mini-batch size >= 1 (default: the profile's)")
-    parser.add_argument("--profile", choices=PROFILES, default=None,
-                        help="where the task's model sizes, steps and batch size come from when the task is in that "
-                             "profile (default quick; otherwise the study profile's, else the builder's defaults); "
-                             "with --study, the profile to run (default study)")
-    parser.add_argument("--sensitivity", type=positive_float, nargs="*", default=[0.1, 10.0], metavar="FACTOR",
-                        help="multiples of each optimizer's best lr for the sensitivity sweep (default 0.1 10; none: skip)")
-    parser.add_argument("--out", type=output_directory, default="kadam-compare",
-                        help="output and cache folder, created if missing (default kadam-compare)")
-    parser.add_argument("--jobs", type=int_at_least(1), default=1, help="runs computed in parallel processes >= 1 (default 1)")
+    parser.add_argument(
+        "--lr-only-trials",
+        type=int_at_least(0),
+        default=0,
+        help="learning rates per optimizer for the lr-only result, other hyperparameters at defaults "
+        "(default 0: skipped)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int_at_least(2),
+        default=None,
+        help="fresh paired evaluation seeds (≥ 2; default 5, or the profile's with --study)",
+    )
+    parser.add_argument(
+        "--steps", type=int_at_least(1), default=None, help="training steps per run >= 1 (default: the profile's)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int_at_least(1), default=None, help="mini-batch size >= 1 (default: the profile's)"
+    )
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default=None,
+        help="where the task's model sizes, steps and batch size come from when the task is in that "
+        "profile (default quick; otherwise the study profile's, else the builder's defaults); "
+        "with --study, the profile to run (default study)",
+    )
+    parser.add_argument(
+        "--sensitivity",
+        type=positive_float,
+        nargs="*",
+        default=[0.1, 10.0],
+        metavar="FACTOR",
+        help="multiples of each optimizer's best lr for the sensitivity sweep (default 0.1 10; none: skip)",
+    )
+    parser.add_argument(
+        "--out",
+        type=output_directory,
+        default="kadam-compare",
+        help="output and cache folder, created if missing (default kadam-compare)",
+    )
+    parser.add_argument(
+        "--jobs", type=int_at_least(1), default=1, help="runs computed in parallel processes >= 1 (default 1)"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     command(parser, run_compare, _check)
@@ -83,8 +133,9 @@ def _workload_config(args: argparse.Namespace) -> Any:
     steps = base.steps if args.steps is None else args.steps
     batch_size = base.batch_size if args.batch_size is None else args.batch_size
     seconds = base.seconds_per_run * steps / base.steps
-    return dataclasses.replace(base, arms=arms, steps=steps, batch_size=batch_size, seconds_per_run=seconds,
-                               lr_only=args.lr_only_trials > 0)
+    return dataclasses.replace(
+        base, arms=arms, steps=steps, batch_size=batch_size, seconds_per_run=seconds, lr_only=args.lr_only_trials > 0
+    )
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -111,28 +162,43 @@ def json_output(task: str, command: str, config: Any, analysis: dict[str, Any]) 
         block = entry.get(result)
         if not block or "arms" not in block:
             return []
-        return [{
-            "arm": arm, "hyperparameters": block["selection"][arm]["hyperparameters"],
-            "validation_loss": block["selection"][arm]["validation_loss"],
-            "test_loss": summary["test_loss"], "test_accuracy": summary["test_accuracy"],
-            "diverged": summary["diverged"], "difference": block["versus_reference"].get(arm),
-            "lr_ratio_to_adamw": block["lr_ratio_to_reference"].get(arm),
-            "steps_to_target": summary["steps_to_target"], "seconds_to_target": summary["seconds_to_target"],
-            "target_reached": summary["target_reached"], "seconds_per_step": summary["seconds_per_step"],
-        } for arm, summary in block["arms"].items()]
+        return [
+            {
+                "arm": arm,
+                "hyperparameters": block["selection"][arm]["hyperparameters"],
+                "validation_loss": block["selection"][arm]["validation_loss"],
+                "test_loss": summary["test_loss"],
+                "test_accuracy": summary["test_accuracy"],
+                "diverged": summary["diverged"],
+                "difference": block["versus_reference"].get(arm),
+                "lr_ratio_to_adamw": block["lr_ratio_to_reference"].get(arm),
+                "steps_to_target": summary["steps_to_target"],
+                "seconds_to_target": summary["seconds_to_target"],
+                "target_reached": summary["target_reached"],
+                "seconds_per_step": summary["seconds_per_step"],
+            }
+            for arm, summary in block["arms"].items()
+        ]
 
-    return {"task": task, "command": command, "config": json_config(config), "budget": _budget_lines(config),
-            "rows": rows("search"), "lr_only_rows": rows("lr_only"),
-            "target_train_loss": entry["search"].get("target_train_loss"),
-            "control_pairs_checked": analysis["control_pairs_checked"], "analysis": analysis}
+    return {
+        "task": task,
+        "command": command,
+        "config": json_config(config),
+        "budget": _budget_lines(config),
+        "rows": rows("search"),
+        "lr_only_rows": rows("lr_only"),
+        "target_train_loss": entry["search"].get("target_train_loss"),
+        "control_pairs_checked": analysis["control_pairs_checked"],
+        "analysis": analysis,
+    }
 
 
 def run_compare(args: argparse.Namespace) -> int:
     from kadam.experiments.cells import CellCache, CellRunner
-    from kadam.experiments.comparison.config import ComparisonConfig
-    from kadam.experiments.profiles import profile_sizes
     from kadam.experiments.comparison.analysis import analyse
+    from kadam.experiments.comparison.config import ComparisonConfig
     from kadam.experiments.comparison.section import followup_plan, result_rows, tagged_records, tuning_plan
+    from kadam.experiments.profiles import profile_sizes
     from kadam.experiments.report import json_safe
 
     if args.study:  # every workload of the profile, written as a report
@@ -140,29 +206,43 @@ def run_compare(args: argparse.Namespace) -> int:
 
         with signals_stop_workers() as interruption:
             try:
-                run_study(args.profile or "study", str(args.out), args.jobs, args.seeds,
-                          show_progress=not args.no_progress, command="kadam " + " ".join(sys.argv[1:]))
+                run_study(
+                    args.profile or "study",
+                    str(args.out),
+                    args.jobs,
+                    args.seeds,
+                    show_progress=not args.no_progress,
+                    command="kadam " + " ".join(sys.argv[1:]),
+                )
             except KeyboardInterrupt:
-                print(f"kadam compare: interrupted; finished runs are cached in {args.out}/cache, rerun to resume",
-                      file=sys.stderr)
+                print(
+                    f"kadam compare: interrupted; finished runs are cached in {args.out}/cache, rerun to resume",
+                    file=sys.stderr,
+                )
                 return interruption.exit_status
         return 0
     seeds = 5 if args.seeds is None else args.seeds
     workload = _workload_config(args)
     base = profile_sizes("quick").comparison
-    config = ComparisonConfig(workloads=(workload,), trials=args.trials, lr_only_trials=args.lr_only_trials,
-                              seeds=seeds, sensitivity_factors=tuple(args.sensitivity), space=base.space,
-                              curve_points=base.curve_points)
+    config = ComparisonConfig(
+        workloads=(workload,),
+        trials=args.trials,
+        lr_only_trials=args.lr_only_trials,
+        seeds=seeds,
+        sensitivity_factors=tuple(args.sensitivity),
+        space=base.space,
+        curve_points=base.curve_points,
+    )
     out = Path(args.out)
     from rich.console import Console
     from rich.table import Table as RichTable
 
     console = Console(stderr=args.json, width=None if sys.stdout.isatty() else 220)
-    runner = CellRunner(CellCache(out / "cache"), jobs=args.jobs, console=console,
-                        show_progress=not args.no_progress)
+    runner = CellRunner(CellCache(out / "cache"), jobs=args.jobs, console=console, show_progress=not args.no_progress)
     tuning = tuning_plan(config)
-    followup_estimate = (len(workload.arms) * (seeds * (1 + workload.lr_only) + len(args.sensitivity))
-                         * workload.seconds_per_run)
+    followup_estimate = (
+        len(workload.arms) * (seeds * (1 + workload.lr_only) + len(args.sensitivity)) * workload.seconds_per_run
+    )
     started = time.perf_counter()
     with signals_stop_workers() as interruption:
         try:
@@ -172,11 +252,15 @@ def run_compare(args: argparse.Namespace) -> int:
                 runner.adjust_total(runner.pending_cost([p.cell for p in followup]) - followup_estimate)
                 results.update(runner.run([p.cell for p in followup]))
         except KeyboardInterrupt:
-            print(f"kadam compare: interrupted; finished runs are cached in {out}/cache, rerun the same command to "
-                  "resume", file=sys.stderr)
+            print(
+                f"kadam compare: interrupted; finished runs are cached in {out}/cache, rerun the same command to "
+                "resume",
+                file=sys.stderr,
+            )
             return interruption.exit_status
-    analysis = analyse(tagged_records(tuning + followup, results), confidence=config.confidence, alpha=config.alpha,
-                       power=config.power)
+    analysis = analyse(
+        tagged_records(tuning + followup, results), confidence=config.confidence, alpha=config.alpha, power=config.power
+    )
     command = "kadam " + " ".join(sys.argv[1:])
     output = json_safe(json_output(args.task, command, config, analysis))
     out.mkdir(parents=True, exist_ok=True)
@@ -189,15 +273,19 @@ def run_compare(args: argparse.Namespace) -> int:
         block = analysis["workloads"][args.task].get(result)
         if not block or "arms" not in block:
             continue
-        table = RichTable(title=f"kadam compare --task {args.task}: {name} ({args.trials if result == 'search' else args.lr_only_trials} "
-                                f"trials per optimizer, {seeds} fresh seeds)",
-                          caption=f"target training loss {block['target_train_loss']}; * significant after Holm; "
-                                  f"{len(runner.computed)} runs computed, {len(runner.cached)} cached, {elapsed:.1f} s")
+        table = RichTable(
+            title=f"kadam compare --task {args.task}: {name} ({args.trials if result == 'search' else args.lr_only_trials} "
+            f"trials per optimizer, {seeds} fresh seeds)",
+            caption=f"target training loss {block['target_train_loss']}; * significant after Holm; "
+            f"{len(runner.computed)} runs computed, {len(runner.cached)} cached, {elapsed:.1f} s",
+        )
         for column in _SHORT_COLUMNS:
             table.add_column(column)
         for row in result_rows(block):
             table.add_row(*row)
         console.print(table)
-    console.print(f"k = 1 control: {analysis['control_pairs_checked']} paired runs tied AdamW exactly. "
-                  f"Results: {out / 'compare.json'}")
+    console.print(
+        f"k = 1 control: {analysis['control_pairs_checked']} paired runs tied AdamW exactly. "
+        f"Results: {out / 'compare.json'}"
+    )
     return 0

@@ -22,13 +22,16 @@ DEMO_TASKS = {
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo", help="train a small model with Adam, AdamW and 2-Adam and print the losses",
+        "demo",
+        help="train a small model with Adam, AdamW and 2-Adam and print the losses",
         description="Train one small model with Adam, AdamW and 2-Adam (same seed, same batches, one shared learning "
-                    "rate) and print the losses. A demo, not evidence: `kadam reproduce` runs the tuned comparison.",
+        "rate) and print the losses. A demo, not evidence: `kadam reproduce` runs the tuned comparison.",
     )
     parser.add_argument("--task", choices=sorted(DEMO_TASKS), default="mnist1d-mlp", help="model and data (offline)")
     parser.add_argument("--steps", type=int_at_least(1), default=500, help="training steps >= 1 (default 500)")
-    parser.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate > 0 shared by all three (default 1e-3)")
+    parser.add_argument(
+        "--lr", type=positive_float, default=1e-3, help="learning rate > 0 shared by all three (default 1e-3)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="initialisation and batch-order seed")
     add_threads_option(parser)
     command(parser, run_demo)
@@ -49,13 +52,25 @@ def _run_demo(args: argparse.Namespace) -> int:
     stages = Stages("demo", len(DEMO_OPTIMIZERS))
     console = Console()
     table = Table(title=f"kadam demo: {args.task}, {args.steps} steps, lr {args.lr:g}, seed {args.seed}")
-    for column in ("optimizer", "first train loss", "last train loss", "validation loss", "validation accuracy", "seconds"):
+    for column in (
+        "optimizer",
+        "first train loss",
+        "last train loss",
+        "validation loss",
+        "validation accuracy",
+        "seconds",
+    ):
         table.add_column(column, justify="left" if column == "optimizer" else "right")
     with console.status("training…"):
         for name in DEMO_OPTIMIZERS:
             stages.start(f"training {args.task} with {name}, {args.steps} steps")
             run = train_run(args.task, name, args.lr, args.steps, 32, args.seed, DEMO_TASKS[args.task], curve_points=10)
-            cells = [run["train_loss_curve"][0], run["train_loss_curve"][-1], run["validation_loss"], run["validation_accuracy"]]
+            cells = [
+                run["train_loss_curve"][0],
+                run["train_loss_curve"][-1],
+                run["validation_loss"],
+                run["validation_accuracy"],
+            ]
             table.add_row(
                 name,
                 *("diverged" if value is None else f"{value:.4f}" for value in cells),

@@ -9,9 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from kadam.cli.options import (
-    Stages, add_threads_option, command, int_at_least, output_figure, positive_float, torch_threads,
+    Stages,
+    add_threads_option,
+    command,
+    int_at_least,
+    output_figure,
+    positive_float,
+    torch_threads,
 )
-
 from kadam.vocabulary import FLOW_PROBLEMS as PROBLEMS
 from kadam.vocabulary import FLOW_RATES as RATES
 from kadam.vocabulary import MODIFIED_ORDERS as ORDERS
@@ -33,13 +38,24 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--rates", choices=RATES, default="exact", help="moment rates (default exact)")
     parser.add_argument("--order", type=int, choices=ORDERS, default=1, help="parameter equation order (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="problem seed (default 0)")
-    parser.add_argument("--warm-start", type=int_at_least(0), default=0, metavar="S",
-                        help="run S discrete steps first, then integrate from that state (0 <= S < --steps; default 0)")
-    parser.add_argument("--modified", action="store_true",
-                        help="integrate the O(lr^2) modified equations (docs/flow_second_order.md; needs --rates exact "
-                             "and --order 1)")
-    parser.add_argument("--plot", type=output_figure, metavar="PNG",
-                        help="write loss curves, coordinates and the error to this figure (.png, .pdf, .svg, …)")
+    parser.add_argument(
+        "--warm-start",
+        type=int_at_least(0),
+        default=0,
+        metavar="S",
+        help="run S discrete steps first, then integrate from that state (0 <= S < --steps; default 0)",
+    )
+    parser.add_argument(
+        "--modified",
+        action="store_true",
+        help="integrate the O(lr^2) modified equations (docs/flow_second_order.md; needs --rates exact and --order 1)",
+    )
+    parser.add_argument(
+        "--plot",
+        type=output_figure,
+        metavar="PNG",
+        help="write loss curves, coordinates and the error to this figure (.png, .pdf, .svg, …)",
+    )
     parser.add_argument("--json", action="store_true", help="print the error table as JSON on stdout")
     add_threads_option(parser)
     command(parser, run, check)
@@ -48,14 +64,17 @@ def register(subparsers: Any) -> None:
 def check(args: argparse.Namespace) -> None:
     """The combinations :func:`kadam.flow.simulate` accepts, checked before anything runs."""
     if args.warm_start >= args.steps:
-        raise ValueError(f"argument --warm-start: must be an integer in [0, --steps - 1 = {args.steps - 1}], "
-                         f"got {args.warm_start}")
+        raise ValueError(
+            f"argument --warm-start: must be an integer in [0, --steps - 1 = {args.steps - 1}], got {args.warm_start}"
+        )
     if args.modified and args.order != 1:
-        raise ValueError(f"argument --order: --modified corrects the first-order model: --order must be 1, "
-                         f"got {args.order}")
+        raise ValueError(
+            f"argument --order: --modified corrects the first-order model: --order must be 1, got {args.order}"
+        )
     if args.modified and args.rates != "exact":
-        raise ValueError(f"argument --rates: --modified needs --rates exact (the paper's rates differ at O(lr)), "
-                         f"got {args.rates!r}")
+        raise ValueError(
+            f"argument --rates: --modified needs --rates exact (the paper's rates differ at O(lr)), got {args.rates!r}"
+        )
 
 
 def _plot(path: Path, continuous: Any, discrete_run: Any, errors: Any, title: str) -> None:
@@ -69,8 +88,10 @@ def _plot(path: Path, continuous: Any, discrete_run: Any, errors: Any, title: st
     loss_axis.legend()
     moved = (discrete_run.theta[-1] - discrete_run.theta[0]).abs().argsort(descending=True)[:COORDINATES_SHOWN]
     for index in moved.tolist():
-        line, = coordinate_axis.plot(steps, discrete_run.theta[:, index].numpy(), label=f"θ[{index}] discrete")
-        coordinate_axis.plot(steps, continuous.theta[:, index].numpy(), "--", color=line.get_color(), label="continuous")
+        (line,) = coordinate_axis.plot(steps, discrete_run.theta[:, index].numpy(), label=f"θ[{index}] discrete")
+        coordinate_axis.plot(
+            steps, continuous.theta[:, index].numpy(), "--", color=line.get_color(), label="continuous"
+        )
     coordinate_axis.set(xlabel="step n", title="the coordinates that moved most")
     coordinate_axis.legend(fontsize=7)
     error_axis.semilogy(errors.steps.numpy(), errors.relative_error.numpy())
@@ -98,13 +119,22 @@ def _run(args: argparse.Namespace) -> int:
     try:
         reference = discrete(loss, args.steps, progress=progress, **hyperparameters)
     except DiscreteRunError as failure:
-        print(f"kadam flow: {failure} (nothing to compare the continuous model with; try a smaller --lr)",
-              file=sys.stderr)
+        print(
+            f"kadam flow: {failure} (nothing to compare the continuous model with; try a smaller --lr)", file=sys.stderr
+        )
         return 1
     stages.start(f"continuous model ({args.rates} rates, order {args.order}), {args.steps} steps")
     try:
-        continuous = simulate(loss, args.steps, rates=args.rates, order=args.order, progress=progress,
-                              warm_start=args.warm_start, modified=args.modified, **hyperparameters)
+        continuous = simulate(
+            loss,
+            args.steps,
+            rates=args.rates,
+            order=args.order,
+            progress=progress,
+            warm_start=args.warm_start,
+            modified=args.modified,
+            **hyperparameters,
+        )
     except FlowSolveError as failure:
         print(f"kadam flow: the continuous model failed (the discrete run finished): {failure}", file=sys.stderr)
         return 1
@@ -125,8 +155,11 @@ def _run(args: argparse.Namespace) -> int:
         "seconds_discrete": reference.seconds,
         "seconds_continuous": continuous.seconds,
     }
-    title = (f"{args.problem}: lr {args.lr}, k = {args.k}, {args.rates} rates, order {args.order}"
-             + (f", warm start {args.warm_start}" if args.warm_start else "") + (", modified" if args.modified else ""))
+    title = (
+        f"{args.problem}: lr {args.lr}, k = {args.k}, {args.rates} rates, order {args.order}"
+        + (f", warm start {args.warm_start}" if args.warm_start else "")
+        + (", modified" if args.modified else "")
+    )
     if args.plot is not None:
         stages.start(f"drawing {args.plot}")
         _plot(args.plot, continuous, reference, errors, title)

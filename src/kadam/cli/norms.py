@@ -14,7 +14,14 @@ import json
 from typing import Any
 
 from kadam.cli.options import (
-    Stages, add_threads_option, command, decay, int_at_least, nonnegative_float, output_figure, positive_float,
+    Stages,
+    add_threads_option,
+    command,
+    decay,
+    int_at_least,
+    nonnegative_float,
+    output_figure,
+    positive_float,
     torch_threads,
 )
 
@@ -32,18 +39,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--task", choices=sorted(TASKS), default="digits-bn", help="model and data (default digits-bn)")
-    parser.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw",
-                        help="torch AdamW or Adam (Adam: no weight decay; default adamw)")
+    parser.add_argument(
+        "--optimizer",
+        choices=("adamw", "adam"),
+        default="adamw",
+        help="torch AdamW or Adam (Adam: no weight decay; default adamw)",
+    )
     parser.add_argument("--lr", type=positive_float, default=1e-2, help="learning rate eta > 0 (default 1e-2)")
-    parser.add_argument("--weight-decay", type=nonnegative_float, default=0.1,
-                        help="AdamW's lambda >= 0 with lr * weight_decay < 1 (default 0.1; ignored by adam)")
+    parser.add_argument(
+        "--weight-decay",
+        type=nonnegative_float,
+        default=0.1,
+        help="AdamW's lambda >= 0 with lr * weight_decay < 1 (default 0.1; ignored by adam)",
+    )
     parser.add_argument("--beta", type=decay, default=0.9, help="first-moment decay in [0, 1) (default 0.9)")
     parser.add_argument("--steps", type=int_at_least(10), default=3000, help="training steps >= 10 (default 3000)")
     parser.add_argument("--batch-size", type=int_at_least(2), default=32, help="mini-batch size >= 2 (default 32)")
     parser.add_argument("--hidden", type=int_at_least(1), default=64, help="hidden width >= 1 (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and batch order (default 0)")
-    parser.add_argument("--plot", type=output_figure, metavar="PNG",
-                        help="draw per-layer norms and angular updates to this figure (.png, .pdf, .svg, …)")
+    parser.add_argument(
+        "--plot",
+        type=output_figure,
+        metavar="PNG",
+        help="draw per-layer norms and angular updates to this figure (.png, .pdf, .svg, …)",
+    )
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     add_threads_option(parser)
     command(parser, run, _check)
@@ -52,8 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _check(args: argparse.Namespace) -> None:
     """What argparse's per-option types cannot see: conditions on two options together."""
     if not args.lr * args.weight_decay < 1:
-        raise ValueError(f"argument --weight-decay: must satisfy --lr * --weight-decay < 1, got "
-                         f"{args.lr} * {args.weight_decay}")
+        raise ValueError(
+            f"argument --weight-decay: must satisfy --lr * --weight-decay < 1, got {args.lr} * {args.weight_decay}"
+        )
     if args.optimizer == "adamw" and args.weight_decay == 0:
         raise ValueError("argument --weight-decay: must be > 0 for adamw (use --optimizer adam for no decay)")
 
@@ -81,11 +101,21 @@ def _print_tables(result: dict[str, Any]) -> None:
     for column in ("layer", "quantity", "measured", "corrected", "orthogonal", "equilibrium corr. / orth."):
         table.add_column(column)
     for layer in result["layers"]:
-        for quantity, label, error in (("norm", "|W|", "norm_error"), ("angular_update", "angle/step", "angular_error")):
-            equilibrium = [layer.get(f"{assumption}_equilibrium_{quantity}") for assumption in ("corrected", "orthogonal")]
+        for quantity, label, error in (
+            ("norm", "|W|", "norm_error"),
+            ("angular_update", "angle/step", "angular_error"),
+        ):
+            equilibrium = [
+                layer.get(f"{assumption}_equilibrium_{quantity}") for assumption in ("corrected", "orthogonal")
+            ]
             table.add_row(
-                f"{layer['name']} (d={layer['d']})", label, f"{layer[f'measured_{quantity}']:.4g}",
-                *(f"{layer[f'{a}_{quantity}']:.4g} ({_percent(layer[f'{a}_{error}'])})" for a in ("corrected", "orthogonal")),
+                f"{layer['name']} (d={layer['d']})",
+                label,
+                f"{layer[f'measured_{quantity}']:.4g}",
+                *(
+                    f"{layer[f'{a}_{quantity}']:.4g} ({_percent(layer[f'{a}_{error}'])})"
+                    for a in ("corrected", "orthogonal")
+                ),
                 "—" if equilibrium[0] is None else f"{equilibrium[0]:.4g} / {equilibrium[1]:.4g}",
             )
     console.print(table)
@@ -107,9 +137,16 @@ def _run(args: argparse.Namespace) -> int:
     with Progress(transient=True, disable=args.json) as progress:
         task = progress.add_task(f"training {args.task}", total=args.steps)
         result = digits_norms(
-            norm=TASKS[args.task], optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-            steps=args.steps, batch_size=args.batch_size, hidden=args.hidden, betas=(args.beta, 0.999),
-            seed=args.seed, progress=lambda done, total: progress.update(task, completed=done),
+            norm=TASKS[args.task],
+            optimizer=args.optimizer,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            hidden=args.hidden,
+            betas=(args.beta, 0.999),
+            seed=args.seed,
+            progress=lambda done, total: progress.update(task, completed=done),
         )
     if args.plot:
         stages.start(f"drawing {args.plot}")

@@ -112,7 +112,19 @@ def _accepts_new_files(directory: Path) -> bool:
 
 
 FIGURE_FORMATS: tuple[str, ...] = (
-    "png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp", "raw", "rgba",
+    "png",
+    "pdf",
+    "svg",
+    "svgz",
+    "eps",
+    "ps",
+    "jpg",
+    "jpeg",
+    "tif",
+    "tiff",
+    "webp",
+    "raw",
+    "rgba",
 )
 """File extensions a figure option accepts: the formats matplotlib's Agg backend writes without an external
 program (``pgf`` needs a LaTeX installation, so it is left out). Kept here, not asked of matplotlib, so
@@ -152,7 +164,8 @@ def _check_file(text: str, path: Path, formats: Sequence[str] | None) -> None:
     if formats is not None and path.suffix.lower().lstrip(".") not in formats:
         shown = f"extension {path.suffix!r}" if path.suffix else "no extension"
         raise argparse.ArgumentTypeError(
-            f"{text!r} has {shown}; a figure is written as one of {', '.join('.' + f for f in formats)}")
+            f"{text!r} has {shown}; a figure is written as one of {', '.join('.' + f for f in formats)}"
+        )
     folder = path.parent
     if not folder.exists():
         ancestor = _nearest_existing(folder)
@@ -221,8 +234,11 @@ def input_file(text: str) -> Path:
     return path
 
 
-def command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
-            check: Callable[[argparse.Namespace], None] | None = None) -> None:
+def command(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], int],
+    check: Callable[[argparse.Namespace], None] | None = None,
+) -> None:
     """Make ``parser`` a command: ``kadam`` calls ``check(args)`` right after parsing, then ``run(args)``.
 
     ``check`` holds the conditions on several options together (what a ``type=`` cannot see); it raises
@@ -241,10 +257,12 @@ def available_cores() -> int:
 def add_threads_option(parser: argparse.ArgumentParser, default: int = 1) -> None:
     """``--threads N``: torch intra-op threads for this command (see :func:`torch_threads`)."""
     parser.add_argument(
-        "--threads", type=int_at_least(1), default=default,
+        "--threads",
+        type=int_at_least(1),
+        default=default,
         help=f"torch threads for this command (default {default}: its models are small, and extra threads only "
-             f"wait on each other, much more so when another process keeps a core busy; {available_cores()} "
-             "cores available)",
+        f"wait on each other, much more so when another process keeps a core busy; {available_cores()} "
+        "cores available)",
     )
 
 
@@ -275,8 +293,11 @@ class Stages:
 
     def _finish_previous(self) -> None:
         if self.started is not None and self.enabled:
-            print(f"kadam {self.command}: [{self.index}/{self.total}] done in {time.perf_counter() - self.started:.1f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"kadam {self.command}: [{self.index}/{self.total}] done in {time.perf_counter() - self.started:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
         self.started = None
 
     def start(self, description: str) -> None:

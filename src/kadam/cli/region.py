@@ -31,19 +31,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "value pairs with every value of the other list. Without --beta/--gamma: the common presets."
         ),
     )
-    parser.add_argument("--beta", type=_comma_list(decay), nargs="+", metavar="B",
-                        help="first-moment decay(s) in [0, 1); commas allowed")
-    parser.add_argument("--gamma", type=_comma_list(decay), nargs="+", metavar="G",
-                        help="second-moment decay(s) in [0, 1); commas allowed")
     parser.add_argument(
-        "--steps", type=_comma_list(int_at_least(1)), nargs="+", metavar="N",
+        "--beta",
+        type=_comma_list(decay),
+        nargs="+",
+        metavar="B",
+        help="first-moment decay(s) in [0, 1); commas allowed",
+    )
+    parser.add_argument(
+        "--gamma",
+        type=_comma_list(decay),
+        nargs="+",
+        metavar="G",
+        help="second-moment decay(s) in [0, 1); commas allowed",
+    )
+    parser.add_argument(
+        "--steps",
+        type=_comma_list(int_at_least(1)),
+        nargs="+",
+        metavar="N",
         help=f"steps n >= 1 at which to print B_n; commas allowed (default {' '.join(map(str, DEFAULT_STEPS))})",
     )
     parser.add_argument(
         "--json", action="store_true", help="print a JSON list, one object per (beta, gamma); infinite values are null"
     )
-    parser.add_argument("--plot", type=output_figure, metavar="PNG",
-                        help="draw the (beta, gamma) map to this figure (.png, .pdf, .svg, …) instead of the table")
+    parser.add_argument(
+        "--plot",
+        type=output_figure,
+        metavar="PNG",
+        help="draw the (beta, gamma) map to this figure (.png, .pdf, .svg, …) instead of the table",
+    )
     command(parser, run, check)
 
 
@@ -151,7 +168,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     label_width = max(len(label) for label, _ in lines)
     widths = [max(len(cells[i]) for _, cells in lines) for i in range(len(rows))]
     return "\n".join(
-        f"{label:<{label_width}}  " + "  ".join(f"{cell:>{w}}" for cell, w in zip(cells, widths)) for label, cells in lines
+        f"{label:<{label_width}}  " + "  ".join(f"{cell:>{w}}" for cell, w in zip(cells, widths))
+        for label, cells in lines
     )
 
 

@@ -22,23 +22,45 @@ def default_jobs() -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "reproduce", help="run every experiment (cached) and write report.html, report.md, results.json",
+        "reproduce",
+        help="run every experiment (cached) and write report.html, report.md, results.json",
         description="Run the stability, continuous-time, normalization and training experiments (the theory is "
-                    "docs/theory.md), each cell cached under --out (an interrupted run resumes), and write "
-                    "report.html, report.md, results.json and figures/*.png there.",
+        "docs/theory.md), each cell cached under --out (an interrupted run resumes), and write "
+        "report.html, report.md, results.json and figures/*.png there.",
     )
-    parser.add_argument("--profile", choices=PROFILES, default="quick",
-                        help="smoke (every experiment at a token size: checks that it runs), quick (reduced budgets; default) or "
-                             "full (the real protocol, for a GPU)")
-    parser.add_argument("--out", type=output_directory, default="kadam-report",
-                        help="output and cache folder, created if missing (default kadam-report)")
-    parser.add_argument("--device", choices=DEVICES, default="cpu", help="torch device for the training cells (the comparison's runs and the stability-margin runs; "
-                             "the other cells run on the CPU)")
-    parser.add_argument("--seeds", type=int_at_least(2), default=None,
-                        help="fresh evaluation seeds (≥ 2: a paired interval needs two pairs; default: the profile's)")
-    parser.add_argument("--jobs", type=int_at_least(1), default=default_jobs(),
-                        help=f"cells computed in parallel processes, one torch thread each (default: the {default_jobs()} "
-                             "CPU cores available)")
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="quick",
+        help="smoke (every experiment at a token size: checks that it runs), quick (reduced budgets; default) or "
+        "full (the real protocol, for a GPU)",
+    )
+    parser.add_argument(
+        "--out",
+        type=output_directory,
+        default="kadam-report",
+        help="output and cache folder, created if missing (default kadam-report)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="torch device for the training cells (the comparison's runs and the stability-margin runs; "
+        "the other cells run on the CPU)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int_at_least(2),
+        default=None,
+        help="fresh evaluation seeds (≥ 2: a paired interval needs two pairs; default: the profile's)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int_at_least(1),
+        default=default_jobs(),
+        help=f"cells computed in parallel processes, one torch thread each (default: the {default_jobs()} "
+        "CPU cores available)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary table still prints)")
     command(parser, run_reproduce)
 
@@ -57,15 +79,21 @@ def missing_experiment_packages() -> list[str]:
 def run_reproduce(args: argparse.Namespace) -> int:
     missing = missing_experiment_packages()
     if missing:
-        raise ValueError(f"needs the experiments extra; {', '.join(missing)} not installed: "
-                         "pip install 'kadam[experiments]'")
+        raise ValueError(
+            f"needs the experiments extra; {', '.join(missing)} not installed: pip install 'kadam[experiments]'"
+        )
     from kadam.experiments.reproduce import reproduce
 
     with signals_stop_workers() as interruption:
         try:
-            reproduce(args.profile, str(args.out), args.device, args.seeds, args.jobs, show_progress=not args.no_progress)
+            reproduce(
+                args.profile, str(args.out), args.device, args.seeds, args.jobs, show_progress=not args.no_progress
+            )
         except KeyboardInterrupt:
-            print(f"kadam reproduce: interrupted; finished cells are cached in {args.out}/cache, rerun the same command "
-                  "to resume", file=sys.stderr)
+            print(
+                f"kadam reproduce: interrupted; finished cells are cached in {args.out}/cache, rerun the same command "
+                "to resume",
+                file=sys.stderr,
+            )
             return interruption.exit_status
     return 0

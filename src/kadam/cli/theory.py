@@ -31,18 +31,22 @@ def section(number: int) -> str:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "theory", help="print the theory (docs/theory.md): definitions, formulas, protocols, citations",
+        "theory",
+        help="print the theory (docs/theory.md): definitions, formulas, protocols, citations",
         description="Print the theory document that the library, its docstrings (THEORY §N) and the report follow.",
     )
-    parser.add_argument("--section", type=int_at_least(1), metavar="N",
-                        help=f"print only §N ({SECTIONS.start}–{SECTIONS.stop - 1})")
+    parser.add_argument(
+        "--section", type=int_at_least(1), metavar="N", help=f"print only §N ({SECTIONS.start}–{SECTIONS.stop - 1})"
+    )
     command(parser, run, check)
 
 
 def check(args: argparse.Namespace) -> None:
     """--section names a section the document has."""
     if args.section is not None and args.section not in SECTIONS:
-        raise ValueError(f"argument --section: must be one of {SECTIONS.start}..{SECTIONS.stop - 1}, got {args.section}")
+        raise ValueError(
+            f"argument --section: must be one of {SECTIONS.start}..{SECTIONS.stop - 1}, got {args.section}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,11 +22,11 @@ from kadam.vocabulary import FLOW_RATES as RATES
 
 RULES = {
     "lr-exact": "learning rate, exact rates (THEORY §6): beta -> beta**c, gamma -> gamma**c at every level, "
-                "lr -> c lr, steps -> steps / c, weight decay and eps kept",
+    "lr -> c lr, steps -> steps / c, weight decay and eps kept",
     "lr-paper": "learning rate, paper rates (THEORY §6): (1 - beta)/beta -> c (1 - beta)/beta at every level, "
-                "lr -> c lr, steps -> steps / c, weight decay and eps kept",
+    "lr -> c lr, steps -> steps / c, weight decay and eps kept",
     "batch-sqrt": "batch size, square-root rule (Malladi et al. 2022, THEORY §6): lr -> sqrt(k) lr, "
-                  "1 - beta -> k (1 - beta), 1 - gamma -> k (1 - gamma), eps -> eps / sqrt(k), steps -> steps / k",
+    "1 - beta -> k (1 - beta), 1 - gamma -> k (1 - gamma), eps -> eps / sqrt(k), steps -> steps / k",
 }
 
 MAX_STEPS = 2**53
@@ -43,15 +43,26 @@ def register(subparsers: Any) -> None:
         "whether every new (beta, gamma) lies inside the stable region gamma > beta**2.",
     )
     parser.add_argument("--lr", type=positive_float, required=True, help="current learning rate > 0")
-    parser.add_argument("--betas", type=decay, nargs="+", default=[0.9, 0.999], metavar="B",
-                        help="current (beta, gamma), each in [0, 1), or 2k numbers for the k levels of k-Adam "
-                             "(default 0.9 0.999)")
-    parser.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="current weight decay >= 0 (default 0)")
+    parser.add_argument(
+        "--betas",
+        type=decay,
+        nargs="+",
+        default=[0.9, 0.999],
+        metavar="B",
+        help="current (beta, gamma), each in [0, 1), or 2k numbers for the k levels of k-Adam (default 0.9 0.999)",
+    )
+    parser.add_argument(
+        "--weight-decay", type=nonnegative_float, default=0.0, help="current weight decay >= 0 (default 0)"
+    )
     parser.add_argument("--eps", type=nonnegative_float, default=1e-8, help="current eps >= 0 (default 1e-8)")
     parser.add_argument("--steps", type=int_at_least(1), help="current number of steps >= 1 (scaled with the rule)")
-    parser.add_argument("--factor", type=positive_float, help="lr factor c > 0, or batch factor k > 0 with --batch-size")
+    parser.add_argument(
+        "--factor", type=positive_float, help="lr factor c > 0, or batch factor k > 0 with --batch-size"
+    )
     parser.add_argument("--to-lr", type=positive_float, help="new learning rate > 0 (instead of --factor)")
-    parser.add_argument("--batch-size", type=int_at_least(1), help="current batch size >= 1: transfer across batch sizes")
+    parser.add_argument(
+        "--batch-size", type=int_at_least(1), help="current batch size >= 1: transfer across batch sizes"
+    )
     parser.add_argument("--to-batch-size", type=int_at_least(1), help="new batch size >= 1 (instead of --factor)")
     parser.add_argument("--rates", choices=RATES, default="exact", help="moment rates of the lr rule (default exact)")
     parser.add_argument("--coupled", action="store_true", help="Adam's coupled L2 decay (default: AdamW's decoupled)")
@@ -61,8 +72,9 @@ def register(subparsers: Any) -> None:
 
 def _pairs(values: list[float]) -> list[tuple[float, float]]:
     if len(values) % 2:
-        raise ValueError(f"argument --betas: takes (beta, gamma) pairs, one per level: an even count of numbers, "
-                         f"got {len(values)}")
+        raise ValueError(
+            f"argument --betas: takes (beta, gamma) pairs, one per level: an even count of numbers, got {len(values)}"
+        )
     return [(values[i], values[i + 1]) for i in range(0, len(values), 2)]
 
 
@@ -87,7 +99,9 @@ def _factor(args: argparse.Namespace) -> tuple[float, str]:
     """The rule's factor and the option it comes from; both/neither of the two ways to give it is an error."""
     if _batch_mode(args):
         if args.to_lr is not None:
-            raise ValueError("argument --to-lr: not allowed with a batch-size transfer (the square-root rule sets the lr)")
+            raise ValueError(
+                "argument --to-lr: not allowed with a batch-size transfer (the square-root rule sets the lr)"
+            )
         if args.batch_size is None:
             raise ValueError("argument --to-batch-size: needs --batch-size (the current batch size)")
         if (args.factor is None) == (args.to_batch_size is None):
@@ -96,14 +110,17 @@ def _factor(args: argparse.Namespace) -> tuple[float, str]:
             return args.factor, "--factor"
         return args.to_batch_size / args.batch_size, "--to-batch-size"
     if (args.factor is None) == (args.to_lr is None):
-        raise ValueError("argument --factor: give exactly one of --factor and --to-lr "
-                         "(or --batch-size for a batch-size transfer)")
+        raise ValueError(
+            "argument --factor: give exactly one of --factor and --to-lr (or --batch-size for a batch-size transfer)"
+        )
     if args.factor is not None:
         return args.factor, "--factor"
     factor = args.to_lr / args.lr
     if not (math.isfinite(factor) and factor > 0):
-        raise ValueError(f"argument --to-lr: --to-lr / --lr must be a positive finite number in float64, "
-                         f"got {args.to_lr:g} / {args.lr:g} = {factor:g}")
+        raise ValueError(
+            f"argument --to-lr: --to-lr / --lr must be a positive finite number in float64, "
+            f"got {args.to_lr:g} / {args.lr:g} = {factor:g}"
+        )
     return factor, "--to-lr"
 
 
@@ -123,44 +140,69 @@ def check(args: argparse.Namespace) -> None:
     factor, source = _factor(args)
     if args.steps is not None and args.steps > MAX_STEPS:
         raise ValueError(f"argument --steps: must be an integer in [1, 2**53], got {args.steps}")
-    what = "--to-batch-size / --batch-size" if source == "--to-batch-size" else (
-        "--to-lr / --lr" if source == "--to-lr" else "--factor")
-    decays = [(level, name, value) for level, pair in enumerate(pairs, start=1)
-              for name, value in zip(("beta", "gamma"), pair) if value != 0.0]  # 0 stays 0 under every rule
+    what = (
+        "--to-batch-size / --batch-size"
+        if source == "--to-batch-size"
+        else ("--to-lr / --lr" if source == "--to-lr" else "--factor")
+    )
+    decays = [
+        (level, name, value)
+        for level, pair in enumerate(pairs, start=1)
+        for name, value in zip(("beta", "gamma"), pair)
+        if value != 0.0
+    ]  # 0 stays 0 under every rule
     for level, name, value in decays:
         if _batch_mode(args) and factor * (1.0 - value) > 1.0:
             raise ValueError(
                 f"argument {source}: the square-root rule needs factor * (1 - {name}) <= 1 at every level; "
                 f"level {level} has {name} = {value:g}, so {what} must be <= {1.0 / (1.0 - value):.6g}, "
-                f"got {factor:.6g}")
+                f"got {factor:.6g}"
+            )
     if any(not _new_decay(args, value, factor) < 1.0 for _, _, value in decays):
         smallest, level, name, value = max(
-            (_smallest_factor(lambda c, v=value: _new_decay(args, v, c)), level, name, value) for level, name, value in decays)
-        formula = ("1 - factor * (1 - {0})" if _batch_mode(args) else
-                   "{0}**factor" if args.rates == "exact" else "{0} / ({0} + factor * (1 - {0}))").format(name)
+            (_smallest_factor(lambda c, v=value: _new_decay(args, v, c)), level, name, value)
+            for level, name, value in decays
+        )
+        formula = (
+            "1 - factor * (1 - {0})"
+            if _batch_mode(args)
+            else "{0}**factor"
+            if args.rates == "exact"
+            else "{0} / ({0} + factor * (1 - {0}))"
+        ).format(name)
         raise ValueError(
             f"argument {source}: too small for float64: below {smallest:g}, level {level}'s {formula} ({name} = "
-            f"{value:g}) rounds to 1; {what} must be >= {smallest:g} for these betas, got {factor:.6g}")
+            f"{value:g}) rounds to 1; {what} must be >= {smallest:g} for these betas, got {factor:.6g}"
+        )
     largest = _largest_factor(args)
     if factor > largest:
-        raise ValueError(f"argument {source}: too large for float64: a new lr would overflow; {what} must be <= "
-                         f"{largest:.3g} with --lr {args.lr:g}" + (f" and --weight-decay {args.weight_decay:g}"
-                                                                   if args.weight_decay else "") + f", got {factor:g}")
+        raise ValueError(
+            f"argument {source}: too large for float64: a new lr would overflow; {what} must be <= "
+            f"{largest:.3g} with --lr {args.lr:g}"
+            + (f" and --weight-decay {args.weight_decay:g}" if args.weight_decay else "")
+            + f", got {factor:g}"
+        )
     if args.steps is not None and not args.steps / factor <= MAX_STEPS:
-        raise ValueError(f"argument {source}: too small for --steps {args.steps}: steps / factor must stay <= 2**53, so "
-                         f"{what} must be >= {args.steps / MAX_STEPS:.3g}, got {factor:g}")
+        raise ValueError(
+            f"argument {source}: too small for --steps {args.steps}: steps / factor must stay <= 2**53, so "
+            f"{what} must be >= {args.steps / MAX_STEPS:.3g}, got {factor:g}"
+        )
     if _batch_mode(args):
         new_batch = args.batch_size * factor
         if abs(new_batch - round(new_batch)) > 1e-9 or not 1 <= round(new_batch) <= MAX_STEPS:
-            raise ValueError(f"argument {source}: --batch-size * {what} must be a whole number in [1, 2**53], got "
-                             f"{args.batch_size} * {factor:.6g} = {new_batch:.6g}")
+            raise ValueError(
+                f"argument {source}: --batch-size * {what} must be a whole number in [1, 2**53], got "
+                f"{args.batch_size} * {factor:.6g} = {new_batch:.6g}"
+            )
     result = _compute(args)
     for name, settings in (("new", result.target), *result.alternatives.items()):
         for quantity, value in (("lr", settings.lr), ("eps", settings.eps), ("weight decay", settings.weight_decay)):
             if not math.isfinite(value) or (quantity == "lr" and value <= 0.0):
                 label = "new" if name == "new" else f"{name} alternative's"
-                raise ValueError(f"argument {source}: {what} = {factor:g} makes the {label} {quantity} {value:g} "
-                                 f"in float64; it must stay {'positive and ' if quantity == 'lr' else ''}finite")
+                raise ValueError(
+                    f"argument {source}: {what} = {factor:g} makes the {label} {quantity} {value:g} "
+                    f"in float64; it must stay {'positive and ' if quantity == 'lr' else ''}finite"
+                )
 
 
 def _largest_factor(args: argparse.Namespace) -> float:
@@ -180,11 +222,20 @@ def _compute(args: argparse.Namespace) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the stability lines of the output say the same
         if _batch_mode(args):
-            return transfer_batch_size(args.lr, betas, args.batch_size, args.weight_decay, args.steps, args.factor,
-                                       to_batch_size=args.to_batch_size, eps=args.eps,
-                                       decoupled_weight_decay=not args.coupled)
-        return transfer_lr(args.lr, betas, args.weight_decay, args.steps, args.factor, to_lr=args.to_lr,
-                           rates=args.rates, eps=args.eps)
+            return transfer_batch_size(
+                args.lr,
+                betas,
+                args.batch_size,
+                args.weight_decay,
+                args.steps,
+                args.factor,
+                to_batch_size=args.to_batch_size,
+                eps=args.eps,
+                decoupled_weight_decay=not args.coupled,
+            )
+        return transfer_lr(
+            args.lr, betas, args.weight_decay, args.steps, args.factor, to_lr=args.to_lr, rates=args.rates, eps=args.eps
+        )
 
 
 def _decay(value: float) -> str:
@@ -195,7 +246,12 @@ def _decay(value: float) -> str:
 
 def _row(name: str, settings: Any) -> str:
     betas = "  ".join(f"({_decay(b)}, {_decay(g)})" for b, g in settings.betas)
-    parts = [f"lr {settings.lr:.6g}", f"betas {betas}", f"eps {settings.eps:.3g}", f"weight decay {settings.weight_decay:.6g}"]
+    parts = [
+        f"lr {settings.lr:.6g}",
+        f"betas {betas}",
+        f"eps {settings.eps:.3g}",
+        f"weight decay {settings.weight_decay:.6g}",
+    ]
     if settings.steps is not None:
         parts.append(f"steps {settings.steps}")
     if settings.batch_size is not None:
@@ -208,17 +264,26 @@ def stability_line(level: Any) -> str:
     pair = f"({_decay(level.beta)}, {_decay(level.gamma)})"
     if abs(level.margin) <= ON_BOUNDARY:
         if level.beta == 0.0 and level.gamma == 0.0:
-            return (f"stability: level {level.level} {pair} on the boundary gamma = beta**2 (margin {level.margin:.4g}): "
-                    "with beta = gamma = 0 the update is sign(gradient), bounded by 1")
-        nearest = ("" if level.nearest_stable is None else
-                   f"; nearest stable pair ({level.nearest_stable[0]:.6g}, {level.nearest_stable[1]:.6g})")
-        return (f"stability: WARNING level {level.level} {pair} is ON the boundary gamma = beta**2 (margin "
-                f"{level.margin:.4g}), not inside: the worst-case update grows without bound{nearest}")
+            return (
+                f"stability: level {level.level} {pair} on the boundary gamma = beta**2 (margin {level.margin:.4g}): "
+                "with beta = gamma = 0 the update is sign(gradient), bounded by 1"
+            )
+        nearest = (
+            ""
+            if level.nearest_stable is None
+            else f"; nearest stable pair ({level.nearest_stable[0]:.6g}, {level.nearest_stable[1]:.6g})"
+        )
+        return (
+            f"stability: WARNING level {level.level} {pair} is ON the boundary gamma = beta**2 (margin "
+            f"{level.margin:.4g}), not inside: the worst-case update grows without bound{nearest}"
+        )
     if level.stable:
         return f"stability: level {level.level} {pair} inside gamma > beta**2 (margin {level.margin:.4g})"
     beta, gamma = level.nearest_stable
-    return (f"stability: WARNING level {level.level} {pair} is OUTSIDE gamma > beta**2 (margin {level.margin:.4g}); "
-            f"nearest stable pair ({beta:.6g}, {gamma:.6g})")
+    return (
+        f"stability: WARNING level {level.level} {pair} is OUTSIDE gamma > beta**2 (margin {level.margin:.4g}); "
+        f"nearest stable pair ({beta:.6g}, {gamma:.6g})"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

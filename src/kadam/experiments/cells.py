@@ -26,12 +26,13 @@ whole run (its total is the estimated seconds of the cells still to compute, so 
 the start) and, for long cells whose function accepts ``progress(done, total)`` and whose kwargs do not set
 ``progress`` themselves, a bar within the cell.
 """
+
 from __future__ import annotations
 
+import ast
 import concurrent.futures
 import contextlib
 import functools
-import ast
 import hashlib
 import inspect
 import json
@@ -51,8 +52,16 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 import kadam
 from kadam.experiments.report import atomic_write
 
-__all__ = ["Cell", "CellCache", "CellRunner", "canonical_json", "code_fingerprint", "computing_sources",
-           "function_name", "source_digest"]
+__all__ = [
+    "Cell",
+    "CellCache",
+    "CellRunner",
+    "canonical_json",
+    "code_fingerprint",
+    "computing_sources",
+    "function_name",
+    "source_digest",
+]
 
 CACHE_FORMAT = 2
 _CELL_BAR_MIN_COST = 3.0  # cells estimated to take at least this many seconds get a bar of their own
@@ -122,9 +131,15 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list):
-            kept = [statement for statement in body if not (
-                isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
-                and isinstance(statement.value.value, str))]
+            kept = [
+                statement
+                for statement in body
+                if not (
+                    isinstance(statement, ast.Expr)
+                    and isinstance(statement.value, ast.Constant)
+                    and isinstance(statement.value.value, str)
+                )
+            ]
             node.body = kept or [ast.Pass()]
     return tree
 
@@ -153,7 +168,7 @@ def _fingerprint(module: str, root: Path) -> str:
     return digest.hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_fingerprint(module: str) -> str:
     return _fingerprint(module, _package_root())
 
@@ -189,8 +204,13 @@ class Cell:
 
     @property
     def key(self) -> str:
-        identity = {"function": self.name, "kwargs": self.kwargs, "version": kadam.__version__,
-                    "code": code_fingerprint(self.function.__module__), "format": CACHE_FORMAT}
+        identity = {
+            "function": self.name,
+            "kwargs": self.kwargs,
+            "version": kadam.__version__,
+            "code": code_fingerprint(self.function.__module__),
+            "format": CACHE_FORMAT,
+        }
         return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:24]
 
 
@@ -230,14 +250,20 @@ class CellCache:
     def store(self, cell: Cell, result: Mapping[str, Any], seconds: float) -> None:
         """Write ``result`` atomically (temporary file, fsync, rename)."""
         entry = {
-            "key": cell.key, "function": cell.name, "kwargs": cell.kwargs, "version": kadam.__version__,
-            "seconds": seconds, "result": result, "digest": _digest(result),
+            "key": cell.key,
+            "function": cell.name,
+            "kwargs": cell.kwargs,
+            "version": kadam.__version__,
+            "seconds": seconds,
+            "result": result,
+            "digest": _digest(result),
         }
         atomic_write(self.path(cell), json.dumps(entry, sort_keys=True))
 
 
-def _call(function: Callable[..., Any], kwargs: Mapping[str, Any],
-          progress: Callable[[int, int], None] | None) -> tuple[Any, float]:
+def _call(
+    function: Callable[..., Any], kwargs: Mapping[str, Any], progress: Callable[[int, int], None] | None
+) -> tuple[Any, float]:
     """Run one cell's function; returns (result, seconds).
 
     ``progress`` is passed as the ``progress`` argument when the function accepts one and ``kwargs`` does not
@@ -272,8 +298,14 @@ class _RunProgress:
 
     def __init__(self, console: Console, total_cost: float, enabled: bool) -> None:
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not enabled,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
             transient=False,
         )
         self.overall = self.progress.add_task("kadam reproduce", total=max(total_cost, 1e-9))
@@ -294,7 +326,11 @@ class _RunProgress:
     def start(self, cell: Cell) -> None:
         if cell.key in self.cells:
             return
-        bar = self.progress.add_task(f"  {cell.section}: {cell.label}", total=1.0) if cell.cost >= _CELL_BAR_MIN_COST else None
+        bar = (
+            self.progress.add_task(f"  {cell.section}: {cell.label}", total=1.0)
+            if cell.cost >= _CELL_BAR_MIN_COST
+            else None
+        )
         self.cells[cell.key] = (bar, cell.cost, 0.0)
 
     def advance(self, cell: Cell, done: int, total: int) -> None:
@@ -409,10 +445,14 @@ class CellRunner:
         assert self._pool is not None
         by_key = {cell.key: cell for cell in cells}
         longest_first = sorted(cells, key=lambda cell: -cell.cost)  # shortens the makespan (LPT scheduling)
-        futures = {self._pool.submit(_worker_call, c.function, c.kwargs, c.key, self._messages): c for c in longest_first}
+        futures = {
+            self._pool.submit(_worker_call, c.function, c.kwargs, c.key, self._messages): c for c in longest_first
+        }
         pending = set(futures)
         while pending:
-            done, pending = concurrent.futures.wait(pending, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED)
+            done, pending = concurrent.futures.wait(
+                pending, timeout=0.2, return_when=concurrent.futures.FIRST_COMPLETED
+            )
             self._drain(by_key)
             for future in done:
                 result, seconds = future.result()

@@ -84,7 +84,9 @@ class ModifiedAdamFlow(AdamFlow):
         if self.order != 1:
             raise ValueError(f"the modified equations correct the first-order model: order must be 1, got {self.order}")
         if self.rates != "exact":
-            raise ValueError(f"the modified equations need rates='exact' (the paper's kernel differs at O(eta)), got {self.rates!r}")
+            raise ValueError(
+                f"the modified equations need rates='exact' (the paper's kernel differs at O(eta)), got {self.rates!r}"
+            )
         self.shifts = [
             (1.0 - mean_lag(level.a), 1.0 - mean_lag(level.b)) if i == 0 else (-mean_lag(level.a), -mean_lag(level.b))
             for i, level in enumerate(self.levels)
@@ -131,7 +133,9 @@ class ModifiedAdamFlow(AdamFlow):
             derivatives += [] if math.isinf(level.a) else [m_dot]
             derivatives += [] if math.isinf(level.b) else [v_dot]
             root = self._denominator(level, v_hat)
-            root_dot = torch.where(root > 0, (self.loss.expand(v_chain) if level.tensor_mode else v_chain) / (2.0 * root), 0.0)
+            root_dot = torch.where(
+                root > 0, (self.loss.expand(v_chain) if level.tensor_mode else v_chain) / (2.0 * root), 0.0
+            )
             denominator = root + level.eps
             u = m_hat / denominator
             u_dot = m_chain / denominator - m_hat * root_dot / denominator**2
@@ -155,9 +159,11 @@ class ModifiedAdamFlow(AdamFlow):
         _, _, _, shifted = self._modified_cascade(0.0, theta, None)
         for _ in range(iterations):
             _, _, _, following = self._modified_cascade(0.0, theta, shifted)
-            change = max(float((new - old).abs().max()) / max(float(old.abs().max()), 1e-300)
-                         for pair_new, pair_old in zip(following, shifted, strict=True)
-                         for new, old in zip(pair_new, pair_old, strict=True))
+            change = max(
+                float((new - old).abs().max()) / max(float(old.abs().max()), 1e-300)
+                for pair_new, pair_old in zip(following, shifted, strict=True)
+                for new, old in zip(pair_new, pair_old, strict=True)
+            )
             shifted = following
             if change < 1e-15:
                 break
@@ -173,8 +179,9 @@ class ModifiedAdamFlow(AdamFlow):
         _, moment_derivatives, theta_dot, _ = self._modified_cascade(tau, theta, moments)
         derivatives = (theta_dot, *moment_derivatives)
         if not all(torch.isfinite(d).all() for d in derivatives):
-            raise FlowSolveError(tau, "the vector field has non-finite entries (eps = 0 with a zero input?)",
-                                 self.last_good_tau)
+            raise FlowSolveError(
+                tau, "the vector field has non-finite entries (eps = 0 with a zero input?)", self.last_good_tau
+            )
         self.last_good_tau = tau if self.last_good_tau is None else max(tau, self.last_good_tau)
         return derivatives
 

@@ -244,7 +244,9 @@ class AdamFlow(nn.Module):
             return -self.lr * (u + self.weight_decay * theta)
         return -self.lr * u
 
-    def split_state(self, state: Sequence[Tensor]) -> tuple[Tensor, Tensor | None, list[tuple[Tensor | None, Tensor | None]]]:
+    def split_state(
+        self, state: Sequence[Tensor]
+    ) -> tuple[Tensor, Tensor | None, list[tuple[Tensor | None, Tensor | None]]]:
         """``(θ, w or None, [(m̂_i or None, v̂_i or None)])`` from the flat state tuple."""
         position = 2 if self.order == 2 else 1
         moments = []
@@ -271,7 +273,9 @@ class AdamFlow(nn.Module):
         if (velocity is None) != (self.order == 1):
             raise ValueError(f"velocity must be given exactly when order == 2, got order {self.order}")
         if len(moments) != len(self.levels):
-            raise ValueError(f"moments must hold one (m_hat, v_hat) pair per level ({len(self.levels)}), got {len(moments)}")
+            raise ValueError(
+                f"moments must hold one (m_hat, v_hat) pair per level ({len(self.levels)}), got {len(moments)}"
+            )
         stored = []
         for level, (m_hat, v_hat) in zip(self.levels, moments, strict=True):
             stored += [] if math.isinf(level.a) else [m_hat]
@@ -317,12 +321,15 @@ class AdamFlow(nn.Module):
                     tail.append(_kappa(level.b, tau) * (self._square(level, value.x) - value.v_hat))
         derivatives = (*head, *tail)
         if not all(torch.isfinite(d).all() for d in derivatives):
-            raise FlowSolveError(tau, "the vector field has non-finite entries (eps = 0 with a zero input?)",
-                                 self.last_good_tau)
+            raise FlowSolveError(
+                tau, "the vector field has non-finite entries (eps = 0 with a zero input?)", self.last_good_tau
+            )
         self.last_good_tau = tau if self.last_good_tau is None else max(tau, self.last_good_tau)
         return derivatives
 
-    def _initial_moment_derivatives(self, theta: Tensor, theta_dot: Tensor, values: Sequence[LevelValues]) -> list[Tensor]:
+    def _initial_moment_derivatives(
+        self, theta: Tensor, theta_dot: Tensor, values: Sequence[LevelValues]
+    ) -> list[Tensor]:
         """``dm̂/dτ, dv̂/dτ`` at τ = 0: ``ẋ/2`` and ``ṡ(x)/2`` (just ``ẋ``, ``ṡ`` for an infinite rate).
 
         ``ẋ_1 = ±∇²L·θ̇ (+ λθ̇)``; ``ẋ_{i+1} = u̇_i`` from the chain rule through
@@ -340,7 +347,9 @@ class AdamFlow(nn.Module):
             derivatives += [] if math.isinf(level.a) else [m_dot]
             derivatives += [] if math.isinf(level.b) else [v_dot]
             root = self._denominator(level, value.v_hat)
-            root_dot = torch.where(root > 0, (self.loss.expand(v_dot) if level.tensor_mode else v_dot) / (2.0 * root), 0.0)
+            root_dot = torch.where(
+                root > 0, (self.loss.expand(v_dot) if level.tensor_mode else v_dot) / (2.0 * root), 0.0
+            )
             denominator = root + level.eps
             x_dot = m_dot / denominator - value.m_hat * root_dot / denominator**2
         return derivatives

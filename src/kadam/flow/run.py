@@ -103,8 +103,13 @@ def _progress(enabled: bool, description: str, total: float) -> Iterator[Callabl
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # the kadam[experiments] extra
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-                  TimeElapsedColumn(), transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as bar:
         task = bar.add_task(description, total=total)
         reached = [0.0]
 
@@ -178,8 +183,11 @@ def simulate(
         try:
             solution = odeint(field_, initial_state, times, rtol=rtol, atol=atol, method=method, options=options)
         except AssertionError as failure:  # torchdiffeq reports step-size underflow and step limits this way
-            raise FlowSolveError(field_.last_tau, f"{failure} (stiff or blowing up: try a smaller lr, "
-                                 f"looser tolerances or method='dopri8')", field_.last_good_tau) from failure
+            raise FlowSolveError(
+                field_.last_tau,
+                f"{failure} (stiff or blowing up: try a smaller lr, looser tolerances or method='dopri8')",
+                field_.last_good_tau,
+            ) from failure
     if warm is not None:  # keep the discrete rows before s and the model's rows from s on
         kept = 0 if warm_start in set(recorded.tolist()) else 1
         solution = tuple(part[kept:] for part in solution)
@@ -296,8 +304,12 @@ def discrete(
             for i in range(1, levels + 1):
                 for name, key in zip(("m", "v"), state_keys(i), strict=True):
                     values = [first_moment(p, i) if name == "m" else optimizer.state[p][key] for p in params]
-                    column = torch.cat([value.expand_as(p).reshape(-1) if name == "m" else value.reshape(-1)
-                                        for value, p in zip(values, params)])
+                    column = torch.cat(
+                        [
+                            value.expand_as(p).reshape(-1) if name == "m" else value.reshape(-1)
+                            for value, p in zip(values, params)
+                        ]
+                    )
                     moments.setdefault(f"{name}{i}", []).append(column)
 
     start = time.perf_counter()

@@ -29,14 +29,16 @@ def _huggingface_callback() -> type:
             self.monitor_kwargs = monitor_kwargs
             self.monitor: StabilityMonitor | None = None
 
-        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                           **kwargs: Any) -> None:
+        def on_train_begin(
+            self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any
+        ) -> None:
             if optimizer is None:
                 raise ValueError("HuggingFaceMonitorCallback: the Trainer passed no optimizer to on_train_begin")
             self.monitor = StabilityMonitor(optimizer, **{"names": model, **self.monitor_kwargs})
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
-                   **kwargs: Any) -> None:
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+        ) -> None:
             if self.monitor is None or logs is None:
                 return
             summary = self.monitor.summary()

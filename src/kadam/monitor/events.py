@@ -66,6 +66,8 @@ class Thresholds:
             ``update_rise_after``-th recorded step on): Adam's update is about lr per coordinate whatever the
             gradient's scale, so the ratio falls as a healthy run's weights settle and rises with the learning rate
             or with an update that grows.
+        update_after: both update-ratio checks read recorded steps from this optimizer step on: the first
+            steps move a tensor initialised at zero (a bias) by its whole norm.
         nonfinite: a NaN or infinite gradient norm or loss is an event.
         near_bound: bound ratio at or above which a tensor's update is close to the worst case of
             THEORY §2 (a geometrically growing gradient).
@@ -95,6 +97,7 @@ class Thresholds:
     update_ratio: float | None = 1.0
     update_rise: float | None = 10.0
     update_rise_after: int = 3
+    update_after: int = 10
     nonfinite: bool = True
     near_bound: float | None = None
     spike_factor: float | None = None
@@ -108,15 +111,25 @@ class Thresholds:
                 if not isinstance(value, bool):
                     raise ValueError(f"Thresholds.nonfinite must be True or False, got {value!r}")
                 continue
-            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                          and math.isfinite(value)):
+            if value is not None and not (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ):
                 raise ValueError(f"Thresholds.{field.name} must be a finite number or None, got {value!r}")
-        for name in ("edge_patience", "grad_window", "loss_window", "update_rise_after"):
+        for name in ("edge_patience", "grad_window", "loss_window", "update_rise_after", "update_after"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Thresholds.{name} must be an integer >= 1, got {value!r}")
-        for name in ("bound_ratio", "sharpness_ratio", "edge_ratio", "grad_growth", "loss_growth", "update_ratio",
-                     "update_rise", "near_bound", "spike_factor"):
+        for name in (
+            "bound_ratio",
+            "sharpness_ratio",
+            "edge_ratio",
+            "grad_growth",
+            "loss_growth",
+            "update_ratio",
+            "update_rise",
+            "near_bound",
+            "spike_factor",
+        ):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"Thresholds.{name} must be > 0, got {value!r}")

@@ -106,8 +106,14 @@ __all__ = ["StabilityGuard"]
 
 logger = logging.getLogger("kadam.monitor")
 
-_COUNTS = ("skipped_nonfinite", "skipped_outlier", "outlier_resets", "clipped_steps", "clipped_tensors",
-           "lowered_steps")
+_COUNTS = (
+    "skipped_nonfinite",
+    "skipped_outlier",
+    "outlier_resets",
+    "clipped_steps",
+    "clipped_tensors",
+    "lowered_steps",
+)
 
 
 def _check_int(name: str, value: object, least: int, allow_none: bool = False) -> None:
@@ -135,8 +141,9 @@ def _to_host(values: list[Tensor], device: torch.device) -> list[float]:
     for index, value in enumerate(values):
         groups.setdefault((value.dtype, value.device), []).append(index)
     order = [i for indices in groups.values() for i in indices]
-    stacked = torch.cat([torch.stack([values[i] for i in indices]).to(device, torch.float64)
-                         for indices in groups.values()]).tolist()
+    stacked = torch.cat(
+        [torch.stack([values[i] for i in indices]).to(device, torch.float64) for indices in groups.values()]
+    ).tolist()
     out = [0.0] * len(values)
     for i, value in zip(order, stacked):
         out[i] = value
@@ -199,11 +206,19 @@ class StabilityGuard(StepHooks):
             optimizer = optimizer.optimizer  # accelerate's AcceleratedOptimizer and similar wrappers
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        for name, flag in (("clip_updates", clip_updates), ("skip_nonfinite", skip_nonfinite),
-                           ("skip_outliers", skip_outliers), ("lower_lr", lower_lr), ("warn", warn)):
+        for name, flag in (
+            ("clip_updates", clip_updates),
+            ("skip_nonfinite", skip_nonfinite),
+            ("skip_outliers", skip_outliers),
+            ("lower_lr", lower_lr),
+            ("warn", warn),
+        ):
             _check_flag(name, flag)
-        if isinstance(outlier_factor, bool) or not isinstance(outlier_factor, (int, float)) \
-                or not 1.0 < outlier_factor < math.inf:
+        if (
+            isinstance(outlier_factor, bool)
+            or not isinstance(outlier_factor, (int, float))
+            or not 1.0 < outlier_factor < math.inf
+        ):
             raise ValueError(f"outlier_factor must be a finite number > 1, got {outlier_factor!r}")
         _check_int("outlier_window", outlier_window, 1)
         _check_int("max_outlier_skips", max_outlier_skips, 1, allow_none=True)
@@ -214,8 +229,10 @@ class StabilityGuard(StepHooks):
             raise ValueError(f"on_event must be callable or None, got {type(on_event).__name__}")
         if monitor is not None:
             if not hasattr(monitor, "above_edge") and not hasattr(type(monitor), "above_edge"):
-                raise ValueError("monitor must be a kadam.monitor.StabilityMonitor (an object with a boolean "
-                                 f"above_edge), got {type(monitor).__name__}")
+                raise ValueError(
+                    "monitor must be a kadam.monitor.StabilityMonitor (an object with a boolean "
+                    f"above_edge), got {type(monitor).__name__}"
+                )
             watched = getattr(monitor, "optimizer", optimizer)
             if isinstance(watched, torch.optim.Optimizer) and watched is not optimizer:
                 raise ValueError("monitor must watch the guarded optimizer, it watches another one")
@@ -224,9 +241,11 @@ class StabilityGuard(StepHooks):
                 try:
                     param_group_levels(optimizer, group)
                 except ValueError as error:
-                    raise ValueError(f"clip_updates=True needs torch.optim.Adam, torch.optim.AdamW or kadam.KAdam "
-                                     f"(it reads the second moment), got {type(optimizer).__name__}; pass "
-                                     "clip_updates=False") from error
+                    raise ValueError(
+                        f"clip_updates=True needs torch.optim.Adam, torch.optim.AdamW or kadam.KAdam "
+                        f"(it reads the second moment), got {type(optimizer).__name__}; pass "
+                        "clip_updates=False"
+                    ) from error
         self.optimizer = optimizer
         self.monitor = monitor
         self.clip_updates = clip_updates
@@ -335,8 +354,12 @@ class StabilityGuard(StepHooks):
                 self._loss = value.detach() if isinstance(value, Tensor) else float(value)
         loss, self._loss = self._loss, None
 
-        entries = [(param, g) for g, group in enumerate(optimizer.param_groups)
-                   for param in group["params"] if param.grad is not None]
+        entries = [
+            (param, g)
+            for g, group in enumerate(optimizer.param_groups)
+            for param in group["params"]
+            if param.grad is not None
+        ]
         if not entries:
             return result
         if not (self.skip_nonfinite or self.skip_outliers or self.clip_updates):  # nothing to measure
@@ -350,8 +373,8 @@ class StabilityGuard(StepHooks):
         extras = [t for t in (found_inf, grad_scale, loss) if isinstance(t, Tensor)]
         host = _to_host([*measured, *(t.detach().reshape(()) for t in extras)], device)
         count = len(entries)
-        norms, tail = host[:count], iter(host[len(measured):])
-        ratios = [r * c for r, c in zip(host[count:len(measured)], corrections)]
+        norms, tail = host[:count], iter(host[len(measured) :])
+        ratios = [r * c for r, c in zip(host[count : len(measured)], corrections)]
         if found_inf is not None and next(tail) != 0.0:
             return result  # GradScaler's own skip: the fused kernel leaves every state as it was
         scale = next(tail) if isinstance(grad_scale, Tensor) else 1.0
@@ -385,18 +408,25 @@ class StabilityGuard(StepHooks):
             self.counts["clipped_tensors"] += len(clips)
             param, g, ratio = largest
             others = f"; {len(clips) - 1} other tensor(s) were clipped too" if len(clips) > 1 else ""
-            self._emit(self._name(param, optimizer), int(step_count(optimizer, param)), "clip_update", ratio, 1.0,
-                       f"the gradient is {ratio:.3g}× (RMS of g/√v̂, this step included) the second-moment history "
-                       f"the step normalises it by: the update was scaled by 1/{ratio:.3g} (StableAdamW's update "
-                       f"clipping){others}",
-                       "frequent clipping of one tensor points to a stale second moment (γ too close to 1 for "
-                       "it) or an lr too high for it")
+            self._emit(
+                self._name(param, optimizer),
+                int(step_count(optimizer, param)),
+                "clip_update",
+                ratio,
+                1.0,
+                f"the gradient is {ratio:.3g}× (RMS of g/√v̂, this step included) the second-moment history "
+                f"the step normalises it by: the update was scaled by 1/{ratio:.3g} (StableAdamW's update "
+                f"clipping){others}",
+                "frequent clipping of one tensor points to a stale second moment (γ too close to 1 for "
+                "it) or an lr too high for it",
+            )
         self._finish()
 
     # -- measurement ---------------------------------------------------------------------------------
 
-    def _measure(self, optimizer: torch.optim.Optimizer, entries: list[tuple[Tensor, int]],
-                 grad_scale: Tensor | None) -> tuple[list[Tensor], list[float]]:
+    def _measure(
+        self, optimizer: torch.optim.Optimizer, entries: list[tuple[Tensor, int]], grad_scale: Tensor | None
+    ) -> tuple[list[Tensor], list[float]]:
         """Per tensor its gradient norm (scaled, as it stands), then, with clipping, :math:`r_n^2` without
         its bias correction (0-dim device tensors), and the corrections :math:`1-\\gamma^n` (host floats);
         nothing is synchronised here."""
@@ -421,15 +451,23 @@ class StabilityGuard(StepHooks):
         decoupled = [uses_decoupled_weight_decay(optimizer, group) for group in groups]
         corrections = []
         for (param, g), grad in zip(entries, grads):
-            ratio, correction = self._squared_update_rms(optimizer, param, grad, groups[g], level_ones[g],
-                                                         decoupled[g], grad_scale)
+            ratio, correction = self._squared_update_rms(
+                optimizer, param, grad, groups[g], level_ones[g], decoupled[g], grad_scale
+            )
             measured.append(ratio)
             corrections.append(correction)
         return measured, corrections
 
     @staticmethod
-    def _squared_update_rms(optimizer: torch.optim.Optimizer, param: Tensor, grad: Tensor, group: Mapping[str, Any],
-                            level: Any, decoupled: bool, grad_scale: Tensor | None) -> tuple[Tensor, float]:
+    def _squared_update_rms(
+        optimizer: torch.optim.Optimizer,
+        param: Tensor,
+        grad: Tensor,
+        group: Mapping[str, Any],
+        level: Any,
+        decoupled: bool,
+        grad_scale: Tensor | None,
+    ) -> tuple[Tensor, float]:
         r""":math:`r_n^2 = \operatorname{mean}(x_n^2/\max(\hat v_n, \epsilon^2))` (module docstring) as
         ``(mean(x_n^2/max(v_n, ε²(1−γ^n))), 1 − γ^n)``, their product :math:`r_n^2`; 0 before the tensor's
         first step (then :math:`\hat v_1 = x_1^2` and :math:`r_1 \le 1`)."""
@@ -462,8 +500,14 @@ class StabilityGuard(StepHooks):
 
     # -- actions -------------------------------------------------------------------------------------
 
-    def _skip(self, optimizer: torch.optim.Optimizer, entries: list[tuple[Tensor, int]], norms: list[float],
-              grad_norm: float, loss: float | None) -> bool:
+    def _skip(
+        self,
+        optimizer: torch.optim.Optimizer,
+        entries: list[tuple[Tensor, int]],
+        norms: list[float],
+        grad_norm: float,
+        loss: float | None,
+    ) -> bool:
         """Whether to skip this step (and its event); otherwise the step's values join the windows."""
         finite_norm = math.isfinite(grad_norm)
         finite_loss = loss is None or math.isfinite(loss)
@@ -476,9 +520,15 @@ class StabilityGuard(StepHooks):
                 tensor, what, value = self._name(bad, optimizer), "gradient", grad_norm
             else:
                 tensor, what, value = "*", "loss", float(loss)  # type: ignore[arg-type]
-            self._emit(tensor, self._optimizer_step(optimizer) + 1, "skip_nonfinite", value, math.inf,
-                       f"the {what} is not finite ({value}): the step was skipped, no state changed",
-                       "if it repeats, lower lr, check the data, or (mixed precision) use a GradScaler")
+            self._emit(
+                tensor,
+                self._optimizer_step(optimizer) + 1,
+                "skip_nonfinite",
+                value,
+                math.inf,
+                f"the {what} is not finite ({value}): the step was skipped, no state changed",
+                "if it repeats, lower lr, check the data, or (mixed precision) use a GradScaler",
+            )
             return True
         if self.skip_outliers:
             reason = None
@@ -496,16 +546,30 @@ class StabilityGuard(StepHooks):
                 step = self._optimizer_step(optimizer) + 1
                 if self.max_outlier_skips is None or self._consecutive_outliers <= self.max_outlier_skips:
                     self.counts["skipped_outlier"] += 1
-                    self._emit("*", step, "skip_outlier", value, limit,
-                               f"the {what} {value:.4g} is above {self.outlier_factor:g}× the median of the last "
-                               f"{self.outlier_window} steps taken ({limit:.4g}): the step was skipped, no state "
-                               "changed", "one bad batch is skipped; if it repeats, lower lr or look at the data")
+                    self._emit(
+                        "*",
+                        step,
+                        "skip_outlier",
+                        value,
+                        limit,
+                        f"the {what} {value:.4g} is above {self.outlier_factor:g}× the median of the last "
+                        f"{self.outlier_window} steps taken ({limit:.4g}): the step was skipped, no state "
+                        "changed",
+                        "one bad batch is skipped; if it repeats, lower lr or look at the data",
+                    )
                     return True
                 self.counts["outlier_resets"] += 1
-                self._emit("*", step, "outlier_reset", value, limit,
-                           f"{self._consecutive_outliers - 1} consecutive steps were skipped as outliers: the "
-                           f"{what} {value:.4g} is taken as its new scale, this step is taken and the windows "
-                           "restart from it", "if the run is diverging, lower lr")
+                self._emit(
+                    "*",
+                    step,
+                    "outlier_reset",
+                    value,
+                    limit,
+                    f"{self._consecutive_outliers - 1} consecutive steps were skipped as outliers: the "
+                    f"{what} {value:.4g} is taken as its new scale, this step is taken and the windows "
+                    "restart from it",
+                    "if the run is diverging, lower lr",
+                )
                 self._grad_norms.clear()
                 self._losses.clear()
             self._consecutive_outliers = 0
@@ -520,14 +584,26 @@ class StabilityGuard(StepHooks):
             self._lowering = above
             step = self._optimizer_step(optimizer) + 1
             if above:
-                self._emit("*", step, "lr_lowered", self.lr_factor, 1.0,
-                           f"the run is above the edge of stability (2 + 2β)/((1 − β)η): every group's lr is "
-                           f"multiplied by {self.lr_factor:g} during each step until it is back below",
-                           "if it lasts, lower the lr schedule itself")
+                self._emit(
+                    "*",
+                    step,
+                    "lr_lowered",
+                    self.lr_factor,
+                    1.0,
+                    f"the run is above the edge of stability (2 + 2β)/((1 − β)η): every group's lr is "
+                    f"multiplied by {self.lr_factor:g} during each step until it is back below",
+                    "if it lasts, lower the lr schedule itself",
+                )
             else:
-                self._emit("*", step, "lr_restored", self.lr_factor, 1.0,
-                           "the run is back below the edge of stability: the lr is the schedule's again",
-                           "nothing to do")
+                self._emit(
+                    "*",
+                    step,
+                    "lr_restored",
+                    self.lr_factor,
+                    1.0,
+                    "the run is back below the edge of stability: the lr is the schedule's again",
+                    "nothing to do",
+                )
         if not above:
             return
         self.counts["lowered_steps"] += 1
@@ -565,14 +641,20 @@ class StabilityGuard(StepHooks):
 
     @staticmethod
     def _optimizer_step(optimizer: torch.optim.Optimizer) -> int:
-        steps = [step_count(optimizer, p) for group in optimizer.param_groups for p in group["params"]
-                 if p in optimizer.state]
+        steps = [
+            step_count(optimizer, p)
+            for group in optimizer.param_groups
+            for p in group["params"]
+            if p in optimizer.state
+        ]
         return int(max(steps)) if steps else 0
 
-    def _emit(self, tensor: str, step: int, quantity: str, value: float, threshold: float, explanation: str,
-              suggestion: str) -> None:
-        event = StabilityEvent(tensor, step, quantity, float(value), float(threshold), explanation, suggestion,
-                               0, "guard")
+    def _emit(
+        self, tensor: str, step: int, quantity: str, value: float, threshold: float, explanation: str, suggestion: str
+    ) -> None:
+        event = StabilityEvent(
+            tensor, step, quantity, float(value), float(threshold), explanation, suggestion, 0, "guard"
+        )
         self.events.append(event)
         if not _reporting_rank():
             return

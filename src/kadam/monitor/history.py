@@ -58,8 +58,19 @@ class MonitorHistory:
                     if np.isfinite(values[r]):
                         writer.writerow(["value", int(step), "*", quantity, "", repr(float(values[r])), "", "", ""])
             for event in self.events:
-                writer.writerow(["event", event.step, event.tensor, event.quantity, event.level, repr(event.value),
-                                 repr(event.threshold), event.explanation, f"{event.source}|{event.suggestion}"])
+                writer.writerow(
+                    [
+                        "event",
+                        event.step,
+                        event.tensor,
+                        event.quantity,
+                        event.level,
+                        repr(event.value),
+                        repr(event.threshold),
+                        event.explanation,
+                        f"{event.source}|{event.suggestion}",
+                    ]
+                )
 
 
 _CSV_COLUMNS = ("kind", "step", "tensor", "quantity", "level", "value", "threshold", "explanation", "suggestion")
@@ -80,8 +91,19 @@ def read_log(path: str | os.PathLike[str]) -> MonitorHistory:
                 rows.append((int(step), tensor, quantity, float(value)))
             elif kind == "event":
                 source, _, suggestion = suggestion.partition("|")
-                events.append(StabilityEvent(tensor, int(step), quantity, float(value), float(threshold),
-                                             explanation, suggestion, int(level), source))
+                events.append(
+                    StabilityEvent(
+                        tensor,
+                        int(step),
+                        quantity,
+                        float(value),
+                        float(threshold),
+                        explanation,
+                        suggestion,
+                        int(level),
+                        source,
+                    )
+                )
             else:
                 raise ValueError(f"{path}: unknown row kind {kind!r}")
     steps = sorted({row[0] for row in rows})

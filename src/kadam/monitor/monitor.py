@@ -191,12 +191,16 @@ class StabilityMonitor(StepHooks):
             optimizer = optimizer.optimizer  # accelerate's AcceleratedOptimizer and similar wrappers
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        for name, value, least in (("every", every, 1), ("sharpness_iterations", sharpness_iterations, 1),
-                                   ("quiet_steps", quiet_steps, 0)):
+        for name, value, least in (
+            ("every", every, 1),
+            ("sharpness_iterations", sharpness_iterations, 1),
+            ("quiet_steps", quiet_steps, 0),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-        if sharpness_every is not None and (isinstance(sharpness_every, bool) or not isinstance(sharpness_every, int)
-                                            or sharpness_every < 1):
+        if sharpness_every is not None and (
+            isinstance(sharpness_every, bool) or not isinstance(sharpness_every, int) or sharpness_every < 1
+        ):
             raise ValueError(f"sharpness_every must be an integer >= 1 or None, got {sharpness_every!r}")
         if sharpness_every is not None and sharpness_closure is None:
             raise ValueError("sharpness_every needs sharpness_closure (a callable returning the loss, no backward)")
@@ -217,8 +221,10 @@ class StabilityMonitor(StepHooks):
         self._levels = [param_group_levels(optimizer, group) for group in optimizer.param_groups]
         self._tracked = self._resolve_tensors(optimizer, names, scale_invariant)
         depth = max(len(levels) for levels in self._levels)
-        self.quantities: list[str] = [*_TENSOR_QUANTITIES,
-                                      *(f"{q}_L{i}" for i in range(1, depth + 1) for q in _LEVEL_QUANTITIES)]
+        self.quantities: list[str] = [
+            *_TENSOR_QUANTITIES,
+            *(f"{q}_L{i}" for i in range(1, depth + 1) for q in _LEVEL_QUANTITIES),
+        ]
         if any(t.invariant for t in self._tracked):
             self.quantities += _INVARIANT_QUANTITIES
         self._column = {q: i for i, q in enumerate(self.quantities)}
@@ -235,14 +241,20 @@ class StabilityMonitor(StepHooks):
         self._bounds: dict[tuple[float, float, float], float] = {}
         self._recorded = 0
         limits = self.thresholds
-        self._edge_check = (rules.EdgeCheck(limits.edge_ratio, limits.edge_patience, limits.edge_after)
-                            if limits.edge_ratio is not None else None)
-        self._grad_check = (rules.GrowthCheck(limits.grad_growth, limits.grad_window)
-                            if limits.grad_growth is not None else None)
-        self._loss_check = (rules.GrowthCheck(limits.loss_growth, limits.loss_window)
-                            if limits.loss_growth is not None else None)
-        self._rise_check = (rules.RiseCheck(limits.update_rise, limits.update_rise_after)
-                            if limits.update_rise is not None else None)
+        self._edge_check = (
+            rules.EdgeCheck(limits.edge_ratio, limits.edge_patience, limits.edge_after)
+            if limits.edge_ratio is not None
+            else None
+        )
+        self._grad_check = (
+            rules.GrowthCheck(limits.grad_growth, limits.grad_window) if limits.grad_growth is not None else None
+        )
+        self._loss_check = (
+            rules.GrowthCheck(limits.loss_growth, limits.loss_window) if limits.loss_growth is not None else None
+        )
+        self._rise_check = (
+            rules.RiseCheck(limits.update_rise, limits.update_rise_after) if limits.update_rise is not None else None
+        )
         self._uses_gradients = True  # the secant curvature is recorded whether or not its check is on
         self._kept: dict[int, Tensor] = {}
         self._kept_step: int | None = None
@@ -292,8 +304,7 @@ class StabilityMonitor(StepHooks):
         if not self._recording():
             self._pre = None
             return
-        self._pre = {index: step_count(optimizer, tracked.param)
-                     for index, tracked in enumerate(self._tracked)}
+        self._pre = {index: step_count(optimizer, tracked.param) for index, tracked in enumerate(self._tracked)}
 
     @torch.no_grad()
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -303,8 +314,11 @@ class StabilityMonitor(StepHooks):
             return
         pre, self._pre = self._pre, None
         row = np.full((len(self._tracked), len(self.quantities)), np.nan)
-        advanced = [i for i, before in pre.items() if self._tracked[i].param.grad is not None
-                    and step_count(optimizer, self._tracked[i].param) > before]
+        advanced = [
+            i
+            for i, before in pre.items()
+            if self._tracked[i].param.grad is not None and step_count(optimizer, self._tracked[i].param) > before
+        ]
         if not advanced:
             self._pending = True  # e.g. GradScaler skipped a fused step: record the next one instead
             return
@@ -328,7 +342,7 @@ class StabilityMonitor(StepHooks):
         # recorded and reported as events, so numpy's warnings about them would only repeat that in the user's log.
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             for index, layout in layouts:
-                total = total + self._fill(row[index], host[position:position + layout.size], layout)
+                total = total + self._fill(row[index], host[position : position + layout.size], layout)
                 position += layout.size
         inner, u_sq, g_sq = total.inner, total.u_sq, total.g_sq
         model = {q: math.nan for q in _MODEL_QUANTITIES}
@@ -351,8 +365,9 @@ class StabilityMonitor(StepHooks):
             self._write_scalars(step, row, model)
         self._keep_gradients(step)
 
-    def _measure(self, optimizer: torch.optim.Optimizer, tracked: _Tracked,
-                 levels: tuple[Level, ...]) -> tuple[Tensor, _Layout]:
+    def _measure(
+        self, optimizer: torch.optim.Optimizer, tracked: _Tracked, levels: tuple[Level, ...]
+    ) -> tuple[Tensor, _Layout]:
         """One tensor's device-side reductions (a 1-d tensor) and what the host needs to finish them.
 
         Per level: |u⁽ⁱ⁾| and max|u⁽ⁱ⁾|; then ⟨u, g⟩, |u|, |g| of the final update, |θ_n − θ_{n−1}|,
@@ -385,12 +400,17 @@ class StabilityMonitor(StepHooks):
         change = torch.add(flat_u, flat_after, alpha=decay) if decay else flat_u
         if shrink != 1.0:
             before.div_(shrink)
-        reductions += [torch.dot(flat_u, flat_g), torch.linalg.vector_norm(flat_u), torch.linalg.vector_norm(flat_g),
-                       torch.linalg.vector_norm(change) * (lr / shrink), torch.linalg.vector_norm(before),
-                       torch.linalg.vector_norm(flat_after),
-                       self._spike_factor(optimizer, group, states[0], flat_g, before),
-                       *self._secant_terms(tracked, states[0], flat_g, change, lr, shrink),
-                       self._update_clip_rms(states[0], flat_g)]
+        reductions += [
+            torch.dot(flat_u, flat_g),
+            torch.linalg.vector_norm(flat_u),
+            torch.linalg.vector_norm(flat_g),
+            torch.linalg.vector_norm(change) * (lr / shrink),
+            torch.linalg.vector_norm(before),
+            torch.linalg.vector_norm(flat_after),
+            self._spike_factor(optimizer, group, states[0], flat_g, before),
+            *self._secant_terms(tracked, states[0], flat_g, change, lr, shrink),
+            self._update_clip_rms(states[0], flat_g),
+        ]
         if tracked.invariant:
             reductions.append(step_statistics(before, flat_after, lr, decay)[3])
         layout = _Layout(levels, bounds, lr, decay, tracked.invariant, param.numel())
@@ -408,8 +428,9 @@ class StabilityMonitor(StepHooks):
             row[column[f"update_max_L{i}"]] = largest
             row[column[f"bound_L{i}"]] = bound
             row[column[f"bound_ratio_L{i}"]] = (rms if level.tensor_mode else largest) / bound
-        inner, u_norm, g_norm, change, before, after, spike, secant_inner, secant_weighted, clip_rms, *rest = \
-            values[2 * len(layout.levels):]
+        inner, u_norm, g_norm, change, before, after, spike, secant_inner, secant_weighted, clip_rms, *rest = values[
+            2 * len(layout.levels) :
+        ]
         lr = layout.lr
         row[column["cosine"]] = inner / (u_norm * g_norm) if u_norm > 0 and g_norm > 0 else math.nan
         row[column["update_param_ratio"]] = change / before if before > 0 else math.nan
@@ -427,8 +448,13 @@ class StabilityMonitor(StepHooks):
         return _Sums(float(inner), float(u_norm) ** 2, float(g_norm) ** 2, float(secant_inner), float(secant_weighted))
 
     @staticmethod
-    def _spike_factor(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], level_state: LevelState,
-                      grad: Tensor, before: Tensor) -> Tensor:
+    def _spike_factor(
+        optimizer: torch.optim.Optimizer,
+        group: Mapping[str, Any],
+        level_state: LevelState,
+        grad: Tensor,
+        before: Tensor,
+    ) -> Tensor:
         """THEORY §7's spike factor of step n, from the state after the step (module docstring).
 
         ``v_{n−1} = (v_n − (1−γ) x_n²)/γ`` recovers the second moment before the step; in a spike
@@ -450,8 +476,9 @@ class StabilityMonitor(StepHooks):
         denom = previous.mul_(1.0 / (level.gamma * (1 - level.gamma ** (count - 1)))).sqrt_().add_(level.eps)
         return squares.div_(denom.square_()).max()
 
-    def _secant_terms(self, tracked: _Tracked, level_state: LevelState, grad: Tensor, change: Tensor, lr: float,
-                      shrink: float) -> tuple[Tensor, Tensor]:
+    def _secant_terms(
+        self, tracked: _Tracked, level_state: LevelState, grad: Tensor, change: Tensor, lr: float, shrink: float
+    ) -> tuple[Tensor, Tensor]:
         """⟨g_n − g_{n−1}, Δθ⟩ and Σ(√v̂_n + ε)Δθ²/η over this tensor, Δθ = −η(u + λθ_n)/q (NaN without the
         previous step's gradient): the terms of :func:`kadam.monitor.rules.secant_curvature`."""
         previous = self._kept.get(id(tracked.param))
@@ -530,8 +557,9 @@ class StabilityMonitor(StepHooks):
         if not params:
             return math.nan, math.nan
         generator = torch.Generator().manual_seed(self._recorded)
-        value = preconditioned_sharpness(self.sharpness_closure, params, inverse,
-                                         iterations=self.sharpness_iterations, generator=generator)
+        value = preconditioned_sharpness(
+            self.sharpness_closure, params, inverse, iterations=self.sharpness_iterations, generator=generator
+        )
         beta = param_group_levels(optimizer, optimizer.param_groups[0])[0].beta
         return value, float(stability.edge_of_stability(beta))
 
@@ -550,12 +578,23 @@ class StabilityMonitor(StepHooks):
                     continue
                 explanation, suggestion = stability.region_text(level.beta, level.gamma)
                 boundary = float(stability.boundary_gamma(level.beta))
-                self._emit(StabilityEvent(f"param_groups[{g}]", step, "gamma", level.gamma, boundary,
-                                          f"level {i}: {explanation}" if len(levels) > 1 else explanation,
-                                          suggestion, i, "theory"))
+                self._emit(
+                    StabilityEvent(
+                        f"param_groups[{g}]",
+                        step,
+                        "gamma",
+                        level.gamma,
+                        boundary,
+                        f"level {i}: {explanation}" if len(levels) > 1 else explanation,
+                        suggestion,
+                        i,
+                        "theory",
+                    )
+                )
 
-    def _check_events(self, step: int, row: np.ndarray, model: Mapping[str, float],
-                      group_levels: list[tuple[Level, ...]]) -> None:
+    def _check_events(
+        self, step: int, row: np.ndarray, model: Mapping[str, float], group_levels: list[tuple[Level, ...]]
+    ) -> None:
         limits = self.thresholds
         for t, tracked in enumerate(self._tracked):
             values = row[t]
@@ -567,72 +606,145 @@ class StabilityMonitor(StepHooks):
                 bound = values[self._column[f"bound_L{i}"]]
                 what = "RMS" if level.tensor_mode else "max |u|"
                 if limits.bound_ratio is not None and ratio > limits.bound_ratio * (1 + limits.bound_tolerance):
-                    self._emit(StabilityEvent(
-                        tracked.name, step, f"bound_ratio_L{i}", float(ratio), limits.bound_ratio,
-                        f"level {i}'s update {what} is {ratio:.3g}× the exact bound B_n = {bound:.4g} of "
-                        f"(β, γ) = ({level.beta:g}, {level.gamma:g}), which no input can exceed",
-                        "the optimizer is not stepping with these param-group hyperparameters (changed β/γ "
-                        "mid-run, or a modified update)", i, "theory"))
+                    self._emit(
+                        StabilityEvent(
+                            tracked.name,
+                            step,
+                            f"bound_ratio_L{i}",
+                            float(ratio),
+                            limits.bound_ratio,
+                            f"level {i}'s update {what} is {ratio:.3g}× the exact bound B_n = {bound:.4g} of "
+                            f"(β, γ) = ({level.beta:g}, {level.gamma:g}), which no input can exceed",
+                            "the optimizer is not stepping with these param-group hyperparameters (changed β/γ "
+                            "mid-run, or a modified update)",
+                            i,
+                            "theory",
+                        )
+                    )
                 elif limits.near_bound is not None and ratio >= limits.near_bound:
-                    self._emit(StabilityEvent(
-                        tracked.name, step, f"bound_ratio_L{i}", float(ratio), limits.near_bound,
-                        f"level {i}'s update {what} is {ratio:.3g} of its exact bound B_n = {bound:.4g}: the "
-                        "gradients are close to the worst case, a geometrically growing gradient",
-                        "look for a growing gradient in this tensor; lower lr or clip", i, "argument"))
+                    self._emit(
+                        StabilityEvent(
+                            tracked.name,
+                            step,
+                            f"bound_ratio_L{i}",
+                            float(ratio),
+                            limits.near_bound,
+                            f"level {i}'s update {what} is {ratio:.3g} of its exact bound B_n = {bound:.4g}: the "
+                            "gradients are close to the worst case, a geometrically growing gradient",
+                            "look for a growing gradient in this tensor; lower lr or clip",
+                            i,
+                            "argument",
+                        )
+                    )
             spike = values[self._column["spike_factor"]]
             if limits.spike_factor is not None and step >= limits.spike_after and spike > limits.spike_factor:
                 level = levels[0]
                 one_spike = (1 - level.beta) / math.sqrt(1 - level.gamma)
-                self._emit(StabilityEvent(
-                    tracked.name, step, "spike_factor", float(spike), limits.spike_factor,
-                    f"a gradient entry squared is {spike:.3g}× its second-moment history: its update "
-                    f"approaches the one-spike size (1 − β)/√(1 − γ) = {one_spike:.3g} per unit lr whatever "
-                    "the gradient's scale",
-                    "raise ε for rarely-updated rows (embeddings), clip per coordinate, or lower γ's memory",
-                    1, "argument"))
+                self._emit(
+                    StabilityEvent(
+                        tracked.name,
+                        step,
+                        "spike_factor",
+                        float(spike),
+                        limits.spike_factor,
+                        f"a gradient entry squared is {spike:.3g}× its second-moment history: its update "
+                        f"approaches the one-spike size (1 − β)/√(1 − γ) = {one_spike:.3g} per unit lr whatever "
+                        "the gradient's scale",
+                        "raise ε for rarely-updated rows (embeddings), clip per coordinate, or lower γ's memory",
+                        1,
+                        "argument",
+                    )
+                )
             cosine = values[self._column["cosine"]]
             if limits.cosine is not None and cosine < limits.cosine:
-                self._emit(StabilityEvent(
-                    tracked.name, step, "cosine", float(cosine), limits.cosine,
-                    f"the update–gradient cosine is {cosine:.3g}: the update moves against the current gradient "
-                    "(momentum overshoot, oscillation across a valley)",
-                    "lower lr or β", 0, "argument"))
+                self._emit(
+                    StabilityEvent(
+                        tracked.name,
+                        step,
+                        "cosine",
+                        float(cosine),
+                        limits.cosine,
+                        f"the update–gradient cosine is {cosine:.3g}: the update moves against the current gradient "
+                        "(momentum overshoot, oscillation across a valley)",
+                        "lower lr or β",
+                        0,
+                        "argument",
+                    )
+                )
         sharpness, threshold = model["sharpness"], model["sharpness_threshold"]
-        if limits.sharpness_ratio is not None and step >= limits.sharpness_after and \
-                sharpness > limits.sharpness_ratio * threshold:
-            self._emit(StabilityEvent(
-                "*", step, "sharpness", float(sharpness), float(threshold) * limits.sharpness_ratio,
-                f"the preconditioned sharpness λ_max(ηP⁻¹H) = {sharpness:.4g} is above the adaptive edge of "
-                f"stability (2 + 2β)/(1 − β) = {threshold:.4g}: the step overshoots along that direction (full-batch "
-                "Adam hovers at this edge, Cohen et al. 2022, so a large or persistent excess is the signal)",
-                "lower lr (the edge in P⁻¹H scales as 1/η)", 0, "theory"))
+        if (
+            limits.sharpness_ratio is not None
+            and step >= limits.sharpness_after
+            and sharpness > limits.sharpness_ratio * threshold
+        ):
+            self._emit(
+                StabilityEvent(
+                    "*",
+                    step,
+                    "sharpness",
+                    float(sharpness),
+                    float(threshold) * limits.sharpness_ratio,
+                    f"the preconditioned sharpness λ_max(ηP⁻¹H) = {sharpness:.4g} is above the adaptive edge of "
+                    f"stability (2 + 2β)/(1 − β) = {threshold:.4g}: the step overshoots along that direction (full-batch "
+                    "Adam hovers at this edge, Cohen et al. 2022, so a large or persistent excess is the signal)",
+                    "lower lr (the edge in P⁻¹H scales as 1/η)",
+                    0,
+                    "theory",
+                )
+            )
         column = self._column["update_param_ratio"]
         ratios = row[:, column]
-        largest = float(np.nanmax(ratios)) if np.isfinite(ratios).any() else math.nan
+        largest = float(np.nanmax(ratios)) if np.isfinite(ratios).any() and step >= limits.update_after else math.nan
         if self._rise_check is not None and self._rise_check.update(largest):
             worst = int(np.nanargmax(ratios))
-            self._emit(StabilityEvent(
-                self._tracked[worst].name, step, "update_rise", largest, self._rise_check.factor * self._rise_check.minimum,
-                f"the largest update/parameter ratio {largest:.3g} is {largest / self._rise_check.minimum:.3g}× its smallest "
-                "value so far: the steps grow against the weights (a rising learning rate, or an update that grows)",
-                "lower lr, or check the schedule", 0, "argument"))
+            self._emit(
+                StabilityEvent(
+                    self._tracked[worst].name,
+                    step,
+                    "update_rise",
+                    largest,
+                    self._rise_check.factor * self._rise_check.minimum,
+                    f"the largest update/parameter ratio {largest:.3g} is {largest / self._rise_check.minimum:.3g}× its smallest "
+                    "value so far: the steps grow against the weights (a rising learning rate, or an update that grows)",
+                    "lower lr, or check the schedule",
+                    0,
+                    "argument",
+                )
+            )
         if limits.update_ratio is not None and math.isfinite(largest) and largest > limits.update_ratio:
             worst = int(np.nanargmax(ratios))
-            self._emit(StabilityEvent(
-                self._tracked[worst].name, step, "update_param_ratio", float(ratios[worst]), limits.update_ratio,
-                f"the step changed this tensor by {ratios[worst]:.3g} of its norm (|θ_n − θ_n−1|/|θ_n−1|): Adam's update "
-                "is about lr per coordinate whatever the gradient's scale, so a large ratio means lr is large against "
-                "the weights",
-                "lower lr, or warm it up", 0, "argument"))
+            self._emit(
+                StabilityEvent(
+                    self._tracked[worst].name,
+                    step,
+                    "update_param_ratio",
+                    float(ratios[worst]),
+                    limits.update_ratio,
+                    f"the step changed this tensor by {ratios[worst]:.3g} of its norm (|θ_n − θ_n−1|/|θ_n−1|): Adam's update "
+                    "is about lr per coordinate whatever the gradient's scale, so a large ratio means lr is large against "
+                    "the weights",
+                    "lower lr, or warm it up",
+                    0,
+                    "argument",
+                )
+            )
         curvature, edge = model["curvature"], model["edge"]
         if self._edge_check is not None and self._edge_check.update(step, curvature, edge):
-            self._emit(StabilityEvent(
-                "*", step, "curvature", float(curvature), float(edge) * self._edge_check.ratio,
-                f"the curvature along the last steps, ⟨Δg, Δθ⟩/⟨Δθ, PΔθ⟩ = {curvature:.4g} with P = diag(√v̂ + ε)/η, "
-                f"has been above the adaptive edge of stability (2 + 2β)/(1 − β) = {edge:.4g} for "
-                f"{self._edge_check.streak} recorded steps: the steps overshoot along the update's direction",
-                "lower lr (or warm it up), or let kadam.monitor.StabilityGuard lower it while this lasts", 0,
-                "theory"))
+            self._emit(
+                StabilityEvent(
+                    "*",
+                    step,
+                    "curvature",
+                    float(curvature),
+                    float(edge) * self._edge_check.ratio,
+                    f"the curvature along the last steps, ⟨Δg, Δθ⟩/⟨Δθ, PΔθ⟩ = {curvature:.4g} with P = diag(√v̂ + ε)/η, "
+                    f"has been above the adaptive edge of stability (2 + 2β)/(1 − β) = {edge:.4g} for "
+                    f"{self._edge_check.streak} recorded steps: the steps overshoot along the update's direction",
+                    "lower lr (or warm it up), or let kadam.monitor.StabilityGuard lower it while this lasts",
+                    0,
+                    "theory",
+                )
+            )
 
     def _check_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Every step, recorded or not: the global gradient norm (one reduction over the gradients and one
@@ -658,24 +770,51 @@ class StabilityMonitor(StepHooks):
         limits = self.thresholds
         if limits.nonfinite and (rules.non_finite(grad_norm) or (not math.isnan(loss) and rules.non_finite(loss))):
             what, value = ("gradient norm", grad_norm) if rules.non_finite(grad_norm) else ("loss", loss)
-            self._emit(StabilityEvent(
-                "*", step, "nonfinite", float(value), math.inf,
-                f"the {what} is {value}: the step was taken with a non-finite value (an inf/NaN in one element "
-                "poisons a tensor's second moment, and the whole tensor's at a tensor-mode level)",
-                "skip such steps (torch.amp.GradScaler, kadam.monitor.StabilityGuard) and find the batch or "
-                "operation that produced it", 0, "argument"))
+            self._emit(
+                StabilityEvent(
+                    "*",
+                    step,
+                    "nonfinite",
+                    float(value),
+                    math.inf,
+                    f"the {what} is {value}: the step was taken with a non-finite value (an inf/NaN in one element "
+                    "poisons a tensor's second moment, and the whole tensor's at a tensor-mode level)",
+                    "skip such steps (torch.amp.GradScaler, kadam.monitor.StabilityGuard) and find the batch or "
+                    "operation that produced it",
+                    0,
+                    "argument",
+                )
+            )
         if self._grad_check is not None and self._grad_check.update(grad_norm):
-            self._emit(StabilityEvent(
-                "*", step, "grad_norm", float(grad_norm), self._grad_check.factor,
-                f"the gradient norm {grad_norm:.4g} is above {self._grad_check.factor:g}× the median of its last "
-                f"{self._grad_check.window} steps",
-                "a growing gradient precedes a loss spike: lower lr, or clip gradients", 0, "argument"))
+            self._emit(
+                StabilityEvent(
+                    "*",
+                    step,
+                    "grad_norm",
+                    float(grad_norm),
+                    self._grad_check.factor,
+                    f"the gradient norm {grad_norm:.4g} is above {self._grad_check.factor:g}× the median of its last "
+                    f"{self._grad_check.window} steps",
+                    "a growing gradient precedes a loss spike: lower lr, or clip gradients",
+                    0,
+                    "argument",
+                )
+            )
         if self._loss_check is not None and not math.isnan(loss) and self._loss_check.update(loss):
-            self._emit(StabilityEvent(
-                "*", step, "loss", float(loss), self._loss_check.factor,
-                f"the loss {loss:.4g} is above {self._loss_check.factor:g}× the median of its last "
-                f"{self._loss_check.window} steps",
-                "lower lr, or skip outlier batches (kadam.monitor.StabilityGuard)", 0, "argument"))
+            self._emit(
+                StabilityEvent(
+                    "*",
+                    step,
+                    "loss",
+                    float(loss),
+                    self._loss_check.factor,
+                    f"the loss {loss:.4g} is above {self._loss_check.factor:g}× the median of its last "
+                    f"{self._loss_check.window} steps",
+                    "lower lr, or skip outlier batches (kadam.monitor.StabilityGuard)",
+                    0,
+                    "argument",
+                )
+            )
 
     def _emit(self, event: StabilityEvent) -> None:
         self.events.append(event)
@@ -717,8 +856,14 @@ class StabilityMonitor(StepHooks):
         """Everything recorded so far (a copy)."""
         values = np.stack(self._rows) if self._rows else np.zeros((0, len(self._tracked), len(self.quantities)))
         model = {q: np.asarray([row[q] for row in self._model_rows], dtype=np.float64) for q in _MODEL_QUANTITIES}
-        return MonitorHistory(np.asarray(self._steps, dtype=np.int64), [t.name for t in self._tracked],
-                              list(self.quantities), values, model, list(self.events))
+        return MonitorHistory(
+            np.asarray(self._steps, dtype=np.int64),
+            [t.name for t in self._tracked],
+            list(self.quantities),
+            values,
+            model,
+            list(self.events),
+        )
 
     def to_csv(self, path: str | os.PathLike[str]) -> None:
         """:meth:`MonitorHistory.to_csv` of :attr:`history` (on every rank; choose per-rank paths under DDP)."""
@@ -730,8 +875,9 @@ class StabilityMonitor(StepHooks):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as error:
-            raise ImportError("StabilityMonitor.tensorboard needs the tensorboard package "
-                              "(pip install tensorboard)") from error
+            raise ImportError(
+                "StabilityMonitor.tensorboard needs the tensorboard package (pip install tensorboard)"
+            ) from error
         return SummaryWriter(log_dir)
 
     def summary(self) -> dict[str, float]:
@@ -742,8 +888,10 @@ class StabilityMonitor(StepHooks):
         row = self._rows[-1]
         summary = {}
         ratios = [self._column[q] for q in self.quantities if q.startswith("bound_ratio_L")]
-        for key, columns in (("monitor/max_bound_ratio", ratios), ("monitor/max_spike_factor",
-                                                                   [self._column["spike_factor"]])):
+        for key, columns in (
+            ("monitor/max_bound_ratio", ratios),
+            ("monitor/max_spike_factor", [self._column["spike_factor"]]),
+        ):
             block = row[:, columns]
             if np.isfinite(block).any():
                 summary[key] = float(np.nanmax(block))

@@ -49,9 +49,16 @@ STATUSES = ("invariant", "not invariant", "unmeasurable")
 _CENTERING_PER_CHANNEL = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 _NORMALIZATIONS = (*_CENTERING_PER_CHANNEL, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
 _HOMOGENEOUS = (
-    nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Flatten, nn.Unflatten,
-    nn.modules.dropout._DropoutNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.modules.dropout._DropoutNd,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
 )
 _WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)
 _TINY = torch.finfo(torch.float64).tiny
@@ -101,7 +108,9 @@ class ScaleInvarianceReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (an undefined cosine is None); :meth:`from_dict` inverts it."""
         return {
-            "scales": list(self.scales), "loss_rtol": self.loss_rtol, "cosine_tol": self.cosine_tol,
+            "scales": list(self.scales),
+            "loss_rtol": self.loss_rtol,
+            "cosine_tol": self.cosine_tol,
             "mode": self.mode,
             "rows": [
                 {**asdict(row), "shape": list(row.shape), "cosine": None if math.isnan(row.cosine) else row.cosine}
@@ -113,8 +122,9 @@ class ScaleInvarianceReport:
     def from_dict(cls, data: Mapping[str, Any]) -> ScaleInvarianceReport:
         """The report that :meth:`to_dict` wrote."""
         rows = tuple(
-            ScaleInvarianceRow(**{**row, "shape": tuple(row["shape"]),
-                                  "cosine": math.nan if row["cosine"] is None else row["cosine"]})
+            ScaleInvarianceRow(
+                **{**row, "shape": tuple(row["shape"]), "cosine": math.nan if row["cosine"] is None else row["cosine"]}
+            )
             for row in data["rows"]
         )
         return cls(rows, tuple(data["scales"]), data["loss_rtol"], data["cosine_tol"], data["mode"])
@@ -127,8 +137,11 @@ class ScaleInvarianceReport:
             table.add_column(column)
         for row in self.rows:
             table.add_row(
-                row.name, "×".join(map(str, row.shape)) or "scalar", row.status,
-                f"{row.invariance_error:.1e}", "—" if math.isnan(row.cosine) else f"{row.cosine:+.1e}",
+                row.name,
+                "×".join(map(str, row.shape)) or "scalar",
+                row.status,
+                f"{row.invariance_error:.1e}",
+                "—" if math.isnan(row.cosine) else f"{row.cosine:+.1e}",
                 row.reason or row.explanation or "",
             )
         return table
@@ -210,7 +223,7 @@ def _normalization_explanation(model: nn.Module, name: str, order: Sequence[str]
         return None
     position = len(order) - 1 - order[::-1].index(host_name)
     has_bias = getattr(host, "bias", None) is not None
-    for later_name in order[position + 1:]:
+    for later_name in order[position + 1 :]:
         later = modules[later_name]
         if isinstance(later, _NORMALIZATIONS):
             centering = isinstance(later, _CENTERING_PER_CHANNEL)
@@ -275,8 +288,11 @@ def find_scale_invariant(
     scales = tuple(float(c) for c in scales)
     if not scales or any(not (c > 0 and math.isfinite(c)) or c == 1.0 for c in scales):
         raise ValueError(f"scales must be finite numbers > 0 other than 1, got {scales!r}")
-    for label, tolerance in (("loss_rtol", loss_rtol), ("cosine_tol", cosine_tol),
-                             ("vanishing_gradient", vanishing_gradient)):
+    for label, tolerance in (
+        ("loss_rtol", loss_rtol),
+        ("cosine_tol", cosine_tol),
+        ("vanishing_gradient", vanishing_gradient),
+    ):
         if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < 1):
             raise ValueError(f"{label} must be a number in [0, 1), got {tolerance!r}")
     if mode not in ("train", "eval", "current"):
@@ -330,8 +346,10 @@ def find_scale_invariant(
                 reason = _unmeasurable_reason(reference_value, weight_norm, gradient_norm, radial, error, reaches)
                 vanishes = reason is None and gradient_norm <= vanishing_gradient * total_gradient_norm
                 if vanishes:
-                    reason = (f"gradient at rounding level ({gradient_norm / total_gradient_norm:.1e} of the model's): "
-                              "the cosine is noise, ⟨W, ∇L⟩ = 0 holds")
+                    reason = (
+                        f"gradient at rounding level ({gradient_norm / total_gradient_norm:.1e} of the model's): "
+                        "the cosine is noise, ⟨W, ∇L⟩ = 0 holds"
+                    )
                 if reason is not None and not vanishes:
                     status = "unmeasurable"
                 elif error <= loss_rtol and (vanishes or abs(cosine) <= cosine_tol):
@@ -340,11 +358,19 @@ def find_scale_invariant(
                     status = "not invariant"
                 if weight_norm == 0:
                     explanation = "all zeros: scaling leaves it unchanged, invariance cannot be measured"
-                rows.append(ScaleInvarianceRow(
-                    name=name, shape=tuple(tensor.shape), invariant=status == "invariant",
-                    invariance_error=error, cosine=cosine, grad_norm=gradient_norm, explanation=explanation,
-                    status=status, reason=reason,
-                ))
+                rows.append(
+                    ScaleInvarianceRow(
+                        name=name,
+                        shape=tuple(tensor.shape),
+                        invariant=status == "invariant",
+                        invariance_error=error,
+                        cosine=cosine,
+                        grad_norm=gradient_norm,
+                        explanation=explanation,
+                        status=status,
+                        reason=reason,
+                    )
+                )
     finally:
         for handle in handles:
             handle.remove()

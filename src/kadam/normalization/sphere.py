@@ -81,7 +81,9 @@ class SphericalTwoAdam(Optimizer):
             raise ValueError(f"eps must be a number >= 0, got {eps!r}")
         if norm not in ("elementwise", "tensor"):
             raise ValueError(f"norm must be 'elementwise' or 'tensor', got {norm!r}")
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "betas": tuple(betas), "eps": eps, "norm": norm})
+        super().__init__(
+            params, {"lr": lr, "weight_decay": weight_decay, "betas": tuple(betas), "eps": eps, "norm": norm}
+        )
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
@@ -103,13 +105,22 @@ class SphericalTwoAdam(Optimizer):
                     norm = torch.linalg.vector_norm(param)
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(param)
-                    state["exp_avg_sq"] = (torch.zeros_like(param) if group["norm"] == "elementwise"
-                                           else param.new_zeros((1,) * param.dim()))
+                    state["exp_avg_sq"] = (
+                        torch.zeros_like(param)
+                        if group["norm"] == "elementwise"
+                        else param.new_zeros((1,) * param.dim())
+                    )
                     state["level2_sq"] = (1 - gamma2) * norm**2 / (group["lr"] ** 2 * d)
                     param.div_(norm)
                 state["step"] += 1
                 update = adaptive_level(
-                    state["exp_avg"], state["exp_avg_sq"], param.grad, beta, gamma, group["eps"], state["step"],
+                    state["exp_avg"],
+                    state["exp_avg_sq"],
+                    param.grad,
+                    beta,
+                    gamma,
+                    group["eps"],
+                    state["step"],
                     None if group["norm"] == "elementwise" else tuple(range(param.dim())),
                 )
                 step_size = math.sqrt((1 - gamma2) / d) / torch.sqrt(gamma2 * state["level2_sq"])

@@ -55,13 +55,16 @@ def step_statistics(before: Tensor, after: Tensor, lr: float, weight_decay: floa
     decay = lr * weight_decay
     norm_before = torch.sqrt(aa)
     across = torch.sqrt(torch.clamp(dd - ad * ad / aa, min=0.0))
-    return torch.stack([
-        torch.sqrt(aa + 2 * ad + dd),
-        torch.sqrt(torch.clamp(decay * decay * aa + 2 * decay * ad + dd, min=0.0)) / lr,
-        -(decay * aa + ad) / lr,
-        torch.atan2(across, norm_before + ad / norm_before),
-        lr / norm_before,
-    ], dim=-1)
+    return torch.stack(
+        [
+            torch.sqrt(aa + 2 * ad + dd),
+            torch.sqrt(torch.clamp(decay * decay * aa + 2 * decay * ad + dd, min=0.0)) / lr,
+            -(decay * aa + ad) / lr,
+            torch.atan2(across, norm_before + ad / norm_before),
+            lr / norm_before,
+        ],
+        dim=-1,
+    )
 
 
 def uses_decoupled_weight_decay(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> bool:
@@ -128,7 +131,9 @@ class NormTracker(StepHooks):
         self._before = [tensor.detach().clone() for tensor in self._tensors]
         self._hyper = []
         for group in self._groups:
-            decoupled = self._decoupled if self._decoupled is not None else uses_decoupled_weight_decay(optimizer, group)
+            decoupled = (
+                self._decoupled if self._decoupled is not None else uses_decoupled_weight_decay(optimizer, group)
+            )
             lr = float(group["lr"])
             self._hyper.append((lr, float(group.get("weight_decay", 0.0)) if decoupled else 0.0))
 
@@ -150,7 +155,11 @@ class NormTracker(StepHooks):
         ``stat`` runs over ``norm``, ``update_norm``, ``inner``, ``angular_update``, ``effective_lr``
         (module docstring); R is the number of recorded steps.
         """
-        table = torch.stack(self._records).cpu().numpy() if self._records else np.zeros((0, len(self.names), len(STATISTICS)))
+        table = (
+            torch.stack(self._records).cpu().numpy()
+            if self._records
+            else np.zeros((0, len(self.names), len(STATISTICS)))
+        )
         result: dict[str, Any] = {"steps": np.asarray(self._steps, dtype=np.int64), "names": list(self.names)}
         for index, statistic in enumerate(STATISTICS):
             result[statistic] = {name: table[:, j, index].copy() for j, name in enumerate(self.names)}
@@ -158,4 +167,6 @@ class NormTracker(StepHooks):
 
     def initial_norms(self) -> dict[str, float]:
         """``|W|`` of each tracked tensor now (call before training for the trajectories' start)."""
-        return {name: math.sqrt(float(torch.sum(t.detach().double() ** 2))) for name, t in zip(self.names, self._tensors)}
+        return {
+            name: math.sqrt(float(torch.sum(t.detach().double() ** 2))) for name, t in zip(self.names, self._tensors)
+        }

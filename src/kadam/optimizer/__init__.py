@@ -7,6 +7,12 @@ from kadam.optimizer.state import LevelState, level_states, level_updates, param
 from kadam.vocabulary import Level
 
 __all__ = [
-    "KAdam", "Level", "LevelState", "level_states", "level_updates", "param_group_levels", "param_groups_for",
+    "KAdam",
+    "Level",
+    "LevelState",
+    "level_states",
+    "level_updates",
+    "param_group_levels",
+    "param_groups_for",
     "resolve_levels",
 ]

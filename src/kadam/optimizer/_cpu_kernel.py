@@ -60,7 +60,13 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "FUSED_DTYPES", "KernelArgs", "available", "check_inputs", "check_layout", "fused_kernel_library", "fused_step",
+    "FUSED_DTYPES",
+    "KernelArgs",
+    "available",
+    "check_inputs",
+    "check_layout",
+    "fused_kernel_library",
+    "fused_step",
 ]
 
 FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -159,10 +165,14 @@ def _build(compiler: str, flags: list[str], path: Path) -> None:
     # Build beside the target and rename, so concurrent processes never load a partial file.
     handle, partial = tempfile.mkstemp(dir=path.parent, suffix=".so.partial")
     os.close(handle)
-    result = subprocess.run([compiler, *flags, str(_SOURCE), "-o", partial], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [compiler, *flags, str(_SOURCE), "-o", partial], capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:  # e.g. a compiler without OpenMP: build the one-thread kernel
         serial = [flag for flag in flags if flag != "-fopenmp"]
-        retry = subprocess.run([compiler, *serial, str(_SOURCE), "-o", partial], capture_output=True, text=True, check=False)
+        retry = subprocess.run(
+            [compiler, *serial, str(_SOURCE), "-o", partial], capture_output=True, text=True, check=False
+        )
         if retry.returncode != 0:
             os.unlink(partial)
             raise RuntimeError(f"building the fused KAdam CPU kernel failed:\n{result.stderr}")
@@ -272,7 +282,9 @@ def check_inputs(
         return param_name(t) if param_name is not None else f"tensor {t}"
 
     def key_of(level: int, which: int) -> str:
-        return state_names[level][which] if state_names is not None else f"{('exp_avgs', 'exp_avg_sqs')[which]}[{level}]"
+        return (
+            state_names[level][which] if state_names is not None else f"{('exp_avgs', 'exp_avg_sqs')[which]}[{level}]"
+        )
 
     first = params[0]
     if not isinstance(first, Tensor):
@@ -368,8 +380,17 @@ def fused_step(
     """
     if keeps_first_moment is None:
         keeps_first_moment = [any(t is not None for t in tensors) for tensors in exp_avgs]
-    check_inputs(params, grads, exp_avgs, exp_avg_sqs, steps, tensor_modes=tensor_modes,
-                 keeps_first_moment=keeps_first_moment, state_names=state_names, param_name=param_name)
+    check_inputs(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        steps,
+        tensor_modes=tensor_modes,
+        keeps_first_moment=keeps_first_moment,
+        state_names=state_names,
+        param_name=param_name,
+    )
     n_levels = len(tensor_modes)
     for name, values in (("bias_correction1", bias_correction1), ("bias_correction2_sqrt", bias_correction2_sqrt)):
         if len(values) != n_levels or any(len(per_level) != len(params) for per_level in values):

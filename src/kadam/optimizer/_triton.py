@@ -147,8 +147,17 @@ def _elementwise_denominator(v, bias_correction2_sqrt, eps):
 
 
 @triton.jit
-def _gradient_input(grad_ptrs, theta, mask, grad_scale, weight_decay, UNSCALE: tl.constexpr,
-                    STORE_UNSCALED: tl.constexpr, MAXIMIZE: tl.constexpr, COUPLED: tl.constexpr):
+def _gradient_input(
+    grad_ptrs,
+    theta,
+    mask,
+    grad_scale,
+    weight_decay,
+    UNSCALE: tl.constexpr,
+    STORE_UNSCALED: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    COUPLED: tl.constexpr,
+):
     """x⁽⁰⁾: the gradient (divided by GradScaler's scale), negated to maximize, plus λθ for L2 decay."""
     g = tl.load(grad_ptrs, mask=mask).to(tl.float32)
     if UNSCALE:
@@ -164,14 +173,46 @@ def _gradient_input(grad_ptrs, theta, mask, grad_scale, weight_decay, UNSCALE: t
 
 @triton.jit
 def _pass_block(
-    thetas, grads, exp_avgs, exp_avg_sqs, steps, step_offsets, partial_sums, denominators,
-    grad_scale_ptr, lr_tensor, lr_value, weight_decay,
-    lerp_coefficients, gammas, one_minus_gammas, epsilons, log2_beta_his, log2_beta_los,
-    log2_gamma_his, log2_gamma_los, n_chunks, pid, slot, base, numel,
-    N: tl.constexpr, K: tl.constexpr, FIRST: tl.constexpr, END: tl.constexpr, REPLAY_FROM: tl.constexpr,
-    TENSOR_MODES: tl.constexpr, KEEPS_M: tl.constexpr, LERP_FROM_START: tl.constexpr, DECAY: tl.constexpr,
-    MAXIMIZE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, LR_IS_TENSOR: tl.constexpr,
-    HAS_OFFSETS: tl.constexpr, BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr,
+    thetas,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    steps,
+    step_offsets,
+    partial_sums,
+    denominators,
+    grad_scale_ptr,
+    lr_tensor,
+    lr_value,
+    weight_decay,
+    lerp_coefficients,
+    gammas,
+    one_minus_gammas,
+    epsilons,
+    log2_beta_his,
+    log2_beta_los,
+    log2_gamma_his,
+    log2_gamma_los,
+    n_chunks,
+    pid,
+    slot,
+    base,
+    numel,
+    N: tl.constexpr,
+    K: tl.constexpr,
+    FIRST: tl.constexpr,
+    END: tl.constexpr,
+    REPLAY_FROM: tl.constexpr,
+    TENSOR_MODES: tl.constexpr,
+    KEEPS_M: tl.constexpr,
+    LERP_FROM_START: tl.constexpr,
+    DECAY: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    LR_IS_TENSOR: tl.constexpr,
+    HAS_OFFSETS: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    MASKED: tl.constexpr,
 ):
     """One block of one tensor through levels FIRST..END (see the module docstring)."""
     offsets = base + tl.arange(0, BLOCK_SIZE)
@@ -200,8 +241,9 @@ def _pass_block(
     update = None  # -lr * x^(k), once known
 
     if FIRST == 0:
-        x = _gradient_input(grad_ptrs, theta, mask, grad_scale, weight_decay, HAS_GRAD_SCALE, HAS_GRAD_SCALE,
-                            MAXIMIZE, COUPLED)
+        x = _gradient_input(
+            grad_ptrs, theta, mask, grad_scale, weight_decay, HAS_GRAD_SCALE, HAS_GRAD_SCALE, MAXIMIZE, COUPLED
+        )
     else:
         # Resume after the tensor-mode level t = FIRST - 1, whose denominator the finish kernel wrote.
         t: tl.constexpr = FIRST - 1
@@ -216,22 +258,25 @@ def _pass_block(
                 if ((TENSOR_MODES >> r) & 1) == 1:
                     denominator = tl.load(denominators + r * N + slot)
                 else:
-                    bias_correction2_sqrt = tl.sqrt(1.0 - _power(log2_gamma_his[r], log2_gamma_los[r], n_r)).to(tl.float32)
+                    bias_correction2_sqrt = tl.sqrt(1.0 - _power(log2_gamma_his[r], log2_gamma_los[r], n_r)).to(
+                        tl.float32
+                    )
                     v = tl.load(_select(exp_avg_sqs, slot, r * N, N) + offsets, mask=mask).to(tl.float32)
                     denominator = _elementwise_denominator(v, bias_correction2_sqrt, epsilons[r])
                 bias_correction1 = (1.0 - _power(log2_beta_his[r], log2_beta_los[r], n_r)).to(tl.float32)
                 m = tl.div_rn(tl.div_rn(m, denominator), bias_correction1)
             else:
                 # The first pass stored the unscaled gradient back: it is not divided by the scale again.
-                m = _gradient_input(grad_ptrs, theta, mask, grad_scale, weight_decay, False, False,
-                                    MAXIMIZE, COUPLED)
+                m = _gradient_input(grad_ptrs, theta, mask, grad_scale, weight_decay, False, False, MAXIMIZE, COUPLED)
             for j in tl.static_range(REPLAY_FROM + 1, t):
                 # β_j = 0: m_j = x^(j-1) and 1 - β_jⁿ = 1.
                 if ((TENSOR_MODES >> j) & 1) == 1:
                     denominator = tl.load(denominators + j * N + slot)
                 else:
                     n_j = _level_count(step, step_offsets, slot, j, N, HAS_OFFSETS)
-                    bias_correction2_sqrt = tl.sqrt(1.0 - _power(log2_gamma_his[j], log2_gamma_los[j], n_j)).to(tl.float32)
+                    bias_correction2_sqrt = tl.sqrt(1.0 - _power(log2_gamma_his[j], log2_gamma_los[j], n_j)).to(
+                        tl.float32
+                    )
                     v = tl.load(_select(exp_avg_sqs, slot, j * N, N) + offsets, mask=mask).to(tl.float32)
                     denominator = _elementwise_denominator(v, bias_correction2_sqrt, epsilons[j])
                 m = tl.div_rn(m, denominator)
@@ -291,14 +336,45 @@ def _pass_block(
 
 @triton.jit(do_not_specialize=["numels", "chunk_starts", "n_chunks"])
 def _level_pass_kernel(
-    thetas, grads, exp_avgs, exp_avg_sqs, steps, numels, chunk_starts, step_offsets,
-    partial_sums, denominators, found_inf, grad_scale, lr_tensor, lr_value, weight_decay,
-    lerp_coefficients, gammas, one_minus_gammas, epsilons, log2_beta_his, log2_beta_los, log2_gamma_his, log2_gamma_los,
+    thetas,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    steps,
+    numels,
+    chunk_starts,
+    step_offsets,
+    partial_sums,
+    denominators,
+    found_inf,
+    grad_scale,
+    lr_tensor,
+    lr_value,
+    weight_decay,
+    lerp_coefficients,
+    gammas,
+    one_minus_gammas,
+    epsilons,
+    log2_beta_his,
+    log2_beta_los,
+    log2_gamma_his,
+    log2_gamma_los,
     n_chunks,
-    N: tl.constexpr, K: tl.constexpr, FIRST: tl.constexpr, END: tl.constexpr, REPLAY_FROM: tl.constexpr,
-    TENSOR_MODES: tl.constexpr, KEEPS_M: tl.constexpr, LERP_FROM_START: tl.constexpr, DECAY: tl.constexpr,
-    MAXIMIZE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
-    LR_IS_TENSOR: tl.constexpr, HAS_OFFSETS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    N: tl.constexpr,
+    K: tl.constexpr,
+    FIRST: tl.constexpr,
+    END: tl.constexpr,
+    REPLAY_FROM: tl.constexpr,
+    TENSOR_MODES: tl.constexpr,
+    KEEPS_M: tl.constexpr,
+    LERP_FROM_START: tl.constexpr,
+    DECAY: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    LR_IS_TENSOR: tl.constexpr,
+    HAS_OFFSETS: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
 ):
     """One pass (levels FIRST..END) over one block per program, of the tensor whose blocks hold it.
 
@@ -317,28 +393,114 @@ def _level_pass_kernel(
         base = (pid - _select(chunk_starts, slot, 0, N)).to(tl.int64) * BLOCK_SIZE
         if base + BLOCK_SIZE <= numel:
             _pass_block(
-                thetas, grads, exp_avgs, exp_avg_sqs, steps, step_offsets, partial_sums, denominators,
-                grad_scale, lr_tensor, lr_value, weight_decay, lerp_coefficients, gammas, one_minus_gammas,
-                epsilons, log2_beta_his, log2_beta_los, log2_gamma_his, log2_gamma_los, n_chunks, pid, slot, base, numel,
-                N, K, FIRST, END, REPLAY_FROM, TENSOR_MODES, KEEPS_M, LERP_FROM_START, DECAY, MAXIMIZE,
-                HAS_GRAD_SCALE, LR_IS_TENSOR, HAS_OFFSETS, BLOCK_SIZE, False,
+                thetas,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                steps,
+                step_offsets,
+                partial_sums,
+                denominators,
+                grad_scale,
+                lr_tensor,
+                lr_value,
+                weight_decay,
+                lerp_coefficients,
+                gammas,
+                one_minus_gammas,
+                epsilons,
+                log2_beta_his,
+                log2_beta_los,
+                log2_gamma_his,
+                log2_gamma_los,
+                n_chunks,
+                pid,
+                slot,
+                base,
+                numel,
+                N,
+                K,
+                FIRST,
+                END,
+                REPLAY_FROM,
+                TENSOR_MODES,
+                KEEPS_M,
+                LERP_FROM_START,
+                DECAY,
+                MAXIMIZE,
+                HAS_GRAD_SCALE,
+                LR_IS_TENSOR,
+                HAS_OFFSETS,
+                BLOCK_SIZE,
+                False,
             )
         else:
             _pass_block(
-                thetas, grads, exp_avgs, exp_avg_sqs, steps, step_offsets, partial_sums, denominators,
-                grad_scale, lr_tensor, lr_value, weight_decay, lerp_coefficients, gammas, one_minus_gammas,
-                epsilons, log2_beta_his, log2_beta_los, log2_gamma_his, log2_gamma_los, n_chunks, pid, slot, base, numel,
-                N, K, FIRST, END, REPLAY_FROM, TENSOR_MODES, KEEPS_M, LERP_FROM_START, DECAY, MAXIMIZE,
-                HAS_GRAD_SCALE, LR_IS_TENSOR, HAS_OFFSETS, BLOCK_SIZE, True,
+                thetas,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                steps,
+                step_offsets,
+                partial_sums,
+                denominators,
+                grad_scale,
+                lr_tensor,
+                lr_value,
+                weight_decay,
+                lerp_coefficients,
+                gammas,
+                one_minus_gammas,
+                epsilons,
+                log2_beta_his,
+                log2_beta_los,
+                log2_gamma_his,
+                log2_gamma_los,
+                n_chunks,
+                pid,
+                slot,
+                base,
+                numel,
+                N,
+                K,
+                FIRST,
+                END,
+                REPLAY_FROM,
+                TENSOR_MODES,
+                KEEPS_M,
+                LERP_FROM_START,
+                DECAY,
+                MAXIMIZE,
+                HAS_GRAD_SCALE,
+                LR_IS_TENSOR,
+                HAS_OFFSETS,
+                BLOCK_SIZE,
+                True,
             )
 
 
 @triton.jit(do_not_specialize=["numels", "chunk_starts", "n_chunks"])
 def _tensor_level_finish_kernel(
-    exp_avg_sqs, steps, numels, chunk_starts, step_offsets, partial_sums, denominators, found_inf,
-    gamma, one_minus_gamma, eps, log2_gamma_hi, log2_gamma_lo, n_chunks,
-    N: tl.constexpr, LEVEL: tl.constexpr, HAS_FOUND_INF: tl.constexpr, HAS_OFFSETS: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr,
+    exp_avg_sqs,
+    steps,
+    numels,
+    chunk_starts,
+    step_offsets,
+    partial_sums,
+    denominators,
+    found_inf,
+    gamma,
+    one_minus_gamma,
+    eps,
+    log2_gamma_hi,
+    log2_gamma_lo,
+    n_chunks,
+    N: tl.constexpr,
+    LEVEL: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    HAS_OFFSETS: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    TILE: tl.constexpr,
 ):
     """Tensor-mode level LEVEL of one tensor per program: v ← γ v + (1 - γ) mean(x²), its denominator."""
     slot = tl.program_id(0)
@@ -357,7 +519,11 @@ def _tensor_level_finish_kernel(
             total += tl.load(sums + index, mask=index < end, other=0.0).to(tl.float64)
         mean_square = (tl.sum(total, axis=0) / tl.maximum(numel, 1).to(tl.float64)).to(tl.float32)
         v_ptr = _select(exp_avg_sqs, slot, LEVEL * N, N)
-        v = tl.fma(tl.cast(one_minus_gamma, tl.float32), mean_square, tl.load(v_ptr).to(tl.float32) * tl.cast(gamma, tl.float32))
+        v = tl.fma(
+            tl.cast(one_minus_gamma, tl.float32),
+            mean_square,
+            tl.load(v_ptr).to(tl.float32) * tl.cast(gamma, tl.float32),
+        )
         tl.store(v_ptr, v.to(v_ptr.dtype.element_ty))
         step = tl.load(_select(steps, slot, 0, N)).to(tl.float64)
         n = _level_count(step, step_offsets, slot, LEVEL, N, HAS_OFFSETS)
@@ -569,9 +735,21 @@ def triton_fused_kadam_(
         raise ValueError(f"lr must be a number >= 0 or a tensor, got {lr!r}")
     if n_params == 0:
         return
-    _fused_step(params, grads, exp_avgs_per_level, exp_avg_sqs_per_level, state_steps, hyper, lr=lr,
-                weight_decay=float(weight_decay), decoupled=decoupled, maximize=maximize, grad_scale=grad_scale,
-                found_inf=found_inf, step_offsets=step_offsets)
+    _fused_step(
+        params,
+        grads,
+        exp_avgs_per_level,
+        exp_avg_sqs_per_level,
+        state_steps,
+        hyper,
+        lr=lr,
+        weight_decay=float(weight_decay),
+        decoupled=decoupled,
+        maximize=maximize,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+        step_offsets=step_offsets,
+    )
 
 
 @torch.compiler.disable
@@ -616,15 +794,26 @@ def _fused_step(
                 _slot(j, params, grads, exp_avgs_per_level, exp_avg_sqs_per_level, state_steps, hyper, step_offsets)
                 for j in chunk
             ]
-            _launch(slots, device, hyper, lr=lr, weight_decay=weight_decay, decoupled=decoupled, maximize=maximize,
-                    grad_scale=grad_scale, found_inf=found_inf)
+            _launch(
+                slots,
+                device,
+                hyper,
+                lr=lr,
+                weight_decay=weight_decay,
+                decoupled=decoupled,
+                maximize=maximize,
+                grad_scale=grad_scale,
+                found_inf=found_inf,
+            )
 
 
 def _slot(j, params, grads, exp_avgs_per_level, exp_avg_sqs_per_level, state_steps, hyper, step_offsets) -> _Slot:
     param = _as_real(params[j])
     grad = _as_real(grads[j])
     if grad.shape != param.shape or grad.dtype != param.dtype:
-        raise ValueError(f"grads[{j}] must match its parameter's shape and dtype, got {tuple(grads[j].shape)}, {grads[j].dtype}")
+        raise ValueError(
+            f"grads[{j}] must match its parameter's shape and dtype, got {tuple(grads[j].shape)}, {grads[j].dtype}"
+        )
     exp_avgs: list[Tensor | None] = []
     exp_avg_sqs: list[Tensor] = []
     for i, level in enumerate(hyper):
@@ -632,15 +821,28 @@ def _slot(j, params, grads, exp_avgs_per_level, exp_avg_sqs_per_level, state_ste
         m = None if ms is None else _as_real(ms[j])
         v = exp_avg_sqs_per_level[i][j]
         v = v if level.tensor_mode else _as_real(v)
-        for name, state, expected in (("exp_avgs", m, param.shape), ("exp_avg_sqs", v, () if level.tensor_mode else param.shape)):
+        for name, state, expected in (
+            ("exp_avgs", m, param.shape),
+            ("exp_avg_sqs", v, () if level.tensor_mode else param.shape),
+        ):
             if state is None:
                 continue
-            if tuple(state.shape) != tuple(expected) and not (level.tensor_mode and name == "exp_avg_sqs" and state.numel() == 1):
-                raise ValueError(f"{name} of level {i + 1} for parameter {j} has shape {tuple(state.shape)}, expected {tuple(expected)}")
-            if state.dtype not in (param.dtype, torch.float32) and not (name == "exp_avg_sqs" and level.tensor_mode and state.is_floating_point()):
-                raise ValueError(f"{name} of level {i + 1} for parameter {j}: dtype {state.dtype}, expected {param.dtype} or float32")
+            if tuple(state.shape) != tuple(expected) and not (
+                level.tensor_mode and name == "exp_avg_sqs" and state.numel() == 1
+            ):
+                raise ValueError(
+                    f"{name} of level {i + 1} for parameter {j} has shape {tuple(state.shape)}, expected {tuple(expected)}"
+                )
+            if state.dtype not in (param.dtype, torch.float32) and not (
+                name == "exp_avg_sqs" and level.tensor_mode and state.is_floating_point()
+            ):
+                raise ValueError(
+                    f"{name} of level {i + 1} for parameter {j}: dtype {state.dtype}, expected {param.dtype} or float32"
+                )
             if state.device != param.device:
-                raise ValueError(f"{name} of level {i + 1} for parameter {j} is on {state.device}, its parameter on {param.device}")
+                raise ValueError(
+                    f"{name} of level {i + 1} for parameter {j} is on {state.device}, its parameter on {param.device}"
+                )
         exp_avgs.append(m)
         exp_avg_sqs.append(v)
     offsets = [0.0] * len(hyper) if step_offsets is None else [float(step_offsets[i][j]) for i in range(len(hyper))]
@@ -698,7 +900,9 @@ def _launch(
     step_tuple = tuple(padded(steps))
     # Level-major flat tuples: [level * n + slot]; a level that keeps no m passes θ (never read).
     exp_avg_tuple = tuple(
-        t for i in range(k) for t in padded([params[s] if exp_avgs[s][i] is None else exp_avgs[s][i] for s in range(len(slots))])
+        t
+        for i in range(k)
+        for t in padded([params[s] if exp_avgs[s][i] is None else exp_avgs[s][i] for s in range(len(slots))])
     )
     exp_avg_sq_tuple = tuple(t for i in range(k) for t in padded([exp_avg_sqs[s][i] for s in range(len(slots))]))
     has_offsets = any(offset != 0.0 for slot in slots for offset in slot.offsets)
@@ -737,24 +941,71 @@ def _launch(
     for step_pass in _plan(hyper):
         if n_chunks > 0:
             _level_pass_kernel[(n_chunks,)](
-                param_tuple, grad_tuple, exp_avg_tuple, exp_avg_sq_tuple, step_tuple, tuple(numels),
-                tuple(chunk_starts), offsets_tuple, partial_sums, denominators, found_inf_arg, grad_scale_arg,
-                lr_tensor, lr_value, float32(weight_decay), lerp_coefficients, gammas, one_minus_gammas,
-                epsilons, log2_beta_his, log2_beta_los, log2_gamma_his, log2_gamma_los, n_chunks,
-                N=n, K=k, FIRST=step_pass.first, END=step_pass.end, REPLAY_FROM=step_pass.replay_from,
-                TENSOR_MODES=tensor_modes, KEEPS_M=keeps_m, LERP_FROM_START=lerp_from_start, DECAY=decay,
-                MAXIMIZE=bool(maximize), HAS_GRAD_SCALE=grad_scale is not None,
-                HAS_FOUND_INF=found_inf is not None, LR_IS_TENSOR=lr_is_tensor, HAS_OFFSETS=has_offsets,
-                BLOCK_SIZE=BLOCK, num_warps=_NUM_WARPS,
+                param_tuple,
+                grad_tuple,
+                exp_avg_tuple,
+                exp_avg_sq_tuple,
+                step_tuple,
+                tuple(numels),
+                tuple(chunk_starts),
+                offsets_tuple,
+                partial_sums,
+                denominators,
+                found_inf_arg,
+                grad_scale_arg,
+                lr_tensor,
+                lr_value,
+                float32(weight_decay),
+                lerp_coefficients,
+                gammas,
+                one_minus_gammas,
+                epsilons,
+                log2_beta_his,
+                log2_beta_los,
+                log2_gamma_his,
+                log2_gamma_los,
+                n_chunks,
+                N=n,
+                K=k,
+                FIRST=step_pass.first,
+                END=step_pass.end,
+                REPLAY_FROM=step_pass.replay_from,
+                TENSOR_MODES=tensor_modes,
+                KEEPS_M=keeps_m,
+                LERP_FROM_START=lerp_from_start,
+                DECAY=decay,
+                MAXIMIZE=bool(maximize),
+                HAS_GRAD_SCALE=grad_scale is not None,
+                HAS_FOUND_INF=found_inf is not None,
+                LR_IS_TENSOR=lr_is_tensor,
+                HAS_OFFSETS=has_offsets,
+                BLOCK_SIZE=BLOCK,
+                num_warps=_NUM_WARPS,
             )
         if step_pass.end < k:
             level = step_pass.end
             _tensor_level_finish_kernel[(len(slots),)](
-                exp_avg_sq_tuple, step_tuple, tuple(numels), tuple(chunk_starts), offsets_tuple, partial_sums,
-                denominators, found_inf_arg, gammas[level], one_minus_gammas[level], epsilons[level],
-                log2_gamma_his[level], log2_gamma_los[level], max(n_chunks, 1),
-                N=n, LEVEL=level, HAS_FOUND_INF=found_inf is not None, HAS_OFFSETS=has_offsets,
-                BLOCK_SIZE=BLOCK, TILE=_FINISH_TILE, num_warps=4,
+                exp_avg_sq_tuple,
+                step_tuple,
+                tuple(numels),
+                tuple(chunk_starts),
+                offsets_tuple,
+                partial_sums,
+                denominators,
+                found_inf_arg,
+                gammas[level],
+                one_minus_gammas[level],
+                epsilons[level],
+                log2_gamma_his[level],
+                log2_gamma_los[level],
+                max(n_chunks, 1),
+                N=n,
+                LEVEL=level,
+                HAS_FOUND_INF=found_inf is not None,
+                HAS_OFFSETS=has_offsets,
+                BLOCK_SIZE=BLOCK,
+                TILE=_FINISH_TILE,
+                num_warps=4,
             )
     if found_inf is not None:
         torch._foreach_sub_(steps, [found_inf_arg] * len(steps))

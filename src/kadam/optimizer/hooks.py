@@ -18,8 +18,9 @@ from torch import Tensor, nn
 __all__ = ["StepHooks", "named_tensors"]
 
 
-def named_tensors(names: nn.Module | Mapping[str, Tensor] | Iterable[tuple[str, Tensor]] | None,
-                  argument: str = "names") -> list[tuple[str, Tensor]]:
+def named_tensors(
+    names: nn.Module | Mapping[str, Tensor] | Iterable[tuple[str, Tensor]] | None, argument: str = "names"
+) -> list[tuple[str, Tensor]]:
     """``(name, tensor)`` pairs from a module (its ``named_parameters()``), a mapping or an iterable of pairs.
 
     Raises:
@@ -31,10 +32,13 @@ def named_tensors(names: nn.Module | Mapping[str, Tensor] | Iterable[tuple[str, 
         return list(names.named_parameters())
     entries = list(names.items()) if isinstance(names, Mapping) else list(names)
     for entry in entries:
-        if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
-                and isinstance(entry[1], Tensor)):
-            raise ValueError(f"{argument} must be a module, a mapping of names to tensors or an iterable of "
-                             f"(name, tensor) pairs, got an entry {entry!r:.80}")
+        if not (
+            isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str) and isinstance(entry[1], Tensor)
+        ):
+            raise ValueError(
+                f"{argument} must be a module, a mapping of names to tensors or an iterable of "
+                f"(name, tensor) pairs, got an entry {entry!r:.80}"
+            )
     return entries
 
 
@@ -46,8 +50,10 @@ class StepHooks:
     _handles: list[Any]
 
     def _attach(self, optimizer: torch.optim.Optimizer) -> None:
-        self._handles = [optimizer.register_step_pre_hook(self._pre_step),
-                         optimizer.register_step_post_hook(self._post_step)]
+        self._handles = [
+            optimizer.register_step_pre_hook(self._pre_step),
+            optimizer.register_step_post_hook(self._post_step),
+        ]
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         raise NotImplementedError

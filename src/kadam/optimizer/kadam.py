@@ -283,7 +283,9 @@ class KAdam(Optimizer):
                 param_state = self.state.get(param, {})
                 if len(param_state) != 0 and not torch.is_tensor(param_state["step"]):
                     device = param.device if group["capturable"] else None  # as torch's Adam places it
-                    param_state["step"] = torch.tensor(float(param_state["step"]), dtype=_get_scalar_dtype(), device=device)
+                    param_state["step"] = torch.tensor(
+                        float(param_state["step"]), dtype=_get_scalar_dtype(), device=device
+                    )
             # Groups pickled by older versions held level 2..k as given (one value for all of them).
             levels = resolve_levels(**{key: group.get(key) for key in LEVEL_KEYS})
             group.update(group_entries(levels))
@@ -314,7 +316,9 @@ class KAdam(Optimizer):
         """
         for key in ("state", "param_groups"):
             if key not in state_dict:
-                raise KeyError(f"the checkpoint has no {key!r}: an optimizer state dict holds 'state' and 'param_groups'")
+                raise KeyError(
+                    f"the checkpoint has no {key!r}: an optimizer state dict holds 'state' and 'param_groups'"
+                )
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
@@ -438,7 +442,9 @@ class KAdam(Optimizer):
             if isinstance(offset, Tensor) and offset.numel() == 1:
                 offset = offset.item()
             if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not 0 <= offset <= step:
-                raise ValueError(f"{_offset_key(i)!r} of {where} must be a number in [0, step = {step}], got {offset!r}")
+                raise ValueError(
+                    f"{_offset_key(i)!r} of {where} must be a number in [0, step = {step}], got {offset!r}"
+                )
         return saved_levels
 
     @staticmethod
@@ -492,8 +498,10 @@ class KAdam(Optimizer):
     ) -> bool:
         has_complex = False
         # Per level, once per call: its state keys, whether it stores m, its step-offset key.
-        level_keys = [(*state_keys(i), _keeps_first_moment(i, hparams), _offset_key(i))
-                      for i, hparams in enumerate(levels, start=1)]
+        level_keys = [
+            (*state_keys(i), _keeps_first_moment(i, hparams), _offset_key(i))
+            for i, hparams in enumerate(levels, start=1)
+        ]
         # Step counts stay tensors when traced by torch.compile or kept on the device (capturable).
         tensor_counts = group["capturable"] or torch.compiler.is_compiling()
         for param in group["params"]:
@@ -597,10 +605,14 @@ _TRITON_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-@functools.cache
+# Looked up once, at import: found, not imported (importing kadam never imports triton), and a constant
+# under torch.compile (dynamo of torch 2.8-2.10 breaks the graph on find_spec, even through functools.cache).
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def _triton_available() -> bool:
-    """Whether triton is installed (found, not imported: importing kadam never imports triton)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether triton is installed."""
+    return _TRITON_INSTALLED
 
 
 def _exactly_adam(levels: Sequence[Level]) -> bool:
@@ -626,8 +638,11 @@ def check_fused_device(param: Tensor, levels: Sequence[Level]) -> None:
         raise RuntimeError(
             "`fused=True` requires all the params to be floating point Tensors of supported devices: "
             f"{devices} but {param.dtype} and {param.device.type}"
-            + ("" if param.device.type in ("cpu", "meta") or len(devices) > 1 else
-               f" (KAdam has a fused kernel on {param.device.type} only for k = 1 with norm='elementwise')")
+            + (
+                ""
+                if param.device.type in ("cpu", "meta") or len(devices) > 1
+                else f" (KAdam has a fused kernel on {param.device.type} only for k = 1 with norm='elementwise')"
+            )
         )
     dtype = param.real.dtype if param.is_complex() else param.dtype
     if _uses_triton(param.device, levels) and dtype not in _TRITON_DTYPES:
@@ -799,20 +814,31 @@ def _multi_tensor_kadam(
     has_complex: bool,
 ) -> None:
     flat_moments = [tensors for pair in moments for tensors in pair]
-    grouped = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, *flat_moments, steps], with_indices=True
-    )
+    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, *flat_moments, steps], with_indices=True)
     for (device_params, device_grads, *device_moments, device_steps), indices in grouped.values():
-        lists = [cast(list[Tensor], device_params), cast(list[Tensor], device_grads),
-                 *(cast(list[Tensor], m) for m in device_moments), cast(list[Tensor], device_steps)]
+        lists = [
+            cast(list[Tensor], device_params),
+            cast(list[Tensor], device_grads),
+            *(cast(list[Tensor], m) for m in device_moments),
+            cast(list[Tensor], device_steps),
+        ]
         for chunk in _cache_sized_chunks(lists[0]) if lists[0][0].is_cpu else [range(len(lists[0]))]:
             chunk_params, chunk_grads, *chunk_moments, chunk_steps = (
-                [tensors[j] for j in chunk] if tensors else tensors for tensors in lists)
-            _multi_tensor_group(chunk_params, chunk_grads, chunk_moments, chunk_steps,
-                                [[per_level[indices[j]] for j in chunk] for per_level in level_steps],
-                                levels=levels, lr=lr, weight_decay=weight_decay,
-                                decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-                                has_complex=has_complex)
+                [tensors[j] for j in chunk] if tensors else tensors for tensors in lists
+            )
+            _multi_tensor_group(
+                chunk_params,
+                chunk_grads,
+                chunk_moments,
+                chunk_steps,
+                [[per_level[indices[j]] for j in chunk] for per_level in level_steps],
+                levels=levels,
+                lr=lr,
+                weight_decay=weight_decay,
+                decoupled_weight_decay=decoupled_weight_decay,
+                maximize=maximize,
+                has_complex=has_complex,
+            )
 
 
 _CPU_FOREACH_CHUNK_ELEMENTS = 1 << 16
@@ -950,7 +976,8 @@ def _fused_kadam(
     """
     flat_moments = [tensors for pair in moments for tensors in pair]
     grouped = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, *flat_moments, steps], with_indices=True  # type: ignore[list-item]
+        [params, grads, *flat_moments, steps],
+        with_indices=True,  # type: ignore[list-item]
     )
     for (device, _), ((device_params, device_grads, *device_moments, device_steps), indices) in grouped.items():
         group_params = cast(list[Tensor], device_params)
@@ -1072,9 +1099,16 @@ def _triton_fused_kadam(
         exp_avgs if level.beta != 0.0 else None for level, (exp_avgs, _) in zip(levels, moments)
     ]
     if levels[0].beta == 0.0:
-        _store_first_input(params, grads, moments[0][0], weight_decay=weight_decay,
-                           decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-                           grad_scale=grad_scale, found_inf=found_inf)
+        _store_first_input(
+            params,
+            grads,
+            moments[0][0],
+            weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize,
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+        )
     upcoming = [_get_value(step) + 1 for step in steps]
     step_offsets = [[float(after - count) for after, count in zip(upcoming, counts)] for counts in level_steps]
     triton_fused_kadam_(
@@ -1144,9 +1178,18 @@ def _torch_kernels_kadam(
             f"{[level.norm for level in levels]}; use foreach=True (torch's fused Adam kernel covers k = 1, elementwise)"
         )
     level = levels[0]
-    _cpu_kernel.check_inputs(params, grads, [moments[0][0]], [moments[0][1]], steps, tensor_modes=[False],
-                             keeps_first_moment=[True], state_names=[state_keys(1)], param_name=_param_namer(indices),
-                             dtypes=(params[0].dtype,))
+    _cpu_kernel.check_inputs(
+        params,
+        grads,
+        [moments[0][0]],
+        [moments[0][1]],
+        steps,
+        tensor_modes=[False],
+        keeps_first_moment=[True],
+        state_names=[state_keys(1)],
+        param_name=_param_namer(indices),
+        dtypes=(params[0].dtype,),
+    )
     # torch's kernel wants the step counts on the parameters' device; KAdam keeps them on the CPU.
     device_steps = [step.to(params[0].device) for step in steps]
     torch._foreach_add_(device_steps, 1)

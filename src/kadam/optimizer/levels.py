@@ -190,7 +190,9 @@ def _check_pair_attempt(name: str, value: Any, alternative: str) -> None:
         problem = f"a pair holds 2 numbers, not {len(value)}"
     else:
         problem = f"{next(v for v in value if not _is_number(v))!r} is not a number"
-    raise ValueError(f"{name} must be a pair of numbers (beta, gamma) in [0, 1), {alternative}; got {value!r}: {problem}")
+    raise ValueError(
+        f"{name} must be a pair of numbers (beta, gamma) in [0, 1), {alternative}; got {value!r}: {problem}"
+    )
 
 
 def _per_meta_level(name: str, value: Any, k: int, single: Any) -> list[Any]:

@@ -22,7 +22,11 @@ __all__ = ["is_normalization_layer", "param_groups_for"]
 
 # torch's normalization layers; BatchNorm*, InstanceNorm* and SyncBatchNorm derive from _NormBase.
 NORMALIZATION_LAYERS: tuple[type[nn.Module], ...] = (
-    _NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm,
+    _NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    nn.LocalResponseNorm,
 )
 
 
@@ -50,8 +54,10 @@ def param_groups_for(model: nn.Module, weight_decay: float) -> list[dict[str, An
     Raises:
         ValueError: if ``weight_decay`` is not a finite number ≥ 0.
     """
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not (
-        math.isfinite(weight_decay) and weight_decay >= 0.0
+    if (
+        isinstance(weight_decay, bool)
+        or not isinstance(weight_decay, (int, float))
+        or not (math.isfinite(weight_decay) and weight_decay >= 0.0)
     ):
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     decay, no_decay = [], []

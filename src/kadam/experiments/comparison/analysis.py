@@ -69,6 +69,7 @@ __all__ = [
 # Statistics
 # --------------------------------------------------------------------------------------------------------
 
+
 def paired_t(differences: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
     """Paired t test of mean(differences) = 0: n, mean d̄, sample std s, t = d̄/(s/√n), df = n − 1, the
     two-sided p-value and the ``confidence`` interval d̄ ± t_{(1+c)/2, n−1} s/√n. With s = 0 the test is
@@ -83,14 +84,32 @@ def paired_t(differences: Sequence[float], confidence: float = 0.95) -> dict[str
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     mean, std = float(values.mean()), float(values.std(ddof=1))
     if std == 0:
-        return {"n": n, "mean": mean, "std": 0.0, "t": None, "df": n - 1, "p_value": 1.0 if mean == 0 else 0.0,
-                "confidence": confidence, "ci_low": mean, "ci_high": mean}
+        return {
+            "n": n,
+            "mean": mean,
+            "std": 0.0,
+            "t": None,
+            "df": n - 1,
+            "p_value": 1.0 if mean == 0 else 0.0,
+            "confidence": confidence,
+            "ci_low": mean,
+            "ci_high": mean,
+        }
     standard_error = std / math.sqrt(n)
     t = mean / standard_error
     p = float(2 * stats.t.sf(abs(t), n - 1))
     half = float(stats.t.ppf((1 + confidence) / 2, n - 1) * standard_error)
-    return {"n": n, "mean": mean, "std": std, "t": t, "df": n - 1, "p_value": p, "confidence": confidence,
-            "ci_low": mean - half, "ci_high": mean + half}
+    return {
+        "n": n,
+        "mean": mean,
+        "std": std,
+        "t": t,
+        "df": n - 1,
+        "p_value": p,
+        "confidence": confidence,
+        "ci_low": mean - half,
+        "ci_high": mean + half,
+    }
 
 
 def holm_adjust(p_values: Sequence[float]) -> list[float]:
@@ -108,8 +127,9 @@ def holm_adjust(p_values: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def minimum_detectable_effect(std: float, n: int, alpha: float = 0.05, power: float = 0.8,
-                              family_size: int = 1) -> dict[str, float]:
+def minimum_detectable_effect(
+    std: float, n: int, alpha: float = 0.05, power: float = 0.8, family_size: int = 1
+) -> dict[str, float]:
     """Smallest true mean paired difference the two-sided paired t test at level ``alpha / family_size``
     (Holm's strictest step) detects with probability ``power``, given the seed-to-seed std ``std`` of the
     differences and ``n`` pairs. ``exact``: the root δ of P(|T| > t_{1−α'/2, n−1}) = power, T ~ noncentral
@@ -137,13 +157,20 @@ def minimum_detectable_effect(std: float, n: int, alpha: float = 0.05, power: fl
     while power_at(upper) < power:  # the approximation can undershoot for few degrees of freedom
         upper *= 2
     noncentrality = optimize.brentq(lambda nc: power_at(nc) - power, 0.0, upper)
-    return {"exact": noncentrality * std / math.sqrt(n), "approximate": approximate, "level": level,
-            "power": power, "n": n, "std": std}
+    return {
+        "exact": noncentrality * std / math.sqrt(n),
+        "approximate": approximate,
+        "level": level,
+        "power": power,
+        "n": n,
+        "std": std,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------
 # Selection, outcomes and the summary of one workload
 # --------------------------------------------------------------------------------------------------------
+
 
 def _validation(run: Mapping[str, Any]) -> float:
     value = run["validation_loss"]
@@ -169,10 +196,13 @@ def select_best(trials: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         by_trial.setdefault(int(run["trial"]), []).append(run)
     means = {index: float(np.mean([_validation(run) for run in runs])) for index, runs in by_trial.items()}
     best = min(means, key=lambda index: (means[index], index))
-    return {"trial": best, "hyperparameters": dict(by_trial[best][0]["hyperparameters"]),
-            "validation_loss": means[best] if math.isfinite(means[best]) else None,
-            "diverged_trials": sum(1 for value in means.values() if not math.isfinite(value)),
-            "trials": len(means)}
+    return {
+        "trial": best,
+        "hyperparameters": dict(by_trial[best][0]["hyperparameters"]),
+        "validation_loss": means[best] if math.isfinite(means[best]) else None,
+        "diverged_trials": sum(1 for value in means.values() if not math.isfinite(value)),
+        "trials": len(means),
+    }
 
 
 def check_control_ties(control_runs: Sequence[Mapping[str, Any]], reference_runs: Sequence[Mapping[str, Any]]) -> int:
@@ -190,7 +220,8 @@ def check_control_ties(control_runs: Sequence[Mapping[str, Any]], reference_runs
             if run[field] != other[field]:
                 raise AssertionError(
                     f"control {run['arm']} differs from {other['arm']} on {run['workload']} seed {run['seed']} "
-                    f"({field}: {run[field]!r} vs {other[field]!r}): the pairing is broken")
+                    f"({field}: {run[field]!r} vs {other[field]!r}): the pairing is broken"
+                )
         checked += 1
     return checked
 
@@ -208,8 +239,14 @@ def _first_at_or_below(run: Mapping[str, Any], target: float) -> tuple[int | Non
 
 def _spread(values: Sequence[float]) -> dict[str, Any]:
     array = np.asarray(values, dtype=float)
-    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else None,
-            "median": float(np.median(array)), "min": float(array.min()), "max": float(array.max()), "n": len(array)}
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std(ddof=1)) if len(array) > 1 else None,
+        "median": float(np.median(array)),
+        "min": float(array.min()),
+        "max": float(array.max()),
+        "n": len(array),
+    }
 
 
 def summarize_arm(runs: Sequence[Mapping[str, Any]], target: float | None) -> dict[str, Any]:
@@ -225,8 +262,12 @@ def summarize_arm(runs: Sequence[Mapping[str, Any]], target: float | None) -> di
     if finished:
         length = min(len(run["curve"]) for run in finished)
         stacked = np.asarray([run["curve"][:length] for run in finished], dtype=float)
-        curve = {"steps": finished[0]["curve_steps"][:length], "median": np.median(stacked, axis=0).tolist(),
-                 "min": stacked.min(axis=0).tolist(), "max": stacked.max(axis=0).tolist()}
+        curve = {
+            "steps": finished[0]["curve_steps"][:length],
+            "median": np.median(stacked, axis=0).tolist(),
+            "min": stacked.min(axis=0).tolist(),
+            "max": stacked.max(axis=0).tolist(),
+        }
     return {
         "seeds": [run["seed"] for run in runs],
         "test_loss": _spread([outcome(run) for run in runs]),
@@ -240,8 +281,9 @@ def summarize_arm(runs: Sequence[Mapping[str, Any]], target: float | None) -> di
     }
 
 
-def compare_to_reference(runs_by_arm: Mapping[str, Sequence[Mapping[str, Any]]], reference: str = REFERENCE,
-                         confidence: float = 0.95) -> dict[str, dict[str, Any]]:
+def compare_to_reference(
+    runs_by_arm: Mapping[str, Sequence[Mapping[str, Any]]], reference: str = REFERENCE, confidence: float = 0.95
+) -> dict[str, dict[str, Any]]:
     """Paired t of each arm's outcome minus the reference's, seed by seed (unadjusted; see
     :func:`adjust_family` for Holm). Only seeds present in both arms are paired."""
     reference_by_seed = {run["seed"]: outcome(run) for run in runs_by_arm[reference]}
@@ -249,8 +291,11 @@ def compare_to_reference(runs_by_arm: Mapping[str, Sequence[Mapping[str, Any]]],
     for arm, runs in runs_by_arm.items():
         if arm == reference:
             continue
-        pairs = [(outcome(run), reference_by_seed[run["seed"]]) for run in sorted(runs, key=lambda r: r["seed"])
-                 if run["seed"] in reference_by_seed]
+        pairs = [
+            (outcome(run), reference_by_seed[run["seed"]])
+            for run in sorted(runs, key=lambda r: r["seed"])
+            if run["seed"] in reference_by_seed
+        ]
         comparisons[arm] = paired_t([a - b for a, b in pairs], confidence)
     return comparisons
 
@@ -266,15 +311,22 @@ def adjust_family(comparisons: Sequence[dict[str, Any]], alpha: float = 0.05, po
     for comparison, p_holm in zip(comparisons, adjusted):
         n, std, mean = comparison["n"], comparison["std"], comparison["mean"]
         half = float(stats.t.ppf(1 - alpha / (2 * m), n - 1) * std / math.sqrt(n))
-        comparison.update({
-            "p_holm": p_holm, "significant": bool(p_holm <= alpha), "family_size": m, "alpha": alpha,
-            "ci_adjusted_low": mean - half, "ci_adjusted_high": mean + half,
-            "mde": minimum_detectable_effect(std, n, alpha, power, m)["exact"],
-        })
+        comparison.update(
+            {
+                "p_holm": p_holm,
+                "significant": bool(p_holm <= alpha),
+                "family_size": m,
+                "alpha": alpha,
+                "ci_adjusted_low": mean - half,
+                "ci_adjusted_high": mean + half,
+                "mde": minimum_detectable_effect(std, n, alpha, power, m)["exact"],
+            }
+        )
 
 
-def summarize_workload(evaluation_runs: Sequence[Mapping[str, Any]], confidence: float = 0.95,
-                       reference: str = REFERENCE) -> dict[str, Any]:
+def summarize_workload(
+    evaluation_runs: Sequence[Mapping[str, Any]], confidence: float = 0.95, reference: str = REFERENCE
+) -> dict[str, Any]:
     """Per-arm summaries and unadjusted paired comparisons with ``reference`` on one workload, from the
     evaluation runs of every arm. The target is the worst final training loss among the reference's seeds that
     did not diverge (None if all diverged). If the k = 1 control ran, :func:`check_control_ties` must pass."""
@@ -288,15 +340,18 @@ def summarize_workload(evaluation_runs: Sequence[Mapping[str, Any]], confidence:
     control_pairs = check_control_ties(by_arm[CONTROL], by_arm[reference]) if CONTROL in by_arm else 0
     return {
         "target_train_loss": target,
-        "arms": {arm: summarize_arm(by_arm[arm], target)
-                 for arm in sorted(by_arm, key=lambda name: (name != reference, name != CONTROL, name))},
+        "arms": {
+            arm: summarize_arm(by_arm[arm], target)
+            for arm in sorted(by_arm, key=lambda name: (name != reference, name != CONTROL, name))
+        },
         "versus_reference": compare_to_reference(by_arm, reference, confidence),
         "control_pairs_checked": control_pairs,
     }
 
 
-def performance_profile(metric: Mapping[str, Mapping[str, float | None]],
-                        taus: Sequence[float]) -> dict[str, list[float]]:
+def performance_profile(
+    metric: Mapping[str, Mapping[str, float | None]], taus: Sequence[float]
+) -> dict[str, list[float]]:
     """Dolan–Moré performance profile: ``metric[workload][arm]`` (lower is better; None = failed), ratio to
     the best arm per workload, ρ_arm(τ) = share of workloads with ratio ≤ τ."""
     arms = sorted({arm for values in metric.values() for arm in values})
@@ -310,8 +365,6 @@ def performance_profile(metric: Mapping[str, Mapping[str, float | None]],
             ratios[arm].append(value / best if ok else math.inf)
     count = max(len(metric), 1)
     return {arm: [sum(r <= tau for r in ratios[arm]) / count for tau in taus] for arm in arms}
-
-
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -328,8 +381,14 @@ PHASES = ("search", "lr_only", "evaluate_search", "evaluate_lr_only", "sensitivi
 configuration on fresh seeds, and the lr sensitivity sweep around the full search's best configuration."""
 
 
-def analyse(records: Sequence[Mapping[str, Any]], reference: str = REFERENCE, confidence: float = 0.95,
-            alpha: float = 0.05, power: float = 0.8, profile_taus: Sequence[float] | None = None) -> dict[str, Any]:
+def analyse(
+    records: Sequence[Mapping[str, Any]],
+    reference: str = REFERENCE,
+    confidence: float = 0.95,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    profile_taus: Sequence[float] | None = None,
+) -> dict[str, Any]:
     """Everything the comparison reports, from ``records`` (dicts with ``phase`` in :data:`PHASES`,
     ``workload``, ``arm``, ``trial`` (tuning phases) or ``factor`` (sensitivity) and the ``run`` returned by
     :func:`train_trial`).
@@ -346,15 +405,26 @@ def analyse(records: Sequence[Mapping[str, Any]], reference: str = REFERENCE, co
         if record["phase"] not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {record['phase']!r}")
         run = {**record["run"], "trial": record.get("trial"), "factor": record.get("factor")}
-        by_phase.setdefault(record["phase"], {}).setdefault(record["workload"], {}).setdefault(record["arm"], []).append(run)
+        by_phase.setdefault(record["phase"], {}).setdefault(record["workload"], {}).setdefault(
+            record["arm"], []
+        ).append(run)
     workloads = sorted({record["workload"] for record in records})
-    output: dict[str, Any] = {"reference": reference, "control": CONTROL, "confidence": confidence, "alpha": alpha,
-                              "power": power, "workloads": {}, "families": {}}
+    output: dict[str, Any] = {
+        "reference": reference,
+        "control": CONTROL,
+        "confidence": confidence,
+        "alpha": alpha,
+        "power": power,
+        "workloads": {},
+        "families": {},
+    }
     control_pairs = 0
     for workload in workloads:
         entry: dict[str, Any] = {}
-        for result, tuning_phase, evaluation_phase in (("search", "search", "evaluate_search"),
-                                                       ("lr_only", "lr_only", "evaluate_lr_only")):
+        for result, tuning_phase, evaluation_phase in (
+            ("search", "search", "evaluate_search"),
+            ("lr_only", "lr_only", "evaluate_lr_only"),
+        ):
             tuning = by_phase.get(tuning_phase, {}).get(workload, {})
             evaluation = by_phase.get(evaluation_phase, {}).get(workload, {})
             if not tuning:
@@ -362,17 +432,30 @@ def analyse(records: Sequence[Mapping[str, Any]], reference: str = REFERENCE, co
             if CONTROL in tuning and reference in tuning:
                 control_pairs += check_control_ties(tuning[CONTROL], tuning[reference])
             selection = {arm: select_best(runs) for arm, runs in sorted(tuning.items())}
-            trials = {arm: [{"trial": run["trial"], "seed": run["seed"], "hyperparameters": run["hyperparameters"],
-                             "validation_loss": run["validation_loss"], "diverged": run["diverged"]}
-                            for run in sorted(runs, key=lambda r: (r["trial"], r["seed"]))]
-                      for arm, runs in sorted(tuning.items())}
+            trials = {
+                arm: [
+                    {
+                        "trial": run["trial"],
+                        "seed": run["seed"],
+                        "hyperparameters": run["hyperparameters"],
+                        "validation_loss": run["validation_loss"],
+                        "diverged": run["diverged"],
+                    }
+                    for run in sorted(runs, key=lambda r: (r["trial"], r["seed"]))
+                ]
+                for arm, runs in sorted(tuning.items())
+            }
             block: dict[str, Any] = {"selection": selection, "trials": trials}
             reference_lr = selection[reference]["hyperparameters"]["lr"] if reference in selection else None
-            block["lr_ratio_to_reference"] = {
-                arm: chosen["hyperparameters"]["lr"] / reference_lr for arm, chosen in selection.items()
-            } if reference_lr else {}
+            block["lr_ratio_to_reference"] = (
+                {arm: chosen["hyperparameters"]["lr"] / reference_lr for arm, chosen in selection.items()}
+                if reference_lr
+                else {}
+            )
             if evaluation and reference in evaluation:
-                summary = summarize_workload([run for runs in evaluation.values() for run in runs], confidence, reference)
+                summary = summarize_workload(
+                    [run for runs in evaluation.values() for run in runs], confidence, reference
+                )
                 control_pairs += summary["control_pairs_checked"]
                 block.update(summary)
             entry[result] = block
@@ -389,10 +472,16 @@ def analyse(records: Sequence[Mapping[str, Any]], reference: str = REFERENCE, co
                     grouped.setdefault(float(run["factor"]), []).append(_validation(run))
                 for factor, values in grouped.items():
                     mean = float(np.mean(values))
-                    points.append((factor, best["hyperparameters"]["lr"] * factor, mean if math.isfinite(mean) else None))
+                    points.append(
+                        (factor, best["hyperparameters"]["lr"] * factor, mean if math.isfinite(mean) else None)
+                    )
                 points.sort()
-                curves[arm] = {"factor": [p[0] for p in points], "lr": [p[1] for p in points],
-                               "validation_loss": [p[2] for p in points], "best_runs": len(best_runs)}
+                curves[arm] = {
+                    "factor": [p[0] for p in points],
+                    "lr": [p[1] for p in points],
+                    "validation_loss": [p[2] for p in points],
+                    "best_runs": len(best_runs),
+                }
             entry["sensitivity"] = curves
         output["workloads"][workload] = entry
     output["central_pairings"] = []
@@ -403,29 +492,50 @@ def analyse(records: Sequence[Mapping[str, Any]], reference: str = REFERENCE, co
         seeds = sorted(set(first) & set(second))
         if len(seeds) >= 2:
             comparison = paired_t([second[seed] - first[seed] for seed in seeds], confidence)
-            output["central_pairings"].append({"first": [with_norm, first_arm], "second": [without_norm, second_arm],
-                                               "comparison": comparison})
+            output["central_pairings"].append(
+                {"first": [with_norm, first_arm], "second": [without_norm, second_arm], "comparison": comparison}
+            )
     for result in ("search", "lr_only"):
-        family = [(workload, arm, comparison, None)
-                  for workload, entry in output["workloads"].items() if result in entry
-                  for arm, comparison in entry[result].get("versus_reference", {}).items() if arm != CONTROL]
+        family = [
+            (workload, arm, comparison, None)
+            for workload, entry in output["workloads"].items()
+            if result in entry
+            for arm, comparison in entry[result].get("versus_reference", {}).items()
+            if arm != CONTROL
+        ]
         if result == "search":
-            family += [(f"{p['second'][0]} vs {p['first'][0]}", f"{p['second'][1]} vs {p['first'][1]}", p["comparison"],
-                        {"first": p["first"], "second": p["second"]}) for p in output["central_pairings"]]
+            family += [
+                (
+                    f"{p['second'][0]} vs {p['first'][0]}",
+                    f"{p['second'][1]} vs {p['first'][1]}",
+                    p["comparison"],
+                    {"first": p["first"], "second": p["second"]},
+                )
+                for p in output["central_pairings"]
+            ]
         adjust_family([comparison for _, _, comparison, _ in family], alpha, power)
         # "pairing": None for an arm against AdamW on one workload; the two (workload, arm) runs of a THEORY §4 pairing
-        output["families"][result] = [{"workload": workload, "arm": arm, "comparison": comparison, "pairing": pairing}
-                                      for workload, arm, comparison, pairing in family]
+        output["families"][result] = [
+            {"workload": workload, "arm": arm, "comparison": comparison, "pairing": pairing}
+            for workload, arm, comparison, pairing in family
+        ]
     output["control_pairs_checked"] = control_pairs
     taus = list(profile_taus) if profile_taus is not None else [1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0]
     steps_metric = {}
     for workload, entry in output["workloads"].items():
         arms = entry.get("search", {}).get("arms", {})
         steps_metric[workload] = {
-            arm: (summary["steps_to_target"]["median"]
-                  if summary["steps_to_target"] and 2 * summary["target_reached"] > len(summary["seeds"]) else None)
-            for arm, summary in arms.items()}
-    output["performance_profile"] = {"metric": "median steps to the AdamW target (None: fewer than half the seeds "
-                                               "reached it)", "taus": taus, "values": steps_metric,
-                                     "rho": performance_profile(steps_metric, taus) if steps_metric else {}}
+            arm: (
+                summary["steps_to_target"]["median"]
+                if summary["steps_to_target"] and 2 * summary["target_reached"] > len(summary["seeds"])
+                else None
+            )
+            for arm, summary in arms.items()
+        }
+    output["performance_profile"] = {
+        "metric": "median steps to the AdamW target (None: fewer than half the seeds reached it)",
+        "taus": taus,
+        "values": steps_metric,
+        "rho": performance_profile(steps_metric, taus) if steps_metric else {},
+    }
     return output

@@ -9,22 +9,31 @@ from typing import Any
 
 from kadam.experiments.figures import colormap, panels, save_figure
 
-__all__ = ["CAPTIONS", "FOREST_VERDICTS", "draw_all", "forest_verdict", "plot_curves", "plot_sensitivity", "plot_forest", "plot_lr_ratio",
-           "plot_performance_profile"]
+__all__ = [
+    "CAPTIONS",
+    "FOREST_VERDICTS",
+    "draw_all",
+    "forest_verdict",
+    "plot_curves",
+    "plot_sensitivity",
+    "plot_forest",
+    "plot_lr_ratio",
+    "plot_performance_profile",
+]
 
 CAPTIONS = {
     "comparison_curves.png": "Training loss (window means) of every arm at its best configuration: median over the "
-                             "evaluation seeds (line) and their range (band); black dashed: the target from AdamW. An arm whose "
-                             "curve equals another's (the k = 1 control and AdamW) is drawn dashed on top and labelled "
-                             "\"identical to\".",
+    "evaluation seeds (line) and their range (band); black dashed: the target from AdamW. An arm whose "
+    "curve equals another's (the k = 1 control and AdamW) is drawn dashed on top and labelled "
+    '"identical to".',
     "comparison_lr_sensitivity.png": "Validation loss against peak learning rate, each arm's other hyperparameters "
-                                     "at their best (tuning seed): where each arm's cliff sits. Missing points diverged.",
+    "at their best (tuning seed): where each arm's cliff sits. Missing points diverged.",
     "comparison_forest.png": "Paired test-loss difference to AdamW (negative: better than AdamW) with Bonferroni-"
-                             "adjusted simultaneous intervals; green: significantly better than AdamW, red: significantly worse, "
-                             "grey with an open marker: not significant after Holm; the black line is no difference.",
+    "adjusted simultaneous intervals; green: significantly better than AdamW, red: significantly worse, "
+    "grey with an open marker: not significant after Holm; the black line is no difference.",
     "comparison_lr_ratio.png": "Best peak learning rate of each arm divided by AdamW's, per workload (full search).",
     "comparison_performance_profile.png": "Performance profile (Dolan–Moré) of median steps to AdamW's target: share "
-                                          "of workloads on which an arm is within a factor τ of the fastest arm.",
+    "of workloads on which an arm is within a factor τ of the fastest arm.",
 }
 
 
@@ -34,8 +43,9 @@ def _arm_colors(arms: list[str]) -> dict[str, Any]:
 
 
 def _all_arms(analysis: Mapping[str, Any]) -> list[str]:
-    return sorted({arm for entry in analysis["workloads"].values()
-                   for arm in entry.get("search", {}).get("selection", {})})
+    return sorted(
+        {arm for entry in analysis["workloads"].values() for arm in entry.get("search", {}).get("selection", {})}
+    )
 
 
 def _reference_first(arms: Iterable[str], reference: str) -> list[str]:
@@ -59,7 +69,9 @@ def _twins(series: Mapping[str, Any]) -> dict[str, str]:
 
 def _arm_label(arm: str, analysis: Mapping[str, Any], twins: Mapping[str, str]) -> str:
     """The arm's name, "(control)" for the k = 1 control, and "identical to X" when its line lies on X's."""
-    notes = (["control"] if arm == analysis["control"] else []) + ([f"identical to {twins[arm]}"] if arm in twins else [])
+    notes = (["control"] if arm == analysis["control"] else []) + (
+        [f"identical to {twins[arm]}"] if arm in twins else []
+    )
     return arm + (f" ({'; '.join(notes)})" if notes else "")
 
 
@@ -76,16 +88,29 @@ def plot_curves(analysis: Mapping[str, Any], path: str) -> str:
     colors = _arm_colors(_all_arms(analysis))
     for axis, workload in zip(axes[0], workloads):
         block = analysis["workloads"][workload]["search"]
-        curves = {arm: block["arms"][arm]["curve"] for arm in _reference_first(block["arms"], analysis["reference"])
-                  if block["arms"][arm]["curve"] is not None}
+        curves = {
+            arm: block["arms"][arm]["curve"]
+            for arm in _reference_first(block["arms"], analysis["reference"])
+            if block["arms"][arm]["curve"] is not None
+        }
         twins = _twins({arm: curve["median"] for arm, curve in curves.items()})
         for arm, curve in curves.items():
-            axis.plot(curve["steps"], curve["median"], color=colors[arm], label=_arm_label(arm, analysis, twins),
-                      **_arm_style(arm, twins))
+            axis.plot(
+                curve["steps"],
+                curve["median"],
+                color=colors[arm],
+                label=_arm_label(arm, analysis, twins),
+                **_arm_style(arm, twins),
+            )
             axis.fill_between(curve["steps"], curve["min"], curve["max"], color=colors[arm], alpha=0.15, lw=0)
         if block.get("target_train_loss") is not None:
-            axis.axhline(block["target_train_loss"], color="k", ls="--", lw=0.8,
-                         label=f"AdamW target loss ({block['target_train_loss']:.3g})")
+            axis.axhline(
+                block["target_train_loss"],
+                color="k",
+                ls="--",
+                lw=0.8,
+                label=f"AdamW target loss ({block['target_train_loss']:.3g})",
+            )
         if all(v > 0 for s in block["arms"].values() if s["curve"] for v in s["curve"]["min"]):
             axis.set_yscale("log")
         axis.set_title(workload)
@@ -102,13 +127,25 @@ def plot_sensitivity(analysis: Mapping[str, Any], path: str) -> str:
     colors = _arm_colors(_all_arms(analysis))
     for axis, workload in zip(axes[0], workloads):
         sensitivity = analysis["workloads"][workload]["sensitivity"]
-        series = {arm: [(lr, loss) for lr, loss in zip(sensitivity[arm]["lr"], sensitivity[arm]["validation_loss"])
-                        if loss is not None] for arm in _reference_first(sensitivity, analysis["reference"])}
+        series = {
+            arm: [
+                (lr, loss)
+                for lr, loss in zip(sensitivity[arm]["lr"], sensitivity[arm]["validation_loss"])
+                if loss is not None
+            ]
+            for arm in _reference_first(sensitivity, analysis["reference"])
+        }
         twins = _twins(series)
         for arm, points in series.items():
             if points:
-                axis.plot(*zip(*points), marker="x" if arm in twins else "o", ms=4 if arm in twins else 3,
-                          color=colors[arm], label=_arm_label(arm, analysis, twins), **_arm_style(arm, twins))
+                axis.plot(
+                    *zip(*points),
+                    marker="x" if arm in twins else "o",
+                    ms=4 if arm in twins else 3,
+                    color=colors[arm],
+                    label=_arm_label(arm, analysis, twins),
+                    **_arm_style(arm, twins),
+                )
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_title(workload)
@@ -127,7 +164,7 @@ FOREST_VERDICTS = {
 
 
 def forest_verdict(comparison: Mapping[str, Any]) -> str:
-    """"better" / "worse" (significant after Holm, mean difference test loss − AdamW's < 0 / > 0) or "not significant"."""
+    """ "better" / "worse" (significant after Holm, mean difference test loss − AdamW's < 0 / > 0) or "not significant"."""
     if not comparison["significant"]:
         return "not significant"
     return "worse" if comparison["mean"] > 0 else "better"
@@ -147,11 +184,16 @@ def plot_forest(analysis: Mapping[str, Any], path: str, result: str = "search") 
     figure, axes = panels(1, 1, (6.5, 0.3 * max(len(rows), 3) + 1.2))
     axis = axes[0][0]
     shown: set[str] = set()
-    for index, (label, comparison) in enumerate(rows):
+    for index, (_label, comparison) in enumerate(rows):
         verdict = forest_verdict(comparison)
         color, legend = FOREST_VERDICTS[verdict]
-        axis.plot([comparison["ci_adjusted_low"], comparison["ci_adjusted_high"]], [index, index], color=color, lw=2,
-                  label=None if verdict in shown else legend)
+        axis.plot(
+            [comparison["ci_adjusted_low"], comparison["ci_adjusted_high"]],
+            [index, index],
+            color=color,
+            lw=2,
+            label=None if verdict in shown else legend,
+        )
         shown.add(verdict)
         axis.plot(comparison["mean"], index, "o", color=color, mfc=color if comparison["significant"] else "white")
     axis.axvline(0, color="k", lw=0.8, label="no difference to AdamW")
@@ -171,7 +213,9 @@ def plot_lr_ratio(analysis: Mapping[str, Any], path: str) -> str:
     colors = _arm_colors(_all_arms(analysis))
     width = 0.8 / max(len(arms), 1)
     for j, arm in enumerate(arms):
-        values = [analysis["workloads"][w].get("search", {}).get("lr_ratio_to_reference", {}).get(arm) for w in workloads]
+        values = [
+            analysis["workloads"][w].get("search", {}).get("lr_ratio_to_reference", {}).get(arm) for w in workloads
+        ]
         xs = [i + j * width for i, v in enumerate(values) if v is not None]
         axis.bar(xs, [v for v in values if v is not None], width=width, color=colors[arm], label=arm)
     axis.axhline(1, color="k", lw=0.8, label="equal to AdamW's lr")
@@ -191,8 +235,14 @@ def plot_performance_profile(analysis: Mapping[str, Any], path: str) -> str:
     ordered = {arm: profile["rho"][arm] for arm in _reference_first(profile["rho"], analysis["reference"])}
     twins = _twins(ordered)
     for arm, rho in ordered.items():
-        axis.step(profile["taus"], rho, where="post", color=colors.get(arm), label=_arm_label(arm, analysis, twins),
-                  **_arm_style(arm, twins))
+        axis.step(
+            profile["taus"],
+            rho,
+            where="post",
+            color=colors.get(arm),
+            label=_arm_label(arm, analysis, twins),
+            **_arm_style(arm, twins),
+        )
     axis.set_ylim(-0.02, 1.02)
     axis.set_xlabel("τ (steps to target / fastest arm's)")
     axis.set_ylabel("share of workloads")
@@ -208,10 +258,14 @@ def draw_all(analysis: Mapping[str, Any], figures: Path) -> dict[str, str]:
     has_arms = any("arms" in e.get("search", {}) for e in analysis["workloads"].values())
     drawers = {
         "comparison_curves.png": plot_curves if has_arms else None,
-        "comparison_lr_sensitivity.png": plot_sensitivity if any("sensitivity" in e for e in analysis["workloads"].values()) else None,
+        "comparison_lr_sensitivity.png": plot_sensitivity
+        if any("sensitivity" in e for e in analysis["workloads"].values())
+        else None,
         "comparison_forest.png": plot_forest if analysis["families"].get("search") else None,
         "comparison_lr_ratio.png": plot_lr_ratio,
-        "comparison_performance_profile.png": plot_performance_profile if analysis["performance_profile"]["rho"] else None,
+        "comparison_performance_profile.png": plot_performance_profile
+        if analysis["performance_profile"]["rho"]
+        else None,
     }
     for name, draw in drawers.items():
         if draw is not None:

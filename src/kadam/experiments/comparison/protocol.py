@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from scipy.stats import qmc
 
-from kadam.optimizer import KAdam
 from kadam import vocabulary
+from kadam.optimizer import KAdam
 
 __all__ = [
     "ARMS",
@@ -73,6 +73,7 @@ EVALUATION_SEED_OFFSET = 1000
 # --------------------------------------------------------------------------------------------------------
 # Workloads (the existing tasks are imported here and only here)
 # --------------------------------------------------------------------------------------------------------
+
 
 def _existing(name: str) -> Callable[..., Any]:
     def build(device: str = "cpu", **sizes: Any) -> Any:
@@ -124,6 +125,7 @@ def build_workload(name: str, device: str = "cpu", **sizes: Any) -> Any:
 # Arms
 # --------------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ArmSpec:
     """An optimizer family: ``build(params, lr, beta, gamma, weight_decay)``, its library defaults for the
@@ -137,19 +139,34 @@ class ArmSpec:
 
 
 def _kadam_arm(k: int, strategy: str) -> ArmSpec:
-    def build(params: Iterable[torch.nn.Parameter], lr: float, beta: float, gamma: float,
-              weight_decay: float) -> torch.optim.Optimizer:
+    def build(
+        params: Iterable[torch.nn.Parameter], lr: float, beta: float, gamma: float, weight_decay: float
+    ) -> torch.optim.Optimizer:
         if strategy in ("default", "elementwise"):
             meta_norm = "tensor" if strategy == "default" else "elementwise"
-            return KAdam(params, lr=lr, k=k, betas=(beta, gamma), weight_decay=weight_decay,
-                         meta_betas=(0.0, 0.999), meta_norm=meta_norm)
+            return KAdam(
+                params,
+                lr=lr,
+                k=k,
+                betas=(beta, gamma),
+                weight_decay=weight_decay,
+                meta_betas=(0.0, 0.999),
+                meta_norm=meta_norm,
+            )
         if strategy == "naive":
-            return KAdam(params, lr=lr, k=k, betas=[(beta, gamma)] + [(0.9, 0.999)] * (k - 1),
-                         norm=["elementwise"] * k, weight_decay=weight_decay)
+            return KAdam(
+                params,
+                lr=lr,
+                k=k,
+                betas=[(beta, gamma)] + [(0.9, 0.999)] * (k - 1),
+                norm=["elementwise"] * k,
+                weight_decay=weight_decay,
+            )
         # momentum-last: γ on level 1, the momentum β on level k, levels ≥ 2 in tensor mode
         betas = [(0.0, gamma)] + [(0.0, 0.999)] * (k - 2) + [(beta, 0.999)]
-        return KAdam(params, lr=lr, k=k, betas=betas, norm=["elementwise"] + ["tensor"] * (k - 1),
-                     weight_decay=weight_decay)
+        return KAdam(
+            params, lr=lr, k=k, betas=betas, norm=["elementwise"] + ["tensor"] * (k - 1), weight_decay=weight_decay
+        )
 
     descriptions = {
         "default": f"KAdam k={k}: levels ≥ 2 (0, 0.999) tensor mode",
@@ -161,22 +178,32 @@ def _kadam_arm(k: int, strategy: str) -> ArmSpec:
 
 
 _ARM_SPECS: Mapping[str, ArmSpec] = {
-    "adamw": ArmSpec("torch AdamW (decoupled decay), foreach=False",
-                     lambda p, lr, b, g, wd: torch.optim.AdamW(p, lr=lr, betas=(b, g), weight_decay=wd, foreach=False)),
-    "adam": ArmSpec("torch Adam (coupled L2 decay), foreach=False",
-                    lambda p, lr, b, g, wd: torch.optim.Adam(p, lr=lr, betas=(b, g), weight_decay=wd, foreach=False),
-                    default_weight_decay=0.0),
-    "kadam1": ArmSpec("KAdam k=1 (control: AdamW bit for bit), foreach=False",
-                      lambda p, lr, b, g, wd: KAdam(p, lr=lr, k=1, betas=(b, g), weight_decay=wd, foreach=False)),
-    **{f"kadam{k}{'' if strategy == 'default' else '-' + strategy}": _kadam_arm(k, strategy)
-       for k in (2, 3) for strategy in ("default", "elementwise", "naive", "momentum-last")},
+    "adamw": ArmSpec(
+        "torch AdamW (decoupled decay), foreach=False",
+        lambda p, lr, b, g, wd: torch.optim.AdamW(p, lr=lr, betas=(b, g), weight_decay=wd, foreach=False),
+    ),
+    "adam": ArmSpec(
+        "torch Adam (coupled L2 decay), foreach=False",
+        lambda p, lr, b, g, wd: torch.optim.Adam(p, lr=lr, betas=(b, g), weight_decay=wd, foreach=False),
+        default_weight_decay=0.0,
+    ),
+    "kadam1": ArmSpec(
+        "KAdam k=1 (control: AdamW bit for bit), foreach=False",
+        lambda p, lr, b, g, wd: KAdam(p, lr=lr, k=1, betas=(b, g), weight_decay=wd, foreach=False),
+    ),
+    **{
+        f"kadam{k}{'' if strategy == 'default' else '-' + strategy}": _kadam_arm(k, strategy)
+        for k in (2, 3)
+        for strategy in ("default", "elementwise", "naive", "momentum-last")
+    },
 }
 ARMS: Mapping[str, ArmSpec] = {name: _ARM_SPECS[name] for name in vocabulary.ARMS}
 """Arm name → :class:`ArmSpec` (see the module docstring)."""
 
 
-def make_arm_optimizer(arm: str, params: Iterable[torch.nn.Parameter], lr: float, beta: float, gamma: float,
-                       weight_decay: float) -> torch.optim.Optimizer:
+def make_arm_optimizer(
+    arm: str, params: Iterable[torch.nn.Parameter], lr: float, beta: float, gamma: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """Build arm ``arm`` at peak ``lr`` > 0, first-level (β, γ) in [0, 1) and ``weight_decay`` ≥ 0."""
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {sorted(ARMS)}, got {arm!r}")
@@ -193,6 +220,7 @@ def make_arm_optimizer(arm: str, params: Iterable[torch.nn.Parameter], lr: float
 # --------------------------------------------------------------------------------------------------------
 # Search space and schedule
 # --------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -244,21 +272,31 @@ def quasirandom_trials(space: SearchSpace, trials: int, seed: int = 0) -> list[d
         "beta": 1 - _log_scale(unit[:, 1], space.one_minus_beta),
         "gamma": 1 - _log_scale(unit[:, 2], space.one_minus_gamma),
         "weight_decay": _log_scale(unit[:, 3], space.weight_decay),
-        "warmup_fraction": space.warmup_fraction[0] + unit[:, 4] * (space.warmup_fraction[1] - space.warmup_fraction[0]),
+        "warmup_fraction": space.warmup_fraction[0]
+        + unit[:, 4] * (space.warmup_fraction[1] - space.warmup_fraction[0]),
     }
     return [{name: float(f"{values[i]:.12g}") for name, values in columns.items()} for i in range(trials)]
 
 
-def lr_only_trials(space: SearchSpace, arm: str, trials: int, seed: int = 0,
-                   warmup_fraction: float = 0.05) -> list[dict[str, float]]:
+def lr_only_trials(
+    space: SearchSpace, arm: str, trials: int, seed: int = 0, warmup_fraction: float = 0.05
+) -> list[dict[str, float]]:
     """``trials`` learning rates (one-dimensional scrambled Sobol over ``space.lr``), the other
     hyperparameters at ``arm``'s library defaults and a fixed ``warmup_fraction``."""
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {sorted(ARMS)}, got {arm!r}")
     spec = ARMS[arm]
     rates = _log_scale(_sobol(1, trials, seed)[:, 0], space.lr)
-    return [{"lr": float(f"{lr:.12g}"), "beta": spec.default_beta, "gamma": spec.default_gamma,
-             "weight_decay": spec.default_weight_decay, "warmup_fraction": warmup_fraction} for lr in rates]
+    return [
+        {
+            "lr": float(f"{lr:.12g}"),
+            "beta": spec.default_beta,
+            "gamma": spec.default_gamma,
+            "weight_decay": spec.default_weight_decay,
+            "warmup_fraction": warmup_fraction,
+        }
+        for lr in rates
+    ]
 
 
 def lr_multiplier(step: int, steps: int, warmup_fraction: float, final_lr_fraction: float = 0.0) -> float:
@@ -283,8 +321,15 @@ class _ScheduleAndClock:
     """Sets every group's lr before each step (:func:`lr_multiplier`) and records the elapsed training time
     at each curve-window end (optimizer step hooks, so the training loop of ``Task.fit`` runs unchanged)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, peak_lr: float, steps: int, warmup_fraction: float,
-                 final_lr_fraction: float, window: int) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        peak_lr: float,
+        steps: int,
+        warmup_fraction: float,
+        final_lr_fraction: float,
+        window: int,
+    ) -> None:
         self.optimizer, self.peak_lr, self.steps = optimizer, peak_lr, steps
         self.warmup_fraction, self.final_lr_fraction, self.window = warmup_fraction, final_lr_fraction, window
         self.step = 0
@@ -317,6 +362,7 @@ def asdict_space(space: SearchSpace) -> dict[str, list[float]]:
 # --------------------------------------------------------------------------------------------------------
 # One training run (a cell)
 # --------------------------------------------------------------------------------------------------------
+
 
 def train_trial(
     workload: str,
@@ -354,14 +400,25 @@ def train_trial(
         model = task.make_model().to(device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        optimizer = make_arm_optimizer(arm, model.parameters(), float(hyperparameters["lr"]),
-                                       float(hyperparameters["beta"]), float(hyperparameters["gamma"]),
-                                       float(hyperparameters["weight_decay"]))
+        optimizer = make_arm_optimizer(
+            arm,
+            model.parameters(),
+            float(hyperparameters["lr"]),
+            float(hyperparameters["beta"]),
+            float(hyperparameters["gamma"]),
+            float(hyperparameters["weight_decay"]),
+        )
     unstable = sum("stable region" in str(w.message) for w in caught)
     initial = {split: task.evaluate(model, split)["loss"] for split in ("validation", "test")}
     window = max(1, steps // curve_points)
-    clock = _ScheduleAndClock(optimizer, float(hyperparameters["lr"]), steps, float(hyperparameters["warmup_fraction"]),
-                              final_lr_fraction, window)
+    clock = _ScheduleAndClock(
+        optimizer,
+        float(hyperparameters["lr"]),
+        steps,
+        float(hyperparameters["warmup_fraction"]),
+        final_lr_fraction,
+        window,
+    )
     generator = torch.Generator().manual_seed(seed)
     try:
         fitted = task.fit(model, optimizer, steps, batch_size, generator, window, progress)
@@ -370,14 +427,22 @@ def train_trial(
         clock.remove()
     training_seconds = time.perf_counter() - clock.started
     result: dict[str, Any] = {
-        "workload": workload, "arm": arm, "hyperparameters": {name: float(hyperparameters[name]) for name in required},
-        "seed": seed, "steps": steps, "batch_size": batch_size, "sizes": dict(sizes or {}),
-        "final_lr_fraction": final_lr_fraction, "curve_window": window,
+        "workload": workload,
+        "arm": arm,
+        "hyperparameters": {name: float(hyperparameters[name]) for name in required},
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "sizes": dict(sizes or {}),
+        "final_lr_fraction": final_lr_fraction,
+        "curve_window": window,
         "curve": [value if math.isfinite(value) else None for value in curve],
         "curve_steps": [window * (i + 1) for i in range(len(curve))],
         "curve_seconds": clock.window_seconds[: len(curve)],
-        "initial_validation_loss": initial["validation"], "initial_test_loss": initial["test"],
-        "unstable_warnings": unstable, "steps_done": clock.step,
+        "initial_validation_loss": initial["validation"],
+        "initial_test_loss": initial["test"],
+        "unstable_warnings": unstable,
+        "steps_done": clock.step,
     }
     for split in ("validation", "test"):
         metrics = None if diverged else task.evaluate(model, split)

@@ -21,8 +21,8 @@ from typing import Any
 
 from kadam.experiments.cells import Cell
 from kadam.experiments.comparison import plots
-from kadam.experiments.comparison.config import ComparisonConfig, WorkloadConfig, estimated_runs
 from kadam.experiments.comparison.analysis import analyse, minimum_detectable_effect, select_best
+from kadam.experiments.comparison.config import ComparisonConfig, WorkloadConfig, estimated_runs
 from kadam.experiments.comparison.protocol import (
     CONTROL,
     EVALUATION_SEED_OFFSET,
@@ -36,8 +36,17 @@ from kadam.experiments.profiles import profile_sizes
 from kadam.experiments.report import Claim, Figure, SectionDocument, Table, format_number
 from kadam.experiments.sections import Section
 
-__all__ = ["PlannedRun", "STUDY_DIRECTORY", "build_section", "committed_study_answer", "tuning_plan", "followup_plan",
-           "tagged_records", "result_rows", "config_for"]
+__all__ = [
+    "PlannedRun",
+    "STUDY_DIRECTORY",
+    "build_section",
+    "committed_study_answer",
+    "tuning_plan",
+    "followup_plan",
+    "tagged_records",
+    "result_rows",
+    "config_for",
+]
 
 SECTION = "comparison"
 TRAIN_FUNCTION = train_trial
@@ -55,14 +64,30 @@ class PlannedRun:
     factor: float | None = None
 
 
-def _cell(config: ComparisonConfig, workload: WorkloadConfig, arm: str, hyperparameters: Mapping[str, float],
-          seed: int, device: str, label: str) -> Cell:
-    kwargs = {"workload": workload.name, "arm": arm, "hyperparameters": dict(hyperparameters),
-              "steps": workload.steps, "batch_size": workload.batch_size, "seed": seed,
-              "sizes": workload.size_kwargs, "final_lr_fraction": config.final_lr_fraction,
-              "curve_points": config.curve_points, "device": device}
-    return Cell(SECTION, f"{workload.name} {arm} {label} seed {seed}", TRAIN_FUNCTION, kwargs,
-                cost=workload.seconds_per_run)
+def _cell(
+    config: ComparisonConfig,
+    workload: WorkloadConfig,
+    arm: str,
+    hyperparameters: Mapping[str, float],
+    seed: int,
+    device: str,
+    label: str,
+) -> Cell:
+    kwargs = {
+        "workload": workload.name,
+        "arm": arm,
+        "hyperparameters": dict(hyperparameters),
+        "steps": workload.steps,
+        "batch_size": workload.batch_size,
+        "seed": seed,
+        "sizes": workload.size_kwargs,
+        "final_lr_fraction": config.final_lr_fraction,
+        "curve_points": config.curve_points,
+        "device": device,
+    }
+    return Cell(
+        SECTION, f"{workload.name} {arm} {label} seed {seed}", TRAIN_FUNCTION, kwargs, cost=workload.seconds_per_run
+    )
 
 
 def tuning_plan(config: ComparisonConfig, device: str = "cpu") -> list[PlannedRun]:
@@ -73,14 +98,29 @@ def tuning_plan(config: ComparisonConfig, device: str = "cpu") -> list[PlannedRu
         for arm in workload.arms:
             for index, point in enumerate(shared):
                 for seed in config.tuning_seeds:
-                    plan.append(PlannedRun("search", workload.name, arm,
-                                           _cell(config, workload, arm, point, seed, device, f"trial {index}"), trial=index))
+                    plan.append(
+                        PlannedRun(
+                            "search",
+                            workload.name,
+                            arm,
+                            _cell(config, workload, arm, point, seed, device, f"trial {index}"),
+                            trial=index,
+                        )
+                    )
             if workload.lr_only and config.lr_only_trials > 0:
-                for index, point in enumerate(lr_only_trials(config.space, arm, config.lr_only_trials, config.sobol_seed)):
+                for index, point in enumerate(
+                    lr_only_trials(config.space, arm, config.lr_only_trials, config.sobol_seed)
+                ):
                     for seed in config.tuning_seeds:
-                        plan.append(PlannedRun("lr_only", workload.name, arm,
-                                               _cell(config, workload, arm, point, seed, device, f"lr-only {index}"),
-                                               trial=index))
+                        plan.append(
+                            PlannedRun(
+                                "lr_only",
+                                workload.name,
+                                arm,
+                                _cell(config, workload, arm, point, seed, device, f"lr-only {index}"),
+                                trial=index,
+                            )
+                        )
     return plan
 
 
@@ -96,30 +136,64 @@ def followup_plan(config: ComparisonConfig, results: Mapping[str, Any], device: 
     for workload in config.workloads:
         for arm in workload.arms:
             for phase, evaluation_phase in (("search", "evaluate_search"), ("lr_only", "evaluate_lr_only")):
-                runs = [{**results[p.cell.key], "trial": p.trial} for p in tuning
-                        if p.phase == phase and p.workload == workload.name and p.arm == arm]
+                runs = [
+                    {**results[p.cell.key], "trial": p.trial}
+                    for p in tuning
+                    if p.phase == phase and p.workload == workload.name and p.arm == arm
+                ]
                 if not runs:
                     continue
                 best = select_best(runs)
                 for seed in _evaluation_seeds(config):
-                    plan.append(PlannedRun(evaluation_phase, workload.name, arm,
-                                           _cell(config, workload, arm, best["hyperparameters"], seed, device,
-                                                 f"{evaluation_phase} trial {best['trial']}"), trial=best["trial"]))
+                    plan.append(
+                        PlannedRun(
+                            evaluation_phase,
+                            workload.name,
+                            arm,
+                            _cell(
+                                config,
+                                workload,
+                                arm,
+                                best["hyperparameters"],
+                                seed,
+                                device,
+                                f"{evaluation_phase} trial {best['trial']}",
+                            ),
+                            trial=best["trial"],
+                        )
+                    )
                 if phase == "search":
                     for factor in workload.factors(config):
-                        point = {**best["hyperparameters"],
-                                 "lr": float(f"{best['hyperparameters']['lr'] * factor:.12g}")}
+                        point = {
+                            **best["hyperparameters"],
+                            "lr": float(f"{best['hyperparameters']['lr'] * factor:.12g}"),
+                        }
                         for seed in config.tuning_seeds:
-                            plan.append(PlannedRun("sensitivity", workload.name, arm,
-                                                   _cell(config, workload, arm, point, seed, device, f"lr×{factor:.3g}"),
-                                                   factor=factor))
+                            plan.append(
+                                PlannedRun(
+                                    "sensitivity",
+                                    workload.name,
+                                    arm,
+                                    _cell(config, workload, arm, point, seed, device, f"lr×{factor:.3g}"),
+                                    factor=factor,
+                                )
+                            )
     return plan
 
 
 def tagged_records(plan: Sequence[PlannedRun], results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The records :func:`analyse` takes: each planned run's tags and its result."""
-    return [{"phase": p.phase, "workload": p.workload, "arm": p.arm, "trial": p.trial, "factor": p.factor,
-             "run": results[p.cell.key]} for p in plan]
+    return [
+        {
+            "phase": p.phase,
+            "workload": p.workload,
+            "arm": p.arm,
+            "trial": p.trial,
+            "factor": p.factor,
+            "run": results[p.cell.key],
+        }
+        for p in plan
+    ]
 
 
 def config_for(settings: Any) -> ComparisonConfig:
@@ -132,9 +206,22 @@ def config_for(settings: Any) -> ComparisonConfig:
 # Tables and text
 # --------------------------------------------------------------------------------------------------------
 
-RESULT_COLUMNS = ("arm", "best lr", "β", "γ", "λ", "warmup", "test loss (mean ± std)", "diverged",
-                  "Δ vs AdamW [adjusted CI]", "p (Holm)", "smallest detectable Δ", "steps to target (median)",
-                  "seconds to target (median)", "ms/step")
+RESULT_COLUMNS = (
+    "arm",
+    "best lr",
+    "β",
+    "γ",
+    "λ",
+    "warmup",
+    "test loss (mean ± std)",
+    "diverged",
+    "Δ vs AdamW [adjusted CI]",
+    "p (Holm)",
+    "smallest detectable Δ",
+    "steps to target (median)",
+    "seconds to target (median)",
+    "ms/step",
+)
 
 
 def _plus_minus(spread: Mapping[str, Any] | None) -> str:
@@ -156,20 +243,32 @@ def result_rows(block: Mapping[str, Any]) -> list[list[str]]:
             delta = f"{comparison['mean']:+.3g} (control; must be exactly 0)"
             p_holm, mde = "—", "—"
         else:
-            delta = (f"{comparison['mean']:+.4f} [{comparison['ci_adjusted_low']:+.4f}, "
-                     f"{comparison['ci_adjusted_high']:+.4f}]" + (" *" if comparison["significant"] else ""))
+            delta = (
+                f"{comparison['mean']:+.4f} [{comparison['ci_adjusted_low']:+.4f}, "
+                f"{comparison['ci_adjusted_high']:+.4f}]" + (" *" if comparison["significant"] else "")
+            )
             p_holm, mde = format_number(comparison["p_holm"], 2), format_number(comparison["mde"], 3)
         steps = summary["steps_to_target"]
         seconds = summary["seconds_to_target"]
         n = len(summary["seeds"])
-        rows.append([
-            arm, format_number(chosen["lr"], 3), format_number(chosen["beta"], 3), format_number(chosen["gamma"], 4),
-            format_number(chosen["weight_decay"], 2), format_number(chosen["warmup_fraction"], 2),
-            _plus_minus(summary["test_loss"]), f"{summary['diverged']}/{n}", delta, p_holm, mde,
-            f"{format_number(steps['median'])} ({summary['target_reached']}/{n})" if steps else f"— (0/{n})",
-            format_number(seconds["median"], 3) if seconds else "—",
-            format_number(1e3 * summary["seconds_per_step"], 3),
-        ])
+        rows.append(
+            [
+                arm,
+                format_number(chosen["lr"], 3),
+                format_number(chosen["beta"], 3),
+                format_number(chosen["gamma"], 4),
+                format_number(chosen["weight_decay"], 2),
+                format_number(chosen["warmup_fraction"], 2),
+                _plus_minus(summary["test_loss"]),
+                f"{summary['diverged']}/{n}",
+                delta,
+                p_holm,
+                mde,
+                f"{format_number(steps['median'])} ({summary['target_reached']}/{n})" if steps else f"— (0/{n})",
+                format_number(seconds["median"], 3) if seconds else "—",
+                format_number(1e3 * summary["seconds_per_step"], 3),
+            ]
+        )
     return rows
 
 
@@ -177,11 +276,13 @@ def _budget_lines(config: ComparisonConfig) -> list[str]:
     lines = []
     total_runs, total_seconds = 0, 0.0
     for (name, runs, seconds), workload in zip(estimated_runs(config), config.workloads):
-        lines.append(f"{name}: {len(workload.arms)} arms × ({len(config.tuning_seeds)} tuning seed(s) × ({config.trials} "
-                     f"trials + {config.lr_only_trials if workload.lr_only else 0} lr-only + "
-                     f"{len(workload.factors(config))} sensitivity) + {config.seeds} seeds × "
-                     f"{1 + (workload.lr_only and config.lr_only_trials > 0)} evaluations) = {runs} runs × "
-                     f"{workload.seconds_per_run:g} s = {seconds:,.0f} CPU-s")
+        lines.append(
+            f"{name}: {len(workload.arms)} arms × ({len(config.tuning_seeds)} tuning seed(s) × ({config.trials} "
+            f"trials + {config.lr_only_trials if workload.lr_only else 0} lr-only + "
+            f"{len(workload.factors(config))} sensitivity) + {config.seeds} seeds × "
+            f"{1 + (workload.lr_only and config.lr_only_trials > 0)} evaluations) = {runs} runs × "
+            f"{workload.seconds_per_run:g} s = {seconds:,.0f} CPU-s"
+        )
         total_runs += runs
         total_seconds += seconds
     lines.append(f"total: {total_runs} runs, {total_seconds:,.0f} CPU-s ≈ {total_seconds / 2 / 3600:.2f} h on 2 cores")
@@ -209,14 +310,17 @@ def _resolution_sentence(analysis: Mapping[str, Any], config: ComparisonConfig) 
             f"smaller than {mde['exact']:.3g} (the median seed-to-seed std of the paired differences, {median_std:.3g}, "
             f"at Holm's strictest level {mde['level']:.3g} and {config.power:.0%} power; "
             f"{100 * mde['exact'] / abs(reference_loss):.2g}% of AdamW's test loss {reference_loss:.4g}) is likely "
-            f"to go undetected; a non-significant row says only that the difference is below that size.")
+            f"to go undetected; a non-significant row says only that the difference is below that size."
+        )
     return sentences
 
 
 def _findings(analysis: Mapping[str, Any], config: ComparisonConfig) -> list[str]:
-    findings = [f"The k = 1 control (KAdam(k=1) against torch AdamW, both foreach=False) reproduced AdamW bit for "
-                f"bit in all {analysis['control_pairs_checked']} paired runs checked (tuning and evaluation): every "
-                f"paired difference is exactly 0, so the pairing (init, data order, schedule) is sound."]
+    findings = [
+        f"The k = 1 control (KAdam(k=1) against torch AdamW, both foreach=False) reproduced AdamW bit for "
+        f"bit in all {analysis['control_pairs_checked']} paired runs checked (tuning and evaluation): every "
+        f"paired difference is exactly 0, so the pairing (init, data order, schedule) is sound."
+    ]
     for result, name in (("search", "full search"), ("lr_only", "lr-only tuning")):
         family = analysis["families"].get(result, [])
         if not family:
@@ -226,23 +330,31 @@ def _findings(analysis: Mapping[str, Any], config: ComparisonConfig) -> list[str
             comparison = item["comparison"]
             if comparison["significant"]:
                 direction = "better" if comparison["mean"] < 0 else "worse"
-                significant.append(f"{item['arm']} on {item['workload']} ({direction}, Δ = {comparison['mean']:+.4f}, "
-                                   f"p_Holm = {comparison['p_holm']:.2g})")
-        findings.append(f"{name}: {len(significant)} of {len(family)} comparisons with AdamW are significant after "
-                        "Holm's correction" + (": " + "; ".join(significant) if significant else "") + ".")
+                significant.append(
+                    f"{item['arm']} on {item['workload']} ({direction}, Δ = {comparison['mean']:+.4f}, "
+                    f"p_Holm = {comparison['p_holm']:.2g})"
+                )
+        findings.append(
+            f"{name}: {len(significant)} of {len(family)} comparisons with AdamW are significant after "
+            "Holm's correction" + (": " + "; ".join(significant) if significant else "") + "."
+        )
     gaps = {(gap["workload"], gap["arm"]): gap for gap in tuning_gaps(analysis)}
     for pairing in analysis.get("central_pairings", []):
         c = pairing["comparison"]
         (with_norm, first_arm), (without_norm, second_arm) = pairing["first"], pairing["second"]
-        caveats = [f" {arm} on {workload} is under-tuned (its lr × {gaps[workload, arm]['factor']:.3g} had a lower "
-                   f"validation loss), so the difference is biased {'in favour of' if arm == first_arm else 'against'} "
-                   f"{second_arm}." for workload, arm in ((with_norm, first_arm), (without_norm, second_arm))
-                   if (workload, arm) in gaps]
+        caveats = [
+            f" {arm} on {workload} is under-tuned (its lr × {gaps[workload, arm]['factor']:.3g} had a lower "
+            f"validation loss), so the difference is biased {'in favour of' if arm == first_arm else 'against'} "
+            f"{second_arm}."
+            for workload, arm in ((with_norm, first_arm), (without_norm, second_arm))
+            if (workload, arm) in gaps
+        ]
         findings.append(
             f"THEORY §4 pairing: {second_arm} on {without_norm} minus {first_arm} on {with_norm} (paired by seed): "
             f"Δ test loss = {c['mean']:+.4f}, adjusted interval [{c['ci_adjusted_low']:+.4f}, {c['ci_adjusted_high']:+.4f}], "
             f"p_Holm = {c['p_holm']:.2g} — {'significant' if c['significant'] else 'not significant'} (sign convention: "
-            "a negative Δ would mean 2-Adam without normalization does better than Adam with it)." + "".join(caveats))
+            "a negative Δ would mean 2-Adam without normalization does better than Adam with it)." + "".join(caveats)
+        )
     findings += _tuning_gaps(analysis)
     findings += _resolution_sentence(analysis, config)
     return findings
@@ -278,21 +390,30 @@ def tuning_gaps(analysis: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def _tuning_gaps(analysis: Mapping[str, Any]) -> list[str]:
     gaps = tuning_gaps(analysis)
-    swept = sum(len([a for a in entry.get("sensitivity", {}) if a != CONTROL]) for entry in analysis["workloads"].values())
+    swept = sum(
+        len([a for a in entry.get("sensitivity", {}) if a != CONTROL]) for entry in analysis["workloads"].values()
+    )
     if not swept:
         return []
     if not gaps:
-        return [f"Tuning coverage: for all {swept} arm–workload pairs swept, no lr multiple of the selected configuration "
-                f"had a validation loss more than {TUNING_GAP_TOLERANCE:.0%} below the selection's."]
-    listed = "; ".join(f"{g['arm']} on {g['workload']} (lr × {g['factor']:.3g}: {g['found']:.4g} against "
-                       f"{g['selected']:.4g})" for g in gaps)
-    return [f"Tuning coverage: for {len(gaps)} of {swept} arm–workload pairs the lr sweep around the selected "
-            f"configuration found a validation loss more than {TUNING_GAP_TOLERANCE:.0%} below the selection's, so the search did not reach that arm's "
-            f"best learning rate and its row is an upper bound on its tuned loss, not a measurement of it: {listed}."]
+        return [
+            f"Tuning coverage: for all {swept} arm–workload pairs swept, no lr multiple of the selected configuration "
+            f"had a validation loss more than {TUNING_GAP_TOLERANCE:.0%} below the selection's."
+        ]
+    listed = "; ".join(
+        f"{g['arm']} on {g['workload']} (lr × {g['factor']:.3g}: {g['found']:.4g} against {g['selected']:.4g})"
+        for g in gaps
+    )
+    return [
+        f"Tuning coverage: for {len(gaps)} of {swept} arm–workload pairs the lr sweep around the selected "
+        f"configuration found a validation loss more than {TUNING_GAP_TOLERANCE:.0%} below the selection's, so the search did not reach that arm's "
+        f"best learning rate and its row is an upper bound on its tuned loss, not a measurement of it: {listed}."
+    ]
 
 
-def document(analysis: Mapping[str, Any], config: ComparisonConfig, figures: Path,
-             command: str = "kadam reproduce") -> SectionDocument:
+def document(
+    analysis: Mapping[str, Any], config: ComparisonConfig, figures: Path, command: str = "kadam reproduce"
+) -> SectionDocument:
     """The section's document: method (the protocol and its budget), findings, tables, figures, data."""
     space = asdict_space(config.space)
     method = (
@@ -301,8 +422,11 @@ def document(analysis: Mapping[str, Any], config: ComparisonConfig, figures: Pat
         f"shared by all arms — peak lr log-uniform in {space['lr']}, 1 − β in {space['one_minus_beta']} and 1 − γ in "
         f"{space['one_minus_gamma']} (log-uniform, first level), weight decay log-uniform in {space['weight_decay']}, "
         f"warmup fraction uniform in {space['warmup_fraction']} — "
-        + (f"and, for the lr-only result, {config.lr_only_trials} learning rates at each arm's defaults. "
-           if config.lr_only_trials else "(no lr-only result in this profile). ")
+        + (
+            f"and, for the lr-only result, {config.lr_only_trials} learning rates at each arm's defaults. "
+            if config.lr_only_trials
+            else "(no lr-only result in this profile). "
+        )
         + f"Schedule: linear warmup then cosine decay to {config.final_lr_fraction:g} × the peak at the last step. "
         f"Selection on the validation loss of tuning seed(s) {list(config.tuning_seeds)}; the best configuration "
         f"is retrained on {config.seeds} fresh seeds and reported on the test split. A seed fixes the "
@@ -322,10 +446,15 @@ def document(analysis: Mapping[str, Any], config: ComparisonConfig, figures: Pat
         for result, name in (("search", "full search"), ("lr_only", "lr-only tuning")):
             if result in entry and "arms" in entry[result]:
                 target = entry[result]["target_train_loss"]
-                tables.append(Table(
-                    f"{workload}, {name}: best configuration per arm, test loss over {config.seeds} fresh seeds, paired "
-                    f"difference to AdamW (* = significant after Holm), training-loss target "
-                    f"{format_number(target)}", RESULT_COLUMNS, result_rows(entry[result])))
+                tables.append(
+                    Table(
+                        f"{workload}, {name}: best configuration per arm, test loss over {config.seeds} fresh seeds, paired "
+                        f"difference to AdamW (* = significant after Holm), training-loss target "
+                        f"{format_number(target)}",
+                        RESULT_COLUMNS,
+                        result_rows(entry[result]),
+                    )
+                )
     drawn = plots.draw_all(analysis, figures)
     captions = plots.CAPTIONS
     figure_list = [Figure(path, captions[name]) for name, path in drawn.items()]
@@ -335,10 +464,18 @@ def document(analysis: Mapping[str, Any], config: ComparisonConfig, figures: Pat
         family = analysis["families"].get(result, [])
         count = sum(item["comparison"]["significant"] for item in family)
         headline.append(("significant vs AdamW after Holm (full search)", f"{count} of {len(family)}"))
-    data = {"analysis": analysis, "budget": _budget_lines(config), "command": command,
-            "config": json_config(config)}
-    return SectionDocument(SECTION, "Does k-Adam train better? (tuned, paired, corrected)", method, findings, tables,
-                           figure_list, headline, data, claims=comparison_claims(analysis))
+    data = {"analysis": analysis, "budget": _budget_lines(config), "command": command, "config": json_config(config)}
+    return SectionDocument(
+        SECTION,
+        "Does k-Adam train better? (tuned, paired, corrected)",
+        method,
+        findings,
+        tables,
+        figure_list,
+        headline,
+        data,
+        claims=comparison_claims(analysis),
+    )
 
 
 COMPARISON_MIN_WORKLOADS = 2
@@ -350,7 +487,7 @@ DEFAULT_KADAM_ARM = "kadam2"
 
 def _is_kadam_versus_adamw(item: Mapping[str, Any]) -> bool:
     """A family row comparing a k ≥ 2 arm with AdamW (not Adam, not the control, not a THEORY §4 pairing)."""
-    return (item["arm"].startswith("kadam") and item["arm"] != CONTROL and not item.get("pairing"))
+    return item["arm"].startswith("kadam") and item["arm"] != CONTROL and not item.get("pairing")
 
 
 def comparison_claims(analysis: Mapping[str, Any]) -> list[Claim]:
@@ -378,26 +515,36 @@ def comparison_claims(analysis: Mapping[str, Any]) -> list[Claim]:
         verdict = "not resolved at this budget"
 
     def rows(items: Sequence[Mapping[str, Any]]) -> str:
-        return "; ".join(f"{item['workload']} Δ = {item['comparison']['mean']:+.4f} "
-                         f"[{item['comparison']['ci_adjusted_low']:+.4f}, {item['comparison']['ci_adjusted_high']:+.4f}]"
-                         f"{' *' if item['comparison']['significant'] else ''}" for item in items)
+        return "; ".join(
+            f"{item['workload']} Δ = {item['comparison']['mean']:+.4f} "
+            f"[{item['comparison']['ci_adjusted_low']:+.4f}, {item['comparison']['ci_adjusted_high']:+.4f}]"
+            f"{' *' if item['comparison']['significant'] else ''}"
+            for item in items
+        )
 
     def names(items: Sequence[Mapping[str, Any]]) -> str:
         return ", ".join(f"{item['arm']} on {item['workload']}" for item in items) or "none"
 
     all_better, all_worse = significant(family, -1), significant(family, +1)
-    return [Claim(f"KAdam's default (k = 2) reaches a lower test loss than tuned AdamW on every workload (tuned, "
-                  f"paired, Holm-corrected)", verdict,
-                  f"{DEFAULT_KADAM_ARM} − AdamW test loss (adjusted interval, * = significant after Holm): "
-                  f"{rows(default)}. All k ≥ 2 arms: {len(all_better)} of {len(family)} rows significantly better "
-                  f"({names(all_better)}), {len(all_worse)} significantly worse ({names(all_worse)})")]
+    return [
+        Claim(
+            "KAdam's default (k = 2) reaches a lower test loss than tuned AdamW on every workload (tuned, "
+            "paired, Holm-corrected)",
+            verdict,
+            f"{DEFAULT_KADAM_ARM} − AdamW test loss (adjusted interval, * = significant after Holm): "
+            f"{rows(default)}. All k ≥ 2 arms: {len(all_better)} of {len(family)} rows significantly better "
+            f"({names(all_better)}), {len(all_worse)} significantly worse ({names(all_worse)})",
+        )
+    ]
 
 
 def json_config(config: ComparisonConfig) -> dict[str, Any]:
     """The configuration as JSON (search space bounds as lists, workload sizes as dicts)."""
     value = dataclasses.asdict(config)
     value["space"] = asdict_space(config.space)
-    value["workloads"] = [{**dataclasses.asdict(w), "sizes": w.size_kwargs, "arms": list(w.arms)} for w in config.workloads]
+    value["workloads"] = [
+        {**dataclasses.asdict(w), "sizes": w.size_kwargs, "arms": list(w.arms)} for w in config.workloads
+    ]
     return value
 
 
@@ -405,23 +552,35 @@ def build_section(settings: Any) -> Section:
     """The comparison section at ``settings.profile``'s sizes (:func:`~kadam.experiments.profiles.profile_sizes`)."""
     config = config_for(settings)
     tuning = tuning_plan(config, settings.device)
-    followup_runs = sum(len(w.arms) * (config.seeds * (1 + (w.lr_only and config.lr_only_trials > 0))
-                                       + len(config.tuning_seeds) * len(w.factors(config))) * w.seconds_per_run
-                        for w in config.workloads)
+    followup_runs = sum(
+        len(w.arms)
+        * (
+            config.seeds * (1 + (w.lr_only and config.lr_only_trials > 0))
+            + len(config.tuning_seeds) * len(w.factors(config))
+        )
+        * w.seconds_per_run
+        for w in config.workloads
+    )
 
     def followup(results: Mapping[str, Any]) -> list[Cell]:
         return [p.cell for p in followup_plan(config, results, settings.device)]
 
     def finish(results: Mapping[str, Any], figures: Path) -> SectionDocument:
         plan = tuning + followup_plan(config, results, settings.device)
-        analysis = analyse(tagged_records(plan, results), confidence=config.confidence, alpha=config.alpha,
-                           power=config.power)
+        analysis = analyse(
+            tagged_records(plan, results), confidence=config.confidence, alpha=config.alpha, power=config.power
+        )
         return document(analysis, config, figures)
 
-    return Section(SECTION, "Does k-Adam train better? (tuned, paired, corrected)", json_config(config),
-                   [p.cell for p in tuning], finish, followup, followup_runs)
-
-
+    return Section(
+        SECTION,
+        "Does k-Adam train better? (tuned, paired, corrected)",
+        json_config(config),
+        [p.cell for p in tuning],
+        finish,
+        followup,
+        followup_runs,
+    )
 
 
 STUDY_DIRECTORY = Path(__file__).resolve().parents[4] / "results" / "comparison-study"
@@ -442,15 +601,28 @@ def committed_study_answer(directory: str | Path | None = None) -> dict[str, Any
         family = results["sections"]["comparison"]["data"]["analysis"]["families"]["search"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    rows = [{"workload": item["workload"], "mean": item["comparison"]["mean"],
-             "low": item["comparison"]["ci_adjusted_low"], "high": item["comparison"]["ci_adjusted_high"],
-             "p_holm": item["comparison"]["p_holm"], "significant": bool(item["comparison"]["significant"]),
-             "seeds": item["comparison"]["n"]}
-            for item in family if item["arm"] == DEFAULT_KADAM_ARM]
+    rows = [
+        {
+            "workload": item["workload"],
+            "mean": item["comparison"]["mean"],
+            "low": item["comparison"]["ci_adjusted_low"],
+            "high": item["comparison"]["ci_adjusted_high"],
+            "p_holm": item["comparison"]["p_holm"],
+            "significant": bool(item["comparison"]["significant"]),
+            "seeds": item["comparison"]["n"],
+        }
+        for item in family
+        if item["arm"] == DEFAULT_KADAM_ARM
+    ]
     claim = next((c for c in results.get("claims", []) if c.get("section") == "comparison"), None)
-    return {"directory": str(path.parent), "command": results.get("command"), "started_utc": results.get("started_utc"),
-            "rows": rows, "better": [r["workload"] for r in rows if r["significant"] and r["mean"] < 0],
-            "worse": [r["workload"] for r in rows if r["significant"] and r["mean"] > 0],
-            "unresolved": [r["workload"] for r in rows if not r["significant"]],
-            "verdict": None if claim is None else claim.get("verdict"),
-            "evidence": None if claim is None else claim.get("evidence")}
+    return {
+        "directory": str(path.parent),
+        "command": results.get("command"),
+        "started_utc": results.get("started_utc"),
+        "rows": rows,
+        "better": [r["workload"] for r in rows if r["significant"] and r["mean"] < 0],
+        "worse": [r["workload"] for r in rows if r["significant"] and r["mean"] > 0],
+        "unresolved": [r["workload"] for r in rows if not r["significant"]],
+        "verdict": None if claim is None else claim.get("verdict"),
+        "evidence": None if claim is None else claim.get("evidence"),
+    }

@@ -8,8 +8,8 @@ from __future__ import annotations
 import datetime
 import platform
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,22 +23,48 @@ from kadam.experiments.sections import Section
 
 __all__ = ["run_section_study", "run_study"]
 
-TITLES = {"comparison": "Does k-Adam train better? The comparison protocol",
-          "monitor": "The stability monitor and its guard: the validation protocol"}
+TITLES = {
+    "comparison": "Does k-Adam train better? The comparison protocol",
+    "monitor": "The stability monitor and its guard: the validation protocol",
+}
 
 
-def run_study(profile: str = "study", out: str | Path = "kadam-compare-study", jobs: int = 1, seeds: int | None = None,
-              console: Console | None = None, show_progress: bool = True, command: str = "") -> dict[str, Path]:
+def run_study(
+    profile: str = "study",
+    out: str | Path = "kadam-compare-study",
+    jobs: int = 1,
+    seeds: int | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+    command: str = "",
+) -> dict[str, Path]:
     """The comparison section alone (``kadam compare --study``): :func:`run_section_study`."""
     from kadam.experiments.comparison.section import build_section
 
-    return run_section_study(build_section, "comparison", profile, out, jobs, seeds, console, show_progress,
-                             command or f"kadam compare --study --profile {profile} --jobs {jobs}")
+    return run_section_study(
+        build_section,
+        "comparison",
+        profile,
+        out,
+        jobs,
+        seeds,
+        console,
+        show_progress,
+        command or f"kadam compare --study --profile {profile} --jobs {jobs}",
+    )
 
 
-def run_section_study(build_section: Callable[[Settings], Section], name: str, profile: str, out: str | Path,
-                      jobs: int = 1, seeds: int | None = None, console: Console | None = None,
-                      show_progress: bool = True, command: str = "") -> dict[str, Path]:
+def run_section_study(
+    build_section: Callable[[Settings], Section],
+    name: str,
+    profile: str,
+    out: str | Path,
+    jobs: int = 1,
+    seeds: int | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+    command: str = "",
+) -> dict[str, Path]:
     """Compute (or fetch from the cache) every run of section ``name`` at ``profile`` and write its report."""
     if jobs < 1:
         raise ValueError(f"jobs must be ≥ 1, got {jobs}")
@@ -62,16 +88,27 @@ def run_section_study(build_section: Callable[[Settings], Section], name: str, p
     document = section.finish(results, figures)
     elapsed = time.perf_counter() - started
     metadata: dict[str, Any] = {
-        "kadam_version": kadam.__version__, "command": command, "profile": profile, "jobs": jobs,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()},
-        "started_utc": started_at.isoformat(timespec="seconds"), "wall_seconds": elapsed,
-        "cells_computed": len(runner.computed), "cells_from_cache": len(runner.cached),
+        "kadam_version": kadam.__version__,
+        "command": command,
+        "profile": profile,
+        "jobs": jobs,
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+        },
+        "started_utc": started_at.isoformat(timespec="seconds"),
+        "wall_seconds": elapsed,
+        "cells_computed": len(runner.computed),
+        "cells_from_cache": len(runner.cached),
         "cell_seconds": sum(runner.seconds.values()),
     }
-    preamble = (f"Produced by kadam {kadam.__version__} (torch {torch.__version__}, Python {platform.python_version()}) "
-                f"with `{command}` on "
-                f"{started_at:%Y-%m-%d %H:%M} UTC: {len(runner.computed)} runs computed, {len(runner.cached)} from the "
-                f"cache, {elapsed:.0f} s wall.")
+    preamble = (
+        f"Produced by kadam {kadam.__version__} (torch {torch.__version__}, Python {platform.python_version()}) "
+        f"with `{command}` on "
+        f"{started_at:%Y-%m-%d %H:%M} UTC: {len(runner.computed)} runs computed, {len(runner.cached)} from the "
+        f"cache, {elapsed:.0f} s wall."
+    )
     paths = write_report(out, TITLES[name], preamble, [document], metadata)
     for label, value in document.headline:
         console.print(f"{label}: {value}")

@@ -52,8 +52,14 @@ def _final_level_ratio(history: MonitorHistory) -> str:
     return max(levels, key=lambda q: int(q.rsplit("L", 1)[1])) if levels else "bound_ratio_L1"
 
 
-def plot_history(history: MonitorHistory, path: str | Path, *, worst: int = 3, title: str | None = None,
-                 instability_step: int | None = None) -> str | Path:
+def plot_history(
+    history: MonitorHistory,
+    path: str | Path,
+    *,
+    worst: int = 3,
+    title: str | None = None,
+    instability_step: int | None = None,
+) -> str | Path:
     """Loss, update/bound ratio and spike factor of the ``worst`` tensors, and the update–gradient cosine,
     against the optimizer step; warnings (events) as vertical lines (red: theory, orange: argument
     thresholds), the first instability as a black dashed line. Empty panels say so."""
@@ -65,8 +71,15 @@ def plot_history(history: MonitorHistory, path: str | Path, *, worst: int = 3, t
         loss_axis.plot(steps, loss, color="black", lw=1)
         loss_axis.set_yscale("log")
     else:
-        loss_axis.text(0.5, 0.5, "no loss recorded (StabilityMonitor.observe_loss)", ha="center", va="center",
-                       transform=loss_axis.transAxes, fontsize=8)
+        loss_axis.text(
+            0.5,
+            0.5,
+            "no loss recorded (StabilityMonitor.observe_loss)",
+            ha="center",
+            va="center",
+            transform=loss_axis.transAxes,
+            fontsize=8,
+        )
     loss_axis.set_ylabel("loss")
     ratio = _final_level_ratio(history)
     for name in _worst(history, ratio, worst):
@@ -92,17 +105,21 @@ def plot_history(history: MonitorHistory, path: str | Path, *, worst: int = 3, t
         marked.add(key)
         for axis in every_axis:
             label = f"{event.source} warning" if axis is loss_axis and event.source not in labelled else None
-            axis.axvline(event.step, color=_EVENT_COLORS.get(event.source, "tab:orange"), lw=0.6, alpha=0.6, label=label)
+            axis.axvline(
+                event.step, color=_EVENT_COLORS.get(event.source, "tab:orange"), lw=0.6, alpha=0.6, label=label
+            )
         labelled.add(event.source)
     if instability_step is not None:
         for axis in every_axis:
-            axis.axvline(instability_step, color="black", lw=1.0, ls="--",
-                         label=INSTABILITY_LABEL if axis is loss_axis else None)
+            axis.axvline(
+                instability_step, color="black", lw=1.0, ls="--", label=INSTABILITY_LABEL if axis is loss_axis else None
+            )
     for axis in (ratio_axis, spike_axis):  # tensor names per panel (colours differ between panels), bound included
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=6, loc="upper left")
-    loss_axis.set_title(title or f"{len(history.events)} warnings (red: theory thresholds, orange: argument thresholds)",
-                        fontsize=9)
+    loss_axis.set_title(
+        title or f"{len(history.events)} warnings (red: theory thresholds, orange: argument thresholds)", fontsize=9
+    )
     return _save_with_legend(figure, (loss_axis, cosine_axis), path)
 
 
@@ -112,20 +129,30 @@ def plot_sharpness(runs: Sequence[Mapping[str, Any]], path: str | Path) -> str |
     figure, axes = panels(1, 1, (6.0, 3.4))
     axis = axes[0][0]
     for run in runs:
-        points = [(s, v) for s, v in zip(run["sharpness_steps"], run["sharpness"]) if v is not None and math.isfinite(v)]
+        points = [
+            (s, v) for s, v in zip(run["sharpness_steps"], run["sharpness"]) if v is not None and math.isfinite(v)
+        ]
         if points:
             axis.plot(*zip(*points), marker="o", ms=2.5, lw=1, label=f"lr = {run['lr']:g}")
     if runs:
-        axis.axhline(runs[0]["sharpness_threshold"], color="tab:red", lw=1, ls="--",
-                     label="edge of stability (2 + 2β)/(1 − β)")
+        axis.axhline(
+            runs[0]["sharpness_threshold"], color="tab:red", lw=1, ls="--", label="edge of stability (2 + 2β)/(1 − β)"
+        )
     axis.set(xlabel="step", ylabel="λ_max(η P⁻¹ H) (signed Rayleigh quotient)")
-    axis.set_yscale("symlog", linthresh=1.0)  # an estimate after few Lanczos steps can be negative (it lies between the extreme eigenvalues)
+    axis.set_yscale(
+        "symlog", linthresh=1.0
+    )  # an estimate after few Lanczos steps can be negative (it lies between the extreme eigenvalues)
     axis.legend(fontsize=7)
     return save_figure(figure, path, dpi=110)
 
 
-_CHECK_COLORS = {"nonfinite": "tab:red", "grad_norm": "tab:orange", "loss": "tab:brown",
-                 "update_param_ratio": "tab:purple", "curvature": "tab:green"}
+_CHECK_COLORS = {
+    "nonfinite": "tab:red",
+    "grad_norm": "tab:orange",
+    "loss": "tab:brown",
+    "update_param_ratio": "tab:purple",
+    "curvature": "tab:green",
+}
 
 
 def plot_validation_run(run: Mapping[str, Any], checks: Mapping[str, Sequence[int]], path: str | Path) -> str | Path:
@@ -144,7 +171,7 @@ def plot_validation_run(run: Mapping[str, Any], checks: Mapping[str, Sequence[in
     loss_axis.plot(steps, series(run["losses"]), color="black", lw=1)
     loss_axis.axhline(run["constant_loss"], color="gray", lw=0.8, ls=":", label="loss of ignoring the inputs")
     loss_axis.set(ylabel="training loss", yscale="log")
-    lr_axis.plot(steps[:len(run["lrs"])], run["lrs"], color="tab:blue", lw=1)
+    lr_axis.plot(steps[: len(run["lrs"])], run["lrs"], color="tab:blue", lw=1)
     lr_axis.set(ylabel="learning rate", yscale="log")
     grad_axis.plot(steps, series(run["grad_norms"]), color="tab:gray", lw=1)
     grad_axis.set(ylabel="gradient norm", yscale="log")
@@ -154,13 +181,24 @@ def plot_validation_run(run: Mapping[str, Any], checks: Mapping[str, Sequence[in
     for check, fired in checks.items():
         for index, step in enumerate(fired):
             for axis in every_axis:
-                axis.axvline(step, color=_CHECK_COLORS.get(check, "tab:red"), lw=0.7, alpha=0.6,
-                             label=f"monitor: {check}" if axis is loss_axis and index == 0 else None)
+                axis.axvline(
+                    step,
+                    color=_CHECK_COLORS.get(check, "tab:red"),
+                    lw=0.7,
+                    alpha=0.6,
+                    label=f"monitor: {check}" if axis is loss_axis and index == 0 else None,
+                )
     if run["instability_step"] is not None:
         for axis in every_axis:
-            axis.axvline(run["instability_step"], color="black", lw=1, ls="--",
-                         label=INSTABILITY_LABEL if axis is loss_axis else None)
+            axis.axvline(
+                run["instability_step"],
+                color="black",
+                lw=1,
+                ls="--",
+                label=INSTABILITY_LABEL if axis is loss_axis else None,
+            )
     spec = run["spec"]
-    loss_axis.set_title(f"{spec['workload']}, family {spec['family']} ({spec['arm']} arm), seed {spec['seed']}",
-                        fontsize=9)
+    loss_axis.set_title(
+        f"{spec['workload']}, family {spec['family']} ({spec['arm']} arm), seed {spec['seed']}", fontsize=9
+    )
     return _save_with_legend(figure, every_axis, path)

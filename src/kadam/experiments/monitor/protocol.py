@@ -75,10 +75,32 @@ from kadam.monitor import StabilityMonitor, Thresholds, rules
 from kadam.monitor.monitor import DEFAULT_EVERY, global_grad_norm
 
 __all__ = [
-    "DEVELOPMENT_FAMILIES", "DEVELOPMENT_WORKLOADS", "DETECTORS", "FAMILIES", "FAMILY_WORKLOADS", "INTERVENTIONS",
-    "LEAD", "PAIR_FAMILY", "MONITOR_THRESHOLDS", "WORKLOADS", "RunSpec", "applies", "configuration_flags", "final_loss",
-    "choose_thresholds", "guard_scores", "instability_step", "monitor_checks", "monitor_warnings", "outcome", "score",
-    "sharpness_run", "split_of", "trained", "validation_run", "warning_steps",
+    "DEVELOPMENT_FAMILIES",
+    "DEVELOPMENT_WORKLOADS",
+    "DETECTORS",
+    "FAMILIES",
+    "FAMILY_WORKLOADS",
+    "INTERVENTIONS",
+    "LEAD",
+    "PAIR_FAMILY",
+    "MONITOR_THRESHOLDS",
+    "WORKLOADS",
+    "RunSpec",
+    "applies",
+    "configuration_flags",
+    "final_loss",
+    "choose_thresholds",
+    "guard_scores",
+    "instability_step",
+    "monitor_checks",
+    "monitor_warnings",
+    "outcome",
+    "score",
+    "sharpness_run",
+    "split_of",
+    "trained",
+    "validation_run",
+    "warning_steps",
 ]
 
 LEAD = 10
@@ -108,10 +130,14 @@ FAMILIES: Mapping[str, Mapping[str, Mapping[str, Any]]] = {
     "ramp": {"failing": {"lr": 1e-3, "ramp_to": 3.0}, "healthy": {"lr": 1e-3, "ramp_to": 1e-2}},
     "jump": {"failing": {"lr": 1e-3, "jump_to": 0.5}, "healthy": {"lr": 1e-3, "jump_to": 2e-3}},
     "region": {"failing": {"betas": (0.99, 0.1), "lr": 3e-3}, "healthy": {"betas": (0.99, 0.999), "lr": 3e-3}},
-    "silence": {"failing": {"lr": 1e-2, "betas": (0.9, 0.99999), "spike": 1e4},
-                "healthy": {"lr": 1e-2, "betas": (0.9, 0.99999), "spike": 1.0}},
-    "small_gamma": {"failing": {"lr": 1e-2, "betas": (0.5, 0.3), "batch_divisor": 4},
-                    "healthy": {"lr": 1e-2, "betas": (0.9, 0.999), "batch_divisor": 4}},
+    "silence": {
+        "failing": {"lr": 1e-2, "betas": (0.9, 0.99999), "spike": 1e4},
+        "healthy": {"lr": 1e-2, "betas": (0.9, 0.99999), "spike": 1.0},
+    },
+    "small_gamma": {
+        "failing": {"lr": 1e-2, "betas": (0.5, 0.3), "batch_divisor": 4},
+        "healthy": {"lr": 1e-2, "betas": (0.9, 0.999), "batch_divisor": 4},
+    },
     "corrupt": {"failing": {"corrupt_scale": 1e3}, "healthy": {"corrupt_scale": 1.0}},
     "warmup": {"failing": {"lr": 0.1, "warmup": 0}, "healthy": {"lr": 0.1, "warmup": 50}},
 }
@@ -187,12 +213,20 @@ def _diabetes_task(device: torch.device, hidden: int = 32) -> Task:
     x = torch.tensor(inputs[order], dtype=torch.float32)
     y = torch.tensor(targets[order], dtype=torch.float32).unsqueeze(1)
     cut1, cut2 = int(0.6 * len(y)), int(0.8 * len(y))
-    splits = {"train": Split(x[:cut1], y[:cut1]), "validation": Split(x[cut1:cut2], y[cut1:cut2]),
-              "test": Split(x[cut2:], y[cut2:])}
+    splits = {
+        "train": Split(x[:cut1], y[:cut1]),
+        "validation": Split(x[cut1:cut2], y[cut1:cut2]),
+        "test": Split(x[cut2:], y[cut2:]),
+    }
 
     def make_model() -> torch.nn.Module:
-        return torch.nn.Sequential(torch.nn.Linear(10, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, hidden),
-                                   torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
+        return torch.nn.Sequential(
+            torch.nn.Linear(10, hidden),
+            torch.nn.Tanh(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.Tanh(),
+            torch.nn.Linear(hidden, 1),
+        )
 
     return _RegressionTask("diabetes-mlp", splits, make_model, device=device)
 
@@ -229,8 +263,9 @@ def _built(workload: str, device: str, sizes: tuple[tuple[str, Any], ...]) -> Ta
 # outcome
 
 
-def instability_step(losses: Sequence[float], start: int, constant_loss: float = math.inf,
-                     window: int = LOSS_WINDOW) -> int | None:
+def instability_step(
+    losses: Sequence[float], start: int, constant_loss: float = math.inf, window: int = LOSS_WINDOW
+) -> int | None:
     """The first step n > ``start`` (1-based) whose loss is non-finite, or whose median over the last ``window``
     losses (fewer at the start) exceeds twice the running minimum of those medians before n, or exceeds
     ``constant_loss`` (the loss of ignoring the inputs) after that minimum was below :data:`LEARNED` of it (the
@@ -241,7 +276,7 @@ def instability_step(losses: Sequence[float], start: int, constant_loss: float =
             if n > start:
                 return n
             continue
-        recent = losses[max(0, n - window):n]
+        recent = losses[max(0, n - window) : n]
         median = float(np.median(recent)) if all(math.isfinite(loss) for loss in recent) else math.inf
         collapsed = running < LEARNED * constant_loss and median > constant_loss
         if n > start and (median > 2.0 * running or collapsed):
@@ -274,10 +309,10 @@ def outcome(run: Mapping[str, Any]) -> str:
 def _sudden(losses: Sequence[float], onset: int) -> bool:
     """Whether the median of the :data:`LOSS_WINDOW` losses before ``onset`` was within :data:`SUDDEN_FACTOR` of
     the running minimum of such medians: the loss gave no sign before the step that failed."""
-    before = [v for v in losses[:onset - 1] if math.isfinite(v)]
+    before = [v for v in losses[: onset - 1] if math.isfinite(v)]
     if len(before) < LOSS_WINDOW:
         return False
-    medians = [float(np.median(before[max(0, i - LOSS_WINDOW + 1):i + 1])) for i in range(len(before))]
+    medians = [float(np.median(before[max(0, i - LOSS_WINDOW + 1) : i + 1])) for i in range(len(before))]
     return medians[-1] <= SUDDEN_FACTOR * min(medians)
 
 
@@ -291,7 +326,7 @@ def _schedule(spec: RunSpec) -> Callable[[int], float]:
         return lambda i: min(1.0, (i + 1) / spec.warmup)
     if spec.ramp_to is not None:
         growth = (spec.ramp_to / spec.lr) ** (1.0 / max(spec.steps - 1, 1))
-        return lambda i: growth ** i
+        return lambda i: growth**i
     if spec.jump_to is not None:
         at = int(spec.jump_at * spec.steps)
         factor = spec.jump_to / spec.lr
@@ -322,8 +357,17 @@ def _silence_hook(model: torch.nn.Module, spec: RunSpec) -> dict[str, int]:
     return clock
 
 
-def _spec(workload: str, family: str, arm: str, seed: int, steps: int, batch_size: int, sizes: Mapping[str, Any],
-          intervention: str, settings: Mapping[str, Any] | None) -> RunSpec:
+def _spec(
+    workload: str,
+    family: str,
+    arm: str,
+    seed: int,
+    steps: int,
+    batch_size: int,
+    sizes: Mapping[str, Any],
+    intervention: str,
+    settings: Mapping[str, Any] | None,
+) -> RunSpec:
     if family not in FAMILIES or arm not in ("failing", "healthy"):
         raise ValueError(f"family must be one of {sorted(FAMILIES)} and arm failing|healthy, got {family!r}, {arm!r}")
     if intervention not in INTERVENTIONS:
@@ -332,9 +376,18 @@ def _spec(workload: str, family: str, arm: str, seed: int, steps: int, batch_siz
     return RunSpec(workload, family, arm, seed, steps, batch_size, dict(sizes), intervention, **settings)
 
 
-def validation_run(workload: str, family: str, arm: str, seed: int, steps: int, batch_size: int,
-                   sizes: Mapping[str, Any], intervention: str = "none", device: str = "cpu",
-                   settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def validation_run(
+    workload: str,
+    family: str,
+    arm: str,
+    seed: int,
+    steps: int,
+    batch_size: int,
+    sizes: Mapping[str, Any],
+    intervention: str = "none",
+    device: str = "cpu",
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train one protocol run with the monitor at every step; a JSON-serialisable record.
 
     Per step: the training loss (of the batch the step used), the global gradient norm, the largest
@@ -346,8 +399,9 @@ def validation_run(workload: str, family: str, arm: str, seed: int, steps: int, 
     built = build_workload(spec.workload, device, **spec.sizes)
     with seeded_initialisation(spec.seed):
         model = built.make_model().to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=spec.betas, eps=spec.eps,
-                                  weight_decay=spec.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay
+    )
     factor = _schedule(spec)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     monitor = StabilityMonitor(optimizer, every=1, names=model, thresholds=MONITOR_THRESHOLDS, warn=False)
@@ -356,8 +410,11 @@ def validation_run(workload: str, family: str, arm: str, seed: int, steps: int, 
         from kadam.monitor import StabilityGuard
 
         only_clip = {"skip_nonfinite": False, "skip_outliers": False, "lower_lr": False}
-        guard = (StabilityGuard(optimizer, monitor=monitor, warn=False) if spec.intervention == "guard"
-                 else StabilityGuard(optimizer, warn=False, **only_clip))
+        guard = (
+            StabilityGuard(optimizer, monitor=monitor, warn=False)
+            if spec.intervention == "guard"
+            else StabilityGuard(optimizer, warn=False, **only_clip)
+        )
     generator = torch.Generator().manual_seed(spec.seed)
     parameters = list(model.parameters())
     silenced = _silence_hook(model, spec) if spec.family == "silence" else None
@@ -419,17 +476,28 @@ def validation_run(workload: str, family: str, arm: str, seed: int, steps: int, 
         "spec": {**asdict(spec), "sizes": dict(spec.sizes)},
         "split": split_of(spec.workload, spec.family),
         "constant_loss": constant,
-        "losses": losses, "grad_norms": grad_norms, "update_ratios": update_ratios, "lrs": lrs,
-        "instability_step": event, "onset_step": onset, "settle": start,
+        "losses": losses,
+        "grad_norms": grad_norms,
+        "update_ratios": update_ratios,
+        "lrs": lrs,
+        "instability_step": event,
+        "onset_step": onset,
+        "settle": start,
         "sudden": bool(onset is not None and _sudden(losses, onset)),
         "corrupt_step": corrupt_step,
-        "curvature": per_step(history.model["curvature"]), "edge": per_step(history.model["edge"]),
-        "clip_rms": tensor_max("update_clip_rms"), "spike_factor": tensor_max("spike_factor"),
+        "curvature": per_step(history.model["curvature"]),
+        "edge": per_step(history.model["edge"]),
+        "clip_rms": tensor_max("update_clip_rms"),
+        "spike_factor": tensor_max("spike_factor"),
         "monitor_update_ratio": tensor_max("update_param_ratio"),
-        "monitor_events": [{"step": e.step, "quantity": e.quantity, "kind": e.kind, "value": e.value,
-                            "source": e.source} for e in monitor.events],
-        "guard_events": [{"step": e.step, "quantity": e.quantity, "value": e.value}
-                         for e in (guard.events if guard is not None else [])],
+        "monitor_events": [
+            {"step": e.step, "quantity": e.quantity, "kind": e.kind, "value": e.value, "source": e.source}
+            for e in monitor.events
+        ],
+        "guard_events": [
+            {"step": e.step, "quantity": e.quantity, "value": e.value}
+            for e in (guard.events if guard is not None else [])
+        ],
     }
 
 
@@ -441,19 +509,29 @@ def _finite_or_none(value: float) -> float | None:
 # detectors
 
 
-def monitor_checks(run: Mapping[str, Any], thresholds: Thresholds = MONITOR_THRESHOLDS,
-                   every: int = DEFAULT_EVERY) -> dict[str, list[int]]:
+def monitor_checks(
+    run: Mapping[str, Any], thresholds: Thresholds = MONITOR_THRESHOLDS, every: int = DEFAULT_EVERY
+) -> dict[str, list[int]]:
     """Steps at which each running check of the monitor attached with ``every`` (its default) and
     ``thresholds`` fires, replayed from the run's series with the monitor's own state machines
     (:mod:`kadam.monitor.rules`): the non-finite and growth checks every step, the update-ratio and edge
     checks at recorded steps (every ``every``-th)."""
-    edge = rules.EdgeCheck(thresholds.edge_ratio, thresholds.edge_patience, thresholds.edge_after) \
-        if thresholds.edge_ratio is not None else None
+    edge = (
+        rules.EdgeCheck(thresholds.edge_ratio, thresholds.edge_patience, thresholds.edge_after)
+        if thresholds.edge_ratio is not None
+        else None
+    )
     grad = rules.GrowthCheck(thresholds.grad_growth, thresholds.grad_window) if thresholds.grad_growth else None
     loss_check = rules.GrowthCheck(thresholds.loss_growth, thresholds.loss_window) if thresholds.loss_growth else None
     rise = rules.RiseCheck(thresholds.update_rise, thresholds.update_rise_after) if thresholds.update_rise else None
-    fired: dict[str, list[int]] = {"nonfinite": [], "grad_norm": [], "loss": [], "update_param_ratio": [],
-                                   "update_rise": [], "curvature": []}
+    fired: dict[str, list[int]] = {
+        "nonfinite": [],
+        "grad_norm": [],
+        "loss": [],
+        "update_param_ratio": [],
+        "update_rise": [],
+        "curvature": [],
+    }
     for n, (loss, grad_norm) in enumerate(zip(run["losses"], run["grad_norms"]), start=1):
         if thresholds.nonfinite and (rules.non_finite(grad_norm) or rules.non_finite(loss)):
             fired["nonfinite"].append(n)
@@ -462,7 +540,7 @@ def monitor_checks(run: Mapping[str, Any], thresholds: Thresholds = MONITOR_THRE
         if loss_check is not None and loss_check.update(loss):
             fired["loss"].append(n)
         if n % every == 0:
-            ratio = run["monitor_update_ratio"][n - 1]
+            ratio = run["monitor_update_ratio"][n - 1] if n >= thresholds.update_after else None
             if thresholds.update_ratio is not None and ratio is not None and ratio > thresholds.update_ratio:
                 fired["update_param_ratio"].append(n)
             if rise is not None and rise.update(math.nan if ratio is None else ratio):
@@ -474,8 +552,9 @@ def monitor_checks(run: Mapping[str, Any], thresholds: Thresholds = MONITOR_THRE
     return fired
 
 
-def monitor_warnings(run: Mapping[str, Any], thresholds: Thresholds = MONITOR_THRESHOLDS,
-                     every: int = DEFAULT_EVERY) -> list[int]:
+def monitor_warnings(
+    run: Mapping[str, Any], thresholds: Thresholds = MONITOR_THRESHOLDS, every: int = DEFAULT_EVERY
+) -> list[int]:
     """Steps at which any running check of :func:`monitor_checks` fires."""
     return sorted({n for steps in monitor_checks(run, thresholds, every).values() for n in steps})
 
@@ -506,7 +585,7 @@ def _loss_spike(losses: Sequence[float]) -> list[int]:
 def _grad_spike(grad_norms: Sequence[float]) -> list[int]:
     warned = []
     for n in range(GRAD_WINDOW + 1, len(grad_norms) + 1):
-        history = [g for g in grad_norms[n - 1 - GRAD_WINDOW:n - 1] if math.isfinite(g)]
+        history = [g for g in grad_norms[n - 1 - GRAD_WINDOW : n - 1] if math.isfinite(g)]
         current = grad_norms[n - 1]
         if history and (not math.isfinite(current) or current > GRAD_SPIKE_FACTOR * float(np.median(history))):
             warned.append(n)
@@ -520,8 +599,9 @@ def warning_steps(run: Mapping[str, Any], thresholds: Thresholds = MONITOR_THRES
         "monitor": monitor_warnings(run, thresholds),
         "loss_spike": _loss_spike(run["losses"]),
         "grad_norm_spike": _grad_spike(run["grad_norms"]),
-        "update_param_ratio": [n for n, r in enumerate(run["update_ratios"], start=1)
-                               if not math.isfinite(r) or r > UPDATE_RATIO],
+        "update_param_ratio": [
+            n for n, r in enumerate(run["update_ratios"], start=1) if not math.isfinite(r) or r > UPDATE_RATIO
+        ],
         "stableadamw_rms": [n for n, r in enumerate(clip, start=1) if r is not None and r > STABLEADAMW_RMS],
     }
 
@@ -540,8 +620,9 @@ def proportion_interval(successes: int, trials: int, confidence: float = 0.95) -
     return float(interval.low), float(interval.high)
 
 
-def score(runs: Sequence[Mapping[str, Any]], thresholds: Thresholds = MONITOR_THRESHOLDS,
-          lead: int = LEAD) -> dict[str, Any]:
+def score(
+    runs: Sequence[Mapping[str, Any]], thresholds: Thresholds = MONITOR_THRESHOLDS, lead: int = LEAD
+) -> dict[str, Any]:
     """Recall at ``lead`` on developing failures, sudden failures flagged within one step, lead quartiles and
     the share of healthy runs warned, per detector, with exact 95% intervals (runs without intervention)."""
     runs = [r for r in runs if r["spec"]["intervention"] == "none"]
@@ -551,11 +632,18 @@ def score(runs: Sequence[Mapping[str, Any]], thresholds: Thresholds = MONITOR_TH
     sudden = [r for r in failed if r not in early and r["sudden"]]
     healthy = [r for r in runs if outcome(r) == "healthy"]
     result: dict[str, Any] = {
-        "runs": len(runs), "developing": len(developing), "sudden": len(sudden), "early": len(early),
-        "healthy": len(healthy), "untrained": sum(1 for r in runs if outcome(r) == "untrained"),
-        "configuration_flagged": {"failed": sum(configuration_flags(r) for r in failed),
-                                  "healthy": sum(configuration_flags(r) for r in healthy)},
-        "lead": lead, "detectors": {},
+        "runs": len(runs),
+        "developing": len(developing),
+        "sudden": len(sudden),
+        "early": len(early),
+        "healthy": len(healthy),
+        "untrained": sum(1 for r in runs if outcome(r) == "untrained"),
+        "configuration_flagged": {
+            "failed": sum(configuration_flags(r) for r in failed),
+            "healthy": sum(configuration_flags(r) for r in healthy),
+        },
+        "lead": lead,
+        "detectors": {},
     }
     warnings = {id(r): warning_steps(r, thresholds) for r in runs}
     for detector in DETECTORS:
@@ -567,14 +655,19 @@ def score(runs: Sequence[Mapping[str, Any]], thresholds: Thresholds = MONITOR_TH
             caught += lead_time is not None and lead_time >= lead
             if lead_time is not None:
                 leads.append(lead_time)
-        flagged = sum(1 for run in sudden
-                      if any(run["onset_step"] <= s <= run["onset_step"] + 1 for s in warnings[id(run)][detector]))
+        flagged = sum(
+            1
+            for run in sudden
+            if any(run["onset_step"] <= s <= run["onset_step"] + 1 for s in warnings[id(run)][detector])
+        )
         warned_healthy = sum(1 for run in healthy if warnings[id(run)][detector])
         result["detectors"][detector] = {
-            "recall": caught / len(developing) if developing else None, "caught": caught,
+            "recall": caught / len(developing) if developing else None,
+            "caught": caught,
             "recall_interval": proportion_interval(caught, len(developing)),
             "lead_quartiles": [float(q) for q in np.percentile(leads, [25, 50, 75])] if leads else None,
-            "sudden_flagged": flagged, "sudden_interval": proportion_interval(flagged, len(sudden)),
+            "sudden_flagged": flagged,
+            "sudden_interval": proportion_interval(flagged, len(sudden)),
             "healthy_warned": warned_healthy,
             "healthy_share": warned_healthy / len(healthy) if healthy else None,
             "healthy_interval": proportion_interval(warned_healthy, len(healthy)),
@@ -583,8 +676,11 @@ def score(runs: Sequence[Mapping[str, Any]], thresholds: Thresholds = MONITOR_TH
 
 
 SELECTION_GRID: Mapping[str, tuple[Any, ...]] = {
-    "edge_patience": (1, 2, 5), "grad_growth": (None, 3.0, 5.0, 10.0), "loss_growth": (None, 1.5, 2.0, 3.0),
-    "update_ratio": (None, 0.1, 0.2, 0.5, 1.0), "update_rise": (None, 2.0, 5.0, 10.0, 20.0),
+    "edge_patience": (1, 2, 5),
+    "grad_growth": (None, 3.0, 5.0, 10.0),
+    "loss_growth": (None, 1.5, 2.0, 3.0),
+    "update_ratio": (None, 0.1, 0.2, 0.5, 1.0),
+    "update_rise": (None, 2.0, 5.0, 10.0, 20.0),
 }
 """The monitor's argument thresholds :func:`choose_thresholds` searches over (the edge ratio stays the theory's 1)."""
 SELECTION_FALSE_ALARMS = 0.05
@@ -604,17 +700,26 @@ def choose_thresholds(runs: Sequence[Mapping[str, Any]]) -> tuple[Thresholds, li
         thresholds = dataclasses.replace(MONITOR_THRESHOLDS, **dict(zip(names, values)))
         scores = score(development, thresholds)
         entry = scores["detectors"]["monitor"]
-        table.append({**dict(zip(names, values)), "caught": entry["caught"] + entry["sudden_flagged"],
-                      "failures": scores["developing"] + scores["sudden"], "healthy_warned": entry["healthy_warned"],
-                      "healthy": scores["healthy"]})
+        table.append(
+            {
+                **dict(zip(names, values)),
+                "caught": entry["caught"] + entry["sudden_flagged"],
+                "failures": scores["developing"] + scores["sudden"],
+                "healthy_warned": entry["healthy_warned"],
+                "healthy": scores["healthy"],
+            }
+        )
 
     def allowed(row: Mapping[str, Any]) -> bool:
         return row["healthy"] > 0 and row["healthy_warned"] <= SELECTION_FALSE_ALARMS * row["healthy"]
 
     def conservative(row: Mapping[str, Any]) -> tuple[Any, ...]:
         checks = [row[name] for name in ("grad_growth", "loss_growth", "update_ratio", "update_rise")]
-        return (sum(value is not None for value in checks), *(-(value or math.inf) for value in checks),
-                -row["edge_patience"])
+        return (
+            sum(value is not None for value in checks),
+            *(-(value or math.inf) for value in checks),
+            -row["edge_patience"],
+        )
 
     candidates = [row for row in table if allowed(row)] or table
     best = min(candidates, key=lambda row: (-row["caught"], row["healthy_warned"], conservative(row)))
@@ -644,28 +749,40 @@ def guard_scores(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not treated:
             continue
         failures = [r for r in treated if outcome(plain[key(r)]) == "failed"]
-        rescued = [r for r in failures if math.isfinite(final_loss(r)) and r["spec"]["workload"] in band
-                   and final_loss(r) <= band[r["spec"]["workload"]]]
+        rescued = [
+            r
+            for r in failures
+            if math.isfinite(final_loss(r))
+            and r["spec"]["workload"] in band
+            and final_loss(r) <= band[r["spec"]["workload"]]
+        ]
         differences: dict[str, list[float]] = {}
         for run in treated:
             twin = plain[key(run)]
             if run["spec"]["arm"] == "healthy" and outcome(twin) == "healthy":
                 difference = final_loss(run) - final_loss(twin)
                 differences.setdefault(run["spec"]["workload"], []).append(
-                    difference if math.isfinite(difference) else math.inf)
+                    difference if math.isfinite(difference) else math.inf
+                )
         paired = {}
         for workload, values in sorted({**differences, "all": sum(differences.values(), [])}.items()):
             finite = [v for v in values if math.isfinite(v)]
-            entry: dict[str, Any] = {"pairs": len(values), "mean": float(np.mean(finite)) if finite else None,
-                                     "interval": None, "worse": len(values) - len(finite)}
+            entry: dict[str, Any] = {
+                "pairs": len(values),
+                "mean": float(np.mean(finite)) if finite else None,
+                "interval": None,
+                "worse": len(values) - len(finite),
+            }
             if len(finite) >= 2:
                 mean, sem = float(np.mean(finite)), float(stats.sem(finite))
                 half = float(stats.t.ppf(0.975, len(finite) - 1)) * sem
                 entry["interval"] = (mean - half, mean + half)
             paired[workload] = entry
         result["interventions"][intervention] = {
-            "failures": len(failures), "rescued": len(rescued),
-            "rescued_interval": proportion_interval(len(rescued), len(failures)), "healthy_paired": paired,
+            "failures": len(failures),
+            "rescued": len(rescued),
+            "rescued_interval": proportion_interval(len(rescued), len(failures)),
+            "healthy_paired": paired,
         }
     return result
 
@@ -674,9 +791,18 @@ def guard_scores(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 # the sharpness estimate with a closure
 
 
-def sharpness_run(lr: float, seed: int, steps: int, batch_size: int, sizes: Mapping[str, Any], every: int,
-                  iterations: int, task: str = "char-transformer", beta: float = 0.9,
-                  device: str = "cpu") -> dict[str, Any]:
+def sharpness_run(
+    lr: float,
+    seed: int,
+    steps: int,
+    batch_size: int,
+    sizes: Mapping[str, Any],
+    every: int,
+    iterations: int,
+    task: str = "char-transformer",
+    beta: float = 0.9,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Preconditioned sharpness λ_max(ηP⁻¹H) over training at one learning rate (THEORY §7, Cohen et al.).
 
     Adam (β, 0.999), mini-batches of ``batch_size``; every ``every`` steps the monitor estimates the
@@ -692,9 +818,15 @@ def sharpness_run(lr: float, seed: int, steps: int, batch_size: int, sizes: Mapp
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(beta, 0.999))
     generator = torch.Generator().manual_seed(seed)
     probe = built.sample_batch(torch.Generator().manual_seed(seed + 10_000), batch_size)
-    monitor = StabilityMonitor(optimizer, every=every, names=model, sharpness_every=1, warn=False,
-                               sharpness_closure=lambda: built.loss(model(probe[0]), probe[1]),
-                               sharpness_iterations=iterations)
+    monitor = StabilityMonitor(
+        optimizer,
+        every=every,
+        names=model,
+        sharpness_every=1,
+        warn=False,
+        sharpness_closure=lambda: built.loss(model(probe[0]), probe[1]),
+        sharpness_iterations=iterations,
+    )
     start = time.perf_counter()
     losses = built.fit(model, optimizer, steps, batch_size, generator).losses  # ends at the first non-finite loss
     seconds = time.perf_counter() - start
@@ -703,7 +835,15 @@ def sharpness_run(lr: float, seed: int, steps: int, batch_size: int, sizes: Mapp
     sharpness = [_finite_or_none(v) for v in history.model["sharpness"]]
     threshold = float(stability.edge_of_stability(beta))
     finite = [v for v in sharpness if v is not None]
-    return {"lr": lr, "seed": seed, "beta": beta, "losses": losses, "sharpness_steps": history.steps.tolist(),
-            "sharpness": sharpness, "sharpness_threshold": threshold, "seconds_per_step": seconds / max(len(losses), 1),
-            "share_above": sum(v > threshold for v in finite) / len(finite) if finite else None,
-            "final_over_threshold": finite[-1] / threshold if finite else None}
+    return {
+        "lr": lr,
+        "seed": seed,
+        "beta": beta,
+        "losses": losses,
+        "sharpness_steps": history.steps.tolist(),
+        "sharpness": sharpness,
+        "sharpness_threshold": threshold,
+        "seconds_per_step": seconds / max(len(losses), 1),
+        "share_above": sum(v > threshold for v in finite) / len(finite) if finite else None,
+        "final_over_threshold": finite[-1] / threshold if finite else None,
+    }

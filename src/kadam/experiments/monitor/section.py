@@ -17,8 +17,15 @@ from kadam.experiments.profiles import profile_sizes
 from kadam.experiments.report import Claim, Figure, SectionDocument, Table, format_number
 from kadam.experiments.sections import Section
 
-__all__ = ["build_section", "detection_table", "guard_table", "mcnemar", "monitor_claims", "run_cells",
-           "sharpness_finding"]
+__all__ = [
+    "build_section",
+    "detection_table",
+    "guard_table",
+    "mcnemar",
+    "monitor_claims",
+    "run_cells",
+    "sharpness_finding",
+]
 
 DETECTOR_NAMES = {
     "monitor": "StabilityMonitor, default attach (no closure)",
@@ -27,8 +34,11 @@ DETECTOR_NAMES = {
     "update_param_ratio": f"update/parameter ratio > {protocol.UPDATE_RATIO:g}",
     "stableadamw_rms": f"StableAdamW indicator, RMS(g²/v̂) > {protocol.STABLEADAMW_RMS:g}",
 }
-INTERVENTION_NAMES = {"guard": "StabilityGuard (defaults, with the monitor)", "clip": "gradient clipping at 1.0",
-                      "stableadamw": "StableAdamW update clipping alone"}
+INTERVENTION_NAMES = {
+    "guard": "StabilityGuard (defaults, with the monitor)",
+    "clip": "gradient clipping at 1.0",
+    "stableadamw": "StableAdamW update clipping alone",
+}
 
 RECALL_TARGET = 0.8
 """Recall at a lead of ≥ ``protocol.LEAD`` steps that the monitor claim asks for (on held-out runs) ..."""
@@ -52,18 +62,34 @@ def run_cells(config: MonitorConfig, device: str) -> list[Cell]:
 
     def cell(workload: str, family: str, arm: str, seed: int, intervention: str) -> Cell:
         settings = config.family_settings.get(family, {}).get(arm)
-        return Cell("monitor", f"{workload} {family} {arm} seed={seed} {intervention}", protocol.validation_run,
-                    {"workload": workload, "family": family, "arm": arm, "seed": seed, "steps": config.steps,
-                     "batch_size": config.batch_size, "sizes": config.workloads[workload],
-                     "intervention": intervention, "device": device,
-                     **({"settings": settings} if settings is not None else {})},
-                    cost=config.steps * step_cost.get(workload, 0.02))
+        return Cell(
+            "monitor",
+            f"{workload} {family} {arm} seed={seed} {intervention}",
+            protocol.validation_run,
+            {
+                "workload": workload,
+                "family": family,
+                "arm": arm,
+                "seed": seed,
+                "steps": config.steps,
+                "batch_size": config.batch_size,
+                "sizes": config.workloads[workload],
+                "intervention": intervention,
+                "device": device,
+                **({"settings": settings} if settings is not None else {}),
+            },
+            cost=config.steps * step_cost.get(workload, 0.02),
+        )
 
     keys: list[tuple[str, str, str, int, str]] = []
     for workload in config.workloads:
         families = [f for f in config.families if protocol.applies(f, workload)]
-        keys += [(workload, family, arm, seed, "none") for family in families for arm in ("failing", "healthy")
-                 for seed in config.seeds]
+        keys += [
+            (workload, family, arm, seed, "none")
+            for family in families
+            for arm in ("failing", "healthy")
+            for seed in config.seeds
+        ]
         for intervention in config.interventions:
             keys += [(workload, family, "failing", seed, intervention) for family in families for seed in config.seeds]
         if protocol.PAIR_FAMILY in families:
@@ -74,11 +100,22 @@ def run_cells(config: MonitorConfig, device: str) -> list[Cell]:
 
 def sharpness_cells(config: MonitorConfig, device: str) -> list[Cell]:
     return [
-        Cell("monitor", f"sharpness lr={lr:g}", protocol.sharpness_run,
-             {"lr": lr, "seed": 0, "steps": config.sharpness_steps, "batch_size": config.batch_size,
-              "sizes": config.sharpness_sizes, "every": config.sharpness_every,
-              "iterations": config.sharpness_iterations, "device": device},
-             cost=config.sharpness_steps * 0.03 * (1 + 2 * config.sharpness_iterations / config.sharpness_every))
+        Cell(
+            "monitor",
+            f"sharpness lr={lr:g}",
+            protocol.sharpness_run,
+            {
+                "lr": lr,
+                "seed": 0,
+                "steps": config.sharpness_steps,
+                "batch_size": config.batch_size,
+                "sizes": config.sharpness_sizes,
+                "every": config.sharpness_every,
+                "iterations": config.sharpness_iterations,
+                "device": device,
+            },
+            cost=config.sharpness_steps * 0.03 * (1 + 2 * config.sharpness_iterations / config.sharpness_every),
+        )
         for lr in config.sharpness_lrs
     ]
 
@@ -133,7 +170,7 @@ def mcnemar(runs: Sequence[Mapping[str, Any]], baselines: Sequence[str] = protoc
         running = max(running, min(1.0, (len(order) - rank) * rows[baseline]["p"]))
         row = rows[baseline]
         row["p_holm"] = running
-        row["better"] = (None if running >= ALPHA else row["only_monitor"] > row["only_baseline"])
+        row["better"] = None if running >= ALPHA else row["only_monitor"] > row["only_baseline"]
     return rows
 
 
@@ -149,19 +186,39 @@ def detection_table(scores: Mapping[str, Any], comparisons: Mapping[str, Any] | 
         versus = "—"
         if comparisons is not None and detector in comparisons:
             c = comparisons[detector]
-            versus = (f"{c['only_monitor']} vs {c['only_baseline']} runs, p_Holm = {format_number(c['p_holm'], 2)}"
-                      + ("" if c["better"] is None else (" (monitor better)" if c["better"] else " (monitor worse)")))
-        rows.append([
-            DETECTOR_NAMES.get(detector, detector),
-            "—" if entry["recall"] is None else f"{entry['caught']}/{scores['developing']} ({_interval(entry['recall_interval'])})",
-            "—" if not entry["lead_quartiles"] else " / ".join(format_number(q, 3) for q in entry["lead_quartiles"]),
-            "—" if not scores["sudden"] else f"{entry['sudden_flagged']}/{scores['sudden']} ({_interval(entry['sudden_interval'])})",
-            "—" if entry["healthy_share"] is None else f"{entry['healthy_warned']}/{scores['healthy']} ({_interval(entry['healthy_interval'])})",
-            versus,
-        ])
-    return Table(caption, ["detector", f"recall at lead ≥ {scores['lead']} (95% CI)", "lead q1 / median / q3",
-                           "sudden flagged ≤ 1 step (95% CI)", "healthy runs warned (95% CI)",
-                           "right where the other is wrong: monitor vs detector"], rows)
+            versus = f"{c['only_monitor']} vs {c['only_baseline']} runs, p_Holm = {format_number(c['p_holm'], 2)}" + (
+                "" if c["better"] is None else (" (monitor better)" if c["better"] else " (monitor worse)")
+            )
+        rows.append(
+            [
+                DETECTOR_NAMES.get(detector, detector),
+                "—"
+                if entry["recall"] is None
+                else f"{entry['caught']}/{scores['developing']} ({_interval(entry['recall_interval'])})",
+                "—"
+                if not entry["lead_quartiles"]
+                else " / ".join(format_number(q, 3) for q in entry["lead_quartiles"]),
+                "—"
+                if not scores["sudden"]
+                else f"{entry['sudden_flagged']}/{scores['sudden']} ({_interval(entry['sudden_interval'])})",
+                "—"
+                if entry["healthy_share"] is None
+                else f"{entry['healthy_warned']}/{scores['healthy']} ({_interval(entry['healthy_interval'])})",
+                versus,
+            ]
+        )
+    return Table(
+        caption,
+        [
+            "detector",
+            f"recall at lead ≥ {scores['lead']} (95% CI)",
+            "lead q1 / median / q3",
+            "sudden flagged ≤ 1 step (95% CI)",
+            "healthy runs warned (95% CI)",
+            "right where the other is wrong: monitor vs detector",
+        ],
+        rows,
+    )
 
 
 def guard_table(guard: Mapping[str, Any]) -> Table:
@@ -170,15 +227,30 @@ def guard_table(guard: Mapping[str, Any]) -> Table:
         paired = entry["healthy_paired"]
         per_workload = "; ".join(
             f"{workload} {format_number(v['mean'], 3)} "
-            + ("" if v["interval"] is None else f"[{format_number(v['interval'][0], 3)}, {format_number(v['interval'][1], 3)}]")
-            + f" (n = {v['pairs']})" for workload, v in paired.items())
-        rows.append([INTERVENTION_NAMES.get(intervention, intervention),
-                     "—" if not entry["failures"] else f"{entry['rescued']}/{entry['failures']} ({_interval(entry['rescued_interval'])})",
-                     per_workload or "—"])
-    return Table("Interventions on the same runs: failing runs rescued (final loss within the band of the workload's "
-                 "healthy runs), and on healthy runs the paired final-loss difference intervention − none "
-                 f"(mean [{CONFIDENCE:.0%} t interval], pairs by seed)",
-                 ["intervention", "failing runs rescued (95% CI)", "healthy runs: final-loss difference"], rows)
+            + (
+                ""
+                if v["interval"] is None
+                else f"[{format_number(v['interval'][0], 3)}, {format_number(v['interval'][1], 3)}]"
+            )
+            + f" (n = {v['pairs']})"
+            for workload, v in paired.items()
+        )
+        rows.append(
+            [
+                INTERVENTION_NAMES.get(intervention, intervention),
+                "—"
+                if not entry["failures"]
+                else f"{entry['rescued']}/{entry['failures']} ({_interval(entry['rescued_interval'])})",
+                per_workload or "—",
+            ]
+        )
+    return Table(
+        "Interventions on the same runs: failing runs rescued (final loss within the band of the workload's "
+        "healthy runs), and on healthy runs the paired final-loss difference intervention − none "
+        f"(mean [{CONFIDENCE:.0%} t interval], pairs by seed)",
+        ["intervention", "failing runs rescued (95% CI)", "healthy runs: final-loss difference"],
+        rows,
+    )
 
 
 def _verdict(interval: Sequence[float] | None, target: float, above: bool) -> str:
@@ -193,40 +265,67 @@ def _verdict(interval: Sequence[float] | None, target: float, above: bool) -> st
     return "not resolved at this budget"
 
 
-def monitor_claims(held_out: Mapping[str, Any], comparisons: Mapping[str, Any], guard: Mapping[str, Any]) -> list[Claim]:
+def monitor_claims(
+    held_out: Mapping[str, Any], comparisons: Mapping[str, Any], guard: Mapping[str, Any]
+) -> list[Claim]:
     """The project's claims for the monitor and the guard, read on held-out runs from exact intervals (module
     constants for the targets)."""
     monitor = held_out["detectors"]["monitor"]
     claims = [
-        Claim(f"On held-out runs the default monitor warns ≥ {held_out['lead']} steps before ≥ {RECALL_TARGET:.0%} of "
-              "developing failures", _verdict(monitor["recall_interval"], RECALL_TARGET, above=True),
-              f"{monitor['caught']}/{held_out['developing']} ({_interval(monitor['recall_interval'])})"),
-        Claim(f"It flags ≥ {SUDDEN_TARGET:.0%} of sudden failures within one step",
-              _verdict(monitor["sudden_interval"], SUDDEN_TARGET, above=True),
-              f"{monitor['sudden_flagged']}/{held_out['sudden']} ({_interval(monitor['sudden_interval'])})"),
-        Claim(f"It warns ≤ {FALSE_ALARM_TARGET:.0%} of healthy held-out runs",
-              _verdict(monitor["healthy_interval"], FALSE_ALARM_TARGET, above=False),
-              f"{monitor['healthy_warned']}/{held_out['healthy']} ({_interval(monitor['healthy_interval'])})"),
+        Claim(
+            f"On held-out runs the default monitor warns ≥ {held_out['lead']} steps before ≥ {RECALL_TARGET:.0%} of "
+            "developing failures",
+            _verdict(monitor["recall_interval"], RECALL_TARGET, above=True),
+            f"{monitor['caught']}/{held_out['developing']} ({_interval(monitor['recall_interval'])})",
+        ),
+        Claim(
+            f"It flags ≥ {SUDDEN_TARGET:.0%} of sudden failures within one step",
+            _verdict(monitor["sudden_interval"], SUDDEN_TARGET, above=True),
+            f"{monitor['sudden_flagged']}/{held_out['sudden']} ({_interval(monitor['sudden_interval'])})",
+        ),
+        Claim(
+            f"It warns ≤ {FALSE_ALARM_TARGET:.0%} of healthy held-out runs",
+            _verdict(monitor["healthy_interval"], FALSE_ALARM_TARGET, above=False),
+            f"{monitor['healthy_warned']}/{held_out['healthy']} ({_interval(monitor['healthy_interval'])})",
+        ),
     ]
     outcomes = [c["better"] for c in comparisons.values()]
-    verdict = ("confirmed" if outcomes and all(o is True for o in outcomes) else
-               "refuted" if any(o is False for o in outcomes) else "not resolved at this budget")
-    claims.append(Claim("It is right on more held-out runs than every baseline (exact McNemar, Holm)", verdict,
-                        "; ".join(f"{b}: {c['only_monitor']} vs {c['only_baseline']}, p_Holm {format_number(c['p_holm'], 2)}"
-                                  for b, c in comparisons.items())))
+    verdict = (
+        "confirmed"
+        if outcomes and all(o is True for o in outcomes)
+        else "refuted"
+        if any(o is False for o in outcomes)
+        else "not resolved at this budget"
+    )
+    claims.append(
+        Claim(
+            "It is right on more held-out runs than every baseline (exact McNemar, Holm)",
+            verdict,
+            "; ".join(
+                f"{b}: {c['only_monitor']} vs {c['only_baseline']}, p_Holm {format_number(c['p_holm'], 2)}"
+                for b, c in comparisons.items()
+            ),
+        )
+    )
     entry = guard["interventions"].get("guard")
     if entry is not None:
-        claims.append(Claim(f"The guard rescues ≥ {RESCUE_TARGET:.0%} of failing runs",
-                            _verdict(entry["rescued_interval"], RESCUE_TARGET, above=True),
-                            f"{entry['rescued']}/{entry['failures']} ({_interval(entry['rescued_interval'])})"))
+        claims.append(
+            Claim(
+                f"The guard rescues ≥ {RESCUE_TARGET:.0%} of failing runs",
+                _verdict(entry["rescued_interval"], RESCUE_TARGET, above=True),
+                f"{entry['rescued']}/{entry['failures']} ({_interval(entry['rescued_interval'])})",
+            )
+        )
         pooled = entry["healthy_paired"].get("all")
         if pooled is None or pooled["interval"] is None:
             verdict, evidence = "not resolved at this budget", "fewer than two healthy pairs"
         else:
             low, high = pooled["interval"]
             verdict = "refuted" if low > 0 else "confirmed"
-            evidence = (f"guard − none {format_number(pooled['mean'], 3)} [{format_number(low, 3)}, {format_number(high, 3)}] "
-                        f"over {pooled['pairs']} pairs; it resolves a loss increase above {format_number(high, 3)}")
+            evidence = (
+                f"guard − none {format_number(pooled['mean'], 3)} [{format_number(low, 3)}, {format_number(high, 3)}] "
+                f"over {pooled['pairs']} pairs; it resolves a loss increase above {format_number(high, 3)}"
+            )
         claims.append(Claim("The guard does not make healthy runs train significantly worse", verdict, evidence))
     return claims
 
@@ -241,26 +340,36 @@ def sharpness_finding(sharp: list[Mapping[str, Any]]) -> str:
         values = sorted(v / run["sharpness_threshold"] for v in run["sharpness"] if v is not None)
         median = values[len(values) // 2] if values else None
         final = run["losses"][-1] if run["losses"] else None
-        parts.append(f"lr {run['lr']:g}: median {format_number(median, 2) if median is not None else '—'}× the edge, "
-                     f"{'—' if run['share_above'] is None else format(run['share_above'], '.0%')} of estimates above, "
-                     f"final loss {format_number(final, 3) if final is not None else '—'}")
+        parts.append(
+            f"lr {run['lr']:g}: median {format_number(median, 2) if median is not None else '—'}× the edge, "
+            f"{'—' if run['share_above'] is None else format(run['share_above'], '.0%')} of estimates above, "
+            f"final loss {format_number(final, 3) if final is not None else '—'}"
+        )
         if median is not None and median > 1:
             above.append(run)
     text = "Preconditioned sharpness λ_max(ηP⁻¹H) against the adaptive edge of stability: " + "; ".join(parts) + ". "
     finals = {run["lr"]: run["losses"][-1] for run in sharp if run["losses"] and math.isfinite(run["losses"][-1])}
     below = [lr for lr in finals if all(lr != run["lr"] for run in above)]
     if above and below:
-        worse = [run["lr"] for run in above if run["lr"] in finals and finals[run["lr"]] > min(finals[lr] for lr in below)]
+        worse = [
+            run["lr"] for run in above if run["lr"] in finals and finals[run["lr"]] > min(finals[lr] for lr in below)
+        ]
         rates = ", ".join(f"{run['lr']:g}" for run in above)
-        text += (f"The rate(s) whose runs sit above the edge ({rates}) "
-                 + ("train worse than a smaller rate below it: an η-dependent limit beside the (β, γ) one, which is "
-                    "consistent with the measured stable region depending on η (a run near the (β, γ) boundary has "
-                    "less room at a larger η); these runs do not test that link directly."
-                    if len(worse) == len(above) else "do not all train worse than the rates below it: the edge does "
-                    "not by itself account for the loss at these rates."))
+        text += f"The rate(s) whose runs sit above the edge ({rates}) " + (
+            "train worse than a smaller rate below it: an η-dependent limit beside the (β, γ) one, which is "
+            "consistent with the measured stable region depending on η (a run near the (β, γ) boundary has "
+            "less room at a larger η); these runs do not test that link directly."
+            if len(worse) == len(above)
+            else "do not all train worse than the rates below it: the edge does "
+            "not by itself account for the loss at these rates."
+        )
     else:
-        text += ("No rate's run sits above the edge, so these runs cannot say whether it explains the η-dependence of the "
-                 "measured region." if not above else "Every rate's run sits above the edge; nothing to contrast.")
+        text += (
+            "No rate's run sits above the edge, so these runs cannot say whether it explains the η-dependence of the "
+            "measured region."
+            if not above
+            else "Every rate's run sits above the edge; nothing to contrast."
+        )
     return text
 
 
@@ -275,9 +384,11 @@ def _outcome_counts(runs: Sequence[Mapping[str, Any]]) -> str:
         counts[protocol.outcome(run)] = counts.get(protocol.outcome(run), 0) + 1
     set_up = sum(1 for r in plain if r["spec"]["arm"] == "failing")
     trained_anyway = sum(1 for r in plain if r["spec"]["arm"] == "failing" and protocol.outcome(r) == "healthy")
-    return (f"{len(plain)} runs: {counts.get('failed', 0)} failed, {counts.get('healthy', 0)} healthy, "
-            f"{counts.get('untrained', 0)} did not train; {trained_anyway} of the {set_up} runs set up to fail trained "
-            "and count as healthy")
+    return (
+        f"{len(plain)} runs: {counts.get('failed', 0)} failed, {counts.get('healthy', 0)} healthy, "
+        f"{counts.get('untrained', 0)} did not train; {trained_anyway} of the {set_up} runs set up to fail trained "
+        "and count as healthy"
+    )
 
 
 def _selection_rows(table: Sequence[Mapping[str, Any]], chosen: Any) -> list[list[str]]:
@@ -286,8 +397,13 @@ def _selection_rows(table: Sequence[Mapping[str, Any]], chosen: Any) -> list[lis
     rows = []
     for row in ranked:
         mark = " (the defaults)" if all(row[n] == getattr(protocol.MONITOR_THRESHOLDS, n) for n in names) else ""
-        rows.append([", ".join(f"{n} {row[n]}" for n in names) + mark, f"{row['caught']}/{row['failures']}",
-                     f"{row['healthy_warned']}/{row['healthy']}"])
+        rows.append(
+            [
+                ", ".join(f"{n} {row[n]}" for n in names) + mark,
+                f"{row['caught']}/{row['failures']}",
+                f"{row['healthy_warned']}/{row['healthy']}",
+            ]
+        )
     return rows
 
 
@@ -310,15 +426,24 @@ def build_section(settings: Any) -> Section:
         sharp = [results[cell.key] for cell in sharpness]
         monitor = held_scores["detectors"]["monitor"]
         tables = [
-            detection_table(held_scores, comparisons, "Held-out runs (workloads and families that informed no "
-                            "choice): the headline numbers"),
-            detection_table(development_scores, None, "Development runs (where the families' settings and the "
-                            "monitor's thresholds were chosen), beside them"),
+            detection_table(
+                held_scores,
+                comparisons,
+                "Held-out runs (workloads and families that informed no choice): the headline numbers",
+            ),
+            detection_table(
+                development_scores,
+                None,
+                "Development runs (where the families' settings and the monitor's thresholds were chosen), beside them",
+            ),
             guard_table(guard),
-            Table("The development runs' choice of the monitor's argument thresholds at this budget (the rule in "
-                  "code: most failures caught among settings warning ≤ "
-                  f"{protocol.SELECTION_FALSE_ALARMS:.0%} of healthy runs): the six best settings",
-                  ["setting", "failures caught", "healthy runs warned"], _selection_rows(selection, chosen)),
+            Table(
+                "The development runs' choice of the monitor's argument thresholds at this budget (the rule in "
+                "code: most failures caught among settings warning ≤ "
+                f"{protocol.SELECTION_FALSE_ALARMS:.0%} of healthy runs): the six best settings",
+                ["setting", "failures caught", "healthy runs warned"],
+                _selection_rows(selection, chosen),
+            ),
         ]
         configuration = held_scores["configuration_flagged"]
         findings = [
@@ -334,39 +459,67 @@ def build_section(settings: Any) -> Section:
             findings.append(
                 f"The default monitor on held-out runs: recall {_interval(monitor['recall_interval'])} (95% CI), "
                 f"healthy runs warned {_interval(monitor['healthy_interval'])}. Against each baseline (runs where "
-                "exactly one is right): " + "; ".join(
+                "exactly one is right): "
+                + "; ".join(
                     f"{DETECTOR_NAMES[b].split(' (')[0]} {c['only_monitor']} vs {c['only_baseline']}"
-                    for b, c in comparisons.items()) + ".")
-        chosen_matches = all(getattr(chosen, n) == getattr(protocol.MONITOR_THRESHOLDS, n) for n in protocol.SELECTION_GRID)
-        findings.append("The development runs of this profile choose "
-                        + ", ".join(f"{n} = {getattr(chosen, n)}" for n in protocol.SELECTION_GRID)
-                        + (": the monitor's defaults." if chosen_matches else
-                           "; the monitor's defaults, chosen on the committed development runs, are "
-                           + ", ".join(f"{n} = {getattr(protocol.MONITOR_THRESHOLDS, n)}" for n in protocol.SELECTION_GRID)
-                           + "."))
+                    for b, c in comparisons.items()
+                )
+                + "."
+            )
+        chosen_matches = all(
+            getattr(chosen, n) == getattr(protocol.MONITOR_THRESHOLDS, n) for n in protocol.SELECTION_GRID
+        )
+        findings.append(
+            "The development runs of this profile choose "
+            + ", ".join(f"{n} = {getattr(chosen, n)}" for n in protocol.SELECTION_GRID)
+            + (
+                ": the monitor's defaults."
+                if chosen_matches
+                else "; the monitor's defaults, chosen on the committed development runs, are "
+                + ", ".join(f"{n} = {getattr(protocol.MONITOR_THRESHOLDS, n)}" for n in protocol.SELECTION_GRID)
+                + "."
+            )
+        )
         figure_list = []
-        failed = [r for r in held if r["spec"]["intervention"] == "none" and protocol.outcome(r) == "failed"
-                  and (r["onset_step"] or math.inf) > protocol.LEAD]
+        failed = [
+            r
+            for r in held
+            if r["spec"]["intervention"] == "none"
+            and protocol.outcome(r) == "failed"
+            and (r["onset_step"] or math.inf) > protocol.LEAD
+        ]
         if failed:
             run = failed[0]
             path = figures / "monitor_failing_run.png"
             plots.plot_validation_run(run, protocol.monitor_checks(run), path)
             spec = run["spec"]
-            figure_list.append(Figure(str(path), f"A held-out failing run ({spec['workload']}, family {spec['family']}): "
-                                      "training loss, learning rate, gradient norm and largest update/parameter ratio; "
-                                      "each monitor check that fired marked in its colour, the instability event dashed."))
+            figure_list.append(
+                Figure(
+                    str(path),
+                    f"A held-out failing run ({spec['workload']}, family {spec['family']}): "
+                    "training loss, learning rate, gradient norm and largest update/parameter ratio; "
+                    "each monitor check that fired marked in its colour, the instability event dashed.",
+                )
+            )
         if sharp:
             path = figures / "monitor_sharpness.png"
             plots.plot_sharpness(sharp, path)
             cost = [r["seconds_per_step"] for r in sharp if r.get("seconds_per_step")]
-            figure_list.append(Figure(str(path), "The option with a closure: preconditioned sharpness λ_max(ηP⁻¹H) "
-                                      "during Adam training at three learning rates, against the adaptive edge of "
-                                      "stability (2 + 2β)/(1 − β)."))
+            figure_list.append(
+                Figure(
+                    str(path),
+                    "The option with a closure: preconditioned sharpness λ_max(ηP⁻¹H) "
+                    "during Adam training at three learning rates, against the adaptive edge of "
+                    "stability (2 + 2β)/(1 − β).",
+                )
+            )
             findings.append(sharpness_finding(sharp))
             if cost:
-                findings.append(f"The sharpness option (a closure, {config.sharpness_iterations} Hessian-vector products "
-                                f"every {config.sharpness_every} steps) cost {format_number(float(np.median(cost)) * 1e3, 3)} "
-                                "ms per step on its runs, all included.")
+                findings.append(
+                    f"The sharpness option (a closure, {config.sharpness_iterations} Hessian-vector products "
+                    f"every {config.sharpness_every} steps) cost {format_number(float(np.median(cost)) * 1e3, 3)} "
+                    "ms per step on its runs, all included."
+                )
         method = (
             "Runs break for a known reason (a *family*: too high a learning rate, a geometric ramp, a mid-run jump, (β, γ) "
             "outside γ > β², a rare token returning after a silence, γ too small for the gradient noise, one corrupted "
@@ -378,17 +531,42 @@ def build_section(settings: Any) -> Section:
             "users attach it (default thresholds, a recorded step every 10), beside four baselines. The development set "
             "(two workloads, six families) chose the monitor's thresholds and the families' settings; the held-out set "
             "(two other workloads, two other families) informed nothing, and its numbers are the headline. Proportions "
-            "carry exact 95% intervals; the monitor meets baselines in exact McNemar tests, Holm-corrected.")
+            "carry exact 95% intervals; the monitor meets baselines in exact McNemar tests, Holm-corrected."
+        )
         return SectionDocument(
-            "monitor", "A stability monitor: warnings before blow-ups, and a guard", method, findings, tables,
+            "monitor",
+            "A stability monitor: warnings before blow-ups, and a guard",
+            method,
+            findings,
+            tables,
             figure_list,
-            [("held-out recall / healthy warned", f"{_interval(monitor['recall_interval'])} / {_interval(monitor['healthy_interval'])}")],
-            {"held_out": held_scores, "development": development_scores, "mcnemar": comparisons, "guard": guard,
-             "selection": {"chosen": {n: getattr(chosen, n) for n in protocol.SELECTION_GRID}, "table": selection},
-             "sharpness": [{k: v for k, v in r.items() if k != "losses"} for r in sharp]},
-            claims=monitor_claims(held_scores, comparisons, guard))
+            [
+                (
+                    "held-out recall / healthy warned",
+                    f"{_interval(monitor['recall_interval'])} / {_interval(monitor['healthy_interval'])}",
+                )
+            ],
+            {
+                "held_out": held_scores,
+                "development": development_scores,
+                "mcnemar": comparisons,
+                "guard": guard,
+                "selection": {"chosen": {n: getattr(chosen, n) for n in protocol.SELECTION_GRID}, "table": selection},
+                "sharpness": [{k: v for k, v in r.items() if k != "losses"} for r in sharp],
+            },
+            claims=monitor_claims(held_scores, comparisons, guard),
+        )
 
-    return Section("monitor", "A stability monitor: warnings before blow-ups, and a guard",
-                   {"profile": settings.profile, "steps": config.steps, "seeds": list(config.seeds),
-                    "families": list(config.families), "workloads": list(config.workloads)},
-                   runs + sharpness, finish)
+    return Section(
+        "monitor",
+        "A stability monitor: warnings before blow-ups, and a guard",
+        {
+            "profile": settings.profile,
+            "steps": config.steps,
+            "seeds": list(config.seeds),
+            "families": list(config.families),
+            "workloads": list(config.workloads),
+        },
+        runs + sharpness,
+        finish,
+    )

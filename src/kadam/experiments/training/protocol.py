@@ -74,9 +74,16 @@ def train_run(
     fitted = built.fit(model, optimizer_instance, steps, batch_size, generator, window, progress)
     curve, diverged = fitted.losses, fitted.diverged
     result: dict[str, Any] = {
-        "task": task, "optimizer": optimizer, "lr": lr, "seed": seed, "steps": steps,
+        "task": task,
+        "optimizer": optimizer,
+        "lr": lr,
+        "seed": seed,
+        "steps": steps,
         "betas": None if betas is None else [float(b) for b in betas],
-        "parameters": parameter_count(model), "train_loss_curve": curve, "curve_window": window, "diverged": diverged,
+        "parameters": parameter_count(model),
+        "train_loss_curve": curve,
+        "curve_window": window,
+        "diverged": diverged,
     }
     for split in ("validation", "test"):
         metrics = None if diverged else built.evaluate(model, split)
@@ -87,5 +94,3 @@ def train_run(
         result[f"{split}_accuracy"] = None if metrics is None else metrics["accuracy"]
     result["seconds"] = time.perf_counter() - started
     return result  # type: ignore[return-value]
-
-

@@ -7,7 +7,6 @@ from typing import Any
 
 from kadam.experiments.figures import panels, save_figure
 
-
 _VARIANT_STYLES = (("--", "o"), (":", "s"), ("-.", "^"))
 """Dash pattern and marker per beta rule: transferred curves lying on each other (and on the base) all stay visible."""
 
@@ -26,11 +25,24 @@ def plot_lr_transfer(result: Mapping[str, Any], path: str) -> str:
             curve = variant["loss_curve"]
             style, marker = _VARIANT_STYLES[index % len(_VARIANT_STYLES)]
             every = max(count, len(curve) // 8)  # at least one step per rule: the offsets differ
-            axis.plot([result["horizon"] * i / (len(curve) - 1) for i in range(len(curve))], curve, ls=style, lw=1.5,
-                      marker=marker, ms=4, mfc="none", markevery=(index * every // count, every), zorder=3,
-                      label=f"{row['factor']}η, {name} betas (gap {variant['loss_gap']:.2g})")
-        axis.set(title=f"{result['problem']}, c = {row['factor']}", xlabel="t = η · step", ylabel="full-batch loss",
-                 yscale="log")
+            axis.plot(
+                [result["horizon"] * i / (len(curve) - 1) for i in range(len(curve))],
+                curve,
+                ls=style,
+                lw=1.5,
+                marker=marker,
+                ms=4,
+                mfc="none",
+                markevery=(index * every // count, every),
+                zorder=3,
+                label=f"{row['factor']}η, {name} betas (gap {variant['loss_gap']:.2g})",
+            )
+        axis.set(
+            title=f"{result['problem']}, c = {row['factor']}",
+            xlabel="t = η · step",
+            ylabel="full-batch loss",
+            yscale="log",
+        )
         axis.legend(fontsize=7)
     return save_figure(figure, path)
 
@@ -42,8 +54,12 @@ def plot_batch_transfer(task: str, base: Mapping[str, Any], runs: Sequence[Mappi
     for axis, rule in zip(axes[0], rules, strict=True):
         axis.plot(base["samples_seen"], base["validation_loss"], color="k", linewidth=2, label=f"batch {base['batch']}")
         for run in (r for r in runs if r["rule"] == rule):
-            axis.plot(run["samples_seen"][: len(run["validation_loss"])], run["validation_loss"], "--",
-                      label=f"batch {run['batch']} (lr {run['lr']:.3g})")
+            axis.plot(
+                run["samples_seen"][: len(run["validation_loss"])],
+                run["validation_loss"],
+                "--",
+                label=f"batch {run['batch']} (lr {run['lr']:.3g})",
+            )
         axis.set(title=f"{task}: {rule}", xlabel="samples seen", ylabel="validation loss")
         axis.legend(fontsize=7)
     return save_figure(figure, path)

@@ -33,8 +33,15 @@ BATCH_RULES = ("sqrt", "linear", "unchanged")
 
 def _full_batch_run(problem: str, seed: int, settings: Hyperparameters) -> tuple[torch.Tensor, torch.Tensor]:
     loss = make_problem(problem, seed)
-    run = discrete(loss, settings.steps, lr=settings.lr, k=1, betas=settings.betas[0], eps=settings.eps,
-                   weight_decay=settings.weight_decay)
+    run = discrete(
+        loss,
+        settings.steps,
+        lr=settings.lr,
+        k=1,
+        betas=settings.betas[0],
+        eps=settings.eps,
+        weight_decay=settings.weight_decay,
+    )
     return run.theta, run.loss
 
 
@@ -65,8 +72,15 @@ def lr_transfer_cell(problem: str, lr: float, factors: Sequence[int], horizon: f
                 "loss_curve": moved_losses[:: max(1, len(moved_losses) // 50)].tolist(),
             }
         rows.append({"factor": factor, "variants": variants})
-    return {"problem": problem, "lr": lr, "steps": steps, "horizon": horizon, "seed": seed,
-            "base_loss_curve": losses[:: max(1, len(losses) // 50)].tolist(), "rows": rows}
+    return {
+        "problem": problem,
+        "lr": lr,
+        "steps": steps,
+        "horizon": horizon,
+        "seed": seed,
+        "base_loss_curve": losses[:: max(1, len(losses) // 50)].tolist(),
+        "rows": rows,
+    }
 
 
 def _settings_for(rule: str, lr: float, batch: int, factor: int, steps: int) -> Hyperparameters:
@@ -81,8 +95,15 @@ def _settings_for(rule: str, lr: float, batch: int, factor: int, steps: int) -> 
 
 
 def batch_transfer_cell(
-    task: str, base_batch: int, base_lr: float, samples: int, checkpoints: int, factor: int = 1, rule: str = "sqrt",
-    seed: int = 0, task_sizes: dict[str, Any] | None = None,
+    task: str,
+    base_batch: int,
+    base_lr: float,
+    samples: int,
+    checkpoints: int,
+    factor: int = 1,
+    rule: str = "sqrt",
+    seed: int = 0,
+    task_sizes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Validation loss at ``checkpoints`` equal sample counts for AdamW on ``task`` under ``rule`` at batch ×``factor``.
 
@@ -93,14 +114,23 @@ def batch_transfer_cell(
     if samples % (batch * checkpoints):
         raise ValueError(f"samples must be divisible by batch * checkpoints = {batch * checkpoints}, got {samples}")
     base_steps = samples // base_batch
-    settings = (Hyperparameters(base_lr, (BETAS,), 1e-8, WEIGHT_DECAY, base_steps, base_batch) if factor == 1
-                else _settings_for(rule, base_lr, base_batch, factor, base_steps))
+    settings = (
+        Hyperparameters(base_lr, (BETAS,), 1e-8, WEIGHT_DECAY, base_steps, base_batch)
+        if factor == 1
+        else _settings_for(rule, base_lr, base_batch, factor, base_steps)
+    )
     built = build_task(task, "cpu", **(task_sizes or {}))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = built.make_model()
-    optimizer = KAdam(model.parameters(), lr=settings.lr, k=1, betas=settings.betas[0], eps=settings.eps,
-                      weight_decay=settings.weight_decay)
+    optimizer = KAdam(
+        model.parameters(),
+        lr=settings.lr,
+        k=1,
+        betas=settings.betas[0],
+        eps=settings.eps,
+        weight_decay=settings.weight_decay,
+    )
     generator = torch.Generator().manual_seed(seed)
     chunk = settings.steps // checkpoints
     seen, validation, train = [], [], []
@@ -112,10 +142,21 @@ def batch_transfer_cell(
         validation.append(math.inf if diverged else built.evaluate(model, "validation")["loss"])
         if diverged:
             break
-    return {"task": task, "factor": factor, "rule": "base" if factor == 1 else rule, "seed": seed,
-            "lr": settings.lr, "betas": list(settings.betas[0]), "eps": settings.eps,
-            "weight_decay": settings.weight_decay, "batch": batch, "steps": settings.steps,
-            "samples_seen": seen, "validation_loss": validation, "train_loss": train}
+    return {
+        "task": task,
+        "factor": factor,
+        "rule": "base" if factor == 1 else rule,
+        "seed": seed,
+        "lr": settings.lr,
+        "betas": list(settings.betas[0]),
+        "eps": settings.eps,
+        "weight_decay": settings.weight_decay,
+        "batch": batch,
+        "steps": settings.steps,
+        "samples_seen": seen,
+        "validation_loss": validation,
+        "train_loss": train,
+    }
 
 
 def batch_gaps(base: dict[str, Any], runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -124,8 +165,17 @@ def batch_gaps(base: dict[str, Any], runs: Sequence[dict[str, Any]]) -> list[dic
     for run in runs:
         pairs = list(zip(base["validation_loss"], run["validation_loss"]))
         differences = [abs(b - r) for b, r in pairs]
-        rows.append({"factor": run["factor"], "rule": run["rule"], "seed": run["seed"], "lr": run["lr"],
-                     "betas": run["betas"], "max_gap": max(differences),
-                     "final_difference": run["validation_loss"][-1] - base["validation_loss"][-1]
-                     if len(run["validation_loss"]) == len(base["validation_loss"]) else math.inf})
+        rows.append(
+            {
+                "factor": run["factor"],
+                "rule": run["rule"],
+                "seed": run["seed"],
+                "lr": run["lr"],
+                "betas": run["betas"],
+                "max_gap": max(differences),
+                "final_difference": run["validation_loss"][-1] - base["validation_loss"][-1]
+                if len(run["validation_loss"]) == len(base["validation_loss"])
+                else math.inf,
+            }
+        )
     return rows

@@ -18,7 +18,25 @@ from kadam.experiments.workloads.optimizers import OPTIMIZERS, WEIGHT_DECAY, Opt
 from kadam.experiments.workloads.tasks import TASKS, Task, build_task
 
 __all__ = [
-    "MLP", "OPTIMIZERS", "TASKS", "WEIGHT_DECAY", "CharTransformer", "DigitsCNN", "OptimizerSpec", "Split", "Task",
-    "TrainingCurve", "build_task", "char_corpus", "digits_arrays", "digits_splits", "encode_characters",
-    "make_optimizer", "mnist1d_splits", "parameter_count", "seeded_initialisation", "standardized_digits", "train",
+    "MLP",
+    "OPTIMIZERS",
+    "TASKS",
+    "WEIGHT_DECAY",
+    "CharTransformer",
+    "DigitsCNN",
+    "OptimizerSpec",
+    "Split",
+    "Task",
+    "TrainingCurve",
+    "build_task",
+    "char_corpus",
+    "digits_arrays",
+    "digits_splits",
+    "encode_characters",
+    "make_optimizer",
+    "mnist1d_splits",
+    "parameter_count",
+    "seeded_initialisation",
+    "standardized_digits",
+    "train",
 ]

@@ -120,5 +120,7 @@ def mnist1d_splits() -> dict[str, Split]:
     return {
         "train": Split(inputs[:cut], targets[:cut]),
         "validation": Split(inputs[cut:], targets[cut:]),
-        "test": Split(torch.tensor(data["x_test"], dtype=torch.float32), torch.tensor(data["y_test"], dtype=torch.long)),
+        "test": Split(
+            torch.tensor(data["x_test"], dtype=torch.float32), torch.tensor(data["y_test"], dtype=torch.long)
+        ),
     }

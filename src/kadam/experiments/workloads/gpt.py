@@ -28,15 +28,32 @@ GPT = CharTransformer
 """The model: :class:`~kadam.experiments.workloads.models.CharTransformer` (``layer_norm=False`` for gpt-noln)."""
 
 
-def build_gpt_task(device: str | torch.device = "cpu", layer_norm: bool = True, corpus_chars: int = 200_000,
-                   context: int = 64, width: int = 64, heads: int = 4, layers: int = 2,
-                   evaluation_windows: int = 256) -> Task:
+def build_gpt_task(
+    device: str | torch.device = "cpu",
+    layer_norm: bool = True,
+    corpus_chars: int = 200_000,
+    context: int = 64,
+    width: int = 64,
+    heads: int = 4,
+    layers: int = 2,
+    evaluation_windows: int = 256,
+) -> Task:
     """The character-LM :class:`~kadam.experiments.workloads.Task` ("gpt" or "gpt-noln") at the given sizes."""
-    for name, value in (("corpus_chars", corpus_chars), ("context", context), ("width", width), ("heads", heads),
-                        ("layers", layers), ("evaluation_windows", evaluation_windows)):
+    for name, value in (
+        ("corpus_chars", corpus_chars),
+        ("context", context),
+        ("width", width),
+        ("heads", heads),
+        ("layers", layers),
+        ("evaluation_windows", evaluation_windows),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
     splits, vocabulary_size = char_splits(corpus_chars, context, evaluation_windows)
-    return Task("gpt" if layer_norm else "gpt-noln", splits,
-                lambda: GPT(vocabulary_size, context, width, heads, layers, layer_norm),
-                sequence_length=context, device=torch.device(device))
+    return Task(
+        "gpt" if layer_norm else "gpt-noln",
+        splits,
+        lambda: GPT(vocabulary_size, context, width, heads, layers, layer_norm),
+        sequence_length=context,
+        device=torch.device(device),
+    )

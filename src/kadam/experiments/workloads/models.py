@@ -21,8 +21,13 @@ class MLP(nn.Sequential):
     """
 
     def __init__(
-        self, inputs: int, hidden: int, depth: int, outputs: int,
-        norm: Literal["batch", "layer"] | None = None, activation: Callable[[], nn.Module] = nn.ReLU,
+        self,
+        inputs: int,
+        hidden: int,
+        depth: int,
+        outputs: int,
+        norm: Literal["batch", "layer"] | None = None,
+        activation: Callable[[], nn.Module] = nn.ReLU,
     ) -> None:
         if norm not in (None, "batch", "layer"):
             raise ValueError(f"norm must be 'batch' or 'layer', got {norm!r}")
@@ -89,8 +94,9 @@ class CharTransformer(nn.Module):
     parameters otherwise, drawn in the same order, so a seed gives the same weights with and without).
     """
 
-    def __init__(self, vocab_size: int, context: int, width: int = 64, heads: int = 4, layers: int = 2,
-                 layer_norm: bool = True) -> None:
+    def __init__(
+        self, vocab_size: int, context: int, width: int = 64, heads: int = 4, layers: int = 2, layer_norm: bool = True
+    ) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width must be a multiple of heads, got width={width}, heads={heads}")

@@ -91,10 +91,16 @@ class NoisyQuadraticTask(Task):
         return {"loss": float(model.exact_loss()), "accuracy": None}
 
 
-def build_noisy_quadratic_task(device: str | torch.device = "cpu", dimension: int = 1000,
-                               curvature_power: float = 1.0) -> NoisyQuadraticTask:
+def build_noisy_quadratic_task(
+    device: str | torch.device = "cpu", dimension: int = 1000, curvature_power: float = 1.0
+) -> NoisyQuadraticTask:
     """The NQM task in ``dimension`` coordinates with ``h_i = i^{-curvature_power}``."""
     curvature = curvatures(dimension, curvature_power)
     empty = Split(torch.zeros(0), torch.zeros(0))
-    return NoisyQuadraticTask("noisy-quadratic", {"train": empty, "validation": empty, "test": empty},
-                              lambda: NoisyQuadratic(curvature), device=torch.device(device), curvature=curvature)
+    return NoisyQuadraticTask(
+        "noisy-quadratic",
+        {"train": empty, "validation": empty, "test": empty},
+        lambda: NoisyQuadratic(curvature),
+        device=torch.device(device),
+        curvature=curvature,
+    )

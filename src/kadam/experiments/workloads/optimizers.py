@@ -59,10 +59,14 @@ def _kadam(k: int, strategy: str) -> OptimizerSpec:
     else:
         raise ValueError(f"strategy must be one of default, elementwise, naive, momentum-last; got {strategy!r}")
 
-    def build(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float] | None) -> torch.optim.Optimizer:
+    def build(
+        params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float] | None
+    ) -> torch.optim.Optimizer:
         chosen = dict(options)
         if betas is not None:  # replaces level 1's (β, γ) only
-            chosen["betas"] = [tuple(betas), *options["betas"][1:]] if isinstance(options["betas"], list) else tuple(betas)
+            chosen["betas"] = (
+                [tuple(betas), *options["betas"][1:]] if isinstance(options["betas"], list) else tuple(betas)
+            )
         return KAdam(params, lr=lr, k=k, weight_decay=WEIGHT_DECAY, **chosen)
 
     return OptimizerSpec(description, build)
@@ -101,5 +105,3 @@ def make_optimizer(
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr}")
     return OPTIMIZERS[name].build(params, lr, None if betas is None else (float(betas[0]), float(betas[1])))
-
-

@@ -69,7 +69,8 @@ class Task:
 
     def __post_init__(self) -> None:
         self.splits = {
-            name: Split(split.inputs.to(self.device), split.targets.to(self.device)) for name, split in self.splits.items()
+            name: Split(split.inputs.to(self.device), split.targets.to(self.device))
+            for name, split in self.splits.items()
         }
 
     def sample_batch(self, generator: torch.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,12 +84,25 @@ class Task:
         return windows[:, :-1], windows[:, 1:]
 
     def fit(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, steps: int, batch_size: int,
-        generator: torch.Generator, window: int = 1, progress: Callable[[int, int], None] | None = None,
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        steps: int,
+        batch_size: int,
+        generator: torch.Generator,
+        window: int = 1,
+        progress: Callable[[int, int], None] | None = None,
     ) -> TrainingCurve:
         """Train ``model`` for ``steps`` mini-batches of this task with :func:`~kadam.experiments.workloads.loop.train`."""
-        return train(model, optimizer, lambda: self.sample_batch(generator, batch_size), self.loss, steps,
-                     window=window, progress=progress)
+        return train(
+            model,
+            optimizer,
+            lambda: self.sample_batch(generator, batch_size),
+            self.loss,
+            steps,
+            window=window,
+            progress=progress,
+        )
 
     def constant_predictor_loss(self) -> float:
         r"""The cross-entropy of the best prediction that ignores the input: the entropy
@@ -121,13 +135,21 @@ class Task:
 
 
 def _char_transformer_task(
-    device: torch.device, corpus_chars: int = 100_000, context: int = 32, width: int = 64, heads: int = 4,
-    layers: int = 2, evaluation_windows: int = 256,
+    device: torch.device,
+    corpus_chars: int = 100_000,
+    context: int = 32,
+    width: int = 64,
+    heads: int = 4,
+    layers: int = 2,
+    evaluation_windows: int = 256,
 ) -> Task:
     splits, vocabulary_size = char_splits(corpus_chars, context, evaluation_windows)
     return Task(
-        "char-transformer", splits, lambda: CharTransformer(vocabulary_size, context, width, heads, layers),
-        sequence_length=context, device=device,
+        "char-transformer",
+        splits,
+        lambda: CharTransformer(vocabulary_size, context, width, heads, layers),
+        sequence_length=context,
+        device=device,
     )
 
 
