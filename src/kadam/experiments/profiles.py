@@ -76,10 +76,9 @@ _GPT_STUDY = (("corpus_chars", 200_000), ("context", 64), ("width", 64), ("heads
 # the monitor's char transformers
 _CHAR_TINY = {"corpus_chars": 30_000, "context": 16, "width": 32, "heads": 2, "layers": 1}
 _CHAR_SMALL = {"corpus_chars": 100_000, "context": 32, "width": 64, "heads": 4, "layers": 2}
-_WARMUP_SMALL = {"failing": {"lr": 0.03, "warmup": 0}, "healthy": {"lr": 0.03, "warmup": 50}}
-"""The warmup family for the full profile's larger transformer: at the quick profile's rate of 0.1 it trains badly with
-a warmup too, at 0.01 a warmup makes no difference; 0.03 is the rate where it does."""
-
+_CHAR_MONITOR = {"corpus_chars": 60_000, "context": 16, "width": 48, "heads": 2, "layers": 2}
+"""The full profile's validation transformer: a step of it costs a few times the quick one's, so the ~460 runs of the
+monitor's validation fit about half an hour on 2 cores."""
 _MONITOR_FAMILIES = ("lr", "ramp", "jump", "region", "silence", "small_gamma", "corrupt", "warmup")
 
 
@@ -238,12 +237,20 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
         ),
         # 70 runs (35 failing-arm, so that at least 20 go wrong) of 600 steps on larger models, and the sharpness
         # question over 1000 steps
-        monitor=MonitorConfig(workloads=_monitor_workloads(_CHAR_SMALL, hidden=128, channels=8, regression=64),
-                              families=_MONITOR_FAMILIES, seeds=(1, 2, 3), steps=500, batch_size=32,
-                              interventions=("guard", "clip", "stableadamw"), pair_seeds=(1, 2, 3, 4, 5),
-                              family_settings={"warmup": _WARMUP_SMALL},
-                              sharpness_lrs=(1e-3, 3e-3, 1e-2), sharpness_steps=1000, sharpness_every=25,
-                              sharpness_iterations=20, sharpness_sizes=_CHAR_SMALL),
+        monitor=MonitorConfig(
+            workloads=_monitor_workloads(_CHAR_MONITOR, hidden=128, channels=8, regression=64),
+            families=_MONITOR_FAMILIES,
+            seeds=(1, 2, 3),
+            steps=400,
+            batch_size=32,
+            interventions=("guard", "clip", "stableadamw"),
+            pair_seeds=(1, 2, 3, 4, 5),
+            sharpness_lrs=(1e-3, 3e-3, 1e-2),
+            sharpness_steps=1000,
+            sharpness_every=25,
+            sharpness_iterations=20,
+            sharpness_sizes=_CHAR_SMALL,
+        ),
         transfer=TransferConfig(
             lr_problems=("quadratic", "logistic", "mlp"), lr_values=(5e-4, 1e-3, 2e-3, 4e-3), lr_factors=(2, 4, 8),
             horizon=2.048, batch_tasks=("digits-cnn", "char-transformer"), base_batch=32, batch_factors=(2, 4, 8),
