@@ -159,7 +159,7 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
                         restart=_frozen({"problem": "mlp", "lr": 1e-3, "steps": 2000, "restart_steps": [100]})),
         normalization=NormalizationConfig(
             random_walk=_frozen({}), meta_adaptive_exact=_frozen({"steps": 2000}),
-            meta_adaptive_drift=_frozen({"steps": 20_000}), meta_adaptive_network=_frozen({"steps": 3000}),
+            meta_adaptive_drift=_frozen({"steps": 20_000}), meta_adaptive_network=_frozen({"steps": 2000}),
             digits_norms=_frozen({"steps": 4000}), digits_norms_runs=_DIGITS_NORMS_RUNS,
             census_warmup_steps=100, cost_scale=1.0,
             census_tasks=_census_tasks(

@@ -446,8 +446,14 @@ def _layout(title: str, preamble: str, sections: Sequence[SectionDocument], summ
     terms = _glossary_blocks(every_text)
     fixed = sum(_words(block.text) + sum(_words(item) for item in block.items) for block in head + terms + closing)
     fixed += sum(_words(block.text) for block in claims if block.kind != "claims")
-    body, appendix = _section_blocks(sections, BODY_WORD_LIMIT - fixed)
-    blocks = head + terms + claims + body + closing
+    budget = BODY_WORD_LIMIT - fixed
+    for _ in range(5):  # the estimate misses headings and pointers: shrink the sections' budget by any overflow
+        body, appendix = _section_blocks(sections, budget)
+        blocks = head + terms + claims + body + closing
+        overflow = prose_word_count(_markdown(blocks, Path("."))) - BODY_WORD_LIMIT
+        if overflow <= 0:
+            break
+        budget -= overflow
     if appendix:
         blocks += [_Block("heading", _APPENDIX_HEADING[3:] + ": details of each section", anchor="appendix"), *appendix]
     return blocks

@@ -80,10 +80,12 @@ def _short(evidence: str, words: int = 16) -> str:
 
 
 def _reading(claim: Claim | None, anchor: str) -> str:
-    """'"claim": **verdict** (evidence) [§](#anchor)', or that the section stated no such claim."""
+    """'"claim" (shortened): **verdict** (evidence; link)', or that the section has no such verdict."""
     if claim is None:
         return f"this run has no verdict on it ([{anchor}](#{anchor}))."
-    return f"this run: **{claim.verdict}** ({_short(claim.evidence)}; [{anchor}](#{anchor}))."
+    words = claim.text.split()
+    text = " ".join(words[:14]) + (" …" if len(words) > 14 else "")
+    return f"“{text}”: **{claim.verdict}** ({_short(claim.evidence)}; [{anchor}](#{anchor}))."
 
 
 def _find(claims: Sequence[Claim], *words: str) -> Claim | None:
@@ -103,9 +105,9 @@ def practitioner_summary(documents: Sequence[SectionDocument], study: dict[str, 
     if stability is None:
         lines.append("**Which (β, γ) are safe.** This report has no stability section.")
     else:
-        region = _find(claims, "harm") or _find(claims, "β²")
+        region = _find(claims, "harm", "worse", "loss") or _find(claims, "β²")
         advice = ("Keep γ > β² (THEORY §2: outside it even the optimizer alone grows its updates; β = 0.9 needs "
-                  "γ > 0.81, the default (0.9, 0.999) is well inside). Whether crossing it harms training, ")
+                  "γ > 0.81, the default (0.9, 0.999) is well inside). In training, this run: ")
         lines.append("**Which (β, γ) are safe.** " + advice + _reading(region or (claims[0] if claims else None),
                                                                        "stability"))
     comparison, claims = _measured(documents, "comparison")
@@ -121,13 +123,13 @@ def practitioner_summary(documents: Sequence[SectionDocument], study: dict[str, 
             f"**Should you switch to k-Adam?** {answer}: the committed study (`{study['command']}`, "
             f"{len(study['rows'])} workloads, {max(r['seeds'] for r in study['rows'])} paired seeds, Holm-corrected) "
             f"finds KAdam's default k = 2 better than tuned AdamW on {len(better)} ({', '.join(better) or 'none'}), "
-            f"worse on {len(worse)} ({', '.join(worse) or 'none'}), unresolved on {len(unresolved)}. In "
-            f"this run's own comparison, {here}")
+            f"worse on {len(worse)} ({', '.join(worse) or 'none'}), unresolved on {len(unresolved)}. This "
+            f"run's own smaller comparison: {here}")
     monitor, claims = _measured(documents, "monitor")
     lines.append("**Catching a run that goes bad.** "
                  + ("`StabilityMonitor(optimizer, every=10, names=model)` warns when (β, γ) leaves γ > β², an update "
                     "exceeds its bound or the sharpness passes the edge of stability; lower the learning rate when it "
-                    "warns. Whether it warns in time, " + _reading(claims[0] if claims else None, "monitor")
+                    "warns. This run: " + _reading(claims[0] if claims else None, "monitor")
                     if monitor else "This report has no monitor section."))
     transfer, claims = _measured(documents, "transfer")
     if transfer is None:
@@ -138,7 +140,7 @@ def practitioner_summary(documents: Sequence[SectionDocument], study: dict[str, 
         kept = [claim for claim in batch if claim.verdict == "confirmed"]
         lines.append(
             "**Another learning rate or batch size.** For η → cη set β → β^c, γ → γ^c (`kadam transfer --lr 3e-3 "
-            "--betas 0.9 0.999 --factor 2`); whether that keeps the trajectory, " + _reading(lr, "transfer")
+            "--betas 0.9 0.999 --factor 2`); this run: " + _reading(lr, "transfer")
             + " For a batch size ×κ: "
             + ("; ".join(f"{claim.text.split('(')[0].strip()} is {claim.verdict}" for claim in batch) or "no verdict")
             + (". No rule is confirmed: re-tune the lr after changing the batch size." if batch and not kept else "."))
