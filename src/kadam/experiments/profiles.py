@@ -76,18 +76,9 @@ _GPT_STUDY = (("corpus_chars", 200_000), ("context", 64), ("width", 64), ("heads
 # the monitor's char transformers
 _CHAR_TINY = {"corpus_chars": 30_000, "context": 16, "width": 32, "heads": 2, "layers": 1}
 _CHAR_SMALL = {"corpus_chars": 100_000, "context": 32, "width": 64, "heads": 4, "layers": 2}
-_CHAR_MONITOR = {"corpus_chars": 60_000, "context": 16, "width": 48, "heads": 2, "layers": 2}
-"""The full profile's validation transformer: a step of it costs a few times the quick one's, so the ~460 runs of the
-monitor's validation fit about half an hour on 2 cores."""
-_MONITOR_FAMILIES = ("lr", "ramp", "jump", "region", "silence", "small_gamma", "corrupt", "warmup")
-
-
-def _monitor_workloads(transformer: Mapping[str, int], hidden: int, channels: int,
-                       regression: int) -> dict[str, dict[str, Any]]:
-    """The monitor's four workloads: the MNIST-1D MLP, the char transformer, the digits CNN, the diabetes MLP."""
-    return {"mnist1d-mlp": {"hidden": hidden, "depth": 2}, "char-transformer": dict(transformer),
-            "digits-cnn": {"channels": channels}, "diabetes-mlp": {"hidden": regression}}
-
+_WARMUP_SMALL = {"failing": {"lr": 0.03, "warmup": 0}, "healthy": {"lr": 0.03, "warmup": 50}}
+"""The warmup knob for the full profile's larger transformer: at the quick profile's rate of 0.1 it trains badly with
+a warmup too, at 0.01 a warmup makes no difference; 0.03 is the rate where it does."""
 
 _TRANSFER_BASE_LR = {"digits-cnn": 3e-3, "char-transformer": 2e-3}
 
@@ -128,8 +119,8 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
             trials=3, lr_only_trials=2, seeds=2, sensitivity_factors=(0.1,), curve_points=20,
         ),
         # one pair of runs
-        monitor=MonitorConfig(workloads={"mnist1d-mlp": {"hidden": 32, "depth": 1}}, families=("lr",), seeds=(1,),
-                              steps=60, batch_size=16, interventions=("guard",), pair_seeds=(1,)),
+        monitor=MonitorConfig(tasks={"mnist1d-mlp": {"hidden": 32, "depth": 1}}, knobs=("lr",), seeds=(1,),
+                              steps=60, batch_size=16),
         transfer=TransferConfig(
             lr_problems=("quadratic",), lr_values=(2e-3,), lr_factors=(2, 4), horizon=0.4,
             batch_tasks=("digits-cnn",), base_batch=16, batch_factors=(2, 4), samples=16 * 4 * 8, checkpoints=4,
@@ -159,7 +150,7 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
                         restart=_frozen({"problem": "mlp", "lr": 1e-3, "steps": 2000, "restart_steps": [100]})),
         normalization=NormalizationConfig(
             random_walk=_frozen({}), meta_adaptive_exact=_frozen({"steps": 2000}),
-            meta_adaptive_drift=_frozen({"steps": 20_000}), meta_adaptive_network=_frozen({"steps": 2000}),
+            meta_adaptive_drift=_frozen({"steps": 20_000}), meta_adaptive_network=_frozen({"steps": 3000}),
             digits_norms=_frozen({"steps": 4000}), digits_norms_runs=_DIGITS_NORMS_RUNS,
             census_warmup_steps=100, cost_scale=1.0,
             census_tasks=_census_tasks(
@@ -176,10 +167,9 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
         ),
         # 42 runs (21 failing-arm, 21 healthy-arm: 7 task–knob settings × 3 seeds) of 100 steps, three short
         # sharpness runs
-        monitor=MonitorConfig(workloads=_monitor_workloads(_CHAR_TINY, hidden=64, channels=4, regression=32),
-                              families=_MONITOR_FAMILIES, seeds=(1,), steps=200, batch_size=32,
-                              interventions=("guard",), pair_seeds=(1, 2, 3),
-                              sharpness_lrs=(1e-3, 1e-2, 1e-1), sharpness_steps=100, sharpness_every=20,
+        monitor=MonitorConfig(tasks={"char-transformer": _CHAR_TINY, "mnist1d-mlp": {"hidden": 64, "depth": 2}},
+                              knobs=("lr", "ramp", "region", "warmup", "silence"), seeds=(1, 2, 3), steps=100,
+                              batch_size=16, sharpness_lrs=(1e-3, 1e-2, 1e-1), sharpness_steps=100, sharpness_every=20,
                               sharpness_iterations=8, sharpness_sizes=_CHAR_TINY),
         transfer=TransferConfig(
             lr_problems=("quadratic", "logistic"), lr_values=(1e-3, 4e-3), lr_factors=(2, 4, 8), horizon=1.024,
@@ -237,20 +227,11 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen({
         ),
         # 70 runs (35 failing-arm, so that at least 20 go wrong) of 600 steps on larger models, and the sharpness
         # question over 1000 steps
-        monitor=MonitorConfig(
-            workloads=_monitor_workloads(_CHAR_MONITOR, hidden=128, channels=8, regression=64),
-            families=_MONITOR_FAMILIES,
-            seeds=(1, 2, 3),
-            steps=400,
-            batch_size=32,
-            interventions=("guard", "clip", "stableadamw"),
-            pair_seeds=(1, 2, 3, 4, 5),
-            sharpness_lrs=(1e-3, 3e-3, 1e-2),
-            sharpness_steps=1000,
-            sharpness_every=25,
-            sharpness_iterations=20,
-            sharpness_sizes=_CHAR_SMALL,
-        ),
+        monitor=MonitorConfig(tasks={"char-transformer": _CHAR_SMALL, "mnist1d-mlp": {"hidden": 128, "depth": 2}},
+                              knobs=("lr", "ramp", "region", "warmup", "silence"), seeds=(1, 2, 3, 4, 5), steps=600,
+                              batch_size=32, sharpness_lrs=(1e-3, 3e-3, 1e-2), sharpness_steps=1000, sharpness_every=25,
+                              sharpness_iterations=20, sharpness_sizes=_CHAR_SMALL,
+                              knob_settings={"warmup": _WARMUP_SMALL}),
         transfer=TransferConfig(
             lr_problems=("quadratic", "logistic", "mlp"), lr_values=(5e-4, 1e-3, 2e-3, 4e-3), lr_factors=(2, 4, 8),
             horizon=2.048, batch_tasks=("digits-cnn", "char-transformer"), base_batch=32, batch_factors=(2, 4, 8),

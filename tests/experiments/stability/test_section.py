@@ -106,8 +106,14 @@ def test_the_conclusion_names_where_training_went_unstable_and_what_diverged():
 
     rows = [{"beta": 0.9, "gamma": 0.5, "learning_rate": 1e-2, "late_unstable": True, "stable_exact": False},
             {"beta": 0.9, "gamma": 0.999, "learning_rate": 1e-2, "late_unstable": False, "stable_exact": True}]
-    margin = {"diverged": [{"beta": 0.99, "gamma": 0.8, "lr": 1e-2, "seed": 0, "validation_loss": 46.0}]}
+    margin = {"diverged": [{"beta": 0.99, "gamma": 0.8, "lr": 1e-2, "seed": 0, "validation_loss": 46.0},
+                           {"beta": 0.99, "gamma": 0.8, "lr": 1e-2, "seed": 1, "validation_loss": None}],
+              "runs": [{"beta": 0.99, "gamma": 0.8, "lr": 1e-2}] * 3}
     harm = {"per_learning_rate": [{"learning_rate": 1e-2, "points": [{"beta": 0.9, "gamma": 0.5, "state": "harmed"}]}]}
     text = " ".join(_conclusion({"rows": rows}, {"median_ratio": 0.01}, margin, harm))
     assert "1 of 2 runs" in text and "0 of them inside γ > β²" in text and "(β, γ) = (0.9, 0.5) at η = 0.01" in text
-    assert "(0.99, 0.8) at η = 0.01 (seed 0) diverged" in text and "(0.9, 0.5) at η = 0.01 ended with a worse" in text
+    assert "(β, γ) = (0.99, 0.8) at η = 0.01: 2 of 3 seeds (validation loss 46 or not finite)" in text
+    assert "(0.9, 0.5) at η = 0.01 ended full-batch training with a worse loss" in text
+    assert "all of it outside γ = β²" in text
+    margin["diverged"][0] = {**margin["diverged"][0], "gamma": 0.999}  # a divergence inside the region is not hidden
+    assert "all of it outside" not in " ".join(_conclusion({"rows": rows}, {"median_ratio": 0.01}, margin, harm))

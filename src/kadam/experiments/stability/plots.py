@@ -143,7 +143,8 @@ def plot_slopes(switch_off: Mapping[str, Any] | None, rates: Sequence[Mapping[st
     right.plot([], [], "o", ms=11, mfc="none", mec=diverged, mew=1.2, ls="none", label="a seed's loss diverged")
     for axes in (left, right):
         limits = axes.get_xlim()
-        span = np.linspace(limits[0], limits[1], 2)
+        span = np.array([min(limits[0], 0.0), max(limits[1], 0.0)])  # the identity from the boundary outwards
+        axes.set_xlim(span[0] - 0.02 * (span[1] - span[0]), span[1] + 0.02 * (span[1] - span[0]))
         axes.plot(span, span, "k-", lw=0.8, label="measured = predicted")
         axes.axhline(0.0, color="0.6", lw=0.6, ls="--", label="measured slope 0 (no growth)")
         axes.axvline(0.0, color="r", lw=0.8, label="gamma = beta^2 (predicted 0)")

@@ -9,6 +9,7 @@ a training run is stated in the method, before any number; every verdict reads a
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,25 @@ def _region_text(entry: Mapping[str, Any]) -> str:
                      for region in REGIONS)
 
 
+def _diverged_groups(margin: Mapping[str, Any]) -> list[str]:
+    """The diverged margin runs grouped by (β, γ, η): seeds diverged out of seeds run, and the range of their losses."""
+    groups: dict[tuple[float, float, float], list[Any]] = {}
+    for run in margin["diverged"]:
+        groups.setdefault((run["beta"], run["gamma"], run["lr"]), []).append(run["validation_loss"])
+    seeds = {(r["beta"], r["gamma"], r["lr"]) for r in margin["runs"]}
+    counts = {key: sum((r["beta"], r["gamma"], r["lr"]) == key for r in margin["runs"]) for key in seeds}
+    out = []
+    for (beta, gamma, lr), losses in sorted(groups.items()):
+        finite = [loss for loss in losses if loss is not None and math.isfinite(loss)]
+        spread = ("not finite" if not finite else format_number(min(finite), 3) if len(finite) == 1
+                  else f"{format_number(min(finite), 3)}–{format_number(max(finite), 3)}")
+        if finite and len(finite) < len(losses):
+            spread += " or not finite"
+        out.append(f"(β, γ) = ({beta:g}, {gamma:.4g}) at η = {lr:g}: {len(losses)} of {counts.get((beta, gamma, lr), len(losses))} seeds "
+                   f"(validation loss {spread})")
+    return out
+
+
 def _details(merged: Mapping[str, Any], margin: Mapping[str, Any], harm: Mapping[str, Any]) -> list[str]:
     """Appendix sentences: every learning rate's counts, every outside point's loss state, every margin stratum."""
     details = [
@@ -209,16 +229,18 @@ def _conclusion(merged: Mapping[str, Any], growth: Mapping[str, Any], margin: Ma
     sentences = [
         f"In training, {len(unstable)} of {len(rows)} runs were measured unstable in the late phase"
         + (f", {len(inside)} of them inside γ > β²" if unstable else "")
-        + (": " + ", ".join(f"(β, γ) = ({b:g}, {g:g}) at η = {lr:g}" for b, g, lr in where) if where else "")
+        + (": " + ", ".join(f"(β, γ) = ({b:g}, {g:.4g}) at η = {lr:g}" for b, g, lr in where) if where else "")
         + f". Outside γ = β² the updates grew at a median {format_number(growth['median_ratio'], 2)} of the predicted "
         "rate: the exponential growth of the switch-off protocol does not carry over to training at these sizes."]
     harmed = [(e["learning_rate"], p) for e in harm["per_learning_rate"] for p in e["points"] if p["state"] == "harmed"]
     if harmed or margin["diverged"]:
-        sentences.append(
-            "What did go wrong lies outside γ = β²: "
-            + ", ".join([f"({p['beta']:g}, {p['gamma']:g}) at η = {lr:g} ended with a worse training loss" for lr, p in harmed]
-                        + [f"({d['beta']:g}, {d['gamma']:g}) at η = {d['lr']:g} (seed {d['seed']}) diverged in mini-batch "
-                           "training" for d in margin["diverged"]]) + ".")
+        parts = [f"(β, γ) = ({p['beta']:g}, {p['gamma']:.4g}) at η = {lr:g} ended full-batch training with a worse loss"
+                 for lr, p in harmed]
+        if margin["diverged"]:
+            parts.append("mini-batch runs diverged at " + "; ".join(_diverged_groups(margin)))
+        outside = all(d["gamma"] <= d["beta"] ** 2 for d in margin["diverged"])
+        sentences.append(("What went wrong, all of it outside γ = β²: " if outside else "What went wrong: ")
+                         + "; ".join(parts) + ".")
     return sentences
 
 
@@ -263,9 +285,7 @@ def _findings(switch: Mapping[str, Any], merged: Mapping[str, Any], rates: Seque
             f"(above {margin['divergence_factor']:g}× the untrained {format_number(entry['untrained_loss'], 3)}); median "
             f"validation loss of those that trained {format_number(entry['median_trained_loss'], 3)}.")
     if margin["diverged"]:
-        findings.append("Diverged margin runs (excluded from every test): " + ", ".join(
-            f"(β, γ) = ({d['beta']:g}, {d['gamma']:g}) at η = {d['lr']:g}, seed {d['seed']}: validation loss "
-            f"{format_number(d['validation_loss'], 3)}" for d in margin["diverged"]) + ".")
+        findings.append("Diverged margin runs (excluded from every test): " + "; ".join(_diverged_groups(margin)) + ".")
     tested = [s for s in margin["strata"] if s["p_value"] is not None]
     significant = [s for s in tested if s["significant"]]
     findings.append(
