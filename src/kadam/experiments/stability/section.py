@@ -163,7 +163,8 @@ def stability_claims(switch: Mapping[str, Any], merged: Mapping[str, Any], growt
     else:
         verdict = UNRESOLVED
     claims.append(make_claim(
-        "Training outside γ > β² ends with a worse training loss than inside both regions", verdict,
+        "Full-batch training outside γ > β² ends with a worse training loss than inside both regions (the training "
+        "protocol; the mini-batch margin runs' divergences are counted in the margin row)", verdict,
         f"(point, η) outside γ = β²: {harm['harmed']} harmed, {harm['unharmed']} within {harm['tolerance']:.0%} of "
         f"the worst inside-both point, {harm['unresolved']} unresolved (final-loss interval over seeds)", "project",
         seeds=seeds, criterion="confirmed if every outside point is harmed; refuted if most are unharmed"))
