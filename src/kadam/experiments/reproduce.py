@@ -72,7 +72,7 @@ def _measured(documents: Sequence[SectionDocument], name: str) -> tuple[SectionD
     return section, [] if section is None else [claim for claim in section.claims if claim.kind != "exactness"]
 
 
-def _short(evidence: str, words: int = 16) -> str:
+def _short(evidence: str, words: int = 12) -> str:
     """The first clause of ``evidence`` (up to ';'), at most ``words`` words."""
     clause = evidence.split("; ")[0].split(". ")[0].rstrip(".")
     tokens = clause.split()
@@ -84,7 +84,7 @@ def _reading(claim: Claim | None, anchor: str) -> str:
     if claim is None:
         return f"this run has no verdict on it ([{anchor}](#{anchor}))."
     words = claim.text.split()
-    text = " ".join(words[:14]) + (" …" if len(words) > 14 else "")
+    text = " ".join(words[:10]) + (" …" if len(words) > 10 else "")
     return f"“{text}”: **{claim.verdict}** ({_short(claim.evidence)}; [{anchor}](#{anchor}))."
 
 
@@ -105,7 +105,7 @@ def practitioner_summary(documents: Sequence[SectionDocument], study: dict[str, 
     if stability is None:
         lines.append("**Which (β, γ) are safe.** This report has no stability section.")
     else:
-        region = _find(claims, "harm", "worse", "loss") or _find(claims, "β²")
+        region = _find(claims, "harm", "worse") or _find(claims, "β²")
         advice = ("Keep γ > β² (THEORY §2: outside it even the optimizer alone grows its updates; β = 0.9 needs "
                   "γ > 0.81, the default (0.9, 0.999) is well inside). In training, this run: ")
         lines.append("**Which (β, γ) are safe.** " + advice + _reading(region or (claims[0] if claims else None),
