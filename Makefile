@@ -1,4 +1,5 @@
-# The two commands of the README: `make reproduce` (the main job) and `make test`.
+# The two commands of the README: `make reproduce` (the main job) and `make test` (ruff's lint and format
+# check, then the test suite).
 # Each builds .venv on first use: PyTorch 2.13.0 (the CPU build this machine ships), then kadam.
 # `make test-oldest-torch` (CI runs it after `make test`): the optimizer tests against the oldest torch
 # pyproject.toml declares, in .venv-oldest-torch (ci/oldest_torch.sh).
@@ -24,6 +25,8 @@ demo: $(BIN)/kadam
 	$(BIN)/kadam demo
 
 test: $(BIN)/kadam
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 
 test-oldest-torch:

@@ -51,8 +51,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    task = build_task("char-transformer", args.device, corpus_chars=100_000, context=args.context,
-                      width=args.width, heads=4, layers=args.layers)
+    task = build_task(
+        "char-transformer",
+        args.device,
+        corpus_chars=100_000,
+        context=args.context,
+        width=args.width,
+        heads=4,
+        layers=args.layers,
+    )
     torch.manual_seed(0)
     model = task.make_model().to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -102,13 +109,14 @@ def main() -> None:
             ratios[mode].append(times[mode] / times["plain"])
     summary = {
         "model": f"CharTransformer width {args.width}, {args.layers} layers, context {args.context}, batch "
-                 f"{args.batch_size}, AdamW, {args.device}, {args.threads} thread(s)",
+        f"{args.batch_size}, AdamW, {args.device}, {args.threads} thread(s)",
         "parameters": sum(p.numel() for p in model.parameters()),
         "tensors": sum(1 for _ in model.parameters()),
         "median_ms_per_step": {mode: round(1e3 * statistics.median(times), 3) for mode, times in per_step.items()},
         "median_paired_ratio_to_plain": {mode: round(statistics.median(values), 4) for mode, values in ratios.items()},
         "guard_actions_over_the_run": actions,
-        "rounds": args.rounds, "block": args.block,
+        "rounds": args.rounds,
+        "block": args.block,
     }
     print(json.dumps(summary, indent=2))
 

@@ -40,8 +40,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    task = build_task("char-transformer", args.device, corpus_chars=100_000, context=args.context,
-                      width=args.width, heads=4, layers=args.layers)
+    task = build_task(
+        "char-transformer",
+        args.device,
+        corpus_chars=100_000,
+        context=args.context,
+        width=args.width,
+        heads=4,
+        layers=args.layers,
+    )
     torch.manual_seed(0)
     model = task.make_model().to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -75,13 +82,14 @@ def main() -> None:
     every_one = statistics.median(per_step["every 1"])
     summary = {
         "model": f"CharTransformer width {args.width}, {args.layers} layers, context {args.context}, batch "
-                 f"{args.batch_size}, AdamW, {args.device}, {args.threads} thread(s)",
+        f"{args.batch_size}, AdamW, {args.device}, {args.threads} thread(s)",
         "parameters": sum(p.numel() for p in model.parameters()),
         "tensors": sum(1 for _ in model.parameters()),
         "median_ms_per_step": {mode: 1e3 * statistics.median(times) for mode, times in per_step.items()},
         "ratio_to_no_monitor": {mode: statistics.median(per_step[mode]) / baseline for mode in MODES[1:]},
         "ms_per_recorded_step": 1e3 * (every_one - baseline),
-        "rounds": args.rounds, "block": args.block,
+        "rounds": args.rounds,
+        "block": args.block,
     }
     print(json.dumps(summary, indent=2))
 

@@ -76,13 +76,14 @@ def main() -> None:
     baseline = statistics.median(per_step["none"])
     summary = {
         "model": f"BatchNorm MLP 64-{args.hidden}x{args.depth}-10, batch {args.batch_size}, AdamW, CPU, "
-                 f"{args.threads} thread(s)",
+        f"{args.threads} thread(s)",
         "tracked": [name for name, _ in tracked],
         "tracked_elements": sum(p.numel() for _, p in tracked),
         "parameters": sum(p.numel() for p in model.parameters()),
         "median_ms_per_step": {mode: 1e3 * statistics.median(times) for mode, times in per_step.items()},
         "overhead": {mode: statistics.median(per_step[mode]) / baseline - 1 for mode in MODES[1:]},
-        "rounds": args.rounds, "block": args.block,
+        "rounds": args.rounds,
+        "block": args.block,
     }
     print(json.dumps(summary, indent=2))
 

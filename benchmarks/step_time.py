@@ -139,7 +139,9 @@ def _peak_extra_bytes(step: Callable[[], object]) -> int:
     with open(os.devnull, "w", encoding="utf-8") as devnull:
         os.dup2(devnull.fileno(), 2)
         try:
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+            with torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+            ) as profiler:
                 step()
         finally:
             os.dup2(saved_stderr, 2)
@@ -173,7 +175,9 @@ def measure(
         step()
     progress.advance(task)
     state_bytes = {
-        row.name: sum(value.nbytes for state in opt.state.values() for value in state.values() if torch.is_tensor(value))
+        row.name: sum(
+            value.nbytes for state in opt.state.values() for value in state.values() if torch.is_tensor(value)
+        )
         for row, opt in zip(rows, optimizers)
     }
     for _ in range(repeats):
@@ -186,9 +190,15 @@ def measure(
     medians = {name: statistics.median(values) for name, values in times.items()}
     bests = {name: min(values) for name, values in times.items()}
     bandwidth = TRIAD_BYTES_PER_ELEMENT * total / bests["triad"]
-    results = {"params": total, "tensors": tensors, "threads": torch.get_num_threads(), "repeats": repeats,
-               "triad_GBps_best": bandwidth / 1e9,
-               "triad_GBps_median": TRIAD_BYTES_PER_ELEMENT * total / medians["triad"] / 1e9, "rows": []}
+    results = {
+        "params": total,
+        "tensors": tensors,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "triad_GBps_best": bandwidth / 1e9,
+        "triad_GBps_median": TRIAD_BYTES_PER_ELEMENT * total / medians["triad"] / 1e9,
+        "rows": [],
+    }
     for row in rows:
         floor_bytes = row.floor_bytes_per_param * total
         entry = {
@@ -214,7 +224,9 @@ def measure(
     for k in (1, 2, 3):  # foreach against the loop, paired within each round
         loop, foreach = times.get(f"KAdam k={k} loop"), times.get(f"KAdam k={k} foreach")
         if loop and foreach:
-            results.setdefault("foreach_vs_loop_median", {})[k] = statistics.median(f / l for f, l in zip(foreach, loop))
+            results.setdefault("foreach_vs_loop_median", {})[k] = statistics.median(
+                f / lp for f, lp in zip(foreach, loop)
+            )
     progress.remove_task(task)
     del optimizers, params
     return results
@@ -222,8 +234,17 @@ def measure(
 
 def _table(results: dict, title: str) -> Table:
     table = Table(title=title)
-    columns = ["implementation", "median ms", "best ms", "GB/s (best)", "× fused AdamW (median)",
-               "× fused AdamW (best)", "× floor (best)", "target (median ratio)", "state B/param"]
+    columns = [
+        "implementation",
+        "median ms",
+        "best ms",
+        "GB/s (best)",
+        "× fused AdamW (median)",
+        "× fused AdamW (best)",
+        "× floor (best)",
+        "target (median ratio)",
+        "state B/param",
+    ]
     if "peak_extra_MB" in results["rows"][0]:
         columns.append("peak extra MB")
     for column in columns:
@@ -231,13 +252,25 @@ def _table(results: dict, title: str) -> Table:
     for row in results["rows"]:
         ratio, target = row["vs_fused_adamw_median"], row["target"]
         reached = row["vs_target_reference_median"]
-        verdict = "" if target is None else (
-            f"{reached:.2f} ≤ {target:.2f} × {row['target_reference'].removeprefix('torch ')}: "
-            f"{'met' if reached <= target else 'MISSED'}"
+        verdict = (
+            ""
+            if target is None
+            else (
+                f"{reached:.2f} ≤ {target:.2f} × {row['target_reference'].removeprefix('torch ')}: "
+                f"{'met' if reached <= target else 'MISSED'}"
+            )
         )
-        cells = [row["name"], f"{row['ms_median']:.1f}", f"{row['ms_best']:.1f}", f"{row['GBps_best']:.2f}",
-                 f"{ratio:.2f}", f"{row['vs_fused_adamw_best']:.2f}", f"{row['vs_floor_best']:.2f}", verdict,
-                 f"{row['state_bytes_per_param']:.2f}"]
+        cells = [
+            row["name"],
+            f"{row['ms_median']:.1f}",
+            f"{row['ms_best']:.1f}",
+            f"{row['GBps_best']:.2f}",
+            f"{ratio:.2f}",
+            f"{row['vs_fused_adamw_best']:.2f}",
+            f"{row['vs_floor_best']:.2f}",
+            verdict,
+            f"{row['state_bytes_per_param']:.2f}",
+        ]
         if "peak_extra_MB" in row:
             cells.append(f"{row['peak_extra_MB']:.1f}")
         table.add_row(*cells)
@@ -250,12 +283,17 @@ def main() -> None:
     parser.add_argument("--tensors", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--sweep", type=str, default="1,4,16,64", help="parameter counts in M for the sweep ('' to skip)")
+    parser.add_argument(
+        "--sweep", type=str, default="1,4,16,64", help="parameter counts in M for the sweep ('' to skip)"
+    )
     parser.add_argument("--quick", action="store_true", help="4M parameters, 5 repeats, sweep 1M and 4M")
     parser.add_argument("--json", type=str, default=None, help="write all numbers to this file")
     parser.add_argument("--omp-default", action="store_true", help="keep libgomp's default wait policy")
-    parser.add_argument("--warm-cache", action="store_true",
-                        help="do not evict the last-level cache before each timing (steps may then run from cache)")
+    parser.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="do not evict the last-level cache before each timing (steps may then run from cache)",
+    )
     args = parser.parse_args()
     if "OMP_WAIT_POLICY" not in os.environ and not args.omp_default:
         # libgomp reads the policy when torch loads it, so it takes a fresh process.
@@ -269,26 +307,39 @@ def main() -> None:
     report = {}
     with Progress(console=console, transient=True) as progress:
         main_rows = _rows(["loop", "foreach", "fused"], [1, 2, 3])
-        report["main"] = measure(main_rows, args.params, args.tensors, args.repeats, progress, True, not args.warm_cache)
+        report["main"] = measure(
+            main_rows, args.params, args.tensors, args.repeats, progress, True, not args.warm_cache
+        )
         sweep_rows = [row for row in _rows(["fused"], [1, 2, 3]) if "elementwise" not in row.name]
         sizes = [int(float(size) * MIB) for size in args.sweep.split(",") if size]
         report["sweep"] = [
-            measure(sweep_rows, size, args.tensors, args.repeats, progress, False, not args.warm_cache) for size in sizes
+            measure(sweep_rows, size, args.tensors, args.repeats, progress, False, not args.warm_cache)
+            for size in sizes
         ]
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2)
     main = report["main"]
-    console.print(_table(main, f"{main['params'] / MIB:.0f}M float32 params in {main['tensors']} tensors, "
-                               f"{main['threads']} threads, triad {main['triad_GBps_best']:.2f} GB/s best "
-                               f"({main['triad_GBps_median']:.2f} median), {main['repeats']} repeats, "
-                               f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
-                               f"{'warm' if args.warm_cache else 'cold'} cache"))
+    console.print(
+        _table(
+            main,
+            f"{main['params'] / MIB:.0f}M float32 params in {main['tensors']} tensors, "
+            f"{main['threads']} threads, triad {main['triad_GBps_best']:.2f} GB/s best "
+            f"({main['triad_GBps_median']:.2f} median), {main['repeats']} repeats, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+            f"{'warm' if args.warm_cache else 'cold'} cache",
+        )
+    )
     ratios = main.get("foreach_vs_loop_median", {})
     if ratios:
-        console.print("KAdam foreach ÷ loop, median of paired rounds (issue 16's target: ≤ 1 with tensor-mode "
-                      "levels): " + ", ".join(f"k={k} {ratio:.2f}×{'' if int(k) == 1 else (' met' if ratio <= 1 else ' MISSED')}"
-                                          for k, ratio in ratios.items()))
+        console.print(
+            "KAdam foreach ÷ loop, median of paired rounds (issue 16's target: ≤ 1 with tensor-mode "
+            "levels): "
+            + ", ".join(
+                f"k={k} {ratio:.2f}×{'' if int(k) == 1 else (' met' if ratio <= 1 else ' MISSED')}"
+                for k, ratio in ratios.items()
+            )
+        )
     if not report["sweep"]:
         return
     sweep = Table(title="Scaling (fused): median ms/step (median × fused AdamW)")
@@ -297,8 +348,11 @@ def main() -> None:
     for row in sweep_rows:
         sweep.add_column(row.name, justify="right")
     for result in report["sweep"]:
-        sweep.add_row(f"{result['params'] / MIB:g}M", f"{result['triad_GBps_best']:.2f}",
-                      *[f"{r['ms_median']:.1f} ({r['vs_fused_adamw_median']:.2f}×)" for r in result["rows"]])
+        sweep.add_row(
+            f"{result['params'] / MIB:g}M",
+            f"{result['triad_GBps_best']:.2f}",
+            *[f"{r['ms_median']:.1f} ({r['vs_fused_adamw_median']:.2f}×)" for r in result["rows"]],
+        )
     console.print(sweep)
 
 

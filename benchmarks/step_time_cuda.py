@@ -39,8 +39,6 @@ META_LEVEL = (0.0, 0.999, 1e-8, "tensor")
 TRIAD_BYTES_PER_ELEMENT = 12
 
 
-
-
 def default_levels(k: int) -> list[Level]:
     return [Level(*DEFAULT_LEVEL)] + [Level(*META_LEVEL) for _ in range(k - 1)]
 
@@ -82,11 +80,23 @@ class TritonStep:
         self.lr = torch.tensor(1e-3, device=device)
 
     def step(self) -> None:
-        self.kernel(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, self.steps, levels=self.levels,
-                    lr=self.lr, weight_decay=1e-2, decoupled=True, maximize=False)
+        self.kernel(
+            self.params,
+            self.grads,
+            self.exp_avgs,
+            self.exp_avg_sqs,
+            self.steps,
+            levels=self.levels,
+            lr=self.lr,
+            weight_decay=1e-2,
+            decoupled=True,
+            maximize=False,
+        )
 
     def state_bytes(self) -> int:
-        tensors = [t for ms in self.exp_avgs if ms for t in ms] + [t for vs in self.exp_avg_sqs for t in vs] + self.steps
+        tensors = (
+            [t for ms in self.exp_avgs if ms for t in ms] + [t for vs in self.exp_avg_sqs for t in vs] + self.steps
+        )
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -127,7 +137,9 @@ def triad_bandwidth(n_params: int, device: torch.device, repeats: int) -> float:
     return TRIAD_BYTES_PER_ELEMENT * n_params / (best * 1e-3)
 
 
-def rows_for(params: list[torch.nn.Parameter], device: torch.device) -> list[tuple[str, Callable[[], None], Callable[[], int], int]]:
+def rows_for(
+    params: list[torch.nn.Parameter], device: torch.device
+) -> list[tuple[str, Callable[[], None], Callable[[], int], int]]:
     """(name, step, state bytes, designed traffic bytes per parameter) per row."""
     rows = []
     adamw = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2, fused=True)
@@ -158,8 +170,10 @@ def main() -> None:
         raise SystemExit("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False)")
     title = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (torch and loop rows only)"
     print(f"step time, {title}, torch {torch.__version__}, float32, {args.tensors} tensors, median of {args.repeats}")
-    header = (f"{'params':>7} {'row':<20} {'median ms':>10} {'best ms':>9} {'x AdamW':>8} {'state B/p':>9} "
-              f"{'traffic B/p':>11} {'x floor':>8}")
+    header = (
+        f"{'params':>7} {'row':<20} {'median ms':>10} {'best ms':>9} {'x AdamW':>8} {'state B/p':>9} "
+        f"{'traffic B/p':>11} {'x floor':>8}"
+    )
     print(header)
     results = []
     for size_text in args.sizes.split(","):
@@ -179,15 +193,22 @@ def main() -> None:
             reference_median = reference_median or median
             floor_ms = traffic * n_params / bandwidth * 1e3 if traffic else float("nan")
             row = {
-                "params": n_params, "row": name, "median_ms": median, "best_ms": best,
-                "ratio_to_adamw": median / reference_median, "state_bytes_per_param": state_bytes() / n_params,
-                "traffic_bytes_per_param": traffic or None, "ratio_to_floor": median / floor_ms if traffic else None,
+                "params": n_params,
+                "row": name,
+                "median_ms": median,
+                "best_ms": best,
+                "ratio_to_adamw": median / reference_median,
+                "state_bytes_per_param": state_bytes() / n_params,
+                "traffic_bytes_per_param": traffic or None,
+                "ratio_to_floor": median / floor_ms if traffic else None,
                 "triad_gb_per_s": bandwidth / 1e9,
             }
             results.append(row)
             floor_text = f"{row['ratio_to_floor']:8.2f}" if traffic else f"{'-':>8}"
-            print(f"{size_text:>7} {name:<20} {median:10.3f} {best:9.3f} {row['ratio_to_adamw']:8.2f} "
-                  f"{row['state_bytes_per_param']:9.2f} {traffic or '-':>11} {floor_text}")
+            print(
+                f"{size_text:>7} {name:<20} {median:10.3f} {best:9.3f} {row['ratio_to_adamw']:8.2f} "
+                f"{row['state_bytes_per_param']:9.2f} {traffic or '-':>11} {floor_text}"
+            )
         print(f"{size_text:>7} {'(triad bandwidth)':<20} {bandwidth / 1e9:10.1f} GB/s")
         del params
         if device.type == "cuda":

@@ -21,7 +21,17 @@ from kadam import stability
 from kadam.experiments.stability.protocol import optimizer_updates
 
 # (beta, gamma) on both sides of gamma = beta**2, plus the boundary itself
-POINTS = [(0.9, 0.999), (0.9, 0.95), (0.5, 0.999), (0.99, 0.9999), (0.9, 0.81), (0.9, 0.7), (0.9, 0.5), (0.5, 0.2), (0.3, 0.05)]
+POINTS = [
+    (0.9, 0.999),
+    (0.9, 0.95),
+    (0.5, 0.999),
+    (0.99, 0.9999),
+    (0.9, 0.81),
+    (0.9, 0.7),
+    (0.9, 0.5),
+    (0.5, 0.2),
+    (0.3, 0.05),
+]
 
 
 def exact_squared_bound(beta: float, gamma: float, n: int) -> Fraction:
@@ -65,7 +75,9 @@ def test_numerical_maximisation_never_beats_the_bound(beta: float, gamma: float,
     def negative_update(x: np.ndarray) -> float:
         return -float(optimizer_free_update(beta, gamma, x))
 
-    best = max(-minimize(negative_update, rng.standard_normal(n), method="BFGS", options={"gtol": 1e-12}).fun for _ in range(8))
+    best = max(
+        -minimize(negative_update, rng.standard_normal(n), method="BFGS", options={"gtol": 1e-12}).fun for _ in range(8)
+    )
     bound = stability.update_bound(beta, gamma, n)
     assert best <= bound * (1 + 1e-12)
     assert best == pytest.approx(bound, rel=1e-6)
@@ -104,7 +116,9 @@ def test_random_and_heavy_tailed_inputs_never_exceed_bound(beta: float, gamma: f
     steps, columns = 150, 64
     gaussian = rng.standard_normal((steps, columns))
     cauchy = rng.standard_cauchy((steps, columns))
-    shrinking = rng.standard_normal((steps, columns)) * np.exp(-rng.uniform(0, 0.5, columns) * np.arange(steps)[:, None])
+    shrinking = rng.standard_normal((steps, columns)) * np.exp(
+        -rng.uniform(0, 0.5, columns) * np.arange(steps)[:, None]
+    )
     spikes = np.where(rng.random((steps, columns)) < 0.03, 1e6, 1e-3) * rng.choice([-1.0, 1.0], (steps, columns))
     sequences = np.concatenate([gaussian, cauchy, shrinking, spikes], axis=1)
     sequences[0] = np.where(sequences[0] == 0.0, 1.0, sequences[0])  # u_1 = 0/0 otherwise
@@ -125,7 +139,9 @@ def test_limits_of_the_discrete_bound() -> None:
     # inside: B_n increases to B_inf, which matches THEORY's 7.27 at (0.9, 0.999)
     assert stability.update_bound(0.9, 0.999) == pytest.approx(7.2703, abs=1e-4)
     assert stability.update_bound(0.9, 0.999, 10**6) == pytest.approx(stability.update_bound(0.9, 0.999), rel=1e-12)
-    assert stability.update_bound(0.9, 0.999, 10**9, log=True) == pytest.approx(math.log(stability.update_bound(0.9, 0.999)))
+    assert stability.update_bound(0.9, 0.999, 10**9, log=True) == pytest.approx(
+        math.log(stability.update_bound(0.9, 0.999))
+    )
     # boundary gamma = beta**2 (exact in binary at beta = 0.5): B_n ~ sqrt(n (1 - beta) / (1 + beta))
     n = 10**8
     assert stability.update_bound(0.5, 0.25, n) / math.sqrt(n * 0.5 / 1.5) == pytest.approx(1.0, rel=1e-6)
@@ -184,7 +200,9 @@ def test_region_growth_rate_and_boundary_agree(rates: str) -> None:
 def test_exact_rates_reproduce_the_discrete_region_and_paper_rates_do_not() -> None:
     beta, gamma = 0.9, 0.815  # between gamma = beta**2 = 0.81 and beta/(2-beta) = 0.818
     assert stability.is_stable(beta, gamma) and not stability.is_stable(beta, gamma, "paper")
-    assert stability.growth_rate(beta, gamma, "exact") == pytest.approx(math.log(beta) - 0.5 * math.log(gamma), rel=1e-14)
+    assert stability.growth_rate(beta, gamma, "exact") == pytest.approx(
+        math.log(beta) - 0.5 * math.log(gamma), rel=1e-14
+    )
     assert math.isfinite(stability.continuous_update_bound(beta, gamma, rates="exact"))
     assert stability.continuous_update_bound(beta, gamma, rates="paper") == math.inf
 
@@ -211,15 +229,21 @@ def integrate_moments(beta: float, gamma: float, tau: float, inputs, rates: str)
     """u(τ) of THEORY §3 by integrating ṁ = a(x − m), v̇ = b(x² − v) from zero with scipy (ε = 0)."""
     a, b = stability.continuous_rates(beta, gamma, rates)
     solution = solve_ivp(
-        lambda s, y: [a * (inputs(s) - y[0]), b * (inputs(s) ** 2 - y[1])], (0.0, tau), [0.0, 0.0],
-        method="DOP853", rtol=1e-11, atol=1e-14,
+        lambda s, y: [a * (inputs(s) - y[0]), b * (inputs(s) ** 2 - y[1])],
+        (0.0, tau),
+        [0.0, 0.0],
+        method="DOP853",
+        rtol=1e-11,
+        atol=1e-14,
     )
     m, v = solution.y[:, -1]
     return (m / -math.expm1(-a * tau)) / math.sqrt(v / -math.expm1(-b * tau))
 
 
 @pytest.mark.parametrize("rates", ["exact", "paper"])
-@pytest.mark.parametrize(("beta", "gamma", "tau"), [(0.9, 0.999, 40.0), (0.9, 0.95, 25.0), (0.9, 0.5, 10.0), (0.5, 0.9, 8.0)])
+@pytest.mark.parametrize(
+    ("beta", "gamma", "tau"), [(0.9, 0.999, 40.0), (0.9, 0.95, 25.0), (0.9, 0.5, 10.0), (0.5, 0.9, 8.0)]
+)
 def test_continuous_bound_agrees_with_numerical_integration(beta: float, gamma: float, tau: float, rates: str) -> None:
     bound = stability.continuous_update_bound(beta, gamma, tau, rates)
     worst = stability.continuous_worst_case_input(beta, gamma, tau, rates)
@@ -260,7 +284,10 @@ def test_switch_off_rates_compose_levels() -> None:
     q1 = 0.9 / math.sqrt(0.99)
     assert rates[0] == pytest.approx(math.log(q1), rel=1e-14)
     assert rates[1] == pytest.approx(math.log(q1) - 0.5 * math.log(0.9), rel=1e-14)
-    assert list(stability.switch_off_rates([0.9, 0.0], [0.5, 0.999])) == [pytest.approx(stability.growth_rate(0.9, 0.5)), 0.0]
+    assert list(stability.switch_off_rates([0.9, 0.0], [0.5, 0.999])) == [
+        pytest.approx(stability.growth_rate(0.9, 0.5)),
+        0.0,
+    ]
 
 
 @pytest.mark.parametrize(

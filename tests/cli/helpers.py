@@ -25,8 +25,13 @@ def _listing(folder: Path | None) -> set[Path]:
     return set() if folder is None else set(folder.rglob("*"))
 
 
-def refused(capsys: pytest.CaptureFixture[str], arguments: Sequence[str], *fragments: str,
-            prog: str | None = None, unchanged: Path | None = None) -> str:
+def refused(
+    capsys: pytest.CaptureFixture[str],
+    arguments: Sequence[str],
+    *fragments: str,
+    prog: str | None = None,
+    unchanged: Path | None = None,
+) -> str:
     """Run ``kadam arguments`` and check the convention for a bad value: exit status 2, nothing on stdout,
     exactly one line on stderr starting ``prog: error: `` (default ``kadam <first argument>``) and holding
     every fragment, no traceback, and nothing created or removed under ``unchanged``. Returns the line."""
@@ -73,10 +78,15 @@ def no_computation(monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("computed before checking its options")
 
-    for module, name in [(kadam.flow, "discrete"), (kadam.flow, "simulate"), (kadam.experiments.reproduce, "reproduce"),
-                         (kadam.experiments.normalization.protocol, "digits_norms"),
-                         (kadam.experiments.stability.plots, "plot_region_map"),
-                         (kadam.experiments.monitor.plots, "plot_history"),
-                         (kadam.experiments.cells, "CellRunner"), (kadam.experiments.comparison.study, "run_study"),
-                         (kadam.experiments.training.protocol, "train_run")]:
+    for module, name in [
+        (kadam.flow, "discrete"),
+        (kadam.flow, "simulate"),
+        (kadam.experiments.reproduce, "reproduce"),
+        (kadam.experiments.normalization.protocol, "digits_norms"),
+        (kadam.experiments.stability.plots, "plot_region_map"),
+        (kadam.experiments.monitor.plots, "plot_history"),
+        (kadam.experiments.cells, "CellRunner"),
+        (kadam.experiments.comparison.study, "run_study"),
+        (kadam.experiments.training.protocol, "train_run"),
+    ]:
         monkeypatch.setattr(module, name, forbidden)

@@ -19,17 +19,21 @@ def test_demo_prints_one_row_per_optimizer_with_finite_losses(capsys):
         assert last < first and 0.0 <= accuracy <= 1.0 and validation > 0
     assert "digits-cnn, 30 steps" in output
     stages = [line for line in captured.err.splitlines() if "done in" not in line]
-    assert stages == [f"kadam demo: [{i}/3] training digits-cnn with {name}, 30 steps"  # stderr is not a terminal
-                      for i, name in enumerate(("adam", "adamw", "kadam2"), start=1)]
+    assert stages == [
+        f"kadam demo: [{i}/3] training digits-cnn with {name}, 30 steps"  # stderr is not a terminal
+        for i, name in enumerate(("adam", "adamw", "kadam2"), start=1)
+    ]
 
 
 @pytest.mark.parametrize(
     "arguments, message",
-    [(["--steps", "0"], "argument --steps: must be an integer >= 1, got '0'"),
-     (["--lr", "-1"], "argument --lr: must be a positive finite number, got '-1'"),
-     (["--lr", "inf"], "argument --lr: must be a positive finite number, got 'inf'"),
-     (["--lr", "nan"], "argument --lr: must be a positive finite number, got 'nan'"),
-     (["--threads", "0"], "argument --threads: must be an integer >= 1")],
+    [
+        (["--steps", "0"], "argument --steps: must be an integer >= 1, got '0'"),
+        (["--lr", "-1"], "argument --lr: must be a positive finite number, got '-1'"),
+        (["--lr", "inf"], "argument --lr: must be a positive finite number, got 'inf'"),
+        (["--lr", "nan"], "argument --lr: must be a positive finite number, got 'nan'"),
+        (["--threads", "0"], "argument --threads: must be an integer >= 1"),
+    ],
 )
 def test_demo_bad_input_is_one_line_and_exit_2(capsys, arguments, message):
     assert exit_status(["demo", *arguments]) == 2

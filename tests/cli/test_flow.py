@@ -7,13 +7,26 @@ import json
 import pytest
 
 from kadam.cli import main
-from tests.cli.helpers import exit_status
 from kadam.experiments.flow.protocol import make_problem
 from kadam.flow import compare, discrete, simulate
+from tests.cli.helpers import exit_status
 
 
 def test_json_table_is_the_library_comparison(capsys):
-    arguments = ["flow", "--problem", "quadratic", "--lr", "2e-3", "--steps", "120", "--k", "2", "--rates", "paper", "--json"]
+    arguments = [
+        "flow",
+        "--problem",
+        "quadratic",
+        "--lr",
+        "2e-3",
+        "--steps",
+        "120",
+        "--k",
+        "2",
+        "--rates",
+        "paper",
+        "--json",
+    ]
     assert main(arguments) == 0
     table = json.loads(capsys.readouterr().out)
     loss = make_problem("quadratic")
@@ -35,7 +48,14 @@ def test_text_output_and_plot(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "arguments",
-    [["--steps", "0"], ["--lr", "-1e-3"], ["--problem", "cifar"], ["--rates", "taylor"], ["--order", "3"], ["--k", "0"]],
+    [
+        ["--steps", "0"],
+        ["--lr", "-1e-3"],
+        ["--problem", "cifar"],
+        ["--rates", "taylor"],
+        ["--order", "3"],
+        ["--k", "0"],
+    ],
 )
 def test_bad_arguments_exit_2(arguments):
     with pytest.raises(SystemExit) as exit_info:
@@ -44,7 +64,19 @@ def test_bad_arguments_exit_2(arguments):
 
 
 def test_warm_start_and_modified_reach_simulate(capsys):
-    arguments = ["flow", "--problem", "quadratic", "--lr", "1e-2", "--steps", "30", "--warm-start", "3", "--modified", "--json"]
+    arguments = [
+        "flow",
+        "--problem",
+        "quadratic",
+        "--lr",
+        "1e-2",
+        "--steps",
+        "30",
+        "--warm-start",
+        "3",
+        "--modified",
+        "--json",
+    ]
     assert main(arguments) == 0
     table = json.loads(capsys.readouterr().out)
     loss = make_problem("quadratic")

@@ -36,7 +36,9 @@ def children(pid: int) -> list[int]:
 
 def sigint_reaches(pid: int, signum: int = signal.SIGINT) -> bool:
     """Whether ``signum`` would reach process ``pid``'s Python code: neither blocked nor ignored (/proc status)."""
-    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+    status = dict(
+        line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line
+    )
     bit = 1 << (signum - 1)
     return not (int(status["SigBlk"], 16) & bit or int(status["SigIgn"], 16) & bit)
 
@@ -45,6 +47,7 @@ def survivors(pids: list[int], patience: float = 10.0) -> list[int]:
     """The processes of ``pids`` still running after up to ``patience`` seconds: terminated workers (and
     the resource tracker, which exits when its pipe closes) may need a moment after the main process has
     gone, more so on a loaded machine."""
+
     def alive(pid: int) -> bool:
         try:
             return "zombie" not in Path(f"/proc/{pid}/status").read_text()
@@ -65,9 +68,24 @@ def test_a_signal_exits_128_plus_its_number_with_one_line(tmp_path, signum, targ
     out = tmp_path / "report"
     environment = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "kadam", "reproduce", "--profile", "smoke", "--jobs", "2", "--out", str(out),
-         "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "kadam",
+            "reproduce",
+            "--profile",
+            "smoke",
+            "--jobs",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -127,8 +145,14 @@ def test_a_signal_to_the_main_process_only_terminates_the_workers(tmp_path, sign
     script = tmp_path / "pool.py"
     script.write_text(POOL_SCRIPT)
     environment = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=environment, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        start_new_session=True,
+    )
     try:
         assert process.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + 60

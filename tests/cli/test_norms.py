@@ -7,8 +7,8 @@ import json
 import pytest
 
 from kadam.cli import main
-from tests.cli.helpers import exit_status
 from kadam.experiments.normalization.protocol import digits_norms
+from tests.cli.helpers import exit_status
 
 SMALL = ["--steps", "60", "--hidden", "16", "--lr", "0.01", "--weight-decay", "0.5"]
 
@@ -29,8 +29,10 @@ def test_table_lists_invariant_tensors_and_writes_the_plot(capsys: pytest.Captur
     captured = capsys.readouterr()
     out = captured.out
     stages = [line for line in captured.err.splitlines() if "done in" not in line]  # stderr is not a terminal
-    assert stages == ["kadam norms: [1/2] finding the scale-invariant tensors and training digits-bn, 60 steps",
-                      f"kadam norms: [2/2] drawing {plot}"]
+    assert stages == [
+        "kadam norms: [1/2] finding the scale-invariant tensors and training digits-bn, 60 steps",
+        f"kadam norms: [2/2] drawing {plot}",
+    ]
     assert "0.weight" in out and "3.weight" in out and "BatchNorm1d" in out
     assert "tracked (invariant, explained by structure): 0.weight, 3.weight" in out
     assert plot.stat().st_size > 1000

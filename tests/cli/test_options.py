@@ -50,7 +50,9 @@ def test_output_file_under_a_file(capsys, tmp_path, no_computation, command):
 def test_reproduce_out_checks(capsys, tmp_path, read_only_dir, no_computation):
     (tmp_path / "file").write_text("")
     one_line_error(capsys, ["reproduce", "--out", str(tmp_path / "file")], "argument --out", "not a directory")
-    one_line_error(capsys, ["reproduce", "--out", str(tmp_path / "file" / "report")], "argument --out", "not a directory")
+    one_line_error(
+        capsys, ["reproduce", "--out", str(tmp_path / "file" / "report")], "argument --out", "not a directory"
+    )
     one_line_error(capsys, ["reproduce", "--out", str(read_only_dir / "report")], "argument --out", "read-only")
     one_line_error(capsys, ["reproduce", "--out", str(read_only_dir)], "argument --out", "read-only")
 
@@ -59,7 +61,9 @@ def test_reproduce_out_may_be_created_with_its_parents(monkeypatch, tmp_path):
     import kadam.experiments.reproduce
 
     received = []
-    monkeypatch.setattr(kadam.experiments.reproduce, "reproduce", lambda profile, out, *rest, **kw: received.append(out))
+    monkeypatch.setattr(
+        kadam.experiments.reproduce, "reproduce", lambda profile, out, *rest, **kw: received.append(out)
+    )
     assert main(["reproduce", "--out", str(tmp_path / "a" / "b")]) == 0
     assert received == [str(tmp_path / "a" / "b")] and not (tmp_path / "a").exists()  # checking creates nothing
 
@@ -89,8 +93,12 @@ def test_numbers_are_checked_at_parse_time(capsys, no_computation, option, value
 def test_region_rejects_non_finite_numbers(capsys):
     for option in ("--beta", "--gamma"):
         other = "--gamma" if option == "--beta" else "--beta"
-        one_line_error(capsys, ["region", option, "inf", other, "0.9"], f"argument {option}: must be a number in [0, 1)")
-        one_line_error(capsys, ["region", option, "nan", other, "0.9"], f"argument {option}: must be a number in [0, 1)")
+        one_line_error(
+            capsys, ["region", option, "inf", other, "0.9"], f"argument {option}: must be a number in [0, 1)"
+        )
+        one_line_error(
+            capsys, ["region", option, "nan", other, "0.9"], f"argument {option}: must be a number in [0, 1)"
+        )
     one_line_error(capsys, ["region", "--steps", "inf"], "--steps")
 
 
@@ -121,7 +129,10 @@ def test_flow_prints_a_line_per_stage_when_stderr_is_not_a_terminal(capsys):
     assert main(["flow", "--steps", "5", "--json"]) == 0
     error = capsys.readouterr().err.splitlines()
     assert [line.split("] ")[0] for line in error if "done in" not in line] == [
-        "kadam flow: [1/3", "kadam flow: [2/3", "kadam flow: [3/3"]
+        "kadam flow: [1/3",
+        "kadam flow: [2/3",
+        "kadam flow: [3/3",
+    ]
     assert "discrete KAdam, 5 steps" in error[2] and "continuous model (exact rates, order 1), 5 steps" in error[4]
     assert sum("done in" in line for line in error) == 3
 
@@ -131,21 +142,23 @@ def test_the_cli_offers_the_choices_the_library_implements():
     import torch
 
     from kadam import vocabulary
-    from kadam.experiments.profiles import profile_sizes
     from kadam.experiments.comparison.protocol import make_arm_optimizer
     from kadam.experiments.flow.extra import make_flow_problem
+    from kadam.experiments.profiles import profile_sizes
 
     for arm in vocabulary.ARMS:
-        assert isinstance(make_arm_optimizer(arm, [torch.nn.Parameter(torch.ones(2))], 1e-3, 0.9, 0.999, 0.0),
-                          torch.optim.Optimizer)
+        assert isinstance(
+            make_arm_optimizer(arm, [torch.nn.Parameter(torch.ones(2))], 1e-3, 0.9, 0.999, 0.0), torch.optim.Optimizer
+        )
     for problem in vocabulary.FLOW_PROBLEMS:
         assert make_flow_problem(problem).theta0.numel() > 0
     for profile in vocabulary.COMPARE_PROFILES:
         assert profile_sizes(profile).comparison.workloads
 
 
-@pytest.mark.parametrize("arguments", [["--help"], ["--version"], ["region"],
-                                       ["region", "--json", "--beta", "0.9", "--gamma", "0.8"]])
+@pytest.mark.parametrize(
+    "arguments", [["--help"], ["--version"], ["region"], ["region", "--json", "--beta", "0.9", "--gamma", "0.8"]]
+)
 def test_help_and_region_start_without_torch(arguments):
     code = (
         "import sys\n"
@@ -156,8 +169,13 @@ def test_help_and_region_start_without_torch(arguments):
         "    pass\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -189,14 +207,24 @@ def _prog(option):
 @pytest.mark.parametrize("option", [option for option, _ in OUTPUTS], ids=" ".join)
 def test_an_empty_output_path_is_refused(capsys, tmp_path, monkeypatch, no_computation, option):
     monkeypatch.chdir(tmp_path)
-    refused(capsys, _command(option, tmp_path, ""), f"argument {option[-1]}: must be a", "path, got ''",
-            prog=_prog(option), unchanged=tmp_path)
+    refused(
+        capsys,
+        _command(option, tmp_path, ""),
+        f"argument {option[-1]}: must be a",
+        "path, got ''",
+        prog=_prog(option),
+        unchanged=tmp_path,
+    )
 
 
 def test_reproduce_out_empty_writes_nothing_in_the_working_directory(capsys, tmp_path, monkeypatch, no_computation):
     monkeypatch.chdir(tmp_path)
-    refused(capsys, ["reproduce", "--profile", "smoke", "--out", ""], "argument --out: must be a directory path",
-            unchanged=tmp_path)
+    refused(
+        capsys,
+        ["reproduce", "--profile", "smoke", "--out", ""],
+        "argument --out: must be a directory path",
+        unchanged=tmp_path,
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -206,31 +234,66 @@ def test_an_output_under_a_missing_folder_of_proc_is_refused(capsys, tmp_path, n
     directory = option[-1] == "--out" and option[0] != "monitor"
     target = "/proc/kadam-missing/y" if directory else "/proc/kadam-missing/m.png"
     message = "cannot create" if directory else "does not exist"
-    refused(capsys, _command(option, tmp_path, target), f"argument {option[-1]}: ", message, prog=_prog(option),
-            unchanged=tmp_path)
+    refused(
+        capsys,
+        _command(option, tmp_path, target),
+        f"argument {option[-1]}: ",
+        message,
+        prog=_prog(option),
+        unchanged=tmp_path,
+    )
 
 
 @pytest.mark.parametrize("option", [option for option, _ in OUTPUTS], ids=" ".join)
 def test_an_output_path_of_the_wrong_kind_is_refused(capsys, tmp_path, no_computation, option):
     directory = option[-1] == "--out" and option[0] != "monitor"
     if directory:  # an existing file where a folder is expected, and a folder under a file
-        refused(capsys, _command(option, tmp_path, "/proc/version"), "argument --out: '/proc/version' exists and is "
-                "not a directory", prog=_prog(option), unchanged=tmp_path)
+        refused(
+            capsys,
+            _command(option, tmp_path, "/proc/version"),
+            "argument --out: '/proc/version' exists and is not a directory",
+            prog=_prog(option),
+            unchanged=tmp_path,
+        )
         (tmp_path / "file").write_text("")
-        refused(capsys, _command(option, tmp_path, str(tmp_path / "file" / "out")), "argument --out: cannot create",
-                "is not a directory", prog=_prog(option), unchanged=tmp_path)
+        refused(
+            capsys,
+            _command(option, tmp_path, str(tmp_path / "file" / "out")),
+            "argument --out: cannot create",
+            "is not a directory",
+            prog=_prog(option),
+            unchanged=tmp_path,
+        )
     else:  # an existing folder where a file is expected, and a file under a file
-        refused(capsys, _command(option, tmp_path, str(tmp_path)), f"argument {option[-1]}: ", "is a directory",
-                prog=_prog(option), unchanged=tmp_path)
-        refused(capsys, _command(option, tmp_path, "/proc/version/m.png"), f"argument {option[-1]}: ",
-                "'/proc/version' is not a directory", prog=_prog(option), unchanged=tmp_path)
+        refused(
+            capsys,
+            _command(option, tmp_path, str(tmp_path)),
+            f"argument {option[-1]}: ",
+            "is a directory",
+            prog=_prog(option),
+            unchanged=tmp_path,
+        )
+        refused(
+            capsys,
+            _command(option, tmp_path, "/proc/version/m.png"),
+            f"argument {option[-1]}: ",
+            "'/proc/version' is not a directory",
+            prog=_prog(option),
+            unchanged=tmp_path,
+        )
 
 
 @pytest.mark.parametrize("option", FIGURES, ids=" ".join)
 def test_a_figure_needs_an_image_extension_matplotlib_writes(capsys, tmp_path, no_computation, option):
     for name in ("x.xyz", "r.txt", "noextension"):
-        refused(capsys, _command(option, tmp_path, str(tmp_path / name)), f"argument {option[-1]}: ",
-                "a figure is written as one of .png, .pdf", prog=_prog(option), unchanged=tmp_path)
+        refused(
+            capsys,
+            _command(option, tmp_path, str(tmp_path / name)),
+            f"argument {option[-1]}: ",
+            "a figure is written as one of .png, .pdf",
+            prog=_prog(option),
+            unchanged=tmp_path,
+        )
 
 
 def test_the_figure_formats_are_written_by_the_installed_matplotlib(tmp_path):
@@ -254,30 +317,54 @@ def test_the_figure_formats_are_written_by_the_installed_matplotlib(tmp_path):
 
 
 def test_the_figure_check_imports_no_matplotlib():
-    code = ("import sys\nfrom kadam.cli.options import output_figure\noutput_figure('x.png')\n"
-            "assert 'matplotlib' not in sys.modules, 'matplotlib was imported'\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
+    code = (
+        "import sys\nfrom kadam.cli.options import output_figure\noutput_figure('x.png')\n"
+        "assert 'matplotlib' not in sys.modules, 'matplotlib was imported'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
 
 
 # ----------------------------------------------------------------------------------------------------------
 # conditions on several options, checked before any work
 
-@pytest.mark.parametrize("arguments, message", [
-    (["flow", "--warm-start", "5000", "--steps", "10"],
-     "argument --warm-start: must be an integer in [0, --steps - 1 = 9], got 5000"),
-    (["flow", "--warm-start", "10", "--steps", "10"], "argument --warm-start: must be an integer in [0, --steps - 1 = 9]"),
-    (["flow", "--modified", "--order", "2"], "argument --order: --modified corrects the first-order model: --order must "
-                                             "be 1, got 2"),
-    (["flow", "--modified", "--rates", "paper"], "argument --rates: --modified needs --rates exact"),
-    (["norms", "--lr", "1", "--weight-decay", "2"], "argument --weight-decay: must satisfy --lr * --weight-decay < 1"),
-    (["norms", "--weight-decay", "0"], "argument --weight-decay: must be > 0 for adamw"),
-    (["theory", "--section", "9"], "argument --section: must be one of 1..7, got 9"),
-    (["region", "--beta", "0.9"], "argument --gamma: give both --beta and --gamma"),
-    (["region", "--beta", "0.9", "0.8", "--gamma", "0.5", "0.6", "0.7"], "argument --gamma: --beta and --gamma must have "
-                                                                           "the same number of values"),
-], ids=lambda value: " ".join(value) if isinstance(value, list) else "")
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (
+            ["flow", "--warm-start", "5000", "--steps", "10"],
+            "argument --warm-start: must be an integer in [0, --steps - 1 = 9], got 5000",
+        ),
+        (
+            ["flow", "--warm-start", "10", "--steps", "10"],
+            "argument --warm-start: must be an integer in [0, --steps - 1 = 9]",
+        ),
+        (
+            ["flow", "--modified", "--order", "2"],
+            "argument --order: --modified corrects the first-order model: --order must be 1, got 2",
+        ),
+        (["flow", "--modified", "--rates", "paper"], "argument --rates: --modified needs --rates exact"),
+        (
+            ["norms", "--lr", "1", "--weight-decay", "2"],
+            "argument --weight-decay: must satisfy --lr * --weight-decay < 1",
+        ),
+        (["norms", "--weight-decay", "0"], "argument --weight-decay: must be > 0 for adamw"),
+        (["theory", "--section", "9"], "argument --section: must be one of 1..7, got 9"),
+        (["region", "--beta", "0.9"], "argument --gamma: give both --beta and --gamma"),
+        (
+            ["region", "--beta", "0.9", "0.8", "--gamma", "0.5", "0.6", "0.7"],
+            "argument --gamma: --beta and --gamma must have the same number of values",
+        ),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else "",
+)
 def test_combinations_are_checked_before_any_work(capsys, tmp_path, monkeypatch, no_computation, arguments, message):
     monkeypatch.chdir(tmp_path)
     refused(capsys, arguments, message, unchanged=tmp_path)
@@ -300,6 +387,7 @@ def test_region_int_options_report_the_value_given(capsys):
 
 # ----------------------------------------------------------------------------------------------------------
 # kadam --version; no internal references in the help
+
 
 def test_version_prints_the_package_version(capsys):
     import kadam

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
+from kadam import stability
 from kadam.cli import main
 from tests.cli.helpers import exit_status
-from kadam import stability
 
 
 def run_region(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -24,7 +24,7 @@ def table_row(output: str, label: str) -> list[str]:
     """Cells of the table line starting with ``label`` (labels and cells are separated by 2+ spaces)."""
     for line in output.splitlines():
         if line.startswith(label):
-            return [cell for cell in line[len(label):].split("  ") if cell.strip()]
+            return [cell for cell in line[len(label) :].split("  ") if cell.strip()]
     raise AssertionError(f"no line {label!r} in\n{output}")
 
 
@@ -44,7 +44,9 @@ def test_table_prints_the_library_values(capsys: pytest.CaptureFixture[str]) -> 
     }
     for label, values in expected.items():
         cells = table_row(out, label)
-        assert [float(cell.strip()) for cell in cells] == [pytest.approx(v, rel=1e-5) if math.isfinite(v) else v for v in values]
+        assert [float(cell.strip()) for cell in cells] == [
+            pytest.approx(v, rel=1e-5) if math.isfinite(v) else v for v in values
+        ]
     assert [c.strip() for c in table_row(out, "stable (gamma > beta^2)")] == ["yes", "NO"]
     efold = [c.strip() for c in table_row(out, "steps per e-fold")]
     assert efold[0].endswith("(fades)") and efold[1].endswith("(grows)")
@@ -100,7 +102,9 @@ def test_bad_input_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str], 
     status = exit_status(["region", *args])
     captured = capsys.readouterr()
     assert status == 2 and captured.out == ""
-    assert captured.err.count("\n") == 1 and captured.err.startswith("kadam region: error: ") and message in captured.err
+    assert (
+        captured.err.count("\n") == 1 and captured.err.startswith("kadam region: error: ") and message in captured.err
+    )
 
 
 def test_bad_input_from_the_command_line_has_no_traceback() -> None:

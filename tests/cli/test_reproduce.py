@@ -16,10 +16,20 @@ def test_flags_reach_the_library(monkeypatch, tmp_path):
         received.update(profile=profile, out=out, device=device, seeds=seeds, jobs=jobs, show_progress=show_progress)
 
     monkeypatch.setattr(library_reproduce, "reproduce", fake_reproduce)
-    assert main(["reproduce", "--profile", "smoke", "--out", str(tmp_path), "--seeds", "4", "--jobs", "3",
-                 "--no-progress"]) == 0
-    assert received == {"profile": "smoke", "out": str(tmp_path), "device": "cpu", "seeds": 4, "jobs": 3,
-                        "show_progress": False}
+    assert (
+        main(
+            ["reproduce", "--profile", "smoke", "--out", str(tmp_path), "--seeds", "4", "--jobs", "3", "--no-progress"]
+        )
+        == 0
+    )
+    assert received == {
+        "profile": "smoke",
+        "out": str(tmp_path),
+        "device": "cpu",
+        "seeds": 4,
+        "jobs": 3,
+        "show_progress": False,
+    }
     assert main(["reproduce"]) == 0
     assert received["profile"] == "quick" and received["out"] == "kadam-report" and received["seeds"] is None
     assert received["jobs"] == cli_reproduce.default_jobs() >= 1
@@ -37,9 +47,11 @@ def test_interrupt_says_how_to_resume(monkeypatch, capsys):
 
 @pytest.mark.parametrize(
     "arguments, message",
-    [(["--seeds", "1"], "argument --seeds: must be an integer >= 2, got '1'"),
-     (["--jobs", "0"], "argument --jobs: must be an integer >= 1, got '0'"),
-     (["--jobs", "inf"], "argument --jobs: must be an integer >= 1, got 'inf'")]
+    [
+        (["--seeds", "1"], "argument --seeds: must be an integer >= 2, got '1'"),
+        (["--jobs", "0"], "argument --jobs: must be an integer >= 1, got '0'"),
+        (["--jobs", "inf"], "argument --jobs: must be an integer >= 1, got 'inf'"),
+    ]
     + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "torch.cuda.is_available() is False")]),
 )
 def test_bad_settings_are_one_line_and_exit_2(capsys, tmp_path, arguments, message):

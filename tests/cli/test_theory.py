@@ -32,12 +32,26 @@ def test_every_section_the_code_cites_exists():
     assert cited and cited <= headings
 
 
-@pytest.mark.parametrize("fragment", [
-    "γ > β²", "γ > β/(2−β)", "B_∞ = (1-β) / sqrt( (1-γ)(1-β²/γ) )", "ρ = ln β − ½ ln γ",
-    "a = −ln β", "a = (1−β)/β", "F = (1 + qβ)/(1 − qβ)", "E|u|² = d(1−β)/(1+β)", "γ₂ = (1−ηλ)²",
-    "Zhang et al. (NeurIPS 2022", "Kosson et al.", "Cattaneo, Klusowski & Shigida", "Malladi, Lyu",
-    "Cohen et al. 2022", "Molybog et al.",
-])
+@pytest.mark.parametrize(
+    "fragment",
+    [
+        "γ > β²",
+        "γ > β/(2−β)",
+        "B_∞ = (1-β) / sqrt( (1-γ)(1-β²/γ) )",
+        "ρ = ln β − ½ ln γ",
+        "a = −ln β",
+        "a = (1−β)/β",
+        "F = (1 + qβ)/(1 − qβ)",
+        "E|u|² = d(1−β)/(1+β)",
+        "γ₂ = (1−ηλ)²",
+        "Zhang et al. (NeurIPS 2022",
+        "Kosson et al.",
+        "Cattaneo, Klusowski & Shigida",
+        "Malladi, Lyu",
+        "Cohen et al. 2022",
+        "Molybog et al.",
+    ],
+)
 def test_the_document_states_the_formulas_and_prior_art(fragment):
     assert fragment in text()
 

@@ -22,23 +22,37 @@ from kadam.experiments.report import (
 
 
 def _sections() -> list[SectionDocument]:
-    first = SectionDocument("alpha", "First section", "Method.", claims=[
-        Claim("ours holds", "confirmed", "error 1%", criterion="error ≤ 2%", seeds=3),
-        Claim("the paper's boundary", "refuted", "agreement 87% vs 100%", "paper", seeds=3),
-        Claim("an identity", "confirmed", "error 1e-15", "paper", kind="exactness"),
-    ])
+    first = SectionDocument(
+        "alpha",
+        "First section",
+        "Method.",
+        claims=[
+            Claim("ours holds", "confirmed", "error 1%", criterion="error ≤ 2%", seeds=3),
+            Claim("the paper's boundary", "refuted", "agreement 87% vs 100%", "paper", seeds=3),
+            Claim("an identity", "confirmed", "error 1e-15", "paper", kind="exactness"),
+        ],
+    )
     empty = SectionDocument("beta", "No claims here", "Method.")
-    third = SectionDocument("gamma", "Third section", "Method.", claims=[
-        Claim("k-Adam is better", "not resolved at this budget", "0 of 4 significant", seeds=1),
-    ], conclusion=["The third section adds this."])
+    third = SectionDocument(
+        "gamma",
+        "Third section",
+        "Method.",
+        claims=[
+            Claim("k-Adam is better", "not resolved at this budget", "0 of 4 significant", seeds=1),
+        ],
+        conclusion=["The third section adds this."],
+    )
     return [first, empty, third]
 
 
 def test_claims_rows_group_by_kind_in_report_order():
     rows = claims_rows(_sections())
     assert [(number, section.name, claim.text, claim.kind) for number, section, claim in rows] == [
-        (1, "alpha", "an identity", "exactness"), (1, "alpha", "the paper's boundary", "paper"),
-        (1, "alpha", "ours holds", "project"), (3, "gamma", "k-Adam is better", "project")]
+        (1, "alpha", "an identity", "exactness"),
+        (1, "alpha", "the paper's boundary", "paper"),
+        (1, "alpha", "ours holds", "project"),
+        (3, "gamma", "k-Adam is better", "project"),
+    ]
 
 
 def test_kind_defaults_to_source_and_few_seeds_cannot_resolve_a_measured_claim():
@@ -73,38 +87,62 @@ def test_summary_then_terms_then_claims_by_kind_then_sections_then_conclusion(tm
     summary = ["**Safe.** Keep γ > β²: [alpha](#alpha).", "**Switch?** No: [gamma](#gamma)."]
     paths = write_report(tmp_path, "Title", "Preamble.", _sections(), {}, summary)
     markdown = paths["markdown"].read_text()
-    order = ["## What this means for you", "## Terms", "## Claims and verdicts", "### Exactness checks",
-             "### The paper's claims, measured", "### The project's own claims, measured", "## 1. First section",
-             "## Conclusion"]
+    order = [
+        "## What this means for you",
+        "## Terms",
+        "## Claims and verdicts",
+        "### Exactness checks",
+        "### The paper's claims, measured",
+        "### The project's own claims, measured",
+        "## 1. First section",
+        "## Conclusion",
+    ]
     assert [markdown.index(heading) for heading in order] == sorted(markdown.index(heading) for heading in order)
     assert "| an identity | **confirmed** | error 1e-15 | [1. First section](#alpha) |" in markdown
-    assert ("| ours holds | error ≤ 2% | **confirmed** | error 1% | 3 | [1. First section](#alpha) |" in markdown)
+    assert "| ours holds | error ≤ 2% | **confirmed** | error 1% | 3 | [1. First section](#alpha) |" in markdown
     assert "**stable region**" in markdown  # the summary uses γ > β²: defined under Terms
     assert summary_text(markdown).startswith("- **Safe.**")
     page = paths["html"].read_text()
-    assert page.index('id="summary"') < page.index('id="claims"') < page.index('<h2 id="alpha">') < page.index('id="conclusion"')
+    assert (
+        page.index('id="summary"')
+        < page.index('id="claims"')
+        < page.index('<h2 id="alpha">')
+        < page.index('id="conclusion"')
+    )
     assert '<a href="#gamma">Third section</a>' not in page and '<a href="#gamma">gamma</a>' in page
     assert "<b>not resolved at this budget</b>" in page
     results = json.loads(paths["json"].read_text())
     assert [(c["section"], c["kind"], c["verdict"]) for c in results["claims"]] == [
-        ("alpha", "exactness", "confirmed"), ("alpha", "paper", "refuted"), ("alpha", "project", "confirmed"),
-        ("gamma", "project", "not resolved at this budget")]
+        ("alpha", "exactness", "confirmed"),
+        ("alpha", "paper", "refuted"),
+        ("alpha", "project", "confirmed"),
+        ("gamma", "project", "not resolved at this budget"),
+    ]
     assert results["conclusion"] == conclusion(_sections()) and results["summary"] == summary
     assert results["words"]["summary"] == prose_word_count(summary_text(markdown))
 
 
 def test_the_body_keeps_its_word_budget_and_the_rest_goes_to_the_appendix(tmp_path):
     finding = " ".join(["word"] * 200) + "."
-    sections = [SectionDocument(f"s{i}", f"Section {i}", "First paragraph.\n\nSecond paragraph of the method.",
-                                findings=[f"Finding {j}: {finding}" for j in range(8)], details=["Only here."])
-                for i in range(6)]
+    sections = [
+        SectionDocument(
+            f"s{i}",
+            f"Section {i}",
+            "First paragraph.\n\nSecond paragraph of the method.",
+            findings=[f"Finding {j}: {finding}" for j in range(8)],
+            details=["Only here."],
+        )
+        for i in range(6)
+    ]
     paths = write_report(tmp_path, "Title", "Preamble.", sections, {})
     markdown = paths["markdown"].read_text()
     body = body_text(markdown)
     assert prose_word_count(body) <= BODY_WORD_LIMIT
     assert "Second paragraph" not in body and "Only here." not in body and "Finding 0" in body
-    appendix = markdown[len(body):]
-    assert appendix.lstrip().startswith('<a id="appendix"></a>') and "Finding 7" in appendix and "Only here." in appendix
+    appendix = markdown[len(body) :]
+    assert (
+        appendix.lstrip().startswith('<a id="appendix"></a>') and "Finding 7" in appendix and "Only here." in appendix
+    )
     assert "[Appendix A.1](#appendix-s0)" in body and '<a id="appendix-s0"></a>' in appendix
     assert json.loads(paths["json"].read_text())["words"]["body"] == prose_word_count(body)
 
@@ -114,8 +152,11 @@ def test_every_glossary_pattern_finds_its_term():
 
     for term, (pattern, definition) in GLOSSARY.items():
         assert definition and not definition.endswith("."), term
-        probe = {"orthogonal/corrected equilibrium": "orthogonal", "exact/paper rates": "exact/order1",
-                 "relaxation time": "relaxation time"}.get(term, term)
+        probe = {
+            "orthogonal/corrected equilibrium": "orthogonal",
+            "exact/paper rates": "exact/order1",
+            "relaxation time": "relaxation time",
+        }.get(term, term)
         assert re.search(pattern, probe), term
 
 

@@ -43,8 +43,12 @@ def test_plots_keep_the_users_matplotlib_backend_and_never_load_pyplot(tmp_path)
 def test_cells_leave_the_global_torch_generator_and_threads_alone():
     threads, state = torch.get_num_threads(), torch.get_rng_state()
     train_run("mnist1d-mlp", "adam", 1e-3, steps=3, batch_size=8, seed=5, task_sizes={"hidden": 8, "depth": 1})
-    training_protocol([0.9], [0.95], 1e-2, {"steps": 3, "corpus_chars": 64, "context": 8, "width": 8, "heads": 1,
-                                            "layers": 1, "seed": 0})
+    training_protocol(
+        [0.9],
+        [0.95],
+        1e-2,
+        {"steps": 3, "corpus_chars": 64, "context": 8, "width": 8, "heads": 1, "layers": 1, "seed": 0},
+    )
     assert torch.get_num_threads() == threads
     assert torch.equal(torch.get_rng_state(), state)
 

@@ -10,10 +10,10 @@ import pytest
 from rich.console import Console
 
 from kadam.experiments.cells import Cell, CellCache, CellRunner
-from kadam.experiments.report import Figure, SectionDocument, Table, json_safe, write_report
-from kadam.experiments.reproduce import reproduce
 from kadam.experiments.comparison.protocol import EVALUATION_SEED_OFFSET as COMPARISON_SEED_OFFSET
 from kadam.experiments.registry import SECTIONS
+from kadam.experiments.report import Figure, SectionDocument, Table, json_safe, write_report
+from kadam.experiments.reproduce import reproduce
 
 CALLS = []
 
@@ -132,22 +132,26 @@ def test_report_writers_embed_figures_and_keep_every_number(tmp_path):
     axes[0][0].plot([0, 1], [1, 0])
     save_figure(figure, figure_path)
     document = SectionDocument(
-        "toy", "A toy section", "We drew a line.", ["It goes down."], [Table("numbers", ["a", "b"], [["1", "<2>"]])],
-        [Figure(str(figure_path), "a falling line")], [("slope", "-1")], {"slope": -1.0, "bound": math.inf},
+        "toy",
+        "A toy section",
+        "We drew a line.",
+        ["It goes down."],
+        [Table("numbers", ["a", "b"], [["1", "<2>"]])],
+        [Figure(str(figure_path), "a falling line")],
+        [("slope", "-1")],
+        {"slope": -1.0, "bound": math.inf},
     )
     paths = write_report(tmp_path, "Title", "Preamble.", [document], {"kadam_version": "x", "configuration": {"p": 1}})
     page = paths["html"].read_text()
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert base64.b64decode(embedded[0]) == figure_path.read_bytes()
-    assert "&lt;2&gt;" in page and "src=\"http" not in page and "<link" not in page
+    assert "&lt;2&gt;" in page and 'src="http' not in page and "<link" not in page
     markdown = paths["markdown"].read_text()
     assert "![line](figures/line.png)" in markdown and "*a falling line*" in markdown and "| 1 | <2> |" in markdown
     results = json.loads(paths["json"].read_text())
     assert results["sections"]["toy"]["data"] == {"slope": -1.0, "bound": "inf"}
     assert results["configuration"] == {"p": 1}
     assert json_safe([math.nan, -math.inf, {"a": 1.0}]) == ["nan", "-inf", {"a": 1.0}]
-
-
 
 
 def _numbers(value):
@@ -179,9 +183,11 @@ def test_smoke_profile_end_to_end_then_from_cache_then_only_what_changed(tmp_pat
     # the numbers in the report are the ones the cells computed in this run
     cells = {cell["key"]: cell for cell in results["cells"]}
     assert first.computed == len(cells) and first.cached == 0 and all(not c["from_cache"] for c in cells.values())
-    evaluation_losses = [json.loads((out / "cache" / f"{key}.json").read_text())["result"]["test_loss"]
-                         for key, cell in cells.items()
-                         if cell["label"].startswith("noisy-quadratic kadam2 evaluate_search ")]
+    evaluation_losses = [
+        json.loads((out / "cache" / f"{key}.json").read_text())["result"]["test_loss"]
+        for key, cell in cells.items()
+        if cell["label"].startswith("noisy-quadratic kadam2 evaluate_search ")
+    ]
     assert len(evaluation_losses) == 2
     assert kadam2["mean"] == pytest.approx(sum(evaluation_losses) / len(evaluation_losses), rel=1e-12)
     page = (out / "report.html").read_text()
@@ -200,10 +206,13 @@ def test_smoke_profile_end_to_end_then_from_cache_then_only_what_changed(tmp_pat
     from kadam.experiments.report import BODY_WORD_LIMIT, SUMMARY_WORD_LIMIT, body_text, prose_word_count, summary_text
 
     summary = summary_text(markdown)
-    assert summary is not None and markdown.index("## What this means for you") < markdown.index("## Claims and verdicts")
+    assert summary is not None and markdown.index("## What this means for you") < markdown.index(
+        "## Claims and verdicts"
+    )
     assert 0 < prose_word_count(summary) <= SUMMARY_WORD_LIMIT == 300
-    assert len(results["summary"]) >= 4 and all(re.search(r"\]\(#(stability|comparison|monitor|transfer)\)", line)
-                                                for line in results["summary"])
+    assert len(results["summary"]) >= 4 and all(
+        re.search(r"\]\(#(stability|comparison|monitor|transfer)\)", line) for line in results["summary"]
+    )
     assert "results/comparison-study" in summary  # the committed study's answer, read at report time
     body = prose_word_count(body_text(markdown))
     assert body == results["words"]["body"] and body <= BODY_WORD_LIMIT == 3500
@@ -220,12 +229,18 @@ def test_smoke_profile_end_to_end_then_from_cache_then_only_what_changed(tmp_pat
     arms = len(comparison["workloads"]["noisy-quadratic"]["search"]["arms"])
     results_per_arm = sum(result in comparison["workloads"]["noisy-quadratic"] for result in ("search", "lr_only"))
     assert {cell["section"] for cell in new} == {"comparison"} and len(new) == arms * results_per_arm
-    assert all(cell["label"].endswith(f"seed {COMPARISON_SEED_OFFSET + 2}") for cell in new if cell["section"] == "comparison")
+    assert all(
+        cell["label"].endswith(f"seed {COMPARISON_SEED_OFFSET + 2}") for cell in new if cell["section"] == "comparison"
+    )
     print(f"smoke profile: first run {first_seconds:.1f} s")
 
 
 def test_reproduce_rejects_bad_settings(tmp_path):
-    for kwargs, message in [({"profile": "huge"}, "profile must be one of"), ({"device": "tpu"}, "device must be one of"),
-                            ({"seeds": 1}, "seeds must be"), ({"jobs": 0}, "jobs must be")]:
+    for kwargs, message in [
+        ({"profile": "huge"}, "profile must be one of"),
+        ({"device": "tpu"}, "device must be one of"),
+        ({"seeds": 1}, "seeds must be"),
+        ({"jobs": 0}, "jobs must be"),
+    ]:
         with pytest.raises(ValueError, match=message):
             reproduce(out=tmp_path, **kwargs)

@@ -52,7 +52,12 @@ def test_moment_rates(decay):
         {"k": 1, "weight_decay": 0.0},
         {"k": 1, "weight_decay": 0.0, "norm": "tensor"},
         {"k": 2, "weight_decay": 0.0},
-        {"k": 3, "weight_decay": 0.0, "betas": [(0.9, 0.999), (0.5, 0.99), (0.0, 0.9)], "norm": ["tensor", "elementwise", "tensor"]},
+        {
+            "k": 3,
+            "weight_decay": 0.0,
+            "betas": [(0.9, 0.999), (0.5, 0.99), (0.0, 0.9)],
+            "norm": ["tensor", "elementwise", "tensor"],
+        },
     ],
 )
 def test_constant_gradient_matches_discrete_exactly(rates, order, hyperparameters):
@@ -81,6 +86,7 @@ def test_raw_moments_match_kadam_state_for_exact_rates(k):
     update = -(continuous.theta[1] - continuous.theta[0]) / (5 * 1e-2)
     torch.testing.assert_close(continuous.moments[f"u{k}"], update.expand(6, -1), rtol=1e-8, atol=1e-12)
 
+
 def _central_difference(function, theta, direction, step=1e-5):
     return (function(theta + step * direction) - function(theta - step * direction)) / (2 * step)
 
@@ -92,7 +98,11 @@ def test_initial_moment_derivatives_against_finite_differences():
     rate finite the time derivative of level i's input is (½)^(i−1) times its derivative along θ̇.
     """
     loss = rosenbrock_like()
-    levels = {"k": 3, "betas": [(0.9, 0.999), (0.7, 0.99), (0.5, 0.9)], "norm": ["elementwise", "tensor", "elementwise"]}
+    levels = {
+        "k": 3,
+        "betas": [(0.9, 0.999), (0.7, 0.99), (0.5, 0.9)],
+        "norm": ["elementwise", "tensor", "elementwise"],
+    }
     field = AdamFlow.for_optimizer(loss, lr=1e-2, weight_decay=0.1, decoupled_weight_decay=False, **levels)
     state = field.initial_state()
     derivative = field(torch.tensor(0.0, dtype=DOUBLE), state)
@@ -131,7 +141,9 @@ def test_field_at_zero_is_the_limit_from_the_right(order, hyperparameters):
     near, far = (field(times[i], tuple(part[i] for part in solved)) for i in (1, 2))
     for zero, first, second in zip(at_zero, near, far, strict=True):
         extrapolated = 2 * first - second
-        assert (zero - extrapolated).abs().max() <= 0.05 * (second - first).abs().max() + 1e-7 * zero.abs().max() + 1e-11
+        assert (zero - extrapolated).abs().max() <= 0.05 * (
+            second - first
+        ).abs().max() + 1e-7 * zero.abs().max() + 1e-11
 
 
 def test_nan_loss_raises_with_tau():

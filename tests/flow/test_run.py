@@ -18,7 +18,7 @@ def test_discrete_k1_is_torch_adamw_or_adam(decoupled):
     run = discrete(loss, steps, lr=3e-3, k=1, weight_decay=0.05, decoupled_weight_decay=decoupled)
     params = [p.detach().clone().requires_grad_(True) for p in loss.split(loss.theta0)]
     optimizer = (torch.optim.AdamW if decoupled else torch.optim.Adam)(params, lr=3e-3, weight_decay=0.05)
-    for n in range(1, steps + 1):
+    for _n in range(1, steps + 1):
         optimizer.zero_grad()
         loss.fn(torch.cat([p.reshape(-1) for p in params])).backward()
         optimizer.step()

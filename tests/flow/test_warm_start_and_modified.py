@@ -18,8 +18,11 @@ def _quadratic(dimension: int = 4) -> FlatLoss:
     generator = torch.Generator().manual_seed(3)
     curvatures = torch.logspace(0.0, -1.5, dimension, dtype=torch.float64)
     optimum = 2.0 + 0.3 * torch.randn(dimension, generator=generator, dtype=torch.float64)
-    return FlatLoss(lambda theta: 0.5 * (curvatures * (theta - optimum) ** 2).sum(), torch.zeros(dimension, dtype=torch.float64),
-                    [(dimension // 2,), (dimension - dimension // 2,)])
+    return FlatLoss(
+        lambda theta: 0.5 * (curvatures * (theta - optimum) ** 2).sum(),
+        torch.zeros(dimension, dtype=torch.float64),
+        [(dimension // 2,), (dimension - dimension // 2,)],
+    )
 
 
 def test_warm_start_is_the_discrete_run_then_the_restarted_model():
@@ -88,8 +91,16 @@ def test_modified_equations_converge_at_second_order():
 
 def test_modified_equations_with_two_levels_tensor_mode_and_coupled_decay():
     """k = 2 (level 2 in tensor mode), Adam's coupled decay: far below the first-order error at this η."""
-    errors = _errors(_quadratic(), (1e-2,), 0.5, k=2, betas=(0.5, 0.9), meta_betas=(0.5, 0.9), weight_decay=0.1,
-                     decoupled_weight_decay=False)
+    errors = _errors(
+        _quadratic(),
+        (1e-2,),
+        0.5,
+        k=2,
+        betas=(0.5, 0.9),
+        meta_betas=(0.5, 0.9),
+        weight_decay=0.1,
+        decoupled_weight_decay=False,
+    )
     assert errors[True][0] < errors[False][0] / 20
 
 
@@ -110,8 +121,11 @@ def test_modified_equations_stay_cheap_where_gradient_coordinates_cross_zero():
     steps = round(1.0 / lr)
     reference = discrete(loss, steps, lr=lr)
     # max_num_steps makes a stiff field fail fast instead of running for minutes
-    runs = {modified: simulate(loss, steps, lr=lr, modified=modified, warm_start=1, rtol=1e-6, atol=1e-8,
-                               options={"max_num_steps": 1000})
-            for modified in (False, True)}
+    runs = {
+        modified: simulate(
+            loss, steps, lr=lr, modified=modified, warm_start=1, rtol=1e-6, atol=1e-8, options={"max_num_steps": 1000}
+        )
+        for modified in (False, True)
+    }
     assert runs[True].gradient_evaluations < 3000
     assert compare(runs[True], reference).final_rel_error < compare(runs[False], reference).final_rel_error / 5

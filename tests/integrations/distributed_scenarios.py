@@ -191,9 +191,7 @@ def fsdp2_scenario(rank: int, config: dict[str, Any], foreach: bool, workdir: Pa
     resumed_model, resumed_optimizer = fresh()
     model_state, optimizer_state = get_state_dict(resumed_model, resumed_optimizer)
     dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=checkpoint)
-    set_state_dict(
-        resumed_model, resumed_optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state
-    )
+    set_state_dict(resumed_model, resumed_optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
     train(resumed_model, resumed_optimizer, range(half, STEPS), batch)
     resumed = full_parameters(resumed_model)
     return {
@@ -232,7 +230,10 @@ def run_rank(rank: int, workdir: str) -> None:
     """Entry point of one spawned process: run every scenario, rank 0 writes ``results.json``."""
     directory = Path(workdir)
     dist.init_process_group(
-        "gloo", init_method=f"file://{directory / 'store'}", rank=rank, world_size=WORLD_SIZE,
+        "gloo",
+        init_method=f"file://{directory / 'store'}",
+        rank=rank,
+        world_size=WORLD_SIZE,
         timeout=timedelta(seconds=60),
     )
     torch.set_num_threads(1)

@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import distributed_scenarios as scenarios
 import pytest
 import torch.multiprocessing as mp
-
-import distributed_scenarios as scenarios
 
 # float32 on both sides; the gloo all-reduce sums in another order than one process does.
 TOLERANCE = 1e-6

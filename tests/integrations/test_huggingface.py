@@ -43,8 +43,16 @@ class CountingSequences(torch.utils.data.Dataset):
 def tiny_gpt2() -> GPT2LMHeadModel:
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=VOCAB, n_positions=SEQUENCE, n_embd=16, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=VOCAB,
+        n_positions=SEQUENCE,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     return GPT2LMHeadModel(config)
 
@@ -52,9 +60,18 @@ def tiny_gpt2() -> GPT2LMHeadModel:
 def make_trainer(how: str, output_dir: Path) -> Trainer:
     model = tiny_gpt2()
     arguments = TrainingArguments(
-        output_dir=str(output_dir), max_steps=STEPS, per_device_train_batch_size=BATCH, weight_decay=WEIGHT_DECAY,
-        logging_steps=1, save_strategy="steps", save_steps=STEPS // 2, report_to="none", use_cpu=True,
-        disable_tqdm=True, dataloader_num_workers=0, seed=0,
+        output_dir=str(output_dir),
+        max_steps=STEPS,
+        per_device_train_batch_size=BATCH,
+        weight_decay=WEIGHT_DECAY,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=STEPS // 2,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
     )
     common = {"model": model, "args": arguments, "train_dataset": CountingSequences(STEPS * BATCH)}
     if how == "optimizers":
@@ -99,9 +116,7 @@ def test_param_groups_for_matches_the_trainers_own_decay_groups(runs: dict[str, 
 
 
 @pytest.mark.parametrize("how", HOWS)
-def test_trainer_checkpoint_resumes_with_the_optimizer_state(
-    runs: dict[str, Run], how: str, tmp_path: Path
-) -> None:
+def test_trainer_checkpoint_resumes_with_the_optimizer_state(runs: dict[str, Run], how: str, tmp_path: Path) -> None:
     checkpoint = runs[how].output_dir / f"checkpoint-{STEPS // 2}"
     saved = torch.load(checkpoint / "optimizer.pt", weights_only=True)
     for param_state in saved["state"].values():

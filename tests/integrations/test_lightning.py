@@ -64,8 +64,14 @@ def fit(module: Regression, root: Path, ckpt_path: Path | None = None) -> tuple[
     history = LossHistory()
     checkpoints = ModelCheckpoint(dirpath=root, every_n_epochs=1, save_top_k=-1, filename="{epoch}")
     trainer = pl.Trainer(
-        max_epochs=EPOCHS, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[history, checkpoints], default_root_dir=root,
+        max_epochs=EPOCHS,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[history, checkpoints],
+        default_root_dir=root,
     )
     trainer.fit(module, train_dataloaders=data(), ckpt_path=ckpt_path)
     return trainer, history

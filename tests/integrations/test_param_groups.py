@@ -43,12 +43,25 @@ class Zoo(nn.Module):
 
 
 EXPECTED_DECAY = {
-    "embedding.weight", "attention.in_proj_weight", "attention.out_proj.weight", "conv.weight", "frozen.weight",
+    "embedding.weight",
+    "attention.in_proj_weight",
+    "attention.out_proj.weight",
+    "conv.weight",
+    "frozen.weight",
 }
 EXPECTED_NO_DECAY = {
-    "attention.in_proj_bias", "attention.out_proj.bias", "layer_norm.weight", "layer_norm.bias", "rms_norm.weight",
-    "library_norm.weight", "conv.bias", "batch_norm.weight", "batch_norm.bias", "group_norm.weight",
-    "group_norm.bias", "frozen.bias",
+    "attention.in_proj_bias",
+    "attention.out_proj.bias",
+    "layer_norm.weight",
+    "layer_norm.bias",
+    "rms_norm.weight",
+    "library_norm.weight",
+    "conv.bias",
+    "batch_norm.weight",
+    "batch_norm.bias",
+    "group_norm.weight",
+    "group_norm.bias",
+    "frozen.bias",
 }
 
 
@@ -69,8 +82,15 @@ def test_groups_split_weights_from_biases_and_normalization_weights() -> None:
 
 
 def test_normalization_layers_are_recognised_by_type_and_by_name() -> None:
-    for layer in (nn.BatchNorm2d(3), nn.InstanceNorm1d(3, affine=True), nn.SyncBatchNorm(3), nn.LayerNorm(3),
-                  nn.GroupNorm(1, 3), nn.RMSNorm(3), LibraryRMSNorm(3)):
+    for layer in (
+        nn.BatchNorm2d(3),
+        nn.InstanceNorm1d(3, affine=True),
+        nn.SyncBatchNorm(3),
+        nn.LayerNorm(3),
+        nn.GroupNorm(1, 3),
+        nn.RMSNorm(3),
+        LibraryRMSNorm(3),
+    ):
         assert is_normalization_layer(layer), layer
     for layer in (nn.Linear(3, 3), nn.Embedding(3, 3), nn.Conv2d(3, 3, 1), nn.MultiheadAttention(4, 2)):
         assert not is_normalization_layer(layer), layer

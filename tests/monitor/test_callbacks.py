@@ -28,14 +28,38 @@ def test_huggingface_callback_monitors_the_trainers_optimizer(tmp_path: Path) ->
             return {"input_ids": tokens, "labels": tokens}
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=length, n_embd=16, n_layer=1, n_head=2,
-                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
-    arguments = TrainingArguments(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4,
-                                  logging_steps=2, save_strategy="no", report_to="none", use_cpu=True,
-                                  disable_tqdm=True, dataloader_num_workers=0, seed=0)
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=vocab,
+            n_positions=length,
+            n_embd=16,
+            n_layer=1,
+            n_head=2,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        logging_steps=2,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
     callback = HuggingFaceMonitorCallback(every=2, warn=False)
-    trainer = Trainer(model=model, args=arguments, train_dataset=Counting(),
-                      optimizer_cls_and_kwargs=(KAdam, {"lr": 1e-2, "k": 2}), callbacks=[callback])
+    trainer = Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=Counting(),
+        optimizer_cls_and_kwargs=(KAdam, {"lr": 1e-2, "k": 2}),
+        callbacks=[callback],
+    )
     trainer.train()
     monitor = callback.monitor
     assert monitor is not None and isinstance(monitor.optimizer, KAdam)
@@ -72,8 +96,16 @@ def test_lightning_callback_monitors_the_first_optimizer() -> None:
     inputs = torch.randn(48, 4, generator=generator)
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(inputs, inputs[:, :2] * 2), batch_size=8)
     callback = LightningMonitorCallback(every=1, warn=False)
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, callbacks=[callback])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[callback],
+    )
     trainer.fit(Regression(), train_dataloaders=data)
     history = callback.monitor.history
     assert list(history.steps) == [1, 2, 3, 4, 5, 6]

@@ -184,8 +184,16 @@ class HandAdam:
     """Float64 Adam/AdamW (one level) or k-Adam levels from THEORY §1, with StableAdamW's clipping as the
     guard defines it: r² = mean(x²/max(v̂_n, ε²)), θ_n = (1 − ηλ)θ_{n−1} − (η/max(1, r))u_n."""
 
-    def __init__(self, params: list[np.ndarray], levels: list[tuple[float, float, float, bool]], lr: float,
-                 weight_decay: float, decoupled: bool, maximize: bool, amsgrad: bool = False) -> None:
+    def __init__(
+        self,
+        params: list[np.ndarray],
+        levels: list[tuple[float, float, float, bool]],
+        lr: float,
+        weight_decay: float,
+        decoupled: bool,
+        maximize: bool,
+        amsgrad: bool = False,
+    ) -> None:
         self.params = [p.astype(np.float64).copy() for p in params]
         self.levels, self.lr, self.decay = levels, lr, weight_decay
         self.decoupled, self.maximize, self.amsgrad = decoupled, maximize, amsgrad
@@ -257,8 +265,11 @@ def test_a_clipped_step_equals_the_hand_computation(path: str, variant: str) -> 
         if kadam:
             kwargs["decoupled_weight_decay"] = False
         else:  # torch's Adam is AdamW with L2 decay in the gradient
-            factory = {"adamw-loop": {"foreach": False}, "adamw-foreach": {"foreach": True},
-                       "adamw-fused": {"fused": True}}[path]
+            factory = {
+                "adamw-loop": {"foreach": False},
+                "adamw-foreach": {"foreach": True},
+                "adamw-fused": {"fused": True},
+            }[path]
             optimizer = torch.optim.Adam(params, **kwargs, **factory)
     if not (coupled and not kadam):
         optimizer = PATHS[path](params, **kwargs)
@@ -271,11 +282,11 @@ def test_a_clipped_step_equals_the_hand_computation(path: str, variant: str) -> 
         optimizer.step()
         hand.step(grads)
         for param, expected in zip(params, hand.params):
-            np.testing.assert_allclose(param.detach().numpy(), expected, rtol=1e-11, atol=1e-13,
-                                       err_msg=f"step {step}")
+            np.testing.assert_allclose(param.detach().numpy(), expected, rtol=1e-11, atol=1e-13, err_msg=f"step {step}")
     clipped = {(e.step, e.tensor) for e in guard.events if e.quantity == "clip_update"}
-    expected_clips = {(n, f"param_groups[0][{int(np.argmax(ratios))}]") for n, ratios in enumerate(hand.ratios, 1)
-                      if max(ratios) > 1}
+    expected_clips = {
+        (n, f"param_groups[0][{int(np.argmax(ratios))}]") for n, ratios in enumerate(hand.ratios, 1) if max(ratios) > 1
+    }
     assert (6, "param_groups[0][0]") in clipped and clipped == expected_clips
     assert hand.ratios[5][0] > 2  # the burst is clipped by more than half
     event = next(e for e in guard.events if e.step == 6)
@@ -314,13 +325,14 @@ def test_a_complex_parameter_is_clipped_as_its_real_view(path: str) -> None:
     guards = []
     for param in (complex_param, real_param):
         guards.append(StabilityGuard(PATHS[path]([param], lr=LR, weight_decay=0.1), warn=False, skip_outliers=False))
-    for step, (grad,) in enumerate(hand_gradients(8, [(3, 2, 2)]), start=1):
+    for _step, (grad,) in enumerate(hand_gradients(8, [(3, 2, 2)]), start=1):
         complex_param.grad = torch.view_as_complex(torch.tensor(grad)).clone()
         real_param.grad = torch.tensor(grad)
         for guard in guards:
             guard.optimizer.step()
-        torch.testing.assert_close(torch.view_as_real(complex_param.detach()), real_param.detach(), rtol=1e-12,
-                                   atol=1e-14)
+        torch.testing.assert_close(
+            torch.view_as_real(complex_param.detach()), real_param.detach(), rtol=1e-12, atol=1e-14
+        )
     assert guards[0].counts == guards[1].counts and guards[0].counts["clipped_tensors"] > 0
 
 
@@ -329,7 +341,7 @@ def test_bfloat16_parameters_are_guarded_in_float32(path: str) -> None:
     torch.manual_seed(0)
     param = torch.randn(6, 5, dtype=torch.bfloat16, requires_grad=True)
     guard = StabilityGuard(PATHS[path]([param], lr=LR), warn=False)
-    for step, (grad,) in enumerate(hand_gradients(8, [(6, 5)]), start=1):
+    for _step, (grad,) in enumerate(hand_gradients(8, [(6, 5)]), start=1):
         param.grad = torch.tensor(grad, dtype=torch.bfloat16)
         guard.optimizer.step()
     assert torch.isfinite(param).all() and param.dtype == torch.bfloat16
@@ -393,8 +405,12 @@ def test_the_lr_is_lowered_for_the_steps_above_the_edge_and_the_schedule_kept(pa
         assert guard.lowering == (step in above)
     if tensor_lr:
         assert opt_guarded.param_groups[0]["lr"] is lr  # scaled and restored in place
-    assert [(e.quantity, e.step) for e in guard.events] == [("lr_lowered", 4), ("lr_restored", 7),
-                                                            ("lr_lowered", 9), ("lr_restored", 10)]
+    assert [(e.quantity, e.step) for e in guard.events] == [
+        ("lr_lowered", 4),
+        ("lr_restored", 7),
+        ("lr_lowered", 9),
+        ("lr_restored", 10),
+    ]
     assert guard.counts["lowered_steps"] == 4 and all(e.source == "guard" for e in guard.events)
 
 
@@ -419,8 +435,9 @@ def test_lowering_alone_measures_nothing() -> None:
     model = make_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     monitor = SimpleNamespace(above_edge=True)
-    guard = StabilityGuard(optimizer, monitor=monitor, warn=False, clip_updates=False, skip_nonfinite=False,
-                           skip_outliers=False)
+    guard = StabilityGuard(
+        optimizer, monitor=monitor, warn=False, clip_updates=False, skip_nonfinite=False, skip_outliers=False
+    )
     model(batch(0)[0]).sum().backward()
     model[0].bias.grad[0] = math.nan  # not looked at
     optimizer.step()
@@ -480,13 +497,17 @@ def test_gradscaler_steps_as_an_unscaled_run_and_keeps_its_own_skips(path: str) 
     (plain, plain_guard), (scaled_model, scaled_guard) = runs[False], runs[True]
     for a, b in zip(plain.parameters(), scaled_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(scaled_guard.state_dict()["grad_norms"], plain_guard.state_dict()["grad_norms"],
-                               rtol=1e-6)
-    assert [e.quantity for e in plain_guard.events if e.quantity.startswith("skip")] == \
-        ["skip_nonfinite", "skip_outlier"]
+    np.testing.assert_allclose(
+        scaled_guard.state_dict()["grad_norms"], plain_guard.state_dict()["grad_norms"], rtol=1e-6
+    )
+    assert [e.quantity for e in plain_guard.events if e.quantity.startswith("skip")] == [
+        "skip_nonfinite",
+        "skip_outlier",
+    ]
     assert [e.quantity for e in scaled_guard.events if e.quantity.startswith("skip")] == ["skip_outlier"]
-    assert {e.step for e in scaled_guard.events if e.quantity == "clip_update"} == \
-        {e.step for e in plain_guard.events if e.quantity == "clip_update"}
+    assert {e.step for e in scaled_guard.events if e.quantity == "clip_update"} == {
+        e.step for e in plain_guard.events if e.quantity == "clip_update"
+    }
 
 
 @pytest.mark.parametrize("keyword", [False, True])
@@ -518,8 +539,9 @@ def event_key(event: StabilityEvent) -> tuple[Any, ...]:
     return (event.tensor, event.step, event.quantity, repr(event.value), event.threshold, event.explanation)
 
 
-def guarded_run(path: str, steps: range, state: dict[str, Any] | None = None,
-                load_guard: bool = True) -> tuple[nn.Module, dict[str, Any], StabilityGuard]:
+def guarded_run(
+    path: str, steps: range, state: dict[str, Any] | None = None, load_guard: bool = True
+) -> tuple[nn.Module, dict[str, Any], StabilityGuard]:
     """Steps ``steps`` of a guarded, scheduled run with a NaN gradient, outliers and a stretch above the
     edge; starts from ``state`` (the state dicts saved by an earlier call) when given."""
     model = make_model()
@@ -545,8 +567,15 @@ def guarded_run(path: str, steps: range, state: dict[str, Any] | None = None,
         optimizer.step()
         scheduler.step()
     saved = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "guard": guard.state_dict()}, saved)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "guard": guard.state_dict(),
+        },
+        saved,
+    )
     saved.seek(0)
     return model, torch.load(saved, weights_only=True), guard
 
@@ -559,8 +588,9 @@ def test_a_resumed_run_takes_the_uninterrupted_runs_steps_bitwise(path: str) -> 
     for a, b in zip(whole.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
     assert resumed_guard.counts == whole_guard.counts
-    assert [event_key(e) for e in first_guard.events + resumed_guard.events] == \
-        [event_key(e) for e in whole_guard.events]
+    assert [event_key(e) for e in first_guard.events + resumed_guard.events] == [
+        event_key(e) for e in whole_guard.events
+    ]
     assert {"skip_nonfinite", "skip_outlier", "lr_lowered", "lr_restored"} <= {e.quantity for e in whole_guard.events}
     assert sum(e.quantity == "skip_outlier" for e in first_guard.events) == 1
     assert sum(e.quantity == "skip_outlier" for e in resumed_guard.events) == 1  # step 40 needs the saved window
@@ -584,14 +614,26 @@ def test_load_state_dict_rejects_another_dict_and_trims_longer_windows() -> None
 # -- 5. options, events, removal ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("argument", "value", "accepted"), [
-    ("outlier_factor", 1.0, "> 1"), ("outlier_factor", math.inf, "> 1"), ("outlier_factor", True, "> 1"),
-    ("outlier_window", 0, ">= 1"), ("outlier_window", 2.5, ">= 1"), ("max_outlier_skips", 0, ">= 1 or None"),
-    ("lr_factor", 1.0, "(0, 1)"), ("lr_factor", 0.0, "(0, 1)"), ("quiet_steps", -1, ">= 0"),
-    ("clip_updates", 1, "True or False"), ("skip_nonfinite", None, "True or False"),
-    ("skip_outliers", "yes", "True or False"), ("lower_lr", 0, "True or False"), ("on_event", 3, "callable"),
-    ("monitor", object(), "above_edge"),
-])
+@pytest.mark.parametrize(
+    ("argument", "value", "accepted"),
+    [
+        ("outlier_factor", 1.0, "> 1"),
+        ("outlier_factor", math.inf, "> 1"),
+        ("outlier_factor", True, "> 1"),
+        ("outlier_window", 0, ">= 1"),
+        ("outlier_window", 2.5, ">= 1"),
+        ("max_outlier_skips", 0, ">= 1 or None"),
+        ("lr_factor", 1.0, "(0, 1)"),
+        ("lr_factor", 0.0, "(0, 1)"),
+        ("quiet_steps", -1, ">= 0"),
+        ("clip_updates", 1, "True or False"),
+        ("skip_nonfinite", None, "True or False"),
+        ("skip_outliers", "yes", "True or False"),
+        ("lower_lr", 0, "True or False"),
+        ("on_event", 3, "callable"),
+        ("monitor", object(), "above_edge"),
+    ],
+)
 def test_options_are_validated_naming_the_argument_and_its_range(argument: str, value: Any, accepted: str) -> None:
     with pytest.raises(ValueError, match=rf"{argument}.*{__import__('re').escape(accepted)}"):
         StabilityGuard(torch.optim.AdamW(make_model().parameters()), **{argument: value})

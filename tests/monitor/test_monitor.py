@@ -40,8 +40,9 @@ class Reference:
 
     def __init__(self, shapes: list[tuple[int, ...]], levels: list[tuple[float, float, float, bool]]) -> None:
         self.levels = levels
-        self.state = [[(np.zeros(s), np.zeros(()) if tensor else np.zeros(s)) for (_, _, _, tensor) in levels]
-                      for s in shapes]
+        self.state = [
+            [(np.zeros(s), np.zeros(()) if tensor else np.zeros(s)) for (_, _, _, tensor) in levels] for s in shapes
+        ]
         self.n = 0
 
     def step(self, grads: list[np.ndarray]) -> list[dict[str, object]]:
@@ -71,11 +72,22 @@ def regression(seed: int = 0, dtype: torch.dtype = torch.float64) -> tuple[nn.Mo
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).to(dtype)
     generator = torch.Generator().manual_seed(seed)
-    return model, torch.randn(16, 5, generator=generator, dtype=dtype), torch.randn(16, 3, generator=generator, dtype=dtype)
+    return (
+        model,
+        torch.randn(16, 5, generator=generator, dtype=dtype),
+        torch.randn(16, 3, generator=generator, dtype=dtype),
+    )
 
 
-def train(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, targets: torch.Tensor,
-          steps: int, monitor: StabilityMonitor | None = None, scheduler=None) -> list[dict[str, np.ndarray]]:
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    steps: int,
+    monitor: StabilityMonitor | None = None,
+    scheduler=None,
+) -> list[dict[str, np.ndarray]]:
     """Train; returns per step the gradients and parameters before and after (numpy float64)."""
     trace = []
     for _ in range(steps):
@@ -120,8 +132,14 @@ def test_every_quantity_matches_a_float64_recomputation(kind: str) -> None:
     reference = Reference([p.shape for p in model.parameters()], levels)
     row = 0
     for n, record in enumerate(trace, start=1):
-        expected = reference.step([record["grads"][name] if kind != "adam-l2" else
-                                   record["grads"][name] + weight_decay * record["before"][name] for name in names])
+        expected = reference.step(
+            [
+                record["grads"][name]
+                if kind != "adam-l2"
+                else record["grads"][name] + weight_decay * record["before"][name]
+                for name in names
+            ]
+        )
         if n % 3:
             continue
         assert history.model["loss"][row] == pytest.approx(record["loss"], rel=1e-12)
@@ -140,10 +158,14 @@ def test_every_quantity_matches_a_float64_recomputation(kind: str) -> None:
             assert got["spike_factor"] == pytest.approx(expected[t]["spike"], rel=1e-7)
             u = expected[t]["outputs"][-1]
             g = record["grads"][name]
-            assert got["cosine"] == pytest.approx(np.dot(u.ravel(), g.ravel()) / np.linalg.norm(u) / np.linalg.norm(g), rel=1e-7)
+            assert got["cosine"] == pytest.approx(
+                np.dot(u.ravel(), g.ravel()) / np.linalg.norm(u) / np.linalg.norm(g), rel=1e-7
+            )
             u_sq, g_sq, inner = u_sq + np.sum(u**2), g_sq + np.sum(g**2), inner + np.dot(u.ravel(), g.ravel())
             before, after = record["before"][name], record["after"][name]
-            assert got["update_param_ratio"] == pytest.approx(np.linalg.norm(after - before) / np.linalg.norm(before), rel=1e-6)
+            assert got["update_param_ratio"] == pytest.approx(
+                np.linalg.norm(after - before) / np.linalg.norm(before), rel=1e-6
+            )
             assert got["param_norm"] == pytest.approx(np.linalg.norm(after), rel=1e-12)
             assert got["lr"] == lr
             if name == "0.weight":
@@ -240,8 +262,14 @@ def test_spike_factor_event_on_a_silent_coordinate_that_jumps() -> None:
     weight = nn.Parameter(torch.zeros(4, dtype=torch.float64))
     optimizer = torch.optim.Adam([weight], lr=0.01, eps=1e-8)
     events: list[StabilityEvent] = []
-    monitor = StabilityMonitor(optimizer, every=1, names=[("embedding.weight", weight)], on_event=events.append,
-                               warn=False, thresholds=Thresholds(spike_factor=100.0, spike_after=2))
+    monitor = StabilityMonitor(
+        optimizer,
+        every=1,
+        names=[("embedding.weight", weight)],
+        on_event=events.append,
+        warn=False,
+        thresholds=Thresholds(spike_factor=100.0, spike_after=2),
+    )
     for n in range(1, 31):
         weight.grad = torch.tensor([1.0, 1.0, 1e-3 if n < 30 else 1.0, 0.5], dtype=torch.float64)
         optimizer.step()
@@ -256,8 +284,9 @@ def test_warnings_are_rate_limited_but_events_kept() -> None:
     weight = nn.Parameter(torch.zeros(3, dtype=torch.float64))
     optimizer = torch.optim.Adam([weight], lr=0.01)
     received: list[StabilityEvent] = []
-    monitor = StabilityMonitor(optimizer, every=1, on_event=received.append, quiet_steps=2,
-                               thresholds=Thresholds(cosine=-0.5))
+    monitor = StabilityMonitor(
+        optimizer, every=1, on_event=received.append, quiet_steps=2, thresholds=Thresholds(cosine=-0.5)
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for n in range(1, 13):  # +1 for 6 steps, then -1: momentum keeps the update positive for 3 steps
@@ -285,9 +314,13 @@ def _largest_eigenvalue(hessian: torch.Tensor, inverse_preconditioner: torch.Ten
     return torch.linalg.eigvalsh(root[:, None] * hessian * root[None, :]).max().item()
 
 
-def _adam_with_sharpness(theta: nn.Parameter, train_loss: Callable[[], torch.Tensor],
-                         probe: Callable[[], torch.Tensor], steps: int, **monitor_options: Any,
-                         ) -> tuple[torch.optim.Adam, StabilityMonitor, torch.Tensor]:
+def _adam_with_sharpness(
+    theta: nn.Parameter,
+    train_loss: Callable[[], torch.Tensor],
+    probe: Callable[[], torch.Tensor],
+    steps: int,
+    **monitor_options: Any,
+) -> tuple[torch.optim.Adam, StabilityMonitor, torch.Tensor]:
     """``steps`` steps of Adam (lr 0.01, β = 0.9) on ``train_loss`` with the sharpness estimated on ``probe``;
     the optimizer, the monitor and v̂ after the last step."""
     optimizer = torch.optim.Adam([theta], lr=0.01, betas=(0.9, 0.999))
@@ -342,14 +375,21 @@ def test_sharpness_event_above_the_edge_of_stability() -> None:
     curvature = torch.tensor([1e4, 1.0, 1.0], dtype=torch.float64)
     optimizer = torch.optim.Adam([theta], lr=1.0, betas=(0.9, 0.999))
     events: list[StabilityEvent] = []
-    monitor = StabilityMonitor(optimizer, every=1, sharpness_every=1, on_event=events.append, warn=False,
-                               thresholds=Thresholds(sharpness_after=1),
-                               sharpness_closure=lambda: 0.5 * (curvature * theta**2).sum())
+    StabilityMonitor(
+        optimizer,
+        every=1,
+        sharpness_every=1,
+        on_event=events.append,
+        warn=False,
+        thresholds=Thresholds(sharpness_after=1),
+        sharpness_closure=lambda: 0.5 * (curvature * theta**2).sum(),
+    )
     theta.grad = torch.ones(3, dtype=torch.float64)
     optimizer.step()
     assert any(e.quantity == "sharpness" and e.source == "theory" for e in events)
-    assert preconditioned_sharpness(lambda: (theta**2).sum(), [theta], [torch.ones(3, dtype=torch.float64)],
-                                    iterations=3) == pytest.approx(2.0)
+    assert preconditioned_sharpness(
+        lambda: (theta**2).sum(), [theta], [torch.ones(3, dtype=torch.float64)], iterations=3
+    ) == pytest.approx(2.0)
 
 
 def test_sharpness_is_the_largest_algebraic_eigenvalue_not_the_largest_magnitude() -> None:
@@ -366,8 +406,9 @@ def test_sharpness_is_the_largest_algebraic_eigenvalue_not_the_largest_magnitude
     generator = torch.Generator().manual_seed(0)
     assert preconditioned_sharpness(loss, [theta], inverse, iterations=3, generator=generator) == pytest.approx(4.0)
     for steps in (1, 2):
-        estimate = preconditioned_sharpness(loss, [theta], inverse, iterations=steps,
-                                            generator=torch.Generator().manual_seed(0))
+        estimate = preconditioned_sharpness(
+            loss, [theta], inverse, iterations=steps, generator=torch.Generator().manual_seed(0)
+        )
         assert -50.0 <= estimate <= 4.0 + 1e-12
     assert theta.grad is None
     with pytest.raises(ValueError, match="iterations must be"):
@@ -429,19 +470,22 @@ def test_scheduler_and_tensor_learning_rate_are_read_each_step() -> None:
     np.testing.assert_allclose(monitor.history["lr"]["0.weight"], [0.1, 0.1, 0.05, 0.05, 0.025, 0.025], rtol=1e-6)
     before, after = trace[4]["before"]["0.weight"], trace[4]["after"]["0.weight"]
     assert monitor.history["update_param_ratio"]["0.weight"][4] == pytest.approx(
-        np.linalg.norm(after - before) / np.linalg.norm(before), rel=1e-6)
+        np.linalg.norm(after - before) / np.linalg.norm(before), rel=1e-6
+    )
 
 
 def test_kadam_levels_in_groups_with_different_k() -> None:
     model, inputs, targets = regression()
-    optimizer = KAdam([{"params": model[0].parameters(), "k": 3},
-                       {"params": model[2].parameters(), "k": 1}], lr=0.01, k=2)
+    optimizer = KAdam(
+        [{"params": model[0].parameters(), "k": 3}, {"params": model[2].parameters(), "k": 1}], lr=0.01, k=2
+    )
     monitor = StabilityMonitor(optimizer, every=1, names=model, warn=False)
     train(model, optimizer, inputs, targets, 3, monitor)
     ratio3 = monitor.history["bound_ratio_L3"]
     assert np.isfinite(ratio3["0.weight"]).all() and np.isnan(ratio3["2.weight"]).all()
-    np.testing.assert_allclose(monitor.history["bound_L3"]["0.weight"], [brute_bound(0.0, 0.999, n) for n in (1, 2, 3)],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        monitor.history["bound_L3"]["0.weight"], [brute_bound(0.0, 0.999, n) for n in (1, 2, 3)], rtol=1e-12
+    )
 
 
 def test_names_default_to_group_positions() -> None:
@@ -487,8 +531,10 @@ def test_writer_receives_scalars() -> None:
     tags = {tag for tag, _, _ in writer.scalars}
     assert "kadam/bound_ratio_L1/0.weight" in tags and "kadam/model_cosine" in tags
     assert {step for _, _, step in writer.scalars} == {2, 4}
-    assert dict(((t, s), v) for t, v, s in writer.scalars)[("kadam/bound_ratio_L1/0.weight", 4)] == \
-        monitor.history["bound_ratio_L1"]["0.weight"][1]
+    assert (
+        dict(((t, s), v) for t, v, s in writer.scalars)[("kadam/bound_ratio_L1/0.weight", 4)]
+        == monitor.history["bound_ratio_L1"]["0.weight"][1]
+    )
 
 
 def test_only_rank_zero_reports(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -503,12 +549,15 @@ def test_only_rank_zero_reports(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(monitor.events) == 1 and received == []
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"every": 0}, "every must be an integer >= 1"),
-    ({"sharpness_every": 2}, "sharpness_every needs sharpness_closure"),
-    ({"scale_invariant": ["missing"]}, "scale_invariant names tensors"),
-    ({"thresholds": {"spike_factor": 1}}, "thresholds must be"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every": 0}, "every must be an integer >= 1"),
+        ({"sharpness_every": 2}, "sharpness_every needs sharpness_closure"),
+        ({"scale_invariant": ["missing"]}, "scale_invariant names tensors"),
+        ({"thresholds": {"spike_factor": 1}}, "thresholds must be"),
+    ],
+)
 def test_bad_arguments(kwargs: dict, match: str) -> None:
     model, _, _ = regression()
     with pytest.raises(ValueError, match=match):
@@ -532,6 +581,7 @@ def test_step_with_a_closure_records_the_same_as_without() -> None:
         optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
         monitor = StabilityMonitor(optimizer, every=2, names=model, warn=False)
         for _ in range(6):
+
             def closure() -> torch.Tensor:
                 optimizer.zero_grad()
                 loss = ((model(inputs) - targets) ** 2).mean()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kadam.experiments.monitor import protocol
+from kadam.experiments.monitor import analysis, protocol
 from kadam.experiments.monitor.section import build_section, mcnemar, monitor_claims
 from kadam.experiments.profiles import profile_sizes
 from kadam.monitor import StabilityMonitor, Thresholds
@@ -32,19 +32,38 @@ def test_instability_is_nonfinite_twice_the_running_minimum_or_a_lost_lesson() -
     assert protocol.instability_step([2.3] * 10 + [2.4] * 5, start=0, constant_loss=2.3) is None  # never learned
 
 
-def record(family: str, arm: str, losses: list[float], *, workload: str = "digits-cnn", seed: int = 1,
-           intervention: str = "none", grads: list[float] | None = None, ratios: list[float | None] | None = None,
-           constant: float = 2.0) -> dict:
+def record(
+    family: str,
+    arm: str,
+    losses: list[float],
+    *,
+    workload: str = "digits-cnn",
+    seed: int = 1,
+    intervention: str = "none",
+    grads: list[float] | None = None,
+    ratios: list[float | None] | None = None,
+    constant: float = 2.0,
+) -> dict:
     """A hand-made run record with the outcome fields computed as validation_run computes them."""
     n = len(losses)
     spec = {"workload": workload, "family": family, "arm": arm, "seed": seed, "steps": n, "intervention": intervention}
     onset = protocol.instability_step(losses, 1, constant)
-    return {"spec": spec, "split": protocol.split_of(workload, family), "constant_loss": constant, "losses": losses,
-            "grad_norms": grads or [1.0] * n, "update_ratios": [0.01] * n,
-            "monitor_update_ratio": ratios or [0.01] * n, "curvature": [None] * n, "edge": [38.0] * n,
-            "clip_rms": [0.5] * n, "instability_step": protocol.instability_step(losses, protocol.SETTLE, constant),
-            "onset_step": onset, "sudden": bool(onset is not None and protocol._sudden(losses, onset)),
-            "monitor_events": []}
+    return {
+        "spec": spec,
+        "split": protocol.split_of(workload, family),
+        "constant_loss": constant,
+        "losses": losses,
+        "grad_norms": grads or [1.0] * n,
+        "update_ratios": [0.01] * n,
+        "monitor_update_ratio": ratios or [0.01] * n,
+        "curvature": [None] * n,
+        "edge": [38.0] * n,
+        "clip_rms": [0.5] * n,
+        "instability_step": protocol.instability_step(losses, protocol.SETTLE, constant),
+        "onset_step": onset,
+        "sudden": bool(onset is not None and protocol._sudden(losses, onset)),
+        "monitor_events": [],
+    }
 
 
 HEALTHY = [3.0, 2.5] + [1.0] * 78
@@ -79,47 +98,51 @@ def test_score_reads_recall_at_the_lead_sudden_flags_and_healthy_warnings() -> N
         record("lr", "healthy", HEALTHY),
         record("lr", "healthy", HEALTHY, intervention="guard"),  # interventions are not scored here
     ]
-    scores = protocol.score(runs)
+    scores = analysis.score(runs)
     assert (scores["runs"], scores["developing"], scores["sudden"], scores["healthy"]) == (5, 2, 1, 2)
     monitor = scores["detectors"]["monitor"]
     assert (monitor["caught"], monitor["sudden_flagged"], monitor["healthy_warned"]) == (1, 1, 1)
     assert monitor["recall_interval"][0] < 0.5 < monitor["recall_interval"][1]
     lead = runs[0]["instability_step"] - 30
     assert lead >= protocol.LEAD and monitor["lead_quartiles"] == [lead] * 3
-    quiet = protocol.score(runs, dataclasses.replace(protocol.MONITOR_THRESHOLDS, update_ratio=None,
-                                                     update_rise=None))
+    quiet = analysis.score(runs, dataclasses.replace(protocol.MONITOR_THRESHOLDS, update_ratio=None, update_rise=None))
     assert quiet["detectors"]["monitor"]["caught"] == 0
 
 
 def test_the_loss_spike_baseline_is_llm_foundrys_rule() -> None:
     """> 2× the mean of the last 100 losses, for more than ``patience`` = 4 steps in a row."""
     losses = [1.0] * 100 + [2.5] * 4 + [1.0] + [2.5] * 5
-    assert protocol._loss_spike(losses) == [110]
+    assert analysis._loss_spike(losses) == [110]
     # the window fills at step 100 (with the first 5.0 in it): outliers from 101 on, the fifth in a row at 105
-    assert protocol._loss_spike([1.0] * 99 + [5.0] * 10) == [105, 106, 107, 108, 109]
-    assert protocol._grad_spike([1.0] * 20 + [5.1, 4.9, math.inf]) == [21, 23]
+    assert analysis._loss_spike([1.0] * 99 + [5.0] * 10) == [105, 106, 107, 108, 109]
+    assert analysis._grad_spike([1.0] * 20 + [5.1, 4.9, math.inf]) == [21, 23]
 
 
 def test_choose_thresholds_takes_most_failures_caught_within_the_false_alarm_budget() -> None:
     ratios_late = [0.01] * 49 + [2.0] + [0.01] * 30
     runs = [record("ramp", "failing", RAMP, workload="mnist1d-mlp", ratios=ratios_late)] + [
-        record("lr", "healthy", HEALTHY, workload="mnist1d-mlp", seed=s) for s in range(25)]
-    runs.append(record("lr", "healthy", HEALTHY, workload="mnist1d-mlp", seed=99,
-                       ratios=[0.01] * 9 + [0.6] + [0.01] * 70))
-    chosen, table = protocol.choose_thresholds(runs)
-    scores = protocol.score(runs, chosen)
+        record("lr", "healthy", HEALTHY, workload="mnist1d-mlp", seed=s) for s in range(25)
+    ]
+    runs.append(
+        record("lr", "healthy", HEALTHY, workload="mnist1d-mlp", seed=99, ratios=[0.01] * 9 + [0.6] + [0.01] * 70)
+    )
+    chosen, table = analysis.choose_thresholds(runs)
+    scores = analysis.score(runs, chosen)
     assert scores["detectors"]["monitor"]["caught"] == 1 and scores["detectors"]["monitor"]["healthy_warned"] <= 1
     assert (chosen.update_ratio or 0.0) > 0.6 or chosen.update_ratio is None  # 0.5 would warn the 0.6 run
     assert {row["caught"] for row in table} == {0, 1} and len(table) == math.prod(
-        len(values) for values in protocol.SELECTION_GRID.values())
+        len(values) for values in analysis.SELECTION_GRID.values()
+    )
 
 
 def test_guard_scores_rescue_against_the_healthy_band_and_pair_healthy_runs_by_seed() -> None:
     failed = record("ramp", "failing", RAMP)
     rescued = record("ramp", "failing", HEALTHY, intervention="guard")
     healthy = [record("lr", "healthy", HEALTHY, seed=s) for s in (1, 2, 3)]
-    guarded = [record("lr", "healthy", [v + 0.01 * s for v in HEALTHY], seed=s, intervention="guard") for s in (1, 2, 3)]
-    scores = protocol.guard_scores([failed, rescued, *healthy, *guarded])
+    guarded = [
+        record("lr", "healthy", [v + 0.01 * s for v in HEALTHY], seed=s, intervention="guard") for s in (1, 2, 3)
+    ]
+    scores = analysis.guard_scores([failed, rescued, *healthy, *guarded])
     guard = scores["interventions"]["guard"]
     assert (guard["failures"], guard["rescued"]) == (1, 1) and "clip" not in scores["interventions"]
     pooled = guard["healthy_paired"]["all"]
@@ -134,10 +157,16 @@ def test_mcnemar_and_the_claims_read_the_same_runs() -> None:
     rows = mcnemar(runs)
     assert rows["loss_spike"]["only_monitor"] == 20 and rows["loss_spike"]["only_baseline"] == 0
     assert rows["loss_spike"]["better"] is True
-    claims = monitor_claims(protocol.score(runs), rows, protocol.guard_scores(runs))
+    claims = monitor_claims(analysis.score(runs), rows, analysis.guard_scores(runs), seeds=3)
+    assert all(
+        c.verdict == "not resolved at this budget"
+        for c in monitor_claims(analysis.score(runs), rows, analysis.guard_scores(runs), seeds=1)
+    )
     # 20/20 caught: exact interval 83–100%, above 80%; 0/20 healthy warned: up to 17%, not within 5%
     assert claims[0].verdict == "confirmed" and claims[2].verdict == "not resolved at this budget"
-    claims = monitor_claims(protocol.score(runs[:8] + runs[20:]), mcnemar(runs[:8] + runs[20:]), {"interventions": {}})
+    claims = monitor_claims(
+        analysis.score(runs[:8] + runs[20:]), mcnemar(runs[:8] + runs[20:]), {"interventions": {}}, seeds=3
+    )
     assert claims[0].verdict == "not resolved at this budget"  # 8/8: the interval reaches down to 63%
 
 
@@ -148,7 +177,9 @@ def test_the_replay_is_what_the_live_monitor_warns() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.06**i)
-    series = StabilityMonitor(optimizer, every=1, warn=False, thresholds=Thresholds(update_ratio=None, update_rise=None))
+    series = StabilityMonitor(
+        optimizer, every=1, warn=False, thresholds=Thresholds(update_ratio=None, update_rise=None)
+    )
     live = StabilityMonitor(optimizer, warn=False)
     x, y = torch.randn(64, 8), torch.randn(64, 1)
     losses, grads = [], []
@@ -165,11 +196,16 @@ def test_the_replay_is_what_the_live_monitor_warns() -> None:
             break
     history = series.history
     table = history.values[:, :, history.quantities.index("update_param_ratio")]
-    run = {"losses": losses, "grad_norms": grads, "monitor_update_ratio": [float(max(row)) for row in table],
-           "curvature": list(history.model["curvature"]), "edge": list(history.model["edge"])}
+    run = {
+        "losses": losses,
+        "grad_norms": grads,
+        "monitor_update_ratio": [float(max(row)) for row in table],
+        "curvature": list(history.model["curvature"]),
+        "edge": list(history.model["edge"]),
+    }
     live_steps = sorted({e.step for e in live.events if e.kind == "running"})
     assert live_steps, "the ramp should make the default monitor warn"
-    assert protocol.monitor_warnings(run) == live_steps
+    assert analysis.monitor_warnings(run) == live_steps
 
 
 def test_smoke_section_runs_end_to_end(tmp_path: Path) -> None:

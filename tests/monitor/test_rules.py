@@ -33,7 +33,14 @@ def test_growth_check_is_factor_times_the_median_of_its_window() -> None:
 def test_rise_check_is_factor_times_the_running_minimum() -> None:
     check = rules.RiseCheck(factor=10.0, after=2)
     assert [check.update(v) for v in (1.0, 0.5, 4.9, 5.1, math.nan, 0.2, 2.1)] == [
-        False, False, False, True, False, False, True]
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+        True,
+    ]
 
 
 def test_secant_curvature_is_the_rayleigh_quotient_on_a_quadratic() -> None:

@@ -57,20 +57,28 @@ class ConvGroupNorm(nn.Module):
 
 # name -> (factory, invariant tensors, expected explanation fragments)
 CASES = {
-    "linear-batchnorm": (linear_batchnorm, {"0.weight", "0.bias"},
-                         {"0.weight": "BatchNorm1d '1'", "0.bias": "cancelled by BatchNorm1d"}),
+    "linear-batchnorm": (
+        linear_batchnorm,
+        {"0.weight", "0.bias"},
+        {"0.weight": "BatchNorm1d '1'", "0.bias": "cancelled by BatchNorm1d"},
+    ),
     "linear-layernorm": (linear_layernorm, {"0.weight"}, {"0.weight": "LayerNorm '1'"}),
     "linear-layernorm-bias": (linear_layernorm_with_bias, set(), {}),
     "linear-rmsnorm": (linear_rmsnorm, {"0.weight"}, {"0.weight": "RMSNorm '1'"}),
-    "weight-norm": (weight_normalized, {"0.parametrizations.weight.original1"},
-                    {"0.parametrizations.weight.original1": "weight-normalized"}),
+    "weight-norm": (
+        weight_normalized,
+        {"0.parametrizations.weight.original1"},
+        {"0.parametrizations.weight.original1": "weight-normalized"},
+    ),
     "conv-groupnorm": (ConvGroupNorm, {"conv.weight"}, {"conv.weight": "GroupNorm 'norm'"}),
 }
 
 
 def batch(seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(32, 48, generator=generator)[:, :12].contiguous(), torch.randint(0, 5, (32,), generator=generator)
+    return torch.randn(32, 48, generator=generator)[:, :12].contiguous(), torch.randint(
+        0, 5, (32,), generator=generator
+    )
 
 
 def conv_batch():
@@ -154,9 +162,14 @@ def test_dropout_masks_agree_between_probes():
 
 @pytest.mark.parametrize(
     "kwargs, argument",
-    [({"scales": (1.0,)}, "scales"), ({"scales": ()}, "scales"), ({"loss_rtol": -1.0}, "loss_rtol"),
-     ({"cosine_tol": 2.0}, "cosine_tol"), ({"vanishing_gradient": -1e-6}, "vanishing_gradient"),
-     ({"mode": "inference"}, "mode")],
+    [
+        ({"scales": (1.0,)}, "scales"),
+        ({"scales": ()}, "scales"),
+        ({"loss_rtol": -1.0}, "loss_rtol"),
+        ({"cosine_tol": 2.0}, "cosine_tol"),
+        ({"vanishing_gradient": -1e-6}, "vanishing_gradient"),
+        ({"mode": "inference"}, "mode"),
+    ],
 )
 def test_bad_input_names_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=argument):

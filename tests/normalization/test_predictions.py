@@ -30,7 +30,9 @@ def test_trajectory_matches_the_recursion_with_measured_updates(assumption, weig
     rng = np.random.default_rng(0)
     squares = rng.uniform(50, 300, size=400)
     lr, beta = 1e-2, 0.9
-    factor = (1 + (1 - lr * weight_decay) * beta) / (1 - (1 - lr * weight_decay) * beta) if assumption == "corrected" else 1
+    factor = (
+        (1 + (1 - lr * weight_decay) * beta) / (1 - (1 - lr * weight_decay) * beta) if assumption == "corrected" else 1
+    )
     got = norm_trajectory(0.7, lr, weight_decay, beta, update_sq_norms=squares, assumption=assumption)
     np.testing.assert_allclose(got, brute_force_norms(0.7, lr, weight_decay, squares, factor), rtol=1e-12)
 

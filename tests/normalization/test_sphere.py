@@ -27,7 +27,9 @@ def test_the_exact_check_fails_when_the_level_2_statistic_includes_the_current_u
                 for p in group["params"]:
                     if self.state[p]:
                         u = p.grad / torch.sqrt(torch.mean(p.grad**2))
-                        self.state[p]["level2_sq"] = self.state[p]["level2_sq"] + (1 - gamma2) * torch.mean(u * u) / gamma2
+                        self.state[p]["level2_sq"] = (
+                            self.state[p]["level2_sq"] + (1 - gamma2) * torch.mean(u * u) / gamma2
+                        )
             return super().step(closure)
 
     import kadam.experiments.normalization.protocol as experiments
@@ -43,8 +45,13 @@ def test_the_exact_check_fails_when_the_level_2_statistic_includes_the_current_u
 
 def test_memory_in_level_1_shrinks_adamw_angular_updates_by_the_correlation_factor():
     lr, weight_decay = 1e-2, 0.2
-    result = meta_adaptive_drift(d=256, steps=2000, lr=lr, weight_decay=weight_decay,
-                                 configs=((0.0, 0.99, "elementwise"), (0.9, 0.99, "elementwise")))
+    result = meta_adaptive_drift(
+        d=256,
+        steps=2000,
+        lr=lr,
+        weight_decay=weight_decay,
+        configs=((0.0, 0.99, "elementwise"), (0.9, 0.99, "elementwise")),
+    )
     without, with_momentum = result["configs"]
     # no momentum, started at equilibrium: the two stay together
     assert without["min_cosine"] > 0.99
@@ -73,8 +80,13 @@ def test_first_step_puts_the_parameter_on_the_sphere_and_starts_level_2_at_the_n
 
 @pytest.mark.parametrize(
     "kwargs, argument",
-    [({"lr": 0.0}, "lr"), ({"weight_decay": 0.0}, "weight_decay"), ({"betas": (0.9, 1.0)}, "betas"),
-     ({"eps": -1.0}, "eps"), ({"norm": "row"}, "norm")],
+    [
+        ({"lr": 0.0}, "lr"),
+        ({"weight_decay": 0.0}, "weight_decay"),
+        ({"betas": (0.9, 1.0)}, "betas"),
+        ({"eps": -1.0}, "eps"),
+        ({"norm": "row"}, "norm"),
+    ],
 )
 def test_bad_input_names_the_argument(kwargs, argument):
     arguments = {"lr": 1e-3, "weight_decay": 0.1, **kwargs}

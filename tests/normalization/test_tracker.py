@@ -30,8 +30,15 @@ def expected_statistics(snapshot, lr, decoupled_decay):
     for before, after in zip(snapshot[:-1], snapshot[1:]):
         update = ((1 - lr * decoupled_decay) * before - after) / lr
         cosine = float(before @ after / (before.norm() * after.norm()))
-        rows.append([float(after.norm()), float(update.norm()), float(before @ update),
-                     math.acos(min(1.0, cosine)), lr / float(before.norm())])
+        rows.append(
+            [
+                float(after.norm()),
+                float(update.norm()),
+                float(before @ update),
+                math.acos(min(1.0, cosine)),
+                lr / float(before.norm()),
+            ]
+        )
     return np.array(rows)
 
 
@@ -59,7 +66,9 @@ def test_statistics_match_a_recomputation(build, decoupled):
     np.testing.assert_array_equal(history["steps"], np.arange(1, 31))
     for name, snapshot in zip("ab", snapshots):
         expected = expected_statistics(snapshot, 0.05, 0.3 if decoupled else 0.0)
-        got = np.stack([history[key][name] for key in ("norm", "update_norm", "inner", "angular_update", "effective_lr")], 1)
+        got = np.stack(
+            [history[key][name] for key in ("norm", "update_norm", "inner", "angular_update", "effective_lr")], 1
+        )
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
 
 
@@ -112,8 +121,9 @@ def test_orthogonal_trajectory_is_exact_for_a_normalized_gradient():
             weight.grad = (noise - direction * (direction @ noise)) / weight.norm()
         optimizer.step()
     history = tracker.history()
-    predicted = norm_trajectory(initial, 0.01, 0.5, 0.0, update_sq_norms=history["update_norm"]["w"] ** 2,
-                                assumption="orthogonal")
+    predicted = norm_trajectory(
+        initial, 0.01, 0.5, 0.0, update_sq_norms=history["update_norm"]["w"] ** 2, assumption="orthogonal"
+    )
     np.testing.assert_allclose(predicted[1:], history["norm"]["w"], rtol=1e-12)
     assert np.max(np.abs(history["inner"]["w"])) < 1e-12
 

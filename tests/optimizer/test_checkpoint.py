@@ -55,7 +55,10 @@ def test_adamw_checkpoint_resumes_as_two_adam_with_fresh_levels():
         adamw.step()
     checkpoint = _roundtrip(adamw.state_dict())
     level1_state = [
-        [(checkpoint["state"][i]["exp_avg"].numpy().copy(), checkpoint["state"][i]["exp_avg_sq"].numpy().copy()), (np.zeros_like(t), np.zeros(()))]
+        [
+            (checkpoint["state"][i]["exp_avg"].numpy().copy(), checkpoint["state"][i]["exp_avg_sq"].numpy().copy()),
+            (np.zeros_like(t), np.zeros(())),
+        ]
         for i, t in enumerate(theta0)
     ]
     theta30 = [p.detach().numpy().copy() for p in params]
@@ -72,9 +75,14 @@ def test_adamw_checkpoint_resumes_as_two_adam_with_fresh_levels():
 
     # Reference: level 1 continues from step 30; level 2 counts its own steps from the resume.
     expected = reference_kadam(
-        theta30, lambda n, _: gradients[29 + n], 30, lr=1e-2, weight_decay=0.1,
+        theta30,
+        lambda n, _: gradients[29 + n],
+        30,
+        lr=1e-2,
+        weight_decay=0.1,
         levels=[(0.9, 0.999, 1e-8, "elementwise"), (0.0, 0.999, 1e-8, "tensor")],
-        start_steps=[-30, 0], initial_state=level1_state,
+        start_steps=[-30, 0],
+        initial_state=level1_state,
     )
     for p, e in zip(params, expected):
         np.testing.assert_allclose(p.detach().numpy(), e, rtol=1e-10, atol=1e-12)
@@ -128,7 +136,9 @@ def test_state_dict_is_deterministic_and_loads_weights_only():
     first, second = _roundtrip(optimizer.state_dict()), _roundtrip(optimizer.state_dict())
     assert first["param_groups"] == second["param_groups"]
     assert first["state"].keys() == second["state"].keys()
-    assert all(torch.equal(first["state"][i][n], second["state"][i][n]) for i in first["state"] for n in first["state"][i])
+    assert all(
+        torch.equal(first["state"][i][n], second["state"][i][n]) for i in first["state"] for n in first["state"][i]
+    )
     assert flat(model).isfinite().all()
 
 
@@ -212,8 +222,14 @@ def test_checkpoint_that_keeps_the_unneeded_first_moment_loads_and_matches_the_r
         for p, g in zip(params, gradients[n]):
             p.grad = torch.tensor(g)
         resumed.step()
-    expected = reference_kadam(theta0, lambda n, _: gradients[n - 1], 20, lr=1e-2, weight_decay=0.1,
-                               levels=[(0.9, 0.999, 1e-8, "elementwise"), (0.0, 0.999, 1e-8, "tensor")])
+    expected = reference_kadam(
+        theta0,
+        lambda n, _: gradients[n - 1],
+        20,
+        lr=1e-2,
+        weight_decay=0.1,
+        levels=[(0.9, 0.999, 1e-8, "elementwise"), (0.0, 0.999, 1e-8, "tensor")],
+    )
     for p, e in zip(params, expected):
         np.testing.assert_allclose(p.detach().numpy(), e, rtol=1e-10, atol=1e-12)
 
@@ -243,8 +259,12 @@ def _assert_refused_unchanged(optimizer: KAdam, checkpoint: dict, error: type, m
 @pytest.mark.parametrize(
     "kwargs,key",
     [
-        (dict(k=1), "step"), (dict(k=1), "exp_avg"), (dict(k=1), "exp_avg_sq"),
-        (dict(k=2), "step"), (dict(k=2), "exp_avg"), (dict(k=2), "exp_avg_sq"),
+        (dict(k=1), "step"),
+        (dict(k=1), "exp_avg"),
+        (dict(k=1), "exp_avg_sq"),
+        (dict(k=2), "step"),
+        (dict(k=2), "exp_avg"),
+        (dict(k=2), "exp_avg_sq"),
         (dict(k=3), "exp_avg_sq_2"),  # a gap: level 3 saved, level 2 not
         (dict(k=2, meta_betas=(0.5, 0.99)), "exp_avg_2"),  # a level that keeps m
     ],
@@ -256,7 +276,9 @@ def test_checkpoint_missing_a_state_key_is_refused_naming_it(kwargs, key):
     checkpoint = _roundtrip(saved.state_dict())
     del checkpoint["state"][1][key]
     _, optimizer = _trained(**kwargs)
-    _assert_refused_unchanged(optimizer, checkpoint, KeyError, f"parameter 1 of group 0 has no '{key}'|has .* but no '{key}'")
+    _assert_refused_unchanged(
+        optimizer, checkpoint, KeyError, f"parameter 1 of group 0 has no '{key}'|has .* but no '{key}'"
+    )
 
 
 def test_checkpoint_level_without_m_loads_into_a_level_with_m():
@@ -284,18 +306,43 @@ def test_checkpoint_level_without_m_loads_into_a_level_with_m():
 @pytest.mark.parametrize(
     "key,value,error,message",
     [
-        ("exp_avg", torch.zeros(3), ValueError, r"'exp_avg' of parameter 1 of group 0 has shape \(3,\), expected the parameter's \(64, 64\)"),
+        (
+            "exp_avg",
+            torch.zeros(3),
+            ValueError,
+            r"'exp_avg' of parameter 1 of group 0 has shape \(3,\), expected the parameter's \(64, 64\)",
+        ),
         ("exp_avg_sq", torch.zeros(64, 63), ValueError, r"'exp_avg_sq' of parameter 1 of group 0 has shape \(64, 63\)"),
-        ("exp_avg_sq_2", torch.zeros(3), ValueError, r"'exp_avg_sq_2' of parameter 1 of group 0 has shape \(3,\), expected \(\)"),
-        ("exp_avg_sq_2", torch.zeros(64, 64), ValueError, "level 2 of parameter 1 of group 0 is stored in elementwise mode"),
+        (
+            "exp_avg_sq_2",
+            torch.zeros(3),
+            ValueError,
+            r"'exp_avg_sq_2' of parameter 1 of group 0 has shape \(3,\), expected \(\)",
+        ),
+        (
+            "exp_avg_sq_2",
+            torch.zeros(64, 64),
+            ValueError,
+            "level 2 of parameter 1 of group 0 is stored in elementwise mode",
+        ),
         ("exp_avg", "zeros", TypeError, "'exp_avg' of parameter 1 of group 0 must be a tensor, got str"),
         ("exp_avg", torch.zeros(64, 64, dtype=torch.int64), TypeError, "must be a real floating-point tensor"),
         ("exp_avg", torch.zeros(64, 64, dtype=torch.complex64), TypeError, "must be a real floating-point tensor"),
         ("step", "3", TypeError, "'step' of parameter 1 of group 0 must be a number"),
-        ("step", torch.tensor([1.0, 2.0]), ValueError, "'step' of parameter 1 of group 0 must be a real number or a one-element"),
+        (
+            "step",
+            torch.tensor([1.0, 2.0]),
+            ValueError,
+            "'step' of parameter 1 of group 0 must be a real number or a one-element",
+        ),
         ("step", -1.0, ValueError, r"'step' of parameter 1 of group 0 must be a finite number >= 0, got -1.0"),
         ("step", float("nan"), ValueError, "'step' of parameter 1 of group 0 must be a finite number >= 0"),
-        ("step_offset_2", 10.0, ValueError, r"'step_offset_2' of parameter 1 of group 0 must be a number in \[0, step = 3.0\]"),
+        (
+            "step_offset_2",
+            10.0,
+            ValueError,
+            r"'step_offset_2' of parameter 1 of group 0 must be a number in \[0, step = 3.0\]",
+        ),
     ],
 )
 def test_mis_shaped_or_mis_typed_state_is_refused(key, value, error, message):
@@ -312,8 +359,16 @@ def test_mis_shaped_or_mis_typed_state_is_refused(key, value, error, message):
     [
         (lambda c: c["param_groups"][0].pop("lr"), KeyError, "group 0 of the checkpoint has no 'lr'"),
         (lambda c: c["param_groups"][0]["params"].pop(), ValueError, "group 0 of the checkpoint has 1 parameters"),
-        (lambda c: c["param_groups"][0].update(lr=float("inf")), ValueError, re.escape("lr of group 0 of the checkpoint must be a number >= 0 (and finite), got inf")),
-        (lambda c: c["param_groups"][0].update(weight_decay=-1.0), ValueError, "weight_decay of group 0 of the checkpoint"),
+        (
+            lambda c: c["param_groups"][0].update(lr=float("inf")),
+            ValueError,
+            re.escape("lr of group 0 of the checkpoint must be a number >= 0 (and finite), got inf"),
+        ),
+        (
+            lambda c: c["param_groups"][0].update(weight_decay=-1.0),
+            ValueError,
+            "weight_decay of group 0 of the checkpoint",
+        ),
         (lambda c: c["state"].update({1: [1, 2]}), TypeError, "the state of parameter 1 of group 0 must be a dict"),
         (lambda c: c.pop("state"), KeyError, "the checkpoint has no 'state'"),
     ],
@@ -326,7 +381,9 @@ def test_malformed_checkpoint_groups_are_refused(change, error, message):
     _assert_refused_unchanged(optimizer, checkpoint, error, message)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"fused": True}, {"k": 1, "fused": True}, {"foreach": False}, {"foreach": True}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"fused": True}, {"k": 1, "fused": True}, {"foreach": False}, {"foreach": True}]
+)
 def test_mis_shaped_checkpoint_is_refused_on_every_path(kwargs):
     """The report's sequence: ``sd = opt.state_dict()`` (whose per-parameter dicts are the optimizer's own, as
     torch's are), ``sd['state'][1]['exp_avg'] = torch.zeros(3)``, load, step. It aborted the process on the fused

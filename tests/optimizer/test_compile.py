@@ -54,8 +54,11 @@ def _compare(kwargs: dict, backend: str, lr_tensor: bool = False, scheduled: boo
     # dynamo skips. Any other break would be inside KAdam's step.
     outside = ("torch._dynamo.graph_break()", "lr_scheduler.py")
     other_breaks = [reason for reason in counters["graph_break"] if not any(text in reason for text in outside)]
-    return worst, {"graphs_after_warmup": graphs_after_warmup, "graphs": counters["stats"]["unique_graphs"],
-                   "other_breaks": other_breaks}
+    return worst, {
+        "graphs_after_warmup": graphs_after_warmup,
+        "graphs": counters["stats"]["unique_graphs"],
+        "other_breaks": other_breaks,
+    }
 
 
 CASES = [

@@ -7,14 +7,15 @@ machine by test_triton_kernel.py (Triton's interpreter) and test_triton_compile.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 from kadam import KAdam
 from kadam.vocabulary import Level
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
+)
 
 DEVICE = "cuda"
 SHAPES = [(0,), (1,), (7,), (1000,), (4097,), (300, 257)]
@@ -61,8 +62,10 @@ def _initial(shapes, dtype=torch.float32, seed=0):
 
 def _gradients(shapes, steps, dtype=torch.float32, seed=1):
     generator = torch.Generator().manual_seed(seed)
-    return [[torch.randn(s, generator=generator, dtype=torch.float64).to(dtype).to(DEVICE) for s in shapes]
-            for _ in range(steps)]
+    return [
+        [torch.randn(s, generator=generator, dtype=torch.float64).to(dtype).to(DEVICE) for s in shapes]
+        for _ in range(steps)
+    ]
 
 
 class KernelRun:
@@ -71,16 +74,30 @@ class KernelRun:
     def __init__(self, params, levels, state_dtype=None):
         self.params = [p.clone() for p in params]
         self.levels = levels
-        self.exp_avgs = [None if lv.beta == 0.0 else [torch.zeros_like(p, dtype=state_dtype or p.dtype)
-                                                      for p in self.params] for lv in levels]
-        self.exp_avg_sqs = [[torch.zeros((), device=DEVICE, dtype=state_dtype or p.dtype) if lv.tensor_mode
-                             else torch.zeros_like(p, dtype=state_dtype or p.dtype) for p in self.params]
-                            for lv in levels]
+        self.exp_avgs = [
+            None if lv.beta == 0.0 else [torch.zeros_like(p, dtype=state_dtype or p.dtype) for p in self.params]
+            for lv in levels
+        ]
+        self.exp_avg_sqs = [
+            [
+                torch.zeros((), device=DEVICE, dtype=state_dtype or p.dtype)
+                if lv.tensor_mode
+                else torch.zeros_like(p, dtype=state_dtype or p.dtype)
+                for p in self.params
+            ]
+            for lv in levels
+        ]
         self.steps = [torch.zeros((), device=DEVICE) for _ in self.params]
 
     def step(self, grads, lr=1e-2, **options):
         _kernel().triton_fused_kadam_(
-            self.params, grads, self.exp_avgs, self.exp_avg_sqs, self.steps, levels=self.levels, lr=lr,
+            self.params,
+            grads,
+            self.exp_avgs,
+            self.exp_avg_sqs,
+            self.steps,
+            levels=self.levels,
+            lr=lr,
             **{"weight_decay": 0.0, "decoupled": True, "maximize": False, **options},
         )
 
@@ -94,9 +111,16 @@ class KernelRun:
 def _loop(params, levels, lr=1e-2, weight_decay=0.0, decoupled=True, maximize=False):
     torch_params = [torch.nn.Parameter(p.clone()) for p in params]
     optimizer = KAdam(
-        torch_params, lr=lr, k=len(levels), betas=[(lv.beta, lv.gamma) for lv in levels], eps=[lv.eps for lv in levels],
-        norm=["tensor" if lv.tensor_mode else "elementwise" for lv in levels], weight_decay=weight_decay,
-        decoupled_weight_decay=decoupled, maximize=maximize, foreach=False,
+        torch_params,
+        lr=lr,
+        k=len(levels),
+        betas=[(lv.beta, lv.gamma) for lv in levels],
+        eps=[lv.eps for lv in levels],
+        norm=["tensor" if lv.tensor_mode else "elementwise" for lv in levels],
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled,
+        maximize=maximize,
+        foreach=False,
     )
     return torch_params, optimizer
 
@@ -104,8 +128,10 @@ def _loop(params, levels, lr=1e-2, weight_decay=0.0, decoupled=True, maximize=Fa
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize(
     "options",
-    [{"weight_decay": 0.1, "decoupled": True, "maximize": False},
-     {"weight_decay": 0.1, "decoupled": False, "maximize": True}],
+    [
+        {"weight_decay": 0.1, "decoupled": True, "maximize": False},
+        {"weight_decay": 0.1, "decoupled": False, "maximize": True},
+    ],
     ids=["adamw", "adam-l2-maximize"],
 )
 def test_triton_matches_loop(config, options):
@@ -123,7 +149,7 @@ def test_triton_matches_loop(config, options):
     # States relative to their largest magnitude over all tensors: a one-element tensor's m can cancel
     # to a few ulps of its inputs, where the loop's and the kernel's roundings differ by an ulp.
     nonempty = [j for j, p in enumerate(torch_params) if p.numel() > 0]
-    for i, level in enumerate(levels):
+    for i, _level in enumerate(levels):
         for key, kernel_states in zip(_state_keys(i + 1), (run.exp_avgs[i], run.exp_avg_sqs[i])):
             if kernel_states is None:
                 continue
@@ -237,8 +263,12 @@ def test_grad_scaler_unscales_and_skips_inf_steps():
 
         def step(self, closure=None):
             grads = [p.grad for p in self.param_groups[0]["params"]]
-            self.run.step(grads, lr=self.param_groups[0]["lr"], grad_scale=getattr(self, "grad_scale", None),
-                          found_inf=getattr(self, "found_inf", None))
+            self.run.step(
+                grads,
+                lr=self.param_groups[0]["lr"],
+                grad_scale=getattr(self, "grad_scale", None),
+                found_inf=getattr(self, "found_inf", None),
+            )
 
     shapes = [(7,), (4097,)]
     initial = _initial(shapes)
@@ -268,8 +298,15 @@ def test_grad_scaler_unscales_and_skips_inf_steps():
     assert optimizer.run.steps[0].item() == 3
 
 
-@pytest.mark.parametrize("options", [{"k": 2}, {"k": 3}, {"k": 2, "meta_norm": "elementwise"},
-                                     {"k": 2, "betas": (0.0, 0.999), "decoupled_weight_decay": False}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"k": 2},
+        {"k": 3},
+        {"k": 2, "meta_norm": "elementwise"},
+        {"k": 2, "betas": (0.0, 0.999), "decoupled_weight_decay": False},
+    ],
+)
 def test_kadam_fused_on_cuda_runs_the_triton_kernel_and_matches_the_loop(options):
     """KAdam(fused=True)'s dispatch on CUDA (test_triton_dispatch.py checks it on the CPU, interpreted)."""
     import kadam.optimizer.kadam as kadam_module  # noqa: PLC0415

@@ -48,7 +48,9 @@ def _one_torch_thread():
 
 def _params(dtype: torch.dtype = torch.float32, seed: int = 0) -> list[torch.nn.Parameter]:
     generator = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)) for shape in SHAPES]
+    return [
+        torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)) for shape in SHAPES
+    ]
 
 
 def _run(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, steps: int, seed: int = 1) -> None:
@@ -100,7 +102,9 @@ def test_fused_matches_loop_float32(config, k, decay):
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_fused_matches_loop_float64(k):
-    _assert_same_trajectory({"lr": 1e-2, "k": k, "norm": ["elementwise", "tensor", "elementwise"][:k]}, torch.float64, 1e-12)
+    _assert_same_trajectory(
+        {"lr": 1e-2, "k": k, "norm": ["elementwise", "tensor", "elementwise"][:k]}, torch.float64, 1e-12
+    )
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -125,8 +129,9 @@ def test_fused_matches_loop_across_replay_groups(monkeypatch, k, threads):
     assert 300 * 1000 > GROUP_ELEMENTS and 100 * 1100 + (1 << 17) + 63 <= GROUP_ELEMENTS
     shapes = [(BUFFER_ELEMENTS + 3,), (5,), (300, 1000), (100, 1100), (1 << 17,), (7, 9), (500, 300)]
     monkeypatch.setattr(sys.modules[__name__], "SHAPES", shapes)
-    _assert_same_trajectory({"lr": 1e-2, "k": k, "weight_decay": 0.1}, torch.float32, 2e-5, steps=4,
-                            fused_threads=threads)
+    _assert_same_trajectory(
+        {"lr": 1e-2, "k": k, "weight_decay": 0.1}, torch.float32, 2e-5, steps=4, fused_threads=threads
+    )
 
 
 def test_fused_result_does_not_depend_on_thread_count():
@@ -222,8 +227,13 @@ def test_complex_and_non_contiguous_parameters():
         loop.step()
         fused.step()
     for expected, actual in zip(loop_params, fused_params):
-        assert _relative_error(torch.view_as_real(actual.detach()) if actual.is_complex() else actual,
-                               torch.view_as_real(expected.detach()) if expected.is_complex() else expected) <= 1e-6
+        assert (
+            _relative_error(
+                torch.view_as_real(actual.detach()) if actual.is_complex() else actual,
+                torch.view_as_real(expected.detach()) if expected.is_complex() else expected,
+            )
+            <= 1e-6
+        )
 
 
 def test_resumed_levels_count_their_own_steps():
@@ -314,6 +324,7 @@ def test_bad_combinations_raise():
         KAdam([param], fused=True, foreach=True)
     with pytest.raises(RuntimeError, match="supports parameters of dtype"):
         KAdam([torch.zeros(3, dtype=torch.float8_e4m3fn)], fused=True)
+
     class Subclass(torch.Tensor):  # stands in for FSDP2's DTensor
         pass
 
@@ -337,7 +348,9 @@ def test_new_process_first_step_is_fast_and_import_builds_nothing(tmp_path):
         "o = kadam.KAdam([p], fused=True)\n"
         "t = time.perf_counter(); o.step(); print(time.perf_counter() - t)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ), check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ), check=True
+    )
     assert float(result.stdout.strip().splitlines()[-1]) < 2.0
 
 
@@ -377,7 +390,9 @@ def test_kernel_struct_layout_is_checked_at_load(monkeypatch):
 def test_fused_on_the_meta_device_raises_torchs_error():
     param = torch.nn.Parameter(torch.zeros(3, device="meta"))
     param.grad = torch.zeros(3, device="meta")
-    with pytest.raises(RuntimeError, match="`fused=True` requires all the params to be floating point Tensors of supported devices"):
+    with pytest.raises(
+        RuntimeError, match="`fused=True` requires all the params to be floating point Tensors of supported devices"
+    ):
         KAdam([param], k=1, fused=True).step()
 
 
@@ -424,8 +439,9 @@ def test_step_counts_of_either_dtype_advance_once_per_step():
     for param in params:
         optimizer.state[param]["step"] = optimizer.state[param]["step"].to(torch.float64)
     _run(params, optimizer, 1)
-    assert [(optimizer.state[p]["step"].item(), optimizer.state[p]["step"].dtype) for p in params] == \
-        [(3.0, torch.float64)] * len(params)
+    assert [(optimizer.state[p]["step"].item(), optimizer.state[p]["step"].dtype) for p in params] == [
+        (3.0, torch.float64)
+    ] * len(params)
     optimizer.state[params[0]]["step"] = optimizer.state[params[0]]["step"].to(torch.float32)
     _run(params, optimizer, 1)
     assert [optimizer.state[p]["step"].item() for p in params] == [4.0] * len(params)
@@ -466,8 +482,11 @@ def _assert_fused_matches_loop_on(sizes: list[int], kwargs: dict, steps: int = 2
 
 @pytest.mark.parametrize(
     "sizes,kwargs",
-    [([0, 4], {"k": 2, "norm": "tensor"}), ([BUFFER_ELEMENTS + 7, 0, 4], {"k": 2, "norm": "tensor"}),
-     ([0, 4], {"k": 2})],
+    [
+        ([0, 4], {"k": 2, "norm": "tensor"}),
+        ([BUFFER_ELEMENTS + 7, 0, 4], {"k": 2, "norm": "tensor"}),
+        ([0, 4], {"k": 2}),
+    ],
     ids=["zero-first", "zero-first-in-second-group", "default"],
 )
 def test_zero_size_parameter_does_not_change_its_group(sizes, kwargs):
@@ -477,12 +496,19 @@ def test_zero_size_parameter_does_not_change_its_group(sizes, kwargs):
 
 
 _SIZES = st.one_of(
-    st.just(0), st.integers(1, 3000), st.just(0), st.integers(1, 3000), st.just(0), st.integers(1, 3000),
+    st.just(0),
+    st.integers(1, 3000),
+    st.just(0),
+    st.integers(1, 3000),
+    st.just(0),
+    st.integers(1, 3000),
     st.sampled_from([GROUP_ELEMENTS + 3, BUFFER_ELEMENTS + 7]),
 )
 
 
-@pytest.mark.parametrize("config", _ZERO_SIZE_CONFIGS, ids=lambda c: f"{c['norm']}-{c['meta_norm']}-{c['meta_betas'][0]}")
+@pytest.mark.parametrize(
+    "config", _ZERO_SIZE_CONFIGS, ids=lambda c: f"{c['norm']}-{c['meta_norm']}-{c['meta_betas'][0]}"
+)
 @given(sizes=st.lists(_SIZES, min_size=1, max_size=6), zero_at=st.integers(0, 6), k=st.integers(1, 3))
 @settings(max_examples=12, deadline=None)
 def test_fused_matches_loop_with_zero_size_tensors_anywhere(config, sizes, zero_at, k):
@@ -497,9 +523,17 @@ def test_fused_matches_loop_with_zero_size_tensors_anywhere(config, sizes, zero_
 @pytest.mark.parametrize(
     "key,value,message",
     [
-        ("exp_avg", torch.zeros(3), r"The size of state 'exp_avg' \(3,\) must match the size of parameter 1 \(64, 64\)"),
+        (
+            "exp_avg",
+            torch.zeros(3),
+            r"The size of state 'exp_avg' \(3,\) must match the size of parameter 1 \(64, 64\)",
+        ),
         ("exp_avg_sq", torch.zeros(64), r"The size of state 'exp_avg_sq' \(64,\) must match the size of parameter 1"),
-        ("exp_avg", torch.zeros(64, 64, dtype=torch.float64), r"state 'exp_avg' of parameter 1 has dtype torch.float64"),
+        (
+            "exp_avg",
+            torch.zeros(64, 64, dtype=torch.float64),
+            r"state 'exp_avg' of parameter 1 has dtype torch.float64",
+        ),
         ("exp_avg", torch.zeros(64, 64, device="meta"), r"must be on the same device"),  # torch's grouping
         ("exp_avg", torch.zeros(64, 64).to_sparse(), r"state 'exp_avg' of parameter 1 has layout torch.sparse_coo"),
         ("step", torch.zeros(3), r"state 'step' of parameter 1 must be a one-element tensor, got shape \(3,\)"),

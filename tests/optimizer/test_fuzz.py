@@ -31,8 +31,13 @@ from kadam import KAdam
 
 CLEAN_ERRORS = (ValueError, KeyError, RuntimeError, TypeError)
 PATHS = [{}, {"foreach": False}, {"foreach": True}, {"fused": True}]
-TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12, torch.float16: 2e-2, torch.bfloat16: 1e-1,
-             torch.complex64: 1e-6}
+TOLERANCE = {
+    torch.float32: 1e-6,
+    torch.float64: 1e-12,
+    torch.float16: 2e-2,
+    torch.bfloat16: 1e-1,
+    torch.complex64: 1e-6,
+}
 FUZZ = settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 _INF, _NAN = math.inf, math.nan
@@ -61,8 +66,19 @@ BAD = {
         st.builds(_tensor_lr, st.sampled_from([1e-2, _NAN, _INF, -1.0]), st.integers(0, 2)),
         st.just(torch.tensor([1e-3, 1e-3])),
     ),
-    "betas": st.sampled_from([(1.0, 0.999), (0.9, -0.1), ("0.9", 0.99), (0.9,), 0.9, (_NAN, 0.9), (0.9, _INF),
-                              [(0.9, 0.999)] * 5, (True, 0.99)]),
+    "betas": st.sampled_from(
+        [
+            (1.0, 0.999),
+            (0.9, -0.1),
+            ("0.9", 0.99),
+            (0.9,),
+            0.9,
+            (_NAN, 0.9),
+            (0.9, _INF),
+            [(0.9, 0.999)] * 5,
+            (True, 0.99),
+        ]
+    ),
     "eps": st.sampled_from([-1e-8, _INF, _NAN, "1e-8", [1e-8] * 7]),
     "weight_decay": st.sampled_from([-0.1, _INF, _NAN, "0", None]),
     "k": st.sampled_from([0, -1, 2.0, True, "2"]),
@@ -99,7 +115,9 @@ DTYPES = st.sampled_from([torch.float32, torch.float32, torch.float64, torch.bfl
 
 def _make_params(shapes: list[tuple[int, ...]], dtype: torch.dtype, seed: int) -> list[torch.nn.Parameter]:
     generator = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)) for shape in shapes]
+    return [
+        torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)) for shape in shapes
+    ]
 
 
 def _step(pairs: list[tuple[list[torch.nn.Parameter], KAdam]], seed: int, skip: int | None) -> None:
@@ -113,7 +131,9 @@ def _step(pairs: list[tuple[list[torch.nn.Parameter], KAdam]], seed: int, skip: 
         optimizer.step()
 
 
-def _assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float, what: str, floor: float = 0.0) -> None:
+def _assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, tolerance: float, what: str, floor: float = 0.0
+) -> None:
     """Equal non-finite entries, and finite ones within ``tolerance`` times the larger of the largest expected
     magnitude and ``floor``."""
     assert actual.shape == expected.shape and actual.dtype == expected.dtype, what
@@ -221,14 +241,51 @@ def test_fuzz_constructor_and_step(kwargs, shapes, dtype, path, seed, skip):
 
 def _mutations() -> st.SearchStrategy:
     """A function that changes a state dict in place (given the parameters, for their shapes)."""
-    values = st.sampled_from([
-        "zeros(3)", "zeros(())", "zeros(shape + (1,))", "float64", "int64", "complex", "bool", "str", "none", "float",
-        "nan_tensor", "shape_zeros",
-    ])
-    keys = st.sampled_from(["step", "exp_avg", "exp_avg_sq", "exp_avg_2", "exp_avg_sq_2", "exp_avg_sq_3",
-                            "exp_avg_sq_9", "step_offset_2", "max_exp_avg_sq", "foo"])
-    group_keys = st.sampled_from(["lr", "betas", "eps", "weight_decay", "k", "params", "decoupled_weight_decay",
-                                  "amsgrad", "meta_betas", "meta_norm", "maximize"])
+    values = st.sampled_from(
+        [
+            "zeros(3)",
+            "zeros(())",
+            "zeros(shape + (1,))",
+            "float64",
+            "int64",
+            "complex",
+            "bool",
+            "str",
+            "none",
+            "float",
+            "nan_tensor",
+            "shape_zeros",
+        ]
+    )
+    keys = st.sampled_from(
+        [
+            "step",
+            "exp_avg",
+            "exp_avg_sq",
+            "exp_avg_2",
+            "exp_avg_sq_2",
+            "exp_avg_sq_3",
+            "exp_avg_sq_9",
+            "step_offset_2",
+            "max_exp_avg_sq",
+            "foo",
+        ]
+    )
+    group_keys = st.sampled_from(
+        [
+            "lr",
+            "betas",
+            "eps",
+            "weight_decay",
+            "k",
+            "params",
+            "decoupled_weight_decay",
+            "amsgrad",
+            "meta_betas",
+            "meta_norm",
+            "maximize",
+        ]
+    )
     group_values = st.sampled_from([_NAN, -1.0, "x", None, (1.0, 0.9), True, 7, (), torch.tensor([1e-2])])
     return st.one_of(
         st.tuples(st.just("delete"), st.integers(0, 3), keys),

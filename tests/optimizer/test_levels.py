@@ -88,11 +88,17 @@ def test_canonical_groups_round_trip_through_state_dict_deepcopy_and_pickle():
     buffer = io.BytesIO()
     torch.save(optimizer.state_dict(), buffer)
     buffer.seek(0)
-    loaded = KAdam([{"params": [_param(0)]}, {"params": [_param(1, (5,))], "eps": 1e-4, "k": 3}], lr=1e-2,
-                   k=2, meta_betas=(0.5, 0.9))
+    loaded = KAdam(
+        [{"params": [_param(0)]}, {"params": [_param(1, (5,))], "eps": 1e-4, "k": 3}],
+        lr=1e-2,
+        k=2,
+        meta_betas=(0.5, 0.9),
+    )
     loaded.load_state_dict(torch.load(buffer, weights_only=True))
     for copied in (loaded, copy.deepcopy(optimizer), pickle.loads(pickle.dumps(optimizer))):
-        assert [{key: value for key, value in group.items() if key != "params"} for group in copied.param_groups] == groups
+        assert [
+            {key: value for key, value in group.items() if key != "params"} for group in copied.param_groups
+        ] == groups
     # A group read back from param_groups means the same levels when given to a new optimizer.
     again = KAdam([{**group, "params": [_param(i)]} for i, group in enumerate(optimizer.param_groups)], k=1, eps=0.5)
     assert [group_levels(group) for group in again.param_groups] == [group_levels(g) for g in optimizer.param_groups]
@@ -116,9 +122,15 @@ def test_old_kadam_checkpoint_and_pickle_load_and_continue_identically():
         if load == "state_dict":
             resumed.load_state_dict(old)
         else:  # an optimizer pickled by an older version: __setstate__ sees its groups as they were
-            resumed.__setstate__({"state": resumed.state, "param_groups": [
-                {**group, "params": resumed.param_groups[i]["params"]} for i, group in enumerate(old["param_groups"])
-            ]})
+            resumed.__setstate__(
+                {
+                    "state": resumed.state,
+                    "param_groups": [
+                        {**group, "params": resumed.param_groups[i]["params"]}
+                        for i, group in enumerate(old["param_groups"])
+                    ],
+                }
+            )
         assert resumed.param_groups[0]["meta_betas"] == ((0.0, 0.999),)
         assert resumed.param_groups[1]["meta_eps"] == (1e-4, 1e-4)
         actual = _train(resumed, [p for group in resumed.param_groups for p in group["params"]])
@@ -144,8 +156,14 @@ def test_schedulers_cycling_betas_drive_level_one():
     assert group_levels(optimizer.param_groups[0])[0].beta == optimizer.param_groups[0]["betas"][0] != 0.9
 
 
-@pytest.mark.parametrize("kwargs", [dict(k=2), dict(k=3, eps=[1e-8, 1e-6, 1e-4], meta_norm="elementwise"),
-                                    dict(k=2, betas=[(0.9, 0.95), (0.5, 0.9)], norm="tensor")])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(k=2),
+        dict(k=3, eps=[1e-8, 1e-6, 1e-4], meta_norm="elementwise"),
+        dict(k=2, betas=[(0.9, 0.95), (0.5, 0.9)], norm="tensor"),
+    ],
+)
 def test_flow_resolves_the_levels_the_optimizer_runs(kwargs, monkeypatch):
     expected = group_levels(KAdam([_param()], **kwargs).param_groups[0])
 

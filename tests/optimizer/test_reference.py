@@ -63,12 +63,26 @@ def test_matches_float64_reference(levels, foreach, weight_decay, decoupled):
     betas, norms, eps = levels
     theta0, gradient = _problem(seed=len(betas))
     expected = reference_kadam(
-        theta0, gradient, 100, lr=1e-2, levels=list(zip(*zip(*betas), eps, norms)),
-        weight_decay=weight_decay, decoupled=decoupled,
+        theta0,
+        gradient,
+        100,
+        lr=1e-2,
+        levels=list(zip(*zip(*betas), eps, norms)),
+        weight_decay=weight_decay,
+        decoupled=decoupled,
     )
     actual, optimizer = _run_kadam(
-        theta0, gradient, 100, lr=1e-2, k=len(betas), betas=betas, norm=norms, eps=eps,
-        weight_decay=weight_decay, decoupled_weight_decay=decoupled, foreach=foreach,
+        theta0,
+        gradient,
+        100,
+        lr=1e-2,
+        k=len(betas),
+        betas=betas,
+        norm=norms,
+        eps=eps,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled,
+        foreach=foreach,
     )
     assert _max_relative_error(actual, expected) <= 1e-10
     state = optimizer.state[optimizer.param_groups[0]["params"][0]]
@@ -90,18 +104,24 @@ def test_foreach_in_cache_sized_chunks_matches_float64_reference(levels, monkeyp
     assert kadam_module._cache_sized_chunks(shapes) == [range(0, 2), range(2, 3)]  # 20 + 7 fit, 12 more do not
     betas, norms, eps = levels
     theta0, gradient = _problem(seed=len(betas))
-    expected = reference_kadam(theta0, gradient, 50, lr=1e-2, levels=list(zip(*zip(*betas), eps, norms)),
-                               weight_decay=0.05, decoupled=True)
-    actual, _ = _run_kadam(theta0, gradient, 50, lr=1e-2, k=len(betas), betas=betas, norm=norms, eps=eps,
-                           weight_decay=0.05, foreach=True)
+    expected = reference_kadam(
+        theta0, gradient, 50, lr=1e-2, levels=list(zip(*zip(*betas), eps, norms)), weight_decay=0.05, decoupled=True
+    )
+    actual, _ = _run_kadam(
+        theta0, gradient, 50, lr=1e-2, k=len(betas), betas=betas, norm=norms, eps=eps, weight_decay=0.05, foreach=True
+    )
     assert _max_relative_error(actual, expected) <= 1e-10
 
 
 def test_default_meta_levels_are_tensor_mode_without_momentum():
     theta0, gradient = _problem(seed=7)
     expected = reference_kadam(
-        theta0, gradient, 60, lr=3e-3, levels=[(0.9, 0.999, 1e-8, "elementwise"), (0.0, 0.999, 1e-8, "tensor"),
-                                               (0.0, 0.999, 1e-8, "tensor")], weight_decay=1e-2,
+        theta0,
+        gradient,
+        60,
+        lr=3e-3,
+        levels=[(0.9, 0.999, 1e-8, "elementwise"), (0.0, 0.999, 1e-8, "tensor"), (0.0, 0.999, 1e-8, "tensor")],
+        weight_decay=1e-2,
     )
     actual, _ = _run_kadam(theta0, gradient, 60, lr=3e-3, k=3)
     assert _max_relative_error(actual, expected) <= 1e-10
@@ -112,8 +132,17 @@ def test_default_meta_levels_are_tensor_mode_without_momentum():
 def test_loop_and_foreach_agree_in_float32(k, meta_norm):
     theta0, gradient = _problem(seed=3)
     runs = [
-        _run_kadam(theta0, gradient, 100, dtype=torch.float32, lr=1e-2, k=k, meta_norm=meta_norm,
-                   meta_betas=(0.5, 0.99), foreach=foreach)[0]
+        _run_kadam(
+            theta0,
+            gradient,
+            100,
+            dtype=torch.float32,
+            lr=1e-2,
+            k=k,
+            meta_norm=meta_norm,
+            meta_betas=(0.5, 0.99),
+            foreach=foreach,
+        )[0]
         for foreach in (False, True)
     ]
     assert _max_relative_error(*runs) <= 1e-6
@@ -147,8 +176,13 @@ def test_property_matches_reference_and_foreach(config):
     sign = -1.0 if config["maximize"] else 1.0
     levels = [(b, g, e, n) for (b, g), e, n in zip(config["betas"], config["eps"], config["norm"])]
     expected = reference_kadam(
-        theta0, lambda n, t: [sign * g for g in gradient(n, t)], 20, lr=config["lr"], levels=levels,
-        weight_decay=config["weight_decay"], decoupled=config["decoupled_weight_decay"],
+        theta0,
+        lambda n, t: [sign * g for g in gradient(n, t)],
+        20,
+        lr=config["lr"],
+        levels=levels,
+        weight_decay=config["weight_decay"],
+        decoupled=config["decoupled_weight_decay"],
     )
     for foreach in (False, True):
         actual, _ = _run_kadam(theta0, gradient, 20, foreach=foreach, **config)

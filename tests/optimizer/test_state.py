@@ -35,14 +35,23 @@ def _assert_update_is_the_steps(optimizer, params, before, decoupled: bool, maxi
         torch.testing.assert_close(param.detach(), shrunk - LR * update, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(("k", "norm", "path", "decoupled"),
-                         list(itertools.product([1, 2, 3], ["elementwise", "tensor"], ["loop", "foreach", "fused"],
-                                                [True, False])))
+@pytest.mark.parametrize(
+    ("k", "norm", "path", "decoupled"),
+    list(itertools.product([1, 2, 3], ["elementwise", "tensor"], ["loop", "foreach", "fused"], [True, False])),
+)
 def test_the_accessors_update_is_the_steps_on_every_path(k, norm, path, decoupled):
     torch.manual_seed(k)
     params = [torch.nn.Parameter(torch.randn(5, 7)), torch.nn.Parameter(torch.randn(3))]
-    optimizer = KAdam(params, lr=LR, k=k, norm=norm, weight_decay=DECAY, decoupled_weight_decay=decoupled,
-                      foreach=path == "foreach", fused=True if path == "fused" else False)
+    optimizer = KAdam(
+        params,
+        lr=LR,
+        k=k,
+        norm=norm,
+        weight_decay=DECAY,
+        decoupled_weight_decay=decoupled,
+        foreach=path == "foreach",
+        fused=True if path == "fused" else False,
+    )
     before = _run(optimizer, params)
     _assert_update_is_the_steps(optimizer, params, before, decoupled)
     states = level_states(optimizer, params[0])
@@ -53,11 +62,16 @@ def test_the_accessors_update_is_the_steps_on_every_path(k, norm, path, decouple
     assert states[0].bias_correction2 == pytest.approx(1 - 0.999**4)
 
 
-@pytest.mark.parametrize(("cls", "options"), [
-    (torch.optim.AdamW, {"foreach": False}), (torch.optim.AdamW, {"foreach": True}),
-    (torch.optim.AdamW, {"fused": True}), (torch.optim.Adam, {"foreach": False}),
-    (torch.optim.AdamW, {"amsgrad": True, "foreach": False}),
-])
+@pytest.mark.parametrize(
+    ("cls", "options"),
+    [
+        (torch.optim.AdamW, {"foreach": False}),
+        (torch.optim.AdamW, {"foreach": True}),
+        (torch.optim.AdamW, {"fused": True}),
+        (torch.optim.Adam, {"foreach": False}),
+        (torch.optim.AdamW, {"amsgrad": True, "foreach": False}),
+    ],
+)
 def test_the_accessor_reads_torchs_adam_and_adamw(cls, options):
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(4, 6))]
@@ -106,9 +120,11 @@ def test_no_module_outside_the_optimizer_spells_a_state_key():
     """Everything else reads Adam's, AdamW's and KAdam's state through kadam.optimizer.state (one place knows
     the keys)."""
     keys = re.compile(r"""["'](exp_avg(_sq)?(_\{?\w*\}?)?|max_exp_avg_sq|step_offset\w*)["']|f["']step_offset_""")
-    offenders = [f"{path.relative_to(SRC)}:{number}"
-                 for path in SRC.rglob("*.py") if "optimizer" not in path.relative_to(SRC).parts[:1]
-                 and path.relative_to(SRC).as_posix() not in OWN_STATE
-                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
-                 if keys.search(line)]
+    offenders = [
+        f"{path.relative_to(SRC)}:{number}"
+        for path in SRC.rglob("*.py")
+        if "optimizer" not in path.relative_to(SRC).parts[:1] and path.relative_to(SRC).as_posix() not in OWN_STATE
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if keys.search(line)
+    ]
     assert offenders == []

@@ -44,7 +44,8 @@ def test_param_group_lr_and_weight_decay_are_per_group(foreach):
     before_still, before_moving = still.clone(), moving.clone()
     optimizer = KAdam(
         [{"params": [still], "lr": 0.0, "weight_decay": 0.5}, {"params": [moving], "weight_decay": 0.0}],
-        lr=1e-2, foreach=foreach,
+        lr=1e-2,
+        foreach=foreach,
     )
     train(model, optimizer, 3)
     assert torch.equal(still, before_still)  # lr = 0 also switches decoupled decay off: (1 - 0·λ) = 1
@@ -65,9 +66,12 @@ def test_add_param_group_trains_the_new_group_with_its_own_hyperparameters():
     optimizer.add_param_group({"params": model[2].parameters(), "lr": 3e-3, "k": 3, "meta_norm": "elementwise"})
     reference_model = make_mlp()
     reference = KAdam(
-        [{"params": reference_model[0].parameters()},
-         {"params": reference_model[2].parameters(), "lr": 3e-3, "k": 3, "meta_norm": "elementwise"}],
-        lr=1e-2, k=2,
+        [
+            {"params": reference_model[0].parameters()},
+            {"params": reference_model[2].parameters(), "lr": 3e-3, "k": 3, "meta_norm": "elementwise"},
+        ],
+        lr=1e-2,
+        k=2,
     )
     assert torch.equal(train(model, optimizer, 5), train(reference_model, reference, 5))
     assert optimizer.state[model[2].weight]["exp_avg_sq_3"].shape == model[2].weight.shape
@@ -221,8 +225,9 @@ def test_per_level_hyperparameters_inside_a_param_group():
     assert optimizer.state[model[0].weight]["exp_avg_sq_2"].shape == model[0].weight.shape
 
 
-@pytest.mark.parametrize("implementation", [{"foreach": False}, {"foreach": True}, {"fused": True}],
-                         ids=["loop", "foreach", "fused"])
+@pytest.mark.parametrize(
+    "implementation", [{"foreach": False}, {"foreach": True}, {"fused": True}], ids=["loop", "foreach", "fused"]
+)
 @pytest.mark.parametrize("k,norm", [(2, "elementwise"), (1, "tensor"), (3, "tensor")])
 def test_zero_size_parameter_with_tensor_mode_levels(implementation, k, norm):
     """An empty tensor's mean of squares is taken as 0: its state stays finite, the others are unaffected."""

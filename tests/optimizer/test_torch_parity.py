@@ -40,7 +40,12 @@ def test_k1_equals_torch_bitwise(foreach, dtype, weight_decay, maximize, decoupl
 
     model = make_mlp(dtype)
     optimizer = KAdam(
-        two_groups(model, weight_decay), lr=1e-3, k=1, weight_decay=weight_decay, decoupled_weight_decay=decoupled, **kwargs
+        two_groups(model, weight_decay),
+        lr=1e-3,
+        k=1,
+        weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled,
+        **kwargs,
     )
     actual = train(model, optimizer, 200, _scheduler)
 
@@ -119,7 +124,10 @@ def test_capturable_on_cpu_is_refused_at_step_as_torch_refuses_it(foreach):
         with pytest.raises((AssertionError, RuntimeError)) as error:
             train(model, optimizer, 1)
         errors.append(str(error.value))
-    assert errors[0] == errors[1] and "If capturable=True, params and state_steps must be on supported devices" in errors[1]
+    assert (
+        errors[0] == errors[1]
+        and "If capturable=True, params and state_steps must be on supported devices" in errors[1]
+    )
 
 
 PATHS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
@@ -139,7 +147,14 @@ def test_k1_equals_torch_bitwise_on_every_path(path, shapes, decoupled, maximize
             generator = torch.Generator().manual_seed(0)
             params = [torch.nn.Parameter(torch.randn(shape, generator=generator).to(dtype)) for shape in shapes]
             optimizer = optimizer_class(
-                params, lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, maximize=maximize, **PATHS[path], **extra
+                params,
+                lr=1e-2,
+                betas=(0.8, 0.99),
+                eps=1e-6,
+                weight_decay=0.1,
+                maximize=maximize,
+                **PATHS[path],
+                **extra,
             )
             for _ in range(20):
                 for param in params:

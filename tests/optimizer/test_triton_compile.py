@@ -26,13 +26,16 @@ try:
     from triton.backends.compiler import GPUTarget
     from triton.runtime import driver
 except ImportError as error:  # CI installs it (make test: pip install -e '.[triton]'); never skip silently
-    raise ImportError("the Triton kernel's tests need triton (pip install -e '.[triton]', as `make test` does)") from error
+    raise ImportError(
+        "the Triton kernel's tests need triton (pip install -e '.[triton]', as `make test` does)"
+    ) from error
 
 import kadam.optimizer._triton as kernel_module
 
 if kernel_module._is_interpreted():  # TRITON_INTERPRET=1 in this whole session: nothing to compile
-    pytest.skip("TRITON_INTERPRET=1 is set for this session: the kernels are interpreted, not compiled",
-                allow_module_level=True)
+    pytest.skip(
+        "TRITON_INTERPRET=1 is set for this session: the kernels are interpreted, not compiled", allow_module_level=True
+    )
 
 
 def Lvl(beta: float, gamma: float, eps: float, tensor_mode: bool) -> Level:
@@ -106,10 +109,21 @@ def _resources(cubin: bytes) -> str:
         # Every code path at once: L2 decay, maximize, GradScaler, tensor lr, resumed level, replay from
         # the gradient through a β = 0 elementwise level, a kept tensor-mode m.
         (
-            [Lvl(0.0, 0.99, 1e-8, True), Lvl(0.0, 0.99, 1e-8, False), Lvl(0.5, 0.999, 1e-8, True),
-             Lvl(0.0, 0.999, 1e-8, True)],
-            {"weight_decay": 0.01, "decoupled": False, "maximize": True, "grad_scale": torch.tensor(2.0),
-             "found_inf": torch.tensor(0.0), "lr": torch.tensor(1e-3), "step_offsets": [[0.0], [0.0], [1.0], [0.0]]},
+            [
+                Lvl(0.0, 0.99, 1e-8, True),
+                Lvl(0.0, 0.99, 1e-8, False),
+                Lvl(0.5, 0.999, 1e-8, True),
+                Lvl(0.0, 0.999, 1e-8, True),
+            ],
+            {
+                "weight_decay": 0.01,
+                "decoupled": False,
+                "maximize": True,
+                "grad_scale": torch.tensor(2.0),
+                "found_inf": torch.tensor(0.0),
+                "lr": torch.tensor(1e-3),
+                "step_offsets": [[0.0], [0.0], [1.0], [0.0]],
+            },
         ),
     ],
     ids=["k2-default", "k4-every-path"],
@@ -118,10 +132,13 @@ def test_kernels_compile_for_sm90_without_spills(compile_for_sm90, levels, optio
     size = 3 * kernel_module.BLOCK + 5
     options = {"lr": 1e-3, "maximize": False, **options}
     kernel_module.triton_fused_kadam_(
-        [torch.zeros(size)], [torch.ones(size)],
+        [torch.zeros(size)],
+        [torch.ones(size)],
         [None if level.beta == 0.0 else [torch.zeros(size)] for level in levels],
         [[torch.zeros(()) if level.tensor_mode else torch.zeros(size)] for level in levels],
-        [torch.tensor(1.0)], levels=levels, **options,
+        [torch.tensor(1.0)],
+        levels=levels,
+        **options,
     )
     passes = sum(1 for level in levels if level.tensor_mode) + 1
     names = [name for name, _, _ in compile_for_sm90]
@@ -136,7 +153,8 @@ def test_kernels_compile_for_sm90_without_spills(compile_for_sm90, levels, optio
             first, end = arguments["FIRST"], arguments["END"]
             # A pass stores elements unless it only sums squares for a tensor-mode level with β = 0
             # (and, being the first, has no unscaled gradient to store).
-            stores_elements = (end == len(levels) or first < end or levels[end].beta != 0.0
-                               or (first == 0 and "grad_scale" in options))
+            stores_elements = (
+                end == len(levels) or first < end or levels[end].beta != 0.0 or (first == 0 and "grad_scale" in options)
+            )
             assert "ld.global.v4.b32" in ptx, (first, end)
             assert ("st.global.v4.b32" in ptx) == stores_elements, (first, end)

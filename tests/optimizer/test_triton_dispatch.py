@@ -92,7 +92,9 @@ def _assert_close(fused_params, fused_optimizer, loop_params, loop_optimizer, la
         error = (a - b).abs().max().item() / max(b.abs().max().item(), 1e-30)
         assert error <= TOLERANCE, f"{label}: parameter {j} differs by {error:.3g} (relative)"
         fused_state, loop_state = fused_optimizer.state[a], loop_optimizer.state[b]
-        assert sorted(fused_state) == sorted(loop_state), f"{label}: state keys {sorted(fused_state)} != {sorted(loop_state)}"
+        assert sorted(fused_state) == sorted(loop_state), (
+            f"{label}: state keys {sorted(fused_state)} != {sorted(loop_state)}"
+        )
         for key, expected in loop_state.items():
             actual = fused_state[key]
             if isinstance(expected, torch.Tensor):
@@ -128,7 +130,9 @@ CONFIGURATIONS = [
 
 
 @pytest.mark.parametrize("decoupled", [True, False], ids=["decoupled", "coupled"])
-@pytest.mark.parametrize("options", CONFIGURATIONS, ids=lambda options: ",".join(f"{k}={v}" for k, v in options.items()))
+@pytest.mark.parametrize(
+    "options", CONFIGURATIONS, ids=lambda options: ",".join(f"{k}={v}" for k, v in options.items())
+)
 def test_fused_step_on_the_triton_path_matches_the_loop(interpreter, options, decoupled):
     interpreter(_case_matches_loop, {**options, "decoupled_weight_decay": decoupled, "weight_decay": 0.1}, 3)
 
@@ -173,8 +177,13 @@ def _case_grad_scaler(options: dict) -> None:
         fused.step()
         if step == 1:  # an overflow step: nothing may change
             before = [p.detach().clone() for p in fused_params]
-            states = [{key: value.clone() if isinstance(value, torch.Tensor) else value for key, value in fused.state[p].items()}
-                      for p in fused_params]
+            states = [
+                {
+                    key: value.clone() if isinstance(value, torch.Tensor) else value
+                    for key, value in fused.state[p].items()
+                }
+                for p in fused_params
+            ]
             _set_grads(fused_params, 99, scale=4.0)
             fused.found_inf = torch.tensor(1.0)
             fused.step()

@@ -153,8 +153,14 @@ class KernelRun:
 
     def step(self, grads, lr=1e-2, **options):
         kernel.triton_fused_kadam_(
-            self.params, grads, self.exp_avgs, self.exp_avg_sqs, self.steps,
-            levels=self.levels, lr=lr, **{"weight_decay": 0.0, "decoupled": True, "maximize": False, **options},
+            self.params,
+            grads,
+            self.exp_avgs,
+            self.exp_avg_sqs,
+            self.steps,
+            levels=self.levels,
+            lr=lr,
+            **{"weight_decay": 0.0, "decoupled": True, "maximize": False, **options},
         )
 
     def snapshot(self) -> list[torch.Tensor]:
@@ -225,8 +231,16 @@ def _case_matches_float64_reference_with_resumed_level():
     grads = _gradients(shapes, 4, seed=5)
     for step_grads in grads:
         kernel.triton_fused_kadam_(
-            run.params, [g.clone() for g in step_grads], run.exp_avgs, run.exp_avg_sqs, run.steps,
-            levels=levels, lr=1e-2, weight_decay=0.1, decoupled=True, maximize=False,
+            run.params,
+            [g.clone() for g in step_grads],
+            run.exp_avgs,
+            run.exp_avg_sqs,
+            run.steps,
+            levels=levels,
+            lr=1e-2,
+            weight_decay=0.1,
+            decoupled=True,
+            maximize=False,
             step_offsets=[[0.0, 0.0], [4.0, 4.0]],
         )
     expected = reference_kadam(
@@ -238,8 +252,9 @@ def _case_matches_float64_reference_with_resumed_level():
         weight_decay=0.1,
         decoupled=True,
         start_steps=[-4, 0],  # level 1 had run 4 steps before the reference's step 1
-        initial_state=[[(m.double().numpy(), v.double().numpy()), (np.zeros(s), np.zeros(()))]
-                       for (m, v), s in zip(level1, shapes)],
+        initial_state=[
+            [(m.double().numpy(), v.double().numpy()), (np.zeros(s), np.zeros(()))] for (m, v), s in zip(level1, shapes)
+        ],
     )
     for actual, reference in zip(run.params, expected):
         assert _relative_error(actual, torch.from_numpy(reference)) <= 1e-6
@@ -368,7 +383,10 @@ def _case_many_tensors_several_launches_and_dtypes():
 
 def _case_complex_and_non_contiguous_tensors():
     generator = torch.Generator().manual_seed(3)
-    initial = [torch.randn(5, 7, dtype=torch.complex64, generator=generator), torch.randn(30, 40, generator=generator).t()]
+    initial = [
+        torch.randn(5, 7, dtype=torch.complex64, generator=generator),
+        torch.randn(30, 40, generator=generator).t(),
+    ]
     run = KernelRun(initial, DEFAULT_2)
     run.params[1] = initial[1].clone().t().contiguous().t()  # non-contiguous, as its state
     run.exp_avgs[0][1] = torch.zeros_like(run.params[1])
@@ -391,20 +409,57 @@ def _case_bad_arguments_raise():
     params, grads = [torch.zeros(3)], [torch.zeros(3)]
     run = KernelRun(params, DEFAULT_2)
     with pytest.raises(ValueError, match="must be None exactly when the level's beta is 0"):
-        kernel.triton_fused_kadam_(params, grads, [run.exp_avgs[0], [torch.zeros(3)]], run.exp_avg_sqs, run.steps,
-                                   levels=DEFAULT_2, lr=1e-3, weight_decay=0.0, decoupled=True, maximize=False)
+        kernel.triton_fused_kadam_(
+            params,
+            grads,
+            [run.exp_avgs[0], [torch.zeros(3)]],
+            run.exp_avg_sqs,
+            run.steps,
+            levels=DEFAULT_2,
+            lr=1e-3,
+            weight_decay=0.0,
+            decoupled=True,
+            maximize=False,
+        )
     with pytest.raises(ValueError, match="one list per level"):
-        kernel.triton_fused_kadam_(params, grads, run.exp_avgs[:1], run.exp_avg_sqs, run.steps,
-                                   levels=DEFAULT_2, lr=1e-3, weight_decay=0.0, decoupled=True, maximize=False)
+        kernel.triton_fused_kadam_(
+            params,
+            grads,
+            run.exp_avgs[:1],
+            run.exp_avg_sqs,
+            run.steps,
+            levels=DEFAULT_2,
+            lr=1e-3,
+            weight_decay=0.0,
+            decoupled=True,
+            maximize=False,
+        )
     with pytest.raises(ValueError, match="lr must be"):
-        kernel.triton_fused_kadam_(params, grads, run.exp_avgs, run.exp_avg_sqs, run.steps,
-                                   levels=DEFAULT_2, lr=-1.0, weight_decay=0.0, decoupled=True, maximize=False)
+        kernel.triton_fused_kadam_(
+            params,
+            grads,
+            run.exp_avgs,
+            run.exp_avg_sqs,
+            run.steps,
+            levels=DEFAULT_2,
+            lr=-1.0,
+            weight_decay=0.0,
+            decoupled=True,
+            maximize=False,
+        )
     with pytest.raises(RuntimeError, match="steps parameters of dtype"):
-        kernel.triton_fused_kadam_([torch.zeros(3, dtype=torch.float64)], [torch.zeros(3, dtype=torch.float64)],
-                                   [[torch.zeros(3, dtype=torch.float64)], None],
-                                   [[torch.zeros(3, dtype=torch.float64)], [torch.zeros((), dtype=torch.float64)]],
-                                   run.steps, levels=DEFAULT_2, lr=1e-3, weight_decay=0.0, decoupled=True,
-                                   maximize=False)
+        kernel.triton_fused_kadam_(
+            [torch.zeros(3, dtype=torch.float64)],
+            [torch.zeros(3, dtype=torch.float64)],
+            [[torch.zeros(3, dtype=torch.float64)], None],
+            [[torch.zeros(3, dtype=torch.float64)], [torch.zeros((), dtype=torch.float64)]],
+            run.steps,
+            levels=DEFAULT_2,
+            lr=1e-3,
+            weight_decay=0.0,
+            decoupled=True,
+            maximize=False,
+        )
 
 
 def _case_stream_counts_match_the_documented_table():

@@ -30,13 +30,20 @@ def _params():
         (dict(k=0), "k must be an integer >= 1"),
         (dict(k=2.0), "k must be an integer >= 1"),
         (dict(betas=[(0.9, 0.999)] * 3), "sequence of k = 2 per-level pairs"),
-        (dict(betas=("0.9", 0.99)),
-         re.escape("betas must be a pair of numbers (beta, gamma) in [0, 1), or a sequence of k = 2 per-level pairs; "
-                   "got ('0.9', 0.99): '0.9' is not a number")),
+        (
+            dict(betas=("0.9", 0.99)),
+            re.escape(
+                "betas must be a pair of numbers (beta, gamma) in [0, 1), or a sequence of k = 2 per-level pairs; "
+                "got ('0.9', 0.99): '0.9' is not a number"
+            ),
+        ),
         (dict(betas=(0.9, 0.99, 0.9)), "a pair holds 2 numbers, not 3"),
         (dict(betas=(True, 0.99)), "True is not a number"),
         (dict(betas=0.9), re.escape("betas must be a pair of numbers (beta, gamma) in [0, 1)")),
-        (dict(meta_betas=("0", 0.99)), re.escape("meta_betas must be a pair of numbers (beta, gamma) in [0, 1)") + ".*'0' is not a number"),
+        (
+            dict(meta_betas=("0", 0.99)),
+            re.escape("meta_betas must be a pair of numbers (beta, gamma) in [0, 1)") + ".*'0' is not a number",
+        ),
         (dict(lr=math.inf), re.escape("lr must be a number >= 0 (and finite), got inf")),
         (dict(lr=math.nan), re.escape("lr must be a number >= 0 (and finite), got nan")),
         (dict(lr=torch.tensor(math.inf)), re.escape("lr must be a number >= 0 (and finite), got inf")),

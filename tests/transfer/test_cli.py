@@ -30,15 +30,17 @@ def test_batch_size_transfer_prints_the_square_root_rule(capsys):
 
 
 def test_lr_transfer_json_equals_the_library(capsys):
-    status, out = run(capsys, "--lr", "1e-3", "--betas", "0.9", "0.999", "0", "0.99", "--factor", "4", "--steps", "1000",
-                      "--json")
+    status, out = run(
+        capsys, "--lr", "1e-3", "--betas", "0.9", "0.999", "0", "0.99", "--factor", "4", "--steps", "1000", "--json"
+    )
     assert status == 0
     printed = json.loads(out)
     expected = transfer_lr(1e-3, [(0.9, 0.999), (0.0, 0.99)], steps=1000, factor=4).to_dict()
     assert printed["target"] == json.loads(json.dumps(expected["target"]))
     assert printed["rule"] == "lr-exact" and printed["stable"] is True
-    status, out = run(capsys, "--lr", "1e-3", "--to-lr", "4e-3", "--steps", "1000", "--betas", "0.9", "0.999", "0", "0.99",
-                      "--json")
+    status, out = run(
+        capsys, "--lr", "1e-3", "--to-lr", "4e-3", "--steps", "1000", "--betas", "0.9", "0.999", "0", "0.99", "--json"
+    )
     assert json.loads(out)["target"] == printed["target"]
 
 
@@ -51,42 +53,80 @@ def test_unstable_target_is_reported_with_the_nearest_pair(capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--lr", "1e-3", "--betas", "0.9", "--factor", "2"], "argument --betas: takes (beta, gamma) pairs, one per "
-                                                              "level: an even count of numbers, got 1"),
-        (["--lr", "1e-3", "--betas", "0.9", "1", "--factor", "2"], "argument --betas: must be a number in [0, 1), got '1'"),
-        (["--lr", "1e-3", "--batch-size", "32", "--to-batch-size", "64", "--to-lr", "1e-2"],
-         "argument --to-lr: not allowed with a batch-size transfer"),
+        (
+            ["--lr", "1e-3", "--betas", "0.9", "--factor", "2"],
+            "argument --betas: takes (beta, gamma) pairs, one per level: an even count of numbers, got 1",
+        ),
+        (
+            ["--lr", "1e-3", "--betas", "0.9", "1", "--factor", "2"],
+            "argument --betas: must be a number in [0, 1), got '1'",
+        ),
+        (
+            ["--lr", "1e-3", "--batch-size", "32", "--to-batch-size", "64", "--to-lr", "1e-2"],
+            "argument --to-lr: not allowed with a batch-size transfer",
+        ),
         (["--lr", "1e-3", "--to-batch-size", "64"], "argument --to-batch-size: needs --batch-size"),
         (["--lr", "1e-3"], "argument --factor: give exactly one of --factor and --to-lr"),
-        (["--lr", "1e-3", "--factor", "2", "--to-lr", "1e-2"], "argument --factor: give exactly one of --factor and --to-lr"),
+        (
+            ["--lr", "1e-3", "--factor", "2", "--to-lr", "1e-2"],
+            "argument --factor: give exactly one of --factor and --to-lr",
+        ),
         (["--lr", "1e-3", "--batch-size", "32"], "argument --factor: give exactly one of --factor and --to-batch-size"),
-        (["--lr", "1e-3", "--batch-size", "32", "--factor", "16"], "argument --factor: the square-root rule needs "
-                                                                   "factor * (1 - beta) <= 1 at every level; level 1 "
-                                                                   "has beta = 0.9, so --factor must be <= 10, got 16"),
-        (["--lr", "1e-3", "--batch-size", "32", "--to-batch-size", "512"], "argument --to-batch-size: the square-root "
-                                                                           "rule needs factor * (1 - beta) <= 1"),
-        (["--lr", "1e-3", "--batch-size", "3", "--factor", "0.5"], "argument --factor: --batch-size * --factor must be "
-                                                                   "a whole number in [1, 2**53], got 3 * 0.5 = 1.5"),
-        (["--lr", "1e-3", "--batch-size", "0", "--factor", "2"], "argument --batch-size: must be an integer >= 1, got '0'"),
+        (
+            ["--lr", "1e-3", "--batch-size", "32", "--factor", "16"],
+            "argument --factor: the square-root rule needs "
+            "factor * (1 - beta) <= 1 at every level; level 1 "
+            "has beta = 0.9, so --factor must be <= 10, got 16",
+        ),
+        (
+            ["--lr", "1e-3", "--batch-size", "32", "--to-batch-size", "512"],
+            "argument --to-batch-size: the square-root rule needs factor * (1 - beta) <= 1",
+        ),
+        (
+            ["--lr", "1e-3", "--batch-size", "3", "--factor", "0.5"],
+            "argument --factor: --batch-size * --factor must be a whole number in [1, 2**53], got 3 * 0.5 = 1.5",
+        ),
+        (
+            ["--lr", "1e-3", "--batch-size", "0", "--factor", "2"],
+            "argument --batch-size: must be an integer >= 1, got '0'",
+        ),
         (["--lr", "1e-3", "--to-lr", "0"], "argument --to-lr: must be a positive finite number, got '0'"),
         (["--lr", "1e-3", "--factor", "nan"], "argument --factor: must be a positive finite number, got 'nan'"),
         (["--lr", "1e-3", "--factor", "2", "--steps", "0"], "argument --steps: must be an integer >= 1, got '0'"),
-        (["--lr", "1e-3", "--factor", "2", "--weight-decay", "-1"], "argument --weight-decay: must be a finite number >= 0"),
+        (
+            ["--lr", "1e-3", "--factor", "2", "--weight-decay", "-1"],
+            "argument --weight-decay: must be a finite number >= 0",
+        ),
         (["--lr", "1e300", "--to-lr", "1e-300"], "argument --to-lr: --to-lr / --lr must be a positive finite number"),
-        (["--lr", "1e-3", "--factor", "1e-300"], "argument --factor: too small for float64: below 5.55e-14, level 1's "
-                                                 "gamma**factor (gamma = 0.999) rounds to 1; --factor must be >= 5.55e-14 "
-                                                 "for these betas, got 1e-300"),
+        (
+            ["--lr", "1e-3", "--factor", "1e-300"],
+            "argument --factor: too small for float64: below 5.55e-14, level 1's "
+            "gamma**factor (gamma = 0.999) rounds to 1; --factor must be >= 5.55e-14 "
+            "for these betas, got 1e-300",
+        ),
         (["--lr", "1e-3", "--factor", "1e-300", "--rates", "paper"], "argument --factor: too small for float64"),
-        (["--lr", "1e-3", "--to-lr", "1e-300"], "argument --to-lr: too small for float64: below 5.55e-14, level 1's "
-                                                "gamma**factor (gamma = 0.999) rounds to 1; --to-lr / --lr must be >="),
-        (["--lr", "1e-3", "--batch-size", "32", "--factor", "1e-300"], "argument --factor: too small for float64: below "
-                                                                       "5.56e-14, level 1's 1 - factor * (1 - gamma)"),
-        (["--lr", "1e300", "--factor", "1e300"], "argument --factor: too large for float64: a new lr would overflow; "
-                                                 "--factor must be <= 1.8e+08 with --lr 1e+300, got 1e+300"),
-        (["--lr", "1e-3", "--betas", "0", "0", "--factor", "1e-310", "--steps", "1000"],
-         "argument --factor: too small for --steps 1000: steps / factor must stay <= 2**53"),
-        (["--lr", "1e-300", "--betas", "0", "0", "--factor", "1e-30"], "argument --factor: --factor = 1e-30 makes the new "
-                                                                       "lr 0 in float64; it must stay positive and finite"),
+        (
+            ["--lr", "1e-3", "--to-lr", "1e-300"],
+            "argument --to-lr: too small for float64: below 5.55e-14, level 1's "
+            "gamma**factor (gamma = 0.999) rounds to 1; --to-lr / --lr must be >=",
+        ),
+        (
+            ["--lr", "1e-3", "--batch-size", "32", "--factor", "1e-300"],
+            "argument --factor: too small for float64: below 5.56e-14, level 1's 1 - factor * (1 - gamma)",
+        ),
+        (
+            ["--lr", "1e300", "--factor", "1e300"],
+            "argument --factor: too large for float64: a new lr would overflow; "
+            "--factor must be <= 1.8e+08 with --lr 1e+300, got 1e+300",
+        ),
+        (
+            ["--lr", "1e-3", "--betas", "0", "0", "--factor", "1e-310", "--steps", "1000"],
+            "argument --factor: too small for --steps 1000: steps / factor must stay <= 2**53",
+        ),
+        (
+            ["--lr", "1e-300", "--betas", "0", "0", "--factor", "1e-30"],
+            "argument --factor: --factor = 1e-30 makes the new lr 0 in float64; it must stay positive and finite",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line_naming_the_flag(capsys, argv, message):
@@ -102,13 +142,23 @@ def test_the_smallest_factor_reported_is_accepted_and_a_smaller_one_is_not(capsy
     assert status == 0
     target = json.loads(out)["target"]
     assert all(0 <= decay < 1 for pair in target["betas"] for decay in pair)
-    refused(capsys, ["transfer", "--lr", "1e-3", "--rates", rates, "--factor", repr(smallest / 2)], "--factor must be >=")
+    refused(
+        capsys, ["transfer", "--lr", "1e-3", "--rates", rates, "--factor", repr(smallest / 2)], "--factor must be >="
+    )
 
 
 @pytest.mark.parametrize("lr", ["1e-300", "1e-3", "1e300"])
 @pytest.mark.parametrize("factor", ["1e-300", "1e-20", "1e-9", "0.5", "8", "1e9", "1e300"])
-@pytest.mark.parametrize("mode", [[], ["--rates", "paper"], ["--batch-size", "32"], ["--betas", "0", "0"],
-                                  ["--betas", "0", "0", "--batch-size", "2", "--steps", "1000", "--weight-decay", "1e-2"]])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        [],
+        ["--rates", "paper"],
+        ["--batch-size", "32"],
+        ["--betas", "0", "0"],
+        ["--betas", "0", "0", "--batch-size", "2", "--steps", "1000", "--weight-decay", "1e-2"],
+    ],
+)
 def test_every_answer_is_finite_or_a_one_line_error(capsys, lr, factor, mode):
     status = exit_status(["transfer", "--lr", lr, "--factor", factor, "--json", *mode])
     captured = capsys.readouterr()

@@ -23,8 +23,9 @@ def test_lr_cell_against_its_definition():
 
 
 def test_batch_cell_is_deterministic_and_uses_the_rule():
-    kwargs = dict(task="digits-cnn", base_batch=8, base_lr=3e-3, samples=8 * 2 * 2, checkpoints=2,
-                  task_sizes={"channels": 2})
+    kwargs = dict(
+        task="digits-cnn", base_batch=8, base_lr=3e-3, samples=8 * 2 * 2, checkpoints=2, task_sizes={"channels": 2}
+    )
     first = batch_transfer_cell(**kwargs, factor=2, rule="sqrt", seed=3)
     assert first == batch_transfer_cell(**kwargs, factor=2, rule="sqrt", seed=3)
     assert (first["batch"], first["steps"], first["samples_seen"]) == (16, 2, [16, 32])
@@ -64,12 +65,18 @@ def test_transfer_claims_follow_the_measured_points():
         return [{"problem": "q", "lr": 1e-3, "factor": i + 2, "exact": e, "naive": n} for i, (e, n) in enumerate(pairs)]
 
     def batch(*rows):
-        return [{"task": "t", "factor": 2 ** (i + 1), "holds": list(holds), "best": best} for i, (holds, best) in enumerate(rows)]
+        return [
+            {"task": "t", "factor": 2 ** (i + 1), "holds": list(holds), "best": best}
+            for i, (holds, best) in enumerate(rows)
+        ]
 
     claims = transfer_claims(lr((0.01, 0.1), (0.02, 0.2)), batch((["sqrt"], "sqrt"), (["sqrt", "unchanged"], "sqrt")))
     assert [c.verdict for c in claims] == ["confirmed", "confirmed", "refuted"]
     assert "2 of 2" in claims[0].evidence and "2.00%" in claims[0].evidence
-    claims = transfer_claims(lr((0.3, 0.1), (0.3, 0.2), (0.01, 0.2)), batch((["linear"], "linear"), (["linear"], "linear"), (["sqrt"], "sqrt")))
+    claims = transfer_claims(
+        lr((0.3, 0.1), (0.3, 0.2), (0.01, 0.2)),
+        batch((["linear"], "linear"), (["linear"], "linear"), (["sqrt"], "sqrt")),
+    )
     assert [c.verdict for c in claims] == ["refuted", "refuted", "not resolved at this budget"]
     assert "the closest rule at 2" in claims[2].evidence
     assert transfer_claims([], []) == []

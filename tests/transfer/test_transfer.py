@@ -8,8 +8,8 @@ import warnings
 import pytest
 import torch
 
-from kadam.flow import FlatLoss, discrete, moment_rate, simulate
 from kadam import stability
+from kadam.flow import FlatLoss, discrete, moment_rate, simulate
 from kadam.stability import nearest_stable_pair
 from kadam.transfer import transfer_batch_size, transfer_lr
 
@@ -54,7 +54,9 @@ def _quadratic() -> FlatLoss:
     generator = torch.Generator().manual_seed(1)
     curvatures = torch.tensor([1.0, 0.3, 0.05, 0.01], dtype=torch.float64)
     optimum = torch.randn(4, generator=generator, dtype=torch.float64)
-    return FlatLoss(lambda theta: 0.5 * (curvatures * (theta - optimum) ** 2).sum(), torch.zeros(4, dtype=torch.float64))
+    return FlatLoss(
+        lambda theta: 0.5 * (curvatures * (theta - optimum) ** 2).sum(), torch.zeros(4, dtype=torch.float64)
+    )
 
 
 def test_transferred_model_follows_the_same_curve_in_t():
@@ -63,11 +65,18 @@ def test_transferred_model_follows_the_same_curve_in_t():
     base = dict(lr=2e-2, betas=(0.9, 0.99), k=1, weight_decay=0.05)
     moved = transfer_lr(base["lr"], base["betas"], base["weight_decay"], steps=40, factor=factor)
     slow = simulate(loss, 40, **base)
-    fast = simulate(loss, moved.target.steps, lr=moved.target.lr,
-                    betas=moved.target.betas[0], k=1, weight_decay=moved.target.weight_decay)
+    fast = simulate(
+        loss,
+        moved.target.steps,
+        lr=moved.target.lr,
+        betas=moved.target.betas[0],
+        k=1,
+        weight_decay=moved.target.weight_decay,
+    )
     torch.testing.assert_close(fast.theta, slow.theta[::factor], rtol=1e-6, atol=1e-8)
-    naive = simulate(loss, moved.target.steps, lr=moved.target.lr, betas=base["betas"], k=1,
-                     weight_decay=base["weight_decay"])
+    naive = simulate(
+        loss, moved.target.steps, lr=moved.target.lr, betas=base["betas"], k=1, weight_decay=base["weight_decay"]
+    )
     assert (naive.theta - slow.theta[::factor]).norm() > 1e-3
 
 
@@ -84,8 +93,9 @@ def test_discrete_runs_transferred_closer_than_naive():
 
 
 def test_batch_square_root_rule_against_its_formulas():
-    result = transfer_batch_size(3e-3, [(0.9, 0.999), (0.0, 0.999)], 32, weight_decay=0.01, steps=1000,
-                                 to_batch_size=256, eps=1e-8)
+    result = transfer_batch_size(
+        3e-3, [(0.9, 0.999), (0.0, 0.999)], 32, weight_decay=0.01, steps=1000, to_batch_size=256, eps=1e-8
+    )
     kappa = 8.0
     assert result.factor == kappa and result.rule == "batch-sqrt"
     target = result.target

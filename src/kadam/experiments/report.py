@@ -40,9 +40,28 @@ from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
-    "BODY_WORD_LIMIT", "Claim", "GLOSSARY", "KINDS", "KIND_MEANINGS", "MIN_SEEDS", "SUMMARY_WORD_LIMIT", "Verdict",
-    "VERDICTS", "Table", "Figure", "SectionDocument", "atomic_write", "body_text", "budget_verdict", "claims_rows",
-    "conclusion", "format_number", "json_safe", "prose_word_count", "summary_text", "write_report",
+    "BODY_WORD_LIMIT",
+    "Claim",
+    "GLOSSARY",
+    "KINDS",
+    "KIND_MEANINGS",
+    "MIN_SEEDS",
+    "SUMMARY_WORD_LIMIT",
+    "Verdict",
+    "VERDICTS",
+    "Table",
+    "Figure",
+    "SectionDocument",
+    "atomic_write",
+    "body_text",
+    "budget_verdict",
+    "claims_rows",
+    "conclusion",
+    "format_number",
+    "json_safe",
+    "prose_word_count",
+    "summary_text",
+    "write_report",
 ]
 
 BODY_WORD_LIMIT = 3500
@@ -77,16 +96,22 @@ VERDICTS: tuple[Verdict, ...] = ("confirmed", "refuted", "not resolved at this b
 Kind = Literal["exactness", "paper", "project"]
 KINDS: tuple[Kind, ...] = ("exactness", "paper", "project")
 KIND_MEANINGS: Mapping[str, tuple[str, str]] = {
-    "exactness": ("Exactness checks",
-                  "identities that hold by derivation (THEORY §1–§4), verified to rounding error. They test the "
-                  "code and the algebra; they are not measurements of training and are not counted as "
-                  "confirmations of the paper."),
-    "paper": ("The paper's claims, measured",
-              "what the paper asserts about Adam in training (THEORY §5), each tested against a criterion fixed "
-              "in code before the data. A verdict is resolved only from an interval over at least "
-              f"{MIN_SEEDS} seeds; with fewer it reads \"not resolved at this budget\"."),
-    "project": ("The project's own claims, measured",
-                "claims this project adds (its corrections of the theory and its tools), under the same rules."),
+    "exactness": (
+        "Exactness checks",
+        "identities that hold by derivation (THEORY §1–§4), verified to rounding error. They test the "
+        "code and the algebra; they are not measurements of training and are not counted as "
+        "confirmations of the paper.",
+    ),
+    "paper": (
+        "The paper's claims, measured",
+        "what the paper asserts about Adam in training (THEORY §5), each tested against a criterion fixed "
+        "in code before the data. A verdict is resolved only from an interval over at least "
+        f'{MIN_SEEDS} seeds; with fewer it reads "not resolved at this budget".',
+    ),
+    "project": (
+        "The project's own claims, measured",
+        "claims this project adds (its corrections of the theory and its tools), under the same rules.",
+    ),
 }
 """Title and meaning of each kind of row of the claims table."""
 
@@ -127,11 +152,15 @@ class Claim:
             object.__setattr__(self, "kind", self.source)
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.seeds is not None and (isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1):
+        if self.seeds is not None and (
+            isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1
+        ):
             raise ValueError(f"seeds must be an integer >= 1 or None, got {self.seeds!r}")
         if self.kind != "exactness" and budget_verdict(self.verdict, self.seeds) != self.verdict:
-            raise ValueError(f"a measured claim on {self.seeds} seed(s) (< {MIN_SEEDS}) must be 'not resolved at this "
-                             f"budget', got {self.verdict!r}: {self.text}")
+            raise ValueError(
+                f"a measured claim on {self.seeds} seed(s) (< {MIN_SEEDS}) must be 'not resolved at this "
+                f"budget', got {self.verdict!r}: {self.text}"
+            )
 
 
 @dataclass
@@ -159,42 +188,83 @@ class SectionDocument:
 
 
 GLOSSARY: Mapping[str, tuple[str, str]] = {
-    "k-Adam": (r"\bk-Adam\b|\bKAdam\b|\bkadam[23]\b",
-               "Adam followed by k − 1 further adaptive normalization levels, each dividing the previous level's "
-               "output by a running RMS (THEORY §1); 1-Adam is AdamW, 2-Adam has two levels. kadam2, kadam3: "
-               "KAdam with k = 2, 3"),
-    "B_n": (r"\bB_n\b|B∞", "the exact largest update |u_n| Adam with (β, γ) can produce at step n over all "
-                            "gradient sequences (THEORY §2); B∞ its limit"),
-    "C_n": (r"\bC_n\b", "the largest update any (β, γ') with γ' > β² allows at step n, C_n(β) = B_n(β, β²) "
-                        "(THEORY §2): an update above it is impossible inside the stable region"),
-    "stable region": (r"stable region|γ > β²", "the (β, γ) with γ > β², where Adam's updates stay bounded whatever "
-                                               "the gradients (THEORY §2); the paper's boundary is γ = β/(2−β)"),
-    "switch-off": (r"[Ss]witch-off", "the optimizer alone: gradient 1 until the moments settle, then 0, so the "
-                                     "update decays or grows at the predicted rate ln β − ½ ln γ (THEORY §2)"),
-    "certificate": (r"\bcertificate\b", "the rule that classifies a training run as stable or unstable from its "
-                                        "measured updates (the stability section states it)"),
+    "k-Adam": (
+        r"\bk-Adam\b|\bKAdam\b|\bkadam[23]\b",
+        "Adam followed by k − 1 further adaptive normalization levels, each dividing the previous level's "
+        "output by a running RMS (THEORY §1); 1-Adam is AdamW, 2-Adam has two levels. kadam2, kadam3: "
+        "KAdam with k = 2, 3",
+    ),
+    "B_n": (
+        r"\bB_n\b|B∞",
+        "the exact largest update |u_n| Adam with (β, γ) can produce at step n over all "
+        "gradient sequences (THEORY §2); B∞ its limit",
+    ),
+    "C_n": (
+        r"\bC_n\b",
+        "the largest update any (β, γ') with γ' > β² allows at step n, C_n(β) = B_n(β, β²) "
+        "(THEORY §2): an update above it is impossible inside the stable region",
+    ),
+    "stable region": (
+        r"stable region|γ > β²",
+        "the (β, γ) with γ > β², where Adam's updates stay bounded whatever "
+        "the gradients (THEORY §2); the paper's boundary is γ = β/(2−β)",
+    ),
+    "switch-off": (
+        r"[Ss]witch-off",
+        "the optimizer alone: gradient 1 until the moments settle, then 0, so the "
+        "update decays or grows at the predicted rate ln β − ½ ln γ (THEORY §2)",
+    ),
+    "certificate": (
+        r"\bcertificate\b",
+        "the rule that classifies a training run as stable or unstable from its "
+        "measured updates (the stability section states it)",
+    ),
     "margin": (r"\bmargin\b", "the distance ½ ln γ − ln β of (β, γ) inside the stable region (negative outside)"),
-    "knob": (r"\bknobs?\b", "the one setting the monitor protocol changes to make a run fail (learning rate, "
-                            "learning-rate ramp, (β, γ), warmup, a silent embedding row)"),
-    "edge of stability": (r"edge of stability", "the largest preconditioned sharpness λ_max(ηP⁻¹H) at which "
-                                                "Adam's step is stable on a quadratic, (2 + 2β)/(1 − β)"),
-    "momentum-last": (r"momentum-last", "a k-Adam strategy with β = 0 on levels 1..k − 1 and the momentum on "
-                                        "the last level"),
-    "coupled-from-rest": (r"coupled-from-rest", "a two-parameter quadratic started at θ₀ = 0, where one gradient "
-                                                "coordinate is exactly zero at the start (THEORY §3)"),
-    "modified equations": (r"modified equations", "the continuous model with its O(η²) correction terms, "
-                                                  "expected to be second order in η (THEORY §3)"),
-    "exact/paper rates": (r"\b(exact|paper)(/order| rates)", "the continuous model's decay rates: exact, "
-                                                              "−ln β per step, or the paper's 1 − β; order 1 or "
-                                                              "2 is the model's order in η"),
-    "scale-invariant": (r"scale-invariant", "a tensor W with L(cW) = L(W) for c > 0, e.g. a weight followed by "
-                                            "a normalization layer: only its direction matters (THEORY §4)"),
-    "orthogonal/corrected equilibrium": (r"orthogonal|corrected", "the norm a scale-invariant tensor settles at "
-                                                                  "under AdamW, assuming its updates orthogonal to "
-                                                                  "it (the paper) or correlated through momentum "
-                                                                  "(Kosson et al. 2024, THEORY §4)"),
-    "relaxation time": (r"relaxation time|\bτ\b", "τ = 1/(2ηλ) steps, the time AdamW's weight norm takes to "
-                                                  "forget its start by a factor e (THEORY §4)"),
+    "knob": (
+        r"\bknobs?\b",
+        "the one setting the monitor protocol changes to make a run fail (learning rate, "
+        "learning-rate ramp, (β, γ), warmup, a silent embedding row)",
+    ),
+    "edge of stability": (
+        r"edge of stability",
+        "the largest preconditioned sharpness λ_max(ηP⁻¹H) at which "
+        "Adam's step is stable on a quadratic, (2 + 2β)/(1 − β)",
+    ),
+    "momentum-last": (
+        r"momentum-last",
+        "a k-Adam strategy with β = 0 on levels 1..k − 1 and the momentum on the last level",
+    ),
+    "coupled-from-rest": (
+        r"coupled-from-rest",
+        "a two-parameter quadratic started at θ₀ = 0, where one gradient "
+        "coordinate is exactly zero at the start (THEORY §3)",
+    ),
+    "modified equations": (
+        r"modified equations",
+        "the continuous model with its O(η²) correction terms, expected to be second order in η (THEORY §3)",
+    ),
+    "exact/paper rates": (
+        r"\b(exact|paper)(/order| rates)",
+        "the continuous model's decay rates: exact, "
+        "−ln β per step, or the paper's 1 − β; order 1 or "
+        "2 is the model's order in η",
+    ),
+    "scale-invariant": (
+        r"scale-invariant",
+        "a tensor W with L(cW) = L(W) for c > 0, e.g. a weight followed by "
+        "a normalization layer: only its direction matters (THEORY §4)",
+    ),
+    "orthogonal/corrected equilibrium": (
+        r"orthogonal|corrected",
+        "the norm a scale-invariant tensor settles at "
+        "under AdamW, assuming its updates orthogonal to "
+        "it (the paper) or correlated through momentum "
+        "(Kosson et al. 2024, THEORY §4)",
+    ),
+    "relaxation time": (
+        r"relaxation time|\bτ\b",
+        "τ = 1/(2ηλ) steps, the time AdamW's weight norm takes to forget its start by a factor e (THEORY §4)",
+    ),
     "Holm": (r"\bHolm\b", "Holm's step-down correction of p-values for a family of comparisons"),
     "arm": (r"\barms?\b", "one optimizer in the comparison, tuned with the same budget as every other"),
 }
@@ -224,23 +294,37 @@ def conclusion(sections: Sequence[SectionDocument]) -> list[str]:
     exact = by_kind["exactness"]
     if exact:
         failed = [claim.text for claim in exact if claim.verdict != "confirmed"]
-        sentences.append(f"{len(exact)} exactness check(s): "
-                         + ("all held to rounding, so the code computes what THEORY derives; they say nothing about "
-                            "training." if not failed else f"{len(failed)} failed ({'; '.join(failed)}): the code "
-                            "disagrees with its own derivation there, and every measurement built on it is suspect."))
+        sentences.append(
+            f"{len(exact)} exactness check(s): "
+            + (
+                "all held to rounding, so the code computes what THEORY derives; they say nothing about training."
+                if not failed
+                else f"{len(failed)} failed ({'; '.join(failed)}): the code "
+                "disagrees with its own derivation there, and every measurement built on it is suspect."
+            )
+        )
     for kind, whose in (("paper", "the paper's"), ("project", "the project's own")):
         if by_kind[kind]:
             sentences.append(f"Of {whose} {len(by_kind[kind])} measured claim(s): {_kind_counts(by_kind[kind])}.")
-    few = [claim for claim in by_kind["paper"] + by_kind["project"] if claim.seeds is not None and claim.seeds < MIN_SEEDS]
+    few = [
+        claim for claim in by_kind["paper"] + by_kind["project"] if claim.seeds is not None and claim.seeds < MIN_SEEDS
+    ]
     if few:
-        sentences.append(f"{len(few)} measured claim(s) rest on fewer than {MIN_SEEDS} seeds in this profile and are "
-                         "therefore not resolved whatever their numbers show; `kadam reproduce --profile full` runs "
-                         f"≥ {MIN_SEEDS} seeds for them.")
-    unresolved = [claim for claim in by_kind["paper"] + by_kind["project"]
-                  if claim.verdict == "not resolved at this budget" and claim not in few]
+        sentences.append(
+            f"{len(few)} measured claim(s) rest on fewer than {MIN_SEEDS} seeds in this profile and are "
+            "therefore not resolved whatever their numbers show; `kadam reproduce --profile full` runs "
+            f"≥ {MIN_SEEDS} seeds for them."
+        )
+    unresolved = [
+        claim
+        for claim in by_kind["paper"] + by_kind["project"]
+        if claim.verdict == "not resolved at this budget" and claim not in few
+    ]
     if unresolved:
-        sentences.append(f"{len(unresolved)} other measured claim(s) are not resolved: their intervals straddle the "
-                         "criterion (or no criterion-deciding run was made at this budget).")
+        sentences.append(
+            f"{len(unresolved)} other measured claim(s) are not resolved: their intervals straddle the "
+            "criterion (or no criterion-deciding run was made at this budget)."
+        )
     sentences += [sentence for section in sections for sentence in section.conclusion]
     return sentences
 
@@ -308,8 +392,7 @@ def _words(text: str) -> int:
 def prose_word_count(markdown: str) -> int:
     """Words of prose in ``markdown``: every line but table rows (``|``), images (``![``) and HTML anchors; a
     word is a whitespace-separated token with a letter or digit in it."""
-    lines = [line for line in markdown.splitlines()
-             if not line.lstrip().startswith(("|", "![", "<a id="))]
+    lines = [line for line in markdown.splitlines() if not line.lstrip().startswith(("|", "![", "<a id="))]
     return _words("\n".join(lines))
 
 
@@ -331,10 +414,11 @@ def summary_text(markdown: str) -> str | None:
         return None
     start += len(_SUMMARY_HEADING)
     end = markdown.find("\n## ", start)
-    return markdown[start: end if end >= 0 else len(markdown)].strip()
+    return markdown[start : end if end >= 0 else len(markdown)].strip()
 
 
 # --- layout: blocks shared by both formats ----------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _Block:
@@ -357,8 +441,10 @@ def _glossary_blocks(text: str) -> list[_Block]:
     used = [(term, definition) for term, (pattern, definition) in GLOSSARY.items() if re.search(pattern, text)]
     if not used:
         return []
-    return [_Block("heading", "Terms", anchor="terms"),
-            _Block("list", items=[f"**{term}**: {definition}." for term, definition in used])]
+    return [
+        _Block("heading", "Terms", anchor="terms"),
+        _Block("list", items=[f"**{term}**: {definition}." for term, definition in used]),
+    ]
 
 
 def _claims_blocks(rows: Sequence[tuple[int, SectionDocument, Claim]]) -> list[_Block]:
@@ -369,8 +455,11 @@ def _claims_blocks(rows: Sequence[tuple[int, SectionDocument, Claim]]) -> list[_
         chosen = [row for row in rows if row[2].kind == kind]
         if chosen:
             title, meaning = KIND_MEANINGS[kind]
-            blocks += [_Block("heading", title, level=3, anchor=f"claims-{kind}"),
-                       _Block("paragraph", f"*{meaning}*"), _Block("claims", claims=chosen, claim_kind=kind)]
+            blocks += [
+                _Block("heading", title, level=3, anchor=f"claims-{kind}"),
+                _Block("paragraph", f"*{meaning}*"),
+                _Block("claims", claims=chosen, claim_kind=kind),
+            ]
     return blocks
 
 
@@ -400,14 +489,16 @@ def _section_blocks(sections: Sequence[SectionDocument], budget: int) -> tuple[l
         body_tables = [table for table in section.tables if not table.appendix]
         body_figures = [figure for figure in section.figures if not figure.appendix]
         used = _words(section.title) + sum(_words(paragraph) for paragraph in paragraphs[:1])
-        used += sum(_words(table.caption) for table in body_tables) + sum(_words(figure.caption) for figure in body_figures)
+        used += sum(_words(table.caption) for table in body_tables) + sum(
+            _words(figure.caption) for figure in body_figures
+        )
         kept: list[str] = []
         for finding in section.findings:
             if used + _words(finding) + 3 > share:
                 break
             kept.append(finding)
             used += _words(finding)
-        moved = section.findings[len(kept):]
+        moved = section.findings[len(kept) :]
         extra_tables = [table for table in section.tables if table.appendix]
         extra_figures = [figure for figure in section.figures if figure.appendix]
         has_appendix = bool(paragraphs[1:] or moved or section.details or extra_tables or extra_figures)
@@ -441,8 +532,13 @@ def _layout(title: str, preamble: str, sections: Sequence[SectionDocument], summ
         head += [_Block("heading", _SUMMARY_HEADING[3:], anchor="summary"), _Block("list", items=list(summary))]
     claims = _claims_blocks(rows)
     closing = [_Block("heading", "Conclusion", anchor="conclusion"), _Block("list", items=conclusion(sections))]
-    every_text = " ".join([*summary, *(claim.text + " " + claim.evidence + " " + claim.criterion for _, _, claim in rows),
-                           *(section.method + " " + " ".join(section.findings + section.details) for section in sections)])
+    every_text = " ".join(
+        [
+            *summary,
+            *(claim.text + " " + claim.evidence + " " + claim.criterion for _, _, claim in rows),
+            *(section.method + " " + " ".join(section.findings + section.details) for section in sections),
+        ]
+    )
     terms = _glossary_blocks(every_text)
     fixed = sum(_words(block.text) + sum(_words(item) for item in block.items) for block in head + terms + closing)
     fixed += sum(_words(block.text) for block in claims if block.kind != "claims")
@@ -461,14 +557,19 @@ def _layout(title: str, preamble: str, sections: Sequence[SectionDocument], summ
 
 # --- Markdown ---------------------------------------------------------------------------------------------
 
+
 def _markdown_cell(text: str) -> str:
     """A table cell: pipes escaped (``|W|`` stays in its cell), no line breaks."""
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _markdown_table(table: Table) -> str:
-    lines = [f"*{table.caption}*", "", "| " + " | ".join(_markdown_cell(c) for c in table.columns) + " |",
-             "|" + "---|" * len(table.columns)]
+    lines = [
+        f"*{table.caption}*",
+        "",
+        "| " + " | ".join(_markdown_cell(c) for c in table.columns) + " |",
+        "|" + "---|" * len(table.columns),
+    ]
     lines += ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in table.rows]
     return "\n".join(lines)
 
@@ -554,7 +655,9 @@ def _html(title: str, blocks: Sequence[_Block]) -> str:
         elif block.kind == "table" and block.table is not None:
             table = block.table
             header = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in table.rows)
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in table.rows
+            )
             body.append(f"<table><caption>{html.escape(table.caption)}</caption><tr>{header}</tr>{rows}</table>")
         elif block.kind == "figure" and block.figure is not None:
             figure = block.figure
@@ -562,7 +665,8 @@ def _html(title: str, blocks: Sequence[_Block]) -> str:
             body.append(
                 f'<figure><img alt="{html.escape(figure.caption)}" title="click: full size / fit to page" '
                 f'onclick="this.classList.toggle(\'full\')" src="data:image/png;base64,{encoded}">'
-                f"<figcaption>{html.escape(figure.caption)} (click the figure for full size)</figcaption></figure>")
+                f"<figcaption>{html.escape(figure.caption)} (click the figure for full size)</figcaption></figure>"
+            )
         elif block.kind == "claims":
             columns = _claim_columns(block.claim_kind)
             header = "".join(f"<th>{html.escape(column)}</th>" for column in columns)
@@ -571,10 +675,14 @@ def _html(title: str, blocks: Sequence[_Block]) -> str:
                 cells, link = _claim_cells(number, section, claim)
                 verdict_index = 1 if claim.kind == "exactness" else 2
                 rendered = [f"<td>{html.escape(cell)}</td>" for cell in cells]
-                rendered[verdict_index] = (f'<td class="verdict-{claim.verdict.split()[0]}">'
-                                           f"<b>{html.escape(claim.verdict)}</b></td>")
-                rows.append("<tr>" + "".join(rendered)
-                            + f'<td><a href="#{html.escape(section.name)}">{html.escape(link)}</a></td></tr>')
+                rendered[verdict_index] = (
+                    f'<td class="verdict-{claim.verdict.split()[0]}"><b>{html.escape(claim.verdict)}</b></td>'
+                )
+                rows.append(
+                    "<tr>"
+                    + "".join(rendered)
+                    + f'<td><a href="#{html.escape(section.name)}">{html.escape(link)}</a></td></tr>'
+                )
             body.append(f'<table class="claims"><tr>{header}</tr>{"".join(rows)}</table>')
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
@@ -583,7 +691,11 @@ def _html(title: str, blocks: Sequence[_Block]) -> str:
 
 
 def write_report(
-    out: str | os.PathLike[str], title: str, preamble: str, sections: Sequence[SectionDocument], metadata: Mapping[str, Any],
+    out: str | os.PathLike[str],
+    title: str,
+    preamble: str,
+    sections: Sequence[SectionDocument],
+    metadata: Mapping[str, Any],
     summary: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write ``report.html``, ``report.md`` and ``results.json`` into ``out`` (figures must already be there).
@@ -601,18 +713,36 @@ def write_report(
     results = {
         **metadata,
         "sections": {
-            section.name: {"title": section.title, "findings": section.findings, "details": section.details,
-                           "headline": dict(section.headline), "data": section.data}
+            section.name: {
+                "title": section.title,
+                "findings": section.findings,
+                "details": section.details,
+                "headline": dict(section.headline),
+                "data": section.data,
+            }
             for section in sections
         },
-        "claims": [{"text": claim.text, "source": claim.source, "kind": claim.kind, "criterion": claim.criterion,
-                    "seeds": claim.seeds, "verdict": claim.verdict, "evidence": claim.evidence, "section": section.name}
-                   for _, section, claim in claims_rows(sections)],
+        "claims": [
+            {
+                "text": claim.text,
+                "source": claim.source,
+                "kind": claim.kind,
+                "criterion": claim.criterion,
+                "seeds": claim.seeds,
+                "verdict": claim.verdict,
+                "evidence": claim.evidence,
+                "section": section.name,
+            }
+            for _, section, claim in claims_rows(sections)
+        ],
         "summary": list(summary),
         "conclusion": conclusion(sections),
-        "words": {"body": prose_word_count(body_text(markdown)),
-                  "summary": None if summary_words is None else prose_word_count(summary_words),
-                  "body_limit": BODY_WORD_LIMIT, "summary_limit": SUMMARY_WORD_LIMIT},
+        "words": {
+            "body": prose_word_count(body_text(markdown)),
+            "summary": None if summary_words is None else prose_word_count(summary_words),
+            "body_limit": BODY_WORD_LIMIT,
+            "summary_limit": SUMMARY_WORD_LIMIT,
+        },
     }
     paths = {"html": directory / "report.html", "markdown": directory / "report.md", "json": directory / "results.json"}
     atomic_write(paths["json"], json.dumps(json_safe(results), indent=1, sort_keys=True, allow_nan=False))

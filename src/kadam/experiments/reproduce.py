@@ -23,9 +23,9 @@ from rich.table import Table as RichTable
 import kadam
 from kadam.experiments.cells import CellCache, CellRunner
 from kadam.experiments.comparison.section import committed_study_answer
-from kadam.experiments.report import Claim, SectionDocument, write_report
 from kadam.experiments.profiles import DEVICES, PROFILES, Settings
 from kadam.experiments.registry import build_sections
+from kadam.experiments.report import Claim, SectionDocument, write_report
 
 __all__ = ["PROFILES", "DEVICES", "ReproduceOutcome", "practitioner_summary", "reproduce"]
 
@@ -106,31 +106,43 @@ def practitioner_summary(documents: Sequence[SectionDocument], study: dict[str, 
         lines.append("**Which (β, γ) are safe.** This report has no stability section.")
     else:
         region = _find(claims, "harm", "worse") or _find(claims, "β²")
-        advice = ("Keep γ > β² (THEORY §2: outside it even the optimizer alone grows its updates; β = 0.9 needs "
-                  "γ > 0.81, the default (0.9, 0.999) is well inside). In training, this run: ")
-        lines.append("**Which (β, γ) are safe.** " + advice + _reading(region or (claims[0] if claims else None),
-                                                                       "stability"))
+        advice = (
+            "Keep γ > β² (THEORY §2: outside it even the optimizer alone grows its updates; β = 0.9 needs "
+            "γ > 0.81, the default (0.9, 0.999) is well inside). In training, this run: "
+        )
+        lines.append(
+            "**Which (β, γ) are safe.** " + advice + _reading(region or (claims[0] if claims else None), "stability")
+        )
     comparison, claims = _measured(documents, "comparison")
     here = _reading(claims[0] if claims else None, "comparison") if comparison else "this report has no comparison."
     if study is None or not study["rows"]:
-        lines.append("**Should you switch to k-Adam?** The committed study (results/comparison-study) is not "
-                     f"available to this run, so no answer from it; {here}")
+        lines.append(
+            "**Should you switch to k-Adam?** The committed study (results/comparison-study) is not "
+            f"available to this run, so no answer from it; {here}"
+        )
     else:
         better, worse, unresolved = study["better"], study["worse"], study["unresolved"]
-        answer = ("Yes" if len(better) == len(study["rows"]) else "Not as a drop-in" if worse
-                  else "No evidence either way")
+        answer = (
+            "Yes" if len(better) == len(study["rows"]) else "Not as a drop-in" if worse else "No evidence either way"
+        )
         lines.append(
             f"**Should you switch to k-Adam?** {answer}: the committed study (`{study['command']}`, "
             f"{len(study['rows'])} workloads, {max(r['seeds'] for r in study['rows'])} paired seeds, Holm-corrected) "
             f"finds KAdam's default k = 2 better than tuned AdamW on {len(better)} ({', '.join(better) or 'none'}), "
             f"worse on {len(worse)} ({', '.join(worse) or 'none'}), unresolved on {len(unresolved)}. This "
-            f"run's own smaller comparison: {here}")
+            f"run's own smaller comparison: {here}"
+        )
     monitor, claims = _measured(documents, "monitor")
-    lines.append("**Catching a run that goes bad.** "
-                 + ("`StabilityMonitor(optimizer, every=10, names=model)` warns when (β, γ) leaves γ > β², an update "
-                    "exceeds its bound or the sharpness passes the edge of stability; lower the learning rate when it "
-                    "warns. This run: " + _reading(claims[0] if claims else None, "monitor")
-                    if monitor else "This report has no monitor section."))
+    lines.append(
+        "**Catching a run that goes bad.** "
+        + (
+            "`StabilityMonitor(optimizer, every=10, names=model)` warns when (β, γ) leaves γ > β², an update "
+            "exceeds its bound or the sharpness passes the edge of stability; lower the learning rate when it "
+            "warns. This run: " + _reading(claims[0] if claims else None, "monitor")
+            if monitor
+            else "This report has no monitor section."
+        )
+    )
     transfer, claims = _measured(documents, "transfer")
     if transfer is None:
         lines.append("**Another learning rate or batch size.** This report has no transfer section.")
@@ -140,10 +152,12 @@ def practitioner_summary(documents: Sequence[SectionDocument], study: dict[str, 
         kept = [claim for claim in batch if claim.verdict == "confirmed"]
         lines.append(
             "**Another learning rate or batch size.** For η → cη set β → β^c, γ → γ^c (`kadam transfer --lr 3e-3 "
-            "--betas 0.9 0.999 --factor 2`); this run: " + _reading(lr, "transfer")
+            "--betas 0.9 0.999 --factor 2`); this run: "
+            + _reading(lr, "transfer")
             + " For a batch size ×κ: "
             + ("; ".join(f"{claim.text.split('(')[0].strip()} is {claim.verdict}" for claim in batch) or "no verdict")
-            + (". No rule is confirmed: re-tune the lr after changing the batch size." if batch and not kept else "."))
+            + (". No rule is confirmed: re-tune the lr after changing the batch size." if batch and not kept else ".")
+        )
     return lines
 
 
@@ -185,16 +199,33 @@ def reproduce(
     elapsed = time.perf_counter() - started
 
     cells = [
-        {"section": cell.section, "label": cell.label, "function": cell.name, "kwargs": cell.kwargs, "key": cell.key,
-         "seconds": runner.seconds[cell.key], "from_cache": cell.key in runner.cached}
+        {
+            "section": cell.section,
+            "label": cell.label,
+            "function": cell.name,
+            "kwargs": cell.kwargs,
+            "key": cell.key,
+            "seconds": runner.seconds[cell.key],
+            "from_cache": cell.key in runner.cached,
+        }
         for cell in first_phase + second_phase
     ]
     metadata: dict[str, Any] = {
         "kadam_version": kadam.__version__,
-        "configuration": {"profile": profile, "device": device, "seeds": seeds, "jobs": jobs, "out": str(out),
-                          "sections": {section.name: section.configuration for section in sections}},
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-                        "cpu_threads": torch.get_num_threads()},
+        "configuration": {
+            "profile": profile,
+            "device": device,
+            "seeds": seeds,
+            "jobs": jobs,
+            "out": str(out),
+            "sections": {section.name: section.configuration for section in sections},
+        },
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "cpu_threads": torch.get_num_threads(),
+        },
         "started_utc": started_at.isoformat(timespec="seconds"),
         "wall_seconds": elapsed,
         "cells": cells,
@@ -210,13 +241,19 @@ def reproduce(
     preamble = (
         f"Produced by kadam {kadam.__version__} (torch {torch.__version__}, Python {platform.python_version()}) with "
         f"`kadam reproduce --profile {profile} --device {device}"
-        + (f" --seeds {seeds}" if seeds else "") + f" --jobs {jobs}` on {started_at:%Y-%m-%d %H:%M} UTC: "
-        + outcome_line + ". Every number and figure below was computed by this run's cells (a cached cell is the "
+        + (f" --seeds {seeds}" if seeds else "")
+        + f" --jobs {jobs}` on {started_at:%Y-%m-%d %H:%M} UTC: "
+        + outcome_line
+        + ". Every number and figure below was computed by this run's cells (a cached cell is the "
         "stored result of the identical call). The theory is docs/theory.md (`kadam theory` prints it; `THEORY §N` below is its §N); each section says what it measured, how, "
         "and what this run found, including where the measurement contradicts the paper."
     )
     summary = practitioner_summary(documents, committed_study_answer())
-    paths = write_report(out, "kadam reproduce: the paper's claims, re-measured", preamble, documents, metadata, summary)
+    paths = write_report(
+        out, "kadam reproduce: the paper's claims, re-measured", preamble, documents, metadata, summary
+    )
     console.print(_summary_table(documents, outcome_line))
     console.print(f"Report: {paths['html']}  (also {paths['markdown'].name}, {paths['json'].name}, figures/)")
-    return ReproduceOutcome(paths, documents, len(runner.computed), len(runner.cached), list(runner.cache.corrupt), elapsed)
+    return ReproduceOutcome(
+        paths, documents, len(runner.computed), len(runner.cached), list(runner.cache.corrupt), elapsed
+    )

@@ -14,20 +14,36 @@ def _comparison(mean: float, significant: bool) -> dict:
 
 def _analysis() -> dict:
     arms = {"adamw": {"curve": CURVE}, "kadam1": {"curve": dict(CURVE)}, "kadam2": {"curve": OTHER}}
-    sensitivity = {"adamw": {"lr": [1e-3, 1e-2], "validation_loss": [0.5, 0.4]},
-                   "kadam1": {"lr": [1e-3, 1e-2], "validation_loss": [0.5, 0.4]},
-                   "kadam2": {"lr": [1e-3, 1e-2], "validation_loss": [0.6, None]}}
+    sensitivity = {
+        "adamw": {"lr": [1e-3, 1e-2], "validation_loss": [0.5, 0.4]},
+        "kadam1": {"lr": [1e-3, 1e-2], "validation_loss": [0.5, 0.4]},
+        "kadam2": {"lr": [1e-3, 1e-2], "validation_loss": [0.6, None]},
+    }
     return {
-        "reference": "adamw", "control": "kadam1",
-        "workloads": {"w": {"search": {"arms": arms, "target_train_loss": 0.3,
-                                       "selection": {arm: {} for arm in arms},
-                                       "lr_ratio_to_reference": {"kadam1": 1.0, "kadam2": 2.0}},
-                            "sensitivity": sensitivity}},
-        "families": {"search": [{"workload": "w", "arm": "kadam1", "comparison": _comparison(0.0, False)},
-                                {"workload": "w", "arm": "kadam2", "comparison": _comparison(-0.05, True)},
-                                {"workload": "w", "arm": "adam", "comparison": _comparison(0.05, True)}]},
-        "performance_profile": {"taus": [1.0, 2.0], "rho": {"kadam1": [0.5, 1.0], "adamw": [0.5, 1.0],
-                                                            "kadam2": [0.0, 1.0]}},
+        "reference": "adamw",
+        "control": "kadam1",
+        "workloads": {
+            "w": {
+                "search": {
+                    "arms": arms,
+                    "target_train_loss": 0.3,
+                    "selection": {arm: {} for arm in arms},
+                    "lr_ratio_to_reference": {"kadam1": 1.0, "kadam2": 2.0},
+                },
+                "sensitivity": sensitivity,
+            }
+        },
+        "families": {
+            "search": [
+                {"workload": "w", "arm": "kadam1", "comparison": _comparison(0.0, False)},
+                {"workload": "w", "arm": "kadam2", "comparison": _comparison(-0.05, True)},
+                {"workload": "w", "arm": "adam", "comparison": _comparison(0.05, True)},
+            ]
+        },
+        "performance_profile": {
+            "taus": [1.0, 2.0],
+            "rho": {"kadam1": [0.5, 1.0], "adamw": [0.5, 1.0], "kadam2": [0.0, 1.0]},
+        },
     }
 
 
@@ -55,8 +71,11 @@ def test_forest_colours_mean_one_verdict_each(tmp_path, drawn_figures):
     figures = drawn_figures(plots)
     plots.plot_forest(_analysis(), str(tmp_path / "forest.png"))
     axis = figures[0].axes[0]
-    intervals = [line for line in axis.get_lines() if len(line.get_xdata()) == 2 and line.get_linestyle() == "-"
-                 and line.get_label() != "no difference to AdamW"]
+    intervals = [
+        line
+        for line in axis.get_lines()
+        if len(line.get_xdata()) == 2 and line.get_linestyle() == "-" and line.get_label() != "no difference to AdamW"
+    ]
     colours = [line.get_color() for line in intervals]
     assert colours == [plots.FOREST_VERDICTS[v][0] for v in ("not significant", "better", "worse")]
     assert set(legend_texts(figures[0])) >= {label for _, label in plots.FOREST_VERDICTS.values()}
@@ -66,9 +85,14 @@ def test_forest_labels_a_pairing_by_its_two_runs(tmp_path, drawn_figures):
     """A THEORY §4 pairing row is the difference between two named runs, recognised by its ``pairing`` entry
     (not by its label), and says so."""
     analysis = _analysis()
-    analysis["families"]["search"].append({"workload": "w-noln vs w", "arm": "kadam2 vs adam",
-                                           "comparison": _comparison(-0.1, True),
-                                           "pairing": {"first": ["w", "adam"], "second": ["w-noln", "kadam2"]}})
+    analysis["families"]["search"].append(
+        {
+            "workload": "w-noln vs w",
+            "arm": "kadam2 vs adam",
+            "comparison": _comparison(-0.1, True),
+            "pairing": {"first": ["w", "adam"], "second": ["w-noln", "kadam2"]},
+        }
+    )
     figures = drawn_figures(plots)
     plots.plot_forest(analysis, str(tmp_path / "forest.png"))
     labels = [tick.get_text() for tick in figures[0].axes[0].get_yticklabels()]

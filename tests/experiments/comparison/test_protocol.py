@@ -26,6 +26,7 @@ HP = {"lr": 0.05, "beta": 0.9, "gamma": 0.999, "weight_decay": 0.01, "warmup_fra
 
 # ---------------------------------------------------------------------------------------------- search space
 
+
 def test_sobol_trials_are_reproducible_and_cover_the_space():
     space = SearchSpace()
     first, again = quasirandom_trials(space, 16, seed=7), quasirandom_trials(space, 16, seed=7)
@@ -74,6 +75,7 @@ def test_lr_only_trials_use_each_arms_defaults():
 
 # ---------------------------------------------------------------------------------------------- schedule
 
+
 def test_schedule_warms_up_linearly_then_decays_by_cosine():
     steps, warmup = 200, 0.1
     values = [lr_multiplier(t, steps, warmup, 0.05) for t in range(1, steps + 1)]
@@ -86,8 +88,14 @@ def test_schedule_warms_up_linearly_then_decays_by_cosine():
     assert lr_multiplier(1, 10, 0.0, 0.0) < 1.0 and lr_multiplier(10, 10, 0.0, 0.0) == 0.0
 
 
-@pytest.mark.parametrize("kwargs, match", [({"final_lr_fraction": 0.2}, "final_lr_fraction"),
-                                           ({"warmup_fraction": 1.0}, "warmup_fraction"), ({"step": 0}, "step")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"final_lr_fraction": 0.2}, "final_lr_fraction"),
+        ({"warmup_fraction": 1.0}, "warmup_fraction"),
+        ({"step": 0}, "step"),
+    ],
+)
 def test_schedule_rejects_bad_input(kwargs, match):
     arguments = {"step": 1, "steps": 10, "warmup_fraction": 0.1, "final_lr_fraction": 0.0, **kwargs}
     with pytest.raises(ValueError, match=match):
@@ -111,7 +119,10 @@ def test_schedule_hook_sets_the_lr_the_optimizer_uses():
 
 # ---------------------------------------------------------------------------------------------- pairing
 
-@pytest.mark.parametrize("workload, sizes, steps", [("noisy-quadratic", NQM, 40), ("digits-cnn-bn", {"channels": 2}, 15)])
+
+@pytest.mark.parametrize(
+    "workload, sizes, steps", [("noisy-quadratic", NQM, 40), ("digits-cnn-bn", {"channels": 2}, 15)]
+)
 def test_control_ties_adamw_exactly(workload, sizes, steps):
     adamw = train_trial(workload, "adamw", HP, steps, 16, seed=3, sizes=sizes, curve_points=5)
     control = train_trial(workload, "kadam1", HP, steps, 16, seed=3, sizes=sizes, curve_points=5)
@@ -150,9 +161,11 @@ def test_train_trial_rejects_bad_input():
 
 # ---------------------------------------------------------------------------------------------- divergence
 
+
 def test_a_diverged_run_is_an_outcome_not_a_gap():
-    blown = train_trial("noisy-quadratic", "adam", {**HP, "lr": 1e30, "warmup_fraction": 0.0}, 20, 8, seed=0,
-                        sizes=NQM, curve_points=10)
+    blown = train_trial(
+        "noisy-quadratic", "adam", {**HP, "lr": 1e30, "warmup_fraction": 0.0}, 20, 8, seed=0, sizes=NQM, curve_points=10
+    )
     assert blown["diverged"] and blown["test_loss"] is None and math.isfinite(blown["initial_test_loss"])
     assert outcome(blown) == blown["initial_test_loss"]  # enters the statistics as "no training"
     fine = train_trial("noisy-quadratic", "adam", HP, 20, 8, seed=1, sizes=NQM, curve_points=10)

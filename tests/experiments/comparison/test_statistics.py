@@ -1,7 +1,6 @@
 """Paired t, Holm's adjustment and the smallest detectable difference, against scipy, textbook values and
 brute force."""
 
-
 import math
 
 import numpy as np
@@ -128,5 +127,3 @@ def test_bonferroni_interval_covers_whenever_no_holm_rejection_of_zero_is_possib
                 excluded += 1
                 assert c["significant"]
     assert excluded > 0  # the check was exercised
-
-

@@ -13,7 +13,10 @@ def test_first_zero_crossing_closed_form_on_the_coupled_problem():
     """From (−1, 1): g = (−8, 3), θ̇ = η(1, −1), ġ = ∇²L θ̇ = η(7, −3): coordinate 1 reaches zero after 1/η steps."""
     lr = 4e-3
     assert first_zero_crossing(make_flow_problem("coupled"), lr) == {
-        "steps": pytest.approx(1 / lr, rel=1e-6), "coordinate": 1, "within_10_steps": 0}
+        "steps": pytest.approx(1 / lr, rel=1e-6),
+        "coordinate": 1,
+        "within_10_steps": 0,
+    }
     at_rest = first_zero_crossing(make_flow_problem("coupled-from-rest"), lr)
     assert at_rest["steps"] == 0.0 and at_rest["coordinate"] == 1 and at_rest["within_10_steps"] == 1
 

@@ -18,8 +18,8 @@ from kadam.experiments.flow.protocol import (
     restart_experiment,
     restart_from_discrete,
 )
-from tests.figure_helpers import legend_texts
 from kadam.flow import FlatLoss, discrete
+from tests.figure_helpers import legend_texts
 
 
 def test_quadratic_is_100_dimensional_with_condition_number_1e3():
@@ -52,7 +52,9 @@ def test_experiments_return_json_and_draw(tmp_path, drawn_figures):
     accuracy = accuracy_experiment(("quadratic",), ks=(1, 2), steps=60)
     assert [(row["problem"], row["k"]) for row in accuracy["rows"]] == [("quadratic", 1), ("quadratic", 2)]
     assert all(row["passes"] == (row["max_rel_error"] <= 0.01) for row in accuracy["rows"])
-    convergence = convergence_experiment("quadratic", lrs=(4e-3, 2e-3), horizon=0.1, variants=[("exact", 1), ("paper", 2)])
+    convergence = convergence_experiment(
+        "quadratic", lrs=(4e-3, 2e-3), horizon=0.1, variants=[("exact", 1), ("paper", 2)]
+    )
     assert set(convergence["slopes"]) == {"exact/order1", "paper/order2"}
     assert [entry["steps"] for entry in convergence["per_lr"]] == [25, 50]
     json.dumps([accuracy, convergence])
@@ -62,11 +64,15 @@ def test_experiments_return_json_and_draw(tmp_path, drawn_figures):
     assert "1% bar" in legend_texts(accuracy_figure)  # the reference line says what it is
     styles = [line.get_linestyle() for line in accuracy_figure.axes[0].get_lines()[:2]]
     assert styles[0] != styles[1]  # k = 1 and k = 2 stay distinguishable where they coincide
-    reference = next(line for line in convergence_figure.axes[0].get_lines()
-                     if line.get_label() == "slope 1 (first order, through exact/order1)")
+    reference = next(
+        line
+        for line in convergence_figure.axes[0].get_lines()
+        if line.get_label() == "slope 1 (first order, through exact/order1)"
+    )
     smallest = min(range(2), key=lambda i: convergence["lrs"][i])
     assert reference.get_ydata()[smallest] == pytest.approx(
-        convergence["per_lr"][smallest]["variants"]["exact/order1"]["final_rel_error"], rel=1e-12)
+        convergence["per_lr"][smallest]["variants"]["exact/order1"]["final_rel_error"], rel=1e-12
+    )
     assert reference.get_ydata()[0] / reference.get_ydata()[1] == pytest.approx(2.0, rel=1e-12)  # ∝ η: slope 1
     with pytest.raises(ValueError, match="lrs must hold at least two"):
         convergence_experiment("quadratic", lrs=(1e-3,))
@@ -106,5 +112,7 @@ def test_restarts_on_the_mlp_remove_the_error_of_the_first_steps():
     assert [row["restart_step"] for row in result["rows"]] == [0, 1, 10]
     assert finals[0] > finals[1] > finals[2]
     reference_max = result["rows"][0]["max_rel_error"]
-    assert reference_max == pytest.approx(first_step_experiment("mlp", lrs=(1e-3, 5e-4))["rows"][0]["rel_error_step1"], rel=1e-9)
+    assert reference_max == pytest.approx(
+        first_step_experiment("mlp", lrs=(1e-3, 5e-4))["rows"][0]["rel_error_step1"], rel=1e-9
+    )
     json.dumps(result)

@@ -71,8 +71,11 @@ def test_meta_adaptive_network_and_figures(tmp_path):
 
 @pytest.mark.parametrize(
     "call, argument",
-    [(lambda: digits_norms(optimizer="sgd"), "optimizer"), (lambda: digits_norms(norm="group"), "norm"),
-     (lambda: random_walk(relaxation_times=2.0, transient_times=3.0), "transient_times")],
+    [
+        (lambda: digits_norms(optimizer="sgd"), "optimizer"),
+        (lambda: digits_norms(norm="group"), "norm"),
+        (lambda: random_walk(relaxation_times=2.0, transient_times=3.0), "transient_times"),
+    ],
 )
 def test_bad_input_names_the_argument(call, argument):
     with pytest.raises(ValueError, match=argument):

@@ -9,8 +9,17 @@ from kadam.experiments.normalization.protocol import random_walk
 def walk():
     # d = 256, eta = 1e-3, lambda = 0.1: relaxation time 5,000 steps; 5 of them (25,000 steps), measured
     # over the last 2 (after the transient of 3)
-    return random_walk(d=256, lr=1e-3, weight_decay=0.1, betas=(0.0, 0.5, 0.9, 0.99), gamma=0.999,
-                       relaxation_times=5.0, transient_times=3.0, record_every=5, seed=0)
+    return random_walk(
+        d=256,
+        lr=1e-3,
+        weight_decay=0.1,
+        betas=(0.0, 0.5, 0.9, 0.99),
+        gamma=0.999,
+        relaxation_times=5.0,
+        transient_times=3.0,
+        record_every=5,
+        seed=0,
+    )
 
 
 def test_runs_at_least_five_relaxation_times(walk):
@@ -45,12 +54,19 @@ def test_batched_adamw_is_torch_adamw_row_by_row():
     start = torch.randn(len(betas), d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     weights = start.clone()
     recorded, statistics = batched_adamw(
-        weights, lambda w, n: spherical_noise_gradient(w, noise[n - 1]), steps, lr, weight_decay,
-        betas, 0.999, record_every=7,
+        weights,
+        lambda w, n: spherical_noise_gradient(w, noise[n - 1]),
+        steps,
+        lr,
+        weight_decay,
+        betas,
+        0.999,
+        record_every=7,
     )
     parameters = [torch.nn.Parameter(row.clone()) for row in start]
-    optimizer = torch.optim.AdamW([{"params": [p], "betas": (b, 0.999)} for p, b in zip(parameters, betas)],
-                                  lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(
+        [{"params": [p], "betas": (b, 0.999)} for p, b in zip(parameters, betas)], lr=lr, weight_decay=weight_decay
+    )
     tracker = NormTracker(optimizer, [(str(i), p) for i, p in enumerate(parameters)], every=7)
     for n in range(steps):
         with torch.no_grad():
@@ -61,6 +77,9 @@ def test_batched_adamw_is_torch_adamw_row_by_row():
     history = tracker.history()
     assert list(recorded) == list(history["steps"])
     for i in range(len(betas)):
-        torch.testing.assert_close(torch.tensor(statistics[:, i, 0]), torch.tensor(history["norm"][str(i)]), rtol=1e-12, atol=0)
-        torch.testing.assert_close(torch.tensor(statistics[:, i, 3]), torch.tensor(history["angular_update"][str(i)]),
-                                   rtol=1e-9, atol=0)
+        torch.testing.assert_close(
+            torch.tensor(statistics[:, i, 0]), torch.tensor(history["norm"][str(i)]), rtol=1e-12, atol=0
+        )
+        torch.testing.assert_close(
+            torch.tensor(statistics[:, i, 3]), torch.tensor(history["angular_update"][str(i)]), rtol=1e-9, atol=0
+        )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kadam.experiments.training.protocol import train_run
-from kadam.experiments.workloads import OPTIMIZERS, make_optimizer
+from kadam.experiments.workloads import make_optimizer
 from kadam.optimizer import KAdam
 
 TINY_MLP = {"hidden": 16, "depth": 1}
@@ -23,8 +23,13 @@ def _state_after_one_step(name):
 
 @pytest.mark.parametrize(
     "name, k, level2_shape, level1_beta, level2_beta",
-    [("kadam2", 2, (), 0.9, 0.0), ("kadam2-elementwise", 2, (3, 4), 0.9, 0.0), ("kadam2-naive", 2, (3, 4), 0.9, 0.9),
-     ("kadam2-momentum-last", 2, (), 0.0, 0.9), ("kadam3", 3, (), 0.9, 0.0)],
+    [
+        ("kadam2", 2, (), 0.9, 0.0),
+        ("kadam2-elementwise", 2, (3, 4), 0.9, 0.0),
+        ("kadam2-naive", 2, (3, 4), 0.9, 0.9),
+        ("kadam2-momentum-last", 2, (), 0.0, 0.9),
+        ("kadam3", 3, (), 0.9, 0.0),
+    ],
 )
 def test_strategies_configure_the_levels_they_document(name, k, level2_shape, level1_beta, level2_beta):
     optimizer, state = _state_after_one_step(name)

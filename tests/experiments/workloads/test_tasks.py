@@ -43,7 +43,11 @@ def test_mnist1d_is_generated_offline_and_leaves_global_rngs_alone(monkeypatch):
     random.seed(123)
     splits = mnist1d_splits()
     assert (np.random.rand(), random.random()) == (expected_numpy, expected_python)
-    assert [tuple(splits[s].inputs.shape) for s in ("train", "validation", "test")] == [(3200, 40), (800, 40), (1000, 40)]
+    assert [tuple(splits[s].inputs.shape) for s in ("train", "validation", "test")] == [
+        (3200, 40),
+        (800, 40),
+        (1000, 40),
+    ]
     assert set(splits["train"].targets.tolist()) == set(range(10))
 
 
@@ -103,8 +107,10 @@ def test_digits_cnn_with_and_without_batch_norm():
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_task_sampling_is_seeded_and_evaluation_restores_mode(name):
-    sizes = {"char-transformer": {"corpus_chars": 8000, "context": 8, "width": 8, "heads": 2, "layers": 1},
-             "mnist1d-mlp": {"hidden": 8}}.get(name, {"channels": 2})
+    sizes = {
+        "char-transformer": {"corpus_chars": 8000, "context": 8, "width": 8, "heads": 2, "layers": 1},
+        "mnist1d-mlp": {"hidden": 8},
+    }.get(name, {"channels": 2})
     task = build_task(name, "cpu", **sizes)
     first = task.sample_batch(torch.Generator().manual_seed(5), 4)
     again = task.sample_batch(torch.Generator().manual_seed(5), 4)
@@ -139,7 +145,7 @@ def test_constant_predictor_loss_is_the_minimum_over_constant_predictions():
     assert at_frequencies == pytest.approx(entropy, rel=1e-12)
     generator = torch.Generator().manual_seed(0)
     for _ in range(20):
-        logits = (frequencies.log() + 0.3 * torch.randn(len(frequencies), generator=generator, dtype=torch.float64))
+        logits = frequencies.log() + 0.3 * torch.randn(len(frequencies), generator=generator, dtype=torch.float64)
         assert task.loss(logits.expand(len(targets), -1), targets).item() >= entropy - 1e-12
     char = build_task("char-transformer", "cpu", corpus_chars=3_000, context=8, width=8, heads=1, layers=1)
     stream = char.splits["train"].targets

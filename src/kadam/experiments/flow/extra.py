@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from kadam.experiments.flow.protocol import PROBLEMS, log_log_slope, make_problem
+from kadam.experiments.flow.protocol import log_log_slope, make_problem
 from kadam.experiments.workloads import CharTransformer, encode_characters
 from kadam.flow import FlatLoss, compare, discrete, simulate
 from kadam.vocabulary import FLOW_PROBLEMS
@@ -42,8 +42,15 @@ TRANSFORMER_SIZES = {"windows": 8, "context": 16, "width": 16, "heads": 2, "laye
 """The tiny transformer: 8 windows of 16 characters (full batch), width 16, 2 heads, one block."""
 
 
-def transformer_problem(seed: int = 0, dtype: torch.dtype = torch.float64, windows: int = 8, context: int = 16,
-                        width: int = 16, heads: int = 2, layers: int = 1) -> FlatLoss:
+def transformer_problem(
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    windows: int = 8,
+    context: int = 16,
+    width: int = 16,
+    heads: int = 2,
+    layers: int = 1,
+) -> FlatLoss:
     """Full-batch next-character cross-entropy of a pre-LN :class:`CharTransformer` on ``windows`` windows.
 
     The windows are the first ``windows·(context + 1)`` characters of the task corpus
@@ -118,8 +125,7 @@ def first_zero_crossing(loss: FlatLoss, lr: float, eps: float = 1e-8) -> dict[st
     steps = torch.full_like(gradient, torch.inf)
     steps[moving] = (gradient[moving] / change[moving]).abs()
     fewest = int(steps.argmin())
-    return {"steps": float(steps[fewest]), "coordinate": fewest,
-            "within_10_steps": int((steps < CROSSING_STEPS).sum())}
+    return {"steps": float(steps[fewest]), "coordinate": fewest, "within_10_steps": int((steps < CROSSING_STEPS).sum())}
 
 
 def _curve(values: torch.Tensor, steps: torch.Tensor) -> dict[str, list[float]]:
@@ -147,8 +153,15 @@ def warm_start_experiment(
     for s in warm_starts:
         run = simulate(loss, steps, lr=lr, k=k, warm_start=s, modified=modified)
         comparison = compare(run, reference)
-        rows.append({"warm_start": s, **comparison.summary(), "gradient_evaluations": run.gradient_evaluations,
-                     "seconds": run.seconds, "error_curve": _curve(comparison.relative_error, comparison.steps)})
+        rows.append(
+            {
+                "warm_start": s,
+                **comparison.summary(),
+                "gradient_evaluations": run.gradient_evaluations,
+                "seconds": run.seconds,
+                "error_curve": _curve(comparison.relative_error, comparison.steps),
+            }
+        )
     return {"problem": problem, "lr": lr, "steps": steps, "k": k, "modified": modified, "seed": seed, "rows": rows}
 
 
@@ -180,22 +193,45 @@ def modified_convergence_experiment(
         for name, modified in (("first_order", False), ("modified", True)):
             run = simulate(loss, steps, lr=lr, k=k, modified=modified, warm_start=warm_start, rtol=rtol, atol=atol)
             comparison = compare(run, reference)
-            variants[name] = {**comparison.summary(), "gradient_evaluations": run.gradient_evaluations,
-                              "seconds": run.seconds}
-        per_lr.append({"lr": lr, "steps": steps, "variants": variants, "first_zero_crossing": first_zero_crossing(loss, lr)})
+            variants[name] = {
+                **comparison.summary(),
+                "gradient_evaluations": run.gradient_evaluations,
+                "seconds": run.seconds,
+            }
+        per_lr.append(
+            {"lr": lr, "steps": steps, "variants": variants, "first_zero_crossing": first_zero_crossing(loss, lr)}
+        )
     slopes = {
-        name: {statistic: log_log_slope(lrs, [entry["variants"][name][f"{statistic}_rel_error"] for entry in per_lr])
-               for statistic in ("final", "max")}
+        name: {
+            statistic: log_log_slope(lrs, [entry["variants"][name][f"{statistic}_rel_error"] for entry in per_lr])
+            for statistic in ("final", "max")
+        }
         for name in ("first_order", "modified")
     }
-    return {"problem": problem, "horizon": horizon, "k": k, "warm_start": warm_start, "seed": seed,
-            "lrs": list(lrs), "per_lr": per_lr, "slopes": slopes}
+    return {
+        "problem": problem,
+        "horizon": horizon,
+        "k": k,
+        "warm_start": warm_start,
+        "seed": seed,
+        "lrs": list(lrs),
+        "per_lr": per_lr,
+        "slopes": slopes,
+    }
 
 
 def transformer_accuracy_experiment(
-    lr: float = 1e-3, steps: int = 2000, k: int = 1, warm_starts: Sequence[int] = (0, 5), modified: bool = False,
+    lr: float = 1e-3,
+    steps: int = 2000,
+    k: int = 1,
+    warm_starts: Sequence[int] = (0, 5),
+    modified: bool = False,
     seed: int = 0,
 ) -> dict[str, Any]:
     """:func:`warm_start_experiment` on the tiny transformer, plus its size."""
     result = warm_start_experiment("transformer", lr, steps, warm_starts, k, modified, seed)
-    return {**result, "parameters": make_flow_problem("transformer", seed).theta0.numel(), "sizes": dict(TRANSFORMER_SIZES)}
+    return {
+        **result,
+        "parameters": make_flow_problem("transformer", seed).theta0.numel(),
+        "sizes": dict(TRANSFORMER_SIZES),
+    }

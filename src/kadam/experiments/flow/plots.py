@@ -21,8 +21,13 @@ def plot_accuracy(result: dict[str, Any], path: str | Path) -> Path:
     figure, axes = panels(1, len(problems), (5, 4))
     for axis, problem in zip(axes[0], problems, strict=True):
         for row in (r for r in result["rows"] if r["problem"] == problem):
-            axis.semilogy(row["error_curve"]["steps"], row["error_curve"]["values"], label=f"k = {row['k']}",
-                          ls=_K_STYLES[(row["k"] - 1) % len(_K_STYLES)], zorder=2 + row["k"])
+            axis.semilogy(
+                row["error_curve"]["steps"],
+                row["error_curve"]["values"],
+                label=f"k = {row['k']}",
+                ls=_K_STYLES[(row["k"] - 1) % len(_K_STYLES)],
+                zorder=2 + row["k"],
+            )
         axis.axhline(result["bar"], color="k", linestyle="--", linewidth=0.8, label=f"{result['bar']:.0%} bar")
         axis.set(title=problem, xlabel="step n", ylabel="‖θ_cont − θ_disc‖ / ‖θ_disc − θ₀‖")
         axis.legend()
@@ -41,17 +46,30 @@ def plot_convergence(result: dict[str, Any], path: str | Path) -> Path:
     axis = axes[0][0]
     for index, (name, slope) in enumerate(result["slopes"].items()):
         finals = [entry["variants"][name]["final_rel_error"] for entry in result["per_lr"]]
-        axis.loglog(result["lrs"], finals, marker=_VARIANT_MARKERS[index % len(_VARIANT_MARKERS)], mfc="none",
-                    label=f"{name}: slope {slope['final']:.2f}")
+        axis.loglog(
+            result["lrs"],
+            finals,
+            marker=_VARIANT_MARKERS[index % len(_VARIANT_MARKERS)],
+            mfc="none",
+            label=f"{name}: slope {slope['final']:.2f}",
+        )
     first = next(iter(result["slopes"]))
     anchor = min(range(len(result["lrs"])), key=lambda i: result["lrs"][i])
     scale = result["per_lr"][anchor]["variants"][first]["final_rel_error"] / result["lrs"][anchor]
-    axis.loglog(result["lrs"], [scale * lr for lr in result["lrs"]], color="gray", ls="--", lw=0.8, zorder=1,
-                label=f"slope 1 (first order, through {first})")
-    axis.set(title=f"{result['problem']}, lr · steps = {result['horizon']}", xlabel="lr η", ylabel="final relative error")
+    axis.loglog(
+        result["lrs"],
+        [scale * lr for lr in result["lrs"]],
+        color="gray",
+        ls="--",
+        lw=0.8,
+        zorder=1,
+        label=f"slope 1 (first order, through {first})",
+    )
+    axis.set(
+        title=f"{result['problem']}, lr · steps = {result['horizon']}", xlabel="lr η", ylabel="final relative error"
+    )
     # label the measured rates only: a log axis spanning under a decade would label its minor ticks on top of each other
     axis.set_xticks(result["lrs"], [f"{lr:g}" for lr in result["lrs"]])
     axis.set_xticks([], minor=True)
     axis.legend(fontsize=8, loc="upper left")  # the errors rise to the right: the upper left is empty
     return Path(save_figure(figure, path))
-

@@ -151,7 +151,15 @@ def convergence_experiment(
         finals = [entry["variants"][name]["final_rel_error"] for entry in per_lr]
         maxima = [entry["variants"][name]["max_rel_error"] for entry in per_lr]
         slopes[name] = {"final": log_log_slope(lrs, finals), "max": log_log_slope(lrs, maxima)}
-    return {"problem": problem, "horizon": horizon, "k": k, "seed": seed, "lrs": list(lrs), "per_lr": per_lr, "slopes": slopes}
+    return {
+        "problem": problem,
+        "horizon": horizon,
+        "k": k,
+        "seed": seed,
+        "lrs": list(lrs),
+        "per_lr": per_lr,
+        "slopes": slopes,
+    }
 
 
 def first_step_experiment(
@@ -183,16 +191,25 @@ def first_step_experiment(
         _, grad1 = loss.value_and_grad(reference.theta[1])
         fast = (grad1 - grad0).abs() > grad0.abs()
         gap_squared = float((gap**2).sum())
-        rows.append({
-            "lr": lr,
-            "rel_error_step1": float(gap.norm() / (reference.theta[1] - reference.theta[0]).norm()),
-            "fast_coordinates": int(fast.sum()),
-            "fast_share": float((gap[fast] ** 2).sum()) / gap_squared if gap_squared > 0 else 0.0,
-        })
+        rows.append(
+            {
+                "lr": lr,
+                "rel_error_step1": float(gap.norm() / (reference.theta[1] - reference.theta[0]).norm()),
+                "fast_coordinates": int(fast.sum()),
+                "fast_share": float((gap[fast] ** 2).sum()) / gap_squared if gap_squared > 0 else 0.0,
+            }
+        )
     errors = [row["rel_error_step1"] for row in rows]
     local_slopes = [log_log_slope(lrs[i : i + 2], errors[i : i + 2]) for i in range(len(rows) - 1)]
-    return {"problem": problem, "k": k, "seed": seed, "parameters": loss.theta0.numel(), "rows": rows,
-            "slope": log_log_slope(lrs, errors), "local_slopes": local_slopes}
+    return {
+        "problem": problem,
+        "k": k,
+        "seed": seed,
+        "parameters": loss.theta0.numel(),
+        "rows": rows,
+        "slope": log_log_slope(lrs, errors),
+        "local_slopes": local_slopes,
+    }
 
 
 def restart_from_discrete(
@@ -259,5 +276,11 @@ def restart_experiment(
         rows.append({"restart_step": 0, **start.summary(), "error_curve": _curve(start.relative_error, start.steps)})
     for s in track(list(restart_steps), description=f"flow restarts ({problem})", transient=True):
         comparison = compare(restart_from_discrete(loss, reference, s, lr=lr, k=k), reference)
-        rows.append({"restart_step": s, **comparison.summary(), "error_curve": _curve(comparison.relative_error, comparison.steps)})
+        rows.append(
+            {
+                "restart_step": s,
+                **comparison.summary(),
+                "error_curve": _curve(comparison.relative_error, comparison.steps),
+            }
+        )
     return {"problem": problem, "lr": lr, "steps": steps, "k": k, "seed": seed, "rows": rows}

@@ -28,7 +28,8 @@ is *early* (no warning can precede it by :data:`LEAD` steps); of the others, one
 of the losses just before its onset was within :data:`SUDDEN_FACTOR` of its running minimum (nothing in the
 loss announced it: a corrupted batch), else *developing*.
 
-**Detectors** (:func:`warning_steps`), each replayed on the recorded series:
+**Detectors**, each replayed on the recorded series (:mod:`kadam.experiments.monitor.analysis`, which also
+scores them):
 
 - ``monitor``: the running checks of the monitor at :data:`MONITOR_THRESHOLDS` (non-finite values, the
   secant curvature against the edge of stability, gradient-norm growth, loss growth;
@@ -58,9 +59,7 @@ intervention, paired by seed.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -71,13 +70,12 @@ import torch
 
 from kadam import stability
 from kadam.experiments.workloads import Split, Task, build_task, seeded_initialisation
-from kadam.monitor import StabilityMonitor, Thresholds, rules
-from kadam.monitor.monitor import DEFAULT_EVERY, global_grad_norm
+from kadam.monitor import StabilityMonitor, Thresholds
+from kadam.monitor.monitor import global_grad_norm
 
 __all__ = [
     "DEVELOPMENT_FAMILIES",
     "DEVELOPMENT_WORKLOADS",
-    "DETECTORS",
     "FAMILIES",
     "FAMILY_WORKLOADS",
     "INTERVENTIONS",
@@ -87,20 +85,13 @@ __all__ = [
     "WORKLOADS",
     "RunSpec",
     "applies",
-    "configuration_flags",
     "final_loss",
-    "choose_thresholds",
-    "guard_scores",
     "instability_step",
-    "monitor_checks",
-    "monitor_warnings",
     "outcome",
-    "score",
     "sharpness_run",
     "split_of",
     "trained",
     "validation_run",
-    "warning_steps",
 ]
 
 LEAD = 10
@@ -148,14 +139,6 @@ a learning rate where a warmup decides the outcome."""
 
 MONITOR_THRESHOLDS = Thresholds()
 """The monitor's thresholds in the protocol: its defaults, the ones users get."""
-
-DETECTORS = ("monitor", "loss_spike", "grad_norm_spike", "update_param_ratio", "stableadamw_rms")
-LOSS_SPIKE = {"window": 100, "multiplier": 2.0, "patience": 4}
-"""llm-foundry's ``KillLossSpike`` defaults: window_size, outlier_multiplier, patience (it fires at the
-patience + 1-th consecutive outlier)."""
-GRAD_SPIKE_FACTOR, GRAD_WINDOW = 5.0, 20
-UPDATE_RATIO = 0.05
-STABLEADAMW_RMS = 1.0
 
 
 def applies(family: str, workload: str) -> bool:
@@ -503,288 +486,6 @@ def validation_run(
 
 def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
-
-
-# ----------------------------------------------------------------------------------------------------
-# detectors
-
-
-def monitor_checks(
-    run: Mapping[str, Any], thresholds: Thresholds = MONITOR_THRESHOLDS, every: int = DEFAULT_EVERY
-) -> dict[str, list[int]]:
-    """Steps at which each running check of the monitor attached with ``every`` (its default) and
-    ``thresholds`` fires, replayed from the run's series with the monitor's own state machines
-    (:mod:`kadam.monitor.rules`): the non-finite and growth checks every step, the update-ratio and edge
-    checks at recorded steps (every ``every``-th)."""
-    edge = (
-        rules.EdgeCheck(thresholds.edge_ratio, thresholds.edge_patience, thresholds.edge_after)
-        if thresholds.edge_ratio is not None
-        else None
-    )
-    grad = rules.GrowthCheck(thresholds.grad_growth, thresholds.grad_window) if thresholds.grad_growth else None
-    loss_check = rules.GrowthCheck(thresholds.loss_growth, thresholds.loss_window) if thresholds.loss_growth else None
-    rise = rules.RiseCheck(thresholds.update_rise, thresholds.update_rise_after) if thresholds.update_rise else None
-    fired: dict[str, list[int]] = {
-        "nonfinite": [],
-        "grad_norm": [],
-        "loss": [],
-        "update_param_ratio": [],
-        "update_rise": [],
-        "curvature": [],
-    }
-    for n, (loss, grad_norm) in enumerate(zip(run["losses"], run["grad_norms"]), start=1):
-        if thresholds.nonfinite and (rules.non_finite(grad_norm) or rules.non_finite(loss)):
-            fired["nonfinite"].append(n)
-        if grad is not None and grad.update(grad_norm):
-            fired["grad_norm"].append(n)
-        if loss_check is not None and loss_check.update(loss):
-            fired["loss"].append(n)
-        if n % every == 0:
-            ratio = run["monitor_update_ratio"][n - 1] if n >= thresholds.update_after else None
-            if thresholds.update_ratio is not None and ratio is not None and ratio > thresholds.update_ratio:
-                fired["update_param_ratio"].append(n)
-            if rise is not None and rise.update(math.nan if ratio is None else ratio):
-                fired["update_rise"].append(n)
-            if edge is not None:
-                curvature, limit = run["curvature"][n - 1], run["edge"][n - 1]
-                if edge.update(n, math.nan if curvature is None else curvature, math.nan if limit is None else limit):
-                    fired["curvature"].append(n)
-    return fired
-
-
-def monitor_warnings(
-    run: Mapping[str, Any], thresholds: Thresholds = MONITOR_THRESHOLDS, every: int = DEFAULT_EVERY
-) -> list[int]:
-    """Steps at which any running check of :func:`monitor_checks` fires."""
-    return sorted({n for steps in monitor_checks(run, thresholds, every).values() for n in steps})
-
-
-def configuration_flags(run: Mapping[str, Any]) -> bool:
-    """Whether the monitor flagged the run's configuration when attached (the region check)."""
-    return any(e["kind"] == "configuration" for e in run["monitor_events"])
-
-
-def _loss_spike(losses: Sequence[float]) -> list[int]:
-    window, multiplier, patience = LOSS_SPIKE["window"], LOSS_SPIKE["multiplier"], LOSS_SPIKE["patience"]
-    warned, streak, recent = [], 0, []
-    for n, loss in enumerate(losses, start=1):
-        if len(recent) == window:
-            if not math.isfinite(loss) or loss > multiplier * float(np.mean(recent)):
-                streak += 1
-                if streak > patience:
-                    warned.append(n)
-            else:
-                streak = 0
-        if math.isfinite(loss):
-            recent.append(loss)
-            if len(recent) > window:
-                recent.pop(0)
-    return warned
-
-
-def _grad_spike(grad_norms: Sequence[float]) -> list[int]:
-    warned = []
-    for n in range(GRAD_WINDOW + 1, len(grad_norms) + 1):
-        history = [g for g in grad_norms[n - 1 - GRAD_WINDOW : n - 1] if math.isfinite(g)]
-        current = grad_norms[n - 1]
-        if history and (not math.isfinite(current) or current > GRAD_SPIKE_FACTOR * float(np.median(history))):
-            warned.append(n)
-    return warned
-
-
-def warning_steps(run: Mapping[str, Any], thresholds: Thresholds = MONITOR_THRESHOLDS) -> dict[str, list[int]]:
-    """Warning steps of every detector of :data:`DETECTORS` (module docstring)."""
-    clip = run["clip_rms"]
-    return {
-        "monitor": monitor_warnings(run, thresholds),
-        "loss_spike": _loss_spike(run["losses"]),
-        "grad_norm_spike": _grad_spike(run["grad_norms"]),
-        "update_param_ratio": [
-            n for n, r in enumerate(run["update_ratios"], start=1) if not math.isfinite(r) or r > UPDATE_RATIO
-        ],
-        "stableadamw_rms": [n for n, r in enumerate(clip, start=1) if r is not None and r > STABLEADAMW_RMS],
-    }
-
-
-# ----------------------------------------------------------------------------------------------------
-# scores
-
-
-def proportion_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float] | None:
-    """The exact (Clopper–Pearson) interval of a binomial proportion (``scipy.stats.binomtest``'s)."""
-    if trials == 0:
-        return None
-    from scipy import stats
-
-    interval = stats.binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="exact")
-    return float(interval.low), float(interval.high)
-
-
-def score(
-    runs: Sequence[Mapping[str, Any]], thresholds: Thresholds = MONITOR_THRESHOLDS, lead: int = LEAD
-) -> dict[str, Any]:
-    """Recall at ``lead`` on developing failures, sudden failures flagged within one step, lead quartiles and
-    the share of healthy runs warned, per detector, with exact 95% intervals (runs without intervention)."""
-    runs = [r for r in runs if r["spec"]["intervention"] == "none"]
-    failed = [r for r in runs if outcome(r) == "failed"]
-    early = [r for r in failed if (r["onset_step"] or math.inf) <= lead]
-    developing = [r for r in failed if r not in early and not r["sudden"]]
-    sudden = [r for r in failed if r not in early and r["sudden"]]
-    healthy = [r for r in runs if outcome(r) == "healthy"]
-    result: dict[str, Any] = {
-        "runs": len(runs),
-        "developing": len(developing),
-        "sudden": len(sudden),
-        "early": len(early),
-        "healthy": len(healthy),
-        "untrained": sum(1 for r in runs if outcome(r) == "untrained"),
-        "configuration_flagged": {
-            "failed": sum(configuration_flags(r) for r in failed),
-            "healthy": sum(configuration_flags(r) for r in healthy),
-        },
-        "lead": lead,
-        "detectors": {},
-    }
-    warnings = {id(r): warning_steps(r, thresholds) for r in runs}
-    for detector in DETECTORS:
-        leads, caught = [], 0
-        for run in developing:
-            event = run["instability_step"]
-            warned = [s for s in warnings[id(run)][detector] if s <= event]
-            lead_time = event - warned[0] if warned else None
-            caught += lead_time is not None and lead_time >= lead
-            if lead_time is not None:
-                leads.append(lead_time)
-        flagged = sum(
-            1
-            for run in sudden
-            if any(run["onset_step"] <= s <= run["onset_step"] + 1 for s in warnings[id(run)][detector])
-        )
-        warned_healthy = sum(1 for run in healthy if warnings[id(run)][detector])
-        result["detectors"][detector] = {
-            "recall": caught / len(developing) if developing else None,
-            "caught": caught,
-            "recall_interval": proportion_interval(caught, len(developing)),
-            "lead_quartiles": [float(q) for q in np.percentile(leads, [25, 50, 75])] if leads else None,
-            "sudden_flagged": flagged,
-            "sudden_interval": proportion_interval(flagged, len(sudden)),
-            "healthy_warned": warned_healthy,
-            "healthy_share": warned_healthy / len(healthy) if healthy else None,
-            "healthy_interval": proportion_interval(warned_healthy, len(healthy)),
-        }
-    return result
-
-
-SELECTION_GRID: Mapping[str, tuple[Any, ...]] = {
-    "edge_patience": (1, 2, 5),
-    "grad_growth": (None, 3.0, 5.0, 10.0),
-    "loss_growth": (None, 1.5, 2.0, 3.0),
-    "update_ratio": (None, 0.1, 0.2, 0.5, 1.0),
-    "update_rise": (None, 2.0, 5.0, 10.0, 20.0),
-}
-"""The monitor's argument thresholds :func:`choose_thresholds` searches over (the edge ratio stays the theory's 1)."""
-SELECTION_FALSE_ALARMS = 0.05
-"""The largest share of healthy development runs the chosen thresholds may warn."""
-
-
-def choose_thresholds(runs: Sequence[Mapping[str, Any]]) -> tuple[Thresholds, list[dict[str, Any]]]:
-    """The rule, fixed before the runs, that chose :data:`MONITOR_THRESHOLDS`' argument thresholds from the
-    development runs: over :data:`SELECTION_GRID`, the largest recall on developing failures (at lead
-    :data:`LEAD`) plus sudden failures flagged within a step, among the settings that warn at most
-    :data:`SELECTION_FALSE_ALARMS` of the healthy runs; ties go to fewer healthy runs warned, then to the
-    setting with fewer checks on and larger thresholds. Returns the choice and every setting's scores."""
-    development = [r for r in runs if r["split"] == "development"]
-    names = list(SELECTION_GRID)
-    table = []
-    for values in itertools.product(*(SELECTION_GRID[name] for name in names)):
-        thresholds = dataclasses.replace(MONITOR_THRESHOLDS, **dict(zip(names, values)))
-        scores = score(development, thresholds)
-        entry = scores["detectors"]["monitor"]
-        table.append(
-            {
-                **dict(zip(names, values)),
-                "caught": entry["caught"] + entry["sudden_flagged"],
-                "failures": scores["developing"] + scores["sudden"],
-                "healthy_warned": entry["healthy_warned"],
-                "healthy": scores["healthy"],
-            }
-        )
-
-    def allowed(row: Mapping[str, Any]) -> bool:
-        return row["healthy"] > 0 and row["healthy_warned"] <= SELECTION_FALSE_ALARMS * row["healthy"]
-
-    def conservative(row: Mapping[str, Any]) -> tuple[Any, ...]:
-        checks = [row[name] for name in ("grad_growth", "loss_growth", "update_ratio", "update_rise")]
-        return (
-            sum(value is not None for value in checks),
-            *(-(value or math.inf) for value in checks),
-            -row["edge_patience"],
-        )
-
-    candidates = [row for row in table if allowed(row)] or table
-    best = min(candidates, key=lambda row: (-row["caught"], row["healthy_warned"], conservative(row)))
-    return dataclasses.replace(MONITOR_THRESHOLDS, **{name: best[name] for name in names}), table
-
-
-def guard_scores(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per intervention: failing-arm runs whose unguarded twin failed and that the intervention *rescued* (its
-    final loss within the band of the workload's healthy unguarded runs: at most their largest final loss), and
-    on healthy-arm runs whose unguarded twin is healthy, the paired final-loss difference (intervention −
-    none) with a 95% t interval over the pairs (per workload and pooled)."""
-    from scipy import stats
-
-    def key(run: Mapping[str, Any]) -> tuple[Any, ...]:
-        spec = run["spec"]
-        return spec["workload"], spec["family"], spec["arm"], spec["seed"]
-
-    plain = {key(r): r for r in runs if r["spec"]["intervention"] == "none"}
-    band: dict[str, float] = {}
-    for run in plain.values():
-        if outcome(run) == "healthy":
-            workload = run["spec"]["workload"]
-            band[workload] = max(band.get(workload, -math.inf), final_loss(run))
-    result: dict[str, Any] = {"band": band, "interventions": {}}
-    for intervention in INTERVENTIONS[1:]:
-        treated = [r for r in runs if r["spec"]["intervention"] == intervention and key(r) in plain]
-        if not treated:
-            continue
-        failures = [r for r in treated if outcome(plain[key(r)]) == "failed"]
-        rescued = [
-            r
-            for r in failures
-            if math.isfinite(final_loss(r))
-            and r["spec"]["workload"] in band
-            and final_loss(r) <= band[r["spec"]["workload"]]
-        ]
-        differences: dict[str, list[float]] = {}
-        for run in treated:
-            twin = plain[key(run)]
-            if run["spec"]["arm"] == "healthy" and outcome(twin) == "healthy":
-                difference = final_loss(run) - final_loss(twin)
-                differences.setdefault(run["spec"]["workload"], []).append(
-                    difference if math.isfinite(difference) else math.inf
-                )
-        paired = {}
-        for workload, values in sorted({**differences, "all": sum(differences.values(), [])}.items()):
-            finite = [v for v in values if math.isfinite(v)]
-            entry: dict[str, Any] = {
-                "pairs": len(values),
-                "mean": float(np.mean(finite)) if finite else None,
-                "interval": None,
-                "worse": len(values) - len(finite),
-            }
-            if len(finite) >= 2:
-                mean, sem = float(np.mean(finite)), float(stats.sem(finite))
-                half = float(stats.t.ppf(0.975, len(finite) - 1)) * sem
-                entry["interval"] = (mean - half, mean + half)
-            paired[workload] = entry
-        result["interventions"][intervention] = {
-            "failures": len(failures),
-            "rescued": len(rescued),
-            "rescued_interval": proportion_interval(len(rescued), len(failures)),
-            "healthy_paired": paired,
-        }
-    return result
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from kadam.experiments.cells import Cell
-from kadam.experiments.monitor import protocol
+from kadam.experiments.monitor import analysis, protocol
 from kadam.experiments.monitor.config import MonitorConfig
 from kadam.experiments.profiles import profile_sizes
-from kadam.experiments.report import Claim, Figure, SectionDocument, Table, format_number
+from kadam.experiments.report import Claim, Figure, SectionDocument, Table, budget_verdict, format_number
 from kadam.experiments.sections import Section
 
 __all__ = [
@@ -30,9 +30,9 @@ __all__ = [
 DETECTOR_NAMES = {
     "monitor": "StabilityMonitor, default attach (no closure)",
     "loss_spike": "loss spike (llm-foundry KillLossSpike: > 2× mean of 100 steps, 5 in a row)",
-    "grad_norm_spike": f"gradient-norm spike (> {protocol.GRAD_SPIKE_FACTOR:g}× median of {protocol.GRAD_WINDOW} steps)",
-    "update_param_ratio": f"update/parameter ratio > {protocol.UPDATE_RATIO:g}",
-    "stableadamw_rms": f"StableAdamW indicator, RMS(g²/v̂) > {protocol.STABLEADAMW_RMS:g}",
+    "grad_norm_spike": f"gradient-norm spike (> {analysis.GRAD_SPIKE_FACTOR:g}× median of {analysis.GRAD_WINDOW} steps)",
+    "update_param_ratio": f"update/parameter ratio > {analysis.UPDATE_RATIO:g}",
+    "stableadamw_rms": f"StableAdamW indicator, RMS(g²/v̂) > {analysis.STABLEADAMW_RMS:g}",
 }
 INTERVENTION_NAMES = {
     "guard": "StabilityGuard (defaults, with the monitor)",
@@ -144,14 +144,14 @@ def _correct(run: Mapping[str, Any], warned: Sequence[int], lead: int = protocol
     return bool(ahead) and event - ahead[0] >= lead
 
 
-def mcnemar(runs: Sequence[Mapping[str, Any]], baselines: Sequence[str] = protocol.DETECTORS[1:]) -> dict[str, Any]:
+def mcnemar(runs: Sequence[Mapping[str, Any]], baselines: Sequence[str] = analysis.DETECTORS[1:]) -> dict[str, Any]:
     """The monitor against each baseline on the same runs: exact McNemar tests on the runs where exactly one of
     the two is right (:func:`_correct`), Holm-corrected over the baselines at :data:`ALPHA`. ``better`` is
     True when the monitor is right significantly more often, False when significantly less, None otherwise."""
     from scipy import stats
 
     plain = [r for r in runs if r["spec"]["intervention"] == "none"]
-    warnings = [protocol.warning_steps(r) for r in plain]
+    warnings = [analysis.warning_steps(r) for r in plain]
     rows = {}
     for baseline in baselines:
         only_monitor = only_baseline = 0
@@ -266,10 +266,11 @@ def _verdict(interval: Sequence[float] | None, target: float, above: bool) -> st
 
 
 def monitor_claims(
-    held_out: Mapping[str, Any], comparisons: Mapping[str, Any], guard: Mapping[str, Any]
+    held_out: Mapping[str, Any], comparisons: Mapping[str, Any], guard: Mapping[str, Any], seeds: int | None = None
 ) -> list[Claim]:
     """The project's claims for the monitor and the guard, read on held-out runs from exact intervals (module
-    constants for the targets)."""
+    constants for the targets); on fewer than ``report.MIN_SEEDS`` seeds per (workload, family, arm) every
+    verdict is "not resolved at this budget"."""
     monitor = held_out["detectors"]["monitor"]
     claims = [
         Claim(
@@ -327,7 +328,23 @@ def monitor_claims(
                 f"over {pooled['pairs']} pairs; it resolves a loss increase above {format_number(high, 3)}"
             )
         claims.append(Claim("The guard does not make healthy runs train significantly worse", verdict, evidence))
-    return claims
+    criteria = [
+        f"exact {CONFIDENCE:.0%} interval of recall on held-out developing failures: confirmed when its lower end is "
+        f"≥ {RECALL_TARGET:.0%}, refuted when its upper end is below",
+        f"exact {CONFIDENCE:.0%} interval of sudden held-out failures flagged within one step against {SUDDEN_TARGET:.0%}",
+        f"exact {CONFIDENCE:.0%} interval of healthy held-out runs warned: confirmed when its upper end is ≤ "
+        f"{FALSE_ALARM_TARGET:.0%}, refuted when its lower end is above",
+        f"exact McNemar test against each baseline on the runs where exactly one is right, Holm at {ALPHA:g}: "
+        "confirmed when the monitor is significantly better than every baseline, refuted when significantly worse "
+        "than any",
+        f"exact {CONFIDENCE:.0%} interval of failing runs rescued against {RESCUE_TARGET:.0%}",
+        f"{CONFIDENCE:.0%} t interval of the paired final-loss difference guard − none on healthy runs: refuted when "
+        "its lower end is above 0",
+    ]
+    return [
+        Claim(c.text, budget_verdict(c.verdict, seeds), c.evidence, kind="project", criterion=criterion, seeds=seeds)
+        for c, criterion in zip(claims, criteria)
+    ]
 
 
 def sharpness_finding(sharp: list[Mapping[str, Any]]) -> str:
@@ -392,7 +409,7 @@ def _outcome_counts(runs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _selection_rows(table: Sequence[Mapping[str, Any]], chosen: Any) -> list[list[str]]:
-    names = list(protocol.SELECTION_GRID)
+    names = list(analysis.SELECTION_GRID)
     ranked = sorted(table, key=lambda row: (-row["caught"], row["healthy_warned"]))[:6]
     rows = []
     for row in ranked:
@@ -419,10 +436,10 @@ def build_section(settings: Any) -> Section:
         records = [results[cell.key] for cell in runs]
         held = [r for r in records if r["split"] == "held-out"]
         development = [r for r in records if r["split"] == "development"]
-        held_scores, development_scores = protocol.score(held), protocol.score(development)
+        held_scores, development_scores = analysis.score(held), analysis.score(development)
         comparisons = mcnemar(held)
-        guard = protocol.guard_scores(records)
-        chosen, selection = protocol.choose_thresholds(records)
+        guard = analysis.guard_scores(records)
+        chosen, selection = analysis.choose_thresholds(records)
         sharp = [results[cell.key] for cell in sharpness]
         monitor = held_scores["detectors"]["monitor"]
         tables = [
@@ -440,7 +457,7 @@ def build_section(settings: Any) -> Section:
             Table(
                 "The development runs' choice of the monitor's argument thresholds at this budget (the rule in "
                 "code: most failures caught among settings warning ≤ "
-                f"{protocol.SELECTION_FALSE_ALARMS:.0%} of healthy runs): the six best settings",
+                f"{analysis.SELECTION_FALSE_ALARMS:.0%} of healthy runs): the six best settings",
                 ["setting", "failures caught", "healthy runs warned"],
                 _selection_rows(selection, chosen),
             ),
@@ -467,16 +484,16 @@ def build_section(settings: Any) -> Section:
                 + "."
             )
         chosen_matches = all(
-            getattr(chosen, n) == getattr(protocol.MONITOR_THRESHOLDS, n) for n in protocol.SELECTION_GRID
+            getattr(chosen, n) == getattr(protocol.MONITOR_THRESHOLDS, n) for n in analysis.SELECTION_GRID
         )
         findings.append(
             "The development runs of this profile choose "
-            + ", ".join(f"{n} = {getattr(chosen, n)}" for n in protocol.SELECTION_GRID)
+            + ", ".join(f"{n} = {getattr(chosen, n)}" for n in analysis.SELECTION_GRID)
             + (
                 ": the monitor's defaults."
                 if chosen_matches
                 else "; the monitor's defaults, chosen on the committed development runs, are "
-                + ", ".join(f"{n} = {getattr(protocol.MONITOR_THRESHOLDS, n)}" for n in protocol.SELECTION_GRID)
+                + ", ".join(f"{n} = {getattr(protocol.MONITOR_THRESHOLDS, n)}" for n in analysis.SELECTION_GRID)
                 + "."
             )
         )
@@ -491,7 +508,7 @@ def build_section(settings: Any) -> Section:
         if failed:
             run = failed[0]
             path = figures / "monitor_failing_run.png"
-            plots.plot_validation_run(run, protocol.monitor_checks(run), path)
+            plots.plot_validation_run(run, analysis.monitor_checks(run), path)
             spec = run["spec"]
             figure_list.append(
                 Figure(
@@ -551,10 +568,10 @@ def build_section(settings: Any) -> Section:
                 "development": development_scores,
                 "mcnemar": comparisons,
                 "guard": guard,
-                "selection": {"chosen": {n: getattr(chosen, n) for n in protocol.SELECTION_GRID}, "table": selection},
+                "selection": {"chosen": {n: getattr(chosen, n) for n in analysis.SELECTION_GRID}, "table": selection},
                 "sharpness": [{k: v for k, v in r.items() if k != "losses"} for r in sharp],
             },
-            claims=monitor_claims(held_scores, comparisons, guard),
+            claims=monitor_claims(held_scores, comparisons, guard, seeds=len(config.seeds)),
         )
 
     return Section(

@@ -30,8 +30,17 @@ def plot_random_walk(result: dict[str, Any], path: str) -> str:
         curves = result["curves"][f"beta={row['beta']}"]
         for axis, key in ((axes[0][0], "norm"), (axes[0][1], "angular_update")):
             every = max(len(result["by_beta"]), len(curves[key]["steps"]) // 10)  # staggered: equal curves show all
-            axis.plot(curves[key]["steps"], curves[key]["values"], color=color, lw=0.8, label=f"β = {row['beta']}",
-                      marker=marker, ms=4, mfc="none", markevery=(index * every // len(result["by_beta"]), every))
+            axis.plot(
+                curves[key]["steps"],
+                curves[key]["values"],
+                color=color,
+                lw=0.8,
+                label=f"β = {row['beta']}",
+                marker=marker,
+                ms=4,
+                mfc="none",
+                markevery=(index * every // len(result["by_beta"]), every),
+            )
             for assumption, style in EQUILIBRIUM_STYLES:
                 axis.axhline(row[f"{assumption}_{key}"], color=color, ls=style, lw=1)
     axes[0][0].set(xlabel="step", ylabel="|W|", yscale="log", title="norm")
@@ -42,8 +51,11 @@ def plot_random_walk(result: dict[str, Any], path: str) -> str:
     return save_figure(figure, path, dpi=110)
 
 
-_COPY_STYLES = {"sphere": ("-", "2-Adam"), "sphere_corrected": ("--", "2-Adam, step × 1/√F"),
-                "control": (":", "AdamW, other batch order (control)")}
+_COPY_STYLES = {
+    "sphere": ("-", "2-Adam"),
+    "sphere_corrected": ("--", "2-Adam, step × 1/√F"),
+    "control": (":", "AdamW, other batch order (control)"),
+}
 """Line style and legend name of each copy compared with AdamW on the network (meta-adaptive figure)."""
 
 
@@ -68,8 +80,14 @@ def plot_meta_adaptive(drift: dict[str, Any], network: dict[str, Any] | None, pa
     for config in drift["configs"]:
         curve = config["cosine_curve"]
         order = norms.index(config["norm"])
-        axes[0][0].plot(curve["steps"], curve["values"], lw=1.6 - 0.4 * min(order, 1), ls=("-", "--", ":")[order % 3],
-                        zorder=2 + order, label=f"β={config['beta']}, γ={config['gamma']}, {config['norm']}")
+        axes[0][0].plot(
+            curve["steps"],
+            curve["values"],
+            lw=1.6 - 0.4 * min(order, 1),
+            ls=("-", "--", ":")[order % 3],
+            zorder=2 + order,
+            label=f"β={config['beta']}, γ={config['gamma']}, {config['norm']}",
+        )
     axes[0][0].set(xlabel="step", ylabel="cos(Ŵ_AdamW, Ŵ_2-Adam)", title=f"noisy quadratic, d = {drift['d']}")
     axes[0][0].legend(fontsize=7)
     if network:
@@ -80,13 +98,25 @@ def plot_meta_adaptive(drift: dict[str, Any], network: dict[str, Any] | None, pa
                 steps, values = _layer_mean_curve(config, copy)
                 axes[0][1].plot(steps, values, ls=style, color=color, lw=1.2, label=f"β={config['beta']}: {label}")
                 loss = config["losses"][copy]["curve"]
-                axes[0][2].plot(loss["steps"], loss["values"], ls=style, color=color, lw=1.0,
-                                label=f"β={config['beta']}: {label}")
+                axes[0][2].plot(
+                    loss["steps"], loss["values"], ls=style, color=color, lw=1.0, label=f"β={config['beta']}: {label}"
+                )
             adamw_loss = config["losses"]["adamw"]["curve"]
-            axes[0][2].plot(adamw_loss["steps"], adamw_loss["values"], ls="-", color=color, lw=2.2, alpha=0.35,
-                            label=f"β={config['beta']}: AdamW", zorder=1)
-        axes[0][1].set(xlabel="step", ylabel="cos with AdamW's direction (mean over layers)",
-                       title=f"LayerNorm MLP on digits (seed {network.get('seed', 0)})")
+            axes[0][2].plot(
+                adamw_loss["steps"],
+                adamw_loss["values"],
+                ls="-",
+                color=color,
+                lw=2.2,
+                alpha=0.35,
+                label=f"β={config['beta']}: AdamW",
+                zorder=1,
+            )
+        axes[0][1].set(
+            xlabel="step",
+            ylabel="cos with AdamW's direction (mean over layers)",
+            title=f"LayerNorm MLP on digits (seed {network.get('seed', 0)})",
+        )
         axes[0][1].axhline(0.0, color="gray", lw=0.5)
         axes[0][1].legend(fontsize=6)
         axes[0][2].set(xlabel="step", ylabel="training loss (window mean)", yscale="log", title="each copy's loss")
@@ -111,18 +141,37 @@ def plot_digits_norms(runs: list[dict[str, Any]], path: str) -> str:
                 curves = layer["curves"]
                 for index, (assumption, style) in enumerate(EQUILIBRIUM_STYLES):
                     curve = curves[f"{assumption}_{quantity}"]
-                    axis.plot(curve["steps"], curve["values"], ls=style, lw=1.3, color=f"C{index}",
-                              label=f"{assumption} replay", zorder=2)
+                    axis.plot(
+                        curve["steps"],
+                        curve["values"],
+                        ls=style,
+                        lw=1.3,
+                        color=f"C{index}",
+                        label=f"{assumption} replay",
+                        zorder=2,
+                    )
                     if f"{assumption}_equilibrium_{quantity}" in layer:
-                        axis.axhline(layer[f"{assumption}_equilibrium_{quantity}"], ls=style, color="gray", lw=0.9,
-                                     label=f"{assumption} equilibrium", zorder=1)
+                        axis.axhline(
+                            layer[f"{assumption}_equilibrium_{quantity}"],
+                            ls=style,
+                            color="gray",
+                            lw=0.9,
+                            label=f"{assumption} equilibrium",
+                            zorder=1,
+                        )
                 measured = curves[f"measured_{quantity}"]
                 axis.plot(measured["steps"], measured["values"], color="black", lw=0.9, label="measured", zorder=3)
                 axis.axvspan(run["window_start"], run["steps"], color="gold", alpha=0.15, lw=0, zorder=0)
-                length = ("" if run.get("relaxation_times_run") is None else
-                          f", {run['relaxation_times_run']:.1f}τ" + ("" if run.get("equilibrated") else " (too short)"))
-                axis.set_title(f"{run['task']} {run['optimizer']} λ={run['weight_decay']:g}{length}\n{layer['name']} "
-                               + ("|W|" if quantity == "norm" else "angle/step"), fontsize=7)
+                length = (
+                    ""
+                    if run.get("relaxation_times_run") is None
+                    else f", {run['relaxation_times_run']:.1f}τ" + ("" if run.get("equilibrated") else " (too short)")
+                )
+                axis.set_title(
+                    f"{run['task']} {run['optimizer']} λ={run['weight_decay']:g}{length}\n{layer['name']} "
+                    + ("|W|" if quantity == "norm" else "angle/step"),
+                    fontsize=7,
+                )
                 axis.set_yscale("log")
                 axis.tick_params(labelsize=6)
     handles, labels = axes[0][0].get_legend_handles_labels()

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from kadam.experiments.workloads import MLP, build_task, digits_splits, parameter_count, seeded_initialisation, train
 from kadam.normalization.detection import find_scale_invariant
+from kadam.normalization.level import adaptive_level
 from kadam.normalization.predictions import (
     correlation_factor,
     equilibrium_angular_update,
@@ -39,7 +40,6 @@ from kadam.normalization.predictions import (
     relaxation_steps,
 )
 from kadam.normalization.sphere import SphericalTwoAdam
-from kadam.normalization.level import adaptive_level
 from kadam.normalization.tracker import STATISTICS, NormTracker, step_statistics
 from kadam.optimizer import KAdam
 
@@ -77,8 +77,16 @@ def spherical_noise_gradient(weight: Tensor, noise: Tensor, curvature: Tensor | 
 
 
 def batched_adamw(
-    weights: Tensor, gradient: Callable[[Tensor, int], Tensor], steps: int, lr: float, weight_decay: float,
-    betas: Sequence[float], gamma: float, eps: float = 1e-8, record_every: int = 1, progress: Progress = None,
+    weights: Tensor,
+    gradient: Callable[[Tensor, int], Tensor],
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    betas: Sequence[float],
+    gamma: float,
+    eps: float = 1e-8,
+    record_every: int = 1,
+    progress: Progress = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""AdamW (THEORY §1, k = 1, elementwise) on the rows of ``weights`` at once, row i with ``β = betas[i]``.
 
@@ -151,8 +159,15 @@ def random_walk(
         return spherical_noise_gradient(w, torch.randn(w.shape, generator=generator, dtype=torch.float64))
 
     recorded, statistics = batched_adamw(
-        weights, noise_gradient, steps, lr, weight_decay, betas, gamma,
-        record_every=record_every, progress=progress,
+        weights,
+        noise_gradient,
+        steps,
+        lr,
+        weight_decay,
+        betas,
+        gamma,
+        record_every=record_every,
+        progress=progress,
     )
     names = [f"beta={beta}" for beta in betas]
     history = {key: {name: statistics[:, i, j] for i, name in enumerate(names)} for j, key in enumerate(STATISTICS)}
@@ -163,9 +178,13 @@ def random_walk(
         norm = _window_rms(history["norm"][name], recorded, transient_times * tau)
         angle = _window_rms(history["angular_update"][name], recorded, transient_times * tau)
         inner = float(np.mean(history["inner"][name][recorded > transient_times * tau]))
-        row: dict[str, Any] = {"beta": beta, "measured_norm": norm, "measured_angular_update": angle,
-                               "measured_inner": inner,
-                               "predicted_inner": -lr * noise_update_sq_norm(d, beta) * beta / (1 - shrink * beta)}
+        row: dict[str, Any] = {
+            "beta": beta,
+            "measured_norm": norm,
+            "measured_angular_update": angle,
+            "measured_inner": inner,
+            "predicted_inner": -lr * noise_update_sq_norm(d, beta) * beta / (1 - shrink * beta),
+        }
         for assumption in ("corrected", "orthogonal"):
             predicted_norm = equilibrium_norm(lr, weight_decay, d, beta, assumption=assumption)
             predicted_angle = equilibrium_angular_update(lr, weight_decay, beta, assumption=assumption)
@@ -174,10 +193,22 @@ def random_walk(
             row[f"{assumption}_norm_error"] = predicted_norm / norm - 1
             row[f"{assumption}_angular_error"] = predicted_angle / angle - 1
         rows.append(row)
-        curves[name] = {"norm": _downsample(recorded, history["norm"][name], curve_points),
-                        "angular_update": _downsample(recorded, history["angular_update"][name], curve_points)}
-    return {"d": d, "lr": lr, "weight_decay": weight_decay, "gamma": gamma, "relaxation_steps": tau,
-            "steps": steps, "window_start": transient_times * tau, "seed": seed, "by_beta": rows, "curves": curves}
+        curves[name] = {
+            "norm": _downsample(recorded, history["norm"][name], curve_points),
+            "angular_update": _downsample(recorded, history["angular_update"][name], curve_points),
+        }
+    return {
+        "d": d,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "gamma": gamma,
+        "relaxation_steps": tau,
+        "steps": steps,
+        "window_start": transient_times * tau,
+        "seed": seed,
+        "by_beta": rows,
+        "curves": curves,
+    }
 
 
 def _direction(tensor: Tensor) -> Tensor:
@@ -185,8 +216,13 @@ def _direction(tensor: Tensor) -> Tensor:
 
 
 def _direction_comparison(
-    adamw: NormTracker, sphere: NormTracker, name: str, cosine_steps: Sequence[int], cosines: Sequence[float],
-    steps: int, curve_points: int,
+    adamw: NormTracker,
+    sphere: NormTracker,
+    name: str,
+    cosine_steps: Sequence[int],
+    cosines: Sequence[float],
+    steps: int,
+    curve_points: int,
 ) -> dict[str, Any]:
     """Cosine between the two directions over time, and the AdamW / 2-Adam ratio of RMS angular updates
     over the last third of the run."""
@@ -195,7 +231,8 @@ def _direction_comparison(
     late = 2 * steps / 3
     cosine_array = np.asarray(cosines)
     return {
-        "final_cosine": float(cosine_array[-1]), "min_cosine": float(cosine_array.min()),
+        "final_cosine": float(cosine_array[-1]),
+        "min_cosine": float(cosine_array.min()),
         "angular_update_ratio": _window_rms(adamw_history["angular_update"][name], recorded, late)
         / _window_rms(sphere_history["angular_update"][name], recorded, late),
         "cosine_curve": _downsample(np.asarray(cosine_steps), cosine_array, curve_points),
@@ -203,7 +240,13 @@ def _direction_comparison(
 
 
 def _adamw_sphere_pair(
-    d: int, lr: float, weight_decay: float, betas: tuple[float, float], eps: float, norm: str, initial_norm: float,
+    d: int,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+    norm: str,
+    initial_norm: float,
     seed: int,
 ) -> tuple[nn.Parameter, KAdam, nn.Parameter, SphericalTwoAdam]:
     start = torch.randn(d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -219,8 +262,14 @@ def _curvature(d: int, scale: float) -> Tensor:
 
 
 def meta_adaptive_exact(
-    d: int = 256, steps: int = 2000, lr: float = 1e-3, weight_decay: float = 0.1, curvature: float = 1.0,
-    noise: float = 1.0, initial_norm: float = 0.5, seed: int = 0,
+    d: int = 256,
+    steps: int = 2000,
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    curvature: float = 1.0,
+    noise: float = 1.0,
+    initial_norm: float = 0.5,
+    seed: int = 0,
 ) -> dict[str, Any]:
     r"""AdamW with level 1 a normalized gradient vs explicit 2-Adam on the sphere: equal directions (THEORY §4).
 
@@ -247,8 +296,14 @@ def meta_adaptive_exact(
         sphere.step()
         worst = max(worst, float(torch.linalg.vector_norm(_direction(adamw_weight) - sphere_weight.detach())))
     travelled = float(torch.arccos(torch.clamp(torch.dot(start, _direction(adamw_weight)), -1.0, 1.0)))
-    return {"d": d, "steps": steps, "lr": lr, "weight_decay": weight_decay, "max_direction_error": worst,
-            "angle_travelled": travelled}
+    return {
+        "d": d,
+        "steps": steps,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "max_direction_error": worst,
+        "angle_travelled": travelled,
+    }
 
 
 def meta_adaptive_drift(
@@ -257,7 +312,10 @@ def meta_adaptive_drift(
     lr: float = 1e-3,
     weight_decay: float = 0.1,
     configs: Sequence[tuple[float, float, str]] = (
-        (0.0, 0.999, "elementwise"), (0.9, 0.999, "elementwise"), (0.0, 0.999, "tensor"), (0.9, 0.999, "tensor"),
+        (0.0, 0.999, "elementwise"),
+        (0.9, 0.999, "elementwise"),
+        (0.0, 0.999, "tensor"),
+        (0.9, 0.999, "tensor"),
     ),
     curvature: float = 1.0,
     noise: float = 1.0,
@@ -287,8 +345,10 @@ def meta_adaptive_drift(
         )
         generator = torch.Generator().manual_seed(seed + 1)
         cosines, cosine_steps = [], []
-        with NormTracker(adamw, [("w", adamw_weight)], every=record_every) as adamw_tracker, \
-                NormTracker(sphere, [("w", sphere_weight)], every=record_every) as sphere_tracker:
+        with (
+            NormTracker(adamw, [("w", adamw_weight)], every=record_every) as adamw_tracker,
+            NormTracker(sphere, [("w", sphere_weight)], every=record_every) as sphere_tracker,
+        ):
             # not workloads.train: two optimizers in lockstep on gradients computed in closed form from one noise draw
             for step in range(1, steps + 1):
                 xi = noise * torch.randn(d, generator=generator, dtype=torch.float64)
@@ -302,17 +362,28 @@ def meta_adaptive_drift(
                     cosine_steps.append(step)
                 if progress is not None and step % 1000 == 0:
                     progress(index * steps + step, total)
-        results.append({
-            "beta": beta, "gamma": gamma, "norm": norm, "initial_norm": initial,
-            **_direction_comparison(adamw_tracker, sphere_tracker, "w", cosine_steps, cosines, steps, curve_points),
-            "predicted_ratio": 1 / math.sqrt(correlation_factor(beta, shrink)),
-            "momentum_memory_ratio": 2 * lr * weight_decay / (1 - beta),
-            "second_moment_memory_ratio": 2 * lr * weight_decay / (1 - gamma),
-            "final_norm": float(torch.linalg.vector_norm(adamw_weight.detach())),
-            "corrected_equilibrium_norm": equilibrium_norm(lr, weight_decay, d, beta),
-        })
-    return {"d": d, "steps": steps, "lr": lr, "weight_decay": weight_decay,
-            "relaxation_steps": relaxation_steps(lr, weight_decay), "configs": results}
+        results.append(
+            {
+                "beta": beta,
+                "gamma": gamma,
+                "norm": norm,
+                "initial_norm": initial,
+                **_direction_comparison(adamw_tracker, sphere_tracker, "w", cosine_steps, cosines, steps, curve_points),
+                "predicted_ratio": 1 / math.sqrt(correlation_factor(beta, shrink)),
+                "momentum_memory_ratio": 2 * lr * weight_decay / (1 - beta),
+                "second_moment_memory_ratio": 2 * lr * weight_decay / (1 - gamma),
+                "final_norm": float(torch.linalg.vector_norm(adamw_weight.detach())),
+                "corrected_equilibrium_norm": equilibrium_norm(lr, weight_decay, d, beta),
+            }
+        )
+    return {
+        "d": d,
+        "steps": steps,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "relaxation_steps": relaxation_steps(lr, weight_decay),
+        "configs": results,
+    }
 
 
 def _digits_model_and_data(norm: str, hidden: int, depth: int, seed: int) -> tuple[nn.Module, dict[str, Any]]:
@@ -387,8 +458,11 @@ def digits_norms(
     probe = torch.randperm(len(targets), generator=generator)[:256]
     tracked, detection = _explained_invariant(model, (inputs[probe], targets[probe]))
     parameters = dict(model.named_parameters())
-    optimizer_instance = (torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=decay)
-                          if optimizer == "adamw" else torch.optim.Adam(model.parameters(), lr=lr, betas=betas))
+    optimizer_instance = (
+        torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=decay)
+        if optimizer == "adamw"
+        else torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
+    )
 
     def next_batch() -> tuple[Tensor, Tensor]:
         index = torch.randint(len(targets), (batch_size,), generator=generator)
@@ -409,17 +483,22 @@ def digits_norms(
         update_norm = history["update_norm"][name]
         d = parameters[name].numel()
         layer: dict[str, Any] = {
-            "name": name, "d": d, "initial_norm": initial[name],
+            "name": name,
+            "d": d,
+            "initial_norm": initial[name],
             "measured_norm": _window_rms(measured_norm, recorded, window_start),
             "measured_angular_update": _window_rms(history["angular_update"][name], recorded, window_start),
             "measured_update_sq_over_d": float(np.mean(update_norm[recorded > window_start] ** 2) / d),
             "noise_update_sq_over_d": noise_update_sq_norm(d, betas[0]) / d,
-            "curves": {"measured_norm": _downsample(recorded, measured_norm, curve_points),
-                       "measured_angular_update": _downsample(recorded, history["angular_update"][name], curve_points)},
+            "curves": {
+                "measured_norm": _downsample(recorded, measured_norm, curve_points),
+                "measured_angular_update": _downsample(recorded, history["angular_update"][name], curve_points),
+            },
         }
         for assumption in ("corrected", "orthogonal"):
-            trajectory = norm_trajectory(initial[name], lr, decay, betas[0], update_sq_norms=update_norm**2,
-                                         assumption=assumption)
+            trajectory = norm_trajectory(
+                initial[name], lr, decay, betas[0], update_sq_norms=update_norm**2, assumption=assumption
+            )
             angular = np.arctan(lr * update_norm / (shrink * trajectory[:-1]))
             layer[f"{assumption}_norm"] = _window_rms(trajectory[1:], recorded, window_start)
             layer[f"{assumption}_norm_error"] = layer[f"{assumption}_norm"] / layer["measured_norm"] - 1
@@ -430,17 +509,29 @@ def digits_norms(
             layer["curves"][f"{assumption}_norm"] = _downsample(recorded, trajectory[1:], curve_points)
             layer["curves"][f"{assumption}_angular_update"] = _downsample(recorded, angular, curve_points)
             if decay > 0:
-                layer[f"{assumption}_equilibrium_norm"] = equilibrium_norm(lr, decay, d, betas[0], assumption=assumption)
+                layer[f"{assumption}_equilibrium_norm"] = equilibrium_norm(
+                    lr, decay, d, betas[0], assumption=assumption
+                )
                 layer[f"{assumption}_equilibrium_angular_update"] = equilibrium_angular_update(
                     lr, decay, betas[0], assumption=assumption
                 )
         layers.append(layer)
     return {
-        "task": f"digits-{'bn' if norm == 'batch' else 'ln'}", "optimizer": optimizer, "lr": lr,
-        "weight_decay": decay, "betas": list(betas), "steps": steps, "batch_size": batch_size, "seed": seed,
-        "relaxation_steps": tau, "relaxation_times_run": None if tau is None else steps / tau,
-        "equilibrated": equilibrated, "window_start": window_start,
-        "detection": detection, "tracked": tracked, "layers": layers,
+        "task": f"digits-{'bn' if norm == 'batch' else 'ln'}",
+        "optimizer": optimizer,
+        "lr": lr,
+        "weight_decay": decay,
+        "betas": list(betas),
+        "steps": steps,
+        "batch_size": batch_size,
+        "seed": seed,
+        "relaxation_steps": tau,
+        "relaxation_times_run": None if tau is None else steps / tau,
+        "equilibrated": equilibrated,
+        "window_start": window_start,
+        "detection": detection,
+        "tracked": tracked,
+        "layers": layers,
         "test_accuracy": _accuracy(model, data["test"]),
     }
 
@@ -519,9 +610,13 @@ def meta_adaptive_network(
         losses: dict[str, list[float]] = {name: [] for name in copies}
         window: dict[str, float] = {name: 0.0 for name in copies}
         cosine_steps: list[int] = []
-        trackers = {name: NormTracker(optimizers[name][0], [(layer, parameters[name][layer]) for layer in tracked],
-                                      every=record_every) for name in ("adamw", "sphere", "sphere_corrected")
-                    if name in copies}
+        trackers = {
+            name: NormTracker(
+                optimizers[name][0], [(layer, parameters[name][layer]) for layer in tracked], every=record_every
+            )
+            for name in ("adamw", "sphere", "sphere_corrected")
+            if name in copies
+        }
         gamma2 = shrink**2
         # not workloads.train: four models step in lockstep on shared mini-batches, two of them with two optimizers
         try:
@@ -538,9 +633,12 @@ def meta_adaptive_network(
                         sphere = optimizers[name][0]
                         weights = sphere.param_groups[0]["params"]
                         # ν'_{n−1}; at the first step the ν₀ the optimizer is about to set from |W₀|
-                        before = [sphere.state[p]["level2_sq"] if sphere.state[p] else
-                                  (1 - gamma2) * torch.linalg.vector_norm(p.detach()) ** 2 / (lr**2 * p.numel())
-                                  for p in weights]
+                        before = [
+                            sphere.state[p]["level2_sq"]
+                            if sphere.state[p]
+                            else (1 - gamma2) * torch.linalg.vector_norm(p.detach()) ** 2 / (lr**2 * p.numel())
+                            for p in weights
+                        ]
                     for optimizer in optimizers[name]:
                         optimizer.step()
                     if name == "sphere_corrected":
@@ -555,8 +653,9 @@ def meta_adaptive_network(
                     reference = parameters["adamw"]
                     for name in copies[1:]:
                         for layer in tracked:
-                            cosines[name][layer].append(float(torch.sum(
-                                _direction(reference[layer]) * _direction(parameters[name][layer]))))
+                            cosines[name][layer].append(
+                                float(torch.sum(_direction(reference[layer]) * _direction(parameters[name][layer])))
+                            )
                 if progress is not None and step % 100 == 0:
                     progress(config_index * steps + step, total)
         finally:
@@ -566,9 +665,10 @@ def meta_adaptive_network(
         recorded = histories["adamw"]["steps"]
         late = 2 * steps / 3
 
-        def ratio(name: str, layer: str) -> float:
-            return (_window_rms(histories["adamw"]["angular_update"][layer], recorded, late)
-                    / _window_rms(histories[name]["angular_update"][layer], recorded, late))
+        def ratio(name: str, layer: str, histories=histories, recorded=recorded, late=late) -> float:
+            return _window_rms(histories["adamw"]["angular_update"][layer], recorded, late) / _window_rms(
+                histories[name]["angular_update"][layer], recorded, late
+            )
 
         steps_array = np.asarray(cosine_steps)
         per_layer = []
@@ -576,34 +676,63 @@ def meta_adaptive_network(
             entry: dict[str, Any] = {"name": layer}
             for name in copies[1:]:
                 values = np.asarray(cosines[name][layer])
-                entry[name] = {"final_cosine": float(values[-1]), "min_cosine": float(values.min()),
-                               "cosine_curve": _downsample(steps_array, values, curve_points)}
+                entry[name] = {
+                    "final_cosine": float(values[-1]),
+                    "min_cosine": float(values.min()),
+                    "cosine_curve": _downsample(steps_array, values, curve_points),
+                }
                 if name in histories:
                     entry[name]["angular_update_ratio"] = ratio(name, layer)
             # the uncorrected pair under the names the figures and tables have always read
-            entry.update({key: entry["sphere"][key] for key in ("final_cosine", "min_cosine", "cosine_curve",
-                                                                 "angular_update_ratio")})
+            entry.update(
+                {
+                    key: entry["sphere"][key]
+                    for key in ("final_cosine", "min_cosine", "cosine_curve", "angular_update_ratio")
+                }
+            )
             per_layer.append(entry)
         tail = max(1, len(cosine_steps) // 10)
-        loss_summary = {name: {"final": float(np.mean(losses[name][-tail:])),
-                               "diverged": bool(np.mean(losses[name][-tail:]) > DIVERGED_LOSS),
-                               "curve": _downsample(steps_array, np.asarray(losses[name]), curve_points)}
-                        for name in copies}
+        loss_summary = {
+            name: {
+                "final": float(np.mean(losses[name][-tail:])),
+                "diverged": bool(np.mean(losses[name][-tail:]) > DIVERGED_LOSS),
+                "curve": _downsample(steps_array, np.asarray(losses[name]), curve_points),
+            }
+            for name in copies
+        }
         accuracy = {name: _accuracy(models[name], data["test"]) for name in copies}
-        results.append({
-            "beta": beta, "gamma": gamma, "norm": mode, "layers": per_layer, "copies": list(copies),
-            "step_scale": scale, "predicted_ratio": scale,
-            "momentum_memory_ratio": 2 * lr * weight_decay / (1 - beta),
-            "losses": loss_summary, "test_accuracy": accuracy,
-            "adamw_test_accuracy": accuracy["adamw"], "sphere_test_accuracy": accuracy["sphere"],
-        })
-    return {"task": "digits-ln", "steps": steps, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-            "seed": seed, "control_batch_seed": seed + CONTROL_BATCH_SEED_OFFSET,
-            "relaxation_steps": relaxation_steps(lr, weight_decay), "configs": results}
+        results.append(
+            {
+                "beta": beta,
+                "gamma": gamma,
+                "norm": mode,
+                "layers": per_layer,
+                "copies": list(copies),
+                "step_scale": scale,
+                "predicted_ratio": scale,
+                "momentum_memory_ratio": 2 * lr * weight_decay / (1 - beta),
+                "losses": loss_summary,
+                "test_accuracy": accuracy,
+                "adamw_test_accuracy": accuracy["adamw"],
+                "sphere_test_accuracy": accuracy["sphere"],
+            }
+        )
+    return {
+        "task": "digits-ln",
+        "steps": steps,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "batch_size": batch_size,
+        "seed": seed,
+        "control_batch_seed": seed + CONTROL_BATCH_SEED_OFFSET,
+        "relaxation_steps": relaxation_steps(lr, weight_decay),
+        "configs": results,
+    }
 
 
-def scale_invariant_census(task: str, task_sizes: Mapping[str, Any] | None = None, seed: int = 0,
-                           batch_size: int = 64, warmup_steps: int = 100) -> dict[str, Any]:
+def scale_invariant_census(
+    task: str, task_sizes: Mapping[str, Any] | None = None, seed: int = 0, batch_size: int = 64, warmup_steps: int = 100
+) -> dict[str, Any]:
     """Which parameter tensors of ``task``'s model are scale-invariant (THEORY §4), by measurement.
 
     The model (``seed``) first trains ``warmup_steps`` mini-batches with AdamW (lr 1e-3): at initialisation
@@ -620,6 +749,11 @@ def scale_invariant_census(task: str, task_sizes: Mapping[str, Any] | None = Non
     report = find_scale_invariant(model, lambda m, b: built.loss(m(b[0]), b[1]), batch)
     sizes = dict(model.named_parameters())
     invariant_scalars = sum(sizes[name].numel() for name in report.invariant)
-    return {"task": task, "parameters": parameter_count(model), "warmup_steps": warmup_steps,
-            "invariant_tensors": report.invariant, "invariant_share": invariant_scalars / parameter_count(model),
-            "report": report.to_dict()}
+    return {
+        "task": task,
+        "parameters": parameter_count(model),
+        "warmup_steps": warmup_steps,
+        "invariant_tensors": report.invariant,
+        "invariant_share": invariant_scalars / parameter_count(model),
+        "report": report.to_dict(),
+    }
