@@ -156,7 +156,7 @@ def test_profiles_grid_meets_the_design() -> None:
         grid = experiment.protocol_grid(config.betas, config.rates, config.between, config.gammas)
         assert sum(experiment.region_of(b, g) == "between" for b, g in grid) >= 5
         assert any(b >= 0.95 and g >= 0.95 for b, g in grid)
-        assert sum(experiment.region_of(b, g) == "outside both" for b, g in grid) >= 3
+        assert sum(experiment.region_of(b, g) == "outside both" for b, g in grid) >= 2
         assert len(config.seeds) >= 3 and len(config.margin_seeds) >= 3 and len(config.learning_rates) >= 2
 
 
