@@ -59,11 +59,23 @@ def test_proportion_interval_is_clopper_pearson():
 
 
 def _row(beta, gamma, lr, seed, late_unstable, unstable=None, slope=0.0, final_loss=0.05, diverged=False):
-    return {"beta": beta, "gamma": gamma, "learning_rate": lr, "seed": seed, "region": region_of(beta, gamma),
-            "late_unstable": late_unstable, "unstable": late_unstable if unstable is None else unstable,
-            "stable_exact": gamma > beta**2, "stable_paper": gamma > beta / (2 - beta), "cpu_seconds": 1.0,
-            "predicted_rate": math.log(beta) - 0.5 * math.log(gamma), "late_phase_slope": slope, "slope": slope,
-            "final_loss": final_loss, "diverged": diverged}
+    return {
+        "beta": beta,
+        "gamma": gamma,
+        "learning_rate": lr,
+        "seed": seed,
+        "region": region_of(beta, gamma),
+        "late_unstable": late_unstable,
+        "unstable": late_unstable if unstable is None else unstable,
+        "stable_exact": gamma > beta**2,
+        "stable_paper": gamma > beta / (2 - beta),
+        "cpu_seconds": 1.0,
+        "predicted_rate": math.log(beta) - 0.5 * math.log(gamma),
+        "late_phase_slope": slope,
+        "slope": slope,
+        "final_loss": final_loss,
+        "diverged": diverged,
+    }
 
 
 # (0.9, 0.5) outside both, (0.9, 0.814081) between, (0.9, 0.999) inside both
@@ -74,15 +86,24 @@ def test_agreement_can_disagree_on_either_side_of_either_boundary():
     """A measured-unstable point inside both regions and a measured-stable one outside both both count against."""
     rows = []
     for seed in (0, 1, 2):
-        rows += [_row(0.9, 0.5, 1e-2, seed, False), _row(0.9, 0.814081, 1e-2, seed, True),
-                 _row(0.9, 0.999, 1e-2, seed, seed == 0)]
+        rows += [
+            _row(0.9, 0.5, 1e-2, seed, False),
+            _row(0.9, 0.814081, 1e-2, seed, True),
+            _row(0.9, 0.999, 1e-2, seed, seed == 0),
+        ]
     entry = summarize_training_protocol(rows, [1e-2], SIZES)["per_learning_rate"][0]
     # outside: stable (disagrees with both); between: unstable (agrees with the paper only); inside: 1 of 3 unstable
     assert entry["late_agreement_exact"] == pytest.approx(2 / 9)
     assert entry["late_agreement_paper"] == pytest.approx(5 / 9)
     assert entry["intervals"]["late_agreement_paper"]["per_seed"] == pytest.approx([1 / 3, 2 / 3, 2 / 3])
-    assert entry["intervals"]["late_agreement_paper"]["low"] < 5 / 9 < entry["intervals"]["late_agreement_paper"]["high"]
-    assert entry["late_unstable_by_region"] == {"outside both": 0.0, "between": 1.0, "inside both": pytest.approx(1 / 3)}
+    assert (
+        entry["intervals"]["late_agreement_paper"]["low"] < 5 / 9 < entry["intervals"]["late_agreement_paper"]["high"]
+    )
+    assert entry["late_unstable_by_region"] == {
+        "outside both": 0.0,
+        "between": 1.0,
+        "inside both": pytest.approx(1 / 3),
+    }
     assert entry["predicted_unstable_exact"] == 1 and entry["predicted_unstable_paper"] == 2
     assert agreement_verdict([entry], "late_agreement_exact") == "refuted"
 
@@ -135,9 +156,16 @@ def test_holm_on_known_p_values():
 
 
 def _margin_cell(lr, seed, losses, beta=0.9, gammas=(0.3, 0.5, 0.7, 0.8, 0.95), untrained=4.3, constant=3.3):
-    return {"lr": lr, "seed": seed, "untrained_validation_loss": untrained, "constant_predictor_loss": constant,
-            "runs": [{"betas": [beta, gamma], "validation_loss": loss, "diverged": loss is None}
-                     for gamma, loss in zip(gammas, losses)]}
+    return {
+        "lr": lr,
+        "seed": seed,
+        "untrained_validation_loss": untrained,
+        "constant_predictor_loss": constant,
+        "runs": [
+            {"betas": [beta, gamma], "validation_loss": loss, "diverged": loss is None}
+            for gamma, loss in zip(gammas, losses)
+        ],
+    }
 
 
 def test_a_validation_loss_of_45316_is_diverged_and_excluded():
@@ -162,26 +190,34 @@ def test_margin_is_tested_within_beta_with_holm():
     cells = []
     for seed in (0, 1):
         cells.append(_margin_cell(1e-2, seed, [2.9, 2.8, 2.7, 2.6, 2.5], beta=0.5, gammas=(0.26, 0.3, 0.5, 0.8, 0.95)))
-        cells.append(_margin_cell(1e-2, seed, [2.4, 2.3, 2.2, 2.1, 2.0], beta=0.9, gammas=(0.82, 0.85, 0.9, 0.95, 0.99)))
+        cells.append(
+            _margin_cell(1e-2, seed, [2.4, 2.3, 2.2, 2.1, 2.0], beta=0.9, gammas=(0.82, 0.85, 0.9, 0.95, 0.99))
+        )
     analysis = margin_analysis(cells)
     assert analysis["tests"] == 2
     assert all(s["spearman_rho"] == pytest.approx(-1.0) and s["significant"] for s in analysis["strata"])
     assert all(s["holm_p"] >= s["p_value"] for s in analysis["strata"])
     assert margin_verdict_rule(analysis) == "confirmed"
-    rising = [_margin_cell(1e-2, seed, [2.0, 2.1, 2.2, 2.3, 2.4], beta=0.9, gammas=(0.82, 0.85, 0.9, 0.95, 0.99))
-              for seed in (0, 1)]
+    rising = [
+        _margin_cell(1e-2, seed, [2.0, 2.1, 2.2, 2.3, 2.4], beta=0.9, gammas=(0.82, 0.85, 0.9, 0.95, 0.99))
+        for seed in (0, 1)
+    ]
     assert margin_verdict_rule(margin_analysis(rising)) == "refuted"
-    noisy = [_margin_cell(1e-2, seed, [2.1, 2.3, 2.0, 2.4, 2.2], beta=0.9, gammas=(0.82, 0.85, 0.9, 0.95, 0.99))
-             for seed in (0, 1)]
+    noisy = [
+        _margin_cell(1e-2, seed, [2.1, 2.3, 2.0, 2.4, 2.2], beta=0.9, gammas=(0.82, 0.85, 0.9, 0.95, 0.99))
+        for seed in (0, 1)
+    ]
     assert margin_verdict_rule(margin_analysis(noisy)) == "not resolved at this budget"
 
 
 def test_region_versus_harm_reads_the_final_loss_interval():
     rows = []
     for seed, noise in ((0, 0.0), (1, 0.001), (2, -0.001)):
-        rows += [_row(0.9, 0.999, 1e-2, seed, False, final_loss=0.040 + noise),
-                 _row(0.9, 0.5, 1e-2, seed, False, final_loss=0.041 + noise),  # within 10%: unharmed
-                 _row(0.9, 0.3, 1e-2, seed, True, final_loss=2.8 + noise)]  # far above: harmed
+        rows += [
+            _row(0.9, 0.999, 1e-2, seed, False, final_loss=0.040 + noise),
+            _row(0.9, 0.5, 1e-2, seed, False, final_loss=0.041 + noise),  # within 10%: unharmed
+            _row(0.9, 0.3, 1e-2, seed, True, final_loss=2.8 + noise),
+        ]  # far above: harmed
     harm = region_versus_harm(rows)
     states = {(p["beta"], p["gamma"]): p["state"] for p in harm["per_learning_rate"][0]["points"]}
     assert states == {(0.9, 0.3): "harmed", (0.9, 0.5): "unharmed"}

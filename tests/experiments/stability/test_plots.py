@@ -7,20 +7,35 @@ from tests.figure_helpers import legend_texts
 def _row(lr, seed, beta, gamma, unstable):
     import math
 
-    return {"learning_rate": lr, "seed": seed, "beta": beta, "gamma": gamma, "late_unstable": unstable,
-            "diverged": False, "predicted_rate": math.log(beta) - 0.5 * math.log(gamma)}
+    return {
+        "learning_rate": lr,
+        "seed": seed,
+        "beta": beta,
+        "gamma": gamma,
+        "late_unstable": unstable,
+        "diverged": False,
+        "predicted_rate": math.log(beta) - 0.5 * math.log(gamma),
+    }
 
 
-TRAINING = {"learning_rates": [1e-2, 1e-3],
-            "rows": [_row(lr, seed, 0.7, gamma, gamma < 0.49) for lr in (1e-2, 1e-3) for seed in (0, 1)
-                     for gamma in (0.3, 0.5, 0.999)]}
+TRAINING = {
+    "learning_rates": [1e-2, 1e-3],
+    "rows": [
+        _row(lr, seed, 0.7, gamma, gamma < 0.49)
+        for lr in (1e-2, 1e-3)
+        for seed in (0, 1)
+        for gamma in (0.3, 0.5, 0.999)
+    ],
+}
 
 
 def test_region_map_names_the_unstable_region_the_contours_and_the_presets(tmp_path, drawn_figures):
     figures = drawn_figures(plots)
     plots.plot_region_map(str(tmp_path / "region.png"))
     texts = legend_texts(figures[0])
-    assert {"unstable (B_inf infinite)", "log10 B_inf = 0.5, 1, 1.5, 2, 3", "common presets (beta, gamma)"} <= set(texts)
+    assert {"unstable (B_inf infinite)", "log10 B_inf = 0.5, 1, 1.5, 2, 3", "common presets (beta, gamma)"} <= set(
+        texts
+    )
     assert texts.count("common presets (beta, gamma)") == 1
 
 
@@ -38,10 +53,33 @@ def test_classification_draws_every_run_with_no_empty_panel_and_the_legend_outsi
 
 def test_margin_figure_has_one_colour_per_beta_and_no_colour_bar(tmp_path, drawn_figures):
     figures = drawn_figures(plots)
-    runs = [{"lr": 1e-2, "seed": s, "beta": b, "gamma": g, "margin": 0.1 * i, "validation_loss": 2.5 + 0.01 * i,
-             "trained": True, "diverged": False} for s in (0, 1) for b in (0.5, 0.9) for i, g in enumerate((0.9, 0.99))]
-    runs.append({"lr": 1e-2, "seed": 0, "beta": 0.9, "gamma": 0.3, "margin": -0.5, "validation_loss": 45_316.0,
-                 "trained": False, "diverged": True})
+    runs = [
+        {
+            "lr": 1e-2,
+            "seed": s,
+            "beta": b,
+            "gamma": g,
+            "margin": 0.1 * i,
+            "validation_loss": 2.5 + 0.01 * i,
+            "trained": True,
+            "diverged": False,
+        }
+        for s in (0, 1)
+        for b in (0.5, 0.9)
+        for i, g in enumerate((0.9, 0.99))
+    ]
+    runs.append(
+        {
+            "lr": 1e-2,
+            "seed": 0,
+            "beta": 0.9,
+            "gamma": 0.3,
+            "margin": -0.5,
+            "validation_loss": 45_316.0,
+            "trained": False,
+            "diverged": True,
+        }
+    )
     plots.plot_stability_margin({"runs": runs}, str(tmp_path / "margin.png"))
     figure = figures[0]
     assert len(figure.axes) == 1  # no colour bar axes

@@ -15,7 +15,12 @@ from kadam.experiments.stability import analysis, plots
 from kadam.experiments.stability import protocol as experiment
 
 # k = 2 configurations with an unstable level 1: the final update's slope is predicted to be 0
-KADAM2_FAST = (((0.9, 0.5), (0.5, 0.99)), ((0.8, 0.5), (0.0, 0.99)), ((0.9, 0.7), (0.0, 0.999)), ((0.9, 0.99), (0.5, 0.9)))
+KADAM2_FAST = (
+    ((0.9, 0.5), (0.5, 0.99)),
+    ((0.8, 0.5), (0.0, 0.99)),
+    ((0.9, 0.7), (0.0, 0.999)),
+    ((0.9, 0.99), (0.5, 0.9)),
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,9 @@ def test_switch_off_slopes_match_prediction_on_both_sides(switch_off: dict) -> N
     assert switch_off["all_within_tolerance"]
     # the fitted slope is ln(beta) - ln(gamma)/2 itself for k = 1
     for row in single:
-        assert row["predicted_slope"] == pytest.approx(stability.growth_rate(row["betas"][0], row["gammas"][0]), rel=1e-14)
+        assert row["predicted_slope"] == pytest.approx(
+            stability.growth_rate(row["betas"][0], row["gammas"][0]), rel=1e-14
+        )
 
 
 def test_switch_off_discriminates_between_rate_conventions(switch_off: dict) -> None:
@@ -175,7 +182,9 @@ def test_training_updates_obey_the_bound_of_a_stable_pair() -> None:
 
 def test_training_experiment_structure_and_outputs(tmp_path) -> None:
     result = analysis.training_experiment(
-        points=[(0.5, 0.3), (0.9, 0.5), (0.9, 0.95)], learning_rates=(1e-2, 1e-3), seeds=(0, 1),
+        points=[(0.5, 0.3), (0.9, 0.5), (0.9, 0.95)],
+        learning_rates=(1e-2, 1e-3),
+        seeds=(0, 1),
         sizes=experiment.TrainingSizes(steps=40, corpus_chars=128, width=8, heads=1),
     )
     json.dumps(result, allow_nan=False)
@@ -194,8 +203,14 @@ def test_training_experiment_structure_and_outputs(tmp_path) -> None:
 
 
 def test_margin_runs_cell_holds_its_references() -> None:
-    cell = experiment.margin_runs([(0.9, 0.5), (0.9, 0.999)], 1e-2, 0, steps=3, batch_size=4,
-                                  task_sizes={"corpus_chars": 2000, "context": 8, "width": 8, "heads": 1, "layers": 1})
+    cell = experiment.margin_runs(
+        [(0.9, 0.5), (0.9, 0.999)],
+        1e-2,
+        0,
+        steps=3,
+        batch_size=4,
+        task_sizes={"corpus_chars": 2000, "context": 8, "width": 8, "heads": 1, "layers": 1},
+    )
     assert len(cell["runs"]) == 2 and cell["runs"][0]["betas"] == [0.9, 0.5]
     assert 0 < cell["constant_predictor_loss"] < cell["untrained_validation_loss"]
     assert "train_loss_curve" not in cell["runs"][0]

@@ -12,8 +12,7 @@ from kadam.experiments.stability.section import interval_text, make_claim, stabi
 
 
 def _switch(within=True):
-    return {"all_within_tolerance": within, "max_abs_error": 1e-9,
-            "rows": [{"betas": [0.9]}, {"betas": [0.9, 0.0]}]}
+    return {"all_within_tolerance": within, "max_abs_error": 1e-9, "rows": [{"betas": [0.9]}, {"betas": [0.9, 0.0]}]}
 
 
 def _agreement(mean, low, high):
@@ -21,14 +20,33 @@ def _agreement(mean, low, high):
 
 
 def _merged(exact, paper):
-    entry = {"learning_rate": 1e-2, "intervals": {"late_agreement_exact": exact, "late_agreement_paper": paper,
-                                                  "agreement_exact": exact, "agreement_paper": paper}}
+    entry = {
+        "learning_rate": 1e-2,
+        "intervals": {
+            "late_agreement_exact": exact,
+            "late_agreement_paper": paper,
+            "agreement_exact": exact,
+            "agreement_paper": paper,
+        },
+    }
     return {"per_learning_rate": [{**entry, **{key: value["mean"] for key, value in entry["intervals"].items()}}]}
 
 
 def _growth(slopes):
-    rows = [{"beta": 0.9, "gamma": 0.5, "learning_rate": 1e-2, "seed": s, "region": "outside both",
-             "predicted_rate": 0.241, "late_phase_slope": v, "slope": v, "diverged": False} for s, v in enumerate(slopes)]
+    rows = [
+        {
+            "beta": 0.9,
+            "gamma": 0.5,
+            "learning_rate": 1e-2,
+            "seed": s,
+            "region": "outside both",
+            "predicted_rate": 0.241,
+            "late_phase_slope": v,
+            "slope": v,
+            "diverged": False,
+        }
+        for s, v in enumerate(slopes)
+    ]
     return growth_verdict(growth_rates(rows))
 
 
@@ -37,8 +55,14 @@ NO_HARM = region_versus_harm([])
 
 
 def _claims(**changes):
-    arguments = {"switch": _switch(), "merged": _merged(_agreement(0.6, 0.4, 0.75), _agreement(0.5, 0.3, 0.7)),
-                 "growth": _growth([0.002, 0.003, 0.001]), "margin": EMPTY_MARGIN, "harm": NO_HARM, **changes}
+    arguments = {
+        "switch": _switch(),
+        "merged": _merged(_agreement(0.6, 0.4, 0.75), _agreement(0.5, 0.3, 0.7)),
+        "growth": _growth([0.002, 0.003, 0.001]),
+        "margin": EMPTY_MARGIN,
+        "harm": NO_HARM,
+        **changes,
+    }
     return {claim.text: claim for claim in stability_claims(**arguments)}
 
 
@@ -63,12 +87,15 @@ def test_the_paper_growth_claim_has_its_own_row_read_from_intervals():
     assert one_seed.verdict == "not resolved at this budget"
 
 
-@pytest.mark.parametrize(("exact", "verdict"), [
-    (_agreement(0.97, 0.92, 1.0), "confirmed"),
-    (_agreement(0.6, 0.4, 0.75), "refuted"),
-    (_agreement(0.93, 0.8, 0.99), "not resolved at this budget"),
-    (_agreement(1.0, None, None), "not resolved at this budget"),  # one seed
-])
+@pytest.mark.parametrize(
+    ("exact", "verdict"),
+    [
+        (_agreement(0.97, 0.92, 1.0), "confirmed"),
+        (_agreement(0.6, 0.4, 0.75), "refuted"),
+        (_agreement(0.93, 0.8, 0.99), "not resolved at this budget"),
+        (_agreement(1.0, None, None), "not resolved at this budget"),  # one seed
+    ],
+)
 def test_boundary_verdicts_read_the_agreement_interval(exact, verdict):
     claims = _claims(merged=_merged(exact, _agreement(0.5, 0.3, 0.7)))
     row = next(c for c in claims.values() if c.text.startswith("The stable region is γ > β²"))
@@ -90,8 +117,17 @@ def test_a_measured_claim_on_fewer_than_three_seeds_is_not_resolved():
     assert make_claim("x", "refuted", "y", "paper", seeds=2).verdict == "not resolved at this budget"
     assert make_claim("x", "refuted", "y", "paper", seeds=3).verdict == "refuted"
     assert make_claim("an identity", "confirmed", "error 1e-9", "exactness", seeds=1).verdict == "confirmed"
-    two = {c.text: c for c in stability_claims(_switch(), _merged(_agreement(0.6, 0.4, 0.75), _agreement(0.5, 0.3, 0.7)),
-                                               _growth([0.002, 0.003, 0.001]), EMPTY_MARGIN, NO_HARM, seeds=2)}
+    two = {
+        c.text: c
+        for c in stability_claims(
+            _switch(),
+            _merged(_agreement(0.6, 0.4, 0.75), _agreement(0.5, 0.3, 0.7)),
+            _growth([0.002, 0.003, 0.001]),
+            EMPTY_MARGIN,
+            NO_HARM,
+            seeds=2,
+        )
+    }
     assert {c.verdict for c in two.values() if _kind(c) != "exactness"} == {"not resolved at this budget"}
 
 
@@ -104,11 +140,17 @@ def test_interval_text_says_when_there_is_no_interval():
 def test_the_conclusion_names_where_training_went_unstable_and_what_diverged():
     from kadam.experiments.stability.section import _conclusion
 
-    rows = [{"beta": 0.9, "gamma": 0.5, "learning_rate": 1e-2, "late_unstable": True, "stable_exact": False},
-            {"beta": 0.9, "gamma": 0.999, "learning_rate": 1e-2, "late_unstable": False, "stable_exact": True}]
-    margin = {"diverged": [{"beta": 0.99, "gamma": 0.8, "lr": 1e-2, "seed": 0, "validation_loss": 46.0},
-                           {"beta": 0.99, "gamma": 0.8, "lr": 1e-2, "seed": 1, "validation_loss": None}],
-              "runs": [{"beta": 0.99, "gamma": 0.8, "lr": 1e-2}] * 3}
+    rows = [
+        {"beta": 0.9, "gamma": 0.5, "learning_rate": 1e-2, "late_unstable": True, "stable_exact": False},
+        {"beta": 0.9, "gamma": 0.999, "learning_rate": 1e-2, "late_unstable": False, "stable_exact": True},
+    ]
+    margin = {
+        "diverged": [
+            {"beta": 0.99, "gamma": 0.8, "lr": 1e-2, "seed": 0, "validation_loss": 46.0},
+            {"beta": 0.99, "gamma": 0.8, "lr": 1e-2, "seed": 1, "validation_loss": None},
+        ],
+        "runs": [{"beta": 0.99, "gamma": 0.8, "lr": 1e-2}] * 3,
+    }
     harm = {"per_learning_rate": [{"learning_rate": 1e-2, "points": [{"beta": 0.9, "gamma": 0.5, "state": "harmed"}]}]}
     text = " ".join(_conclusion({"rows": rows}, {"median_ratio": 0.01}, margin, harm))
     assert "1 of 2 runs" in text and "0 of them inside γ > β²" in text and "(β, γ) = (0.9, 0.5) at η = 0.01" in text

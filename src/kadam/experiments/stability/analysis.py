@@ -117,13 +117,22 @@ def _agreement(rows: Sequence[Mapping[str, Any]], measured: str, predicted_stabl
     seeds = _by(rows, "seed")
     low, high = proportion_interval(sum(agree), len(agree))
     two = len(seeds) >= 2
-    return {"mean": float(np.mean(agree)) if agree else None, "low": low if two else None, "high": high if two else None,
-            "n": len(agree), "per_seed": [float(np.mean([r[measured] == (not r[predicted_stable]) for r in subset]))
-                                          for _, subset in sorted(seeds.items())]}
+    return {
+        "mean": float(np.mean(agree)) if agree else None,
+        "low": low if two else None,
+        "high": high if two else None,
+        "n": len(agree),
+        "per_seed": [
+            float(np.mean([r[measured] == (not r[predicted_stable]) for r in subset]))
+            for _, subset in sorted(seeds.items())
+        ],
+    }
 
 
 def summarize_training_protocol(
-    rows: Sequence[Mapping[str, Any]], learning_rates: Sequence[float], sizes: Mapping[str, int],
+    rows: Sequence[Mapping[str, Any]],
+    learning_rates: Sequence[float],
+    sizes: Mapping[str, int],
 ) -> dict[str, Any]:
     """Every training-protocol row of every (η, seed) cell, summarized.
 
@@ -140,7 +149,9 @@ def summarize_training_protocol(
         seeds = sorted({row["seed"] for row in subset})
         points = len({(row["beta"], row["gamma"]) for row in subset})
         entry: dict[str, Any] = {
-            "learning_rate": float(lr), "points": points, "seeds": seeds,
+            "learning_rate": float(lr),
+            "points": points,
+            "seeds": seeds,
             "measured_unstable": sum(row["unstable"] for row in subset) / max(len(seeds), 1),
             "measured_late_unstable": sum(row["late_unstable"] for row in subset) / max(len(seeds), 1),
             "diverged": sum(row["diverged"] for row in subset),
@@ -154,27 +165,54 @@ def summarize_training_protocol(
                 entry[f"{window}agreement_{name}"] = agreement["mean"]
                 entry["intervals"][f"{window}agreement_{name}"] = agreement
         entry["late_unstable_by_region"] = {
-            region: (float(np.mean([row["late_unstable"] for row in subset if row["region"] == region]))
-                     if any(row["region"] == region for row in subset) else None) for region in REGIONS}
+            region: (
+                float(np.mean([row["late_unstable"] for row in subset if row["region"] == region]))
+                if any(row["region"] == region for row in subset)
+                else None
+            )
+            for region in REGIONS
+        }
         per_learning_rate.append(entry)
-    trend = eta_trend({e["learning_rate"]: e["measured_unstable"] for e in per_learning_rate}) if per_learning_rate else "none"
-    late_trend = (eta_trend({e["learning_rate"]: e["measured_late_unstable"] for e in per_learning_rate})
-                  if per_learning_rate else "none")
-    return {"protocol": "training", "criterion": CRITERION, "sizes": asdict(TrainingSizes(**sizes)),
-            "learning_rates": [float(lr) for lr in learning_rates],
-            "seeds": sorted({row["seed"] for row in rows}),
-            "points": sorted({(row["beta"], row["gamma"]) for row in rows}),
-            "cpu_seconds": sum(row["cpu_seconds"] for row in rows), "per_learning_rate": per_learning_rate,
-            "trend": trend, "late_trend": late_trend, "rows": list(rows)}
+    trend = (
+        eta_trend({e["learning_rate"]: e["measured_unstable"] for e in per_learning_rate})
+        if per_learning_rate
+        else "none"
+    )
+    late_trend = (
+        eta_trend({e["learning_rate"]: e["measured_late_unstable"] for e in per_learning_rate})
+        if per_learning_rate
+        else "none"
+    )
+    return {
+        "protocol": "training",
+        "criterion": CRITERION,
+        "sizes": asdict(TrainingSizes(**sizes)),
+        "learning_rates": [float(lr) for lr in learning_rates],
+        "seeds": sorted({row["seed"] for row in rows}),
+        "points": sorted({(row["beta"], row["gamma"]) for row in rows}),
+        "cpu_seconds": sum(row["cpu_seconds"] for row in rows),
+        "per_learning_rate": per_learning_rate,
+        "trend": trend,
+        "late_trend": late_trend,
+        "rows": list(rows),
+    }
 
 
 def training_experiment(
-    points: Sequence[tuple[float, float]], learning_rates: Sequence[float], seeds: Sequence[int] = (0,),
-    sizes: TrainingSizes = TrainingSizes(),
+    points: Sequence[tuple[float, float]],
+    learning_rates: Sequence[float],
+    seeds: Sequence[int] = (0,),
+    sizes: TrainingSizes | None = None,
 ) -> dict[str, Any]:
-    """The training protocol over ``points × learning_rates × seeds`` in this process, summarized."""
-    rows = [row for lr in learning_rates for seed in seeds
-            for row in training_protocol([], [], lr, {**asdict(sizes), "seed": seed}, points)["rows"]]
+    """The training protocol over ``points × learning_rates × seeds`` in this process, summarized (``sizes``:
+    :class:`TrainingSizes`' defaults when None)."""
+    sizes = sizes or TrainingSizes()
+    rows = [
+        row
+        for lr in learning_rates
+        for seed in seeds
+        for row in training_protocol([], [], lr, {**asdict(sizes), "seed": seed}, points)["rows"]
+    ]
     return summarize_training_protocol(rows, learning_rates, asdict(sizes))
 
 
@@ -200,10 +238,19 @@ def growth_rates(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (beta, gamma, lr), subset in sorted(_by(rows, "beta", "gamma", "learning_rate").items()):
         late = mean_interval([row["late_phase_slope"] for row in subset])
-        out.append({"beta": beta, "gamma": gamma, "learning_rate": lr, "region": subset[0]["region"],
-                    "predicted_rate": subset[0]["predicted_rate"], "late_slope": late,
-                    "slope_mean": mean_interval([row["slope"] for row in subset])["mean"],
-                    "diverged": sum(row["diverged"] for row in subset), "runs": len(subset)})
+        out.append(
+            {
+                "beta": beta,
+                "gamma": gamma,
+                "learning_rate": lr,
+                "region": subset[0]["region"],
+                "predicted_rate": subset[0]["predicted_rate"],
+                "late_slope": late,
+                "slope_mean": mean_interval([row["slope"] for row in subset])["mean"],
+                "diverged": sum(row["diverged"] for row in subset),
+                "runs": len(subset),
+            }
+        )
     return out
 
 
@@ -216,11 +263,18 @@ def growth_verdict(rates: Sequence[Mapping[str, Any]], factor: float = RATE_FACT
     this budget". Returns the verdict and the counts.
     """
     outside = [r for r in rates if r["predicted_rate"] > 0]
-    slow = [r for r in outside if r["late_slope"]["high"] is not None
-            and r["late_slope"]["high"] < r["predicted_rate"] / factor]
-    match = [r for r in outside if r["late_slope"]["high"] is not None
-             and r["late_slope"]["low"] >= r["predicted_rate"] / factor
-             and r["late_slope"]["high"] <= r["predicted_rate"] * factor]
+    slow = [
+        r
+        for r in outside
+        if r["late_slope"]["high"] is not None and r["late_slope"]["high"] < r["predicted_rate"] / factor
+    ]
+    match = [
+        r
+        for r in outside
+        if r["late_slope"]["high"] is not None
+        and r["late_slope"]["low"] >= r["predicted_rate"] / factor
+        and r["late_slope"]["high"] <= r["predicted_rate"] * factor
+    ]
     resolved = bool(outside) and all(r["late_slope"]["low"] is not None for r in outside)
     if resolved and len(match) == len(outside):
         verdict = "confirmed"
@@ -229,8 +283,14 @@ def growth_verdict(rates: Sequence[Mapping[str, Any]], factor: float = RATE_FACT
     else:
         verdict = "not resolved at this budget"
     ratios = [r["late_slope"]["mean"] / r["predicted_rate"] for r in outside if r["late_slope"]["mean"] is not None]
-    return {"verdict": verdict, "points": len(outside), "too_slow": len(slow), "match": len(match),
-            "largest_ratio": max(ratios) if ratios else None, "median_ratio": float(np.median(ratios)) if ratios else None}
+    return {
+        "verdict": verdict,
+        "points": len(outside),
+        "too_slow": len(slow),
+        "match": len(match),
+        "largest_ratio": max(ratios) if ratios else None,
+        "median_ratio": float(np.median(ratios)) if ratios else None,
+    }
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -247,8 +307,12 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def margin_analysis(cells: Sequence[Mapping[str, Any]], alpha: float = 0.05,
-                    divergence_factor: float = DIVERGENCE_FACTOR, minimum_runs: int = 4) -> dict[str, Any]:
+def margin_analysis(
+    cells: Sequence[Mapping[str, Any]],
+    alpha: float = 0.05,
+    divergence_factor: float = DIVERGENCE_FACTOR,
+    minimum_runs: int = 4,
+) -> dict[str, Any]:
     """The paper's margin claim (THEORY §5), tested within β over the runs that trained.
 
     ``cells`` are :func:`~kadam.experiments.stability.protocol.margin_runs` results. The margin is
@@ -267,12 +331,23 @@ def margin_analysis(cells: Sequence[Mapping[str, Any]], alpha: float = 0.05,
         for run in cell["runs"]:
             beta, gamma = run["betas"]
             loss = run["validation_loss"]
-            diverged = bool(run["diverged"] or loss_diverged(loss, cell["untrained_validation_loss"], divergence_factor))
-            runs.append({"lr": cell["lr"], "seed": cell["seed"], "beta": beta, "gamma": gamma,
-                         "margin": 0.5 * math.log(gamma) - math.log(beta), "validation_loss": loss,
-                         "diverged": diverged, "trained": bool(not diverged and loss < cell["constant_predictor_loss"]),
-                         "untrained_loss": cell["untrained_validation_loss"],
-                         "constant_predictor_loss": cell["constant_predictor_loss"]})
+            diverged = bool(
+                run["diverged"] or loss_diverged(loss, cell["untrained_validation_loss"], divergence_factor)
+            )
+            runs.append(
+                {
+                    "lr": cell["lr"],
+                    "seed": cell["seed"],
+                    "beta": beta,
+                    "gamma": gamma,
+                    "margin": 0.5 * math.log(gamma) - math.log(beta),
+                    "validation_loss": loss,
+                    "diverged": diverged,
+                    "trained": bool(not diverged and loss < cell["constant_predictor_loss"]),
+                    "untrained_loss": cell["untrained_validation_loss"],
+                    "constant_predictor_loss": cell["constant_predictor_loss"],
+                }
+            )
     strata = []
     for (lr, beta), subset in sorted(_by(runs, "lr", "beta").items()):
         trained = [r for r in subset if r["trained"]]
@@ -280,8 +355,16 @@ def margin_analysis(cells: Sequence[Mapping[str, Any]], alpha: float = 0.05,
         tested = len(trained) >= minimum_runs and len(set(margins)) > 1 and len(set(losses)) > 1
         result = stats.spearmanr(margins, losses) if tested else None
         rho = float(result.statistic) if result is not None and math.isfinite(result.statistic) else None
-        strata.append({"lr": lr, "beta": beta, "runs": len(subset), "trained": len(trained), "spearman_rho": rho,
-                       "p_value": None if rho is None else float(result.pvalue)})
+        strata.append(
+            {
+                "lr": lr,
+                "beta": beta,
+                "runs": len(subset),
+                "trained": len(trained),
+                "spearman_rho": rho,
+                "p_value": None if rho is None else float(result.pvalue),
+            }
+        )
     tested = [s for s in strata if s["p_value"] is not None]
     for stratum, adjusted in zip(tested, holm([s["p_value"] for s in tested])):
         stratum["holm_p"] = adjusted
@@ -291,15 +374,29 @@ def margin_analysis(cells: Sequence[Mapping[str, Any]], alpha: float = 0.05,
     per_learning_rate = []
     for (lr,), subset in sorted(_by(runs, "lr").items()):
         trained = [r["validation_loss"] for r in subset if r["trained"]]
-        per_learning_rate.append({
-            "lr": lr, "runs": len(subset), "trained": len(trained), "diverged": sum(r["diverged"] for r in subset),
-            "median_trained_loss": float(np.median(trained)) if trained else None,
-            "constant_predictor_loss": subset[0]["constant_predictor_loss"],
-            "untrained_loss": float(np.median([r["untrained_loss"] for r in subset]))})
-    return {"alpha": alpha, "divergence_factor": divergence_factor, "minimum_runs": minimum_runs, "runs": runs,
-            "strata": strata, "tests": len(tested), "per_learning_rate": per_learning_rate,
-            "diverged": [{k: r[k] for k in ("lr", "seed", "beta", "gamma", "validation_loss")}
-                         for r in runs if r["diverged"]]}
+        per_learning_rate.append(
+            {
+                "lr": lr,
+                "runs": len(subset),
+                "trained": len(trained),
+                "diverged": sum(r["diverged"] for r in subset),
+                "median_trained_loss": float(np.median(trained)) if trained else None,
+                "constant_predictor_loss": subset[0]["constant_predictor_loss"],
+                "untrained_loss": float(np.median([r["untrained_loss"] for r in subset])),
+            }
+        )
+    return {
+        "alpha": alpha,
+        "divergence_factor": divergence_factor,
+        "minimum_runs": minimum_runs,
+        "runs": runs,
+        "strata": strata,
+        "tests": len(tested),
+        "per_learning_rate": per_learning_rate,
+        "diverged": [
+            {k: r[k] for k in ("lr", "seed", "beta", "gamma", "validation_loss")} for r in runs if r["diverged"]
+        ],
+    }
 
 
 def margin_verdict_rule(analysis: Mapping[str, Any]) -> str:
@@ -331,15 +428,18 @@ def region_versus_harm(rows: Sequence[Mapping[str, Any]], tolerance: float = 0.1
     per_rate = []
     for lr in sorted({row["learning_rate"] for row in rows}, reverse=True):
         subset = [row for row in rows if row["learning_rate"] == lr]
-        inside = [mean_interval([r["final_loss"] for r in group])["mean"]
-                  for (_, _), group in _by([r for r in subset if r["region"] == REGIONS[2]], "beta", "gamma").items()]
+        inside = [
+            mean_interval([r["final_loss"] for r in group])["mean"]
+            for (_, _), group in _by([r for r in subset if r["region"] == REGIONS[2]], "beta", "gamma").items()
+        ]
         inside = [value for value in inside if value is not None]
         reference = max(inside) * (1 + tolerance) if inside else None
         points = []
         for (beta, gamma), group in sorted(_by([r for r in subset if not r["stable_exact"]], "beta", "gamma").items()):
             loss = mean_interval([r["final_loss"] for r in group])
-            if any(r["diverged"] for r in group) or (reference is not None and loss["low"] is not None
-                                                      and loss["low"] > reference):
+            if any(r["diverged"] for r in group) or (
+                reference is not None and loss["low"] is not None and loss["low"] > reference
+            ):
                 state = "harmed"
             elif reference is not None and loss["high"] is not None and loss["high"] <= reference:
                 state = "unharmed"
@@ -348,6 +448,11 @@ def region_versus_harm(rows: Sequence[Mapping[str, Any]], tolerance: float = 0.1
             points.append({"beta": beta, "gamma": gamma, "final_loss": loss, "state": state})
         per_rate.append({"learning_rate": lr, "reference": reference, "points": points})
     states = [p["state"] for e in per_rate for p in e["points"]]
-    return {"tolerance": tolerance, "per_learning_rate": per_rate, "outside": len(states),
-            "harmed": states.count("harmed"), "unharmed": states.count("unharmed"),
-            "unresolved": states.count("unresolved")}
+    return {
+        "tolerance": tolerance,
+        "per_learning_rate": per_rate,
+        "outside": len(states),
+        "harmed": states.count("harmed"),
+        "unharmed": states.count("unharmed"),
+        "unresolved": states.count("unresolved"),
+    }

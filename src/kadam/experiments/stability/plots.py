@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from kadam.experiments.figures import colormap, new_figure, save_figure
 from kadam import stability
+from kadam.experiments.figures import colormap, new_figure, save_figure
 
 __all__ = ["plot_classification", "plot_region_map", "plot_slopes", "plot_stability_margin"]
 
@@ -40,20 +40,29 @@ def plot_region_map(path: str, presets: Sequence[tuple[float, float]] = stabilit
     log_bound = np.asarray(stability.update_bound(beta_grid, gamma_grid, log=True)) / math.log(10.0)
     figure = new_figure((7.5, 6.0))
     axes = figure.subplots()
-    filled = axes.contourf(one_minus_beta, one_minus_gamma, np.where(np.isfinite(log_bound), log_bound, np.nan),
-                           levels=np.arange(0.0, 4.01, 0.25), cmap="viridis", extend="max")
-    axes.contour(one_minus_beta, one_minus_gamma, log_bound, levels=[0.5, 1.0, 1.5, 2.0, 3.0], colors="white",
-                 linewidths=0.6)
+    filled = axes.contourf(
+        one_minus_beta,
+        one_minus_gamma,
+        np.where(np.isfinite(log_bound), log_bound, np.nan),
+        levels=np.arange(0.0, 4.01, 0.25),
+        cmap="viridis",
+        extend="max",
+    )
+    axes.contour(
+        one_minus_beta, one_minus_gamma, log_bound, levels=[0.5, 1.0, 1.5, 2.0, 3.0], colors="white", linewidths=0.6
+    )
     figure.colorbar(filled, ax=axes, label="log10 B_inf (exact sup of |u|, THEORY §2)")
-    axes.contourf(one_minus_beta, one_minus_gamma, np.isfinite(log_bound).astype(float), levels=[-0.5, 0.5],
-                  colors="0.85")
+    axes.contourf(
+        one_minus_beta, one_minus_gamma, np.isfinite(log_bound).astype(float), levels=[-0.5, 0.5], colors="0.85"
+    )
     axes.fill([], [], color="0.85", label="unstable (B_inf infinite)")  # legend entries for the unlabelled artists
     axes.plot([], [], color="white", lw=0.6, label="log10 B_inf = 0.5, 1, 1.5, 2, 3")
     _draw_boundaries(axes, 1.0 - one_minus_beta, log_one_minus=True)
     for index, (beta, gamma) in enumerate(presets):
         axes.plot(1.0 - beta, 1.0 - gamma, "k*", ms=11, label="common presets (beta, gamma)" if index == 0 else None)
-        axes.annotate(f"({beta}, {gamma})", (1.0 - beta, 1.0 - gamma), textcoords="offset points", xytext=(6, 4),
-                      fontsize=8)
+        axes.annotate(
+            f"({beta}, {gamma})", (1.0 - beta, 1.0 - gamma), textcoords="offset points", xytext=(6, 4), fontsize=8
+        )
     axes.set(xscale="log", yscale="log", xlabel="1 - beta", ylabel="1 - gamma", ylim=(one_minus_gamma[0], 1.0))
     axes.set_title("Stable region of Adam's (beta, gamma); grey: unstable", fontsize=10)
     axes.legend(loc="lower right", fontsize=8, facecolor="0.6", framealpha=0.9)  # dark enough to show the white contour
@@ -80,8 +89,15 @@ def plot_classification(result: Mapping[str, Any], path: str) -> None:
         for row in (r for r in result["rows"] if r["learning_rate"] == lr):
             y = betas.index(row["beta"]) + 0.15 * (seeds.index(row["seed"]) - (len(seeds) - 1) / 2)
             unstable = row["late_unstable"]
-            axes.plot(row["predicted_rate"], y, "o", ms=7, mec=_UNSTABLE if unstable else _STABLE,
-                      mfc=_UNSTABLE if unstable else "none", mew=1.4)
+            axes.plot(
+                row["predicted_rate"],
+                y,
+                "o",
+                ms=7,
+                mec=_UNSTABLE if unstable else _STABLE,
+                mfc=_UNSTABLE if unstable else "none",
+                mew=1.4,
+            )
             if row["diverged"]:
                 axes.plot(row["predicted_rate"], y, "o", ms=12, mfc="none", mec="k", mew=1.0)
         for index, beta in enumerate(betas):
@@ -101,8 +117,9 @@ def plot_classification(result: Mapping[str, Any], path: str) -> None:
         axes_row[0].plot([], [], "m-", lw=2, label="gamma = beta/(2-beta) (paper)")[0],
     ]
     figure.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
-    figure.suptitle("Training runs: measured class against both boundaries (one marker per seed; right of 0 = outside)",
-                    fontsize=10)
+    figure.suptitle(
+        "Training runs: measured class against both boundaries (one marker per seed; right of 0 = outside)", fontsize=10
+    )
     figure.subplots_adjust(bottom=0.3, wspace=0.08)
     save_figure(figure, path, dpi=120, bbox_tight=True)
 
@@ -120,24 +137,49 @@ def plot_slopes(switch_off: Mapping[str, Any] | None, rates: Sequence[Mapping[st
     if switch_off is not None:
         for k, marker, label in ((1, "o", "switch-off, k = 1"), (2, "^", "switch-off, k = 2 (final update)")):
             rows = [row for row in switch_off["rows"] if len(row["betas"]) == k]
-            left.plot([r["predicted_slope"] for r in rows], [r["measured_slope"] for r in rows], marker, ls="none",
-                      mfc="none", label=label)
-    left.set(title="Exactness check: the optimizer alone", xlabel="predicted ln(beta) - ln(gamma)/2 per step",
-             ylabel="measured slope of ln|u_n| per step")
+            left.plot(
+                [r["predicted_slope"] for r in rows],
+                [r["measured_slope"] for r in rows],
+                marker,
+                ls="none",
+                mfc="none",
+                label=label,
+            )
+    left.set(
+        title="Exactness check: the optimizer alone",
+        xlabel="predicted ln(beta) - ln(gamma)/2 per step",
+        ylabel="measured slope of ln|u_n| per step",
+    )
     learning_rates = sorted({r["learning_rate"] for r in rates}, reverse=True)
     colours = colormap("viridis")(np.linspace(0.0, 0.8, max(len(learning_rates), 1)))
     diverged = colormap("Reds")(0.9)
     for offset, (lr, colour) in enumerate(zip(learning_rates, colours)):
-        chosen = [r for r in rates if r["learning_rate"] == lr and r["late_slope"]["mean"] is not None
-                  and r["predicted_rate"] > 0]
+        chosen = [
+            r
+            for r in rates
+            if r["learning_rate"] == lr and r["late_slope"]["mean"] is not None and r["predicted_rate"] > 0
+        ]
         x = np.array([r["predicted_rate"] for r in chosen]) * (1 + 0.02 * offset)  # equal rates side by side
         y = np.array([r["late_slope"]["mean"] for r in chosen])
-        low = np.array([r["late_slope"]["low"] if r["late_slope"]["low"] is not None else r["late_slope"]["mean"]
-                        for r in chosen])
-        high = np.array([r["late_slope"]["high"] if r["late_slope"]["high"] is not None else r["late_slope"]["mean"]
-                         for r in chosen])
-        right.errorbar(x, y, yerr=[y - low, high - y], fmt="s", ms=4, color=colour, capsize=2,
-                       label=f"training, late phase, lr = {lr:g}")
+        low = np.array(
+            [r["late_slope"]["low"] if r["late_slope"]["low"] is not None else r["late_slope"]["mean"] for r in chosen]
+        )
+        high = np.array(
+            [
+                r["late_slope"]["high"] if r["late_slope"]["high"] is not None else r["late_slope"]["mean"]
+                for r in chosen
+            ]
+        )
+        right.errorbar(
+            x,
+            y,
+            yerr=[y - low, high - y],
+            fmt="s",
+            ms=4,
+            color=colour,
+            capsize=2,
+            label=f"training, late phase, lr = {lr:g}",
+        )
         blown = [index for index, r in enumerate(chosen) if r.get("diverged")]
         right.plot(x[blown], y[blown], "o", ms=11, mfc="none", mec=diverged, mew=1.2, ls="none")
     right.plot([], [], "o", ms=11, mfc="none", mec=diverged, mew=1.2, ls="none", label="a seed's loss diverged")
@@ -149,8 +191,11 @@ def plot_slopes(switch_off: Mapping[str, Any] | None, rates: Sequence[Mapping[st
         axes.axhline(0.0, color="0.6", lw=0.6, ls="--", label="measured slope 0 (no growth)")
         axes.axvline(0.0, color="r", lw=0.8, label="gamma = beta^2 (predicted 0)")
         axes.legend(fontsize=7, loc="upper left")
-    right.set(title="The paper's claim in training: outside gamma = beta^2", xlabel="predicted ln(beta) - ln(gamma)/2 per step",
-              ylabel="measured slope of ln||u_n||_inf per step (mean, interval over seeds)")
+    right.set(
+        title="The paper's claim in training: outside gamma = beta^2",
+        xlabel="predicted ln(beta) - ln(gamma)/2 per step",
+        ylabel="measured slope of ln||u_n||_inf per step (mean, interval over seeds)",
+    )
     save_figure(figure, path, dpi=120, bbox_tight=True)
 
 
@@ -174,16 +219,25 @@ def plot_stability_margin(analysis: Mapping[str, Any], path: str) -> str:
             mine = [run for run in trained if run["beta"] == beta]
             if not mine:
                 continue
-            axes.plot([r["margin"] for r in mine], [r["validation_loss"] for r in mine], "o", ms=4, color=colour[beta],
-                      alpha=0.7)
+            axes.plot(
+                [r["margin"] for r in mine],
+                [r["validation_loss"] for r in mine],
+                "o",
+                ms=4,
+                color=colour[beta],
+                alpha=0.7,
+            )
             margins = sorted({r["margin"] for r in mine})
             means = [np.mean([r["validation_loss"] for r in mine if r["margin"] == m]) for m in margins]
             axes.plot(margins, means, "-", color=colour[beta], lw=1.2)
         axes.axvline(0.0, color="r", lw=1)
         untrained = sum(not run["trained"] and not run["diverged"] for run in chosen)
         diverged = sum(run["diverged"] for run in chosen)
-        axes.set(title=f"lr = {lr:g}: {len(trained)} trained; not drawn: {untrained} untrained, {diverged} diverged",
-                 xlabel="margin ln(gamma)/2 - ln(beta) per step", ylabel="final validation loss")
+        axes.set(
+            title=f"lr = {lr:g}: {len(trained)} trained; not drawn: {untrained} untrained, {diverged} diverged",
+            xlabel="margin ln(gamma)/2 - ln(beta) per step",
+            ylabel="final validation loss",
+        )
         axes.title.set_fontsize(8)
         if not trained:
             axes.text(0.5, 0.5, "no run trained", transform=axes.transAxes, ha="center")

@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from scipy import stats
 
+from kadam import stability
 from kadam.experiments.training.protocol import train_run
 from kadam.experiments.workloads import CharTransformer, build_task, encode_characters, seeded_initialisation
 from kadam.optimizer import KAdam
 from kadam.optimizer.kadam import state_keys
-from kadam import stability
 
 __all__ = [
     "CRITERION",
@@ -69,6 +69,7 @@ __all__ = [
     "train_recording_updates",
     "training_protocol",
 ]
+
 
 class SwitchOffResult(TypedDict):
     """What :func:`switch_off_experiment` returns: one row per configuration (:func:`switch_off_measurement`
@@ -146,6 +147,7 @@ def _denormals_flushed() -> Iterator[None]:
     setting after (read by whether 1e-300 × 1e-10 rounds to 0). Moments of coordinates whose gradient has
     died decay into that range, where each operation costs many times a normal one; flushing changes a
     value only below 2.2e-308."""
+
     def flushing() -> bool:
         return float(torch.tensor(1e-300, dtype=torch.float64) * 1e-10) == 0.0
 
@@ -165,13 +167,21 @@ def _unstable_levels_allowed() -> Iterator[None]:
         yield
 
 
-def _float64_kadam(betas: Sequence[float], gammas: Sequence[float], eps: float, size: int = 1) -> tuple[torch.Tensor, KAdam]:
+def _float64_kadam(
+    betas: Sequence[float], gammas: Sequence[float], eps: float, size: int = 1
+) -> tuple[torch.Tensor, KAdam]:
     """A float64 parameter of ``size`` zeros and a k-level KAdam on it: lr = 1, no weight decay."""
     parameter = torch.zeros(size, dtype=torch.float64, requires_grad=True)
     levels = [(float(beta), float(gamma)) for beta, gamma in zip(betas, gammas, strict=True)]
     with _unstable_levels_allowed():
         optimizer = KAdam(
-            [parameter], lr=1.0, k=len(levels), betas=levels, eps=eps, weight_decay=0.0, norm=["elementwise"] * len(levels)
+            [parameter],
+            lr=1.0,
+            k=len(levels),
+            betas=levels,
+            eps=eps,
+            weight_decay=0.0,
+            norm=["elementwise"] * len(levels),
         )
     return parameter, optimizer
 
@@ -355,9 +365,8 @@ def switch_off_experiment(
     }
 
 
-
-
 # training protocol (THEORY §5)
+
 
 @dataclass(frozen=True)
 class TrainingSizes:
@@ -443,17 +452,29 @@ def train_recording_updates(
         model = CharTransformer(vocabulary_size, sizes.context, sizes.width, sizes.heads, sizes.layers).double()
     parameters = list(model.parameters())
     with _unstable_levels_allowed():
-        optimizer = KAdam(parameters, lr=learning_rate, k=1, betas=(beta, gamma), eps=1e-8, weight_decay=0.0, foreach=True)
+        optimizer = KAdam(
+            parameters, lr=learning_rate, k=1, betas=(beta, gamma), eps=1e-8, weight_decay=0.0, foreach=True
+        )
     update_norms, losses = [], []
     stopped = False
     with _denormals_flushed():
-        stopped = _record(model, optimizer, parameters, inputs, targets, learning_rate, sizes.steps, update_norms, losses)
+        stopped = _record(
+            model, optimizer, parameters, inputs, targets, learning_rate, sizes.steps, update_norms, losses
+        )
     return {"update_inf_norms": update_norms, "losses": losses, "stopped": stopped}
 
 
-def _record(model: torch.nn.Module, optimizer: KAdam, parameters: list[torch.Tensor], inputs: torch.Tensor,
-            targets: torch.Tensor, learning_rate: float, steps: int, update_norms: list[float],
-            losses: list[float]) -> bool:
+def _record(
+    model: torch.nn.Module,
+    optimizer: KAdam,
+    parameters: list[torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    learning_rate: float,
+    steps: int,
+    update_norms: list[float],
+    losses: list[float],
+) -> bool:
     """The loop of :func:`train_recording_updates`; appends to ``update_norms`` and ``losses``, returns whether a
     non-finite loss stopped it."""
     # not workloads.train: one full batch, the loss checked before the step, the parameters copied around it
@@ -503,8 +524,13 @@ def loss_diverged(loss: float | None, untrained_loss: float, factor: float = DIV
 
 
 def growth_test(
-    update_inf_norms: Sequence[float], start: int = 0, stop: int | None = None, *, blocks: int = GROWTH_BLOCKS,
-    confidence: float = GROWTH_CONFIDENCE, factor: float = GROWTH_FACTOR,
+    update_inf_norms: Sequence[float],
+    start: int = 0,
+    stop: int | None = None,
+    *,
+    blocks: int = GROWTH_BLOCKS,
+    confidence: float = GROWTH_CONFIDENCE,
+    factor: float = GROWTH_FACTOR,
 ) -> dict[str, Any]:
     r"""Does ‖u_n‖_∞ grow over steps ``start:stop`` (0-based, ``stop`` exclusive), against its own fluctuation?
 
@@ -537,8 +563,12 @@ def growth_test(
     error = math.sqrt(float(np.sum(residuals**2)) / (blocks - 2) / float(np.sum(centred**2)))
     half = float(stats.t.ppf(0.5 + confidence / 2.0, blocks - 2)) * error
     low = slope - half
-    return {"slope": slope, "interval": [low, slope + half], "steps": int(length),
-            "grows": bool(low > 0.0 and low * length >= math.log(factor))}
+    return {
+        "slope": slope,
+        "interval": [low, slope + half],
+        "steps": int(length),
+        "grows": bool(low > 0.0 and low * length >= math.log(factor)),
+    }
 
 
 def classify_run(update_inf_norms: Sequence[float], losses: Sequence[float], stopped: bool = False) -> dict[str, Any]:
@@ -568,10 +598,15 @@ def classify_run(update_inf_norms: Sequence[float], losses: Sequence[float], sto
     whole = growth_test(norms)
     late = growth_test(norms, len(norms) // 2)
     return {
-        "diverged": diverged, "grows": whole["grows"], "late_grows": late["grows"],
-        "unstable": bool(diverged or whole["grows"]), "late_unstable": bool(diverged or late["grows"]),
-        "slope": whole["slope"], "slope_interval": whole["interval"],
-        "late_phase_slope": late["slope"], "late_slope_interval": late["interval"],
+        "diverged": diverged,
+        "grows": whole["grows"],
+        "late_grows": late["grows"],
+        "unstable": bool(diverged or whole["grows"]),
+        "late_unstable": bool(diverged or late["grows"]),
+        "slope": whole["slope"],
+        "slope_interval": whole["interval"],
+        "late_phase_slope": late["slope"],
+        "late_slope_interval": late["interval"],
     }
 
 
@@ -607,7 +642,10 @@ def _training_point(spec: tuple[float, float, float, TrainingSizes]) -> Protocol
 
 
 def training_protocol(
-    betas: Sequence[float], gammas: Sequence[float], learning_rate: float, sizes: Mapping[str, int],
+    betas: Sequence[float],
+    gammas: Sequence[float],
+    learning_rate: float,
+    sizes: Mapping[str, int],
     points: Sequence[Sequence[float]] = (),
 ) -> ProtocolCell:
     """The training protocol at one learning rate and seed (the section's cell).
@@ -620,13 +658,20 @@ def training_protocol(
     """
     run_sizes = TrainingSizes(**sizes)
     grid = sorted({(float(b), float(g)) for b in betas for g in gammas} | {(float(b), float(g)) for b, g in points})
-    return {"criterion": CRITERION,
-            "rows": [_training_point((beta, gamma, float(learning_rate), run_sizes)) for beta, gamma in grid]}
+    return {
+        "criterion": CRITERION,
+        "rows": [_training_point((beta, gamma, float(learning_rate), run_sizes)) for beta, gamma in grid],
+    }
 
 
 def margin_runs(
-    points: Sequence[Sequence[float]], lr: float, seed: int, steps: int, batch_size: int,
-    task_sizes: Mapping[str, Any], device: str = "cpu",
+    points: Sequence[Sequence[float]],
+    lr: float,
+    seed: int,
+    steps: int,
+    batch_size: int,
+    task_sizes: Mapping[str, Any],
+    device: str = "cpu",
 ) -> MarginCell:
     """The margin runs of one learning rate and seed: :func:`~kadam.experiments.training.protocol.train_run` of
     the mini-batch char transformer by Adam at every (β, γ) of ``points``, plus the untrained model's
@@ -639,9 +684,25 @@ def margin_runs(
     runs = []
     with _unstable_levels_allowed():
         for beta, gamma in points:
-            run = dict(train_run("char-transformer", "adam", lr, steps, batch_size, seed, task_sizes, device,
-                                 betas=[float(beta), float(gamma)]))
+            run = dict(
+                train_run(
+                    "char-transformer",
+                    "adam",
+                    lr,
+                    steps,
+                    batch_size,
+                    seed,
+                    task_sizes,
+                    device,
+                    betas=[float(beta), float(gamma)],
+                )
+            )
             run.pop("train_loss_curve")
             runs.append(run)
-    return {"lr": float(lr), "seed": int(seed), "untrained_validation_loss": float(untrained),
-            "constant_predictor_loss": task.constant_predictor_loss(), "runs": runs}
+    return {
+        "lr": float(lr),
+        "seed": int(seed),
+        "untrained_validation_loss": float(untrained),
+        "constant_predictor_loss": task.constant_predictor_loss(),
+        "runs": runs,
+    }

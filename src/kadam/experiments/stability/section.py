@@ -67,8 +67,9 @@ def _minimum_seeds() -> int:
     return int(getattr(report, "MIN_SEEDS", MIN_SEEDS))
 
 
-def make_claim(text: str, verdict: str, evidence: str, kind: str, *, seeds: int | None = None,
-               criterion: str = "") -> Claim:
+def make_claim(
+    text: str, verdict: str, evidence: str, kind: str, *, seeds: int | None = None, criterion: str = ""
+) -> Claim:
     """A :class:`Claim` of ``kind`` "exactness", "paper" or "project".
 
     A measured claim (not "exactness") resting on fewer than the minimum number of seeds reads "not resolved at
@@ -94,6 +95,7 @@ def make_claim(text: str, verdict: str, evidence: str, kind: str, *, seeds: int 
 
 def interval_text(summary: Mapping[str, Any], digits: int = 2, percent: bool = False) -> str:
     """A mean and its interval over seeds: "93% [80%, 100%]" or "0.0021 [−0.0010, 0.0052]"; "—" when empty."""
+
     def number(value: float) -> str:
         return f"{value:.0%}" if percent else format_number(value, digits)
 
@@ -104,70 +106,121 @@ def interval_text(summary: Mapping[str, Any], digits: int = 2, percent: bool = F
     return f"{number(summary['mean'])} [{number(summary['low'])}, {number(summary['high'])}]"
 
 
-_AGREEMENT_RULE = (f"confirmed if the agreement's interval lies at or above {AGREEMENT_BAR:.0%} at every η; refuted "
-                   f"if its upper end is below {AGREEMENT_BAR:.0%} at some η")
+_AGREEMENT_RULE = (
+    f"confirmed if the agreement's interval lies at or above {AGREEMENT_BAR:.0%} at every η; refuted "
+    f"if its upper end is below {AGREEMENT_BAR:.0%} at some η"
+)
 
 
 def _agreement_evidence(merged: Mapping[str, Any], name: str) -> str:
-    return ("agreement with the criterion [95% interval over the runs], late phase: "
-            + "; ".join(f"η = {e['learning_rate']:g}: {interval_text(e['intervals'][f'late_agreement_{name}'], percent=True)}"
-                        for e in merged["per_learning_rate"])
-            + "; whole run: " + ", ".join(f"{e[f'agreement_{name}']:.0%}" for e in merged["per_learning_rate"]))
+    return (
+        "agreement with the criterion [95% interval over the runs], late phase: "
+        + "; ".join(
+            f"η = {e['learning_rate']:g}: {interval_text(e['intervals'][f'late_agreement_{name}'], percent=True)}"
+            for e in merged["per_learning_rate"]
+        )
+        + "; whole run: "
+        + ", ".join(f"{e[f'agreement_{name}']:.0%}" for e in merged["per_learning_rate"])
+    )
 
 
-def stability_claims(switch: Mapping[str, Any], merged: Mapping[str, Any], growth: Mapping[str, Any],
-                     margin: Mapping[str, Any], harm: Mapping[str, Any], seeds: int | None = None,
-                     margin_seeds: int | None = None) -> list[Claim]:
+def stability_claims(
+    switch: Mapping[str, Any],
+    merged: Mapping[str, Any],
+    growth: Mapping[str, Any],
+    margin: Mapping[str, Any],
+    harm: Mapping[str, Any],
+    seeds: int | None = None,
+    margin_seeds: int | None = None,
+) -> list[Claim]:
     """The section's claims, each verdict chosen by this run's intervals over seeds (THEORY §2, §3, §5).
 
     ``seeds`` / ``margin_seeds``: how many seeds the training protocol's / the margin runs' verdicts rest on."""
     k1 = sum(len(row["betas"]) == 1 for row in switch["rows"])
-    claims = [make_claim(
-        "With the gradient switched off, the optimizer's update grows or decays at exactly ln β − ½ ln γ per step "
-        "(THEORY §2; the real KAdam code, no training)",
-        "confirmed" if switch["all_within_tolerance"] else "refuted",
-        f"{k1} k = 1 points on both sides of γ = β² and {len(switch['rows']) - k1} k = 2 configurations; largest "
-        f"|measured − predicted| slope {format_number(switch['max_abs_error'], 2)} per step", "exactness",
-        criterion="every point within 2% of the predicted slope + 1e-3 per step")]
+    claims = [
+        make_claim(
+            "With the gradient switched off, the optimizer's update grows or decays at exactly ln β − ½ ln γ per step "
+            "(THEORY §2; the real KAdam code, no training)",
+            "confirmed" if switch["all_within_tolerance"] else "refuted",
+            f"{k1} k = 1 points on both sides of γ = β² and {len(switch['rows']) - k1} k = 2 configurations; largest "
+            f"|measured − predicted| slope {format_number(switch['max_abs_error'], 2)} per step",
+            "exactness",
+            criterion="every point within 2% of the predicted slope + 1e-3 per step",
+        )
+    ]
     ratio = "—" if growth["largest_ratio"] is None else format_number(growth["largest_ratio"], 2)
-    claims.append(make_claim(
-        "Outside the stable region the updates grow exponentially at the predicted rate ln β − ½ ln γ in training",
-        growth["verdict"],
-        f"late-phase slope of ln‖u_n‖∞ over seeds: {growth['too_slow']} of {growth['points']} (point, η) outside "
-        f"γ = β² grow slower than half the predicted rate at the interval's upper end, {growth['match']} lie within a "
-        f"factor {RATE_FACTOR:g} of it; largest measured/predicted ratio {ratio}", "paper", seeds=seeds,
-        criterion=f"confirmed if every point's interval lies within [ρ/{RATE_FACTOR:g}, {RATE_FACTOR:g}ρ]; refuted if "
-                  f"at least half lie below ρ/{RATE_FACTOR:g}"))
-    claims.append(make_claim(
-        f"Adam's stable region is γ > β/(2−β) (the paper's boundary): training runs are measured unstable exactly "
-        f"outside it (late-phase agreement ≥ {AGREEMENT_BAR:.0%} at every η)",
-        agreement_verdict(merged["per_learning_rate"], "late_agreement_paper"), _agreement_evidence(merged, "paper"),
-        "paper", seeds=seeds, criterion=_AGREEMENT_RULE))
-    claims.append(make_claim(
-        f"The stable region is γ > β² (THEORY §2's exact bound): training runs are measured unstable exactly outside "
-        f"it (late-phase agreement ≥ {AGREEMENT_BAR:.0%} at every η)",
-        agreement_verdict(merged["per_learning_rate"], "late_agreement_exact"), _agreement_evidence(merged, "exact"),
-        "project", seeds=seeds, criterion=_AGREEMENT_RULE))
+    claims.append(
+        make_claim(
+            "Outside the stable region the updates grow exponentially at the predicted rate ln β − ½ ln γ in training",
+            growth["verdict"],
+            f"late-phase slope of ln‖u_n‖∞ over seeds: {growth['too_slow']} of {growth['points']} (point, η) outside "
+            f"γ = β² grow slower than half the predicted rate at the interval's upper end, {growth['match']} lie within a "
+            f"factor {RATE_FACTOR:g} of it; largest measured/predicted ratio {ratio}",
+            "paper",
+            seeds=seeds,
+            criterion=f"confirmed if every point's interval lies within [ρ/{RATE_FACTOR:g}, {RATE_FACTOR:g}ρ]; refuted if "
+            f"at least half lie below ρ/{RATE_FACTOR:g}",
+        )
+    )
+    claims.append(
+        make_claim(
+            f"Adam's stable region is γ > β/(2−β) (the paper's boundary): training runs are measured unstable exactly "
+            f"outside it (late-phase agreement ≥ {AGREEMENT_BAR:.0%} at every η)",
+            agreement_verdict(merged["per_learning_rate"], "late_agreement_paper"),
+            _agreement_evidence(merged, "paper"),
+            "paper",
+            seeds=seeds,
+            criterion=_AGREEMENT_RULE,
+        )
+    )
+    claims.append(
+        make_claim(
+            f"The stable region is γ > β² (THEORY §2's exact bound): training runs are measured unstable exactly outside "
+            f"it (late-phase agreement ≥ {AGREEMENT_BAR:.0%} at every η)",
+            agreement_verdict(merged["per_learning_rate"], "late_agreement_exact"),
+            _agreement_evidence(merged, "exact"),
+            "project",
+            seeds=seeds,
+            criterion=_AGREEMENT_RULE,
+        )
+    )
     significant = [s for s in margin["strata"] if s["significant"]]
-    claims.append(make_claim(
-        "A larger stability margin gives a lower validation loss", margin_verdict_rule(margin),
-        f"within β over the runs that trained: {margin['tests']} (η, β) strata tested, "
-        f"{sum(s['spearman_rho'] < 0 for s in significant)} significantly negative and "
-        f"{sum(s['spearman_rho'] > 0 for s in significant)} significantly positive after Holm at "
-        f"α = {margin['alpha']:g}; {len(margin['diverged'])} diverged run(s) excluded", "paper", seeds=margin_seeds,
-        criterion="confirmed if at least half of the tested strata are significantly negative and none positive; "
-                  "refuted if some are significantly positive and none negative"))
+    claims.append(
+        make_claim(
+            "A larger stability margin gives a lower validation loss",
+            margin_verdict_rule(margin),
+            f"within β over the runs that trained: {margin['tests']} (η, β) strata tested, "
+            f"{sum(s['spearman_rho'] < 0 for s in significant)} significantly negative and "
+            f"{sum(s['spearman_rho'] > 0 for s in significant)} significantly positive after Holm at "
+            f"α = {margin['alpha']:g}; {len(margin['diverged'])} diverged run(s) excluded",
+            "paper",
+            seeds=margin_seeds,
+            criterion="confirmed if at least half of the tested strata are significantly negative and none positive; "
+            "refuted if some are significantly positive and none negative",
+        )
+    )
     if harm["outside"]:
-        verdict = ("confirmed" if harm["harmed"] == harm["outside"]
-                   else "refuted" if 2 * harm["unharmed"] > harm["outside"] else UNRESOLVED)
+        verdict = (
+            "confirmed"
+            if harm["harmed"] == harm["outside"]
+            else "refuted"
+            if 2 * harm["unharmed"] > harm["outside"]
+            else UNRESOLVED
+        )
     else:
         verdict = UNRESOLVED
-    claims.append(make_claim(
-        "Full-batch training outside γ > β² ends with a worse training loss than inside both regions (the training "
-        "protocol; the mini-batch margin runs' divergences are counted in the margin row)", verdict,
-        f"(point, η) outside γ = β²: {harm['harmed']} harmed, {harm['unharmed']} within {harm['tolerance']:.0%} of "
-        f"the worst inside-both point, {harm['unresolved']} unresolved (final-loss interval over seeds)", "project",
-        seeds=seeds, criterion="confirmed if every outside point is harmed; refuted if most are unharmed"))
+    claims.append(
+        make_claim(
+            "Full-batch training outside γ > β² ends with a worse training loss than inside both regions (the training "
+            "protocol; the mini-batch margin runs' divergences are counted in the margin row)",
+            verdict,
+            f"(point, η) outside γ = β²: {harm['harmed']} harmed, {harm['unharmed']} within {harm['tolerance']:.0%} of "
+            f"the worst inside-both point, {harm['unresolved']} unresolved (final-loss interval over seeds)",
+            "project",
+            seeds=seeds,
+            criterion="confirmed if every outside point is harmed; refuted if most are unharmed",
+        )
+    )
     return claims
 
 
@@ -177,8 +230,10 @@ def _span(values: Sequence[float]) -> str:
 
 
 def _region_text(entry: Mapping[str, Any]) -> str:
-    return ", ".join(f"{region} {'—' if entry['late_unstable_by_region'][region] is None else format(entry['late_unstable_by_region'][region], '.0%')}"
-                     for region in REGIONS)
+    return ", ".join(
+        f"{region} {'—' if entry['late_unstable_by_region'][region] is None else format(entry['late_unstable_by_region'][region], '.0%')}"
+        for region in REGIONS
+    )
 
 
 def _diverged_groups(margin: Mapping[str, Any]) -> list[str]:
@@ -191,12 +246,19 @@ def _diverged_groups(margin: Mapping[str, Any]) -> list[str]:
     out = []
     for (beta, gamma, lr), losses in sorted(groups.items()):
         finite = [loss for loss in losses if loss is not None and math.isfinite(loss)]
-        spread = ("not finite" if not finite else format_number(min(finite), 3) if len(finite) == 1
-                  else f"{format_number(min(finite), 3)}–{format_number(max(finite), 3)}")
+        spread = (
+            "not finite"
+            if not finite
+            else format_number(min(finite), 3)
+            if len(finite) == 1
+            else f"{format_number(min(finite), 3)}–{format_number(max(finite), 3)}"
+        )
         if finite and len(finite) < len(losses):
             spread += " or not finite"
-        out.append(f"(β, γ) = ({beta:g}, {gamma:.4g}) at η = {lr:g}: {len(losses)} of {counts.get((beta, gamma, lr), len(losses))} seeds "
-                   f"(validation loss {spread})")
+        out.append(
+            f"(β, γ) = ({beta:g}, {gamma:.4g}) at η = {lr:g}: {len(losses)} of {counts.get((beta, gamma, lr), len(losses))} seeds "
+            f"(validation loss {spread})"
+        )
     return out
 
 
@@ -207,21 +269,34 @@ def _details(merged: Mapping[str, Any], margin: Mapping[str, Any], harm: Mapping
         f"seeds): measured unstable in the late phase {format_number(entry['measured_late_unstable'], 3)} points per "
         f"seed, over the whole run {format_number(entry['measured_unstable'], 3)}; fraction of runs measured unstable "
         f"(late) by region: {_region_text(entry)}; diverged runs: {entry['diverged']}."
-        for entry in merged["per_learning_rate"]]
+        for entry in merged["per_learning_rate"]
+    ]
     details.append(
         f"Final training loss outside γ = β² against inside both regions (tolerance {harm['tolerance']:.0%}): "
-        + "; ".join(f"η = {e['learning_rate']:g}: " + ", ".join(
-            f"({p['beta']:g}, {p['gamma']:g}) {p['state']}" for p in e["points"]) for e in harm["per_learning_rate"]) + ".")
+        + "; ".join(
+            f"η = {e['learning_rate']:g}: "
+            + ", ".join(f"({p['beta']:g}, {p['gamma']:g}) {p['state']}" for p in e["points"])
+            for e in harm["per_learning_rate"]
+        )
+        + "."
+    )
     tested = [s for s in margin["strata"] if s["p_value"] is not None]
     if tested:
-        details.append("Margin against validation loss per (η, β) stratum: " + "; ".join(
-            f"η = {s['lr']:g}, β = {s['beta']:g}: ρ = {s['spearman_rho']:+.2f} (p {p_value_text(s['p_value'])}, "
-            f"Holm {p_value_text(s['holm_p'])}{', significant' if s['significant'] else ''})" for s in tested) + ".")
+        details.append(
+            "Margin against validation loss per (η, β) stratum: "
+            + "; ".join(
+                f"η = {s['lr']:g}, β = {s['beta']:g}: ρ = {s['spearman_rho']:+.2f} (p {p_value_text(s['p_value'])}, "
+                f"Holm {p_value_text(s['holm_p'])}{', significant' if s['significant'] else ''})"
+                for s in tested
+            )
+            + "."
+        )
     return details
 
 
-def _conclusion(merged: Mapping[str, Any], growth: Mapping[str, Any], margin: Mapping[str, Any],
-                harm: Mapping[str, Any]) -> list[str]:
+def _conclusion(
+    merged: Mapping[str, Any], growth: Mapping[str, Any], margin: Mapping[str, Any], harm: Mapping[str, Any]
+) -> list[str]:
     """What the section adds to the report's conclusion beyond its rows: where instability was seen in training."""
     rows = merged["rows"]
     unstable = [r for r in rows if r["late_unstable"]]
@@ -232,21 +307,31 @@ def _conclusion(merged: Mapping[str, Any], growth: Mapping[str, Any], margin: Ma
         + (f", {len(inside)} of them inside γ > β²" if unstable else "")
         + (": " + ", ".join(f"(β, γ) = ({b:g}, {g:.4g}) at η = {lr:g}" for b, g, lr in where) if where else "")
         + f". Outside γ = β² the updates grew at a median {format_number(growth['median_ratio'], 2)} of the predicted "
-        "rate: the exponential growth of the switch-off protocol does not carry over to training at these sizes."]
+        "rate: the exponential growth of the switch-off protocol does not carry over to training at these sizes."
+    ]
     harmed = [(e["learning_rate"], p) for e in harm["per_learning_rate"] for p in e["points"] if p["state"] == "harmed"]
     if harmed or margin["diverged"]:
-        parts = [f"(β, γ) = ({p['beta']:g}, {p['gamma']:.4g}) at η = {lr:g} ended full-batch training with a worse loss"
-                 for lr, p in harmed]
+        parts = [
+            f"(β, γ) = ({p['beta']:g}, {p['gamma']:.4g}) at η = {lr:g} ended full-batch training with a worse loss"
+            for lr, p in harmed
+        ]
         if margin["diverged"]:
             parts.append("mini-batch runs diverged at " + "; ".join(_diverged_groups(margin)))
         outside = all(d["gamma"] <= d["beta"] ** 2 for d in margin["diverged"])
-        sentences.append(("What went wrong, all of it outside γ = β²: " if outside else "What went wrong: ")
-                         + "; ".join(parts) + ".")
+        sentences.append(
+            ("What went wrong, all of it outside γ = β²: " if outside else "What went wrong: ") + "; ".join(parts) + "."
+        )
     return sentences
 
 
-def _findings(switch: Mapping[str, Any], merged: Mapping[str, Any], rates: Sequence[Mapping[str, Any]],
-              growth: Mapping[str, Any], margin: Mapping[str, Any], harm: Mapping[str, Any]) -> list[str]:
+def _findings(
+    switch: Mapping[str, Any],
+    merged: Mapping[str, Any],
+    rates: Sequence[Mapping[str, Any]],
+    growth: Mapping[str, Any],
+    margin: Mapping[str, Any],
+    harm: Mapping[str, Any],
+) -> list[str]:
     findings = [
         f"Exactness check, switch-off protocol: largest |measured − predicted| slope "
         f"{format_number(switch['max_abs_error'], 2)} per step over {len(switch['rows'])} configurations "
@@ -254,16 +339,26 @@ def _findings(switch: Mapping[str, Any], merged: Mapping[str, Any], rates: Seque
     ]
     findings.append(
         "Measured unstable in the late phase, fraction of runs by region (outside both / between / inside both): "
-        + "; ".join(f"η = {e['learning_rate']:g}: " + " / ".join(
-            "—" if e["late_unstable_by_region"][r] is None else f"{e['late_unstable_by_region'][r]:.0%}" for r in REGIONS)
-            for e in merged["per_learning_rate"]) + ".")
+        + "; ".join(
+            f"η = {e['learning_rate']:g}: "
+            + " / ".join(
+                "—" if e["late_unstable_by_region"][r] is None else f"{e['late_unstable_by_region'][r]:.0%}"
+                for r in REGIONS
+            )
+            for e in merged["per_learning_rate"]
+        )
+        + "."
+    )
     findings.append(
         "Dependence on η: points measured unstable per seed, late phase, "
-        + ", ".join(f"η = {e['learning_rate']:g}: {format_number(e['measured_late_unstable'], 3)}"
-                    for e in merged["per_learning_rate"])
+        + ", ".join(
+            f"η = {e['learning_rate']:g}: {format_number(e['measured_late_unstable'], 3)}"
+            for e in merged["per_learning_rate"]
+        )
         + f" ({TREND_SENTENCES[merged['late_trend']].rstrip('.')}); whole run "
         + ", ".join(f"{format_number(e['measured_unstable'], 3)}" for e in merged["per_learning_rate"])
-        + f" ({TREND_SENTENCES[merged['trend']].rstrip('.')}).")
+        + f" ({TREND_SENTENCES[merged['trend']].rstrip('.')})."
+    )
     outside = [r for r in rates if r["predicted_rate"] > 0 and r["late_slope"]["mean"] is not None]
     if outside:
         fastest = max(outside, key=lambda r: r["late_slope"]["mean"])
@@ -273,28 +368,45 @@ def _findings(switch: Mapping[str, Any], merged: Mapping[str, Any], rates: Seque
             f"{interval_text(fastest['late_slope'], 2)} per step at (β, γ) = ({fastest['beta']:g}, {fastest['gamma']:g}), "
             f"η = {fastest['learning_rate']:g} (predicted {format_number(fastest['predicted_rate'], 2)}); the median "
             f"measured/predicted ratio is {format_number(growth['median_ratio'], 2)}. Per η, the mean late slope outside: "
-            + ", ".join(f"η = {lr:g}: {format_number(sum(r['late_slope']['mean'] for r in outside if r['learning_rate'] == lr) / max(1, sum(r['learning_rate'] == lr for r in outside)), 2)}"
-                        for lr in merged["learning_rates"]) + ".")
+            + ", ".join(
+                f"η = {lr:g}: {format_number(sum(r['late_slope']['mean'] for r in outside if r['learning_rate'] == lr) / max(1, sum(r['learning_rate'] == lr for r in outside)), 2)}"
+                for lr in merged["learning_rates"]
+            )
+            + "."
+        )
     findings.append(
         f"Final training loss outside γ = β² against the worst inside both regions (within {harm['tolerance']:.0%}): "
         f"{harm['harmed']} of {harm['outside']} (point, η) harmed, {harm['unharmed']} unharmed, {harm['unresolved']} "
-        "unresolved.")
+        "unresolved."
+    )
     for entry in margin["per_learning_rate"]:
         findings.append(
             f"Margin runs at η = {entry['lr']:g}: {entry['trained']} of {entry['runs']} trained (validation loss below the "
             f"constant predictor's {format_number(entry['constant_predictor_loss'], 3)}), {entry['diverged']} diverged "
             f"(above {margin['divergence_factor']:g}× the untrained {format_number(entry['untrained_loss'], 3)}); median "
-            f"validation loss of those that trained {format_number(entry['median_trained_loss'], 3)}.")
+            f"validation loss of those that trained {format_number(entry['median_trained_loss'], 3)}."
+        )
     if margin["diverged"]:
         findings.append("Diverged margin runs (excluded from every test): " + "; ".join(_diverged_groups(margin)) + ".")
     tested = [s for s in margin["strata"] if s["p_value"] is not None]
     significant = [s for s in tested if s["significant"]]
     findings.append(
         f"Margin against validation loss within β: {len(tested)} (η, β) strata tested; after Holm "
-        + (", ".join(f"η = {s['lr']:g}, β = {s['beta']:g}: ρ = {s['spearman_rho']:+.2f} (Holm p "
-                     f"{p_value_text(s['holm_p'])})" for s in significant) if significant else "none is significant")
-        + (f" (smallest uncorrected p {p_value_text(min(s['p_value'] for s in tested))})" if tested and not significant else "")
-        + ".")
+        + (
+            ", ".join(
+                f"η = {s['lr']:g}, β = {s['beta']:g}: ρ = {s['spearman_rho']:+.2f} (Holm p {p_value_text(s['holm_p'])})"
+                for s in significant
+            )
+            if significant
+            else "none is significant"
+        )
+        + (
+            f" (smallest uncorrected p {p_value_text(min(s['p_value'] for s in tested))})"
+            if tested and not significant
+            else ""
+        )
+        + "."
+    )
     return findings
 
 
@@ -303,77 +415,154 @@ def _tables(merged: Mapping[str, Any], rates: Sequence[Mapping[str, Any]], margi
         "Training protocol per learning rate: agreement of each boundary's prediction with the measured class "
         "(the criterion above): fraction of runs [95% exact binomial interval over points × seeds], in the late phase "
         "and over the whole run",
-        ["η", "seeds", "late: γ = β²", "late: paper", "whole run: γ = β²", "whole run: paper",
-         "late unstable by region (outside both / between / inside both)"],
-        [[format_number(e["learning_rate"], 2), str(len(e["seeds"])),
-          *(interval_text(e["intervals"][key], percent=True)
-            for key in ("late_agreement_exact", "late_agreement_paper", "agreement_exact", "agreement_paper")),
-          " / ".join("—" if e["late_unstable_by_region"][r] is None else f"{e['late_unstable_by_region'][r]:.0%}"
-                     for r in REGIONS)] for e in merged["per_learning_rate"]])
+        [
+            "η",
+            "seeds",
+            "late: γ = β²",
+            "late: paper",
+            "whole run: γ = β²",
+            "whole run: paper",
+            "late unstable by region (outside both / between / inside both)",
+        ],
+        [
+            [
+                format_number(e["learning_rate"], 2),
+                str(len(e["seeds"])),
+                *(
+                    interval_text(e["intervals"][key], percent=True)
+                    for key in ("late_agreement_exact", "late_agreement_paper", "agreement_exact", "agreement_paper")
+                ),
+                " / ".join(
+                    "—" if e["late_unstable_by_region"][r] is None else f"{e['late_unstable_by_region'][r]:.0%}"
+                    for r in REGIONS
+                ),
+            ]
+            for e in merged["per_learning_rate"]
+        ],
+    )
     slopes = Table(
         "Growth of ‖u_n‖∞ in training outside γ = β²: predicted rate ln β − ½ ln γ against the measured late-phase "
         "slope of ln‖u_n‖∞ (per step; mean [95% interval] over seeds)",
         ["β", "γ", "η", "predicted", "measured (late phase)", "measured / predicted", "diverged runs"],
-        [[format_number(r["beta"], 3), format_number(r["gamma"], 4), format_number(r["learning_rate"], 2),
-          format_number(r["predicted_rate"], 3), interval_text(r["late_slope"], 2),
-          "—" if r["late_slope"]["mean"] is None else format_number(r["late_slope"]["mean"] / r["predicted_rate"], 2),
-          f"{r['diverged']}/{r['runs']}"] for r in rates if r["predicted_rate"] > 0])
+        [
+            [
+                format_number(r["beta"], 3),
+                format_number(r["gamma"], 4),
+                format_number(r["learning_rate"], 2),
+                format_number(r["predicted_rate"], 3),
+                interval_text(r["late_slope"], 2),
+                "—"
+                if r["late_slope"]["mean"] is None
+                else format_number(r["late_slope"]["mean"] / r["predicted_rate"], 2),
+                f"{r['diverged']}/{r['runs']}",
+            ]
+            for r in rates
+            if r["predicted_rate"] > 0
+        ],
+    )
     strata = Table(
         "Margin against validation loss within β (runs that trained): Spearman ρ, p-value and Holm-adjusted p",
         ["η", "β", "trained / runs", "Spearman ρ", "p", "Holm p"],
-        [[format_number(s["lr"], 2), format_number(s["beta"], 3), f"{s['trained']}/{s['runs']}",
-          "—" if s["spearman_rho"] is None else f"{s['spearman_rho']:+.2f}",
-          "—" if s["p_value"] is None else p_value_text(s["p_value"]).lstrip("= "),
-          "—" if s["holm_p"] is None else p_value_text(s["holm_p"]).lstrip("= ")] for s in margin["strata"]],
-        appendix=True)
+        [
+            [
+                format_number(s["lr"], 2),
+                format_number(s["beta"], 3),
+                f"{s['trained']}/{s['runs']}",
+                "—" if s["spearman_rho"] is None else f"{s['spearman_rho']:+.2f}",
+                "—" if s["p_value"] is None else p_value_text(s["p_value"]).lstrip("= "),
+                "—" if s["holm_p"] is None else p_value_text(s["holm_p"]).lstrip("= "),
+            ]
+            for s in margin["strata"]
+        ],
+        appendix=True,
+    )
     return [agreement, slopes, strata]
 
 
-def _headline(switch: Mapping[str, Any], merged: Mapping[str, Any], growth: Mapping[str, Any],
-              margin: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _headline(
+    switch: Mapping[str, Any], merged: Mapping[str, Any], growth: Mapping[str, Any], margin: Mapping[str, Any]
+) -> list[tuple[str, str]]:
     return [
         ("switch-off (exactness): max |slope error|", format_number(switch["max_abs_error"], 2)),
-        ("late-phase agreement γ=β² / paper, per η",
-         "; ".join(f"{e['learning_rate']:g}: {e['late_agreement_exact']:.0%} / {e['late_agreement_paper']:.0%}"
-                   for e in merged["per_learning_rate"])),
+        (
+            "late-phase agreement γ=β² / paper, per η",
+            "; ".join(
+                f"{e['learning_rate']:g}: {e['late_agreement_exact']:.0%} / {e['late_agreement_paper']:.0%}"
+                for e in merged["per_learning_rate"]
+            ),
+        ),
         ("growth outside γ=β²: median measured/predicted slope", format_number(growth["median_ratio"], 2)),
-        ("margin strata significant after Holm", f"{sum(s['significant'] for s in margin['strata'])} of {margin['tests']}"),
+        (
+            "margin strata significant after Holm",
+            f"{sum(s['significant'] for s in margin['strata'])} of {margin['tests']}",
+        ),
     ]
 
 
-def _figures(figures: Path, switch: Mapping[str, Any], merged: Mapping[str, Any], rates: Sequence[Mapping[str, Any]],
-             growth: Mapping[str, Any], margin: Mapping[str, Any]) -> list[Any]:
+def _figures(
+    figures: Path,
+    switch: Mapping[str, Any],
+    merged: Mapping[str, Any],
+    rates: Sequence[Mapping[str, Any]],
+    growth: Mapping[str, Any],
+    margin: Mapping[str, Any],
+) -> list[Any]:
     outside = [r for r in rates if r["predicted_rate"] > 0 and r["late_slope"]["mean"] is not None]
     largest = max((r["late_slope"]["mean"] for r in outside), default=None)
     top = max((r["predicted_rate"] for r in outside), default=None)
-    late = ", ".join(f"η = {e['learning_rate']:g}: {format_number(e['measured_late_unstable'], 3)} of {e['points']}"
-                     for e in merged["per_learning_rate"])
+    late = ", ".join(
+        f"η = {e['learning_rate']:g}: {format_number(e['measured_late_unstable'], 3)} of {e['points']}"
+        for e in merged["per_learning_rate"]
+    )
     plotted = sum(r["trained"] for r in margin["runs"])
     return [
-        draw_figure(figures, "stability_region.png", plots.plot_region_map,
-                    "Theory only: the (β, γ) plane with log10 of the exact update bound B∞ (THEORY §2), the exact "
-                    "boundary γ = β² and the paper's boundary γ = β/(2−β) (THEORY §3), common presets marked.",
-                    appendix=True),
-        draw_figure(figures, "stability_classification.png", lambda path: plots.plot_classification(merged, path),
-                    "Every training-protocol run, one panel per learning rate: horizontal position is the predicted "
-                    "rate ln β − ½ ln γ (0 is γ = β²; the magenta tick on each row is γ = β/(2−β)), one row per β, "
-                    "one marker per seed, filled where the criterion measured the run unstable in the late phase. "
-                    f"Points measured unstable per seed (late): {late}."),
-        draw_figure(figures, "stability_slopes.png", lambda path: plots.plot_slopes(switch, rates, path),
-                    "Measured against predicted growth rate of ln‖u_n‖ per step. Left (exactness check): the optimizer "
-                    "alone with the gradient switched off lies on the identity. Right (the paper's claim, in training): "
-                    "late-phase slopes with their interval over seeds"
-                    + (f": at most {format_number(largest, 2)} per step where up to {format_number(top, 2)} is "
-                       "predicted" if largest is not None else "")
-                    + (f"; {growth['too_slow']} of {growth['points']} (point, η) grow slower than half the predicted "
-                       "rate even at their interval's upper end, so training shows no exponential growth at the "
-                       "predicted rate, against the paper." if growth["points"] and 2 * growth["too_slow"] >= growth["points"]
-                       else ".")),
-        draw_figure(figures, "stability_margin.png", lambda path: plots.plot_stability_margin(margin, path),
-                    f"Final validation loss against the margin ½ ln γ − ln β, one panel per learning rate, one colour "
-                    f"per β (lines join the mean over seeds at each γ), only the {plotted} runs that trained; runs that "
-                    f"did not train or diverged (above {DIVERGENCE_FACTOR:g}× the untrained loss) are counted in each "
-                    "panel's title, not drawn.", appendix=True),
+        draw_figure(
+            figures,
+            "stability_region.png",
+            plots.plot_region_map,
+            "Theory only: the (β, γ) plane with log10 of the exact update bound B∞ (THEORY §2), the exact "
+            "boundary γ = β² and the paper's boundary γ = β/(2−β) (THEORY §3), common presets marked.",
+            appendix=True,
+        ),
+        draw_figure(
+            figures,
+            "stability_classification.png",
+            lambda path: plots.plot_classification(merged, path),
+            "Every training-protocol run, one panel per learning rate: horizontal position is the predicted "
+            "rate ln β − ½ ln γ (0 is γ = β²; the magenta tick on each row is γ = β/(2−β)), one row per β, "
+            "one marker per seed, filled where the criterion measured the run unstable in the late phase. "
+            f"Points measured unstable per seed (late): {late}.",
+        ),
+        draw_figure(
+            figures,
+            "stability_slopes.png",
+            lambda path: plots.plot_slopes(switch, rates, path),
+            "Measured against predicted growth rate of ln‖u_n‖ per step. Left (exactness check): the optimizer "
+            "alone with the gradient switched off lies on the identity. Right (the paper's claim, in training): "
+            "late-phase slopes with their interval over seeds"
+            + (
+                f": at most {format_number(largest, 2)} per step where up to {format_number(top, 2)} is predicted"
+                if largest is not None
+                else ""
+            )
+            + (
+                f"; {growth['too_slow']} of {growth['points']} (point, η) grow slower than half the predicted "
+                "rate even at their interval's upper end, so training shows no exponential growth at the "
+                "predicted rate, against the paper."
+                if growth["points"] and 2 * growth["too_slow"] >= growth["points"]
+                else "."
+            ),
+        ),
+        draw_figure(
+            figures,
+            "stability_margin.png",
+            lambda path: plots.plot_stability_margin(margin, path),
+            f"Final validation loss against the margin ½ ln γ − ln β, one panel per learning rate, one colour "
+            f"per β (lines join the mean over seeds at each γ), only the {plotted} runs that trained; runs that "
+            f"did not train or diverged (above {DIVERGENCE_FACTOR:g}× the untrained loss) are counted in each "
+            "panel's title, not drawn.",
+            appendix=True,
+        ),
     ]
 
 
@@ -391,22 +580,51 @@ def build_section(settings: Settings) -> Section:
     points = [list(point) for point in protocol_grid(config.betas, config.rates, config.between, config.gammas)]
     learning_rates = list(config.learning_rates)
     protocol_sizes = plain(config.protocol_sizes)
-    switch_off = Cell("stability", "switch-off protocol", switch_off_experiment, plain(config.switch_off),
-                      cost=20.0 if not config.switch_off else 5.0)
+    switch_off = Cell(
+        "stability",
+        "switch-off protocol",
+        switch_off_experiment,
+        plain(config.switch_off),
+        cost=20.0 if not config.switch_off else 5.0,
+    )
     protocol = [
-        Cell("stability", f"training protocol lr={lr:g} seed={seed}", training_protocol,
-             {"betas": [], "gammas": [], "learning_rate": lr, "sizes": {**protocol_sizes, "seed": seed}, "points": points},
-             cost=len(points) * protocol_sizes["steps"] * 4e-3)
-        for lr in learning_rates for seed in config.seeds
+        Cell(
+            "stability",
+            f"training protocol lr={lr:g} seed={seed}",
+            training_protocol,
+            {
+                "betas": [],
+                "gammas": [],
+                "learning_rate": lr,
+                "sizes": {**protocol_sizes, "seed": seed},
+                "points": points,
+            },
+            cost=len(points) * protocol_sizes["steps"] * 4e-3,
+        )
+        for lr in learning_rates
+        for seed in config.seeds
     ]
     margin_sizes = plain(config.margin_task_sizes)
     margin_cells = [
-        Cell("stability", f"margin runs lr={lr:g} seed={seed}", margin_runs,
-             {"points": points, "lr": lr, "seed": seed, "steps": config.margin_steps,
-              "batch_size": config.margin_batch_size, "task_sizes": margin_sizes, "device": settings.device},
-             cost=len(points) * config.margin_steps
-             * _transformer_step_seconds(margin_sizes, config.margin_batch_size, settings.device))
-        for lr in config.margin_learning_rates for seed in config.margin_seeds
+        Cell(
+            "stability",
+            f"margin runs lr={lr:g} seed={seed}",
+            margin_runs,
+            {
+                "points": points,
+                "lr": lr,
+                "seed": seed,
+                "steps": config.margin_steps,
+                "batch_size": config.margin_batch_size,
+                "task_sizes": margin_sizes,
+                "device": settings.device,
+            },
+            cost=len(points)
+            * config.margin_steps
+            * _transformer_step_seconds(margin_sizes, config.margin_batch_size, settings.device),
+        )
+        for lr in config.margin_learning_rates
+        for seed in config.margin_seeds
     ]
 
     def finish(results: Mapping[str, Any], figures: Path) -> SectionDocument:
@@ -422,8 +640,12 @@ def build_section(settings: Settings) -> Section:
             f"**Criterion (fixed before the runs).** {CRITERION} Verdicts read intervals over the initialisation "
             "seeds: Student t, 95%, for slopes and losses; for an agreement (a proportion of runs), the exact binomial "
             "95% interval over the runs (points × seeds), used only with at least two seeds. "
-            + (f"This profile runs {len(config.seeds)} seed(s), fewer than {_minimum_seeds()}, so every measured verdict "
-               "is not resolved at this budget. " if single else "")
+            + (
+                f"This profile runs {len(config.seeds)} seed(s), fewer than {_minimum_seeds()}, so every measured verdict "
+                "is not resolved at this budget. "
+                if single
+                else ""
+            )
             + f"**Margin rules.** A margin run has diverged if its validation loss is not finite or above "
             f"{DIVERGENCE_FACTOR:g}× the untrained model's; it trained if it did not diverge and its validation loss is "
             "below the constant predictor's (the unigram entropy of the training characters). The margin "
@@ -440,20 +662,43 @@ def build_section(settings: Settings) -> Section:
             f"{', '.join(f'{lr:g}' for lr in config.margin_learning_rates)}, seeds "
             f"{', '.join(str(s) for s in config.margin_seeds)}."
         )
-        data = {"switch_off": switch, "training_protocol": merged, "growth_rates": rates, "growth_verdict": growth,
-                "margin_analysis": margin, "region_versus_harm": harm}
-        return SectionDocument("stability", TITLE, method, _findings(switch, merged, rates, growth, margin, harm),
-                               _tables(merged, rates, margin), _figures(figures, switch, merged, rates, growth, margin),
-                               _headline(switch, merged, growth, margin), data,
-                               claims=stability_claims(switch, merged, growth, margin, harm, len(config.seeds),
-                                                       len(config.margin_seeds)),
-                               details=_details(merged, margin, harm), conclusion=_conclusion(merged, growth, margin, harm))
+        data = {
+            "switch_off": switch,
+            "training_protocol": merged,
+            "growth_rates": rates,
+            "growth_verdict": growth,
+            "margin_analysis": margin,
+            "region_versus_harm": harm,
+        }
+        return SectionDocument(
+            "stability",
+            TITLE,
+            method,
+            _findings(switch, merged, rates, growth, margin, harm),
+            _tables(merged, rates, margin),
+            _figures(figures, switch, merged, rates, growth, margin),
+            _headline(switch, merged, growth, margin),
+            data,
+            claims=stability_claims(switch, merged, growth, margin, harm, len(config.seeds), len(config.margin_seeds)),
+            details=_details(merged, margin, harm),
+            conclusion=_conclusion(merged, growth, margin, harm),
+        )
 
-    configuration = {"switch_off": plain(config.switch_off),
-                     "training_protocol": {"points": points, "sizes": protocol_sizes, "learning_rates": learning_rates,
-                                           "seeds": list(config.seeds), "criterion": CRITERION},
-                     "margin": {"learning_rates": list(config.margin_learning_rates), "seeds": list(config.margin_seeds),
-                                "steps": config.margin_steps, "batch_size": config.margin_batch_size,
-                                "sizes": margin_sizes}}
+    configuration = {
+        "switch_off": plain(config.switch_off),
+        "training_protocol": {
+            "points": points,
+            "sizes": protocol_sizes,
+            "learning_rates": learning_rates,
+            "seeds": list(config.seeds),
+            "criterion": CRITERION,
+        },
+        "margin": {
+            "learning_rates": list(config.margin_learning_rates),
+            "seeds": list(config.margin_seeds),
+            "steps": config.margin_steps,
+            "batch_size": config.margin_batch_size,
+            "sizes": margin_sizes,
+        },
+    }
     return Section("stability", TITLE, configuration, [switch_off, *protocol, *margin_cells], finish)
-
