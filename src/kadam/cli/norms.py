@@ -150,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     if args.plot:
         stages.start(f"drawing {args.plot}")
-        plot_digits_norms(result, str(args.plot))
+        plot_digits_norms([result], str(args.plot))
     stages.done()
     if args.json:
         print(json.dumps(result))
