@@ -136,9 +136,10 @@ def practitioner_summary(documents: Sequence[SectionDocument], study: dict[str, 
     lines.append(
         "**Catching a run that goes bad.** "
         + (
-            "`StabilityMonitor(optimizer, every=10, names=model)` warns when (β, γ) leaves γ > β², an update "
-            "exceeds its bound or the sharpness passes the edge of stability; lower the learning rate when it "
-            "warns. This run: " + _reading(claims[0] if claims else None, "monitor")
+            "`StabilityMonitor(optimizer, names=model)` flags a (β, γ) outside γ > β² when attached, non-finite "
+            "gradients or losses and an update above its bound; whether its running checks warn early enough to act "
+            "on is what section 5 measures (the committed full-profile runs: results/monitor-study). This run: "
+            + _reading(claims[0] if claims else None, "monitor")
             if monitor
             else "This report has no monitor section."
         )
