@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-__all__ = ["StabilityEvent", "Thresholds"]
+from kadam import stability
+
+__all__ = ["StabilityEvent", "Thresholds", "announce", "reporting_rank"]
+
+logger = logging.getLogger("kadam.monitor")
 
 
 @dataclass(frozen=True)
@@ -135,3 +141,36 @@ class Thresholds:
                 raise ValueError(f"Thresholds.{name} must be > 0, got {value!r}")
         if self.cosine is not None and not -1.0 <= self.cosine <= 1.0:
             raise ValueError(f"Thresholds.cosine must lie in [-1, 1], got {self.cosine!r}")
+
+
+def reporting_rank() -> bool:
+    """Whether this process reports events: always without ``torch.distributed``, else rank 0 only."""
+    import torch
+
+    distributed = torch.distributed
+    return not (distributed.is_available() and distributed.is_initialized()) or distributed.get_rank() == 0
+
+
+def announce(
+    event: StabilityEvent,
+    key: Hashable,
+    last_warned: dict[Hashable, int],
+    quiet_steps: int,
+    warn: bool,
+    on_event: Callable[[StabilityEvent], None] | None,
+) -> None:
+    """Report ``event`` on the reporting rank: to ``on_event`` always, and to ``warnings`` (a
+    :class:`kadam.stability.StabilityWarning` at the user's line) and the ``kadam.monitor`` logger at most once
+    per ``quiet_steps`` optimizer steps for each ``key`` (``last_warned`` keeps the step of each key's last one)."""
+    if not reporting_rank():
+        return
+    if on_event is not None:
+        on_event(event)
+    last = last_warned.get(key)
+    if last is not None and event.step - last < quiet_steps:
+        return
+    last_warned[key] = event.step
+    if warn:
+        message = event.message()
+        stability.warn_at_user(message)
+        logger.warning(message)

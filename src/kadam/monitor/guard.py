@@ -96,8 +96,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kadam import stability
-from kadam.monitor.events import StabilityEvent
+from kadam.monitor.events import StabilityEvent, announce
 from kadam.normalization.tracker import uses_decoupled_weight_decay
 from kadam.optimizer.hooks import StepHooks, named_tensors
 from kadam.optimizer.state import level_states, level_updates, param_group_levels, step_count
@@ -127,11 +126,6 @@ def _check_int(name: str, value: object, least: int, allow_none: bool = False) -
 def _check_flag(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
-
-
-def _reporting_rank() -> bool:
-    distributed = torch.distributed
-    return not (distributed.is_available() and distributed.is_initialized()) or distributed.get_rank() == 0
 
 
 def _to_host(values: list[Tensor], device: torch.device) -> list[float]:
@@ -656,16 +650,4 @@ class StabilityGuard(StepHooks):
             tensor, step, quantity, float(value), float(threshold), explanation, suggestion, 0, "guard"
         )
         self.events.append(event)
-        if not _reporting_rank():
-            return
-        if self.on_event is not None:
-            self.on_event(event)
-        key = (event.tensor, event.quantity)
-        last = self._last_warned.get(key)
-        if last is not None and event.step - last < self.quiet_steps:
-            return
-        self._last_warned[key] = event.step
-        if self.warn:
-            message = event.message()
-            stability.warn_at_user(message)
-            logger.warning(message)
+        announce(event, (event.tensor, event.quantity), self._last_warned, self.quiet_steps, self.warn, self.on_event)

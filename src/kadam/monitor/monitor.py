@@ -76,7 +76,7 @@ from torch import Tensor, nn
 
 from kadam import stability
 from kadam.monitor import rules
-from kadam.monitor.events import StabilityEvent, Thresholds
+from kadam.monitor.events import StabilityEvent, Thresholds, announce, reporting_rank
 from kadam.monitor.history import MonitorHistory
 from kadam.monitor.sharpness import preconditioned_sharpness
 from kadam.normalization import predictions
@@ -140,11 +140,6 @@ class _Tracked(NamedTuple):
 def global_grad_norm(grads: list[Tensor]) -> Tensor:
     """The Euclidean norm of all ``grads`` together: the norm of their norms (``torch._foreach_norm``)."""
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-
-
-def _reporting_rank() -> bool:
-    distributed = torch.distributed
-    return not (distributed.is_available() and distributed.is_initialized()) or distributed.get_rank() == 0
 
 
 class StabilityMonitor(StepHooks):
@@ -361,7 +356,7 @@ class StabilityMonitor(StepHooks):
         self._rows.append(row)
         self._model_rows.append(model)
         self._check_events(step, row, model, levels)
-        if self.writer is not None and _reporting_rank():
+        if self.writer is not None and reporting_rank():
             self._write_scalars(step, row, model)
         self._keep_gradients(step)
 
@@ -818,19 +813,14 @@ class StabilityMonitor(StepHooks):
 
     def _emit(self, event: StabilityEvent) -> None:
         self.events.append(event)
-        if not _reporting_rank():
-            return
-        if self.on_event is not None:
-            self.on_event(event)
-        key = (event.tensor, event.quantity, event.level)
-        last = self._last_warned.get(key)
-        if last is not None and event.step - last < self.quiet_steps:
-            return
-        self._last_warned[key] = event.step
-        if self.warn:
-            message = event.message()
-            stability.warn_at_user(message)
-            logger.warning(message)
+        announce(
+            event,
+            (event.tensor, event.quantity, event.level),
+            self._last_warned,
+            self.quiet_steps,
+            self.warn,
+            self.on_event,
+        )
 
     def _write_scalars(self, step: int, row: np.ndarray, model: Mapping[str, float]) -> None:
         for t, tracked in enumerate(self._tracked):
