@@ -519,32 +519,33 @@ def test_fused_matches_loop_with_zero_size_tensors_anywhere(config, sizes, zero_
     _assert_fused_matches_loop_on(sizes, {"lr": 1e-2, "k": k, "weight_decay": 0.1, **config})
 
 
-@pytest.mark.parametrize("k", [1, 2])
+_STATE_CASES = [
+    (
+        "exp_avg",
+        torch.zeros(3),
+        r"The size of state 'exp_avg' \(3,\) must match the size of parameter 1 \(64, 64\)",
+    ),
+    ("exp_avg_sq", torch.zeros(64), r"The size of state 'exp_avg_sq' \(64,\) must match the size of parameter 1"),
+    (
+        "exp_avg",
+        torch.zeros(64, 64, dtype=torch.float64),
+        r"state 'exp_avg' of parameter 1 has dtype torch.float64",
+    ),
+    ("exp_avg", torch.zeros(64, 64, device="meta"), r"must be on the same device"),  # torch's grouping
+    ("exp_avg", torch.zeros(64, 64).to_sparse(), r"state 'exp_avg' of parameter 1 has layout torch.sparse_coo"),
+    ("step", torch.zeros(3), r"state 'step' of parameter 1 must be a one-element tensor, got shape \(3,\)"),
+    ("exp_avg_sq_2", torch.zeros(3), r"The size of state 'exp_avg_sq_2' \(3,\) of parameter 1 must be one element"),
+]
+"""(state key, the value put there behind the optimizer's back, the error it must raise)."""
+
+
 @pytest.mark.parametrize(
-    "key,value,message",
-    [
-        (
-            "exp_avg",
-            torch.zeros(3),
-            r"The size of state 'exp_avg' \(3,\) must match the size of parameter 1 \(64, 64\)",
-        ),
-        ("exp_avg_sq", torch.zeros(64), r"The size of state 'exp_avg_sq' \(64,\) must match the size of parameter 1"),
-        (
-            "exp_avg",
-            torch.zeros(64, 64, dtype=torch.float64),
-            r"state 'exp_avg' of parameter 1 has dtype torch.float64",
-        ),
-        ("exp_avg", torch.zeros(64, 64, device="meta"), r"must be on the same device"),  # torch's grouping
-        ("exp_avg", torch.zeros(64, 64).to_sparse(), r"state 'exp_avg' of parameter 1 has layout torch.sparse_coo"),
-        ("step", torch.zeros(3), r"state 'step' of parameter 1 must be a one-element tensor, got shape \(3,\)"),
-        ("exp_avg_sq_2", torch.zeros(3), r"The size of state 'exp_avg_sq_2' \(3,\) of parameter 1 must be one element"),
-    ],
+    "k,key,value,message",
+    [(k, *case) for k in (1, 2) for case in _STATE_CASES if k == 2 or not case[0].endswith("_2")],  # k = 1: no level 2
 )
 def test_fused_step_checks_every_tensor_before_the_kernel(k, key, value, message):
     """A state changed behind the optimizer's back raises RuntimeError naming the key and the parameter, on
     the C++ kernel's path (k = 2) and on torch's fused kernel's (k = 1), instead of corrupting memory."""
-    if k == 1 and key.endswith("_2"):
-        pytest.skip("k = 1 has no level 2")
     params = [torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(64, 64))]
     optimizer = KAdam(params, k=k, fused=True)
     _run(params, optimizer, 1)

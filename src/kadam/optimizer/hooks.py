@@ -9,6 +9,7 @@ hand them: a module, a mapping ``{name: tensor}`` or an iterable of ``(name, ten
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -42,7 +43,7 @@ def named_tensors(
     return entries
 
 
-class StepHooks:
+class StepHooks(abc.ABC):
     """Base of an observer attached to an optimizer's step pre- and post-hooks; subclasses define
     ``_pre_step(optimizer, args, kwargs)`` and ``_post_step(optimizer, args, kwargs)`` and call
     :meth:`_attach` at the end of their constructor."""
@@ -55,11 +56,13 @@ class StepHooks:
             optimizer.register_step_post_hook(self._post_step),
         ]
 
+    @abc.abstractmethod
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        raise NotImplementedError
+        """Called by ``optimizer.step`` before it steps."""
 
+    @abc.abstractmethod
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        raise NotImplementedError
+        """Called by ``optimizer.step`` after it stepped."""
 
     @property
     def attached(self) -> bool:
