@@ -23,7 +23,6 @@ of the update of each clipped tensor.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -31,39 +30,15 @@ from contextlib import ExitStack
 from typing import Any
 
 import torch
+from monitor_overhead import gpt_workload  # benchmarks/ is on sys.path when a script here runs
 
-from kadam.experiments.workloads import build_task
 from kadam.monitor import StabilityGuard, StabilityMonitor
 
 MODES = ("plain", "monitor", "guard")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--context", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--block", type=int, default=40, help="steps per timed block")
-    parser.add_argument("--rounds", type=int, default=9, help="rounds of one block per mode")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    task = build_task(
-        "char-transformer",
-        args.device,
-        corpus_chars=100_000,
-        context=args.context,
-        width=args.width,
-        heads=4,
-        layers=args.layers,
-    )
-    torch.manual_seed(0)
-    model = task.make_model().to(args.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
+    args, task, model, optimizer, generator = gpt_workload(__doc__.splitlines()[0])
     guard_state: dict[str, Any] | None = None
     actions: dict[str, int] = {}
 

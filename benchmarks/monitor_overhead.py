@@ -18,6 +18,7 @@ import argparse
 import json
 import statistics
 import time
+from typing import Any
 
 import torch
 
@@ -27,8 +28,12 @@ from kadam.monitor import StabilityMonitor
 MODES = ("none", "every 10", "every 1")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def gpt_workload(
+    description: str,
+) -> tuple[argparse.Namespace, Any, torch.nn.Module, torch.optim.Optimizer, torch.Generator]:
+    """The command line shared by the monitor's cost benchmarks and the char GPT they time, with AdamW on it:
+    (arguments, task, model, optimizer, batch generator)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--context", type=int, default=64)
@@ -39,7 +44,6 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-
     task = build_task(
         "char-transformer",
         args.device,
@@ -52,7 +56,11 @@ def main() -> None:
     torch.manual_seed(0)
     model = task.make_model().to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
+    return args, task, model, optimizer, torch.Generator().manual_seed(0)
+
+
+def main() -> None:
+    args, task, model, optimizer, generator = gpt_workload(__doc__.splitlines()[0])
 
     def block() -> float:
         if args.device != "cpu":
