@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kadam.experiments.monitor import analysis, protocol
+from kadam.experiments.monitor import analysis, protocol, section
 from kadam.experiments.monitor.section import build_section, mcnemar, monitor_claims
 from kadam.experiments.profiles import profile_sizes
 from kadam.monitor import StabilityMonitor, Thresholds
@@ -50,7 +50,7 @@ def record(
     onset = protocol.instability_step(losses, 1, constant)
     return {
         "spec": spec,
-        "split": protocol.split_of(workload, family),
+        "split": protocol.split_of(workload, family, seed),
         "constant_loss": constant,
         "losses": losses,
         "grad_norms": grads or [1.0] * n,
@@ -79,13 +79,31 @@ def test_the_outcome_is_the_runs_not_the_arms() -> None:
     assert not ramp["sudden"] and jump["sudden"] and jump["onset_step"] == 63
 
 
-def test_the_split_is_declared_by_workload_and_family() -> None:
-    assert protocol.split_of("mnist1d-mlp", "ramp") == "development"
-    assert protocol.split_of("char-transformer", "jump") == "held-out"  # a held-out family
-    assert protocol.split_of("digits-cnn", "ramp") == "held-out"  # a held-out workload
+def test_the_split_is_declared_by_workload_family_and_seed() -> None:
+    assert protocol.split_of("mnist1d-mlp", "ramp", 1) == "development"
+    assert protocol.split_of("mnist1d-mlp", "ramp", 11) == "development"  # development whatever the seed
+    assert protocol.split_of("char-transformer", "jump", 1) == "seen"  # a held-out family, a seed run before
+    assert protocol.split_of("char-transformer", "jump", 11) == "held-out"  # ... and with a reserved seed
+    assert protocol.split_of("digits-cnn", "ramp", 3) == "seen"  # a held-out workload
+    assert protocol.split_of("digits-cnn", "ramp", 12) == "held-out"
+    assert protocol.split_of("digits-cnn-bn", "lr", 1) == "held-out"  # a workload no earlier version ran
+    assert not set(protocol.SEEN_SEEDS) & set(protocol.HELD_OUT_SEEDS)
     held_out_workloads = set(protocol.WORKLOADS) - set(protocol.DEVELOPMENT_WORKLOADS)
     held_out_families = set(protocol.FAMILIES) - set(protocol.DEVELOPMENT_FAMILIES)
     assert len(held_out_workloads) >= 2 and len(held_out_families) >= 2
+
+
+def test_the_full_profile_scores_fresh_held_out_runs_with_reserved_seeds_only() -> None:
+    config = profile_sizes("full").monitor
+    cells = section.run_cells(config, "cpu")
+    splits = {protocol.split_of(c.kwargs["workload"], c.kwargs["family"], c.kwargs["seed"]) for c in cells}
+    assert splits == {"development", "held-out", "seen"}
+    for c in cells:
+        split = protocol.split_of(c.kwargs["workload"], c.kwargs["family"], c.kwargs["seed"])
+        if split == "seen":
+            assert c.kwargs["intervention"] == "none"  # seen runs are shown for comparison only
+    with pytest.raises(ValueError, match="held_out_seeds"):
+        section.run_cells(dataclasses.replace(config, held_out_seeds=(1,)), "cpu")
 
 
 def test_score_reads_recall_at_the_lead_sudden_flags_and_healthy_warnings() -> None:

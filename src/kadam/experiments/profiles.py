@@ -99,16 +99,19 @@ _MONITOR_FAMILIES = ("lr", "ramp", "jump", "region", "silence", "small_gamma", "
 def _monitor_workloads(
     transformer: Mapping[str, int], hidden: int, channels: int, regression: int
 ) -> dict[str, dict[str, Any]]:
-    """The monitor's four workloads: the MNIST-1D MLP, the char transformer, the digits CNN, the diabetes MLP."""
+    """The monitor's five workloads: the MNIST-1D MLP, the char transformer, the digits CNN, the diabetes MLP, and
+    the digits CNN with batch normalisation (held out only)."""
     return {
         "mnist1d-mlp": {"hidden": hidden, "depth": 2},
         "char-transformer": dict(transformer),
         "digits-cnn": {"channels": channels},
         "diabetes-mlp": {"hidden": regression},
+        "digits-cnn-bn": {"channels": channels},
     }
 
 
-_TRANSFER_BASE_LR = {"digits-cnn": 3e-3, "char-transformer": 2e-3}
+_TRANSFER_SECONDS_PER_SAMPLE = {"gpt": 1.2e-4, "digits-cnn": 8e-5, "mnist1d-mlp": 3e-5}
+"""Seconds per training sample of the batch-size study's workloads on one core (the ETA only)."""
 
 
 def _census_tasks(transformer: Mapping[str, int], channels: int, hidden: int, depth: int) -> Mapping[str, Any]:
@@ -279,6 +282,8 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen(
                 batch_size=32,
                 interventions=("guard",),
                 pair_seeds=(1, 2, 3),
+                held_out_seeds=(11,),
+                held_out_pair_seeds=(11, 12, 13),
                 sharpness_lrs=(1e-3, 1e-2, 1e-1),
                 sharpness_steps=100,
                 sharpness_every=20,
@@ -406,6 +411,9 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen(
                 batch_size=32,
                 interventions=("guard", "clip", "stableadamw"),
                 pair_seeds=(1, 2, 3, 4, 5),
+                held_out_seeds=(11, 12, 13),
+                held_out_pair_seeds=(11, 12, 13, 14, 15),
+                seen_seeds=(1, 2, 3),
                 sharpness_lrs=(1e-3, 3e-3, 1e-2),
                 sharpness_steps=1000,
                 sharpness_every=25,

@@ -55,10 +55,16 @@ ALPHA = 0.05
 
 
 def run_cells(config: MonitorConfig, device: str) -> list[Cell]:
-    """One cell per run: every (workload, family, arm, seed) without intervention; each intervention on every
-    failing-arm run; the healthy arm of ``protocol.PAIR_FAMILY`` with and without each intervention for the
-    pair seeds."""
-    step_cost = {"char-transformer": 0.025, "mnist1d-mlp": 0.012, "digits-cnn": 0.02, "diabetes-mlp": 0.01}
+    """One cell per run: every (workload, family, arm, seed) without intervention (development, fresh held-out and
+    seen seeds, :class:`MonitorConfig`); each intervention on every development and fresh failing-arm run; the
+    healthy arm of ``protocol.PAIR_FAMILY`` with and without each intervention for the pair seeds."""
+    step_cost = {
+        "char-transformer": 0.025,
+        "mnist1d-mlp": 0.012,
+        "digits-cnn": 0.02,
+        "digits-cnn-bn": 0.025,
+        "diabetes-mlp": 0.01,
+    }
 
     def cell(workload: str, family: str, arm: str, seed: int, intervention: str) -> Cell:
         settings = config.family_settings.get(family, {}).get(arm)
@@ -81,20 +87,27 @@ def run_cells(config: MonitorConfig, device: str) -> list[Cell]:
             cost=config.steps * step_cost.get(workload, 0.02),
         )
 
+    for name, seeds, allowed in (
+        ("held_out_seeds", config.held_out_seeds, protocol.HELD_OUT_SEEDS),
+        ("held_out_pair_seeds", config.held_out_pair_seeds, protocol.HELD_OUT_SEEDS),
+        ("seen_seeds", config.seen_seeds, protocol.SEEN_SEEDS),
+    ):
+        if not set(seeds) <= set(allowed):
+            raise ValueError(f"MonitorConfig.{name} must be seeds of {allowed}, got {seeds}")
     keys: list[tuple[str, str, str, int, str]] = []
     for workload in config.workloads:
         families = [f for f in config.families if protocol.applies(f, workload)]
-        keys += [
-            (workload, family, arm, seed, "none")
-            for family in families
-            for arm in ("failing", "healthy")
-            for seed in config.seeds
-        ]
-        for intervention in config.interventions:
-            keys += [(workload, family, "failing", seed, intervention) for family in families for seed in config.seeds]
+        for family in families:
+            development = protocol.split_of(workload, family, 0) == "development"
+            seeds = config.seeds if development else config.held_out_seeds
+            for seed in seeds if development else (*seeds, *config.seen_seeds):
+                keys += [(workload, family, arm, seed, "none") for arm in ("failing", "healthy")]
+            keys += [(workload, family, "failing", seed, i) for i in config.interventions for seed in seeds]
         if protocol.PAIR_FAMILY in families:
+            development = protocol.split_of(workload, protocol.PAIR_FAMILY, 0) == "development"
+            pair_seeds = config.pair_seeds if development else config.held_out_pair_seeds
             for intervention in ("none", *config.interventions):
-                keys += [(workload, protocol.PAIR_FAMILY, "healthy", seed, intervention) for seed in config.pair_seeds]
+                keys += [(workload, protocol.PAIR_FAMILY, "healthy", seed, intervention) for seed in pair_seeds]
     return [cell(*key) for key in dict.fromkeys(keys)]
 
 
@@ -221,7 +234,7 @@ def detection_table(scores: Mapping[str, Any], comparisons: Mapping[str, Any] | 
     )
 
 
-def guard_table(guard: Mapping[str, Any]) -> Table:
+def guard_table(guard: Mapping[str, Any], caption: str = "Interventions on the same runs") -> Table:
     rows = []
     for intervention, entry in guard["interventions"].items():
         paired = entry["healthy_paired"]
@@ -245,7 +258,7 @@ def guard_table(guard: Mapping[str, Any]) -> Table:
             ]
         )
     return Table(
-        "Interventions on the same runs: failing runs rescued (final loss within the band of the workload's "
+        f"{caption}: failing runs rescued (final loss within the band of the workload's "
         "healthy runs), and on healthy runs the paired final-loss difference intervention − none "
         f"(mean [{CONFIDENCE:.0%} t interval], pairs by seed)",
         ["intervention", "failing runs rescued (95% CI)", "healthy runs: final-loss difference"],
@@ -436,9 +449,10 @@ def build_section(settings: Any) -> Section:
         records = [results[cell.key] for cell in runs]
         held = [r for r in records if r["split"] == "held-out"]
         development = [r for r in records if r["split"] == "development"]
+        seen = [r for r in records if r["split"] == "seen"]
         held_scores, development_scores = analysis.score(held), analysis.score(development)
         comparisons = mcnemar(held)
-        guard = analysis.guard_scores(records)
+        guard, development_guard = analysis.guard_scores(held), analysis.guard_scores(development)
         chosen, selection = analysis.choose_thresholds(records)
         sharp = [results[cell.key] for cell in sharpness]
         monitor = held_scores["detectors"]["monitor"]
@@ -453,7 +467,10 @@ def build_section(settings: Any) -> Section:
                 None,
                 "Development runs (where the families' settings and the monitor's thresholds were chosen), beside them",
             ),
-            guard_table(guard),
+            guard_table(guard, "Interventions on the fresh held-out runs (the headline)"),
+            guard_table(
+                development_guard, "Interventions on the development runs (where the guard's defaults were chosen)"
+            ),
             Table(
                 "The development runs' choice of the monitor's argument thresholds at this budget (the rule in "
                 "code: most failures caught among settings warning ≤ "
@@ -462,9 +479,21 @@ def build_section(settings: Any) -> Section:
                 _selection_rows(selection, chosen),
             ),
         ]
+        seen_scores = analysis.score(seen) if seen else None
+        if seen_scores is not None:
+            tables.insert(
+                2,
+                detection_table(
+                    seen_scores,
+                    None,
+                    "Seen held-out runs (scored by an earlier version of this protocol and looked at before the present "
+                    "defaults were chosen; shown for comparison, not as evidence)",
+                ),
+            )
         configuration = held_scores["configuration_flagged"]
         findings = [
-            f"Held-out: {_outcome_counts(held)}. Development: {_outcome_counts(development)}.",
+            f"Held-out (fresh): {_outcome_counts(held)}. Development: {_outcome_counts(development)}."
+            + (f" Seen held-out: {_outcome_counts(seen)}." if seen else ""),
             f"Held-out failures: {held_scores['developing']} developing, {held_scores['sudden']} sudden, "
             f"{held_scores['early']} with their onset in the first {protocol.LEAD} steps (no warning can precede "
             "those; they count for no detector).",
@@ -540,14 +569,16 @@ def build_section(settings: Any) -> Section:
         method = (
             "Runs break for a known reason (a *family*: too high a learning rate, a geometric ramp, a mid-run jump, (β, γ) "
             "outside γ > β², a rare token returning after a silence, γ too small for the gradient noise, one corrupted "
-            "batch, no warmup at a high rate) or are the same run without it, on four workloads (an MNIST-1D MLP, a "
-            "character transformer, a digits CNN, a diabetes regression MLP). Whether a run *failed* is decided by its "
+            "batch, no warmup at a high rate) or are the same run without it, on five workloads (an MNIST-1D MLP, a "
+            "character transformer, a digits CNN, a diabetes regression MLP, a digits CNN with batch normalisation). Whether a run *failed* is decided by its "
             f"loss alone, by a rule in code fixed before the runs: a non-finite loss, the median of {protocol.LOSS_WINDOW} "
             "losses above twice its running minimum, or, once the run has learned, above the loss of ignoring the "
             "inputs. A run set up to fail that trains is a healthy run. The monitor is replayed from each run's series as "
             "users attach it (default thresholds, a recorded step every 10), beside four baselines. The development set "
-            "(two workloads, six families) chose the monitor's thresholds and the families' settings; the held-out set "
-            "(two other workloads, two other families) informed nothing, and its numbers are the headline. Proportions "
+            "(two workloads, six families) chose the monitor's thresholds, the guard's defaults and the families' settings. "
+            "The held-out set is every other run; its *fresh* runs (seeds reserved for it, and a workload no earlier "
+            "version ran, declared in code before they existed) informed nothing, and their numbers are the headline; "
+            "held-out runs an earlier version scored and that were looked at are *seen*, shown apart. Proportions "
             "carry exact 95% intervals; the monitor meets baselines in exact McNemar tests, Holm-corrected."
         )
         return SectionDocument(
@@ -566,8 +597,10 @@ def build_section(settings: Any) -> Section:
             {
                 "held_out": held_scores,
                 "development": development_scores,
+                "seen": seen_scores,
                 "mcnemar": comparisons,
                 "guard": guard,
+                "development_guard": development_guard,
                 "selection": {"chosen": {n: getattr(chosen, n) for n in analysis.SELECTION_GRID}, "table": selection},
                 "sharpness": [{k: v for k, v in r.items() if k != "losses"} for r in sharp],
             },
