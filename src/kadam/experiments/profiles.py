@@ -110,8 +110,7 @@ def _monitor_workloads(
     }
 
 
-_TRANSFER_SECONDS_PER_SAMPLE = {"gpt": 1.2e-4, "digits-cnn": 8e-5, "mnist1d-mlp": 3e-5}
-"""Seconds per training sample of the batch-size study's workloads on one core (the ETA only)."""
+_TRANSFER_BASE_LR = {"digits-cnn": 3e-3, "char-transformer": 2e-3}
 
 
 def _census_tasks(transformer: Mapping[str, int], channels: int, hidden: int, depth: int) -> Mapping[str, Any]:
