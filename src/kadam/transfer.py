@@ -13,22 +13,32 @@ only). The *naive* alternative keeps the betas. The exact rule keeps the stable 
 (``γ^c > β^{2c}`` iff ``γ > β²``, THEORY §2); the paper rule keeps the paper region ``γ > β/(2−β)`` but
 can leave the discrete one.
 
-**Batch size, mini-batch** (:func:`transfer_batch_size`): the square-root scaling rule of Malladi, Lyu,
-Panigrahi & Arora (NeurIPS 2022), from their SDE for Adam: batch ``B → κB`` with
+**Batch size, mini-batch** (:func:`transfer_batch_size`): batch ``B → κB`` by one of the named rules of
+:data:`BATCH_RULES` (every k-Adam level is scaled alike; ``steps → steps/κ`` keeps the samples seen):
 
-.. math::
-    \eta \to \sqrt\kappa\,\eta,\quad 1-\beta \to \kappa(1-\beta),\quad 1-\gamma \to \kappa(1-\gamma),\quad
-    \epsilon \to \epsilon/\sqrt\kappa,\quad \text{steps} \to \text{steps}/\kappa.
+- ``sqrt``: the square-root rule of Malladi, Lyu, Panigrahi & Arora (NeurIPS 2022), from their SDE for Adam:
 
-Decoupled weight decay shrinks θ by ``ηλ`` per step, a drift that must scale like ``1 − β`` (by κ) to keep
-the same shrinkage over the same samples: ``λ → √κ λ`` (the form Malladi et al. give for AdamW). Coupled
-(L2) decay is part of the loss, so ``λ`` is kept. Every k-Adam level is scaled alike. Two alternatives
-are returned for comparison: ``linear`` (``η → κη``, the SGD rule, betas kept) and ``unchanged``.
+  .. math::
+      \eta \to \sqrt\kappa\,\eta,\quad 1-\beta \to \kappa(1-\beta),\quad 1-\gamma \to \kappa(1-\gamma),\quad
+      \epsilon \to \epsilon/\sqrt\kappa,
 
-The rule must keep ``β ≥ 0``: ``κ(1 − β) ≤ 1``, otherwise :class:`ValueError`; a decay of exactly 0 (no
-averaging, an infinite rate) is kept at 0. Each result carries the
-stability of every new level (``γ > β²``, :mod:`kadam.stability`); a level pushed out of the
-region triggers a :class:`UserWarning` that names the nearest pair with stability margin
+  and, for decoupled weight decay, ``λ → √κ λ`` (``ηλ`` scales like ``1 − β``, the form Malladi et al. give for
+  AdamW); coupled (L2) decay is part of the loss and is kept. The rule must keep ``β ≥ 0``: ``κ(1 − β) ≤ 1``,
+  otherwise :class:`ValueError`; a decay of exactly 0 (no averaging, an infinite rate) is kept at 0.
+- ``linear``: ``η → κη`` (the SGD rule of Goyal et al. 2017), the rest kept. ``sqrt-lr``: ``η → √κ η``, the rest
+  kept.
+- ``sqrt-lr+half-life`` and ``linear+half-life``: the lr rule with ``γ → γ^κ`` at every level and β kept (Marek
+  et al. 2025: β2's half-life counted in samples is kept).
+- ``power-lines``: ``λ → κλ``, η and the decays kept: the AdamW timescale ``B/(ηλD)`` of Wang & Aitchison (2024)
+  held fixed, which Bergsma et al. (2025, "Power Lines") verify as the optimal λ growing linearly with B.
+- ``unchanged``: only the batch size and the steps change.
+
+Which rule to use is an empirical question (THEORY §6); the study of the ``kadam reproduce`` report measures each
+rule's regret against the tuned optimum at the new batch size. Every result carries the rule's target and, as
+``alternatives``, every other rule's.
+
+Each result carries the stability of every new level (``γ > β²``, :mod:`kadam.stability`); a level pushed out of
+the region triggers a :class:`~kadam.stability.StabilityWarning` that names the nearest pair with stability margin
 ``γ − β² ≥ margin``.
 """
 
@@ -44,6 +54,7 @@ from kadam import stability
 from kadam.vocabulary import FLOW_RATES as RATES
 
 __all__ = [
+    "BATCH_RULES",
     "RATES",
     "Hyperparameters",
     "LevelStability",
@@ -53,6 +64,20 @@ __all__ = [
 ]
 
 DEFAULT_MARGIN = stability.DEFAULT_MARGIN
+
+BATCH_RULES: dict[str, str] = {
+    "sqrt": "square-root rule (Malladi et al. 2022): lr * sqrt(k), 1 - beta and 1 - gamma * k, eps / sqrt(k), "
+    "decoupled weight decay * sqrt(k)",
+    "linear": "linear lr (Goyal et al. 2017): lr * k, the rest kept",
+    "sqrt-lr": "square-root lr: lr * sqrt(k), the rest kept",
+    "sqrt-lr+half-life": "lr * sqrt(k) and gamma -> gamma**k (Marek et al. 2025: beta2's half-life in samples kept), "
+    "beta kept",
+    "linear+half-life": "lr * k and gamma -> gamma**k (Marek et al. 2025), beta kept",
+    "power-lines": "weight decay * k (Wang & Aitchison 2024, Bergsma et al. 2025: the AdamW timescale B/(lr wd D) "
+    "kept), lr and betas kept",
+    "unchanged": "only the batch size (and steps / k) change",
+}
+"""The batch-size rules by name (module docstring), each with a one-line description."""
 
 
 @dataclass(frozen=True)
@@ -249,6 +274,26 @@ def transfer_lr(
     return Transfer(rule, c, source, target, {"naive": naive}, _stability(new_levels, margin, rule), tuple(notes))
 
 
+def _batch_rule(
+    rule: str, source: Hyperparameters, kappa: float, decoupled_weight_decay: bool
+) -> tuple[tuple[tuple[float, float], ...], float, float, float]:
+    """Rule ``rule``'s (levels, lr, eps, weight decay) for batch ``B → κB`` (module docstring)."""
+    root = math.sqrt(kappa)
+    levels, lr, eps, decay = source.betas, source.lr, source.eps, source.weight_decay
+    if rule == "sqrt":
+        scaled = tuple(tuple(0.0 if d == 0.0 else max(0.0, 1.0 - kappa * (1.0 - d)) for d in pair) for pair in levels)
+        return scaled, lr * root, eps / root, decay * root if decoupled_weight_decay else decay  # type: ignore[return-value]
+    half_life = tuple((beta, gamma**kappa) for beta, gamma in levels)
+    return {
+        "linear": (levels, lr * kappa, eps, decay),
+        "sqrt-lr": (levels, lr * root, eps, decay),
+        "sqrt-lr+half-life": (half_life, lr * root, eps, decay),
+        "linear+half-life": (half_life, lr * kappa, eps, decay),
+        "power-lines": (levels, lr, eps, decay * kappa if decoupled_weight_decay else decay),
+        "unchanged": (levels, lr, eps, decay),
+    }[rule]
+
+
 def transfer_batch_size(
     lr: float,
     betas: Sequence[float] | Sequence[Sequence[float]],
@@ -258,26 +303,30 @@ def transfer_batch_size(
     factor: float | None = None,
     *,
     to_batch_size: int | None = None,
+    rule: str = "sqrt",
     eps: float = 1e-8,
     decoupled_weight_decay: bool = True,
     margin: float = DEFAULT_MARGIN,
 ) -> Transfer:
-    r"""The square-root scaling rule (Malladi et al. 2022, THEORY §6) for batch ``B → κB``.
+    r"""Hyperparameters for batch ``B → κB`` under ``rule`` (one of :data:`BATCH_RULES`; THEORY §6).
 
-    ``η → √κ η``, ``1 − β → κ(1 − β)`` and ``1 − γ → κ(1 − γ)`` at every level, ``ε → ε/√κ``,
-    ``steps → steps/κ`` (the same samples), ``λ → √κ λ`` for decoupled decay (``ηλ`` scales like
-    ``1 − β``), λ kept for coupled L2 decay. Alternatives: ``"linear"`` (``η → κη``, the rest as the
-    source, ``steps/κ``) and ``"unchanged"`` (only the batch size and ``steps/κ`` change).
+    ``sqrt`` (Malladi et al. 2022): ``η → √κ η``, ``1 − β → κ(1 − β)`` and ``1 − γ → κ(1 − γ)`` at every level,
+    ``ε → ε/√κ``, ``λ → √κ λ`` for decoupled decay (``ηλ`` scales like ``1 − β``), λ kept for coupled L2 decay.
+    The others as in the module docstring. Every rule keeps the samples seen: ``steps → steps/κ``. The result's
+    ``alternatives`` hold every other rule's hyperparameters, by name.
 
     Args:
         lr, betas, weight_decay, steps, eps, margin: as for :func:`transfer_lr`.
         batch_size: the current batch size B.
         factor: κ; or give ``to_batch_size`` (then ``κ = to_batch_size / batch_size``).
-        decoupled_weight_decay: AdamW's decay (``True``) or Adam's L2 (``False``).
+        rule: the rule whose result is ``target`` (a key of :data:`BATCH_RULES`).
+        decoupled_weight_decay: AdamW's decay (``True``) or Adam's L2 (``False``, kept by every rule: it is part of
+            the loss).
 
     Raises:
-        ValueError: a hyperparameter outside its range, both/neither of ``factor`` and ``to_batch_size``,
-            or ``κ(1 − β) > 1`` (or the same for γ) at some level: the rule would make β negative.
+        ValueError: a hyperparameter outside its range, an unknown rule, both/neither of ``factor`` and
+            ``to_batch_size``, or, for ``sqrt``, ``κ(1 − β) > 1`` (or the same for γ) at some level: the rule
+            would make β negative.
     """
     lr = _positive("lr", lr)
     levels = _levels(betas)
@@ -287,40 +336,50 @@ def transfer_batch_size(
     weight_decay = _non_negative("weight_decay", weight_decay)
     eps = _non_negative("eps", eps)
     steps = _optional_count("steps", steps)
+    if rule not in BATCH_RULES:
+        raise ValueError(f"rule must be one of {sorted(BATCH_RULES)}, got {rule!r}")
     if to_batch_size is not None:
         _optional_count("to_batch_size", to_batch_size)
     kappa = _factor(factor, to_batch_size, float(batch_size), "batch_size", "to_batch_size")
-    new_levels = []
-    for i, (beta, gamma) in enumerate(levels, start=1):
-        for name, decay in (("beta", beta), ("gamma", gamma)):
-            if decay == 0.0:  # no averaging (an infinite rate), kept: the rule is for 1 - decay small
-                continue
-            if kappa * (1.0 - decay) > 1.0:
-                raise ValueError(
-                    f"the square-root rule needs factor * (1 - {name}) <= 1 at every level; level {i} has {name} = "
-                    f"{decay:g}, so factor must be <= {1.0 / (1.0 - decay):.6g}, got {kappa:.6g}"
-                )
-        new_levels.append(
-            tuple(0.0 if decay == 0.0 else max(0.0, 1.0 - kappa * (1.0 - decay)) for decay in (beta, gamma))
-        )
+    if rule == "sqrt":
+        for i, (beta, gamma) in enumerate(levels, start=1):
+            for name, decay in (("beta", beta), ("gamma", gamma)):
+                if decay != 0.0 and kappa * (1.0 - decay) > 1.0:  # a decay of 0 (infinite rate) is kept at 0
+                    raise ValueError(
+                        f"the square-root rule needs factor * (1 - {name}) <= 1 at every level; level {i} has "
+                        f"{name} = {decay:g}, so factor must be <= {1.0 / (1.0 - decay):.6g}, got {kappa:.6g}"
+                    )
     notes: list[str] = []
     new_steps = _scaled_steps(steps, kappa, notes)
     new_batch = batch_size * kappa
     if abs(new_batch - round(new_batch)) > 1e-9:
         raise ValueError(f"batch_size * factor must be an integer, got {batch_size} * {kappa:.6g} = {new_batch:.6g}")
     new_batch_size = round(new_batch)
-    root = math.sqrt(kappa)
-    new_decay = weight_decay * root if decoupled_weight_decay else weight_decay
-    notes.append(
-        "decoupled weight decay scaled by sqrt(factor)"
-        if decoupled_weight_decay
-        else "coupled (L2) weight decay kept: it is part of the loss"
-    )
+    if not decoupled_weight_decay:
+        notes.append("coupled (L2) weight decay kept: it is part of the loss")
     source = Hyperparameters(lr, levels, eps, weight_decay, steps, batch_size)
-    target = Hyperparameters(lr * root, tuple(new_levels), eps / root, new_decay, new_steps, new_batch_size)
+
+    def settings(name: str) -> Hyperparameters:
+        new_levels, new_lr, new_eps, new_decay = _batch_rule(name, source, kappa, decoupled_weight_decay)
+        return Hyperparameters(new_lr, new_levels, new_eps, new_decay, new_steps, new_batch_size)
+
+    target = settings(rule)
     alternatives = {
-        "linear": Hyperparameters(lr * kappa, levels, eps, weight_decay, new_steps, new_batch_size),
-        "unchanged": Hyperparameters(lr, levels, eps, weight_decay, new_steps, new_batch_size),
+        name: settings(name)
+        for name in BATCH_RULES
+        if name != rule and not (name == "sqrt" and _sqrt_invalid(levels, kappa))
     }
-    rule = "batch-sqrt"
-    return Transfer(rule, kappa, source, target, alternatives, _stability(new_levels, margin, rule), tuple(notes))
+    return Transfer(
+        f"batch-{rule}",
+        kappa,
+        source,
+        target,
+        alternatives,
+        _stability(target.betas, margin, f"batch-{rule}"),
+        tuple(notes),
+    )
+
+
+def _sqrt_invalid(levels: Sequence[tuple[float, float]], kappa: float) -> bool:
+    """The square-root rule would make a decay negative (``κ(1 − d) > 1`` for a decay ``d > 0``)."""
+    return any(d != 0.0 and kappa * (1.0 - d) > 1.0 for pair in levels for d in pair)

@@ -162,3 +162,42 @@ def test_nearest_stable_pair_is_the_nearest_point_by_brute_force():
 def test_bad_input_names_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("kappa", [0.25, 2.0, 8.0])
+def test_every_named_batch_rule_against_its_formula(kappa):
+    from kadam.transfer import BATCH_RULES
+
+    lr, (beta, gamma), decay = 3e-3, (0.9, 0.99), 0.1
+    expected = {
+        "sqrt": (lr * kappa**0.5, (1 - kappa * 0.1, 1 - kappa * 0.01), decay * kappa**0.5, 1e-8 / kappa**0.5),
+        "linear": (lr * kappa, (beta, gamma), decay, 1e-8),
+        "sqrt-lr": (lr * kappa**0.5, (beta, gamma), decay, 1e-8),
+        "sqrt-lr+half-life": (lr * kappa**0.5, (beta, gamma**kappa), decay, 1e-8),
+        "linear+half-life": (lr * kappa, (beta, gamma**kappa), decay, 1e-8),
+        "power-lines": (lr, (beta, gamma), decay * kappa, 1e-8),
+        "unchanged": (lr, (beta, gamma), decay, 1e-8),
+    }
+    assert set(expected) == set(BATCH_RULES)
+    for rule, (new_lr, betas, new_decay, eps) in expected.items():
+        result = transfer_batch_size(lr, (beta, gamma), 32, decay, 800, kappa, rule=rule)
+        assert result.rule == f"batch-{rule}"
+        assert result.target.lr == pytest.approx(new_lr, rel=1e-14)
+        assert result.target.betas[0] == pytest.approx(betas, rel=1e-14)
+        assert result.target.weight_decay == pytest.approx(new_decay, rel=1e-14)
+        assert result.target.eps == pytest.approx(eps, rel=1e-14)
+        assert (result.target.steps, result.target.batch_size) == (round(800 / kappa), round(32 * kappa))
+        assert set(result.alternatives) == set(BATCH_RULES) - {rule}
+        coupled = transfer_batch_size(
+            lr, (beta, gamma), 32, decay, factor=kappa, rule=rule, decoupled_weight_decay=False
+        )
+        assert coupled.target.weight_decay == decay  # L2 decay is part of the loss: every rule keeps it
+
+
+def test_batch_rule_errors_and_the_square_roots_limit():
+    with pytest.raises(ValueError, match="rule must be one of"):
+        transfer_batch_size(1e-3, (0.9, 0.999), 32, factor=2, rule="cubic")
+    with pytest.raises(ValueError, match="factor must be <= 10"):
+        transfer_batch_size(1e-3, (0.9, 0.999), 32, factor=16, rule="sqrt")
+    linear = transfer_batch_size(1e-3, (0.9, 0.999), 32, factor=16, rule="linear")  # other rules have no limit
+    assert linear.target.lr == pytest.approx(1.6e-2) and "sqrt" not in linear.alternatives

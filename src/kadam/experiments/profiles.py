@@ -29,7 +29,7 @@ from kadam.experiments.monitor.config import MonitorConfig
 from kadam.experiments.normalization.config import NormalizationConfig
 from kadam.experiments.stability.config import StabilityConfig
 from kadam.experiments.stability.protocol import TrainingSizes
-from kadam.experiments.transfer.config import TransferConfig
+from kadam.experiments.transfer.config import BatchStudyConfig, TransferConfig
 from kadam.vocabulary import DEVICES, PROFILES
 
 __all__ = ["ALIASES", "DEVICES", "PROFILES", "PROFILE_SIZES", "ProfileSizes", "Settings", "plain", "profile_sizes"]
@@ -110,7 +110,8 @@ def _monitor_workloads(
     }
 
 
-_TRANSFER_BASE_LR = {"digits-cnn": 3e-3, "char-transformer": 2e-3}
+_TRANSFER_SECONDS_PER_SAMPLE = {"gpt": 1.2e-4, "digits-cnn": 8e-5, "mnist1d-mlp": 3e-5}
+"""Seconds per training sample of the batch-size study's workloads on one core (the ETA only)."""
 
 
 def _census_tasks(transformer: Mapping[str, int], channels: int, hidden: int, depth: int) -> Mapping[str, Any]:
@@ -177,6 +178,7 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen(
                 lr_only_trials=2,
                 seeds=2,
                 sensitivity_factors=(0.1,),
+                refinement_factors=(0.5, 2.0),
                 curve_points=20,
             ),
             # one pair of runs
@@ -194,13 +196,19 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen(
                 lr_values=(2e-3,),
                 lr_factors=(2, 4),
                 horizon=0.4,
-                batch_tasks=("digits-cnn",),
-                base_batch=16,
-                batch_factors=(2, 4),
-                samples=16 * 4 * 8,
-                checkpoints=4,
-                base_lr=_TRANSFER_BASE_LR,
-                task_sizes={"digits-cnn": {"channels": 4}},
+                batch=BatchStudyConfig(
+                    workloads={"mnist1d-mlp": {"hidden": 16, "depth": 1}},
+                    base_batch=8,
+                    factors=(0.5, 2),
+                    samples=64,
+                    lr_low=1e-3,
+                    lr_high=1e-2,
+                    lr_points=2,
+                    tuning_seeds=(0,),
+                    evaluation_seeds=(1000, 1001),
+                    lr_factors=(2,),
+                    seconds_per_sample=_TRANSFER_SECONDS_PER_SAMPLE,
+                ),
             ),
         ),
         "quick": ProfileSizes(
@@ -269,6 +277,7 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen(
                 lr_only_trials=0,
                 seeds=5,
                 sensitivity_factors=(0.1, 10.0),
+                refinement_factors=(0.5, 2.0),
                 curve_points=50,
             ),
             # 42 runs (21 failing-arm, 21 healthy-arm: 7 task–knob settings × 3 seeds) of 100 steps, three short
@@ -294,23 +303,18 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen(
                 lr_values=(1e-3, 4e-3),
                 lr_factors=(2, 4, 8),
                 horizon=1.024,
-                batch_tasks=("digits-cnn", "char-transformer"),
-                base_batch=16,
-                batch_factors=(2, 4, 8),
-                samples=16 * 8 * 40,
-                checkpoints=8,
-                base_lr=_TRANSFER_BASE_LR,
-                task_sizes={
-                    "digits-cnn": {"channels": 8},
-                    "char-transformer": {
-                        "corpus_chars": 40_000,
-                        "context": 16,
-                        "width": 32,
-                        "heads": 2,
-                        "layers": 1,
-                        "evaluation_windows": 128,
-                    },
-                },
+                batch=BatchStudyConfig(
+                    workloads={"mnist1d-mlp": {"hidden": 64, "depth": 2}, "digits-cnn": {"channels": 4}},
+                    base_batch=16,
+                    factors=(0.25, 4),
+                    samples=64 * 24,
+                    lr_low=3e-4,
+                    lr_high=3e-2,
+                    lr_points=8,
+                    tuning_seeds=(0,),
+                    evaluation_seeds=(1000, 1001, 1002),
+                    seconds_per_sample=_TRANSFER_SECONDS_PER_SAMPLE,
+                ),
             ),
         ),
         "full": ProfileSizes(
@@ -424,13 +428,22 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen(
                 lr_values=(5e-4, 1e-3, 2e-3, 4e-3),
                 lr_factors=(2, 4, 8),
                 horizon=2.048,
-                batch_tasks=("digits-cnn", "char-transformer"),
-                base_batch=32,
-                batch_factors=(2, 4, 8),
-                samples=32 * 8 * 200,
-                checkpoints=10,
-                base_lr=_TRANSFER_BASE_LR,
-                task_sizes={"digits-cnn": {"channels": 16}, "char-transformer": {}},
+                batch=BatchStudyConfig(
+                    workloads={
+                        "gpt": {"corpus_chars": 60_000, "context": 16, "width": 32, "heads": 2, "layers": 2},
+                        "digits-cnn": {"channels": 8},
+                        "mnist1d-mlp": {"hidden": 128, "depth": 2},
+                    },
+                    base_batch=32,
+                    factors=(0.25, 0.5, 2, 4, 8),
+                    samples=256 * 64,
+                    lr_low=3e-4,
+                    lr_high=3e-2,
+                    lr_points=9,
+                    tuning_seeds=(0, 1),
+                    evaluation_seeds=(1000, 1001, 1002),
+                    seconds_per_sample=_TRANSFER_SECONDS_PER_SAMPLE,
+                ),
                 seeds=(0, 1, 2),
             ),
         ),

@@ -1,6 +1,5 @@
-"""The one place this slice imports its workloads from (:mod:`kadam.experiments.workloads` and the flow slice's problems)."""
+"""The one place this slice imports its full-batch problems from (the flow slice's)."""
 
 from kadam.experiments.flow.protocol import make_problem
-from kadam.experiments.workloads import build_task
 
-__all__ = ["build_task", "make_problem"]
+__all__ = ["make_problem"]
