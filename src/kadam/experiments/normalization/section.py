@@ -52,6 +52,8 @@ NORM_TOLERANCE = 0.10
 """A norm prediction holds when the 95% interval of its relative error lies within ±this."""
 EQUIVALENCE_MARGIN = 0.10
 """2-Adam ≈ AdamW on a network when its cosine with AdamW is at most this below the seed-to-seed control's."""
+EXACT_TOLERANCE = 1e-8
+"""The exact case (normalized-gradient level 1) holds when the directions never differ by more than this."""
 
 
 def _interval_text(interval: tuple[float, float, float], percent: bool = True) -> str:
@@ -210,10 +212,11 @@ def normalization_claims(
         Claim(
             "AdamW on a scale-invariant tensor equals 2-Adam on the unit sphere when level 1 is a normalized "
             "gradient (THEORY §4, the meta-adaptive link's exact case)",
-            "confirmed" if exact["max_direction_error"] < 1e-8 else "refuted",
+            "confirmed" if exact["max_direction_error"] < EXACT_TOLERANCE else "refuted",
             f"max direction error {format_number(exact['max_direction_error'], 2)} over {exact['steps']} steps",
             "paper",
             kind="exactness",
+            criterion=f"largest distance between the two unit directions below {EXACT_TOLERANCE:g} at every step",
         )
     ]
 
