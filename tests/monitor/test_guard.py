@@ -167,8 +167,8 @@ def test_the_guard_skips_for_an_optimizer_it_cannot_clip_for() -> None:
     model = make_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     with pytest.raises(ValueError, match="clip_updates"):
-        StabilityGuard(optimizer)
-    guard = StabilityGuard(optimizer, clip_updates=False, warn=False)
+        StabilityGuard(optimizer, clip_updates=True)
+    guard = StabilityGuard(optimizer, warn=False)  # clipping is off by default
     before = [p.detach().clone() for p in model.parameters()]
     model(batch(0)[0]).sum().backward()
     model[0].bias.grad[0] = math.nan
@@ -275,7 +275,7 @@ def test_a_clipped_step_equals_the_hand_computation(path: str, variant: str) -> 
         optimizer = PATHS[path](params, **kwargs)
     levels = [(0.9, 0.999, 1e-8, False)] + ([(0.0, 0.999, 1e-8, True)] if kadam else [])
     hand = HandAdam(start, levels, LR, 0.1, decoupled=not coupled, maximize=options.get("maximize", False))
-    guard = StabilityGuard(optimizer, warn=False, skip_outliers=False)
+    guard = StabilityGuard(optimizer, warn=False, skip_outliers=False, clip_updates=True)
     for step, grads in enumerate(hand_gradients(8, shapes), start=1):
         for param, grad in zip(params, grads):
             param.grad = torch.tensor(grad)
@@ -304,7 +304,7 @@ def test_clipping_reads_amsgrads_maximum_and_a_tensor_mode_level(case: str) -> N
     else:
         optimizer = KAdam(params, lr=LR, k=2, norm="tensor", weight_decay=0.1)
         hand = HandAdam(start, [(0.9, 0.999, 1e-8, True), (0.0, 0.999, 1e-8, True)], LR, 0.1, True, False)
-    guard = StabilityGuard(optimizer, warn=False, skip_outliers=False)
+    guard = StabilityGuard(optimizer, warn=False, skip_outliers=False, clip_updates=True)
     for grads in hand_gradients(8, shapes):
         for param, grad in zip(params, grads):
             param.grad = torch.tensor(grad)
@@ -324,7 +324,11 @@ def test_a_complex_parameter_is_clipped_as_its_real_view(path: str) -> None:
     real_param = torch.tensor(start, requires_grad=True)
     guards = []
     for param in (complex_param, real_param):
-        guards.append(StabilityGuard(PATHS[path]([param], lr=LR, weight_decay=0.1), warn=False, skip_outliers=False))
+        guards.append(
+            StabilityGuard(
+                PATHS[path]([param], lr=LR, weight_decay=0.1), warn=False, skip_outliers=False, clip_updates=True
+            )
+        )
     for _step, (grad,) in enumerate(hand_gradients(8, [(3, 2, 2)]), start=1):
         complex_param.grad = torch.view_as_complex(torch.tensor(grad)).clone()
         real_param.grad = torch.tensor(grad)
@@ -340,7 +344,7 @@ def test_a_complex_parameter_is_clipped_as_its_real_view(path: str) -> None:
 def test_bfloat16_parameters_are_guarded_in_float32(path: str) -> None:
     torch.manual_seed(0)
     param = torch.randn(6, 5, dtype=torch.bfloat16, requires_grad=True)
-    guard = StabilityGuard(PATHS[path]([param], lr=LR), warn=False)
+    guard = StabilityGuard(PATHS[path]([param], lr=LR), warn=False, clip_updates=True)
     for _step, (grad,) in enumerate(hand_gradients(8, [(6, 5)]), start=1):
         param.grad = torch.tensor(grad, dtype=torch.bfloat16)
         guard.optimizer.step()

@@ -107,9 +107,9 @@ def test_the_full_profile_scores_fresh_held_out_runs_with_reserved_seeds_only() 
 
 
 def test_score_reads_recall_at_the_lead_sudden_flags_and_healthy_warnings() -> None:
-    ratios_early = [0.01] * 29 + [5.0] + [0.01] * 50  # the update-ratio check fires at step 30 (recorded)
+    ratios_early = [0.01] * 39 + [5.0] + [0.01] * 40  # the update-rise check fires at step 40 (recorded)
     runs = [
-        record("ramp", "failing", RAMP, ratios=ratios_early),  # warned at 30, long before its event
+        record("ramp", "failing", RAMP, ratios=ratios_early),  # warned at 40, long before its event
         record("ramp", "failing", RAMP),  # never warned
         record("jump", "failing", JUMP, grads=[1.0] * 62 + [math.inf] + [1.0] * 17),  # flagged at its onset
         record("lr", "healthy", HEALTHY, ratios=ratios_early),  # a false alarm
@@ -121,7 +121,7 @@ def test_score_reads_recall_at_the_lead_sudden_flags_and_healthy_warnings() -> N
     monitor = scores["detectors"]["monitor"]
     assert (monitor["caught"], monitor["sudden_flagged"], monitor["healthy_warned"]) == (1, 1, 1)
     assert monitor["recall_interval"][0] < 0.5 < monitor["recall_interval"][1]
-    lead = runs[0]["instability_step"] - 30
+    lead = runs[0]["instability_step"] - 40
     assert lead >= protocol.LEAD and monitor["lead_quartiles"] == [lead] * 3
     quiet = analysis.score(runs, dataclasses.replace(protocol.MONITOR_THRESHOLDS, update_ratio=None, update_rise=None))
     assert quiet["detectors"]["monitor"]["caught"] == 0
@@ -169,7 +169,7 @@ def test_guard_scores_rescue_against_the_healthy_band_and_pair_healthy_runs_by_s
 
 
 def test_mcnemar_and_the_claims_read_the_same_runs() -> None:
-    ratios_early = [0.01] * 29 + [5.0] + [0.01] * 50
+    ratios_early = [0.01] * 39 + [5.0] + [0.01] * 40
     runs = [record("ramp", "failing", RAMP, ratios=ratios_early, seed=s) for s in range(20)]
     runs += [record("lr", "healthy", HEALTHY, seed=s) for s in range(20)]
     rows = mcnemar(runs)

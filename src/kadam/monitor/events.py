@@ -53,19 +53,26 @@ class Thresholds:
     """When a recorded value becomes an event (None switches a check off).
 
     From the theory (do not tune): ``bound_ratio`` (1: :math:`\\max|u_n| \\le B_n` always holds, up to
-    ``bound_tolerance`` of float rounding), ``edge_ratio`` and ``sharpness_ratio`` (1: the adaptive edge of
-    stability :math:`(2+2\\beta)/(1-\\beta)`, THEORY §7). By argument (defaults chosen on the development
-    set of the validation protocol in ``kadam.experiments.monitor``, whose held-out set scores them):
+    ``bound_tolerance`` of float rounding), ``edge_ratio`` and ``sharpness_ratio`` when on (1: the adaptive edge
+    of stability :math:`(2+2\\beta)/(1-\\beta)`, THEORY §7). By argument: which running checks are on and their
+    thresholds are the choice of ``kadam.experiments.monitor.analysis.choose_thresholds`` (the most failures
+    caught among settings that warn at most 5% of healthy runs) on the development runs of the validation
+    protocol in ``kadam.experiments.monitor``, whose fresh held-out runs score them
+    (``results/monitor-study``):
 
     Attributes:
         edge_ratio: the secant curvature along the update (:func:`kadam.monitor.rules.secant_curvature`,
             from two consecutive steps' gradients, no extra computation of the model) above this multiple of
             the edge of stability for ``edge_patience`` recorded steps in a row, from step ``edge_after`` on,
-            is an event, and :attr:`StabilityMonitor.above_edge` is True while it lasts.
+            is an event, and :attr:`StabilityMonitor.above_edge` is True while it lasts. Off (None) by default:
+            with mini-batch gradients :math:`\\Delta g` is mostly the change of the gradient noise, and the check
+            added no caught failure on the development runs; set 1.0 to turn it on (and with it the guard's
+            ``lower_lr``). The curvature is recorded either way.
         grad_growth: the global gradient norm above this multiple of the median of its last ``grad_window``
             recorded values.
-        loss_growth: the loss handed to :meth:`StabilityMonitor.observe_loss` above this multiple of the
-            median of its last ``loss_window`` recorded values.
+        loss_growth: the loss handed to :meth:`StabilityMonitor.observe_loss` (the Hugging Face and Lightning
+            callbacks hand it over) above this multiple of the median of its last ``loss_window`` values; without
+            a loss the check is silent.
         update_ratio: the largest per-tensor update/parameter ratio :math:`|\\theta_n - \\theta_{n-1}|/|\\theta_{n-1}|`
             at a recorded step above this value.
         update_rise: that ratio above this multiple of its smallest value at the recorded steps before (from the
@@ -93,15 +100,15 @@ class Thresholds:
     bound_tolerance: float = 1e-3
     sharpness_ratio: float | None = 1.0
     sharpness_after: int = 10
-    edge_ratio: float | None = 1.0
+    edge_ratio: float | None = None
     edge_patience: int = 5
     edge_after: int = 10
     grad_growth: float | None = None
     grad_window: int = 20
-    loss_growth: float | None = None
+    loss_growth: float | None = 3.0
     loss_window: int = 20
-    update_ratio: float | None = 1.0
-    update_rise: float | None = 10.0
+    update_ratio: float | None = None
+    update_rise: float | None = 5.0
     update_rise_after: int = 3
     update_after: int = 10
     nonfinite: bool = True

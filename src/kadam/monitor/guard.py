@@ -15,7 +15,9 @@ does) and takes three actions, each of which can be turned off and each of which
    loss with the window's mean and stops the run after a few consecutive outliers); the median here is not
    moved by one large accepted value. More than ``max_outlier_skips`` consecutive outlier skips are taken as
    a new scale of the gradient, not a bad batch: the windows restart from that step, which is taken.
-2. **Clip the update per tensor** (``clip_updates``), StableAdamW's update clipping (Wortsman et al. 2023,
+2. **Clip the update per tensor** (``clip_updates``, off by default: on the validation protocol's healthy
+   development runs it raised the final loss, and it rescued no failing run that skipping did not),
+   StableAdamW's update clipping (Wortsman et al. 2023,
    *Stable and low-precision training for large-scale vision-language models*, Algorithm 2, after
    Adafactor's): with :math:`x_n` the level-1 input (the gradient, negated under ``maximize``, plus
    :math:`\lambda\theta_{n-1}` for coupled L2 decay) and the level-1 second moment *including* it, bias
@@ -44,7 +46,8 @@ does) and takes three actions, each of which can be turned off and each of which
    sign inside :math:`m`) :math:`\theta_n = \theta_{n-1} - \eta u_n` becomes :math:`\theta_{n-1} -
    (\eta/r_n)u_n`. The decoupled decay term stays at η (StableAdamW scales it with the update); the
    optimizer's state is the one the unclipped step wrote, as in StableAdamW, whose moments are not clipped.
-3. **Lower the learning rate above the edge of stability** (``lower_lr``, given a ``monitor``): while
+3. **Lower the learning rate above the edge of stability** (``lower_lr``, given a ``monitor`` whose edge check
+   is on, ``Thresholds(edge_ratio=1.0)``; the monitor's default leaves it off, and then this does nothing): while
    ``monitor.above_edge`` is True (the monitor's estimate of the curvature along the update held against
    the adaptive edge :math:`(2+2\beta)/((1-\beta)\eta)` of THEORY §7, :func:`kadam.stability.edge_of_stability`)
    every group's lr is multiplied by ``lr_factor`` for the step and put back after it: the pre-hook scales
@@ -183,7 +186,7 @@ class StabilityGuard(StepHooks):
         optimizer: torch.optim.Optimizer,
         *,
         monitor: Any | None = None,
-        clip_updates: bool = True,
+        clip_updates: bool = False,
         skip_nonfinite: bool = True,
         skip_outliers: bool = True,
         lower_lr: bool = True,

@@ -35,15 +35,17 @@ r"""A stability monitor for a live Adam, AdamW or k-Adam run: THEORY §7's quant
   :math:`(2 + 2\beta)/(1-\beta)` (Cohen et al. 2022; with η inside P this is THEORY §7's
   :math:`(2+2\beta)/((1-\beta)\eta)` times η). Stored per step as ``sharpness`` and ``sharpness_threshold``.
 
-**Events** (:class:`StabilityEvent`) compare these with thresholds (:class:`Thresholds`). From the theory:
-a level outside the stable region γ > β² (checked when attached and whenever a group's hyperparameters
-change; the message gives the growth rate of THEORY §2 and the nearest stable γ), a bound ratio above
-1 (impossible for the recorded hyperparameters: the optimizer is not doing what its param groups say,
-e.g. β changed mid-run), and the preconditioned sharpness above the adaptive edge of stability. Set by
-argument (defaults set from exploratory runs of the validation protocol in
-``kadam.experiments.monitor``, seed 0, whose reported scores use other seeds): the spike factor and the
-steps before it and the sharpness are compared; the update–gradient cosine and the near-worst-case
-bound ratio are off by default.
+**Events** (:class:`StabilityEvent`) compare these with thresholds (:class:`Thresholds`). Attach-time
+*configuration* events (``kind == "configuration"``): a level outside the stable region γ > β² (checked
+when attached and whenever a group's hyperparameters change; the message gives the growth rate of THEORY §2
+and the nearest stable γ). *Running* events, from the theory: a bound ratio above 1 (impossible for the
+recorded hyperparameters: the optimizer is not doing what its param groups say, e.g. β changed mid-run), and,
+with a closure, the preconditioned sharpness above the adaptive edge of stability. Running events by
+argument, on by default (no closure needed): a non-finite gradient norm or loss, the loss handed to
+:meth:`StabilityMonitor.observe_loss` jumping above a multiple of its recent median, and the largest
+update/parameter ratio rising above a multiple of its smallest value so far. Off by default: the secant
+curvature against the edge, the gradient-norm growth, the absolute update ratio, the spike factor, the
+update–gradient cosine and the near-worst-case bound ratio (:class:`Thresholds` says why for each).
 
 **Cost.** Between recorded steps the hooks only count calls. On a recorded step the pre-hook reads each
 tensor's step count and the post-hook reads the gradient, the state and the parameters: a handful of

@@ -6,10 +6,10 @@ code), so a change here re-reads the cached runs instead of recomputing them.
 
 **Detectors** (:func:`warning_steps`), each replayed on the recorded series:
 
-- ``monitor``: the running checks of the monitor at ``protocol.MONITOR_THRESHOLDS`` (non-finite values, growth
-  of the gradient norm and of the loss, the update/parameter ratio and its rise, the secant curvature against
-  the edge of stability; :mod:`kadam.monitor.rules`), the same state machines it runs live, at its default
-  ``every``. Its attach-time configuration check (the region) is reported apart (:func:`configuration_flags`);
+- ``monitor``: the running checks of the monitor at ``protocol.MONITOR_THRESHOLDS`` (each of non-finite values,
+  growth of the gradient norm and of the loss, the update/parameter ratio and its rise, the secant curvature
+  against the edge of stability, where on; :mod:`kadam.monitor.rules`), the same state machines it runs live, at
+  its default ``every``, with the loss handed over. Its attach-time configuration check (the region) is reported apart (:func:`configuration_flags`);
 - ``loss_spike``: llm-foundry's ``KillLossSpike`` as it is configured there: a loss above 2× the mean of
   the last 100 losses for 5 consecutive steps;
 - ``grad_norm_spike``: the global gradient norm above 5× the median of the previous 20 steps (or non-finite);
@@ -251,15 +251,16 @@ def score(
 
 
 SELECTION_GRID: Mapping[str, tuple[Any, ...]] = {
-    "edge_patience": (1, 2, 5),
-    "grad_growth": (None, 3.0, 5.0, 10.0),
+    "edge_ratio": (None, 1.0),
+    "grad_growth": (None, 10.0, 100.0, 1000.0),
     "loss_growth": (None, 1.5, 2.0, 3.0),
-    "update_ratio": (None, 0.1, 0.2, 0.5, 1.0),
-    "update_rise": (None, 2.0, 5.0, 10.0, 20.0),
+    "update_ratio": (None, 0.5, 1.0),
+    "update_rise": (None, 3.0, 4.0, 5.0, 7.0, 10.0),
 }
-"""The monitor's argument thresholds :func:`choose_thresholds` searches over (the edge ratio stays the theory's 1)."""
+"""The monitor's argument thresholds :func:`choose_thresholds` searches over: each check off (None) or at one of a
+few round values; the edge check, when on, at the theory's ratio 1 (with ``edge_patience`` at its default)."""
 _GRID_CHECKS = {
-    "edge_patience": "curvature",
+    "edge_ratio": "curvature",
     "grad_growth": "grad_norm",
     "loss_growth": "loss",
     "update_ratio": "update_param_ratio",
@@ -314,12 +315,8 @@ def choose_thresholds(runs: Sequence[Mapping[str, Any]]) -> tuple[Thresholds, li
         return row["healthy"] > 0 and row["healthy_warned"] <= SELECTION_FALSE_ALARMS * row["healthy"]
 
     def conservative(row: Mapping[str, Any]) -> tuple[Any, ...]:
-        checks = [row[name] for name in ("grad_growth", "loss_growth", "update_ratio", "update_rise")]
-        return (
-            sum(value is not None for value in checks),
-            *(-(value or math.inf) for value in checks),
-            -row["edge_patience"],
-        )
+        checks = [row[name] for name in names]
+        return (sum(value is not None for value in checks), *(-(value or math.inf) for value in checks))
 
     candidates = [row for row in table if allowed(row)] or table
     best = min(candidates, key=lambda row: (-row["caught"], row["healthy_warned"], conservative(row)))

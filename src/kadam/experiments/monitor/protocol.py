@@ -31,9 +31,9 @@ loss announced it: a corrupted batch), else *developing*.
 **Detectors**, each replayed on the recorded series (:mod:`kadam.experiments.monitor.analysis`, which also
 scores them):
 
-- ``monitor``: the running checks of the monitor at :data:`MONITOR_THRESHOLDS` (non-finite values, the
-  secant curvature against the edge of stability, gradient-norm growth, loss growth;
-  :mod:`kadam.monitor.rules`), the same state machines it runs live. Its attach-time configuration check
+- ``monitor``: the running checks of the monitor at :data:`MONITOR_THRESHOLDS` (those on by default:
+  non-finite values, loss growth, the rise of the update/parameter ratio; :mod:`kadam.monitor.rules`), the
+  same state machines it runs live, with the loss handed over. Its attach-time configuration check
   (the region) is reported apart (:func:`configuration_flags`);
 - ``loss_spike``: llm-foundry's ``KillLossSpike`` as it is configured there: a loss above 2× the mean of
   the last 100 losses for 5 consecutive steps;
@@ -407,7 +407,7 @@ def validation_run(
     if spec.intervention in ("guard", "stableadamw"):
         from kadam.monitor import StabilityGuard
 
-        only_clip = {"skip_nonfinite": False, "skip_outliers": False, "lower_lr": False}
+        only_clip = {"clip_updates": True, "skip_nonfinite": False, "skip_outliers": False, "lower_lr": False}
         guard = (
             StabilityGuard(optimizer, monitor=monitor, warn=False)
             if spec.intervention == "guard"
