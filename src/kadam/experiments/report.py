@@ -202,7 +202,8 @@ GLOSSARY: Mapping[str, tuple[str, str]] = {
     "C_n": (
         r"\bC_n\b",
         "the largest update any (β, γ') with γ' > β² allows at step n, C_n(β) = B_n(β, β²) "
-        "(THEORY §2): an update above it is impossible inside the stable region",
+        "(THEORY §2): no run inside the stable region can exceed it, so it cannot test the boundary and no "
+        "verdict classifies runs by it",
     ),
     "stable region": (
         r"stable region|γ > β²",
@@ -214,16 +215,18 @@ GLOSSARY: Mapping[str, tuple[str, str]] = {
         "the optimizer alone: gradient 1 until the moments settle, then 0, so the "
         "update decays or grows at the predicted rate ln β − ½ ln γ (THEORY §2)",
     ),
-    "certificate": (
-        r"\bcertificate\b",
-        "the rule that classifies a training run as stable or unstable from its "
-        "measured updates (the stability section states it)",
+    "measured unstable": (
+        r"measured (un)?stable",
+        "a training run is measured unstable in a window when its loss diverged (not finite, or above twice the "
+        "untrained model's) or its largest update ‖u_n‖∞ grows there against its own fluctuation; the "
+        "stability section states the rule, which reads neither β, γ nor a boundary",
     ),
+    "late phase": (r"late phase|late-phase", "the second half of a training run, after the first steps' transient"),
     "margin": (r"\bmargin\b", "the distance ½ ln γ − ln β of (β, γ) inside the stable region (negative outside)"),
-    "knob": (
-        r"\bknobs?\b",
-        "the one setting the monitor protocol changes to make a run fail (learning rate, "
-        "learning-rate ramp, (β, γ), warmup, a silent embedding row)",
+    "held-out": (
+        r"held[- ]out",
+        "runs that chose nothing: thresholds, defaults or settings were picked on declared development runs, "
+        "and the verdict is read on the others",
     ),
     "edge of stability": (
         r"edge of stability",
@@ -266,6 +269,10 @@ GLOSSARY: Mapping[str, tuple[str, str]] = {
         "τ = 1/(2ηλ) steps, the time AdamW's weight norm takes to forget its start by a factor e (THEORY §4)",
     ),
     "Holm": (r"\bHolm\b", "Holm's step-down correction of p-values for a family of comparisons"),
+    "regret": (
+        r"\bregret\b",
+        "how much worse a run's result is than the best one a tuned search finds at the same setting",
+    ),
     "arm": (r"\barms?\b", "one optimizer in the comparison, tuned with the same budget as every other"),
 }
 """Term → (regular expression that finds it, definition). The Terms section lists those the report uses."""
