@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
-from kadam.experiments.report import Claim
 from kadam.experiments.stability.analysis import growth_rates, growth_verdict, margin_analysis, region_versus_harm
 from kadam.experiments.stability.section import interval_text, make_claim, stability_claims
 
@@ -67,7 +64,7 @@ def _claims(**changes):
 
 
 def _kind(claim):
-    return getattr(claim, "kind", None) or ("exactness" if claim.text.startswith("Exactness check") else claim.source)
+    return claim.kind
 
 
 def test_the_switch_off_identity_is_an_exactness_check_not_a_paper_claim():
@@ -104,13 +101,11 @@ def test_boundary_verdicts_read_the_agreement_interval(exact, verdict):
     assert paper.verdict == "refuted" and _kind(paper) == "paper"
 
 
-def test_make_claim_uses_kind_when_the_claim_type_has_it():
+def test_make_claim_keeps_the_kind_apart_from_whose_claim_it_is():
     claim = make_claim("an identity", "confirmed", "error 1e-9", "exactness")
-    if "kind" in {field.name for field in dataclasses.fields(Claim)}:
-        assert claim.kind == "exactness" and claim.text == "an identity"
-    else:
-        assert claim.text == "Exactness check: an identity" and claim.source == "project"
-    assert make_claim("x", "refuted", "y", "paper").text == "x"
+    assert (claim.kind, claim.source, claim.text, claim.seeds) == ("exactness", "project", "an identity", None)
+    paper = make_claim("x", "refuted", "y", "paper", seeds=3, criterion="rule")
+    assert (paper.kind, paper.source, paper.text, paper.criterion, paper.seeds) == ("paper", "paper", "x", "rule", 3)
 
 
 def test_a_measured_claim_on_fewer_than_three_seeds_is_not_resolved():

@@ -8,7 +8,6 @@ a training run is stated in the method, before any number; every verdict reads a
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 from kadam.experiments.cells import Cell
 from kadam.experiments.profiles import Settings, plain, profile_sizes
-from kadam.experiments.report import Claim, SectionDocument, Table, format_number
+from kadam.experiments.report import MIN_SEEDS, Claim, SectionDocument, Table, budget_verdict, format_number
 from kadam.experiments.sections import Section, draw_figure, p_value_text
 from kadam.experiments.stability import plots
 from kadam.experiments.stability.analysis import (
@@ -56,41 +55,24 @@ TREND_SENTENCES: Mapping[EtaTrend, str] = {
 """The prose for each :func:`~kadam.experiments.stability.analysis.eta_trend` verdict."""
 
 
-MIN_SEEDS = 3
-"""Fewer seeds than this leave a measured claim "not resolved at this budget" (the report's rule where it states
-one: :data:`kadam.experiments.report.MIN_SEEDS`)."""
-
-
-def _minimum_seeds() -> int:
-    from kadam.experiments import report
-
-    return int(getattr(report, "MIN_SEEDS", MIN_SEEDS))
-
-
 def make_claim(
     text: str, verdict: str, evidence: str, kind: str, *, seeds: int | None = None, criterion: str = ""
 ) -> Claim:
-    """A :class:`Claim` of ``kind`` "exactness", "paper" or "project".
+    """A :class:`Claim` of ``kind`` "exactness", "paper" or "project" (whose claim it is goes to ``source``).
 
-    A measured claim (not "exactness") resting on fewer than the minimum number of seeds reads "not resolved at
-    this budget" whatever ``verdict`` says. ``kind``, ``seeds`` and ``criterion`` go to the claim type's fields
-    of those names where it has them; otherwise whose claim it is goes to ``source`` and an exactness check says
-    so in its text."""
-    if kind != "exactness" and seeds is not None and seeds < _minimum_seeds():
-        verdict = UNRESOLVED
-    names = {field.name for field in dataclasses.fields(Claim)}
-    arguments: dict[str, Any] = {}
-    if "kind" in names:
-        arguments["kind"] = kind
-    elif kind == "exactness":
-        text = f"Exactness check: {text}"
-    if "source" in names:
-        arguments["source"] = "paper" if kind == "paper" else "project"
-    if "seeds" in names and kind != "exactness":
-        arguments["seeds"] = seeds
-    if "criterion" in names and criterion:
-        arguments["criterion"] = criterion
-    return Claim(text, verdict, evidence, **arguments)  # type: ignore[arg-type]
+    A measured claim (not "exactness") resting on fewer than :data:`~kadam.experiments.report.MIN_SEEDS` seeds
+    reads "not resolved at this budget" whatever ``verdict`` says (:func:`~kadam.experiments.report.budget_verdict`);
+    an exactness check involves no seed."""
+    measured = kind != "exactness"
+    return Claim(
+        text,
+        budget_verdict(verdict, seeds) if measured else verdict,  # type: ignore[arg-type]
+        evidence,
+        source="paper" if kind == "paper" else "project",
+        kind=kind,  # type: ignore[arg-type]
+        criterion=criterion,
+        seeds=seeds if measured else None,
+    )
 
 
 def interval_text(summary: Mapping[str, Any], digits: int = 2, percent: bool = False) -> str:
@@ -635,13 +617,13 @@ def build_section(settings: Settings) -> Section:
         growth = growth_verdict(rates)
         margin = margin_analysis([results[cell.key] for cell in margin_cells])
         harm = region_versus_harm(rows)
-        single = min(len(config.seeds), len(config.margin_seeds)) < _minimum_seeds()
+        single = min(len(config.seeds), len(config.margin_seeds)) < MIN_SEEDS
         method = (
             f"**Criterion (fixed before the runs).** {CRITERION} Verdicts read intervals over the initialisation "
             "seeds: Student t, 95%, for slopes and losses; for an agreement (a proportion of runs), the exact binomial "
             "95% interval over the runs (points × seeds), used only with at least two seeds. "
             + (
-                f"This profile runs {len(config.seeds)} seed(s), fewer than {_minimum_seeds()}, so every measured verdict "
+                f"This profile runs {len(config.seeds)} seed(s), fewer than {MIN_SEEDS}, so every measured verdict "
                 "is not resolved at this budget. "
                 if single
                 else ""
