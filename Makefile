@@ -15,7 +15,7 @@ $(BIN)/kadam: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[experiments,dev,jax,integrations,triton]'
+	$(BIN)/pip install --quiet -e '.[experiments,distributed,dev,jax,integrations,triton]'
 	touch $@
 
 reproduce: $(BIN)/kadam

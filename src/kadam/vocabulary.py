@@ -102,8 +102,12 @@ ARMS: tuple[str, ...] = (
     "kadam3-elementwise",
     "kadam3-naive",
     "kadam3-momentum-last",
+    "muon-adamw",
+    "schedulefree-adamw",
+    "adamw-equal-betas",
 )
-"""The optimizers of the comparison protocol (``kadam compare --optimizers``)."""
+"""The optimizers of the comparison protocol (``kadam compare --optimizers``): AdamW, Adam, the k-Adam arms,
+and today's optimizers for context (Muon with AdamW, schedule-free AdamW, AdamW with β2 = β1)."""
 WORKLOADS: tuple[str, ...] = ("digits-cnn", "digits-cnn-bn", "gpt", "gpt-noln", "mnist1d-mlp", "noisy-quadratic")
 """The comparison protocol's workloads (``kadam compare --task``)."""
 

@@ -142,14 +142,17 @@ def test_the_cli_offers_the_choices_the_library_implements():
     import torch
 
     from kadam import vocabulary
-    from kadam.experiments.comparison.protocol import make_arm_optimizer
+    from kadam.experiments.comparison.protocol import arm_hyperparameters, make_arm_optimizer
     from kadam.experiments.flow.extra import make_flow_problem
     from kadam.experiments.profiles import profile_sizes
 
     for arm in vocabulary.ARMS:
-        assert isinstance(
-            make_arm_optimizer(arm, [torch.nn.Parameter(torch.ones(2))], 1e-3, 0.9, 0.999, 0.0), torch.optim.Optimizer
+        model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))  # one hidden matrix (Muon's)
+        point = arm_hyperparameters(arm, {"lr": 1e-3, "beta": 0.9, "gamma": 0.999, "weight_decay": 0.0})
+        optimizer = make_arm_optimizer(
+            arm, model.parameters(), point["lr"], point["beta"], point["gamma"], point["weight_decay"], model=model
         )
+        assert isinstance(optimizer, torch.optim.Optimizer)
     for problem in vocabulary.FLOW_PROBLEMS:
         assert make_flow_problem(problem).theta0.numel() > 0
     for profile in vocabulary.COMPARE_PROFILES:

@@ -12,8 +12,16 @@ from tests.cli.helpers import exit_status
 def test_flags_reach_the_library(monkeypatch, tmp_path):
     received = {}
 
-    def fake_reproduce(profile, out, device, seeds, jobs, show_progress):
-        received.update(profile=profile, out=out, device=device, seeds=seeds, jobs=jobs, show_progress=show_progress)
+    def fake_reproduce(profile, out, device, seeds, jobs, show_progress, executor):
+        received.update(
+            profile=profile,
+            out=out,
+            device=device,
+            seeds=seeds,
+            jobs=jobs,
+            show_progress=show_progress,
+            executor=executor,
+        )
 
     monkeypatch.setattr(library_reproduce, "reproduce", fake_reproduce)
     assert (
@@ -29,10 +37,13 @@ def test_flags_reach_the_library(monkeypatch, tmp_path):
         "seeds": 4,
         "jobs": 3,
         "show_progress": False,
+        "executor": "process",
     }
     assert main(["reproduce"]) == 0
     assert received["profile"] == "quick" and received["out"] == "kadam-report" and received["seeds"] is None
     assert received["jobs"] == cli_reproduce.default_jobs() >= 1
+    assert main(["reproduce", "--executor", "tcp://scheduler:8786"]) == 0
+    assert received["executor"] == "tcp://scheduler:8786"
 
 
 def test_interrupt_says_how_to_resume(monkeypatch, capsys):

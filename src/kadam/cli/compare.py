@@ -1,10 +1,11 @@
 """``kadam compare``: the optimizer-comparison protocol on one workload, cached and resumable.
 
 Runs :mod:`kadam.experiments.comparison`'s plan for one ``--task``: ``--trials`` Sobol points of the shared
-search space per optimizer (and ``--lr-only-trials`` learning rates at each optimizer's defaults), selection
-on validation, ``--seeds`` fresh paired seeds on test, paired t with Holm's correction over the optimizers
+search space per optimizer, then ``--refine`` multiples of each optimizer's stage-1 best lr (and
+``--lr-only-trials`` learning rates at each optimizer's defaults), selection over both stages on validation, ``--seeds`` fresh paired seeds on test, paired t with Holm's correction over the optimizers
 compared with AdamW, steps and seconds to AdamW's target. Every run is a cell cached under ``--out/cache``:
-an interrupted command resumes where it stopped when rerun with the same arguments.
+an interrupted command resumes where it stopped when rerun with the same arguments. ``--executor dask`` runs
+the cells on a Dask cluster (a local one, or the scheduler at an address) with the same cache.
 
 ``--json`` prints one JSON object instead of the table (keys: ``task``, ``command``, ``config``,
 ``budget``, ``rows``, ``analysis``; see :func:`json_output`).
@@ -25,7 +26,30 @@ from kadam.cli.options import command, int_at_least, output_directory, positive_
 from kadam.vocabulary import ARMS, WORKLOADS
 from kadam.vocabulary import COMPARE_PROFILES as PROFILES
 
-__all__ = ["register", "run_compare", "json_output"]
+__all__ = ["executor_option", "register", "run_compare", "json_output"]
+
+
+def _executor(value: str) -> str:
+    from kadam.experiments.cells import parse_executor
+
+    try:
+        return parse_executor(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def executor_option(parser: argparse.ArgumentParser) -> None:
+    """``--executor``: where the cells run (the process pool, a Dask local cluster, or a Dask scheduler)."""
+    parser.add_argument(
+        "--executor",
+        type=_executor,
+        default="process",
+        metavar="EXECUTOR",
+        help="process (default: a process pool of --jobs), dask (a Dask LocalCluster of --jobs single-threaded "
+        "workers; needs kadam[distributed]) or a Dask scheduler address such as tcp://host:8786; the same cache "
+        "and results either way",
+    )
+
 
 _SHORT_COLUMNS = (
     "arm",
@@ -98,6 +122,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with --study, the profile to run (default study)",
     )
     parser.add_argument(
+        "--refine",
+        type=positive_float,
+        nargs="*",
+        default=[0.25, 0.5, 2.0, 4.0],
+        metavar="FACTOR",
+        help="second tuning stage: each optimizer's stage-1 best lr times each FACTOR (> 0, not 1), the selection "
+        "over both stages (default 0.25 0.5 2 4; none: one stage)",
+    )
+    parser.add_argument(
         "--sensitivity",
         type=positive_float,
         nargs="*",
@@ -112,8 +145,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="output and cache folder, created if missing (default kadam-compare)",
     )
     parser.add_argument(
-        "--jobs", type=int_at_least(1), default=1, help="runs computed in parallel processes >= 1 (default 1)"
+        "--jobs",
+        type=int_at_least(1),
+        default=1,
+        help="runs computed in parallel processes (or Dask local workers) >= 1 (default 1)",
     )
+    executor_option(parser)
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     command(parser, run_compare, _check)
@@ -139,9 +176,17 @@ def _workload_config(args: argparse.Namespace) -> Any:
 
 
 def _check(args: argparse.Namespace) -> None:
-    """What the option types cannot see: a workload to run."""
+    """What the option types cannot see: a workload to run, distinct refinement factors other than 1, and the
+    package a Dask executor needs."""
     if args.task is None and not args.study:
         raise ValueError("argument --task: required (or --study for every workload of the profile)")
+    if 1.0 in args.refine or len(set(args.refine)) != len(args.refine):
+        raise ValueError(f"argument --refine: factors must be distinct and not 1, got {args.refine}")
+    if args.executor != "process":
+        import importlib.util
+
+        if importlib.util.find_spec("distributed") is None:
+            raise ValueError("argument --executor: needs the distributed package: pip install 'kadam[distributed]'")
 
 
 def json_output(task: str, command: str, config: Any, analysis: dict[str, Any]) -> dict[str, Any]:
@@ -197,7 +242,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from kadam.experiments.cells import CellCache, CellRunner
     from kadam.experiments.comparison.analysis import analyse
     from kadam.experiments.comparison.config import ComparisonConfig
-    from kadam.experiments.comparison.section import followup_plan, result_rows, tagged_records, tuning_plan
+    from kadam.experiments.comparison.section import followup_cells, result_rows, tagged_records, tuning_plan
     from kadam.experiments.profiles import profile_sizes
     from kadam.experiments.report import json_safe
 
@@ -213,6 +258,7 @@ def run_compare(args: argparse.Namespace) -> int:
                     args.seeds,
                     show_progress=not args.no_progress,
                     command="kadam " + " ".join(sys.argv[1:]),
+                    executor=args.executor,
                 )
             except KeyboardInterrupt:
                 print(
@@ -230,6 +276,7 @@ def run_compare(args: argparse.Namespace) -> int:
         lr_only_trials=args.lr_only_trials,
         seeds=seeds,
         sensitivity_factors=tuple(args.sensitivity),
+        refinement_factors=tuple(args.refine),
         space=base.space,
         curve_points=base.curve_points,
     )
@@ -238,19 +285,29 @@ def run_compare(args: argparse.Namespace) -> int:
     from rich.table import Table as RichTable
 
     console = Console(stderr=args.json, width=None if sys.stdout.isatty() else 220)
-    runner = CellRunner(CellCache(out / "cache"), jobs=args.jobs, console=console, show_progress=not args.no_progress)
+    runner = CellRunner(
+        CellCache(out / "cache"),
+        jobs=args.jobs,
+        executor=args.executor,
+        console=console,
+        show_progress=not args.no_progress,
+    )
     tuning = tuning_plan(config)
     followup_estimate = (
-        len(workload.arms) * (seeds * (1 + workload.lr_only) + len(args.sensitivity)) * workload.seconds_per_run
+        len(workload.arms)
+        * (seeds * (1 + workload.lr_only) + len(args.sensitivity) + len(config.refinement_factors))
+        * workload.seconds_per_run
     )
     started = time.perf_counter()
     with signals_stop_workers() as interruption:
         try:
             with runner.session(runner.pending_cost([p.cell for p in tuning]) + followup_estimate):
-                results = runner.run([p.cell for p in tuning])
-                followup = followup_plan(config, results)
-                runner.adjust_total(runner.pending_cost([p.cell for p in followup]) - followup_estimate)
-                results.update(runner.run([p.cell for p in followup]))
+                results, _ = runner.run_phases(
+                    [p.cell for p in tuning],
+                    lambda done: [p.cell for p in followup_cells(config, done)],
+                    followup_estimate,
+                )
+                followup = followup_cells(config, results)
         except KeyboardInterrupt:
             print(
                 f"kadam compare: interrupted; finished runs are cached in {out}/cache, rerun the same command to "
@@ -274,8 +331,13 @@ def run_compare(args: argparse.Namespace) -> int:
         if not block or "arms" not in block:
             continue
         table = RichTable(
-            title=f"kadam compare --task {args.task}: {name} ({args.trials if result == 'search' else args.lr_only_trials} "
-            f"trials per optimizer, {seeds} fresh seeds)",
+            title=f"kadam compare --task {args.task}: {name} ("
+            + (
+                f"{args.trials} + {len(args.refine)} refinement trials"
+                if result == "search"
+                else f"{args.lr_only_trials} trials"
+            )
+            + f" per optimizer, {seeds} fresh seeds)",
             caption=f"target training loss {block['target_train_loss']}; * significant after Holm; "
             f"{len(runner.computed)} runs computed, {len(runner.cached)} cached, {elapsed:.1f} s",
         )

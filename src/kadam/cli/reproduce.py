@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kadam.cli.compare import executor_option
 from kadam.cli.interrupts import signals_stop_workers
 from kadam.cli.options import available_cores, command, int_at_least, output_directory
 from kadam.vocabulary import DEVICES, PROFILES
@@ -58,9 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--jobs",
         type=int_at_least(1),
         default=default_jobs(),
-        help=f"cells computed in parallel processes, one torch thread each (default: the {default_jobs()} "
-        "CPU cores available)",
+        help=f"cells computed in parallel processes (or Dask local workers), one torch thread each (default: the "
+        f"{default_jobs()} CPU cores available)",
     )
+    executor_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary table still prints)")
     command(parser, run_reproduce)
 
@@ -69,11 +71,15 @@ EXTRA_MODULES = {"matplotlib": "matplotlib", "sklearn": "scikit-learn", "mnist1d
 """Module → distribution of the ``kadam[experiments]`` extra that ``kadam reproduce`` needs."""
 
 
-def missing_experiment_packages() -> list[str]:
-    """The distributions of the ``kadam[experiments]`` extra that are not installed."""
+def _missing(module: str) -> bool:
     import importlib.util
 
-    return [package for module, package in EXTRA_MODULES.items() if importlib.util.find_spec(module) is None]
+    return importlib.util.find_spec(module) is None
+
+
+def missing_experiment_packages() -> list[str]:
+    """The distributions of the ``kadam[experiments]`` extra that are not installed."""
+    return [package for module, package in EXTRA_MODULES.items() if _missing(module)]
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
@@ -82,12 +88,20 @@ def run_reproduce(args: argparse.Namespace) -> int:
         raise ValueError(
             f"needs the experiments extra; {', '.join(missing)} not installed: pip install 'kadam[experiments]'"
         )
+    if args.executor != "process" and _missing("distributed"):
+        raise ValueError("argument --executor: needs the distributed package: pip install 'kadam[distributed]'")
     from kadam.experiments.reproduce import reproduce
 
     with signals_stop_workers() as interruption:
         try:
             reproduce(
-                args.profile, str(args.out), args.device, args.seeds, args.jobs, show_progress=not args.no_progress
+                args.profile,
+                str(args.out),
+                args.device,
+                args.seeds,
+                args.jobs,
+                show_progress=not args.no_progress,
+                executor=args.executor,
             )
         except KeyboardInterrupt:
             print(

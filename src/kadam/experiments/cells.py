@@ -21,7 +21,10 @@ that does not parse, names another key or fails its digest is reported and recom
 
 **Runner**: ``jobs = N > 1`` runs cells in N spawned processes (functions are pickled by reference),
 ``jobs = 1`` in this process; every cell runs with one torch thread either way (so its numbers do not depend
-on ``jobs``; this process's thread count is restored after the session). A rich progress bar covers the
+on ``jobs``; this process's thread count is restored after the session). ``executor="dask"`` runs them on a
+Dask ``distributed.LocalCluster`` of ``jobs`` single-threaded worker processes instead, and an executor that
+is a scheduler address (``tcp://host:8786``) on that cluster's workers; each cell still sets one torch thread,
+and the results come back to this process, which alone reads and writes the cache (same keys, same files). A rich progress bar covers the
 whole run (its total is the estimated seconds of the cells still to compute, so the ETA is in real time from
 the start) and, for long cells whose function accepts ``progress(done, total)`` and whose kwargs do not set
 ``progress`` themselves, a bar within the cell.
@@ -53,6 +56,7 @@ import kadam
 from kadam.experiments.report import atomic_write
 
 __all__ = [
+    "EXECUTORS",
     "Cell",
     "CellCache",
     "CellRunner",
@@ -60,11 +64,30 @@ __all__ = [
     "code_fingerprint",
     "computing_sources",
     "function_name",
+    "parse_executor",
     "source_digest",
 ]
 
 CACHE_FORMAT = 2
 _CELL_BAR_MIN_COST = 3.0  # cells estimated to take at least this many seconds get a bar of their own
+
+
+EXECUTORS = ("process", "dask")
+"""Executors of the runner: the process pool (default) and a Dask local cluster; a Dask scheduler address
+(``tcp://host:port``, any ``scheme://`` address) selects a running cluster."""
+
+
+def parse_executor(value: str) -> str:
+    """``value`` if it is one of :data:`EXECUTORS` or a scheduler address ``scheme://host:port``; else
+    ``ValueError`` naming the accepted values."""
+    if value in EXECUTORS:
+        return value
+    scheme, separator, rest = value.partition("://")
+    if separator and scheme and rest:
+        return value
+    raise ValueError(
+        f"executor must be one of {', '.join(EXECUTORS)} or a Dask scheduler address like tcp://host:8786, got {value!r}"
+    )
 
 
 _LIBRARY_EXCLUDED = ("experiments/", "cli/")
@@ -287,6 +310,31 @@ def _single_threaded() -> None:
     sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the worker
 
 
+def _dask_call(function: Callable[..., Any], kwargs: Mapping[str, Any]) -> tuple[Any, float]:
+    """Entry point of a Dask task: one torch intra-op thread, as in the process pool, then the cell."""
+    import torch
+
+    torch.set_num_threads(1)
+    return _call(function, kwargs, None)
+
+
+def _dask_client(executor: str, workers: int) -> tuple[Any, Any]:
+    """A ``distributed.Client`` and the local cluster it owns: a new cluster of ``workers`` single-threaded
+    processes for ``executor == "dask"``, else (client, None) connected to the scheduler at ``executor``."""
+    import logging
+
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as error:
+        raise ValueError("executor dask needs the distributed package: pip install 'kadam[distributed]'") from error
+    if executor == "dask":
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+        )
+        return Client(cluster), cluster
+    return Client(executor), None
+
+
 def _worker_call(function: Callable[..., Any], kwargs: Mapping[str, Any], key: str, messages: Any) -> tuple[Any, float]:
     """Entry point of a worker process: announces the start, forwards progress through ``messages``."""
     messages.put((key, 0, 0))
@@ -362,6 +410,7 @@ class CellRunner:
 
     cache: CellCache
     jobs: int = 1
+    executor: str = "process"
     console: Console = field(default_factory=Console)
     show_progress: bool = True
     computed: list[str] = field(default_factory=list)
@@ -371,13 +420,16 @@ class CellRunner:
     def __post_init__(self) -> None:
         if self.jobs < 1:
             raise ValueError(f"jobs must be ≥ 1, got {self.jobs}")
+        parse_executor(self.executor)
         self._progress: _RunProgress | None = None
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._client: Any = None
         self._messages: Any = None
 
     @contextlib.contextmanager
     def session(self, estimated_cost: float) -> Iterator[None]:
-        """Progress display (total: ``estimated_cost`` seconds of cells to compute) and, if ``jobs`` > 1, the pool."""
+        """Progress display (total: ``estimated_cost`` seconds of cells to compute) and, if ``jobs`` > 1, the pool
+        (or, for a Dask executor, the client and its local cluster)."""
         import torch
 
         threads = torch.get_num_threads()
@@ -386,7 +438,12 @@ class CellRunner:
         with contextlib.ExitStack() as stack:
             stack.callback(torch.set_num_threads, threads)
             stack.enter_context(self._progress)
-            if self.jobs > 1:
+            if self.executor != "process":
+                self._client, cluster = _dask_client(self.executor, self.jobs)
+                if cluster is not None:
+                    stack.callback(cluster.close)
+                stack.callback(self._client.close)
+            elif self.jobs > 1:
                 context = multiprocessing.get_context("spawn")
                 self._messages = stack.enter_context(context.Manager()).Queue()
                 self._pool = stack.enter_context(
@@ -396,7 +453,7 @@ class CellRunner:
             try:
                 yield
             finally:
-                self._progress = self._pool = self._messages = None
+                self._progress = self._pool = self._messages = self._client = None
 
     def adjust_total(self, cost: float) -> None:
         """Correct the run's estimated total by ``cost`` seconds (e.g. once phase-2 cells are known)."""
@@ -425,7 +482,9 @@ class CellRunner:
                 self.seconds[cell.key] = entry["seconds"]
                 self.cached.append(cell.key)
         progress.add_total(sum(c.cost for c in to_compute if self.cache.path(c).exists()))  # corrupt files
-        if self._pool is None:
+        if self._client is not None:
+            self._run_dask(to_compute, results)
+        elif self._pool is None:
             for cell in to_compute:
                 progress.start(cell)
                 result, seconds = _call(cell.function, cell.kwargs, lambda d, t, c=cell: progress.advance(c, d, t))
@@ -433,6 +492,28 @@ class CellRunner:
         else:
             self._run_parallel(to_compute, results)
         return results
+
+    def run_phases(
+        self, cells: Sequence[Cell], followup: Callable[[Mapping[str, Any]], Sequence[Cell]], followup_cost: float = 0.0
+    ) -> tuple[dict[str, Any], list[Cell]]:
+        """Run ``cells``, then ``followup(results)`` again and again until it asks for no cell not yet run
+        (a later phase may depend on an earlier one's results). ``followup_cost`` is the estimated seconds of
+        the follow-up phases before any has run (the ETA). Returns the results by key and every follow-up
+        cell (each once, in the order first asked for)."""
+        results = self.run(cells)
+        asked: dict[str, Cell] = {}
+        estimate = followup_cost
+        while True:
+            new = [cell for cell in followup(results) if cell.key not in results and cell.key not in asked]
+            if not new:
+                break
+            asked.update((cell.key, cell) for cell in new)
+            cost = self.pending_cost(new)
+            self.adjust_total(cost - min(estimate, cost))
+            estimate = max(0.0, estimate - cost)
+            results.update(self.run(new))
+        self.adjust_total(-estimate)
+        return results, list(asked.values())
 
     def _finish(self, cell: Cell, result: Any, seconds: float, results: dict[str, Any]) -> None:
         self.cache.store(cell, result, seconds)
@@ -457,6 +538,19 @@ class CellRunner:
             for future in done:
                 result, seconds = future.result()
                 self._finish(futures[future], result, seconds, results)
+
+    def _run_dask(self, cells: Sequence[Cell], results: dict[str, Any]) -> None:
+        from distributed import as_completed
+
+        longest_first = sorted(cells, key=lambda cell: -cell.cost)
+        futures = {}
+        for cell in longest_first:
+            self._active_progress().start(cell)
+            future = self._client.submit(_dask_call, cell.function, dict(cell.kwargs), key=f"kadam-cell-{cell.key}")
+            futures[future] = cell
+        for future in as_completed(futures):
+            result, seconds = future.result()
+            self._finish(futures[future], result, seconds, results)
 
     def _drain(self, by_key: Mapping[str, Cell]) -> None:
         while True:

@@ -170,11 +170,13 @@ def reproduce(
     jobs: int = 1,
     console: Console | None = None,
     show_progress: bool = True,
+    executor: str = "process",
 ) -> ReproduceOutcome:
     """Run (or fetch from ``out/cache``) every cell of ``profile`` and write the report into ``out``.
 
     ``seeds`` overrides the profile's number of fresh evaluation seeds (≥ 2); ``jobs`` > 1 computes
-    independent cells in that many processes. Prints a progress bar and, at the end, the headline table.
+    independent cells in that many processes (``executor="dask"``: a Dask local cluster of that many workers; a
+    scheduler address: that cluster). Prints a progress bar and, at the end, the headline table.
     """
     _check_settings(profile, device, seeds, jobs)
     console = console or Console()
@@ -183,17 +185,20 @@ def reproduce(
     figures.mkdir(parents=True, exist_ok=True)
     settings = Settings(profile=profile, device=device, seeds=seeds)
     sections = build_sections(settings)
-    runner = CellRunner(CellCache(out / "cache"), jobs=jobs, console=console, show_progress=show_progress)
+    runner = CellRunner(
+        CellCache(out / "cache"), jobs=jobs, executor=executor, console=console, show_progress=show_progress
+    )
     started_at = datetime.datetime.now(datetime.timezone.utc)
     started = time.perf_counter()
 
     first_phase = [cell for section in sections for cell in section.cells]
     followup_estimate = sum(section.followup_cost for section in sections)
     with runner.session(runner.pending_cost(first_phase) + followup_estimate):
-        results = runner.run(first_phase)
-        second_phase = [cell for section in sections for cell in section.followup(results)]
-        runner.adjust_total(runner.pending_cost(second_phase) - followup_estimate)
-        results.update(runner.run(second_phase))
+        results, second_phase = runner.run_phases(
+            first_phase,
+            lambda done: [cell for section in sections for cell in section.followup(done)],
+            followup_estimate,
+        )
     for stale in figures.glob("*.png"):  # figures/ holds exactly this report's figures
         stale.unlink()
     documents = [section.finish(results, figures) for section in sections]
@@ -218,6 +223,7 @@ def reproduce(
             "device": device,
             "seeds": seeds,
             "jobs": jobs,
+            "executor": executor,
             "out": str(out),
             "sections": {section.name: section.configuration for section in sections},
         },

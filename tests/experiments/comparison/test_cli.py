@@ -21,6 +21,8 @@ TINY = [
     "2",
     "--steps",
     "30",
+    "--refine",
+    "2",
     "--sensitivity",
     "--no-progress",
 ]
@@ -30,10 +32,10 @@ def test_compare_prints_the_table_then_resumes_from_the_cache(tmp_path, capsys):
     assert main(["compare", *TINY, "--out", str(tmp_path)]) == 0
     first = capsys.readouterr().out
     assert "kadam compare --task noisy-quadratic" in first and "kadam2" in first
-    assert "12 runs computed, 0 cached" in first  # 3 arms × (2 trials + 2 seeds)
+    assert "15 runs computed, 0 cached" in first  # 3 arms × (2 trials + 1 refinement + 2 seeds)
     assert "tied AdamW exactly" in first
     assert main(["compare", *TINY, "--out", str(tmp_path)]) == 0
-    assert "0 runs computed, 12 cached" in capsys.readouterr().out
+    assert "0 runs computed, 15 cached" in capsys.readouterr().out
 
 
 def test_compare_json_keys(tmp_path, capsys):
@@ -64,7 +66,7 @@ def test_compare_json_keys(tmp_path, capsys):
         "target_reached",
         "diverged",
     } <= set(rows["kadam2"])
-    assert output["control_pairs_checked"] == 4 and output["lr_only_rows"] == []
+    assert output["control_pairs_checked"] == 5 and output["lr_only_rows"] == []
     assert json.loads((tmp_path / "compare.json").read_text())["rows"] == output["rows"]
 
 
@@ -78,6 +80,8 @@ def test_compare_json_keys(tmp_path, capsys):
         (["--jobs", "0"], "argument --jobs: must be an integer >= 1, got '0'"),
         (["--lr-only-trials", "-1"], "argument --lr-only-trials: must be an integer >= 0, got '-1'"),
         (["--sensitivity", "0.1", "-2"], "argument --sensitivity: must be a positive finite number, got '-2'"),
+        (["--refine", "0.5", "1"], "argument --refine: factors must be distinct and not 1"),
+        (["--executor", "spark"], "argument --executor: executor must be one of process, dask or a Dask scheduler"),
         (["--out", "/proc/kadam-missing/y"], "argument --out: cannot create '/proc/kadam-missing/y'"),
         (["--out", "/proc/version"], "argument --out: '/proc/version' exists and is not a directory"),
         (["--out", ""], "argument --out: must be a directory path, got ''"),

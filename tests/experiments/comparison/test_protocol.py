@@ -187,11 +187,15 @@ def test_section_end_to_end_on_the_smoke_profile(tmp_path):
     section = build_section(Settings(profile="smoke", device="cpu", seeds=None))
     config = profile_sizes("smoke").comparison
     results = {cell.key: train_trial(**cell.kwargs) for cell in section.cells}
-    results.update({cell.key: train_trial(**cell.kwargs) for cell in section.followup(results)})
+    while new := [cell for cell in section.followup(results) if cell.key not in results]:  # stage 2, then evaluation
+        results.update({cell.key: train_trial(**cell.kwargs) for cell in new})
     document = section.finish(results, tmp_path)
     analysis = document.data["analysis"]
     entry = analysis["workloads"]["noisy-quadratic"]
-    assert analysis["control_pairs_checked"] == config.trials + config.lr_only_trials + 2 * config.seeds
+    refined = len(config.refinement_factors)
+    assert analysis["control_pairs_checked"] == config.trials + refined + config.lr_only_trials + 2 * config.seeds
+    assert all(len(runs) == config.trials + refined for runs in entry["search"]["trials"].values())
+    assert set(entry["search"]["two_stage"]) == {"adamw", "kadam1", "kadam2"}
     assert entry["search"]["versus_reference"]["kadam1"]["mean"] == 0.0
     assert entry["search"]["versus_reference"]["kadam1"]["std"] == 0.0
     assert [(i["workload"], i["arm"]) for i in analysis["families"]["search"]] == [("noisy-quadratic", "kadam2")]

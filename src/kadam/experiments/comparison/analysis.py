@@ -6,7 +6,8 @@ Kept apart from the training protocol so that a change here re-analyses the cach
 recomputing them (a cell's key hashes the module that defines its function).
 
 **Selection and reporting.** Each arm's best configuration is the trial with the lowest validation loss on
-the tuning seed(s) (a diverged trial counts as +∞; ties keep the earlier trial). The best configuration is
+the tuning seed(s) over both tuning stages (a diverged trial counts as +∞; ties keep the earlier trial;
+:func:`two_stage_change` records what the second stage changed). The best configuration is
 retrained on ``seeds`` fresh seeds (never used in tuning) and reported on the *test* split. A seed fixes the
 initialisation (the model is built under ``torch.random.fork_rng`` with that seed, so the global generator
 is left as it was) and the batch order (a local ``torch.Generator``), so runs of different arms with one
@@ -56,6 +57,7 @@ __all__ = [
     "paired_t",
     "performance_profile",
     "select_best",
+    "two_stage_change",
     "summarize_workload",
     "compare_to_reference",
     "adjust_family",
@@ -202,6 +204,23 @@ def select_best(trials: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "validation_loss": means[best] if math.isfinite(means[best]) else None,
         "diverged_trials": sum(1 for value in means.values() if not math.isfinite(value)),
         "trials": len(means),
+    }
+
+
+def two_stage_change(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What the second tuning stage changed for one arm: the selection over stage 1 alone (runs with
+    ``stage`` 1) against the selection over both stages. Returns ``{"stage1_trial", "stage1_validation_loss",
+    "trial", "validation_loss", "moved"}``, ``moved`` true when the selection is a stage-2 point."""
+    stage1 = select_best([run for run in runs if run.get("stage", 1) == 1])
+    both = select_best(runs)
+    return {
+        "stage1_trial": stage1["trial"],
+        "stage1_validation_loss": stage1["validation_loss"],
+        "stage1_lr": stage1["hyperparameters"]["lr"],
+        "trial": both["trial"],
+        "validation_loss": both["validation_loss"],
+        "lr": both["hyperparameters"]["lr"],
+        "moved": both["trial"] != stage1["trial"],
     }
 
 
@@ -376,9 +395,10 @@ CENTRAL_PAIRINGS = ((("gpt", "adam"), ("gpt-noln", "kadam2")), (("digits-cnn-bn"
 strategy) on the same model *without* it, paired by seed (same data order; the same initial weights wherever
 the architectures agree). Reported as second − first and included in the full search's Holm family."""
 
-PHASES = ("search", "lr_only", "evaluate_search", "evaluate_lr_only", "sensitivity")
-"""Phases a run belongs to: tuning over the full space or lr only, evaluation of each result's best
-configuration on fresh seeds, and the lr sensitivity sweep around the full search's best configuration."""
+PHASES = ("search", "refine", "lr_only", "evaluate_search", "evaluate_lr_only", "sensitivity")
+"""Phases a run belongs to: tuning over the full space (stage 1, ``search``; stage 2, ``refine``: the lr
+refinement around each arm's stage-1 best point) or lr only, evaluation of each result's best configuration
+on fresh seeds, and the lr sensitivity sweep around the full search's best configuration."""
 
 
 def analyse(
@@ -405,9 +425,11 @@ def analyse(
         if record["phase"] not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {record['phase']!r}")
         run = {**record["run"], "trial": record.get("trial"), "factor": record.get("factor")}
-        by_phase.setdefault(record["phase"], {}).setdefault(record["workload"], {}).setdefault(
-            record["arm"], []
-        ).append(run)
+        phase = record["phase"]
+        if phase in ("search", "refine"):  # the full search's selection is over both stages
+            run["stage"] = 2 if phase == "refine" else 1
+            phase = "search"
+        by_phase.setdefault(phase, {}).setdefault(record["workload"], {}).setdefault(record["arm"], []).append(run)
     workloads = sorted({record["workload"] for record in records})
     output: dict[str, Any] = {
         "reference": reference,
@@ -436,6 +458,7 @@ def analyse(
                 arm: [
                     {
                         "trial": run["trial"],
+                        "stage": run.get("stage", 1),
                         "seed": run["seed"],
                         "hyperparameters": run["hyperparameters"],
                         "validation_loss": run["validation_loss"],
@@ -446,6 +469,8 @@ def analyse(
                 for arm, runs in sorted(tuning.items())
             }
             block: dict[str, Any] = {"selection": selection, "trials": trials}
+            if any(run.get("stage") == 2 for runs in tuning.values() for run in runs):
+                block["two_stage"] = {arm: two_stage_change(runs) for arm, runs in sorted(tuning.items())}
             reference_lr = selection[reference]["hyperparameters"]["lr"] if reference in selection else None
             block["lr_ratio_to_reference"] = (
                 {arm: chosen["hyperparameters"]["lr"] / reference_lr for arm, chosen in selection.items()}

@@ -1,7 +1,7 @@
 """The comparison section's configuration type; its value per profile is in :mod:`kadam.experiments.profiles`.
 
-Cost model: runs = Σ_workloads arms × (tuning_seeds × (trials + lr_only_trials + sensitivity points)
-+ seeds × (1 + [lr-only on])), each at the workload's seconds per run on one core
+Cost model: runs = Σ_workloads arms × (tuning_seeds × (trials + refinement points + lr_only_trials + sensitivity
+points) + seeds × (1 + [lr-only on])), each at the workload's seconds per run on one core
 (:func:`estimated_runs`; the section's text prints the arithmetic for the chosen profile).
 """
 
@@ -40,8 +40,9 @@ class WorkloadConfig:
 
 @dataclass(frozen=True)
 class ComparisonConfig:
-    """The protocol's budget: ``trials`` Sobol points per arm over ``space`` (and ``lr_only_trials`` for the
-    lr-only result; 0 skips it), ``tuning_seeds``, ``seeds`` fresh evaluation seeds, ``sensitivity_factors``
+    """The protocol's budget: ``trials`` Sobol points per arm over ``space`` (stage 1), then the stage-1 best
+    point's lr times each of ``refinement_factors`` (stage 2; empty: one stage), ``lr_only_trials`` for the
+    lr-only result (0 skips it), ``tuning_seeds``, ``seeds`` fresh evaluation seeds, ``sensitivity_factors``
     (multiples of each arm's best lr, the others at their best, on the tuning seeds), the schedule's
     ``final_lr_fraction``, ``confidence``/``alpha``/``power`` of the statistics, ``sobol_seed``."""
 
@@ -51,6 +52,7 @@ class ComparisonConfig:
     seeds: int
     tuning_seeds: tuple[int, ...] = (0,)
     sensitivity_factors: tuple[float, ...] = (0.1, 0.316227766017, 3.16227766017, 10.0)
+    refinement_factors: tuple[float, ...] = (0.25, 0.5, 2.0, 4.0)
     space: SearchSpace = field(default_factory=SearchSpace)
     final_lr_fraction: float = 0.0
     confidence: float = 0.95
@@ -65,7 +67,8 @@ def estimated_runs(config: ComparisonConfig) -> list[tuple[str, int, float]]:
     rows = []
     for workload in config.workloads:
         lr_only = config.lr_only_trials if workload.lr_only else 0
-        per_arm = len(config.tuning_seeds) * (config.trials + lr_only + len(workload.factors(config)))
+        tuning = config.trials + len(config.refinement_factors) + lr_only + len(workload.factors(config))
+        per_arm = len(config.tuning_seeds) * tuning
         per_arm += config.seeds * (1 + (lr_only > 0))
         runs = len(workload.arms) * per_arm
         rows.append((workload.name, runs, runs * workload.seconds_per_run))

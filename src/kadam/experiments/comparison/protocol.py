@@ -13,18 +13,28 @@ level a normalization layer applies implicitly (THEORY §4); *elementwise* — t
 per element; *naive* — levels ≥ 2 are (0.9, 0.999) elementwise; *momentum-last* — β = 0 on levels
 1..k − 1 and the momentum on level k (tensor mode for levels ≥ 2). ``adamw``, ``adam`` and ``kadam1`` run
 the single-tensor implementations (``foreach=False``), which are the ones KAdam matches bit for bit.
+Context arms (today's optimizers, under the same protocol): ``muon-adamw`` (:class:`MuonWithAdamW`:
+``torch.optim.Muon`` on the hidden matrices, AdamW on the rest), ``schedulefree-adamw``
+(``schedulefree.AdamWScheduleFree``, Defazio et al. 2024: its own iterate averaging replaces the decay,
+so its schedule is the warmup alone and it is evaluated at the averaged point after ``optimizer.eval()``)
+and ``adamw-equal-betas`` (AdamW with β2 = β1, Orvieto & Gower 2025).
 
 **Search space** (:class:`SearchSpace`, one for every arm): peak learning rate η (log-uniform), the
 momentum β and the second-moment rate γ of the first level (1 − β and 1 − γ log-uniform), weight decay λ
-(log-uniform) and the warmup fraction (uniform). Each arm gets the *same* ``trials`` points of a scrambled
-Sobol sequence (``scipy.stats.qmc.Sobol``, fixed seed): an equal, disclosed budget, and no arm inherits
-another's tuned values. Where an arm has its momentum on another level (momentum-last), β goes to that level
-and γ stays on level 1. The *lr-only* result tunes η alone (a one-dimensional Sobol sequence over the same
-range) with every other hyperparameter at the arm's library default — what a user who changes only η sees.
+(log-uniform) and the warmup fraction (uniform). **Two-stage tuning.** Stage 1: each arm gets the *same*
+``trials`` points of a scrambled Sobol sequence (``scipy.stats.qmc.Sobol``, fixed seed). Stage 2
+(:func:`refinement_trials`): the stage-1 best point of that arm (lowest validation loss) with its η
+multiplied by each of the same ``refinement_factors``. The selection is over both stages, so every arm
+gets ``trials + len(refinement_factors)`` runs per tuning seed: an equal, disclosed budget, and no arm
+inherits another's tuned values. Where an arm has its momentum on another level (momentum-last), β goes
+to that level and γ stays on level 1; an arm with tied betas runs γ := β (:func:`arm_hyperparameters`).
+The *lr-only* result tunes η alone (a one-dimensional Sobol sequence over the same range) with every other
+hyperparameter at the arm's library default — what a user who changes only η sees.
 
 **Schedule** (:func:`lr_multiplier`): linear warmup over ``W = round(warmup_fraction · steps)`` steps,
 then cosine decay to ``final_lr_fraction ≤ 0.1`` of the peak at the last step:
-η_t = η · t / W for t ≤ W, else η · (f + (1 − f) · ½(1 + cos(π (t − W) / (T − W)))).
+η_t = η · t / W for t ≤ W, else η · (f + (1 − f) · ½(1 + cos(π (t − W) / (T − W)))); a schedule-free
+arm keeps η after the warmup (the same warmup as ``schedulefree``'s ``warmup_steps = W``).
 
 The selection, the outcomes and the statistics (which cannot change a run, so they are not part of a run's
 cache key) are in :mod:`kadam.experiments.comparison.analysis`.
@@ -35,7 +45,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -52,13 +62,17 @@ __all__ = [
     "REFERENCE",
     "WORKLOADS",
     "ArmSpec",
+    "MuonWithAdamW",
     "SearchSpace",
+    "arm_hyperparameters",
     "asdict_space",
     "build_workload",
     "lr_multiplier",
     "lr_only_trials",
+    "hidden_matrices",
     "make_arm_optimizer",
     "quasirandom_trials",
+    "refinement_trials",
     "train_trial",
 ]
 
@@ -129,13 +143,22 @@ def build_workload(name: str, device: str = "cpu", **sizes: Any) -> Any:
 @dataclass(frozen=True)
 class ArmSpec:
     """An optimizer family: ``build(params, lr, beta, gamma, weight_decay)``, its library defaults for the
-    lr-only result, and a one-line description."""
+    lr-only result, and a one-line description.
+
+    ``tied_betas``: the arm's γ is its β (a point of the shared search space gives it γ := β,
+    :func:`arm_hyperparameters`). ``schedule_free``: the optimizer averages its iterates itself
+    (``optimizer.train()`` before training, ``optimizer.eval()`` before evaluating) and runs the warmup
+    with no decay (:func:`lr_multiplier` with ``decay=False``). ``needs_model``: ``build`` takes the model
+    as a keyword (``model=``) to split its parameters."""
 
     description: str
-    build: Callable[[Iterable[torch.nn.Parameter], float, float, float, float], torch.optim.Optimizer]
+    build: Callable[..., torch.optim.Optimizer]
     default_beta: float = 0.9
     default_gamma: float = 0.999
     default_weight_decay: float = 0.01
+    tied_betas: bool = False
+    schedule_free: bool = False
+    needs_model: bool = False
 
 
 def _kadam_arm(k: int, strategy: str) -> ArmSpec:
@@ -177,6 +200,83 @@ def _kadam_arm(k: int, strategy: str) -> ArmSpec:
     return ArmSpec(descriptions[strategy], build)
 
 
+def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The weights of every ``nn.Linear`` of ``model`` except the last one in module order (the output
+    layer): the 2-D hidden matrices Muon is meant for. Embeddings, the output layer, biases, normalization
+    and convolution parameters are not among them."""
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    return [module.weight for module in linears[:-1]]
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    r"""``torch.optim.Muon`` on the hidden matrices (:func:`hidden_matrices`) and ``torch.optim.AdamW`` on
+    every other parameter, as torch's Muon documentation arranges them, stepped together as one optimizer.
+
+    One peak lr and one λ for both: Muon runs with ``adjust_lr_fn="match_rms_adamw"`` (the update scaled by
+    0.2·√max(A, B), which makes Muon's update RMS match AdamW's so that the two share a learning rate and
+    weight decay, Liu et al. 2025). Muon's momentum is β (Nesterov), AdamW's betas are (β, γ). The
+    ``param_groups`` are the two optimizers' groups themselves, so a schedule that sets every group's
+    ``lr`` drives both.
+    """
+
+    def __init__(self, model: torch.nn.Module, lr: float, beta: float, gamma: float, weight_decay: float) -> None:
+        hidden = hidden_matrices(model)
+        if not hidden:
+            raise ValueError(
+                "the muon-adamw arm needs a model with 2-D hidden matrices (nn.Linear layers before its last)"
+            )
+        chosen = {id(p) for p in hidden}
+        other = [p for p in model.parameters() if id(p) not in chosen]
+        self.muon = torch.optim.Muon(
+            hidden, lr=lr, weight_decay=weight_decay, momentum=beta, adjust_lr_fn="match_rms_adamw"
+        )
+        self.adamw = torch.optim.AdamW(other, lr=lr, betas=(beta, gamma), weight_decay=weight_decay, foreach=False)
+        super().__init__(list(model.parameters()), {"lr": lr})
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+
+def _muon_adamw(
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    beta: float,
+    gamma: float,
+    weight_decay: float,
+    *,
+    model: torch.nn.Module,
+) -> torch.optim.Optimizer:
+    return MuonWithAdamW(model, lr, beta, gamma, weight_decay)
+
+
+def _schedule_free_adamw(
+    params: Iterable[torch.nn.Parameter], lr: float, beta: float, gamma: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    try:
+        import schedulefree
+    except ImportError as error:
+        raise ValueError(
+            "the schedulefree-adamw arm needs the schedulefree package: pip install schedulefree"
+        ) from error
+    return schedulefree.AdamWScheduleFree(params, lr=lr, betas=(beta, gamma), weight_decay=weight_decay)
+
+
+def _adamw_equal_betas(
+    params: Iterable[torch.nn.Parameter], lr: float, beta: float, gamma: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    if gamma != beta:
+        raise ValueError(f"adamw-equal-betas ties gamma to beta; got beta={beta}, gamma={gamma}")
+    return torch.optim.AdamW(params, lr=lr, betas=(beta, beta), weight_decay=weight_decay, foreach=False)
+
+
 _ARM_SPECS: Mapping[str, ArmSpec] = {
     "adamw": ArmSpec(
         "torch AdamW (decoupled decay), foreach=False",
@@ -196,15 +296,42 @@ _ARM_SPECS: Mapping[str, ArmSpec] = {
         for k in (2, 3)
         for strategy in ("default", "elementwise", "naive", "momentum-last")
     },
+    "muon-adamw": ArmSpec(
+        "torch Muon (Nesterov momentum β, match_rms_adamw) on the hidden matrices, torch AdamW (β, γ) on the rest",
+        _muon_adamw,
+        default_beta=0.95,
+        needs_model=True,
+    ),
+    "schedulefree-adamw": ArmSpec(
+        "schedule-free AdamW (schedulefree.AdamWScheduleFree): warmup, no decay, evaluated at the averaged point",
+        _schedule_free_adamw,
+        schedule_free=True,
+    ),
+    "adamw-equal-betas": ArmSpec(
+        "torch AdamW with β2 = β1 = β (Orvieto & Gower 2025), foreach=False",
+        _adamw_equal_betas,
+        default_beta=0.95,
+        default_gamma=0.95,
+        tied_betas=True,
+    ),
 }
 ARMS: Mapping[str, ArmSpec] = {name: _ARM_SPECS[name] for name in vocabulary.ARMS}
 """Arm name → :class:`ArmSpec` (see the module docstring)."""
 
 
 def make_arm_optimizer(
-    arm: str, params: Iterable[torch.nn.Parameter], lr: float, beta: float, gamma: float, weight_decay: float
+    arm: str,
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    beta: float,
+    gamma: float,
+    weight_decay: float,
+    model: torch.nn.Module | None = None,
 ) -> torch.optim.Optimizer:
-    """Build arm ``arm`` at peak ``lr`` > 0, first-level (β, γ) in [0, 1) and ``weight_decay`` ≥ 0."""
+    """Build arm ``arm`` at peak ``lr`` > 0, first-level (β, γ) in [0, 1) and ``weight_decay`` ≥ 0.
+
+    ``model`` (whose parameters ``params`` are) is required by an arm that splits the parameters
+    (``ArmSpec.needs_model``: Muon on the hidden matrices)."""
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {sorted(ARMS)}, got {arm!r}")
     if not (math.isfinite(lr) and lr > 0):
@@ -214,7 +341,20 @@ def make_arm_optimizer(
             raise ValueError(f"{name} must be in [0, 1), got {value}")
     if not (math.isfinite(weight_decay) and weight_decay >= 0):
         raise ValueError(f"weight_decay must be a finite number ≥ 0, got {weight_decay}")
-    return ARMS[arm].build(params, lr, beta, gamma, weight_decay)
+    spec = ARMS[arm]
+    if spec.needs_model:
+        if model is None:
+            raise ValueError(f"arm {arm!r} needs model= (it splits the model's parameters)")
+        return spec.build(params, lr, beta, gamma, weight_decay, model=model)
+    return spec.build(params, lr, beta, gamma, weight_decay)
+
+
+def arm_hyperparameters(arm: str, point: Mapping[str, float]) -> dict[str, float]:
+    """A point of the shared search space as arm ``arm`` runs it: unchanged, except that an arm with
+    ``tied_betas`` takes γ := β (its γ coordinate is not used)."""
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {sorted(ARMS)}, got {arm!r}")
+    return {**point, "gamma": point["beta"]} if ARMS[arm].tied_betas else dict(point)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -299,10 +439,25 @@ def lr_only_trials(
     ]
 
 
-def lr_multiplier(step: int, steps: int, warmup_fraction: float, final_lr_fraction: float = 0.0) -> float:
+def refinement_trials(best: Mapping[str, float], factors: Sequence[float]) -> list[dict[str, float]]:
+    """Stage 2 of the tuning: the stage-1 best point ``best`` with its lr multiplied by each of ``factors``
+    (every other hyperparameter unchanged), rounded like :func:`quasirandom_trials`. ``factors`` must be
+    distinct finite numbers > 0 other than 1 (the stage-1 point itself is not run again); the refined lr
+    may leave the search space's lr range (the same rule for every arm)."""
+    values = [float(f) for f in factors]
+    if any(not (math.isfinite(f) and f > 0) or f == 1.0 for f in values) or len(set(values)) != len(values):
+        raise ValueError(f"refinement factors must be distinct finite numbers > 0 other than 1, got {list(factors)}")
+    if "lr" not in best:
+        raise ValueError(f"best must give lr, got {sorted(best)}")
+    return [{**best, "lr": float(f"{float(best['lr']) * factor:.12g}")} for factor in values]
+
+
+def lr_multiplier(
+    step: int, steps: int, warmup_fraction: float, final_lr_fraction: float = 0.0, decay: bool = True
+) -> float:
     """Multiplier of the peak learning rate for step ``step`` (1-based) of ``steps``: linear warmup over
     ``W = round(warmup_fraction · steps)`` steps, then cosine decay to ``final_lr_fraction`` at ``step = steps``
-    (module docstring)."""
+    (module docstring); with ``decay=False`` (a schedule-free arm), 1 after the warmup."""
     if not 1 <= step <= steps:
         raise ValueError(f"step must be in [1, steps={steps}], got {step}")
     if not 0 <= warmup_fraction < 1:
@@ -312,6 +467,8 @@ def lr_multiplier(step: int, steps: int, warmup_fraction: float, final_lr_fracti
     warmup = round(warmup_fraction * steps)
     if step <= warmup:
         return step / warmup
+    if not decay:
+        return 1.0
     decay_steps = steps - warmup
     progress = (step - warmup) / decay_steps if decay_steps > 0 else 1.0
     return final_lr_fraction + (1 - final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -329,8 +486,9 @@ class _ScheduleAndClock:
         warmup_fraction: float,
         final_lr_fraction: float,
         window: int,
+        decay: bool = True,
     ) -> None:
-        self.optimizer, self.peak_lr, self.steps = optimizer, peak_lr, steps
+        self.optimizer, self.peak_lr, self.steps, self.decay = optimizer, peak_lr, steps, decay
         self.warmup_fraction, self.final_lr_fraction, self.window = warmup_fraction, final_lr_fraction, window
         self.step = 0
         self.window_seconds: list[float] = []
@@ -340,7 +498,9 @@ class _ScheduleAndClock:
 
     def _before(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.step += 1
-        lr = self.peak_lr * lr_multiplier(self.step, self.steps, self.warmup_fraction, self.final_lr_fraction)
+        lr = self.peak_lr * lr_multiplier(
+            self.step, self.steps, self.warmup_fraction, self.final_lr_fraction, self.decay
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr
         self.learning_rates.append(lr)
@@ -407,7 +567,9 @@ def train_trial(
             float(hyperparameters["beta"]),
             float(hyperparameters["gamma"]),
             float(hyperparameters["weight_decay"]),
+            model=model,
         )
+    schedule_free = ARMS[arm].schedule_free
     unstable = sum("stable region" in str(w.message) for w in caught)
     initial = {split: task.evaluate(model, split)["loss"] for split in ("validation", "test")}
     window = max(1, steps // curve_points)
@@ -418,13 +580,18 @@ def train_trial(
         float(hyperparameters["warmup_fraction"]),
         final_lr_fraction,
         window,
+        decay=not schedule_free,
     )
     generator = torch.Generator().manual_seed(seed)
     try:
+        if schedule_free:
+            optimizer.train()  # type: ignore[attr-defined]
         fitted = task.fit(model, optimizer, steps, batch_size, generator, window, progress)
         curve, diverged = fitted.losses, fitted.diverged
     finally:
         clock.remove()
+        if schedule_free:
+            optimizer.eval()  # type: ignore[attr-defined]  # evaluate at the averaged point x
     training_seconds = time.perf_counter() - clock.started
     result: dict[str, Any] = {
         "workload": workload,

@@ -1,10 +1,13 @@
-"""The comparison section: which runs the protocol needs (cells), in two phases, and the report it writes.
+"""The comparison section: which runs the protocol needs (cells), in three phases, and the report it writes.
 
 Phase 1 (:func:`tuning_plan`): every arm trains each workload at the same ``trials`` Sobol points of the
 shared search space (and, where enabled, ``lr_only_trials`` learning rates at the arm's defaults), on the
-tuning seeds. Phase 2 (:func:`followup_plan`, built from phase 1's results): each arm's best configuration
-of each result on the fresh evaluation seeds, and the lr sensitivity sweep (the best configuration with
-its lr multiplied by ``sensitivity_factors``) on the tuning seeds. :func:`kadam.experiments.comparison.
+tuning seeds. Phase 2 (:func:`refinement_plan`, from phase 1's results): the second tuning stage, each arm's
+stage-1 best point with its lr times each ``refinement_factors``. Phase 3 (:func:`followup_plan`, from
+phases 1 and 2): each arm's best configuration of each result (the full search selected over both stages)
+on the fresh evaluation seeds, and the lr sensitivity sweep (the best configuration with its lr multiplied
+by ``sensitivity_factors``) on the tuning seeds. :func:`followup_cells` gives the runner the cells of phases 2
+and 3 that the results it has allow (it is called until it asks for nothing new). :func:`kadam.experiments.comparison.
 analysis.analyse` turns the tagged runs into the report's numbers. ``kadam compare`` runs the same plan on
 one workload.
 """
@@ -27,9 +30,11 @@ from kadam.experiments.comparison.protocol import (
     CONTROL,
     EVALUATION_SEED_OFFSET,
     REFERENCE,
+    arm_hyperparameters,
     asdict_space,
     lr_only_trials,
     quasirandom_trials,
+    refinement_trials,
     train_trial,
 )
 from kadam.experiments.profiles import profile_sizes
@@ -42,7 +47,9 @@ __all__ = [
     "build_section",
     "committed_study_answer",
     "tuning_plan",
+    "refinement_plan",
     "followup_plan",
+    "followup_cells",
     "tagged_records",
     "result_rows",
     "config_for",
@@ -103,7 +110,9 @@ def tuning_plan(config: ComparisonConfig, device: str = "cpu") -> list[PlannedRu
                             "search",
                             workload.name,
                             arm,
-                            _cell(config, workload, arm, point, seed, device, f"trial {index}"),
+                            _cell(
+                                config, workload, arm, arm_hyperparameters(arm, point), seed, device, f"trial {index}"
+                            ),
                             trial=index,
                         )
                     )
@@ -128,19 +137,55 @@ def _evaluation_seeds(config: ComparisonConfig) -> list[int]:
     return [EVALUATION_SEED_OFFSET + i for i in range(config.seeds)]
 
 
-def followup_plan(config: ComparisonConfig, results: Mapping[str, Any], device: str = "cpu") -> list[PlannedRun]:
-    """Phase 2 from phase 1's ``results`` (by cell key): evaluation of each best configuration on the fresh
-    seeds and the lr sensitivity sweep around the full search's best configuration."""
+def _tuning_runs(
+    plan: Sequence[PlannedRun], results: Mapping[str, Any], phases: tuple[str, ...], workload: str, arm: str
+) -> list[dict[str, Any]]:
+    return [
+        {**results[p.cell.key], "trial": p.trial}
+        for p in plan
+        if p.phase in phases and p.workload == workload and p.arm == arm
+    ]
+
+
+def refinement_plan(config: ComparisonConfig, results: Mapping[str, Any], device: str = "cpu") -> list[PlannedRun]:
+    """Phase 2 from phase 1's ``results`` (by cell key): the second tuning stage, each arm's stage-1 best
+    point (lowest validation loss) with its lr times each of ``config.refinement_factors``, on the tuning
+    seeds; trial indices continue stage 1's (``trials + j``). Empty when there are no refinement factors."""
+    if not config.refinement_factors:
+        return []
     tuning = tuning_plan(config, device)
     plan = []
     for workload in config.workloads:
         for arm in workload.arms:
-            for phase, evaluation_phase in (("search", "evaluate_search"), ("lr_only", "evaluate_lr_only")):
-                runs = [
-                    {**results[p.cell.key], "trial": p.trial}
-                    for p in tuning
-                    if p.phase == phase and p.workload == workload.name and p.arm == arm
-                ]
+            best = select_best(_tuning_runs(tuning, results, ("search",), workload.name, arm))
+            for j, point in enumerate(refinement_trials(best["hyperparameters"], config.refinement_factors)):
+                index = config.trials + j
+                for seed in config.tuning_seeds:
+                    plan.append(
+                        PlannedRun(
+                            "refine",
+                            workload.name,
+                            arm,
+                            _cell(config, workload, arm, point, seed, device, f"refine {index}"),
+                            trial=index,
+                        )
+                    )
+    return plan
+
+
+def followup_plan(config: ComparisonConfig, results: Mapping[str, Any], device: str = "cpu") -> list[PlannedRun]:
+    """Phase 3 from the tuning ``results`` (phases 1 and 2, by cell key): evaluation of each best
+    configuration (the full search's selected over both stages) on the fresh seeds and the lr sensitivity
+    sweep around the full search's best configuration."""
+    tuning = tuning_plan(config, device) + refinement_plan(config, results, device)
+    plan = []
+    for workload in config.workloads:
+        for arm in workload.arms:
+            for phases, evaluation_phase in (
+                (("search", "refine"), "evaluate_search"),
+                (("lr_only",), "evaluate_lr_only"),
+            ):
+                runs = _tuning_runs(tuning, results, phases, workload.name, arm)
                 if not runs:
                     continue
                 best = select_best(runs)
@@ -162,7 +207,7 @@ def followup_plan(config: ComparisonConfig, results: Mapping[str, Any], device: 
                             trial=best["trial"],
                         )
                     )
-                if phase == "search":
+                if evaluation_phase == "evaluate_search":
                     for factor in workload.factors(config):
                         point = {
                             **best["hyperparameters"],
@@ -179,6 +224,16 @@ def followup_plan(config: ComparisonConfig, results: Mapping[str, Any], device: 
                                 )
                             )
     return plan
+
+
+def followup_cells(config: ComparisonConfig, results: Mapping[str, Any], device: str = "cpu") -> list[PlannedRun]:
+    """The planned runs after phase 1 that ``results`` allow: the refinement stage, and, once every one of
+    its runs is in ``results``, the evaluation and sensitivity runs too. A runner calls it until it returns
+    no run it has not computed."""
+    refinement = refinement_plan(config, results, device)
+    if any(p.cell.key not in results for p in refinement):
+        return refinement
+    return refinement + followup_plan(config, results, device)
 
 
 def tagged_records(plan: Sequence[PlannedRun], results: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -556,17 +611,17 @@ def build_section(settings: Any) -> Section:
         len(w.arms)
         * (
             config.seeds * (1 + (w.lr_only and config.lr_only_trials > 0))
-            + len(config.tuning_seeds) * len(w.factors(config))
+            + len(config.tuning_seeds) * (len(w.factors(config)) + len(config.refinement_factors))
         )
         * w.seconds_per_run
         for w in config.workloads
     )
 
     def followup(results: Mapping[str, Any]) -> list[Cell]:
-        return [p.cell for p in followup_plan(config, results, settings.device)]
+        return [p.cell for p in followup_cells(config, results, settings.device)]
 
     def finish(results: Mapping[str, Any], figures: Path) -> SectionDocument:
-        plan = tuning + followup_plan(config, results, settings.device)
+        plan = tuning + followup_cells(config, results, settings.device)
         analysis = analyse(
             tagged_records(plan, results), confidence=config.confidence, alpha=config.alpha, power=config.power
         )

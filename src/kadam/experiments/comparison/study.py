@@ -37,6 +37,7 @@ def run_study(
     console: Console | None = None,
     show_progress: bool = True,
     command: str = "",
+    executor: str = "process",
 ) -> dict[str, Path]:
     """The comparison section alone (``kadam compare --study``): :func:`run_section_study`."""
     from kadam.experiments.comparison.section import build_section
@@ -51,6 +52,7 @@ def run_study(
         console,
         show_progress,
         command or f"kadam compare --study --profile {profile} --jobs {jobs}",
+        executor,
     )
 
 
@@ -64,8 +66,10 @@ def run_section_study(
     console: Console | None = None,
     show_progress: bool = True,
     command: str = "",
+    executor: str = "process",
 ) -> dict[str, Path]:
-    """Compute (or fetch from the cache) every run of section ``name`` at ``profile`` and write its report."""
+    """Compute (or fetch from the cache) every run of section ``name`` at ``profile`` and write its report
+    (cells on ``executor``: :class:`~kadam.experiments.cells.CellRunner`)."""
     if jobs < 1:
         raise ValueError(f"jobs must be ≥ 1, got {jobs}")
     if seeds is not None and seeds < 2:
@@ -75,14 +79,13 @@ def run_section_study(
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     section = build_section(Settings(profile=profile, device="cpu", seeds=seeds))
-    runner = CellRunner(CellCache(out / "cache"), jobs=jobs, console=console, show_progress=show_progress)
+    runner = CellRunner(
+        CellCache(out / "cache"), jobs=jobs, executor=executor, console=console, show_progress=show_progress
+    )
     started_at = datetime.datetime.now(datetime.timezone.utc)
     started = time.perf_counter()
     with runner.session(runner.pending_cost(section.cells) + section.followup_cost):
-        results = runner.run(section.cells)
-        followup = section.followup(results)
-        runner.adjust_total(runner.pending_cost(followup) - section.followup_cost)
-        results.update(runner.run(followup))
+        results, _ = runner.run_phases(section.cells, section.followup, section.followup_cost)
     for stale in figures.glob(f"{name}_*.png"):
         stale.unlink()
     document = section.finish(results, figures)
@@ -92,6 +95,7 @@ def run_section_study(
         "command": command,
         "profile": profile,
         "jobs": jobs,
+        "executor": executor,
         "environment": {
             "python": platform.python_version(),
             "torch": torch.__version__,
