@@ -25,7 +25,14 @@ from kadam.experiments.cells import CellCache, CellRunner
 from kadam.experiments.comparison.section import committed_study_answer
 from kadam.experiments.profiles import DEVICES, PROFILES, Settings
 from kadam.experiments.registry import build_sections
-from kadam.experiments.report import Claim, SectionDocument, write_report
+from kadam.experiments.report import (
+    SUMMARY_WORD_LIMIT,
+    VERDICTS,
+    Claim,
+    SectionDocument,
+    prose_word_count,
+    write_report,
+)
 
 __all__ = ["PROFILES", "DEVICES", "ReproduceOutcome", "practitioner_summary", "reproduce"]
 
@@ -79,46 +86,56 @@ def _short(evidence: str, words: int = 12) -> str:
     return " ".join(tokens[:words]) + (" …" if len(tokens) > words else "")
 
 
-def _reading(claim: Claim | None, anchor: str) -> str:
+@dataclass(frozen=True)
+class _Quotes:
+    """How much of a claim the summary quotes: words of its text and of its evidence (0: none)."""
+
+    text: int
+    evidence: int
+
+
+_QUOTE_LENGTHS = (_Quotes(16, 12), _Quotes(10, 6), _Quotes(6, 0), _Quotes(0, 0))
+"""Ever shorter quotes, tried in turn until the summary fits :data:`~kadam.experiments.report.SUMMARY_WORD_LIMIT`."""
+
+
+def _reading(claim: Claim | None, anchor: str, quotes: _Quotes = _QUOTE_LENGTHS[0]) -> str:
     """'"claim" (shortened): **verdict** (evidence; link)', or that the section has no such verdict."""
     if claim is None:
         return f"this run has no verdict on it ([{anchor}](#{anchor}))."
-    words = claim.text.split()
-    text = " ".join(words[:10]) + (" …" if len(words) > 10 else "")
-    return f"“{text}”: **{claim.verdict}** ({_short(claim.evidence)}; [{anchor}](#{anchor}))."
+    words = claim.text.split(" (")[0].split()  # the claim without its parenthetical details
+    quoted = " ".join(words[: quotes.text]) + (" …" if len(words) > quotes.text else "")
+    evidence = f"{_short(claim.evidence, quotes.evidence)}; " if quotes.evidence else ""
+    return (f"“{quoted}”: " if quotes.text else "") + f"**{claim.verdict}** ({evidence}[{anchor}](#{anchor}))."
 
 
 def _find(claims: Sequence[Claim], *words: str) -> Claim | None:
     return next((claim for claim in claims if any(word in claim.text for word in words)), None)
 
 
-def practitioner_summary(documents: Sequence[SectionDocument], study: dict[str, Any] | None) -> list[str]:
-    """The report's "What this means for you" lines, each tied to the verdict behind it.
+def _tally(claims: Sequence[Claim]) -> str:
+    """'2 confirmed, 1 refuted' over ``claims`` (verdicts in :data:`~kadam.experiments.report.VERDICTS` order)."""
+    counts = [(verdict, sum(claim.verdict == verdict for claim in claims)) for verdict in VERDICTS]
+    return ", ".join(f"{count} {verdict}" for verdict, count in counts if count)
 
-    Safe (β, γ) from the stability section's claims, whether to switch to k-Adam from the committed study
-    (``study``: :func:`~kadam.experiments.comparison.section.committed_study_answer`) and this run's
-    comparison, the monitor from its section, moving hyperparameters from the transfer section. A missing
-    section or verdict, or one not resolved, is said so instead of a recommendation.
-    """
+
+def _summary_lines(documents: Sequence[SectionDocument], study: dict[str, Any] | None, quotes: _Quotes) -> list[str]:
     lines = []
     stability, claims = _measured(documents, "stability")
     if stability is None:
         lines.append("**Which (β, γ) are safe.** This report has no stability section.")
     else:
         region = _find(claims, "harm", "worse") or _find(claims, "β²")
-        advice = (
-            "Keep γ > β² (THEORY §2: outside it even the optimizer alone grows its updates; β = 0.9 needs "
-            "γ > 0.81, the default (0.9, 0.999) is well inside). In training, this run: "
-        )
         lines.append(
-            "**Which (β, γ) are safe.** " + advice + _reading(region or (claims[0] if claims else None), "stability")
+            "**Which (β, γ) are safe.** Keep γ > β² (THEORY §2: outside it even the optimizer alone grows its "
+            "updates; β = 0.9 needs γ > 0.81, the default (0.9, 0.999) is well inside). In training, this run: "
+            + _reading(region or (claims[0] if claims else None), "stability", quotes)
         )
     comparison, claims = _measured(documents, "comparison")
-    here = _reading(claims[0] if claims else None, "comparison") if comparison else "this report has no comparison."
+    here = _reading(claims[0] if claims else None, "comparison", quotes) if comparison else "this report has none."
     if study is None or not study["rows"]:
         lines.append(
             "**Should you switch to k-Adam?** The committed study (results/comparison-study) is not "
-            f"available to this run, so no answer from it; {here}"
+            f"available to this run, so no answer from it; this run's own comparison: {here}"
         )
     else:
         better, worse, unresolved = study["better"], study["worse"], study["unresolved"]
@@ -139,7 +156,7 @@ def practitioner_summary(documents: Sequence[SectionDocument], study: dict[str, 
             "`StabilityMonitor(optimizer, names=model)` flags a (β, γ) outside γ > β² when attached, non-finite "
             "gradients or losses and an update above its bound; whether its running checks warn early enough to act "
             "on is what section 5 measures (the committed full-profile runs: results/monitor-study). This run: "
-            + _reading(claims[0] if claims else None, "monitor")
+            + _reading(claims[0] if claims else None, "monitor", quotes)
             if monitor
             else "This report has no monitor section."
         )
@@ -147,18 +164,36 @@ def practitioner_summary(documents: Sequence[SectionDocument], study: dict[str, 
     transfer, claims = _measured(documents, "transfer")
     if transfer is None:
         lines.append("**Another learning rate or batch size.** This report has no transfer section.")
+    elif not claims:
+        lines.append("**Another learning rate or batch size.** " + _reading(None, "transfer"))
     else:
-        lr = _find(claims, "β^c", "η → cη")
-        batch = [claim for claim in claims if claim is not lr]
-        kept = [claim for claim in batch if claim.verdict == "confirmed"]
+        confirmed = [claim for claim in claims if claim.verdict == "confirmed"]
         lines.append(
-            "**Another learning rate or batch size.** For η → cη set β → β^c, γ → γ^c (`kadam transfer --lr 3e-3 "
-            "--betas 0.9 0.999 --factor 2`); this run: "
-            + _reading(lr, "transfer")
-            + " For a batch size ×κ: "
-            + ("; ".join(f"{claim.text.split('(')[0].strip()} is {claim.verdict}" for claim in batch) or "no verdict")
-            + (". No rule is confirmed: re-tune the lr after changing the batch size." if batch and not kept else ".")
+            "**Another learning rate or batch size.** `kadam transfer` computes the hyperparameters for another lr "
+            f"(THEORY §6) or batch size. This run's {len(claims)} transfer claim(s): {_tally(claims)}"
+            + (
+                f"; {_reading(confirmed[0], 'transfer', quotes)}"
+                if confirmed
+                else " ([transfer](#transfer)). None is confirmed: re-tune the lr after moving."
+            )
         )
+    return lines
+
+
+def practitioner_summary(documents: Sequence[SectionDocument], study: dict[str, Any] | None) -> list[str]:
+    """The report's "What this means for you" lines, each tied to the verdict behind it.
+
+    Safe (β, γ) from the stability section's claims, whether to switch to k-Adam from the committed study
+    (``study``: :func:`~kadam.experiments.comparison.section.committed_study_answer`) and this run's
+    comparison, the monitor from its section's first measured claim, moving hyperparameters from the transfer
+    section's measured claims (their verdicts counted, a confirmed one quoted). A missing section or verdict is
+    said so instead of a recommendation. The quotes of the claims shorten until the lines hold at most
+    :data:`~kadam.experiments.report.SUMMARY_WORD_LIMIT` words (:func:`~kadam.experiments.report.prose_word_count`).
+    """
+    for quotes in _QUOTE_LENGTHS:
+        lines = _summary_lines(documents, study, quotes)
+        if prose_word_count("\n".join(lines)) <= SUMMARY_WORD_LIMIT:
+            break
     return lines
 
 
