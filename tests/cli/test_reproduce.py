@@ -12,7 +12,7 @@ from tests.cli.helpers import exit_status
 def test_flags_reach_the_library(monkeypatch, tmp_path):
     received = {}
 
-    def fake_reproduce(profile, out, device, seeds, jobs, show_progress, executor):
+    def fake_reproduce(profile, out, device, seeds, jobs, show_progress, executor, sections):
         received.update(
             profile=profile,
             out=out,
@@ -21,6 +21,7 @@ def test_flags_reach_the_library(monkeypatch, tmp_path):
             jobs=jobs,
             show_progress=show_progress,
             executor=executor,
+            sections=sections,
         )
 
     monkeypatch.setattr(library_reproduce, "reproduce", fake_reproduce)
@@ -38,9 +39,12 @@ def test_flags_reach_the_library(monkeypatch, tmp_path):
         "jobs": 3,
         "show_progress": False,
         "executor": "process",
+        "sections": None,
     }
     assert main(["reproduce"]) == 0
     assert received["profile"] == "quick" and received["out"] == "kadam-report" and received["seeds"] is None
+    assert main(["reproduce", "--sections", "stability", "flow"]) == 0
+    assert received["sections"] == ["stability", "flow"]
     assert received["jobs"] == cli_reproduce.default_jobs() >= 1
     assert main(["reproduce", "--executor", "tcp://scheduler:8786"]) == 0
     assert received["executor"] == "tcp://scheduler:8786"
@@ -62,6 +66,8 @@ def test_interrupt_says_how_to_resume(monkeypatch, capsys):
         (["--seeds", "1"], "argument --seeds: must be an integer >= 2, got '1'"),
         (["--jobs", "0"], "argument --jobs: must be an integer >= 1, got '0'"),
         (["--jobs", "inf"], "argument --jobs: must be an integer >= 1, got 'inf'"),
+        (["--sections", "stability", "stability"], "argument --sections: each section at most once"),
+        (["--sections", "nowhere"], "argument --sections: invalid choice: 'nowhere'"),
     ]
     + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "torch.cuda.is_available() is False")]),
 )

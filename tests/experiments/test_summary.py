@@ -1,5 +1,5 @@
 """The "What this means for you" summary: each line rests on a section's verdict, links to it, and the whole stays
-within the word limit however long the claims it quotes are."""
+within the word limit however long the claims it quotes are; a run limited to some sections builds only those."""
 
 from __future__ import annotations
 
@@ -85,3 +85,15 @@ def test_the_summary_stays_within_its_word_limit_with_long_claims(study):
 def test_a_missing_section_is_said_so():
     lines = practitioner_summary([], None)
     assert "no stability section" in lines[0] and "no monitor section" in lines[2] and "no transfer section" in lines[3]
+
+
+def test_a_run_of_some_sections_builds_only_those_in_report_order():
+    from kadam.experiments.profiles import Settings
+    from kadam.experiments.registry import SECTIONS, build_sections
+
+    settings = Settings(profile="smoke", device="cpu", seeds=None)
+    assert [s.name for s in build_sections(settings, ["normalization", "stability"])] == ["stability", "normalization"]
+    assert [s.name for s in build_sections(settings)] == list(SECTIONS)
+    for names in (["nowhere"], [], ["flow", "flow"]):
+        with pytest.raises(ValueError, match="sections must be distinct names among stability, flow"):
+            build_sections(settings, names)

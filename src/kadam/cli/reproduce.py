@@ -13,6 +13,7 @@ import sys
 from kadam.cli.compare import executor_option
 from kadam.cli.interrupts import signals_stop_workers
 from kadam.cli.options import available_cores, command, int_at_least, output_directory
+from kadam.experiments.registry import SECTIONS
 from kadam.vocabulary import DEVICES, PROFILES
 
 
@@ -63,8 +64,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"{default_jobs()} CPU cores available)",
     )
     executor_option(parser)
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=None,
+        metavar="SECTION",
+        help=f"run and report only these sections ({', '.join(SECTIONS)}; default: all)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary table still prints)")
-    command(parser, run_reproduce)
+    command(parser, run_reproduce, check_reproduce)
+
+
+def check_reproduce(args: argparse.Namespace) -> None:
+    """Each section named at most once."""
+    if args.sections and len(set(args.sections)) != len(args.sections):
+        raise ValueError(f"argument --sections: each section at most once, got {' '.join(args.sections)}")
 
 
 EXTRA_MODULES = {"matplotlib": "matplotlib", "sklearn": "scikit-learn", "mnist1d": "mnist1d", "rich": "rich"}
@@ -102,6 +117,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
                 args.jobs,
                 show_progress=not args.no_progress,
                 executor=args.executor,
+                sections=args.sections,
             )
         except KeyboardInterrupt:
             print(

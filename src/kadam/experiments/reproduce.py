@@ -24,7 +24,7 @@ import kadam
 from kadam.experiments.cells import CellCache, CellRunner
 from kadam.experiments.comparison.section import committed_study_answer
 from kadam.experiments.profiles import DEVICES, PROFILES, Settings
-from kadam.experiments.registry import build_sections
+from kadam.experiments.registry import SECTIONS, build_sections
 from kadam.experiments.report import (
     SUMMARY_WORD_LIMIT,
     VERDICTS,
@@ -206,12 +206,14 @@ def reproduce(
     console: Console | None = None,
     show_progress: bool = True,
     executor: str = "process",
+    sections: Sequence[str] | None = None,
 ) -> ReproduceOutcome:
     """Run (or fetch from ``out/cache``) every cell of ``profile`` and write the report into ``out``.
 
     ``seeds`` overrides the profile's number of fresh evaluation seeds (≥ 2); ``jobs`` > 1 computes
     independent cells in that many processes (``executor="dask"``: a Dask local cluster of that many workers; a
-    scheduler address: that cluster). Prints a progress bar and, at the end, the headline table.
+    scheduler address: that cluster); ``sections`` (names of :data:`~kadam.experiments.registry.SECTIONS`) limits
+    the run and the report to those sections. Prints a progress bar and, at the end, the headline table.
     """
     _check_settings(profile, device, seeds, jobs)
     console = console or Console()
@@ -219,7 +221,7 @@ def reproduce(
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     settings = Settings(profile=profile, device=device, seeds=seeds)
-    sections = build_sections(settings)
+    sections = build_sections(settings, sections)
     runner = CellRunner(
         CellCache(out / "cache"), jobs=jobs, executor=executor, console=console, show_progress=show_progress
     )
@@ -284,6 +286,7 @@ def reproduce(
         f"Produced by kadam {kadam.__version__} (torch {torch.__version__}, Python {platform.python_version()}) with "
         f"`kadam reproduce --profile {profile} --device {device}"
         + (f" --seeds {seeds}" if seeds else "")
+        + (f" --sections {' '.join(section.name for section in sections)}" if len(sections) < len(SECTIONS) else "")
         + f" --jobs {jobs}` on {started_at:%Y-%m-%d %H:%M} UTC: "
         + outcome_line
         + ". Every number and figure below was computed by this run's cells (a cached cell is the "
