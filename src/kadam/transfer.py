@@ -33,9 +33,12 @@ can leave the discrete one.
   held fixed, which Bergsma et al. (2025, "Power Lines") verify as the optimal λ growing linearly with B.
 - ``unchanged``: only the batch size and the steps change.
 
-Which rule to use is an empirical question (THEORY §6); the study of the ``kadam reproduce`` report measures each
-rule's regret against the tuned optimum at the new batch size. Every result carries the rule's target and, as
-``alternatives``, every other rule's.
+Which rule to use is an empirical question (THEORY §6). The committed batch-size study (``results/transfer-study``,
+``kadam transfer --study``) measures each rule's *regret*: the final test loss at the rule's hyperparameters minus
+the loss at the tuned optimum at the new batch size, paired over seeds. Its summary ships with the package
+(:func:`batch_evidence`); :func:`recommend_batch_rule` names the rule with the lowest mean relative regret at the
+studied factor nearest to κ, and ``rule=None`` (the default of :func:`transfer_batch_size`) uses it. Every result
+carries the rule's target and, as ``alternatives``, every other rule's.
 
 Each result carries the stability of every new level (``γ > β²``, :mod:`kadam.stability`); a level pushed out of
 the region triggers a :class:`~kadam.stability.StabilityWarning` that names the nearest pair with stability margin
@@ -45,39 +48,32 @@ the region triggers a :class:`~kadam.stability.StabilityWarning` that names the 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kadam import stability
+from kadam.vocabulary import BATCH_RULES
 from kadam.vocabulary import FLOW_RATES as RATES
 
 __all__ = [
     "BATCH_RULES",
     "RATES",
+    "BatchRecommendation",
+    "RuleEvidence",
     "Hyperparameters",
     "LevelStability",
     "Transfer",
+    "batch_evidence",
+    "recommend_batch_rule",
     "transfer_batch_size",
     "transfer_lr",
 ]
 
 DEFAULT_MARGIN = stability.DEFAULT_MARGIN
-
-BATCH_RULES: dict[str, str] = {
-    "sqrt": "square-root rule (Malladi et al. 2022): lr * sqrt(k), 1 - beta and 1 - gamma * k, eps / sqrt(k), "
-    "decoupled weight decay * sqrt(k)",
-    "linear": "linear lr (Goyal et al. 2017): lr * k, the rest kept",
-    "sqrt-lr": "square-root lr: lr * sqrt(k), the rest kept",
-    "sqrt-lr+half-life": "lr * sqrt(k) and gamma -> gamma**k (Marek et al. 2025: beta2's half-life in samples kept), "
-    "beta kept",
-    "linear+half-life": "lr * k and gamma -> gamma**k (Marek et al. 2025), beta kept",
-    "power-lines": "weight decay * k (Wang & Aitchison 2024, Bergsma et al. 2025: the AdamW timescale B/(lr wd D) "
-    "kept), lr and betas kept",
-    "unchanged": "only the batch size (and steps / k) change",
-}
-"""The batch-size rules by name (module docstring), each with a one-line description."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +199,100 @@ def _stability(levels: Sequence[tuple[float, float]], margin: float, rule: str) 
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the measured evidence
+
+
+EVIDENCE_FILE = "transfer_evidence.json"
+"""The committed batch-size study's summary, shipped in the package (written by the study's report)."""
+
+
+@functools.cache
+def _packaged_evidence() -> str:
+    from importlib import resources
+
+    return resources.files("kadam").joinpath(EVIDENCE_FILE).read_text(encoding="utf-8")
+
+
+def batch_evidence() -> dict[str, Any]:
+    """The committed batch-size study's summary: ``source`` (the command and commit), ``regime``, ``factors``,
+    ``workloads``, ``evaluation_seeds``, ``tolerance_fraction`` and ``rows`` (one per workload, factor and rule:
+    ``regret``, its 95% interval ``low``/``high``, ``relative`` regret and ``verdict``)."""
+    try:
+        return json.loads(_packaged_evidence())
+    except FileNotFoundError:
+        raise ValueError(
+            f"no measured evidence: kadam/{EVIDENCE_FILE} is missing from this installation; name a rule "
+            f"(one of {sorted(BATCH_RULES)})"
+        ) from None
+
+
+@dataclass(frozen=True)
+class RuleEvidence:
+    """One rule's measured regret at one studied factor: the mean relative regret over the workloads
+    (``relative``: regret / the loss the tuned optimum removes) and each workload's row."""
+
+    rule: str
+    relative: float
+    rows: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class BatchRecommendation:
+    """The rule with the lowest measured regret for a batch factor.
+
+    ``studied_factor`` is the studied factor nearest to ``factor`` (in log scale); ``inside`` says whether
+    ``factor`` lies within the studied range; ``ranked`` holds every rule's evidence at ``studied_factor``, best
+    first; ``source`` names the study.
+    """
+
+    rule: str
+    factor: float
+    studied_factor: float
+    inside: bool
+    ranked: tuple[RuleEvidence, ...]
+    source: str
+    workloads: tuple[str, ...]
+    seeds: int
+    regime: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+
+def recommend_batch_rule(
+    factor: float, evidence: dict[str, Any] | None = None, exclude: Sequence[str] = ()
+) -> BatchRecommendation:
+    """The rule of :data:`BATCH_RULES` with the lowest mean relative regret at the studied factor nearest to
+    ``factor`` (log scale) in ``evidence`` (default: :func:`batch_evidence`), leaving out the rules in ``exclude``."""
+    factor = _positive("factor", factor)
+    evidence = batch_evidence() if evidence is None else evidence
+    regime = evidence["regime"]
+    rows = [row for row in evidence["rows"] if row["regime"] == regime and row["rule"] not in exclude]
+    studied = sorted({float(row["factor"]) for row in rows})
+    if not studied:
+        raise ValueError("the evidence has no rows to recommend from")
+    nearest = min(studied, key=lambda f: (abs(math.log(f / factor)), f))
+    ranked = []
+    for rule in dict.fromkeys(row["rule"] for row in rows):
+        mine = tuple(row for row in rows if row["rule"] == rule and float(row["factor"]) == nearest)
+        if mine:
+            ranked.append(RuleEvidence(rule, math.fsum(row["relative"] for row in mine) / len(mine), mine))
+    ranked.sort(key=lambda item: (item.relative, item.rule))
+    return BatchRecommendation(
+        ranked[0].rule,
+        factor,
+        nearest,
+        studied[0] <= factor <= studied[-1],
+        tuple(ranked),
+        evidence["source"],
+        tuple(evidence["workloads"]),
+        int(evidence["evaluation_seeds"]),
+        regime,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
 # the rules
 
 
@@ -303,7 +393,7 @@ def transfer_batch_size(
     factor: float | None = None,
     *,
     to_batch_size: int | None = None,
-    rule: str = "sqrt",
+    rule: str | None = None,
     eps: float = 1e-8,
     decoupled_weight_decay: bool = True,
     margin: float = DEFAULT_MARGIN,
@@ -319,7 +409,9 @@ def transfer_batch_size(
         lr, betas, weight_decay, steps, eps, margin: as for :func:`transfer_lr`.
         batch_size: the current batch size B.
         factor: κ; or give ``to_batch_size`` (then ``κ = to_batch_size / batch_size``).
-        rule: the rule whose result is ``target`` (a key of :data:`BATCH_RULES`).
+        rule: the rule whose result is ``target`` (a key of :data:`BATCH_RULES`); ``None``: the rule with the lowest
+            measured regret (:func:`recommend_batch_rule`; where the square-root rule cannot apply to these betas,
+            the best of the others).
         decoupled_weight_decay: AdamW's decay (``True``) or Adam's L2 (``False``, kept by every rule: it is part of
             the loss).
 
@@ -336,11 +428,13 @@ def transfer_batch_size(
     weight_decay = _non_negative("weight_decay", weight_decay)
     eps = _non_negative("eps", eps)
     steps = _optional_count("steps", steps)
-    if rule not in BATCH_RULES:
-        raise ValueError(f"rule must be one of {sorted(BATCH_RULES)}, got {rule!r}")
+    if rule is not None and rule not in BATCH_RULES:
+        raise ValueError(f"rule must be one of {sorted(BATCH_RULES)} or None, got {rule!r}")
     if to_batch_size is not None:
         _optional_count("to_batch_size", to_batch_size)
     kappa = _factor(factor, to_batch_size, float(batch_size), "batch_size", "to_batch_size")
+    if rule is None:
+        rule = recommend_batch_rule(kappa, exclude=("sqrt",) if _sqrt_invalid(levels, kappa) else ()).rule
     if rule == "sqrt":
         for i, (beta, gamma) in enumerate(levels, start=1):
             for name, decay in (("beta", beta), ("gamma", gamma)):
@@ -364,11 +458,17 @@ def transfer_batch_size(
         return Hyperparameters(new_lr, new_levels, new_eps, new_decay, new_steps, new_batch_size)
 
     target = settings(rule)
+    if not _usable(target):
+        raise ValueError(
+            f"factor {kappa:g} is outside what the {rule} rule can represent in float64 (a new decay rounds to 1, or "
+            f"the lr, eps or weight decay is not a positive finite number): lr {target.lr:g}, betas {target.betas}"
+        )
     alternatives = {
         name: settings(name)
         for name in BATCH_RULES
         if name != rule and not (name == "sqrt" and _sqrt_invalid(levels, kappa))
     }
+    alternatives = {name: value for name, value in alternatives.items() if _usable(value)}
     return Transfer(
         f"batch-{rule}",
         kappa,
@@ -377,6 +477,17 @@ def transfer_batch_size(
         alternatives,
         _stability(target.betas, margin, f"batch-{rule}"),
         tuple(notes),
+    )
+
+
+def _usable(settings: Hyperparameters) -> bool:
+    """Every decay below 1 and the lr, eps and weight decay finite (the lr positive) in float64."""
+    return (
+        math.isfinite(settings.lr)
+        and settings.lr > 0
+        and math.isfinite(settings.eps)
+        and math.isfinite(settings.weight_decay)
+        and all(decay < 1.0 for pair in settings.betas for decay in pair)
     )
 
 

@@ -11,7 +11,9 @@ Nothing here imports torch, NumPy or another kadam module.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 __all__ = [
@@ -115,5 +117,20 @@ FLOW_PROBLEMS: tuple[str, ...] = ("quadratic", "logistic", "mlp", "coupled", "co
 """Problems of the continuous-time model (``kadam flow --problem``)."""
 FLOW_RATES: tuple[str, ...] = ("exact", "paper")
 """Rate conventions of the continuous model: ``a = -ln β`` (exact) or ``(1 - β)/β`` (the paper's)."""
+BATCH_RULES: Mapping[str, str] = MappingProxyType(
+    {
+        "sqrt": "square-root rule (Malladi et al. 2022): lr * sqrt(k), 1 - beta and 1 - gamma * k, eps / sqrt(k), "
+        "decoupled weight decay * sqrt(k)",
+        "linear": "linear lr (Goyal et al. 2017): lr * k, the rest kept",
+        "sqrt-lr": "square-root lr: lr * sqrt(k), the rest kept",
+        "sqrt-lr+half-life": "lr * sqrt(k) and gamma -> gamma**k (Marek et al. 2025: beta2's half-life in samples "
+        "kept), beta kept",
+        "linear+half-life": "lr * k and gamma -> gamma**k (Marek et al. 2025), beta kept",
+        "power-lines": "weight decay * k (Wang & Aitchison 2024, Bergsma et al. 2025: the AdamW timescale "
+        "B/(lr wd D) kept), lr and betas kept",
+        "unchanged": "only the batch size (and steps / k) change",
+    }
+)
+"""The batch-size transfer rules by name, each with a one-line description (:mod:`kadam.transfer`, THEORY §6)."""
 MODIFIED_ORDERS: tuple[int, ...] = (1, 2)
 """Orders of the modified equations (``kadam flow --modified --order``)."""

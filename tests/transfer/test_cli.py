@@ -8,9 +8,50 @@ import re
 
 import pytest
 
+from kadam import transfer as transfer_module
 from kadam.cli import main
-from kadam.transfer import transfer_batch_size, transfer_lr
+from kadam.transfer import BATCH_RULES, transfer_batch_size, transfer_lr
 from tests.cli.helpers import exit_status, refused
+
+
+def synthetic_evidence() -> dict:
+    """A study summary in the packaged format: linear is best at κ >= 2, unchanged below 1 (made up for these tests;
+    the packaged file's own test checks it against results/transfer-study)."""
+    rows = []
+    for factor in (0.25, 0.5, 2, 4, 8):
+        for index, rule in enumerate(BATCH_RULES):
+            best = "linear" if factor > 1 else "unchanged"
+            relative = 0.0 if rule == best else 0.01 * (index + 1)
+            for workload in ("gpt", "cnn"):
+                rows.append(
+                    {
+                        "workload": workload,
+                        "regime": "samples",
+                        "factor": factor,
+                        "rule": rule,
+                        "regret": relative,
+                        "low": relative - 0.01,
+                        "high": relative + 0.01,
+                        "relative": relative,
+                        "tolerance": 0.02,
+                        "verdict": "holds",
+                    }
+                )
+    return {
+        "source": "a synthetic study",
+        "regime": "samples",
+        "factors": [0.25, 0.5, 2, 4, 8],
+        "base_batch": 32,
+        "workloads": ["gpt", "cnn"],
+        "evaluation_seeds": 3,
+        "tolerance_fraction": 0.02,
+        "rows": rows,
+    }
+
+
+@pytest.fixture(autouse=True)
+def _evidence(monkeypatch):
+    monkeypatch.setattr(transfer_module, "batch_evidence", synthetic_evidence)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -18,15 +59,61 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     return status, capsys.readouterr().out
 
 
-def test_batch_size_transfer_prints_the_square_root_rule(capsys):
-    status, out = run(capsys, "--lr", "3e-3", "--betas", "0.9", "0.999", "--batch-size", "32", "--to-batch-size", "256")
+def test_batch_size_transfer_recommends_the_rule_with_the_lowest_measured_regret(capsys):
+    argv = ("--lr", "3e-3", "--betas", "0.9", "0.999", "--batch-size", "32", "--to-batch-size", "256")
+    status, out = run(capsys, *argv)
     assert status == 0
-    expected = transfer_batch_size(3e-3, (0.9, 0.999), 32, to_batch_size=256).target
-    assert "rule: batch-sqrt (factor 8)" in out
+    expected = transfer_batch_size(3e-3, (0.9, 0.999), 32, to_batch_size=256, rule="linear").target
+    assert "rule: batch-linear (factor 8)" in out
     to_line = next(line for line in out.splitlines() if line.strip().startswith("to "))
-    assert f"lr {expected.lr:.6g}" in to_line and f"({expected.betas[0][0]:.6g}, {expected.betas[0][1]:.6g})" in to_line
-    assert "batch 256" in to_line
-    assert "linear" in out and "unchanged" in out and "inside gamma > beta**2" in out
+    assert f"lr {expected.lr:.6g}" in to_line and "batch 256" in to_line
+    assert "why: the lowest measured regret at ×8 in the committed study" in out
+    assert "evidence: a synthetic study" in out and "3 paired seeds" in out
+    ranked = [
+        line.split()[-1] for line in out.splitlines() if " relative " in line for line in [line.split(" relative ")[0]]
+    ]
+    assert ranked[0] == "linear" and set(ranked) == set(BATCH_RULES)
+    assert "gpt +0 [-0.01, +0.01] holds" in out
+    assert all(f"  {rule} " in out for rule in BATCH_RULES)  # every alternative is printed
+    assert "inside gamma > beta**2" in out and "WARNING: factor" not in out
+    status, out = run(capsys, *argv, "--rule", "sqrt")
+    assert (
+        "rule: batch-sqrt (factor 8)" in out
+        and "chosen with --rule (the lowest measured regret at ×8 is linear)" in out
+    )
+    printed = json.loads(run(capsys, *argv, "--json")[1])
+    assert printed["rule"] == "batch-linear" and printed["evidence"]["rule"] == "linear"
+    assert printed["evidence"]["studied_factor"] == 8 and printed["evidence"]["inside"] is True
+    assert len(printed["evidence"]["ranked"]) == len(BATCH_RULES)
+
+
+def test_a_factor_outside_the_study_is_said_so(capsys):
+    status, out = run(capsys, "--lr", "3e-3", "--batch-size", "32", "--to-batch-size", "1024")
+    assert status == 0 and "rule: batch-linear (factor 32)" in out
+    assert "WARNING: factor 32 lies outside the studied factors; the evidence is from ×8" in out
+    status, out = run(capsys, "--lr", "3e-3", "--batch-size", "32", "--to-batch-size", "96")
+    assert "note: factor 3 was not studied; the evidence is from ×4, the nearest" in out
+    status, out = run(capsys, "--lr", "3e-3", "--batch-size", "32", "--to-batch-size", "16")
+    assert "rule: batch-unchanged (factor 0.5)" in out
+
+
+def test_the_recommendation_skips_a_rule_these_betas_cannot_take(capsys, monkeypatch):
+    evidence = synthetic_evidence()
+    for row in evidence["rows"]:
+        row["relative"] = -1.0 if row["rule"] == "sqrt" else row["relative"]
+    monkeypatch.setattr(transfer_module, "batch_evidence", lambda: evidence)
+    status, out = run(capsys, "--lr", "3e-3", "--batch-size", "32", "--factor", "8")
+    assert "rule: batch-sqrt" in out  # 8 * (1 - 0.9) <= 1: the best rule applies
+    status, out = run(capsys, "--lr", "3e-3", "--batch-size", "32", "--factor", "16")
+    assert status == 0 and "rule: batch-linear" in out  # 16 * 0.1 > 1: the next best
+
+
+def test_rule_and_study_options_are_checked(capsys):
+    refused(
+        capsys, ["transfer", "--lr", "1e-3", "--factor", "2", "--rule", "sqrt"], "argument --rule: only for a batch"
+    )
+    refused(capsys, ["transfer", "--study"], "argument --out: required with --study")
+    refused(capsys, ["transfer", "--factor", "2"], "argument --lr: required")
 
 
 def test_lr_transfer_json_equals_the_library(capsys):
@@ -73,13 +160,13 @@ def test_unstable_target_is_reported_with_the_nearest_pair(capsys):
         ),
         (["--lr", "1e-3", "--batch-size", "32"], "argument --factor: give exactly one of --factor and --to-batch-size"),
         (
-            ["--lr", "1e-3", "--batch-size", "32", "--factor", "16"],
+            ["--lr", "1e-3", "--batch-size", "32", "--factor", "16", "--rule", "sqrt"],
             "argument --factor: the square-root rule needs "
             "factor * (1 - beta) <= 1 at every level; level 1 "
             "has beta = 0.9, so --factor must be <= 10, got 16",
         ),
         (
-            ["--lr", "1e-3", "--batch-size", "32", "--to-batch-size", "512"],
+            ["--lr", "1e-3", "--batch-size", "32", "--to-batch-size", "512", "--rule", "sqrt"],
             "argument --to-batch-size: the square-root rule needs factor * (1 - beta) <= 1",
         ),
         (
@@ -111,7 +198,7 @@ def test_unstable_target_is_reported_with_the_nearest_pair(capsys):
             "gamma**factor (gamma = 0.999) rounds to 1; --to-lr / --lr must be >=",
         ),
         (
-            ["--lr", "1e-3", "--batch-size", "32", "--factor", "1e-300"],
+            ["--lr", "1e-3", "--batch-size", "32", "--factor", "1e-300", "--rule", "sqrt"],
             "argument --factor: too small for float64: below 5.56e-14, level 1's 1 - factor * (1 - gamma)",
         ),
         (
@@ -155,6 +242,7 @@ def test_the_smallest_factor_reported_is_accepted_and_a_smaller_one_is_not(capsy
         [],
         ["--rates", "paper"],
         ["--batch-size", "32"],
+        *(["--batch-size", "32", "--rule", rule] for rule in ("sqrt", "linear+half-life", "power-lines")),
         ["--betas", "0", "0"],
         ["--betas", "0", "0", "--batch-size", "2", "--steps", "1000", "--weight-decay", "1e-2"],
     ],
@@ -188,4 +276,14 @@ def test_a_boundary_pair_is_not_called_inside(capsys):
 
 def test_main_runs_it(capsys):
     assert main(["transfer", "--lr", "3e-3", "--batch-size", "32", "--to-batch-size", "256"]) == 0
-    assert "batch-sqrt" in capsys.readouterr().out
+    assert "rule: batch-linear" in capsys.readouterr().out
+
+
+def test_without_packaged_evidence_a_named_rule_still_works(capsys, monkeypatch):
+    def missing():
+        raise ValueError("no measured evidence: kadam/transfer_evidence.json is missing from this installation")
+
+    monkeypatch.setattr(transfer_module, "batch_evidence", missing)
+    refused(capsys, ["transfer", "--lr", "1e-3", "--batch-size", "32", "--factor", "2"], "argument --rule: no measured")
+    status, out = run(capsys, "--lr", "1e-3", "--batch-size", "32", "--factor", "2", "--rule", "sqrt")
+    assert status == 0 and "rule: batch-sqrt" in out and "evidence:" not in out

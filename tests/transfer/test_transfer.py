@@ -94,7 +94,7 @@ def test_discrete_runs_transferred_closer_than_naive():
 
 def test_batch_square_root_rule_against_its_formulas():
     result = transfer_batch_size(
-        3e-3, [(0.9, 0.999), (0.0, 0.999)], 32, weight_decay=0.01, steps=1000, to_batch_size=256, eps=1e-8
+        3e-3, [(0.9, 0.999), (0.0, 0.999)], 32, weight_decay=0.01, steps=1000, to_batch_size=256, eps=1e-8, rule="sqrt"
     )
     kappa = 8.0
     assert result.factor == kappa and result.rule == "batch-sqrt"
@@ -108,14 +108,16 @@ def test_batch_square_root_rule_against_its_formulas():
     assert result.alternatives["linear"].lr == pytest.approx(3e-3 * kappa)
     assert result.alternatives["linear"].betas == result.source.betas
     assert result.alternatives["unchanged"].lr == 3e-3
-    coupled = transfer_batch_size(3e-3, (0.9, 0.999), 32, weight_decay=0.01, factor=2, decoupled_weight_decay=False)
+    coupled = transfer_batch_size(
+        3e-3, (0.9, 0.999), 32, weight_decay=0.01, factor=2, decoupled_weight_decay=False, rule="sqrt"
+    )
     assert coupled.target.weight_decay == 0.01
     assert result.to_dict()["target"]["batch_size"] == 256
 
 
 def test_batch_rule_refuses_a_negative_beta():
     with pytest.raises(ValueError, match=r"factor must be <= 10"):
-        transfer_batch_size(1e-3, (0.9, 0.999), 32, factor=16)
+        transfer_batch_size(1e-3, (0.9, 0.999), 32, factor=16, rule="sqrt")
 
 
 def test_unstable_target_warns_with_the_nearest_stable_pair():
@@ -128,7 +130,7 @@ def test_unstable_target_warns_with_the_nearest_stable_pair():
     beta, gamma = level.nearest_stable
     assert gamma - beta**2 == pytest.approx(1e-3, rel=1e-9)
     with pytest.warns(UserWarning):
-        transfer_batch_size(1e-3, (0.9, 0.82), 32, factor=2)
+        transfer_batch_size(1e-3, (0.9, 0.82), 32, factor=2, rule="sqrt")
 
 
 def test_nearest_stable_pair_is_the_nearest_point_by_brute_force():
@@ -155,8 +157,14 @@ def test_nearest_stable_pair_is_the_nearest_point_by_brute_force():
         (lambda: transfer_lr(1e-3, (0.9, 0.999), steps=0, factor=2), "steps must be an integer >= 1"),
         (lambda: transfer_lr(1e-3, (0.9, 0.999), weight_decay=-1, factor=2), "weight_decay must be"),
         (lambda: transfer_lr(1e-3, [(0.9,)], factor=2), "betas of level 1 must be a pair"),
-        (lambda: transfer_batch_size(1e-3, (0.9, 0.999), 0, factor=2), "batch_size must be an integer >= 1"),
-        (lambda: transfer_batch_size(1e-3, (0.9, 0.999), 32, factor=1.01), "batch_size \\* factor must be an integer"),
+        (
+            lambda: transfer_batch_size(1e-3, (0.9, 0.999), 0, factor=2, rule="sqrt"),
+            "batch_size must be an integer >= 1",
+        ),
+        (
+            lambda: transfer_batch_size(1e-3, (0.9, 0.999), 32, factor=1.01, rule="sqrt"),
+            "batch_size \\* factor must be an integer",
+        ),
     ],
 )
 def test_bad_input_names_the_argument(call, message):

@@ -16,8 +16,17 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from kadam.cli.options import command, decay, int_at_least, nonnegative_float, positive_float
+from kadam.cli.options import (
+    available_cores,
+    command,
+    decay,
+    int_at_least,
+    nonnegative_float,
+    output_directory,
+    positive_float,
+)
 from kadam.cli.region import ON_BOUNDARY
+from kadam.vocabulary import BATCH_RULES, PROFILES
 from kadam.vocabulary import FLOW_RATES as RATES
 
 RULES = {
@@ -25,10 +34,7 @@ RULES = {
     "lr -> c lr, steps -> steps / c, weight decay and eps kept",
     "lr-paper": "learning rate, paper rates (THEORY §6): (1 - beta)/beta -> c (1 - beta)/beta at every level, "
     "lr -> c lr, steps -> steps / c, weight decay and eps kept",
-    "batch-sqrt": "batch size, square-root rule (Malladi et al. 2022, THEORY §6): lr -> sqrt(k) lr, "
-    "1 - beta -> k (1 - beta), 1 - gamma -> k (1 - gamma), eps -> eps / sqrt(k), steps -> steps / k",
 }
-
 MAX_STEPS = 2**53
 """The largest --steps: steps / factor is computed in float64, exact for integers up to 2**53."""
 
@@ -42,7 +48,7 @@ def register(subparsers: Any) -> None:
         "(2022). Prints the new hyperparameters, the rule, the alternatives (naive / linear / unchanged) and "
         "whether every new (beta, gamma) lies inside the stable region gamma > beta**2.",
     )
-    parser.add_argument("--lr", type=positive_float, required=True, help="current learning rate > 0")
+    parser.add_argument("--lr", type=positive_float, help="current learning rate > 0 (required unless --study)")
     parser.add_argument(
         "--betas",
         type=decay,
@@ -64,9 +70,24 @@ def register(subparsers: Any) -> None:
         "--batch-size", type=int_at_least(1), help="current batch size >= 1: transfer across batch sizes"
     )
     parser.add_argument("--to-batch-size", type=int_at_least(1), help="new batch size >= 1 (instead of --factor)")
+    parser.add_argument(
+        "--rule",
+        choices=tuple(BATCH_RULES),
+        help="batch-size rule (default: the one with the lowest measured regret in the committed study)",
+    )
     parser.add_argument("--rates", choices=RATES, default="exact", help="moment rates of the lr rule (default exact)")
     parser.add_argument("--coupled", action="store_true", help="Adam's coupled L2 decay (default: AdamW's decoupled)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    study = parser.add_argument_group("the batch-size study (instead of a transfer)")
+    study.add_argument(
+        "--study",
+        action="store_true",
+        help="run the batch-size study (every rule's regret against the tuned optimum; cached, resumable) and "
+        "write its report under --out",
+    )
+    study.add_argument("--out", type=output_directory, metavar="DIR", help="the study's output folder (cache inside)")
+    study.add_argument("--profile", choices=PROFILES, default="full", help="the study's sizes (default full)")
+    study.add_argument("--jobs", type=int_at_least(1), default=available_cores(), help="worker processes")
     command(parser, run, check)
 
 
@@ -99,9 +120,7 @@ def _factor(args: argparse.Namespace) -> tuple[float, str]:
     """The rule's factor and the option it comes from; both/neither of the two ways to give it is an error."""
     if _batch_mode(args):
         if args.to_lr is not None:
-            raise ValueError(
-                "argument --to-lr: not allowed with a batch-size transfer (the square-root rule sets the lr)"
-            )
+            raise ValueError("argument --to-lr: not allowed with a batch-size transfer (the batch rule sets the lr)")
         if args.batch_size is None:
             raise ValueError("argument --to-batch-size: needs --batch-size (the current batch size)")
         if (args.factor is None) == (args.to_batch_size is None):
@@ -124,20 +143,49 @@ def _factor(args: argparse.Namespace) -> tuple[float, str]:
     return factor, "--to-lr"
 
 
-def _new_decay(args: argparse.Namespace, decay_value: float, factor: float) -> float:
+def _new_decay(args: argparse.Namespace, decay_value: float, factor: float, name: str = "gamma") -> float:
     """The rule's new decay (:mod:`kadam.transfer`'s formulas)."""
     if _batch_mode(args):
-        return 1.0 - factor * (1.0 - decay_value)
+        if args.resolved_rule == "sqrt":
+            return 1.0 - factor * (1.0 - decay_value)
+        if args.resolved_rule.endswith("+half-life") and name == "gamma":
+            return decay_value**factor
+        return decay_value
     if args.rates == "exact":
         return decay_value**factor
     return decay_value / (decay_value + factor * (1.0 - decay_value))
 
 
+def _resolve_rule(args: argparse.Namespace, pairs: list[tuple[float, float]], factor: float) -> None:
+    """``args.resolved_rule``: ``--rule``, or the rule with the lowest measured regret (``args.recommendation``)."""
+    args.recommendation = None
+    args.resolved_rule = args.rule
+    if not _batch_mode(args) or args.rule is not None:
+        return
+    from kadam.transfer import recommend_batch_rule
+
+    sqrt_invalid = any(d != 0.0 and factor * (1.0 - d) > 1.0 for pair in pairs for d in pair)
+    try:
+        args.recommendation = recommend_batch_rule(factor, exclude=("sqrt",) if sqrt_invalid else ())
+    except ValueError as error:
+        raise ValueError(f"argument --rule: {error}") from None
+    args.resolved_rule = args.recommendation.rule
+
+
 def check(args: argparse.Namespace) -> None:
     """Every condition the rule needs, with the option to change and its accepted range; then the result
     itself (every number finite), so that a command that passes prints only usable values."""
+    if args.study:
+        if args.out is None:
+            raise ValueError("argument --out: required with --study (the study's output folder)")
+        return
+    if args.lr is None:
+        raise ValueError("argument --lr: required (the current learning rate), unless --study")
+    if args.rule is not None and not _batch_mode(args):
+        raise ValueError("argument --rule: only for a batch-size transfer (give --batch-size)")
     pairs = _pairs(args.betas)
     factor, source = _factor(args)
+    _resolve_rule(args, pairs, factor)
     if args.steps is not None and args.steps > MAX_STEPS:
         raise ValueError(f"argument --steps: must be an integer in [1, 2**53], got {args.steps}")
     what = (
@@ -152,22 +200,22 @@ def check(args: argparse.Namespace) -> None:
         if value != 0.0
     ]  # 0 stays 0 under every rule
     for level, name, value in decays:
-        if _batch_mode(args) and factor * (1.0 - value) > 1.0:
+        if _batch_mode(args) and args.resolved_rule == "sqrt" and factor * (1.0 - value) > 1.0:
             raise ValueError(
                 f"argument {source}: the square-root rule needs factor * (1 - {name}) <= 1 at every level; "
                 f"level {level} has {name} = {value:g}, so {what} must be <= {1.0 / (1.0 - value):.6g}, "
                 f"got {factor:.6g}"
             )
-    if any(not _new_decay(args, value, factor) < 1.0 for _, _, value in decays):
+    if any(not _new_decay(args, value, factor, name) < 1.0 for _, name, value in decays):
         smallest, level, name, value = max(
-            (_smallest_factor(lambda c, v=value: _new_decay(args, v, c)), level, name, value)
+            (_smallest_factor(lambda c, v=value, n=name: _new_decay(args, v, c, n)), level, name, value)
             for level, name, value in decays
         )
         formula = (
             "1 - factor * (1 - {0})"
-            if _batch_mode(args)
+            if _batch_mode(args) and args.resolved_rule == "sqrt"
             else "{0}**factor"
-            if args.rates == "exact"
+            if _batch_mode(args) or args.rates == "exact"
             else "{0} / ({0} + factor * (1 - {0}))"
         ).format(name)
         raise ValueError(
@@ -195,7 +243,7 @@ def check(args: argparse.Namespace) -> None:
                 f"{args.batch_size} * {factor:.6g} = {new_batch:.6g}"
             )
     result = _compute(args)
-    for name, settings in (("new", result.target), *result.alternatives.items()):
+    for name, settings in (("new", result.target), *([] if _batch_mode(args) else result.alternatives.items())):
         for quantity, value in (("lr", settings.lr), ("eps", settings.eps), ("weight decay", settings.weight_decay)):
             if not math.isfinite(value) or (quantity == "lr" and value <= 0.0):
                 label = "new" if name == "new" else f"{name} alternative's"
@@ -208,9 +256,11 @@ def check(args: argparse.Namespace) -> None:
 def _largest_factor(args: argparse.Namespace) -> float:
     """The largest factor whose new lr (and the alternatives' lr, and the new weight decay) stay finite."""
     largest = sys.float_info.max / args.lr  # lr * c (lr rule, naive, linear)
-    if _batch_mode(args) and args.weight_decay > 0:  # weight_decay * sqrt(k)
+    if _batch_mode(args) and args.weight_decay > 0:  # weight_decay * sqrt(k) (sqrt) or * k (power-lines)
         root = sys.float_info.max / args.weight_decay
-        largest = min(largest, root * root if root < 1e154 else math.inf)
+        largest = min(
+            largest, root if args.resolved_rule == "power-lines" else root * root if root < 1e154 else math.inf
+        )
     return largest * (1 - 1e-12)
 
 
@@ -230,6 +280,7 @@ def _compute(args: argparse.Namespace) -> Any:
                 args.steps,
                 args.factor,
                 to_batch_size=args.to_batch_size,
+                rule=args.resolved_rule,
                 eps=args.eps,
                 decoupled_weight_decay=not args.coupled,
             )
@@ -256,7 +307,7 @@ def _row(name: str, settings: Any) -> str:
         parts.append(f"steps {settings.steps}")
     if settings.batch_size is not None:
         parts.append(f"batch {settings.batch_size}")
-    return f"  {name:<10} " + ", ".join(parts)
+    return f"  {name:<17} " + ", ".join(parts)
 
 
 def stability_line(level: Any) -> str:
@@ -286,19 +337,84 @@ def stability_line(level: Any) -> str:
     )
 
 
+def _evidence(args: argparse.Namespace, factor: float) -> Any:
+    """The committed study's evidence at the studied factor nearest to ``factor`` (batch mode), else ``None``."""
+    if not _batch_mode(args):
+        return None
+    if args.recommendation is not None:
+        return args.recommendation
+    from kadam.transfer import recommend_batch_rule
+
+    try:
+        return recommend_batch_rule(factor)
+    except ValueError:  # no packaged evidence: the named rule is printed without it
+        return None
+
+
+def _evidence_lines(args: argparse.Namespace, evidence: Any, rule: str) -> list[str]:
+    """Why this rule, and every rule's measured regret at the nearest studied factor, with intervals."""
+    studied = f"×{evidence.studied_factor:g}"
+    why = (
+        f"  why: the lowest measured regret at {studied} in the committed study"
+        if args.rule is None
+        else f"  why: chosen with --rule (the lowest measured regret at {studied} is {evidence.rule})"
+    )
+    lines = [
+        why,
+        f"  evidence: {evidence.source}; equal {evidence.regime} seen; {', '.join(evidence.workloads)}; "
+        f"{evidence.seeds} paired seeds",
+        f"  regret at {studied}: final test loss at the rule's hyperparameters minus at the tuned optimum at the new "
+        "batch size, mean [95% interval] per workload; relative: over the loss the optimum removes",
+    ]
+    for item in evidence.ranked:
+        marker = "->" if item.rule == rule else "  "
+        rows = ", ".join(
+            f"{row['workload']} {row['regret']:+.3g} [{row['low']:+.3g}, {row['high']:+.3g}] {row['verdict']}"
+            for row in item.rows
+        )
+        lines.append(f"  {marker} {item.rule:<18} relative {item.relative:+.1%}: {rows}")
+    if not evidence.inside:
+        lines.append(
+            f"  WARNING: factor {evidence.factor:g} lies outside the studied factors; the evidence is from {studied}, "
+            "the nearest: no rule's regret was measured this far"
+        )
+    elif evidence.factor != evidence.studied_factor:
+        lines.append(f"  note: factor {evidence.factor:g} was not studied; the evidence is from {studied}, the nearest")
+    return lines
+
+
+def run_study(args: argparse.Namespace) -> int:
+    from kadam.cli.interrupts import signals_stop_workers
+    from kadam.experiments.transfer.section import run_batch_study
+
+    with signals_stop_workers():
+        run_batch_study(args.profile, args.out, args.jobs, "kadam " + " ".join(sys.argv[1:]))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.study:
+        return run_study(args)
     result = _compute(args)
+    description = RULES.get(result.rule) or BATCH_RULES[result.rule.removeprefix("batch-")]
+    evidence = _evidence(args, result.factor)
     if args.json:
-        print(json.dumps({**result.to_dict(), "stable": result.stable, "description": RULES[result.rule]}, indent=2))
+        printed = {**result.to_dict(), "stable": result.stable, "description": description}
+        if evidence is not None:
+            printed["evidence"] = evidence.to_dict()
+        print(json.dumps(printed, indent=2))
         return 0
     print(f"rule: {result.rule} (factor {result.factor:.6g})")
-    print(f"  {RULES[result.rule]}")
+    print(f"  {description}")
     print(_row("from", result.source))
     print(_row("to", result.target))
     for name, settings in result.alternatives.items():
         print(_row(name, settings) + "   (for comparison)")
     for note in result.notes:
         print(f"  note: {note}")
+    if evidence is not None:
+        for line in _evidence_lines(args, evidence, result.rule.removeprefix("batch-")):
+            print(line)
     for level in result.stability:
         print(stability_line(level))
     return 0

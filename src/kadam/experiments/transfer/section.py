@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,9 @@ RULE_TITLES = {
 TOLERANCE_TEXT = f"{analysis.TOLERANCE_FRACTION:.0%} of the loss the tuned optimum removes"
 
 
-def build_section(settings: Any) -> Section:
-    """The transfer section at ``settings.profile``'s sizes (:func:`~kadam.experiments.profiles.profile_sizes`)."""
+def build_section(settings: Any, full_batch: bool = True) -> Section:
+    """The transfer section at ``settings.profile``'s sizes (:func:`~kadam.experiments.profiles.profile_sizes`);
+    ``full_batch=False``: the batch-size study alone (``kadam transfer --study``)."""
     config = profile_sizes(settings.profile).transfer
     lr_cells = [
         Cell(
@@ -47,6 +49,7 @@ def build_section(settings: Any) -> Section:
         for problem in config.lr_problems
         for lr in config.lr_values
         for seed in config.seeds[:1]
+        if full_batch
     ]
     study = batch_study_cells(config.batch)
 
@@ -62,6 +65,49 @@ def build_section(settings: Any) -> Section:
         followup=study.followup,
         followup_cost=study.followup_cost(),
     )
+
+
+def packaged_evidence(results: Mapping[str, Any], command: str) -> dict[str, Any]:
+    """The summary of a batch-size study's ``results.json`` that ships with the package (``kadam/transfer_evidence.json``,
+    read by :func:`kadam.transfer.batch_evidence`): the first regime's rows with their regrets, intervals and
+    verdicts, and where they come from."""
+    study = results["sections"]["transfer"]["data"]["batch_study"]
+    regime = study["regimes"][0]
+    keys = ("workload", "regime", "factor", "rule", "regret", "low", "high", "relative", "tolerance", "verdict")
+    return {
+        "source": f"results/transfer-study (`{command}`, kadam {results['kadam_version']}, "
+        f"torch {results['environment']['torch']})",
+        "regime": regime,
+        "factors": study["factors"],
+        "base_batch": study["base_batch"],
+        "workloads": study["workloads"],
+        "evaluation_seeds": study["evaluation_seeds"],
+        "tolerance_fraction": study["tolerance_fraction"],
+        "rows": [{key: row[key] for key in keys} for row in study["rows"]],
+    }
+
+
+def run_batch_study(profile: str, out: str | Path, jobs: int, command: str) -> dict[str, Path]:
+    """The transfer section alone at ``profile`` (``kadam transfer --study``): its report under ``out`` and the
+    evidence summary ``out/transfer_evidence.json`` (:func:`packaged_evidence`), cached and resumable."""
+    import json
+    import sys
+
+    from kadam.experiments.comparison.study import run_section_study
+
+    paths = run_section_study(
+        functools.partial(build_section, full_batch=False),
+        "transfer",
+        profile,
+        out,
+        jobs,
+        show_progress=sys.stderr.isatty(),
+        command=command,
+    )
+    results = json.loads((Path(out) / "results.json").read_text(encoding="utf-8"))
+    evidence = Path(out) / "transfer_evidence.json"
+    evidence.write_text(json.dumps(packaged_evidence(results, command), indent=1) + "\n", encoding="utf-8")
+    return {**paths, "evidence": evidence}
 
 
 def _slope(lrs: list[float], gaps: list[float]) -> float | None:
@@ -123,7 +169,7 @@ def _document(
     batch_tables, batch_findings, batch_figures, evidence = _batch_document(config.batch, batch, figures)
     findings.extend(batch_findings)
     figure_list.extend(batch_figures)
-    tables = [
+    full_batch_tables = [
         Table(
             "Full batch: loss gap max_t |L_cη(t) − L_η(t)| / (L(0) − min L) and parameter gap "
             "max_t ‖θ_cη(t) − θ_η(t)‖ / ‖θ_η(T) − θ₀‖",
@@ -135,8 +181,8 @@ def _document(
             ["problem", "c", "betas", "slope"],
             slope_rows,
         ),
-        *batch_tables,
     ]
+    tables = [*(full_batch_tables if lr_rows else []), *batch_tables]
     method = (
         "THEORY §6 with kadam.transfer. Full batch: AdamW (λ = 0.01, (0.9, 0.999)) at η and at c·η with the "
         "exact-rate betas (β^c, γ^c), the paper-rate betas and the same betas, compared at equal t = η·step. "
