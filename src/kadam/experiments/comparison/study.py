@@ -26,6 +26,7 @@ __all__ = ["run_section_study", "run_study"]
 TITLES = {
     "comparison": "Does k-Adam train better? The comparison protocol",
     "monitor": "The stability monitor and its guard: the validation protocol",
+    "transfer": "Hyperparameter transfer across batch sizes: each rule's regret against the tuned optimum",
 }
 
 
