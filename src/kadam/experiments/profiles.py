@@ -440,7 +440,7 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen(
                     lr_low=3e-4,
                     lr_high=3e-2,
                     lr_points=9,
-                    tuning_seeds=(0, 1),
+                    tuning_seeds=(0,),
                     evaluation_seeds=(1000, 1001, 1002),
                     seconds_per_sample=_TRANSFER_SECONDS_PER_SAMPLE,
                 ),
