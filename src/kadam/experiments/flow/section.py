@@ -352,18 +352,32 @@ def _document(
     failing_rows = [row for row in merged["rows"] if not row["passes"]]
     growth = "; ".join(_failure_text(row, bar, restart) for row in failing_rows)
     crossed = [f"{row['problem']} k={row['k']}" for row in failing_rows]
+    drawn = plots.restarts_drawn(merged, restart)
     figure_list = [
         draw_figure(
             figures,
             "flow_accuracy.png",
-            lambda path: plots.plot_accuracy(merged, path),
+            lambda path: plots.plot_accuracy(merged, path, restart),
             f"Relative trajectory error ‖θ_cont − θ_disc‖ / ‖θ_disc − θ₀‖ against step at η = "
             f"{merged['lr']:g} ({merged['rates']} rates, order {merged['order']}, seed "
             f"{merged['seed']}), per problem and k; the dashed line is the {bar:.0%} bar"
             + (
-                f", crossed by {', '.join(crossed)}: its error rises after the first steps (findings)."
+                f", crossed by {', '.join(crossed)}: its error rises after the first steps."
                 if failing_rows
                 else ", which every run stays under."
+            )
+            + (
+                f" Grey ({restart['problem']}): the model restarted from the discrete run's state at step "
+                + ", ".join(f"{row['restart_step']} (largest error {row['max_rel_error']:.2%})" for row in drawn)
+                + ", against the same run: "
+                + (
+                    "it stays under the bar, so the later rise of the run from θ₀ is the error of its first steps "
+                    "carried along as the two trajectories separate, not the model's error in the later steps."
+                    if all(row["max_rel_error"] <= bar for row in drawn)
+                    else "it crosses the bar too, so the model's error in the later steps adds to the first steps'."
+                )
+                if drawn
+                else ""
             ),
         )
     ]
