@@ -4,10 +4,12 @@ One CharTransformer (``kadam.experiments.workloads``) and one AdamW optimizer tr
 ``--block`` steps alternate between three modes, in rotating order within each of ``--rounds`` rounds:
 
 - ``plain``: AdamW alone;
-- ``monitor``: a default ``StabilityMonitor(optimizer, names=model)`` (records every 10th step);
+- ``monitor``: a default ``StabilityMonitor(optimizer, names=model)`` (records every 10th step), handed the
+  loss at every step (``observe_loss``);
 - ``guard``: the same monitor and ``StabilityGuard(optimizer, monitor=monitor, names=model)`` with its
-  defaults (update clipping, non-finite and outlier skipping, lowering the lr above the edge), which acts at
-  every step.
+  defaults (non-finite and outlier skipping, lowering the lr while the update ratio is above the monitor's
+  rise threshold), which measures at every step, also handed the loss;
+- ``guard + clip``: the same with StableAdamW's update clipping on (``clip_updates=True``).
 
 Hooks are attached at the start of a block and removed at its end; the guard's windows carry from block to
 block through ``state_dict``/``load_state_dict``, as in one long run. Each round gives a ratio of each mode's
@@ -34,7 +36,7 @@ from monitor_overhead import gpt_workload  # benchmarks/ is on sys.path when a s
 
 from kadam.monitor import StabilityGuard, StabilityMonitor
 
-MODES = ("plain", "monitor", "guard")
+MODES = ("plain", "monitor", "guard", "guard + clip")
 
 
 def main() -> None:
@@ -52,8 +54,12 @@ def main() -> None:
             guard = None
             if mode != "plain":
                 monitor = hooks.enter_context(StabilityMonitor(optimizer, names=model, warn=False))
-            if mode == "guard":
-                guard = hooks.enter_context(StabilityGuard(optimizer, monitor=monitor, names=model, warn=False))
+            if mode.startswith("guard"):
+                guard = hooks.enter_context(
+                    StabilityGuard(
+                        optimizer, monitor=monitor, names=model, warn=False, clip_updates=mode == "guard + clip"
+                    )
+                )
                 if guard_state is not None:
                     guard.load_state_dict(guard_state)
             synchronize()
@@ -63,6 +69,10 @@ def main() -> None:
                 loss = task.loss(model(inputs), targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if mode != "plain":
+                    monitor.observe_loss(loss)
+                if guard is not None:
+                    guard.observe_loss(loss)
                 optimizer.step()
             synchronize()
             elapsed = (time.perf_counter() - started) / args.block
@@ -71,7 +81,7 @@ def main() -> None:
         return elapsed
 
     block("plain")  # warm-up
-    block("guard")
+    block("guard + clip")
     per_step: dict[str, list[float]] = {mode: [] for mode in MODES}
     ratios: dict[str, list[float]] = {mode: [] for mode in MODES[1:]}
     for round_index in range(args.rounds):

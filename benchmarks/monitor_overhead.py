@@ -1,9 +1,11 @@
 """Overhead of StabilityMonitor on the character transformer: the same run with and without it.
 
 One CharTransformer (``kadam.experiments.workloads``) and one AdamW optimizer train continuously; blocks of
-``--block`` steps alternate between no monitor, a monitor recording every 10th step and one recording
-every step (attached at the start of a block, detached at its end), for ``--rounds`` rounds in rotating
-order, so that all modes share the run's machine state. Reported: the median over rounds of the per-step
+``--block`` steps alternate between no monitor, the default attach (a monitor recording every 10th step),
+the default attach handed the loss at every step (``observe_loss``, as the Hugging Face and Lightning
+callbacks do: its loss checks run every step) and a monitor recording every step (attached at the start of
+a block, detached at its end), for ``--rounds`` rounds in rotating order, so that all modes share the run's
+machine state. Reported: the median over rounds of the per-step
 time of each mode and its ratio to no monitor (what every=1 costs per recorded step follows from it).
 
     PYTHONPATH=src .venv/bin/python benchmarks/monitor_overhead.py [--width 128] [--layers 2] [--rounds 9]
@@ -25,7 +27,7 @@ import torch
 from kadam.experiments.workloads import build_task
 from kadam.monitor import StabilityMonitor
 
-MODES = ("none", "every 10", "every 1")
+MODES = ("none", "every 10", "every 10 + loss", "every 1")
 
 
 def gpt_workload(
@@ -62,7 +64,7 @@ def gpt_workload(
 def main() -> None:
     args, task, model, optimizer, generator = gpt_workload(__doc__.splitlines()[0])
 
-    def block() -> float:
+    def block(monitor: StabilityMonitor | None = None) -> float:
         if args.device != "cpu":
             torch.cuda.synchronize()
         started = time.perf_counter()
@@ -71,6 +73,8 @@ def main() -> None:
             loss = task.loss(model(inputs), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if monitor is not None:
+                monitor.observe_loss(loss)
             optimizer.step()
         if args.device != "cpu":
             torch.cuda.synchronize()
@@ -84,8 +88,9 @@ def main() -> None:
             if mode == "none":
                 per_step[mode].append(block())
             else:
-                with StabilityMonitor(optimizer, names=model, every=1 if mode == "every 1" else 10, warn=False):
-                    per_step[mode].append(block())
+                every = 1 if mode == "every 1" else 10
+                with StabilityMonitor(optimizer, names=model, every=every, warn=False) as monitor:
+                    per_step[mode].append(block(monitor if mode == "every 10 + loss" else None))
     baseline = statistics.median(per_step["none"])
     every_one = statistics.median(per_step["every 1"])
     summary = {

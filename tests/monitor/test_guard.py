@@ -449,6 +449,32 @@ def test_lowering_alone_measures_nothing() -> None:
     assert [e.quantity for e in guard.events] == ["lr_lowered"] and guard.counts["lowered_steps"] == 1
 
 
+def test_the_guard_holds_the_update_ratio_at_the_monitors_rise_threshold() -> None:
+    """s <- min(1, a / x) after each recorded step: x the monitor's update excess, a the multiplier the step used."""
+    param = nn.Parameter(torch.zeros(4))
+    optimizer = torch.optim.AdamW([param], lr=LR, weight_decay=0.0)
+    monitor = SimpleNamespace(above_edge=False, update_excess=None)
+    guard = StabilityGuard(optimizer, monitor=monitor, warn=False, skip_outliers=False)
+    used = []
+    # excess x measured at step n (with the multiplier that step used) -> multiplier of step n + 1
+    for step, excess in enumerate([4.0, 1.0, 0.5, 0.1, None], start=1):
+        before = param.detach().clone()
+        param.grad = torch.ones(4)  # a constant gradient: Adam's update is 1 per coordinate, the change is the lr
+        monitor.update_excess = None if excess is None else (step, excess)
+        optimizer.step()
+        used.append(float((before - param.detach()).mean()) / LR)
+        assert optimizer.param_groups[0]["lr"] == LR
+    assert used == pytest.approx([1.0, 0.25, 0.25, 0.5, 1.0], rel=1e-5)
+    assert [e.quantity for e in guard.events] == ["lr_lowered", "lr_restored"]
+    assert guard.events[0].value == pytest.approx(0.25) and guard.counts["lowered_steps"] == 3
+    stale = SimpleNamespace(above_edge=False, update_excess=(1, 4.0))  # a record of another step is not read
+    other = StabilityGuard(torch.optim.AdamW([nn.Parameter(torch.zeros(2))], lr=LR), monitor=stale, warn=False)
+    other.optimizer.param_groups[0]["params"][0].grad = torch.ones(2)
+    other.optimizer.step()
+    other.optimizer.step()
+    assert other.lowering and other.state_dict()["rise_scale"] == 0.25  # read after step 1 only (not 0.25 / 4)
+
+
 def test_a_step_that_raises_between_the_hooks_leaves_the_users_lr() -> None:
     model = make_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)

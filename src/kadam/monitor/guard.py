@@ -46,20 +46,30 @@ does) and takes three actions, each of which can be turned off and each of which
    sign inside :math:`m`) :math:`\theta_n = \theta_{n-1} - \eta u_n` becomes :math:`\theta_{n-1} -
    (\eta/r_n)u_n`. The decoupled decay term stays at η (StableAdamW scales it with the update); the
    optimizer's state is the one the unclipped step wrote, as in StableAdamW, whose moments are not clipped.
-3. **Lower the learning rate above the edge of stability** (``lower_lr``, given a ``monitor`` whose edge check
-   is on, ``Thresholds(edge_ratio=1.0)``; the monitor's default leaves it off, and then this does nothing): while
-   ``monitor.above_edge`` is True (the monitor's estimate of the curvature along the update held against
-   the adaptive edge :math:`(2+2\beta)/((1-\beta)\eta)` of THEORY §7, :func:`kadam.stability.edge_of_stability`)
-   every group's lr is multiplied by ``lr_factor`` for the step and put back after it: the pre-hook scales
-   ``group["lr"]`` (a tensor lr in place), the post-hook restores the user's value, so an LR scheduler,
-   which sets ``group["lr"]`` between steps, keeps its schedule. Since the edge scales as 1/η, lowering η by
-   ``lr_factor`` raises it by 1/``lr_factor``. An event marks when lowering starts and when it ends.
+3. **Lower the learning rate** (``lower_lr``, given a ``monitor``) while the run is too fast for its weights
+   or above the edge of stability; the pre-hook scales every group's ``group["lr"]`` (a tensor lr in place) for
+   the step and the post-hook restores the user's value, so an LR scheduler, which sets ``group["lr"]`` between
+   steps, keeps its schedule. The factor is the product of two parts:
+
+   - the *update rise*: with the monitor's update-rise check on (its default), after each step the monitor
+     records, :math:`s \leftarrow \min(1, a / x)`, where x is the monitor's
+     :attr:`~kadam.monitor.StabilityMonitor.update_excess` (the largest update/parameter ratio over
+     ``Thresholds.update_rise`` × its smallest value before) and a the multiplier that step used. Adam's
+     update per coordinate is about lr whatever the gradient's scale, so the ratio scales with the lr, and
+     :math:`s` holds the ratio the user's lr would give at the threshold: a runaway schedule (a ramp, a jump)
+     is held where the run's own history says its steps were still small against its weights;
+   - the *edge*: while ``monitor.above_edge`` is True (the monitor's edge check, off by default,
+     ``Thresholds(edge_ratio=1.0)``: the secant curvature along the update held against the adaptive edge
+     :math:`(2+2\beta)/((1-\beta)\eta)` of THEORY §7, :func:`kadam.stability.edge_of_stability`), ``lr_factor``.
+     Since the edge scales as 1/η, lowering η by ``lr_factor`` raises it by 1/``lr_factor``.
+
+   An event marks when lowering starts and when it ends.
 
 **Events** (``quantity``): ``skip_nonfinite`` (value: the non-finite gradient norm or loss),
 ``skip_outlier`` (value: the gradient norm or loss; threshold: ``outlier_factor`` × the window's median),
 ``outlier_reset`` (the windows restarted after ``max_outlier_skips`` consecutive outlier skips),
 ``clip_update`` (one per step that clipped: the tensor with the largest :math:`r_n`, its value; threshold 1),
-``lr_lowered`` and ``lr_restored`` (value: ``lr_factor``). ``step`` is the optimizer step the action applies
+``lr_lowered`` (value: the factor when lowering starts) and ``lr_restored``. ``step`` is the optimizer step the action applies
 to: for a skipped step, the number it would have had (the next step taken gets the same number). Events go
 to ``events`` and ``on_event``, and to ``warnings`` (:class:`kadam.stability.StabilityWarning` at the
 user's line) and the ``kadam.monitor`` logger at most once per ``quiet_steps`` per (tensor, quantity).
@@ -164,13 +174,13 @@ class StabilityGuard(StepHooks):
         skip_nonfinite: skip a step whose gradient (any entry: its norm is not finite) or loss is not finite.
         skip_outliers: skip a step whose gradient norm or loss is above ``outlier_factor`` × the median of
             the last ``outlier_window`` accepted steps (the loss rule while that median is > 0).
-        lower_lr: multiply every group's lr by ``lr_factor`` during each step taken while
-            ``monitor.above_edge`` (nothing without a monitor).
+        lower_lr: lower every group's lr during each step while the monitor's update ratio is above its rise
+            threshold or ``monitor.above_edge`` (module docstring; nothing without a monitor).
         outlier_factor: the multiplier of the outlier rule, > 1.
         outlier_window: accepted steps in the rolling windows; the outlier rule starts once they are full.
         max_outlier_skips: consecutive outlier skips after which the next outlier is taken and the windows
             restart (None: skip outliers without limit).
-        lr_factor: the factor in (0, 1) of the lowered lr.
+        lr_factor: the factor in (0, 1) of the lr above the edge of stability.
         names: ``model``, its ``named_parameters()`` or a mapping, to name tensors in events.
         on_event: called with each :class:`~kadam.monitor.StabilityEvent` (rank 0).
         quiet_steps: after a warning about a (tensor, quantity), further ones within this many optimizer
@@ -264,6 +274,8 @@ class StabilityGuard(StepHooks):
         self._losses: deque[float] = deque(maxlen=outlier_window)
         self._consecutive_outliers = 0
         self._lowering = False
+        self._rise_scale = 1.0  # the lr multiplier that holds the update ratio at the monitor's rise threshold
+        self._applied = 1.0  # the lr multiplier of the step between the hooks
         self._last_warned: dict[tuple[str, str], int] = {}
         self._loss: Tensor | float | None = None
         # between the hooks of one step: gradients held back, tensors to clip, lrs to restore
@@ -281,7 +293,7 @@ class StabilityGuard(StepHooks):
 
     @property
     def lowering(self) -> bool:
-        """Whether the lr is being lowered (``monitor.above_edge`` was True at the last step taken)."""
+        """Whether the lr was lowered at the last step taken (module docstring, action 3)."""
         return self._lowering
 
     def state_dict(self) -> dict[str, Any]:
@@ -291,6 +303,7 @@ class StabilityGuard(StepHooks):
             "losses": list(self._losses),
             "consecutive_outliers": self._consecutive_outliers,
             "lowering": self._lowering,
+            "rise_scale": self._rise_scale,
             "counts": dict(self.counts),
             "last_warned": [[tensor, quantity, step] for (tensor, quantity), step in self._last_warned.items()],
         }
@@ -311,14 +324,18 @@ class StabilityGuard(StepHooks):
             losses = [float(v) for v in state_dict["losses"]]
             consecutive = int(state_dict["consecutive_outliers"])
             lowering = bool(state_dict["lowering"])
+            rise_scale = float(state_dict.get("rise_scale", 1.0))
             counts = {key: int(state_dict["counts"].get(key, 0)) for key in _COUNTS}
             last_warned = {(str(t), str(q)): int(s) for t, q, s in state_dict["last_warned"]}
         except (TypeError, ValueError, AttributeError) as error:
             raise ValueError(f"state_dict has a malformed entry: {error}") from error
+        if not 0.0 < rise_scale <= 1.0:
+            raise ValueError(f"state_dict's rise_scale must be in (0, 1], got {rise_scale!r}")
         self._grad_norms = deque(grad_norms, maxlen=self.outlier_window)
         self._losses = deque(losses, maxlen=self.outlier_window)
         self._consecutive_outliers = consecutive
         self._lowering = lowering
+        self._rise_scale = rise_scale
         self.counts = counts
         self._last_warned = last_warned
 
@@ -391,6 +408,8 @@ class StabilityGuard(StepHooks):
 
     @torch.no_grad()
     def _post_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.monitor is not None and self.lower_lr:
+            self._follow_rise(optimizer)
         if self._clips:
             clips, self._clips = self._clips, []
             largest = max(clips, key=lambda clip: clip[2])
@@ -575,20 +594,38 @@ class StabilityGuard(StepHooks):
                 self._losses.append(float(loss))
         return False
 
+    def _follow_rise(self, optimizer: torch.optim.Optimizer) -> None:
+        """After a step the monitor recorded: the lr multiplier that brings the update ratio the user's lr would
+        have given back to the monitor's rise threshold (the ratio scales with the lr; this step's was measured
+        with the multiplier it used)."""
+        excess = getattr(self.monitor, "update_excess", None)
+        if excess is None or excess[0] != self._optimizer_step(optimizer) or not math.isfinite(excess[1]):
+            return
+        if excess[1] > 0:
+            self._rise_scale = min(1.0, self._applied / excess[1])
+
     def _lower(self, optimizer: torch.optim.Optimizer) -> None:
-        above = bool(getattr(self.monitor, "above_edge", False))
-        if above != self._lowering:
-            self._lowering = above
+        edge = bool(getattr(self.monitor, "above_edge", False))
+        factor = (self.lr_factor if edge else 1.0) * self._rise_scale
+        lowering = factor < 1.0
+        if lowering != self._lowering:
+            self._lowering = lowering
             step = self._optimizer_step(optimizer) + 1
-            if above:
+            if lowering:
+                why = (
+                    "the run is above the edge of stability (2 + 2β)/((1 − β)η)"
+                    if edge
+                    else f"the largest update/parameter ratio the lr would give is {1 / self._rise_scale:.3g}× the "
+                    "monitor's update-rise threshold (the lr is large against the weights)"
+                )
                 self._emit(
                     "*",
                     step,
                     "lr_lowered",
-                    self.lr_factor,
+                    factor,
                     1.0,
-                    f"the run is above the edge of stability (2 + 2β)/((1 − β)η): every group's lr is "
-                    f"multiplied by {self.lr_factor:g} during each step until it is back below",
+                    f"{why}: every group's lr is multiplied by {factor:.3g} during each step (recomputed at each "
+                    "recorded step) until it is back below",
                     "if it lasts, lower the lr schedule itself",
                 )
             else:
@@ -596,22 +633,24 @@ class StabilityGuard(StepHooks):
                     "*",
                     step,
                     "lr_restored",
-                    self.lr_factor,
                     1.0,
-                    "the run is back below the edge of stability: the lr is the schedule's again",
+                    1.0,
+                    "the run is back below the edge of stability and the update-rise threshold: the lr is the "
+                    "schedule's again",
                     "nothing to do",
                 )
-        if not above:
+        if not lowering:
             return
+        self._applied = factor
         self.counts["lowered_steps"] += 1
         for group in optimizer.param_groups:
             lr = group["lr"]
             if isinstance(lr, Tensor):
                 self._lrs.append((group, lr.clone()))
-                lr.mul_(self.lr_factor)
+                lr.mul_(factor)
             else:
                 self._lrs.append((group, lr))
-                group["lr"] = lr * self.lr_factor
+                group["lr"] = lr * factor
 
     def _finish(self) -> None:
         """Put back what the pre-hook changed for one step: gradients held back, the user's lrs."""
@@ -623,6 +662,7 @@ class StabilityGuard(StepHooks):
             else:
                 group["lr"] = lr
         self._held, self._lrs, self._clips = [], [], []
+        self._applied = 1.0
 
     # -- events --------------------------------------------------------------------------------------
 

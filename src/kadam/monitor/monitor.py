@@ -252,6 +252,7 @@ class StabilityMonitor(StepHooks):
         self._rise_check = (
             rules.RiseCheck(limits.update_rise, limits.update_rise_after) if limits.update_rise is not None else None
         )
+        self._update_excess: tuple[int, float] | None = None
         self._uses_gradients = True  # the secant curvature is recorded whether or not its check is on
         self._kept: dict[int, Tensor] = {}
         self._kept_step: int | None = None
@@ -528,6 +529,14 @@ class StabilityMonitor(StepHooks):
         lowers the learning rate on."""
         return self._edge_check is not None and self._edge_check.above
 
+    @property
+    def update_excess(self) -> tuple[int, float] | None:
+        """``(step, x)`` of the last recorded step where the update-rise check could fire: x is the largest
+        update/parameter ratio over ``Thresholds.update_rise`` × its smallest value before (the check fires
+        when x > 1); None before then or with the check off. What :class:`~kadam.monitor.StabilityGuard` scales
+        the learning rate by."""
+        return self._update_excess
+
     def _bound(self, beta: float, gamma: float, count: float) -> float:
         key = (beta, gamma, count)
         if key not in self._bounds:
@@ -692,7 +701,10 @@ class StabilityMonitor(StepHooks):
         column = self._column["update_param_ratio"]
         ratios = row[:, column]
         largest = float(np.nanmax(ratios)) if np.isfinite(ratios).any() and step >= limits.update_after else math.nan
-        if self._rise_check is not None and self._rise_check.update(largest):
+        rise = self._rise_check
+        if rise is not None and rise.seen >= rise.after and math.isfinite(largest):
+            self._update_excess = (step, largest / (rise.factor * rise.minimum))
+        if rise is not None and rise.update(largest):
             worst = int(np.nanargmax(ratios))
             self._emit(
                 StabilityEvent(
