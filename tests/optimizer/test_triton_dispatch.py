@@ -225,3 +225,72 @@ def test_float64_on_the_triton_path_raises_torchs_style_error(monkeypatch):
     with pytest.raises(RuntimeError, match="runs the Triton kernel, which steps parameters of dtype"):
         KAdam([param], k=2, fused=True).step()
     assert param.detach().eq(0).all()
+
+
+BFLOAT16_UNIT = 2.0**-7
+
+
+def _case_state_dtype_matches_the_loop(options: dict, param_dtype: torch.dtype) -> None:
+    """Moments in bfloat16 (``state_dtype`` or bfloat16 parameters with stochastic rounding) on the Triton path
+    against the loop: the same rounding of the same float32 values, so the same stored moments except where a
+    float32 value differs by a few units between the two (at most 1 in 10³ moments, by one bfloat16 unit);
+    float32 parameters to 1e-6 relative to the largest but where such a moment moved them (at most 1 in 10³,
+    each by at most lr·2⁻⁵ per step: one bfloat16 unit of a moment, times an update of up to 4), bfloat16
+    parameters to two bfloat16 units of the largest per step (the loop rounds θ twice a step, after the decay
+    and after the update, the kernel once, and an update below half a unit is kept or lost by that)."""
+    calls = _route_cpu_to_triton()
+    results = []
+    for flags in ({"fused": True}, {"foreach": False}):
+        params = [torch.nn.Parameter(p.detach().to(param_dtype)) for p in _params(3)]
+        params.append(torch.nn.Parameter(torch.randn(3000, generator=torch.Generator().manual_seed(4)).to(param_dtype)))
+        optimizer = KAdam(params, lr=1e-2, **flags, **options)
+        for step in range(4):
+            generator = torch.Generator().manual_seed(100 + step)
+            for param in params:
+                param.grad = torch.randn(param.shape, generator=generator).to(param_dtype)
+            optimizer.step()
+        results.append((params, optimizer))
+    assert calls[0] == 4
+    (fused_params, fused), (loop_params, loop) = results
+    differing = total = 0
+    for j, (a, b) in enumerate(zip(fused_params, loop_params)):
+        scale = max(b.float().abs().max().item(), 1e-30)
+        off = (a.float() - b.float()).abs()
+        if param_dtype == torch.float32:
+            assert int((off > 1e-6 * scale).sum()) <= 1e-3 * off.numel() + 1, f"{options}: parameter {j}"
+            assert off.max().item() <= 1e-2 * 2.0**-5 * 4, f"{options}: parameter {j} differs by {off.max().item()}"
+        else:
+            assert off.max().item() <= 2 * 4 * BFLOAT16_UNIT * scale, f"{options}: parameter {j}"
+        for key, expected in loop.state[b].items():
+            actual = fused.state[a][key]
+            assert actual.dtype == expected.dtype, key
+            if key == "step":
+                assert torch.equal(actual, expected)
+                continue
+            assert expected.dtype == torch.bfloat16, key
+            magnitude = torch.maximum(actual.double().abs(), expected.double().abs())
+            spacing = torch.exp2(torch.floor(torch.log2(magnitude.clamp_min(1e-38)))) * BFLOAT16_UNIT
+            assert ((actual.double() - expected.double()).abs() <= spacing).all(), f"{options}: {key} of {j}"
+            differing += int((actual != expected).sum())
+            total += expected.numel()
+    assert differing <= 1e-3 * total, f"{options}: {differing} of {total} moments differ"
+
+
+STATE_OPTIONS = [
+    {"k": 1, "state_dtype": torch.bfloat16},
+    {"k": 2, "state_dtype": torch.bfloat16},
+    {"k": 3, "state_dtype": torch.bfloat16, "stochastic_rounding": True},
+    {"k": 2, "state_dtype": torch.bfloat16, "stochastic_rounding": True},
+    {"k": 2, "state_dtype": torch.bfloat16, "meta_betas": (0.9, 0.99), "meta_norm": "elementwise"},
+    {"k": 2, "norm": "tensor", "meta_betas": (0.5, 0.99), "state_dtype": torch.bfloat16, "stochastic_rounding": True},
+]
+
+
+@pytest.mark.parametrize("options", STATE_OPTIONS, ids=lambda options: ",".join(f"{k}={v}" for k, v in options.items()))
+def test_bfloat16_state_on_the_triton_path_matches_the_loop(interpreter, options):
+    interpreter(_case_state_dtype_matches_the_loop, options, torch.float32)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_stochastic_rounding_of_bfloat16_parameters_on_the_triton_path_matches_the_loop(interpreter, k):
+    interpreter(_case_state_dtype_matches_the_loop, {"k": k, "stochastic_rounding": True}, torch.bfloat16)

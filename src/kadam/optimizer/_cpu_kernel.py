@@ -24,7 +24,9 @@ their pass, so each pass is one loop over every stream it touches. The arithmeti
 implementation's operation order, except that a level feeding another level multiplies by reciprocals of
 its bias corrections and of a tensor-mode denominator (float32 agrees with the loop to a few ulp);
 float16 and bfloat16 parameters run float32 math and store each state once, rounded; float64 runs
-double. Each pass splits the blocks of all tensors over ``torch.get_num_threads()`` OpenMP threads
+double. The moments may also be float32 or bfloat16 whatever the parameters' dtype (``state_dtype``): then
+each is rounded once when stored (to nearest, or stochastically with the keys of
+:mod:`kadam.optimizer.precision`) and the levels read it as stored. Each pass splits the blocks of all tensors over ``torch.get_num_threads()`` OpenMP threads
 (the libgomp torch loads), with one barrier per tensor-mode level; the per-chunk sums are added in a
 fixed order, so the result does not depend on the thread count. The kernel allocates nothing
 proportional to the parameters.
@@ -107,6 +109,9 @@ class KernelArgs(ctypes.Structure):
         ("grad_scale", ctypes.POINTER(ctypes.c_float)),
         ("steps", ctypes.POINTER(ctypes.c_void_p)),
         ("step_dtype", ctypes.c_int32),
+        ("state_dtype", ctypes.c_int32),
+        ("stochastic_rounding", ctypes.c_int32),
+        ("rounding_keys", ctypes.POINTER(ctypes.c_uint32)),
     ]
 
 
@@ -247,14 +252,16 @@ def check_inputs(
     state_names: Sequence[tuple[str, str]] | None = None,
     param_name: Callable[[int], str] | None = None,
     dtypes: Sequence[torch.dtype] = FUSED_DTYPES,
+    state_dtypes: Sequence[torch.dtype] | None = None,
 ) -> None:
     """``RuntimeError`` unless every tensor of a fused step is one that a kernel reading raw pointers can step.
 
     For each parameter θ (a plain strided tensor of one of ``dtypes``, all of one dtype and device): its
     gradient has θ's shape, dtype and device; each level i has its second moment ``exp_avg_sqs[i]`` of θ's
     shape (elementwise) or of one element (``tensor_modes[i]``), and, where ``keeps_first_moment[i]``, its
-    first moment ``exp_avgs[i]`` of θ's shape, both of θ's dtype and device; each step count in ``steps``
-    has one element. Per-level lists are indexed [level][tensor]. ``state_names[i]`` names level i's
+    first moment ``exp_avgs[i]`` of θ's shape, both on θ's device and of one state dtype for the whole call:
+    θ's dtype, or one of ``state_dtypes`` (default: none other); each step count in ``steps`` has one
+    element. Per-level lists are indexed [level][tensor]. ``state_names[i]`` names level i's
     (m, v) in the errors (default ``exp_avgs[i]``/``exp_avg_sqs[i]``), ``param_name(t)`` names tensor t
     (default ``tensor t``).
     """
@@ -295,16 +302,26 @@ def check_inputs(
             f"KAdam(fused=True) supports parameters of dtype {', '.join(map(str, dtypes))}, got {dtype} ({name_of(0)})"
         )
 
+    allowed_states = {dtype, *(state_dtypes or ())}
+    state_dtype = state_dtype_of(exp_avg_sqs)
+    if state_dtype is not None and state_dtype not in allowed_states:
+        raise RuntimeError(
+            f"KAdam(fused=True): the state of {name_of(0)} has dtype {state_dtype}; the kernel keeps the state of "
+            f"{dtype} parameters in {', '.join(sorted(map(str, allowed_states)))}"
+        )
+
     def check(tensor: Any, what: str | None, t: int, shape: tuple[int, ...] | None) -> None:
-        """``tensor`` (``what`` of parameter t, or the parameter for None): a strided tensor of the parameters'
-        dtype and device, of ``shape`` (None: one element)."""
+        """``tensor`` (``what`` of parameter t, or the parameter for None): a strided tensor on the parameters'
+        device, of their dtype (a gradient) or of the call's state dtype (a moment), of ``shape`` (None: one
+        element)."""
         subject = name_of(t) if what is None else f"{what} of {name_of(t)}"
         if not isinstance(tensor, Tensor):
             raise RuntimeError(f"KAdam(fused=True): {subject} is {type(tensor).__name__}, not a tensor")
-        if tensor.dtype != dtype:
+        expected = dtype if what is None or what == "the gradient" else state_dtype
+        if tensor.dtype != expected:
             raise RuntimeError(
-                f"KAdam(fused=True): {subject} has dtype {tensor.dtype}; parameters, gradients and state of one "
-                f"kernel call must have the parameters' dtype {dtype}"
+                f"KAdam(fused=True): {subject} has dtype {tensor.dtype}; parameters and gradients of one kernel "
+                f"call must have the parameters' dtype {dtype}, and every moment one state dtype ({state_dtype})"
             )
         if tensor.device != device:
             raise RuntimeError(
@@ -344,6 +361,14 @@ def check_inputs(
                 )
 
 
+def state_dtype_of(exp_avg_sqs: Sequence[Sequence[Any]]) -> torch.dtype | None:
+    """The dtype of the first second moment of a call (every moment of the call must have it), or None."""
+    for tensors in exp_avg_sqs:
+        for tensor in tensors:
+            return tensor.dtype if isinstance(tensor, Tensor) else None
+    return None
+
+
 def fused_step(
     params: list[Tensor],
     grads: list[Tensor],
@@ -365,8 +390,14 @@ def fused_step(
     steps: list[Tensor] | None = None,
     state_names: Sequence[tuple[str, str]] | None = None,
     param_name: Callable[[int], str] | None = None,
+    rounding_keys: Sequence[int] | None = None,
 ) -> None:
     """One kernel call for real tensors of one dtype on the CPU; per-level lists are indexed [level][tensor].
+
+    The moments are of one dtype: the parameters', float32 or bfloat16 (math in float32, float64 for float64
+    parameters; each moment rounded once when stored, and read as stored). ``rounding_keys`` (one per tensor,
+    :func:`kadam.optimizer.precision.tensor_base_key`) rounds bfloat16 moments stochastically; None rounds to
+    nearest.
 
     ``keeps_first_moment[i]`` says whether level i stores m (default: whether ``exp_avgs[i]`` holds
     tensors); a level that does not (β = 0, m = x) may give ``None`` entries or an empty list. Every tensor
@@ -390,7 +421,14 @@ def fused_step(
         keeps_first_moment=keeps_first_moment,
         state_names=state_names,
         param_name=param_name,
+        state_dtypes=(torch.float32, torch.bfloat16),
     )
+    state_dtype = state_dtype_of(exp_avg_sqs) or params[0].dtype
+    if rounding_keys is not None and (state_dtype != torch.bfloat16 or len(rounding_keys) != len(params)):
+        raise RuntimeError(
+            f"stochastic rounding needs bfloat16 moments and one key per tensor ({len(params)}), got {state_dtype} "
+            f"and {len(rounding_keys)} keys"
+        )
     n_levels = len(tensor_modes)
     for name, values in (("bias_correction1", bias_correction1), ("bias_correction2_sqrt", bias_correction2_sqrt)):
         if len(values) != n_levels or any(len(per_level) != len(params) for per_level in values):
@@ -457,8 +495,11 @@ def fused_step(
         grad_scale=None if scale is None else ctypes.cast(scale.data_ptr(), ctypes.POINTER(ctypes.c_float)),
         steps=_array(pointers, step_addresses) if in_kernel else None,
         step_dtype=_STEP_DTYPE_CODES.get(step_dtype, 0),
+        state_dtype=_DTYPE_CODES[state_dtype],
+        stochastic_rounding=int(rounding_keys is not None),
+        rounding_keys=None if rounding_keys is None else _array(ctypes.c_uint32, [int(key) for key in rounding_keys]),
     )
     if library.kadam_fused_step(ctypes.byref(args)) != 0:
-        raise RuntimeError(f"the fused KAdam kernel rejected dtype {dtype}")
+        raise RuntimeError(f"the fused KAdam kernel rejected dtype {dtype} with state dtype {state_dtype}")
     for original, copy in write_back:
         original.copy_(copy)

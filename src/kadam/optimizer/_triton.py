@@ -64,7 +64,9 @@ with the tensors' first blocks (a chain of selects over the tuple) and processes
 Shorter groups are padded with empty slots, so one compiled kernel serves every group.
 
 Arithmetic is float32 for every parameter dtype (float32, bfloat16, float16); states may be stored in
-the parameter's dtype or in float32, and are rounded once when stored. The operations follow the loop
+the parameter's dtype, in float32 or in bfloat16, and are rounded once when stored (bfloat16 on the bits, to
+nearest even or stochastically with the hash of :mod:`kadam.optimizer.precision`); a state in a dtype other
+than the parameter's, or stochastically rounded, is read as stored. The operations follow the loop
 implementation (:func:`kadam.optimizer.kadam._single_tensor_kadam`): torch's lerp for m, m/denominator
 then /(1-βⁿ), IEEE-rounded division and square root. Bias corrections are computed on the device in
 float64 from the step counts, βⁿ = exp2(n log2 β) with log2 β passed as a float32 pair hi + lo (exact to
@@ -141,6 +143,58 @@ def _level_count(step, step_offsets, slot, LEVEL: tl.constexpr, N: tl.constexpr,
 
 
 @triton.jit
+def _hash32(x):
+    """``lowbias32`` of uint32 ``x`` (:func:`kadam.optimizer.precision.hash32`)."""
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _moment_key(step, rounding_indices, slot, MOMENT: tl.constexpr, N: tl.constexpr):
+    """H(H(H(n) + index) + moment): the stochastic-rounding key of one moment of the tensor in ``slot``."""
+    index = _select(rounding_indices, slot, 0, N).to(tl.uint32)
+    return _hash32(_hash32(_hash32(step.to(tl.uint32)) + index) + MOMENT)
+
+
+@triton.jit
+def _store_moment(
+    ptrs,
+    value,
+    mask,
+    step,
+    rounding_indices,
+    slot,
+    offsets,
+    MOMENT: tl.constexpr,
+    N: tl.constexpr,
+    STOCHASTIC: tl.constexpr,
+    READ_STORED: tl.constexpr,
+):
+    """Store a moment (float32 ``value``) rounded once to its dtype and return the stored value in float32, which
+    the step reads where READ_STORED (a state dtype other than the parameters', or STOCHASTIC; else ``value``:
+    the parameters' own 16-bit state feeds the level unrounded, as it always has). bfloat16 is rounded on float32's bits: r is added and the
+    low half cut off, r = 0x7FFF plus the lowest kept bit (to nearest even, as torch rounds; also in Triton's
+    interpreter, whose cast truncates) or, STOCHASTIC, r = H(key + element) >> 16; NaN and inf are cast."""
+    if ptrs.dtype.element_ty == tl.bfloat16:
+        bits = value.to(tl.uint32, bitcast=True)
+        if STOCHASTIC:
+            noise = _hash32(_moment_key(step, rounding_indices, slot, MOMENT, N) + offsets.to(tl.uint32)) >> 16
+        else:
+            noise = 0x7FFF + ((bits >> 16) & 1)
+        cut = ((bits + noise) & 0xFFFF0000).to(tl.float32, bitcast=True)
+        stored = tl.where(tl.abs(value) < float("inf"), cut, value).to(tl.bfloat16)
+    else:
+        stored = value.to(ptrs.dtype.element_ty)
+    tl.store(ptrs, stored, mask=mask)
+    if READ_STORED:
+        value = stored.to(tl.float32)
+    return value
+
+
+@triton.jit
 def _elementwise_denominator(v, bias_correction2_sqrt, eps):
     """sqrt(v) / sqrt(1 - γⁿ) + ε, as the loop's ``(v.sqrt() / bc2_sqrt).add_(eps)``."""
     return tl.div_rn(tl.sqrt_rn(v), bias_correction2_sqrt) + tl.cast(eps, tl.float32)
@@ -179,6 +233,7 @@ def _pass_block(
     exp_avg_sqs,
     steps,
     step_offsets,
+    rounding_indices,
     partial_sums,
     denominators,
     grad_scale_ptr,
@@ -211,6 +266,8 @@ def _pass_block(
     HAS_GRAD_SCALE: tl.constexpr,
     LR_IS_TENSOR: tl.constexpr,
     HAS_OFFSETS: tl.constexpr,
+    STOCHASTIC: tl.constexpr,
+    READ_STORED: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     MASKED: tl.constexpr,
 ):
@@ -301,11 +358,11 @@ def _pass_block(
                 m = tl.fma(tl.cast(lerp_coefficients[i], tl.float32), x - m, m)
             else:
                 m = tl.fma(tl.cast(lerp_coefficients[i], tl.float32), x - m, x)
-            tl.store(m_ptrs, m.to(m_ptrs.dtype.element_ty), mask=mask)
+            m = _store_moment(m_ptrs, m, mask, step, rounding_indices, slot, offsets, 2 * i, N, STOCHASTIC, READ_STORED)
         else:
             m = x
         v = tl.fma(tl.cast(one_minus_gammas[i], tl.float32) * x, x, v * tl.cast(gammas[i], tl.float32))
-        tl.store(v_ptrs, v.to(v_ptrs.dtype.element_ty), mask=mask)
+        v = _store_moment(v_ptrs, v, mask, step, rounding_indices, slot, offsets, 2 * i + 1, N, STOCHASTIC, READ_STORED)
         bias_correction2_sqrt = tl.sqrt(1.0 - _power(log2_gamma_his[i], log2_gamma_los[i], n_i)).to(tl.float32)
         bias_correction1 = 1.0 - _power(log2_beta_his[i], log2_beta_los[i], n_i)
         denominator = _elementwise_denominator(v, bias_correction2_sqrt, epsilons[i])
@@ -327,7 +384,7 @@ def _pass_block(
                 m = tl.fma(tl.cast(lerp_coefficients[END], tl.float32), x - m, m)
             else:
                 m = tl.fma(tl.cast(lerp_coefficients[END], tl.float32), x - m, x)
-            tl.store(m_ptrs, m.to(m_ptrs.dtype.element_ty), mask=mask)
+            _store_moment(m_ptrs, m, mask, step, rounding_indices, slot, offsets, 2 * END, N, STOCHASTIC, READ_STORED)
         squares = x * x
         if MASKED:
             squares = tl.where(mask, squares, 0.0)
@@ -344,6 +401,7 @@ def _level_pass_kernel(
     numels,
     chunk_starts,
     step_offsets,
+    rounding_indices,
     partial_sums,
     denominators,
     found_inf,
@@ -374,6 +432,8 @@ def _level_pass_kernel(
     HAS_FOUND_INF: tl.constexpr,
     LR_IS_TENSOR: tl.constexpr,
     HAS_OFFSETS: tl.constexpr,
+    STOCHASTIC: tl.constexpr,
+    READ_STORED: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
 ):
     """One pass (levels FIRST..END) over one block per program, of the tensor whose blocks hold it.
@@ -399,6 +459,7 @@ def _level_pass_kernel(
                 exp_avg_sqs,
                 steps,
                 step_offsets,
+                rounding_indices,
                 partial_sums,
                 denominators,
                 grad_scale,
@@ -431,6 +492,8 @@ def _level_pass_kernel(
                 HAS_GRAD_SCALE,
                 LR_IS_TENSOR,
                 HAS_OFFSETS,
+                STOCHASTIC,
+                READ_STORED,
                 BLOCK_SIZE,
                 False,
             )
@@ -442,6 +505,7 @@ def _level_pass_kernel(
                 exp_avg_sqs,
                 steps,
                 step_offsets,
+                rounding_indices,
                 partial_sums,
                 denominators,
                 grad_scale,
@@ -474,6 +538,8 @@ def _level_pass_kernel(
                 HAS_GRAD_SCALE,
                 LR_IS_TENSOR,
                 HAS_OFFSETS,
+                STOCHASTIC,
+                READ_STORED,
                 BLOCK_SIZE,
                 True,
             )
@@ -486,6 +552,7 @@ def _tensor_level_finish_kernel(
     numels,
     chunk_starts,
     step_offsets,
+    rounding_indices,
     partial_sums,
     denominators,
     found_inf,
@@ -499,6 +566,8 @@ def _tensor_level_finish_kernel(
     LEVEL: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
     HAS_OFFSETS: tl.constexpr,
+    STOCHASTIC: tl.constexpr,
+    READ_STORED: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     TILE: tl.constexpr,
 ):
@@ -524,8 +593,10 @@ def _tensor_level_finish_kernel(
             mean_square,
             tl.load(v_ptr).to(tl.float32) * tl.cast(gamma, tl.float32),
         )
-        tl.store(v_ptr, v.to(v_ptr.dtype.element_ty))
         step = tl.load(_select(steps, slot, 0, N)).to(tl.float64)
+        v = _store_moment(
+            v_ptr, v, None, step, rounding_indices, slot, slot * 0, 2 * LEVEL + 1, N, STOCHASTIC, READ_STORED
+        )
         n = _level_count(step, step_offsets, slot, LEVEL, N, HAS_OFFSETS)
         bias_correction2_sqrt = tl.sqrt(1.0 - _power(log2_gamma_hi, log2_gamma_lo, n)).to(tl.float32)
         tl.store(denominators + LEVEL * N + slot, _elementwise_denominator(v, bias_correction2_sqrt, eps))
@@ -656,6 +727,7 @@ class _Slot(NamedTuple):
     exp_avg_sqs: list[Tensor]
     step: Tensor
     offsets: list[float]
+    rounding_index: int
 
 
 def triton_fused_kadam_(
@@ -673,6 +745,7 @@ def triton_fused_kadam_(
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
     step_offsets: Sequence[Sequence[float]] | None = None,
+    rounding_indices: Sequence[int] | None = None,
 ) -> None:
     r"""One fused k-Adam step (THEORY §1) of ``params`` in place, on the GPU (module docstring).
 
@@ -699,6 +772,9 @@ def triton_fused_kadam_(
         step_offsets: per level, per parameter, the step count at which the level started (a level
             added at a resume); ``None`` for all zeros. Level i's bias corrections use
             ``step - step_offsets[i][j]``.
+        rounding_indices: None to round bfloat16 moments to nearest; else each parameter's position in the
+            optimizer, with which (and the step count after the increment) bfloat16 moments are rounded
+            stochastically (:mod:`kadam.optimizer.precision`).
     """
     n_params = len(params)
     k = len(levels)
@@ -726,6 +802,8 @@ def triton_fused_kadam_(
         len(step_offsets) != k or any(len(offsets) != n_params for offsets in step_offsets)
     ):
         raise ValueError(f"step_offsets must be None or k = {k} lists of one number per parameter")
+    if rounding_indices is not None and len(rounding_indices) != n_params:
+        raise ValueError(f"rounding_indices must be None or hold one index per parameter ({n_params})")
     if not isinstance(weight_decay, (int, float)) or isinstance(weight_decay, bool) or not weight_decay >= 0.0:
         raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
     if isinstance(lr, Tensor):
@@ -749,6 +827,7 @@ def triton_fused_kadam_(
         grad_scale=grad_scale,
         found_inf=found_inf,
         step_offsets=step_offsets,
+        rounding_indices=rounding_indices,
     )
 
 
@@ -768,6 +847,7 @@ def _fused_step(
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
     step_offsets: Sequence[Sequence[float]] | None,
+    rounding_indices: Sequence[int] | None = None,
 ) -> None:
     interpreted = _is_interpreted()
     groups: dict[tuple, list[int]] = {}
@@ -794,6 +874,8 @@ def _fused_step(
                 _slot(j, params, grads, exp_avgs_per_level, exp_avg_sqs_per_level, state_steps, hyper, step_offsets)
                 for j in chunk
             ]
+            if rounding_indices is not None:
+                slots = [slot._replace(rounding_index=int(rounding_indices[j])) for slot, j in zip(slots, chunk)]
             _launch(
                 slots,
                 device,
@@ -804,6 +886,7 @@ def _fused_step(
                 maximize=maximize,
                 grad_scale=grad_scale,
                 found_inf=found_inf,
+                stochastic=rounding_indices is not None,
             )
 
 
@@ -833,11 +916,12 @@ def _slot(j, params, grads, exp_avgs_per_level, exp_avg_sqs_per_level, state_ste
                 raise ValueError(
                     f"{name} of level {i + 1} for parameter {j} has shape {tuple(state.shape)}, expected {tuple(expected)}"
                 )
-            if state.dtype not in (param.dtype, torch.float32) and not (
+            if state.dtype not in (param.dtype, torch.float32, torch.bfloat16) and not (
                 name == "exp_avg_sqs" and level.tensor_mode and state.is_floating_point()
             ):
                 raise ValueError(
-                    f"{name} of level {i + 1} for parameter {j}: dtype {state.dtype}, expected {param.dtype} or float32"
+                    f"{name} of level {i + 1} for parameter {j}: dtype {state.dtype}, expected {param.dtype}, "
+                    "float32 or bfloat16"
                 )
             if state.device != param.device:
                 raise ValueError(
@@ -846,7 +930,7 @@ def _slot(j, params, grads, exp_avgs_per_level, exp_avg_sqs_per_level, state_ste
         exp_avgs.append(m)
         exp_avg_sqs.append(v)
     offsets = [0.0] * len(hyper) if step_offsets is None else [float(step_offsets[i][j]) for i in range(len(hyper))]
-    return _Slot(param, grad, exp_avgs, exp_avg_sqs, state_steps[j], offsets)
+    return _Slot(param, grad, exp_avgs, exp_avg_sqs, state_steps[j], offsets, j)
 
 
 def _launch(
@@ -860,8 +944,10 @@ def _launch(
     maximize: bool,
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
+    stochastic: bool = False,
 ) -> None:
-    """All passes of one step for up to TENSORS_PER_LAUNCH tensors of one device and dtype combination."""
+    """All passes of one step for up to TENSORS_PER_LAUNCH tensors of one device and dtype combination
+    (``stochastic``: bfloat16 moments rounded stochastically with the slots' ``rounding_index``)."""
     k = len(hyper)
     n = TENSORS_PER_LAUNCH
     # The kernels walk flat memory: a non-contiguous tensor is stepped in a contiguous copy, copied back.
@@ -912,6 +998,12 @@ def _launch(
         else (0.0,)
     )
 
+    rounding_tuple = tuple(slots[s].rounding_index if s < len(slots) else 0 for s in range(n))
+    # The moments feed the levels as stored when their dtype is not the parameters' (state_dtype) or when
+    # they are rounded stochastically; the parameters' own 16-bit state feeds them unrounded.
+    read_stored = stochastic or any(
+        state is not None and state.dtype != params[0].dtype for state in [*slots[0].exp_avgs, *slots[0].exp_avg_sqs]
+    )
     any_tensor_mode = any(level.tensor_mode for level in hyper)
     partial_sums = torch.empty(max(k * n_chunks if any_tensor_mode else 1, 1), dtype=torch.float32, device=device)
     denominators = torch.empty((k * n if any_tensor_mode else 1), dtype=torch.float32, device=device)
@@ -949,6 +1041,7 @@ def _launch(
                 tuple(numels),
                 tuple(chunk_starts),
                 offsets_tuple,
+                rounding_tuple,
                 partial_sums,
                 denominators,
                 found_inf_arg,
@@ -979,6 +1072,8 @@ def _launch(
                 HAS_FOUND_INF=found_inf is not None,
                 LR_IS_TENSOR=lr_is_tensor,
                 HAS_OFFSETS=has_offsets,
+                STOCHASTIC=stochastic,
+                READ_STORED=read_stored,
                 BLOCK_SIZE=BLOCK,
                 num_warps=_NUM_WARPS,
             )
@@ -990,6 +1085,7 @@ def _launch(
                 tuple(numels),
                 tuple(chunk_starts),
                 offsets_tuple,
+                rounding_tuple,
                 partial_sums,
                 denominators,
                 found_inf_arg,
@@ -1003,6 +1099,8 @@ def _launch(
                 LEVEL=level,
                 HAS_FOUND_INF=found_inf is not None,
                 HAS_OFFSETS=has_offsets,
+                STOCHASTIC=stochastic,
+                READ_STORED=read_stored,
                 BLOCK_SIZE=BLOCK,
                 TILE=_FINISH_TILE,
                 num_warps=4,

@@ -70,6 +70,14 @@ from kadam.optimizer.levels import (
     warn_if_unstable,
     with_group_overrides,
 )
+from kadam.optimizer.precision import (
+    check_state_options,
+    math_dtype,
+    moment_dtype,
+    rounding_key,
+    store_rounded_,
+    tensor_base_key,
+)
 
 __all__ = ["KAdam", "kadam", "state_keys"]
 
@@ -187,6 +195,17 @@ class KAdam(Optimizer):
             fused kernel for plain CPU tensors of a kernel dtype unless the levels are exactly Adam's
             (k = 1, elementwise, which keeps torch's default and its bitwise equality with ``AdamW``),
             and otherwise chooses between loop and foreach as torch does (foreach on CUDA).
+        state_dtype: the dtype of every moment of every level: ``None`` (default) the parameter's,
+            ``torch.float32`` or ``torch.bfloat16`` (half the bytes of float32 state; ``torch.float16``
+            is refused, its range cannot hold g²). In a dtype other than the parameter's, each step
+            computes in float32 (float64 for float64 parameters), rounds each moment once when storing
+            it and reads it as stored (:mod:`kadam.optimizer.precision`, THEORY §1); every path (loop,
+            foreach, the fused CPU and Triton kernels) does so. Checkpoints keep the state in its dtype
+            and load into another ``state_dtype`` with a cast. Real parameters only.
+        stochastic_rounding: round bfloat16 moments stochastically (unbiased: E[SR(a)] = a) instead of
+            to nearest, with random bits hashed from the step count, the parameter's position in the
+            optimizer and the element, so runs are reproducible and no global RNG state is touched. Needs
+            bfloat16 moments (``state_dtype=torch.bfloat16``, or bfloat16 parameters); else ValueError.
 
     A torch flag given a value KAdam does not implement raises ``ValueError``, and so does a
     hyperparameter out of its range: β and γ in [0, 1); lr, eps and weight_decay finite and >= 0 (torch's
@@ -211,7 +230,8 @@ class KAdam(Optimizer):
     ``exp_avg_sq`` (torch's names, so AdamW checkpoints load both ways at k = 1) and level i ≥ 2
     ``exp_avg_{i}`` / ``exp_avg_sq_{i}`` (0-dim in tensor mode). A level i ≥ 2 with β = 0 has
     :math:`m_n = x_n` and keeps no ``exp_avg_{i}``: the default k = 2 holds AdamW's state plus one scalar
-    per tensor; a checkpoint that still carries such a tensor loads, and the tensor is dropped. Loading a checkpoint with fewer levels
+    per tensor; a checkpoint that still carries such a tensor loads, and the tensor is dropped. The moments
+    are of ``state_dtype`` (default: the parameter's dtype; tensor-mode scalars included). Loading a checkpoint with fewer levels
     (resuming an AdamW run as 2-Adam) starts the new levels from zero, their bias correction counting
     from the resume; more levels, or a level in a different mode, is an error.
     """
@@ -235,9 +255,12 @@ class KAdam(Optimizer):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
+        stochastic_rounding: bool = False,
     ) -> None:
         if fused and foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        check_state_options(state_dtype, False)  # stochastic_rounding is checked per group, with its parameters
         defaults = {
             "lr": lr,
             # The constructor's level arguments in split form; every group stores its own resolved levels.
@@ -250,6 +273,8 @@ class KAdam(Optimizer):
             "capturable": capturable,
             "differentiable": differentiable,
             "fused": fused,
+            "state_dtype": state_dtype,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
         if fused:
@@ -265,6 +290,14 @@ class KAdam(Optimizer):
         _check_lr(param_group.get("lr", self.defaults["lr"]))  # a tensor stays a tensor, as torch's Adam keeps it
         check_nonnegative("weight_decay", param_group.get("weight_decay", self.defaults["weight_decay"]))
         _check_torch_flags({name: param_group.get(name, self.defaults[name]) for name in _UNSUPPORTED_FLAGS})
+        params = param_group.get("params")
+        if params is not None and not isinstance(params, (Tensor, set)):
+            param_group["params"] = params = list(params)
+        check_state_options(
+            param_group.get("state_dtype", self.defaults["state_dtype"]),
+            param_group.get("stochastic_rounding", self.defaults["stochastic_rounding"]),
+            [params] if isinstance(params, Tensor) else params if isinstance(params, list) else (),
+        )
         levels = resolve_levels(**with_group_overrides(self.defaults, param_group))
         param_group.update(group_entries(levels))
         super().add_param_group(param_group)
@@ -279,6 +312,8 @@ class KAdam(Optimizer):
             group.setdefault("differentiable", False)
             group.setdefault("amsgrad", False)
             group.setdefault("capturable", False)
+            group.setdefault("state_dtype", None)
+            group.setdefault("stochastic_rounding", False)
             for param in group["params"]:  # older torch saved ``step`` as a Python number
                 param_state = self.state.get(param, {})
                 if len(param_state) != 0 and not torch.is_tensor(param_state["step"]):
@@ -346,7 +381,7 @@ class KAdam(Optimizer):
             merged.setdefault("decoupled_weight_decay", group["decoupled_weight_decay"])
             # The implementation is this optimizer's choice, not the checkpoint's (a plain checkpoint must
             # not turn off fused=True, which GradScaler relies on once _step_supports_amp_scaling is set).
-            for key in ("foreach", "fused", "capturable"):
+            for key in ("foreach", "fused", "capturable", "state_dtype", "stochastic_rounding"):
                 merged[key] = group[key]
             levels = resolve_levels(**{key: merged[key] for key in LEVEL_KEYS})
             merged.update(group_entries(levels))
@@ -359,6 +394,7 @@ class KAdam(Optimizer):
                 fewer_levels |= saved_levels < len(levels)
             merged_groups.append(merged)
         super().load_state_dict({"state": state_dict["state"], "param_groups": merged_groups})
+        self._cast_moments_to_state_dtype()
         if fewer_levels:
             self._start_missing_levels()
             warnings.warn(
@@ -464,6 +500,18 @@ class KAdam(Optimizer):
             level += 1
         return level
 
+    def _cast_moments_to_state_dtype(self) -> None:
+        """Every moment in its group's state dtype (torch's loading casts them to the parameter's dtype): a
+        checkpoint saved with another ``state_dtype`` loads with a cast (rounded to nearest)."""
+        for group in self.param_groups:
+            if group["state_dtype"] is None:
+                continue
+            for param in group["params"]:
+                state = self.state.get(param)
+                for key, value in (state or {}).items():
+                    if key != "step" and isinstance(value, Tensor) and value.is_floating_point():
+                        state[key] = value.to(group["state_dtype"])
+
     def _start_missing_levels(self) -> None:
         for group in self.param_groups:
             levels = group_levels(group)
@@ -472,19 +520,22 @@ class KAdam(Optimizer):
                 if not state:
                     continue
                 for i in range(self._count_levels(state) + 1, len(levels) + 1):
-                    self._init_level(state, param, i, levels[i - 1])
+                    self._init_level(state, param, i, levels[i - 1], group["state_dtype"])
                     state[_offset_key(i)] = float(_get_value(state["step"]))
 
     @staticmethod
-    def _init_level(state: dict[str, Any], param: Tensor, level: int, hparams: Level) -> None:
+    def _init_level(
+        state: dict[str, Any], param: Tensor, level: int, hparams: Level, state_dtype: torch.dtype | None = None
+    ) -> None:
         exp_avg, exp_avg_sq = state_keys(level)
+        dtype = moment_dtype(param, state_dtype)
         if _keeps_first_moment(level, hparams):
-            state[exp_avg] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state[exp_avg] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
         if hparams.tensor_mode:
-            real_dtype = param.real.dtype if param.is_complex() else param.dtype
+            real_dtype = param.real.dtype if param.is_complex() else dtype
             state[exp_avg_sq] = param.new_zeros((), dtype=real_dtype)
         else:
-            state[exp_avg_sq] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state[exp_avg_sq] = torch.zeros_like(param, dtype=dtype, memory_format=torch.preserve_format)
 
     def _init_group(
         self,
@@ -495,6 +546,8 @@ class KAdam(Optimizer):
         moments: list[tuple[list[Tensor], list[Tensor]]],
         steps: list[Tensor],
         level_steps: list[list[float]],
+        indices: list[int] | None = None,
+        first_index: int = 0,
     ) -> bool:
         has_complex = False
         # Per level, once per call: its state keys, whether it stores m, its step-offset key.
@@ -504,9 +557,11 @@ class KAdam(Optimizer):
         ]
         # Step counts stay tensors when traced by torch.compile or kept on the device (capturable).
         tensor_counts = group["capturable"] or torch.compiler.is_compiling()
-        for param in group["params"]:
+        for position, param in enumerate(group["params"]):
             if param.grad is None:
                 continue
+            if indices is not None:
+                indices.append(first_index + position)
             if param.grad.is_sparse:
                 raise RuntimeError("KAdam does not support sparse gradients")
             has_complex |= torch.is_complex(param)
@@ -522,11 +577,13 @@ class KAdam(Optimizer):
                     else torch.tensor(0.0, dtype=_get_scalar_dtype())
                 )
                 for i, hparams in enumerate(levels, start=1):
-                    self._init_level(state, param, i, hparams)
+                    self._init_level(state, param, i, hparams, group["state_dtype"])
             for (exp_avgs, exp_avg_sqs), (exp_avg, exp_avg_sq, keeps_first_moment, _) in zip(moments, level_keys):
                 if keeps_first_moment:
                     if exp_avg not in state:  # the level's beta1 was 0 when the state was made
-                        state[exp_avg] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                        state[exp_avg] = torch.zeros_like(
+                            param, dtype=moment_dtype(param, group["state_dtype"]), memory_format=torch.preserve_format
+                        )
                     exp_avgs.append(state[exp_avg])
                 exp_avg_sqs.append(state[exp_avg_sq])
             step = state["step"]
@@ -552,6 +609,7 @@ class KAdam(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        first_index = 0
         for group in self.param_groups:
             levels = group_levels(group)
             params: list[Tensor] = []
@@ -559,7 +617,11 @@ class KAdam(Optimizer):
             moments: list[tuple[list[Tensor], list[Tensor]]] = [([], []) for _ in levels]
             steps: list[Tensor] = []
             level_steps: list[list[float]] = [[] for _ in levels]
-            has_complex = self._init_group(group, levels, params, grads, moments, steps, level_steps)
+            indices: list[int] = []
+            has_complex = self._init_group(
+                group, levels, params, grads, moments, steps, level_steps, indices, first_index
+            )
+            first_index += len(group["params"])
             kadam(
                 params,
                 grads,
@@ -577,6 +639,8 @@ class KAdam(Optimizer):
                 has_complex=has_complex,
                 grad_scale=getattr(self, "grad_scale", None),
                 found_inf=getattr(self, "found_inf", None),
+                stochastic_rounding=group["stochastic_rounding"],
+                param_indices=indices,
             )
         return loss
 
@@ -652,10 +716,12 @@ def check_fused_device(param: Tensor, levels: Sequence[Level]) -> None:
         )
 
 
-def _uses_triton(device: torch.device, levels: Sequence[Level]) -> bool:
+def _uses_triton(device: torch.device, levels: Sequence[Level], exactly_adam: bool | None = None) -> bool:
     """Whether the fused step of ``levels`` on ``device`` is the Triton kernel: every configuration on
-    CUDA but exactly Adam, which keeps torch's fused Adam kernel (bit-for-bit torch's AdamW)."""
-    return device.type in _TRITON_DEVICE_TYPES and not _exactly_adam(levels)
+    CUDA but exactly Adam (``exactly_adam``, default: k = 1 elementwise; a cast state is not), which keeps
+    torch's fused Adam kernel (bit-for-bit torch's AdamW)."""
+    exactly_adam = _exactly_adam(levels) if exactly_adam is None else exactly_adam
+    return device.type in _TRITON_DEVICE_TYPES and not exactly_adam
 
 
 def _fused_by_default(params: list[Tensor], levels: Sequence[Level]) -> bool:
@@ -690,14 +756,26 @@ def kadam(
     has_complex: bool = False,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    stochastic_rounding: bool = False,
+    param_indices: Sequence[int] | None = None,
 ) -> None:
     """Functional k-Adam (see :class:`KAdam`); ``moments[i]`` holds level i+1's (exp_avgs, exp_avg_sqs).
 
     ``lr`` is a float or a 1-element tensor of any shape, which every implementation reads as a 0-dim
-    tensor (torch's ``_to_scalar``, as torch's Adam reads it).
+    tensor (torch's ``_to_scalar``, as torch's Adam reads it). Moments may be stored in a dtype other than
+    their parameter's (:mod:`kadam.optimizer.precision`); ``stochastic_rounding`` rounds bfloat16 moments
+    stochastically, with the bits of ``param_indices`` (each parameter's position in the optimizer; default
+    its position in ``params``) and the step count.
     """
     if not params:
         return
+    rounding_indices = None
+    if stochastic_rounding:
+        rounding_indices = list(range(len(params)) if param_indices is None else param_indices)
+        if len(rounding_indices) != len(params):
+            raise ValueError(
+                f"param_indices must hold one index per parameter ({len(params)}), got {len(rounding_indices)}"
+            )
     lr = _to_scalar(lr)
     if capturable and not torch.compiler.is_compiling():
         supported = _get_capturable_supported_devices(supports_xla=not foreach)  # as torch's two paths say
@@ -737,7 +815,43 @@ def kadam(
         decoupled_weight_decay=decoupled_weight_decay,
         maximize=maximize,
         has_complex=has_complex,
+        rounding_indices=rounding_indices,
     )
+
+
+def _casts_state(param: Tensor, moments: Sequence[Tensor], rounding_indices: Sequence[int] | None) -> bool:
+    """Whether a step of ``param`` loads its moments into the math dtype and rounds them once when storing
+    them (:mod:`kadam.optimizer.precision`): a state dtype other than the parameter's, or stochastic rounding."""
+    if rounding_indices is not None:
+        return True
+    real = param.real.dtype if param.is_complex() else param.dtype
+    return any((m.real.dtype if m.is_complex() else m.dtype) != real for m in moments)
+
+
+def _moment_key(rounding_indices: Sequence[int] | None, index: int, count: Any, moment: int) -> Any:
+    """The stochastic-rounding key of one moment (None: round to nearest); ``count`` is level 1's step count
+    after this step's increment (a tensor under torch.compile or capturable)."""
+    if rounding_indices is None:
+        return None
+    step = count.to(torch.int64) if isinstance(count, Tensor) else int(count)
+    return rounding_key(step, rounding_indices[index], moment)
+
+
+def _update_rounded(
+    exp_avg: Tensor | None, exp_avg_sq: Tensor, x: Tensor, level: Level, keys: Sequence[Any]
+) -> tuple[Tensor, Tensor]:
+    """One level's moments updated in ``x``'s (math) dtype and each stored once, rounded (stochastically with
+    ``keys`` (m's, v's) where they are not None); returns (m, v) as stored, in the math dtype (m = x for β = 0)."""
+    if exp_avg is None:
+        first = x
+    else:
+        first = store_rounded_(exp_avg, exp_avg.to(x.dtype).lerp_(x, 1 - level.beta), keys[0])
+    updated = exp_avg_sq.to(x.dtype).mul_(level.gamma)
+    if level.tensor_mode:
+        updated.add_(torch.linalg.vector_norm(x).square().div_(max(x.numel(), 1)), alpha=1 - level.gamma)
+    else:
+        updated.addcmul_(x, x, value=1 - level.gamma)
+    return first, store_rounded_(exp_avg_sq, updated, keys[1])
 
 
 def _single_tensor_kadam(
@@ -753,9 +867,11 @@ def _single_tensor_kadam(
     decoupled_weight_decay: bool,
     maximize: bool,
     has_complex: bool,
+    rounding_indices: Sequence[int] | None = None,
 ) -> None:
     last = len(levels) - 1
     for index, param in enumerate(params):
+        casts = _casts_state(param, [ms[index] for pair in moments for ms in pair if ms], rounding_indices)
         grad = grads[index] if not maximize else -grads[index]
         steps[index] += 1
         if weight_decay != 0:
@@ -767,7 +883,7 @@ def _single_tensor_kadam(
             grad = torch.view_as_real(grad)
             param = torch.view_as_real(param)
         is_complex = torch.is_complex(params[index])
-        x = grad
+        x = grad.to(math_dtype(param.dtype)) if casts else grad
         for i, level in enumerate(levels):
             exp_avgs, exp_avg_sqs = moments[i]
             exp_avg = exp_avgs[index] if exp_avgs else None  # None: beta1 = 0, so m = x
@@ -776,15 +892,19 @@ def _single_tensor_kadam(
                 exp_avg = None if exp_avg is None else torch.view_as_real(exp_avg)
                 if not level.tensor_mode:
                     exp_avg_sq = torch.view_as_real(exp_avg_sq)
-            if exp_avg is None:
-                exp_avg = x
+            if casts:  # the moments in the math dtype, each rounded once when stored, read as stored
+                keys = [_moment_key(rounding_indices, index, level_steps[0][index], 2 * i + j) for j in (0, 1)]
+                exp_avg, exp_avg_sq = _update_rounded(exp_avg, exp_avg_sq, x, level, keys)
             else:
-                exp_avg.lerp_(x, 1 - level.beta)
-            if level.tensor_mode:
-                mean_square = torch.linalg.vector_norm(x).square().div_(max(x.numel(), 1))  # 0 if empty
-                exp_avg_sq.mul_(level.gamma).add_(mean_square, alpha=1 - level.gamma)
-            else:
-                exp_avg_sq.mul_(level.gamma).addcmul_(x, x, value=1 - level.gamma)
+                if exp_avg is None:
+                    exp_avg = x
+                else:
+                    exp_avg.lerp_(x, 1 - level.beta)
+                if level.tensor_mode:
+                    mean_square = torch.linalg.vector_norm(x).square().div_(max(x.numel(), 1))  # 0 if empty
+                    exp_avg_sq.mul_(level.gamma).add_(mean_square, alpha=1 - level.gamma)
+                else:
+                    exp_avg_sq.mul_(level.gamma).addcmul_(x, x, value=1 - level.gamma)
             count = level_steps[i][index]
             bias_correction1 = 1 - level.beta**count
             bias_correction2_sqrt = (1 - level.gamma**count) ** 0.5
@@ -812,6 +932,7 @@ def _multi_tensor_kadam(
     decoupled_weight_decay: bool,
     maximize: bool,
     has_complex: bool,
+    rounding_indices: Sequence[int] | None = None,
 ) -> None:
     flat_moments = [tensors for pair in moments for tensors in pair]
     grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, *flat_moments, steps], with_indices=True)
@@ -838,6 +959,7 @@ def _multi_tensor_kadam(
                 decoupled_weight_decay=decoupled_weight_decay,
                 maximize=maximize,
                 has_complex=has_complex,
+                rounding_indices=None if rounding_indices is None else [rounding_indices[indices[j]] for j in chunk],
             )
 
 
@@ -873,10 +995,13 @@ def _multi_tensor_group(
     decoupled_weight_decay: bool,
     maximize: bool,
     has_complex: bool,
+    rounding_indices: Sequence[int] | None = None,
 ) -> None:
     """One foreach step over tensors of one device and dtype (``counts_by_level[i][j]``: level i's step count
-    of tensor j)."""
+    of tensor j); moments in another dtype, or rounded stochastically, are updated in the math dtype and
+    stored once (:func:`_update_rounded_foreach`)."""
     last = len(levels) - 1
+    casts = _casts_state(device_params[0], [ms[0] for ms in device_moments if ms], rounding_indices)
     if has_complex:
         _view_as_real(device_params, device_grads)
     if maximize:
@@ -893,6 +1018,8 @@ def _multi_tensor_group(
         else:
             device_grads = torch._foreach_add(device_grads, device_params, alpha=weight_decay)
     x = device_grads
+    if casts and x[0].dtype != math_dtype(x[0].dtype):
+        x = [t.to(math_dtype(t.dtype)) for t in x]
     for i, level in enumerate(levels):
         exp_avgs = device_moments[2 * i]
         exp_avg_sqs = device_moments[2 * i + 1]
@@ -900,18 +1027,18 @@ def _multi_tensor_group(
             # Real views of the complex states (a level with beta1 = 0 has no m list to key them on).
             _view_states_as_real(exp_avgs, exp_avg_sqs, level)
         counts = counts_by_level[i]
-        if exp_avgs:
-            torch._foreach_lerp_(exp_avgs, x, 1 - level.beta)
-        else:  # beta1 = 0: m = x, not stored
-            exp_avgs = x
-        torch._foreach_mul_(exp_avg_sqs, level.gamma)
-        if level.tensor_mode:
-            norms = torch._foreach_norm(x)
-            mean_squares = torch._foreach_mul(norms, norms)
-            torch._foreach_mul_(mean_squares, [(1 - level.gamma) / max(t.numel(), 1) for t in x])
-            torch._foreach_add_(exp_avg_sqs, mean_squares)
+        if casts:
+            keys = [
+                [_moment_key(rounding_indices, j, counts_by_level[0][j], 2 * i + which) for j in range(len(x))]
+                for which in (0, 1)
+            ]
+            exp_avgs, exp_avg_sqs = _update_rounded_foreach(exp_avgs, exp_avg_sqs, x, level, keys)
         else:
-            torch._foreach_addcmul_(exp_avg_sqs, x, x, 1 - level.gamma)
+            if exp_avgs:
+                torch._foreach_lerp_(exp_avgs, x, 1 - level.beta)
+            else:  # beta1 = 0: m = x, not stored
+                exp_avgs = x
+            _update_second_moments(exp_avg_sqs, x, level)
         bias_correction1 = [1 - level.beta**n for n in counts]
         bias_correction2_sqrt = [(1 - level.gamma**n) ** 0.5 for n in counts]
         denom = torch._foreach_sqrt(exp_avg_sqs)
@@ -940,6 +1067,35 @@ def _multi_tensor_group(
                 torch._foreach_div_(x, bias_correction1)
 
 
+def _update_second_moments(exp_avg_sqs: list[Tensor], x: list[Tensor], level: Level) -> None:
+    """v ← γ v + (1 - γ) x² (elementwise) or (1 - γ) mean(x²) (tensor mode), in place, with foreach ops."""
+    torch._foreach_mul_(exp_avg_sqs, level.gamma)
+    if level.tensor_mode:
+        norms = torch._foreach_norm(x)
+        mean_squares = torch._foreach_mul(norms, norms)
+        torch._foreach_mul_(mean_squares, [(1 - level.gamma) / max(t.numel(), 1) for t in x])
+        torch._foreach_add_(exp_avg_sqs, mean_squares)
+    else:
+        torch._foreach_addcmul_(exp_avg_sqs, x, x, 1 - level.gamma)
+
+
+def _update_rounded_foreach(
+    exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], x: list[Tensor], level: Level, keys: Sequence[Sequence[Any]]
+) -> tuple[list[Tensor], list[Tensor]]:
+    """:func:`_update_rounded` for lists: the moments updated in ``x``'s dtype, stored rounded once (``keys``:
+    per tensor, m's and v's stochastic-rounding keys or None); returns them as stored, in the math dtype."""
+    dtype = x[0].dtype
+    if exp_avgs:
+        updated = [m.to(dtype) for m in exp_avgs]
+        torch._foreach_lerp_(updated, x, 1 - level.beta)
+        first = [store_rounded_(m, u, key) for m, u, key in zip(exp_avgs, updated, keys[0])]
+    else:
+        first = x
+    updated = [v.to(dtype) for v in exp_avg_sqs]
+    _update_second_moments(updated, x, level)
+    return first, [store_rounded_(v, u, key) for v, u, key in zip(exp_avg_sqs, updated, keys[1])]
+
+
 def _view_states_as_real(exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], level: Level) -> None:
     """Real views, in place in the lists, of a level's complex states (``exp_avgs`` is empty for β₁ = 0,
     a tensor-mode ``v`` is real already)."""
@@ -963,6 +1119,7 @@ def _fused_kadam(
     has_complex: bool,
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
+    rounding_indices: Sequence[int] | None = None,
 ) -> None:
     """Fused k-Adam: one kernel call per device and dtype.
 
@@ -994,12 +1151,17 @@ def _fused_kadam(
                 _view_states_as_real(exp_avgs, exp_avg_sqs, level)
         device_scale = None if grad_scale is None else grad_scale.to(device, non_blocking=True)
         device_inf = None if found_inf is None else found_inf.to(device, non_blocking=True)
-        if _uses_triton(device, levels):
-            implementation = _triton_fused_kadam
-        elif device.type == "cpu" and not _exactly_adam(levels):
-            implementation = functools.partial(_cpu_fused_kadam, indices=indices)
+        group_rounding = None if rounding_indices is None else [rounding_indices[j] for j in indices]
+        # torch's fused Adam kernel keeps the state in the parameter's dtype and rounds to nearest.
+        exactly_adam = _exactly_adam(levels) and not _casts_state(
+            group_params[0], [ms[0] for pair in group_moments for ms in pair if ms], group_rounding
+        )
+        if _uses_triton(device, levels, exactly_adam):
+            implementation = functools.partial(_triton_fused_kadam, rounding_indices=group_rounding)
+        elif device.type == "cpu" and not exactly_adam:
+            implementation = functools.partial(_cpu_fused_kadam, indices=indices, rounding_indices=group_rounding)
         else:
-            implementation = functools.partial(_torch_kernels_kadam, indices=indices)
+            implementation = functools.partial(_torch_kernels_kadam, indices=indices, rounding_indices=group_rounding)
         implementation(
             group_params,
             group_grads,
@@ -1031,6 +1193,7 @@ def _cpu_fused_kadam(
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
     indices: Sequence[int] | None = None,
+    rounding_indices: Sequence[int] | None = None,
 ) -> None:
     """The C++ kernel for real tensors of one dtype on the CPU (``indices``: their positions in the step's
     list of parameters, which the kernel's input checks name).
@@ -1061,6 +1224,9 @@ def _cpu_fused_kadam(
         steps=steps,
         state_names=[state_keys(i) for i in range(1, len(levels) + 1)],
         param_name=_param_namer(indices),
+        rounding_keys=None
+        if rounding_indices is None
+        else [tensor_base_key(int(count), index) for count, index in zip(level_steps[0], rounding_indices)],
     )
 
 
@@ -1084,6 +1250,7 @@ def _triton_fused_kadam(
     maximize: bool,
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
+    rounding_indices: Sequence[int] | None = None,
 ) -> None:
     """The Triton kernel (THEORY §1) for real tensors of one dtype on one CUDA device.
 
@@ -1125,6 +1292,7 @@ def _triton_fused_kadam(
         grad_scale=grad_scale,
         found_inf=found_inf,
         step_offsets=None if not any(any(offsets) for offsets in step_offsets) else step_offsets,
+        rounding_indices=rounding_indices,
     )
 
 
@@ -1168,10 +1336,16 @@ def _torch_kernels_kadam(
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
     indices: Sequence[int] | None = None,
+    rounding_indices: Sequence[int] | None = None,
 ) -> None:
     """torch's fused Adam/AdamW kernel, which steps exactly Adam (k = 1, elementwise), on the CPU as on
     every device torch has it for; the tensors are checked first (:func:`kadam.optimizer._cpu_kernel.check_inputs`),
     as the kernel trusts them."""
+    if params and _casts_state(params[0], [ms[0] for pair in moments for ms in pair if ms], rounding_indices):
+        raise RuntimeError(
+            f"KAdam(fused=True) on {params[0].device.type} runs torch's fused Adam kernel, which keeps the state in "
+            "the parameters' dtype and rounds to nearest: use foreach=True for state_dtype or stochastic_rounding"
+        )
     if len(levels) != 1 or levels[0].tensor_mode:
         raise RuntimeError(
             f"KAdam(fused=True) has no fused kernel on {params[0].device.type} for k = {len(levels)} with norms "

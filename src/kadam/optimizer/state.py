@@ -31,6 +31,8 @@ from kadam.vocabulary import Level
 
 __all__ = ["LevelState", "level_states", "level_updates", "param_group_levels", "step_count"]
 
+_HALF = (torch.float16, torch.bfloat16)
+
 
 def param_group_levels(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> tuple[Level, ...]:
     """The levels that ``group`` of ``optimizer`` steps with, level 1 first: KAdam's k levels, or the one
@@ -91,7 +93,8 @@ class LevelState:
     def update(self, level_input: Tensor | None = None) -> Tensor:
         r""":math:`u_n` of this level (a new tensor, real view for complex parameters).
 
-        ``level_input`` is :math:`x_n`, needed only where the level keeps no :math:`m` (β = 0: m = x).
+        ``level_input`` is :math:`x_n`, needed only where the level keeps no :math:`m` (β = 0: m = x). Moments
+        kept in a 16-bit ``state_dtype`` are read in float32, as the step reads them.
         """
         first = self.exp_avg if self.exp_avg is not None else level_input
         if first is None:
@@ -101,6 +104,8 @@ class LevelState:
             first = torch.view_as_real(first)
         if torch.is_complex(second):
             second = torch.view_as_real(second)
+        if first.dtype in _HALF or second.dtype in _HALF:
+            first, second = first.float(), second.float()
         denom = (second.sqrt() / math.sqrt(self.bias_correction2)).add_(self.level.eps)
         return torch.div(first, denom).div_(self.bias_correction1)
 

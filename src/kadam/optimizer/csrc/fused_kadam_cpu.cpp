@@ -77,6 +77,39 @@ inline void store(BFloat16* p, int64_t j, float v) {
   p[j].bits = rounded;
 }
 
+// `value` rounded as storing it in M rounds it (to nearest even), read back in T.
+template <typename M, typename T>
+inline T rounded(T value) {
+  M slot[1];
+  store(slot, 0, value);
+  return T(load(slot, 0));
+}
+
+// lowbias32 (C. Wellons), the hash of kadam.optimizer.precision.hash32.
+inline uint32_t hash32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+
+// The 16 random bits of element `element` under `key`: H(key + element) >> 16 (element modulo 2^32).
+inline uint32_t random16(uint32_t key, int64_t element) { return hash32(key + uint32_t(element)) >> 16; }
+
+// `value` stochastically rounded to bfloat16 (read back as float): r < 2^16 added to float32's bits, the low
+// half cut off, so it rounds up with probability equal to its distance from the value below; NaN and inf round
+// to nearest.
+inline float stochastic_bfloat16(float value, uint32_t random) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  const uint32_t cut = (bits + random) & 0xffff0000u;
+  float result;
+  std::memcpy(&result, &cut, sizeof result);
+  return std::isfinite(value) ? result : rounded<BFloat16>(value);
+}
+
 }  // namespace
 
 extern "C" {
@@ -108,6 +141,9 @@ struct KAdamArgs {
   const float* grad_scale;  // null: no scaling
   void* const* steps;       // per tensor, its step count (a 0-dim tensor) to increment by 1; null: none
   int32_t step_dtype;       // 0 float32, 1 float64
+  int32_t state_dtype;      // the moments' dtype, coded as dtype; a moment is stored rounded once
+  int32_t stochastic_rounding;     // 1: bfloat16 moments rounded stochastically (state_dtype 3 only)
+  const uint32_t* rounding_keys;   // per tensor, H(H(step) + index) (kadam.optimizer.precision); null unless SR
 };
 
 // The layout of KAdamArgs as this compiler lays it out, for the loader's check.
@@ -126,7 +162,8 @@ static const int64_t kArgsOffsets[] = {
     offsetof(KAdamArgs, keeps_first_moment),
     offsetof(KAdamArgs, lr),           offsetof(KAdamArgs, weight_decay),
     offsetof(KAdamArgs, grad_scale),   offsetof(KAdamArgs, steps),
-    offsetof(KAdamArgs, step_dtype),
+    offsetof(KAdamArgs, step_dtype),   offsetof(KAdamArgs, state_dtype),
+    offsetof(KAdamArgs, stochastic_rounding), offsetof(KAdamArgs, rounding_keys),
 };
 
 int64_t kadam_args_field_count() { return int64_t(sizeof kArgsOffsets / sizeof kArgsOffsets[0]); }
@@ -139,7 +176,7 @@ int64_t kadam_args_offset(int64_t field) {
 
 namespace {
 
-template <typename S, typename T>
+template <typename P, typename M, typename T, bool SR>
 class Stepper {
  public:
   explicit Stepper(const KAdamArgs& a)
@@ -147,7 +184,7 @@ class Stepper {
     // Tensor-mode v before this step, read once so that every thread can finish a reduction alone.
     for (int i = 0; i < a_.n_levels; ++i) {
       if (!a_.tensor_modes[i]) continue;
-      for (int64_t t = 0; t < a_.n_tensors; ++t) old_v_[level_index(i, t)] = load(tensor<S>(a_.exp_avg_sqs, i, t), 0);
+      for (int64_t t = 0; t < a_.n_tensors; ++t) old_v_[level_index(i, t)] = load(tensor<M>(a_.exp_avg_sqs, i, t), 0);
     }
   }
 
@@ -168,15 +205,15 @@ class Stepper {
       first_chunk[t + 1] = int64_t(chunks.size());
     }
     // Groups of consecutive tensors of at most kGroupElements elements (a larger tensor alone); a group
-    // of at most kBufferElements gets the replay buffer (float32/float64 only: for half storage the replay must read the
-    // rounded m and v, as the loop implementation does).
+    // of at most kBufferElements gets the replay buffer, unless the parameters' own 16-bit state fed the pass
+    // unrounded (then the replay must read the rounded m and v, as the loop implementation does).
     std::vector<int64_t> group_starts;
     int64_t buffer_elements = 0;
     for (int64_t t = 0; t < a_.n_tensors;) {
       group_starts.push_back(t);
       int64_t size = a_.numels[t], u = t + 1;
       while (u < a_.n_tensors && size + a_.numels[u] <= kGroupElements) size += a_.numels[u++];
-      if (std::is_same<S, T>::value && size <= kBufferElements && uses_replay_buffer()) {
+      if ((kReadStored || std::is_same<P, T>::value) && size <= kBufferElements && uses_replay_buffer()) {
         for (int64_t offset = 0; t < u; offset += a_.numels[t++]) replay_offset_[t] = offset;
         buffer_elements = std::max(buffer_elements, size);
       }
@@ -236,9 +273,9 @@ class Stepper {
  private:
   size_t level_index(int level, int64_t t) const { return size_t(level) * a_.n_tensors + t; }
 
-  template <typename P>
-  P* tensor(void* const* list, int level, int64_t t) const {
-    return static_cast<P*>(list[level_index(level, t)]);
+  template <typename Q>
+  Q* tensor(void* const* list, int level, int64_t t) const {
+    return static_cast<Q*>(list[level_index(level, t)]);
   }
 
   // True when tensor-mode level `level` stores no m and the level after it is another such level: the
@@ -255,13 +292,40 @@ class Stepper {
     return i;
   }
 
+  // Moments in a dtype other than the parameters' (state_dtype), or stochastically rounded, feed the levels as
+  // stored (every implementation reads them so); the parameters' own 16-bit state feeds them unrounded.
+  static constexpr bool kReadStored = SR || !std::is_same<P, M>::value;
+
+  // The value of a moment that the step goes on with: the value as stored (rounded once to M, to nearest or
+  // (SR) stochastically with the random bits of element `element` under `key`) where kReadStored, else the
+  // value itself (store() rounds it when it is written).
+  static T round_moment(T value, uint32_t key, int64_t element) {
+    if constexpr (SR) {
+      return T(stochastic_bfloat16(float(value), random16(key, element)));
+    } else if constexpr (kReadStored) {
+      (void)key;
+      (void)element;
+      return rounded<M>(value);
+    } else {
+      (void)key;
+      (void)element;
+      return value;
+    }
+  }
+
+  // The stochastic-rounding key of moment `which` (0: m, 1: v) of level `level` of tensor t: H(base_t + moment).
+  uint32_t moment_key(int level, int which, int64_t t) const {
+    return SR ? hash32(a_.rounding_keys[t] + uint32_t(2 * level + which)) : 0u;
+  }
+
   // Tensor-mode level `level` after its pass: v <- gamma v + (1 - gamma) mean(x^2), as the loop's mul_
   // then add_; returns the denominator sqrt(v) / sqrt(1 - gamma^n) + eps that the next pass uses.
   T finish_reduction(int64_t t, int level, double sum, bool store_v) const {
     const size_t index = level_index(level, t);
     const T mean_square = a_.numels[t] > 0 ? T(sum / double(a_.numels[t])) : T(0);  // empty tensor: 0
-    const T v = T(old_v_[index] * T(a_.gammas[level])) + T(T(1.0 - a_.gammas[level]) * mean_square);
-    if (store_v) store(tensor<S>(a_.exp_avg_sqs, level, t), 0, v);
+    const T v = round_moment(T(old_v_[index] * T(a_.gammas[level])) + T(T(1.0 - a_.gammas[level]) * mean_square),
+                             moment_key(level, 1, t), 0);
+    if (store_v) store(tensor<M>(a_.exp_avg_sqs, level, t), 0, v);
     return T(std::sqrt(v) / T(a_.bias_correction2_sqrt[index])) + T(a_.eps[level]);
   }
 
@@ -285,10 +349,10 @@ class Stepper {
       }
       const size_t index = level_index(source, t);
       const T carried = carried_by_level[index];
-      const S* m = first_moment(source, t, begin);
+      const M* m = first_moment(source, t, begin);
       if (!m) replay_input(t, source, begin, n, carried_by_level, x);
       if (source == last) {
-        S* param = static_cast<S*>(a_.params[t]) + begin;
+        P* param = static_cast<P*>(a_.params[t]) + begin;
         const T scale = T(step_size(index) / carried), keep = shrink();
         if (m) {
           for (int64_t j = 0; j < n; ++j) store(param, j, T(load(param, j) * keep) + T(T(load(m, j)) * scale));
@@ -336,11 +400,11 @@ class Stepper {
     double scale = 1.0;
     for (int i = e + 1; i <= source; ++i) scale *= tensor_scale(level_index(i, t), carried_by_level[level_index(i, t)]);
     const Normalizer norm = normalizer(e, t);
-    const S* m = first_moment(e, t, begin);
-    const S* v = tensor<S>(a_.exp_avg_sqs, e, t) + begin;
+    const M* m = first_moment(e, t, begin);
+    const M* v = tensor<M>(a_.exp_avg_sqs, e, t) + begin;
     if (const T* kept = replay_output(t, begin)) {  // norm_e(m_e, v_e) as the pass before computed it
       if (source + 1 == a_.n_levels) {
-        S* param = static_cast<S*>(a_.params[t]) + begin;
+        P* param = static_cast<P*>(a_.params[t]) + begin;
         const T factor = T(-a_.lr * scale), keep = shrink();
 #pragma omp simd
         for (int64_t j = 0; j < n; ++j) store(param, j, T(load(param, j) * keep) + T(kept[j] * factor));
@@ -356,7 +420,7 @@ class Stepper {
       return sum;
     }
     if (source + 1 == a_.n_levels) {
-      S* param = static_cast<S*>(a_.params[t]) + begin;
+      P* param = static_cast<P*>(a_.params[t]) + begin;
       const T factor = T(-a_.lr * scale), keep = shrink();
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
@@ -375,8 +439,8 @@ class Stepper {
   }
 
   // Level i's stored first moment from element `begin` of tensor t, or null (beta = 0: not stored).
-  const S* first_moment(int i, int64_t t, int64_t begin) const {
-    return keeps_m(i) ? tensor<S>(a_.exp_avgs, i, t) + begin : nullptr;
+  const M* first_moment(int i, int64_t t, int64_t begin) const {
+    return keeps_m(i) ? tensor<M>(a_.exp_avgs, i, t) + begin : nullptr;
   }
 
   // x <- the input of level `level` for elements [begin, begin + n) of tensor t, from what this step has
@@ -388,8 +452,8 @@ class Stepper {
     if (start < level && keeps_m(start)) {
       // The first replayed level reads its stored m, so its input is not needed: not even the gradient.
     } else if (start == 0) {
-      const S* grad = static_cast<const S*>(a_.grads[t]) + begin;
-      const S* param = static_cast<const S*>(a_.params[t]) + begin;
+      const P* grad = static_cast<const P*>(a_.grads[t]) + begin;
+      const P* param = static_cast<const P*>(a_.params[t]) + begin;
       const bool divide = a_.grad_scale && !a_.store_unscaled_grad;
       const T scale = divide ? T(*a_.grad_scale) : T(1);
       for (int64_t j = 0; j < n; ++j) x[j] = divide ? T(load(grad, j) / scale) : T(load(grad, j));
@@ -403,14 +467,14 @@ class Stepper {
     } else {
       const int below = start - 1;  // the tensor-mode level that ended the pass before
       const size_t index = level_index(below, t);
-      const S* m = first_moment(below, t, begin);
+      const M* m = first_moment(below, t, begin);
       if (!m) replay_input(t, below, begin, n, carried_by_level, x);
       resume(m, tensor_scale(index, carried_by_level[index]), n, x);
     }
     for (int i = start; i < level; ++i) {  // elementwise levels, their m and v updated this step
       const Normalizer norm = normalizer(i, t);
-      const S* m = first_moment(i, t, begin);
-      const S* v = tensor<S>(a_.exp_avg_sqs, i, t) + begin;
+      const M* m = first_moment(i, t, begin);
+      const M* v = tensor<M>(a_.exp_avg_sqs, i, t) + begin;
       if (m) {
         for (int64_t j = 0; j < n; ++j) x[j] = norm(T(load(m, j)), T(load(v, j)));
       } else {
@@ -435,7 +499,7 @@ class Stepper {
   T tensor_scale(size_t index, T carried) const { return T(1.0 / (double(carried) * a_.bias_correction1[index])); }
 
   // x <- m * scale (x * scale in place where m is not stored).
-  void resume(const S* m, T scale, int64_t n, T* x) const {
+  void resume(const M* m, T scale, int64_t n, T* x) const {
     if (m) {
       for (int64_t j = 0; j < n; ++j) x[j] = T(load(m, j)) * scale;
     } else {
@@ -447,11 +511,12 @@ class Stepper {
   template <bool Small>
   double tensor_level(int i, int64_t t, int64_t begin, int64_t n, const T* x) const {
     if (keeps_m(i)) {
-      S* m = tensor<S>(a_.exp_avgs, i, t) + begin;
+      M* m = tensor<M>(a_.exp_avgs, i, t) + begin;
       const T coeff = lerp_coefficient(i);
+      const uint32_t key = moment_key(i, 0, t);
       for (int64_t j = 0; j < n; ++j) {
         const T old = load(m, j);
-        store(m, j, std::fma(coeff, T(x[j] - old), Small ? old : x[j]));
+        store(m, j, round_moment(std::fma(coeff, T(x[j] - old), Small ? old : x[j]), key, begin + j));
       }
     }  // else beta = 0: m = x is not stored (the next pass replays x)
     return sum_of_squares(x, n);
@@ -483,10 +548,11 @@ class Stepper {
   template <bool Small, int Out, bool FromGrad>
   double elementwise_level(int i, int64_t t, int64_t begin, int64_t n, T* x) const {
     const size_t index = level_index(i, t);
-    S* m = keeps_m(i) ? tensor<S>(a_.exp_avgs, i, t) + begin : nullptr;  // null: m = x
-    S* v = tensor<S>(a_.exp_avg_sqs, i, t) + begin;
-    const S* grad = static_cast<const S*>(a_.grads[t]) + begin;
-    S* param = static_cast<S*>(a_.params[t]) + begin;
+    M* m = keeps_m(i) ? tensor<M>(a_.exp_avgs, i, t) + begin : nullptr;  // null: m = x
+    const uint32_t m_key = moment_key(i, 0, t), v_key = moment_key(i, 1, t);
+    M* v = tensor<M>(a_.exp_avg_sqs, i, t) + begin;
+    const P* grad = static_cast<const P*>(a_.grads[t]) + begin;
+    P* param = static_cast<P*>(a_.params[t]) + begin;
     const T coeff = lerp_coefficient(i);
     const T sign = a_.maximize ? T(-1) : T(1);  // exact: g * 1 == g, g * -1 == -g
     const T gamma = T(a_.gammas[i]);
@@ -509,10 +575,10 @@ class Stepper {
       T m_new = input;
       if (m) {
         const T old = load(m, j);
-        m_new = std::fma(coeff, T(input - old), Small ? old : input);
+        m_new = round_moment(std::fma(coeff, T(input - old), Small ? old : input), m_key, begin + j);
         store(m, j, m_new);
       }
-      const T v_new = std::fma(T(one_minus_gamma * input), input, T(load(v, j) * gamma));
+      const T v_new = round_moment(std::fma(T(one_minus_gamma * input), input, T(load(v, j) * gamma)), v_key, begin + j);
       store(v, j, v_new);
       if (Out == kToParam) {
         const T denom = T(std::sqrt(v_new) / bc2_sqrt) + eps;
@@ -554,8 +620,8 @@ class Stepper {
 
   // x^(0) = g / grad_scale, negated to maximize, plus wd * theta for coupled (L2) decay.
   void load_input(int64_t t, int64_t begin, int64_t n, T* x) const {
-    S* grad = static_cast<S*>(a_.grads[t]) + begin;
-    const S* param = static_cast<const S*>(a_.params[t]) + begin;
+    P* grad = static_cast<P*>(a_.grads[t]) + begin;
+    const P* param = static_cast<const P*>(a_.params[t]) + begin;
     if (a_.grad_scale) {
       const T scale = T(*a_.grad_scale);
       for (int64_t j = 0; j < n; ++j) x[j] = load(grad, j) / scale;
@@ -595,9 +661,9 @@ class Stepper {
   std::unique_ptr<T[]> replay_buffer_;
 };
 
-template <typename S, typename T>
+template <typename P, typename M, typename T, bool SR = false>
 void run(const KAdamArgs& args) {
-  Stepper<S, T>(args).run();
+  Stepper<P, M, T, SR>(args).run();
 }
 
 }  // namespace
@@ -615,15 +681,38 @@ static void increment_steps(const KAdamArgs& args) {
   }
 }
 
-// 0 on success; 1 (nothing written) for an unknown parameter or step dtype.
+// Runs the kernel for parameter dtype P (math in T) and moments of `state_dtype`: P's own, float32 or bfloat16
+// (stochastically rounded with `sr`); false for another state dtype.
+template <typename P, typename T>
+static bool run_state(const KAdamArgs& args) {
+  if (args.stochastic_rounding) {
+    if (args.state_dtype != 3 || !args.rounding_keys) return false;
+    run<P, BFloat16, T, true>(args);
+  } else if (args.state_dtype == args.dtype) {
+    run<P, P, T>(args);
+  } else if (args.state_dtype == 0) {
+    run<P, float, T>(args);
+  } else if (args.state_dtype == 3) {
+    run<P, BFloat16, T>(args);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+// 0 on success; 1 (nothing written) for an unknown parameter, state or step dtype.
 extern "C" int kadam_fused_step(const KAdamArgs* args) {
   if (args->dtype < 0 || args->dtype > 3 || (args->steps && args->step_dtype != 0 && args->step_dtype != 1)) return 1;
+  const bool known_state = args->state_dtype == args->dtype || args->state_dtype == 0 || args->state_dtype == 3;
+  if (!known_state || (args->stochastic_rounding && (args->state_dtype != 3 || !args->rounding_keys))) return 1;
   increment_steps(*args);
+  bool ran = false;
   switch (args->dtype) {
-    case 0: run<float, float>(*args); return 0;
-    case 1: run<double, double>(*args); return 0;
-    case 2: run<_Float16, float>(*args); return 0;
-    case 3: run<BFloat16, float>(*args); return 0;
-    default: return 1;
+    case 0: ran = run_state<float, float>(*args); break;
+    case 1: ran = run_state<double, double>(*args); break;
+    case 2: ran = run_state<_Float16, float>(*args); break;
+    case 3: ran = run_state<BFloat16, float>(*args); break;
+    default: break;
   }
+  return ran ? 0 : 1;
 }
