@@ -123,3 +123,11 @@ def test_the_study_tunes_every_gamma_a_rule_moves_to_at_equal_budget():
         factor = batch / config.base_batch
         assert len(points) == config.lr_points * len(analysis.gamma_grid(config, factor)) * len(config.tuning_seeds)
     assert len(per_factor) == len(config.workloads) * (1 + len(config.factors))
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "verdict"),
+    [(-0.01, 0.01, "holds"), (-0.02, 0.0, "not resolved"), (0.011, 0.03, "fails"), (-0.05, -0.011, "fails")],
+)
+def test_the_lr_transfer_keeps_the_loss_only_within_the_tolerance_on_both_sides(low, high, verdict):
+    assert analysis.equivalence_verdict(low, high, 0.01) == verdict

@@ -22,6 +22,11 @@ The rule recommended for a factor is the one with the lowest mean *relative regr
 loss drop, so workloads of different loss scales weigh alike) over the workloads at that factor
 (:func:`ranking`).
 
+**Mini-batch lr transfer.** From the base optimum, η → cη with β → β^c, γ → γ^c and steps → steps/c at the base
+batch; its paired test-loss difference from the base optimum *keeps* the loss when its whole 95% interval lies
+within ± the tolerance, fails when it lies entirely outside, and is not resolved otherwise
+(:func:`equivalence_verdict`); the same betas (naive) beside it.
+
 **Surge** (Li et al. 2024: Adam's best lr first rises with the batch size, then falls). From the lr sweep at
 γ₀ (mean validation loss over tuning seeds) each batch size's tuned lr is its grid argmin; the sweep *surges* when
 the largest tuned lr sits at a batch size strictly between the smallest and the largest and lies at least
@@ -45,6 +50,7 @@ __all__ = [
     "TOLERANCE_FRACTION",
     "batch_of",
     "gamma_grid",
+    "equivalence_verdict",
     "lr_grid",
     "mean_validation",
     "ranking",
@@ -148,6 +154,16 @@ def rule_verdict(low: float, high: float, tolerance: float) -> str:
     if high <= tolerance:
         return "holds"
     if low > tolerance:
+        return "fails"
+    return "not resolved"
+
+
+def equivalence_verdict(low: float, high: float, tolerance: float) -> str:
+    """Two-sided: ``holds`` when the whole interval lies within ``±tolerance``, ``fails`` when it lies entirely
+    outside, ``not resolved`` otherwise (the mini-batch lr transfer claims to *keep* the loss)."""
+    if -tolerance <= low and high <= tolerance:
+        return "holds"
+    if low > tolerance or high < -tolerance:
         return "fails"
     return "not resolved"
 

@@ -67,7 +67,7 @@ def build_section(settings: Any, full_batch: bool = True) -> Section:
     )
 
 
-def packaged_evidence(results: Mapping[str, Any], command: str) -> dict[str, Any]:
+def packaged_evidence(results: Mapping[str, Any]) -> dict[str, Any]:
     """The summary of a batch-size study's ``results.json`` that ships with the package (``kadam/transfer_evidence.json``,
     read by :func:`kadam.transfer.batch_evidence`): the first regime's rows with their regrets, intervals and
     verdicts, and where they come from."""
@@ -75,7 +75,7 @@ def packaged_evidence(results: Mapping[str, Any], command: str) -> dict[str, Any
     regime = study["regimes"][0]
     keys = ("workload", "regime", "factor", "rule", "regret", "low", "high", "relative", "tolerance", "verdict")
     return {
-        "source": f"results/transfer-study (`{command}`, kadam {results['kadam_version']}, "
+        "source": f"results/transfer-study (`{results['command']}`, kadam {results['kadam_version']}, "
         f"torch {results['environment']['torch']})",
         "regime": regime,
         "factors": study["factors"],
@@ -106,7 +106,7 @@ def run_batch_study(profile: str, out: str | Path, jobs: int, command: str) -> d
     )
     results = json.loads((Path(out) / "results.json").read_text(encoding="utf-8"))
     evidence = Path(out) / "transfer_evidence.json"
-    evidence.write_text(json.dumps(packaged_evidence(results, command), indent=1) + "\n", encoding="utf-8")
+    evidence.write_text(json.dumps(packaged_evidence(results), indent=1) + "\n", encoding="utf-8")
     return {**paths, "evidence": evidence}
 
 
@@ -323,6 +323,7 @@ def _batch_document(
     for (workload, c, variant), runs in study["lr_transfer"].items():
         base = study["optimum"][(workload, config.regimes[0], 1)]["runs"]
         row = analysis.regret(runs, base)
+        row["verdict"] = analysis.equivalence_verdict(row["low"], row["high"], row["tolerance"])
         lr_outcomes.append({"workload": workload, "factor": c, "variant": variant, **row})
         lr_rows.append([workload, f"×{c}", variant, _interval(row), f"{row['tolerance']:.3f}", row["verdict"]])
     tables = [
@@ -400,6 +401,23 @@ def _verdict(successes: int, failures: int, total: int) -> str:
     return "refuted" if failures > total / 2 else "not resolved at this budget"
 
 
+def _counted_claim(
+    text: str, rows: Sequence[Mapping[str, Any]], points: str, extra: str, rule: str, seeds: int, source: str
+) -> Claim:
+    """A claim over points, each with a ``verdict`` (holds, fails, not resolved): confirmed when it holds at every
+    point, refuted when it fails at more than half."""
+    holds = sum(row["verdict"] == "holds" for row in rows)
+    fails = sum(row["verdict"] == "fails" for row in rows)
+    return Claim(
+        text,
+        budget_verdict(_verdict(holds, fails, len(rows)), seeds),
+        f"within the tolerance at {holds} of {len(rows)} {points} points, outside at {fails}; {extra}",
+        source=source,
+        criterion=f"{rule}; confirmed where it holds at every point, refuted where it fails at more than half",
+        seeds=seeds,
+    )
+
+
 def transfer_claims(lr_outcomes: Sequence[Mapping[str, Any]], evidence: Mapping[str, Any]) -> list[Claim]:
     """The section's claims.
 
@@ -434,42 +452,36 @@ def transfer_claims(lr_outcomes: Sequence[Mapping[str, Any]], evidence: Mapping[
             )
         )
     seeds = evidence.get("evaluation_seeds", 0)
-    exact = [row for row in evidence.get("lr_transfer", []) if row["variant"] == "exact"]
-    if exact:
-        holds = sum(row["verdict"] == "holds" for row in exact)
-        fails = sum(row["verdict"] == "fails" for row in exact)
-        naive_holds = sum(row["verdict"] == "holds" for row in evidence["lr_transfer"] if row["variant"] == "naive")
+    lr_rows = evidence.get("lr_transfer", [])
+    if lr_rows:
+        naive_holds = sum(row["verdict"] == "holds" for row in lr_rows if row["variant"] == "naive")
         claims.append(
-            Claim(
+            _counted_claim(
                 "In mini-batch training, η → cη with β → β^c, γ → γ^c (steps/c) keeps the final test loss",
-                budget_verdict(_verdict(holds, fails, len(exact)), seeds),
-                f"within the tolerance at {holds} of {len(exact)} (workload, c) points, outside at {fails} (the same "
-                f"betas: within at {naive_holds})",
-                source="paper",
-                criterion=f"paired test-loss difference from the base optimum; holds where its 95% upper bound is at "
-                f"most {TOLERANCE_TEXT}; confirmed at every point, refuted when it fails at more than half",
-                seeds=seeds,
+                [row for row in lr_rows if row["variant"] == "exact"],
+                "(workload, c)",
+                f"(the same betas: within at {naive_holds})",
+                "paired test-loss difference from the base optimum; holds where its whole 95% interval lies within "
+                f"± {TOLERANCE_TEXT}",
+                seeds,
+                "paper",
             )
         )
     rows = [row for row in evidence.get("rows", []) if row["regime"] == (evidence.get("regimes") or ["samples"])[0]]
     for rule in BATCH_RULES:
         mine = [row for row in rows if row["rule"] == rule]
-        if not mine:
-            continue
-        holds = sum(row["verdict"] == "holds" for row in mine)
-        fails = sum(row["verdict"] == "fails" for row in mine)
-        mean = sum(row["relative"] for row in mine) / len(mine)
-        claims.append(
-            Claim(
-                f"Batch-size rule {rule}, {RULE_TITLES[rule]}, trains as well as the tuned optimum at the new batch "
-                "size",
-                budget_verdict(_verdict(holds, fails, len(mine)), seeds),
-                f"regret within the tolerance at {holds} of {len(mine)} (workload, κ) points, above it at {fails}; "
-                f"mean relative regret {mean:+.1%}",
-                source="project",
-                criterion=f"paired regret against the tuned optimum at equal samples; holds where its 95% upper bound "
-                f"is at most {TOLERANCE_TEXT}; confirmed at every point, refuted when it fails at more than half",
-                seeds=seeds,
+        if mine:
+            claims.append(
+                _counted_claim(
+                    f"Batch-size rule {rule}, {RULE_TITLES[rule]}, trains as well as the tuned optimum at the new "
+                    "batch size",
+                    mine,
+                    "(workload, κ)",
+                    f"mean relative regret {sum(row['relative'] for row in mine) / len(mine):+.1%}",
+                    "paired regret against the tuned optimum at equal samples; holds where its 95% upper bound is at "
+                    f"most {TOLERANCE_TEXT}",
+                    seeds,
+                    "project",
+                )
             )
-        )
     return claims
