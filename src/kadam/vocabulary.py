@@ -87,8 +87,9 @@ class Level:
 
 PROFILES: tuple[str, ...] = ("smoke", "quick", "full")
 """Profiles of ``kadam reproduce``: seconds (the test suite), ≤ 10 minutes on 2 cores, the full protocol."""
-COMPARE_PROFILES: tuple[str, ...] = ("smoke", "quick", "study")
-"""Profiles of ``kadam compare`` (the comparison section's budgets; ``study`` is what ``full`` runs)."""
+COMPARE_PROFILES: tuple[str, ...] = ("smoke", "quick", "study", "confirmatory")
+"""Profiles of ``kadam compare`` (the comparison section's budgets; ``study`` is what ``full`` runs;
+``confirmatory`` is the preregistered test on held-out transformer workloads, comparison only)."""
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 """Devices of the training cells."""
 
@@ -110,8 +111,19 @@ ARMS: tuple[str, ...] = (
 )
 """The optimizers of the comparison protocol (``kadam compare --optimizers``): AdamW, Adam, the k-Adam arms,
 and today's optimizers for context (Muon with AdamW, schedule-free AdamW, AdamW with β2 = β1)."""
-WORKLOADS: tuple[str, ...] = ("digits-cnn", "digits-cnn-bn", "gpt", "gpt-noln", "mnist1d-mlp", "noisy-quadratic")
-"""The comparison protocol's workloads (``kadam compare --task``)."""
+WORKLOADS: tuple[str, ...] = (
+    "digits-cnn",
+    "digits-cnn-bn",
+    "gpt",
+    "gpt-noln",
+    "mnist1d-mlp",
+    "noisy-quadratic",
+    "docs-gpt-wide",
+    "docs-gpt-deep",
+    "docs-gpt-long",
+)
+"""The comparison protocol's workloads (``kadam compare --task``); the ``docs-gpt`` ones are the confirmatory
+study's held-out transformer language models (another text, other shapes)."""
 
 FLOW_PROBLEMS: tuple[str, ...] = ("quadratic", "logistic", "mlp", "coupled", "coupled-from-rest", "transformer")
 """Problems of the continuous-time model (``kadam flow --problem``)."""

@@ -143,8 +143,8 @@ def test_the_cli_offers_the_choices_the_library_implements():
 
     from kadam import vocabulary
     from kadam.experiments.comparison.protocol import arm_hyperparameters, make_arm_optimizer
+    from kadam.experiments.comparison.section import comparison_config
     from kadam.experiments.flow.extra import make_flow_problem
-    from kadam.experiments.profiles import profile_sizes
 
     for arm in vocabulary.ARMS:
         model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))  # one hidden matrix (Muon's)
@@ -156,7 +156,7 @@ def test_the_cli_offers_the_choices_the_library_implements():
     for problem in vocabulary.FLOW_PROBLEMS:
         assert make_flow_problem(problem).theta0.numel() > 0
     for profile in vocabulary.COMPARE_PROFILES:
-        assert profile_sizes(profile).comparison.workloads
+        assert comparison_config(profile).workloads
 
 
 @pytest.mark.parametrize(

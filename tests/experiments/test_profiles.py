@@ -17,7 +17,9 @@ def test_the_table_has_every_profile_and_every_section():
 
 def test_study_is_the_one_alias_and_is_full():
     assert dict(ALIASES) == {"study": "full"}
-    assert set(vocabulary.COMPARE_PROFILES) <= set(PROFILE_SIZES) | set(ALIASES)
+    from kadam.experiments.comparison.confirmatory import STUDIES  # comparison-only profiles
+
+    assert set(vocabulary.COMPARE_PROFILES) <= set(PROFILE_SIZES) | set(ALIASES) | set(STUDIES)
     assert profile_sizes("study") is profile_sizes("full")
 
 

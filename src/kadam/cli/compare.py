@@ -158,11 +158,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _workload_config(args: argparse.Namespace) -> Any:
     from kadam.experiments.comparison.config import WorkloadConfig
-    from kadam.experiments.profiles import profile_sizes
+    from kadam.experiments.comparison.section import comparison_config
 
     found = None
-    for profile in (args.profile or "quick", "study"):
-        found = next((w for w in profile_sizes(profile).comparison.workloads if w.name == args.task), None)
+    for profile in (args.profile or "quick", "study", "confirmatory"):
+        found = next((w for w in comparison_config(profile).workloads if w.name == args.task), None)
         if found is not None:
             break
     base = found or WorkloadConfig(args.task, 500, 32, ())
@@ -242,8 +242,13 @@ def run_compare(args: argparse.Namespace) -> int:
     from kadam.experiments.cells import CellCache, CellRunner
     from kadam.experiments.comparison.analysis import analyse
     from kadam.experiments.comparison.config import ComparisonConfig
-    from kadam.experiments.comparison.section import followup_cells, result_rows, tagged_records, tuning_plan
-    from kadam.experiments.profiles import profile_sizes
+    from kadam.experiments.comparison.section import (
+        comparison_config,
+        followup_cells,
+        result_rows,
+        tagged_records,
+        tuning_plan,
+    )
     from kadam.experiments.report import json_safe
 
     if args.study:  # every workload of the profile, written as a report
@@ -269,7 +274,7 @@ def run_compare(args: argparse.Namespace) -> int:
         return 0
     seeds = 5 if args.seeds is None else args.seeds
     workload = _workload_config(args)
-    base = profile_sizes("quick").comparison
+    base = comparison_config("quick")
     config = ComparisonConfig(
         workloads=(workload,),
         trials=args.trials,

@@ -54,6 +54,7 @@ __all__ = [
     "check_control_ties",
     "holm_adjust",
     "minimum_detectable_effect",
+    "one_sided_family",
     "paired_t",
     "performance_profile",
     "select_best",
@@ -130,12 +131,13 @@ def holm_adjust(p_values: Sequence[float]) -> list[float]:
 
 
 def minimum_detectable_effect(
-    std: float, n: int, alpha: float = 0.05, power: float = 0.8, family_size: int = 1
+    std: float, n: int, alpha: float = 0.05, power: float = 0.8, family_size: int = 1, one_sided: bool = False
 ) -> dict[str, float]:
     """Smallest true mean paired difference the two-sided paired t test at level ``alpha / family_size``
     (Holm's strictest step) detects with probability ``power``, given the seed-to-seed std ``std`` of the
     differences and ``n`` pairs. ``exact``: the root δ of P(|T| > t_{1−α'/2, n−1}) = power, T ~ noncentral
-    t(n − 1, δ√n/std); ``approximate``: (t_{1−α'/2, n−1} + t_{power, n−1}) · std/√n. 0 when std = 0."""
+    t(n − 1, δ√n/std); ``approximate``: (t_{1−α'/2, n−1} + t_{power, n−1}) · std/√n. 0 when std = 0.
+    ``one_sided``: the one-sided test in the direction of δ, P(T > t_{1−α', n−1}) = power (α' not halved)."""
     if n < 2:
         raise ValueError(f"n must be ≥ 2, got {n}")
     if not (math.isfinite(std) and std >= 0):
@@ -146,12 +148,14 @@ def minimum_detectable_effect(
         raise ValueError(f"family_size must be ≥ 1, got {family_size}")
     level = alpha / family_size
     df = n - 1
-    critical = float(stats.t.ppf(1 - level / 2, df))
+    critical = float(stats.t.ppf(1 - (level if one_sided else level / 2), df))
     approximate = (critical + float(stats.t.ppf(power, df))) * std / math.sqrt(n)
     if std == 0:
         return {"exact": 0.0, "approximate": 0.0, "level": level, "power": power, "n": n, "std": std}
 
     def power_at(noncentrality: float) -> float:
+        if one_sided:
+            return float(stats.nct.sf(critical, df, noncentrality))
         lower_tail = float(stats.nct.cdf(-critical, df, noncentrality))  # NaN far in the tail, where it is ≈ 0
         return float(stats.nct.sf(critical, df, noncentrality)) + (lower_tail if math.isfinite(lower_tail) else 0.0)
 
@@ -341,6 +345,58 @@ def adjust_family(comparisons: Sequence[dict[str, Any]], alpha: float = 0.05, po
                 "mde": minimum_detectable_effect(std, n, alpha, power, m)["exact"],
             }
         )
+
+
+def one_sided_family(
+    analysis: Mapping[str, Any], arm: str, alpha: float = 0.05, power: float = 0.8, result: str = "search"
+) -> dict[str, Any]:
+    """The preregistered test: on every workload of ``analysis`` where ``arm`` was compared with the reference,
+    the one-sided paired t test of H0: mean(loss_arm − loss_reference) ≥ 0 against H1: < 0 (p = P(T ≤ t),
+    T ~ t(n − 1); with s = 0, p = 0 for a negative mean and 1 otherwise), Holm's adjustment over those
+    workloads (the family), the one-sided Bonferroni upper bound d̄ + t_{1−α/m, n−1} s/√n (simultaneous over
+    the family), the two-sided Bonferroni interval at the same level, and the smallest difference the
+    one-sided test at α/m detects with ``power`` given the measured s (:func:`minimum_detectable_effect`).
+    ``verdict``: "confirmed" when every workload rejects H0 (at least one workload), "partly supported" when
+    some do, "not confirmed" when none does; ``worse`` per workload: the two-sided interval lies above 0."""
+    rows = []
+    for workload, entry in analysis["workloads"].items():
+        comparison = entry.get(result, {}).get("versus_reference", {}).get(arm)
+        if comparison is not None:
+            rows.append((workload, comparison))
+    m = len(rows)
+    tests = []
+    for workload, comparison in rows:
+        n, mean, std = comparison["n"], comparison["mean"], comparison["std"]
+        df = n - 1
+        if std == 0:
+            p = 0.0 if mean < 0 else 1.0
+            upper = low = high = mean
+        else:
+            error = std / math.sqrt(n)
+            p = float(stats.t.cdf(mean / error, df))
+            upper = mean + float(stats.t.ppf(1 - alpha / m, df)) * error
+            half = float(stats.t.ppf(1 - alpha / (2 * m), df)) * error
+            low, high = mean - half, mean + half
+        tests.append(
+            {
+                "workload": workload,
+                "n": n,
+                "mean": mean,
+                "std": std,
+                "p_one_sided": p,
+                "upper_bound": upper,
+                "ci_low": low,
+                "ci_high": high,
+                "worse": bool(low > 0),
+                "mde": minimum_detectable_effect(std, n, alpha, power, m, one_sided=True)["exact"],
+            }
+        )
+    for test, p_holm in zip(tests, holm_adjust([t["p_one_sided"] for t in tests]) if tests else []):
+        test["p_holm"] = p_holm
+        test["rejects"] = bool(p_holm <= alpha)
+    rejected = sum(t["rejects"] for t in tests)
+    verdict = "confirmed" if tests and rejected == len(tests) else "partly supported" if rejected else "not confirmed"
+    return {"arm": arm, "alpha": alpha, "power": power, "family_size": m, "tests": tests, "verdict": verdict}
 
 
 def summarize_workload(

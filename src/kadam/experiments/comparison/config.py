@@ -44,7 +44,9 @@ class ComparisonConfig:
     point's lr times each of ``refinement_factors`` (stage 2; empty: one stage), ``lr_only_trials`` for the
     lr-only result (0 skips it), ``tuning_seeds``, ``seeds`` fresh evaluation seeds, ``sensitivity_factors``
     (multiples of each arm's best lr, the others at their best, on the tuning seeds), the schedule's
-    ``final_lr_fraction``, ``confidence``/``alpha``/``power`` of the statistics, ``sobol_seed``."""
+    ``final_lr_fraction``, ``confidence``/``alpha``/``power`` of the statistics, ``sobol_seed``, and
+    ``one_sided_arm``: the arm of a preregistered one-sided test against the reference on every workload
+    (Holm over the workloads; :func:`~kadam.experiments.comparison.analysis.one_sided_family`), or None."""
 
     workloads: tuple[WorkloadConfig, ...]
     trials: int
@@ -60,6 +62,7 @@ class ComparisonConfig:
     power: float = 0.8
     sobol_seed: int = 0
     curve_points: int = 100
+    one_sided_arm: str | None = None
 
 
 def estimated_runs(config: ComparisonConfig) -> list[tuple[str, int, float]]:

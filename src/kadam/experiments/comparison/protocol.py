@@ -107,6 +107,15 @@ def _gpt(layer_norm: bool) -> Callable[..., Any]:
     return build
 
 
+def _docs_gpt(name: str) -> Callable[..., Any]:
+    def build(device: str = "cpu", **sizes: Any) -> Any:
+        from kadam.experiments.workloads.stdlib_docs import build_docs_gpt_task
+
+        return build_docs_gpt_task(device, name=name, **sizes)
+
+    return build
+
+
 def _noisy_quadratic(device: str = "cpu", **sizes: Any) -> Any:
     from kadam.experiments.workloads.noisy_quadratic import build_noisy_quadratic_task
 
@@ -120,12 +129,14 @@ _BUILDERS: Mapping[str, Callable[..., Any]] = {
     "digits-cnn": _existing("digits-cnn"),
     "mnist1d-mlp": _existing("mnist1d-mlp"),
     "noisy-quadratic": _noisy_quadratic,
+    **{name: _docs_gpt(name) for name in ("docs-gpt-wide", "docs-gpt-deep", "docs-gpt-long")},
 }
 WORKLOADS: Mapping[str, Callable[..., Any]] = {name: _BUILDERS[name] for name in vocabulary.WORKLOADS}
 """Workload name → builder ``(device, **sizes) -> Task``: the pre-LN GPT character LM and the same model
 without LayerNorm (:mod:`kadam.experiments.workloads.gpt`), the digits CNN with and without BatchNorm and
-the MNIST-1D MLP (:mod:`kadam.experiments.workloads`), and the noisy quadratic model
-(:mod:`kadam.experiments.workloads.noisy_quadratic`)."""
+the MNIST-1D MLP (:mod:`kadam.experiments.workloads`), the noisy quadratic model
+(:mod:`kadam.experiments.workloads.noisy_quadratic`), and the pre-LN GPT on the standard library's docstrings
+at three shapes (:mod:`kadam.experiments.workloads.stdlib_docs`; sizes from the confirmatory study)."""
 
 
 def build_workload(name: str, device: str = "cpu", **sizes: Any) -> Any:

@@ -24,8 +24,9 @@ from typing import Any
 
 from kadam.experiments.cells import Cell
 from kadam.experiments.comparison import plots
-from kadam.experiments.comparison.analysis import analyse, minimum_detectable_effect, select_best
+from kadam.experiments.comparison.analysis import analyse, minimum_detectable_effect, one_sided_family, select_best
 from kadam.experiments.comparison.config import ComparisonConfig, WorkloadConfig, estimated_runs
+from kadam.experiments.comparison.confirmatory import HYPOTHESIS, STUDIES
 from kadam.experiments.comparison.protocol import (
     CONTROL,
     EVALUATION_SEED_OFFSET,
@@ -53,6 +54,8 @@ __all__ = [
     "tagged_records",
     "result_rows",
     "config_for",
+    "comparison_config",
+    "preregistered_test",
 ]
 
 SECTION = "comparison"
@@ -251,9 +254,16 @@ def tagged_records(plan: Sequence[PlannedRun], results: Mapping[str, Any]) -> li
     ]
 
 
+def comparison_config(profile: str) -> ComparisonConfig:
+    """The comparison's configuration at ``profile``: a comparison-only study of
+    :data:`~kadam.experiments.comparison.confirmatory.STUDIES`, else the profile's
+    (:func:`~kadam.experiments.profiles.profile_sizes`)."""
+    return STUDIES[profile] if profile in STUDIES else profile_sizes(profile).comparison
+
+
 def config_for(settings: Any) -> ComparisonConfig:
     """The profile's configuration, with ``settings.seeds`` (if given) as the number of evaluation seeds."""
-    config = profile_sizes(settings.profile).comparison
+    config = comparison_config(settings.profile)
     return replace(config, seeds=settings.seeds) if settings.seeds else config
 
 
@@ -333,7 +343,7 @@ def _budget_lines(config: ComparisonConfig) -> list[str]:
     for (name, runs, seconds), workload in zip(estimated_runs(config), config.workloads):
         lines.append(
             f"{name}: {len(workload.arms)} arms × ({len(config.tuning_seeds)} tuning seed(s) × ({config.trials} "
-            f"trials + {config.lr_only_trials if workload.lr_only else 0} lr-only + "
+            f"trials + {len(config.refinement_factors)} refinement + {config.lr_only_trials if workload.lr_only else 0} lr-only + "
             f"{len(workload.factors(config))} sensitivity) + {config.seeds} seeds × "
             f"{1 + (workload.lr_only and config.lr_only_trials > 0)} evaluations) = {runs} runs × "
             f"{workload.seconds_per_run:g} s = {seconds:,.0f} CPU-s"
@@ -520,6 +530,12 @@ def document(
         count = sum(item["comparison"]["significant"] for item in family)
         headline.append(("significant vs AdamW after Holm (full search)", f"{count} of {len(family)}"))
     data = {"analysis": analysis, "budget": _budget_lines(config), "command": command, "config": json_config(config)}
+    claims = comparison_claims(analysis)
+    if config.one_sided_arm is not None:
+        test = one_sided_family(analysis, config.one_sided_arm, config.alpha, config.power)
+        data["preregistered_test"] = test
+        findings = [preregistered_finding(test), *findings]
+        claims.append(preregistered_test(test))
     return SectionDocument(
         SECTION,
         "Does k-Adam train better? (tuned, paired, corrected)",
@@ -529,7 +545,7 @@ def document(
         figure_list,
         headline,
         data,
-        claims=comparison_claims(analysis),
+        claims=claims,
     )
 
 
@@ -591,6 +607,45 @@ def comparison_claims(analysis: Mapping[str, Any]) -> list[Claim]:
             f"({names(all_better)}), {len(all_worse)} significantly worse ({names(all_worse)})",
         )
     ]
+
+
+def preregistered_finding(test: Mapping[str, Any]) -> str:
+    """One sentence per workload of the preregistered one-sided test and its verdict."""
+    rows = "; ".join(
+        f"{t['workload']}: Δ = {t['mean']:+.4f} (one-sided upper bound {t['upper_bound']:+.4f}, p_Holm = "
+        f"{t['p_holm']:.2g}, {'rejects' if t['rejects'] else 'does not reject'} H0; smallest detectable "
+        f"{t['mde']:.3g}; {t['n']} seeds)"
+        for t in test["tests"]
+    )
+    return (
+        f"Preregistered test of “{HYPOTHESIS}” ({test['arm']} − AdamW, one-sided paired t, Holm over the "
+        f"{test['family_size']} workloads, α = {test['alpha']}): {rows}. Verdict: {test['verdict']}."
+    )
+
+
+def preregistered_test(test: Mapping[str, Any]) -> Claim:
+    """The preregistered hypothesis as a claim: confirmed when the one-sided test rejects on every workload
+    (:func:`one_sided_family`), refuted when on some workload the two-sided interval lies above 0 (k = 2 worse),
+    not resolved otherwise."""
+    if test["verdict"] == "confirmed":
+        verdict = "confirmed"
+    elif any(t["worse"] for t in test["tests"]):
+        verdict = "refuted"
+    else:
+        verdict = "not resolved at this budget"
+    evidence = "; ".join(
+        f"{t['workload']} Δ = {t['mean']:+.4f} [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}], one-sided p_Holm = "
+        f"{t['p_holm']:.2g}, smallest detectable {t['mde']:.3g}"
+        for t in test["tests"]
+    )
+    return Claim(
+        f"{HYPOTHESIS} (preregistered, one-sided)",
+        verdict,
+        f"{evidence} ({test['verdict']})",
+        criterion=f"one-sided paired t per workload, Holm over {test['family_size']} workloads at α = {test['alpha']}: "
+        "confirmed if every workload rejects; refuted if a two-sided Bonferroni interval lies above 0",
+        seeds=min((t["n"] for t in test["tests"]), default=None),
+    )
 
 
 def json_config(config: ComparisonConfig) -> dict[str, Any]:
