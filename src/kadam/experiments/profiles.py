@@ -416,7 +416,6 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen(
                 pair_seeds=(1, 2, 3, 4, 5),
                 held_out_seeds=(11, 12, 13),
                 held_out_pair_seeds=(11, 12, 13, 14, 15),
-                seen_seeds=(1, 2, 3),
                 sharpness_lrs=(1e-3, 3e-3, 1e-2),
                 sharpness_steps=1000,
                 sharpness_every=25,
