@@ -57,6 +57,7 @@ __all__ = [
     "one_sided_family",
     "paired_t",
     "performance_profile",
+    "performance_ratios",
     "select_best",
     "two_stage_change",
     "summarize_workload",
@@ -424,22 +425,30 @@ def summarize_workload(
     }
 
 
-def performance_profile(
-    metric: Mapping[str, Mapping[str, float | None]], taus: Sequence[float]
-) -> dict[str, list[float]]:
-    """Dolan–Moré performance profile: ``metric[workload][arm]`` (lower is better; None = failed), ratio to
-    the best arm per workload, ρ_arm(τ) = share of workloads with ratio ≤ τ."""
-    arms = sorted({arm for values in metric.values() for arm in values})
-    ratios: dict[str, list[float]] = {arm: [] for arm in arms}
+def performance_ratios(metric: Mapping[str, Mapping[str, float | None]]) -> dict[str, list[float]]:
+    """Dolan–Moré ratios: ``metric[workload][arm]`` (lower is better; None = ran and failed; an arm absent from a
+    workload did not run there) divided by the best arm's value on that workload. Per arm, its ratios on the
+    workloads it ran, ascending, a failure as +∞ (also every arm's ratio where no arm succeeded)."""
+    ratios: dict[str, list[float]] = {}
     for values in metric.values():
         finite = [v for v in values.values() if v is not None and math.isfinite(v) and v > 0]
         best = min(finite) if finite else None
-        for arm in arms:
-            value = values.get(arm)
+        for arm, value in values.items():
             ok = best is not None and value is not None and math.isfinite(value) and value > 0
-            ratios[arm].append(value / best if ok else math.inf)
-    count = max(len(metric), 1)
-    return {arm: [sum(r <= tau for r in ratios[arm]) / count for tau in taus] for arm in arms}
+            ratios.setdefault(arm, []).append(value / best if ok else math.inf)
+    return {arm: sorted(values) for arm, values in sorted(ratios.items())}
+
+
+def performance_profile(
+    metric: Mapping[str, Mapping[str, float | None]], taus: Sequence[float]
+) -> dict[str, list[float]]:
+    """Dolan–Moré performance profile at ``taus``: ρ_arm(τ) = share of the workloads an arm ran on where its
+    ratio to the best arm (:func:`performance_ratios`) is ≤ τ. A workload the arm did not run on is not in its
+    denominator; one where it ran and failed counts as a ratio of +∞."""
+    return {
+        arm: [sum(r <= tau for r in values) / len(values) for tau in taus]
+        for arm, values in performance_ratios(metric).items()
+    }
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -617,6 +626,10 @@ def analyse(
         "metric": "median steps to the AdamW target (None: fewer than half the seeds reached it)",
         "taus": taus,
         "values": steps_metric,
+        "ratios": {
+            arm: [r if math.isfinite(r) else None for r in values]
+            for arm, values in performance_ratios(steps_metric).items()
+        },
         "rho": performance_profile(steps_metric, taus) if steps_metric else {},
     }
     return output
