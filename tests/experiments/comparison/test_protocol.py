@@ -204,4 +204,5 @@ def test_section_end_to_end_on_the_smoke_profile(tmp_path):
     assert entry["search"]["lr_ratio_to_reference"]["kadam1"] == 1.0
     assert len(document.figures) == 5 and all((tmp_path / Path(f.path).name).exists() for f in document.figures)
     assert any("smaller than" in finding for finding in document.findings)  # the resolution statement
+    assert any(finding.startswith("Two-stage tuning:") for finding in document.findings)
     assert [len(table.rows) for table in document.tables] == [3, 3]

@@ -9,11 +9,13 @@ from kadam.experiments.comparison.analysis import analyse, two_stage_change
 from kadam.experiments.comparison.config import ComparisonConfig, WorkloadConfig
 from kadam.experiments.comparison.protocol import refinement_trials
 from kadam.experiments.comparison.section import (
+    _two_stage_findings,
     followup_cells,
     followup_plan,
     refinement_plan,
     tagged_records,
     tuning_plan,
+    two_stage_changes,
 )
 
 ARMS = ("adamw", "kadam2", "adamw-equal-betas")
@@ -116,6 +118,12 @@ def test_selection_is_over_both_stages_on_validation(refined_wins):
         assert change["stage1_trial"] == best_trial[arm] and change["moved"] is refined_wins
         assert block["selection"][arm]["trial"] == (winner if refined_wins else best_trial[arm])
         assert change["lr"] == pytest.approx(change["stage1_lr"] * (2.0 if refined_wins else 1.0))
+    assert sum(c["moved"] for c in two_stage_changes(analysis)) == (len(ARMS) if refined_wins else 0)
+    (finding,) = _two_stage_findings(analysis)
+    if refined_wins:
+        assert f"moved the selection for {len(ARMS)} of {len(ARMS)}" in finding and "lr × 2:" in finding
+    else:
+        assert "for 0 of 3 arm–workload pairs; every selection is a stage-1 point" in finding
 
 
 def test_one_stage_when_there_are_no_refinement_factors():

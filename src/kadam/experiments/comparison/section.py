@@ -55,6 +55,7 @@ __all__ = [
     "result_rows",
     "config_for",
     "comparison_config",
+    "two_stage_changes",
     "preregistered_test",
 ]
 
@@ -381,11 +382,16 @@ def _resolution_sentence(analysis: Mapping[str, Any], config: ComparisonConfig) 
 
 
 def _findings(analysis: Mapping[str, Any], config: ComparisonConfig) -> list[str]:
-    findings = [
-        f"The k = 1 control (KAdam(k=1) against torch AdamW, both foreach=False) reproduced AdamW bit for "
-        f"bit in all {analysis['control_pairs_checked']} paired runs checked (tuning and evaluation): every "
-        f"paired difference is exactly 0, so the pairing (init, data order, schedule) is sound."
-    ]
+    findings = (
+        [
+            f"The k = 1 control (KAdam(k=1) against torch AdamW, both foreach=False) reproduced AdamW bit for "
+            f"bit in all {analysis['control_pairs_checked']} paired runs checked (tuning and evaluation): every "
+            f"paired difference is exactly 0, so the pairing (init, data order, schedule) is sound."
+        ]
+        if analysis["control_pairs_checked"]
+        else ["No k = 1 control ran in this profile, so no run checks the pairing by an exact tie here."]
+    )
+    findings += _two_stage_findings(analysis)
     for result, name in (("search", "full search"), ("lr_only", "lr-only tuning")):
         family = analysis["families"].get(result, [])
         if not family:
@@ -423,6 +429,32 @@ def _findings(analysis: Mapping[str, Any], config: ComparisonConfig) -> list[str
     findings += _tuning_gaps(analysis)
     findings += _resolution_sentence(analysis, config)
     return findings
+
+
+def two_stage_changes(analysis: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per (workload, arm) of the full search with a second tuning stage: what it changed
+    (:func:`~kadam.experiments.comparison.analysis.two_stage_change`), with ``workload`` and ``arm``."""
+    return [
+        {"workload": workload, "arm": arm, **change}
+        for workload, entry in analysis["workloads"].items()
+        for arm, change in entry.get("search", {}).get("two_stage", {}).items()
+    ]
+
+
+def _two_stage_findings(analysis: Mapping[str, Any]) -> list[str]:
+    changes = [c for c in two_stage_changes(analysis) if c["arm"] != CONTROL]
+    if not changes:
+        return []
+    moved = [c for c in changes if c["moved"]]
+    listed = "; ".join(
+        f"{c['arm']} on {c['workload']} (lr × {c['lr'] / c['stage1_lr']:.3g}: validation "
+        f"{format_number(c['stage1_validation_loss'])} → {format_number(c['validation_loss'])})"
+        for c in moved
+    )
+    return [
+        f"Two-stage tuning: the lr refinement around the stage-1 best point moved the selection for {len(moved)} of "
+        f"{len(changes)} arm–workload pairs" + (f": {listed}." if moved else "; every selection is a stage-1 point.")
+    ]
 
 
 TUNING_GAP_TOLERANCE = 0.01
@@ -487,6 +519,12 @@ def document(
         f"shared by all arms — peak lr log-uniform in {space['lr']}, 1 − β in {space['one_minus_beta']} and 1 − γ in "
         f"{space['one_minus_gamma']} (log-uniform, first level), weight decay log-uniform in {space['weight_decay']}, "
         f"warmup fraction uniform in {space['warmup_fraction']} — "
+        + (
+            f"then a second stage: each arm's stage-1 best point with its lr × {list(config.refinement_factors)}, "
+            "the selection over both stages — "
+            if config.refinement_factors
+            else ""
+        )
         + (
             f"and, for the lr-only result, {config.lr_only_trials} learning rates at each arm's defaults. "
             if config.lr_only_trials
