@@ -413,6 +413,7 @@ PROFILE_SIZES: Mapping[str, ProfileSizes] = _frozen(
                 steps=400,
                 batch_size=32,
                 interventions=("guard", "clip", "stableadamw"),
+                development_interventions=("guard",),
                 pair_seeds=(1, 2, 3, 4, 5),
                 held_out_seeds=(11, 12, 13),
                 held_out_pair_seeds=(11, 12, 13, 14, 15),

@@ -19,7 +19,8 @@ class MonitorConfig:
     apart; no intervention). Each intervention of ``interventions`` then reruns every development and fresh
     failing-arm run, and the healthy arm of ``protocol.PAIR_FAMILY`` runs with and without it for each seed of
     ``pair_seeds`` (development workloads) or ``held_out_pair_seeds`` (the others): the paired comparison on
-    healthy runs. ``family_settings`` replaces a family's arms in ``protocol.FAMILIES``
+    healthy runs. ``development_interventions`` (None: ``interventions``) replaces ``interventions`` on the
+    development runs. ``family_settings`` replaces a family's arms in ``protocol.FAMILIES``
     where this profile's models need other values. ``sharpness_lrs`` are the learning rates of the sharpness
     runs (the estimate with a closure; none: skipped), each ``sharpness_steps`` steps long with an estimate
     every ``sharpness_every`` steps of ``sharpness_iterations`` Lanczos steps.
@@ -33,6 +34,7 @@ class MonitorConfig:
     interventions: tuple[str, ...] = ()
     pair_seeds: tuple[int, ...] = ()
     held_out_seeds: tuple[int, ...] = ()
+    development_interventions: tuple[str, ...] | None = None
     held_out_pair_seeds: tuple[int, ...] = ()
     seen_seeds: tuple[int, ...] = ()
     family_settings: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)

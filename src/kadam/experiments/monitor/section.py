@@ -94,6 +94,12 @@ def run_cells(config: MonitorConfig, device: str) -> list[Cell]:
     ):
         if not set(seeds) <= set(allowed):
             raise ValueError(f"MonitorConfig.{name} must be seeds of {allowed}, got {seeds}")
+
+    def interventions(development: bool) -> tuple[str, ...]:
+        if development and config.development_interventions is not None:
+            return config.development_interventions
+        return config.interventions
+
     keys: list[tuple[str, str, str, int, str]] = []
     for workload in config.workloads:
         families = [f for f in config.families if protocol.applies(f, workload)]
@@ -102,11 +108,11 @@ def run_cells(config: MonitorConfig, device: str) -> list[Cell]:
             seeds = config.seeds if development else config.held_out_seeds
             for seed in seeds if development else (*seeds, *config.seen_seeds):
                 keys += [(workload, family, arm, seed, "none") for arm in ("failing", "healthy")]
-            keys += [(workload, family, "failing", seed, i) for i in config.interventions for seed in seeds]
+            keys += [(workload, family, "failing", seed, i) for i in interventions(development) for seed in seeds]
         if protocol.PAIR_FAMILY in families:
             development = protocol.split_of(workload, protocol.PAIR_FAMILY, 0) == "development"
             pair_seeds = config.pair_seeds if development else config.held_out_pair_seeds
-            for intervention in ("none", *config.interventions):
+            for intervention in ("none", *interventions(development)):
                 keys += [(workload, protocol.PAIR_FAMILY, "healthy", seed, intervention) for seed in pair_seeds]
     return [cell(*key) for key in dict.fromkeys(keys)]
 
