@@ -94,7 +94,7 @@ def test_the_split_is_declared_by_workload_family_and_seed() -> None:
 
 
 def test_the_full_profile_scores_fresh_held_out_runs_with_reserved_seeds_only() -> None:
-    config = profile_sizes("full").monitor
+    config = dataclasses.replace(profile_sizes("full").monitor, seen_seeds=(1,))
     cells = section.run_cells(config, "cpu")
     splits = {protocol.split_of(c.kwargs["workload"], c.kwargs["family"], c.kwargs["seed"]) for c in cells}
     assert splits == {"development", "held-out", "seen"}
@@ -102,6 +102,8 @@ def test_the_full_profile_scores_fresh_held_out_runs_with_reserved_seeds_only() 
         split = protocol.split_of(c.kwargs["workload"], c.kwargs["family"], c.kwargs["seed"])
         if split == "seen":
             assert c.kwargs["intervention"] == "none"  # seen runs are shown for comparison only
+        if split == "development" and c.kwargs["intervention"] != "none":
+            assert c.kwargs["intervention"] in config.development_interventions
     with pytest.raises(ValueError, match="held_out_seeds"):
         section.run_cells(dataclasses.replace(config, held_out_seeds=(1,)), "cpu")
 
