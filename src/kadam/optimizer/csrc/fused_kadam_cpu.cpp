@@ -85,6 +85,29 @@ inline T rounded(T value) {
   return T(load(slot, 0));
 }
 
+// bfloat16's rounding to nearest even in float32's lanes (the same value as store(BFloat16*) then load, without
+// going through 16-bit lanes, which costs the vectorized loops a pack and an unpack per value).
+template <>
+inline float rounded<BFloat16, float>(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  const uint32_t cut = std::isnan(value) ? 0x7fc00000u : (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+  float result;
+  std::memcpy(&result, &cut, sizeof result);
+  return result;
+}
+
+// Store a value that M holds exactly (a rounded moment): for bfloat16 its high half, no rounding again.
+template <typename M, typename T>
+inline void store_exact(M* p, int64_t j, T value) {
+  store(p, j, value);
+}
+inline void store_exact(BFloat16* p, int64_t j, float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  p[j].bits = static_cast<uint16_t>(bits >> 16);
+}
+
 // lowbias32 (C. Wellons), the hash of kadam.optimizer.precision.hash32.
 inline uint32_t hash32(uint32_t x) {
   x ^= x >> 16;
@@ -96,7 +119,7 @@ inline uint32_t hash32(uint32_t x) {
 }
 
 // The 16 random bits of element `element` under `key`: H(key + element) >> 16 (element modulo 2^32).
-inline uint32_t random16(uint32_t key, int64_t element) { return hash32(key + uint32_t(element)) >> 16; }
+inline uint32_t random16(uint32_t key, uint32_t element) { return hash32(key + element) >> 16; }
 
 // `value` stochastically rounded to bfloat16 (read back as float): r < 2^16 added to float32's bits, the low
 // half cut off, so it rounds up with probability equal to its distance from the value below; NaN and inf round
@@ -299,7 +322,7 @@ class Stepper {
   // The value of a moment that the step goes on with: the value as stored (rounded once to M, to nearest or
   // (SR) stochastically with the random bits of element `element` under `key`) where kReadStored, else the
   // value itself (store() rounds it when it is written).
-  static T round_moment(T value, uint32_t key, int64_t element) {
+  static T round_moment(T value, uint32_t key, uint32_t element) {
     if constexpr (SR) {
       return T(stochastic_bfloat16(float(value), random16(key, element)));
     } else if constexpr (kReadStored) {
@@ -310,6 +333,15 @@ class Stepper {
       (void)key;
       (void)element;
       return value;
+    }
+  }
+
+  // Store a moment's value from round_moment: exact in M where kReadStored (no second rounding), else rounded.
+  static void put_moment(M* p, int64_t j, T value) {
+    if constexpr (kReadStored) {
+      store_exact(p, j, value);
+    } else {
+      store(p, j, value);
     }
   }
 
@@ -325,7 +357,7 @@ class Stepper {
     const T mean_square = a_.numels[t] > 0 ? T(sum / double(a_.numels[t])) : T(0);  // empty tensor: 0
     const T v = round_moment(T(old_v_[index] * T(a_.gammas[level])) + T(T(1.0 - a_.gammas[level]) * mean_square),
                              moment_key(level, 1, t), 0);
-    if (store_v) store(tensor<M>(a_.exp_avg_sqs, level, t), 0, v);
+    if (store_v) put_moment(tensor<M>(a_.exp_avg_sqs, level, t), 0, v);
     return T(std::sqrt(v) / T(a_.bias_correction2_sqrt[index])) + T(a_.eps[level]);
   }
 
@@ -513,10 +545,10 @@ class Stepper {
     if (keeps_m(i)) {
       M* m = tensor<M>(a_.exp_avgs, i, t) + begin;
       const T coeff = lerp_coefficient(i);
-      const uint32_t key = moment_key(i, 0, t);
+      const uint32_t key = moment_key(i, 0, t) + uint32_t(begin);  // element begin + j: key + begin + j
       for (int64_t j = 0; j < n; ++j) {
         const T old = load(m, j);
-        store(m, j, round_moment(std::fma(coeff, T(x[j] - old), Small ? old : x[j]), key, begin + j));
+        put_moment(m, j, round_moment(std::fma(coeff, T(x[j] - old), Small ? old : x[j]), key, uint32_t(j)));
       }
     }  // else beta = 0: m = x is not stored (the next pass replays x)
     return sum_of_squares(x, n);
@@ -549,7 +581,8 @@ class Stepper {
   double elementwise_level(int i, int64_t t, int64_t begin, int64_t n, T* x) const {
     const size_t index = level_index(i, t);
     M* m = keeps_m(i) ? tensor<M>(a_.exp_avgs, i, t) + begin : nullptr;  // null: m = x
-    const uint32_t m_key = moment_key(i, 0, t), v_key = moment_key(i, 1, t);
+    // Element begin + j of a moment takes the bits of H(key + begin + j): the block's offset goes into the key.
+    const uint32_t m_key = moment_key(i, 0, t) + uint32_t(begin), v_key = moment_key(i, 1, t) + uint32_t(begin);
     M* v = tensor<M>(a_.exp_avg_sqs, i, t) + begin;
     const P* grad = static_cast<const P*>(a_.grads[t]) + begin;
     P* param = static_cast<P*>(a_.params[t]) + begin;
@@ -568,30 +601,39 @@ class Stepper {
       kept = replay_output(t, begin);
       if (!kept) kept = x;
     }
-    double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < n; ++j) {
-      const T input = FromGrad ? T(load(grad, j) * sign) : x[j];
-      T m_new = input;
-      if (m) {
-        const T old = load(m, j);
-        m_new = round_moment(std::fma(coeff, T(input - old), Small ? old : input), m_key, begin + j);
-        store(m, j, m_new);
+    // One loop per case of m (stored or not), so that the vectorized loop has no masked loads and stores.
+    auto loop = [&](auto keeps) {
+      constexpr bool kKeeps = decltype(keeps)::value;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        const T input = FromGrad ? T(load(grad, j) * sign) : x[j];
+        T m_new = input;
+        if constexpr (kKeeps) {
+          const T old = load(m, j);
+          m_new = round_moment(std::fma(coeff, T(input - old), Small ? old : input), m_key, uint32_t(j));
+          put_moment(m, j, m_new);
+        }
+        const T v_new =
+            round_moment(std::fma(T(one_minus_gamma * input), input, T(load(v, j) * gamma)), v_key, uint32_t(j));
+        put_moment(v, j, v_new);
+        if (Out == kToParam) {
+          const T denom = T(std::sqrt(v_new) / bc2_sqrt) + eps;
+          store(param, j, T(load(param, j) * keep) + T(T(step * m_new) / denom));
+        } else if (Out == kToX) {
+          x[j] = norm(m_new, v_new);
+        } else {
+          kept[j] = norm(m_new, v_new);
+        }
       }
-      const T v_new = round_moment(std::fma(T(one_minus_gamma * input), input, T(load(v, j) * gamma)), v_key, begin + j);
-      store(v, j, v_new);
-      if (Out == kToParam) {
-        const T denom = T(std::sqrt(v_new) / bc2_sqrt) + eps;
-        store(param, j, T(load(param, j) * keep) + T(T(step * m_new) / denom));
-      } else if (Out == kToX) {
-        x[j] = norm(m_new, v_new);
-      } else {
-        const T out = norm(m_new, v_new);
-        kept[j] = out;
-        sum += double(out) * double(out);
-      }
+    };
+    if (m) {
+      loop(std::true_type{});
+    } else {
+      loop(std::false_type{});
     }
-    return sum;
+    // kToSum: sum(x^2) over the block just written (in L1), apart: in the loop above its double accumulator
+    // would be one more loop-carried dependency for a loop already short of vector registers.
+    return Out == kToSum ? sum_of_squares(kept, n) : 0.0;
   }
 
   using LevelKernel = double (*)(const Stepper&, int, int64_t, int64_t, int64_t, T*);
