@@ -37,7 +37,7 @@ def _documents(text="Full-batch training outside γ > β² ends with a worse tra
             Claim("an identity", "confirmed", "error 1e-15", kind="exactness"),
             _claim(text, evidence=evidence, kind="project"),
         ),
-        _section("comparison", _claim("KAdam's default beats tuned AdamW")),
+        _section("comparison", _claim("KAdam's default (k = 2) beats tuned AdamW (tuned, paired)")),
         _section(
             "monitor", _claim("The monitor warns developing failures ahead", verdict="not resolved at this budget")
         ),
@@ -56,6 +56,7 @@ def test_each_line_quotes_its_verdict_and_links_its_section():
     for line, anchor in zip(lines, ("stability", "comparison", "monitor", "transfer")):
         assert f"](#{anchor})" in line
     assert "worse training loss" in lines[0] and "**refuted**" in lines[0]  # the harm row, not the identity
+    assert "“KAdam's default beats tuned AdamW”" in lines[1]  # its parenthetical details left out
     assert "Not as a drop-in" in lines[1] and "kadam compare --study" in lines[1] and "worse on 1 (gpt)" in lines[1]
     assert "**not resolved at this budget**" in lines[2]
     # the transfer line reads whatever claims that section exposes: counted, and a confirmed one quoted

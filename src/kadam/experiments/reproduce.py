@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,11 +99,20 @@ _QUOTE_LENGTHS = (_Quotes(16, 12), _Quotes(10, 6), _Quotes(6, 0), _Quotes(0, 0))
 """Ever shorter quotes, tried in turn until the summary fits :data:`~kadam.experiments.report.SUMMARY_WORD_LIMIT`."""
 
 
+def _without_parentheses(text: str) -> str:
+    """``text`` without its parenthetical details ("KAdam's default (k = 2) wins" → "KAdam's default wins")."""
+    while True:
+        shorter = re.sub(r"\s*\([^()]*\)", "", text)
+        if shorter == text:
+            return text
+        text = shorter
+
+
 def _reading(claim: Claim | None, anchor: str, quotes: _Quotes = _QUOTE_LENGTHS[0]) -> str:
     """'"claim" (shortened): **verdict** (evidence; link)', or that the section has no such verdict."""
     if claim is None:
         return f"this run has no verdict on it ([{anchor}](#{anchor}))."
-    words = claim.text.split(" (")[0].split()  # the claim without its parenthetical details
+    words = _without_parentheses(claim.text).split()
     quoted = " ".join(words[: quotes.text]) + (" …" if len(words) > quotes.text else "")
     evidence = f"{_short(claim.evidence, quotes.evidence)}; " if quotes.evidence else ""
     return (f"“{quoted}”: " if quotes.text else "") + f"**{claim.verdict}** ({evidence}[{anchor}](#{anchor}))."
