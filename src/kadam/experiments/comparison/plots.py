@@ -25,24 +25,18 @@ __all__ = [
 ]
 
 CAPTIONS = {
-    "comparison_curves.png": "Training loss (window means) of every arm at its best configuration, one panel per "
-    "workload: median over the evaluation seeds (line) and their range (band); black dashed: the target from "
-    "AdamW (its value in the panel title). Colour is the optimizer family (k = 2 blue, k = 3 red, context arms "
-    "their own), line style the strategy. An arm whose curve equals another's (the k = 1 control and AdamW) is "
-    'drawn dashed on top and labelled "identical to".',
-    "comparison_lr_sensitivity.png": "Validation loss against peak learning rate, one panel per workload, each arm's "
-    "other hyperparameters at their best (tuning seed): where each arm's cliff sits. Missing points diverged.",
-    "comparison_forest.png": "Paired test-loss difference to AdamW (negative: better than AdamW) with Bonferroni-"
-    "adjusted simultaneous intervals, one panel (and x scale) per workload; green: significantly better than "
-    "AdamW, red: significantly worse, grey with an open marker: not significant after Holm; the black line is "
-    "no difference. The THEORY §4 pairings (2-Adam without normalization minus Adam with it) are not "
-    "comparisons with AdamW: their own panel, in purple (filled: significant).",
-    "comparison_lr_ratio.png": "Best peak learning rate of each arm divided by AdamW's, per workload (full search): "
-    "a marker at the ratio on a stem from 1, so an arm that chose AdamW's lr shows as a marker on the line.",
-    "comparison_performance_profile.png": "Performance profile (Dolan–Moré) of median steps to AdamW's target: "
-    "share of the workloads an arm ran on where it is within a factor τ of the fastest arm, stepping at the "
-    "measured ratios (an arm is not penalised on workloads it did not run; one that ran and did not reach the "
-    "target counts as never within τ).",
+    "comparison_curves.png": "Training loss of every arm at its best configuration (median over the evaluation "
+    "seeds, range as a band; colour: optimizer family, line style: strategy); dashed black: AdamW's target (value "
+    'in the title). An arm equal to another (the k = 1 control) is dashed on top, labelled "identical to".',
+    "comparison_lr_sensitivity.png": "Validation loss against peak learning rate, each arm's other hyperparameters "
+    "at their best (tuning seed): where each arm's cliff sits. Missing points diverged.",
+    "comparison_forest.png": "Paired test-loss difference to AdamW (negative: better) with Bonferroni-adjusted "
+    "intervals, one scale per workload; green/red: significantly better/worse after Holm, grey open: not "
+    "significant. THEORY §4 pairings are not comparisons with AdamW: own panel, purple.",
+    "comparison_lr_ratio.png": "Best peak learning rate of each arm over AdamW's, per workload (a ratio of 1 is a "
+    "marker on the line).",
+    "comparison_performance_profile.png": "Performance profile of median steps to AdamW's target: share of the "
+    "workloads an arm ran on where it is within τ of the fastest, stepping at the measured ratios.",
 }
 
 _STRATEGY_STYLE = {"default": ("-", "o"), "elementwise": ("--", "^"), "naive": (":", "v"), "momentum-last": ("-.", "D")}

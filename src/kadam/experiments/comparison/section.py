@@ -520,8 +520,7 @@ def document(
         f"{space['one_minus_gamma']} (log-uniform, first level), weight decay log-uniform in {space['weight_decay']}, "
         f"warmup fraction uniform in {space['warmup_fraction']} — "
         + (
-            f"then a second stage: each arm's stage-1 best point with its lr × {list(config.refinement_factors)}, "
-            "the selection over both stages — "
+            f"then its stage-1 best point at lr × {list(config.refinement_factors)} (selection over both) — "
             if config.refinement_factors
             else ""
         )
@@ -533,7 +532,7 @@ def document(
         + f"Schedule: linear warmup then cosine decay to {config.final_lr_fraction:g} × the peak at the last step. "
         f"Selection on the validation loss of tuning seed(s) {list(config.tuning_seeds)}; the best configuration "
         f"is retrained on {config.seeds} fresh seeds and reported on the test split. A seed fixes the "
-        "initialisation and the data order, so the arms' runs on one seed are paired. Paired t intervals; Holm's "
+        "initialisation and the data order, so the arms' runs on one seed are paired.\n\nPaired t intervals; Holm's "
         f"correction over the family of comparisons (α = {config.alpha}); intervals are Bonferroni-adjusted "
         "(simultaneous), so a row can be significant under Holm's step-down test (more powerful than Bonferroni) "
         "while its interval still touches 0. A diverged run enters the statistics as the test loss of the untrained model of its seed "
