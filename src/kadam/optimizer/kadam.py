@@ -127,6 +127,11 @@ def _check_lr(lr: Any, name: str = "lr") -> None:
     check_nonnegative(name, lr)
 
 
+def _named_or_plain(params: list[Any]) -> list[Any]:
+    """The tensors of a group's ``params``, given plain or named (``(name, tensor)`` pairs, as torch takes them)."""
+    return [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
+
+
 # torch's Adam/AdamW flags that KAdam accepts only at their defaults, with the reason.
 _UNSUPPORTED_FLAGS = {
     "amsgrad": "KAdam does not implement AMSGrad's running maximum of the second moment",
@@ -296,7 +301,7 @@ class KAdam(Optimizer):
         check_state_options(
             param_group.get("state_dtype", self.defaults["state_dtype"]),
             param_group.get("stochastic_rounding", self.defaults["stochastic_rounding"]),
-            [params] if isinstance(params, Tensor) else params if isinstance(params, list) else (),
+            [params] if isinstance(params, Tensor) else _named_or_plain(params) if isinstance(params, list) else (),
         )
         levels = resolve_levels(**with_group_overrides(self.defaults, param_group))
         param_group.update(group_entries(levels))
@@ -1368,11 +1373,27 @@ def _torch_kernels_kadam(
     device_steps = [step.to(params[0].device) for step in steps]
     torch._foreach_add_(device_steps, 1)
     kernel = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
+    # torch's fused kernel walks a parameter, its gradient and its state as if they were laid out alike, so a
+    # non-contiguous one (a strided view) is stepped wrongly, by AdamW(fused=True) as well: such tensors are
+    # stepped in contiguous copies, written back (contiguous ones, the usual case, go to the kernel as they are).
+    write_back: list[tuple[Tensor, Tensor]] = []
+
+    def contiguous(tensors: list[Tensor], writable: bool = True) -> list[Tensor]:
+        result = []
+        for tensor in tensors:
+            if not tensor.is_contiguous():
+                copy = tensor.contiguous()
+                if writable:
+                    write_back.append((tensor, copy))
+                tensor = copy
+            result.append(tensor)
+        return result
+
     kernel(
-        params,
-        grads,
-        moments[0][0],
-        moments[0][1],
+        contiguous(params),
+        contiguous(grads, writable=grad_scale is not None),
+        contiguous(moments[0][0]),
+        contiguous(moments[0][1]),
         [],
         device_steps,
         amsgrad=False,
@@ -1385,6 +1406,8 @@ def _torch_kernels_kadam(
         grad_scale=grad_scale,
         found_inf=found_inf,
     )
+    for original, copy in write_back:
+        original.copy_(copy)
     if found_inf is not None:
         torch._foreach_sub_(device_steps, [found_inf] * len(device_steps))
     for step, device_step in zip(steps, device_steps):
