@@ -351,8 +351,10 @@ def run_compare(args: argparse.Namespace) -> int:
         for row in result_rows(block):
             table.add_row(*row)
         console.print(table)
-    console.print(
+    control = (
         f"k = 1 control: {analysis['control_pairs_checked']} paired runs tied AdamW exactly. "
-        f"Results: {out / 'compare.json'}"
+        if analysis["control_pairs_checked"]
+        else "No k = 1 control (add kadam1 to --optimizers to check the pairing). "
     )
+    console.print(f"{control}Results: {out / 'compare.json'}")
     return 0

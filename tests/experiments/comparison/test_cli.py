@@ -99,3 +99,10 @@ def test_compare_needs_a_task_or_study(tmp_path, capsys, no_computation):
         "argument --task: required (or --study",
         unchanged=tmp_path,
     )
+
+
+def test_compare_without_the_control_says_so(tmp_path, capsys):
+    arguments = [a for a in TINY if a != "kadam1"]
+    assert main(["compare", *arguments, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "No k = 1 control" in out and "tied AdamW exactly" not in out
