@@ -11,6 +11,7 @@ from kadam.experiments.report import (
     GLOSSARY,
     Claim,
     SectionDocument,
+    Table,
     body_text,
     budget_verdict,
     claims_rows,
@@ -145,6 +146,34 @@ def test_the_body_keeps_its_word_budget_and_the_rest_goes_to_the_appendix(tmp_pa
     )
     assert "[Appendix A.1](#appendix-s0)" in body and '<a id="appendix-s0"></a>' in appendix
     assert json.loads(paths["json"].read_text())["words"]["body"] == prose_word_count(body)
+
+
+def test_a_section_with_long_captions_still_gets_its_first_findings_into_the_body(tmp_path):
+    """The words left after every section's fixed part go one finding per section per round, in report order:
+    the first section's long method and captions do not push all its findings to the appendix."""
+    caption = " ".join(["caption"] * 400)
+    heavy = SectionDocument(
+        "heavy",
+        "Heavy",
+        " ".join(["method"] * 600),
+        findings=[f"Heavy finding {j}: " + " ".join(["word"] * 150) for j in range(6)],
+        tables=[Table(caption, ["a"], [["1"]])],
+    )
+    light = [
+        SectionDocument(
+            f"light{i}",
+            f"Light {i}",
+            "Method.",
+            findings=[f"Light {i} finding {j}: " + " ".join(["word"] * 150) for j in range(6)],
+        )
+        for i in range(4)
+    ]
+    body = body_text(write_report(tmp_path, "Title", "Preamble.", [heavy, *light], {})["markdown"].read_text())
+    assert prose_word_count(body) <= BODY_WORD_LIMIT
+    assert "Heavy finding 0" in body and all(f"Light {i} finding 0" in body for i in range(4))
+    kept = [sum(f"Light {i} finding {j}:" in body for j in range(6)) for i in range(4)]
+    heavy_kept = sum(f"Heavy finding {j}:" in body for j in range(6))
+    assert max(kept + [heavy_kept]) - min(kept + [heavy_kept]) <= 1  # one per section per round
 
 
 def test_every_glossary_pattern_finds_its_term():

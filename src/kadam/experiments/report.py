@@ -485,26 +485,47 @@ def _claim_cells(number: int, section: SectionDocument, claim: Claim) -> tuple[l
     return [claim.text, claim.criterion or "—", claim.verdict, claim.evidence, seeds], link
 
 
+def _fixed_words(section: SectionDocument) -> int:
+    """Words of a section's body that do not depend on the budget: title, first method paragraph, captions of its
+    body tables and figures, and the pointer to its appendix."""
+    words = _words(section.title) + sum(_words(paragraph) for paragraph in _paragraphs(section.method)[:1])
+    words += sum(_words(table.caption) for table in section.tables if not table.appendix)
+    return words + sum(_words(figure.caption) for figure in section.figures if not figure.appendix) + 10
+
+
+def _findings_kept(sections: Sequence[SectionDocument], budget: int) -> list[int]:
+    """How many of its findings (most important first) each section keeps in the body: what ``budget`` leaves
+    after every section's fixed words, handed out one finding per section per round, in report order, while the
+    next finding fits (a section whose next finding does not fit keeps no later one)."""
+    left = budget - sum(_fixed_words(section) for section in sections)
+    kept = [0] * len(sections)
+    open_ = [bool(section.findings) for section in sections]
+    while any(open_):
+        for index, section in enumerate(sections):
+            if not open_[index]:
+                continue
+            cost = _words(section.findings[kept[index]]) + 3
+            if cost > left:
+                open_[index] = False
+                continue
+            left -= cost
+            kept[index] += 1
+            open_[index] = kept[index] < len(section.findings)
+    return kept
+
+
 def _section_blocks(sections: Sequence[SectionDocument], budget: int) -> tuple[list[_Block], list[_Block]]:
-    """The body's and the appendix's blocks of every section, the body within ``budget`` words."""
+    """The body's and the appendix's blocks of every section, the body within ``budget`` words: each section keeps
+    its title, first method paragraph, body tables and figures, and as many of its findings, most important first,
+    as the words left allow (:func:`_findings_kept`); the rest go to its appendix entry."""
     body: list[_Block] = []
     appendix: list[_Block] = []
-    left = budget
-    for index, (number, section) in enumerate(enumerate(sections, start=1)):
-        share = left / (len(sections) - index)
+    counts = _findings_kept(sections, budget)
+    for number, section in enumerate(sections, start=1):
         paragraphs = _paragraphs(section.method)
         body_tables = [table for table in section.tables if not table.appendix]
         body_figures = [figure for figure in section.figures if not figure.appendix]
-        used = _words(section.title) + sum(_words(paragraph) for paragraph in paragraphs[:1])
-        used += sum(_words(table.caption) for table in body_tables) + sum(
-            _words(figure.caption) for figure in body_figures
-        )
-        kept: list[str] = []
-        for finding in section.findings:
-            if used + _words(finding) + 3 > share:
-                break
-            kept.append(finding)
-            used += _words(finding)
+        kept = section.findings[: counts[number - 1]]
         moved = section.findings[len(kept) :]
         extra_tables = [table for table in section.tables if table.appendix]
         extra_figures = [figure for figure in section.figures if figure.appendix]
@@ -518,10 +539,8 @@ def _section_blocks(sections: Sequence[SectionDocument], budget: int) -> tuple[l
             pointer = f"More of this section in [Appendix A.{number}](#{appendix_anchor})"
             pointer += f" ({len(moved)} further finding(s))." if moved else "."
             body.append(_Block("paragraph", pointer))
-            used += _words(pointer)
         body += [_Block("table", table=table) for table in body_tables]
         body += [_Block("figure", figure=figure) for figure in body_figures]
-        left -= used
         if has_appendix:
             appendix.append(_Block("heading", f"A.{number} {section.title}", level=3, anchor=appendix_anchor))
             appendix += [_Block("paragraph", paragraph) for paragraph in paragraphs[1:]]
@@ -550,13 +569,18 @@ def _layout(title: str, preamble: str, sections: Sequence[SectionDocument], summ
     fixed = sum(_words(block.text) + sum(_words(item) for item in block.items) for block in head + terms + closing)
     fixed += sum(_words(block.text) for block in claims if block.kind != "claims")
     budget = BODY_WORD_LIMIT - fixed
-    for _ in range(5):  # the estimate misses headings and pointers: shrink the sections' budget by any overflow
+    best: tuple[int, list[_Block], list[_Block]] | None = None
+    for _ in range(6):  # the estimate of headings and pointers is rough: move the budget by the miss, keep the best fit
         body, appendix = _section_blocks(sections, budget)
-        blocks = head + terms + claims + body + closing
-        overflow = prose_word_count(_markdown(blocks, Path("."))) - BODY_WORD_LIMIT
-        if overflow <= 0:
+        words = prose_word_count(_markdown(head + terms + claims + body + closing, Path(".")))
+        if words <= BODY_WORD_LIMIT and (best is None or words > best[0]):
+            best = (words, body, appendix)
+        if words == BODY_WORD_LIMIT:
             break
-        budget -= overflow
+        budget -= words - BODY_WORD_LIMIT
+    if best is not None:
+        _, body, appendix = best
+    blocks = head + terms + claims + body + closing
     if appendix:
         blocks += [_Block("heading", _APPENDIX_HEADING[3:] + ": details of each section", anchor="appendix"), *appendix]
     return blocks
