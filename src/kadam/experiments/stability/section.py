@@ -33,6 +33,9 @@ from kadam.experiments.stability.analysis import (
 from kadam.experiments.stability.protocol import (
     CRITERION,
     DIVERGENCE_FACTOR,
+    GROWTH_BLOCKS,
+    GROWTH_CONFIDENCE,
+    GROWTH_FACTOR,
     REGIONS,
     margin_runs,
     protocol_grid,
@@ -314,33 +317,9 @@ def _findings(
     margin: Mapping[str, Any],
     harm: Mapping[str, Any],
 ) -> list[str]:
-    findings = [
-        f"Exactness check, switch-off protocol: largest |measured − predicted| slope "
-        f"{format_number(switch['max_abs_error'], 2)} per step over {len(switch['rows'])} configurations "
-        f"(every one within tolerance: {'yes' if switch['all_within_tolerance'] else 'NO'}).",
-    ]
-    findings.append(
-        "Measured unstable in the late phase, fraction of runs by region (outside both / between / inside both): "
-        + "; ".join(
-            f"η = {e['learning_rate']:g}: "
-            + " / ".join(
-                "—" if e["late_unstable_by_region"][r] is None else f"{e['late_unstable_by_region'][r]:.0%}"
-                for r in REGIONS
-            )
-            for e in merged["per_learning_rate"]
-        )
-        + "."
-    )
-    findings.append(
-        "Dependence on η: points measured unstable per seed, late phase, "
-        + ", ".join(
-            f"η = {e['learning_rate']:g}: {format_number(e['measured_late_unstable'], 3)}"
-            for e in merged["per_learning_rate"]
-        )
-        + f" ({TREND_SENTENCES[merged['late_trend']].rstrip('.')}); whole run "
-        + ", ".join(f"{format_number(e['measured_unstable'], 3)}" for e in merged["per_learning_rate"])
-        + f" ({TREND_SENTENCES[merged['trend']].rstrip('.')})."
-    )
+    """The section's findings, most important first: growth against the prediction, the η dependence, the
+    classes by region, the harm, the margin test, the margin runs, and last the exactness check."""
+    findings = []
     outside = [r for r in rates if r["predicted_rate"] > 0 and r["late_slope"]["mean"] is not None]
     if outside:
         fastest = max(outside, key=lambda r: r["late_slope"]["mean"])
@@ -357,19 +336,32 @@ def _findings(
             + "."
         )
     findings.append(
+        "Dependence on η: points measured unstable per seed, late phase, "
+        + ", ".join(
+            f"η = {e['learning_rate']:g}: {format_number(e['measured_late_unstable'], 3)}"
+            for e in merged["per_learning_rate"]
+        )
+        + f" ({TREND_SENTENCES[merged['late_trend']].rstrip('.')}); whole run "
+        + ", ".join(f"{format_number(e['measured_unstable'], 3)}" for e in merged["per_learning_rate"])
+        + f" ({TREND_SENTENCES[merged['trend']].rstrip('.')})."
+    )
+    findings.append(
+        "Measured unstable in the late phase, fraction of runs by region (outside both / between / inside both): "
+        + "; ".join(
+            f"η = {e['learning_rate']:g}: "
+            + " / ".join(
+                "—" if e["late_unstable_by_region"][r] is None else f"{e['late_unstable_by_region'][r]:.0%}"
+                for r in REGIONS
+            )
+            for e in merged["per_learning_rate"]
+        )
+        + "."
+    )
+    findings.append(
         f"Final training loss outside γ = β² against the worst inside both regions (within {harm['tolerance']:.0%}): "
         f"{harm['harmed']} of {harm['outside']} (point, η) harmed, {harm['unharmed']} unharmed, {harm['unresolved']} "
         "unresolved."
     )
-    for entry in margin["per_learning_rate"]:
-        findings.append(
-            f"Margin runs at η = {entry['lr']:g}: {entry['trained']} of {entry['runs']} trained (validation loss below the "
-            f"constant predictor's {format_number(entry['constant_predictor_loss'], 3)}), {entry['diverged']} diverged "
-            f"(above {margin['divergence_factor']:g}× the untrained {format_number(entry['untrained_loss'], 3)}); median "
-            f"validation loss of those that trained {format_number(entry['median_trained_loss'], 3)}."
-        )
-    if margin["diverged"]:
-        findings.append("Diverged margin runs (excluded from every test): " + "; ".join(_diverged_groups(margin)) + ".")
     tested = [s for s in margin["strata"] if s["p_value"] is not None]
     significant = [s for s in tested if s["significant"]]
     findings.append(
@@ -388,6 +380,20 @@ def _findings(
             else ""
         )
         + "."
+    )
+    for entry in margin["per_learning_rate"]:
+        findings.append(
+            f"Margin runs at η = {entry['lr']:g}: {entry['trained']} of {entry['runs']} trained (validation loss below the "
+            f"constant predictor's {format_number(entry['constant_predictor_loss'], 3)}), {entry['diverged']} diverged "
+            f"(above {margin['divergence_factor']:g}× the untrained {format_number(entry['untrained_loss'], 3)}); median "
+            f"validation loss of those that trained {format_number(entry['median_trained_loss'], 3)}."
+        )
+    if margin["diverged"]:
+        findings.append("Diverged margin runs (excluded from every test): " + "; ".join(_diverged_groups(margin)) + ".")
+    findings.append(
+        f"Exactness check, switch-off protocol: largest |measured − predicted| slope "
+        f"{format_number(switch['max_abs_error'], 2)} per step over {len(switch['rows'])} configurations "
+        f"(every one within tolerance: {'yes' if switch['all_within_tolerance'] else 'NO'})."
     )
     return findings
 
@@ -619,20 +625,27 @@ def build_section(settings: Settings) -> Section:
         harm = region_versus_harm(rows)
         single = min(len(config.seeds), len(config.margin_seeds)) < MIN_SEEDS
         method = (
-            f"**Criterion (fixed before the runs).** {CRITERION} Verdicts read intervals over the initialisation "
-            "seeds: Student t, 95%, for slopes and losses; for an agreement (a proportion of runs), the exact binomial "
-            "95% interval over the runs (points × seeds), used only with at least two seeds. "
+            "**Criterion (fixed before the runs; stated in full in the appendix).** A run is *measured unstable* in a "
+            "window (the whole run, or its late phase: the second half) iff its loss diverged (not finite, or ending "
+            f"above {DIVERGENCE_FACTOR:g}× the untrained model's) or ln‖u_n‖∞ grows there: the slope fitted to "
+            f"{GROWTH_BLOCKS} block means has a {GROWTH_CONFIDENCE:.0%} interval, from the run's own fluctuation, "
+            f"whose lower end is above 0 and multiplies the norm by at least {GROWTH_FACTOR:g} over the window. It "
+            "reads neither β, γ nor a boundary, so each boundary can agree or disagree with it. Verdicts read 95% "
+            "intervals over seeds (Student t for slopes and losses; exact binomial over points × seeds for "
+            "agreements). A margin run diverged if its validation loss is not finite or above "
+            f"{DIVERGENCE_FACTOR:g}× the untrained model's, and trained if it did not diverge and beat the constant "
+            "predictor; the margin ½ ln γ − ln β is tested within β (only γ varies there) by Spearman's ρ over the "
+            "runs that trained, Holm-corrected over the (η, β) strata."
             + (
-                f"This profile runs {len(config.seeds)} seed(s), fewer than {MIN_SEEDS}, so every measured verdict "
-                "is not resolved at this budget. "
+                f" This profile runs {len(config.seeds)} seed(s), fewer than {MIN_SEEDS}, so every measured verdict "
+                "is not resolved at this budget."
                 if single
                 else ""
             )
-            + f"**Margin rules.** A margin run has diverged if its validation loss is not finite or above "
-            f"{DIVERGENCE_FACTOR:g}× the untrained model's; it trained if it did not diverge and its validation loss is "
-            "below the constant predictor's (the unigram entropy of the training characters). The margin "
-            "½ ln γ − ln β is tested within β (only γ varies there) by Spearman's ρ over the runs that trained, "
-            "with Holm's correction over every (η, β) stratum tested.\n\n"
+            + f"\n\n**The criterion in full.** {CRITERION} For an agreement (a proportion of runs) the interval is "
+            "the exact binomial (Clopper–Pearson) 95% interval over the runs (points × seeds), used only with at "
+            "least two seeds. The constant predictor's loss is the unigram entropy of the training characters."
+            "\n\n"
             "Exactness check, switch-off protocol (the optimizer alone, THEORY §2): gradient 1 until the bias "
             "corrections settle, then 0; the fitted slope of ln|u_n| against ln β − ½ ln γ, through the real KAdam "
             "code. Training protocol (THEORY §5, the paper's): a small full-batch character transformer trained "
