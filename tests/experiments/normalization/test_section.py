@@ -176,3 +176,40 @@ def test_the_random_walk_row_fails_when_the_corrected_norm_misses():
     walk = _walks([0.3, 0.32, 0.29], [-0.4, -0.42, -0.41])
     claims = _by_text(normalization_claims(walk, EXACT, GOOD_NETWORK, GOOD_RUNS))
     assert claims["walk"].verdict == "refuted" and f"±{NORM_TOLERANCE:.0%}" in claims["walk"].criterion
+
+
+def _network_with_curves(cosines, sphere_losses):
+    steps = [10 * (i + 1) for i in range(len(cosines))]
+    curve = {"steps": steps, "values": cosines}
+    flat = {"curve": {"steps": steps, "values": [0.1] * len(steps)}}
+    return {
+        "configs": [
+            {
+                "beta": 0.0,
+                "copies": ["adamw", "sphere", "control"],
+                "layers": [
+                    {
+                        "sphere": {"cosine_curve": curve},
+                        "control": {"cosine_curve": {**curve, "values": [0.9] * len(steps)}},
+                    }
+                ],
+                "losses": {
+                    "adamw": flat,
+                    "control": flat,
+                    "sphere": {"curve": {"steps": steps, "values": sphere_losses}},
+                },
+            }
+        ]
+    }
+
+
+def test_the_meta_adaptive_caption_names_the_blow_up_behind_the_largest_fall_of_a_cosine():
+    from kadam.experiments.normalization.section import _drop_text, _largest_drop
+
+    drop = _largest_drop(_network_with_curves([0.9, 0.8, 0.5], [0.01, 0.01, 3.0]))
+    assert (drop["step"], drop["copy"], drop["last"]) == (30, "sphere", True)
+    text = _drop_text(drop)
+    assert "0.30 at step 30 (the last record)" in text and "2-Adam from 0.01 to 3" in text and "blow-up" in text
+    quiet = _drop_text(_largest_drop(_network_with_curves([0.9, 0.8, 0.5], [0.01, 0.01, 0.01])))
+    assert "no jump of any copy's training loss" in quiet
+    assert _drop_text(_largest_drop(_network_with_curves([0.9, 0.88, 0.86], [0.01, 0.01, 3.0]))) == ""

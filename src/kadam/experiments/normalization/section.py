@@ -338,22 +338,51 @@ def _explained_invariant(census: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _largest_drop(network: Mapping[str, Any]) -> tuple[float, int, str, float, str] | None:
-    """The largest fall of a layer-mean cosine between two records (seed of the figure): size, step, copy, β,
-    and which copies' training loss at least doubled there."""
+def _copy_name(copy: str) -> str:
+    """The figure's name of a copy of the network comparison ("AdamW", "2-Adam", ...)."""
+    return "AdamW" if copy == "adamw" else plots._COPY_STYLES[copy][1]
+
+
+def _largest_drop(network: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The largest fall of a layer-mean cosine between two records (seed of the figure): its size, step, copy and
+    β, and the copies whose training loss at least doubled there, each with its loss before and after."""
     best = None
     for config in network["configs"]:
         for copy in config.get("copies", [])[1:]:
             steps, values = plots._layer_mean_curve(config, copy)
             for i in range(1, len(values)):
-                if best is None or values[i - 1] - values[i] > best[0]:
-                    jumped = [
-                        name
-                        for name, loss in config["losses"].items()
-                        if _loss_at(loss["curve"], steps[i]) > 2 * _loss_at(loss["curve"], steps[i - 1])
-                    ]
-                    best = (values[i - 1] - values[i], steps[i], copy, config["beta"], ", ".join(jumped) or "none")
+                if best is None or values[i - 1] - values[i] > best["size"]:
+                    before = {name: _loss_at(loss["curve"], steps[i - 1]) for name, loss in config["losses"].items()}
+                    after = {name: _loss_at(loss["curve"], steps[i]) for name, loss in config["losses"].items()}
+                    best = {
+                        "size": values[i - 1] - values[i],
+                        "step": steps[i],
+                        "copy": copy,
+                        "beta": config["beta"],
+                        "last": i == len(values) - 1,
+                        "jumps": [
+                            (name, before[name], after[name]) for name in before if after[name] > 2 * before[name]
+                        ],
+                    }
     return best
+
+
+def _drop_text(drop: dict[str, Any] | None) -> str:
+    """The caption's sentence on the largest fall of a cosine (none under 0.1)."""
+    if drop is None or drop["size"] < 0.1:
+        return ""
+    where = f"{drop['size']:.2f} at step {drop['step']}" + (" (the last record)" if drop["last"] else "")
+    text = (
+        f" The largest fall of a cosine between two records, {where} (β = {drop['beta']:g}, {_copy_name(drop['copy'])})"
+    )
+    if not drop["jumps"]:
+        return text + ", comes with no jump of any copy's training loss."
+    return (
+        text
+        + ", comes with a jump of the training loss of "
+        + ", ".join(f"{_copy_name(name)} from {before:.2g} to {after:.2g}" for name, before, after in drop["jumps"])
+        + ": a blow-up of that run, not a slow drift of the directions."
+    )
 
 
 def _loss_at(curve: Mapping[str, Sequence[float]], step: float) -> float:
@@ -368,13 +397,7 @@ def _figures(
     norm_runs: list[Mapping[str, Any]],
     figures: Path,
 ) -> list[Figure]:
-    drop = _largest_drop(network)
-    drop_text = (
-        ""
-        if drop is None or drop[0] < 0.1
-        else f" The largest fall of a cosine between two records, {drop[0]:.2f} at step {drop[1]} (β = {drop[3]:g}, "
-        f"{plots._COPY_STYLES[drop[2]][1]}), coincides with a doubling of the training loss of: {drop[4]}."
-    )
+    drop_text = _drop_text(_largest_drop(network))
     first_seed = [run for run in norm_runs if run["seed"] == min(r["seed"] for r in norm_runs)]
     short = [run for run in first_seed if run.get("relaxation_times_run") is not None and not run["equilibrated"]]
     return [
@@ -684,10 +707,11 @@ def _findings(
 _METHOD = (
     "THEORY §4, on scale-invariant weights (followed by a normalization layer) under AdamW. (1) MLPs with BatchNorm "
     "or LayerNorm trained on digits: their weight norms against the equilibrium predicted from the hyperparameters "
-    f"by the paper (orthogonal updates) and by the momentum correction of {KOSSON}, tested only on runs long "
-    "enough to reach it. (2) AdamW against explicit 2-Adam on the unit sphere on a LayerNorm MLP, beside a control "
+    "by the paper (orthogonal updates) and by the momentum correction of Kosson et al. 2024, tested only on runs "
+    "long enough to reach it. (2) AdamW against explicit 2-Adam on the unit sphere on a LayerNorm MLP, beside a control "
     "(AdamW with another batch order) and at 2-Adam's corrected step size. (3) A weight driven by pure noise."
     "\n\n"
+    f"The momentum correction and its equilibrium are {KOSSON}'s (THEORY §4). "
     "The exact case runs a normalized-gradient level 1 on a noisy quadratic; the drift experiment the same pair "
     "with memory in level 1 (one seed), which measures the angular-rate factor 1/√F = √((1 − qβ)/(1 + qβ)) used "
     "to scale 2-Adam's step on the network. A census (kadam.normalization.find_scale_invariant) lists the "
