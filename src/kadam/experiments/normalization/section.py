@@ -625,16 +625,27 @@ def _findings(
             f"from hyperparameters is off by {span('corrected_a_priori_error')} (seed means), the orthogonal one by "
             f"{span('orthogonal_a_priori_error')}; the orthogonal one is closer in {closer} of {total} layers."
         )
+        replay_intervals = [layer["corrected_norm_error"] for group in equilibrated for layer in group["layers"]]
+        replay_holds = all(-NORM_TOLERANCE <= low and high <= NORM_TOLERANCE for _, low, high in replay_intervals)
+        replay_text = (
+            f"the corrected recursion replayed from the measured |u_n|² comes within {signed_percent(min(replay))} to "
+            f"{signed_percent(max(replay))} of the measured norms (seed means"
+            + (
+                f"; every interval within ±{NORM_TOLERANCE:.0%})"
+                if replay_holds
+                else f"; not every interval within ±{NORM_TOLERANCE:.0%})"
+            )
+        )
         findings.append(
-            f"Why: the cross-term correction holds (the corrected recursion replayed from the measured |u_n|² is within "
-            f"{signed_percent(min(replay))} to {signed_percent(max(replay))}), but the measured E|u|² is "
-            f"{min(ratios):.2f}–{max(ratios):.2f} times the noise-dominated d(1−β)/(1+β) the a-priori formulas assume: "
-            "gradients in training are not pure noise."
+            f"Why: {replay_text}, while the measured E|u|² is {min(ratios):.2f}–{max(ratios):.2f} times the "
+            "noise-dominated d(1−β)/(1+β) the a-priori formulas assume: gradients in training are not pure noise."
         )
         closing.append(
-            f"Normalization: the momentum correction of the norm recursion ({KOSSON}) is right on real networks as "
-            "well as on noise, but neither equilibrium formula predicts a trained network's weight norm from the "
-            f"hyperparameters alone: the update size they assume is off by up to {max(abs(1 - r) for r in ratios):.0%}."
+            "Normalization: neither equilibrium formula predicts a trained network's weight norm from the "
+            f"hyperparameters alone, because the update size they assume is off by up to "
+            f"{max(abs(1 - r) for r in ratios):.0%}; the momentum-corrected recursion (Kosson et al. 2024), driven by "
+            f"the measured updates instead, {'holds' if replay_holds else 'comes close but is not confirmed'}: "
+            f"{replay_text}."
         )
     if short:
         findings.append(

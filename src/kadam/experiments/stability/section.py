@@ -326,7 +326,7 @@ def _findings(
         findings.append(
             f"Growth in training: outside γ = β² the predicted rate is {_span([r['predicted_rate'] for r in outside])} "
             f"per step; the largest measured late-phase slope is "
-            f"{interval_text(fastest['late_slope'], 2)} per step at (β, γ) = ({fastest['beta']:g}, {fastest['gamma']:g}), "
+            f"{interval_text(fastest['late_slope'], 2)} per step at (β, γ) = ({fastest['beta']:g}, {fastest['gamma']:.4g}), "
             f"η = {fastest['learning_rate']:g} (predicted {format_number(fastest['predicted_rate'], 2)}); the median "
             f"measured/predicted ratio is {format_number(growth['median_ratio'], 2)}. Per η, the mean late slope outside: "
             + ", ".join(
