@@ -242,7 +242,8 @@ class BatchRecommendation:
 
     ``studied_factor`` is the studied factor nearest to ``factor`` (in log scale); ``inside`` says whether
     ``factor`` lies within the studied range; ``ranked`` holds every rule's evidence at ``studied_factor``, best
-    first; ``source`` names the study.
+    first; ``indistinguishable`` the other rules whose regret interval overlaps the recommended rule's on every
+    workload (the study cannot tell them apart); ``source`` names the study.
     """
 
     rule: str
@@ -254,6 +255,7 @@ class BatchRecommendation:
     workloads: tuple[str, ...]
     seeds: int
     regime: str
+    indistinguishable: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
@@ -279,6 +281,14 @@ def recommend_batch_rule(
         if mine:
             ranked.append(RuleEvidence(rule, math.fsum(row["relative"] for row in mine) / len(mine), mine))
     ranked.sort(key=lambda item: (item.relative, item.rule))
+    best = {row["workload"]: row for row in ranked[0].rows}
+
+    def overlaps(item: RuleEvidence) -> bool:
+        return all(
+            row["low"] <= best[row["workload"]]["high"] and best[row["workload"]]["low"] <= row["high"]
+            for row in item.rows
+        )
+
     return BatchRecommendation(
         ranked[0].rule,
         factor,
@@ -289,6 +299,7 @@ def recommend_batch_rule(
         tuple(evidence["workloads"]),
         int(evidence["evaluation_seeds"]),
         regime,
+        tuple(item.rule for item in ranked[1:] if overlaps(item)),
     )
 
 

@@ -76,6 +76,7 @@ def test_batch_size_transfer_recommends_the_rule_with_the_lowest_measured_regret
     assert "gpt +0 [-0.01, +0.01] holds" in out
     assert all(f"  {rule} " in out for rule in BATCH_RULES)  # every alternative is printed
     assert "inside gamma > beta**2" in out and "WARNING: factor" not in out
+    assert "note: at this budget linear is not distinguishable from sqrt (their regret intervals overlap" in out
     status, out = run(capsys, *argv, "--rule", "sqrt")
     assert (
         "rule: batch-sqrt (factor 8)" in out

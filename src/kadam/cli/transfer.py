@@ -373,6 +373,11 @@ def _evidence_lines(args: argparse.Namespace, evidence: Any, rule: str) -> list[
             for row in item.rows
         )
         lines.append(f"  {marker} {item.rule:<18} relative {item.relative:+.1%}: {rows}")
+    if evidence.indistinguishable:
+        lines.append(
+            f"  note: at this budget {evidence.rule} is not distinguishable from "
+            f"{', '.join(evidence.indistinguishable)} (their regret intervals overlap its own on every workload)"
+        )
     if not evidence.inside:
         lines.append(
             f"  WARNING: factor {evidence.factor:g} lies outside the studied factors; the evidence is from {studied}, "
