@@ -531,7 +531,7 @@ _STATE_CASES = [
         torch.zeros(64, 64, dtype=torch.float64),
         r"state 'exp_avg' of parameter 1 has dtype torch.float64",
     ),
-    ("exp_avg", torch.zeros(64, 64, device="meta"), r"must be on the same device"),  # torch's grouping
+    ("exp_avg", torch.zeros(64, 64, device="meta"), r"must be on the parameters' device cpu"),
     ("exp_avg", torch.zeros(64, 64).to_sparse(), r"state 'exp_avg' of parameter 1 has layout torch.sparse_coo"),
     ("step", torch.zeros(3), r"state 'step' of parameter 1 must be a one-element tensor, got shape \(3,\)"),
     ("exp_avg_sq_2", torch.zeros(3), r"The size of state 'exp_avg_sq_2' \(3,\) of parameter 1 must be one element"),

@@ -939,9 +939,9 @@ def _multi_tensor_kadam(
     has_complex: bool,
     rounding_indices: Sequence[int] | None = None,
 ) -> None:
-    flat_moments = [tensors for pair in moments for tensors in pair]
-    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, *flat_moments, steps], with_indices=True)
-    for (device_params, device_grads, *device_moments, device_steps), indices in grouped.values():
+    for _, (device_params, device_grads, device_moments, device_steps), indices in _grouped(
+        params, grads, moments, steps
+    ):
         lists = [
             cast(list[Tensor], device_params),
             cast(list[Tensor], device_grads),
@@ -1072,6 +1072,24 @@ def _multi_tensor_group(
                 torch._foreach_div_(x, bias_correction1)
 
 
+def _grouped(
+    params: list[Tensor],
+    grads: list[Tensor],
+    moments: list[tuple[list[Tensor], list[Tensor]]],
+    steps: list[Tensor],
+) -> list[tuple[tuple[torch.device, torch.dtype], tuple[list, list, list[list], list], list[int]]]:
+    """torch's grouping of a step's tensors by the parameters' device and dtype, with the moments (level-major:
+    m₁, v₁, m₂, …; an empty list for a level without m) picked by index: moments may be of another dtype
+    (``state_dtype``), which torch 2.8's grouping refuses within one index."""
+    flat_moments = [tensors for pair in moments for tensors in pair]
+    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, steps], with_indices=True)
+    result = []
+    for key, ((device_params, device_grads, device_steps), indices) in grouped.items():
+        device_moments = [[tensors[j] for j in indices] if tensors else [] for tensors in flat_moments]
+        result.append((key, (device_params, device_grads, device_moments, device_steps), indices))
+    return result
+
+
 def _update_second_moments(exp_avg_sqs: list[Tensor], x: list[Tensor], level: Level) -> None:
     """v ← γ v + (1 - γ) x² (elementwise) or (1 - γ) mean(x²) (tensor mode), in place, with foreach ops."""
     torch._foreach_mul_(exp_avg_sqs, level.gamma)
@@ -1136,12 +1154,9 @@ def _fused_kadam(
     ``grad_scale``/``found_inf`` are GradScaler's: gradients are divided by ``grad_scale`` and a nonzero
     ``found_inf`` skips the step without touching any state.
     """
-    flat_moments = [tensors for pair in moments for tensors in pair]
-    grouped = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, *flat_moments, steps],
-        with_indices=True,  # type: ignore[list-item]
-    )
-    for (device, _), ((device_params, device_grads, *device_moments, device_steps), indices) in grouped.items():
+    for (device, _), (device_params, device_grads, device_moments, device_steps), indices in _grouped(
+        params, grads, moments, steps
+    ):
         group_params = cast(list[Tensor], device_params)
         group_grads = cast(list[Tensor], device_grads)
         group_moments = [
