@@ -105,12 +105,16 @@ ARMS: tuple[str, ...] = (
     "kadam3-elementwise",
     "kadam3-naive",
     "kadam3-momentum-last",
+    "kadam1-bf16",
+    "kadam1-bf16-sr",
+    "kadam2-bf16",
+    "kadam2-bf16-sr",
     "muon-adamw",
     "schedulefree-adamw",
     "adamw-equal-betas",
 )
-"""The optimizers of the comparison protocol (``kadam compare --optimizers``): AdamW, Adam, the k-Adam arms,
-and today's optimizers for context (Muon with AdamW, schedule-free AdamW, AdamW with β2 = β1)."""
+"""The optimizers of the comparison protocol (``kadam compare --optimizers``): AdamW, Adam, the k-Adam arms
+(``-bf16``: moments stored in bfloat16; ``-sr``: stochastically rounded), and today's optimizers for context (Muon with AdamW, schedule-free AdamW, AdamW with β2 = β1)."""
 WORKLOADS: tuple[str, ...] = (
     "digits-cnn",
     "digits-cnn-bn",

@@ -13,6 +13,8 @@ level a normalization layer applies implicitly (THEORY §4); *elementwise* — t
 per element; *naive* — levels ≥ 2 are (0.9, 0.999) elementwise; *momentum-last* — β = 0 on levels
 1..k − 1 and the momentum on level k (tensor mode for levels ≥ 2). ``adamw``, ``adam`` and ``kadam1`` run
 the single-tensor implementations (``foreach=False``), which are the ones KAdam matches bit for bit.
+``kadam{1,2}-bf16[-sr]``: ``kadam1`` and ``kadam2`` with every moment stored in bfloat16 (float32 math),
+rounded to nearest or stochastically (``-sr``) when written back; nothing else changes.
 Context arms (today's optimizers, under the same protocol): ``muon-adamw`` (:class:`MuonWithAdamW`:
 ``torch.optim.Muon`` on the hidden matrices, AdamW on the rest), ``schedulefree-adamw``
 (``schedulefree.AdamWScheduleFree``, Defazio et al. 2024: its own iterate averaging replaces the decay,
@@ -172,10 +174,20 @@ class ArmSpec:
     needs_model: bool = False
 
 
-def _kadam_arm(k: int, strategy: str) -> ArmSpec:
+def _kadam_arm(k: int, strategy: str, stochastic_rounding: bool | None = None) -> ArmSpec:
+    """KAdam k with a meta-level ``strategy``; ``stochastic_rounding`` not None: its moments stored in
+    bfloat16 (``state_dtype=torch.bfloat16``), rounded stochastically if True, to nearest if False."""
+    state: dict[str, Any] = (
+        {}
+        if stochastic_rounding is None
+        else {"state_dtype": torch.bfloat16, "stochastic_rounding": stochastic_rounding}
+    )
+
     def build(
         params: Iterable[torch.nn.Parameter], lr: float, beta: float, gamma: float, weight_decay: float
     ) -> torch.optim.Optimizer:
+        if k == 1:
+            return KAdam(params, lr=lr, k=1, betas=(beta, gamma), weight_decay=weight_decay, foreach=False, **state)
         if strategy in ("default", "elementwise"):
             meta_norm = "tensor" if strategy == "default" else "elementwise"
             return KAdam(
@@ -186,6 +198,7 @@ def _kadam_arm(k: int, strategy: str) -> ArmSpec:
                 weight_decay=weight_decay,
                 meta_betas=(0.0, 0.999),
                 meta_norm=meta_norm,
+                **state,
             )
         if strategy == "naive":
             return KAdam(
@@ -208,7 +221,10 @@ def _kadam_arm(k: int, strategy: str) -> ArmSpec:
         "naive": f"KAdam k={k}: levels ≥ 2 (0.9, 0.999) elementwise",
         "momentum-last": f"KAdam k={k}: β on level {k} only, γ on level 1, levels ≥ 2 tensor mode",
     }
-    return ArmSpec(descriptions[strategy], build)
+    description = "KAdam k=1 (AdamW with its state in bfloat16), foreach=False" if k == 1 else descriptions[strategy]
+    if stochastic_rounding is not None:
+        description += f"; bfloat16 moments, {'stochastic rounding' if stochastic_rounding else 'rounded to nearest'}"
+    return ArmSpec(description, build)
 
 
 def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -306,6 +322,11 @@ _ARM_SPECS: Mapping[str, ArmSpec] = {
         f"kadam{k}{'' if strategy == 'default' else '-' + strategy}": _kadam_arm(k, strategy)
         for k in (2, 3)
         for strategy in ("default", "elementwise", "naive", "momentum-last")
+    },
+    **{
+        f"kadam{k}-bf16{'-sr' if stochastic_rounding else ''}": _kadam_arm(k, "default", stochastic_rounding)
+        for k in (1, 2)
+        for stochastic_rounding in (False, True)
     },
     "muon-adamw": ArmSpec(
         "torch Muon (Nesterov momentum β, match_rms_adamw) on the hidden matrices, torch AdamW (β, γ) on the rest",
