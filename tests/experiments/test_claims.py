@@ -176,6 +176,20 @@ def test_a_section_with_long_captions_still_gets_its_first_findings_into_the_bod
     assert max(kept + [heavy_kept]) - min(kept + [heavy_kept]) <= 1  # one per section per round
 
 
+def test_a_first_method_paragraph_too_long_for_the_body_continues_in_the_appendix(tmp_path):
+    sentence = " ".join(["word"] * 40) + "."
+    sections = [
+        SectionDocument(f"s{i}", f"Section {i}", " ".join(f"Sentence {i}-{j}: {sentence}" for j in range(30)))
+        for i in range(4)
+    ]
+    markdown = write_report(tmp_path, "Title", "Preamble.", sections, {})["markdown"].read_text()
+    body = body_text(markdown)
+    assert prose_word_count(body) <= BODY_WORD_LIMIT
+    for i in range(4):  # each method starts in the body, cut between sentences, and ends in the appendix
+        assert f"Sentence {i}-0:" in body and f"Sentence {i}-29:" not in body
+        assert f"Sentence {i}-29:" in markdown[len(body) :]
+
+
 def test_every_glossary_pattern_finds_its_term():
     import re
 

@@ -45,6 +45,7 @@ __all__ = [
     "GLOSSARY",
     "KINDS",
     "KIND_MEANINGS",
+    "METHOD_CAPS",
     "MIN_SEEDS",
     "SUMMARY_WORD_LIMIT",
     "Verdict",
@@ -70,6 +71,9 @@ SUMMARY_WORD_LIMIT = 300
 """Words of the "What this means for you" summary."""
 MIN_SEEDS = 3
 """A measured claim's verdict needs an interval over at least this many seeds to be resolved."""
+METHOD_CAPS: tuple[int | None, ...] = (None, 200, 150, 100, 60)
+"""Words of a section's first method paragraph the body keeps, tried in turn until the body fits
+:data:`BODY_WORD_LIMIT` (None: all of it); the sentences cut continue in the section's appendix entry."""
 
 
 @dataclass(frozen=True)
@@ -444,6 +448,22 @@ def _paragraphs(markdown_text: str) -> list[str]:
     return [paragraph.strip() for paragraph in markdown_text.split("\n\n") if paragraph.strip()]
 
 
+def _method_paragraphs(section: SectionDocument, cap: int | None) -> list[str]:
+    """The section's method paragraphs, the first one cut after the last sentence that fits ``cap`` words (None:
+    whole), the rest of it becoming the second paragraph: the body shows the first, the appendix the others."""
+    paragraphs = _paragraphs(section.method)
+    if cap is None or not paragraphs or _words(paragraphs[0]) <= cap:
+        return paragraphs
+    sentences = re.split(r"(?<=[.;:])\s+(?=[A-Z(*])", paragraphs[0])
+    kept: list[str] = []
+    for sentence in sentences:
+        if kept and _words(" ".join([*kept, sentence])) > cap:
+            break
+        kept.append(sentence)
+    rest = sentences[len(kept) :]
+    return [" ".join(kept), *([" ".join(rest)] if rest else []), *paragraphs[1:]]
+
+
 def _glossary_blocks(text: str) -> list[_Block]:
     used = [(term, definition) for term, (pattern, definition) in GLOSSARY.items() if re.search(pattern, text)]
     if not used:
@@ -485,19 +505,19 @@ def _claim_cells(number: int, section: SectionDocument, claim: Claim) -> tuple[l
     return [claim.text, claim.criterion or "—", claim.verdict, claim.evidence, seeds], link
 
 
-def _fixed_words(section: SectionDocument) -> int:
-    """Words of a section's body that do not depend on the budget: title, first method paragraph, captions of its
-    body tables and figures, and the pointer to its appendix."""
-    words = _words(section.title) + sum(_words(paragraph) for paragraph in _paragraphs(section.method)[:1])
+def _fixed_words(section: SectionDocument, cap: int | None) -> int:
+    """Words of a section's body that do not depend on the budget: title, first method paragraph (cut at ``cap``,
+    :func:`_method_paragraphs`), captions of its body tables and figures, and the pointer to its appendix."""
+    words = _words(section.title) + sum(_words(paragraph) for paragraph in _method_paragraphs(section, cap)[:1])
     words += sum(_words(table.caption) for table in section.tables if not table.appendix)
     return words + sum(_words(figure.caption) for figure in section.figures if not figure.appendix) + 10
 
 
-def _findings_kept(sections: Sequence[SectionDocument], budget: int) -> list[int]:
+def _findings_kept(sections: Sequence[SectionDocument], budget: int, cap: int | None) -> list[int]:
     """How many of its findings (most important first) each section keeps in the body: what ``budget`` leaves
     after every section's fixed words, handed out one finding per section per round, in report order, while the
     next finding fits (a section whose next finding does not fit keeps no later one)."""
-    left = budget - sum(_fixed_words(section) for section in sections)
+    left = budget - sum(_fixed_words(section, cap) for section in sections)
     kept = [0] * len(sections)
     open_ = [bool(section.findings) for section in sections]
     while any(open_):
@@ -514,15 +534,17 @@ def _findings_kept(sections: Sequence[SectionDocument], budget: int) -> list[int
     return kept
 
 
-def _section_blocks(sections: Sequence[SectionDocument], budget: int) -> tuple[list[_Block], list[_Block]]:
+def _section_blocks(
+    sections: Sequence[SectionDocument], budget: int, cap: int | None = None
+) -> tuple[list[_Block], list[_Block]]:
     """The body's and the appendix's blocks of every section, the body within ``budget`` words: each section keeps
     its title, first method paragraph, body tables and figures, and as many of its findings, most important first,
     as the words left allow (:func:`_findings_kept`); the rest go to its appendix entry."""
     body: list[_Block] = []
     appendix: list[_Block] = []
-    counts = _findings_kept(sections, budget)
+    counts = _findings_kept(sections, budget, cap)
     for number, section in enumerate(sections, start=1):
-        paragraphs = _paragraphs(section.method)
+        paragraphs = _method_paragraphs(section, cap)
         body_tables = [table for table in section.tables if not table.appendix]
         body_figures = [figure for figure in section.figures if not figure.appendix]
         kept = section.findings[: counts[number - 1]]
@@ -568,16 +590,19 @@ def _layout(title: str, preamble: str, sections: Sequence[SectionDocument], summ
     terms = _glossary_blocks(every_text)
     fixed = sum(_words(block.text) + sum(_words(item) for item in block.items) for block in head + terms + closing)
     fixed += sum(_words(block.text) for block in claims if block.kind != "claims")
-    budget = BODY_WORD_LIMIT - fixed
     best: tuple[int, list[_Block], list[_Block]] | None = None
-    for _ in range(6):  # the estimate of headings and pointers is rough: move the budget by the miss, keep the best fit
-        body, appendix = _section_blocks(sections, budget)
-        words = prose_word_count(_markdown(head + terms + claims + body + closing, Path(".")))
-        if words <= BODY_WORD_LIMIT and (best is None or words > best[0]):
-            best = (words, body, appendix)
-        if words == BODY_WORD_LIMIT:
+    for cap in METHOD_CAPS:  # a long first method paragraph is cut only when the body cannot hold it otherwise
+        budget = BODY_WORD_LIMIT - fixed
+        for _ in range(6):  # the estimate of headings and pointers is rough: move the budget by the miss
+            body, appendix = _section_blocks(sections, budget, cap)
+            words = prose_word_count(_markdown(head + terms + claims + body + closing, Path(".")))
+            if words <= BODY_WORD_LIMIT and (best is None or words > best[0]):
+                best = (words, body, appendix)
+            if words == BODY_WORD_LIMIT:
+                break
+            budget -= words - BODY_WORD_LIMIT
+        if best is not None:
             break
-        budget -= words - BODY_WORD_LIMIT
     if best is not None:
         _, body, appendix = best
     blocks = head + terms + claims + body + closing
