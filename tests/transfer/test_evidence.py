@@ -42,3 +42,19 @@ def test_the_recommendation_is_the_lowest_mean_relative_regret(factor):
     study = json.loads(STUDY.read_text(encoding="utf-8"))["sections"]["transfer"]["data"]["batch_study"]
     reported = {row["factor"]: row["rule"] for row in study["recommended"]}
     assert reported[factor] == recommend_batch_rule(factor).rule
+
+
+def test_the_summary_sentence_names_each_factors_recommended_rule(monkeypatch):
+    from kadam import transfer
+    from kadam.experiments.transfer.section import committed_transfer_answer
+
+    answer = committed_transfer_answer()
+    for factor in batch_evidence()["factors"]:
+        assert recommend_batch_rule(factor).rule in answer
+    assert "results/transfer-study" in answer and "3 seeds" in answer
+
+    def missing():
+        raise ValueError("no measured evidence")
+
+    monkeypatch.setattr(transfer, "batch_evidence", missing)
+    assert committed_transfer_answer() is None

@@ -34,6 +34,7 @@ from kadam.experiments.report import (
     prose_word_count,
     write_report,
 )
+from kadam.experiments.transfer.section import committed_transfer_answer
 
 __all__ = ["PROFILES", "DEVICES", "ReproduceOutcome", "practitioner_summary", "reproduce"]
 
@@ -172,6 +173,7 @@ def _summary_lines(documents: Sequence[SectionDocument], study: dict[str, Any] |
         )
     )
     transfer, claims = _measured(documents, "transfer")
+    answer = committed_transfer_answer()
     if transfer is None:
         lines.append("**Another learning rate or batch size.** This report has no transfer section.")
     elif not claims:
@@ -180,7 +182,9 @@ def _summary_lines(documents: Sequence[SectionDocument], study: dict[str, Any] |
         confirmed = [claim for claim in claims if claim.verdict == "confirmed"]
         lines.append(
             "**Another learning rate or batch size.** `kadam transfer` computes the hyperparameters for another lr "
-            f"(THEORY §6) or batch size. This run's {len(claims)} transfer claim(s): {_tally(claims)}"
+            "(THEORY §6) or batch size"
+            + (f"; {answer}." if answer else ".")
+            + f" This run's {len(claims)} transfer claim(s): {_tally(claims)}"
             + (
                 f"; {_reading(confirmed[0], 'transfer', quotes)}"
                 if confirmed
