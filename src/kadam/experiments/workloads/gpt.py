@@ -16,12 +16,15 @@ characters, split 90/5/5 into contiguous train/validation/test parts; training b
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from kadam.experiments.workloads.data import encode_characters
 from kadam.experiments.workloads.models import CharTransformer
 from kadam.experiments.workloads.tasks import Task, char_splits
 
-__all__ = ["GPT", "build_gpt_task"]
+__all__ = ["GPT", "build_gpt_task", "char_gpt_task"]
 
 
 GPT = CharTransformer
@@ -39,7 +42,25 @@ def build_gpt_task(
     evaluation_windows: int = 256,
 ) -> Task:
     """The character-LM :class:`~kadam.experiments.workloads.Task` ("gpt" or "gpt-noln") at the given sizes."""
-    for name, value in (
+    sizes = (corpus_chars, context, width, heads, layers, evaluation_windows)
+    return char_gpt_task("gpt" if layer_norm else "gpt-noln", device, layer_norm, encode_characters, *sizes)
+
+
+def char_gpt_task(
+    name: str,
+    device: str | torch.device,
+    layer_norm: bool,
+    encode: Callable[[int], tuple[torch.Tensor, int]],
+    corpus_chars: int,
+    context: int,
+    width: int,
+    heads: int,
+    layers: int,
+    evaluation_windows: int,
+) -> Task:
+    """The task ``name``: :class:`GPT` on the characters ``encode(corpus_chars)`` returns (tokens, vocabulary
+    size), split by :func:`~kadam.experiments.workloads.tasks.char_splits`; every size an integer ≥ 1."""
+    for label, value in (
         ("corpus_chars", corpus_chars),
         ("context", context),
         ("width", width),
@@ -48,10 +69,10 @@ def build_gpt_task(
         ("evaluation_windows", evaluation_windows),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer ≥ 1, got {value!r}")
-    splits, vocabulary_size = char_splits(corpus_chars, context, evaluation_windows)
+            raise ValueError(f"{label} must be an integer ≥ 1, got {value!r}")
+    splits, vocabulary_size = char_splits(corpus_chars, context, evaluation_windows, encode)
     return Task(
-        "gpt" if layer_norm else "gpt-noln",
+        name,
         splits,
         lambda: GPT(vocabulary_size, context, width, heads, layers, layer_norm),
         sequence_length=context,

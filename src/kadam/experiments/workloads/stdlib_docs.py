@@ -26,8 +26,7 @@ from pathlib import Path
 
 import torch
 
-from kadam.experiments.workloads.data import Split
-from kadam.experiments.workloads.models import CharTransformer
+from kadam.experiments.workloads.gpt import char_gpt_task
 from kadam.experiments.workloads.tasks import Task
 
 __all__ = ["DOCS_GPT_WORKLOADS", "build_docs_gpt_task", "corpus_digest", "docstring_corpus", "docstring_tokens"]
@@ -85,25 +84,6 @@ def docstring_tokens(count: int) -> tuple[torch.Tensor, int]:
     return torch.tensor([lookup[character] for character in text], dtype=torch.long), len(lookup)
 
 
-def _splits(corpus_chars: int, context: int, evaluation_windows: int) -> tuple[dict[str, Split], int]:
-    tokens, vocabulary_size = docstring_tokens(corpus_chars)
-    train_end, validation_end = int(0.9 * len(tokens)), int(0.95 * len(tokens))
-
-    def windows(stream: torch.Tensor) -> Split:
-        count = min(evaluation_windows, len(stream) // (context + 1))
-        if count < 1:
-            raise ValueError(f"corpus_chars={corpus_chars} is too small for context={context}")
-        blocks = stream[: count * (context + 1)].view(count, context + 1)
-        return Split(blocks[:, :-1], blocks[:, 1:])
-
-    train_stream = tokens[:train_end]
-    return {
-        "train": Split(train_stream, train_stream),
-        "validation": windows(tokens[train_end:validation_end]),
-        "test": windows(tokens[validation_end:]),
-    }, vocabulary_size
-
-
 def build_docs_gpt_task(
     device: str | torch.device = "cpu",
     name: str = "docs-gpt-wide",
@@ -115,21 +95,5 @@ def build_docs_gpt_task(
     evaluation_windows: int = 256,
 ) -> Task:
     """The pre-LN character GPT on the standard library's docstrings at the given sizes, named ``name``."""
-    for label, value in (
-        ("corpus_chars", corpus_chars),
-        ("context", context),
-        ("width", width),
-        ("heads", heads),
-        ("layers", layers),
-        ("evaluation_windows", evaluation_windows),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{label} must be an integer ≥ 1, got {value!r}")
-    splits, vocabulary_size = _splits(corpus_chars, context, evaluation_windows)
-    return Task(
-        name,
-        splits,
-        lambda: CharTransformer(vocabulary_size, context, width, heads, layers, layer_norm=True),
-        sequence_length=context,
-        device=torch.device(device),
-    )
+    sizes = (corpus_chars, context, width, heads, layers, evaluation_windows)
+    return char_gpt_task(name, device, True, docstring_tokens, *sizes)

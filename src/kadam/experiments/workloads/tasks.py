@@ -27,13 +27,19 @@ from kadam.experiments.workloads.models import MLP, CharTransformer, DigitsCNN
 __all__ = ["Task", "TASKS", "build_task"]
 
 
-def char_splits(corpus_chars: int, context: int, evaluation_windows: int) -> tuple[dict[str, Split], int]:
-    """Encode the first ``corpus_chars`` characters; 90/5/5 contiguous train/validation/test.
+def char_splits(
+    corpus_chars: int,
+    context: int,
+    evaluation_windows: int,
+    encode: Callable[[int], tuple[torch.Tensor, int]] = encode_characters,
+) -> tuple[dict[str, Split], int]:
+    """Encode the first ``corpus_chars`` characters with ``encode`` (default: CPython's ``pydoc_data`` topics,
+    :func:`~kadam.experiments.workloads.data.encode_characters`); 90/5/5 contiguous train/validation/test.
 
     The training split is one long token stream (``inputs``; ``targets`` unused); validation and test are
     up to ``evaluation_windows`` non-overlapping windows of ``context + 1`` characters.
     """
-    tokens, vocabulary_size = encode_characters(corpus_chars)
+    tokens, vocabulary_size = encode(corpus_chars)
     train_end, validation_end = int(0.9 * len(tokens)), int(0.95 * len(tokens))
 
     def windows(stream: torch.Tensor) -> Split:
