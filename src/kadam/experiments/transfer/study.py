@@ -94,34 +94,36 @@ class BatchStudy:
         """Phase 1: every grid point at every tuning seed (cells shared by both regimes at κ = 1 appear once)."""
         return list({cell.key: cell for cell in self._sweep().values()}.values())
 
-    def _optima(self, results: Mapping[str, Any]) -> dict[tuple[str, str, float], dict[str, float]]:
+    def _sweep_runs(self, results: Mapping[str, Any]) -> dict[tuple, dict[tuple[float, float], list[Any]]]:
+        """Each (workload, regime, factor)'s tuning runs by grid point ``(lr, gamma)``, one per tuning seed."""
         config, sweep = self.config, self._sweep()
-        optima = {}
-        for workload in config.workloads:
-            for regime in config.regimes:
-                for factor in self._factors():
-                    points = {
-                        (lr, gamma): [
-                            results[sweep[(workload, regime, factor, lr, gamma, s)].key] for s in config.tuning_seeds
-                        ]
-                        for gamma in gamma_grid(config, factor)
-                        for lr in lr_grid(config)
-                    }
-                    lr, gamma = select(points)
-                    optima[(workload, regime, factor)] = self._point(lr, gamma)
-        return optima
+        return {
+            (workload, regime, factor): {
+                (lr, gamma): [results[sweep[(workload, regime, factor, lr, gamma, s)].key] for s in config.tuning_seeds]
+                for gamma in gamma_grid(config, factor)
+                for lr in lr_grid(config)
+            }
+            for workload in config.workloads
+            for regime in config.regimes
+            for factor in self._factors()
+        }
+
+    def _optima(self, sweeps: Mapping[tuple, Mapping[tuple[float, float], list[Any]]]) -> dict[tuple, dict[str, float]]:
+        """Each (workload, regime, factor)'s selected grid point (:func:`select`) as hyperparameters."""
+        return {key: self._point(*select(points)) for key, points in sweeps.items()}
 
     def _evaluation(self, results: Mapping[str, Any]) -> dict[tuple, Cell]:
         config = self.config
+        optima = self._optima(self._sweep_runs(results))
         cells = {}
-        for (workload, regime, factor), point in self._optima(results).items():
+        for (workload, regime, factor), point in optima.items():
             for seed in config.evaluation_seeds:
                 cells[(workload, regime, factor, "optimum", seed)] = self._cell(
                     workload, point, factor, regime, seed, f"×{factor:g} {regime} optimum seed {seed}"
                 )
         for workload in config.workloads:
             for regime in config.regimes:
-                base = self._optima(results)[(workload, regime, 1)]
+                base = optima[(workload, regime, 1)]
                 for factor in config.factors:
                     for rule in BATCH_RULES:
                         point = rule_point(config, rule, factor, base["lr"])
@@ -129,7 +131,7 @@ class BatchStudy:
                             cells[(workload, regime, factor, rule, seed)] = self._cell(
                                 workload, point, factor, regime, seed, f"×{factor:g} {regime} {rule} seed {seed}"
                             )
-            base = self._optima(results)[(workload, config.regimes[0], 1)]
+            base = optima[(workload, config.regimes[0], 1)]
             base_steps = steps_of(config, 1, "samples")
             for c in config.lr_factors:
                 for variant, (beta, gamma) in (
@@ -162,9 +164,10 @@ class BatchStudy:
     def read(self, results: Mapping[str, Any]) -> dict[str, Any]:
         """Every run the analysis needs, by name: ``sweeps[workload][regime][factor][(lr, gamma)]`` (tuning runs),
         ``optimum``/``rules`` (evaluation runs and points) and ``lr_transfer`` (mini-batch lr transfer runs)."""
-        config, sweep = self.config, self._sweep()
+        config = self.config
         evaluation = self._evaluation(results)
-        optima = self._optima(results)
+        sweeps = self._sweep_runs(results)
+        optima = self._optima(sweeps)
 
         def runs(key: tuple) -> list[dict[str, Any]]:
             return [results[evaluation[(*key, seed)].key] for seed in config.evaluation_seeds]
@@ -173,13 +176,7 @@ class BatchStudy:
         for workload in config.workloads:
             for regime in config.regimes:
                 for factor in self._factors():
-                    out["sweeps"][(workload, regime, factor)] = {
-                        (lr, gamma): [
-                            results[sweep[(workload, regime, factor, lr, gamma, s)].key] for s in config.tuning_seeds
-                        ]
-                        for gamma in gamma_grid(config, factor)
-                        for lr in lr_grid(config)
-                    }
+                    out["sweeps"][(workload, regime, factor)] = sweeps[(workload, regime, factor)]
                     out["optimum"][(workload, regime, factor)] = {
                         "point": optima[(workload, regime, factor)],
                         "runs": runs((workload, regime, factor, "optimum")),
