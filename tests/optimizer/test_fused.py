@@ -114,7 +114,7 @@ def test_fused_matches_loop_with_several_threads(threads):
     _assert_same_trajectory(config, torch.float32, 1e-6, fused_threads=threads)
 
 
-GROUP_ELEMENTS = 1 << 18  # the kernel's kGroupElements
+GROUP_ELEMENTS = 1 << 16  # the kernel's kGroupElements
 BUFFER_ELEMENTS = 1 << 20  # and kBufferElements
 
 
@@ -125,9 +125,9 @@ def test_fused_matches_loop_across_replay_groups(monkeypatch, k, threads):
     buffer (replayed from m and v), one larger than a group but with a buffer of its own, groups of several
     tensors sharing the replay buffer, and a group closed by a tensor that would overflow it; the default
     meta levels read the buffer. The tolerance is the loop's: its float32 norm of a million elements rounds
-    at a few 1e-6 (the kernel sums in double); a misplaced buffer element would be off by O(1)."""
-    assert 300 * 1000 > GROUP_ELEMENTS and 100 * 1100 + (1 << 17) + 63 <= GROUP_ELEMENTS
-    shapes = [(BUFFER_ELEMENTS + 3,), (5,), (300, 1000), (100, 1100), (1 << 17,), (7, 9), (500, 300)]
+    at a few 1e-6 (the kernel sums each block in float32 lanes, the blocks in double); a misplaced buffer element would be off by O(1)."""
+    assert 300 * 1000 > GROUP_ELEMENTS and 100 * 300 + (1 << 15) + 63 <= GROUP_ELEMENTS
+    shapes = [(BUFFER_ELEMENTS + 3,), (5,), (300, 1000), (100, 300), (1 << 15,), (7, 9), (500, 300)]
     monkeypatch.setattr(sys.modules[__name__], "SHAPES", shapes)
     _assert_same_trajectory(
         {"lr": 1e-2, "k": k, "weight_decay": 0.1}, torch.float32, 2e-5, steps=4, fused_threads=threads

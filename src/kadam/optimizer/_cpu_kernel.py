@@ -75,7 +75,11 @@ FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 _SOURCE = Path(__file__).with_name("csrc") / "fused_kadam_cpu.cpp"
 _FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
-_NATIVE_FLAGS = ["-march=native"] if platform.machine() in ("x86_64", "AMD64") else ["-mcpu=native"]
+# On x86, 512-bit vectors where the CPU has them (GCC and Clang otherwise prefer 256 bits on AVX-512 CPUs; torch's
+# own CPU kernels use 512): the step's loops are faster at 512 (benchmarks/step_time.py).
+_NATIVE_FLAGS = (
+    ["-march=native", "-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else ["-mcpu=native"]
+)
 
 
 _STEP_DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
@@ -342,16 +346,41 @@ def check_inputs(
                 "gradients and elementwise state have their parameter's shape"
             )
 
+    strided = torch.strided
+
+    def fits(tensor: Any, expected: torch.dtype | None, shape: torch.Size | None) -> bool:
+        """What ``check`` checks, without naming anything: the every-step path, ``check`` raises on a miss."""
+        return (
+            isinstance(tensor, Tensor)
+            and tensor.dtype == expected
+            and tensor.layout == strided
+            and tensor.device == device
+            and (tensor.numel() == 1 if shape is None else tensor.shape == shape)
+        )
+
+    levels = range(n_levels)
     for t, param in enumerate(params):
         if not isinstance(param, Tensor):
             raise RuntimeError(f"KAdam(fused=True): {name_of(t)} is a {type(param).__name__}, not a tensor")
-        shape = _shape(param)
-        check(param, None, t, shape)
-        check(grads[t], "the gradient", t, shape)
-        for level in range(n_levels):
-            if keeps_first_moment[level]:
-                check(exp_avgs[level][t], f"state {key_of(level, 0)!r}", t, shape)
-            check(exp_avg_sqs[level][t], f"state {key_of(level, 1)!r}", t, None if tensor_modes[level] else shape)
+        shape = param.shape
+        if (
+            fits(param, dtype, shape)
+            and fits(grads[t], dtype, shape)
+            and all(
+                (not keeps_first_moment[level] or fits(exp_avgs[level][t], state_dtype, shape))
+                and fits(exp_avg_sqs[level][t], state_dtype, None if tensor_modes[level] else shape)
+                for level in levels
+            )
+        ):
+            pass
+        else:
+            shape = _shape(param)
+            check(param, None, t, shape)
+            check(grads[t], "the gradient", t, shape)
+            for level in levels:
+                if keeps_first_moment[level]:
+                    check(exp_avgs[level][t], f"state {key_of(level, 0)!r}", t, shape)
+                check(exp_avg_sqs[level][t], f"state {key_of(level, 1)!r}", t, None if tensor_modes[level] else shape)
         if steps is not None:
             step = steps[t]
             if not isinstance(step, Tensor) or step.numel() != 1:

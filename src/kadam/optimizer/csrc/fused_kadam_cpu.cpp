@@ -45,10 +45,11 @@ constexpr int64_t kChunkBlocks = 32;  // blocks per unit of work handed to a thr
 // Tensors are stepped in groups of at most kGroupElements elements (a larger tensor alone): every pass of
 // a group runs before the next group starts, so a tensor-mode level's replay finds the group in cache, and
 // the output of the elementwise level it replays, kept in a group-sized buffer, saves recomputing the
-// square root and division (the step is bound by those, not by memory). A group of 1 MiB of float32 keeps
+// square root and division (the step is bound by those, not by memory). A group of 256 KiB of float32 keeps
 // the buffer in L2 beside the pass's streams; a single tensor of up to kBufferElements still gets a
-// buffer of its own (in L3), which beats recomputing.
-constexpr int64_t kGroupElements = int64_t(1) << 18;
+// buffer of its own (in L3), which beats recomputing. The pass after the buffer's runs backwards over
+// the group, starting where the buffer's lines are most recent.
+constexpr int64_t kGroupElements = int64_t(1) << 16;
 constexpr int64_t kBufferElements = int64_t(1) << 20;
 
 struct alignas(2) BFloat16 {
@@ -257,8 +258,12 @@ class Stepper {
           int end = pass_end(first);
           const bool reduces = end < a_.n_levels;  // each tensor-mode level has its own slots
           double* sums = chunk_sums.data() + size_t(reduces ? end : 0) * n_chunks;
+          // A pass after the first runs backwards: the previous pass's last chunks (their replay buffer, m and
+          // v) are the ones still in cache when it ends.
+          const int64_t c_begin = first_chunk[group_first], c_last = first_chunk[group_end] - 1;
 #pragma omp for schedule(dynamic, 1) nowait
-          for (int64_t c = first_chunk[group_first]; c < first_chunk[group_end]; ++c) {
+          for (int64_t i = c_begin; i <= c_last; ++i) {
+            const int64_t c = first > 0 ? c_last - (i - c_begin) : i;
             const Chunk& chunk = chunks[c];
             double sum = 0.0;
             for (int64_t b = chunk.first_block; b < chunk.end_block; ++b) {
@@ -602,9 +607,10 @@ class Stepper {
       if (!kept) kept = x;
     }
     // One loop per case of m (stored or not), so that the vectorized loop has no masked loads and stores.
+    T sum = 0;
     auto loop = [&](auto keeps) {
       constexpr bool kKeeps = decltype(keeps)::value;
-#pragma omp simd
+#pragma omp simd reduction(+ : sum)
       for (int64_t j = 0; j < n; ++j) {
         const T input = FromGrad ? T(load(grad, j) * sign) : x[j];
         T m_new = input;
@@ -622,7 +628,9 @@ class Stepper {
         } else if (Out == kToX) {
           x[j] = norm(m_new, v_new);
         } else {
-          kept[j] = norm(m_new, v_new);
+          const T out = norm(m_new, v_new);
+          kept[j] = out;
+          sum += out * out;
         }
       }
     };
@@ -631,9 +639,10 @@ class Stepper {
     } else {
       loop(std::false_type{});
     }
-    // kToSum: sum(x^2) over the block just written (in L1), apart: in the loop above its double accumulator
-    // would be one more loop-carried dependency for a loop already short of vector registers.
-    return Out == kToSum ? sum_of_squares(kept, n) : 0.0;
+    // kToSum: sum(x^2) in the same loop, from registers, in T's lanes over the block (a block's sum in double
+    // follows; blocks are added in double): a second loop reading the block back would wait for each store's
+    // line to arrive before it could load it, and converting every square to double costs the loop more.
+    return Out == kToSum ? double(sum) : 0.0;
   }
 
   using LevelKernel = double (*)(const Stepper&, int, int64_t, int64_t, int64_t, T*);
