@@ -49,6 +49,10 @@ buffer (floor 28 B/param: AdamW's bytes) and ≤ 1.35× in tensors larger than i
 foreach k = 1 ≤ 1.10× foreach AdamW. Rows with bfloat16 state are held against their own floor: the
 "× floor" column, and the floor's share of AdamW's bytes (20/28 = 0.71 in the buffer) beside it.
 
+On a shared machine, ``--clock cpu`` (with ``--threads 1``) times each step by the thread's CPU time, which
+leaves out the time another process holds the core (not the caches it evicts meanwhile); the title says which
+clock timed the table.
+
 Usage: ``python benchmarks/step_time.py`` (about 16.8M parameters in 64 tensors, 2 threads); ``--quick``
 for a smaller, shorter run; ``--json PATH`` to keep the numbers.
 """
@@ -195,7 +199,14 @@ def _peak_extra_bytes(step: Callable[[], object]) -> int:
 
 
 def measure(
-    rows: list[Row], total: int, tensors: int, repeats: int, progress: Progress, memory: bool, flush: bool
+    rows: list[Row],
+    total: int,
+    tensors: int,
+    repeats: int,
+    progress: Progress,
+    memory: bool,
+    flush: bool,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict:
     """Median and best ms/step of every row and of the triad, timed round-robin, each from a cold cache
     when ``flush`` (a read of twice the last-level cache before every timing); ratios from the same run."""
@@ -219,9 +230,9 @@ def measure(
     for _ in range(repeats):
         for name, step in steps.items():
             evict.sum()
-            start = time.perf_counter()
+            start = clock()
             step()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
         progress.advance(task)
     medians = {name: statistics.median(values) for name, values in times.items()}
     bests = {name: min(values) for name, values in times.items()}
@@ -336,6 +347,14 @@ def main() -> None:
     parser.add_argument("--json", type=str, default=None, help="write all numbers to this file")
     parser.add_argument("--omp-default", action="store_true", help="keep libgomp's default wait policy")
     parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time (the step time; needs a quiet machine); cpu: this thread's CPU time "
+        "(time.thread_time, with --threads 1 only), which leaves out the time another process holds the core "
+        "on a shared machine, though not the caches it evicts meanwhile",
+    )
+    parser.add_argument(
         "--warm-cache",
         action="store_true",
         help="do not evict the last-level cache before each timing (steps may then run from cache)",
@@ -347,15 +366,18 @@ def main() -> None:
         os.execv(sys.executable, [sys.executable, *sys.argv])
     if args.quick:
         args.params, args.repeats, args.sweep = 4 * MIB, 5, "1,4"
+    if args.clock == "cpu" and args.threads != 1:
+        raise SystemExit(f"--clock cpu times one thread: it needs --threads 1, got {args.threads}")
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     console = Console(width=max(Console().width, 150))
-    report = {"load_average_start": os.getloadavg()}
+    report = {"load_average_start": os.getloadavg(), "clock": args.clock}
     buffer_elements = 2**20  # kBufferElements of csrc/fused_kadam_cpu.cpp
     with Progress(console=console, transient=True) as progress:
         main_rows = _rows(["loop", "foreach", "fused"], [1, 2, 3], large=args.params // args.tensors > buffer_elements)
         report["main"] = measure(
-            main_rows, args.params, args.tensors, args.repeats, progress, True, not args.warm_cache
+            main_rows, args.params, args.tensors, args.repeats, progress, True, not args.warm_cache, clock
         )
         if args.large is None:
             args.large = args.params // 2**21 if args.params > buffer_elements else 0
@@ -366,12 +388,12 @@ def main() -> None:
                 )
             large_rows = _rows(["fused"], [1, 2, 3], large=True)
             report["large"] = measure(
-                large_rows, args.params, args.large, args.repeats, progress, False, not args.warm_cache
+                large_rows, args.params, args.large, args.repeats, progress, False, not args.warm_cache, clock
             )
         sweep_rows = [row for row in _rows(["fused"], [1, 2, 3]) if "elementwise" not in row.name]
         sizes = [int(float(size) * MIB) for size in args.sweep.split(",") if size]
         report["sweep"] = [
-            measure(sweep_rows, size, args.tensors, args.repeats, progress, False, not args.warm_cache)
+            measure(sweep_rows, size, args.tensors, args.repeats, progress, False, not args.warm_cache, clock)
             for size in sizes
         ]
     report["load_average_end"] = os.getloadavg()
@@ -394,7 +416,7 @@ def main() -> None:
                 f"({'larger than' if size > buffer_elements else 'within'} the fused kernel's group buffer), "
                 f"{result['threads']} threads, triad {result['triad_GBps_best']:.2f} GB/s best "
                 f"({result['triad_GBps_median']:.2f} median), {result['repeats']} repeats, "
-                f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+                f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, {args.clock} clock, "
                 f"{'warm' if args.warm_cache else 'cold'} cache, {load}",
             )
         )
