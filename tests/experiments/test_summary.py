@@ -70,12 +70,25 @@ def test_no_confirmed_transfer_rule_says_to_retune():
     assert "2 refuted" in line and "re-tune" in line and "](#transfer)" in line
 
 
+CONFIRMATORY = {
+    "verdict": "refuted",
+    "rows": [{"workload": "docs-a", "mean": 0.012}, {"workload": "docs-b", "mean": -0.004}],
+}
+
+
+def test_the_preregistered_test_is_quoted_beside_the_study():
+    line = practitioner_summary(_documents(), STUDY, CONFIRMATORY)[1]
+    assert "preregistered test on 2 held-out transformer language models" in line
+    assert "**refuted**" in line and "+0.012, -0.004 nats" in line and "results/confirmatory-study" in line
+    assert "preregistered" not in practitioner_summary(_documents(), STUDY)[1]  # none committed: nothing said
+
+
 @pytest.mark.parametrize("study", [STUDY, None])
 def test_the_summary_stays_within_its_word_limit_with_long_claims(study):
     long_claims = _documents(text=LONG, evidence=LONG)
     for document in long_claims[1:]:
         document.claims = [_claim(LONG, evidence=LONG, verdict=c.verdict) for c in document.claims]
-    lines = practitioner_summary(long_claims, study)
+    lines = practitioner_summary(long_claims, study, CONFIRMATORY)
     assert prose_word_count("\n".join(lines)) <= SUMMARY_WORD_LIMIT
     assert all(re.search(r"\*\*(confirmed|refuted|not resolved at this budget)\*\*", line) for line in lines)
     # short claims are quoted in full, with their evidence

@@ -23,7 +23,7 @@ from rich.table import Table as RichTable
 
 import kadam
 from kadam.experiments.cells import CellCache, CellRunner
-from kadam.experiments.comparison.section import committed_study_answer
+from kadam.experiments.comparison.section import committed_confirmatory_answer, committed_study_answer
 from kadam.experiments.profiles import DEVICES, PROFILES, Settings
 from kadam.experiments.registry import SECTIONS, build_sections
 from kadam.experiments.report import (
@@ -129,7 +129,23 @@ def _tally(claims: Sequence[Claim]) -> str:
     return ", ".join(f"{count} {verdict}" for verdict, count in counts if count)
 
 
-def _summary_lines(documents: Sequence[SectionDocument], study: dict[str, Any] | None, quotes: _Quotes) -> list[str]:
+def _confirmatory_sentence(confirmatory: dict[str, Any] | None) -> str:
+    """One sentence on the committed preregistered test, or nothing where none is committed."""
+    if confirmatory is None or not confirmatory["rows"]:
+        return ""
+    differences = ", ".join(f"{row['mean']:+.3f}" for row in confirmatory["rows"])
+    return (
+        f" Its preregistered test on {len(confirmatory['rows'])} held-out transformer language models "
+        f"(results/confirmatory-study): **{confirmatory['verdict']}** (k = 2 − AdamW: {differences} nats)."
+    )
+
+
+def _summary_lines(
+    documents: Sequence[SectionDocument],
+    study: dict[str, Any] | None,
+    quotes: _Quotes,
+    confirmatory: dict[str, Any] | None = None,
+) -> list[str]:
     lines = []
     stability, claims = _measured(documents, "stability")
     if stability is None:
@@ -157,8 +173,9 @@ def _summary_lines(documents: Sequence[SectionDocument], study: dict[str, Any] |
             f"**Should you switch to k-Adam?** {answer}: the committed study (`{study['command']}`, "
             f"{len(study['rows'])} workloads, {max(r['seeds'] for r in study['rows'])} paired seeds, Holm-corrected) "
             f"finds KAdam's default k = 2 better than tuned AdamW on {len(better)} ({', '.join(better) or 'none'}), "
-            f"worse on {len(worse)} ({', '.join(worse) or 'none'}), unresolved on {len(unresolved)}. This "
-            f"run's own smaller comparison: {here}"
+            f"worse on {len(worse)} ({', '.join(worse) or 'none'}), unresolved on {len(unresolved)}."
+            + _confirmatory_sentence(confirmatory)
+            + f" This run's own smaller comparison: {here}"
         )
     monitor, claims = _measured(documents, "monitor")
     lines.append(
@@ -194,18 +211,21 @@ def _summary_lines(documents: Sequence[SectionDocument], study: dict[str, Any] |
     return lines
 
 
-def practitioner_summary(documents: Sequence[SectionDocument], study: dict[str, Any] | None) -> list[str]:
+def practitioner_summary(
+    documents: Sequence[SectionDocument], study: dict[str, Any] | None, confirmatory: dict[str, Any] | None = None
+) -> list[str]:
     """The report's "What this means for you" lines, each tied to the verdict behind it.
 
     Safe (β, γ) from the stability section's claims, whether to switch to k-Adam from the committed study
-    (``study``: :func:`~kadam.experiments.comparison.section.committed_study_answer`) and this run's
+    (``study``: :func:`~kadam.experiments.comparison.section.committed_study_answer`; ``confirmatory``, its
+    preregistered test: :func:`~kadam.experiments.comparison.section.committed_confirmatory_answer`) and this run's
     comparison, the monitor from its section's first measured claim, moving hyperparameters from the transfer
     section's measured claims (their verdicts counted, a confirmed one quoted). A missing section or verdict is
     said so instead of a recommendation. The quotes of the claims shorten until the lines hold at most
     :data:`~kadam.experiments.report.SUMMARY_WORD_LIMIT` words (:func:`~kadam.experiments.report.prose_word_count`).
     """
     for quotes in _QUOTE_LENGTHS:
-        lines = _summary_lines(documents, study, quotes)
+        lines = _summary_lines(documents, study, quotes, confirmatory)
         if prose_word_count("\n".join(lines)) <= SUMMARY_WORD_LIMIT:
             break
     return lines
@@ -307,7 +327,7 @@ def reproduce(
         "stored result of the identical call). The theory is docs/theory.md (`kadam theory` prints it; `THEORY §N` below is its §N); each section says what it measured, how, "
         "and what this run found, including where the measurement contradicts the paper."
     )
-    summary = practitioner_summary(documents, committed_study_answer())
+    summary = practitioner_summary(documents, committed_study_answer(), committed_confirmatory_answer())
     paths = write_report(
         out, "kadam reproduce: the paper's claims, re-measured", preamble, documents, metadata, summary
     )

@@ -1,12 +1,18 @@
 """The preregistered confirmatory study: its configuration meets the bar it was declared against, its held-out
 text is another one, and its one-sided test with Holm over the workloads decides as declared."""
 
+import json
+
 import pytest
 from scipy import stats
 
 from kadam.experiments.comparison.analysis import minimum_detectable_effect, one_sided_family
 from kadam.experiments.comparison.confirmatory import CONFIRMATORY, HYPOTHESIS
-from kadam.experiments.comparison.section import comparison_config, preregistered_test
+from kadam.experiments.comparison.section import (
+    committed_confirmatory_answer,
+    comparison_config,
+    preregistered_test,
+)
 from kadam.experiments.profiles import profile_sizes
 from kadam.experiments.workloads import char_corpus
 from kadam.experiments.workloads.stdlib_docs import build_docs_gpt_task, docstring_corpus
@@ -71,3 +77,18 @@ def test_one_sided_detectable_difference_has_the_declared_power():
     critical = stats.t.ppf(1 - 0.05 / 3, 7)
     assert stats.nct.sf(critical, 7, mde * 8**0.5 / 0.015) == pytest.approx(0.8, abs=1e-6)
     assert mde < minimum_detectable_effect(0.015, 8, 0.05, 0.8, family_size=3)["exact"]  # one tail: smaller
+
+
+def test_the_committed_answer_reads_the_test_from_results_json(tmp_path):
+    test = one_sided_family(_analysis([("a", -0.05, 0.02), ("b", 0.0, 0.02), ("c", 0.06, 0.02)]), "kadam2")
+    assert committed_confirmatory_answer(tmp_path) is None  # no runs committed yet
+    results = {"command": "kadam compare --study --profile confirmatory", "sections": {"comparison": {"data": {}}}}
+    (tmp_path / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    assert committed_confirmatory_answer(tmp_path) is None  # a report without the preregistered test
+    results["sections"]["comparison"]["data"]["preregistered_test"] = test
+    (tmp_path / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    answer = committed_confirmatory_answer(tmp_path)
+    assert answer["verdict"] == "refuted" and answer["command"] == results["command"]
+    assert [row["workload"] for row in answer["rows"]] == ["a", "b", "c"]
+    assert [row["mean"] for row in answer["rows"]] == pytest.approx([-0.05, 0.0, 0.06])
+    assert all(row["low"] < row["mean"] < row["high"] and row["seeds"] == 8 for row in answer["rows"])

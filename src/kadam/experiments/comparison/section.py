@@ -45,6 +45,7 @@ from kadam.experiments.sections import Section
 __all__ = [
     "PlannedRun",
     "STUDY_DIRECTORY",
+    "CONFIRMATORY_DIRECTORY",
     "build_section",
     "committed_study_answer",
     "tuning_plan",
@@ -57,6 +58,7 @@ __all__ = [
     "comparison_config",
     "two_stage_changes",
     "preregistered_test",
+    "committed_confirmatory_answer",
 ]
 
 SECTION = "comparison"
@@ -733,6 +735,10 @@ def build_section(settings: Any) -> Section:
 STUDY_DIRECTORY = Path(__file__).resolve().parents[4] / "results" / "comparison-study"
 """The committed study profile's report (``kadam compare --study``) in a source checkout."""
 
+CONFIRMATORY_DIRECTORY = Path(__file__).resolve().parents[4] / "results" / "confirmatory-study"
+"""The committed preregistered test's report (``kadam compare --study --profile confirmatory``) in a source
+checkout."""
+
 
 def committed_study_answer(directory: str | Path | None = None) -> dict[str, Any] | None:
     """What the committed study says about KAdam's default against tuned AdamW, read from its ``results.json``.
@@ -773,3 +779,31 @@ def committed_study_answer(directory: str | Path | None = None) -> dict[str, Any
         "verdict": None if claim is None else claim.get("verdict"),
         "evidence": None if claim is None else claim.get("evidence"),
     }
+
+
+def committed_confirmatory_answer(directory: str | Path | None = None) -> dict[str, Any] | None:
+    """The committed preregistered test (:func:`one_sided_family`, judged by :func:`preregistered_test`), read from
+    its ``results.json``: the verdict, per workload the paired mean ``kadam2 − AdamW`` with its Bonferroni interval,
+    one-sided Holm p, smallest detectable difference and seeds, and the command. None when the directory or file
+    is missing or holds no preregistered test (the runs are not finished, or an installed package carries none).
+    """
+    path = Path(directory or CONFIRMATORY_DIRECTORY) / "results.json"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        test = results["sections"]["comparison"]["data"]["preregistered_test"]
+        claim = preregistered_test(test)
+        rows = [
+            {
+                "workload": t["workload"],
+                "mean": t["mean"],
+                "low": t["ci_low"],
+                "high": t["ci_high"],
+                "p_holm": t["p_holm"],
+                "mde": t["mde"],
+                "seeds": t["n"],
+            }
+            for t in test["tests"]
+        ]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {"directory": str(path.parent), "command": results.get("command"), "verdict": claim.verdict, "rows": rows}
