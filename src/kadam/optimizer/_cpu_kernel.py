@@ -244,6 +244,46 @@ def _shape(tensor: Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
 
 
+def _all_fit(
+    params: Sequence[Any],
+    grads: Sequence[Any],
+    exp_avgs: Sequence[Sequence[Any]],
+    exp_avg_sqs: Sequence[Sequence[Any]],
+    tensor_modes: Sequence[bool],
+    keeps_first_moment: Sequence[bool],
+    dtype: torch.dtype,
+    state_dtype: torch.dtype | None,
+    device: torch.device,
+) -> bool:
+    """Whether every tensor passes :func:`check_inputs`'s per-tensor checks (type, dtype, device, layout, shape),
+    tested list by list."""
+    shapes = [p.shape for p in params] if all(isinstance(p, Tensor) for p in params) else None
+    if shapes is None:
+        return False
+    # (tensors, their dtype, their shapes: None for one element each)
+    lists: list[tuple[Sequence[Any], torch.dtype | None, list[torch.Size] | None]] = [
+        (params, dtype, shapes),
+        (grads, dtype, shapes),
+    ]
+    for keeps, tensor_mode, m, v in zip(keeps_first_moment, tensor_modes, exp_avgs, exp_avg_sqs):
+        if keeps:
+            lists.append((m, state_dtype, shapes))
+        lists.append((v, state_dtype, None if tensor_mode else shapes))
+    for tensors, expected, expected_shapes in lists:
+        if not all(isinstance(t, Tensor) for t in tensors):
+            return False
+        if {t.dtype for t in tensors} != {expected} or {t.device for t in tensors} != {device}:
+            return False
+        if {t.layout for t in tensors} != {torch.strided}:
+            return False
+        if expected_shapes is None:
+            if not all(t.numel() == 1 for t in tensors):
+                return False
+        elif [t.shape for t in tensors] != expected_shapes:
+            return False
+    return True
+
+
 def check_inputs(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
@@ -346,43 +386,20 @@ def check_inputs(
                 "gradients and elementwise state have their parameter's shape"
             )
 
-    strided = torch.strided
-
-    def fits(tensor: Any, expected: torch.dtype | None, shape: torch.Size | None) -> bool:
-        """What ``check`` checks, without naming anything: the every-step path, ``check`` raises on a miss."""
-        return (
-            isinstance(tensor, Tensor)
-            and tensor.dtype == expected
-            and tensor.layout == strided
-            and tensor.device == device
-            and (tensor.numel() == 1 if shape is None else tensor.shape == shape)
-        )
-
-    levels = range(n_levels)
-    for t, param in enumerate(params):
-        if not isinstance(param, Tensor):
-            raise RuntimeError(f"KAdam(fused=True): {name_of(t)} is a {type(param).__name__}, not a tensor")
-        shape = param.shape
-        if (
-            fits(param, dtype, shape)
-            and fits(grads[t], dtype, shape)
-            and all(
-                (not keeps_first_moment[level] or fits(exp_avgs[level][t], state_dtype, shape))
-                and fits(exp_avg_sqs[level][t], state_dtype, None if tensor_modes[level] else shape)
-                for level in levels
-            )
-        ):
-            pass
-        else:
+    # The every-step path checks list by list and builds no names; a miss is found and named tensor by tensor.
+    if not _all_fit(params, grads, exp_avgs, exp_avg_sqs, tensor_modes, keeps_first_moment, dtype, state_dtype, device):
+        for t, param in enumerate(params):
+            if not isinstance(param, Tensor):
+                raise RuntimeError(f"KAdam(fused=True): {name_of(t)} is a {type(param).__name__}, not a tensor")
             shape = _shape(param)
             check(param, None, t, shape)
             check(grads[t], "the gradient", t, shape)
-            for level in levels:
+            for level in range(n_levels):
                 if keeps_first_moment[level]:
                     check(exp_avgs[level][t], f"state {key_of(level, 0)!r}", t, shape)
                 check(exp_avg_sqs[level][t], f"state {key_of(level, 1)!r}", t, None if tensor_modes[level] else shape)
-        if steps is not None:
-            step = steps[t]
+    if steps is not None and not all(isinstance(step, Tensor) and step.numel() == 1 for step in steps):
+        for t, step in enumerate(steps):
             if not isinstance(step, Tensor) or step.numel() != 1:
                 raise RuntimeError(
                     f"KAdam(fused=True): state 'step' of {name_of(t)} must be a one-element tensor, got "

@@ -562,16 +562,18 @@ class KAdam(Optimizer):
         ]
         # Step counts stay tensors when traced by torch.compile or kept on the device (capturable).
         tensor_counts = group["capturable"] or torch.compiler.is_compiling()
+        offset_keys = [keys[3] for keys in level_keys]
         for position, param in enumerate(group["params"]):
-            if param.grad is None:
+            grad = param.grad
+            if grad is None:
                 continue
             if indices is not None:
                 indices.append(first_index + position)
-            if param.grad.is_sparse:
+            if grad.is_sparse:
                 raise RuntimeError("KAdam does not support sparse gradients")
             has_complex |= torch.is_complex(param)
             params.append(param)
-            grads.append(param.grad)
+            grads.append(grad)
             state = self.state[param]
             if len(state) == 0:
                 if group["fused"]:
@@ -603,7 +605,7 @@ class KAdam(Optimizer):
                 ) from error
             if isinstance(upcoming, Tensor):  # traced by torch.compile, or capturable: float64 on its device
                 upcoming = upcoming.to(torch.float64)
-            for counts, (*_, offset_key) in zip(level_steps, level_keys):
+            for counts, offset_key in zip(level_steps, offset_keys):
                 counts.append(upcoming - state.get(offset_key, 0.0))
         return has_complex
 
