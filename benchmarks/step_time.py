@@ -31,7 +31,8 @@ Each table row reports:
 * state B/param: bytes of optimizer state (all tensors in ``optimizer.state``) per parameter after a step;
 * peak extra MB: the highest net allocation through torch's allocator during one step, beyond the
   parameters, gradients and state that exist before it (the fused kernel's own buffers are a few
-  scalars per tensor and a 4 KiB (8 KiB in float64) buffer per thread, outside torch's allocator).
+  scalars per tensor, a 16 KiB (32 KiB in float64) block buffer per thread and the replay buffer of at most 2^20
+  elements, outside torch's allocator).
 
 A second table sweeps the parameter count (fused rows only) to show scaling.
 

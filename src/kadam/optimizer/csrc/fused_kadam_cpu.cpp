@@ -40,8 +40,8 @@ inline int omp_get_num_threads() { return 1; }
 
 namespace {
 
-constexpr int64_t kBlock = 1024;       // elements per block: the level-to-level buffer x stays in L1
-constexpr int64_t kChunkBlocks = 32;  // blocks per unit of work handed to a thread (128 KiB of float32)
+constexpr int64_t kBlock = 4096;      // elements per block: the level-to-level buffer x (16 KiB of float32) stays in L1
+constexpr int64_t kChunkBlocks = 8;  // blocks per unit of work handed to a thread (128 KiB of float32)
 // Tensors are stepped in groups of at most kGroupElements elements (a larger tensor alone): every pass of
 // a group runs before the next group starts, so a tensor-mode level's replay finds the group in cache, and
 // the output of the elementwise level it replays, kept in a group-sized buffer, saves recomputing the
