@@ -144,7 +144,8 @@ def _summary_lines(
     documents: Sequence[SectionDocument],
     study: dict[str, Any] | None,
     quotes: _Quotes,
-    confirmatory: dict[str, Any] | None = None,
+    confirmatory: dict[str, Any] | None,
+    transfer_answer: str | None,
 ) -> list[str]:
     lines = []
     stability, claims = _measured(documents, "stability")
@@ -190,7 +191,6 @@ def _summary_lines(
         )
     )
     transfer, claims = _measured(documents, "transfer")
-    answer = committed_transfer_answer()
     if transfer is None:
         lines.append("**Another learning rate or batch size.** This report has no transfer section.")
     elif not claims:
@@ -200,7 +200,7 @@ def _summary_lines(
         lines.append(
             "**Another learning rate or batch size.** `kadam transfer` computes the hyperparameters for another lr "
             "(THEORY §6) or batch size"
-            + (f"; {answer}." if answer else ".")
+            + (f"; {transfer_answer}." if transfer_answer else ".")
             + f" This run's {len(claims)} transfer claim(s): {_tally(claims)}"
             + (
                 f"; {_reading(confirmed[0], 'transfer', quotes)}"
@@ -224,8 +224,9 @@ def practitioner_summary(
     said so instead of a recommendation. The quotes of the claims shorten until the lines hold at most
     :data:`~kadam.experiments.report.SUMMARY_WORD_LIMIT` words (:func:`~kadam.experiments.report.prose_word_count`).
     """
+    transfer_answer = committed_transfer_answer()  # read once, not once per quote length
     for quotes in _QUOTE_LENGTHS:
-        lines = _summary_lines(documents, study, quotes, confirmatory)
+        lines = _summary_lines(documents, study, quotes, confirmatory, transfer_answer)
         if prose_word_count("\n".join(lines)) <= SUMMARY_WORD_LIMIT:
             break
     return lines
