@@ -120,17 +120,22 @@ BUFFER_ELEMENTS = 1 << 20  # and kBufferElements
 
 @pytest.mark.parametrize("k", [2, 3])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_fused_matches_loop_across_replay_groups(monkeypatch, k, threads):
-    """Tensors stepped in groups (all passes of one group before the next): a tensor too large for any
-    buffer (replayed from m and v), one larger than a group but with a buffer of its own, groups of several
-    tensors sharing the replay buffer, and a group closed by a tensor that would overflow it; the default
-    meta levels read the buffer. The tolerance is the loop's: its float32 norm of a million elements rounds
-    at a few 1e-6 (the kernel sums each block in float32 lanes, the blocks in double); a misplaced buffer element would be off by O(1)."""
+@pytest.mark.parametrize("meta", [{}, {"meta_betas": (0.5, 0.99)}], ids=["default-meta", "meta-with-m"])
+def test_fused_matches_loop_across_replay_groups(monkeypatch, k, threads, meta):
+    """Tensors stepped in groups (a group's passes before the next group's, except that the pass writing theta
+    of a group without a buffer runs interleaved with the next group's first pass): tensors too large for any
+    buffer (replayed from m and v) first, between buffered groups and last, one larger than a group but with a
+    buffer of its own, groups of several tensors sharing the replay buffer, and a group closed by a tensor that
+    would overflow it. The default meta levels read the buffer; meta levels with m never do, so every group is
+    interleaved with the next. The tolerance is the loop's: its float32 norm of a million elements rounds at a
+    few 1e-6 (the kernel sums each block in float32 lanes, the blocks in double); a misplaced buffer element,
+    or a group's theta written with another group's denominators, would be off by O(1)."""
     assert 300 * 1000 > GROUP_ELEMENTS and 100 * 300 + (1 << 15) + 63 <= GROUP_ELEMENTS
-    shapes = [(BUFFER_ELEMENTS + 3,), (5,), (300, 1000), (100, 300), (1 << 15,), (7, 9), (500, 300)]
+    large = (BUFFER_ELEMENTS + 3,)
+    shapes = [large, (5,), (300, 1000), large, (100, 300), (1 << 15,), (7, 9), (500, 300), large]
     monkeypatch.setattr(sys.modules[__name__], "SHAPES", shapes)
     _assert_same_trajectory(
-        {"lr": 1e-2, "k": k, "weight_decay": 0.1}, torch.float32, 2e-5, steps=4, fused_threads=threads
+        {"lr": 1e-2, "k": k, "weight_decay": 0.1, **meta}, torch.float32, 2e-5, steps=4, fused_threads=threads
     )
 
 

@@ -13,7 +13,9 @@
 // all passes of one group before the next; where the replay after a tensor-mode level starts from an
 // elementwise level's output (the default levels), float32/float64 tensors read that output from a
 // group-sized buffer written by the pass before, so the replay costs a multiply, not a square root and
-// a division: the same values, computed once.
+// a division: the same values, computed once. A group without the buffer has its theta pass run block by
+// block beside the next group's first pass, and the passes that leave streams to the hardware prefetcher
+// alone too few to fill one core's bandwidth prefetch them in software.
 //
 // Arithmetic mirrors torch's CPU kernels for _single_tensor_kadam (lerp as fmadd with torch's weight
 // split, addcmul's fused multiply-add), compiled with -ffp-contract=off so float32 results track the
@@ -48,9 +50,22 @@ constexpr int64_t kChunkBlocks = 8;  // blocks per unit of work handed to a thre
 // square root and division (the step is bound by those, not by memory). A group of 256 KiB of float32 keeps
 // the buffer in L2 beside the pass's streams; a single tensor of up to kBufferElements still gets a
 // buffer of its own (in L3), which beats recomputing. The pass after the buffer's runs backwards over
-// the group, starting where the buffer's lines are most recent.
+// the group, starting where the buffer's lines are most recent. A larger tensor replays from m and v: its
+// theta pass runs interleaved with the next group's first pass (see run()); a buffered group's theta pass
+// runs alone, as interleaving it would take a second buffer that no longer fits the cache beside it.
 constexpr int64_t kGroupElements = int64_t(1) << 16;
 constexpr int64_t kBufferElements = int64_t(1) << 20;
+
+// The streams of a pass are prefetched 2 KiB ahead of the element being computed: the hardware prefetcher
+// alone leaves one core's streams short of the bandwidth a one-pass step reaches. Loops go kStride elements
+// at a time (a whole number of vectors of any lane width), prefetching every 64-byte line of each stream's
+// next kStride elements.
+constexpr int64_t kStride = 64;
+template <typename Q>
+inline void prefetch(const Q* p) {
+  const char* ahead = reinterpret_cast<const char*>(p) + 2048;
+  for (int64_t line = 0; line < kStride * int64_t(sizeof(Q)); line += 64) __builtin_prefetch(ahead + line, 0, 3);
+}
 
 struct alignas(2) BFloat16 {
   uint16_t bits;
@@ -212,11 +227,15 @@ class Stepper {
     }
   }
 
-  // Each pass is one sweep over all tensors in chunks of up to kChunkBlocks blocks, handed to threads
-  // as they come free (a thread that starts late on a busy machine takes fewer). A pass that writes
-  // theta ends without a barrier; a pass ending at a tensor-mode level joins once, after which every
-  // thread adds the per-chunk sums of each tensor in chunk order: the same v and denominators in every
-  // thread, whatever the thread count or the order chunks ran in (thread 0 stores v).
+  // Each pass is one sweep over a group's tensors in chunks of up to kChunkBlocks blocks, handed to threads
+  // as they come free (a thread that starts late on a busy machine takes fewer). A pass ending at a
+  // tensor-mode level joins once, after which every thread adds the per-chunk sums of each tensor in chunk
+  // order: the same v and denominators in every thread, whatever the thread count or the order chunks ran in
+  // (thread 0 stores v). Where a step takes several passes, the pass that writes theta for one group runs
+  // interleaved, block by block, with the next group's first pass: the two touch different tensors, and
+  // together they keep as many streams in flight as a one-pass step does (a pass alone that reads only theta
+  // and a cached buffer leaves the memory system idle half the time). Each block is computed as it would be
+  // alone, so the results do not depend on the interleaving.
   void run() {
     struct Chunk {
       int64_t tensor, first_block, end_block;
@@ -228,71 +247,117 @@ class Stepper {
       for (int64_t b = 0; b < n_blocks; b += kChunkBlocks) chunks.push_back({t, b, std::min(b + kChunkBlocks, n_blocks)});
       first_chunk[t + 1] = int64_t(chunks.size());
     }
+    // The passes of every group: each starts at level `first` and ends at tensor-mode level `end` (then the
+    // next starts after the chain of tensor-mode levels without m that follows it) or at n_levels (theta).
+    struct Pass {
+      int first, end;
+    };
+    std::vector<Pass> passes;
+    for (int first = 0;;) {
+      int end = pass_end(first);
+      passes.push_back({first, end});
+      if (end == a_.n_levels) break;
+      while (chains_to_next(end)) ++end;  // per level, the same for every tensor
+      first = end + 1;
+    }
     // Groups of consecutive tensors of at most kGroupElements elements (a larger tensor alone); a group
     // of at most kBufferElements gets the replay buffer, unless the parameters' own 16-bit state fed the pass
-    // unrounded (then the replay must read the rounded m and v, as the loop implementation does).
+    // unrounded (then the replay must read the rounded m and v, as the loop implementation does). Groups
+    // alternate between two halves of the buffer: one group's last pass reads its half while the next group's
+    // first pass writes the other.
     std::vector<int64_t> group_starts;
+    std::vector<int64_t> buffered;  // per group: its size when it gets the buffer, else 0
     int64_t buffer_elements = 0;
     for (int64_t t = 0; t < a_.n_tensors;) {
       group_starts.push_back(t);
       int64_t size = a_.numels[t], u = t + 1;
       while (u < a_.n_tensors && size + a_.numels[u] <= kGroupElements) size += a_.numels[u++];
-      if ((kReadStored || std::is_same<P, T>::value) && size <= kBufferElements && uses_replay_buffer()) {
-        for (int64_t offset = 0; t < u; offset += a_.numels[t++]) replay_offset_[t] = offset;
-        buffer_elements = std::max(buffer_elements, size);
-      }
+      const bool buffer = (kReadStored || std::is_same<P, T>::value) && size <= kBufferElements && uses_replay_buffer();
+      buffered.push_back(buffer ? size : 0);
+      if (buffer) buffer_elements = std::max(buffer_elements, size);
       t = u;
     }
     group_starts.push_back(a_.n_tensors);
-    if (buffer_elements > 0) replay_buffer_.reset(new T[size_t(buffer_elements)]);
+    const int64_t n_groups = int64_t(buffered.size());
+    if (buffer_elements > 0) {
+      for (int64_t g = 0; g < n_groups; ++g) {
+        if (!buffered[size_t(g)]) continue;
+        int64_t offset = 0;
+        for (int64_t t = group_starts[size_t(g)]; t < group_starts[size_t(g) + 1]; offset += a_.numels[t++]) {
+          replay_offset_[size_t(t)] = offset;
+        }
+      }
+      replay_buffer_.reset(new T[size_t(buffer_elements)]);
+    }
     const int64_t n_chunks = int64_t(chunks.size());
     std::vector<double> chunk_sums(size_t(n_chunks) * a_.n_levels);
+    const Pass last = passes.back();
 #pragma omp parallel num_threads(a_.n_threads)
     {
       T x[kBlock];
       std::vector<T> carried(size_t(a_.n_tensors) * a_.n_levels);  // tensor-mode denominators, by level
-      for (size_t g = 0; g + 1 < group_starts.size(); ++g) {
-        const int64_t group_first = group_starts[g], group_end = group_starts[g + 1];
-        bool reduced = false;
-        for (int first = 0; first <= a_.n_levels;) {
-          int end = pass_end(first);
-          const bool reduces = end < a_.n_levels;  // each tensor-mode level has its own slots
-          double* sums = chunk_sums.data() + size_t(reduces ? end : 0) * n_chunks;
-          // A pass after the first runs backwards: the previous pass's last chunks (their replay buffer, m and
-          // v) are the ones still in cache when it ends.
-          const int64_t c_begin = first_chunk[group_first], c_last = first_chunk[group_end] - 1;
+      for (int64_t g = 0; g < n_groups; ++g) {
+        const int64_t group_first = group_starts[size_t(g)], group_end = group_starts[size_t(g) + 1];
+        const int64_t b_begin = first_chunk[group_first], b_end = first_chunk[group_end];
+        for (size_t p = 0; p + 1 < passes.size(); ++p) {
+          const Pass pass_p = passes[p];
+          double* sums = chunk_sums.data() + size_t(pass_p.end) * n_chunks;
+          // The previous group's last pass goes with this group's first (chunks [a_begin, a_end)). A pass after
+          // the first runs backwards: the previous pass's last chunks (their buffer, m and v) are the ones still
+          // in cache when it ends.
+          const bool with_previous = p == 0 && g > 0 && !buffered[size_t(g) - 1];
+          const int64_t a_begin = with_previous ? first_chunk[group_starts[size_t(g) - 1]] : 0;
+          const int64_t a_end = with_previous ? b_begin : 0;
+          const int64_t n_a = a_end - a_begin, n_b = b_end - b_begin;
 #pragma omp for schedule(dynamic, 1) nowait
-          for (int64_t i = c_begin; i <= c_last; ++i) {
-            const int64_t c = first > 0 ? c_last - (i - c_begin) : i;
-            const Chunk& chunk = chunks[c];
+          for (int64_t i = 0; i < std::max(n_a, n_b); ++i) {
+            const Chunk* chunk_a = i < n_a ? &chunks[size_t(a_end - 1 - i)] : nullptr;
+            const int64_t c = pass_p.first > 0 ? b_end - 1 - i : b_begin + i;
+            const Chunk* chunk_b = i < n_b ? &chunks[size_t(c)] : nullptr;
+            int64_t block_a = chunk_a ? chunk_a->first_block : 0, block_b = chunk_b ? chunk_b->first_block : 0;
             double sum = 0.0;
-            for (int64_t b = chunk.first_block; b < chunk.end_block; ++b) {
-              sum += pass(chunk.tensor, first, b * kBlock, (b + 1) * kBlock, carried.data(), x);
+            while ((chunk_a && block_a < chunk_a->end_block) || (chunk_b && block_b < chunk_b->end_block)) {
+              if (chunk_a && block_a < chunk_a->end_block) {
+                pass(chunk_a->tensor, last.first, block_a * kBlock, (block_a + 1) * kBlock, carried.data(), x);
+                ++block_a;
+              }
+              if (chunk_b && block_b < chunk_b->end_block) {
+                sum += pass(chunk_b->tensor, pass_p.first, block_b * kBlock, (block_b + 1) * kBlock, carried.data(), x);
+                ++block_b;
+              }
             }
-            if (reduces) sums[c] = sum;
+            if (chunk_b) sums[c] = sum;
           }
-          if (!reduces) break;
-          reduced = true;
+          // The join also ends the reads of the buffer half that the group after next will write.
 #pragma omp barrier
           for (int64_t t = group_first; t < group_end; ++t) {
             double total = 0.0;
-            for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) total += sums[c];
-            carried[level_index(end, t)] = finish_reduction(t, end, total, omp_get_thread_num() == 0);
+            for (int64_t k = first_chunk[t]; k < first_chunk[t + 1]; ++k) total += sums[k];
+            carried[level_index(pass_p.end, t)] = finish_reduction(t, pass_p.end, total, omp_get_thread_num() == 0);
             // A tensor-mode level without m outputs its input times a per-tensor scalar s, so the next
             // level's sum of squares is s^2 times this one's: a chain of such levels (the default meta
             // levels) needs no pass of its own.
-            for (int level = end; chains_to_next(level); ++level) {
+            for (int level = pass_p.end; chains_to_next(level); ++level) {
               const double scale = tensor_scale(level_index(level, t), carried[level_index(level, t)]);
               total *= scale * scale;
               carried[level_index(level + 1, t)] = finish_reduction(t, level + 1, total, omp_get_thread_num() == 0);
             }
           }
-          while (chains_to_next(end)) ++end;  // per level, the same for every tensor
-          first = end + 1;
         }
-        // The next group reuses the replay buffer: every thread must be done reading it.
-        if (reduced && replay_buffer_) {
+        // The pass that writes theta: here for a one-pass step and for the last group; otherwise with the next
+        // group's first pass. No join: nothing after it reads what it writes.
+        if (passes.size() == 1 || g + 1 == n_groups || buffered[size_t(g)]) {
+#pragma omp for schedule(dynamic, 1) nowait
+          for (int64_t i = b_begin; i < b_end; ++i) {
+            const Chunk& chunk = chunks[size_t(last.first > 0 ? b_end - 1 - (i - b_begin) : i)];
+            for (int64_t b = chunk.first_block; b < chunk.end_block; ++b) {
+              pass(chunk.tensor, last.first, b * kBlock, (b + 1) * kBlock, carried.data(), x);
+            }
+          }
+          // The next group's first pass overwrites the buffer: every thread must be done reading it.
+          if (buffered[size_t(g)] && g + 1 < n_groups) {
 #pragma omp barrier
+          }
         }
       }
     }
@@ -459,9 +524,15 @@ class Stepper {
     if (source + 1 == a_.n_levels) {
       P* param = static_cast<P*>(a_.params[t]) + begin;
       const T factor = T(-a_.lr * scale), keep = shrink();
+      for (int64_t j0 = 0; j0 < n; j0 += kStride) {
+        const int64_t j1 = std::min(n, j0 + kStride);
+        prefetch(m + j0);
+        prefetch(v + j0);
+        prefetch(param + j0);
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        store(param, j, T(load(param, j) * keep) + T(norm(T(load(m, j)), T(load(v, j))) * factor));
+        for (int64_t j = j0; j < j1; ++j) {
+          store(param, j, T(load(param, j) * keep) + T(norm(T(load(m, j)), T(load(v, j))) * factor));
+        }
       }
       return 0.0;
     }
@@ -610,27 +681,38 @@ class Stepper {
     T sum = 0;
     auto loop = [&](auto keeps) {
       constexpr bool kKeeps = decltype(keeps)::value;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < n; ++j) {
-        const T input = FromGrad ? T(load(grad, j) * sign) : x[j];
-        T m_new = input;
-        if constexpr (kKeeps) {
-          const T old = load(m, j);
-          m_new = round_moment(std::fma(coeff, T(input - old), Small ? old : input), m_key, uint32_t(j));
-          put_moment(m, j, m_new);
+      for (int64_t j0 = 0; j0 < n; j0 += kStride) {
+        // A pass of one level from the gradient to theta (Adam's own step) is left to the hardware prefetcher:
+        // it keeps AdamW's four streams as busy alone, and the extra instructions cost that step time.
+        if (Out != kToParam || !FromGrad) {
+          if constexpr (FromGrad) prefetch(grad + j0);
+          if constexpr (kKeeps) prefetch(m + j0);
+          prefetch(v + j0);
+          if (Out == kToParam) prefetch(param + j0);
         }
-        const T v_new =
-            round_moment(std::fma(T(one_minus_gamma * input), input, T(load(v, j) * gamma)), v_key, uint32_t(j));
-        put_moment(v, j, v_new);
-        if (Out == kToParam) {
-          const T denom = T(std::sqrt(v_new) / bc2_sqrt) + eps;
-          store(param, j, T(load(param, j) * keep) + T(T(step * m_new) / denom));
-        } else if (Out == kToX) {
-          x[j] = norm(m_new, v_new);
-        } else {
-          const T out = norm(m_new, v_new);
-          kept[j] = out;
-          sum += out * out;
+        const int64_t j1 = std::min(n, j0 + kStride);
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = j0; j < j1; ++j) {
+          const T input = FromGrad ? T(load(grad, j) * sign) : x[j];
+          T m_new = input;
+          if constexpr (kKeeps) {
+            const T old = load(m, j);
+            m_new = round_moment(std::fma(coeff, T(input - old), Small ? old : input), m_key, uint32_t(j));
+            put_moment(m, j, m_new);
+          }
+          const T v_new =
+              round_moment(std::fma(T(one_minus_gamma * input), input, T(load(v, j) * gamma)), v_key, uint32_t(j));
+          put_moment(v, j, v_new);
+          if (Out == kToParam) {
+            const T denom = T(std::sqrt(v_new) / bc2_sqrt) + eps;
+            store(param, j, T(load(param, j) * keep) + T(T(step * m_new) / denom));
+          } else if (Out == kToX) {
+            x[j] = norm(m_new, v_new);
+          } else {
+            const T out = norm(m_new, v_new);
+            kept[j] = out;
+            sum += out * out;
+          }
         }
       }
     };
