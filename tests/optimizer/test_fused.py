@@ -116,6 +116,8 @@ def test_fused_matches_loop_with_several_threads(threads):
 
 GROUP_ELEMENTS = 1 << 16  # the kernel's kGroupElements
 BUFFER_ELEMENTS = 1 << 20  # and kBufferElements
+_LARGE = (BUFFER_ELEMENTS + 3,)
+GROUPED_SHAPES = [_LARGE, (5,), (300, 1000), _LARGE, (100, 300), (1 << 15,), (7, 9), (500, 300), _LARGE]
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -131,21 +133,24 @@ def test_fused_matches_loop_across_replay_groups(monkeypatch, k, threads, meta):
     few 1e-6 (the kernel sums each block in float32 lanes, the blocks in double); a misplaced buffer element,
     or a group's theta written with another group's denominators, would be off by O(1)."""
     assert 300 * 1000 > GROUP_ELEMENTS and 100 * 300 + (1 << 15) + 63 <= GROUP_ELEMENTS
-    large = (BUFFER_ELEMENTS + 3,)
-    shapes = [large, (5,), (300, 1000), large, (100, 300), (1 << 15,), (7, 9), (500, 300), large]
-    monkeypatch.setattr(sys.modules[__name__], "SHAPES", shapes)
+    monkeypatch.setattr(sys.modules[__name__], "SHAPES", GROUPED_SHAPES)
     _assert_same_trajectory(
         {"lr": 1e-2, "k": k, "weight_decay": 0.1, **meta}, torch.float32, 2e-5, steps=4, fused_threads=threads
     )
 
 
-def test_fused_result_does_not_depend_on_thread_count():
-    """Tensor-mode sums are added per chunk in a fixed order, so any thread count gives the same bits."""
+@pytest.mark.parametrize("grouped", [False, True], ids=["one-group", "groups"])
+def test_fused_result_does_not_depend_on_thread_count(monkeypatch, grouped):
+    """Tensor-mode sums are added per chunk in a fixed order, so any thread count gives the same bits; across
+    groups too, where a group's theta pass runs interleaved with the next group's first pass."""
+    if grouped:
+        monkeypatch.setattr(sys.modules[__name__], "SHAPES", GROUPED_SHAPES)
+    kwargs = {"meta_betas": (0.5, 0.99)} if grouped else {"norm": ["elementwise", "tensor", "tensor"]}
     results = []
     for threads in (1, 3):
         torch.set_num_threads(threads)
         params = _params()
-        _run(params, KAdam(params, lr=1e-2, k=3, norm=["elementwise", "tensor", "tensor"], fused=True), 5)
+        _run(params, KAdam(params, lr=1e-2, k=3, fused=True, **kwargs), 3 if grouped else 5)
         results.append(params)
     assert all(torch.equal(a, b) for a, b in zip(*results))
 
