@@ -45,6 +45,7 @@ This module knows tensors and the C ABI only; it imports nothing from the rest o
 
 from __future__ import annotations
 
+import array
 import ctypes
 import hashlib
 import os
@@ -55,6 +56,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -236,12 +238,33 @@ def available() -> bool:
     return True
 
 
+# array.array type codes of the ctypes element types the kernel's arguments use (pointers as unsigned 64-bit
+# integers, 0 for null), so that a list becomes a C array in one copy instead of one conversion per element.
+_ARRAY_CODES = {
+    ctypes.c_void_p: "Q",
+    ctypes.c_int64: "q",
+    ctypes.c_double: "d",
+    ctypes.c_int32: "i",
+    ctypes.c_uint32: "I",
+}
+
+
 def _array(ctype: type, values: Sequence) -> ctypes.Array:
-    return (ctype * len(values))(*values)
+    """A C array of ``ctype`` holding ``values`` (None: a null pointer), viewing an array.array that it keeps
+    alive (ctypes holds the buffer it was made from)."""
+    code = _ARRAY_CODES[ctype]
+    if not values or ctypes.sizeof(ctype) != array.array(code).itemsize:  # another layout: one by one
+        return (ctype * len(values))(*values)
+    if code == "Q":
+        values = [0 if value is None else value for value in values]
+    return (ctype * len(values)).from_buffer(array.array(code, values))
 
 
 def _shape(tensor: Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
+
+
+_DTYPE, _DEVICE, _LAYOUT, _SHAPE = attrgetter("dtype"), attrgetter("device"), attrgetter("layout"), attrgetter("shape")
 
 
 def _all_fit(
@@ -257,10 +280,10 @@ def _all_fit(
 ) -> bool:
     """Whether every tensor passes :func:`check_inputs`'s per-tensor checks (type, dtype, device, layout, shape),
     tested list by list."""
-    shapes = [p.shape for p in params] if all(isinstance(p, Tensor) for p in params) else None
-    if shapes is None:
+    if not all(isinstance(p, Tensor) for p in params):
         return False
-    # (tensors, their dtype, their shapes: None for one element each)
+    shapes = list(map(_SHAPE, params))
+    # (tensors, their dtype, their shapes: None for one element each, the parameters' own for the parameters)
     lists: list[tuple[Sequence[Any], torch.dtype | None, list[torch.Size] | None]] = [
         (params, dtype, shapes),
         (grads, dtype, shapes),
@@ -272,14 +295,14 @@ def _all_fit(
     for tensors, expected, expected_shapes in lists:
         if not all(isinstance(t, Tensor) for t in tensors):
             return False
-        if {t.dtype for t in tensors} != {expected} or {t.device for t in tensors} != {device}:
+        if set(map(_DTYPE, tensors)) != {expected} or set(map(_DEVICE, tensors)) != {device}:
             return False
-        if {t.layout for t in tensors} != {torch.strided}:
+        if set(map(_LAYOUT, tensors)) != {torch.strided}:
             return False
         if expected_shapes is None:
-            if not all(t.numel() == 1 for t in tensors):
+            if set(map(Tensor.numel, tensors)) != {1}:
                 return False
-        elif [t.shape for t in tensors] != expected_shapes:
+        elif tensors is not params and list(map(_SHAPE, tensors)) != expected_shapes:
             return False
     return True
 
@@ -490,6 +513,8 @@ def fused_step(
     def addresses(tensors: Sequence[Tensor | None], writable: bool) -> list[int | None]:
         """Data pointers of checked tensors; a non-contiguous one is stepped in a contiguous copy, written back
         after the kernel when ``writable``."""
+        if all(map(Tensor.is_contiguous, tensors)):
+            return list(map(Tensor.data_ptr, tensors))
         result: list[int | None] = []
         for tensor in tensors:
             if not tensor.is_contiguous():
