@@ -15,7 +15,10 @@ steps the same parameter count in tensors larger than it; each row states the fl
 The bandwidth is measured in the same run by
 an in-place triad a += s·b over arrays as large as the parameters (12 bytes per element, updated in
 place as an optimizer updates its state, so no write-allocate traffic is hidden), timed interleaved
-with the optimizers so that all rows see the same machine. Before every timing a read of twice the
+with the optimizers so that all rows see the same machine. Each table (main, large, each sweep size) is
+measured by a fresh process of this script: torch's fused AdamW stepped the same bytes about a tenth faster in
+a table measured after another one than in the first table of a process (memory the earlier table had
+allocated and freed), which would bias every ratio of the later table. Before every timing a read of twice the
 last-level cache evicts it, so each step starts cold, as it does in training after a forward and
 backward pass (``--warm-cache`` skips that; a large L3 then holds part of a 16M-parameter step).
 Each table row reports:
@@ -64,7 +67,9 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -328,6 +333,25 @@ def _table(results: dict, title: str) -> Table:
     return table
 
 
+def _measure_in_fresh_process(table: str) -> dict:
+    """One table measured by a new process of this script (same arguments): the memory every table allocates
+    then starts fresh, so that no table's timings depend on what the tables before it allocated and freed."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "table.json")
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            *sys.argv[1:],
+            "--one-table",
+            table,
+            "--one-table-out",
+            path,
+        ]
+        subprocess.run(command, check=True)
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=int, default=16 * MIB, help="parameters in the main table (default 16M)")
@@ -355,6 +379,9 @@ def main() -> None:
         "(time.thread_time, with --threads 1 only), which leaves out the time another process holds the core "
         "on a shared machine, though not the caches it evicts meanwhile",
     )
+    # Internal: measure one table (main, large or sweep:N) and write it to --one-table-out as JSON.
+    parser.add_argument("--one-table", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--one-table-out", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--warm-cache",
         action="store_true",
@@ -375,28 +402,31 @@ def main() -> None:
     console = Console(width=max(Console().width, 150))
     report = {"load_average_start": os.getloadavg(), "clock": args.clock}
     buffer_elements = 2**20  # kBufferElements of csrc/fused_kadam_cpu.cpp
-    with Progress(console=console, transient=True) as progress:
-        main_rows = _rows(["loop", "foreach", "fused"], [1, 2, 3], large=args.params // args.tensors > buffer_elements)
-        report["main"] = measure(
-            main_rows, args.params, args.tensors, args.repeats, progress, True, not args.warm_cache, clock
-        )
-        if args.large is None:
-            args.large = args.params // 2**21 if args.params > buffer_elements else 0
-        if args.large:
-            if args.params // args.large <= buffer_elements:
-                raise SystemExit(
-                    f"--large {args.large}: {args.params} parameters in {args.large} tensors fit the buffer"
-                )
-            large_rows = _rows(["fused"], [1, 2, 3], large=True)
-            report["large"] = measure(
-                large_rows, args.params, args.large, args.repeats, progress, False, not args.warm_cache, clock
-            )
-        sweep_rows = [row for row in _rows(["fused"], [1, 2, 3]) if "elementwise" not in row.name]
-        sizes = [int(float(size) * MIB) for size in args.sweep.split(",") if size]
-        report["sweep"] = [
-            measure(sweep_rows, size, args.tensors, args.repeats, progress, False, not args.warm_cache, clock)
-            for size in sizes
-        ]
+    if args.large is None:
+        args.large = args.params // 2**21 if args.params > buffer_elements else 0
+    if args.large and args.params // args.large <= buffer_elements:
+        raise SystemExit(f"--large {args.large}: {args.params} parameters in {args.large} tensors fit the buffer")
+    main_rows = _rows(["loop", "foreach", "fused"], [1, 2, 3], large=args.params // args.tensors > buffer_elements)
+    large_rows = _rows(["fused"], [1, 2, 3], large=True)
+    sweep_rows = [row for row in _rows(["fused"], [1, 2, 3]) if "elementwise" not in row.name]
+    sizes = [int(float(size) * MIB) for size in args.sweep.split(",") if size]
+    # Each table's (rows, parameters, tensors, memory column), by the key --one-table names it with.
+    tables = {
+        "main": (main_rows, args.params, args.tensors, True),
+        "large": (large_rows, args.params, args.large, False),
+        **{f"sweep:{size}": (sweep_rows, size, args.tensors, False) for size in sizes},
+    }
+    if args.one_table is not None:  # a child: measure this one table and hand it back
+        rows, params, tensors, memory = tables[args.one_table]
+        with Progress(console=console, transient=True) as progress:
+            result = measure(rows, params, tensors, args.repeats, progress, memory, not args.warm_cache, clock)
+        with open(args.one_table_out, "w", encoding="utf-8") as handle:
+            json.dump(result, handle)
+        return
+    report["main"] = _measure_in_fresh_process("main")
+    if args.large:
+        report["large"] = _measure_in_fresh_process("large")
+    report["sweep"] = [_measure_in_fresh_process(f"sweep:{size}") for size in sizes]
     report["load_average_end"] = os.getloadavg()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
