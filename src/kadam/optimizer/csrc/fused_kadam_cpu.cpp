@@ -231,11 +231,12 @@ class Stepper {
   // as they come free (a thread that starts late on a busy machine takes fewer). A pass ending at a
   // tensor-mode level joins once, after which every thread adds the per-chunk sums of each tensor in chunk
   // order: the same v and denominators in every thread, whatever the thread count or the order chunks ran in
-  // (thread 0 stores v). Where a step takes several passes, the pass that writes theta for one group runs
-  // interleaved, block by block, with the next group's first pass: the two touch different tensors, and
-  // together they keep as many streams in flight as a one-pass step does (a pass alone that reads only theta
-  // and a cached buffer leaves the memory system idle half the time). Each block is computed as it would be
-  // alone, so the results do not depend on the interleaving.
+  // (thread 0 stores v). Where a step takes several passes, the pass that writes theta for a group without
+  // the replay buffer (it re-reads m and v) runs interleaved, block by block, with the next group's first
+  // pass: the two touch different tensors, and together they keep as many streams in flight as a one-pass
+  // step does, where either alone leaves one core's memory bandwidth partly idle. A buffered group's theta
+  // pass runs alone: interleaving it would take a second buffer, which no longer fits the cache beside the
+  // streams. Each block is computed as it would be alone, so the results do not depend on the interleaving.
   void run() {
     struct Chunk {
       int64_t tensor, first_block, end_block;
@@ -262,9 +263,7 @@ class Stepper {
     }
     // Groups of consecutive tensors of at most kGroupElements elements (a larger tensor alone); a group
     // of at most kBufferElements gets the replay buffer, unless the parameters' own 16-bit state fed the pass
-    // unrounded (then the replay must read the rounded m and v, as the loop implementation does). Groups
-    // alternate between two halves of the buffer: one group's last pass reads its half while the next group's
-    // first pass writes the other.
+    // unrounded (then the replay must read the rounded m and v, as the loop implementation does).
     std::vector<int64_t> group_starts;
     std::vector<int64_t> buffered;  // per group: its size when it gets the buffer, else 0
     int64_t buffer_elements = 0;
@@ -328,7 +327,7 @@ class Stepper {
             }
             if (chunk_b) sums[c] = sum;
           }
-          // The join also ends the reads of the buffer half that the group after next will write.
+          // The join also ends the previous group's theta pass, where it ran here.
 #pragma omp barrier
           for (int64_t t = group_first; t < group_end; ++t) {
             double total = 0.0;
@@ -721,8 +720,8 @@ class Stepper {
     } else {
       loop(std::false_type{});
     }
-    // kToSum: sum(x^2) in the same loop, from registers, in T's lanes over the block (a block's sum in double
-    // follows; blocks are added in double): a second loop reading the block back would wait for each store's
+    // kToSum: sum(x^2) in the same loop, from registers, in T's lanes over each kStride elements, those sums
+    // added in T over the block (a block's sum in double follows; blocks are added in double): a second loop reading the block back would wait for each store's
     // line to arrive before it could load it, and converting every square to double costs the loop more.
     return Out == kToSum ? double(sum) : 0.0;
   }
