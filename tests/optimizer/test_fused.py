@@ -122,34 +122,55 @@ GROUPED_SHAPES = [_LARGE, (5,), (300, 1000), _LARGE, (100, 300), (1 << 15,), (7,
 
 @pytest.mark.parametrize("k", [2, 3])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("meta", [{}, {"meta_betas": (0.5, 0.99)}], ids=["default-meta", "meta-with-m"])
-def test_fused_matches_loop_across_replay_groups(monkeypatch, k, threads, meta):
+@pytest.mark.parametrize(
+    ("config", "tolerance"),
+    [
+        ({}, 2e-5),
+        ({"meta_betas": (0.5, 0.99)}, 2e-5),
+        (CONFIGS["tensor-level-1"], 5e-5),
+        ({"decoupled_weight_decay": False}, 2e-5),
+    ],
+    ids=["default-meta", "meta-with-m", "tensor-level-1", "l2-decay"],
+)
+def test_fused_matches_loop_across_replay_groups(monkeypatch, k, threads, config, tolerance):
     """Tensors stepped in groups (a group's passes before the next group's, except that the pass writing theta
     of a group without a buffer runs interleaved with the next group's first pass): tensors too large for any
     buffer (replayed from m and v) first, between buffered groups and last, one larger than a group but with a
     buffer of its own, groups of several tensors sharing the replay buffer, and a group closed by a tensor that
-    would overflow it. The default meta levels read the buffer; meta levels with m never do, so every group is
-    interleaved with the next. The tolerance is the loop's: its float32 norm of a million elements rounds at a
-    few 1e-6 (the kernel sums each block in float32 lanes, the blocks in double); a misplaced buffer element,
-    or a group's theta written with another group's denominators, would be off by O(1)."""
+    would overflow it. The default meta levels read the buffer (also with L2 decay, whose first pass reads
+    theta); levels that never replay an elementwise output (meta levels with m, a tensor-mode level 1) have no
+    buffer, so every group is interleaved with the next, of fewer or more chunks. The tolerance is the loop's:
+    its float32 norm of a million elements rounds at a few 1e-6 (the kernel sums each block in float32 lanes,
+    the blocks in double), and its float32 mean of a million squared gradients (a tensor-mode level 1) at about
+    2e-5 (the kernel's sum in double is within 1e-7 of float64's there); a misplaced buffer element, or a
+    group's theta written with another group's denominators, would be off by O(1)."""
     assert 300 * 1000 > GROUP_ELEMENTS and 100 * 300 + (1 << 15) + 63 <= GROUP_ELEMENTS
     monkeypatch.setattr(sys.modules[__name__], "SHAPES", GROUPED_SHAPES)
     _assert_same_trajectory(
-        {"lr": 1e-2, "k": k, "weight_decay": 0.1, **meta}, torch.float32, 2e-5, steps=4, fused_threads=threads
+        {"lr": 1e-2, "k": k, "weight_decay": 0.1, **config}, torch.float32, tolerance, steps=4, fused_threads=threads
     )
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["one-group", "groups"])
-def test_fused_result_does_not_depend_on_thread_count(monkeypatch, grouped):
+@pytest.mark.parametrize(
+    "case",
+    [
+        ({"norm": ["elementwise", "tensor", "tensor"]}, torch.float32, False),
+        ({"meta_betas": (0.5, 0.99)}, torch.float32, True),
+        ({"weight_decay": 0.1, "decoupled_weight_decay": False}, torch.bfloat16, True),
+    ],
+    ids=["one-group", "groups", "groups-bf16-l2"],
+)
+def test_fused_result_does_not_depend_on_thread_count(monkeypatch, case):
     """Tensor-mode sums are added per chunk in a fixed order, so any thread count gives the same bits; across
-    groups too, where a group's theta pass runs interleaved with the next group's first pass."""
+    groups too, where a group's theta pass runs interleaved with the next group's first pass (every group,
+    with meta levels that keep m or with bfloat16 parameters holding their own state)."""
+    kwargs, dtype, grouped = case
     if grouped:
         monkeypatch.setattr(sys.modules[__name__], "SHAPES", GROUPED_SHAPES)
-    kwargs = {"meta_betas": (0.5, 0.99)} if grouped else {"norm": ["elementwise", "tensor", "tensor"]}
     results = []
     for threads in (1, 3):
         torch.set_num_threads(threads)
-        params = _params()
+        params = _params(dtype)
         _run(params, KAdam(params, lr=1e-2, k=3, fused=True, **kwargs), 3 if grouped else 5)
         results.append(params)
     assert all(torch.equal(a, b) for a, b in zip(*results))

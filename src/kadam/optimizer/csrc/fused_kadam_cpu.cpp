@@ -50,9 +50,10 @@ constexpr int64_t kChunkBlocks = 8;  // blocks per unit of work handed to a thre
 // square root and division (the step is bound by those, not by memory). A group of 256 KiB of float32 keeps
 // the buffer in L2 beside the pass's streams; a single tensor of up to kBufferElements still gets a
 // buffer of its own (in L3), which beats recomputing. The pass after the buffer's runs backwards over
-// the group, starting where the buffer's lines are most recent. A larger tensor replays from m and v: its
-// theta pass runs interleaved with the next group's first pass (see run()); a buffered group's theta pass
-// runs alone, as interleaving it would take a second buffer that no longer fits the cache beside it.
+// the group, starting where the buffer's lines are most recent. A group without the buffer (a larger tensor,
+// 16-bit parameters holding their own state, levels that never replay an output) has its theta pass run
+// interleaved with the next group's first pass (see run()); a buffered group's theta pass runs alone, as
+// interleaving it would take a second buffer that no longer fits the cache beside it.
 constexpr int64_t kGroupElements = int64_t(1) << 16;
 constexpr int64_t kBufferElements = int64_t(1) << 20;
 
@@ -63,8 +64,11 @@ constexpr int64_t kBufferElements = int64_t(1) << 20;
 constexpr int64_t kStride = 64;
 template <typename Q>
 inline void prefetch(const Q* p) {
-  const char* ahead = reinterpret_cast<const char*>(p) + 2048;
-  for (int64_t line = 0; line < kStride * int64_t(sizeof(Q)); line += 64) __builtin_prefetch(ahead + line, 0, 3);
+  // The address may lie past the tensor's end: formed as an integer, it is never a pointer out of bounds.
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(p) + 2048;
+  for (uintptr_t line = 0; line < uintptr_t(kStride) * sizeof(Q); line += 64) {
+    __builtin_prefetch(reinterpret_cast<const void*>(ahead + line), 0, 3);
+  }
 }
 
 struct alignas(2) BFloat16 {
@@ -721,8 +725,9 @@ class Stepper {
       loop(std::false_type{});
     }
     // kToSum: sum(x^2) in the same loop, from registers, in T's lanes over each kStride elements, those sums
-    // added in T over the block (a block's sum in double follows; blocks are added in double): a second loop reading the block back would wait for each store's
-    // line to arrive before it could load it, and converting every square to double costs the loop more.
+    // added in T over the block (a block's sum in double follows; blocks are added in double): a second loop
+    // reading the block back would wait for each store's line to arrive before it could load it, and
+    // converting every square to double costs the loop more.
     return Out == kToSum ? double(sum) : 0.0;
   }
 
@@ -776,7 +781,7 @@ class Stepper {
   // a stored m (the shape direct_replay replays): only then is the replay buffer read.
   bool uses_replay_buffer() const {
     for (int i = 0; i + 1 < a_.n_levels; ++i) {
-      if (!a_.tensor_modes[i] && a_.tensor_modes[i + 1]) return true;
+      if (!a_.tensor_modes[i] && keeps_m(i) && ends_at_unstored_tensor_level(i + 1)) return true;
     }
     return false;
   }
