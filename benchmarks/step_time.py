@@ -12,15 +12,12 @@ a group-sized buffer for tensors that fit it (2^20 elements, :mod:`kadam.optimiz
 re-reads otherwise: the floor of a tensor larger than the buffer adds one read of m and v (36 bytes in
 float32, 24 in bfloat16). The main table steps tensors that fit the buffer; a second table (``--large``)
 steps the same parameter count in tensors larger than it; each row states the floor it is held against.
-The bandwidth is measured in the same run by
-an in-place triad a += s·b over arrays as large as the parameters (12 bytes per element, updated in
-place as an optimizer updates its state, so no write-allocate traffic is hidden), timed interleaved
-with the optimizers so that all rows see the same machine. Each table (main, large, each sweep size) is
-measured by a fresh process of this script: torch's fused AdamW stepped the same bytes about a tenth faster in
-a table measured after another one than in the first table of a process (memory the earlier table had
-allocated and freed), which would bias every ratio of the later table. Before every timing a read of twice the
-last-level cache evicts it, so each step starts cold, as it does in training after a forward and
-backward pass (``--warm-cache`` skips that; a large L3 then holds part of a 16M-parameter step).
+The bandwidth is measured in the same run by an in-place triad a += s·b over arrays as large as the
+parameters (12 bytes per element, updated in place as an optimizer updates its state, so no write-allocate
+traffic is hidden), timed interleaved with the optimizers so that all rows see the same machine (each table
+in a process of its own, below). Before every timing a read of twice the last-level cache evicts it, so each
+step starts cold, as it does in training after a forward and backward pass (``--warm-cache`` skips that; a
+large L3 then holds part of a 16M-parameter step).
 Each table row reports:
 
 * median ms and best ms per step over the repeats (rows are timed round-robin, so contention spreads
@@ -46,6 +43,18 @@ step instead of 1-5 ms), while the KAdam kernel joins at most once per tensor-mo
 comparison is of kernels, not of join latency, the script restarts itself with
 ``OMP_WAIT_POLICY=PASSIVE`` unless a policy is set or ``--omp-default`` is given; the title shows the
 policy in force.
+
+Where a row's tensors live matters too. glibc raises its mmap threshold after a large block is freed, so later
+large allocations come from recycled heap memory instead of fresh mappings: which rows get which depends on the
+order in which rows and tables allocate and free. Measured on the development machine, one process, 8 tensors of
+2^21 elements: torch's fused AdamW took 21.1 ms a step as the process's first table and 18.3-18.5 ms as a later
+one, KAdam's default k = 2 gained less, and its ratio moved from 1.23 to 1.31-1.36; with the threshold fixed the
+later table gave 21.3 ms and 1.25, as the first did. So the script restarts itself with
+``MALLOC_MMAP_THRESHOLD_=131072`` (glibc's initial threshold, held fixed: every allocation of 128 KiB or more
+is a fresh mapping) unless it is set or ``--malloc-default`` is given, and measures each table (main, large,
+each sweep size) in a fresh process of its own; the title shows the threshold in force. Which kind of memory a
+training process hands its optimizer is its own history's: the fixed threshold makes the rows comparable, not
+any one of them typical.
 
 The targets (a median of paired ratios to fused AdamW, measured on a quiet machine; the title shows the load
 average at the start and the end): fused k = 1 ≤ 1.05×, the default k = 2 ≤ 1.15× in tensors that fit the
@@ -334,8 +343,8 @@ def _table(results: dict, title: str) -> Table:
 
 
 def _measure_in_fresh_process(table: str) -> dict:
-    """One table measured by a new process of this script (same arguments): the memory every table allocates
-    then starts fresh, so that no table's timings depend on what the tables before it allocated and freed."""
+    """One table measured by a new process of this script (same arguments and environment), so that no table's
+    timings depend on what the tables before it allocated and freed."""
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "table.json")
         command = [
@@ -372,6 +381,12 @@ def main() -> None:
     parser.add_argument("--json", type=str, default=None, help="write all numbers to this file")
     parser.add_argument("--omp-default", action="store_true", help="keep libgomp's default wait policy")
     parser.add_argument(
+        "--malloc-default",
+        action="store_true",
+        help="keep glibc's dynamic mmap threshold (large blocks then come from recycled heap memory or fresh "
+        "mappings depending on what was freed before)",
+    )
+    parser.add_argument(
         "--clock",
         choices=("wall", "cpu"),
         default="wall",
@@ -388,9 +403,16 @@ def main() -> None:
         help="do not evict the last-level cache before each timing (steps may then run from cache)",
     )
     args = parser.parse_args()
+    restart = False
     if "OMP_WAIT_POLICY" not in os.environ and not args.omp_default:
         # libgomp reads the policy when torch loads it, so it takes a fresh process.
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        restart = True
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ and not args.malloc_default:
+        # glibc reads it at start-up: every allocation of 128 KiB or more a fresh mapping, whichever row makes it.
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+        restart = True
+    if restart:
         os.execv(sys.executable, [sys.executable, *sys.argv])
     if args.quick:
         args.params, args.repeats, args.sweep = 4 * MIB, 5, "1,4"
@@ -447,7 +469,8 @@ def main() -> None:
                 f"({'larger than' if size > buffer_elements else 'within'} the fused kernel's group buffer), "
                 f"{result['threads']} threads, triad {result['triad_GBps_best']:.2f} GB/s best "
                 f"({result['triad_GBps_median']:.2f} median), {result['repeats']} repeats, "
-                f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, {args.clock} clock, "
+                f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+                f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}, {args.clock} clock, "
                 f"{'warm' if args.warm_cache else 'cold'} cache, {load}",
             )
         )
