@@ -10,7 +10,7 @@
 // level without m that follows another (its sum of squares is the previous one's times a scalar, so the
 // default k-Adam takes two passes for every k); an elementwise chain moves exactly the floor's bytes,
 // and each tensor-mode level re-reads its m once. Tensors go in cache-sized groups (kGroupElements),
-// all passes of one group before the next; where the replay after a tensor-mode level starts from an
+// a group's passes in order (the last may overlap the next group's first, below); where the replay after a tensor-mode level starts from an
 // elementwise level's output (the default levels), float32/float64 tensors read that output from a
 // group-sized buffer written by the pass before, so the replay costs a multiply, not a square root and
 // a division: the same values, computed once. A group without the buffer has its theta pass run block by
@@ -44,8 +44,8 @@ namespace {
 
 constexpr int64_t kBlock = 4096;      // elements per block: the level-to-level buffer x (16 KiB of float32) stays in L1
 constexpr int64_t kChunkBlocks = 8;  // blocks per unit of work handed to a thread (128 KiB of float32)
-// Tensors are stepped in groups of at most kGroupElements elements (a larger tensor alone): every pass of
-// a group runs before the next group starts, so a tensor-mode level's replay finds the group in cache, and
+// Tensors are stepped in groups of at most kGroupElements elements (a larger tensor alone): a buffered group's
+// passes all run before the next group starts, so a tensor-mode level's replay finds the group in cache, and
 // the output of the elementwise level it replays, kept in a group-sized buffer, saves recomputing the
 // square root and division (the step is bound by those, not by memory). A group of 256 KiB of float32 keeps
 // the buffer in L2 beside the pass's streams; a single tensor of up to kBufferElements still gets a
