@@ -685,14 +685,10 @@ class Stepper {
     auto loop = [&](auto keeps) {
       constexpr bool kKeeps = decltype(keeps)::value;
       for (int64_t j0 = 0; j0 < n; j0 += kStride) {
-        // A pass of one level from the gradient to theta (Adam's own step) is left to the hardware prefetcher:
-        // it keeps AdamW's four streams as busy alone, and the extra instructions cost that step time.
-        if (Out != kToParam || !FromGrad) {
-          if constexpr (FromGrad) prefetch(grad + j0);
-          if constexpr (kKeeps) prefetch(m + j0);
-          prefetch(v + j0);
-          if (Out == kToParam) prefetch(param + j0);
-        }
+        if constexpr (FromGrad) prefetch(grad + j0);
+        if constexpr (kKeeps) prefetch(m + j0);
+        prefetch(v + j0);
+        if (Out == kToParam) prefetch(param + j0);
         const int64_t j1 = std::min(n, j0 + kStride);
 #pragma omp simd reduction(+ : sum)
         for (int64_t j = j0; j < j1; ++j) {
