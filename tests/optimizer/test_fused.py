@@ -176,6 +176,34 @@ def test_fused_result_does_not_depend_on_thread_count(monkeypatch, case):
     assert all(torch.equal(a, b) for a, b in zip(*results))
 
 
+@pytest.mark.parametrize("config", [{}, {"meta_betas": (0.5, 0.99)}], ids=["default-meta", "meta-with-m"])
+def test_grouping_and_interleaving_change_no_bit(monkeypatch, config):
+    """Each tensor's arithmetic does not depend on the tensors stepped beside it: the same tensors stepped in one
+    call (in groups, theta passes of buffer-less groups interleaved with the next group's first pass, two threads)
+    and each in an optimizer of its own (one group, nothing interleaved) give the same bits."""
+    monkeypatch.setattr(sys.modules[__name__], "SHAPES", GROUPED_SHAPES)
+    together, alone = _params(), _params()
+    kwargs = {"lr": 1e-2, "k": 2, "weight_decay": 0.1, **config}
+    joint = KAdam(together, fused=True, **kwargs)
+    singles = [KAdam([param], fused=True, **kwargs) for param in alone]
+    torch.set_num_threads(2)
+    try:
+        _run(together, joint, 3)
+
+        class _Each:  # steps every single-tensor optimizer, so that _run drives them as one
+            def step(self) -> None:
+                for optimizer in singles:
+                    optimizer.step()
+
+        _run(alone, _Each(), 3)
+    finally:
+        torch.set_num_threads(1)
+    for a, b, single in zip(together, alone, singles):
+        assert torch.equal(a, b)
+        for key, value in joint.state[a].items():
+            assert torch.equal(value, single.state[b][key]), key
+
+
 def _states_from_float32_run(kwargs: dict, dtype: torch.dtype) -> tuple[list, KAdam, list, KAdam]:
     """A float32 loop optimizer and a fused ``dtype`` one holding the same (``dtype``-exact) state."""
     warm_params = _params(torch.float32)
