@@ -269,29 +269,23 @@ class Stepper {
     // of at most kBufferElements gets the replay buffer, unless the parameters' own 16-bit state fed the pass
     // unrounded (then the replay must read the rounded m and v, as the loop implementation does).
     std::vector<int64_t> group_starts;
-    std::vector<int64_t> buffered;  // per group: its size when it gets the buffer, else 0
+    std::vector<char> buffered;  // per group: whether it gets the buffer
     int64_t buffer_elements = 0;
     for (int64_t t = 0; t < a_.n_tensors;) {
       group_starts.push_back(t);
       int64_t size = a_.numels[t], u = t + 1;
       while (u < a_.n_tensors && size + a_.numels[u] <= kGroupElements) size += a_.numels[u++];
       const bool buffer = (kReadStored || std::is_same<P, T>::value) && size <= kBufferElements && uses_replay_buffer();
-      buffered.push_back(buffer ? size : 0);
-      if (buffer) buffer_elements = std::max(buffer_elements, size);
+      buffered.push_back(buffer);
+      if (buffer) {
+        for (int64_t offset = 0; t < u; offset += a_.numels[t++]) replay_offset_[t] = offset;
+        buffer_elements = std::max(buffer_elements, size);
+      }
       t = u;
     }
     group_starts.push_back(a_.n_tensors);
     const int64_t n_groups = int64_t(buffered.size());
-    if (buffer_elements > 0) {
-      for (int64_t g = 0; g < n_groups; ++g) {
-        if (!buffered[size_t(g)]) continue;
-        int64_t offset = 0;
-        for (int64_t t = group_starts[size_t(g)]; t < group_starts[size_t(g) + 1]; offset += a_.numels[t++]) {
-          replay_offset_[size_t(t)] = offset;
-        }
-      }
-      replay_buffer_.reset(new T[size_t(buffer_elements)]);
-    }
+    if (buffer_elements > 0) replay_buffer_.reset(new T[size_t(buffer_elements)]);
     const int64_t n_chunks = int64_t(chunks.size());
     std::vector<double> chunk_sums(size_t(n_chunks) * a_.n_levels);
     const Pass last = passes.back();
